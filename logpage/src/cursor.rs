@@ -1,0 +1,254 @@
+//! Cursors: independent readers of ready pages, in LSN order, without copying.
+//!
+//! Each consumer (the applier, one shipper per peer) owns a [`Cursor`]. A cursor has two
+//! positions: where it *reads* next, and what it has *released*. Pages below the slowest cursor's
+//! released position may be overwritten; pages it has read but not released stay in the ring, so
+//! a consumer can, say, ship a run and release it only once the peer acknowledged it.
+//!
+//! A page borrowed from a cursor ([`PageRef`], [`PageRun`]) borrows the cursor mutably, so the
+//! cursor cannot release that page while it is borrowed: the borrow checker enforces that ring
+//! slots are never reused under a reader.
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::log::{Log, Shared};
+use crate::page::{validate, PageRef, PAGE_SIZE};
+use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+
+/// One cursor's released position, shared with the ring so the horizon can honour it.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    released: AtomicU64,
+}
+
+/// Every live cursor's pin.
+#[derive(Debug, Default)]
+pub(crate) struct CursorPins {
+    pins: Mutex<Vec<Arc<Pin>>>,
+    count: AtomicUsize,
+}
+
+impl CursorPins {
+    /// The lowest released position, if any cursor exists.
+    pub fn min_released(&self) -> Option<u64> {
+        lock(&self.pins)
+            .iter()
+            .map(|pin| pin.released.load(Ordering::Acquire))
+            .min()
+    }
+
+    fn add(&self, at: u64) -> Arc<Pin> {
+        let pin = Arc::new(Pin {
+            released: AtomicU64::new(at),
+        });
+        lock(&self.pins).push(pin.clone());
+        self.count.fetch_add(1, Ordering::SeqCst);
+        pin
+    }
+
+    fn remove(&self, pin: &Arc<Pin>) {
+        lock(&self.pins).retain(|other| !Arc::ptr_eq(other, pin));
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A contiguous run of ready pages, as one byte slice of `count * PAGE_SIZE` bytes (full form).
+#[derive(Clone, Copy, Debug)]
+pub struct PageRun<'a> {
+    /// LSN of the first page.
+    pub first_lsn: u64,
+    /// The pages, back to back.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> PageRun<'a> {
+    /// Pages in the run.
+    pub fn count(&self) -> usize {
+        self.bytes.len() / PAGE_SIZE
+    }
+
+    /// The pages, validated views.
+    pub fn pages(&self) -> impl Iterator<Item = PageRef<'a>> + 'a {
+        // Every page was validated when the run was taken.
+        self.bytes
+            .chunks_exact(PAGE_SIZE)
+            .filter_map(|page| validate(page).ok())
+    }
+}
+
+/// A reader of the log's ready pages; see the module docs.
+pub struct Cursor {
+    shared: Arc<Shared>,
+    pin: Arc<Pin>,
+    read_lsn: u64,
+    busy: bool,
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cursor")
+            .field("read_lsn", &self.read_lsn)
+            .field("released_lsn", &self.released_lsn())
+            .finish()
+    }
+}
+
+impl Log {
+    /// A cursor that reads from page `from_lsn` on and retains the ring from there. Fails with
+    /// [`Error::BelowHorizon`] if the ring no longer holds that page.
+    pub fn cursor(&self, from_lsn: u64) -> Result<Cursor> {
+        let shared = &self.shared;
+        let _guard = lock(&shared.horizon_lock);
+        let oldest = shared.horizon.load(Ordering::Acquire);
+        if from_lsn < oldest {
+            return Err(Error::BelowHorizon {
+                requested: from_lsn,
+                oldest,
+            });
+        }
+        let pin = shared.pins.add(from_lsn);
+        Ok(Cursor {
+            shared: self.shared.clone(),
+            pin,
+            read_lsn: from_lsn,
+            busy: false,
+        })
+    }
+}
+
+impl Cursor {
+    /// The next page this cursor reads.
+    pub fn position(&self) -> u64 {
+        self.read_lsn
+    }
+
+    /// Pages below this are released by this cursor.
+    pub fn released_lsn(&self) -> u64 {
+        self.pin.released.load(Ordering::Relaxed)
+    }
+
+    /// Ready pages not yet read.
+    pub fn lag_pages(&self) -> u64 {
+        self.shared
+            .watermark
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.read_lsn)
+    }
+
+    /// The next ready page, if there is one; moves the read position past it.
+    pub fn next_ready(&mut self) -> Result<Option<PageRef<'_>>> {
+        if self.shared.watermark.load(Ordering::SeqCst) <= self.read_lsn {
+            return Ok(None);
+        }
+        let lsn = self.read_lsn;
+        // SAFETY: page `lsn` is below the watermark, so it is finished and nobody writes it; and
+        // it is at or above this cursor's pin, so its slot is not reused while `self` is borrowed.
+        let page = validate(unsafe { self.shared.ring.slot(lsn) })?;
+        debug_assert_eq!(page.lsn(), lsn);
+        self.read_lsn += 1;
+        Ok(Some(page))
+    }
+
+    /// The next run of up to `pages_max` consecutive ready pages (shorter where the ring wraps),
+    /// as one slice; moves the read position past it.
+    pub fn next_run(&mut self, pages_max: usize) -> Result<Option<PageRun<'_>>> {
+        let watermark = self.shared.watermark.load(Ordering::SeqCst);
+        let first = self.read_lsn;
+        let slots = self.shared.slot_count;
+        let until_wrap = slots - (first & (slots - 1));
+        let count = (watermark.saturating_sub(first))
+            .min(until_wrap)
+            .min(pages_max as u64);
+        if count == 0 {
+            return Ok(None);
+        }
+        for lsn in first..first + count {
+            // SAFETY: as in `next_ready`, for each page of the run.
+            validate(unsafe { self.shared.ring.slot(lsn) })?;
+        }
+        let start = self.shared.ring.slot_ptr(first);
+        // SAFETY: the run's slots are adjacent in the mapping (no wrap, by `until_wrap`), finished,
+        // never written again while retained, and retained while `self` is borrowed.
+        let bytes = unsafe { std::slice::from_raw_parts(start, count as usize * PAGE_SIZE) };
+        self.read_lsn += count;
+        Ok(Some(PageRun {
+            first_lsn: first,
+            bytes,
+        }))
+    }
+
+    /// Blocks until a page is ready to read; returns `Ok(false)` if `deadline` passed first.
+    ///
+    /// While it waits, this consumer is idle, so it seals the open page whenever it holds bytes
+    /// (seal policy rules 1 and 2, `seal.rs`): nothing committed is left waiting for the page to
+    /// fill.
+    pub fn wait_ready(&mut self, deadline: Option<Instant>) -> Result<bool> {
+        let shared = Arc::clone(&self.shared);
+        let read_lsn = self.read_lsn;
+        let ready = || shared.watermark.load(Ordering::SeqCst) > read_lsn;
+        if ready() {
+            self.set_busy(true);
+            return Ok(true);
+        }
+        // Rule 4 of the seal policy: count as waiting before no longer counting as busy.
+        shared.consumers.set_waiting(true);
+        self.set_busy(false);
+        loop {
+            let requests = shared.seal_requests.load(Ordering::SeqCst);
+            shared.seal_open_page(None);
+            let woken = shared.committed.wait_while(
+                || {
+                    !ready()
+                        && !shared.is_closed()
+                        && shared.seal_requests.load(Ordering::SeqCst) == requests
+                },
+                deadline,
+            );
+            if ready() || shared.is_closed() || !woken {
+                break;
+            }
+        }
+        let is_ready = ready();
+        self.set_busy(is_ready);
+        shared.consumers.set_waiting(false);
+        if is_ready {
+            Ok(true)
+        } else {
+            shared.seal_open_page(None); // disengaging: rule 4
+            if shared.is_closed() {
+                Err(Error::Closed)
+            } else {
+                Ok(false)
+            }
+        }
+    }
+
+    fn set_busy(&mut self, busy: bool) {
+        if self.busy != busy {
+            self.busy = busy;
+            self.shared.consumers.set_busy(busy);
+        }
+    }
+
+    /// Releases the pages below `lsn` (at most up to the read position): the ring may reuse
+    /// their slots once every other cursor released them too.
+    pub fn release(&mut self, lsn: u64) {
+        let lsn = lsn.min(self.read_lsn);
+        if lsn > self.pin.released.load(Ordering::Relaxed) {
+            self.pin.released.store(lsn, Ordering::Release);
+            self.shared.space.notify_all();
+        }
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        if self.busy {
+            self.shared.consumers.set_busy(false);
+            self.shared.seal_open_page(None); // disengaging: rule 4 of the seal policy
+        }
+        self.shared.pins.remove(&self.pin);
+        self.shared.space.notify_all();
+    }
+}

@@ -1,0 +1,224 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// What went wrong in the log, and where.
+///
+/// Page and record variants carry the LSN (and offset) that failed so that a log line names the
+/// exact place; I/O variants carry the path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Fewer bytes than a page header, or more than a page.
+    #[error("page has {len} bytes; a page is {min}..={max} bytes")]
+    PageLength {
+        /// Bytes given.
+        len: usize,
+        /// Smallest acceptable length (header plus the payload length it declares).
+        min: usize,
+        /// Largest acceptable length ([`crate::PAGE_SIZE`]).
+        max: usize,
+    },
+    /// The first four bytes are not the page magic.
+    #[error("page magic is {found:#010x}, expected {expected:#010x}")]
+    PageMagic {
+        /// Magic found.
+        found: u32,
+        /// Magic expected.
+        expected: u32,
+    },
+    /// A page of a format version this build does not read.
+    #[error("page at lsn {lsn} has format version {found}; this build reads version {supported}")]
+    PageVersion {
+        /// LSN the header claims.
+        lsn: u64,
+        /// Version found.
+        found: u16,
+        /// Version this build reads.
+        supported: u16,
+    },
+    /// A header field holds a value that no writer produces.
+    #[error("page at lsn {lsn}: field `{field}` holds {value}, which is invalid")]
+    PageField {
+        /// LSN the header claims.
+        lsn: u64,
+        /// Which header field.
+        field: &'static str,
+        /// The value found.
+        value: u64,
+    },
+    /// The crc32c over header and payload does not match the stored one.
+    #[error("page at lsn {lsn}: crc32c is {computed:#010x}, header says {stored:#010x}")]
+    PageChecksum {
+        /// LSN the header claims.
+        lsn: u64,
+        /// crc stored in the header.
+        stored: u32,
+        /// crc computed over the bytes.
+        computed: u32,
+    },
+    /// Pages were not consecutive.
+    #[error("log gap: expected page lsn {expected}, got {found}")]
+    Gap {
+        /// LSN that should have come next.
+        expected: u64,
+        /// LSN that came.
+        found: u64,
+    },
+    /// A page's records do not fit together with its header or its neighbours.
+    #[error("corrupt record at lsn {lsn} offset {offset}: {fault}")]
+    RecordCorrupt {
+        /// Page LSN.
+        lsn: u64,
+        /// Offset in the page payload.
+        offset: u16,
+        /// What is wrong.
+        fault: RecordFault,
+    },
+    /// Zero-length records are not allowed.
+    #[error("a record must hold at least one byte")]
+    EmptyRecord,
+    /// A record larger than half the ring.
+    #[error("record of {len} bytes exceeds the limit of {max} bytes (half the ring)")]
+    RecordTooLarge {
+        /// Bytes asked for.
+        len: usize,
+        /// Largest record this log takes.
+        max: usize,
+    },
+    /// `commit` was called before every reserved byte was written.
+    #[error("reservation at seq {seq} committed with {written} of {reserved} bytes written")]
+    IncompleteReservation {
+        /// Sequence number of the record.
+        seq: u64,
+        /// Bytes written.
+        written: usize,
+        /// Bytes reserved.
+        reserved: usize,
+    },
+    /// A cursor asked for pages the ring no longer holds.
+    #[error("lsn {requested} is below the ring's oldest retained page {oldest}")]
+    BelowHorizon {
+        /// LSN asked for.
+        requested: u64,
+        /// Oldest LSN still in the ring.
+        oldest: u64,
+    },
+    /// The log was closed while the caller waited.
+    #[error("the log is closed")]
+    Closed,
+    /// The host has no lock-free 128-bit compare-and-swap.
+    #[error(
+        "this CPU has no lock-free 128-bit compare-and-swap (cmpxchg16b); the anchor needs one"
+    )]
+    AnchorNotLockFree,
+    /// An option is out of range.
+    #[error("invalid log option `{option}` = {value}: {expected}")]
+    InvalidOption {
+        /// Option name.
+        option: &'static str,
+        /// Value given.
+        value: u64,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// The ring file exists but is not a ring, or not of this configuration.
+    #[error("ring file {path}: {fault}")]
+    RingFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        fault: RingFault,
+    },
+    /// An I/O operation on the ring file failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Why a record failed to decode (see [`Error::RecordCorrupt`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordFault {
+    /// The length prefix is zero.
+    #[error("zero-length record")]
+    ZeroLength,
+    /// The length prefix is over the reader's limit.
+    #[error("record length {len} exceeds the reader's limit {max}")]
+    TooLong {
+        /// Declared length.
+        len: u64,
+        /// Limit.
+        max: u64,
+    },
+    /// The header says the first record starts elsewhere than where the previous one ended.
+    #[error("first record offset is {header}, but the previous record ends at {actual}")]
+    FirstRecordOffset {
+        /// What the page header says.
+        header: u16,
+        /// Where the continuation actually ends (0xFFFF: it runs past this page).
+        actual: u16,
+    },
+    /// The page holds a different number of record starts than its header says.
+    #[error("header counts {header} records starting here, the payload holds {actual}")]
+    RecordCount {
+        /// What the page header says.
+        header: u16,
+        /// What was found.
+        actual: u16,
+    },
+    /// A record runs past the end of a page that is not full, so it can never continue.
+    #[error("record runs past the end of a partial page")]
+    Truncated,
+    /// The page continues a record that this reader never saw start.
+    #[error("page continues a record whose start was not read")]
+    OrphanContinuation,
+}
+
+/// Why a ring file was refused (see [`Error::RingFile`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RingFault {
+    /// Wrong magic: not a pagemesh ring.
+    #[error("not a pagemesh ring file (bad magic)")]
+    Magic,
+    /// A ring format this build does not read.
+    #[error("ring format version {found}, this build reads {supported}")]
+    Version {
+        /// Found.
+        found: u32,
+        /// Supported.
+        supported: u32,
+    },
+    /// The header's crc does not match.
+    #[error("ring header checksum mismatch")]
+    Checksum,
+    /// The file holds a different number of slots than configured.
+    #[error("ring has {found} slots, configured for {configured}")]
+    SlotCount {
+        /// In the file.
+        found: u64,
+        /// In the options.
+        configured: u64,
+    },
+    /// The file's length does not match its header.
+    #[error("ring file is {found} bytes, its header implies {expected}")]
+    Length {
+        /// Actual length.
+        found: u64,
+        /// Expected length.
+        expected: u64,
+    },
+    /// Another process has the ring open.
+    #[error("ring is locked by another process")]
+    Locked,
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,599 @@
+//! The log: reserve, write, commit; the committed watermark; the ring horizon.
+//!
+//! See the crate docs for the life of a record, `anchor.rs` for reservation, `seal.rs` for commit
+//! accounting and the seal policy, `ring.rs` for the file and recovery, `cursor.rs` for readers.
+//!
+//! # The ring horizon
+//!
+//! Page `lsn` lives in slot `lsn % slots`. A reservation may touch page `p` only once
+//! `p < horizon + slots`: the horizon is the oldest page still retained. It is the minimum of every
+//! cursor's released position (or the committed watermark when there are no cursors: nobody to
+//! retain pages for). It advances lazily, when a reservation finds its slots taken, under the
+//! `horizon` mutex: persist the new horizon in the ring header, reset the slots it frees, then
+//! publish it (Release), so a reserver that reads it (Acquire) finds its slots clean.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+use crate::anchor::{Anchor, Position, Span};
+use crate::cursor::CursorPins;
+use crate::error::{Error, Result};
+use crate::page::{write_page, PageMeta, PAYLOAD_SIZE};
+use crate::record::{seq_of, ABORTED_BIT, RECORD_HEADER_SIZE, RECORD_LEN_MAX};
+use crate::ring::{Recovered, Ring};
+use crate::seal::{Consumers, Notify, Slot, SlotState};
+use crate::sync::{anchor_is_lock_free, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
+
+/// How to open a log. Defaults are safe for production.
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    slots: u64,
+    epoch: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            slots: 1024,
+            epoch: 0,
+        }
+    }
+}
+
+impl LogOptions {
+    /// Defaults: 1024 slots (4 MiB of ring), epoch 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ring size in pages: a power of two, at least 4. Records may be up to half the ring.
+    pub fn slots(mut self, slots: u64) -> Self {
+        self.slots = slots;
+        self
+    }
+
+    /// The epoch (failover term) stamped on every page this log writes.
+    pub fn epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.slots < 4 || !self.slots.is_power_of_two() || self.slots > 1 << 24 {
+            return Err(Error::InvalidOption {
+                option: "slots",
+                value: self.slots,
+                expected: "a power of two from 4 to 2^24",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a committed record lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CommitPos {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The last page holding a byte of it: the record is in the committed log once the watermark
+    /// passes this page.
+    pub lsn_last: u64,
+}
+
+/// The state every handle, reservation and cursor shares.
+pub(crate) struct Shared {
+    pub anchor: Anchor,
+    /// First page not yet ready: every page below it is finished and readable.
+    pub watermark: CachePadded<AtomicU64>,
+    /// Oldest retained page; see the module docs.
+    pub horizon: CachePadded<AtomicU64>,
+    pub slots: Box<[CachePadded<Slot>]>,
+    pub ring: Ring,
+    pub slot_count: u64,
+    pub epoch: AtomicU64,
+    pub record_len_max: usize,
+    pub consumers: Consumers,
+    /// Woken when the watermark advances, when a lone commit needs sealing, and on close.
+    pub committed: Notify,
+    /// Woken when the horizon may advance (a cursor released pages, the watermark moved) and on close.
+    pub space: Notify,
+    /// Serialises horizon advances; also held while cursors register.
+    pub horizon_lock: Mutex<()>,
+    pub pins: CursorPins,
+    pub closed: AtomicBool,
+    /// Bumped by a lone commit (seal rule 2) so idle consumers wake up and seal it.
+    pub seal_requests: AtomicU64,
+    pub recovered: Recovered,
+}
+
+/// The replication log: a ring of 4 KB pages that many threads append records to without a lock.
+///
+/// A `Log` is a cheap handle (`Clone`, `Send`, `Sync`); every clone is the same log.
+///
+/// ```
+/// use pagemesh_logpage::{Log, LogOptions, RecordReader};
+///
+/// let dir = tempfile::tempdir()?;
+/// let log = Log::open(dir.path(), LogOptions::new().slots(64))?;
+/// let mut cursor = log.cursor(0)?;
+///
+/// let pos = log.append(b"hello, log")?;
+/// log.wait_committed(pos, None)?; // seals the page: nobody else is consuming
+///
+/// let mut reader = RecordReader::new();
+/// let page = cursor.next_ready()?.expect("a ready page");
+/// reader.feed(page, |record| assert_eq!(&record.bytes[..], b"hello, log"))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("path", &self.shared.ring.path())
+            .field("anchor", &self.shared.anchor.load())
+            .field("committed_lsn", &self.committed_lsn())
+            .field("horizon", &self.shared.horizon.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir` (creating `dir/log.ring` if needed) and recovers what the ring held:
+    /// the committed pages from the persisted horizon up to the first gap.
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self> {
+        options.check()?;
+        let (ring, recovered) = Ring::open(dir.as_ref(), options.slots)?;
+        tracing::info!(
+            path = %dir.as_ref().display(),
+            slots = options.slots,
+            start_lsn = recovered.start_lsn,
+            end_lsn = recovered.end_lsn,
+            discarded_pages = recovered.discarded_pages,
+            "opened log ring"
+        );
+        Self::with_ring(ring, recovered, &options)
+    }
+
+    /// A log in anonymous memory (nothing survives the process): for tests and benchmarks.
+    pub fn in_memory(options: LogOptions) -> Result<Self> {
+        options.check()?;
+        let (ring, recovered) = Ring::anonymous(options.slots)?;
+        Self::with_ring(ring, recovered, &options)
+    }
+
+    fn with_ring(ring: Ring, recovered: Recovered, options: &LogOptions) -> Result<Self> {
+        if !anchor_is_lock_free() {
+            return Err(Error::AnchorNotLockFree);
+        }
+        let slots: Box<[CachePadded<Slot>]> = (0..options.slots)
+            .map(|_| CachePadded::new(Slot::new()))
+            .collect();
+        for lsn in recovered.start_lsn..recovered.end_lsn {
+            slots[(lsn % options.slots) as usize].mark_ready(lsn);
+        }
+        let ring_bytes = (options.slots as usize / 2) * PAYLOAD_SIZE;
+        let shared = Shared {
+            anchor: Anchor::new(Position {
+                lsn: recovered.end_lsn,
+                offset: 0,
+            }),
+            watermark: CachePadded::new(AtomicU64::new(recovered.end_lsn)),
+            horizon: CachePadded::new(AtomicU64::new(recovered.start_lsn)),
+            slots,
+            ring,
+            slot_count: options.slots,
+            epoch: AtomicU64::new(options.epoch.max(recovered.epoch_max)),
+            record_len_max: (ring_bytes - RECORD_HEADER_SIZE).min(RECORD_LEN_MAX),
+            consumers: Consumers::default(),
+            committed: Notify::default(),
+            space: Notify::default(),
+            horizon_lock: Mutex::new(()),
+            pins: CursorPins::default(),
+            closed: AtomicBool::new(false),
+            seal_requests: AtomicU64::new(0),
+            recovered,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// What the ring held when it was opened.
+    pub fn recovered(&self) -> Recovered {
+        self.shared.recovered
+    }
+
+    /// The committed watermark: every page below it is finished and readable.
+    pub fn committed_lsn(&self) -> u64 {
+        self.shared.watermark.load(Ordering::SeqCst)
+    }
+
+    /// Where the next reservation would start.
+    pub fn anchor(&self) -> Position {
+        self.shared.anchor.load()
+    }
+
+    /// The oldest page the ring still holds.
+    pub fn horizon_lsn(&self) -> u64 {
+        self.shared.horizon.load(Ordering::Acquire)
+    }
+
+    /// Ring size in pages.
+    pub fn slots(&self) -> u64 {
+        self.shared.slot_count
+    }
+
+    /// The largest record this log accepts (half the ring, less the record header).
+    pub fn record_len_max(&self) -> usize {
+        self.shared.record_len_max
+    }
+
+    /// The epoch stamped on new pages.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Reserves room for a record of `len` bytes. Lock-free; blocks only while the ring is full
+    /// (backpressure) until cursors release pages.
+    ///
+    /// Write exactly `len` bytes into the reservation, then [`Reservation::commit`] it. Do not
+    /// reserve again on the same thread before committing: the second reservation could wait for
+    /// ring space that only the first one's commit frees.
+    pub fn reserve(&self, len: usize) -> Result<Reservation<'_>> {
+        if len == 0 {
+            return Err(Error::EmptyRecord);
+        }
+        let shared = &*self.shared;
+        if len > shared.record_len_max {
+            return Err(Error::RecordTooLarge {
+                len,
+                max: shared.record_len_max,
+            });
+        }
+        let total = (RECORD_HEADER_SIZE + len) as u64;
+        let mut start = shared.anchor.load();
+        let span = loop {
+            let span = Span {
+                start,
+                end: start.advance(total),
+            };
+            if span.last_lsn() >= shared.horizon.load(Ordering::Acquire) + shared.slot_count {
+                shared.wait_for_space(span.last_lsn())?;
+                start = shared.anchor.load();
+                continue;
+            }
+            match shared.anchor.compare_exchange(start, span.end) {
+                Ok(()) => break span,
+                Err(actual) => start = actual,
+            }
+        };
+        // The CAS sealed every page it moved past; record which pages this record runs into.
+        for lsn in span.start.lsn..span.end.lsn {
+            if let Some(state) = shared.slot(lsn).seal(PAYLOAD_SIZE as u64) {
+                shared.finish_page(lsn, state);
+            }
+        }
+        for lsn in span.start.lsn + 1..=span.last_lsn() {
+            let end = if lsn == span.end.lsn {
+                span.end.offset
+            } else {
+                PAYLOAD_SIZE as u64
+            };
+            shared.slot(lsn).set_continuation_end(end as u32);
+        }
+        let mut cursor = span.start;
+        put(&shared.ring, &mut cursor, &(len as u32).to_le_bytes());
+        Ok(Reservation {
+            shared,
+            span,
+            len,
+            written: 0,
+            cursor,
+            done: false,
+        })
+    }
+
+    /// Appends one record: reserve, write, commit.
+    pub fn append(&self, record: &[u8]) -> Result<CommitPos> {
+        let mut reservation = self.reserve(record.len())?;
+        reservation.write(record);
+        reservation.commit()
+    }
+
+    /// Seals the open page if it holds anything, so it can be read and shipped. Returns the LSN of
+    /// the page sealed.
+    pub fn seal(&self) -> Option<u64> {
+        self.shared.seal_open_page(None)
+    }
+
+    /// Blocks until the watermark passes `pos` (its record is in the committed log), sealing its
+    /// page if no consumer is engaged to do it (see `seal.rs`). Returns `Ok(false)` if `deadline`
+    /// passed first.
+    pub fn wait_committed(&self, pos: CommitPos, deadline: Option<Instant>) -> Result<bool> {
+        let shared = &*self.shared;
+        if shared.watermark.load(Ordering::SeqCst) > pos.lsn_last {
+            return Ok(true);
+        }
+        if !shared.consumers.engaged() {
+            shared.seal_open_page(Some(pos.lsn_last));
+        }
+        let passed = shared.committed.wait_while(
+            || shared.watermark.load(Ordering::SeqCst) <= pos.lsn_last && !shared.is_closed(),
+            deadline,
+        );
+        if shared.watermark.load(Ordering::SeqCst) > pos.lsn_last {
+            Ok(true)
+        } else if shared.is_closed() {
+            Err(Error::Closed)
+        } else {
+            debug_assert!(!passed);
+            Ok(false)
+        }
+    }
+
+    /// Closes the log: every blocked reservation, wait and cursor returns [`Error::Closed`], and
+    /// new reservations are refused. Pages already in the ring stay intact.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.committed.notify_all();
+        self.shared.space.notify_all();
+        tracing::debug!("log closed");
+    }
+
+    /// Writes the ring back to its file and waits for the disk (msync).
+    pub fn flush(&self) -> Result<()> {
+        self.shared.ring.flush()
+    }
+}
+
+impl Shared {
+    pub fn slot(&self, lsn: u64) -> &Slot {
+        &self.slots[(lsn & (self.slot_count - 1)) as usize]
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Seals the open page if it holds bytes (and, with `only`, only if it is that page).
+    pub fn seal_open_page(&self, only: Option<u64>) -> Option<u64> {
+        let mut at = self.anchor.load();
+        loop {
+            if at.offset == 0 || only.is_some_and(|lsn| lsn != at.lsn) {
+                return None;
+            }
+            let next = Position {
+                lsn: at.lsn + 1,
+                offset: 0,
+            };
+            match self.anchor.compare_exchange(at, next) {
+                Ok(()) => break,
+                Err(actual) => at = actual,
+            }
+        }
+        if let Some(state) = self.slot(at.lsn).seal(at.offset) {
+            self.finish_page(at.lsn, state);
+        }
+        Some(at.lsn)
+    }
+
+    /// Writes the header and crc of the completed page `lsn`, marks it ready, advances the
+    /// watermark. Called by exactly one thread per page: the one whose add completed it.
+    pub fn finish_page(&self, lsn: u64, state: SlotState) {
+        let record_count = state.starts() as u16;
+        let meta = PageMeta {
+            lsn,
+            committed_lsn: self.watermark.load(Ordering::SeqCst).min(lsn),
+            epoch: self.epoch.load(Ordering::Relaxed),
+            payload_len: state.sealed_len() as u16,
+            first_record_offset: self.slot(lsn).continuation_end() as u16,
+            record_count,
+            end_of_epoch: false,
+        };
+        // SAFETY: the page is complete: every writer committed (their byte ranges are done and
+        // were published to us by the AcqRel adds) and no reader looks at it before `mark_ready`.
+        write_page(unsafe { self.ring.slot_mut(lsn) }, &meta);
+        self.slot(lsn).mark_ready(lsn);
+        self.advance_watermark();
+    }
+
+    /// Moves the watermark over every consecutive ready page. Any finisher may call it; see
+    /// `seal.rs` for why the SeqCst pair (ready tag, watermark) loses no advance.
+    fn advance_watermark(&self) {
+        let mut advanced = false;
+        let mut watermark = self.watermark.load(Ordering::SeqCst);
+        while self.slot(watermark).is_ready(watermark) {
+            match self.watermark.compare_exchange(
+                watermark,
+                watermark + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    advanced = true;
+                    watermark += 1;
+                }
+                Err(actual) => watermark = actual,
+            }
+        }
+        if advanced {
+            self.committed.notify_all();
+            self.space.notify_all(); // the horizon may follow the watermark
+        }
+    }
+
+    /// Blocks until page `lsn` fits in the ring, advancing the horizon as far as cursors allow.
+    fn wait_for_space(&self, lsn: u64) -> Result<()> {
+        let fits = || lsn < self.advance_horizon() + self.slot_count;
+        if fits() {
+            return Ok(());
+        }
+        tracing::trace!(
+            lsn,
+            horizon = self.horizon.load(Ordering::Relaxed),
+            "ring full, waiting"
+        );
+        self.space.wait_while(|| !fits() && !self.is_closed(), None);
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Advances the horizon to the oldest page some cursor retains (or the watermark if none);
+    /// returns the horizon.
+    pub fn advance_horizon(&self) -> u64 {
+        let _guard = lock(&self.horizon_lock);
+        let old = self.horizon.load(Ordering::Acquire);
+        let watermark = self.watermark.load(Ordering::SeqCst);
+        let new = self.pins.min_released().unwrap_or(watermark).min(watermark);
+        if new <= old {
+            return old;
+        }
+        // SAFETY: we hold `horizon_lock`, which serialises every call.
+        unsafe { self.ring.persist_released_lsn(new) };
+        for lsn in old..new {
+            self.slot(lsn).reset();
+            // SAFETY: page `lsn` is below every cursor's released position and below the
+            // watermark, so no reader holds it; and no reservation reaches its slot before the
+            // new horizon is published below.
+            unsafe { self.ring.invalidate(lsn) };
+        }
+        self.horizon.store(new, Ordering::Release);
+        new
+    }
+}
+
+/// Room in the log for one record, returned by [`Log::reserve`].
+///
+/// Write the record's bytes with [`write`](Self::write) (in as many pieces as you like), then
+/// [`commit`](Self::commit). Dropping a reservation without committing it marks the record aborted:
+/// its bytes stay in the log (the pages around it must stay contiguous) but readers skip it.
+#[must_use = "a reservation must be written and committed, or the record is aborted"]
+pub struct Reservation<'log> {
+    shared: &'log Shared,
+    span: Span,
+    len: usize,
+    written: usize,
+    /// Where the next byte goes.
+    cursor: Position,
+    done: bool,
+}
+
+impl std::fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("seq", &self.seq())
+            .field("len", &self.len)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl Reservation<'_> {
+    /// The record's sequence number.
+    pub fn seq(&self) -> u64 {
+        seq_of(self.span.start.lsn, self.span.start.offset as u16)
+    }
+
+    /// Bytes still to write.
+    pub fn remaining(&self) -> usize {
+        self.len - self.written
+    }
+
+    /// Appends `bytes` to the record.
+    ///
+    /// # Panics
+    /// If `bytes` is longer than [`remaining`](Self::remaining): that is a bug in the caller.
+    pub fn write(&mut self, bytes: &[u8]) {
+        assert!(
+            bytes.len() <= self.remaining(),
+            "write of {} bytes into a reservation with {} left",
+            bytes.len(),
+            self.remaining()
+        );
+        put(&self.shared.ring, &mut self.cursor, bytes);
+        self.written += bytes.len();
+    }
+
+    /// Publishes the record. Returns where it lies; pass that to [`Log::wait_committed`] to wait
+    /// until it is in the committed log.
+    pub fn commit(mut self) -> Result<CommitPos> {
+        if self.written != self.len {
+            let error = Error::IncompleteReservation {
+                seq: self.seq(),
+                written: self.written,
+                reserved: self.len,
+            };
+            self.abort();
+            return Err(error);
+        }
+        Ok(self.publish())
+    }
+
+    fn abort(&mut self) {
+        let mut header_at = self.span.start;
+        put(
+            &self.shared.ring,
+            &mut header_at,
+            &((self.len as u32) | ABORTED_BIT).to_le_bytes(),
+        );
+        self.publish();
+    }
+
+    fn publish(&mut self) -> CommitPos {
+        self.done = true;
+        let shared = self.shared;
+        let span = self.span;
+        for lsn in span.start.lsn..=span.last_lsn() {
+            let starts_record = lsn == span.start.lsn;
+            if let Some(state) = shared.slot(lsn).commit(span.bytes_in(lsn), starts_record) {
+                shared.finish_page(lsn, state);
+            }
+        }
+        // Rule 2 of the seal policy: a lone commit wakes idle consumers so they seal it.
+        if span.start.offset == 0 && shared.consumers.waiting() > 0 {
+            shared.seal_requests.fetch_add(1, Ordering::SeqCst);
+            shared.committed.notify_all();
+        }
+        CommitPos {
+            seq: self.seq(),
+            lsn_last: span.last_lsn(),
+        }
+    }
+}
+
+/// Copies `bytes` into the ring at `at`, across page boundaries, and moves `at` past them.
+///
+/// The caller must own the whole range by reservation.
+fn put(ring: &Ring, at: &mut Position, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        let room = PAYLOAD_SIZE - at.offset as usize;
+        let (now, rest) = bytes.split_at(room.min(bytes.len()));
+        // SAFETY: the range lies inside the caller's reservation (the anchor CAS gave it to that
+        // caller alone), and it reaches readers only through the commit's Release add.
+        unsafe { ring.write_payload(at.lsn, at.offset as usize, now) };
+        *at = at.advance(now.len() as u64);
+        bytes = rest;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::warn!(
+                seq = self.seq(),
+                len = self.len,
+                "reservation dropped uncommitted; record aborted"
+            );
+            self.abort();
+        }
+    }
+}

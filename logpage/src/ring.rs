@@ -1,0 +1,357 @@
+//! The ring file: a header page and `slots` page slots, memory-mapped.
+//!
+//! ```text
+//! file offset            content
+//! 0                      ring header (below), rest of the page zero
+//! PAGE_SIZE * (1 + i)    slot i: holds page lsn with lsn % slots == i
+//! ```
+//!
+//! Ring header, little-endian:
+//!
+//! ```text
+//! offset size field
+//!      0    8 magic          "PMRING\0\x01"
+//!      8    4 version        RING_VERSION
+//!     12    4 page_size      PAGE_SIZE
+//!     16    8 slots          number of page slots, a power of two
+//!     24    4 crc32c         over bytes 0..24
+//!     28    4 reserved       zero
+//!     32    8 released_lsn   pages below this may have been overwritten (not under the crc:
+//!                            rewritten in place each time the ring's horizon advances)
+//! ```
+//!
+//! Writes go to the shared mapping, so a *process* crash loses nothing that reached the mapping:
+//! the kernel's page cache holds it. Surviving power loss is the job of the LMDB store, which makes
+//! pages durable by applying them; [`Ring::flush`] (msync) exists for callers that want the ring
+//! itself on disk.
+//!
+//! # Recovery
+//!
+//! On open, every slot is validated (magic, fields, crc) and kept only if its LSN maps to it. The
+//! recovered run starts at `released_lsn` (the horizon is persisted *before* any slot below it is
+//! reset, so every page from there up to the committed watermark is still intact) and extends
+//! upward to the first page that is missing, torn or never finished: that gap is the end of the
+//! log, and any finished page beyond it (pages finish out of order) was never below the committed
+//! watermark, so it is discarded. Every page outside the run is invalidated (its magic zeroed),
+//! so a later recovery can never mistake it for part of the log.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use bytemuck::{Pod, Zeroable};
+use memmap2::MmapMut;
+
+use crate::error::{Error, Result, RingFault};
+use crate::page::{validate, U32Le, U64Le, PAGE_SIZE};
+
+const RING_MAGIC: [u8; 8] = *b"PMRING\0\x01";
+const RING_VERSION: u32 = 1;
+const RELEASED_LSN_OFFSET: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RingHeader {
+    magic: [u8; 8],
+    version: U32Le,
+    page_size: U32Le,
+    slots: U64Le,
+    crc: U32Le,
+    reserved: U32Le,
+    released_lsn: U64Le,
+}
+const _: () = assert!(std::mem::size_of::<RingHeader>() == RELEASED_LSN_OFFSET + 8);
+const _: () = assert!(std::mem::offset_of!(RingHeader, released_lsn) == RELEASED_LSN_OFFSET);
+const CRC_COVERED: usize = std::mem::offset_of!(RingHeader, crc);
+
+impl RingHeader {
+    fn new(slots: u64) -> Self {
+        let mut header = Self {
+            magic: RING_MAGIC,
+            version: U32Le::new(RING_VERSION),
+            page_size: U32Le::new(PAGE_SIZE as u32),
+            slots: U64Le::new(slots),
+            crc: U32Le::new(0),
+            reserved: U32Le::new(0),
+            released_lsn: U64Le::new(0),
+        };
+        header.crc = U32Le::new(crc32c::crc32c(&bytemuck::bytes_of(&header)[..CRC_COVERED]));
+        header
+    }
+
+    fn check(&self, slots: u64) -> std::result::Result<(), RingFault> {
+        if self.magic != RING_MAGIC {
+            return Err(RingFault::Magic);
+        }
+        if self.version.get() != RING_VERSION {
+            return Err(RingFault::Version {
+                found: self.version.get(),
+                supported: RING_VERSION,
+            });
+        }
+        if crc32c::crc32c(&bytemuck::bytes_of(self)[..CRC_COVERED]) != self.crc.get() {
+            return Err(RingFault::Checksum);
+        }
+        if self.page_size.get() as usize != PAGE_SIZE || self.slots.get() != slots {
+            return Err(RingFault::SlotCount {
+                found: self.slots.get(),
+                configured: slots,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The pages the ring held when it was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// First page of the recovered run.
+    pub start_lsn: u64,
+    /// One past the last page of the run: where the log continues.
+    pub end_lsn: u64,
+    /// Highest epoch among the recovered pages (0 if none).
+    pub epoch_max: u64,
+    /// Finished pages beyond the first gap, discarded.
+    pub discarded_pages: u64,
+}
+
+/// The mapping and the file behind it.
+pub(crate) struct Ring {
+    map: MmapMut,
+    /// Base of the mapping. Writers copy into disjoint byte ranges through it; see `Log`.
+    base: *mut u8,
+    slots: u64,
+    path: Option<PathBuf>,
+    _file: Option<File>,
+}
+
+// SAFETY: `Ring` is a mapping plus its base pointer. The pointer is only dereferenced through the
+// methods below, whose callers (the log) guarantee that no two threads write the same byte range
+// concurrently and that a range is read only after its writers' stores were published (Release
+// on the slot's accounting word or ready tag, Acquire by the reader). The mapping itself is owned
+// and outlives every use, since the `Ring` is dropped only with the log's shared state.
+unsafe impl Send for Ring {}
+// SAFETY: as for `Send`: all shared access goes through the disjoint-range discipline above.
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    /// Opens (or creates) `dir/log.ring` with `slots` slots and recovers its pages.
+    pub fn open(dir: &Path, slots: u64) -> Result<(Self, Recovered)> {
+        let path = dir.join("log.ring");
+        let io = |op: &'static str| {
+            let path = path.clone();
+            move |source| Error::Io { op, path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io("create directory for"))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(Error::RingFile {
+                    path,
+                    fault: RingFault::Locked,
+                })
+            }
+            Err(TryLockError::Error(source)) => return Err(io("lock")(source)),
+        }
+        let expected_len = (slots + 1) * PAGE_SIZE as u64;
+        let len = file.metadata().map_err(io("stat"))?.len();
+        let fresh = len == 0;
+        if fresh {
+            file.set_len(expected_len).map_err(io("size"))?;
+        } else if len != expected_len {
+            let mut header = RingHeader::zeroed();
+            let head = read_prefix(&file, bytemuck::bytes_of_mut(&mut header));
+            let fault = match head.and_then(|()| header.check(slots).err().ok_or(())) {
+                Ok(fault) => fault,
+                Err(()) => RingFault::Length {
+                    found: len,
+                    expected: expected_len,
+                },
+            };
+            return Err(Error::RingFile { path, fault });
+        }
+        // SAFETY: the file is open read-write, sized to `expected_len`, and locked against other
+        // pagemesh processes for as long as `Ring` holds it; nothing truncates it while mapped.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io("map"))?;
+        let mut ring = Self::from_map(map, slots, Some(path.clone()), Some(file));
+        if fresh {
+            ring.header_page_mut()[..std::mem::size_of::<RingHeader>()]
+                .copy_from_slice(bytemuck::bytes_of(&RingHeader::new(slots)));
+            ring.map.flush().map_err(io("sync header of"))?;
+        } else {
+            let header: &RingHeader =
+                bytemuck::from_bytes(&ring.header_page_mut()[..std::mem::size_of::<RingHeader>()]);
+            header.check(slots).map_err(|fault| Error::RingFile {
+                path: path.clone(),
+                fault,
+            })?;
+        }
+        let recovered = ring.recover();
+        Ok((ring, recovered))
+    }
+
+    /// A ring in anonymous memory: nothing survives the process. For tests and benchmarks.
+    pub fn anonymous(slots: u64) -> Result<(Self, Recovered)> {
+        let len = (slots + 1) as usize * PAGE_SIZE;
+        let map = MmapMut::map_anon(len).map_err(|source| Error::Io {
+            op: "map anonymous ring",
+            path: PathBuf::from("<anonymous>"),
+            source,
+        })?;
+        let ring = Self::from_map(map, slots, None, None);
+        let recovered = Recovered {
+            start_lsn: 0,
+            end_lsn: 0,
+            epoch_max: 0,
+            discarded_pages: 0,
+        };
+        Ok((ring, recovered))
+    }
+
+    fn from_map(mut map: MmapMut, slots: u64, path: Option<PathBuf>, file: Option<File>) -> Self {
+        let base = map.as_mut_ptr();
+        Self {
+            map,
+            base,
+            slots,
+            path,
+            _file: file,
+        }
+    }
+
+    fn header_page_mut(&mut self) -> &mut [u8] {
+        &mut self.map[..PAGE_SIZE]
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Pointer to the first byte of the slot holding page `lsn`.
+    pub fn slot_ptr(&self, lsn: u64) -> *mut u8 {
+        let index = (lsn & (self.slots - 1)) as usize;
+        // SAFETY: `index < slots`, and the mapping is `(slots + 1) * PAGE_SIZE` bytes, so the
+        // offset stays inside it.
+        unsafe { self.base.add(PAGE_SIZE * (1 + index)) }
+    }
+
+    /// The slot of page `lsn` as a page buffer.
+    ///
+    /// # Safety
+    /// No other thread may access the slot's bytes while the returned borrow lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slot_mut(&self, lsn: u64) -> &mut [u8; PAGE_SIZE] {
+        // SAFETY: the pointer addresses PAGE_SIZE mapped bytes (see `slot_ptr`), a u8 array has
+        // alignment 1, and the caller guarantees exclusive access for the borrow's lifetime.
+        unsafe { &mut *self.slot_ptr(lsn).cast::<[u8; PAGE_SIZE]>() }
+    }
+
+    /// The slot of page `lsn` for reading.
+    ///
+    /// # Safety
+    /// No thread may write the slot's bytes while the returned borrow lives.
+    pub unsafe fn slot(&self, lsn: u64) -> &[u8; PAGE_SIZE] {
+        // SAFETY: as in `slot_mut`; the caller guarantees there are no concurrent writers.
+        unsafe { &*self.slot_ptr(lsn).cast::<[u8; PAGE_SIZE]>() }
+    }
+
+    /// Copies `bytes` into page `lsn`'s payload at `offset`.
+    ///
+    /// # Safety
+    /// The caller must own that byte range (by reservation): no other thread reads or writes it
+    /// until the caller publishes it with a Release operation.
+    pub unsafe fn write_payload(&self, lsn: u64, offset: usize, bytes: &[u8]) {
+        debug_assert!(offset + bytes.len() <= crate::page::PAYLOAD_SIZE);
+        // SAFETY: the destination lies inside the slot's payload (asserted above, and guaranteed
+        // by the reservation arithmetic), the source is a distinct allocation, and the caller owns
+        // the destination range exclusively.
+        unsafe {
+            let dst = self.slot_ptr(lsn).add(crate::page::HEADER_SIZE + offset);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+        }
+    }
+
+    /// Makes page `lsn`'s slot unrecognisable as a page (zeroes its magic).
+    ///
+    /// # Safety
+    /// No other thread may access the slot (it is below the horizon, or the ring is not shared yet).
+    pub unsafe fn invalidate(&self, lsn: u64) {
+        // SAFETY: 4 bytes at the start of a mapped slot; exclusive access by the caller's contract.
+        unsafe { std::ptr::write_bytes(self.slot_ptr(lsn), 0, 4) }
+    }
+
+    /// Records that pages below `lsn` may be overwritten. Called before their slots are reset.
+    ///
+    /// # Safety
+    /// Only one thread at a time may call this (the log calls it under its horizon lock).
+    pub unsafe fn persist_released_lsn(&self, lsn: u64) {
+        if self.path.is_some() {
+            // SAFETY: 8 bytes inside the header page, which no other code writes after open; the
+            // caller serialises writers.
+            unsafe {
+                let dst = self.base.add(RELEASED_LSN_OFFSET);
+                std::ptr::copy_nonoverlapping(lsn.to_le_bytes().as_ptr(), dst, 8);
+            }
+        }
+    }
+
+    /// Writes the mapping back to the file and waits for it (msync).
+    pub fn flush(&self) -> Result<()> {
+        self.map.flush().map_err(|source| Error::Io {
+            op: "msync",
+            path: self.path.clone().unwrap_or_default(),
+            source,
+        })
+    }
+
+    /// Scans the slots; see the module docs. Runs before the ring is shared.
+    fn recover(&mut self) -> Recovered {
+        let mut released = [0u8; 8];
+        released.copy_from_slice(&self.map[RELEASED_LSN_OFFSET..RELEASED_LSN_OFFSET + 8]);
+        let start_lsn = u64::from_le_bytes(released);
+        let mut end_lsn = start_lsn;
+        let mut epoch_max = 0;
+        let mut discarded_pages = 0;
+        while end_lsn - start_lsn < self.slots {
+            // SAFETY: the ring is not shared yet (`&mut self`), so nothing else touches the slot.
+            let page = unsafe { self.slot(end_lsn) };
+            match validate(page) {
+                Ok(page) if page.lsn() == end_lsn => {
+                    epoch_max = epoch_max.max(page.header().epoch())
+                }
+                _ => break,
+            }
+            end_lsn += 1;
+        }
+        for index in 0..self.slots {
+            // SAFETY: as above; and `index` maps to slot `index` itself.
+            let page = unsafe { self.slot(index) };
+            let keep = match validate(page) {
+                Ok(page) => (start_lsn..end_lsn).contains(&page.lsn()),
+                Err(_) => continue,
+            };
+            if !keep {
+                discarded_pages += 1;
+                // SAFETY: exclusive access, as above.
+                unsafe { self.invalidate(index) };
+            }
+        }
+        Recovered {
+            start_lsn,
+            end_lsn,
+            epoch_max,
+            discarded_pages,
+        }
+    }
+}
+
+fn read_prefix(file: &File, buf: &mut [u8]) -> std::result::Result<(), ()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, 0).map_err(drop)
+}

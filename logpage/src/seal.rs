@@ -1,0 +1,276 @@
+//! Commit accounting, sealing and group commit.
+//!
+//! # When a page is ready
+//!
+//! Each ring slot has one 64-bit accounting word:
+//!
+//! ```text
+//! bits  0..16  committed   payload bytes whose writers have committed
+//! bits 16..32  sealed_len  the page's final payload length, once sealed
+//! bit  32      sealed      the anchor has moved past the page
+//! bits 40..56  starts      records that start in the page (each committed)
+//! ```
+//!
+//! A writer commits with one `fetch_add(bytes | starts)` per page it touched; the thread whose CAS
+//! moved the anchor past a page adds `sealed | sealed_len << 16` once. All adds are `AcqRel`, so
+//! whoever's add completes the page (sealed, and committed == sealed_len) has seen every other
+//! writer's payload bytes: exactly one thread observes that transition, and it *finishes* the page
+//! (writes header and crc, marks it ready, advances the committed-LSN watermark). The order in
+//! which commits and the seal arrive does not matter.
+//!
+//! # When a page is sealed (group commit)
+//!
+//! Full pages seal themselves: the reservation that fills a page moves the anchor past it. A
+//! partial page is sealed by whoever needs it shipped, under these rules:
+//!
+//! 1. A consumer (a [`crate::Cursor`] in `wait_ready`) that finds no ready page seals the open
+//!    page if it holds anything: the consumer is idle, so shipping now costs no batching.
+//! 2. A commit that was the first into an empty page wakes idle consumers, so rule 1 applies to a
+//!    lone commit at once: it is never stuck waiting for the page to fill.
+//! 3. [`crate::Log::wait_committed`] seals the open page itself only when no consumer is busy.
+//!    Otherwise the busy consumer seals when it turns idle (rule 1); by then every commit made while
+//!    it worked has joined the page. Under load, then, pages fill up by themselves, and each group
+//!    is what was committed while the previous one was being consumed.
+//!
+//! The "busy" and "waiting" consumer counts, the anchor and the watermark are all `SeqCst`, which is
+//! what makes rules 2 and 3 race-free: a waiter that sees a busy consumer is ordered before that
+//! consumer's decrement, so the consumer's subsequent anchor load sees the waiter's bytes.
+
+use std::time::Instant;
+
+use crate::page::PAYLOAD_SIZE;
+use crate::sync::{lock, AtomicU32, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering};
+
+const COMMITTED_MASK: u64 = 0xFFFF;
+const SEALED_LEN_SHIFT: u32 = 16;
+const SEALED_BIT: u64 = 1 << 32;
+const STARTS_SHIFT: u32 = 40;
+const _: () = assert!(PAYLOAD_SIZE as u64 <= COMMITTED_MASK);
+
+/// A decoded accounting word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotState(u64);
+
+impl SlotState {
+    pub fn committed(self) -> u64 {
+        self.0 & COMMITTED_MASK
+    }
+    pub fn sealed_len(self) -> u64 {
+        (self.0 >> SEALED_LEN_SHIFT) & COMMITTED_MASK
+    }
+    pub fn is_sealed(self) -> bool {
+        self.0 & SEALED_BIT != 0
+    }
+    pub fn starts(self) -> u64 {
+        (self.0 >> STARTS_SHIFT) & COMMITTED_MASK
+    }
+    pub fn is_complete(self) -> bool {
+        self.is_sealed() && self.committed() == self.sealed_len()
+    }
+}
+
+/// The in-memory bookkeeping of one ring slot. The page bytes live in the ring file.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// See the module docs.
+    state: AtomicU64,
+    /// Where the record that runs into this page from an earlier one ends (1..=PAYLOAD_SIZE), or 0
+    /// if no record runs in. Written by that record's reserver before its commit (Release by the
+    /// commit's `fetch_add`), read by the finisher after the completing `fetch_add` (Acquire).
+    continuation_end: AtomicU32,
+    /// `lsn + 1` once page `lsn` in this slot is finished and readable; tagged with the LSN so a
+    /// stale value from the slot's previous lap never reads as ready.
+    ready_lsn: AtomicU64,
+}
+
+impl Slot {
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU64::new(0),
+            continuation_end: AtomicU32::new(0),
+            ready_lsn: AtomicU64::new(0),
+        }
+    }
+
+    /// Clears the slot for its next lap. Only the thread that advances the ring horizon calls it,
+    /// before publishing the horizon (Release) that lets reservers into the slot.
+    pub fn reset(&self) {
+        self.state.store(0, Ordering::Relaxed);
+        self.continuation_end.store(0, Ordering::Relaxed);
+    }
+
+    /// Adds a commit of `bytes` (and one record start if `starts_record`); returns the state after
+    /// it if this add completed the page.
+    pub fn commit(&self, bytes: u64, starts_record: bool) -> Option<SlotState> {
+        let delta = bytes | (u64::from(starts_record) << STARTS_SHIFT);
+        self.add(delta)
+    }
+
+    /// Seals the page at `len` payload bytes; returns the state if this completed the page.
+    pub fn seal(&self, len: u64) -> Option<SlotState> {
+        debug_assert!((1..=PAYLOAD_SIZE as u64).contains(&len));
+        self.add(SEALED_BIT | (len << SEALED_LEN_SHIFT))
+    }
+
+    fn add(&self, delta: u64) -> Option<SlotState> {
+        let after = SlotState(
+            self.state
+                .fetch_add(delta, Ordering::AcqRel)
+                .wrapping_add(delta),
+        );
+        debug_assert!(
+            after.committed() <= PAYLOAD_SIZE as u64,
+            "over-committed slot: {after:?}"
+        );
+        after.is_complete().then_some(after)
+    }
+
+    pub fn set_continuation_end(&self, end: u32) {
+        self.continuation_end.store(end, Ordering::Relaxed);
+    }
+
+    pub fn continuation_end(&self) -> u32 {
+        self.continuation_end.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_ready(&self, lsn: u64) {
+        self.ready_lsn.store(lsn + 1, Ordering::Release);
+    }
+
+    pub fn is_ready(&self, lsn: u64) -> bool {
+        self.ready_lsn.load(Ordering::Acquire) == lsn + 1
+    }
+}
+
+/// Blocking waits without busy spinning, and notifications that cost one atomic load when nobody
+/// waits.
+///
+/// A waiter registers (`waiters += 1`, SeqCst), then checks its condition under the mutex and
+/// sleeps on the condvar. A notifier changes the state (SeqCst) and only then loads `waiters`: if
+/// it reads 0, the waiter's registration comes later in the total order, so the waiter's check sees
+/// the change. If it reads more, it takes the mutex before notifying, so the wake-up cannot fall
+/// between a waiter's check and its sleep.
+#[derive(Debug, Default)]
+pub(crate) struct Notify {
+    waiters: AtomicUsize,
+    mutex: Mutex<()>,
+    condvar: Condvar,
+}
+
+impl Notify {
+    pub fn notify_all(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            drop(lock(&self.mutex));
+            self.condvar.notify_all();
+        }
+    }
+
+    /// Sleeps while `blocked()` holds; returns false if `deadline` passed first.
+    pub fn wait_while(&self, mut blocked: impl FnMut() -> bool, deadline: Option<Instant>) -> bool {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut guard = lock(&self.mutex);
+        let unblocked = loop {
+            if !blocked() {
+                break true;
+            }
+            match deadline {
+                None => {
+                    guard = self
+                        .condvar
+                        .wait(guard)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break false;
+                    }
+                    guard = self
+                        .condvar
+                        .wait_timeout(guard, deadline - now)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+            }
+        };
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        unblocked
+    }
+}
+
+/// How many consumers are busy (working on pages they got) and how many wait for more.
+#[derive(Debug, Default)]
+pub(crate) struct Consumers {
+    busy: AtomicUsize,
+    waiting: AtomicUsize,
+}
+
+impl Consumers {
+    /// Whether some consumer is busy or waiting (rule 3).
+    pub fn engaged(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) + self.waiting.load(Ordering::SeqCst) > 0
+    }
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+    pub fn set_busy(&self, busy: bool) {
+        if busy {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    pub fn set_waiting(&self, waiting: bool) {
+        if waiting {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(all(test, not(feature = "shuttle")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_add_completes_a_page_whatever_the_order() {
+        // commits of 10 + 20 + 30 bytes and a seal at 60, in every order
+        let adds: [(u64, bool); 4] = [(10, true), (20, false), (30, true), (0, false)];
+        for perm in permutations(4) {
+            let slot = Slot::new();
+            let mut completions = 0;
+            for &i in &perm {
+                let done = if i == 3 {
+                    slot.seal(60)
+                } else {
+                    slot.commit(adds[i].0, adds[i].1)
+                };
+                if let Some(state) = done {
+                    completions += 1;
+                    assert_eq!(
+                        (state.sealed_len(), state.committed(), state.starts()),
+                        (60, 60, 2)
+                    );
+                }
+            }
+            assert_eq!(completions, 1, "order {perm:?}");
+        }
+    }
+
+    fn permutations(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![vec![]];
+        }
+        let mut out = Vec::new();
+        for rest in permutations(n - 1) {
+            for at in 0..=rest.len() {
+                let mut p = rest.clone();
+                p.insert(at, n - 1);
+                out.push(p);
+            }
+        }
+        out
+    }
+}
