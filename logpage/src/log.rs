@@ -395,6 +395,7 @@ impl Shared {
             first_record_offset: self.slot(lsn).continuation_end() as u16,
             record_count,
             end_of_epoch: false,
+            resumed: lsn == self.recovered.end_lsn && lsn > 0,
         };
         // SAFETY: the page is complete: every writer committed (their byte ranges are done and
         // were published to us by the AcqRel adds) and no reader looks at it before `mark_ready`.

@@ -8,7 +8,7 @@
 //! offset size field                meaning
 //!      0    4 magic                "PMLG" (0x474c4d50 read as little-endian u32)
 //!      4    2 version              page format version, FORMAT_VERSION
-//!      6    2 flags                SEALED_PARTIAL | CONTINUATION_ONLY | END_OF_EPOCH
+//!      6    2 flags                SEALED_PARTIAL | CONTINUATION_ONLY | END_OF_EPOCH | RESUMED
 //!      8    8 lsn                  page number, 0, 1, 2, … per origin
 //!     16    8 committed_lsn        every page below this was complete when this one was sealed
 //!     24    8 epoch                failover term of the writer
@@ -101,7 +101,14 @@ impl PageFlags {
     pub const CONTINUATION_ONLY: Self = Self(2);
     /// The last page its writer wrote in its epoch.
     pub const END_OF_EPOCH: Self = Self(4);
-    const KNOWN: u16 = 7;
+    /// The first page written after the log was reopened. No record continues into it: a record
+    /// that the page before left open lost its tail in a crash (it was never in the committed log)
+    /// and readers drop it. A resumed page always starts a record at offset 0.
+    ///
+    /// (Not in DESIGN.md's flag list; added because without it a reader cannot tell a record
+    /// abandoned by a crash from corruption.)
+    pub const RESUMED: Self = Self(8);
+    const KNOWN: u16 = 15;
 
     /// The raw bits.
     pub const fn bits(self) -> u16 {
@@ -152,6 +159,8 @@ pub struct PageMeta {
     pub record_count: u16,
     /// Set [`PageFlags::END_OF_EPOCH`].
     pub end_of_epoch: bool,
+    /// Set [`PageFlags::RESUMED`].
+    pub resumed: bool,
 }
 
 impl PageHeader {
@@ -199,6 +208,9 @@ impl PageHeader {
         }
         if meta.end_of_epoch {
             flags = flags.union(PageFlags::END_OF_EPOCH);
+        }
+        if meta.resumed {
+            flags = flags.union(PageFlags::RESUMED);
         }
         let first_record_offset = if meta.record_count == 0 {
             NO_RECORD_START
@@ -360,6 +372,13 @@ fn check_fields(header: &PageHeader) -> Result<()> {
     if flags.contains(PageFlags::CONTINUATION_ONLY) != (count == 0) {
         return Err(field(lsn, "flags", u64::from(flags.bits())));
     }
+    if flags.contains(PageFlags::RESUMED) && header.first_record_offset() != Some(0) {
+        return Err(field(
+            lsn,
+            "first_record_offset",
+            u64::from(header.first_record_offset.get()),
+        ));
+    }
     match header.first_record_offset() {
         None if count != 0 => return Err(field(lsn, "record_count", u64::from(count))),
         Some(offset) if count == 0 || usize::from(offset) >= payload_len => {
@@ -396,6 +415,7 @@ mod tests {
             first_record_offset: first,
             record_count: count,
             end_of_epoch: false,
+            resumed: false,
         }
     }
 
@@ -486,6 +506,7 @@ mod tests {
                         first_record_offset: if count == 0 { NO_RECORD_START } else { first },
                         record_count: count,
                         end_of_epoch,
+                        resumed: false,
                     }
                 })
             })

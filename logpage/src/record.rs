@@ -16,11 +16,15 @@
 //! page when a record lies within one page, assembled into an owned buffer when it spans pages. It
 //! cross-checks every page header (first-record offset, record count) against what it decodes, and
 //! reports gaps and corruption with the LSN and offset.
+//!
+//! A reader that starts in the middle of a record skips ahead to the first page where a record
+//! starts. A page flagged [`PageFlags::RESUMED`] (the first after a reopen) ends any record left
+//! open before it: that record lost its tail in a crash and is dropped, never yielded.
 
 use std::borrow::Cow;
 
 use crate::error::{Error, RecordFault, Result};
-use crate::page::{PageRef, PAGE_SIZE, PAYLOAD_SIZE};
+use crate::page::{PageFlags, PageRef, PAGE_SIZE, PAYLOAD_SIZE};
 
 /// Bytes of a record's header in the stream.
 pub const RECORD_HEADER_SIZE: usize = 4;
@@ -58,8 +62,11 @@ struct Pending {
 #[derive(Debug)]
 pub struct RecordReader {
     next_lsn: Option<u64>,
+    /// Whether the reader is at a record boundary it saw (false until a page starts a record).
+    synced: bool,
     pending: Option<Pending>,
     record_len_max: usize,
+    abandoned: u64,
 }
 
 impl Default for RecordReader {
@@ -74,8 +81,10 @@ impl RecordReader {
     pub fn new() -> Self {
         Self {
             next_lsn: None,
+            synced: false,
             pending: None,
             record_len_max: RECORD_LEN_MAX,
+            abandoned: 0,
         }
     }
 
@@ -95,6 +104,11 @@ impl RecordReader {
         self.pending.is_some()
     }
 
+    /// Records dropped because a [`PageFlags::RESUMED`] page cut them off.
+    pub fn abandoned_records(&self) -> u64 {
+        self.abandoned
+    }
+
     /// Decodes `page`, handing each record that completes in it to `on_record`.
     ///
     /// Records are handed over only once the whole page has checked out, so a corrupt page yields
@@ -104,34 +118,47 @@ impl RecordReader {
         let lsn = page.lsn();
         if let Some(expected) = self.next_lsn {
             if lsn != expected {
-                self.next_lsn = None;
-                self.pending = None;
+                self.restart();
                 return Err(Error::Gap {
                     expected,
                     found: lsn,
                 });
             }
         }
+        if page.header().flags().contains(PageFlags::RESUMED) {
+            if self.pending.take().is_some() {
+                self.abandoned += 1;
+                tracing::debug!(lsn, "record cut off by a crash dropped at a resumed page");
+            }
+            self.synced = true;
+        }
         let mut out: Vec<Record<'p>> = Vec::new();
-        let first = self.next_lsn.is_none();
         match decode_page(
             page,
-            first,
+            self.synced,
             &mut self.pending,
             self.record_len_max,
             &mut out,
         ) {
-            Ok(()) => {
+            Ok(synced) => {
+                self.synced = synced;
                 self.next_lsn = Some(lsn + 1);
                 out.into_iter().for_each(on_record);
                 Ok(())
             }
             Err(error) => {
-                self.next_lsn = None;
-                self.pending = None;
+                self.restart();
                 Err(error)
             }
         }
+    }
+}
+
+impl RecordReader {
+    fn restart(&mut self) {
+        self.next_lsn = None;
+        self.synced = false;
+        self.pending = None;
     }
 }
 
@@ -143,14 +170,15 @@ fn corrupt(lsn: u64, offset: usize, fault: RecordFault) -> Error {
     }
 }
 
-/// Decodes one page. `first` is true for the first page a reader sees (it may start mid-record).
+/// Decodes one page; returns whether the reader is synced after it. Until `synced`, the reader
+/// has not seen a record start, so a page may begin mid-record and is read from its first record.
 fn decode_page<'p>(
     page: PageRef<'p>,
-    first: bool,
+    synced: bool,
     pending_slot: &mut Option<Pending>,
     record_len_max: usize,
     out: &mut Vec<Record<'p>>,
-) -> Result<()> {
+) -> Result<bool> {
     let lsn = page.lsn();
     let payload = page.payload();
     let header = page.header();
@@ -187,12 +215,12 @@ fn decode_page<'p>(
             return Err(corrupt(lsn, payload.len(), RecordFault::Truncated));
         } else {
             *pending_slot = Some(p);
-            return check_count(header.record_count(), 0, lsn);
+            return check_count(header.record_count(), 0, lsn).map(|()| true);
         }
-    } else if first {
+    } else if !synced {
         match header.first_record_offset() {
             Some(offset) => pos = usize::from(offset),
-            None => return Ok(()), // only the middle of a record we never saw start
+            None => return Ok(false), // only the middle of a record we never saw start
         }
     } else if header.first_record_offset() != Some(0) {
         return Err(corrupt(lsn, 0, RecordFault::OrphanContinuation));
@@ -243,7 +271,7 @@ fn decode_page<'p>(
     if pending_slot.is_some() && !full {
         return Err(corrupt(lsn, payload.len(), RecordFault::Truncated));
     }
-    check_count(header.record_count(), started, lsn)
+    check_count(header.record_count(), started, lsn).map(|()| true)
 }
 
 fn check_count(header: u16, actual: u16, lsn: u64) -> Result<()> {
@@ -291,4 +319,111 @@ fn continue_record(p: &mut Pending, payload: &[u8], lsn: u64, max: usize) -> Res
     let take = (len - p.bytes.len()).min(payload.len() - pos);
     p.bytes.extend_from_slice(&payload[pos..pos + take]);
     Ok(pos + take)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::{validate, write_page, PageMeta, HEADER_SIZE, PAGE_SIZE};
+
+    /// Frames `records` into one byte stream and cuts it into full pages from `lsn` on (the last
+    /// one partial), as the log would.
+    fn pages(lsn: u64, records: &[Vec<u8>], resumed: bool) -> Vec<Box<[u8; PAGE_SIZE]>> {
+        let mut stream = Vec::new();
+        let mut starts = Vec::new();
+        for record in records {
+            starts.push(stream.len());
+            stream.extend_from_slice(&(record.len() as u32).to_le_bytes());
+            stream.extend_from_slice(record);
+        }
+        let mut out = Vec::new();
+        for (i, chunk) in stream.chunks(PAYLOAD_SIZE).enumerate() {
+            let from = i * PAYLOAD_SIZE;
+            let here: Vec<usize> = starts
+                .iter()
+                .filter(|&&s| s >= from && s < from + chunk.len())
+                .map(|s| s - from)
+                .collect();
+            let mut page = Box::new([0u8; PAGE_SIZE]);
+            page[HEADER_SIZE..HEADER_SIZE + chunk.len()].copy_from_slice(chunk);
+            let meta = PageMeta {
+                lsn: lsn + i as u64,
+                committed_lsn: 0,
+                epoch: 0,
+                payload_len: chunk.len() as u16,
+                first_record_offset: here.first().copied().unwrap_or(0) as u16,
+                record_count: here.len() as u16,
+                end_of_epoch: false,
+                resumed: resumed && i == 0,
+            };
+            write_page(&mut page, &meta);
+            out.push(page);
+        }
+        out
+    }
+
+    fn read(reader: &mut RecordReader, pages: &[Box<[u8; PAGE_SIZE]>]) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for page in pages {
+            reader.feed(validate(&page[..])?, |r| out.push(r.bytes.into_owned()))?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_reader_starting_inside_a_long_record_resyncs_at_the_next_start() {
+        let records = vec![vec![1; 10], vec![2; 3 * PAYLOAD_SIZE], vec![3; 20]];
+        let all = pages(0, &records, false);
+        assert_eq!(all.len(), 4);
+        // Start at page 1: pages 1 and 2 are only the middle of record 2.
+        let got = read(&mut RecordReader::new(), &all[1..]).unwrap();
+        assert_eq!(got, vec![vec![3; 20]]);
+    }
+
+    #[test]
+    fn a_resumed_page_drops_the_record_left_open_by_a_crash() {
+        let before = pages(0, &[vec![1; 10], vec![2; 2 * PAYLOAD_SIZE]], false);
+        let after = pages(2, &[vec![4; 30]], true); // page 2 of the first life was lost
+        let mut reader = RecordReader::new();
+        let mut got = read(&mut reader, &before[..2]).unwrap();
+        assert!(reader.is_mid_record());
+        got.extend(read(&mut reader, &after).unwrap());
+        assert_eq!(got, vec![vec![1; 10], vec![4; 30]]);
+        assert_eq!(reader.abandoned_records(), 1);
+    }
+
+    #[test]
+    fn without_the_resumed_flag_a_cut_record_is_corruption() {
+        let before = pages(0, &[vec![2; 2 * PAYLOAD_SIZE]], false);
+        let after = pages(1, &[vec![4; 30]], false);
+        let mut reader = RecordReader::new();
+        read(&mut reader, &before[..1]).unwrap();
+        let err = read(&mut reader, &after).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::RecordCorrupt {
+                    lsn: 1,
+                    fault: RecordFault::FirstRecordOffset { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_gap_is_reported_with_both_lsns() {
+        let all = pages(5, &[vec![1; 5000]], false);
+        let mut reader = RecordReader::new();
+        read(&mut reader, &all[..1]).unwrap();
+        let later = pages(9, &[vec![1; 5]], false);
+        assert!(matches!(
+            read(&mut reader, &later),
+            Err(Error::Gap {
+                expected: 6,
+                found: 9
+            })
+        ));
+    }
 }
