@@ -34,7 +34,7 @@ impl CursorPins {
     pub fn min_released(&self) -> Option<u64> {
         lock(&self.pins)
             .iter()
-            .map(|pin| pin.released.load(Ordering::Acquire))
+            .map(|pin| pin.released.load(Ordering::SeqCst))
             .min()
     }
 
@@ -236,7 +236,7 @@ impl Cursor {
     pub fn release(&mut self, lsn: u64) {
         let lsn = lsn.min(self.read_lsn);
         if lsn > self.pin.released.load(Ordering::Relaxed) {
-            self.pin.released.store(lsn, Ordering::Release);
+            self.pin.released.store(lsn, Ordering::SeqCst); // SeqCst: see `seal.rs`, Orderings
             self.shared.space.notify_all();
         }
     }

@@ -404,8 +404,10 @@ impl Shared {
         self.advance_watermark();
     }
 
-    /// Moves the watermark over every consecutive ready page. Any finisher may call it; see
-    /// `seal.rs` for why the SeqCst pair (ready tag, watermark) loses no advance.
+    /// Moves the watermark over every consecutive ready page. Any finisher may call it after
+    /// tagging its page ready. No advance is lost: a finisher tags its page, then loads the
+    /// watermark; an advancer moves the watermark, then loads the next page's tag; all `SeqCst`, so
+    /// at least one of them sees the other's store (see `seal.rs`, Orderings).
     fn advance_watermark(&self) {
         let mut advanced = false;
         let mut watermark = self.watermark.load(Ordering::SeqCst);

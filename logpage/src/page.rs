@@ -39,6 +39,9 @@ pub const PAYLOAD_SIZE: usize = PAGE_SIZE - HEADER_SIZE;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PMLG");
 /// The page format this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
+/// Page LSNs are below this, so that every `seq = lsn * PAGE_SIZE + offset` fits in a u64
+/// (2^52 pages of 4 KB: 16 EiB of log).
+pub const LSN_LIMIT: u64 = u64::MAX / PAGE_SIZE as u64;
 /// `first_record_offset` of a page in which no record starts.
 pub const NO_RECORD_START: u16 = 0xFFFF;
 
@@ -246,9 +249,15 @@ fn page_crc(header: &PageHeader, payload: &[u8]) -> u32 {
 /// be in place.
 ///
 /// # Panics
-/// If `meta.payload_len` is 0 or over [`PAYLOAD_SIZE`], or its record fields are inconsistent:
+/// If `meta.lsn` is not below [`LSN_LIMIT`], `meta.payload_len` is 0 or over [`PAYLOAD_SIZE`], or
+/// its record fields are inconsistent:
 /// the writer computes them, so that is a bug in the caller, not bad input.
 pub fn write_page(page: &mut [u8; PAGE_SIZE], meta: &PageMeta) {
+    assert!(
+        meta.lsn < LSN_LIMIT,
+        "lsn {} beyond the format's limit",
+        meta.lsn
+    );
     let payload_len = usize::from(meta.payload_len);
     assert!(
         (1..=PAYLOAD_SIZE).contains(&payload_len),
@@ -322,6 +331,9 @@ pub fn validate(bytes: &[u8]) -> Result<PageRef<'_>> {
         });
     }
     let lsn = header.lsn();
+    if lsn >= LSN_LIMIT {
+        return Err(field(lsn, "lsn", lsn));
+    }
     if header.version.get() != FORMAT_VERSION {
         return Err(Error::PageVersion {
             lsn,
@@ -427,6 +439,16 @@ mod tests {
     }
 
     #[test]
+    fn an_lsn_whose_seq_would_overflow_is_refused() {
+        let page = page_with(&meta(LSN_LIMIT, 5, 0, 1), 1);
+        assert!(matches!(
+            validate(&page[..]),
+            Err(Error::PageField { field: "lsn", .. })
+        ));
+        assert!(validate(&page_with(&meta(LSN_LIMIT - 1, 5, 0, 1), 1)[..]).is_ok());
+    }
+
+    #[test]
     fn layout_matches_the_documented_table() {
         let page = page_with(&meta(0x0102_0304_0506_0708, 100, 5, 3), 1);
         assert_eq!(&page[MAGIC_OFFSET..4], b"PMLG");
@@ -490,7 +512,7 @@ mod tests {
 
     fn arb_meta() -> impl Strategy<Value = PageMeta> {
         (
-            any::<u64>(),
+            0..LSN_LIMIT,
             1..=PAYLOAD_SIZE as u16,
             0..=5u16,
             any::<bool>(),

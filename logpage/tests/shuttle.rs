@@ -1,0 +1,617 @@
+//! Shuttle models of the log's concurrency protocol: the 128-bit anchor (reservation and sealing),
+//! the commit accounting of each page, the committed watermark, the ring horizon (backpressure)
+//! and the seal policy of `seal.rs` (rules 1-3, and rule 4 in `cursor.rs`: a consumer that
+//! disengages seals the open page).
+//!
+//! How: with the crate feature `shuttle`, `src/sync.rs` hands the log shuttle's atomics (the anchor
+//! is shuttle's `AtomicU128`), mutexes and condvars, so every atomic access and lock in the real
+//! log code is a point where shuttle's scheduler picks the next thread. Each model builds a fresh
+//! `Log::in_memory` ring of 4 or 8 slots inside the checked closure, spawns three or more shuttle
+//! threads against it, and is run for a few thousand schedules: randomly (`check_random`) and
+//! with PCT (`check_pct`: random thread priorities plus a few priority-change points, which finds
+//! a bug that needs at most that many ordering constraints with a guaranteed minimum probability
+//! per run). A failed assertion or panic anywhere fails the test, and so does a schedule in which
+//! every thread is blocked (a deadlock or a lost wake-up): shuttle then prints the schedule, which
+//! `shuttle::replay(model, "...")` reproduces deterministically.
+//!
+//! The models, and what each proves over the schedules explored:
+//!
+//! 1. **Mixed sizes, read back exactly once.** Three writers commit records from 8 bytes to 6 KB
+//!    (spanning up to 3 pages), two by `append` and one by `reserve` + `write` in pieces +
+//!    `commit`, while a fourth thread seals. Read back afterwards, every record is intact, appears
+//!    once, at the seq its writer was given, in seq (reservation) order, each writer's records in
+//!    the order it committed them; and the page payloads hold exactly the framed records, so every
+//!    committed byte appears once and nothing else does.
+//! 2. **The watermark never passes an uncommitted byte.** Writers write their records in pieces
+//!    with scheduling points between them and flag each record just before committing it; an
+//!    observer repeatedly reads `committed_lsn()`, then reads every page below it through a cursor:
+//!    each page validates, and every record in it is intact and was flagged before the watermark
+//!    was read. After `wait_committed` returns, `committed_lsn() > lsn_last`.
+//! 3. **Backpressure.** Writers append about seven pages into a 4-slot ring while a consumer loops
+//!    `wait_ready(None)` / read / `release`: everyone terminates, and the consumer reads every
+//!    record exactly once.
+//! 4. **Seal policy liveness.** Writers call `wait_committed(pos, None)` after every append, with
+//!    no consumer, with a consumer that drains everything, and with consumers that stop after one
+//!    or two pages and drop their cursor while writers still wait (rule 4). No schedule blocks
+//!    forever, and every wait returns `Ok(true)`.
+//!
+//! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
+//! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
+//! not just a count.
+//!
+//! What this does not prove: shuttle runs one thread at a time and its atomics are sequentially
+//! consistent, so these models say nothing about orderings weaker than `SeqCst` (a missing `SeqCst`
+//! on one side of a store-buffering pair would pass here); and random schedules are strong
+//! evidence, not an exhaustive proof. Ring-file recovery is not modelled (the ring is in memory).
+//!
+//! Run: `cargo test --release -p pagemesh-logpage --features shuttle --test shuttle`.
+
+#![cfg(feature = "shuttle")]
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::{check_record, make_record};
+use pagemesh_logpage::record::RECORD_HEADER_SIZE;
+use pagemesh_logpage::{CommitPos, Cursor, Log, LogOptions, PageRef, RecordReader};
+use shuttle::sync::atomic::{AtomicBool, Ordering};
+use shuttle::sync::Arc;
+use shuttle::thread::{self, JoinHandle};
+
+/// PCT depth: bugs that need up to this many ordering constraints between threads are found with a
+/// guaranteed minimum probability per run.
+const PCT_DEPTH: usize = 3;
+
+/// `shuttle::thread::spawn`, with a name: shuttle's deadlock and panic reports name the tasks.
+fn spawn<T: Send + 'static>(name: String, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .expect("spawn a shuttle thread")
+}
+
+/// Runs `model` under the random scheduler, then under PCT.
+fn check(model: fn(), random_iterations: usize, pct_iterations: usize) {
+    shuttle::check_random(model, random_iterations);
+    shuttle::check_pct(model, pct_iterations, PCT_DEPTH);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing and reading self-checking records
+// ---------------------------------------------------------------------------------------------
+
+/// One record as its writer committed it.
+#[derive(Clone, Copy, Debug)]
+struct Written {
+    writer: u32,
+    index: u32,
+    len: usize,
+    pos: CommitPos,
+}
+
+/// One record as a reader decoded it.
+#[derive(Clone, Copy, Debug)]
+struct Read {
+    seq: u64,
+    writer: u32,
+    index: u32,
+    len: usize,
+}
+
+/// How a writer hands a record to the log.
+#[derive(Clone, Copy, Debug)]
+enum Style {
+    /// `Log::append`.
+    Append,
+    /// `reserve`, three `write`s with a scheduling point after each, `commit`.
+    Pieces,
+}
+
+/// Writes record `(writer, index)` of `len` bytes; calls `before_commit` right before the commit.
+fn write_record(
+    log: &Log,
+    (writer, index): (u32, u32),
+    len: usize,
+    style: Style,
+    before_commit: impl FnOnce(),
+) -> Written {
+    let bytes = make_record(writer, index, len);
+    let pos = match style {
+        Style::Append => {
+            before_commit();
+            log.append(&bytes).expect("append")
+        }
+        Style::Pieces => {
+            let mut reservation = log.reserve(len).expect("reserve");
+            for piece in bytes.chunks(len.div_ceil(3)) {
+                reservation.write(piece);
+                thread::yield_now();
+            }
+            assert_eq!(reservation.remaining(), 0);
+            before_commit();
+            reservation.commit().expect("commit")
+        }
+    };
+    Written {
+        writer,
+        index,
+        len,
+        pos,
+    }
+}
+
+/// Whether a writer waits for each record to be in the committed log before the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    No,
+    AfterEach,
+}
+
+/// Spawns writer `writer`, which writes one record per entry of `lens`, in order.
+fn spawn_writer(
+    log: &Log,
+    writer: u32,
+    lens: &'static [usize],
+    style: Style,
+    wait: Wait,
+) -> JoinHandle<Vec<Written>> {
+    let log = log.clone();
+    spawn(format!("writer-{writer}"), move || {
+        let mut written: Vec<Written> = Vec::with_capacity(lens.len());
+        for (index, &len) in (0u32..).zip(lens) {
+            let record = write_record(&log, (writer, index), len, style, || {});
+            if let Some(previous) = written.last() {
+                assert!(
+                    previous.pos.seq < record.pos.seq,
+                    "a writer's records get increasing seqs"
+                );
+            }
+            if wait == Wait::AfterEach {
+                wait_committed(&log, record.pos);
+            }
+            written.push(record);
+        }
+        written
+    })
+}
+
+/// Waits until `pos` is in the committed log, and checks the watermark really passed it.
+fn wait_committed(log: &Log, pos: CommitPos) {
+    let passed = log.wait_committed(pos, None).expect("wait_committed");
+    assert!(passed, "a wait without a deadline returns true");
+    assert!(
+        pos.lsn_last < log.committed_lsn(),
+        "wait_committed returned before the watermark passed page {}",
+        pos.lsn_last
+    );
+}
+
+fn join_all(writers: Vec<JoinHandle<Vec<Written>>>) -> Vec<Written> {
+    writers
+        .into_iter()
+        .flat_map(|handle| handle.join().expect("writer thread"))
+        .collect()
+}
+
+/// What one cursor read, in log order.
+#[derive(Debug, Default)]
+struct Reading {
+    reader: RecordReader,
+    records: Vec<Read>,
+    /// Sum of the payload lengths of the pages read.
+    payload_bytes: usize,
+    /// The LSN the next page must have.
+    next_lsn: u64,
+}
+
+impl Reading {
+    /// Decodes one ready page; checks each record's content, then hands it to `check`.
+    fn feed(&mut self, page: PageRef<'_>, mut check: impl FnMut(&Read)) {
+        assert_eq!(page.lsn(), self.next_lsn, "pages come in LSN order");
+        assert!(page.header().committed_lsn() <= page.lsn());
+        self.next_lsn += 1;
+        self.payload_bytes += page.payload().len();
+        let records = &mut self.records;
+        self.reader
+            .feed(page, |record| {
+                let (writer, index) = check_record(&record.bytes);
+                let read = Read {
+                    seq: record.seq,
+                    writer,
+                    index,
+                    len: record.bytes.len(),
+                };
+                check(&read);
+                records.push(read);
+            })
+            .expect("the records of a ready page decode");
+    }
+
+    /// Reads every ready page, one at a time; releases each after reading it if `release`.
+    fn drain(&mut self, cursor: &mut Cursor, release: bool) {
+        while let Some(page) = cursor.next_ready().expect("a ready page validates") {
+            self.feed(page, |_| {});
+            if release {
+                let read_lsn = cursor.position();
+                cursor.release(read_lsn);
+            }
+        }
+    }
+
+    /// Reads every ready page in runs of up to two pages, releasing each run after reading it.
+    fn drain_runs(&mut self, cursor: &mut Cursor) {
+        while let Some(run) = cursor.next_run(2).expect("a ready run validates") {
+            let count = run.count();
+            assert!((1..=2).contains(&count));
+            assert_eq!(run.first_lsn, self.next_lsn);
+            let mut pages = 0;
+            for page in run.pages() {
+                self.feed(page, |_| {});
+                pages += 1;
+            }
+            assert_eq!(pages, count, "every page of a run validates");
+            let read_lsn = cursor.position();
+            cursor.release(read_lsn);
+        }
+    }
+}
+
+/// Checks that `reading` holds exactly the records in `written`, once each, in reservation order,
+/// and that the pages read hold nothing else.
+fn check_exactly_once(written: &[Written], reading: &Reading) {
+    let records = &reading.records;
+    for pair in records.windows(2) {
+        assert!(pair[0].seq < pair[1].seq, "records in seq order: {pair:?}");
+    }
+    let by_key: HashMap<(u32, u32), &Written> = written
+        .iter()
+        .map(|record| ((record.writer, record.index), record))
+        .collect();
+    let mut seen = HashSet::new();
+    for read in records {
+        let key = (read.writer, read.index);
+        let record = by_key.get(&key).expect("a record nobody wrote");
+        assert!(seen.insert(key), "record {key:?} read twice");
+        assert_eq!(
+            read.seq, record.pos.seq,
+            "record {key:?} at its writer's seq"
+        );
+        assert_eq!(read.len, record.len, "record {key:?} length");
+    }
+    assert_eq!(seen.len(), written.len(), "every committed record read");
+    let writers: HashSet<u32> = written.iter().map(|record| record.writer).collect();
+    for writer in writers {
+        let indexes: Vec<u32> = records
+            .iter()
+            .filter(|read| read.writer == writer)
+            .map(|read| read.index)
+            .collect();
+        let count = written.iter().filter(|w| w.writer == writer).count() as u32;
+        assert_eq!(
+            indexes,
+            (0..count).collect::<Vec<_>>(),
+            "writer {writer}'s records in the order it committed them"
+        );
+    }
+    let framed: usize = written.iter().map(|w| RECORD_HEADER_SIZE + w.len).sum();
+    assert_eq!(
+        reading.payload_bytes, framed,
+        "the pages hold every committed byte once, and nothing else"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 1: concurrent reserve/write/commit of mixed sizes, with explicit seals
+// ---------------------------------------------------------------------------------------------
+
+/// Record lengths per writer: within one page, and spanning two or three pages. In all 16,528
+/// framed bytes (4.1 pages); with the two concurrent seals and the final one, at most 7 pages, so
+/// an 8-slot ring retains them all for the reader.
+const MIXED_LENS: [&[usize]; 3] = [&[24, 5000, 300], &[4100, 60, 200], &[700, 8, 6100]];
+
+fn mixed_sizes_model() {
+    let log = Log::in_memory(LogOptions::new().slots(8)).expect("log");
+    let mut cursor = log.cursor(0).expect("cursor");
+    let writers: Vec<_> = (0u32..)
+        .zip(MIXED_LENS)
+        .map(|(writer, lens)| {
+            let style = if writer == 1 {
+                Style::Pieces
+            } else {
+                Style::Append
+            };
+            spawn_writer(&log, writer, lens, style, Wait::No)
+        })
+        .collect();
+    let sealer = {
+        let log = log.clone();
+        spawn("sealer".into(), move || {
+            for _ in 0..2 {
+                log.seal();
+                thread::yield_now();
+            }
+        })
+    };
+    let written = join_all(writers);
+    sealer.join().expect("sealer thread");
+
+    log.seal();
+    let anchor = log.anchor();
+    assert_eq!(anchor.offset, 0, "the final seal closed the open page");
+    assert_eq!(
+        log.committed_lsn(),
+        anchor.lsn,
+        "every sealed page whose writers all committed is ready"
+    );
+    let mut reading = Reading::default();
+    reading.drain(&mut cursor, false);
+    assert_eq!(reading.next_lsn, anchor.lsn, "the cursor read every page");
+    assert!(!reading.reader.is_mid_record());
+    check_exactly_once(&written, &reading);
+}
+
+#[test]
+fn mixed_sizes_every_committed_byte_is_read_once_in_reservation_order() {
+    check(mixed_sizes_model, 2000, 2000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 2: the watermark never passes an uncommitted byte
+// ---------------------------------------------------------------------------------------------
+
+/// Two writers' records: one small and one spanning pages each. 9,606 framed bytes (2.4 pages);
+/// with a seal per `wait_committed`, at most 7 pages, which the observer's 8-slot ring retains.
+const OBSERVED_LENS: [&[usize]; 2] = [&[60, 5000], &[4500, 30]];
+/// Records per writer in `OBSERVED_LENS`.
+const OBSERVED_PER_WRITER: usize = 2;
+/// How many times the observer samples the watermark.
+const OBSERVER_ROUNDS: usize = 8;
+
+/// `committing[writer * OBSERVED_PER_WRITER + index]` is set just before that record's commit.
+type CommitFlags = Arc<Vec<AtomicBool>>;
+
+fn flag_index(writer: u32, index: u32) -> usize {
+    writer as usize * OBSERVED_PER_WRITER + index as usize
+}
+
+fn spawn_flagging_writer(
+    log: &Log,
+    writer: u32,
+    committing: &CommitFlags,
+) -> JoinHandle<Vec<Written>> {
+    let (log, committing) = (log.clone(), Arc::clone(committing));
+    spawn(format!("writer-{writer}"), move || {
+        let mut written = Vec::new();
+        for (index, &len) in (0u32..).zip(OBSERVED_LENS[writer as usize]) {
+            let flag = &committing[flag_index(writer, index)];
+            let record = write_record(&log, (writer, index), len, Style::Pieces, || {
+                flag.store(true, Ordering::SeqCst);
+            });
+            wait_committed(&log, record.pos);
+            written.push(record);
+        }
+        written
+    })
+}
+
+/// Samples the watermark, then reads every page below it and checks each record in them was
+/// flagged (its commit had begun) before the watermark was read.
+fn observe(log: &Log, cursor: &mut Cursor, reading: &mut Reading, committing: &CommitFlags) {
+    for _ in 0..OBSERVER_ROUNDS {
+        let watermark = log.committed_lsn();
+        let flagged: Vec<bool> = committing
+            .iter()
+            .map(|flag| flag.load(Ordering::SeqCst))
+            .collect();
+        while cursor.position() < watermark {
+            let lsn = cursor.position();
+            let page = cursor
+                .next_ready()
+                .expect("a page below the watermark validates")
+                .expect("a page below the watermark is ready");
+            reading.feed(page, |read| {
+                assert!(
+                    flagged[flag_index(read.writer, read.index)],
+                    "record {}/{} is in page {lsn}, below watermark {watermark}, before its \
+                     commit began",
+                    read.writer,
+                    read.index
+                );
+            });
+        }
+        thread::yield_now();
+    }
+}
+
+fn watermark_model() {
+    let log = Log::in_memory(LogOptions::new().slots(8)).expect("log");
+    let committing: CommitFlags = Arc::new(
+        (0..OBSERVED_LENS.len() * OBSERVED_PER_WRITER)
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+    );
+    let mut cursor = log.cursor(0).expect("cursor");
+    let writers: Vec<_> = (0u32..OBSERVED_LENS.len() as u32)
+        .map(|writer| spawn_flagging_writer(&log, writer, &committing))
+        .collect();
+    let observer = {
+        let (log, committing) = (log.clone(), Arc::clone(&committing));
+        spawn("observer".into(), move || {
+            let mut reading = Reading::default();
+            observe(&log, &mut cursor, &mut reading, &committing);
+            (cursor, reading)
+        })
+    };
+    let written = join_all(writers);
+    let (mut cursor, mut reading) = observer.join().expect("observer thread");
+
+    // Every writer waited for its records, so the committed log holds them all already.
+    assert_eq!(log.seal(), None, "nothing left to seal after the waits");
+    reading.drain(&mut cursor, false);
+    check_exactly_once(&written, &reading);
+}
+
+#[test]
+fn the_watermark_never_passes_an_uncommitted_byte() {
+    check(watermark_model, 2000, 2000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 3: backpressure through a 4-slot ring
+// ---------------------------------------------------------------------------------------------
+
+/// 27,876 framed bytes: about seven pages through a ring of four. The largest record (7,000 bytes)
+/// is within the ring's limit of half the ring (8,092 bytes).
+const BACKPRESSURE_LENS: [&[usize]; 3] =
+    [&[3000, 6000, 100], &[200, 7000, 2500], &[5000, 40, 4000]];
+/// Bound on the consumer's rounds: each round reads at least one page, and there are at most a
+/// dozen.
+const CONSUMER_ROUNDS_MAX: usize = 64;
+
+/// Consumes until `records` records were read: `wait_ready(None)`, read, release.
+fn consume_all(mut cursor: Cursor, records: usize, runs: bool) -> Reading {
+    let mut reading = Reading::default();
+    for _ in 0..CONSUMER_ROUNDS_MAX {
+        if reading.records.len() == records {
+            return reading;
+        }
+        assert!(cursor.wait_ready(None).expect("wait_ready"));
+        let before = reading.next_lsn;
+        if runs {
+            reading.drain_runs(&mut cursor);
+        } else {
+            reading.drain(&mut cursor, true);
+        }
+        assert!(
+            reading.next_lsn > before,
+            "wait_ready(None) returned a page"
+        );
+    }
+    panic!(
+        "consumer read only {} of {records} records in {CONSUMER_ROUNDS_MAX} rounds",
+        reading.records.len()
+    );
+}
+
+fn backpressure_model() {
+    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
+    let cursor = log.cursor(0).expect("cursor");
+    let records: usize = BACKPRESSURE_LENS.iter().map(|lens| lens.len()).sum();
+    let consumer = spawn("consumer".into(), move || {
+        consume_all(cursor, records, true)
+    });
+    let writers: Vec<_> = (0u32..)
+        .zip(BACKPRESSURE_LENS)
+        .map(|(writer, lens)| spawn_writer(&log, writer, lens, Style::Append, Wait::No))
+        .collect();
+    let written = join_all(writers);
+    let reading = consumer.join().expect("consumer thread");
+
+    assert!(
+        reading.next_lsn > log.slots(),
+        "the writers wrapped the ring ({} pages through {} slots)",
+        reading.next_lsn,
+        log.slots()
+    );
+    check_exactly_once(&written, &reading);
+}
+
+#[test]
+fn backpressure_a_full_ring_drains_through_a_consumer() {
+    check(backpressure_model, 2000, 2000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 4: seal policy liveness for waiters
+// ---------------------------------------------------------------------------------------------
+
+/// Three records per writer, each waited for. 15,456 framed bytes: at least four pages, so a
+/// consumer that stops after one or two pages always finds them.
+const WAITING_LENS: [&[usize]; 3] = [&[100, 5000, 40], &[5000, 40, 100], &[40, 100, 5000]];
+
+/// Who else uses the log while the writers wait.
+#[derive(Clone, Copy, Debug)]
+enum Consumer {
+    /// Nobody: each waiter seals its own page (rule 3).
+    None,
+    /// A consumer in `wait_ready(None)` that reads and releases everything (rules 1, 2 and 3).
+    Drains,
+    /// A consumer that reads `pages` pages without releasing them, then drops its cursor, busy,
+    /// while writers may still wait on it (rule 4), or on ring space it held.
+    StopsAfter { pages: u64 },
+}
+
+fn stop_after(mut cursor: Cursor, pages: u64) -> Reading {
+    let mut reading = Reading::default();
+    for _ in 0..pages {
+        assert!(cursor.wait_ready(None).expect("wait_ready"));
+        let page = cursor.next_ready().expect("validates").expect("ready");
+        reading.feed(page, |_| {});
+    }
+    drop(cursor); // disengages while busy: must seal for the waiters
+    reading
+}
+
+fn waiting_model(consumer: Consumer) {
+    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
+    let records: usize = WAITING_LENS.iter().map(|lens| lens.len()).sum();
+    let consumer_thread = match consumer {
+        Consumer::None => None,
+        Consumer::Drains => {
+            let cursor = log.cursor(0).expect("cursor");
+            Some(spawn("consumer".into(), move || {
+                consume_all(cursor, records, false)
+            }))
+        }
+        Consumer::StopsAfter { pages } => {
+            let cursor = log.cursor(0).expect("cursor");
+            Some(spawn("consumer".into(), move || stop_after(cursor, pages)))
+        }
+    };
+    let writers: Vec<_> = (0u32..)
+        .zip(WAITING_LENS)
+        .map(|(writer, lens)| spawn_writer(&log, writer, lens, Style::Append, Wait::AfterEach))
+        .collect();
+    let written = join_all(writers);
+    assert_eq!(written.len(), records);
+    let last = written
+        .iter()
+        .map(|w| w.pos.lsn_last)
+        .max()
+        .expect("records");
+    assert!(log.committed_lsn() > last, "every record is committed");
+
+    if let Some(handle) = consumer_thread {
+        let reading = handle.join().expect("consumer thread");
+        match consumer {
+            Consumer::Drains => check_exactly_once(&written, &reading),
+            Consumer::StopsAfter { pages } => assert_eq!(reading.next_lsn, pages),
+            Consumer::None => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn waiters_return_with_no_consumer() {
+    check(|| waiting_model(Consumer::None), 1500, 1500);
+}
+
+#[test]
+fn waiters_return_with_a_draining_consumer() {
+    check(|| waiting_model(Consumer::Drains), 2000, 2000);
+}
+
+#[test]
+fn waiters_return_when_the_consumer_stops() {
+    check(
+        || waiting_model(Consumer::StopsAfter { pages: 1 }),
+        1000,
+        1000,
+    );
+    check(
+        || waiting_model(Consumer::StopsAfter { pages: 2 }),
+        1000,
+        1000,
+    );
+}
