@@ -73,6 +73,15 @@ impl Span {
         }
     }
 
+    /// Where the reservation ends within its last page (`PAYLOAD_SIZE` if it fills it).
+    pub fn end_offset_in(&self, last_lsn: u64) -> u64 {
+        if last_lsn == self.end.lsn {
+            self.end.offset
+        } else {
+            PAYLOAD_SIZE as u64
+        }
+    }
+
     /// Bytes of the reservation that fall in page `lsn` (which must be in the span).
     pub fn bytes_in(&self, lsn: u64) -> u64 {
         let from = if lsn == self.start.lsn {

@@ -246,49 +246,9 @@ impl Log {
     /// reserve again on the same thread before committing: the second reservation could wait for
     /// ring space that only the first one's commit frees.
     pub fn reserve(&self, len: usize) -> Result<Reservation<'_>> {
-        if len == 0 {
-            return Err(Error::EmptyRecord);
-        }
         let shared = &*self.shared;
-        if len > shared.record_len_max {
-            return Err(Error::RecordTooLarge {
-                len,
-                max: shared.record_len_max,
-            });
-        }
-        let total = (RECORD_HEADER_SIZE + len) as u64;
-        let mut start = shared.anchor.load();
-        let span = loop {
-            let span = Span {
-                start,
-                end: start.advance(total),
-            };
-            if span.last_lsn() >= shared.horizon.load(Ordering::Acquire) + shared.slot_count {
-                shared.wait_for_space(span.last_lsn())?;
-                start = shared.anchor.load();
-                continue;
-            }
-            match shared.anchor.compare_exchange(start, span.end) {
-                Ok(()) => break span,
-                Err(actual) => start = actual,
-            }
-        };
-        // The CAS sealed every page it moved past; record which pages this record runs into.
-        for lsn in span.start.lsn..span.end.lsn {
-            if let Some(state) = shared.slot(lsn).seal(PAYLOAD_SIZE as u64) {
-                shared.finish_page(lsn, state);
-            }
-        }
-        for lsn in span.start.lsn + 1..=span.last_lsn() {
-            let end = if lsn == span.end.lsn {
-                span.end.offset
-            } else {
-                PAYLOAD_SIZE as u64
-            };
-            shared.slot(lsn).set_continuation_end(end as u32);
-        }
-        let mut cursor = span.start;
-        put(&shared.ring, &mut cursor, &(len as u32).to_le_bytes());
+        let span = shared.reserve_span(len)?;
+        let cursor = shared.write_at(span.start, &(len as u32).to_le_bytes());
         Ok(Reservation {
             shared,
             span,
@@ -299,11 +259,26 @@ impl Log {
         })
     }
 
-    /// Appends one record: reserve, write, commit.
+    /// Appends one record: reserve, write, commit, with no [`Reservation`] in between.
     pub fn append(&self, record: &[u8]) -> Result<CommitPos> {
-        let mut reservation = self.reserve(record.len())?;
-        reservation.write(record);
-        reservation.commit()
+        let shared = &*self.shared;
+        let span = shared.reserve_span(record.len())?;
+        let header = (record.len() as u32).to_le_bytes();
+        let offset = span.start.offset as usize;
+        if offset + RECORD_HEADER_SIZE + record.len() <= PAYLOAD_SIZE {
+            // The common case: the whole record lies in one page; one copy each, no loops.
+            // SAFETY: the range is this reservation's alone, inside one page's payload.
+            unsafe {
+                shared.ring.write_payload(span.start.lsn, offset, &header);
+                shared
+                    .ring
+                    .write_payload(span.start.lsn, offset + RECORD_HEADER_SIZE, record);
+            }
+        } else {
+            let after_header = shared.write_at(span.start, &header);
+            shared.write_at(after_header, record);
+        }
+        Ok(shared.commit_span(span))
     }
 
     /// Seals the open page if it holds anything, so it can be read and shipped. Returns the LSN of
@@ -353,6 +328,107 @@ impl Log {
 }
 
 impl Shared {
+    /// Reserves `RECORD_HEADER_SIZE + len` bytes: the anchor CAS loop, then sealing the pages the
+    /// CAS moved past and marking the pages the record runs into.
+    #[inline(always)] // keeps the span in registers: returned through memory it stalls the reload
+    fn reserve_span(&self, len: usize) -> Result<Span> {
+        if len == 0 {
+            return Err(Error::EmptyRecord);
+        }
+        if len > self.record_len_max {
+            return Err(Error::RecordTooLarge {
+                len,
+                max: self.record_len_max,
+            });
+        }
+        let total = (RECORD_HEADER_SIZE + len) as u64;
+        let mut start = self.anchor.load();
+        let span = loop {
+            let span = Span {
+                start,
+                end: start.advance(total),
+            };
+            if span.last_lsn() >= self.horizon.load(Ordering::Acquire) + self.slot_count {
+                self.wait_for_space(span.last_lsn())?;
+                start = self.anchor.load();
+                continue;
+            }
+            match self.anchor.compare_exchange(start, span.end) {
+                Ok(()) => break span,
+                Err(actual) => start = actual,
+            }
+        };
+        if span.end.lsn != span.start.lsn {
+            self.mark_crossed_pages(span);
+        }
+        Ok(span)
+    }
+
+    /// The CAS of `span` sealed every page it moved past; seal them, and record in every page the
+    /// record runs into where it ends there.
+    #[cold]
+    fn mark_crossed_pages(&self, span: Span) {
+        for lsn in span.start.lsn..span.end.lsn {
+            if let Some(state) = self.slot(lsn).seal(PAYLOAD_SIZE as u64) {
+                self.finish_page(lsn, state);
+            }
+        }
+        for lsn in span.start.lsn + 1..=span.last_lsn() {
+            let end = if lsn == span.end.lsn {
+                span.end.offset
+            } else {
+                PAYLOAD_SIZE as u64
+            };
+            self.slot(lsn).set_continuation_end(end as u32);
+        }
+    }
+
+    /// Copies `bytes` into the ring at `at`, across page boundaries; returns the position after.
+    /// The caller must own the whole range by reservation.
+    fn write_at(&self, mut at: Position, mut bytes: &[u8]) -> Position {
+        while !bytes.is_empty() {
+            let room = PAYLOAD_SIZE - at.offset as usize;
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            // SAFETY: the range lies inside the caller's reservation (the anchor CAS gave it to
+            // that caller alone), and it reaches readers only through the commit's Release add.
+            unsafe { self.ring.write_payload(at.lsn, at.offset as usize, now) };
+            at = at.advance(now.len() as u64);
+            bytes = rest;
+        }
+        at
+    }
+
+    /// Commits every byte of `span`: one accounting add per page it touched. Finishes any page the
+    /// add completed, and applies rule 2 of the seal policy.
+    #[inline(always)]
+    fn commit_span(&self, span: Span) -> CommitPos {
+        let last = span.last_lsn();
+        if last == span.start.lsn {
+            let bytes = span.end_offset_in(last) - span.start.offset;
+            if let Some(state) = self.slot(last).commit(bytes, true) {
+                self.finish_page(last, state);
+            }
+        } else {
+            for lsn in span.start.lsn..=last {
+                if let Some(state) = self
+                    .slot(lsn)
+                    .commit(span.bytes_in(lsn), lsn == span.start.lsn)
+                {
+                    self.finish_page(lsn, state);
+                }
+            }
+        }
+        // Rule 2 of the seal policy: a lone commit wakes idle consumers so they seal it.
+        if span.start.offset == 0 && self.consumers.waiting() > 0 {
+            self.seal_requests.fetch_add(1, Ordering::SeqCst);
+            self.committed.notify_all();
+        }
+        CommitPos {
+            seq: seq_of(span.start.lsn, span.start.offset as u16),
+            lsn_last: last,
+        }
+    }
+
     pub fn slot(&self, lsn: u64) -> &Slot {
         &self.slots[(lsn & (self.slot_count - 1)) as usize]
     }
@@ -522,7 +598,7 @@ impl Reservation<'_> {
             bytes.len(),
             self.remaining()
         );
-        put(&self.shared.ring, &mut self.cursor, bytes);
+        self.cursor = self.shared.write_at(self.cursor, bytes);
         self.written += bytes.len();
     }
 
@@ -542,49 +618,14 @@ impl Reservation<'_> {
     }
 
     fn abort(&mut self) {
-        let mut header_at = self.span.start;
-        put(
-            &self.shared.ring,
-            &mut header_at,
-            &((self.len as u32) | ABORTED_BIT).to_le_bytes(),
-        );
+        let aborted = ((self.len as u32) | ABORTED_BIT).to_le_bytes();
+        self.shared.write_at(self.span.start, &aborted);
         self.publish();
     }
 
     fn publish(&mut self) -> CommitPos {
         self.done = true;
-        let shared = self.shared;
-        let span = self.span;
-        for lsn in span.start.lsn..=span.last_lsn() {
-            let starts_record = lsn == span.start.lsn;
-            if let Some(state) = shared.slot(lsn).commit(span.bytes_in(lsn), starts_record) {
-                shared.finish_page(lsn, state);
-            }
-        }
-        // Rule 2 of the seal policy: a lone commit wakes idle consumers so they seal it.
-        if span.start.offset == 0 && shared.consumers.waiting() > 0 {
-            shared.seal_requests.fetch_add(1, Ordering::SeqCst);
-            shared.committed.notify_all();
-        }
-        CommitPos {
-            seq: self.seq(),
-            lsn_last: span.last_lsn(),
-        }
-    }
-}
-
-/// Copies `bytes` into the ring at `at`, across page boundaries, and moves `at` past them.
-///
-/// The caller must own the whole range by reservation.
-fn put(ring: &Ring, at: &mut Position, mut bytes: &[u8]) {
-    while !bytes.is_empty() {
-        let room = PAYLOAD_SIZE - at.offset as usize;
-        let (now, rest) = bytes.split_at(room.min(bytes.len()));
-        // SAFETY: the range lies inside the caller's reservation (the anchor CAS gave it to that
-        // caller alone), and it reaches readers only through the commit's Release add.
-        unsafe { ring.write_payload(at.lsn, at.offset as usize, now) };
-        *at = at.advance(now.len() as u64);
-        bytes = rest;
+        self.shared.commit_span(self.span)
     }
 }
 

@@ -440,17 +440,22 @@ mod tests {
 
     #[test]
     fn an_lsn_whose_seq_would_overflow_is_refused() {
-        let page = page_with(&meta(LSN_LIMIT, 5, 0, 1), 1);
+        let mut page = page_with(&meta(LSN_LIMIT - 1, 5, 0, 1), 1);
+        assert!(validate(&page[..]).is_ok());
+        // Patch the LSN past the limit and re-seal the crc, as a malicious or buggy peer could.
+        page[LSN_OFFSET..LSN_OFFSET + 8].copy_from_slice(&LSN_LIMIT.to_le_bytes());
+        let header: PageHeader = *bytemuck::from_bytes(&page[..HEADER_SIZE]);
+        let crc = page_crc(&header, &page[HEADER_SIZE..HEADER_SIZE + 5]);
+        page[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             validate(&page[..]),
             Err(Error::PageField { field: "lsn", .. })
         ));
-        assert!(validate(&page_with(&meta(LSN_LIMIT - 1, 5, 0, 1), 1)[..]).is_ok());
     }
 
     #[test]
     fn layout_matches_the_documented_table() {
-        let page = page_with(&meta(0x0102_0304_0506_0708, 100, 5, 3), 1);
+        let page = page_with(&meta(0x0001_0203_0405_0607, 100, 5, 3), 1);
         assert_eq!(&page[MAGIC_OFFSET..4], b"PMLG");
         assert_eq!(
             page[VERSION_OFFSET..VERSION_OFFSET + 2],
@@ -458,7 +463,7 @@ mod tests {
         );
         assert_eq!(
             page[LSN_OFFSET..LSN_OFFSET + 8],
-            0x0102_0304_0506_0708u64.to_le_bytes()
+            0x0001_0203_0405_0607u64.to_le_bytes()
         );
         assert_eq!(
             page[PAYLOAD_LEN_OFFSET..PAYLOAD_LEN_OFFSET + 2],

@@ -22,7 +22,7 @@
 //!
 //! Writes go to the shared mapping, so a *process* crash loses nothing that reached the mapping:
 //! the kernel's page cache holds it. Surviving power loss is the job of the LMDB store, which makes
-//! pages durable by applying them; [`Ring::flush`] (msync) exists for callers that want the ring
+//! pages durable by applying them; [`crate::Log::flush`] (msync) exists for callers that want the ring
 //! itself on disk.
 //!
 //! # Recovery

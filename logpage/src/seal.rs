@@ -50,7 +50,7 @@
 //! look at Y" against "I publish Y, then look at X"), which is only sound if all four accesses are
 //! in the single `SeqCst` total order; Release/Acquire allows both loads to miss (store buffering).
 //! So these are all `SeqCst`: the anchor, the watermark, the consumer counts, the seal-request
-//! counter, the waiter counts of [`Notify`], each slot's ready tag (finisher: tag, then watermark;
+//! counter, the waiter counts of `Notify`, each slot's ready tag (finisher: tag, then watermark;
 //! advancer: watermark, then tag), and each cursor's released position (cursor: position, then
 //! space waiters; reserver: waiter count, then positions). The accounting word's adds are `AcqRel`:
 //! they only need to hand the payload bytes to the finisher.
