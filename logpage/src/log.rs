@@ -31,6 +31,7 @@ use crate::sync::{anchor_is_lock_free, lock, Arc, AtomicBool, AtomicU64, Mutex, 
 pub struct LogOptions {
     slots: u64,
     epoch: u64,
+    next_lsn_min: u64,
 }
 
 impl Default for LogOptions {
@@ -38,6 +39,7 @@ impl Default for LogOptions {
         Self {
             slots: 1024,
             epoch: 0,
+            next_lsn_min: 0,
         }
     }
 }
@@ -57,6 +59,14 @@ impl LogOptions {
     /// The epoch (failover term) stamped on every page this log writes.
     pub fn epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
+        self
+    }
+
+    /// Continue numbering pages at `lsn` at least: for a store whose durable history (its binlog)
+    /// already reaches `lsn` when the ring holds less, for example a new ring file. Recovered pages
+    /// below it are dropped: the caller has them.
+    pub fn next_lsn_min(mut self, lsn: u64) -> Self {
+        self.next_lsn_min = lsn;
         self
     }
 
@@ -167,9 +177,25 @@ impl Log {
         Self::with_ring(ring, recovered, &options)
     }
 
-    fn with_ring(ring: Ring, recovered: Recovered, options: &LogOptions) -> Result<Self> {
+    fn with_ring(ring: Ring, mut recovered: Recovered, options: &LogOptions) -> Result<Self> {
         if !anchor_is_lock_free() {
             return Err(Error::AnchorNotLockFree);
+        }
+        if recovered.end_lsn < options.next_lsn_min {
+            let lsn = options.next_lsn_min;
+            tracing::info!(
+                lsn,
+                ring_end_lsn = recovered.end_lsn,
+                "log continues past the ring's pages"
+            );
+            // SAFETY: the ring is not shared yet. Persisting the horizon first makes a later
+            // recovery start here, not at the stale pages below.
+            unsafe { ring.persist_released_lsn(lsn) };
+            recovered = Recovered {
+                start_lsn: lsn,
+                end_lsn: lsn,
+                ..recovered
+            };
         }
         let slots: Box<[CachePadded<Slot>]> = (0..options.slots)
             .map(|_| CachePadded::new(Slot::new()))
@@ -340,6 +366,9 @@ impl Shared {
                 len,
                 max: self.record_len_max,
             });
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
         }
         let total = (RECORD_HEADER_SIZE + len) as u64;
         let mut start = self.anchor.load();

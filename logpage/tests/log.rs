@@ -307,3 +307,55 @@ fn a_full_ring_blocks_writers_until_released_and_close_unblocks_them() {
         assert!(appended > 16);
     });
 }
+
+#[test]
+fn a_closed_log_refuses_new_records_and_keeps_what_it_has() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    let pos = log.append(&make_record(0, 0, 40)).unwrap();
+    log.close();
+    assert!(matches!(
+        log.append(&make_record(0, 1, 40)),
+        Err(Error::Closed)
+    ));
+    assert!(matches!(log.reserve(10), Err(Error::Closed)));
+    // A record committed before the close is still sealed and reaches the committed log.
+    assert!(log.wait_committed(pos, None).unwrap());
+    let records = drain_all(&log, &mut cursor, &mut RecordReader::new());
+    assert_eq!(records.len(), 1, "the committed record stays readable");
+    check_record(&records[0].1);
+}
+
+#[test]
+fn a_log_can_continue_past_what_its_ring_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(&dir, 16);
+        log.append(&make_record(0, 0, 10)).unwrap();
+        log.seal();
+    }
+    let options = || LogOptions::new().slots(16).next_lsn_min(1000);
+    {
+        let log = Log::open(dir.path(), options()).unwrap();
+        assert_eq!(
+            (log.recovered().start_lsn, log.recovered().end_lsn),
+            (1000, 1000)
+        );
+        assert!(matches!(
+            log.cursor(0),
+            Err(Error::BelowHorizon { oldest: 1000, .. })
+        ));
+        let pos = log.append(&make_record(0, 1, 10)).unwrap();
+        assert_eq!(pos.lsn_last, 1000);
+        log.seal();
+    }
+    // Reopened without the option, the ring still knows where its log is.
+    let log = open(&dir, 16);
+    assert_eq!(
+        (log.recovered().start_lsn, log.recovered().end_lsn),
+        (1000, 1001)
+    );
+    let mut cursor = log.cursor(1000).unwrap();
+    let records = drain_all(&log, &mut cursor, &mut RecordReader::new());
+    assert_eq!(check_record(&records[0].1), (0, 1));
+}

@@ -1,0 +1,281 @@
+//! The flusher/applier: ready log pages → one LMDB write transaction per group.
+//!
+//! One thread owns the log's applier cursor. Each round it waits for ready pages (as an engaged
+//! consumer it drives the log's group commit: see `pagemesh_logpage::seal`), then, in ONE write
+//! transaction:
+//!
+//! 1. appends the group's pages to `__binlog` under the group's first LSN (compact form, APPEND);
+//! 2. decodes and applies each record that completes in them, in log order, skipping records at
+//!    above `applied_seq_end` (lower ones were applied before a crash). A transaction record applies only if
+//!    every version it read is still current; otherwise it is skipped, the same way everywhere;
+//! 3. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`;
+//!
+//! and commits (synced; see `store.rs`). Then it publishes the applied watermark, wakes waiters and
+//! releases the group's ring slots: the pages are in the binlog now.
+//!
+//! The group is everything ready, up to `group_bytes_max`, so it adapts by itself: small when
+//! commits trickle in, large when they pile up during the previous commit's sync.
+//!
+//! Tables first written inside a group are created in the group's own transaction (heed creates
+//! databases only through `create_databases_and_commit`, so the whole group runs inside it), and
+//! opened by name once it has committed.
+//!
+//! A record that does not decode, or a failed commit, *poisons* the database: the applier stops,
+//! waiters and writers get [`Error::Poisoned`], and nothing more is written until it is reopened.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use heed::types::Bytes;
+use heed::CommitOrAbort;
+use pagemesh_logpage::{Cursor, PageRef, RecordReader};
+
+use crate::error::{Error, Result};
+use crate::record::{decode, Op};
+use crate::store::ApplyState;
+use crate::Inner;
+
+/// Pages taken from the cursor per `next_run` call.
+const RUN_PAGES_MAX: usize = 64;
+
+/// The applier's state between groups.
+pub(crate) struct Applier {
+    pub inner: Arc<Inner>,
+    pub cursor: Cursor,
+    pub reader: RecordReader,
+    pub state: ApplyState,
+    /// LSN of the page where the record the reader holds open began.
+    pub open_record_lsn: Option<u64>,
+    pub compact: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl Applier {
+    /// Runs until the log closes or the store is poisoned.
+    pub fn run(mut self) {
+        loop {
+            let closed = match self
+                .cursor
+                .wait_ready(Some(Instant::now() + Duration::from_millis(200)))
+            {
+                Ok(true) => false,
+                Ok(false) => continue,
+                Err(pagemesh_logpage::Error::Closed) => true,
+                Err(error) => return self.inner.poison(&error.to_string()),
+            };
+            // On close, apply whatever is ready, then stop.
+            while self.cursor.lag_pages() > 0 {
+                if let Err(error) = self.apply_group() {
+                    return self.inner.poison(&error.to_string());
+                }
+            }
+            if closed {
+                tracing::debug!(applied_lsn = self.state.binlog_next_lsn, "applier stopped");
+                return;
+            }
+        }
+    }
+
+    /// Applies one group of ready pages in one write transaction.
+    fn apply_group(&mut self) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        let store = &inner.store;
+        let first_lsn = self.cursor.position();
+        let group_bytes_max = inner.options.group_bytes_max;
+        let mut created: Vec<String> = Vec::new();
+        let mut failure: Option<Error> = None;
+        self.compact.clear();
+        let wtxn = store.env.write_txn().map_err(store.lmdb("begin group"))?;
+        let committed =
+            store
+                .env
+                .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
+                    let mut tables = GroupTables {
+                        store,
+                        wdo,
+                        created: HashMap::new(),
+                    };
+                    while self.compact.len() < group_bytes_max {
+                        let Some(run) = self
+                            .cursor
+                            .next_run(RUN_PAGES_MAX)
+                            .map_err(|e| fail(&mut failure, e.into()))?
+                        else {
+                            break;
+                        };
+                        for page in run.pages() {
+                            self.compact.extend_from_slice(page.compact_bytes());
+                            let outcome = feed_page(
+                                &mut self.reader,
+                                page,
+                                &mut self.open_record_lsn,
+                                &mut self.state.applied_seq_end,
+                                &mut self.value,
+                                wtxn,
+                                &mut tables,
+                            );
+                            if let Err(error) = outcome {
+                                return Err(fail(&mut failure, error));
+                            }
+                        }
+                    }
+                    created.extend(tables.created.into_keys());
+                    let last_lsn = self.cursor.position();
+                    if last_lsn > first_lsn {
+                        store
+                            .append_binlog(wtxn, first_lsn, &self.compact)
+                            .map_err(|e| fail(&mut failure, e))?;
+                    }
+                    self.state.binlog_next_lsn = last_lsn;
+                    self.state.replay_lsn = self.open_record_lsn.unwrap_or(last_lsn);
+                    store
+                        .put_apply_state(wtxn, &self.state)
+                        .map_err(|e| fail(&mut failure, e))?;
+                    Ok(CommitOrAbort::<_, ()>::Commit(()))
+                });
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        committed.map_err(store.lmdb("commit group"))?;
+        for table in &created {
+            store.open_created_table(table)?;
+        }
+        self.cursor.release(self.state.binlog_next_lsn);
+        inner.publish_applied(self.state.binlog_next_lsn);
+        Ok(())
+    }
+}
+
+/// A table handle inside the group's transaction: an existing table (`'static`, which coerces)
+/// or one the transaction just created.
+type TxnTable<'e> = heed::Database<'e, Bytes, Bytes>;
+
+/// The tables a group writes: the store's, plus any the group's transaction creates.
+struct GroupTables<'g, 'e> {
+    store: &'g crate::store::Store,
+    wdo: &'g heed::DatabaseOpener<'e, heed::WithTls>,
+    created: HashMap<String, TxnTable<'e>>,
+}
+
+impl<'e> GroupTables<'_, 'e> {
+    fn get(&mut self, name: &str, wtxn: &mut heed::RwTxn<'e>) -> Result<TxnTable<'e>> {
+        if let Some(table) = self.store.table(name) {
+            return Ok(table);
+        }
+        if let Some(table) = self.created.get(name) {
+            return Ok(*table);
+        }
+        let lmdb = self.store.lmdb("create table");
+        let table: TxnTable<'e> = self.wdo.create_database(wtxn, Some(name)).map_err(lmdb)?;
+        let mut key = b"table:".to_vec();
+        key.extend_from_slice(name.as_bytes());
+        self.store
+            .meta
+            .put(wtxn, &key, b"")
+            .map_err(self.store.lmdb("register table"))?;
+        self.created.insert(name.to_string(), table);
+        Ok(table)
+    }
+}
+
+/// Records the first failure, and hands heed an error to abort the transaction with.
+fn fail(slot: &mut Option<Error>, error: Error) -> heed::Error {
+    slot.get_or_insert(error);
+    heed::Error::Io(std::io::Error::other("group aborted"))
+}
+
+/// Feeds one page to the reader and applies each record that completes in it; tracks where the
+/// record still open at the end of the page began (the next `replay_lsn`).
+fn feed_page<'e>(
+    reader: &mut RecordReader,
+    page: PageRef<'_>,
+    open_record_lsn: &mut Option<u64>,
+    applied_seq_end: &mut u64,
+    value: &mut Vec<u8>,
+    wtxn: &mut heed::RwTxn<'e>,
+    tables: &mut GroupTables<'_, 'e>,
+) -> Result<()> {
+    let mut records: Vec<(u64, Cow<'_, [u8]>)> = Vec::new();
+    reader.feed(page, |record| records.push((record.seq, record.bytes)))?;
+    for (seq, bytes) in records {
+        if seq < *applied_seq_end {
+            continue; // applied before a crash; replayed only to rebuild the reader
+        }
+        apply_record(seq, &bytes, value, wtxn, tables)?;
+        *applied_seq_end = seq + 1;
+    }
+    // If a record is open now and one started in this page, the open one is the last that started
+    // here; otherwise it is the one that was already open.
+    *open_record_lsn = if !reader.is_mid_record() {
+        None
+    } else if page.header().first_record_offset().is_some() {
+        Some(page.lsn())
+    } else {
+        *open_record_lsn
+    };
+    Ok(())
+}
+
+fn apply_record<'e>(
+    seq: u64,
+    bytes: &[u8],
+    value_buf: &mut Vec<u8>,
+    wtxn: &mut heed::RwTxn<'e>,
+    tables: &mut GroupTables<'_, 'e>,
+) -> Result<()> {
+    let lmdb = |op: &'static str| {
+        move |source| Error::Lmdb {
+            op,
+            path: Default::default(),
+            source,
+        }
+    };
+    let record = decode(bytes)?;
+    for read in record.reads() {
+        let current = match tables.get(read.table, wtxn)?.get(wtxn, read.key) {
+            Ok(Some(stored)) => crate::value_seq(stored)?,
+            Ok(None) => 0,
+            Err(source) => return Err(lmdb("read version")(source)),
+        };
+        if current != read.version {
+            tracing::debug!(seq, table = read.table, "transaction skipped: stale read");
+            return Ok(());
+        }
+    }
+    for op in record.ops() {
+        match *op {
+            Op::Put {
+                table: name,
+                key,
+                value,
+            } => {
+                value_buf.clear();
+                value_buf.extend_from_slice(&seq.to_le_bytes());
+                value_buf.extend_from_slice(value);
+                let t = tables.get(name, wtxn)?;
+                t.put(wtxn, key, value_buf).map_err(lmdb("put"))?;
+            }
+            Op::Delete { table: name, key } => {
+                let t = tables.get(name, wtxn)?;
+                t.delete(wtxn, key).map_err(lmdb("delete"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    pub(crate) fn publish_applied(&self, applied_lsn: u64) {
+        let mut guard = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = applied_lsn;
+        drop(guard);
+        self.applied_changed.notify_all();
+        self.applied_lsn.store(applied_lsn, Ordering::Release);
+    }
+}

@@ -1,0 +1,114 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// What went wrong in the store, and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An LMDB operation failed.
+    #[error("LMDB {op} in {path}: {source}")]
+    Lmdb {
+        /// What was being done.
+        op: &'static str,
+        /// The database directory.
+        path: PathBuf,
+        /// heed's error.
+        source: heed::Error,
+    },
+    /// The replication log failed.
+    #[error(transparent)]
+    Log(#[from] pagemesh_logpage::Error),
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The directory holds an LMDB environment that is not a pagemesh database.
+    #[error("{path} is not a pagemesh database: {why}")]
+    NotADatabase {
+        /// The directory.
+        path: PathBuf,
+        /// What is missing or wrong.
+        why: &'static str,
+    },
+    /// The database was written by a newer pagemesh.
+    #[error("{path} has store format {found}; this build reads up to {supported}")]
+    NewerFormat {
+        /// The directory.
+        path: PathBuf,
+        /// Format found.
+        found: u32,
+        /// Newest format this build reads.
+        supported: u32,
+    },
+    /// A record in the log does not decode.
+    #[error("record decode failed at byte {offset}: bad {what}")]
+    RecordDecode {
+        /// Offset in the record.
+        offset: usize,
+        /// The field.
+        what: &'static str,
+    },
+    /// A record of a format this build does not read.
+    #[error("record format {found}; this build reads {supported}")]
+    RecordVersion {
+        /// Found.
+        found: u8,
+        /// Supported.
+        supported: u8,
+    },
+    /// A table name that is empty, too long, or reserved (starts with `__`).
+    #[error("invalid table name {table:?}: 1..=255 bytes, not starting with \"__\"")]
+    InvalidTable {
+        /// The name.
+        table: String,
+    },
+    /// A key that is empty or longer than LMDB allows.
+    #[error("invalid key of {len} bytes for table {table:?}: keys are 1..=511 bytes")]
+    InvalidKey {
+        /// The table.
+        table: String,
+        /// Key length.
+        len: usize,
+    },
+    /// A value too large for a record.
+    #[error("value of {len} bytes for table {table:?} is too large")]
+    InvalidValue {
+        /// The table.
+        table: String,
+        /// Value length.
+        len: usize,
+    },
+    /// A write was asked to wait for replicas, and this database has none.
+    #[error("durability Replicated({replicas}) asked of a database with no replicas")]
+    NoReplicas {
+        /// Replicas asked for.
+        replicas: u32,
+    },
+    /// A transaction's reads were stale when its record was applied.
+    #[error("transaction conflict: {table:?} changed since it was read")]
+    Conflict {
+        /// The table of the first stale read.
+        table: String,
+    },
+    /// An earlier LMDB commit or sync failed; the store refuses writes until it is reopened.
+    #[error("database {path} is poisoned by an earlier failed write ({cause}); reopen it")]
+    Poisoned {
+        /// The directory.
+        path: PathBuf,
+        /// The first failure.
+        cause: String,
+    },
+    /// The database was closed.
+    #[error("the database is closed")]
+    Closed,
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

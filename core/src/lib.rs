@@ -1,0 +1,496 @@
+//! pagemesh's store: LMDB (through heed) fed by the replication log.
+//!
+//! Writes go through the log: a [`WriteBatch`] becomes one log record; the applier thread turns
+//! groups of ready pages into one LMDB write transaction each (binlog append, apply, apply state),
+//! and a commit returns when its [`Durability`] holds. Reads are LMDB read transactions: zero-copy,
+//! in parallel with the writer, never blocked by it. See `apply.rs` and `store.rs` for the layouts.
+//!
+//! ```
+//! use pagemesh_core::{Database, Durability, Options, WriteBatch};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Database::open(dir.path(), Options::new())?;
+//! let mut batch = WriteBatch::new();
+//! batch.put("prices", b"{A1}", b"250000")?;
+//! let seq = db.commit(&batch, Durability::Applied)?;
+//!
+//! let snapshot = db.read()?;
+//! let value = snapshot.get("prices", b"{A1}")?.expect("applied");
+//! assert_eq!((value.seq, value.bytes), (seq, &b"250000"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Not here yet (the rest of issue 3): optimistic transactions and `put_if_version` as a public
+//! API (the record format and the applier already carry and check read versions), full
+//! snapshots and backup/restore, `binlog_range` and retention, asynchronous commit tickets.
+
+#![deny(unsafe_code)] // one exception, LMDB's open, allowed where it is (store.rs)
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod apply;
+mod error;
+pub mod record;
+mod store;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use pagemesh_logpage::{page::HEADER_SIZE, validate, Log, LogOptions, RecordReader};
+use std::ops::Bound;
+
+pub use error::{Error, Result};
+pub use record::RecordBuilder;
+pub use store::STORE_FORMAT;
+
+/// When a commit returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The record is committed into the local log ring (survives a process crash, not a power loss).
+    Memory,
+    /// The LMDB transaction holding it committed: visible to readers (read-your-writes).
+    Applied,
+    /// As `Applied`, synced to disk. Every group commit syncs today, so this costs what `Applied` does.
+    Durable,
+    /// `n` replicas received it. Needs replication, which this build does not have yet.
+    Replicated(u32),
+}
+
+/// How to open a database. Defaults are safe.
+#[derive(Clone, Debug)]
+pub struct Options {
+    map_size: usize,
+    ring_slots: u64,
+    group_bytes_max: usize,
+    durability: Durability,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            map_size: 1 << 30,
+            ring_slots: 4096,
+            group_bytes_max: 8 << 20,
+            durability: Durability::Durable,
+        }
+    }
+}
+
+impl Options {
+    /// Defaults: 1 GiB map, 4096-page (16 MiB) ring, 8 MiB groups, `Durable`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// LMDB map size in bytes: the most the database can hold.
+    pub fn map_size(mut self, bytes: usize) -> Self {
+        self.map_size = bytes;
+        self
+    }
+    /// Log ring size in pages (a power of two).
+    pub fn ring_slots(mut self, slots: u64) -> Self {
+        self.ring_slots = slots;
+        self
+    }
+    /// Most page bytes applied in one LMDB transaction.
+    pub fn group_bytes_max(mut self, bytes: usize) -> Self {
+        self.group_bytes_max = bytes.max(4096);
+        self
+    }
+    /// The durability [`Database::commit_default`] uses.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+}
+
+/// Puts and deletes over any tables, committed as one record.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    record: RecordBuilder,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets `key` in `table` to `value`.
+    pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<&mut Self> {
+        self.record.put(table, key, value)?;
+        Ok(self)
+    }
+    /// Removes `key` from `table`.
+    pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<&mut Self> {
+        self.record.delete(table, key)?;
+        Ok(self)
+    }
+    /// Changes in the batch.
+    pub fn len(&self) -> usize {
+        self.record.op_count() as usize
+    }
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A stored value: its bytes and the `seq` of the change that wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Value<'a> {
+    /// The version: the log position of the write.
+    pub seq: u64,
+    /// The bytes, borrowed from the LMDB map.
+    pub bytes: &'a [u8],
+}
+
+/// The version stored ahead of a value.
+pub(crate) fn value_seq(stored: &[u8]) -> Result<u64> {
+    split_value(stored).map(|v| v.seq)
+}
+
+fn split_value(stored: &[u8]) -> Result<Value<'_>> {
+    match stored.split_first_chunk::<8>() {
+        Some((seq, bytes)) => Ok(Value {
+            seq: u64::from_le_bytes(*seq),
+            bytes,
+        }),
+        None => Err(Error::RecordDecode {
+            offset: 0,
+            what: "stored value (shorter than its version)",
+        }),
+    }
+}
+
+pub(crate) struct Inner {
+    store: store::Store,
+    log: Log,
+    options: Options,
+    /// Pages below this are applied and durable; guarded for waiters.
+    applied: Mutex<u64>,
+    applied_changed: Condvar,
+    applied_lsn: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+    hlc: AtomicU64,
+}
+
+impl Inner {
+    fn poison(&self, cause: &str) {
+        tracing::error!(path = %self.store.path.display(), cause, "database poisoned: writes refused until reopened");
+        self.poisoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| cause.to_string());
+        self.log.close();
+        drop(
+            self.applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.applied_changed.notify_all();
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &*self
+            .poisoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(cause) => Err(Error::Poisoned {
+                path: self.store.path.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A hybrid logical clock reading: wall-clock microseconds, strictly increasing.
+    fn next_hlc(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let previous = self.hlc.fetch_max(now, Ordering::Relaxed).max(now);
+        self.hlc.fetch_add(1, Ordering::Relaxed).max(previous) + 1
+    }
+}
+
+/// Stops and joins the applier when the last handle goes.
+struct Closer {
+    inner: Arc<Inner>,
+    applier: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.inner.log.close();
+        if let Some(handle) = self
+            .applier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            if handle.join().is_err() {
+                tracing::error!("applier thread panicked");
+            }
+        }
+    }
+}
+
+/// An open database: a `Send + Sync` handle; clones share it. Dropping the last one stops the
+/// applier after it applied every ready page; what was only in the ring is recovered on reopen.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+    _closer: Arc<Closer>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.inner.store.path)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Opens the database in `dir`, creating it if empty, and recovers: log records committed to
+    /// the ring but not yet applied are applied before new ones.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            op: "create",
+            path: dir.into(),
+            source,
+        })?;
+        // The ring's file lock comes first: it keeps a second instance out of the LMDB files too.
+        let probe = Log::open(dir, LogOptions::new().slots(options.ring_slots))?;
+        drop(probe);
+        let store = store::Store::open(dir, options.map_size)?;
+        let state = {
+            let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
+            store.apply_state(&rtxn)?
+        };
+        let log = Log::open(
+            dir,
+            LogOptions::new()
+                .slots(options.ring_slots)
+                .next_lsn_min(state.binlog_next_lsn),
+        )?;
+        let recovered = log.recovered();
+        if recovered.start_lsn > state.binlog_next_lsn {
+            return Err(Error::NotADatabase {
+                path: dir.into(),
+                why: "the log ring lost pages the binlog does not have",
+            });
+        }
+        let (reader, open_record_lsn) = replay_open_record(&store, &state)?;
+        tracing::info!(
+            path = %dir.display(),
+            applied_lsn = state.binlog_next_lsn,
+            ring_end_lsn = recovered.end_lsn,
+            pages_to_recover = recovered.end_lsn.saturating_sub(state.binlog_next_lsn),
+            "opened database"
+        );
+        let cursor = log.cursor(state.binlog_next_lsn)?;
+        let inner = Arc::new(Inner {
+            store,
+            log,
+            options,
+            applied: Mutex::new(state.binlog_next_lsn),
+            applied_changed: Condvar::new(),
+            applied_lsn: AtomicU64::new(state.binlog_next_lsn),
+            poisoned: Mutex::new(None),
+            hlc: AtomicU64::new(0),
+        });
+        let applier = apply::Applier {
+            inner: Arc::clone(&inner),
+            cursor,
+            reader,
+            state,
+            open_record_lsn,
+            compact: Vec::new(),
+            value: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("pagemesh-applier".into())
+            .spawn(move || applier.run())
+            .map_err(|source| Error::Io {
+                op: "spawn applier for",
+                path: dir.into(),
+                source,
+            })?;
+        let closer = Arc::new(Closer {
+            inner: Arc::clone(&inner),
+            applier: Mutex::new(Some(handle)),
+        });
+        Ok(Self {
+            inner,
+            _closer: closer,
+        })
+    }
+
+    /// Commits `batch` and returns when `durability` holds; returns the record's `seq`, the version
+    /// its values carry.
+    pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<u64> {
+        let inner = &*self.inner;
+        if let Durability::Replicated(replicas) = durability {
+            return Err(Error::NoReplicas { replicas });
+        }
+        inner.check_poisoned()?;
+        let record = &batch.record;
+        let mut reservation = inner.log.reserve(record.encoded_len())?;
+        let mut bytes = Vec::with_capacity(record.encoded_len());
+        record.encode_into(inner.next_hlc(), &mut bytes);
+        reservation.write(&bytes);
+        let pos = reservation.commit()?;
+        if durability == Durability::Memory {
+            return Ok(pos.seq);
+        }
+        let mut applied = inner
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *applied <= pos.lsn_last {
+            inner.check_poisoned()?;
+            applied = inner
+                .applied_changed
+                .wait(applied)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        Ok(pos.seq)
+    }
+
+    /// Commits with the database's default durability.
+    pub fn commit_default(&self, batch: &WriteBatch) -> Result<u64> {
+        self.commit(batch, self.inner.options.durability)
+    }
+
+    /// A consistent read snapshot (an LMDB read transaction).
+    pub fn read(&self) -> Result<Snapshot<'_>> {
+        let store = &self.inner.store;
+        Ok(Snapshot {
+            txn: store.env.read_txn().map_err(store.lmdb("begin read"))?,
+            store,
+        })
+    }
+
+    /// Pages below this are applied.
+    pub fn applied_lsn(&self) -> u64 {
+        self.inner.applied_lsn.load(Ordering::Acquire)
+    }
+
+    /// The database's uuid, made at creation.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.inner.store.database_uuid
+    }
+
+    /// The names of the tables that exist.
+    pub fn tables(&self) -> Vec<String> {
+        self.inner.store.table_names()
+    }
+}
+
+/// Rebuilds the applier's reader from the binlog pages in `[replay_lsn, binlog_next_lsn)`: the
+/// start of a record that was still open when the last group committed.
+fn replay_open_record(
+    store: &store::Store,
+    state: &store::ApplyState,
+) -> Result<(RecordReader, Option<u64>)> {
+    let mut reader = RecordReader::new();
+    let mut open_record_lsn = None;
+    if state.replay_lsn >= state.binlog_next_lsn {
+        return Ok((reader, open_record_lsn));
+    }
+    let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
+    let from = store
+        .binlog
+        .rev_range(
+            &rtxn,
+            &(
+                Bound::Unbounded,
+                Bound::Included(&state.replay_lsn.to_be_bytes()[..]),
+            ),
+        )
+        .map_err(store.lmdb("find binlog group"))?
+        .next()
+        .transpose()
+        .map_err(store.lmdb("find binlog group"))?
+        .map(|(key, _)| key.to_vec())
+        .ok_or(Error::NotADatabase {
+            path: store.path.clone(),
+            why: "binlog lacks the replay start",
+        })?;
+    let range = (Bound::Included(&from[..]), Bound::Unbounded);
+    for entry in store
+        .binlog
+        .range(&rtxn, &range)
+        .map_err(store.lmdb("read binlog"))?
+    {
+        let (_, mut pages) = entry.map_err(store.lmdb("read binlog"))?;
+        while !pages.is_empty() {
+            let page = validate(pages)?; // checks length, crc, fields
+            let len = HEADER_SIZE + page.payload().len();
+            let page = validate(&pages[..len])?;
+            pages = &pages[len..];
+            if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
+                continue;
+            }
+            reader.feed(page, |record| {
+                debug_assert!(
+                    record.seq < state.applied_seq_end,
+                    "binlog holds an unapplied whole record"
+                );
+            })?;
+            open_record_lsn = if !reader.is_mid_record() {
+                None
+            } else if page.header().first_record_offset().is_some() {
+                Some(page.lsn())
+            } else {
+                open_record_lsn
+            };
+        }
+    }
+    Ok((reader, open_record_lsn))
+}
+
+/// A consistent view of the database: an LMDB read transaction. Never blocks the writer.
+pub struct Snapshot<'db> {
+    txn: heed::RoTxn<'db, heed::WithTls>,
+    store: &'db store::Store,
+}
+
+impl Snapshot<'_> {
+    /// The value of `key` in `table`, borrowed from the map.
+    pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Value<'_>>> {
+        let Some(db) = self.store.table(table) else {
+            return Ok(None);
+        };
+        match db.get(&self.txn, key).map_err(self.store.lmdb("get"))? {
+            Some(stored) => split_value(stored).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every entry of `table` whose key starts with `prefix` (all of them for an empty prefix),
+    /// in key order.
+    pub fn prefix<'s>(
+        &'s self,
+        table: &str,
+        prefix: &[u8],
+    ) -> Result<impl Iterator<Item = Result<(&'s [u8], Value<'s>)>> + 's> {
+        type Entries<'s> = Box<dyn Iterator<Item = heed::Result<(&'s [u8], &'s [u8])>> + 's>;
+        let lmdb = || self.store.lmdb("iterate");
+        let iter: Option<Entries<'s>> = match self.store.table(table) {
+            None => None,
+            // LMDB refuses a zero-length seek key, so an empty prefix is a plain scan.
+            Some(db) if prefix.is_empty() => Some(Box::new(db.iter(&self.txn).map_err(lmdb())?)),
+            Some(db) => Some(Box::new(db.prefix_iter(&self.txn, prefix).map_err(lmdb())?)),
+        };
+        let store = self.store;
+        Ok(iter.into_iter().flatten().map(move |entry| {
+            let (key, stored) = entry.map_err(store.lmdb("iterate"))?;
+            Ok((key, split_value(stored)?))
+        }))
+    }
+}

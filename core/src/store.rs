@@ -1,0 +1,295 @@
+//! The LMDB environment: user tables, `__binlog`, `__meta`.
+//!
+//! One heed `Env` per database directory (`dir/lmdb/`; the log ring is `dir/log.ring`). Named
+//! databases:
+//!
+//! - each user table: key → `seq (u64 LE) ‖ value`, where `seq` is the log position of the change
+//!   that wrote it (its version);
+//! - `__binlog`: first page LSN (u64 big-endian, so LMDB's order is LSN order and APPEND works)
+//!   → the pages of one group, back to back in compact form (header + used payload);
+//! - `__meta`: the keys below, all little-endian integers or raw uuids.
+//!
+//! | `__meta` key | value |
+//! | --- | --- |
+//! | `format` | u32 store format, [`STORE_FORMAT`] |
+//! | `database_uuid`, `origin_uuid` | 16 bytes each, made at creation |
+//! | `binlog_next_lsn` | u64: pages below it are in `__binlog` |
+//! | `replay_lsn` | u64: where the applier's reader must start on open (the page where a record still open at the last group boundary began, else `binlog_next_lsn`) |
+//! | `applied_seq_end` | u64: every record with a seq below it is applied (0: none; a record can have seq 0) |
+//! | `table:NAME` | empty: the table exists |
+//!
+//! Every write transaction commits with LMDB's default sync. `MDB_NOSYNC` would make commits
+//! cheaper, but LMDB may then reuse pages that the last *synced* meta page still refers to, so a
+//! power loss could corrupt the environment instead of just losing the latest commits; heed marks
+//! the flag unsafe for that reason. Group commit amortises the sync instead.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, EnvOpenOptions, PutFlags};
+
+use crate::error::{Error, Result};
+
+/// The store format this build writes.
+pub const STORE_FORMAT: u32 = 1;
+
+pub(crate) type Table = heed::Database<'static, Bytes, Bytes>;
+
+/// The environment and its databases.
+pub(crate) struct Store {
+    pub path: PathBuf,
+    pub env: heed::Env,
+    pub meta: Table,
+    pub binlog: Table,
+    tables: RwLock<HashMap<String, Table>>,
+    pub database_uuid: uuid::Uuid,
+    pub origin_uuid: uuid::Uuid,
+}
+
+/// Where the applier stands, as recorded in `__meta`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ApplyState {
+    pub binlog_next_lsn: u64,
+    pub replay_lsn: u64,
+    pub applied_seq_end: u64,
+}
+
+impl Store {
+    pub fn lmdb(&self, op: &'static str) -> impl FnOnce(heed::Error) -> Error + '_ {
+        move |source| Error::Lmdb {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Opens or creates the environment in `dir/lmdb`.
+    #[allow(unsafe_code)] // heed's EnvOpenOptions::open is unsafe; see the SAFETY comment
+    pub fn open(dir: &Path, map_size: usize) -> Result<Self> {
+        let path = dir.join("lmdb");
+        let lmdb = |op: &'static str| {
+            let path = path.clone();
+            move |source| Error::Lmdb { op, path, source }
+        };
+        let existed = path.join("data.mdb").exists();
+        std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+            op: "create",
+            path: path.clone(),
+            source,
+        })?;
+        // SAFETY: heed's open is unsafe because LMDB must not be opened twice in one process and
+        // its files must not be modified behind its back. The log ring's file lock, taken before
+        // this (see `Database::open`), keeps a second pagemesh instance out of this directory.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(map_size)
+                .max_dbs(4096)
+                .open(&path)
+        }
+        .map_err(lmdb("open environment"))?;
+        let wtxn = env.write_txn().map_err(lmdb("begin"))?;
+        let (meta, binlog) = env
+            .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
+                let meta: heed::Database<Bytes, Bytes> =
+                    wdo.create_database(wtxn, Some("__meta"))?;
+                let binlog: heed::Database<Bytes, Bytes> =
+                    wdo.create_database(wtxn, Some("__binlog"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((meta, binlog)))
+            })
+            .map_err(lmdb("create __meta and __binlog"))?
+            .unwrap_commit();
+        let mut store = Self {
+            path: path.clone(),
+            env,
+            meta,
+            binlog,
+            tables: RwLock::new(HashMap::new()),
+            database_uuid: uuid::Uuid::nil(),
+            origin_uuid: uuid::Uuid::nil(),
+        };
+        store.init_meta(existed)?;
+        store.open_tables()?;
+        Ok(store)
+    }
+
+    fn init_meta(&mut self, existed: bool) -> Result<()> {
+        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
+        let format = self
+            .meta
+            .get(&wtxn, b"format")
+            .map_err(self.lmdb("read format"))?;
+        match format {
+            None if existed => {
+                let empty = self.meta.len(&wtxn).map_err(self.lmdb("read __meta"))? == 0;
+                if !empty {
+                    return Err(Error::NotADatabase {
+                        path: self.path.clone(),
+                        why: "no format in __meta",
+                    });
+                }
+                self.create_meta(&mut wtxn)?;
+            }
+            None => self.create_meta(&mut wtxn)?,
+            Some(bytes) => {
+                let found =
+                    u32::from_le_bytes(bytes.try_into().map_err(|_| Error::NotADatabase {
+                        path: self.path.clone(),
+                        why: "format is not a u32",
+                    })?);
+                if found > STORE_FORMAT {
+                    return Err(Error::NewerFormat {
+                        path: self.path.clone(),
+                        found,
+                        supported: STORE_FORMAT,
+                    });
+                }
+            }
+        }
+        let uuid = |key: &[u8]| -> Result<uuid::Uuid> {
+            let bytes = self.meta.get(&wtxn, key).map_err(self.lmdb("read uuid"))?;
+            bytes
+                .and_then(|b| uuid::Uuid::from_slice(b).ok())
+                .ok_or(Error::NotADatabase {
+                    path: self.path.clone(),
+                    why: "missing or malformed uuid in __meta",
+                })
+        };
+        let (database_uuid, origin_uuid) = (uuid(b"database_uuid")?, uuid(b"origin_uuid")?);
+        wtxn.commit().map_err(self.lmdb("commit meta"))?;
+        self.database_uuid = database_uuid;
+        self.origin_uuid = origin_uuid;
+        Ok(())
+    }
+
+    fn create_meta(&self, wtxn: &mut heed::RwTxn) -> Result<()> {
+        let put = |wtxn: &mut heed::RwTxn, key: &[u8], value: &[u8]| {
+            self.meta
+                .put(wtxn, key, value)
+                .map_err(self.lmdb("write __meta"))
+        };
+        put(wtxn, b"format", &STORE_FORMAT.to_le_bytes())?;
+        put(wtxn, b"database_uuid", uuid::Uuid::new_v4().as_bytes())?;
+        put(wtxn, b"origin_uuid", uuid::Uuid::new_v4().as_bytes())?;
+        tracing::info!(path = %self.path.display(), "created pagemesh database");
+        Ok(())
+    }
+
+    fn open_tables(&self) -> Result<()> {
+        let names: Vec<String> = {
+            let rtxn = self.env.read_txn().map_err(self.lmdb("begin"))?;
+            let iter = self
+                .meta
+                .prefix_iter(&rtxn, b"table:")
+                .map_err(self.lmdb("list tables"))?;
+            let mut names = Vec::new();
+            for entry in iter {
+                let (key, _) = entry.map_err(self.lmdb("list tables"))?;
+                names.push(String::from_utf8_lossy(&key[6..]).into_owned());
+            }
+            names
+        };
+        for name in names {
+            self.open_created_table(&name)?;
+        }
+        Ok(())
+    }
+
+    /// The table, if it exists.
+    pub fn table(&self, name: &str) -> Option<Table> {
+        self.tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .copied()
+    }
+
+    /// Opens, after its creating transaction committed, a table the applier created.
+    pub fn open_created_table(&self, name: &str) -> Result<()> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb("begin"))?;
+        let table = self
+            .env
+            .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
+                Ok(CommitOrAbort::<_, ()>::Commit(
+                    dbo.open_database::<Bytes, Bytes>(rtxn, Some(name))?,
+                ))
+            })
+            .map_err(self.lmdb("open created table"))?
+            .unwrap_commit()
+            .ok_or(Error::NotADatabase {
+                path: self.path.clone(),
+                why: "a created table is missing",
+            })?;
+        tracing::debug!(table = name, "opened table");
+        self.tables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), table);
+        Ok(())
+    }
+
+    /// Every table, by name.
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn apply_state(&self, rtxn: &heed::RoTxn) -> Result<ApplyState> {
+        let read = |key: &[u8]| -> Result<u64> {
+            let bytes = self
+                .meta
+                .get(rtxn, key)
+                .map_err(self.lmdb("read apply state"))?;
+            match bytes {
+                None => Ok(0),
+                Some(bytes) => {
+                    bytes
+                        .try_into()
+                        .map(u64::from_le_bytes)
+                        .map_err(|_| Error::NotADatabase {
+                            path: self.path.clone(),
+                            why: "malformed apply state in __meta",
+                        })
+                }
+            }
+        };
+        Ok(ApplyState {
+            binlog_next_lsn: read(b"binlog_next_lsn")?,
+            replay_lsn: read(b"replay_lsn")?,
+            applied_seq_end: read(b"applied_seq_end")?,
+        })
+    }
+
+    pub fn put_apply_state(&self, wtxn: &mut heed::RwTxn, state: &ApplyState) -> Result<()> {
+        for (key, value) in [
+            (&b"binlog_next_lsn"[..], state.binlog_next_lsn),
+            (b"replay_lsn", state.replay_lsn),
+            (b"applied_seq_end", state.applied_seq_end),
+        ] {
+            self.meta
+                .put(wtxn, key, &value.to_le_bytes())
+                .map_err(self.lmdb("write apply state"))?;
+        }
+        Ok(())
+    }
+
+    /// Appends one group of pages to `__binlog` under its first LSN.
+    pub fn append_binlog(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        first_lsn: u64,
+        pages: &[u8],
+    ) -> Result<()> {
+        self.binlog
+            .put_with_flags(wtxn, PutFlags::APPEND, &first_lsn.to_be_bytes(), pages)
+            .map_err(self.lmdb("append __binlog"))
+    }
+}
