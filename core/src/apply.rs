@@ -51,6 +51,8 @@ pub(crate) struct Applier {
     pub open_record_lsn: Option<u64>,
     pub compact: Vec<u8>,
     pub value: Vec<u8>,
+    /// Transactions of the current group skipped for stale reads.
+    pub conflicts: Vec<u64>,
 }
 
 impl Applier {
@@ -114,6 +116,7 @@ impl Applier {
                                 &mut self.open_record_lsn,
                                 &mut self.state.applied_seq_end,
                                 &mut self.value,
+                                &mut self.conflicts,
                                 wtxn,
                                 &mut tables,
                             );
@@ -144,6 +147,7 @@ impl Applier {
             store.open_created_table(table)?;
         }
         self.cursor.release(self.state.binlog_next_lsn);
+        inner.record_conflicts(&mut self.conflicts);
         inner.publish_applied(self.state.binlog_next_lsn);
         Ok(())
     }
@@ -195,6 +199,7 @@ fn feed_page<'e>(
     open_record_lsn: &mut Option<u64>,
     applied_seq_end: &mut u64,
     value: &mut Vec<u8>,
+    conflicts: &mut Vec<u64>,
     wtxn: &mut heed::RwTxn<'e>,
     tables: &mut GroupTables<'_, 'e>,
 ) -> Result<()> {
@@ -204,7 +209,9 @@ fn feed_page<'e>(
         if seq < *applied_seq_end {
             continue; // applied before a crash; replayed only to rebuild the reader
         }
-        apply_record(seq, &bytes, value, wtxn, tables)?;
+        if !apply_record(seq, &bytes, value, wtxn, tables)? {
+            conflicts.push(seq);
+        }
         *applied_seq_end = seq + 1;
     }
     // If a record is open now and one started in this page, the open one is the last that started
@@ -219,30 +226,26 @@ fn feed_page<'e>(
     Ok(())
 }
 
+/// Applies one record; returns false if it is a transaction whose reads were stale (skipped).
 fn apply_record<'e>(
     seq: u64,
     bytes: &[u8],
     value_buf: &mut Vec<u8>,
     wtxn: &mut heed::RwTxn<'e>,
     tables: &mut GroupTables<'_, 'e>,
-) -> Result<()> {
-    let lmdb = |op: &'static str| {
-        move |source| Error::Lmdb {
-            op,
-            path: Default::default(),
-            source,
-        }
-    };
+) -> Result<bool> {
+    let store = tables.store;
+    let lmdb = |op: &'static str| store.lmdb(op);
     let record = decode(bytes)?;
     for read in record.reads() {
-        let current = match tables.get(read.table, wtxn)?.get(wtxn, read.key) {
-            Ok(Some(stored)) => crate::value_seq(stored)?,
-            Ok(None) => 0,
-            Err(source) => return Err(lmdb("read version")(source)),
+        let table = tables.get(read.table, wtxn)?;
+        let current = match table.get(wtxn, read.key).map_err(lmdb("read version"))? {
+            Some(stored) => Some(crate::value_seq(stored)?),
+            None => None,
         };
         if current != read.version {
             tracing::debug!(seq, table = read.table, "transaction skipped: stale read");
-            return Ok(());
+            return Ok(false);
         }
     }
     for op in record.ops() {
@@ -264,7 +267,7 @@ fn apply_record<'e>(
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 impl Inner {

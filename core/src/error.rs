@@ -91,11 +91,11 @@ pub enum Error {
         /// Replicas asked for.
         replicas: u32,
     },
-    /// A transaction's reads were stale when its record was applied.
-    #[error("transaction conflict: {table:?} changed since it was read")]
+    /// A transaction's reads were stale when its record was applied, so it was skipped.
+    #[error("transaction at seq {seq} conflicted: a key it read changed before it applied")]
     Conflict {
-        /// The table of the first stale read.
-        table: String,
+        /// The transaction record's seq.
+        seq: u64,
     },
     /// An earlier LMDB commit or sync failed; the store refuses writes until it is reopened.
     #[error("database {path} is poisoned by an earlier failed write ({cause}); reopen it")]

@@ -32,12 +32,13 @@ mod error;
 pub mod record;
 mod store;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use pagemesh_logpage::{page::HEADER_SIZE, validate, Log, LogOptions, RecordReader};
+use pagemesh_logpage::{page::HEADER_SIZE, validate, CommitPos, Log, LogOptions, RecordReader};
 use std::ops::Bound;
 
 pub use error::{Error, Result};
@@ -173,9 +174,63 @@ pub(crate) struct Inner {
     applied_lsn: AtomicU64,
     poisoned: Mutex<Option<String>>,
     hlc: AtomicU64,
+    /// Seqs of transactions the applier skipped for stale reads, until their committer looks.
+    conflicts: Mutex<BTreeSet<u64>>,
 }
 
+/// Conflict outcomes kept for committers that have not looked yet; older ones are dropped first
+/// (their committer went away).
+const CONFLICTS_KEPT_MAX: usize = 65_536;
+
 impl Inner {
+    pub(crate) fn record_conflicts(&self, seqs: &mut Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut conflicts = self
+            .conflicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        conflicts.extend(seqs.drain(..));
+        while conflicts.len() > CONFLICTS_KEPT_MAX {
+            conflicts.pop_first();
+        }
+    }
+
+    /// Waits until the record at `pos` is applied; `Err(Conflict)` if it was a transaction that
+    /// was skipped.
+    fn wait_applied(&self, pos: CommitPos) -> Result<()> {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *applied <= pos.lsn_last {
+            self.check_poisoned()?;
+            applied = self
+                .applied_changed
+                .wait(applied)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        drop(applied);
+        if self
+            .conflicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&pos.seq)
+        {
+            return Err(Error::Conflict { seq: pos.seq });
+        }
+        Ok(())
+    }
+
+    /// Appends `record` to the log.
+    fn append(&self, record: &RecordBuilder) -> Result<CommitPos> {
+        self.check_poisoned()?;
+        let mut bytes = Vec::with_capacity(record.encoded_len());
+        record.encode_into(self.next_hlc(), &mut bytes);
+        Ok(self.log.append(&bytes)?)
+    }
+
     fn poison(&self, cause: &str) {
         tracing::error!(path = %self.store.path.display(), cause, "database poisoned: writes refused until reopened");
         self.poisoned
@@ -302,6 +357,7 @@ impl Database {
             applied_lsn: AtomicU64::new(state.binlog_next_lsn),
             poisoned: Mutex::new(None),
             hlc: AtomicU64::new(0),
+            conflicts: Mutex::new(BTreeSet::new()),
         });
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
@@ -311,6 +367,7 @@ impl Database {
             open_record_lsn,
             compact: Vec::new(),
             value: Vec::new(),
+            conflicts: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("pagemesh-applier".into())
@@ -333,32 +390,69 @@ impl Database {
     /// Commits `batch` and returns when `durability` holds; returns the record's `seq`, the version
     /// its values carry.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<u64> {
-        let inner = &*self.inner;
+        self.commit_async(batch, durability)?.wait()
+    }
+
+    /// Appends `batch` to the log and returns at once with a ticket to wait on, so one thread can
+    /// keep many commits in flight.
+    pub fn commit_async(&self, batch: &WriteBatch, durability: Durability) -> Result<CommitTicket> {
         if let Durability::Replicated(replicas) = durability {
             return Err(Error::NoReplicas { replicas });
         }
-        inner.check_poisoned()?;
-        let record = &batch.record;
-        let mut reservation = inner.log.reserve(record.encoded_len())?;
-        let mut bytes = Vec::with_capacity(record.encoded_len());
-        record.encode_into(inner.next_hlc(), &mut bytes);
-        reservation.write(&bytes);
-        let pos = reservation.commit()?;
-        if durability == Durability::Memory {
-            return Ok(pos.seq);
-        }
-        let mut applied = inner
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *applied <= pos.lsn_last {
-            inner.check_poisoned()?;
-            applied = inner
-                .applied_changed
-                .wait(applied)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
+        let pos = self.inner.append(&batch.record)?;
+        Ok(CommitTicket {
+            inner: Arc::clone(&self.inner),
+            pos,
+            durability,
+        })
+    }
+
+    /// Puts `value` at `key` only if the key's version is still `expected` (`None`: absent).
+    /// Returns the new version, or [`Error::Conflict`]. Waits until applied at least: only the
+    /// applier decides.
+    pub fn put_if_version(
+        &self,
+        table: &str,
+        key: &[u8],
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<u64> {
+        let mut record = RecordBuilder::default();
+        record.read(table, key, expected)?;
+        record.put(table, key, value)?;
+        let pos = self.inner.append(&record)?;
+        self.inner.wait_applied(pos)?;
         Ok(pos.seq)
+    }
+
+    /// Runs `body` as an optimistic transaction: its reads come from one snapshot and record the
+    /// versions read; its writes are buffered (and visible to its own reads). Commit appends one
+    /// record with the writes and the read versions; the applier applies it only if every version
+    /// is still current. On a conflict `body` runs again on a fresh snapshot, up to
+    /// `retries_max` times, then [`Error::Conflict`] is returned. Returns `body`'s result and the
+    /// record's seq. Waits until applied at least (`Durable` waits the same: every group syncs).
+    pub fn transaction<T>(
+        &self,
+        retries_max: u32,
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<(T, u64)> {
+        let mut attempt = 0;
+        loop {
+            let mut tx = Transaction {
+                snapshot: self.read()?,
+                record: RecordBuilder::default(),
+                writes: BTreeMap::new(),
+                read_set: BTreeSet::new(),
+            };
+            let out = body(&mut tx)?;
+            let pos = self.inner.append(&tx.record)?;
+            drop(tx);
+            match self.inner.wait_applied(pos) {
+                Ok(()) => return Ok((out, pos.seq)),
+                Err(Error::Conflict { .. }) if attempt < retries_max => attempt += 1,
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Commits with the database's default durability.
@@ -388,6 +482,74 @@ impl Database {
     /// The names of the tables that exist.
     pub fn tables(&self) -> Vec<String> {
         self.inner.store.table_names()
+    }
+}
+
+/// A commit in flight, from [`Database::commit_async`].
+#[must_use = "a ticket does nothing unless waited on"]
+pub struct CommitTicket {
+    inner: Arc<Inner>,
+    pos: CommitPos,
+    durability: Durability,
+}
+
+impl CommitTicket {
+    /// The record's seq.
+    pub fn seq(&self) -> u64 {
+        self.pos.seq
+    }
+
+    /// Whether the commit's durability already holds (never blocks).
+    pub fn is_done(&self) -> bool {
+        self.durability == Durability::Memory
+            || self.inner.applied_lsn.load(Ordering::Acquire) > self.pos.lsn_last
+    }
+
+    /// Waits until the commit's durability holds; returns the record's seq.
+    pub fn wait(self) -> Result<u64> {
+        if self.durability != Durability::Memory {
+            self.inner.wait_applied(self.pos)?;
+        }
+        Ok(self.pos.seq)
+    }
+}
+
+/// An optimistic transaction; see [`Database::transaction`].
+pub struct Transaction<'db> {
+    snapshot: Snapshot<'db>,
+    record: RecordBuilder,
+    writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    read_set: BTreeSet<(String, Vec<u8>)>,
+}
+
+impl Transaction<'_> {
+    /// The value of `key` in `table` as this transaction sees it: its own write if it made one,
+    /// else the snapshot's (and the version read is recorded).
+    pub fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let id = (table.to_string(), key.to_vec());
+        if let Some(write) = self.writes.get(&id) {
+            return Ok(write.clone());
+        }
+        let value = self.snapshot.get(table, key)?;
+        if self.read_set.insert(id) {
+            self.record.read(table, key, value.map(|v| v.seq))?;
+        }
+        Ok(value.map(|v| v.bytes.to_vec()))
+    }
+
+    /// Buffers a put.
+    pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.record.put(table, key, value)?;
+        self.writes
+            .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
+        Ok(())
+    }
+
+    /// Buffers a delete.
+    pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
+        self.record.delete(table, key)?;
+        self.writes.insert((table.to_string(), key.to_vec()), None);
+        Ok(())
     }
 }
 

@@ -17,7 +17,8 @@
 //!             reads, read_count times:
 //!                1  table_len  then the table name
 //!                2  key_len    then the key
-//!                8  version    the `seq` the transaction read; 0 = the key was absent
+//!                1  present    1 if the key existed when read, else 0
+//!                8  version    the `seq` the transaction read (only if present)
 //! ```
 //!
 //! The decoder borrows from the record, checks every length against the bytes that remain, and
@@ -67,8 +68,8 @@ pub struct Read<'a> {
     pub table: &'a str,
     /// Key.
     pub key: &'a [u8],
-    /// The `seq` read; 0 if the key was absent.
-    pub version: u64,
+    /// The `seq` read; `None` if the key was absent.
+    pub version: Option<u64>,
 }
 
 /// Builds a record. Checks names and lengths as they are added, so an encoded record always
@@ -134,12 +135,18 @@ impl RecordBuilder {
         Ok(())
     }
 
-    /// Adds a version read (makes the record a transaction).
-    pub fn read(&mut self, table: &str, key: &[u8], version: u64) -> Result<()> {
+    /// Adds a version read (makes the record a transaction): `None` if the key was absent.
+    pub fn read(&mut self, table: &str, key: &[u8], version: Option<u64>) -> Result<()> {
         check_table(table)?;
         check_key(table, key)?;
         put_name_and_key(&mut self.reads, table, key);
-        self.reads.extend_from_slice(&version.to_le_bytes());
+        match version {
+            Some(version) => {
+                self.reads.push(1);
+                self.reads.extend_from_slice(&version.to_le_bytes());
+            }
+            None => self.reads.push(0),
+        }
         self.read_count += 1;
         Ok(())
     }
@@ -324,7 +331,11 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>> {
         for _ in 0..read_count {
             let table = d.table()?;
             let key = d.key()?;
-            let version = d.u64("read version")?;
+            let version = match d.u8("read presence")? {
+                0 => None,
+                1 => Some(d.u64("read version")?),
+                _ => return Err(d.fault("read presence")),
+            };
             reads.push(Read {
                 table,
                 key,
@@ -397,7 +408,7 @@ mod tests {
         #[test]
         fn records_round_trip(
             ops in proptest::collection::vec(("[a-z]{1,8}", proptest::collection::vec(any::<u8>(), 1..40), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100))), 0..20),
-            reads in proptest::collection::vec(("[a-z]{1,8}", proptest::collection::vec(any::<u8>(), 1..40), any::<u64>()), 0..5),
+            reads in proptest::collection::vec(("[a-z]{1,8}", proptest::collection::vec(any::<u8>(), 1..40), proptest::option::of(any::<u64>())), 0..5),
             hlc in any::<u64>(),
         ) {
             let mut b = RecordBuilder::default();
