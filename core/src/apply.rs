@@ -31,11 +31,14 @@ use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
 use heed::CommitOrAbort;
-use pagemesh_logpage::{Cursor, PageRef, RecordReader};
+use std::ops::Bound;
+
+use pagemesh_logpage::page::HEADER_SIZE;
+use pagemesh_logpage::{validate, Cursor, PageRef, RecordReader, PAGE_SIZE};
 
 use crate::error::{Error, Result};
 use crate::record::{decode, Op};
-use crate::store::ApplyState;
+use crate::store::{ApplyState, Store};
 use crate::Inner;
 
 /// Pages taken from the cursor per `next_run` call.
@@ -45,14 +48,10 @@ const RUN_PAGES_MAX: usize = 64;
 pub(crate) struct Applier {
     pub inner: Arc<Inner>,
     pub cursor: Cursor,
-    pub reader: RecordReader,
     pub state: ApplyState,
-    /// LSN of the page where the record the reader holds open began.
-    pub open_record_lsn: Option<u64>,
+    pub feed: RecordFeed,
+    /// The group's pages in compact form, for `__binlog`.
     pub compact: Vec<u8>,
-    pub value: Vec<u8>,
-    /// Transactions of the current group skipped for stale reads.
-    pub conflicts: Vec<u64>,
 }
 
 impl Applier {
@@ -110,13 +109,9 @@ impl Applier {
                         };
                         for page in run.pages() {
                             self.compact.extend_from_slice(page.compact_bytes());
-                            let outcome = feed_page(
-                                &mut self.reader,
+                            let outcome = self.feed.feed(
                                 page,
-                                &mut self.open_record_lsn,
                                 &mut self.state.applied_seq_end,
-                                &mut self.value,
-                                &mut self.conflicts,
                                 wtxn,
                                 &mut tables,
                             );
@@ -133,7 +128,7 @@ impl Applier {
                             .map_err(|e| fail(&mut failure, e))?;
                     }
                     self.state.binlog_next_lsn = last_lsn;
-                    self.state.replay_lsn = self.open_record_lsn.unwrap_or(last_lsn);
+                    self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
                     store
                         .put_apply_state(wtxn, &self.state)
                         .map_err(|e| fail(&mut failure, e))?;
@@ -147,7 +142,7 @@ impl Applier {
             store.open_created_table(table)?;
         }
         self.cursor.release(self.state.binlog_next_lsn);
-        inner.record_conflicts(&mut self.conflicts);
+        inner.record_conflicts(&mut self.feed.conflicts);
         inner.publish_applied(self.state.binlog_next_lsn);
         Ok(())
     }
@@ -191,39 +186,106 @@ fn fail(slot: &mut Option<Error>, error: Error) -> heed::Error {
     heed::Error::Io(std::io::Error::other("group aborted"))
 }
 
-/// Feeds one page to the reader and applies each record that completes in it; tracks where the
-/// record still open at the end of the page began (the next `replay_lsn`).
-fn feed_page<'e>(
-    reader: &mut RecordReader,
-    page: PageRef<'_>,
-    open_record_lsn: &mut Option<u64>,
-    applied_seq_end: &mut u64,
-    value: &mut Vec<u8>,
-    conflicts: &mut Vec<u64>,
-    wtxn: &mut heed::RwTxn<'e>,
-    tables: &mut GroupTables<'_, 'e>,
-) -> Result<()> {
-    let mut records: Vec<(u64, Cow<'_, [u8]>)> = Vec::new();
-    reader.feed(page, |record| records.push((record.seq, record.bytes)))?;
-    for (seq, bytes) in records {
-        if seq < *applied_seq_end {
-            continue; // applied before a crash; replayed only to rebuild the reader
+/// The applier's decoding state: the record reader, where the record it holds open began (the
+/// next `replay_lsn`), and reused buffers.
+pub(crate) struct RecordFeed {
+    reader: RecordReader,
+    open_record_lsn: Option<u64>,
+    value: Vec<u8>,
+    conflicts: Vec<u64>,
+}
+
+impl RecordFeed {
+    /// A feed for a database whose apply state is `state`: the reader is rebuilt from the binlog
+    /// pages in `[replay_lsn, binlog_next_lsn)`, where a record still open when the last group
+    /// committed began.
+    pub fn replay(store: &Store, state: &ApplyState) -> Result<Self> {
+        let mut feed = Self {
+            reader: RecordReader::new(),
+            open_record_lsn: None,
+            value: Vec::new(),
+            conflicts: Vec::new(),
+        };
+        if state.replay_lsn >= state.binlog_next_lsn {
+            return Ok(feed);
         }
-        if !apply_record(seq, &bytes, value, wtxn, tables)? {
-            conflicts.push(seq);
+        let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
+        let replay_key = state.replay_lsn.to_be_bytes();
+        let first_group = store
+            .binlog
+            .rev_range(&rtxn, &(Bound::Unbounded, Bound::Included(&replay_key[..])))
+            .map_err(store.lmdb("find binlog group"))?
+            .next()
+            .transpose()
+            .map_err(store.lmdb("find binlog group"))?
+            .map(|(key, _)| key.to_vec())
+            .ok_or(Error::NotADatabase {
+                path: store.path.clone(),
+                why: "binlog lacks the replay start",
+            })?;
+        let range = (Bound::Included(&first_group[..]), Bound::Unbounded);
+        for entry in store
+            .binlog
+            .range(&rtxn, &range)
+            .map_err(store.lmdb("read binlog"))?
+        {
+            let (_, mut pages) = entry.map_err(store.lmdb("read binlog"))?;
+            while !pages.is_empty() {
+                // A value is compact pages back to back: view at most one page to learn its length.
+                let page = validate(&pages[..pages.len().min(PAGE_SIZE)])?;
+                let (page_bytes, rest) = pages.split_at(HEADER_SIZE + page.payload().len());
+                pages = rest;
+                let page = validate(page_bytes)?;
+                if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
+                    continue;
+                }
+                feed.reader.feed(page, |record| {
+                    debug_assert!(
+                        record.seq < state.applied_seq_end,
+                        "binlog holds an unapplied record"
+                    );
+                })?;
+                feed.track_open_record(page);
+            }
         }
-        *applied_seq_end = seq + 1;
+        Ok(feed)
     }
-    // If a record is open now and one started in this page, the open one is the last that started
-    // here; otherwise it is the one that was already open.
-    *open_record_lsn = if !reader.is_mid_record() {
-        None
-    } else if page.header().first_record_offset().is_some() {
-        Some(page.lsn())
-    } else {
-        *open_record_lsn
-    };
-    Ok(())
+
+    /// If a record is open after `page` and one started in it, the open one is the last that
+    /// started there; otherwise it is the one that was already open.
+    fn track_open_record(&mut self, page: PageRef<'_>) {
+        self.open_record_lsn = if !self.reader.is_mid_record() {
+            None
+        } else if page.header().first_record_offset().is_some() {
+            Some(page.lsn())
+        } else {
+            self.open_record_lsn
+        };
+    }
+
+    /// Feeds one page to the reader and applies each record that completes in it.
+    fn feed<'e>(
+        &mut self,
+        page: PageRef<'_>,
+        applied_seq_end: &mut u64,
+        wtxn: &mut heed::RwTxn<'e>,
+        tables: &mut GroupTables<'_, 'e>,
+    ) -> Result<()> {
+        let mut records: Vec<(u64, Cow<'_, [u8]>)> = Vec::new();
+        self.reader
+            .feed(page, |record| records.push((record.seq, record.bytes)))?;
+        for (seq, bytes) in records {
+            if seq < *applied_seq_end {
+                continue; // applied before a crash; replayed only to rebuild the reader
+            }
+            if !apply_record(seq, &bytes, &mut self.value, wtxn, tables)? {
+                self.conflicts.push(seq);
+            }
+            *applied_seq_end = seq + 1;
+        }
+        self.track_open_record(page);
+        Ok(())
+    }
 }
 
 /// Applies one record; returns false if it is a transaction whose reads were stale (skipped).

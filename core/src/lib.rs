@@ -38,8 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use pagemesh_logpage::{page::HEADER_SIZE, validate, CommitPos, Log, LogOptions, RecordReader};
-use std::ops::Bound;
+use pagemesh_logpage::{CommitPos, Log, LogOptions};
 
 pub use error::{Error, Result};
 pub use record::RecordBuilder;
@@ -339,7 +338,7 @@ impl Database {
                 why: "the log ring lost pages the binlog does not have",
             });
         }
-        let (reader, open_record_lsn) = replay_open_record(&store, &state)?;
+        let feed = apply::RecordFeed::replay(&store, &state)?;
         tracing::info!(
             path = %dir.display(),
             applied_lsn = state.binlog_next_lsn,
@@ -362,12 +361,9 @@ impl Database {
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
             cursor,
-            reader,
             state,
-            open_record_lsn,
+            feed,
             compact: Vec::new(),
-            value: Vec::new(),
-            conflicts: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("pagemesh-applier".into())
@@ -551,69 +547,6 @@ impl Transaction<'_> {
         self.writes.insert((table.to_string(), key.to_vec()), None);
         Ok(())
     }
-}
-
-/// Rebuilds the applier's reader from the binlog pages in `[replay_lsn, binlog_next_lsn)`: the
-/// start of a record that was still open when the last group committed.
-fn replay_open_record(
-    store: &store::Store,
-    state: &store::ApplyState,
-) -> Result<(RecordReader, Option<u64>)> {
-    let mut reader = RecordReader::new();
-    let mut open_record_lsn = None;
-    if state.replay_lsn >= state.binlog_next_lsn {
-        return Ok((reader, open_record_lsn));
-    }
-    let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-    let from = store
-        .binlog
-        .rev_range(
-            &rtxn,
-            &(
-                Bound::Unbounded,
-                Bound::Included(&state.replay_lsn.to_be_bytes()[..]),
-            ),
-        )
-        .map_err(store.lmdb("find binlog group"))?
-        .next()
-        .transpose()
-        .map_err(store.lmdb("find binlog group"))?
-        .map(|(key, _)| key.to_vec())
-        .ok_or(Error::NotADatabase {
-            path: store.path.clone(),
-            why: "binlog lacks the replay start",
-        })?;
-    let range = (Bound::Included(&from[..]), Bound::Unbounded);
-    for entry in store
-        .binlog
-        .range(&rtxn, &range)
-        .map_err(store.lmdb("read binlog"))?
-    {
-        let (_, mut pages) = entry.map_err(store.lmdb("read binlog"))?;
-        while !pages.is_empty() {
-            let page = validate(pages)?; // checks length, crc, fields
-            let len = HEADER_SIZE + page.payload().len();
-            let page = validate(&pages[..len])?;
-            pages = &pages[len..];
-            if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
-                continue;
-            }
-            reader.feed(page, |record| {
-                debug_assert!(
-                    record.seq < state.applied_seq_end,
-                    "binlog holds an unapplied whole record"
-                );
-            })?;
-            open_record_lsn = if !reader.is_mid_record() {
-                None
-            } else if page.header().first_record_offset().is_some() {
-                Some(page.lsn())
-            } else {
-                open_record_lsn
-            };
-        }
-    }
-    Ok((reader, open_record_lsn))
 }
 
 /// A consistent view of the database: an LMDB read transaction. Never blocks the writer.
