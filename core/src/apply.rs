@@ -102,7 +102,7 @@ impl Applier {
                     while self.compact.len() < group_bytes_max {
                         let Some(run) = self
                             .cursor
-                            .next_run(RUN_PAGES_MAX)
+                            .next_run(run_pages_max(group_bytes_max, self.compact.len()))
                             .map_err(|e| fail(&mut failure, e.into()))?
                         else {
                             break;
@@ -178,6 +178,12 @@ impl<'e> GroupTables<'_, 'e> {
         self.created.insert(name.to_string(), table);
         Ok(table)
     }
+}
+
+/// Pages to take next: what is left of the group's byte budget, at least one page, at most
+/// `RUN_PAGES_MAX`.
+fn run_pages_max(group_bytes_max: usize, group_bytes: usize) -> usize {
+    (group_bytes_max.saturating_sub(group_bytes) / PAGE_SIZE).clamp(1, RUN_PAGES_MAX)
 }
 
 /// Records the first failure, and hands heed an error to abort the transaction with.

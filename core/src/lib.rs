@@ -48,7 +48,9 @@ pub use store::STORE_FORMAT;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Durability {
-    /// The record is committed into the local log ring (survives a process crash, not a power loss).
+    /// The record is committed into the local log ring. It survives a process crash once its page
+    /// is sealed, which the applier does as soon as it is idle (rule 1 of the log's seal policy),
+    /// and a clean close seals it at once; it does not survive a power loss.
     Memory,
     /// The LMDB transaction holding it committed: visible to readers (read-your-writes).
     Applied,
@@ -277,6 +279,9 @@ struct Closer {
 
 impl Drop for Closer {
     fn drop(&mut self) {
+        // Seal first: records in the open page would otherwise never be finished, and a page that
+        // is not finished is not recovered.
+        self.inner.log.seal();
         self.inner.log.close();
         if let Some(handle) = self
             .applier

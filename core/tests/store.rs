@@ -127,3 +127,40 @@ fn a_directory_of_another_lmdb_database_is_refused() {
     let err = Database::open(dir.path(), Options::new().ring_slots(16)).unwrap_err();
     assert!(matches!(err, Error::NotADatabase { .. }), "{err}");
 }
+
+#[test]
+fn records_spanning_group_boundaries_apply_and_survive_reopen() {
+    // One page per group: every record spanning pages is still open when a group commits and is
+    // finished by a later group; a clean close applies everything, and reopening keeps it all.
+    // (Replay of a record left open by a crash is covered by tests/crash.rs.)
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options::new().ring_slots(64).group_bytes_max(4096);
+    let value = |i: u32| vec![i as u8; 3_000 + i as usize * 700];
+    for round in 0..3u32 {
+        let db = Database::open(dir.path(), options()).unwrap();
+        for i in round * 10..round * 10 + 10 {
+            let durability = if i % 3 == 0 {
+                Durability::Applied
+            } else {
+                Durability::Memory
+            };
+            db.commit(
+                &batch("spans", &[(&i.to_be_bytes(), &value(i))]),
+                durability,
+            )
+            .unwrap();
+        }
+    }
+    let db = Database::open(dir.path(), options()).unwrap();
+    db.commit(&batch("sync", &[(b"x", b"y")]), Durability::Applied)
+        .unwrap();
+    let snapshot = db.read().unwrap();
+    for i in 0..30u32 {
+        let stored = snapshot.get("spans", &i.to_be_bytes()).unwrap();
+        assert_eq!(
+            stored.map(|v| v.bytes.to_vec()),
+            Some(value(i)),
+            "record {i}"
+        );
+    }
+}
