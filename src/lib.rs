@@ -11,5 +11,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod workload;
 
 pub use pagemesh_logpage as log;

@@ -33,6 +33,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Commits per second through the store against raw heed: applied, durable, batch.
+    Commit {
+        /// Commits in flight to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        inflight: Vec<usize>,
+        /// Seconds per cell.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Records appended per second: anchor vs mutex vs fetch_add, mixed and 100-byte records.
     Reserve {
         /// Thread counts to measure, comma-separated.
@@ -65,6 +77,14 @@ fn main() -> ExitCode {
                     json,
                 },
         } => bench_reserve(&threads, seconds, json),
+        Command::Bench {
+            bench:
+                Bench::Commit {
+                    inflight,
+                    seconds,
+                    json,
+                },
+        } => bench_commit(&inflight, seconds, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +134,36 @@ fn bench_reserve(
                 "{:<16} threads={} {:<16} {:.2}x",
                 r.workload, r.threads, r.ratio, r.value
             );
+        }
+    }
+    Ok(())
+}
+
+fn bench_commit(
+    inflight: &[usize],
+    seconds: f64,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use pagemesh::bench::commit::{measure_all, ratios};
+    if inflight.iter().any(|&n| n == 0 || n > 65_536) || !(0.01..=600.0).contains(&seconds) {
+        return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
+    }
+    let cells = measure_all(inflight, seconds)?;
+    for c in &cells {
+        if json {
+            println!("{}", serde_json::to_string(c)?);
+        } else {
+            println!(
+                "{:<18} {:<16} inflight={:<4} ops/s={:>10.0} records/txn={:>8.1}",
+                c.workload, c.variant, c.inflight, c.ops_per_sec, c.records_per_txn
+            );
+        }
+    }
+    for r in ratios(&cells) {
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{:<18} {:<34} {:.2}x", r.workload, r.ratio, r.value);
         }
     }
     Ok(())

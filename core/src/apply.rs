@@ -143,6 +143,11 @@ impl Applier {
         }
         self.cursor.release(self.state.binlog_next_lsn);
         inner.record_conflicts(&mut self.feed.conflicts);
+        inner.stats.record_group(
+            self.state.binlog_next_lsn - first_lsn,
+            self.feed.records_applied,
+        );
+        self.feed.records_applied = 0;
         inner.publish_applied(self.state.binlog_next_lsn);
         Ok(())
     }
@@ -199,6 +204,8 @@ pub(crate) struct RecordFeed {
     open_record_lsn: Option<u64>,
     value: Vec<u8>,
     conflicts: Vec<u64>,
+    /// Records applied in the current group.
+    records_applied: u64,
 }
 
 impl RecordFeed {
@@ -211,6 +218,7 @@ impl RecordFeed {
             open_record_lsn: None,
             value: Vec::new(),
             conflicts: Vec::new(),
+            records_applied: 0,
         };
         if state.replay_lsn >= state.binlog_next_lsn {
             return Ok(feed);
@@ -288,6 +296,7 @@ impl RecordFeed {
                 self.conflicts.push(seq);
             }
             *applied_seq_end = seq + 1;
+            self.records_applied += 1;
         }
         self.track_open_record(page);
         Ok(())

@@ -175,8 +175,41 @@ pub(crate) struct Inner {
     applied_lsn: AtomicU64,
     poisoned: Mutex<Option<String>>,
     hlc: AtomicU64,
+    stats: ApplyStats,
     /// Seqs of transactions the applier skipped for stale reads, until their committer looks.
     conflicts: Mutex<BTreeSet<u64>>,
+}
+
+/// What the applier has done since the database was opened: how group commit adapted.
+#[derive(Debug, Default)]
+pub(crate) struct ApplyStats {
+    groups: AtomicU64,
+    pages: AtomicU64,
+    records: AtomicU64,
+    largest_group_records: AtomicU64,
+}
+
+impl ApplyStats {
+    pub(crate) fn record_group(&self, pages: u64, records: u64) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.pages.fetch_add(pages, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.largest_group_records
+            .fetch_max(records, Ordering::Relaxed);
+    }
+}
+
+/// A reading of [`Database::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// LMDB write transactions the applier committed.
+    pub groups: u64,
+    /// Log pages applied.
+    pub pages: u64,
+    /// Records applied.
+    pub records: u64,
+    /// Records in the largest group.
+    pub largest_group_records: u64,
 }
 
 /// Conflict outcomes kept for committers that have not looked yet; older ones are dropped first
@@ -362,6 +395,7 @@ impl Database {
             poisoned: Mutex::new(None),
             hlc: AtomicU64::new(0),
             conflicts: Mutex::new(BTreeSet::new()),
+            stats: ApplyStats::default(),
         });
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
@@ -473,6 +507,17 @@ impl Database {
     /// Pages below this are applied.
     pub fn applied_lsn(&self) -> u64 {
         self.inner.applied_lsn.load(Ordering::Acquire)
+    }
+
+    /// What the applier has done since open: groups, pages, records (how group commit adapted).
+    pub fn stats(&self) -> Stats {
+        let s = &self.inner.stats;
+        Stats {
+            groups: s.groups.load(Ordering::Relaxed),
+            pages: s.pages.load(Ordering::Relaxed),
+            records: s.records.load(Ordering::Relaxed),
+            largest_group_records: s.largest_group_records.load(Ordering::Relaxed),
+        }
     }
 
     /// The database's uuid, made at creation.

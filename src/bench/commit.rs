@@ -1,0 +1,308 @@
+//! `bench commit`: commits per second through the store, against raw heed doing the same puts.
+//!
+//! Every variant writes the land-registry-shaped records of [`crate::workload::price_paid`]
+//! (key: the transaction id; value: the CSV line, ~160 bytes) into a fresh database directory:
+//!
+//! - `applied`, `durable`: one record per commit, with 1, 16 or 256 commits in flight from one
+//!   thread ([`pagemesh_core::Database::commit_async`] tickets, the oldest waited on when full);
+//! - `heed-nosync-txn`, `heed-sync-txn`: raw heed, one LMDB write transaction per record, one
+//!   thread, without and with sync; values carry the same 8-byte version prefix pagemesh stores;
+//! - `batch`: 1,000 records per `WriteBatch`, `durable`; `heed-batch`: 1,000 puts per synced txn.
+//!
+//! Each result also says how group commit adapted: records per LMDB transaction.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use heed::types::Bytes;
+use pagemesh_core::{Database, Durability, Options, WriteBatch};
+use serde::Serialize;
+
+use crate::workload::price_paid::PricePaid;
+
+/// The table every variant writes.
+const TABLE: &str = "price_paid";
+/// Records per batch in `batch` and `heed-batch`.
+pub const BATCH_RECORDS: usize = 1_000;
+
+/// One measured cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitMeasurement {
+    /// Always `commit/price_paid`.
+    pub workload: &'static str,
+    /// What was measured.
+    pub variant: String,
+    /// Commits in flight.
+    pub inflight: usize,
+    /// Threads committing (one: in-flight commits are tickets).
+    pub threads: usize,
+    /// Mean record size (key + value).
+    pub record_bytes: f64,
+    /// Records made durable/applied per second.
+    pub ops_per_sec: f64,
+    /// Records per LMDB write transaction (pagemesh: measured group size; heed: fixed).
+    pub records_per_txn: f64,
+}
+
+/// The workload's records as (key, value).
+pub fn records(count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    PricePaid::new(PricePaid::DEFAULT_SEED, count as u64)
+        .records()
+        .map(|r| (r.key.to_vec(), r.line.into_bytes()))
+        .collect()
+}
+
+fn mean_bytes(records: &[(Vec<u8>, Vec<u8>)]) -> f64 {
+    records
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as f64)
+        .sum::<f64>()
+        / records.len().max(1) as f64
+}
+
+/// Measures pagemesh commits of one record each, `inflight` in flight, for `seconds`.
+pub fn measure_pagemesh(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    durability: Durability,
+    inflight: usize,
+    seconds: f64,
+) -> pagemesh_core::Result<CommitMeasurement> {
+    let db = Database::open(dir, Options::new().map_size(4 << 30))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tickets = VecDeque::with_capacity(inflight);
+    let mut done = 0u64;
+    for (key, value) in records.iter().cycle() {
+        if done.is_multiple_of(64) && Instant::now() >= deadline {
+            break;
+        }
+        if tickets.len() == inflight {
+            let ticket: pagemesh_core::CommitTicket = tickets.pop_front().expect("full queue");
+            ticket.wait()?;
+            done += 1;
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(TABLE, key, value)?;
+        tickets.push_back(db.commit_async(&batch, durability)?);
+    }
+    for ticket in tickets {
+        ticket.wait()?;
+        done += 1;
+    }
+    let elapsed = started.elapsed();
+    let stats = db.stats();
+    Ok(CommitMeasurement {
+        workload: "commit/price_paid",
+        variant: match durability {
+            Durability::Applied => "applied",
+            _ => "durable",
+        }
+        .into(),
+        inflight,
+        threads: 1,
+        record_bytes: mean_bytes(records),
+        ops_per_sec: done as f64 / elapsed.as_secs_f64(),
+        records_per_txn: stats.records as f64 / stats.groups.max(1) as f64,
+    })
+}
+
+/// Measures `batch`: [`BATCH_RECORDS`] records per durable commit.
+pub fn measure_pagemesh_batch(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    seconds: f64,
+) -> pagemesh_core::Result<CommitMeasurement> {
+    let db = Database::open(dir, Options::new().map_size(4 << 30))?;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut done = 0u64;
+    for chunk in records.chunks(BATCH_RECORDS).cycle() {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let mut batch = WriteBatch::new();
+        for (key, value) in chunk {
+            batch.put(TABLE, key, value)?;
+        }
+        db.commit(&batch, Durability::Durable)?;
+        done += chunk.len() as u64;
+    }
+    let elapsed = started.elapsed();
+    let stats = db.stats();
+    Ok(CommitMeasurement {
+        workload: "commit/price_paid",
+        variant: "batch".into(),
+        inflight: 1,
+        threads: 1,
+        record_bytes: mean_bytes(records),
+        ops_per_sec: done as f64 / elapsed.as_secs_f64(),
+        records_per_txn: stats.records as f64 / stats.groups.max(1) as f64 * BATCH_RECORDS as f64,
+    })
+}
+
+/// Raw heed: `per_txn` puts per write transaction, synced or not.
+pub fn measure_heed(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    sync: bool,
+    per_txn: usize,
+    seconds: f64,
+) -> heed::Result<CommitMeasurement> {
+    std::fs::create_dir_all(dir)?;
+    let mut options = heed::EnvOpenOptions::new();
+    options.map_size(4 << 30).max_dbs(4);
+    if !sync {
+        // SAFETY: NO_SYNC is one of LMDB's unsafe flags (a power loss can corrupt the file); this
+        // is the baseline's throwaway directory, which nothing reads after the measurement.
+        unsafe { options.flags(heed::EnvFlags::NO_SYNC) };
+    }
+    // SAFETY: a fresh directory that only this function opens, once.
+    let env = unsafe { options.open(dir) }?;
+    let wtxn = env.write_txn()?;
+    let db = env
+        .create_databases_and_commit(wtxn, |wdo, wtxn| -> heed::Result<_> {
+            let db: heed::Database<Bytes, Bytes> = wdo.create_database(wtxn, Some(TABLE))?;
+            Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
+        })?
+        .unwrap_commit();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut done = 0u64;
+    let mut value_buf = Vec::new();
+    for chunk in records.chunks(per_txn).cycle() {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let mut wtxn = env.write_txn()?;
+        for (key, value) in chunk {
+            value_buf.clear();
+            value_buf.extend_from_slice(&done.to_le_bytes());
+            value_buf.extend_from_slice(value);
+            db.put(&mut wtxn, key, &value_buf)?;
+            done += 1;
+        }
+        wtxn.commit()?;
+    }
+    let elapsed = started.elapsed();
+    let variant = match (per_txn, sync) {
+        (1, false) => "heed-nosync-txn",
+        (1, true) => "heed-sync-txn",
+        (_, true) => "heed-batch",
+        (_, false) => "heed-nosync-batch",
+    };
+    Ok(CommitMeasurement {
+        workload: "commit/price_paid",
+        variant: variant.into(),
+        inflight: 1,
+        threads: 1,
+        record_bytes: mean_bytes(records),
+        ops_per_sec: done as f64 / elapsed.as_secs_f64(),
+        records_per_txn: per_txn as f64,
+    })
+}
+
+/// Every cell of `bench commit`, in one run.
+pub fn measure_all(
+    inflights: &[usize],
+    seconds: f64,
+) -> Result<Vec<CommitMeasurement>, Box<dyn std::error::Error>> {
+    let records = records(PricePaid::DEFAULT_COUNT as usize);
+    let root = tempfile::tempdir()?;
+    let mut cells = 0;
+    let mut dir = || {
+        cells += 1;
+        root.path().join(format!("cell-{cells}"))
+    };
+    let mut out = vec![
+        measure_heed(&dir(), &records, false, 1, seconds)?,
+        measure_heed(&dir(), &records, true, 1, seconds)?,
+    ];
+    for &inflight in inflights {
+        for durability in [Durability::Applied, Durability::Durable] {
+            out.push(measure_pagemesh(
+                &dir(),
+                &records,
+                durability,
+                inflight,
+                seconds,
+            )?);
+        }
+    }
+    out.push(measure_pagemesh_batch(&dir(), &records, seconds)?);
+    out.push(measure_heed(
+        &dir(),
+        &records,
+        true,
+        BATCH_RECORDS,
+        seconds,
+    )?);
+    Ok(out)
+}
+
+/// The ratios the issue asks for, from one run's cells.
+pub fn ratios(cells: &[CommitMeasurement]) -> Vec<super::Ratio> {
+    let ops = |variant: &str, inflight: usize| {
+        cells
+            .iter()
+            .find(|c| c.variant == variant && c.inflight == inflight)
+            .map(|c| c.ops_per_sec)
+    };
+    let mut out = Vec::new();
+    let mut ratio = |name: String, num: Option<f64>, den: Option<f64>| {
+        if let (Some(num), Some(den)) = (num, den) {
+            out.push(super::Ratio {
+                workload: "commit/price_paid".into(),
+                threads: 1,
+                ratio: name,
+                value: num / den,
+            });
+        }
+    };
+    for inflight in [1, 16, 256] {
+        ratio(
+            format!("durable@{inflight}/heed-sync-txn"),
+            ops("durable", inflight),
+            ops("heed-sync-txn", 1),
+        );
+        ratio(
+            format!("applied@{inflight}/heed-nosync-txn"),
+            ops("applied", inflight),
+            ops("heed-nosync-txn", 1),
+        );
+    }
+    ratio(
+        "batch/heed-batch".into(),
+        ops("batch", 1),
+        ops("heed-batch", 1),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_runs_and_commits_something() {
+        let records = records(2_000);
+        let root = tempfile::tempdir().unwrap();
+        let cells = [
+            measure_pagemesh(
+                &root.path().join("a"),
+                &records,
+                Durability::Durable,
+                16,
+                0.2,
+            )
+            .unwrap(),
+            measure_pagemesh_batch(&root.path().join("b"), &records, 0.2).unwrap(),
+            measure_heed(&root.path().join("c"), &records, true, 1, 0.1).unwrap(),
+        ];
+        for cell in &cells {
+            assert!(cell.ops_per_sec > 0.0, "{cell:?}");
+            assert!(cell.records_per_txn >= 1.0, "{cell:?}");
+        }
+    }
+}
