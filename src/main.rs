@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod import;
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +25,10 @@ struct Cli {
 enum Command {
     /// Run the log with concurrent writers and two followers, and verify what they read.
     Demo(demo::Args),
+    /// Import a CSV file into a table, one row per key; bad rows are reported with line numbers.
+    Import(import::ImportArgs),
+    /// Write the project's land-registry-shaped data set as CSV.
+    Generate(import::GenerateArgs),
     /// Measure pagemesh against baselines in the same run; reports ratios.
     Bench {
         #[command(subcommand)]
@@ -69,6 +74,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args).map_err(|e| e as Box<dyn std::error::Error>),
+        Command::Import(args) => import::import(&args),
+        Command::Generate(args) => import::generate(&args),
         Command::Bench {
             bench:
                 Bench::Reserve {
