@@ -18,11 +18,17 @@ fuzz_target!(|bytes: &[u8]| {
         added.expect("a decoded op is one the builder accepts");
     }
     for read in view.reads() {
-        builder.read(read.table, read.key, read.version).expect("a decoded read is valid");
+        builder
+            .read(read.table, read.key, read.version)
+            .expect("a decoded read is valid");
     }
     let kind_is_transaction = bytes.get(1) == Some(&1);
     if kind_is_transaction == !view.reads().is_empty() {
-        assert_eq!(builder.encode(view.hlc), bytes, "decode then encode changed the record");
+        assert_eq!(
+            builder.encode(view.hlc),
+            bytes,
+            "decode then encode changed the record"
+        );
     }
     std::hint::black_box(view);
 });
