@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backup;
 mod demo;
 mod import;
 
@@ -27,6 +28,10 @@ enum Command {
     Demo(demo::Args),
     /// Import a CSV file into a table, one row per key; bad rows are reported with line numbers.
     Import(import::ImportArgs),
+    /// Write a full, consistent snapshot of a database to a file.
+    Backup(backup::BackupArgs),
+    /// Restore a snapshot file into an empty directory.
+    Restore(backup::RestoreArgs),
     /// Write the project's land-registry-shaped data set as CSV.
     Generate(import::GenerateArgs),
     /// Measure pagemesh against baselines in the same run; reports ratios.
@@ -75,6 +80,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args).map_err(|e| e as Box<dyn std::error::Error>),
         Command::Import(args) => import::import(&args),
+        Command::Backup(args) => backup::backup(&args),
+        Command::Restore(args) => backup::restore(&args),
         Command::Generate(args) => import::generate(&args),
         Command::Bench {
             bench:

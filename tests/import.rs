@@ -1,6 +1,6 @@
-//! `pagemesh generate` and `pagemesh import` as a user runs them: real processes, real files.
-//! The full 106,178-record data set goes in and every row is found by its key; a file with bad
-//! rows imports the good ones and names each bad one by line.
+//! `pagemesh generate`, `import`, `backup` and `restore` as a user runs them: real processes, real
+//! files. The full 106,178-record data set goes in and every row is found by its key, also in a
+//! backup restored elsewhere; a file with bad rows imports the good ones and names each bad one.
 
 use std::process::Command;
 

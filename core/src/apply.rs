@@ -86,6 +86,7 @@ impl Applier {
         let store = &inner.store;
         let first_lsn = self.cursor.position();
         let group_bytes_max = inner.options.group_bytes_max;
+        let retain_bytes = inner.options.binlog_retain_bytes;
         let mut created: Vec<String> = Vec::new();
         let mut failure: Option<Error> = None;
         self.compact.clear();
@@ -131,6 +132,9 @@ impl Applier {
                     self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
                     store
                         .put_apply_state(wtxn, &self.state)
+                        .map_err(|e| fail(&mut failure, e))?;
+                    store
+                        .trim_binlog(wtxn, retain_bytes, self.state.replay_lsn)
                         .map_err(|e| fail(&mut failure, e))?;
                     Ok(CommitOrAbort::<_, ()>::Commit(()))
                 });

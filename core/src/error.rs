@@ -105,6 +105,22 @@ pub enum Error {
         /// The first failure.
         cause: String,
     },
+    /// Binlog history below the retention horizon was asked for.
+    #[error("binlog from lsn {requested} was purged; the oldest retained page is {oldest}")]
+    Purged {
+        /// LSN asked for.
+        requested: u64,
+        /// Oldest LSN the binlog still holds.
+        oldest: u64,
+    },
+    /// A snapshot stream is truncated or malformed.
+    #[error("snapshot stream corrupt at byte {offset}: bad {what}")]
+    SnapshotDecode {
+        /// Offset in the stream.
+        offset: u64,
+        /// The field.
+        what: &'static str,
+    },
     /// The database was closed.
     #[error("the database is closed")]
     Closed,

@@ -20,9 +20,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Not here yet (the rest of issue 3): optimistic transactions and `put_if_version` as a public
-//! API (the record format and the applier already carry and check read versions), full
-//! snapshots and backup/restore, `binlog_range` and retention, asynchronous commit tickets.
+//! History: [`Snapshot::export`] streams a consistent full snapshot and [`Database::restore`]
+//! loads one; [`Snapshot::binlog_range`] reads log pages back from any retained LSN; retention
+//! trims the binlog by size, never past a registered cursor ([`Database::set_cursor`]).
 
 #![deny(unsafe_code)] // one exception, LMDB's open, allowed where it is (store.rs)
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -30,6 +30,7 @@
 mod apply;
 mod error;
 pub mod record;
+mod snapshot;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,7 @@ use pagemesh_logpage::{CommitPos, Log, LogOptions};
 
 pub use error::{Error, Result};
 pub use record::RecordBuilder;
+pub use snapshot::SnapshotStats;
 pub use store::STORE_FORMAT;
 
 /// When a commit returns.
@@ -67,6 +69,7 @@ pub struct Options {
     ring_slots: u64,
     group_bytes_max: usize,
     durability: Durability,
+    binlog_retain_bytes: u64,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             ring_slots: 4096,
             group_bytes_max: 8 << 20,
             durability: Durability::Durable,
+            binlog_retain_bytes: 256 << 20,
         }
     }
 }
@@ -98,6 +102,11 @@ impl Options {
     /// Most page bytes applied in one LMDB transaction.
     pub fn group_bytes_max(mut self, bytes: usize) -> Self {
         self.group_bytes_max = bytes.max(4096);
+        self
+    }
+    /// Bytes of binlog history to keep (older groups are trimmed, never past a registered cursor).
+    pub fn binlog_retain_bytes(mut self, bytes: u64) -> Self {
+        self.binlog_retain_bytes = bytes;
         self
     }
     /// The durability [`Database::commit_default`] uses.
@@ -152,7 +161,7 @@ pub(crate) fn value_seq(stored: &[u8]) -> Result<u64> {
     split_value(stored).map(|v| v.seq)
 }
 
-fn split_value(stored: &[u8]) -> Result<Value<'_>> {
+pub(crate) fn split_value(stored: &[u8]) -> Result<Value<'_>> {
     match stored.split_first_chunk::<8>() {
         Some((seq, bytes)) => Ok(Value {
             seq: u64::from_le_bytes(*seq),
@@ -507,6 +516,28 @@ impl Database {
     /// Pages below this are applied.
     pub fn applied_lsn(&self) -> u64 {
         self.inner.applied_lsn.load(Ordering::Acquire)
+    }
+
+    /// Restores a snapshot stream (from [`Snapshot::export`]) into `dir`, which must be empty, and
+    /// opens it. The database keeps the snapshot's identity and continues its log.
+    pub fn restore(
+        dir: impl AsRef<Path>,
+        input: impl std::io::Read,
+        options: Options,
+    ) -> Result<(Self, SnapshotStats)> {
+        let stats = snapshot::restore(dir.as_ref(), options.map_size, input)?;
+        Ok((Self::open(dir, options)?, stats))
+    }
+
+    /// Registers (or moves) a named consumer of the binlog at `lsn`: retention never trims a page
+    /// at or above it. A replica's shipper keeps its cursor here.
+    pub fn set_cursor(&self, name: &str, lsn: u64) -> Result<()> {
+        self.inner.store.set_cursor(name, lsn)
+    }
+
+    /// Forgets a named consumer.
+    pub fn remove_cursor(&self, name: &str) -> Result<()> {
+        self.inner.store.remove_cursor(name)
     }
 
     /// What the applier has done since open: groups, pages, records (how group commit adapted).

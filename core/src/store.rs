@@ -16,6 +16,9 @@
 //! | `binlog_next_lsn` | u64: pages below it are in `__binlog` |
 //! | `replay_lsn` | u64: where the applier's reader must start on open (the page where a record still open at the last group boundary began, else `binlog_next_lsn`) |
 //! | `applied_seq_end` | u64: every record with a seq below it is applied (0: none; a record can have seq 0) |
+//! | `binlog_oldest_lsn` | u64: retention trimmed the binlog below this |
+//! | `binlog_bytes` | u64: bytes the binlog holds, for retention |
+//! | `cursor:NAME` | u64: a registered consumer's position; the binlog is never trimmed above it |
 //! | `table:NAME` | empty: the table exists |
 //!
 //! Every write transaction commits with LMDB's default sync. `MDB_NOSYNC` would make commits
@@ -281,7 +284,127 @@ impl Store {
         Ok(())
     }
 
-    /// Appends one group of pages to `__binlog` under its first LSN.
+    fn meta_u64(&self, txn: &heed::RoTxn, key: &[u8]) -> Result<u64> {
+        match self.meta.get(txn, key).map_err(self.lmdb("read __meta"))? {
+            None => Ok(0),
+            Some(bytes) => {
+                bytes
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| Error::NotADatabase {
+                        path: self.path.clone(),
+                        why: "malformed integer in __meta",
+                    })
+            }
+        }
+    }
+
+    /// The binlog holds no page below this (retention trimmed them).
+    pub fn binlog_oldest_lsn(&self, txn: &heed::RoTxn) -> Result<u64> {
+        self.meta_u64(txn, b"binlog_oldest_lsn")
+    }
+
+    /// The lowest registered cursor position, if any.
+    fn cursor_floor(&self, txn: &heed::RoTxn) -> Result<Option<u64>> {
+        let mut floor: Option<u64> = None;
+        for entry in self
+            .meta
+            .prefix_iter(txn, b"cursor:")
+            .map_err(self.lmdb("list cursors"))?
+        {
+            let (_, bytes) = entry.map_err(self.lmdb("list cursors"))?;
+            let lsn =
+                bytes
+                    .try_into()
+                    .map(u64::from_le_bytes)
+                    .map_err(|_| Error::NotADatabase {
+                        path: self.path.clone(),
+                        why: "malformed cursor in __meta",
+                    })?;
+            floor = Some(floor.map_or(lsn, |f| f.min(lsn)));
+        }
+        Ok(floor)
+    }
+
+    /// Trims whole binlog groups, oldest first, while the binlog holds more than `retain_bytes`,
+    /// never removing a page at or above `keep_from_lsn` or a registered cursor. Returns the
+    /// bytes trimmed.
+    pub fn trim_binlog(
+        &self,
+        wtxn: &mut heed::RwTxn,
+        retain_bytes: u64,
+        keep_from_lsn: u64,
+    ) -> Result<u64> {
+        let mut bytes = self.meta_u64(wtxn, b"binlog_bytes")?;
+        if bytes <= retain_bytes {
+            return Ok(0);
+        }
+        let floor = self
+            .cursor_floor(wtxn)?
+            .map_or(keep_from_lsn, |c| c.min(keep_from_lsn));
+        // Each group ends where the next begins; collect first, delete after (bounded by the loop).
+        let mut doomed: Vec<([u8; 8], u64)> = Vec::new();
+        let mut oldest = self.binlog_oldest_lsn(wtxn)?;
+        {
+            let mut groups = self
+                .binlog
+                .iter(wtxn)
+                .map_err(self.lmdb("scan binlog"))?
+                .peekable();
+            while let Some(group) = groups.next() {
+                let (key, value) = group.map_err(self.lmdb("scan binlog"))?;
+                let next_first = match groups.peek() {
+                    Some(Ok((next, _))) => {
+                        u64::from_be_bytes((*next).try_into().unwrap_or([0xFF; 8]))
+                    }
+                    _ => break, // never trim the newest group
+                };
+                if next_first > floor || bytes <= retain_bytes {
+                    break;
+                }
+                doomed.push(((*key).try_into().unwrap_or([0; 8]), value.len() as u64));
+                bytes -= value.len() as u64;
+                oldest = next_first;
+            }
+        }
+        let trimmed: u64 = doomed.iter().map(|(_, len)| len).sum();
+        for (key, _) in doomed {
+            self.binlog
+                .delete(wtxn, &key)
+                .map_err(self.lmdb("trim binlog"))?;
+        }
+        self.meta
+            .put(wtxn, b"binlog_bytes", &bytes.to_le_bytes())
+            .map_err(self.lmdb("write __meta"))?;
+        self.meta
+            .put(wtxn, b"binlog_oldest_lsn", &oldest.to_le_bytes())
+            .map_err(self.lmdb("write __meta"))?;
+        Ok(trimmed)
+    }
+
+    /// Registers (or moves) a consumer's position: retention keeps the binlog from there on.
+    pub fn set_cursor(&self, name: &str, lsn: u64) -> Result<()> {
+        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
+        self.meta
+            .put(
+                &mut wtxn,
+                format!("cursor:{name}").as_bytes(),
+                &lsn.to_le_bytes(),
+            )
+            .map_err(self.lmdb("write cursor"))?;
+        wtxn.commit().map_err(self.lmdb("commit cursor"))
+    }
+
+    /// Removes a consumer's registration.
+    pub fn remove_cursor(&self, name: &str) -> Result<()> {
+        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
+        self.meta
+            .delete(&mut wtxn, format!("cursor:{name}").as_bytes())
+            .map_err(self.lmdb("remove cursor"))?;
+        wtxn.commit().map_err(self.lmdb("commit cursor"))
+    }
+
+    /// Appends one group of pages to `__binlog` under its first LSN and counts its bytes.
     pub fn append_binlog(
         &self,
         wtxn: &mut heed::RwTxn,
@@ -290,6 +413,10 @@ impl Store {
     ) -> Result<()> {
         self.binlog
             .put_with_flags(wtxn, PutFlags::APPEND, &first_lsn.to_be_bytes(), pages)
-            .map_err(self.lmdb("append __binlog"))
+            .map_err(self.lmdb("append __binlog"))?;
+        let bytes = self.meta_u64(wtxn, b"binlog_bytes")? + pages.len() as u64;
+        self.meta
+            .put(wtxn, b"binlog_bytes", &bytes.to_le_bytes())
+            .map_err(self.lmdb("write __meta"))
     }
 }

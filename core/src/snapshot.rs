@@ -1,0 +1,401 @@
+//! Full snapshots (backup, restore, replica bootstrap) and binlog history.
+//!
+//! A full snapshot is one LMDB read transaction over every table, tagged with the apply state it
+//! saw, so it is consistent and never blocks the writer. Its stream, little-endian:
+//!
+//! ```text
+//! 8   magic            "PMSNAP\0\x01"
+//! 16  database uuid
+//! 16  origin uuid
+//! 8   binlog_next_lsn  the log position the snapshot is at: a restored database continues here
+//! 8   applied_seq_end
+//! entries, each:
+//!     1  tag           1 = entry, 0 = end
+//!     1  table_len, table name
+//!     2  key_len, key
+//!     8  seq           the value's version
+//!     4  value_len, value
+//! 4   crc32c           of every byte before it
+//! ```
+//!
+//! Restore writes a stream into an empty directory in ONE write transaction, committed only if the
+//! stream decodes to its end and its crc matches, so a truncated or damaged backup leaves nothing
+//! half-restored. The restored database keeps the snapshot's uuids and continues the log at its
+//! LSN, so replicas can follow it with binlog deltas from there.
+
+use std::io::{Read, Write};
+use std::ops::Bound;
+use std::path::Path;
+
+use heed::types::Bytes;
+use heed::{CommitOrAbort, PutFlags};
+use pagemesh_logpage::page::HEADER_SIZE;
+use pagemesh_logpage::{validate, PageRef, PAGE_SIZE};
+
+use crate::error::{Error, Result};
+use crate::record::{KEY_LEN_MAX, TABLE_LEN_MAX};
+use crate::store::{ApplyState, Store};
+use crate::Snapshot;
+
+const MAGIC: [u8; 8] = *b"PMSNAP\0\x01";
+const TAG_ENTRY: u8 = 1;
+const TAG_END: u8 = 0;
+
+/// What an export or a restore moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Entries (key/value pairs).
+    pub entries: u64,
+    /// Bytes of the stream.
+    pub bytes: u64,
+    /// The log position the snapshot is at.
+    pub lsn: u64,
+}
+
+/// A writer that checksums what it writes.
+struct Crc<W> {
+    inner: W,
+    crc: u32,
+    bytes: u64,
+}
+
+impl<W: Write> Crc<W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.bytes += bytes.len() as u64;
+        self.inner.write_all(bytes)
+    }
+}
+
+impl Snapshot<'_> {
+    /// Streams every table into `out` (see the module docs).
+    pub fn export(&self, out: impl Write) -> Result<SnapshotStats> {
+        let io = |source| Error::Io {
+            op: "write snapshot to",
+            path: "<stream>".into(),
+            source,
+        };
+        let store = self.store;
+        let state = store.apply_state(&self.txn)?;
+        let mut w = Crc {
+            inner: out,
+            crc: 0,
+            bytes: 0,
+        };
+        w.put(&MAGIC).map_err(io)?;
+        w.put(store.database_uuid.as_bytes()).map_err(io)?;
+        w.put(store.origin_uuid.as_bytes()).map_err(io)?;
+        w.put(&state.binlog_next_lsn.to_le_bytes()).map_err(io)?;
+        w.put(&state.applied_seq_end.to_le_bytes()).map_err(io)?;
+        let mut entries = 0;
+        for name in store.table_names() {
+            let Some(table) = store.table(&name) else {
+                continue;
+            };
+            for entry in table
+                .iter(&self.txn)
+                .map_err(store.lmdb("iterate for snapshot"))?
+            {
+                let (key, stored) = entry.map_err(store.lmdb("iterate for snapshot"))?;
+                let value = crate::split_value(stored)?;
+                w.put(&[TAG_ENTRY, name.len() as u8]).map_err(io)?;
+                w.put(name.as_bytes()).map_err(io)?;
+                w.put(&(key.len() as u16).to_le_bytes()).map_err(io)?;
+                w.put(key).map_err(io)?;
+                w.put(&value.seq.to_le_bytes()).map_err(io)?;
+                w.put(&(value.bytes.len() as u32).to_le_bytes())
+                    .map_err(io)?;
+                w.put(value.bytes).map_err(io)?;
+                entries += 1;
+            }
+        }
+        w.put(&[TAG_END]).map_err(io)?;
+        let crc = w.crc;
+        w.inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+        w.inner.flush().map_err(io)?;
+        Ok(SnapshotStats {
+            entries,
+            bytes: w.bytes + 4,
+            lsn: state.binlog_next_lsn,
+        })
+    }
+
+    /// The log pages from `from_lsn` on that the binlog still holds, in order. Fails with
+    /// [`Error::Purged`] if retention already trimmed pages at or above `from_lsn`.
+    pub fn binlog_range<'s>(
+        &'s self,
+        from_lsn: u64,
+    ) -> Result<impl Iterator<Item = Result<PageRef<'s>>> + 's> {
+        let store = self.store;
+        let oldest = store.binlog_oldest_lsn(&self.txn)?;
+        if from_lsn < oldest {
+            return Err(Error::Purged {
+                requested: from_lsn,
+                oldest,
+            });
+        }
+        // Start at the group holding `from_lsn` (the last key at or below it), if any.
+        let from_key = from_lsn.to_be_bytes();
+        let start = store
+            .binlog
+            .rev_range(
+                &self.txn,
+                &(Bound::Unbounded, Bound::Included(&from_key[..])),
+            )
+            .map_err(store.lmdb("find binlog group"))?
+            .next()
+            .transpose()
+            .map_err(store.lmdb("find binlog group"))?
+            .map_or(from_key.to_vec(), |(key, _)| key.to_vec());
+        let range = (Bound::Included(&start[..]), Bound::Unbounded);
+        let groups = store
+            .binlog
+            .range(&self.txn, &range)
+            .map_err(store.lmdb("read binlog"))?;
+        Ok(groups
+            .map(move |group| {
+                group
+                    .map_err(store.lmdb("read binlog"))
+                    .map(|(_, pages)| CompactPages { rest: pages })
+            })
+            .flat_map(
+                |group| -> Box<dyn Iterator<Item = Result<PageRef<'s>>> + 's> {
+                    match group {
+                        Ok(pages) => Box::new(pages),
+                        Err(error) => Box::new(std::iter::once(Err(error))),
+                    }
+                },
+            )
+            .filter(move |page| page.as_ref().map_or(true, |page| page.lsn() >= from_lsn)))
+    }
+}
+
+/// The pages of one binlog value (compact pages back to back), validated one by one.
+pub(crate) struct CompactPages<'a> {
+    pub rest: &'a [u8],
+}
+
+impl<'a> Iterator for CompactPages<'a> {
+    type Item = Result<PageRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        // View at most one page to learn its length, then validate exactly that page.
+        let page = match validate(&self.rest[..self.rest.len().min(PAGE_SIZE)]) {
+            Ok(page) => page,
+            Err(error) => {
+                self.rest = &[];
+                return Some(Err(error.into()));
+            }
+        };
+        let (bytes, rest) = self.rest.split_at(HEADER_SIZE + page.payload().len());
+        self.rest = rest;
+        Some(validate(bytes).map_err(Error::from))
+    }
+}
+
+/// Reads the snapshot stream, checksumming what it reads.
+struct Source<R> {
+    inner: R,
+    crc: u32,
+    offset: u64,
+}
+
+impl<R: Read> Source<R> {
+    fn take(&mut self, buf: &mut [u8], what: &'static str) -> Result<()> {
+        self.inner
+            .read_exact(buf)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::UnexpectedEof => Error::SnapshotDecode {
+                    offset: self.offset,
+                    what,
+                },
+                _ => Error::Io {
+                    op: "read snapshot from",
+                    path: "<stream>".into(),
+                    source,
+                },
+            })?;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
+        let mut buf = [0; N];
+        self.take(&mut buf, what)?;
+        Ok(buf)
+    }
+    fn vec(&mut self, len: usize, what: &'static str, buf: &mut Vec<u8>) -> Result<()> {
+        buf.resize(len, 0);
+        self.take(buf, what)
+    }
+}
+
+/// Restores a snapshot stream into `dir`, which must not hold a database yet. See the module docs.
+/// On failure the files it created are removed again, so the restore can be retried.
+pub(crate) fn restore(dir: &Path, map_size: usize, input: impl Read) -> Result<SnapshotStats> {
+    if dir.join("lmdb").join("data.mdb").exists() || dir.join("log.ring").exists() {
+        return Err(Error::NotADatabase {
+            path: dir.into(),
+            why: "restore needs an empty directory",
+        });
+    }
+    let result = Store::open(dir, map_size).and_then(|store| restore_into(&store, dir, input));
+    if result.is_err() {
+        if let Err(error) = std::fs::remove_dir_all(dir.join("lmdb")) {
+            tracing::warn!(path = %dir.display(), %error, "could not remove a failed restore");
+        }
+    }
+    result
+}
+
+fn restore_into(store: &Store, dir: &Path, input: impl Read) -> Result<SnapshotStats> {
+    let mut src = Source {
+        inner: input,
+        crc: 0,
+        offset: 0,
+    };
+    if src.array::<8>("magic")? != MAGIC {
+        return Err(Error::SnapshotDecode {
+            offset: 0,
+            what: "magic (not a pagemesh snapshot)",
+        });
+    }
+    let database_uuid = src.array::<16>("database uuid")?;
+    let origin_uuid = src.array::<16>("origin uuid")?;
+    let lsn = u64::from_le_bytes(src.array::<8>("lsn")?);
+    let applied_seq_end = u64::from_le_bytes(src.array::<8>("applied seq")?);
+    let wtxn = store.env.write_txn().map_err(store.lmdb("begin restore"))?;
+    let mut entries = 0u64;
+    let mut failure: Option<Error> = None;
+    let abort = |slot: &mut Option<Error>, error: Error| {
+        slot.get_or_insert(error);
+        heed::Error::Io(std::io::Error::other("restore aborted"))
+    };
+    let outcome =
+        store
+            .env
+            .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
+                let mut tables: std::collections::HashMap<String, heed::Database<Bytes, Bytes>> =
+                    Default::default();
+                let (mut name, mut key, mut value) = (Vec::new(), Vec::new(), Vec::new());
+                loop {
+                    let [tag] = src
+                        .array::<1>("entry tag")
+                        .map_err(|e| abort(&mut failure, e))?;
+                    if tag == TAG_END {
+                        break;
+                    }
+                    if tag != TAG_ENTRY {
+                        return Err(abort(
+                            &mut failure,
+                            Error::SnapshotDecode {
+                                offset: src.offset - 1,
+                                what: "entry tag",
+                            },
+                        ));
+                    }
+                    let entry = (|| -> Result<()> {
+                        let [len] = src.array::<1>("table length")?;
+                        src.vec(usize::from(len).min(TABLE_LEN_MAX), "table name", &mut name)?;
+                        let key_len =
+                            usize::from(u16::from_le_bytes(src.array::<2>("key length")?));
+                        if key_len == 0 || key_len > KEY_LEN_MAX {
+                            return Err(Error::SnapshotDecode {
+                                offset: src.offset - 2,
+                                what: "key length",
+                            });
+                        }
+                        src.vec(key_len, "key", &mut key)?;
+                        let seq = src.array::<8>("seq")?;
+                        let value_len =
+                            u32::from_le_bytes(src.array::<4>("value length")?) as usize;
+                        value.clear();
+                        value.extend_from_slice(&seq);
+                        // Grows with what the stream really holds: a lying length fails at its end.
+                        let mut chunk = vec![0u8; value_len.min(1 << 20)];
+                        let mut left = value_len;
+                        while left > 0 {
+                            let n = left.min(chunk.len());
+                            src.take(&mut chunk[..n], "value")?;
+                            value.extend_from_slice(&chunk[..n]);
+                            left -= n;
+                        }
+                        Ok(())
+                    })();
+                    entry.map_err(|e| abort(&mut failure, e))?;
+                    let table_name = std::str::from_utf8(&name)
+                        .map_err(|_| {
+                            abort(
+                                &mut failure,
+                                Error::SnapshotDecode {
+                                    offset: src.offset,
+                                    what: "table name",
+                                },
+                            )
+                        })?
+                        .to_string();
+                    let table = match tables.get(&table_name) {
+                        Some(table) => *table,
+                        None => {
+                            let table: heed::Database<Bytes, Bytes> =
+                                wdo.create_database(wtxn, Some(&table_name))?;
+                            store
+                                .meta
+                                .put(wtxn, format!("table:{table_name}").as_bytes(), b"")?;
+                            tables.insert(table_name, table);
+                            table
+                        }
+                    };
+                    // Entries come in key order per table, so LMDB can append.
+                    table.put_with_flags(wtxn, PutFlags::APPEND, &key, &value)?;
+                    entries += 1;
+                }
+                let expected = src.crc;
+                let mut stored = [0u8; 4];
+                src.inner.read_exact(&mut stored).map_err(|_| {
+                    abort(
+                        &mut failure,
+                        Error::SnapshotDecode {
+                            offset: src.offset,
+                            what: "crc",
+                        },
+                    )
+                })?;
+                if u32::from_le_bytes(stored) != expected {
+                    return Err(abort(
+                        &mut failure,
+                        Error::SnapshotDecode {
+                            offset: src.offset,
+                            what: "crc (damaged stream)",
+                        },
+                    ));
+                }
+                store.meta.put(wtxn, b"database_uuid", &database_uuid)?;
+                store.meta.put(wtxn, b"origin_uuid", &origin_uuid)?;
+                let state = ApplyState {
+                    binlog_next_lsn: lsn,
+                    replay_lsn: lsn,
+                    applied_seq_end,
+                };
+                store
+                    .put_apply_state(wtxn, &state)
+                    .map_err(|e| abort(&mut failure, e))?;
+                store
+                    .meta
+                    .put(wtxn, b"binlog_oldest_lsn", &lsn.to_le_bytes())?;
+                Ok(CommitOrAbort::<_, ()>::Commit(()))
+            });
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    outcome.map_err(store.lmdb("commit restore"))?;
+    tracing::info!(path = %dir.display(), entries, lsn, "restored snapshot");
+    Ok(SnapshotStats {
+        entries,
+        bytes: src.offset + 4,
+        lsn,
+    })
+}
