@@ -75,7 +75,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            map_size: 1 << 30,
+            map_size: 1 << 40,
             ring_slots: 4096,
             group_bytes_max: 8 << 20,
             durability: Durability::Durable,
@@ -85,11 +85,16 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Defaults: 1 GiB map, 4096-page (16 MiB) ring, 8 MiB groups, `Durable`.
+    /// Defaults: 1 TiB map (address space only; see [`Options::map_size`]), 4096-page (16 MiB)
+    /// ring, 8 MiB groups, 256 MiB of binlog history, `Durable`.
     pub fn new() -> Self {
         Self::default()
     }
-    /// LMDB map size in bytes: the most the database can hold.
+    /// LMDB map size in bytes: the most the database can hold. It reserves address space only:
+    /// the file grows as data is written (LMDB without `MDB_WRITEMAP`), so the large default
+    /// lets a database grow without LMDB's live resize, which needs every read transaction in
+    /// the process closed. Reaching it fails the group and poisons the database with
+    /// `MDB_MAP_FULL`, as a full disk does with its I/O error.
     pub fn map_size(mut self, bytes: usize) -> Self {
         self.map_size = bytes;
         self

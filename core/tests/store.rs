@@ -164,3 +164,48 @@ fn records_spanning_group_boundaries_apply_and_survive_reopen() {
         );
     }
 }
+
+#[test]
+fn a_full_map_poisons_with_a_clear_error_and_corrupts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = || Options::new().ring_slots(64).map_size(1 << 20);
+    let mut acknowledged = Vec::new();
+    {
+        let db = Database::open(dir.path(), small()).unwrap();
+        let failure = (0..10_000u32).find_map(|i| {
+            let result = db.commit(
+                &batch("fill", &[(&i.to_be_bytes(), &[7u8; 2000])]),
+                Durability::Durable,
+            );
+            match result {
+                Ok(_) => {
+                    acknowledged.push(i);
+                    None
+                }
+                Err(error) => Some(error),
+            }
+        });
+        let error = failure.expect("a 1 MiB map fills up");
+        assert!(matches!(error, Error::Poisoned { .. }), "{error}");
+        assert!(
+            error.to_string().contains("MDB_MAP_FULL") || error.to_string().contains("MapFull"),
+            "{error}"
+        );
+        // Poisoned: every later write is refused too, not silently dropped.
+        assert!(db
+            .commit(&batch("fill", &[(b"late", b"x")]), Durability::Memory)
+            .is_err());
+    }
+    let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
+    let snapshot = db.read().unwrap();
+    for i in &acknowledged {
+        assert!(
+            snapshot.get("fill", &i.to_be_bytes()).unwrap().is_some(),
+            "acknowledged commit {i} lost"
+        );
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "the map held a fair amount before filling"
+    );
+}
