@@ -203,6 +203,68 @@ pub fn measure_heed(
     })
 }
 
+/// Records per batch in the `load` cell (the demo's load shape).
+pub const LOAD_BATCH_RECORDS: usize = 50;
+
+/// Resident memory, from `/proc/self/status`: (current, peak) in bytes; `None` off Linux.
+fn rss_bytes() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Loads every record once, in batches of [`LOAD_BATCH_RECORDS`] with 16 commits in flight,
+/// `Durable`, and measures how far the process's peak RSS rose above where it stood.
+pub fn measure_load(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+) -> pagemesh_core::Result<(CommitMeasurement, Option<f64>)> {
+    let options = Options::new();
+    let db = Database::open(dir, options)?;
+    // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS (Linux >= 4.0).
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = rss_bytes();
+    let started = Instant::now();
+    let mut tickets = VecDeque::with_capacity(16);
+    for chunk in records.chunks(LOAD_BATCH_RECORDS) {
+        if tickets.len() == 16 {
+            let ticket: pagemesh_core::CommitTicket = tickets.pop_front().expect("full queue");
+            ticket.wait()?;
+        }
+        let mut batch = WriteBatch::new();
+        for (key, value) in chunk {
+            batch.put(TABLE, key, value)?;
+        }
+        tickets.push_back(db.commit_async(&batch, Durability::Durable)?);
+    }
+    for ticket in tickets {
+        ticket.wait()?;
+    }
+    let elapsed = started.elapsed();
+    let peak_growth_mib = match (reset, before, rss_bytes()) {
+        (true, Some((rss_before, _)), Some((_, peak))) => {
+            Some(peak.saturating_sub(rss_before) as f64 / (1 << 20) as f64)
+        }
+        _ => None,
+    };
+    let stats = db.stats();
+    let cell = CommitMeasurement {
+        workload: "commit/price_paid",
+        variant: "load".into(),
+        inflight: 16,
+        threads: 1,
+        record_bytes: mean_bytes(records),
+        ops_per_sec: records.len() as f64 / elapsed.as_secs_f64(),
+        records_per_txn: stats.records as f64 / stats.groups.max(1) as f64
+            * LOAD_BATCH_RECORDS as f64,
+    };
+    Ok((cell, peak_growth_mib))
+}
+
 /// Every cell of `bench commit`, in one run.
 pub fn measure_all(
     inflights: &[usize],
@@ -238,6 +300,15 @@ pub fn measure_all(
         BATCH_RECORDS,
         seconds,
     )?);
+    let (load, peak_growth_mib) = measure_load(&dir(), &records)?;
+    out.push(load);
+    if let Some(mib) = peak_growth_mib {
+        // On stderr, so that stdout stays one JSON object per line of one shape.
+        eprintln!(
+            "load of {} records: peak RSS rose {mib:.1} MiB (ring: 16 MiB; target: under ring + 64 MiB)",
+            records.len()
+        );
+    }
     Ok(out)
 }
 
