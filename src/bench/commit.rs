@@ -142,14 +142,11 @@ pub fn measure_pagemesh_batch(
     })
 }
 
-/// Raw heed: `per_txn` puts per write transaction, synced or not.
-pub fn measure_heed(
+/// A fresh heed environment with the benchmark table, synced per commit or not.
+fn open_heed(
     dir: &Path,
-    records: &[(Vec<u8>, Vec<u8>)],
     sync: bool,
-    per_txn: usize,
-    seconds: f64,
-) -> heed::Result<CommitMeasurement> {
+) -> heed::Result<(heed::Env, heed::Database<'static, Bytes, Bytes>)> {
     std::fs::create_dir_all(dir)?;
     let mut options = heed::EnvOpenOptions::new();
     options.map_size(4 << 30).max_dbs(4);
@@ -158,7 +155,7 @@ pub fn measure_heed(
         // is the baseline's throwaway directory, which nothing reads after the measurement.
         unsafe { options.flags(heed::EnvFlags::NO_SYNC) };
     }
-    // SAFETY: a fresh directory that only this function opens, once.
+    // SAFETY: a fresh directory that only the caller opens, once.
     let env = unsafe { options.open(dir) }?;
     let wtxn = env.write_txn()?;
     let db = env
@@ -167,6 +164,18 @@ pub fn measure_heed(
             Ok(heed::CommitOrAbort::<_, ()>::Commit(db))
         })?
         .unwrap_commit();
+    Ok((env, db))
+}
+
+/// Raw heed: `per_txn` puts per write transaction, synced or not.
+pub fn measure_heed(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    sync: bool,
+    per_txn: usize,
+    seconds: f64,
+) -> heed::Result<CommitMeasurement> {
+    let (env, db) = open_heed(dir, sync)?;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut done = 0u64;
@@ -263,6 +272,49 @@ pub fn measure_load(
             * LOAD_BATCH_RECORDS as f64,
     };
     Ok((cell, peak_growth_mib))
+}
+
+/// Times `count` single-record commits to a fresh database in `dir`, `inflight` in flight (for
+/// criterion's `iter_custom`).
+pub fn time_pagemesh(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    durability: Durability,
+    inflight: usize,
+    count: u64,
+) -> pagemesh_core::Result<Duration> {
+    let db = Database::open(dir, Options::new())?;
+    let started = Instant::now();
+    let mut tickets = VecDeque::with_capacity(inflight);
+    for (key, value) in records.iter().cycle().take(count as usize) {
+        if tickets.len() == inflight {
+            let ticket: pagemesh_core::CommitTicket = tickets.pop_front().expect("full queue");
+            ticket.wait()?;
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(TABLE, key, value)?;
+        tickets.push_back(db.commit_async(&batch, durability)?);
+    }
+    for ticket in tickets {
+        ticket.wait()?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Times `count` raw heed puts, one synced write transaction each, in a fresh `dir`.
+pub fn time_heed_sync(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    count: u64,
+) -> heed::Result<Duration> {
+    let (env, db) = open_heed(dir, true)?;
+    let started = Instant::now();
+    for (key, value) in records.iter().cycle().take(count as usize) {
+        let mut wtxn = env.write_txn()?;
+        db.put(&mut wtxn, key, value)?;
+        wtxn.commit()?;
+    }
+    Ok(started.elapsed())
 }
 
 /// Every cell of `bench commit`, in one run.
