@@ -7,6 +7,16 @@ use std::process::Command;
 use pagemesh::workload::price_paid::PricePaid;
 use pagemesh_core::{Database, Options};
 
+/// Runs pagemesh and asserts it succeeded, showing its stderr if not.
+fn pagemesh_ok(args: &[&str]) {
+    let out = pagemesh(args);
+    assert!(
+        out.status.success(),
+        "pagemesh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn pagemesh(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_pagemesh"))
         .args(args)
@@ -19,13 +29,8 @@ fn the_generated_data_set_imports_completely() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("pp.csv");
     let db = dir.path().join("db");
-    let out = pagemesh(&["generate", "--out", csv.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = pagemesh(&[
+    pagemesh_ok(&["generate", "--out", csv.to_str().unwrap()]);
+    pagemesh_ok(&[
         "import",
         "--db",
         db.to_str().unwrap(),
@@ -38,20 +43,21 @@ fn the_generated_data_set_imports_completely() {
         "--batch",
         "500",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let db = Database::open(&db, Options::new()).unwrap();
-    let snapshot = db.read().unwrap();
-    assert_eq!(snapshot.prefix("price_paid", b"").unwrap().count(), 106_178);
-    for record in PricePaid::default().records().step_by(997) {
-        let stored = snapshot
-            .get("price_paid", &record.key)
-            .unwrap()
-            .expect("imported");
-        assert_eq!(stored.bytes, record.line.as_bytes());
+    let backup = dir.path().join("pp.snapshot");
+    let copy = dir.path().join("copy");
+    pagemesh_ok(&["backup", db.to_str().unwrap(), backup.to_str().unwrap()]);
+    pagemesh_ok(&["restore", backup.to_str().unwrap(), copy.to_str().unwrap()]);
+    for path in [&db, &copy] {
+        let db = Database::open(path, Options::new()).unwrap();
+        let snapshot = db.read().unwrap();
+        assert_eq!(snapshot.prefix("price_paid", b"").unwrap().count(), 106_178);
+        for record in PricePaid::default().records().step_by(997) {
+            let stored = snapshot
+                .get("price_paid", &record.key)
+                .unwrap()
+                .expect("imported");
+            assert_eq!(stored.bytes, record.line.as_bytes(), "{}", path.display());
+        }
     }
 }
 

@@ -246,28 +246,10 @@ impl Store {
     }
 
     pub fn apply_state(&self, rtxn: &heed::RoTxn) -> Result<ApplyState> {
-        let read = |key: &[u8]| -> Result<u64> {
-            let bytes = self
-                .meta
-                .get(rtxn, key)
-                .map_err(self.lmdb("read apply state"))?;
-            match bytes {
-                None => Ok(0),
-                Some(bytes) => {
-                    bytes
-                        .try_into()
-                        .map(u64::from_le_bytes)
-                        .map_err(|_| Error::NotADatabase {
-                            path: self.path.clone(),
-                            why: "malformed apply state in __meta",
-                        })
-                }
-            }
-        };
         Ok(ApplyState {
-            binlog_next_lsn: read(b"binlog_next_lsn")?,
-            replay_lsn: read(b"replay_lsn")?,
-            applied_seq_end: read(b"applied_seq_end")?,
+            binlog_next_lsn: self.meta_u64(rtxn, b"binlog_next_lsn")?,
+            replay_lsn: self.meta_u64(rtxn, b"replay_lsn")?,
+            applied_seq_end: self.meta_u64(rtxn, b"applied_seq_end")?,
         })
     }
 
@@ -284,19 +266,22 @@ impl Store {
         Ok(())
     }
 
+    /// A u64 stored in `__meta` (0 if absent).
     fn meta_u64(&self, txn: &heed::RoTxn, key: &[u8]) -> Result<u64> {
         match self.meta.get(txn, key).map_err(self.lmdb("read __meta"))? {
             None => Ok(0),
-            Some(bytes) => {
-                bytes
-                    .try_into()
-                    .map(u64::from_le_bytes)
-                    .map_err(|_| Error::NotADatabase {
-                        path: self.path.clone(),
-                        why: "malformed integer in __meta",
-                    })
-            }
+            Some(bytes) => self.decode_u64(bytes),
         }
+    }
+
+    fn decode_u64(&self, bytes: &[u8]) -> Result<u64> {
+        bytes
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| Error::NotADatabase {
+                path: self.path.clone(),
+                why: "malformed integer in __meta",
+            })
     }
 
     /// The binlog holds no page below this (retention trimmed them).
@@ -313,14 +298,7 @@ impl Store {
             .map_err(self.lmdb("list cursors"))?
         {
             let (_, bytes) = entry.map_err(self.lmdb("list cursors"))?;
-            let lsn =
-                bytes
-                    .try_into()
-                    .map(u64::from_le_bytes)
-                    .map_err(|_| Error::NotADatabase {
-                        path: self.path.clone(),
-                        why: "malformed cursor in __meta",
-                    })?;
+            let lsn = self.decode_u64(bytes)?;
             floor = Some(floor.map_or(lsn, |f| f.min(lsn)));
         }
         Ok(floor)
