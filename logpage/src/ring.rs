@@ -34,6 +34,10 @@
 //! log, and any finished page beyond it (pages finish out of order) was never below the committed
 //! watermark, so it is discarded. Every page outside the run is invalidated (its magic zeroed),
 //! so a later recovery can never mistake it for part of the log.
+//!
+//! A file of the right size whose header is not whole (bad magic or crc) and whose slots are all
+//! zeros is a creation that a crash cut off between sizing the file and writing its header: it
+//! holds no page, so it is created anew. A bad header over any non-zero slot byte is refused.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
@@ -76,6 +80,12 @@ impl RingHeader {
         };
         header.crc = U32Le::new(crc32c::crc32c(&bytemuck::bytes_of(&header)[..CRC_COVERED]));
         header
+    }
+
+    /// Whether the header was written whole: its magic, and its crc over the fields it covers.
+    fn is_whole(&self) -> bool {
+        self.magic == RING_MAGIC
+            && crc32c::crc32c(&bytemuck::bytes_of(self)[..CRC_COVERED]) == self.crc.get()
     }
 
     fn check(&self, slots: u64) -> std::result::Result<(), RingFault> {
@@ -180,6 +190,9 @@ impl Ring {
         // pagemesh processes for as long as `Ring` holds it; nothing truncates it while mapped.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io("map"))?;
         let mut ring = Self::from_map(map, slots, Some(path.clone()), Some(file));
+        // Creation sizes the file, then writes the header: a crash in between leaves a header
+        // that is not whole over slots that are all zeros. Such a file holds no page: create anew.
+        let fresh = fresh || ring.is_cut_off_creation();
         if fresh {
             ring.header_page_mut()[..std::mem::size_of::<RingHeader>()]
                 .copy_from_slice(bytemuck::bytes_of(&RingHeader::new(slots)));
@@ -223,6 +236,15 @@ impl Ring {
             path,
             _file: file,
         }
+    }
+
+    /// Whether this is a file whose creation a crash cut off: sized, but its header not whole and
+    /// every slot still zero. (A ring that was ever used has a whole header, and a foreign file
+    /// has non-zero bytes past its first page: both are refused by the header check instead.)
+    fn is_cut_off_creation(&self) -> bool {
+        let header: &RingHeader =
+            bytemuck::from_bytes(&self.map[..std::mem::size_of::<RingHeader>()]);
+        !header.is_whole() && self.map[PAGE_SIZE..].iter().all(|&byte| byte == 0)
     }
 
     fn header_page_mut(&mut self) -> &mut [u8] {
@@ -354,4 +376,49 @@ impl Ring {
 fn read_prefix(file: &File, buf: &mut [u8]) -> std::result::Result<(), ()> {
     use std::os::unix::fs::FileExt;
     file.read_exact_at(buf, 0).map_err(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_file(dir: &Path, slots: u64) -> PathBuf {
+        let path = dir.join("log.ring");
+        std::fs::write(&path, vec![0u8; (slots as usize + 1) * PAGE_SIZE]).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_creation_cut_off_before_or_during_the_header_is_created_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sized, header not yet written: what a crash right after `set_len` leaves.
+        ring_file(dir.path(), 16);
+        let (ring, recovered) = Ring::open(dir.path(), 16).expect("sized zero file opens");
+        assert_eq!((recovered.start_lsn, recovered.end_lsn), (0, 0));
+        drop(ring);
+        Ring::open(dir.path(), 16).expect("and has a whole header now");
+        // Half a header.
+        let path = ring_file(dir.path(), 16);
+        let header = RingHeader::new(16);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..12].copy_from_slice(&bytemuck::bytes_of(&header)[..12]);
+        std::fs::write(&path, bytes).unwrap();
+        Ring::open(dir.path(), 16).expect("a torn header over empty slots opens");
+    }
+
+    #[test]
+    fn a_bad_header_over_written_slots_is_still_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = ring_file(dir.path(), 16);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[PAGE_SIZE + 100] = 1;
+        std::fs::write(&path, bytes).unwrap();
+        match Ring::open(dir.path(), 16) {
+            Err(Error::RingFile {
+                fault: RingFault::Magic,
+                ..
+            }) => {}
+            other => panic!("expected a bad-magic refusal, got {:?}", other.map(|r| r.1)),
+        }
+    }
 }
