@@ -34,6 +34,7 @@ mod snapshot;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -645,6 +646,11 @@ impl Transaction<'_> {
     }
 }
 
+type RawEntries<'s> = Box<dyn Iterator<Item = heed::Result<(&'s [u8], &'s [u8])>> + 's>;
+
+/// Entries of a table in key order, borrowed from the snapshot: `(key, value)`.
+pub type Entries<'s> = Box<dyn Iterator<Item = Result<(&'s [u8], Value<'s>)>> + 's>;
+
 /// A consistent view of the database: an LMDB read transaction. Never blocks the writer.
 pub struct Snapshot<'db> {
     txn: heed::RoTxn<'db, heed::WithTls>,
@@ -665,21 +671,39 @@ impl Snapshot<'_> {
 
     /// Every entry of `table` whose key starts with `prefix` (all of them for an empty prefix),
     /// in key order.
-    pub fn prefix<'s>(
-        &'s self,
-        table: &str,
-        prefix: &[u8],
-    ) -> Result<impl Iterator<Item = Result<(&'s [u8], Value<'s>)>> + 's> {
-        type Entries<'s> = Box<dyn Iterator<Item = heed::Result<(&'s [u8], &'s [u8])>> + 's>;
+    pub fn prefix<'s>(&'s self, table: &str, prefix: &[u8]) -> Result<Entries<'s>> {
         let lmdb = || self.store.lmdb("iterate");
-        let iter: Option<Entries<'s>> = match self.store.table(table) {
+        let raw: Option<RawEntries<'s>> = match self.store.table(table) {
             None => None,
             // LMDB refuses a zero-length seek key, so an empty prefix is a plain scan.
             Some(db) if prefix.is_empty() => Some(Box::new(db.iter(&self.txn).map_err(lmdb())?)),
             Some(db) => Some(Box::new(db.prefix_iter(&self.txn, prefix).map_err(lmdb())?)),
         };
+        Ok(self.entries(raw))
+    }
+
+    /// Every entry of `table` with a key between `start` and `end`, in key order.
+    pub fn range<'s>(
+        &'s self,
+        table: &str,
+        start: Bound<&[u8]>,
+        end: Bound<&[u8]>,
+    ) -> Result<Entries<'s>> {
+        let raw: Option<RawEntries<'s>> = match self.store.table(table) {
+            None => None,
+            Some(db) => {
+                let iter = db
+                    .range(&self.txn, &(start, end))
+                    .map_err(self.store.lmdb("iterate"))?;
+                Some(Box::new(iter))
+            }
+        };
+        Ok(self.entries(raw))
+    }
+
+    fn entries<'s>(&'s self, raw: Option<RawEntries<'s>>) -> Entries<'s> {
         let store = self.store;
-        Ok(iter.into_iter().flatten().map(move |entry| {
+        Box::new(raw.into_iter().flatten().map(move |entry| {
             let (key, stored) = entry.map_err(store.lmdb("iterate"))?;
             Ok((key, split_value(stored)?))
         }))

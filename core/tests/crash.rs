@@ -207,7 +207,7 @@ fn apply(state: &mut State, changes: &[Change], seq: u64) {
 /// Thread 0 commits `Durable`, thread 1 `Memory`: both promise to survive a process crash, and
 /// `Memory` returns before the record is applied, racing ahead of the applier through the ring.
 fn durability_of(thread: u32) -> Durability {
-    if thread % 2 == 0 {
+    if thread.is_multiple_of(2) {
         Durability::Durable
     } else {
         Durability::Memory

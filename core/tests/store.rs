@@ -209,3 +209,38 @@ fn a_full_map_poisons_with_a_clear_error_and_corrupts_nothing() {
         "the map held a fair amount before filling"
     );
 }
+
+#[test]
+fn range_and_prefix_iterate_in_key_order_within_bounds() {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::new().ring_slots(16)).unwrap();
+    let keys: [&[u8]; 6] = [b"a", b"ab", b"abc", b"b", b"ba", b"c"];
+    let pairs: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (*k, &b"v"[..])).collect();
+    db.commit(&batch("t", &pairs), Durability::Applied).unwrap();
+    let snapshot = db.read().unwrap();
+    let collect = |it: pagemesh_core::Entries<'_>| -> Vec<Vec<u8>> {
+        it.map(|e| e.unwrap().0.to_vec()).collect()
+    };
+    assert_eq!(
+        collect(snapshot.prefix("t", b"ab").unwrap()),
+        [b"ab".to_vec(), b"abc".to_vec()]
+    );
+    assert_eq!(
+        collect(
+            snapshot
+                .range("t", Included(b"ab"), Excluded(b"ba"))
+                .unwrap()
+        ),
+        [b"ab".to_vec(), b"abc".to_vec(), b"b".to_vec()]
+    );
+    assert_eq!(
+        collect(snapshot.range("t", Excluded(b"b"), Unbounded).unwrap()),
+        [b"ba".to_vec(), b"c".to_vec()]
+    );
+    assert_eq!(
+        collect(snapshot.range("t", Unbounded, Unbounded).unwrap()).len(),
+        6
+    );
+    assert!(collect(snapshot.range("none", Unbounded, Unbounded).unwrap()).is_empty());
+}
