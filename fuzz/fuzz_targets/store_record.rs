@@ -23,7 +23,7 @@ fuzz_target!(|bytes: &[u8]| {
             .expect("a decoded read is valid");
     }
     let kind_is_transaction = bytes.get(1) == Some(&1);
-    if kind_is_transaction == !view.reads().is_empty() {
+    if kind_is_transaction != view.reads().is_empty() {
         assert_eq!(
             builder.encode(view.hlc),
             bytes,
