@@ -278,9 +278,10 @@ impl Inner {
     /// Appends `record` to the log.
     fn append(&self, record: &RecordBuilder) -> Result<CommitPos> {
         self.check_poisoned()?;
-        let mut bytes = Vec::with_capacity(record.encoded_len());
-        record.encode_into(self.next_hlc(), &mut bytes);
-        Ok(self.log.append(&bytes)?)
+        // Encoded straight into the ring: no buffer, one copy per byte.
+        let mut reservation = self.log.reserve(record.encoded_len())?;
+        record.encode_pieces(self.next_hlc(), |piece| reservation.write(piece));
+        Ok(reservation.commit()?)
     }
 
     fn poison(&self, cause: &str) {

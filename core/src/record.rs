@@ -166,28 +166,32 @@ impl RecordBuilder {
         HEADER_LEN + self.ops.len() + reads
     }
 
-    /// Writes the record into `out` (which must hold [`encoded_len`](Self::encoded_len) bytes
-    /// more) with clock `hlc`.
-    pub fn encode_into(&self, hlc: u64, out: &mut impl Extend<u8>) {
+    /// Hands the encoded record to `put` in pieces, in order (so a caller can write it straight
+    /// into a log reservation with no intermediate buffer). The pieces total
+    /// [`encoded_len`](Self::encoded_len) bytes.
+    pub fn encode_pieces(&self, hlc: u64, mut put: impl FnMut(&[u8])) {
         let kind = if self.read_count > 0 {
             KIND_TRANSACTION
         } else {
             KIND_BATCH
         };
-        out.extend([RECORD_VERSION, kind]);
-        out.extend(hlc.to_le_bytes());
-        out.extend(self.op_count.to_le_bytes());
-        out.extend(self.ops.iter().copied());
+        let mut header = [0u8; HEADER_LEN];
+        header[0] = RECORD_VERSION;
+        header[1] = kind;
+        header[2..10].copy_from_slice(&hlc.to_le_bytes());
+        header[10..14].copy_from_slice(&self.op_count.to_le_bytes());
+        put(&header);
+        put(&self.ops);
         if self.read_count > 0 {
-            out.extend(self.read_count.to_le_bytes());
-            out.extend(self.reads.iter().copied());
+            put(&self.read_count.to_le_bytes());
+            put(&self.reads);
         }
     }
 
     /// The encoded record.
     pub fn encode(&self, hlc: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
-        self.encode_into(hlc, &mut out);
+        self.encode_pieces(hlc, |piece| out.extend_from_slice(piece));
         out
     }
 }
