@@ -11,6 +11,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod proxy;
 pub mod workload;
 
 pub use pagemesh_logpage as log;

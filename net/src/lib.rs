@@ -1,0 +1,19 @@
+//! pagemesh's network layer.
+//!
+//! Two halves, as DESIGN.md fixes them:
+//!
+//! - [`proto`] and [`route`] are I/O-free state machines: they take bytes and `now` and hand back
+//!   frames to send and deadlines to keep. Nothing in them touches a socket or a clock.
+//! - [`transport`] drives them over TCP: a runtime thread owns every socket, on io_uring
+//!   (tokio-uring) where the kernel allows it and on tokio's epoll runtime otherwise.
+//!
+//! This crate knows the log (pages, cursors) but not the store: the root crate wires shippers and
+//! receivers to `pagemesh-core`.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+pub mod proto;
+pub mod route;
+pub mod transport;
+
+pub use error::{Error, Result};

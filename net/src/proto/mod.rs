@@ -1,0 +1,1 @@
+//! The I/O-free wire protocol: frames, handshake, liveness.

@@ -1,0 +1,1 @@
+//! Routing decisions (which links a page run goes to). I/O-free.

@@ -1,0 +1,1 @@
+//! Sockets: the io_uring runtime and the epoll fallback that drive the protocol.
