@@ -9,6 +9,7 @@
 //! cursor cannot release that page while it is borrowed: the borrow checker enforces that ring
 //! slots are never reused under a reader.
 
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::error::{Error, Result};
@@ -83,6 +84,8 @@ pub struct Cursor {
     pin: Arc<Pin>,
     read_lsn: u64,
     busy: bool,
+    /// Counted as a waiting consumer by `poll_ready` (async), until it finds pages or drops.
+    polling: bool,
 }
 
 impl std::fmt::Debug for Cursor {
@@ -113,6 +116,7 @@ impl Log {
             pin,
             read_lsn: from_lsn,
             busy: false,
+            polling: false,
         })
     }
 }
@@ -224,6 +228,48 @@ impl Cursor {
         }
     }
 
+    /// The async form of [`wait_ready`](Self::wait_ready), for a consumer on an event loop (a
+    /// shipper): `Ready(Ok(()))` once a page is ready to read, with the same seal-policy duties.
+    ///
+    /// While it returns `Pending` the cursor counts as a waiting consumer and has sealed the open
+    /// page; the task is woken when the watermark advances, a lone commit asks for sealing (rule 2),
+    /// or the log closes. Once it returned `Ready`, the consumer is busy until it polls again.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let shared = Arc::clone(&self.shared);
+        let read_lsn = self.read_lsn;
+        let ready = || shared.watermark.load(Ordering::SeqCst) > read_lsn;
+        loop {
+            if ready() {
+                self.set_busy(true); // rule 4: busy before no longer waiting
+                self.set_polling(false);
+                return Poll::Ready(Ok(()));
+            }
+            if shared.is_closed() {
+                self.set_polling(false);
+                self.set_busy(false);
+                return Poll::Ready(Err(Error::Closed));
+            }
+            self.set_polling(true); // rule 4: waiting before no longer busy
+            self.set_busy(false);
+            let requests = shared.seal_requests.load(Ordering::SeqCst);
+            shared.seal_open_page(None); // rule 1
+            shared.wakers.register(cx.waker());
+            if !ready()
+                && !shared.is_closed()
+                && shared.seal_requests.load(Ordering::SeqCst) == requests
+            {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn set_polling(&mut self, polling: bool) {
+        if self.polling != polling {
+            self.polling = polling;
+            self.shared.consumers.set_waiting(polling);
+        }
+    }
+
     fn set_busy(&mut self, busy: bool) {
         if self.busy != busy {
             self.busy = busy;
@@ -238,17 +284,20 @@ impl Cursor {
         if lsn > self.pin.released.load(Ordering::Relaxed) {
             self.pin.released.store(lsn, Ordering::SeqCst); // SeqCst: see `seal.rs`, Orderings
             self.shared.space.notify_all();
+            self.shared.wakers.wake_all();
         }
     }
 }
 
 impl Drop for Cursor {
     fn drop(&mut self) {
+        self.set_polling(false);
         if self.busy {
             self.shared.consumers.set_busy(false);
             self.shared.seal_open_page(None); // disengaging: rule 4 of the seal policy
         }
         self.shared.pins.remove(&self.pin);
         self.shared.space.notify_all();
+        self.shared.wakers.wake_all();
     }
 }

@@ -104,6 +104,23 @@ pub enum Error {
         /// Oldest LSN still in the ring.
         oldest: u64,
     },
+    /// A follower log (fed by [`crate::Log::ingest`]) was asked to reserve: its pages come from
+    /// its origin, never from local writers.
+    #[error("this log follows another origin's pages; local writes are refused")]
+    Follower,
+    /// [`crate::Log::ingest`] on a log that is written locally.
+    #[error("this log is written locally; it cannot ingest another origin's pages")]
+    NotFollower,
+    /// A page of an older epoch than the log has seen: its writer was deposed (fencing).
+    #[error("page at lsn {lsn} has epoch {epoch}, older than the log's epoch {current}")]
+    Fenced {
+        /// The page's LSN.
+        lsn: u64,
+        /// The page's epoch.
+        epoch: u64,
+        /// The log's current epoch.
+        current: u64,
+    },
     /// The log was closed while the caller waited.
     #[error("the log is closed")]
     Closed,

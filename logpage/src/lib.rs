@@ -57,7 +57,7 @@ mod sync;
 pub use anchor::Position;
 pub use cursor::{Cursor, PageRun};
 pub use error::{Error, RecordFault, Result, RingFault};
-pub use log::{CommitPos, Log, LogOptions, Reservation};
+pub use log::{CommitPos, Ingested, Log, LogOptions, Reservation};
 pub use page::{validate, PageFlags, PageHeader, PageMeta, PageRef, PAGE_SIZE, PAYLOAD_SIZE};
 pub use record::{Record, RecordReader};
 pub use ring::Recovered;

@@ -13,6 +13,7 @@
 //! publish it (Release), so a reserver that reads it (Acquire) finds its slots clean.
 
 use std::path::Path;
+use std::task::Waker;
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
@@ -20,10 +21,10 @@ use crossbeam_utils::CachePadded;
 use crate::anchor::{Anchor, Position, Span};
 use crate::cursor::CursorPins;
 use crate::error::{Error, Result};
-use crate::page::{write_page, PageMeta, PAYLOAD_SIZE};
+use crate::page::{validate, write_page, PageMeta, PAGE_SIZE, PAYLOAD_SIZE};
 use crate::record::{seq_of, ABORTED_BIT, RECORD_HEADER_SIZE, RECORD_LEN_MAX};
 use crate::ring::{Recovered, Ring};
-use crate::seal::{Consumers, Notify, Slot, SlotState};
+use crate::seal::{AsyncWakers, Consumers, Notify, Slot, SlotState};
 use crate::sync::{anchor_is_lock_free, lock, Arc, AtomicBool, AtomicU64, Mutex, Ordering};
 
 /// How to open a log. Defaults are safe for production.
@@ -32,6 +33,7 @@ pub struct LogOptions {
     slots: u64,
     epoch: u64,
     next_lsn_min: u64,
+    follower: bool,
 }
 
 impl Default for LogOptions {
@@ -40,6 +42,7 @@ impl Default for LogOptions {
             slots: 1024,
             epoch: 0,
             next_lsn_min: 0,
+            follower: false,
         }
     }
 }
@@ -70,6 +73,13 @@ impl LogOptions {
         self
     }
 
+    /// A follower log is fed whole pages by [`Log::ingest`] (a replica's copy of another origin's
+    /// log) and refuses local reservations. Default: false, a log written by local reservations.
+    pub fn follower(mut self, follower: bool) -> Self {
+        self.follower = follower;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         if self.slots < 4 || !self.slots.is_power_of_two() || self.slots > 1 << 24 {
             return Err(Error::InvalidOption {
@@ -80,6 +90,15 @@ impl LogOptions {
         }
         Ok(())
     }
+}
+
+/// What [`Log::ingest`] did with a run of pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ingested {
+    /// Pages taken from the front of the run: copied in, or skipped as already held.
+    pub pages: usize,
+    /// The ring was full: the rest of the run must be offered again once cursors release pages.
+    pub full: bool,
 }
 
 /// Where a committed record lies.
@@ -116,6 +135,12 @@ pub(crate) struct Shared {
     /// Bumped by a lone commit (seal rule 2) so idle consumers wake up and seal it.
     pub seal_requests: AtomicU64,
     pub recovered: Recovered,
+    /// Async tasks waiting for the same events as `committed` and `space`.
+    pub wakers: AsyncWakers,
+    /// Set for a log fed by `ingest`; see [`LogOptions::follower`].
+    pub follower: AtomicBool,
+    /// Serialises `ingest` calls: a follower has exactly one writer at a time.
+    pub ingest_lock: Mutex<()>,
 }
 
 /// The replication log: a ring of 4 KB pages that many threads append records to without a lock.
@@ -224,6 +249,9 @@ impl Log {
             closed: AtomicBool::new(false),
             seal_requests: AtomicU64::new(0),
             recovered,
+            wakers: AsyncWakers::default(),
+            follower: AtomicBool::new(options.follower),
+            ingest_lock: Mutex::new(()),
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -344,7 +372,107 @@ impl Log {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.committed.notify_all();
         self.shared.space.notify_all();
+        self.shared.wakers.wake_all();
         tracing::debug!("log closed");
+    }
+
+    /// Wakes `waker` once, at the next of: the watermark advancing, pages released, a lone commit
+    /// asking idle consumers to seal (seal policy rule 2), or close. For async consumers and feeders:
+    /// register, re-check what you wait for, and only then return `Pending`.
+    pub fn register_waker(&self, waker: &Waker) {
+        self.shared.wakers.register(waker);
+    }
+
+    /// Whether this log is fed by [`ingest`](Self::ingest) rather than written locally.
+    pub fn is_follower(&self) -> bool {
+        self.shared.follower.load(Ordering::Relaxed)
+    }
+
+    /// Copies another origin's pages (back to back, full form) into a follower log, in order, as
+    /// they are: each page is validated (crc, header) and must be of the log's epoch or newer.
+    ///
+    /// Pages below the watermark are already held and skipped (a resend after a reconnect); the
+    /// first page above it must be the watermark's page ([`Error::Gap`] otherwise). Never blocks:
+    /// when the ring is full it stops and reports how far it got; [`register_waker`](Self::register_waker)
+    /// wakes the caller when cursors release pages. Pages ingested before an error stay ingested.
+    pub fn ingest(&self, pages: &[u8]) -> Result<Ingested> {
+        let shared = &*self.shared;
+        if !self.is_follower() {
+            return Err(Error::NotFollower);
+        }
+        if !pages.len().is_multiple_of(PAGE_SIZE) {
+            return Err(Error::PageLength {
+                len: pages.len() % PAGE_SIZE,
+                min: PAGE_SIZE,
+                max: PAGE_SIZE,
+            });
+        }
+        let _guard = lock(&shared.ingest_lock);
+        let mut next = shared.watermark.load(Ordering::SeqCst);
+        let mut outcome = Ingested {
+            pages: 0,
+            full: false,
+        };
+        let result = (|| {
+            for bytes in pages.chunks_exact(PAGE_SIZE) {
+                let page = validate(bytes)?;
+                let lsn = page.lsn();
+                if lsn < next {
+                    outcome.pages += 1;
+                    continue;
+                }
+                if lsn > next {
+                    return Err(Error::Gap {
+                        expected: next,
+                        found: lsn,
+                    });
+                }
+                let (epoch, current) =
+                    (page.header().epoch(), shared.epoch.load(Ordering::Relaxed));
+                if epoch < current {
+                    return Err(Error::Fenced {
+                        lsn,
+                        epoch,
+                        current,
+                    });
+                }
+                if shared.is_closed() {
+                    return Err(Error::Closed);
+                }
+                if lsn >= shared.horizon.load(Ordering::Acquire) + shared.slot_count
+                    && lsn >= shared.advance_horizon() + shared.slot_count
+                {
+                    outcome.full = true;
+                    return Ok(());
+                }
+                shared.epoch.store(epoch, Ordering::Relaxed);
+                // SAFETY: page `lsn` is the watermark's page: no cursor reads it yet (they read
+                // below the watermark), its slot's previous page is below the horizon (checked
+                // above), and the ingest lock makes this thread its only writer. `mark_ready`
+                // (SeqCst) publishes the bytes.
+                unsafe { shared.ring.slot_mut(lsn) }.copy_from_slice(bytes);
+                shared.slot(lsn).mark_ready(lsn);
+                next += 1;
+                outcome.pages += 1;
+            }
+            Ok(())
+        })();
+        // One watermark advance (and one round of wake-ups) for the whole run.
+        let mut at = shared.anchor.load();
+        while at.lsn < next {
+            match shared.anchor.compare_exchange(
+                at,
+                Position {
+                    lsn: next,
+                    offset: 0,
+                },
+            ) {
+                Ok(()) => break,
+                Err(actual) => at = actual,
+            }
+        }
+        shared.advance_watermark();
+        result.map(|()| outcome)
     }
 
     /// Writes the ring back to its file and waits for the disk (msync).
@@ -369,6 +497,9 @@ impl Shared {
         }
         if self.is_closed() {
             return Err(Error::Closed);
+        }
+        if self.follower.load(Ordering::Relaxed) {
+            return Err(Error::Follower);
         }
         let total = (RECORD_HEADER_SIZE + len) as u64;
         let mut start = self.anchor.load();
@@ -451,6 +582,7 @@ impl Shared {
         if span.start.offset == 0 && self.consumers.waiting() > 0 {
             self.seal_requests.fetch_add(1, Ordering::SeqCst);
             self.committed.notify_all();
+            self.wakers.wake_all();
         }
         CommitPos {
             seq: seq_of(span.start.lsn, span.start.offset as u16),
@@ -533,6 +665,7 @@ impl Shared {
         if advanced {
             self.committed.notify_all();
             self.space.notify_all(); // the horizon may follow the watermark
+            self.wakers.wake_all();
         }
     }
 

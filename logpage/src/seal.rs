@@ -55,6 +55,7 @@
 //! space waiters; reserver: waiter count, then positions). The accounting word's adds are `AcqRel`:
 //! they only need to hand the payload bytes to the finisher.
 
+use std::task::Waker;
 use std::time::Instant;
 
 use crate::page::PAYLOAD_SIZE;
@@ -215,6 +216,41 @@ impl Notify {
         drop(guard);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         unblocked
+    }
+}
+
+/// Async tasks to wake at the same moments as a [`Notify`]: one-shot registrations, so a task
+/// registers again each time it polls and finds nothing to do.
+///
+/// The lost-wake-up argument is `Notify`'s: a task registers (`count`, SeqCst), then re-checks its
+/// condition; a notifier changes the state (SeqCst), then loads `count`.
+#[derive(Debug, Default)]
+pub(crate) struct AsyncWakers {
+    count: AtomicUsize,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl AsyncWakers {
+    pub fn register(&self, waker: &Waker) {
+        let mut wakers = lock(&self.wakers);
+        if !wakers.iter().any(|known| known.will_wake(waker)) {
+            wakers.push(waker.clone());
+            self.count.store(wakers.len(), Ordering::SeqCst);
+        }
+    }
+
+    pub fn wake_all(&self) {
+        if self.count.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let wakers = {
+            let mut wakers = lock(&self.wakers);
+            self.count.store(0, Ordering::SeqCst);
+            std::mem::take(&mut *wakers)
+        };
+        for waker in wakers {
+            waker.wake();
+        }
     }
 }
 

@@ -1,0 +1,213 @@
+//! Follower logs: another origin's pages ingested as they are, and async consumers.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use common::{check_record, drain_all, make_record};
+use pagemesh_logpage::{Error, Log, LogOptions, RecordReader, PAGE_SIZE};
+
+/// Appends `count` records of assorted sizes (some spanning pages) and returns every page written,
+/// back to back.
+fn origin_pages(dir: &std::path::Path, count: u32, epoch: u64) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let log = Log::open(dir, LogOptions::new().slots(256).epoch(epoch)).expect("origin opens");
+    let mut cursor = log.cursor(0).expect("cursor at 0");
+    let mut records = Vec::new();
+    for i in 0..count {
+        let record = make_record(7, i, 8 + (i as usize * 997) % 9000);
+        let pos = log.append(&record).expect("append");
+        log.wait_committed(pos, None).expect("committed");
+        records.push(record);
+    }
+    log.seal();
+    let mut pages = Vec::new();
+    while let Some(run) = cursor.next_run(64).expect("run validates") {
+        pages.extend_from_slice(run.bytes);
+    }
+    (pages, records)
+}
+
+fn follower(dir: &std::path::Path, slots: u64) -> Log {
+    Log::open(dir, LogOptions::new().slots(slots).follower(true)).expect("follower opens")
+}
+
+#[test]
+fn a_follower_holds_the_origins_records_and_keeps_them_across_a_reopen() {
+    let (origin_dir, follower_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pages, records) = origin_pages(origin_dir.path(), 60, 0);
+    let page_count = pages.len() / PAGE_SIZE;
+    {
+        let log = follower(follower_dir.path(), 256);
+        let mut cursor = log.cursor(0).unwrap();
+        // In two pieces, the second overlapping the first (a resend after a reconnect).
+        let half = page_count / 2 * PAGE_SIZE;
+        let first = log.ingest(&pages[..half]).unwrap();
+        assert_eq!((first.pages, first.full), (page_count / 2, false));
+        let second = log.ingest(&pages[PAGE_SIZE..]).unwrap();
+        assert_eq!(second.pages, page_count - 1);
+        assert_eq!(log.committed_lsn(), page_count as u64);
+        let got = drain_all(&log, &mut cursor, &mut RecordReader::new());
+        let got: Vec<Vec<u8>> = got.into_iter().map(|(_, bytes)| bytes).collect();
+        assert!(got == records, "records differ after ingest");
+    }
+    let log = follower(follower_dir.path(), 256);
+    assert_eq!(log.recovered().end_lsn, page_count as u64);
+    let mut cursor = log.cursor(0).unwrap();
+    let got = drain_all(&log, &mut cursor, &mut RecordReader::new());
+    assert_eq!(got.len(), records.len());
+    for (_, bytes) in &got {
+        check_record(bytes);
+    }
+}
+
+#[test]
+fn gaps_old_epochs_and_damaged_pages_are_refused_and_nothing_past_them_is_taken() {
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (pages, _) = origin_pages(a.path(), 20, 3);
+    let log = follower(b.path(), 64);
+
+    let gap = log.ingest(&pages[PAGE_SIZE..2 * PAGE_SIZE]).unwrap_err();
+    assert!(
+        matches!(
+            gap,
+            Error::Gap {
+                expected: 0,
+                found: 1
+            }
+        ),
+        "{gap}"
+    );
+    assert_eq!(log.committed_lsn(), 0);
+
+    let mut damaged = pages[..3 * PAGE_SIZE].to_vec();
+    damaged[PAGE_SIZE + 100] ^= 0x20;
+    let error = log.ingest(&damaged).unwrap_err();
+    assert!(
+        matches!(error, Error::PageChecksum { lsn: 1, .. }),
+        "{error}"
+    );
+    assert_eq!(
+        log.committed_lsn(),
+        1,
+        "the page before the damage is kept, none after"
+    );
+
+    assert!(matches!(
+        log.ingest(&pages[..5]),
+        Err(Error::PageLength { .. })
+    ));
+    assert!(matches!(log.reserve(10), Err(Error::Follower)));
+    assert!(matches!(log.append(b"x"), Err(Error::Follower)));
+
+    // Pages of epoch 3 raised the follower's epoch; an older origin is fenced off.
+    assert_eq!(log.epoch(), 3);
+    let (old_pages, _) = origin_pages(c.path(), 20, 1);
+    let fenced = log
+        .ingest(&old_pages[PAGE_SIZE..2 * PAGE_SIZE])
+        .unwrap_err();
+    assert!(
+        matches!(
+            fenced,
+            Error::Fenced {
+                lsn: 1,
+                epoch: 1,
+                current: 3
+            }
+        ),
+        "{fenced}"
+    );
+
+    let writer = Log::in_memory(LogOptions::new()).unwrap();
+    assert!(matches!(
+        writer.ingest(&pages[..PAGE_SIZE]),
+        Err(Error::NotFollower)
+    ));
+}
+
+/// Counts wake-ups.
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_full_follower_stops_and_is_woken_when_its_reader_releases() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pages, _) = origin_pages(a.path(), 80, 0);
+    let page_count = pages.len() / PAGE_SIZE;
+    assert!(page_count > 16, "the origin wrote {page_count} pages");
+    let log = follower(b.path(), 8);
+    let mut cursor = log.cursor(0).unwrap();
+
+    let first = log.ingest(&pages).unwrap();
+    assert_eq!((first.pages, first.full), (8, true));
+
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    log.register_waker(&Waker::from(counter.clone()));
+    assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+    while cursor.next_ready().unwrap().is_some() {}
+    cursor.release(cursor.position());
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        1,
+        "release wakes the feeder once"
+    );
+
+    let mut taken = first.pages;
+    while taken < page_count {
+        let step = log.ingest(&pages[taken * PAGE_SIZE..]).unwrap();
+        assert!(step.pages > 0, "space was released, so progress is made");
+        taken += step.pages;
+        while cursor.next_ready().unwrap().is_some() {}
+        cursor.release(cursor.position());
+    }
+    assert_eq!(log.committed_lsn(), page_count as u64);
+}
+
+#[test]
+fn an_async_consumer_seals_a_lone_commit_and_is_woken_for_it() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+
+    assert!(cursor.poll_ready(&mut cx).is_pending());
+    // The lone commit asks the waiting consumer to seal (rule 2): it is woken, not left waiting
+    // for the page to fill.
+    let pos = log.append(b"lone").unwrap();
+    assert!(
+        counter.0.load(Ordering::SeqCst) >= 1,
+        "the lone commit woke the poller"
+    );
+    assert!(
+        log.committed_lsn() <= pos.lsn_last,
+        "nobody sealed yet: the consumer will"
+    );
+    assert!(matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let page = cursor.next_ready().unwrap().expect("the sealed page");
+    assert_eq!(page.header().record_count(), 1);
+
+    // Busy consumer: a waiter leaves sealing to it (rule 3) — so the next poll seals.
+    let pos = log.append(b"second").unwrap();
+    assert!(!log
+        .wait_committed(pos, Some(std::time::Instant::now()))
+        .unwrap());
+    assert!(matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+
+    log.close();
+    while cursor.next_ready().unwrap().is_some() {}
+    assert!(matches!(
+        cursor.poll_ready(&mut cx),
+        Poll::Ready(Err(Error::Closed))
+    ));
+}
