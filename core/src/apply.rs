@@ -88,6 +88,7 @@ impl Applier {
         let group_bytes_max = inner.options.group_bytes_max;
         let retain_bytes = inner.options.binlog_retain_bytes;
         let mut created: Vec<String> = Vec::new();
+        let mut gate = None;
         let mut failure: Option<Error> = None;
         self.compact.clear();
         let wtxn = store.env.write_txn().map_err(store.lmdb("begin group"))?;
@@ -99,6 +100,7 @@ impl Applier {
                         store,
                         wdo,
                         created: HashMap::new(),
+                        gate: None,
                     };
                     while self.compact.len() < group_bytes_max {
                         let Some(run) = self
@@ -122,6 +124,7 @@ impl Applier {
                         }
                     }
                     created.extend(tables.created.into_keys());
+                    gate = tables.gate.take();
                     let last_lsn = self.cursor.position();
                     if last_lsn > first_lsn {
                         store
@@ -145,6 +148,7 @@ impl Applier {
         for table in &created {
             store.open_created_table(table)?;
         }
+        drop(gate);
         self.cursor.release(self.state.binlog_next_lsn);
         inner.record_conflicts(&mut self.feed.conflicts);
         inner.stats.record_group(
@@ -162,19 +166,29 @@ impl Applier {
 type TxnTable<'e> = heed::Database<'e, Bytes, Bytes>;
 
 /// The tables a group writes: the store's, plus any the group's transaction creates.
-struct GroupTables<'g, 'e> {
-    store: &'g crate::store::Store,
+struct GroupTables<'s, 'g, 'e> {
+    store: &'s crate::store::Store,
     wdo: &'g heed::DatabaseOpener<'e, heed::WithTls>,
     created: HashMap<String, TxnTable<'e>>,
+    /// Held from the first table creation until the new handles are registered (`Store::table_gate`).
+    gate: Option<std::sync::RwLockWriteGuard<'s, ()>>,
 }
 
-impl<'e> GroupTables<'_, 'e> {
+impl<'e> GroupTables<'_, '_, 'e> {
     fn get(&mut self, name: &str, wtxn: &mut heed::RwTxn<'e>) -> Result<TxnTable<'e>> {
         if let Some(table) = self.store.table(name) {
             return Ok(table);
         }
         if let Some(table) = self.created.get(name) {
             return Ok(*table);
+        }
+        if self.gate.is_none() {
+            self.gate = Some(
+                self.store
+                    .table_gate
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
         }
         let lmdb = self.store.lmdb("create table");
         let table: TxnTable<'e> = self.wdo.create_database(wtxn, Some(name)).map_err(lmdb)?;
@@ -287,7 +301,7 @@ impl RecordFeed {
         page: PageRef<'_>,
         applied_seq_end: &mut u64,
         wtxn: &mut heed::RwTxn<'e>,
-        tables: &mut GroupTables<'_, 'e>,
+        tables: &mut GroupTables<'_, '_, 'e>,
     ) -> Result<()> {
         let mut records: Vec<(u64, Cow<'_, [u8]>)> = Vec::new();
         self.reader
@@ -313,7 +327,7 @@ fn apply_record<'e>(
     bytes: &[u8],
     value_buf: &mut Vec<u8>,
     wtxn: &mut heed::RwTxn<'e>,
-    tables: &mut GroupTables<'_, 'e>,
+    tables: &mut GroupTables<'_, '_, 'e>,
 ) -> Result<bool> {
     let store = tables.store;
     let lmdb = |op: &'static str| store.lmdb(op);

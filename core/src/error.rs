@@ -121,6 +121,27 @@ pub enum Error {
         /// The field.
         what: &'static str,
     },
+    /// A write on a read-only replica: it follows its origin's log and takes no local writes.
+    #[error("database {path} is a read-only replica; write to its primary")]
+    ReadOnlyReplica {
+        /// The replica's directory.
+        path: PathBuf,
+    },
+    /// A `Replicated(n)` commit waited its configured time and fewer than `n` synchronous replicas
+    /// acknowledged it.
+    #[error(
+        "commit at seq {seq} reached {acked} of {wanted} synchronous replicas within {waited:?}"
+    )]
+    ReplicationTimeout {
+        /// The record's seq.
+        seq: u64,
+        /// Replicas asked for.
+        wanted: u32,
+        /// Synchronous replicas that had received it.
+        acked: u32,
+        /// How long the commit waited.
+        waited: std::time::Duration,
+    },
     /// The database was closed.
     #[error("the database is closed")]
     Closed,

@@ -30,6 +30,7 @@
 mod apply;
 mod error;
 pub mod record;
+mod replication;
 mod snapshot;
 mod store;
 
@@ -43,7 +44,9 @@ use std::thread::JoinHandle;
 use pagemesh_logpage::{CommitPos, Log, LogOptions};
 
 pub use error::{Error, Result};
+pub use pagemesh_logpage::Ingested;
 pub use record::RecordBuilder;
+pub use replication::{ReplicaLink, ReplicaStatus, Replication};
 pub use snapshot::SnapshotStats;
 pub use store::STORE_FORMAT;
 
@@ -62,8 +65,24 @@ pub enum Durability {
     Applied,
     /// As `Applied`, synced to disk. Every group commit syncs today, so this costs what `Applied` does.
     Durable,
-    /// `n` replicas received it. Needs replication, which this build does not have yet.
+    /// `n` synchronous replicas *received* its pages (ack on receipt, before their replay); the
+    /// local apply proceeds in parallel and is not waited for. Needs a source database (see
+    /// [`Replication`]); fails with [`Error::ReplicationTimeout`] after
+    /// [`Options::replication_timeout`] if too few replicas are there.
     Replicated(u32),
+    /// Both `Durable` and `Replicated(n)`: the local sync and the replicas' receipt overlap, and
+    /// both must finish.
+    DurableReplicated(u32),
+}
+
+impl Durability {
+    /// Replicas this durability waits for.
+    pub fn replicas(self) -> Option<u32> {
+        match self {
+            Self::Replicated(n) | Self::DurableReplicated(n) => Some(n),
+            _ => None,
+        }
+    }
 }
 
 /// How to open a database. Defaults are safe.
@@ -74,6 +93,8 @@ pub struct Options {
     group_bytes_max: usize,
     durability: Durability,
     binlog_retain_bytes: u64,
+    replication_timeout: std::time::Duration,
+    degrade_on_timeout: bool,
 }
 
 impl Default for Options {
@@ -84,6 +105,8 @@ impl Default for Options {
             group_bytes_max: 8 << 20,
             durability: Durability::Durable,
             binlog_retain_bytes: 256 << 20,
+            replication_timeout: std::time::Duration::from_secs(10),
+            degrade_on_timeout: false,
         }
     }
 }
@@ -116,6 +139,17 @@ impl Options {
     /// Bytes of binlog history to keep (older groups are trimmed, never past a registered cursor).
     pub fn binlog_retain_bytes(mut self, bytes: u64) -> Self {
         self.binlog_retain_bytes = bytes;
+        self
+    }
+    /// How long a `Replicated(n)` commit waits for its replicas before failing (default 10 s).
+    pub fn replication_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.replication_timeout = timeout;
+        self
+    }
+    /// Whether a `Replicated(n)` commit that timed out returns `Ok` (with a warning) instead of
+    /// [`Error::ReplicationTimeout`]. Default false: never a silent downgrade.
+    pub fn degrade_on_timeout(mut self, degrade: bool) -> Self {
+        self.degrade_on_timeout = degrade;
         self
     }
     /// The durability [`Database::commit_default`] uses.
@@ -196,6 +230,7 @@ pub(crate) struct Inner {
     stats: ApplyStats,
     /// Seqs of transactions the applier skipped for stale reads, until their committer looks.
     conflicts: Mutex<BTreeSet<u64>>,
+    replication: Arc<Replication>,
 }
 
 /// What the applier has done since the database was opened: how group commit adapted.
@@ -277,6 +312,11 @@ impl Inner {
 
     /// Appends `record` to the log.
     fn append(&self, record: &RecordBuilder) -> Result<CommitPos> {
+        if self.store.is_replica {
+            return Err(Error::ReadOnlyReplica {
+                path: self.store.path.clone(),
+            });
+        }
         self.check_poisoned()?;
         // Encoded straight into the ring: no buffer, one copy per byte.
         let mut reservation = self.log.reserve(record.encoded_len())?;
@@ -335,6 +375,7 @@ impl Drop for Closer {
         // is not finished is not recovered.
         self.inner.log.seal();
         self.inner.log.close();
+        self.inner.replication.close();
         if let Some(handle) = self
             .applier
             .lock()
@@ -386,7 +427,8 @@ impl Database {
             dir,
             LogOptions::new()
                 .slots(options.ring_slots)
-                .next_lsn_min(state.binlog_next_lsn),
+                .next_lsn_min(state.binlog_next_lsn)
+                .follower(store.is_replica),
         )?;
         let recovered = log.recovered();
         if recovered.start_lsn > state.binlog_next_lsn {
@@ -399,6 +441,7 @@ impl Database {
         tracing::info!(
             path = %dir.display(),
             applied_lsn = state.binlog_next_lsn,
+            replica = store.is_replica,
             ring_end_lsn = recovered.end_lsn,
             pages_to_recover = recovered.end_lsn.saturating_sub(state.binlog_next_lsn),
             "opened database"
@@ -415,6 +458,7 @@ impl Database {
             hlc: AtomicU64::new(0),
             conflicts: Mutex::new(BTreeSet::new()),
             stats: ApplyStats::default(),
+            replication: Arc::new(Replication::default()),
         });
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
@@ -450,8 +494,10 @@ impl Database {
     /// Appends `batch` to the log and returns at once with a ticket to wait on, so one thread can
     /// keep many commits in flight.
     pub fn commit_async(&self, batch: &WriteBatch, durability: Durability) -> Result<CommitTicket> {
-        if let Durability::Replicated(replicas) = durability {
-            return Err(Error::NoReplicas { replicas });
+        if let Some(replicas) = durability.replicas() {
+            if !self.inner.replication.is_enabled() {
+                return Err(Error::NoReplicas { replicas });
+            }
         }
         let pos = self.inner.append(&batch.record)?;
         Ok(CommitTicket {
@@ -517,6 +563,10 @@ impl Database {
     /// A consistent read snapshot (an LMDB read transaction).
     pub fn read(&self) -> Result<Snapshot<'_>> {
         let store = &self.inner.store;
+        let _gate = store
+            .table_gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(Snapshot {
             txn: store.env.read_txn().map_err(store.lmdb("begin read"))?,
             store,
@@ -535,8 +585,60 @@ impl Database {
         input: impl std::io::Read,
         options: Options,
     ) -> Result<(Self, SnapshotStats)> {
-        let stats = snapshot::restore(dir.as_ref(), options.map_size, input)?;
+        let stats = snapshot::restore(dir.as_ref(), options.map_size, input, false)?;
         Ok((Self::open(dir, options)?, stats))
+    }
+
+    /// Restores a snapshot stream of another database into `dir` (empty) as a read-only replica of
+    /// it, and opens it. The replica then takes its origin's pages with [`ingest`](Self::ingest)
+    /// from the LSN in the returned stats (see the snapshot module docs for why that may be below
+    /// the snapshot's own LSN). A replica refuses writes with [`Error::ReadOnlyReplica`].
+    pub fn restore_replica(
+        dir: impl AsRef<Path>,
+        input: impl std::io::Read,
+        options: Options,
+    ) -> Result<(Self, SnapshotStats)> {
+        let stats = snapshot::restore(dir.as_ref(), options.map_size, input, true)?;
+        Ok((Self::open(dir, options)?, stats))
+    }
+
+    /// Whether this is a read-only replica of another database.
+    pub fn is_replica(&self) -> bool {
+        self.inner.store.is_replica
+    }
+
+    /// Copies pages of this replica's origin into its log ring (see
+    /// [`pagemesh_logpage::Log::ingest`]); the applier replays them. Never blocks.
+    pub fn ingest(&self, pages: &[u8]) -> Result<Ingested> {
+        Ok(self.inner.log.ingest(pages)?)
+    }
+
+    /// Every page below this is in the log ring (received, for a replica): what it acknowledges.
+    pub fn received_lsn(&self) -> u64 {
+        self.inner.log.committed_lsn()
+    }
+
+    /// The log, for the network's shippers (cursors) and feeders (wakers).
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    /// This database's replication state: make it a source, attach replicas, report acks.
+    pub fn replication(&self) -> &Arc<Replication> {
+        &self.inner.replication
+    }
+
+    /// The uuid of the log this database's records come from (its own, or its origin's for a
+    /// replica).
+    pub fn origin_uuid(&self) -> uuid::Uuid {
+        self.inner.store.origin_uuid
+    }
+
+    /// The oldest LSN the binlog still holds: catch-up from below it needs a full snapshot.
+    pub fn binlog_oldest_lsn(&self) -> Result<u64> {
+        let store = &self.inner.store;
+        let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
+        store.binlog_oldest_lsn(&rtxn)
     }
 
     /// Registers (or moves) a named consumer of the binlog at `lsn`: retention never trims a page
@@ -588,9 +690,14 @@ impl CommitTicket {
 
     /// Whether the commit's durability already holds (never blocks).
     pub fn is_done(&self) -> bool {
+        let lsn_end = self.pos.lsn_last + 1;
+        let applied = || self.inner.applied_lsn.load(Ordering::Acquire) >= lsn_end;
+        let replicated = |n| self.inner.replication.reached(lsn_end, n);
         match self.durability {
-            Durability::Memory => self.inner.log.committed_lsn() > self.pos.lsn_last,
-            _ => self.inner.applied_lsn.load(Ordering::Acquire) > self.pos.lsn_last,
+            Durability::Memory => self.inner.log.committed_lsn() >= lsn_end,
+            Durability::Replicated(n) => replicated(n),
+            Durability::DurableReplicated(n) => applied() && replicated(n),
+            _ => applied(),
         }
     }
 
@@ -602,9 +709,30 @@ impl CommitTicket {
             Durability::Memory => {
                 self.inner.log.wait_committed(self.pos, None)?;
             }
+            // Sealed first (a page ships only once sealed), then the replicas' acks.
+            Durability::Replicated(n) => {
+                self.inner.log.wait_committed(self.pos, None)?;
+                self.wait_replicated(n)?;
+            }
+            // The applier's sync and the shippers' sends run in parallel; wait for both.
+            Durability::DurableReplicated(n) => {
+                self.inner.wait_applied(self.pos)?;
+                self.wait_replicated(n)?;
+            }
             _ => self.inner.wait_applied(self.pos)?,
         }
         Ok(self.pos.seq)
+    }
+
+    fn wait_replicated(&self, n: u32) -> Result<()> {
+        let options = &self.inner.options;
+        self.inner.replication.wait(
+            self.pos.seq,
+            self.pos.lsn_last + 1,
+            n,
+            options.replication_timeout,
+            options.degrade_on_timeout,
+        )
     }
 }
 

@@ -4,11 +4,12 @@
 //! saw, so it is consistent and never blocks the writer. Its stream, little-endian:
 //!
 //! ```text
-//! 8   magic            "PMSNAP\0\x01"
+//! 8   magic            "PMSNAP\0\x02"
 //! 16  database uuid
 //! 16  origin uuid
-//! 8   binlog_next_lsn  the log position the snapshot is at: a restored database continues here
-//! 8   applied_seq_end
+//! 8   binlog_next_lsn  the log position the snapshot is at: a restored primary continues here
+//! 8   replay_lsn       where the record still open at the snapshot began: a replica resumes here
+//! 8   applied_seq_end  records below this seq are in the snapshot (a replica skips them)
 //! entries, each:
 //!     1  tag           1 = entry, 0 = end
 //!     1  table_len, table name
@@ -20,8 +21,14 @@
 //!
 //! Restore writes a stream into an empty directory in ONE write transaction, committed only if the
 //! stream decodes to its end and its crc matches, so a truncated or damaged backup leaves nothing
-//! half-restored. The restored database keeps the snapshot's uuids and continues the log at its
-//! LSN, so replicas can follow it with binlog deltas from there.
+//! half-restored. The restored database keeps the snapshot's uuids.
+//!
+//! A restored *primary* continues its own log at `binlog_next_lsn`. A restored *replica* (bootstrap)
+//! resumes its origin's log at `replay_lsn` instead: a record that spans the snapshot point began
+//! below `binlog_next_lsn` and is not in the snapshot, so the replica must receive it from its first
+//! page; records of those pages that the snapshot already holds are skipped by seq
+//! (`applied_seq_end`), exactly as crash recovery skips them. (Format 1 lacked `replay_lsn`, so a
+//! replica bootstrapped from it could miss that record; format 1 streams are refused.)
 
 use std::io::{Read, Write};
 use std::ops::Bound;
@@ -37,7 +44,7 @@ use crate::record::{KEY_LEN_MAX, TABLE_LEN_MAX};
 use crate::store::{ApplyState, Store};
 use crate::Snapshot;
 
-const MAGIC: [u8; 8] = *b"PMSNAP\0\x01";
+const MAGIC: [u8; 8] = *b"PMSNAP\0\x02";
 const TAG_ENTRY: u8 = 1;
 const TAG_END: u8 = 0;
 
@@ -86,6 +93,7 @@ impl Snapshot<'_> {
         w.put(store.database_uuid.as_bytes()).map_err(io)?;
         w.put(store.origin_uuid.as_bytes()).map_err(io)?;
         w.put(&state.binlog_next_lsn.to_le_bytes()).map_err(io)?;
+        w.put(&state.replay_lsn.to_le_bytes()).map_err(io)?;
         w.put(&state.applied_seq_end.to_le_bytes()).map_err(io)?;
         let mut entries = 0;
         for name in store.table_names() {
@@ -233,16 +241,23 @@ impl<R: Read> Source<R> {
     }
 }
 
-/// Restores a snapshot stream into `dir`, which must not hold a database yet. See the module docs.
-/// On failure the files it created are removed again, so the restore can be retried.
-pub(crate) fn restore(dir: &Path, map_size: usize, input: impl Read) -> Result<SnapshotStats> {
+/// Restores a snapshot stream into `dir`, which must not hold a database yet, as a primary or as a
+/// replica (see the module docs). On failure the files it created are removed again, so the restore
+/// can be retried.
+pub(crate) fn restore(
+    dir: &Path,
+    map_size: usize,
+    input: impl Read,
+    as_replica: bool,
+) -> Result<SnapshotStats> {
     if dir.join("lmdb").join("data.mdb").exists() || dir.join("log.ring").exists() {
         return Err(Error::NotADatabase {
             path: dir.into(),
             why: "restore needs an empty directory",
         });
     }
-    let result = Store::open(dir, map_size).and_then(|store| restore_into(&store, dir, input));
+    let result =
+        Store::open(dir, map_size).and_then(|store| restore_into(&store, dir, input, as_replica));
     if result.is_err() {
         if let Err(error) = std::fs::remove_dir_all(dir.join("lmdb")) {
             tracing::warn!(path = %dir.display(), %error, "could not remove a failed restore");
@@ -251,7 +266,12 @@ pub(crate) fn restore(dir: &Path, map_size: usize, input: impl Read) -> Result<S
     result
 }
 
-fn restore_into(store: &Store, dir: &Path, input: impl Read) -> Result<SnapshotStats> {
+fn restore_into(
+    store: &Store,
+    dir: &Path,
+    input: impl Read,
+    as_replica: bool,
+) -> Result<SnapshotStats> {
     let mut src = Source {
         inner: input,
         crc: 0,
@@ -265,7 +285,19 @@ fn restore_into(store: &Store, dir: &Path, input: impl Read) -> Result<SnapshotS
     }
     let database_uuid = src.array::<16>("database uuid")?;
     let origin_uuid = src.array::<16>("origin uuid")?;
-    let lsn = u64::from_le_bytes(src.array::<8>("lsn")?);
+    let binlog_next_lsn = u64::from_le_bytes(src.array::<8>("lsn")?);
+    let replay_lsn = u64::from_le_bytes(src.array::<8>("replay lsn")?);
+    if replay_lsn > binlog_next_lsn {
+        return Err(Error::SnapshotDecode {
+            offset: src.offset - 8,
+            what: "replay lsn (above the snapshot's lsn)",
+        });
+    }
+    let lsn = if as_replica {
+        replay_lsn
+    } else {
+        binlog_next_lsn
+    };
     let applied_seq_end = u64::from_le_bytes(src.array::<8>("applied seq")?);
     let wtxn = store.env.write_txn().map_err(store.lmdb("begin restore"))?;
     let mut entries = 0u64;
@@ -386,6 +418,9 @@ fn restore_into(store: &Store, dir: &Path, input: impl Read) -> Result<SnapshotS
                 store
                     .meta
                     .put(wtxn, b"binlog_oldest_lsn", &lsn.to_le_bytes())?;
+                if as_replica {
+                    store.meta.put(wtxn, b"role", b"replica")?;
+                }
                 Ok(CommitOrAbort::<_, ()>::Commit(()))
             });
     if let Some(error) = failure {

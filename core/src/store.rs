@@ -47,8 +47,18 @@ pub(crate) struct Store {
     pub meta: Table,
     pub binlog: Table,
     tables: RwLock<HashMap<String, Table>>,
+    /// Orders read transactions against table creation. LMDB lets a table handle be opened only
+    /// after its creating transaction committed, and a read transaction can use only handles that
+    /// existed when it began; so a group that creates a table holds this for writing from the
+    /// creation until the handle is registered, and readers hold it for reading while they begin.
+    /// A reader then sees either neither the table nor its data, or both. (Without it, a snapshot
+    /// export racing the first group of a table silently left the table out: found by
+    /// tests/replica.rs.)
+    pub table_gate: RwLock<()>,
     pub database_uuid: uuid::Uuid,
     pub origin_uuid: uuid::Uuid,
+    /// `__meta` says `role = replica`: the database follows its origin's log and refuses writes.
+    pub is_replica: bool,
 }
 
 /// Where the applier stands, as recorded in `__meta`.
@@ -109,8 +119,10 @@ impl Store {
             meta,
             binlog,
             tables: RwLock::new(HashMap::new()),
+            table_gate: RwLock::new(()),
             database_uuid: uuid::Uuid::nil(),
             origin_uuid: uuid::Uuid::nil(),
+            is_replica: false,
         };
         store.init_meta(existed)?;
         store.open_tables()?;
@@ -160,6 +172,11 @@ impl Store {
                 })
         };
         let (database_uuid, origin_uuid) = (uuid(b"database_uuid")?, uuid(b"origin_uuid")?);
+        let role = self
+            .meta
+            .get(&wtxn, b"role")
+            .map_err(self.lmdb("read role"))?;
+        self.is_replica = role == Some(&b"replica"[..]);
         wtxn.commit().map_err(self.lmdb("commit meta"))?;
         self.database_uuid = database_uuid;
         self.origin_uuid = origin_uuid;

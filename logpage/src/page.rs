@@ -300,6 +300,14 @@ impl<'a> PageRef<'a> {
     pub fn payload(&self) -> &'a [u8] {
         self.payload
     }
+    /// Appends the page in full form ([`PAGE_SIZE`] bytes: the compact bytes, zero-padded), the
+    /// form rings and PAGES frames hold.
+    pub fn extend_full(&self, out: &mut Vec<u8>) {
+        let compact = self.compact_bytes();
+        out.extend_from_slice(compact);
+        out.resize(out.len() + (PAGE_SIZE - compact.len()), 0);
+    }
+
     /// The page in compact form: header and used payload, contiguous.
     pub fn compact_bytes(&self) -> &'a [u8] {
         let start = std::ptr::from_ref(self.header).cast::<u8>();

@@ -1,0 +1,305 @@
+//! The `replicated` watermark: which replicas received which pages, and the commits waiting on it.
+//!
+//! The store knows nothing of sockets (DESIGN.md: core and net never import each other). The root
+//! crate's `Node` makes a database a *source* with [`Replication::enable`], attaches one
+//! [`ReplicaLink`] per connected replica and reports each ACK through it; commits with
+//! [`crate::Durability::Replicated`] wait here.
+//!
+//! # Semi-synchronous replication
+//!
+//! A source keeps `sync_replicas` (k) of its attached replicas *synchronous*: only their acks count
+//! for `Replicated(n)` (n ≤ k is the useful range). Replicas are made synchronous in the order they
+//! attach; the rest are asynchronous. When a synchronous replica detaches (its link dropped), the
+//! oldest asynchronous one is promoted, so the set refills by itself. With fewer than n synchronous
+//! replicas, `Replicated(n)` commits wait up to the configured timeout and then fail with
+//! [`Error::ReplicationTimeout`] — unless the database was opened with
+//! [`crate::Options::degrade_on_timeout`], in which case they return with a warning: a downgrade
+//! only when the configuration says so.
+//!
+//! Acks are *receipt* acks: a replica sends one as soon as pages are in its ring, before it replays
+//! them (DESIGN.md, "Ack on receipt").
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Replication state of one source database; shared by its handle and its replica links.
+#[derive(Debug, Default)]
+pub struct Replication {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    enabled: bool,
+    sync_replicas: usize,
+    next_id: u64,
+    /// By attach order (ids increase).
+    links: BTreeMap<u64, LinkState>,
+    /// Bumped by `close`, so waiters stop.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    name: String,
+    /// Every page below this has been received.
+    received_lsn: u64,
+    sync: bool,
+}
+
+/// A replica attached to a source: report its acks here. Dropping it detaches the replica.
+#[derive(Debug)]
+pub struct ReplicaLink {
+    replication: Arc<Replication>,
+    id: u64,
+}
+
+/// What [`Replication::status`] reports of one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The name it attached with.
+    pub name: String,
+    /// Every page below this has been received.
+    pub received_lsn: u64,
+    /// Whether its acks count for `Replicated(n)`.
+    pub sync: bool,
+}
+
+impl Replication {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the database a source with `sync_replicas` synchronous replicas (re-enabling changes
+    /// the count; the set is rebalanced at once).
+    pub fn enable(&self, sync_replicas: usize) {
+        let mut state = self.lock();
+        state.enabled = true;
+        state.sync_replicas = sync_replicas;
+        state.rebalance();
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Whether [`enable`](Self::enable) was called: `Replicated(n)` is an error otherwise.
+    pub fn is_enabled(&self) -> bool {
+        self.lock().enabled
+    }
+
+    /// Attaches a replica that has received every page below `received_lsn`.
+    pub fn attach(self: &Arc<Self>, name: &str, received_lsn: u64) -> ReplicaLink {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        state.links.insert(
+            id,
+            LinkState {
+                name: name.to_string(),
+                received_lsn,
+                sync: false,
+            },
+        );
+        state.rebalance();
+        let sync = state.links.get(&id).is_some_and(|link| link.sync);
+        drop(state);
+        tracing::info!(replica = name, received_lsn, sync, "replica attached");
+        self.changed.notify_all();
+        ReplicaLink {
+            replication: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Every replica's state, in attach order.
+    pub fn status(&self) -> Vec<ReplicaStatus> {
+        self.lock()
+            .links
+            .values()
+            .map(|link| ReplicaStatus {
+                name: link.name.clone(),
+                received_lsn: link.received_lsn,
+                sync: link.sync,
+            })
+            .collect()
+    }
+
+    /// Wakes every waiter for good (the database is closing).
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until `wanted` synchronous replicas have received every page below `lsn_end`, or
+    /// `timeout` passes.
+    pub(crate) fn wait(
+        &self,
+        seq: u64,
+        lsn_end: u64,
+        wanted: u32,
+        timeout: Duration,
+        degrade: bool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut state = self.lock();
+        if !state.enabled {
+            return Err(Error::NoReplicas { replicas: wanted });
+        }
+        loop {
+            let acked = state.acked(lsn_end);
+            if acked >= wanted {
+                return Ok(());
+            }
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                if degrade {
+                    tracing::warn!(
+                        seq,
+                        wanted,
+                        acked,
+                        "replication timed out; commit downgraded as configured"
+                    );
+                    return Ok(());
+                }
+                return Err(Error::ReplicationTimeout {
+                    seq,
+                    wanted,
+                    acked,
+                    waited: now - started,
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether `wanted` synchronous replicas have received every page below `lsn_end` (never blocks).
+    pub(crate) fn reached(&self, lsn_end: u64, wanted: u32) -> bool {
+        self.lock().acked(lsn_end) >= wanted
+    }
+}
+
+impl State {
+    fn acked(&self, lsn_end: u64) -> u32 {
+        self.links
+            .values()
+            .filter(|link| link.sync && link.received_lsn >= lsn_end)
+            .count() as u32
+    }
+
+    /// Keeps the `sync_replicas` oldest links synchronous and the rest asynchronous.
+    fn rebalance(&mut self) {
+        let k = self.sync_replicas;
+        for (index, link) in self.links.values_mut().enumerate() {
+            let sync = index < k;
+            if sync && !link.sync {
+                tracing::info!(replica = %link.name, "replica is now synchronous");
+            }
+            link.sync = sync;
+        }
+    }
+}
+
+impl ReplicaLink {
+    /// The replica acknowledged receipt of every page below `received_lsn`.
+    pub fn ack(&self, received_lsn: u64) {
+        let mut state = self.replication.lock();
+        let advanced = match state.links.get_mut(&self.id) {
+            Some(link) if received_lsn > link.received_lsn => {
+                link.received_lsn = received_lsn;
+                link.sync
+            }
+            _ => false,
+        };
+        drop(state);
+        if advanced {
+            self.replication.changed.notify_all();
+        }
+    }
+
+    /// Whether this replica's acks count for `Replicated(n)` now.
+    pub fn is_sync(&self) -> bool {
+        self.replication
+            .lock()
+            .links
+            .get(&self.id)
+            .is_some_and(|link| link.sync)
+    }
+}
+
+impl Drop for ReplicaLink {
+    fn drop(&mut self) {
+        let mut state = self.replication.lock();
+        if let Some(link) = state.links.remove(&self.id) {
+            tracing::info!(replica = %link.name, received_lsn = link.received_lsn, "replica detached");
+        }
+        state.rebalance();
+        drop(state);
+        self.replication.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_synchronous_acks_count_and_an_async_replica_is_promoted_when_a_sync_one_leaves() {
+        let replication = Arc::new(Replication::default());
+        let short = Duration::from_millis(1);
+        assert!(matches!(
+            replication.wait(0, 1, 1, short, false),
+            Err(Error::NoReplicas { replicas: 1 })
+        ));
+        replication.enable(1);
+        let a = replication.attach("a", 0);
+        let b = replication.attach("b", 0);
+        assert!(a.is_sync() && !b.is_sync());
+        b.ack(10);
+        assert!(!replication.reached(10, 1), "b is asynchronous");
+        assert!(matches!(
+            replication.wait(7, 10, 1, short, false),
+            Err(Error::ReplicationTimeout {
+                seq: 7,
+                wanted: 1,
+                acked: 0,
+                ..
+            })
+        ));
+        assert!(
+            replication.wait(7, 10, 1, short, true).is_ok(),
+            "degrade as configured"
+        );
+        a.ack(10);
+        assert!(replication.wait(7, 10, 1, short, false).is_ok());
+        drop(a);
+        assert!(b.is_sync(), "b promoted when a left");
+        assert!(replication.reached(10, 1));
+        assert!(!replication.reached(11, 1));
+    }
+
+    #[test]
+    fn a_waiter_is_released_by_an_ack_from_another_thread() {
+        let replication = Arc::new(Replication::default());
+        replication.enable(2);
+        let (a, b) = (replication.attach("a", 0), replication.attach("b", 0));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| replication.wait(1, 5, 2, Duration::from_secs(30), false));
+            a.ack(5);
+            b.ack(6);
+            assert!(waiter.join().expect("no panic").is_ok());
+        });
+    }
+}
