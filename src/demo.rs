@@ -1,98 +1,52 @@
-//! `pagemesh demo`: the replication log at work, verified.
+//! `pagemesh demo`: a primary and two replicas on loopback, a real load, and a DIFF.
 //!
-//! Writer threads append records of 64–1024 bytes (content derived from writer and index) into a
-//! file-backed ring; every 16th commit waits until it is in the committed log, as a durability
-//! wait would. Two followers, each with its own cursor, read the pages as they seal, reassemble
-//! the records, check every record's content, and fold `(seq, bytes)` into a digest. Progress
-//! bars show each follower's records and lag. At the end the followers' digests and counts must
-//! equal each other and the writers' totals, and a reopen of the ring must recover exactly the
-//! committed pages. The mesh demo (a primary and replicas over sockets) replaces this with the
-//! replication issue.
+//! Three nodes run in this process, each with its own network thread and data directory. The
+//! primary serves its database with two synchronous replicas; each replica bootstraps from a
+//! snapshot and then follows the primary's log over TCP (io_uring, or epoll if the kernel forbids
+//! it). The land-registry-shaped data set is loaded in batches, every batch committed
+//! `Replicated(2)`: it returns once both replicas have *received* its pages, before they replay
+//! them. Progress bars show the primary's commits and each replica's applied records and lag.
+//! At the end every replica is compared with the primary entry by entry (table, key, version,
+//! bytes): the demo exits 0 only if they are identical.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use pagemesh::log::{Cursor, Log, LogOptions, RecordReader};
+use pagemesh::core::{Database, Durability, Options, WriteBatch};
+use pagemesh::net::TransportKind;
+use pagemesh::workload::PricePaid;
+use pagemesh::{Node, Replica};
 
 /// Options of `pagemesh demo`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Records to append.
-    #[arg(long, default_value_t = 2_000_000)]
+    /// Records of the land-registry-shaped set to load.
+    #[arg(long, default_value_t = PricePaid::DEFAULT_COUNT)]
     records: u64,
-    /// Writer threads.
-    #[arg(long, default_value_t = 4)]
-    writers: u64,
-    /// Directory for the ring (a temporary one if omitted).
+    /// Records per commit.
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Replicas (all synchronous).
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Commits kept in flight by the loader.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Socket event loop: auto, uring or epoll.
+    #[arg(long, default_value = "auto")]
+    transport: TransportKind,
+    /// Directory for the nodes' data (a temporary one if omitted).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a follower saw.
-#[derive(Debug, PartialEq, Eq)]
-struct Digest {
-    records: u64,
-    bytes: u64,
-    hash: u32,
-}
+const TABLE: &str = "price_paid";
 
-fn record(writer: u64, index: u64) -> Vec<u8> {
-    let len = 64 + ((writer * 7919 + index * 104_729) % 961) as usize;
-    let mut bytes = Vec::with_capacity(len);
-    bytes.extend_from_slice(&writer.to_le_bytes());
-    bytes.extend_from_slice(&index.to_le_bytes());
-    bytes.extend((16..len).map(|i| (i as u64 ^ index ^ writer) as u8));
-    bytes
-}
-
-fn check(bytes: &[u8]) -> Result<(), BoxError> {
-    let writer = u64::from_le_bytes(bytes[..8].try_into()?);
-    let index = u64::from_le_bytes(bytes[8..16].try_into()?);
-    if bytes != record(writer, index) {
-        return Err(format!("record {writer}/{index} arrived damaged").into());
-    }
-    Ok(())
-}
-
-/// Follows the log until `total` records were read; returns its digest.
-fn follow(mut cursor: Cursor, total: u64, bar: &ProgressBar) -> Result<Digest, BoxError> {
-    let mut reader = RecordReader::new();
-    let mut digest = Digest {
-        records: 0,
-        bytes: 0,
-        hash: 0,
-    };
-    let mut failure = None;
-    while digest.records < total {
-        if !cursor.wait_ready(Some(Instant::now() + Duration::from_secs(30)))? {
-            return Err(format!("follower stalled at {} records", digest.records).into());
-        }
-        while let Some(page) = cursor.next_ready()? {
-            reader.feed(page, |r| {
-                if let Err(e) = check(&r.bytes) {
-                    failure.get_or_insert(e);
-                }
-                digest.records += 1;
-                digest.bytes += r.bytes.len() as u64;
-                digest.hash = crc32c::crc32c_append(digest.hash, &r.seq.to_le_bytes());
-                digest.hash = crc32c::crc32c_append(digest.hash, &r.bytes);
-            })?;
-        }
-        if let Some(e) = failure.take() {
-            return Err(e);
-        }
-        let read = cursor.position();
-        cursor.release(read);
-        bar.set_position(digest.records);
-        bar.set_message(format!("lag {} pages", cursor.lag_pages()));
-    }
-    Ok(digest)
-}
-
-/// Runs the demo; an error means a check failed.
+/// Runs the demo; `Err` if anything failed or a replica differs.
 pub fn run(args: &Args) -> Result<(), BoxError> {
     let temp;
     let dir = match &args.dir {
@@ -102,100 +56,219 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
             temp.path().to_path_buf()
         }
     };
-    let (writers, per_writer) = (
-        args.writers.max(1),
-        args.records.max(1) / args.writers.max(1),
-    );
-    let total = writers * per_writer;
-    let log = Log::open(&dir, LogOptions::new().slots(1024))?;
+    let loopback = "127.0.0.1:0".parse()?;
+    let primary = Node::builder("primary", dir.join("primary"))
+        .listen(loopback)
+        .transport(args.transport)
+        .open()?;
+    let source = primary.local_addr().ok_or("primary is not listening")?;
+    let db = primary.open_database("land-registry", Options::new())?;
+    let replicas_wanted = u32::try_from(args.replicas)?;
+    primary.serve(&db, args.replicas);
     println!(
-        "pagemesh demo: {writers} writers append {total} records to {}",
-        dir.display()
+        "primary listening on {source} ({:?} transport); {} replica(s), all synchronous",
+        primary.runtime(),
+        args.replicas
     );
-    println!("               two followers read the pages as they seal and verify every record");
+
+    let mut nodes = Vec::new();
+    let mut replicas: Vec<Replica> = Vec::new();
+    for i in 1..=args.replicas {
+        let name = format!("replica-{i}");
+        let node = Node::builder(&name, dir.join(&name))
+            .transport(args.transport)
+            .open()?;
+        replicas.push(node.replicate(source, db.uuid(), "land-registry", Options::new())?);
+        nodes.push(node);
+    }
+    wait_for_sync_replicas(&db, args.replicas)?;
 
     let bars = MultiProgress::new();
-    let style =
-        ProgressStyle::with_template("{prefix:>12} {bar:40} {pos:>8}/{len} {per_sec:>12} {msg}")?;
+    let style = ProgressStyle::with_template(
+        "{prefix:>10} {bar:40} {pos:>8}/{len} records {per_sec:>14} {msg}",
+    )?;
     let bar = |name: &str| {
-        let b = bars.add(
-            ProgressBar::new(total)
-                .with_style(style.clone())
-                .with_prefix(name.to_string()),
-        );
-        b.enable_steady_tick(Duration::from_millis(100));
-        b
+        let bar = bars.add(ProgressBar::new(args.records));
+        bar.set_style(style.clone());
+        bar.set_prefix(name.to_string());
+        bar
     };
-    let (written_bar, a_bar, b_bar) = (bar("written"), bar("follower A"), bar("follower B"));
-    let (cursor_a, cursor_b) = (log.cursor(0)?, log.cursor(0)?);
-    let written = AtomicU64::new(0);
+    let loaded = bar("primary");
+    let followers: Vec<ProgressBar> = (1..=args.replicas)
+        .map(|i| bar(&format!("replica-{i}")))
+        .collect();
+
     let started = Instant::now();
-
-    let (a, b) = std::thread::scope(|s| -> Result<_, BoxError> {
-        let a = s.spawn(|| follow(cursor_a, total, &a_bar));
-        let b = s.spawn(|| follow(cursor_b, total, &b_bar));
-        let writer_threads: Vec<_> = (0..writers)
-            .map(|w| {
-                let (log, written, written_bar) = (&log, &written, &written_bar);
-                s.spawn(move || -> Result<(), BoxError> {
-                    for i in 0..per_writer {
-                        let pos = log.append(&record(w, i))?;
-                        if i % 16 == 15 {
-                            log.wait_committed(pos, None)?;
-                        }
-                        let n = written.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n % 1024 == 0 {
-                            written_bar.set_position(n);
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for w in writer_threads {
-            w.join().map_err(|_| "writer panicked")??;
-        }
-        written_bar.set_position(total);
-        log.seal();
-        let a = a.join().map_err(|_| "follower panicked")??;
-        let b = b.join().map_err(|_| "follower panicked")??;
-        Ok((a, b))
-    })?;
+    let done = AtomicBool::new(false);
+    let outcome = std::thread::scope(|s| -> Result<(), BoxError> {
+        let watcher = s.spawn(|| watch(&db, &replicas, &followers, args, &done));
+        let load = load(&db, args, replicas_wanted, &loaded);
+        loaded.finish();
+        db.log().seal();
+        done.store(true, Ordering::SeqCst);
+        let watched = watcher.join().map_err(|_| "watcher panicked")?;
+        load.and(watched)
+    });
+    outcome?;
     let elapsed = started.elapsed();
-    for b in [&written_bar, &a_bar, &b_bar] {
-        b.finish();
+    for bar in &followers {
+        bar.finish();
     }
+    let stats = db.stats();
+    println!(
+        "loaded {} records in {:.2} s: {:.0} records/s end to end ({} replicas synchronous; {} LMDB groups, largest {} records)",
+        args.records,
+        elapsed.as_secs_f64(),
+        args.records as f64 / elapsed.as_secs_f64(),
+        args.replicas,
+        stats.groups,
+        stats.largest_group_records,
+    );
 
-    let committed = log.committed_lsn();
-    drop(log);
-    let reopened = Log::open(&dir, LogOptions::new().slots(1024))?;
-    let recovered = reopened.recovered();
+    let mut identical = true;
+    for (i, replica) in replicas.iter().enumerate() {
+        let copy = replica.database().ok_or("replica vanished")?;
+        match diff(&db, &copy)? {
+            None => println!("replica-{}: identical to the primary", i + 1),
+            Some(difference) => {
+                identical = false;
+                println!("replica-{}: DIFFERS: {difference}", i + 1);
+            }
+        }
+    }
+    drop(replicas);
+    drop(nodes);
+    if identical {
+        println!("every replica is identical to the primary");
+        Ok(())
+    } else {
+        Err("replicas differ from the primary".into())
+    }
+}
 
-    println!(
-        "appended {total} records ({:.1} MB) in {:.2?}: {:.0} records/s, {:.1} MB/s, {committed} pages",
-        a.bytes as f64 / 1e6,
-        elapsed,
-        total as f64 / elapsed.as_secs_f64(),
-        a.bytes as f64 / 1e6 / elapsed.as_secs_f64(),
-    );
-    println!("follower A: {} records, digest {:08x}", a.records, a.hash);
-    println!("follower B: {} records, digest {:08x}", b.records, b.hash);
-    println!(
-        "reopened ring: recovered pages {}..{}",
-        recovered.start_lsn, recovered.end_lsn
-    );
-    if a != b || a.records != total {
-        return Err(format!("followers disagree: {a:?} vs {b:?}, {total} written").into());
+fn wait_for_sync_replicas(db: &Database, wanted: usize) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = db.replication().status();
+        if status.iter().filter(|r| r.sync).count() >= wanted {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {} of {wanted} replicas connected within 60 s",
+                status.len()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
-    if recovered.end_lsn != committed {
-        return Err(format!(
-            "reopen recovered to page {}, committed was {committed}",
-            recovered.end_lsn
-        )
-        .into());
+}
+
+/// Loads the set in batches, `inflight` commits at a time, each `Replicated(n)`.
+fn load(db: &Database, args: &Args, replicas: u32, bar: &ProgressBar) -> Result<(), BoxError> {
+    let durability = Durability::Replicated(replicas);
+    let mut tickets = VecDeque::new();
+    let mut batch = WriteBatch::new();
+    let set = PricePaid::new(PricePaid::DEFAULT_SEED, args.records);
+    for record in set.records() {
+        batch.put(TABLE, &record.key, record.line.as_bytes())?;
+        if batch.len() == args.batch {
+            tickets.push_back((db.commit_async(&batch, durability)?, batch.len()));
+            batch = WriteBatch::new();
+        }
+        while tickets.len() >= args.inflight.max(1) {
+            let (ticket, records) = tickets.pop_front().ok_or("no ticket")?;
+            ticket.wait()?;
+            bar.inc(records as u64);
+        }
     }
-    println!(
-        "verified: both followers read all {total} records intact, identical, in the same order"
-    );
+    if !batch.is_empty() {
+        tickets.push_back((db.commit_async(&batch, durability)?, batch.len()));
+    }
+    for (ticket, records) in tickets {
+        ticket.wait()?;
+        bar.inc(records as u64);
+    }
     Ok(())
+}
+
+/// Updates the replicas' bars until the load is done and each replica has applied everything the
+/// primary received.
+fn watch(
+    db: &Database,
+    replicas: &[Replica],
+    bars: &[ProgressBar],
+    args: &Args,
+    loaded: &AtomicBool,
+) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = loaded.load(Ordering::SeqCst);
+        let primary_lsn = db.received_lsn();
+        let mut all_done = done;
+        for (replica, bar) in replicas.iter().zip(bars) {
+            let Some(copy) = replica.database() else {
+                all_done = false;
+                continue;
+            };
+            // Records applied since the replica opened, each a batch (cheap to read, unlike a count).
+            let applied = (copy.stats().records * args.batch as u64).min(args.records);
+            bar.set_position(applied);
+            let lag = primary_lsn.saturating_sub(copy.received_lsn());
+            bar.set_message(format!("lag {lag:>4} pages"));
+            if !(done && copy.applied_lsn() >= primary_lsn) {
+                all_done = false;
+            }
+        }
+        if all_done {
+            for bar in bars {
+                bar.set_position(args.records);
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("replicas did not catch up within 10 minutes".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first difference between two databases, entry by entry over every table.
+fn diff(a: &Database, b: &Database) -> Result<Option<String>, BoxError> {
+    let (mut tables_a, mut tables_b) = (a.tables(), b.tables());
+    tables_a.sort();
+    tables_b.sort();
+    if tables_a != tables_b {
+        return Ok(Some(format!("tables {tables_a:?} vs {tables_b:?}")));
+    }
+    let (sa, sb) = (a.read()?, b.read()?);
+    for table in &tables_a {
+        let mut left = sa.prefix(table, b"")?;
+        let mut right = sb.prefix(table, b"")?;
+        let mut index = 0u64;
+        loop {
+            match (left.next().transpose()?, right.next().transpose()?) {
+                (None, None) => break,
+                (Some((key, _)), None) | (None, Some((key, _))) => {
+                    return Ok(Some(format!(
+                        "table {table}: entry {index} (key {}) on one side only",
+                        String::from_utf8_lossy(key)
+                    )))
+                }
+                (Some((ka, va)), Some((kb, vb))) => {
+                    if ka != kb || va != vb {
+                        return Ok(Some(format!(
+                            "table {table}: entry {index}: key {} seq {} vs key {} seq {}",
+                            String::from_utf8_lossy(ka),
+                            va.seq,
+                            String::from_utf8_lossy(kb),
+                            vb.seq
+                        )));
+                    }
+                }
+            }
+            index += 1;
+        }
+    }
+    Ok(None)
 }

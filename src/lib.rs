@@ -4,14 +4,20 @@
 //! through a lock-free, 4 KB-paged replication log that is group-committed to peers in a mesh.
 //! See `DESIGN.md` for the architecture.
 //!
-//! What exists so far is the log, [`pagemesh_logpage`], re-exported here as [`log`]; the LMDB
-//! store and the network arrive with their own crates. [`mod@bench`] holds the workloads that both
+//! The crates: the log ([`pagemesh_logpage`], re-exported as [`log`]), the LMDB store
+//! ([`pagemesh_core`], as [`mod@core`]) and the network ([`pagemesh_net`], as [`net`]). [`Node`]
+//! wires the store to the network: it serves databases to replicas and keeps replicas of other
+//! nodes' databases. [`mod@bench`] holds the workloads that both
 //! the criterion benches and `pagemesh bench` run, so both measure the same thing.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
+pub mod node;
 pub mod proxy;
 pub mod workload;
 
+pub use node::{Node, NodeBuilder, NodeError, Replica};
+pub use pagemesh_core as core;
 pub use pagemesh_logpage as log;
+pub use pagemesh_net as net;

@@ -55,8 +55,12 @@ pub struct SnapshotStats {
     pub entries: u64,
     /// Bytes of the stream.
     pub bytes: u64,
-    /// The log position the snapshot is at.
+    /// The log position the snapshot is at; after a restore, where the restored database's log
+    /// continues (for a replica, the LSN it resumes its origin's log at).
     pub lsn: u64,
+    /// Where a replica restored from this snapshot resumes its origin's log (`replay_lsn`, see the
+    /// module docs); equal to `lsn` after a restore.
+    pub replica_resume_lsn: u64,
 }
 
 /// A writer that checksums what it writes.
@@ -125,6 +129,7 @@ impl Snapshot<'_> {
             entries,
             bytes: w.bytes + 4,
             lsn: state.binlog_next_lsn,
+            replica_resume_lsn: state.replay_lsn,
         })
     }
 
@@ -432,5 +437,6 @@ fn restore_into(
         entries,
         bytes: src.offset + 4,
         lsn,
+        replica_resume_lsn: lsn,
     })
 }

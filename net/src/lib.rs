@@ -14,6 +14,12 @@
 pub mod error;
 pub mod proto;
 pub mod route;
+pub mod service;
 pub mod transport;
 
 pub use error::{Error, Result};
+pub use service::{
+    AckSink, History, ReplicaDatabase, ReplicaStore, Service, ServiceConfig, SourceDatabase,
+    Subscription, SubscriptionStatus, BOOTSTRAP,
+};
+pub use transport::{RuntimeKind, TransportKind};

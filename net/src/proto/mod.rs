@@ -1,1 +1,28 @@
 //! The I/O-free wire protocol: frames, handshake, liveness.
+//!
+//! Nothing here touches a socket, a clock or a thread. Callers hand in received bytes and `now`;
+//! they get back frames to send (appended to a `Vec<u8>`) and deadlines to keep.
+//!
+//! - [`frame`]: the 12-byte frame header, the eleven frame types, [`decode`] and [`encode`].
+//! - [`handshake`]: HELLO / WELCOME / AUTH, version negotiation and HMAC authentication.
+//! - [`liveness`]: heartbeats and the silent-peer timeout.
+//!
+//! A link's life: the connector calls [`Handshake::connect`] (which writes HELLO), the acceptor
+//! [`Handshake::accept`]; both feed every decoded frame to [`Handshake::on_frame`] until it
+//! returns the [`PeerInfo`]. From then on the link sends and receives the other frames and keeps a
+//! [`Liveness`]. Any decode error, refusal or timeout closes the link.
+
+pub mod frame;
+pub mod handshake;
+pub mod liveness;
+
+pub use frame::{
+    decode, encode, encode_pages, Ack, Auth, Decoded, Frame, FrameType, Heartbeat, Hello, Message,
+    Pages, PagesHeader, Refuse, RefuseCode, Resume, SnapshotChunk, Welcome, FLAG_SNAPSHOT_LAST,
+    FRAME_BODY_MAX, FRAME_HEADER_LEN, NAME_MAX, PAGES_COUNT_MAX, PAGE_SIZE, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN, REASON_MAX, SNAPSHOT_CHUNK_MAX, VISITED_MAX,
+};
+pub use handshake::{Handshake, HandshakeConfig, PeerInfo, HANDSHAKE_TIMEOUT_DEFAULT};
+pub use liveness::{LinkAction, Liveness, HEARTBEAT_INTERVAL_DEFAULT, LINK_TIMEOUT_DEFAULT};
+/// Node and database ids, as the frames carry them (16 raw bytes on the wire).
+pub use uuid::Uuid;

@@ -1,1 +1,421 @@
-//! Sockets: the io_uring runtime and the epoll fallback that drive the protocol.
+//! Sockets: the runtime thread that owns them, on io_uring or epoll, and framed reads and writes.
+//!
+//! # Runtimes
+//!
+//! Every socket of a [`crate::Service`] lives on one dedicated runtime thread. With
+//! [`TransportKind::Uring`] that is a tokio-uring runtime; with [`TransportKind::Epoll`] a tokio
+//! current-thread runtime with a `LocalSet`. Both run the same tasks (`tokio::task::spawn_local`,
+//! tokio timers and `Notify`): tokio-uring *is* a current-thread tokio runtime whose socket
+//! operations go through io_uring. [`TransportKind::Auto`] probes io_uring with
+//! `tokio_uring::Runtime::new` (`tokio_uring::start` panics where io_uring is unavailable, e.g. a
+//! seccomp profile forbidding it) and falls back to epoll with a warning.
+//!
+//! # Making io_uring pay
+//!
+//! Used one small operation at a time, tokio-uring reached about half of epoll's throughput here
+//! (DESIGN.md, measured facts). So a link never issues an operation per frame: a writer gathers
+//! every frame that is due (a PAGES frame per ring run, plus acks and heartbeats) into one buffer
+//! and submits one `write_all` for all of it; a reader reads into a large buffer and decodes every
+//! frame it holds before reading again. Buffers are owned by the link and reused, so the steady
+//! state allocates nothing. Submissions are flushed when the runtime parks, so operations issued
+//! by several links in one turn share one `io_uring_enter`.
+//!
+//! io_uring operations cannot be cancelled safely mid-flight (the kernel may still complete a read
+//! into a buffer the future no longer owns), so reads and writes are never raced in a `select!`:
+//! each link has a reader task and a writer task, and a link closes by shutting its socket down,
+//! which completes both.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use crate::error::{Error, Result};
+use crate::proto::frame::{decode, Decoded, Frame, FRAME_BODY_MAX, FRAME_HEADER_LEN};
+
+/// Which event loop drives the sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportKind {
+    /// io_uring if the kernel allows it, else epoll with a warning. The default.
+    #[default]
+    Auto,
+    /// io_uring (tokio-uring) or fail.
+    Uring,
+    /// tokio's epoll runtime.
+    Epoll,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" => Ok(Self::Uring),
+            "epoll" => Ok(Self::Epoll),
+            other => Err(format!(
+                "unknown transport {other:?}: expected auto, uring or epoll"
+            )),
+        }
+    }
+}
+
+/// The runtime a thread ended up with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// tokio-uring.
+    Uring,
+    /// tokio current-thread (epoll).
+    Epoll,
+}
+
+/// Starts a thread named `name` running `main` on the runtime `kind` asks for; returns once the
+/// runtime is up (or failed to come up), with the kind chosen and the thread's handle.
+pub fn spawn_runtime<F, Fut>(
+    name: &str,
+    kind: TransportKind,
+    main: F,
+) -> Result<(RuntimeKind, std::thread::JoinHandle<()>)>
+where
+    F: FnOnce(RuntimeKind) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let uring = match kind {
+                TransportKind::Epoll => None,
+                TransportKind::Uring | TransportKind::Auto => {
+                    match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                        Ok(runtime) => Some(runtime),
+                        Err(error) if kind == TransportKind::Auto => {
+                            tracing::warn!(%error, "io_uring unavailable; sockets run on epoll");
+                            None
+                        }
+                        Err(error) => {
+                            let _ = started_tx.send(Err(format!("io_uring runtime: {error}")));
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Some(runtime) = uring {
+                let _ = started_tx.send(Ok(RuntimeKind::Uring));
+                runtime.block_on(main(RuntimeKind::Uring));
+                return;
+            }
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = started_tx.send(Err(format!("epoll runtime: {error}")));
+                    return;
+                }
+            };
+            let _ = started_tx.send(Ok(RuntimeKind::Epoll));
+            tokio::task::LocalSet::new().block_on(&runtime, main(RuntimeKind::Epoll));
+        })
+        .map_err(|error| Error::Runtime(format!("spawn {name}: {error}")))?;
+    match started_rx.recv() {
+        Ok(Ok(kind)) => Ok((kind, handle)),
+        Ok(Err(message)) => Err(Error::Runtime(message)),
+        Err(_) => Err(Error::Runtime(format!("{name} died while starting"))),
+    }
+}
+
+/// A listening socket on either runtime.
+pub(crate) enum Listener {
+    Uring(tokio_uring::net::TcpListener),
+    Epoll(tokio::net::TcpListener),
+}
+
+impl Listener {
+    /// Binds on the current runtime thread.
+    pub fn bind(kind: RuntimeKind, addr: SocketAddr) -> Result<Self> {
+        let io = |source| Error::Io {
+            op: "bind",
+            peer: addr,
+            source,
+        };
+        // std binds (with SO_REUSEADDR off by default on Linux for std? std sets it on Unix), then
+        // the runtime adopts the socket.
+        let std_listener = std::net::TcpListener::bind(addr).map_err(io)?;
+        std_listener.set_nonblocking(true).map_err(io)?;
+        Ok(match kind {
+            RuntimeKind::Uring => {
+                Self::Uring(tokio_uring::net::TcpListener::from_std(std_listener))
+            }
+            RuntimeKind::Epoll => {
+                Self::Epoll(tokio::net::TcpListener::from_std(std_listener).map_err(io)?)
+            }
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Self::Uring(listener) => listener.local_addr(),
+            Self::Epoll(listener) => listener.local_addr(),
+        }
+    }
+
+    pub async fn accept(&self) -> io::Result<(Connection, SocketAddr)> {
+        match self {
+            Self::Uring(listener) => {
+                let (stream, addr) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                Ok((Connection::Uring(stream), addr))
+            }
+            Self::Epoll(listener) => {
+                let (stream, addr) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                Ok((Connection::Epoll(stream), addr))
+            }
+        }
+    }
+}
+
+/// A connected TCP stream on either runtime.
+pub(crate) enum Connection {
+    Uring(tokio_uring::net::TcpStream),
+    Epoll(tokio::net::TcpStream),
+}
+
+impl Connection {
+    pub async fn connect(kind: RuntimeKind, addr: SocketAddr) -> Result<Self> {
+        let io = |source| Error::Io {
+            op: "connect",
+            peer: addr,
+            source,
+        };
+        Ok(match kind {
+            RuntimeKind::Uring => {
+                let stream = tokio_uring::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(io)?;
+                stream.set_nodelay(true).map_err(io)?;
+                Self::Uring(stream)
+            }
+            RuntimeKind::Epoll => {
+                let stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
+                stream.set_nodelay(true).map_err(io)?;
+                Self::Epoll(stream)
+            }
+        })
+    }
+
+    /// Splits into a framed reader and a writer, plus a handle that shuts the socket down.
+    pub fn split(self, peer: SocketAddr) -> Result<(FrameReader, FrameWriter, Shutdown)> {
+        let io = |source| Error::Io {
+            op: "split",
+            peer,
+            source,
+        };
+        let (read, write, shutdown) = match self {
+            Self::Uring(stream) => {
+                let stream = Rc::new(stream);
+                (
+                    ReadHalf::Uring(Rc::clone(&stream)),
+                    WriteHalf::Uring(Rc::clone(&stream)),
+                    Shutdown::Uring(stream),
+                )
+            }
+            Self::Epoll(stream) => {
+                // A duplicate descriptor, so the link can shut the socket down while its halves
+                // are inside reads and writes.
+                let std_stream = stream.into_std().map_err(io)?;
+                let shutdown = std_stream.try_clone().map_err(io)?;
+                let stream = tokio::net::TcpStream::from_std(std_stream).map_err(io)?;
+                let (read, write) = stream.into_split();
+                (
+                    ReadHalf::Epoll(read),
+                    WriteHalf::Epoll(write),
+                    Shutdown::Epoll(shutdown),
+                )
+            }
+        };
+        Ok((
+            FrameReader {
+                half: read,
+                peer,
+                buf: Vec::with_capacity(READ_BUFFER),
+                start: 0,
+            },
+            FrameWriter {
+                half: write,
+                peer,
+                spare: Vec::with_capacity(WRITE_BUFFER),
+            },
+            shutdown,
+        ))
+    }
+}
+
+/// Shuts a link's socket down, which completes its pending reads and writes with EOF or an error.
+pub(crate) enum Shutdown {
+    Uring(Rc<tokio_uring::net::TcpStream>),
+    Epoll(std::net::TcpStream),
+}
+
+impl Shutdown {
+    pub fn shutdown(&self) {
+        let _ = match self {
+            Self::Uring(stream) => stream.shutdown(std::net::Shutdown::Both),
+            Self::Epoll(stream) => stream.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+const READ_BUFFER: usize = 1 << 20;
+const WRITE_BUFFER: usize = 1 << 20;
+
+enum ReadHalf {
+    Uring(Rc<tokio_uring::net::TcpStream>),
+    Epoll(tokio::net::tcp::OwnedReadHalf),
+}
+
+enum WriteHalf {
+    Uring(Rc<tokio_uring::net::TcpStream>),
+    Epoll(tokio::net::tcp::OwnedWriteHalf),
+}
+
+/// Reads frames: one large read, then every frame it completed, without copying bodies.
+pub(crate) struct FrameReader {
+    half: ReadHalf,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    /// Where the next undecoded byte is.
+    start: usize,
+}
+
+impl FrameReader {
+    /// The next frame, borrowed from the reader's buffer. `Ok(None)` at a clean end of stream
+    /// (between frames).
+    pub async fn next(&mut self) -> Result<Option<Frame<'_>>> {
+        let total = loop {
+            let available = &self.buf[self.start..];
+            if let Some(header) = available.get(..FRAME_HEADER_LEN) {
+                let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+                let total = FRAME_HEADER_LEN + body_len as usize;
+                if body_len as usize > FRAME_BODY_MAX {
+                    // Let the decoder name the error.
+                    decode(available)?;
+                    return Err(Error::MalformedFrame {
+                        frame: "header",
+                        reason: "oversized body",
+                    });
+                }
+                if available.len() >= total {
+                    break total;
+                }
+                self.make_room(total);
+            } else {
+                self.make_room(FRAME_HEADER_LEN);
+            }
+            if self.read_more().await? == 0 {
+                return if self.start == self.buf.len() {
+                    Ok(None)
+                } else {
+                    Err(Error::Io {
+                        op: "read",
+                        peer: self.peer,
+                        source: io::Error::new(io::ErrorKind::UnexpectedEof, "eof inside a frame"),
+                    })
+                };
+            }
+        };
+        let bytes = &self.buf[self.start..self.start + total];
+        self.start += total;
+        match decode(bytes)? {
+            Decoded::Frame { frame, .. } => Ok(Some(frame)),
+            Decoded::Incomplete { .. } => Err(Error::MalformedFrame {
+                frame: "header",
+                reason: "length disagrees with the decoder",
+            }),
+        }
+    }
+
+    /// Moves undecoded bytes to the front and makes room for a frame of `total` bytes.
+    fn make_room(&mut self, total: usize) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let want = total.max(READ_BUFFER);
+        if self.buf.capacity() < want {
+            self.buf.reserve(want - self.buf.len());
+        }
+    }
+
+    /// One read into the buffer's spare capacity; returns the bytes read (0: end of stream).
+    async fn read_more(&mut self) -> Result<usize> {
+        let io = |source| Error::Io {
+            op: "read",
+            peer: self.peer,
+            source,
+        };
+        if self.buf.len() == self.buf.capacity() {
+            self.buf.reserve(READ_BUFFER);
+        }
+        match &mut self.half {
+            ReadHalf::Uring(stream) => {
+                use tokio_uring::buf::BoundedBuf;
+                let buf = std::mem::take(&mut self.buf);
+                let len = buf.len();
+                let cap = buf.capacity();
+                let (result, slice) = stream.read(buf.slice(len..cap)).await;
+                self.buf = slice.into_inner();
+                result.map_err(io)
+            }
+            ReadHalf::Epoll(half) => {
+                use tokio::io::AsyncReadExt;
+                half.read_buf(&mut self.buf).await.map_err(io)
+            }
+        }
+    }
+}
+
+/// Writes batches of frames: callers encode into a buffer from [`FrameWriter::buffer`] and hand it
+/// back to [`FrameWriter::write`], one write for the whole batch.
+pub(crate) struct FrameWriter {
+    half: WriteHalf,
+    peer: SocketAddr,
+    spare: Vec<u8>,
+}
+
+impl FrameWriter {
+    /// An empty buffer to encode a batch into (reused between writes).
+    pub fn buffer(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.clear();
+        buf
+    }
+
+    /// Writes every byte of `batch`; the buffer is kept for the next batch.
+    pub async fn write(&mut self, batch: Vec<u8>) -> Result<()> {
+        if batch.is_empty() {
+            self.spare = batch;
+            return Ok(());
+        }
+        let (result, mut batch) = match &mut self.half {
+            WriteHalf::Uring(stream) => stream.write_all(batch).await,
+            WriteHalf::Epoll(half) => {
+                use tokio::io::AsyncWriteExt;
+                let result = half.write_all(&batch).await;
+                (result, batch)
+            }
+        };
+        // Keep big buffers only while they are in use: a burst must not pin memory forever.
+        if batch.capacity() > 4 * WRITE_BUFFER {
+            batch = Vec::with_capacity(WRITE_BUFFER);
+        }
+        self.spare = batch;
+        result.map_err(|source| Error::Io {
+            op: "write",
+            peer: self.peer,
+            source,
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! `proto::decode` never panics on any bytes, and what it accepts is canonical.
+//!
+//! The input is read as a stream of frames: decode, step past the frame, repeat until
+//! `Incomplete` or an error (at most 64 frames). Random bytes almost never carry a right crc32c,
+//! so each input is tried twice: as it comes, and with every frame's crc re-sealed over the bytes
+//! its header announces, so the body checks behind the crc get fuzzed too.
+//!
+//! For every frame decoded: it took between a header and the whole buffer; encoding it again
+//! gives exactly the bytes it was decoded from; those decode to an equal frame. `Incomplete` asks
+//! for more bytes than the buffer holds.
+
+#![no_main]
+
+use std::hint::black_box;
+
+use libfuzzer_sys::fuzz_target;
+use pagemesh_net::proto::{decode, encode, Decoded, FRAME_BODY_MAX, FRAME_HEADER_LEN};
+
+/// Frames decoded per input at most.
+const FRAMES_MAX: usize = 64;
+/// Header byte offsets (see the table in `proto/frame.rs`).
+const CRC_OFFSET: usize = 8;
+
+fuzz_target!(|data: &[u8]| {
+    check(data);
+    let mut sealed = data.to_vec();
+    reseal(&mut sealed);
+    check(&sealed);
+});
+
+fn check(data: &[u8]) {
+    let mut rest = data;
+    for _ in 0..FRAMES_MAX {
+        match decode(rest) {
+            Ok(Decoded::Frame { frame, len }) => {
+                assert!((FRAME_HEADER_LEN..=rest.len()).contains(&len));
+                let (bytes, tail) = rest.split_at(len);
+                let mut again = Vec::new();
+                encode(&frame, &mut again);
+                assert_eq!(again, bytes, "{} re-encodes differently", frame.kind());
+                match decode(&again) {
+                    Ok(Decoded::Frame {
+                        frame: back,
+                        len: back_len,
+                    }) => {
+                        assert_eq!(back, frame);
+                        assert_eq!(back_len, len);
+                    }
+                    other => panic!("re-encoded {} does not decode: {other:?}", frame.kind()),
+                }
+                black_box(&frame);
+                rest = tail;
+            }
+            Ok(Decoded::Incomplete { needed }) => {
+                assert!(needed > rest.len());
+                assert!((FRAME_HEADER_LEN..=FRAME_HEADER_LEN + FRAME_BODY_MAX).contains(&needed));
+                break;
+            }
+            Err(error) => {
+                black_box(error.to_string());
+                break;
+            }
+        }
+    }
+}
+
+/// Rewrites the crc of every frame header in `bytes` to the crc32c `decode` will compute, over
+/// as much of the announced body as the bytes hold.
+fn reseal(bytes: &mut [u8]) {
+    let mut start = 0usize;
+    while let Some(header) = bytes.get(start..start + FRAME_HEADER_LEN) {
+        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let body_start = start + FRAME_HEADER_LEN;
+        let body_end = body_start.saturating_add(body_len).min(bytes.len());
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&bytes[start..start + CRC_OFFSET]),
+            &bytes[body_start..body_end],
+        );
+        bytes[start + CRC_OFFSET..body_start].copy_from_slice(&crc.to_le_bytes());
+        start = body_start.saturating_add(body_len);
+    }
+}

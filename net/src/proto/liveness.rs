@@ -1,0 +1,92 @@
+//! Link liveness: when to send a heartbeat, when to give up on a silent peer.
+//!
+//! Any frame counts: a link busy with PAGES needs no heartbeats, and any frame received proves
+//! the peer alive. The caller reports sends and receipts and polls; nothing here reads a clock.
+
+use std::time::{Duration, Instant};
+
+/// Send a heartbeat when nothing was sent for this long, by default.
+pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Declare the peer dead when it was silent for this long, by default.
+pub const LINK_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+
+/// What a link should do now, as [`Liveness::poll`] decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkAction {
+    /// Send a HEARTBEAT now (the send is already recorded).
+    SendHeartbeat,
+    /// The peer has been silent longer than the timeout: close the link with
+    /// `Error::LinkTimeout`.
+    TimedOut {
+        /// How long the peer has been silent.
+        silent_for: Duration,
+    },
+    /// Nothing to do until then (or until a frame is sent or received).
+    Wait {
+        /// When to poll again.
+        until: Instant,
+    },
+}
+
+/// The heartbeat and timeout timers of one link.
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    interval: Duration,
+    timeout: Duration,
+    last_sent: Instant,
+    last_received: Instant,
+}
+
+impl Liveness {
+    /// Timers for a link that opened at `now`: heartbeat after `interval` without sending, time
+    /// out after `timeout` without receiving.
+    pub fn new(now: Instant, interval: Duration, timeout: Duration) -> Self {
+        Liveness {
+            interval,
+            timeout,
+            last_sent: now,
+            last_received: now,
+        }
+    }
+
+    /// A frame (any frame) arrived at `now`.
+    pub fn on_receive(&mut self, now: Instant) {
+        self.last_received = self.last_received.max(now);
+    }
+
+    /// A frame (any frame) was sent at `now`.
+    pub fn on_send(&mut self, now: Instant) {
+        self.last_sent = self.last_sent.max(now);
+    }
+
+    /// What to do at `now`. A timeout wins over a heartbeat; `SendHeartbeat` records the send,
+    /// so polling again at once answers `Wait`.
+    pub fn poll(&mut self, now: Instant) -> LinkAction {
+        let silent_for = now.saturating_duration_since(self.last_received);
+        if silent_for >= self.timeout {
+            return LinkAction::TimedOut { silent_for };
+        }
+        if now.saturating_duration_since(self.last_sent) >= self.interval {
+            self.on_send(now);
+            return LinkAction::SendHeartbeat;
+        }
+        LinkAction::Wait {
+            until: (self.last_sent + self.interval).min(self.last_received + self.timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_names_the_earlier_timer() {
+        let t0 = Instant::now();
+        let mut live = Liveness::new(t0, Duration::from_secs(1), Duration::from_secs(5));
+        live.on_send(t0 + Duration::from_secs(10)); // keeps sending, hears nothing
+        let until = t0 + Duration::from_secs(5);
+        let now = t0 + Duration::from_millis(4500);
+        assert_eq!(live.poll(now), LinkAction::Wait { until });
+    }
+}

@@ -1,0 +1,448 @@
+//! A node: databases, the network, and the wiring between them.
+//!
+//! `pagemesh-core` (the store) and `pagemesh-net` (the network) never import each other
+//! (DESIGN.md); this module is where they meet. It implements the network's
+//! [`SourceDatabase`], [`ReplicaDatabase`] and [`ReplicaStore`] for core's [`Database`]:
+//!
+//! - a source's binlog catch-up reads [`pagemesh_core::Snapshot::binlog_range`], its snapshots are
+//!   [`pagemesh_core::Snapshot::export`], and every replica link attaches a
+//!   [`pagemesh_core::ReplicaLink`], whose acks release `Replicated(n)` commits;
+//! - a replica lives in `data_dir/NAME/generation-N`: a bootstrap (or a re-bootstrap after the
+//!   source's binlog moved past it) restores the snapshot into the next generation and switches to
+//!   it, so handles to the old one stay valid until dropped.
+//!
+//! ```
+//! use pagemesh::node::Node;
+//! use pagemesh_core::{Durability, Options, WriteBatch};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let loopback = "127.0.0.1:0".parse()?;
+//! let primary = Node::builder("primary", dir.path().join("a")).listen(loopback).open()?;
+//! let replica_node = Node::builder("replica", dir.path().join("b")).open()?;
+//!
+//! let db = primary.open_database("prices", Options::new())?;
+//! primary.serve(&db, 1);
+//! let replica = replica_node.replicate(primary.local_addr().unwrap(), db.uuid(), "prices", Options::new())?;
+//!
+//! let mut batch = WriteBatch::new();
+//! batch.put("sales", b"{A1}", b"250000")?;
+//! let seq = db.commit(&batch, Durability::Replicated(1))?; // received by the replica
+//!
+//! let copy = replica.wait_applied(db.received_lsn(), std::time::Duration::from_secs(30))?;
+//! assert_eq!(copy.read()?.get("sales", b"{A1}")?.map(|v| v.seq), Some(seq));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pagemesh_core::{Database, Ingested, Options, ReplicaLink};
+use pagemesh_logpage::Log;
+use pagemesh_net::{
+    AckSink, History, ReplicaDatabase, ReplicaStore, RuntimeKind, Service, ServiceConfig,
+    SourceDatabase, Subscription, SubscriptionStatus, TransportKind,
+};
+use uuid::Uuid;
+
+/// What can go wrong at the node level.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] pagemesh_core::Error),
+    /// The network failed.
+    #[error(transparent)]
+    Net(#[from] pagemesh_net::Error),
+    /// A file operation in the data directory failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A replica did not reach what was waited for in time.
+    #[error("replica {name}: {what} not reached within {waited:?}")]
+    Timeout {
+        /// The replica's name.
+        name: String,
+        /// What was waited for.
+        what: String,
+        /// How long.
+        waited: Duration,
+    },
+    /// The same database name was opened twice.
+    #[error("database {name} is already open on this node")]
+    AlreadyOpen {
+        /// The name.
+        name: String,
+    },
+}
+
+/// Builds a [`Node`]; see [`Node::builder`].
+#[derive(Clone, Debug)]
+pub struct NodeBuilder {
+    data_dir: PathBuf,
+    config: ServiceConfig,
+}
+
+impl NodeBuilder {
+    /// Accept replica links on `addr` (port 0 picks a free port).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.config = self.config.listen(addr);
+        self
+    }
+    /// The cluster secret (see [`ServiceConfig::secret`]).
+    pub fn secret(mut self, secret: Option<Vec<u8>>) -> Self {
+        self.config = self.config.secret(secret);
+        self
+    }
+    /// io_uring, epoll or auto (default).
+    pub fn transport(mut self, transport: TransportKind) -> Self {
+        self.config = self.config.transport(transport);
+        self
+    }
+    /// Heartbeat interval and link timeout.
+    pub fn liveness(mut self, heartbeat: Duration, link_timeout: Duration) -> Self {
+        self.config = self.config.liveness(heartbeat, link_timeout);
+        self
+    }
+    /// Longest wait between reconnection attempts.
+    pub fn backoff_max(mut self, backoff_max: Duration) -> Self {
+        self.config = self.config.backoff_max(backoff_max);
+        self
+    }
+    /// Creates the data directory if needed and starts the network.
+    pub fn open(self) -> Result<Node, NodeError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| NodeError::Io {
+            op: "create",
+            path: self.data_dir.clone(),
+            source,
+        })?;
+        Ok(Node {
+            service: Service::start(self.config)?,
+            data_dir: self.data_dir,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// A pagemesh node: it opens databases under its data directory, serves them to replicas and
+/// keeps replicas of other nodes' databases. `Send + Sync`.
+#[derive(Debug)]
+pub struct Node {
+    service: Service,
+    data_dir: PathBuf,
+    /// Databases opened by name (sources and replicas), to refuse opening one twice.
+    open: Mutex<HashMap<String, ()>>,
+}
+
+impl Node {
+    /// A node named `name` keeping its databases in `data_dir`. Defaults: not listening, no
+    /// secret (loopback only), io_uring with an epoll fallback.
+    pub fn builder(name: &str, data_dir: impl Into<PathBuf>) -> NodeBuilder {
+        NodeBuilder {
+            data_dir: data_dir.into(),
+            config: ServiceConfig::new(name),
+        }
+    }
+
+    /// Where the node listens, if it does.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.service.local_addr()
+    }
+
+    /// The event loop the node's sockets run on.
+    pub fn runtime(&self) -> RuntimeKind {
+        self.service.runtime()
+    }
+
+    fn claim(&self, name: &str) -> Result<PathBuf, NodeError> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.insert(name.to_string(), ()).is_some() {
+            return Err(NodeError::AlreadyOpen { name: name.into() });
+        }
+        Ok(self.data_dir.join(name))
+    }
+
+    /// Opens (or creates) the database `name` in the data directory.
+    pub fn open_database(&self, name: &str, options: Options) -> Result<Database, NodeError> {
+        let path = self.claim(name)?;
+        Ok(Database::open(path, options)?)
+    }
+
+    /// Makes `database` a source: replicas may subscribe to it, and `sync_replicas` of them are
+    /// synchronous (their acks count for `Replicated(n)`).
+    pub fn serve(&self, database: &Database, sync_replicas: usize) {
+        database.replication().enable(sync_replicas);
+        self.service.serve(Arc::new(Source {
+            database: database.clone(),
+        }));
+    }
+
+    /// Keeps a read-only replica named `name` of the database `database` served by the node at
+    /// `source`: bootstrapped from a snapshot if it does not exist yet, then following, and
+    /// re-syncing by itself after any disconnect.
+    pub fn replicate(
+        &self,
+        source: SocketAddr,
+        database: Uuid,
+        name: &str,
+        options: Options,
+    ) -> Result<Replica, NodeError> {
+        let path = self.claim(name)?;
+        let slot = Arc::new(ReplicaSlot::open(name, &path, options)?);
+        let subscription = self.service.subscribe(source, database, slot.clone());
+        Ok(Replica {
+            name: name.to_string(),
+            slot,
+            subscription,
+        })
+    }
+}
+
+/// A replica kept by a node; dropping it stops following (the database stays on disk).
+#[derive(Debug)]
+pub struct Replica {
+    name: String,
+    slot: Arc<ReplicaSlot>,
+    subscription: Subscription,
+}
+
+impl Replica {
+    /// The replica database, once it exists (after its bootstrap).
+    pub fn database(&self) -> Option<Database> {
+        self.slot.current_database()
+    }
+
+    /// The subscription's state: connected, received LSN, restores, last error.
+    pub fn status(&self) -> SubscriptionStatus {
+        self.subscription.status()
+    }
+
+    /// Waits until the replica has applied every page below `lsn`; returns the database.
+    pub fn wait_applied(&self, lsn: u64, timeout: Duration) -> Result<Database, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(db) = self.database() {
+                if db.applied_lsn() >= lsn {
+                    return Ok(db);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Timeout {
+                    name: self.name.clone(),
+                    what: format!("applied lsn {lsn}"),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// A source database, as the network sees it.
+struct Source {
+    database: Database,
+}
+
+impl SourceDatabase for Source {
+    fn uuid(&self) -> Uuid {
+        self.database.uuid()
+    }
+
+    fn origin(&self) -> Uuid {
+        self.database.origin_uuid()
+    }
+
+    fn log(&self) -> &Log {
+        self.database.log()
+    }
+
+    fn history(
+        &self,
+        from_lsn: u64,
+        pages_max: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<History, String> {
+        let snapshot = self.database.read().map_err(|e| e.to_string())?;
+        let pages = match snapshot.binlog_range(from_lsn) {
+            Ok(pages) => pages,
+            Err(pagemesh_core::Error::Purged { oldest, .. }) => {
+                return Ok(History::Purged { oldest })
+            }
+            Err(error) => return Err(error.to_string()),
+        };
+        let mut count = 0;
+        for (expected, page) in (from_lsn..).zip(pages.take(pages_max)) {
+            let page = page.map_err(|e| e.to_string())?;
+            if page.lsn() != expected {
+                return Err(format!(
+                    "binlog gap: expected page {expected}, found {}",
+                    page.lsn()
+                ));
+            }
+            page.extend_full(out);
+            count += 1;
+        }
+        Ok(History::Pages(count))
+    }
+
+    fn snapshot(&self, out: &mut dyn Write) -> Result<u64, String> {
+        let snapshot = self.database.read().map_err(|e| e.to_string())?;
+        let stats = snapshot.export(out).map_err(|e| e.to_string())?;
+        Ok(stats.replica_resume_lsn)
+    }
+
+    fn attach(&self, peer: &str, received_lsn: u64) -> Box<dyn AckSink> {
+        Box::new(Acks(self.database.replication().attach(peer, received_lsn)))
+    }
+}
+
+struct Acks(ReplicaLink);
+
+impl AckSink for Acks {
+    fn ack(&self, received_lsn: u64, _durable_lsn: u64) {
+        self.0.ack(received_lsn);
+    }
+}
+
+/// A replica database, as the network sees it.
+struct Follower {
+    database: Database,
+}
+
+impl ReplicaDatabase for Follower {
+    fn uuid(&self) -> Uuid {
+        self.database.uuid()
+    }
+    fn origin(&self) -> Uuid {
+        self.database.origin_uuid()
+    }
+    fn log(&self) -> &Log {
+        self.database.log()
+    }
+    fn ingest(&self, pages: &[u8]) -> Result<Ingested, String> {
+        self.database.ingest(pages).map_err(|e| e.to_string())
+    }
+    fn received_lsn(&self) -> u64 {
+        self.database.received_lsn()
+    }
+    fn durable_lsn(&self) -> u64 {
+        self.database.applied_lsn()
+    }
+}
+
+/// Where a replica's generations live; see the module docs.
+#[derive(Debug)]
+struct ReplicaSlot {
+    name: String,
+    path: PathBuf,
+    options: Options,
+    current: Mutex<Option<(u64, Database)>>,
+}
+
+impl ReplicaSlot {
+    fn open(name: &str, path: &Path, options: Options) -> Result<Self, NodeError> {
+        let io = |op, source| NodeError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(path).map_err(|e| io("create", e))?;
+        let mut newest: Option<u64> = None;
+        for entry in std::fs::read_dir(path).map_err(|e| io("list", e))? {
+            let entry = entry.map_err(|e| io("list", e))?;
+            let generation = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("generation-"))
+                .and_then(|n| n.parse::<u64>().ok());
+            newest = newest.max(generation);
+        }
+        // A generation without a finished restore has no LMDB data file: start over.
+        let current = match newest {
+            Some(generation)
+                if path
+                    .join(format!("generation-{generation}/lmdb/data.mdb"))
+                    .exists() =>
+            {
+                let database = Database::open(
+                    path.join(format!("generation-{generation}")),
+                    options.clone(),
+                )?;
+                tracing::info!(
+                    replica = name,
+                    generation,
+                    received_lsn = database.received_lsn(),
+                    "opened replica"
+                );
+                Some((generation, database))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            options,
+            current: Mutex::new(current),
+        })
+    }
+
+    fn current_database(&self) -> Option<Database> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, db)| db.clone())
+    }
+}
+
+impl ReplicaStore for ReplicaSlot {
+    fn current(&self) -> Option<Arc<dyn ReplicaDatabase>> {
+        self.current_database()
+            .map(|database| Arc::new(Follower { database }) as Arc<dyn ReplicaDatabase>)
+    }
+
+    fn restore(&self, input: &mut dyn Read) -> Result<(Arc<dyn ReplicaDatabase>, u64), String> {
+        let (previous, generation) = {
+            let mut current = self
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let previous = current.take();
+            let generation = previous.as_ref().map_or(0, |(g, _)| g + 1);
+            (previous, generation)
+        };
+        let dir = self.path.join(format!("generation-{generation}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("clear {}: {e}", dir.display()))?;
+        }
+        let (database, stats) = Database::restore_replica(&dir, input, self.options.clone())
+            .map_err(|e| e.to_string())?;
+        tracing::info!(replica = %self.name, generation, entries = stats.entries, lsn = stats.lsn, "replica restored from a snapshot");
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((generation, database.clone()));
+        if let Some((old, old_db)) = previous {
+            drop(old_db);
+            let old_dir = self.path.join(format!("generation-{old}"));
+            if let Err(error) = std::fs::remove_dir_all(&old_dir) {
+                tracing::warn!(path = %old_dir.display(), %error, "could not remove an old replica generation");
+            }
+        }
+        Ok((Arc::new(Follower { database }), stats.lsn))
+    }
+}
