@@ -1,7 +1,8 @@
 //! `pagemesh`: the command-line program.
 //!
-//! - `pagemesh demo`: the log at work: writers, followers, a crash-free reopen, a verification.
-//! - `pagemesh bench reserve`: reservations per second, the anchor against its baselines.
+//! - `pagemesh demo`: a primary and two synchronous replicas on loopback, a load, a DIFF.
+//! - `pagemesh node --config node.toml`: a long-lived node.
+//! - `pagemesh bench reserve|commit|replicate|transport`: pagemesh against baselines, as ratios.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod backup;
 mod demo;
 mod import;
+mod run_node;
 
 #[derive(Parser)]
 #[command(
@@ -24,8 +26,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the log with concurrent writers and two followers, and verify what they read.
+    /// Start a primary and two synchronous replicas on loopback, load the land-registry set, and
+    /// verify every replica is identical to the primary.
     Demo(demo::Args),
+    /// Run a long-lived node from a TOML configuration.
+    Node(run_node::Args),
     /// Import a CSV file into a table, one row per key; bad rows are reported with line numbers.
     Import(import::ImportArgs),
     /// Write a full, consistent snapshot of a database to a file.
@@ -43,6 +48,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Commits per second and latency with a replica: none, async, sync, sync-durable.
+    Replicate {
+        /// Commits in flight to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        inflight: Vec<usize>,
+        /// Seconds per cell and round.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Interleaved rounds; each cell reports its median round.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Socket event loop: auto, uring or epoll.
+        #[arg(long, default_value = "auto")]
+        transport: pagemesh::net::TransportKind,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Commits per second through the store against raw heed: applied, durable, batch.
     Commit {
         /// Commits in flight to measure, comma-separated.
@@ -80,6 +103,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args).map_err(|e| e as Box<dyn std::error::Error>),
         Command::Import(args) => import::import(&args),
+        Command::Node(args) => run_node::run(&args),
+        Command::Bench {
+            bench:
+                Bench::Replicate {
+                    inflight,
+                    seconds,
+                    rounds,
+                    transport,
+                    json,
+                },
+        } => bench_replicate(&inflight, seconds, rounds, transport, json),
         Command::Backup(args) => backup::backup(&args),
         Command::Restore(args) => backup::restore(&args),
         Command::Generate(args) => import::generate(&args),
@@ -178,6 +212,38 @@ fn bench_commit(
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!("{:<18} {:<34} {:.2}x", r.workload, r.ratio, r.value);
+        }
+    }
+    Ok(())
+}
+
+fn bench_replicate(
+    inflight: &[usize],
+    seconds: f64,
+    rounds: usize,
+    transport: pagemesh::net::TransportKind,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use pagemesh::bench::replicate::{measure_all, ratios};
+    if inflight.iter().any(|&n| n == 0 || n > 65_536) || !(0.01..=600.0).contains(&seconds) {
+        return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
+    }
+    let cells = measure_all(inflight, seconds, rounds, transport).map_err(|e| e.to_string())?;
+    for c in &cells {
+        if json {
+            println!("{}", serde_json::to_string(c)?);
+        } else {
+            println!(
+                "{:<22} {:<13} inflight={:<4} commits/s={:>9.0} p50={:>8.0}us p99={:>8.0}us ({})",
+                c.workload, c.variant, c.inflight, c.ops_per_sec, c.p50_us, c.p99_us, c.transport
+            );
+        }
+    }
+    for r in ratios(&cells) {
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{:<22} {:<34} {:.2}", r.workload, r.ratio, r.value);
         }
     }
     Ok(())

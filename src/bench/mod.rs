@@ -2,6 +2,7 @@
 //! in the same run, and reports ratios, because the machines are shared and noisy.
 
 pub mod commit;
+pub mod replicate;
 pub mod reserve;
 
 use serde::Serialize;

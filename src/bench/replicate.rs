@@ -1,0 +1,229 @@
+//! `bench replicate`: what synchronous replication costs, measured against asynchronous.
+//!
+//! Every variant commits the land-registry-shaped records (one record per commit) on a primary
+//! node, with 1, 16 or 256 commits in flight from one thread (`commit_async` tickets, the oldest
+//! waited on when the window is full), and times each commit from `commit_async` to the end of
+//! its wait:
+//!
+//! - `none`: no replica; `Memory` durability (the record is in the primary's committed log);
+//! - `async`: one replica following, not synchronous (`serve(db, 0)`); `Memory` durability;
+//! - `sync`: one synchronous replica; `Replicated(1)`: the commit returns once the replica has
+//!   *received* its page (ack on receipt, before replay);
+//! - `sync-durable`: `DurableReplicated(1)`: the local sync and the replica's receipt, overlapped.
+//!
+//! Primary and replica are two nodes in this process on loopback, each with its own network
+//! thread, on the same 2 cores: a realistic worst case for CPU contention. Variants are measured
+//! in interleaved rounds, each on fresh databases, and each cell keeps its median round.
+//!
+//! The targets: `sync` ≥ 0.97× `async` commits/s at 256 in flight and ≥ 0.90× at 16; `sync` p50
+//! latency at 1 in flight ≤ `none` p50 plus two loopback round trips.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pagemesh_core::{Database, Durability, Options, WriteBatch};
+use pagemesh_net::TransportKind;
+use serde::Serialize;
+
+use crate::node::{Node, NodeError};
+
+const TABLE: &str = "price_paid";
+
+/// The variants, in measuring order.
+pub const VARIANTS: [&str; 4] = ["none", "async", "sync", "sync-durable"];
+
+/// One measured cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicateMeasurement {
+    /// Always `replicate/price_paid`.
+    pub workload: &'static str,
+    /// One of [`VARIANTS`].
+    pub variant: String,
+    /// Commits in flight.
+    pub inflight: usize,
+    /// Commits completed per second.
+    pub ops_per_sec: f64,
+    /// Median commit latency, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile commit latency, microseconds.
+    pub p99_us: f64,
+    /// The socket event loop used.
+    pub transport: String,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Measures one variant at one window on fresh nodes under `dir`.
+pub fn measure(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    variant: &str,
+    inflight: usize,
+    seconds: f64,
+    transport: TransportKind,
+) -> Result<ReplicateMeasurement, BoxError> {
+    let loopback = "127.0.0.1:0".parse()?;
+    let options = || Options::new().map_size(4 << 30);
+    let primary = Node::builder("bench-primary", dir.join("primary"))
+        .listen(loopback)
+        .transport(transport)
+        .open()?;
+    let db = primary.open_database("bench", options())?;
+    let (durability, sync_replicas, replica) = match variant {
+        "none" => (Durability::Memory, 0, false),
+        "async" => (Durability::Memory, 0, true),
+        "sync" => (Durability::Replicated(1), 1, true),
+        "sync-durable" => (Durability::DurableReplicated(1), 1, true),
+        other => return Err(format!("unknown variant {other}").into()),
+    };
+    primary.serve(&db, sync_replicas);
+    let replica_node;
+    let _replica = if replica {
+        replica_node = Node::builder("bench-replica", dir.join("replica"))
+            .transport(transport)
+            .open()?;
+        let addr = primary.local_addr().ok_or("primary is not listening")?;
+        let replica = replica_node.replicate(addr, db.uuid(), "bench", options())?;
+        wait_attached(&db)?;
+        Some(replica)
+    } else {
+        None
+    };
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tickets = VecDeque::with_capacity(inflight);
+    for (key, value) in records.iter().cycle() {
+        if latencies.len() % 64 == 0 && Instant::now() >= deadline {
+            break;
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(TABLE, key, value)?;
+        tickets.push_back((Instant::now(), db.commit_async(&batch, durability)?));
+        if tickets.len() >= inflight {
+            let (at, ticket) = tickets.pop_front().ok_or("empty window")?;
+            ticket.wait()?;
+            latencies.push(at.elapsed());
+        }
+    }
+    for (at, ticket) in tickets {
+        ticket.wait()?;
+        latencies.push(at.elapsed());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ops = latencies.len() as f64;
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    };
+    Ok(ReplicateMeasurement {
+        workload: "replicate/price_paid",
+        variant: variant.to_string(),
+        inflight,
+        ops_per_sec: ops / elapsed,
+        p50_us: percentile(0.50),
+        p99_us: percentile(0.99),
+        transport: format!("{:?}", primary.runtime()),
+    })
+}
+
+fn wait_attached(db: &Database) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.replication().status().is_empty() {
+        if Instant::now() > deadline {
+            return Err(NodeError::Timeout {
+                name: "bench-replica".into(),
+                what: "attach".into(),
+                waited: Duration::from_secs(30),
+            }
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// Measures every variant at every window in `rounds` interleaved rounds; each cell keeps its
+/// median round by commits/s.
+pub fn measure_all(
+    inflight: &[usize],
+    seconds: f64,
+    rounds: usize,
+    transport: TransportKind,
+) -> Result<Vec<ReplicateMeasurement>, BoxError> {
+    let records = super::commit::records(20_000);
+    let mut cells: Vec<Vec<ReplicateMeasurement>> = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let mut index = 0;
+        for &window in inflight {
+            for variant in VARIANTS {
+                let dir = tempfile::tempdir()?;
+                let cell = measure(dir.path(), &records, variant, window, seconds, transport)?;
+                if cells.len() <= index {
+                    cells.push(Vec::new());
+                }
+                cells[index].push(cell);
+                index += 1;
+            }
+        }
+    }
+    Ok(cells
+        .into_iter()
+        .filter_map(|mut rounds| {
+            rounds.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            let middle = rounds.len() / 2;
+            rounds.into_iter().nth(middle)
+        })
+        .collect())
+}
+
+/// The ratios the issue asks for.
+pub fn ratios(cells: &[ReplicateMeasurement]) -> Vec<super::Ratio> {
+    let find = |variant: &str, inflight: usize| {
+        cells
+            .iter()
+            .find(|c| c.variant == variant && c.inflight == inflight)
+    };
+    let mut out = Vec::new();
+    for inflight in [1, 16, 256] {
+        if let (Some(sync), Some(asynchronous)) = (find("sync", inflight), find("async", inflight))
+        {
+            out.push(super::Ratio {
+                workload: "replicate/price_paid".into(),
+                threads: 1,
+                ratio: format!("sync@{inflight}/async (commits/s)"),
+                value: sync.ops_per_sec / asynchronous.ops_per_sec,
+            });
+        }
+    }
+    if let (Some(sync), Some(none)) = (find("sync", 1), find("none", 1)) {
+        out.push(super::Ratio {
+            workload: "replicate/price_paid".into(),
+            threads: 1,
+            ratio: "sync@1 p50 - none@1 p50 (us)".into(),
+            value: sync.p50_us - none.p50_us,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_commits_over_both_transports() {
+        let records = super::super::commit::records(200);
+        for transport in [TransportKind::Epoll, TransportKind::Auto] {
+            for variant in VARIANTS {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let cell = measure(dir.path(), &records, variant, 4, 0.05, transport)
+                    .unwrap_or_else(|e| panic!("{variant} on {transport:?}: {e}"));
+                assert!(cell.ops_per_sec > 0.0 && cell.p50_us > 0.0, "{cell:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `pagemesh node --config node.toml`: a long-lived node.
+//!
+//! ```toml
+//! name = "primary"
+//! listen = "127.0.0.1:7400"        # optional: omit for a node that only follows
+//! data_dir = "/var/lib/pagemesh"
+//! secret_file = "/etc/pagemesh/secret"   # or: secret = "...", or env PAGEMESH_SECRET
+//! transport = "auto"                # auto | uring | epoll
+//!
+//! [[databases]]
+//! name = "land-registry"
+//! role = "source"
+//! sync_replicas = 1
+//!
+//! [[databases]]
+//! name = "land-registry-copy"
+//! role = "replica"
+//! source = "127.0.0.1:7401"
+//! uuid = "…"                         # the source database's uuid (printed by its node)
+//! ```
+//!
+//! On start the node prints one line per database, `database NAME uuid UUID role ROLE`, so
+//! scripts and tests can pick up a source's uuid. It then runs until SIGINT or SIGTERM and shuts
+//! down cleanly (links closed, appliers drained). Without a secret it listens on loopback only.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pagemesh::core::Options;
+use pagemesh::net::TransportKind;
+use pagemesh::Node;
+use serde::Deserialize;
+
+/// Options of `pagemesh node`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The node's TOML configuration.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    name: String,
+    listen: Option<SocketAddr>,
+    data_dir: PathBuf,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default = "auto")]
+    transport: String,
+    #[serde(default)]
+    databases: Vec<DatabaseConfig>,
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "role")]
+enum DatabaseConfig {
+    Source {
+        name: String,
+        #[serde(default)]
+        sync_replicas: usize,
+    },
+    Replica {
+        name: String,
+        source: SocketAddr,
+        uuid: uuid::Uuid,
+    },
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn secret(config: &Config) -> Result<Option<Vec<u8>>, BoxError> {
+    if let Some(path) = &config.secret_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("reading secret file {}: {e}", path.display()))?;
+        let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+        if trimmed.is_empty() {
+            return Err(format!("secret file {} is empty", path.display()).into());
+        }
+        return Ok(Some(trimmed));
+    }
+    if let Some(secret) = &config.secret {
+        return Ok(Some(secret.as_bytes().to_vec()));
+    }
+    Ok(std::env::var("PAGEMESH_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(String::into_bytes))
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn run(args: &Args) -> Result<(), BoxError> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| format!("reading {}: {e}", args.config.display()))?;
+    let config: Config =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", args.config.display()))?;
+    let transport: TransportKind = config.transport.parse()?;
+    let mut builder = Node::builder(&config.name, &config.data_dir)
+        .secret(secret(&config)?)
+        .transport(transport);
+    if let Some(listen) = config.listen {
+        builder = builder.listen(listen);
+    }
+    let node = builder.open()?;
+    if let Some(addr) = node.local_addr() {
+        println!("node {} listening on {addr}", config.name);
+    }
+    let mut sources = Vec::new();
+    let mut replicas = Vec::new();
+    for database in &config.databases {
+        match database {
+            DatabaseConfig::Source {
+                name,
+                sync_replicas,
+            } => {
+                let db = node.open_database(name, Options::new())?;
+                node.serve(&db, *sync_replicas);
+                println!("database {name} uuid {} role source", db.uuid());
+                sources.push(db);
+            }
+            DatabaseConfig::Replica { name, source, uuid } => {
+                let replica = node.replicate(*source, *uuid, name, Options::new())?;
+                println!("database {name} uuid {uuid} role replica");
+                replicas.push(replica);
+            }
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    drop(replicas);
+    drop(node);
+    drop(sources);
+    println!("node {} stopped", config.name);
+    Ok(())
+}
