@@ -100,10 +100,12 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
 
     let started = Instant::now();
     let done = AtomicBool::new(false);
+    let load_time = std::cell::Cell::new(Duration::ZERO);
     let outcome = std::thread::scope(|s| -> Result<(), BoxError> {
         let watcher = s.spawn(|| watch(&db, &replicas, &followers, args, &done));
         let load = load(&db, args, replicas_wanted, &loaded);
         loaded.finish();
+        load_time.set(started.elapsed());
         db.log().seal();
         done.store(true, Ordering::SeqCst);
         let watched = watcher.join().map_err(|_| "watcher panicked")?;
@@ -115,6 +117,12 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         bar.finish();
     }
     let stats = db.stats();
+    println!(
+        "every commit acknowledged by both replicas after {:.2} s ({:.0} records/s); replicas applied everything after {:.2} s",
+        load_time.get().as_secs_f64(),
+        args.records as f64 / load_time.get().as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
     println!(
         "loaded {} records in {:.2} s: {:.0} records/s end to end ({} replicas synchronous; {} LMDB groups, largest {} records)",
         args.records,
