@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pagemesh_core::{Database, Ingested, Options, ReplicaLink};
+use pagemesh_core::{Database, Options, ReplicaLink};
 use pagemesh_logpage::Log;
 use pagemesh_net::{
     AckSink, History, ReplicaDatabase, ReplicaStore, RuntimeKind, Service, ServiceConfig,
@@ -331,9 +331,6 @@ impl ReplicaDatabase for Follower {
     }
     fn log(&self) -> &Log {
         self.database.log()
-    }
-    fn ingest(&self, pages: &[u8]) -> Result<Ingested, String> {
-        self.database.ingest(pages).map_err(|e| e.to_string())
     }
     fn received_lsn(&self) -> u64 {
         self.database.received_lsn()

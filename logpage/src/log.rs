@@ -13,7 +13,7 @@
 //! publish it (Release), so a reserver that reads it (Acquire) finds its slots clean.
 
 use std::path::Path;
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
@@ -473,6 +473,21 @@ impl Log {
         }
         shared.advance_watermark();
         result.map(|()| outcome)
+    }
+
+    /// [`ingest`](Self::ingest) for an event loop: `Ready` once some of `pages` was taken (or on
+    /// an error); `Pending`, with `cx`'s waker registered, while the ring is full. The waker is
+    /// registered *before* a second attempt, so a release between the two cannot be missed.
+    pub fn poll_ingest(&self, cx: &mut Context<'_>, pages: &[u8]) -> Poll<Result<Ingested>> {
+        match self.ingest(pages) {
+            Ok(ingested) if ingested.full && ingested.pages == 0 => {}
+            other => return Poll::Ready(other),
+        }
+        self.register_waker(cx.waker());
+        match self.ingest(pages) {
+            Ok(ingested) if ingested.full && ingested.pages == 0 => Poll::Pending,
+            other => Poll::Ready(other),
+        }
     }
 
     /// Writes the ring back to its file and waits for the disk (msync).

@@ -34,6 +34,13 @@
 //!    no consumer, with a consumer that drains everything, and with consumers that stop after one
 //!    or two pages and drop their cursor while writers still wait (rule 4). No schedule blocks
 //!    forever, and every wait returns `Ok(true)`.
+//! 5. **Async consumers.** The consumer of model 3 as a future on shuttle's executor
+//!    (`Cursor::poll_ready` with the executor's waker), with and without writers waiting after each
+//!    commit: no lost wake-up (it would leave every task blocked), every record read exactly once.
+//! 6. **Followers.** A follower log of 4 slots is fed another log's pages by a future using
+//!    `Log::poll_ingest`, while a consumer reads and releases: the feeder is always woken when room
+//!    appears, and every record arrives. (This model caught the first feeder design, which
+//!    re-checked a horizon that only advances lazily and so slept through a release.)
 //!
 //! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
 //! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
@@ -614,4 +621,120 @@ fn waiters_return_when_the_consumer_stops() {
         1000,
         1000,
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 5: an async consumer (a network shipper) — no lost wake-ups, rule 1 and rule 2 hold
+// ---------------------------------------------------------------------------------------------
+
+/// Consumes like `consume_all`, but as a future on shuttle's executor: `poll_ready` with the
+/// executor's waker. A lost wake-up leaves every thread blocked, which shuttle reports.
+async fn consume_all_async(mut cursor: Cursor, records: usize) -> Reading {
+    let mut reading = Reading::default();
+    for _ in 0..CONSUMER_ROUNDS_MAX {
+        if reading.records.len() == records {
+            return reading;
+        }
+        std::future::poll_fn(|cx| cursor.poll_ready(cx))
+            .await
+            .expect("poll_ready");
+        let before = reading.next_lsn;
+        reading.drain_runs(&mut cursor);
+        assert!(reading.next_lsn > before, "poll_ready returned a page");
+    }
+    panic!(
+        "async consumer read only {} of {records} records",
+        reading.records.len()
+    );
+}
+
+fn async_consumer_model(wait: Wait) {
+    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
+    let cursor = log.cursor(0).expect("cursor");
+    let records: usize = BACKPRESSURE_LENS.iter().map(|lens| lens.len()).sum();
+    let consumer = spawn("async-consumer".into(), move || {
+        shuttle::future::block_on(consume_all_async(cursor, records))
+    });
+    let writers: Vec<_> = (0u32..)
+        .zip(BACKPRESSURE_LENS)
+        .map(|(writer, lens)| spawn_writer(&log, writer, lens, Style::Append, wait))
+        .collect();
+    let written = join_all(writers);
+    let reading = consumer.join().expect("consumer thread");
+    check_exactly_once(&written, &reading);
+}
+
+#[test]
+fn an_async_consumer_reads_everything_through_a_full_ring() {
+    check(|| async_consumer_model(Wait::No), 1500, 1500);
+}
+
+#[test]
+fn waiters_return_with_an_async_consumer() {
+    check(|| async_consumer_model(Wait::AfterEach), 1500, 1500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 6: a follower log fed through a full ring, its feeder woken by the consumer's releases
+// ---------------------------------------------------------------------------------------------
+
+/// An origin's pages: the backpressure records appended to a roomy log, sealed, copied out.
+fn origin_pages() -> (Vec<u8>, usize) {
+    let log = Log::in_memory(LogOptions::new().slots(32)).expect("origin log");
+    let mut cursor = log.cursor(0).expect("cursor");
+    let mut records = 0;
+    for (writer, lens) in (0u32..).zip(BACKPRESSURE_LENS) {
+        for (index, &len) in (0u32..).zip(lens) {
+            log.append(&make_record(writer, index, len))
+                .expect("append");
+            records += 1;
+        }
+    }
+    log.seal();
+    let mut pages = Vec::new();
+    while let Some(run) = cursor.next_run(32).expect("run") {
+        pages.extend_from_slice(run.bytes);
+    }
+    (pages, records)
+}
+
+fn follower_model() {
+    let (pages, records) = origin_pages();
+    let log = Log::in_memory(LogOptions::new().slots(4).follower(true)).expect("follower");
+    let cursor = log.cursor(0).expect("cursor");
+    let consumer = spawn("consumer".into(), move || {
+        consume_all(cursor, records, false)
+    });
+    let feeder = {
+        let log = log.clone();
+        spawn("feeder".into(), move || {
+            shuttle::future::block_on(async move {
+                let mut offered = &pages[..];
+                for _ in 0..64 {
+                    if offered.is_empty() {
+                        return;
+                    }
+                    let ingested = std::future::poll_fn(|cx| log.poll_ingest(cx, offered))
+                        .await
+                        .expect("ingest");
+                    offered = &offered[ingested.pages * pagemesh_logpage::PAGE_SIZE..];
+                }
+                panic!("feeder made no progress in 64 rounds");
+            })
+        })
+    };
+    feeder.join().expect("feeder thread");
+    let reading = consumer.join().expect("consumer thread");
+    assert_eq!(reading.records.len(), records);
+    for read in &reading.records {
+        assert_eq!(
+            read.len,
+            BACKPRESSURE_LENS[read.writer as usize][read.index as usize]
+        );
+    }
+}
+
+#[test]
+fn a_follower_fed_through_a_full_ring_gets_every_page() {
+    check(follower_model, 1500, 1500);
 }

@@ -34,10 +34,9 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use pagemesh_logpage::{Ingested, Log, PAGE_SIZE};
+use pagemesh_logpage::{Log, PAGE_SIZE};
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
@@ -107,10 +106,8 @@ pub trait ReplicaDatabase: Send + Sync + 'static {
     fn uuid(&self) -> Uuid;
     /// The uuid of the log it follows.
     fn origin(&self) -> Uuid;
-    /// The follower log (for its epoch and for space wake-ups).
+    /// The follower log: pages go in with `Log::poll_ingest` (crc and epoch checked there).
     fn log(&self) -> &Log;
-    /// Copies pages into the ring; never blocks (see `Log::ingest`).
-    fn ingest(&self, pages: &[u8]) -> Result<Ingested, String>;
     /// Every page below this is received.
     fn received_lsn(&self) -> u64;
     /// Every page below this is applied and synced.
@@ -1141,13 +1138,14 @@ async fn receive(
                 };
                 let mut offered = pages.pages;
                 while !offered.is_empty() {
-                    let ingested = db
-                        .ingest(offered)
-                        .map_err(|reason| Error::Replica { database, reason })?;
+                    // Pending only while the ring is full: the replica's applier frees it.
+                    let ingested = poll_fn(|cx| db.log().poll_ingest(cx, offered))
+                        .await
+                        .map_err(|error| Error::Replica {
+                            database,
+                            reason: error.to_string(),
+                        })?;
                     offered = &offered[ingested.pages * PAGE_SIZE..];
-                    if ingested.full {
-                        wait_for_space(db.log()).await;
-                    }
                 }
                 let received = db.received_lsn();
                 acks.pending
@@ -1218,18 +1216,4 @@ async fn receive(
             }
         }
     }
-}
-
-/// Waits until the log may have room again (a cursor released pages), or 10 ms.
-async fn wait_for_space(log: &Log) {
-    let mut registered = false;
-    let woken = poll_fn(|cx| {
-        if registered {
-            return Poll::Ready(());
-        }
-        registered = true;
-        log.register_waker(cx.waker());
-        Poll::Pending
-    });
-    let _ = tokio::time::timeout(Duration::from_millis(10), woken).await;
 }
