@@ -87,6 +87,12 @@ impl Applier {
         let first_lsn = self.cursor.position();
         let group_bytes_max = inner.options.group_bytes_max;
         let retain_bytes = inner.options.binlog_retain_bytes;
+        let older_than = inner.options.binlog_retain_age.map_or(0, |age| {
+            std::time::SystemTime::now()
+                .checked_sub(age)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_micros() as u64)
+        });
         let mut created: Vec<String> = Vec::new();
         let mut gate = None;
         let mut failure: Option<Error> = None;
@@ -137,7 +143,7 @@ impl Applier {
                         .put_apply_state(wtxn, &self.state)
                         .map_err(|e| fail(&mut failure, e))?;
                     store
-                        .trim_binlog(wtxn, retain_bytes, self.state.replay_lsn)
+                        .trim_binlog(wtxn, retain_bytes, older_than, self.state.replay_lsn)
                         .map_err(|e| fail(&mut failure, e))?;
                     Ok(CommitOrAbort::<_, ()>::Commit(()))
                 });

@@ -93,6 +93,7 @@ pub struct Options {
     group_bytes_max: usize,
     durability: Durability,
     binlog_retain_bytes: u64,
+    binlog_retain_age: Option<std::time::Duration>,
     replication_timeout: std::time::Duration,
     degrade_on_timeout: bool,
 }
@@ -105,6 +106,7 @@ impl Default for Options {
             group_bytes_max: 8 << 20,
             durability: Durability::Durable,
             binlog_retain_bytes: 256 << 20,
+            binlog_retain_age: None,
             replication_timeout: std::time::Duration::from_secs(10),
             degrade_on_timeout: false,
         }
@@ -139,6 +141,12 @@ impl Options {
     /// Bytes of binlog history to keep (older groups are trimmed, never past a registered cursor).
     pub fn binlog_retain_bytes(mut self, bytes: u64) -> Self {
         self.binlog_retain_bytes = bytes;
+        self
+    }
+    /// Also trim binlog groups appended longer ago than `age` (never past a registered cursor or
+    /// a record still being applied, and never the newest group). Default: no age limit.
+    pub fn binlog_retain_age(mut self, age: std::time::Duration) -> Self {
+        self.binlog_retain_age = Some(age);
         self
     }
     /// How long a `Replicated(n)` commit waits for its replicas before failing (default 10 s).

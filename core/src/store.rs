@@ -46,6 +46,9 @@ pub(crate) struct Store {
     pub env: heed::Env,
     pub meta: Table,
     pub binlog: Table,
+    /// When each binlog group was appended: key as `__binlog`'s, value wall-clock microseconds
+    /// (u64 LE). For age-based retention.
+    pub binlog_time: Table,
     tables: RwLock<HashMap<String, Table>>,
     /// Orders read transactions against table creation. LMDB lets a table handle be opened only
     /// after its creating transaction committed, and a read transaction can use only handles that
@@ -103,13 +106,15 @@ impl Store {
         }
         .map_err(lmdb("open environment"))?;
         let wtxn = env.write_txn().map_err(lmdb("begin"))?;
-        let (meta, binlog) = env
+        let (meta, binlog, binlog_time) = env
             .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
                 let meta: heed::Database<Bytes, Bytes> =
                     wdo.create_database(wtxn, Some("__meta"))?;
                 let binlog: heed::Database<Bytes, Bytes> =
                     wdo.create_database(wtxn, Some("__binlog"))?;
-                Ok(CommitOrAbort::<_, ()>::Commit((meta, binlog)))
+                let binlog_time: heed::Database<Bytes, Bytes> =
+                    wdo.create_database(wtxn, Some("__binlog_time"))?;
+                Ok(CommitOrAbort::<_, ()>::Commit((meta, binlog, binlog_time)))
             })
             .map_err(lmdb("create __meta and __binlog"))?
             .unwrap_commit();
@@ -118,6 +123,7 @@ impl Store {
             env,
             meta,
             binlog,
+            binlog_time,
             tables: RwLock::new(HashMap::new()),
             table_gate: RwLock::new(()),
             database_uuid: uuid::Uuid::nil(),
@@ -321,17 +327,38 @@ impl Store {
         Ok(floor)
     }
 
-    /// Trims whole binlog groups, oldest first, while the binlog holds more than `retain_bytes`,
-    /// never removing a page at or above `keep_from_lsn` or a registered cursor. Returns the
-    /// bytes trimmed.
+    /// When the group keyed `key` was appended (µs since the epoch), if recorded.
+    fn group_time(&self, txn: &heed::RoTxn, key: &[u8]) -> Result<Option<u64>> {
+        match self
+            .binlog_time
+            .get(txn, key)
+            .map_err(self.lmdb("read __binlog_time"))?
+        {
+            Some(bytes) => self.decode_u64(bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Trims whole binlog groups, oldest first, while the binlog holds more than `retain_bytes` or
+    /// the oldest group was appended before `older_than` (µs since the epoch; 0: no age limit),
+    /// never removing a page at or above `keep_from_lsn` or a registered cursor, nor the newest
+    /// group. Returns the bytes trimmed.
     pub fn trim_binlog(
         &self,
         wtxn: &mut heed::RwTxn,
         retain_bytes: u64,
+        older_than: u64,
         keep_from_lsn: u64,
     ) -> Result<u64> {
         let mut bytes = self.meta_u64(wtxn, b"binlog_bytes")?;
-        if bytes <= retain_bytes {
+        let too_old = |store: &Self, txn: &heed::RoTxn, key: &[u8]| -> Result<bool> {
+            Ok(older_than > 0 && store.group_time(txn, key)?.is_some_and(|t| t < older_than))
+        };
+        let oldest_too_old = match self.binlog.first(wtxn).map_err(self.lmdb("scan binlog"))? {
+            Some((key, _)) => too_old(self, wtxn, key)?,
+            None => false,
+        };
+        if bytes <= retain_bytes && !oldest_too_old {
             return Ok(0);
         }
         let floor = self
@@ -354,7 +381,7 @@ impl Store {
                     }
                     _ => break, // never trim the newest group
                 };
-                if next_first > floor || bytes <= retain_bytes {
+                if next_first > floor || (bytes <= retain_bytes && !too_old(self, wtxn, key)?) {
                     break;
                 }
                 doomed.push(((*key).try_into().unwrap_or([0; 8]), value.len() as u64));
@@ -367,6 +394,9 @@ impl Store {
             self.binlog
                 .delete(wtxn, &key)
                 .map_err(self.lmdb("trim binlog"))?;
+            self.binlog_time
+                .delete(wtxn, &key)
+                .map_err(self.lmdb("trim __binlog_time"))?;
         }
         self.meta
             .put(wtxn, b"binlog_bytes", &bytes.to_le_bytes())
@@ -409,6 +439,17 @@ impl Store {
         self.binlog
             .put_with_flags(wtxn, PutFlags::APPEND, &first_lsn.to_be_bytes(), pages)
             .map_err(self.lmdb("append __binlog"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.binlog_time
+            .put_with_flags(
+                wtxn,
+                PutFlags::APPEND,
+                &first_lsn.to_be_bytes(),
+                &now.to_le_bytes(),
+            )
+            .map_err(self.lmdb("append __binlog_time"))?;
         let bytes = self.meta_u64(wtxn, b"binlog_bytes")? + pages.len() as u64;
         self.meta
             .put(wtxn, b"binlog_bytes", &bytes.to_le_bytes())

@@ -8,6 +8,7 @@
 
 use pagemesh_core::{Database, Durability, Error, Options, WriteBatch};
 use pagemesh_logpage::RecordReader;
+use std::time::Duration;
 
 fn fill(db: &Database, from: u32, to: u32) {
     for i in from..to {
@@ -147,4 +148,44 @@ fn retention_trims_by_size_but_never_past_a_cursor() {
         Err(other) => panic!("expected Purged, got {other}"),
         Ok(pages) => panic!("expected Purged, got the whole binlog ({pages} pages)"),
     }
+}
+
+#[test]
+fn retention_trims_by_age_but_never_past_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    // A byte budget that never binds: only age trims here.
+    let options = |age| {
+        Options::new()
+            .ring_slots(64)
+            .binlog_retain_bytes(1 << 30)
+            .binlog_retain_age(age)
+    };
+    let young =
+        Database::open(dir.path().join("young"), options(Duration::from_secs(3600))).unwrap();
+    fill(&young, 0, 200);
+    assert!(
+        young.read().unwrap().binlog_range(0).unwrap().count() > 0,
+        "nothing is an hour old"
+    );
+
+    let old = Database::open(dir.path().join("old"), options(Duration::ZERO)).unwrap();
+    old.set_cursor("replica-1", 3).unwrap();
+    fill(&old, 0, 200);
+    let held = old.binlog_oldest_lsn().unwrap();
+    assert!(
+        (1..=3).contains(&held),
+        "every group is too old, but the cursor at 3 holds the trim (oldest {held})"
+    );
+    old.remove_cursor("replica-1").unwrap();
+    fill(&old, 200, 400);
+    let oldest = old.binlog_oldest_lsn().unwrap();
+    assert!(
+        oldest > 3,
+        "without the cursor, age trims on (oldest {oldest})"
+    );
+    let snapshot = old.read().unwrap();
+    assert!(
+        snapshot.binlog_range(oldest).unwrap().count() > 0,
+        "the newest group is kept"
+    );
 }
