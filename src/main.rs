@@ -48,6 +48,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Page-run shipping MB/s and ack round trips: the io_uring transport against epoll.
+    Transport {
+        /// Seconds per phase and kind (split into three interleaved rounds).
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Commits per second and latency with a replica: none, async, sync, sync-durable.
     Replicate {
         /// Commits in flight to measure, comma-separated.
@@ -104,6 +113,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args).map_err(|e| e as Box<dyn std::error::Error>),
         Command::Import(args) => import::import(&args),
         Command::Node(args) => run_node::run(&args),
+        Command::Bench {
+            bench: Bench::Transport { seconds, json },
+        } => pagemesh::bench::transport::run(seconds, json).map(|_| ()),
         Command::Bench {
             bench:
                 Bench::Replicate {

@@ -4,6 +4,7 @@
 pub mod commit;
 pub mod replicate;
 pub mod reserve;
+pub mod transport;
 
 use serde::Serialize;
 

@@ -146,6 +146,78 @@ fn wait_attached(db: &Database) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// A primary and (for every variant but `none`) one replica, kept up across many timings: what
+/// the criterion bench (`benches/replicate.rs`) measures.
+pub struct Pair {
+    // Field order is drop order: the replica stops following before the primary goes.
+    _replica: Option<(crate::node::Replica, Node)>,
+    db: Database,
+    _primary: Node,
+    durability: Durability,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    /// Starts the nodes for `variant` (one of [`VARIANTS`]).
+    pub fn start(variant: &str, transport: TransportKind) -> Result<Self, BoxError> {
+        let dir = tempfile::tempdir()?;
+        let options = || Options::new().map_size(4 << 30);
+        let primary = Node::builder("bench-primary", dir.path().join("primary"))
+            .listen("127.0.0.1:0".parse()?)
+            .transport(transport)
+            .open()?;
+        let db = primary.open_database("bench", options())?;
+        let (durability, sync_replicas) = match variant {
+            "none" | "async" => (Durability::Memory, 0),
+            "sync" => (Durability::Replicated(1), 1),
+            "sync-durable" => (Durability::DurableReplicated(1), 1),
+            other => return Err(format!("unknown variant {other}").into()),
+        };
+        primary.serve(&db, sync_replicas);
+        let replica = if variant == "none" {
+            None
+        } else {
+            let node = Node::builder("bench-replica", dir.path().join("replica"))
+                .transport(transport)
+                .open()?;
+            let addr = primary.local_addr().ok_or("primary is not listening")?;
+            let replica = node.replicate(addr, db.uuid(), "bench", options())?;
+            wait_attached(&db)?;
+            Some((replica, node))
+        };
+        Ok(Self {
+            _replica: replica,
+            db,
+            _primary: primary,
+            durability,
+            _dir: dir,
+        })
+    }
+
+    /// Commits `count` records, one per commit, `inflight` in flight; returns the time taken.
+    pub fn time(
+        &self,
+        records: &[(Vec<u8>, Vec<u8>)],
+        inflight: usize,
+        count: u64,
+    ) -> Result<Duration, BoxError> {
+        let started = Instant::now();
+        let mut tickets = VecDeque::with_capacity(inflight);
+        for (key, value) in records.iter().cycle().take(count as usize) {
+            let mut batch = WriteBatch::new();
+            batch.put(TABLE, key, value)?;
+            tickets.push_back(self.db.commit_async(&batch, self.durability)?);
+            if tickets.len() >= inflight {
+                tickets.pop_front().ok_or("empty window")?.wait()?;
+            }
+        }
+        for ticket in tickets {
+            ticket.wait()?;
+        }
+        Ok(started.elapsed())
+    }
+}
+
 /// Measures every variant at every window in `rounds` interleaved rounds; each cell keeps its
 /// median round by commits/s.
 pub fn measure_all(

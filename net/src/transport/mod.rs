@@ -25,6 +25,7 @@
 //! each link has a reader task and a writer task, and a link closes by shutting its socket down,
 //! which completes both.
 
+pub mod bench;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;

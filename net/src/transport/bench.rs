@@ -1,0 +1,919 @@
+//! `bench transport`: page shipping and ack round trips over loopback, on io_uring or on epoll.
+//!
+//! Both ends run in this process on 127.0.0.1, each on its own runtime thread of the same kind
+//! ([`spawn_runtime`]), through the transport the service uses (`Connection`, `FrameReader`,
+//! `FrameWriter`): on 2 cores, one thread per end is the realistic setup.
+//!
+//! - **Ship** (one phase per run size, [`TransportBenchConfig::run_pages`]): the client encodes one
+//!   PAGES frame of `run_pages` real log pages ([`pagemesh_logpage::page::write_page`]) into the
+//!   writer's reused buffer with [`encode_pages`] and writes it, one write per frame, as fast as
+//!   the socket takes them, until [`TransportBenchConfig::seconds`] pass or
+//!   [`TransportBenchConfig::bytes_max`] page bytes are sent. The server decodes every frame
+//!   (`FrameReader::next`, crc included) and acks each one: its reader task queues the ack, its
+//!   writer task sends every queued ack in one write (a replica's writer sends only the newest
+//!   ack, so this loads the ack path at least as much as replication does). The client reads the acks
+//!   on a reader task of its own, so both directions are live, as in replication. The phase ends
+//!   when the last frame is acked; MB/s is page bytes the server decoded (its last ack's
+//!   `received_lsn`, checked against the server's own count) over the client's time from the
+//!   first write to the last ack.
+//! - **Ping** (ack round trip): the client sends one 1-page PAGES frame, waits for its ACK, and
+//!   repeats, [`WARMUP_PINGS`] unrecorded and then up to [`TransportBenchConfig::pings_max`] or
+//!   until `seconds` pass; p50 and p99 of the recorded round trips.
+//!
+//! Each phase uses a fresh connection; the server serves them one after another. Every loop is
+//! bounded in count and time, every phase runs under a timeout that shuts its socket down (which
+//! completes any pending io_uring operation), and both runtime threads are joined before a result
+//! is returned.
+//!
+//! # Reading the figures
+//!
+//! On the 2-vCPU machines (strace -c, fixed counts): an epoll ping costs each end about three
+//! syscalls (`sendto`, `epoll_wait`, `recvfrom`); a tokio-uring ping costs about 15 in all (9
+//! `epoll_wait`, 6 `io_uring_enter`), because tokio-uring submits only when the runtime parks
+//! (an `io_uring_enter` on every park, even with nothing queued) and learns of completions
+//! through epoll readiness of the ring's fd and a driver task of its own. A 1-page ship frame
+//! costs epoll about 2 syscalls and io_uring about 5. So the 1-page and ping figures measure
+//! tokio-uring's driver more than the transport above it.
+
+use std::cell::Cell;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use pagemesh_logpage::page::{write_page, PageMeta, HEADER_SIZE};
+use pagemesh_logpage::PAYLOAD_SIZE;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{
+    spawn_runtime, Connection, FrameReader, FrameWriter, Listener, RuntimeKind, Shutdown,
+    TransportKind,
+};
+use crate::error::{Error, Result};
+use crate::proto::frame::{
+    encode, encode_pages, Ack, Frame, PagesHeader, PAGES_COUNT_MAX, PAGE_SIZE,
+};
+
+/// Round trips made before recording, so connection setup and cold caches are not measured.
+pub const WARMUP_PINGS: u64 = 16;
+/// The most acks the server encodes into one write.
+const ACKS_PER_WRITE_MAX: u64 = 1024;
+/// The most connections one server accepts (phases plus the stop signal).
+const CONNECTIONS_MAX: usize = 64;
+/// How long a phase may overrun its duration (waiting for the last acks) before it fails.
+const PHASE_GRACE: Duration = Duration::from_secs(10);
+/// The bound on a fixed-count run ([`time_ship`], [`time_pings`]).
+const TIMED_RUN_MAX: Duration = Duration::from_secs(120);
+/// The longest phase [`measure`] accepts, in seconds.
+const SECONDS_MAX: f64 = 600.0;
+/// The most round trips [`measure`] records (8 bytes each).
+const PINGS_MAX: u64 = 10_000_000;
+/// The database and origin every bench frame names.
+const DATABASE: Uuid = Uuid::from_u128(0x7061_6765_6d65_7368_0000_0000_0062_656e);
+const ORIGIN: Uuid = Uuid::from_u128(0x7061_6765_6d65_7368_0000_0000_006f_7267);
+
+/// What [`measure`] runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransportBenchConfig {
+    /// How long each phase (each run size, then the ping-pong) runs, in seconds.
+    pub seconds: f64,
+    /// Pages per PAGES frame, one ship phase each, in order; 1..=[`PAGES_COUNT_MAX`].
+    pub run_pages: Vec<usize>,
+    /// The most page bytes one ship phase sends.
+    pub bytes_max: u64,
+    /// The most round trips the ping phase records.
+    pub pings_max: u64,
+}
+
+impl Default for TransportBenchConfig {
+    /// 1 s per phase; runs of 64 pages (256 KiB) and of 1 page; at most 8 GiB per ship phase
+    /// and 1,000,000 round trips.
+    fn default() -> Self {
+        Self {
+            seconds: 1.0,
+            run_pages: vec![64, 1],
+            bytes_max: 8 << 30,
+            pings_max: 1_000_000,
+        }
+    }
+}
+
+impl TransportBenchConfig {
+    fn check(&self) -> Result<()> {
+        let problem = if !(self.seconds > 0.0 && self.seconds <= SECONDS_MAX) {
+            format!(
+                "seconds must be in (0, {SECONDS_MAX}], not {}",
+                self.seconds
+            )
+        } else if self.run_pages.is_empty() || self.run_pages.len() >= CONNECTIONS_MAX - 1 {
+            format!(
+                "1 to {} run sizes, not {}",
+                CONNECTIONS_MAX - 2,
+                self.run_pages.len()
+            )
+        } else if let Some(bad) = self
+            .run_pages
+            .iter()
+            .find(|&&n| !(1..=PAGES_COUNT_MAX).contains(&n))
+        {
+            format!("run_pages must be 1..={PAGES_COUNT_MAX}, not {bad}")
+        } else if self.bytes_max == 0 {
+            "bytes_max must be positive".to_string()
+        } else if !(1..=PINGS_MAX).contains(&self.pings_max) {
+            format!("pings_max must be 1..={PINGS_MAX}, not {}", self.pings_max)
+        } else {
+            return Ok(());
+        };
+        Err(Error::Runtime(format!("transport bench: {problem}")))
+    }
+}
+
+/// One ship phase's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShipFigures {
+    /// Pages per PAGES frame.
+    pub run_pages: usize,
+    /// Frames sent, decoded and acked.
+    pub frames: u64,
+    /// Page bytes the server decoded (frame headers not included).
+    pub bytes: u64,
+    /// From the first write to the last ack.
+    pub seconds: f64,
+    /// `bytes / seconds`, in 10^6 bytes per second.
+    pub mb_per_s: f64,
+}
+
+/// What [`measure`] found for one runtime kind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransportFigures {
+    /// The runtime both ends ran on.
+    pub kind: RuntimeKind,
+    /// One per [`TransportBenchConfig::run_pages`], in order.
+    pub ships: Vec<ShipFigures>,
+    /// Round trips recorded.
+    pub pings: u64,
+    /// Median ack round trip, in microseconds.
+    pub rtt_p50_us: f64,
+    /// 99th-percentile ack round trip, in microseconds.
+    pub rtt_p99_us: f64,
+}
+
+impl TransportFigures {
+    /// MB/s of the ship phase with runs of `run_pages` pages, if one ran.
+    pub fn mb_per_s(&self, run_pages: usize) -> Option<f64> {
+        self.ships
+            .iter()
+            .find(|ship| ship.run_pages == run_pages)
+            .map(|ship| ship.mb_per_s)
+    }
+}
+
+/// Whether this process may create an io_uring runtime (the probe [`TransportKind::Auto`] uses).
+pub fn uring_available() -> bool {
+    tokio_uring::Runtime::new(&tokio_uring::builder()).is_ok()
+}
+
+/// Measures page shipping for each run size, then the ack round trip, with both ends on
+/// `kind` (see the module docs).
+pub fn measure(kind: TransportKind, config: &TransportBenchConfig) -> Result<TransportFigures> {
+    config.check()?;
+    let duration = Duration::from_secs_f64(config.seconds);
+    let mut phases: Vec<Phase> = config
+        .run_pages
+        .iter()
+        .map(|&run_pages| {
+            Phase::Ship(ShipSpec {
+                run_pages,
+                frames_max: u64::MAX,
+                bytes_max: config.bytes_max,
+                duration,
+            })
+        })
+        .collect();
+    phases.push(Phase::Ping(PingSpec {
+        pings_max: config.pings_max,
+        duration,
+    }));
+    let (kind, outcomes) = run_pair(kind, phases)?;
+    let mut figures = TransportFigures {
+        kind,
+        ships: Vec::new(),
+        pings: 0,
+        rtt_p50_us: f64::NAN,
+        rtt_p99_us: f64::NAN,
+    };
+    for outcome in outcomes {
+        match outcome {
+            Outcome::Ship(ship) => figures.ships.push(ship.figures()),
+            Outcome::Ping(mut ping) => {
+                ping.rtts.sort_unstable();
+                figures.pings = ping.rtts.len() as u64;
+                figures.rtt_p50_us = percentile_us(&ping.rtts, 50.0);
+                figures.rtt_p99_us = percentile_us(&ping.rtts, 99.0);
+            }
+        }
+    }
+    Ok(figures)
+}
+
+/// Times shipping `frames` PAGES frames of `run_pages` pages each, from the first write to the
+/// last ack (for criterion's `iter_custom`; runtime start-up and connecting are not timed).
+pub fn time_ship(kind: TransportKind, run_pages: usize, frames: u64) -> Result<Duration> {
+    if !(1..=PAGES_COUNT_MAX).contains(&run_pages) {
+        return Err(Error::Runtime(format!(
+            "transport bench: run_pages must be 1..={PAGES_COUNT_MAX}, not {run_pages}"
+        )));
+    }
+    let phase = Phase::Ship(ShipSpec {
+        run_pages,
+        frames_max: frames.max(1),
+        bytes_max: u64::MAX,
+        duration: TIMED_RUN_MAX,
+    });
+    match run_pair(kind, vec![phase])?.1.pop() {
+        Some(Outcome::Ship(ship)) => Ok(ship.elapsed),
+        _ => Err(Error::Runtime("transport bench: no ship outcome".into())),
+    }
+}
+
+/// Times `pings` ack round trips, one after another (for criterion's `iter_custom`; the warm-up
+/// round trips are not timed).
+pub fn time_pings(kind: TransportKind, pings: u64) -> Result<Duration> {
+    let phase = Phase::Ping(PingSpec {
+        pings_max: pings.clamp(1, PINGS_MAX),
+        duration: TIMED_RUN_MAX,
+    });
+    match run_pair(kind, vec![phase])?.1.pop() {
+        Some(Outcome::Ping(ping)) => Ok(ping.rtts.iter().sum()),
+        _ => Err(Error::Runtime("transport bench: no ping outcome".into())),
+    }
+}
+
+/// The `pct` percentile (nearest rank) of sorted durations, in microseconds; NaN if empty.
+fn percentile_us(sorted: &[Duration], pct: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (pct / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e6
+}
+
+/// `count` valid log pages with distinct LSNs and full payloads of record-like bytes.
+fn bench_pages(count: usize) -> Vec<u8> {
+    let mut pages = vec![0u8; count * PAGE_SIZE];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for (lsn, chunk) in pages.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        let page: &mut [u8; PAGE_SIZE] = chunk.try_into().expect("chunks_exact of PAGE_SIZE");
+        for byte in &mut page[HEADER_SIZE..] {
+            // xorshift64: incompressible, like real record bytes are to TCP.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        write_page(
+            page,
+            &PageMeta {
+                lsn: lsn as u64,
+                committed_lsn: lsn as u64,
+                epoch: 1,
+                payload_len: PAYLOAD_SIZE as u16,
+                first_record_offset: 0,
+                record_count: 1,
+                end_of_epoch: false,
+                resumed: false,
+            },
+        );
+    }
+    pages
+}
+
+/// One measurement on its own connection.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Ship(ShipSpec),
+    Ping(PingSpec),
+}
+
+impl Phase {
+    fn pages_max(&self) -> usize {
+        match self {
+            Phase::Ship(spec) => spec.run_pages,
+            Phase::Ping(_) => 1,
+        }
+    }
+}
+
+/// PAGES frames of `run_pages` pages until the first bound is hit (at least one frame).
+#[derive(Clone, Copy, Debug)]
+struct ShipSpec {
+    run_pages: usize,
+    frames_max: u64,
+    bytes_max: u64,
+    duration: Duration,
+}
+
+/// One 1-page frame at a time, each waiting for its ack, until either bound is hit (at least one
+/// recorded round trip).
+#[derive(Clone, Copy, Debug)]
+struct PingSpec {
+    pings_max: u64,
+    duration: Duration,
+}
+
+/// What the client saw in one phase.
+enum Outcome {
+    Ship(ShipOutcome),
+    Ping(PingOutcome),
+}
+
+struct ShipOutcome {
+    run_pages: usize,
+    frames: u64,
+    /// The last ack's `received_lsn`: pages the server decoded.
+    pages_acked: u64,
+    elapsed: Duration,
+}
+
+impl ShipOutcome {
+    fn figures(&self) -> ShipFigures {
+        let bytes = self.pages_acked * PAGE_SIZE as u64;
+        let seconds = self.elapsed.as_secs_f64();
+        ShipFigures {
+            run_pages: self.run_pages,
+            frames: self.frames,
+            bytes,
+            seconds,
+            mb_per_s: bytes as f64 / seconds / 1e6,
+        }
+    }
+}
+
+struct PingOutcome {
+    /// Frames sent, warm-up included.
+    frames: u64,
+    /// Recorded round trips.
+    rtts: Vec<Duration>,
+}
+
+/// What the server decoded on one connection.
+#[derive(Clone, Copy, Debug, Default)]
+struct ServerCount {
+    frames: u64,
+    page_bytes: u64,
+}
+
+/// Starts a server and a client on `kind`, runs `phases` in order and joins both threads.
+fn run_pair(kind: TransportKind, phases: Vec<Phase>) -> Result<(RuntimeKind, Vec<Outcome>)> {
+    let server = Server::start(kind)?;
+    let kind = server.kind;
+    let expected = phases.len();
+    let outcomes = run_client(kind, server.addr, phases);
+    let counts = server.stop()?;
+    let outcomes = outcomes?;
+    if counts.len() != expected || outcomes.len() != expected {
+        return Err(Error::Runtime(format!(
+            "transport bench: {expected} phases, server served {}, client finished {}",
+            counts.len(),
+            outcomes.len()
+        )));
+    }
+    for (outcome, count) in outcomes.iter().zip(counts) {
+        check_delivered(outcome, &count?)?;
+    }
+    Ok((kind, outcomes))
+}
+
+/// Checks that the server decoded exactly what the client sent and saw acked.
+fn check_delivered(outcome: &Outcome, count: &ServerCount) -> Result<()> {
+    let (frames, pages, acked) = match outcome {
+        Outcome::Ship(ship) => (
+            ship.frames,
+            ship.frames * ship.run_pages as u64,
+            ship.pages_acked,
+        ),
+        Outcome::Ping(ping) => (ping.frames, ping.frames, ping.frames),
+    };
+    let page_bytes = pages * PAGE_SIZE as u64;
+    if count.frames != frames || count.page_bytes != page_bytes || acked != pages {
+        return Err(Error::Runtime(format!(
+            "transport bench: client sent {frames} frames ({page_bytes} page bytes, {acked} pages \
+             acked), server decoded {} frames ({} page bytes)",
+            count.frames, count.page_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// The accepting end: a runtime thread serving one connection at a time.
+struct Server {
+    kind: RuntimeKind,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    counts: mpsc::Receiver<Result<ServerCount>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    fn start(kind: TransportKind) -> Result<Self> {
+        let (addr_tx, addr_rx) = mpsc::sync_channel(1);
+        let (counts_tx, counts) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_seen = Arc::clone(&stop);
+        let (kind, thread) = spawn_runtime("pagemesh-bench-server", kind, move |kind| {
+            serve_all(kind, addr_tx, counts_tx, stop_seen)
+        })?;
+        // serve_all binds before anything else, so this answers at once.
+        let addr = addr_rx.recv();
+        let addr = match addr {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                return Err(error);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(Error::Runtime("bench server died while binding".into()));
+            }
+        };
+        Ok(Self {
+            kind,
+            addr,
+            stop,
+            counts,
+            thread,
+        })
+    }
+
+    /// Stops accepting, joins the thread and returns what each connection decoded, in order.
+    fn stop(self) -> Result<Vec<Result<ServerCount>>> {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop with a connection of our own: it sees the flag and returns. (If
+        // it already returned, the connection is refused, which is fine.)
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5));
+        self.thread
+            .join()
+            .map_err(|_| Error::Runtime("bench server thread panicked".into()))?;
+        Ok(self.counts.try_iter().collect())
+    }
+}
+
+/// The server thread's main: binds, then serves connections one after another until stopped.
+async fn serve_all(
+    kind: RuntimeKind,
+    addr_tx: mpsc::SyncSender<Result<SocketAddr>>,
+    counts: mpsc::Sender<Result<ServerCount>>,
+    stop: Arc<AtomicBool>,
+) {
+    let bound =
+        Listener::bind(kind, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).and_then(|listener| {
+            let addr = listener.local_addr().map_err(|source| Error::Io {
+                op: "bind",
+                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                source,
+            })?;
+            Ok((listener, addr))
+        });
+    let listener = match bound {
+        Ok((listener, addr)) => {
+            let _ = addr_tx.send(Ok(addr));
+            listener
+        }
+        Err(error) => {
+            let _ = addr_tx.send(Err(error));
+            return;
+        }
+    };
+    for _ in 0..CONNECTIONS_MAX {
+        let accepted = listener.accept().await;
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        let count = match accepted {
+            Ok((connection, peer)) => serve(connection, peer).await,
+            Err(source) => Err(Error::Io {
+                op: "accept",
+                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                source,
+            }),
+        };
+        let failed = count.is_err();
+        let _ = counts.send(count);
+        if failed {
+            return;
+        }
+    }
+}
+
+/// Acks the server owes, shared by its reader (which queues them) and its writer (which sends).
+#[derive(Default)]
+struct AckQueue {
+    /// Frames decoded and not acked yet.
+    pending: Cell<u64>,
+    /// Every page below this LSN has been decoded.
+    received_lsn: Cell<u64>,
+    /// The reader has stopped: no more acks will be queued.
+    closed: Cell<bool>,
+    due: Notify,
+}
+
+/// Serves one connection: decodes PAGES frames until the client closes, acking each.
+async fn serve(connection: Connection, peer: SocketAddr) -> Result<ServerCount> {
+    let (mut reader, writer, shutdown) = connection.split(peer)?;
+    let acks = Rc::new(AckQueue::default());
+    let sender = tokio::task::spawn_local(send_acks(writer, Rc::clone(&acks)));
+    let received = receive_pages(&mut reader, &acks).await;
+    acks.closed.set(true);
+    acks.due.notify_one();
+    if received.is_err() {
+        // Completes a write blocked on a peer that stopped reading.
+        shutdown.shutdown();
+    }
+    let sent = sender
+        .await
+        .map_err(|error| Error::Runtime(format!("bench ack writer: {error}")));
+    shutdown.shutdown();
+    let count = received?;
+    sent??;
+    Ok(count)
+}
+
+/// The server's reader: counts and queues an ack for every PAGES frame, until end of stream.
+async fn receive_pages(reader: &mut FrameReader, acks: &AckQueue) -> Result<ServerCount> {
+    let mut count = ServerCount::default();
+    // One iteration per frame; the stream ends when the client closes or a phase times out.
+    while let Some(frame) = reader.next().await? {
+        let Frame::Pages(pages) = frame else {
+            return Err(Error::UnexpectedFrame {
+                state: "benchmark receiving pages",
+                frame: frame.kind(),
+            });
+        };
+        count.frames += 1;
+        count.page_bytes += pages.pages.len() as u64;
+        let received = pages.first_lsn + pages.page_count() as u64;
+        acks.received_lsn.set(acks.received_lsn.get().max(received));
+        acks.pending.set(acks.pending.get() + 1);
+        acks.due.notify_one();
+    }
+    Ok(count)
+}
+
+/// The server's writer: every queued ack (at most [`ACKS_PER_WRITE_MAX`]) in one write.
+async fn send_acks(mut writer: FrameWriter, acks: Rc<AckQueue>) -> Result<()> {
+    // One iteration per write or wake-up; ends when the reader closes the queue.
+    loop {
+        let pending = acks.pending.get();
+        if acks.closed.get() {
+            // The client has gone: it waits for no more acks.
+            return Ok(());
+        }
+        if pending == 0 {
+            acks.due.notified().await;
+            continue;
+        }
+        let batch_acks = pending.min(ACKS_PER_WRITE_MAX);
+        acks.pending.set(pending - batch_acks);
+        let ack = Frame::Ack(Ack {
+            database: DATABASE,
+            origin: ORIGIN,
+            received_lsn: acks.received_lsn.get(),
+            durable_lsn: 0,
+        });
+        let mut batch = writer.buffer();
+        for _ in 0..batch_acks {
+            encode(&ack, &mut batch);
+        }
+        writer.write(batch).await?;
+    }
+}
+
+/// Runs `phases` on a client runtime thread of `kind` and joins it.
+fn run_client(kind: RuntimeKind, addr: SocketAddr, phases: Vec<Phase>) -> Result<Vec<Outcome>> {
+    let transport = match kind {
+        RuntimeKind::Uring => TransportKind::Uring,
+        RuntimeKind::Epoll => TransportKind::Epoll,
+    };
+    let (result_tx, result_rx) = mpsc::sync_channel(1);
+    let (_, thread) = spawn_runtime("pagemesh-bench-client", transport, move |kind| async move {
+        let _ = result_tx.send(run_phases(kind, addr, phases).await);
+    })?;
+    let result = result_rx
+        .recv()
+        .map_err(|_| Error::Runtime("bench client thread died".into()));
+    thread
+        .join()
+        .map_err(|_| Error::Runtime("bench client thread panicked".into()))?;
+    result?
+}
+
+/// The client thread's main: each phase on a connection of its own.
+async fn run_phases(
+    kind: RuntimeKind,
+    addr: SocketAddr,
+    phases: Vec<Phase>,
+) -> Result<Vec<Outcome>> {
+    let pages = bench_pages(phases.iter().map(Phase::pages_max).max().unwrap_or(1));
+    let mut outcomes = Vec::with_capacity(phases.len());
+    for phase in phases {
+        let connection = Connection::connect(kind, addr).await?;
+        let (reader, writer, shutdown) = connection.split(addr)?;
+        let outcome = match phase {
+            Phase::Ship(spec) => ship(reader, writer, &shutdown, spec, &pages)
+                .await
+                .map(Outcome::Ship),
+            Phase::Ping(spec) => ping(reader, writer, spec, &pages).await.map(Outcome::Ping),
+        };
+        shutdown.shutdown();
+        outcomes.push(outcome?);
+    }
+    Ok(outcomes)
+}
+
+/// Acks the client has read, shared by its reader task and its writer.
+#[derive(Default)]
+struct AckCount {
+    acks: Cell<u64>,
+    /// The last ack's `received_lsn`.
+    received_lsn: Cell<u64>,
+    /// The reader task has stopped.
+    done: Cell<bool>,
+    due: Notify,
+}
+
+/// A ship phase: a reader task counting acks, and the writer sending frames here.
+async fn ship(
+    reader: FrameReader,
+    mut writer: FrameWriter,
+    shutdown: &Shutdown,
+    spec: ShipSpec,
+    pages: &[u8],
+) -> Result<ShipOutcome> {
+    let duration = spec.duration;
+    let acks = Rc::new(AckCount::default());
+    let counter = tokio::task::spawn_local(count_acks(reader, Rc::clone(&acks)));
+    let sent = tokio::time::timeout(
+        duration + PHASE_GRACE,
+        send_pages(&mut writer, &acks, spec, pages),
+    )
+    .await;
+    // Ends the reader task (its pending read completes with end of stream).
+    shutdown.shutdown();
+    let counted = counter
+        .await
+        .map_err(|error| Error::Runtime(format!("bench ack reader: {error}")))?;
+    let outcome = sent.map_err(|_| {
+        Error::Runtime(format!(
+            "transport bench: ship phase overran {duration:?} by {PHASE_GRACE:?}"
+        ))
+    })??;
+    counted?;
+    Ok(outcome)
+}
+
+/// Writes frames until a bound is hit, then waits for the last ack.
+async fn send_pages(
+    writer: &mut FrameWriter,
+    acks: &AckCount,
+    spec: ShipSpec,
+    pages: &[u8],
+) -> Result<ShipOutcome> {
+    let ShipSpec {
+        run_pages,
+        frames_max,
+        bytes_max,
+        duration,
+    } = spec;
+    let run = &pages[..run_pages * PAGE_SIZE];
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut frames = 0u64;
+    // At least one frame; then until the count, byte or time bound.
+    loop {
+        let mut batch = writer.buffer();
+        encode_pages(&pages_header(frames * run_pages as u64), &[run], &mut batch);
+        writer.write(batch).await?;
+        frames += 1;
+        let bytes = frames.saturating_mul(run.len() as u64);
+        if frames >= frames_max || bytes >= bytes_max || Instant::now() >= deadline {
+            break;
+        }
+    }
+    // One wake-up per ack at most; bounded by the phase's timeout.
+    while acks.acks.get() < frames {
+        if acks.done.get() {
+            return Err(Error::Runtime(format!(
+                "transport bench: link closed after {} of {frames} acks",
+                acks.acks.get()
+            )));
+        }
+        acks.due.notified().await;
+    }
+    Ok(ShipOutcome {
+        run_pages,
+        frames,
+        pages_acked: acks.received_lsn.get(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The client's reader task in a ship phase: counts acks until end of stream.
+async fn count_acks(mut reader: FrameReader, acks: Rc<AckCount>) -> Result<()> {
+    let result = async {
+        // One iteration per frame; the stream ends when the phase shuts the socket down.
+        while let Some(frame) = reader.next().await? {
+            let Frame::Ack(ack) = frame else {
+                return Err(Error::UnexpectedFrame {
+                    state: "benchmark awaiting acks",
+                    frame: frame.kind(),
+                });
+            };
+            acks.acks.set(acks.acks.get() + 1);
+            acks.received_lsn.set(ack.received_lsn);
+            acks.due.notify_one();
+        }
+        Ok(())
+    }
+    .await;
+    acks.done.set(true);
+    acks.due.notify_one();
+    result
+}
+
+/// A ping phase: one 1-page frame, its ack, again; under the phase's timeout (after which the
+/// caller shuts the socket down, completing any pending operation).
+async fn ping(
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    spec: PingSpec,
+    pages: &[u8],
+) -> Result<PingOutcome> {
+    let PingSpec {
+        pings_max,
+        duration,
+    } = spec;
+    let page = &pages[..PAGE_SIZE];
+    tokio::time::timeout(
+        duration + PHASE_GRACE,
+        ping_pong(&mut reader, &mut writer, pings_max, duration, page),
+    )
+    .await
+    .map_err(|_| {
+        Error::Runtime(format!(
+            "transport bench: ping phase overran {duration:?} by {PHASE_GRACE:?}"
+        ))
+    })?
+}
+
+/// Round trips until `pings_max` are recorded or `duration` passes (at least one recorded).
+async fn ping_pong(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    pings_max: u64,
+    duration: Duration,
+    page: &[u8],
+) -> Result<PingOutcome> {
+    let deadline = Instant::now() + duration;
+    let mut rtts = Vec::with_capacity(pings_max.min(1 << 16) as usize);
+    let mut frames = 0u64;
+    for _ in 0..WARMUP_PINGS + pings_max {
+        if rtts.len() as u64 >= pings_max || (!rtts.is_empty() && Instant::now() >= deadline) {
+            break;
+        }
+        let started = Instant::now();
+        let mut batch = writer.buffer();
+        encode_pages(&pages_header(frames), &[page], &mut batch);
+        writer.write(batch).await?;
+        match reader.next().await? {
+            Some(Frame::Ack(ack)) if ack.received_lsn == frames + 1 => {}
+            Some(frame) => {
+                return Err(Error::UnexpectedFrame {
+                    state: "benchmark awaiting the ack of one page",
+                    frame: frame.kind(),
+                })
+            }
+            None => {
+                return Err(Error::Runtime(
+                    "transport bench: link closed during ping-pong".into(),
+                ))
+            }
+        }
+        let rtt = started.elapsed();
+        frames += 1;
+        if frames > WARMUP_PINGS {
+            rtts.push(rtt);
+        }
+    }
+    Ok(PingOutcome { frames, rtts })
+}
+
+/// The header of every bench PAGES frame, starting at `first_lsn`.
+fn pages_header(first_lsn: u64) -> PagesHeader<'static> {
+    PagesHeader {
+        database: DATABASE,
+        origin: ORIGIN,
+        epoch: 1,
+        visited: &[],
+        first_lsn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds() -> Vec<(TransportKind, RuntimeKind)> {
+        let mut kinds = vec![(TransportKind::Epoll, RuntimeKind::Epoll)];
+        if uring_available() {
+            kinds.push((TransportKind::Uring, RuntimeKind::Uring));
+        } else {
+            eprintln!("io_uring unavailable here: measuring epoll only");
+        }
+        kinds
+    }
+
+    #[test]
+    fn both_kinds_ship_pages_and_ack_end_to_end() {
+        let config = TransportBenchConfig {
+            seconds: 0.05,
+            ..TransportBenchConfig::default()
+        };
+        for (kind, runtime) in kinds() {
+            let figures = measure(kind, &config).unwrap();
+            assert_eq!(figures.kind, runtime);
+            assert_eq!(figures.ships.len(), 2, "{figures:?}");
+            for (ship, run_pages) in figures.ships.iter().zip([64, 1]) {
+                assert_eq!(ship.run_pages, run_pages);
+                assert!(ship.frames > 0, "{ship:?}");
+                assert_eq!(ship.bytes, ship.frames * (run_pages * PAGE_SIZE) as u64);
+                assert!(ship.mb_per_s > 0.0 && ship.mb_per_s.is_finite(), "{ship:?}");
+            }
+            assert!(figures.pings > 0);
+            assert!(figures.rtt_p50_us > 0.0, "{figures:?}");
+            assert!(figures.rtt_p99_us >= figures.rtt_p50_us, "{figures:?}");
+        }
+    }
+
+    #[test]
+    fn the_byte_and_count_bounds_stop_a_phase() {
+        let config = TransportBenchConfig {
+            seconds: 5.0,
+            run_pages: vec![4],
+            bytes_max: 10 * 4 * PAGE_SIZE as u64,
+            pings_max: 20,
+        };
+        for (kind, _) in kinds() {
+            let started = Instant::now();
+            let figures = measure(kind, &config).unwrap();
+            assert_eq!(figures.ships[0].frames, 10);
+            assert_eq!(figures.pings, 20);
+            assert!(started.elapsed() < Duration::from_secs(4));
+            assert!(time_ship(kind, 2, 5).unwrap() > Duration::ZERO);
+            assert!(time_pings(kind, 3).unwrap() > Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let good = TransportBenchConfig::default();
+        for bad in [
+            TransportBenchConfig {
+                seconds: 0.0,
+                ..good.clone()
+            },
+            TransportBenchConfig {
+                run_pages: vec![0],
+                ..good.clone()
+            },
+            TransportBenchConfig {
+                run_pages: vec![PAGES_COUNT_MAX + 1],
+                ..good.clone()
+            },
+            TransportBenchConfig {
+                pings_max: 0,
+                ..good.clone()
+            },
+        ] {
+            assert!(measure(TransportKind::Epoll, &bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let rtts: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(percentile_us(&rtts, 50.0), 50.0);
+        assert_eq!(percentile_us(&rtts, 99.0), 99.0);
+        assert_eq!(percentile_us(&rtts[..1], 99.0), 1.0);
+        assert!(percentile_us(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn bench_pages_are_valid_log_pages() {
+        let pages = bench_pages(3);
+        for page in pages.chunks_exact(PAGE_SIZE) {
+            pagemesh_logpage::validate(page).unwrap();
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! `bench transport`: the socket transport on io_uring against the epoll fallback, in one run.
+//!
+//! Each variant runs [`pagemesh_net::transport::bench::measure`]: a server and a client on two
+//! runtime threads of the same kind (`uring`: tokio-uring; `epoll`: tokio's current-thread
+//! runtime), talking over loopback through the transport the service uses. Per variant:
+//!
+//! - **Ship** MB/s for runs of 64 pages (256 KiB) and of 1 page (4 KiB): the client writes one
+//!   PAGES frame of real log pages per write, as fast as the socket takes them; the server decodes
+//!   every frame (crc included) and acks each, batching the acks that are due into one write; the
+//!   client reads the acks on a reader task, so both directions are live. MB/s is page bytes the
+//!   server decoded (10^6 bytes) over the time from the first write to the last ack.
+//! - **Ack round trip**, p50 and p99 in µs: one 1-page PAGES frame, wait for its ack, repeat
+//!   (after 16 unrecorded warm-up round trips). Both rows of a variant carry the same figures.
+//!
+//! The machine is shared and noisy, so the variants run interleaved in [`ROUNDS`] rounds (the
+//! order alternating), each phase for `seconds / ROUNDS`, and each figure is the median of its
+//! rounds. Then the ratios uring/epoll, with their targets: MB/s ≥ 1.0× and ack p50 ≤ 1.0×.
+//! Where io_uring cannot start (an old kernel, a seccomp profile), only epoll is measured and a
+//! note on stderr says so.
+
+use std::error::Error;
+
+use pagemesh_net::transport::bench::{
+    measure, uring_available, TransportBenchConfig, TransportFigures,
+};
+use pagemesh_net::TransportKind;
+use serde::Serialize;
+
+/// Rounds per variant; each figure is the median over them.
+pub const ROUNDS: usize = 3;
+/// Pages per PAGES frame in the ship phases.
+pub const RUN_PAGES: [usize; 2] = [64, 1];
+
+/// One measured cell: a variant at one run size, printed as one JSON line by `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransportMeasurement {
+    /// Always `transport`.
+    pub bench: &'static str,
+    /// `epoll` or `uring`.
+    pub variant: &'static str,
+    /// Pages per PAGES frame.
+    pub run_pages: usize,
+    /// Page megabytes (10^6 bytes) per second decoded by the receiver: median of the rounds.
+    pub mb_per_s: f64,
+    /// Ack round trip, median: median of the rounds' p50s, in µs (the same for every run size).
+    pub rtt_p50_us: f64,
+    /// Ack round trip, 99th percentile: median of the rounds' p99s, in µs.
+    pub rtt_p99_us: f64,
+    /// Rounds measured.
+    pub rounds: usize,
+    /// PAGES frames shipped and acked, over all rounds.
+    pub frames: u64,
+    /// Page bytes shipped and acked, over all rounds.
+    pub bytes: u64,
+    /// Round trips recorded, over all rounds.
+    pub pings: u64,
+}
+
+/// A ratio uring/epoll of one figure, printed after the cells.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransportRatio {
+    /// Always `transport`.
+    pub bench: &'static str,
+    /// The figure compared: `mb_per_s@64p`, `mb_per_s@1p`, `rtt_p50_us`, `rtt_p99_us`.
+    pub metric: String,
+    /// Always `uring/epoll`.
+    pub ratio: &'static str,
+    /// uring's figure over epoll's.
+    pub value: f64,
+    /// What uring should reach, e.g. `>= 1.0`; empty where there is no target.
+    pub target: &'static str,
+    /// Whether `value` meets `target` (true where there is none).
+    pub met: bool,
+}
+
+/// The variants this machine can run, in [`TransportKind`] and report name.
+fn variants() -> Vec<(TransportKind, &'static str)> {
+    let mut variants = vec![(TransportKind::Epoll, "epoll")];
+    if uring_available() {
+        variants.push((TransportKind::Uring, "uring"));
+    } else {
+        // On stderr, so that stdout stays one JSON object per line.
+        eprintln!("transport: io_uring cannot start here; measuring epoll only");
+    }
+    variants
+}
+
+/// Measures every variant in [`ROUNDS`] interleaved rounds, each phase `seconds / ROUNDS` per
+/// round, and returns the median cells: per variant, one per [`RUN_PAGES`] entry.
+pub fn measure_rounds(seconds: f64) -> pagemesh_net::Result<Vec<TransportMeasurement>> {
+    let config = TransportBenchConfig {
+        seconds: seconds / ROUNDS as f64,
+        run_pages: RUN_PAGES.to_vec(),
+        ..TransportBenchConfig::default()
+    };
+    let variants = variants();
+    let mut rounds: Vec<Vec<TransportFigures>> = vec![Vec::new(); variants.len()];
+    for round in 0..ROUNDS {
+        for offset in 0..variants.len() {
+            // Alternate which variant goes first, so drift hits them alike.
+            let index = (round + offset) % variants.len();
+            rounds[index].push(measure(variants[index].0, &config)?);
+        }
+    }
+    let mut cells = Vec::new();
+    for ((_, name), figures) in variants.iter().zip(&rounds) {
+        for run_pages in RUN_PAGES {
+            cells.push(median_cell(name, run_pages, figures));
+        }
+    }
+    Ok(cells)
+}
+
+/// The cell of `variant` at `run_pages` from its rounds' figures.
+fn median_cell(
+    variant: &'static str,
+    run_pages: usize,
+    rounds: &[TransportFigures],
+) -> TransportMeasurement {
+    let ships = rounds
+        .iter()
+        .flat_map(|figures| figures.ships.iter().filter(|s| s.run_pages == run_pages));
+    let (frames, bytes) = ships
+        .clone()
+        .fold((0, 0), |(f, b), s| (f + s.frames, b + s.bytes));
+    TransportMeasurement {
+        bench: "transport",
+        variant,
+        run_pages,
+        mb_per_s: median(ships.map(|s| s.mb_per_s).collect()),
+        rtt_p50_us: median(rounds.iter().map(|f| f.rtt_p50_us).collect()),
+        rtt_p99_us: median(rounds.iter().map(|f| f.rtt_p99_us).collect()),
+        rounds: rounds.len(),
+        frames,
+        bytes,
+        pings: rounds.iter().map(|f| f.pings).sum(),
+    }
+}
+
+/// The median (the mean of the middle two for an even count); NaN if empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// uring/epoll for each figure, with the targets; empty unless both variants were measured.
+pub fn ratios(cells: &[TransportMeasurement]) -> Vec<TransportRatio> {
+    let cell = |variant: &str, run_pages: usize| {
+        cells
+            .iter()
+            .find(|c| c.variant == variant && c.run_pages == run_pages)
+    };
+    let mut out = Vec::new();
+    let mut ratio = |metric: String, uring: f64, epoll: f64, target: &'static str| {
+        let value = uring / epoll;
+        let met = match target {
+            ">= 1.0" => value >= 1.0,
+            "<= 1.0" => value <= 1.0,
+            _ => true,
+        };
+        out.push(TransportRatio {
+            bench: "transport",
+            metric,
+            ratio: "uring/epoll",
+            value,
+            target,
+            met,
+        });
+    };
+    for run_pages in RUN_PAGES {
+        if let (Some(uring), Some(epoll)) = (cell("uring", run_pages), cell("epoll", run_pages)) {
+            let metric = format!("mb_per_s@{run_pages}p");
+            ratio(metric, uring.mb_per_s, epoll.mb_per_s, ">= 1.0");
+        }
+    }
+    if let (Some(uring), Some(epoll)) = (cell("uring", RUN_PAGES[0]), cell("epoll", RUN_PAGES[0])) {
+        let (p50, p99) = ("rtt_p50_us".to_string(), "rtt_p99_us".to_string());
+        ratio(p50, uring.rtt_p50_us, epoll.rtt_p50_us, "<= 1.0");
+        ratio(p99, uring.rtt_p99_us, epoll.rtt_p99_us, "");
+    }
+    out
+}
+
+/// `pagemesh bench transport`: measures (about `6 × seconds` with both variants) and prints the
+/// cells, then the ratios, as a table or as JSON lines.
+pub fn run(seconds: f64, json: bool) -> Result<Vec<TransportMeasurement>, Box<dyn Error>> {
+    if !(0.01..=600.0).contains(&seconds) {
+        return Err("--seconds must be 0.01..=600".into());
+    }
+    let cells = measure_rounds(seconds)?;
+    for c in &cells {
+        if json {
+            println!("{}", serde_json::to_string(c)?);
+        } else {
+            println!(
+                "{:<10} {:<6} run_pages={:<3} MB/s={:>9.1} ack p50={:>7.1} us p99={:>7.1} us rounds={}",
+                c.bench, c.variant, c.run_pages, c.mb_per_s, c.rtt_p50_us, c.rtt_p99_us, c.rounds
+            );
+        }
+    }
+    for r in ratios(&cells) {
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            let target = match r.target {
+                "" => String::new(),
+                target => format!(
+                    " (target {target}: {})",
+                    if r.met { "met" } else { "missed" }
+                ),
+            };
+            println!(
+                "{:<10} {:<13} {} {:.2}x{target}",
+                r.bench, r.metric, r.ratio, r.value
+            );
+        }
+    }
+    Ok(cells)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_yields_a_cell_per_run_size_and_the_ratios() {
+        let cells = measure_rounds(0.06).unwrap();
+        let variants = if uring_available() { 2 } else { 1 };
+        assert_eq!(cells.len(), variants * RUN_PAGES.len());
+        for cell in &cells {
+            assert!(cell.mb_per_s > 0.0 && cell.frames > 0, "{cell:?}");
+            assert_eq!(cell.bytes, cell.frames * (cell.run_pages * 4096) as u64);
+            assert!(
+                cell.rtt_p99_us >= cell.rtt_p50_us && cell.pings > 0,
+                "{cell:?}"
+            );
+            assert_eq!(cell.rounds, ROUNDS);
+        }
+        let ratios = ratios(&cells);
+        assert_eq!(ratios.len(), if variants == 2 { 4 } else { 0 });
+    }
+
+    #[test]
+    fn median_takes_the_middle() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
+
+    /// Real figures: `cargo test --release --lib bench::transport -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "takes about 12 s"]
+    fn prints_the_full_run() {
+        run(1.0, false).unwrap();
+        run(1.0, true).unwrap();
+    }
+}
