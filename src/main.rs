@@ -48,6 +48,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Seeding a new replica from a full snapshot over loopback, against a local export+restore.
+    Bootstrap {
+        /// MiB of table data in the source database.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Socket event loop: auto, uring or epoll.
+        #[arg(long, default_value = "auto")]
+        transport: pagemesh::net::TransportKind,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Page-run shipping MB/s and ack round trips: the io_uring transport against epoll.
     Transport {
         /// Seconds per phase and kind (split into three interleaved rounds).
@@ -113,6 +125,14 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args).map_err(|e| e as Box<dyn std::error::Error>),
         Command::Import(args) => import::import(&args),
         Command::Node(args) => run_node::run(&args),
+        Command::Bench {
+            bench:
+                Bench::Bootstrap {
+                    mib,
+                    transport,
+                    json,
+                },
+        } => bench_bootstrap(mib, transport, json),
         Command::Bench {
             bench: Bench::Transport { seconds, json },
         } => pagemesh::bench::transport::run(seconds, json).map(|_| ()),
@@ -257,6 +277,34 @@ fn bench_replicate(
         } else {
             println!("{:<22} {:<34} {:.2}", r.workload, r.ratio, r.value);
         }
+    }
+    Ok(())
+}
+
+fn bench_bootstrap(
+    mib: u64,
+    transport: pagemesh::net::TransportKind,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if !(1..=65_536).contains(&mib) {
+        return Err("--mib must be 1..=65536".into());
+    }
+    let cells = pagemesh::bench::bootstrap::measure(mib, transport).map_err(|e| e.to_string())?;
+    for c in &cells {
+        if json {
+            println!("{}", serde_json::to_string(c)?);
+        } else {
+            println!(
+                "{:<10} {:<11} bytes={:>12} seconds={:>7.2} MB/s={:>8.1}",
+                c.workload, c.variant, c.bytes, c.seconds, c.mb_per_sec
+            );
+        }
+    }
+    if let [local, network] = &cells[..] {
+        println!(
+            "bootstrap  network/local-copy {:.2}x (target: network >= 200 MB/s)",
+            network.mb_per_sec / local.mb_per_sec
+        );
     }
     Ok(())
 }
