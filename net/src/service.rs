@@ -21,7 +21,7 @@
 //! - The ack reader hands every ACK to the database's [`AckSink`] (the replicated watermark).
 //!
 //! On the replica side the reader copies every PAGES frame into the replica's ring
-//! ([`ReplicaDatabase::ingest`]: crc and epoch checked there) and queues an ACK at once, before
+//! (`Log::poll_ingest`: crc and epoch checked there) and queues an ACK at once, before
 //! replay; a writer task sends the latest ACK (acks coalesce: only the newest matters) and
 //! heartbeats. A link that fails in any way (I/O, a frame that does not decode, a page that does
 //! not validate, silence beyond the link timeout) is closed with a logged reason and reconnected
