@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use pagemesh_core::{Database, Options, ReplicaLink};
 use pagemesh_logpage::Log;
 use pagemesh_net::{
-    AckSink, History, ReplicaDatabase, ReplicaStore, RuntimeKind, Service, ServiceConfig,
-    SourceDatabase, Subscription, SubscriptionStatus, TransportKind,
+    AckSink, DatabaseLog, History, ReplicaDatabase, ReplicaStore, RuntimeKind, Service,
+    ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus, TransportKind,
 };
 use uuid::Uuid;
 
@@ -185,9 +185,7 @@ impl Node {
     /// synchronous (their acks count for `Replicated(n)`).
     pub fn serve(&self, database: &Database, sync_replicas: usize) {
         database.replication().enable(sync_replicas);
-        self.service.serve(Arc::new(Source {
-            database: database.clone(),
-        }));
+        self.service.serve(Arc::new(Wired(database.clone())));
     }
 
     /// Keeps a read-only replica named `name` of the database `database` served by the node at
@@ -251,31 +249,29 @@ impl Replica {
     }
 }
 
-/// A source database, as the network sees it.
-struct Source {
-    database: Database,
+/// A database as the network sees it: the source and the replica side of the same store.
+struct Wired(Database);
+
+impl DatabaseLog for Wired {
+    fn uuid(&self) -> Uuid {
+        self.0.uuid()
+    }
+    fn origin(&self) -> Uuid {
+        self.0.origin_uuid()
+    }
+    fn log(&self) -> &Log {
+        self.0.log()
+    }
 }
 
-impl SourceDatabase for Source {
-    fn uuid(&self) -> Uuid {
-        self.database.uuid()
-    }
-
-    fn origin(&self) -> Uuid {
-        self.database.origin_uuid()
-    }
-
-    fn log(&self) -> &Log {
-        self.database.log()
-    }
-
+impl SourceDatabase for Wired {
     fn history(
         &self,
         from_lsn: u64,
         pages_max: usize,
         out: &mut Vec<u8>,
     ) -> Result<History, String> {
-        let snapshot = self.database.read().map_err(|e| e.to_string())?;
+        let snapshot = self.0.read().map_err(|e| e.to_string())?;
         let pages = match snapshot.binlog_range(from_lsn) {
             Ok(pages) => pages,
             Err(pagemesh_core::Error::Purged { oldest, .. }) => {
@@ -299,13 +295,13 @@ impl SourceDatabase for Source {
     }
 
     fn snapshot(&self, out: &mut dyn Write) -> Result<u64, String> {
-        let snapshot = self.database.read().map_err(|e| e.to_string())?;
+        let snapshot = self.0.read().map_err(|e| e.to_string())?;
         let stats = snapshot.export(out).map_err(|e| e.to_string())?;
         Ok(stats.replica_resume_lsn)
     }
 
     fn attach(&self, peer: &str, received_lsn: u64) -> Box<dyn AckSink> {
-        Box::new(Acks(self.database.replication().attach(peer, received_lsn)))
+        Box::new(Acks(self.0.replication().attach(peer, received_lsn)))
     }
 }
 
@@ -317,26 +313,12 @@ impl AckSink for Acks {
     }
 }
 
-/// A replica database, as the network sees it.
-struct Follower {
-    database: Database,
-}
-
-impl ReplicaDatabase for Follower {
-    fn uuid(&self) -> Uuid {
-        self.database.uuid()
-    }
-    fn origin(&self) -> Uuid {
-        self.database.origin_uuid()
-    }
-    fn log(&self) -> &Log {
-        self.database.log()
-    }
+impl ReplicaDatabase for Wired {
     fn received_lsn(&self) -> u64 {
-        self.database.received_lsn()
+        self.0.received_lsn()
     }
     fn durable_lsn(&self) -> u64 {
-        self.database.applied_lsn()
+        self.0.applied_lsn()
     }
 }
 
@@ -408,7 +390,7 @@ impl ReplicaSlot {
 impl ReplicaStore for ReplicaSlot {
     fn current(&self) -> Option<Arc<dyn ReplicaDatabase>> {
         self.current_database()
-            .map(|database| Arc::new(Follower { database }) as Arc<dyn ReplicaDatabase>)
+            .map(|database| Arc::new(Wired(database)) as Arc<dyn ReplicaDatabase>)
     }
 
     fn restore(&self, input: &mut dyn Read) -> Result<(Arc<dyn ReplicaDatabase>, u64), String> {
@@ -440,6 +422,6 @@ impl ReplicaStore for ReplicaSlot {
                 tracing::warn!(path = %old_dir.display(), %error, "could not remove an old replica generation");
             }
         }
-        Ok((Arc::new(Follower { database }), stats.lsn))
+        Ok((Arc::new(Wired(database)), stats.lsn))
     }
 }

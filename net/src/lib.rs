@@ -19,7 +19,7 @@ pub mod transport;
 
 pub use error::{Error, Result};
 pub use service::{
-    AckSink, History, ReplicaDatabase, ReplicaStore, Service, ServiceConfig, SourceDatabase,
-    Subscription, SubscriptionStatus, BOOTSTRAP,
+    AckSink, DatabaseLog, History, ReplicaDatabase, ReplicaStore, Service, ServiceConfig,
+    SourceDatabase, Subscription, SubscriptionStatus, BOOTSTRAP,
 };
 pub use transport::{RuntimeKind, TransportKind};

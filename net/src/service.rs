@@ -60,14 +60,20 @@ const RING_BATCH_PAGES: usize = 256;
 /// Bytes per SNAPSHOT chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
-/// A database this node ships to replicas. The root crate implements it for its store.
-pub trait SourceDatabase: Send + Sync + 'static {
+/// What every replicated database has: an identity and a log. The root crate implements it (and
+/// the two traits below) for its store.
+pub trait DatabaseLog: Send + Sync + 'static {
     /// The database's uuid (what replicas subscribe to).
     fn uuid(&self) -> Uuid;
     /// The uuid of the log its pages come from.
     fn origin(&self) -> Uuid;
-    /// The log, for ring cursors.
+    /// The log: a source's ring cursors read it; a replica's pages go in with `Log::poll_ingest`
+    /// (crc and epoch checked there).
     fn log(&self) -> &Log;
+}
+
+/// A database this node ships to replicas.
+pub trait SourceDatabase: DatabaseLog {
     /// Appends to `out`, in full form, the binlog's pages from `from_lsn` on, at most `pages_max`.
     fn history(
         &self,
@@ -101,13 +107,7 @@ pub trait AckSink {
 }
 
 /// A replica database, as the network feeds it.
-pub trait ReplicaDatabase: Send + Sync + 'static {
-    /// The database's uuid.
-    fn uuid(&self) -> Uuid;
-    /// The uuid of the log it follows.
-    fn origin(&self) -> Uuid;
-    /// The follower log: pages go in with `Log::poll_ingest` (crc and epoch checked there).
-    fn log(&self) -> &Log;
+pub trait ReplicaDatabase: DatabaseLog {
     /// Every page below this is received.
     fn received_lsn(&self) -> u64;
     /// Every page below this is applied and synced.

@@ -250,12 +250,4 @@ mod tests {
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(Vec::new()).is_nan());
     }
-
-    /// Real figures: `cargo test --release --lib bench::transport -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "takes about 12 s"]
-    fn prints_the_full_run() {
-        run(1.0, false).unwrap();
-        run(1.0, true).unwrap();
-    }
 }
