@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::proto::frame::{decode, Decoded, Frame, FRAME_BODY_MAX, FRAME_HEADER_LEN};
+use crate::proto::frame::{decode, Decoded, Frame, FRAME_HEADER_LEN};
 
 /// Which event loop drives the sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -300,14 +300,9 @@ impl FrameReader {
             if let Some(header) = available.get(..FRAME_HEADER_LEN) {
                 let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
                 let total = FRAME_HEADER_LEN + body_len as usize;
-                if body_len as usize > FRAME_BODY_MAX {
-                    // Let the decoder name the error.
-                    decode(available)?;
-                    return Err(Error::MalformedFrame {
-                        frame: "header",
-                        reason: "oversized body",
-                    });
-                }
+                // The header alone is checked first (type known, body within that type's limit,
+                // reserved bits clear), so a peer cannot make us buffer a body we would refuse.
+                decode(header)?;
                 if available.len() >= total {
                     break total;
                 }
