@@ -603,7 +603,8 @@ fn run(connector: &HandshakeConfig, acceptor: &HandshakeConfig) -> (Side, Side) 
 }
 
 fn hmac(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    let key = pagemesh_net::proto::handshake::derive_key(secret);
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
     for part in parts {
         mac.update(part);
     }

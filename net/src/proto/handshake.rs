@@ -13,7 +13,11 @@
 //! The acceptor picks `version = min(our max, their max)` if that is at least
 //! `max(our min, their min)`. Each side proves it holds the cluster secret by MACing the other
 //! side's fresh nonce; MACs are compared in constant time. A node without a secret uses the empty
-//! key, so a node with a secret and a node without one refuse each other.
+//! secret, so a node with a secret and a node without one refuse each other.
+//!
+//! The HMAC key is `SHA-256("pagemesh/cluster-secret\0" ‖ secret)`, not the secret itself: HMAC
+//! pads keys with zero bytes, so with raw keys the secrets `s` and `s‖0x00` (and a secret of zero
+//! bytes and no secret at all) would authenticate each other. Found by the handshake proptest.
 //!
 //! Whoever refuses appends a REFUSE frame for the transport to send before closing: `Version`,
 //! `Auth`, `DuplicateNode` (the peer has our node uuid), or `Protocol` (a frame out of turn). A
@@ -163,7 +167,7 @@ impl Handshake {
         Handshake {
             node: config.node,
             name: truncate_utf8(&config.name, NAME_MAX).to_owned(),
-            key: Hmac::new_from_slice(secret).expect("HMAC takes keys of any length"),
+            key: Hmac::new_from_slice(&derive_key(secret)).expect("HMAC takes keys of any length"),
             versions: (*config.versions.start(), *config.versions.end()),
             nonce,
             deadline: now + config.timeout,
@@ -382,4 +386,13 @@ fn auth_failed(name: &str, node: Uuid) -> Error {
     Error::AuthFailed {
         peer: format!("{name} ({node})"),
     }
+}
+
+/// The HMAC key for a cluster secret; see the module docs.
+pub fn derive_key(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = Sha256::new();
+    hash.update(b"pagemesh/cluster-secret\0");
+    hash.update(secret);
+    hash.finalize().into()
 }
