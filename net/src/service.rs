@@ -229,6 +229,9 @@ pub struct SubscriptionStatus {
     pub links: u64,
     /// Snapshots restored so far.
     pub restores: u64,
+    /// A snapshot is being received and restored now (the previous replica, if any, stays
+    /// readable meanwhile).
+    pub restoring: bool,
     /// Every page below this is received.
     pub received_lsn: u64,
     /// Why the last link ended, if one did.
@@ -643,34 +646,37 @@ async fn serve_link_inner(
     if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
         entry.0 = Some(resume.database);
     }
-    tracing::info!(%peer, replica = %info.name, database = %resume.database, from_lsn = resume.from_lsn, "replica subscribed");
-    let received = if resume.from_lsn == BOOTSTRAP {
-        0
+    // A replica cannot hold pages its source never wrote: this one follows another history (the
+    // source was restored from an older backup, say). Re-seed it rather than trust it.
+    let end = source.log().committed_lsn();
+    let from_lsn = if resume.from_lsn != BOOTSTRAP && resume.from_lsn > end {
+        tracing::warn!(%peer, replica = %info.name, from_lsn = resume.from_lsn, end, "replica claims pages beyond this log; re-seeding it from a snapshot");
+        BOOTSTRAP
     } else {
         resume.from_lsn
     };
+    tracing::info!(%peer, replica = %info.name, database = %resume.database, from_lsn, "replica subscribed");
+    let received = if from_lsn == BOOTSTRAP { 0 } else { from_lsn };
     let sink = source.attach(&info.name, received);
-    let last_heard = Rc::new(Cell::new(Instant::now()));
+    let progress = LinkProgress::new(received);
+    tokio::task::spawn_local(watchdog(
+        Rc::clone(control),
+        Rc::clone(&progress),
+        runtime.config.link_timeout,
+        Some(source.log().clone()),
+    ));
     // The ack reader.
     let acks = {
         let control = Rc::clone(control);
-        let last_heard = Rc::clone(&last_heard);
+        let progress = Rc::clone(&progress);
         let database = resume.database;
         tokio::task::spawn_local(async move {
-            let outcome = read_acks(&mut reader, database, &*sink, &last_heard).await;
+            let outcome = read_acks(&mut reader, database, &*sink, &progress).await;
             control.close();
             outcome
         })
     };
-    let shipped = ship(
-        runtime,
-        control,
-        &source,
-        &mut writer,
-        resume.from_lsn,
-        &last_heard,
-    )
-    .await;
+    let shipped = ship(runtime, control, &source, &mut writer, from_lsn, &progress).await;
     control.close();
     let acked = acks.await.unwrap_or(Ok(()));
     shipped.and(acked)
@@ -680,16 +686,18 @@ async fn read_acks(
     reader: &mut FrameReader,
     database: Uuid,
     sink: &dyn AckSink,
-    last_heard: &Cell<Instant>,
+    progress: &LinkProgress,
 ) -> Result<()> {
     loop {
         let Some(frame) = reader.next().await? else {
             return Ok(());
         };
-        last_heard.set(Instant::now());
+        progress.last_heard.set(Instant::now());
         match frame {
+            // Never count more than was shipped: a peer's word is not proof of receipt.
             Frame::Ack(ack) if ack.database == database => {
-                sink.ack(ack.received_lsn, ack.durable_lsn)
+                let shipped = progress.shipped.get();
+                sink.ack(ack.received_lsn.min(shipped), ack.durable_lsn.min(shipped))
             }
             Frame::Heartbeat(_) => {}
             other => {
@@ -716,7 +724,7 @@ async fn ship(
     source: &Arc<dyn SourceDatabase>,
     writer: &mut FrameWriter,
     from_lsn: u64,
-    last_heard: &Cell<Instant>,
+    progress: &LinkProgress,
 ) -> Result<()> {
     let log = source.log().clone();
     let (database, origin) = (source.uuid(), source.origin());
@@ -728,14 +736,6 @@ async fn ship(
         first_lsn,
     };
     let heartbeat = runtime.config.heartbeat;
-    let link_timeout = runtime.config.link_timeout;
-    let alive = || -> Result<()> {
-        let silent_for = last_heard.get().elapsed();
-        if silent_for > link_timeout {
-            return Err(Error::LinkTimeout { silent_for });
-        }
-        Ok(())
-    };
     let mut next = from_lsn;
     let mut scratch = Vec::new();
     let mut last_sent = Instant::now();
@@ -754,17 +754,18 @@ async fn ship(
         };
         match history {
             History::Purged { .. } => {
-                next = send_snapshot(control, source, writer).await?;
+                next = send_snapshot(control, source, writer, progress).await?;
+                progress.shipped.set(next);
                 last_sent = Instant::now();
                 continue;
             }
             History::Pages(count) if count > 0 => {
                 let mut batch = writer.buffer();
                 encode_pages(&header(next), &[&scratch], &mut batch);
-                writer.write(batch).await?;
-                last_sent = Instant::now();
                 next += count as u64;
-                alive()?;
+                progress.shipped.set(next);
+                progress.write(writer, batch).await?;
+                last_sent = Instant::now();
                 continue;
             }
             History::Pages(_) => {}
@@ -787,11 +788,10 @@ async fn ship(
                 Wake::Ready(Err(pagemesh_logpage::Error::Closed)) => return Ok(()),
                 Wake::Ready(Err(error)) => return Err(Error::Log(error)),
                 Wake::Tick => {
-                    alive()?;
                     if last_sent.elapsed() >= heartbeat {
                         let mut batch = writer.buffer();
                         encode(&Frame::Heartbeat(Heartbeat { sent_micros: 0 }), &mut batch);
-                        writer.write(batch).await?;
+                        progress.write(writer, batch).await?;
                         last_sent = Instant::now();
                     }
                 }
@@ -805,10 +805,13 @@ async fn ship(
                         encode_pages(&header(run.first_lsn), &[run.bytes], &mut batch);
                         pages += run.count();
                     }
-                    writer.write(batch).await?;
-                    last_sent = Instant::now();
+                    // The pages are copied into the batch: the ring may have their slots back
+                    // now, whatever the socket does.
                     next = cursor.position();
                     cursor.release(next);
+                    progress.shipped.set(next);
+                    progress.write(writer, batch).await?;
+                    last_sent = Instant::now();
                     if cursor.lag_pages() > log.slots() / 2 {
                         tracing::info!(
                             lsn = next,
@@ -817,11 +820,79 @@ async fn ship(
                         );
                         break;
                     }
-                    if last_heard.get().elapsed() > link_timeout {
-                        alive()?;
-                    }
                 }
             }
+        }
+    }
+}
+
+/// What a link's tasks share with its watchdog.
+struct LinkProgress {
+    /// When the peer last sent anything.
+    last_heard: Cell<Instant>,
+    /// When the write in flight began, if one is.
+    writing_since: Cell<Option<Instant>>,
+    /// Source side: every page below this has been handed to the socket (acks are capped here).
+    shipped: Cell<u64>,
+}
+
+impl LinkProgress {
+    fn new(shipped: u64) -> Rc<Self> {
+        Rc::new(Self {
+            last_heard: Cell::new(Instant::now()),
+            writing_since: Cell::new(None),
+            shipped: Cell::new(shipped),
+        })
+    }
+
+    /// `writer.write`, timed for the watchdog.
+    async fn write(&self, writer: &mut FrameWriter, batch: Vec<u8>) -> Result<()> {
+        self.writing_since.set(Some(Instant::now()));
+        let outcome = writer.write(batch).await;
+        self.writing_since.set(None);
+        outcome
+    }
+}
+
+/// How often a watchdog looks at its link.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(20);
+
+/// Closes the link when the peer has been silent, or one write blocked, for longer than
+/// `link_timeout`, or (source side, with `ring`) when a blocked write lets the replica fall more
+/// than half the ring behind. Reads and writes cannot be raced against a timer (io_uring
+/// operations are not safely cancellable), so the watchdog shuts the socket down instead, which
+/// completes them with an error. So a replica that stops reading never holds the primary's ring.
+async fn watchdog(
+    control: Rc<LinkControl>,
+    progress: Rc<LinkProgress>,
+    link_timeout: Duration,
+    ring: Option<Log>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCHDOG_PERIOD) => {}
+            () = control.closed() => return,
+        }
+        let silent_for = progress.last_heard.get().elapsed();
+        let blocked_for = progress.writing_since.get().map(|since| since.elapsed());
+        let lag = ring.as_ref().map_or(0, |log| {
+            log.committed_lsn().saturating_sub(progress.shipped.get())
+        });
+        let why = if silent_for > link_timeout {
+            Some(format!("peer silent for {silent_for:?}"))
+        } else if blocked_for.is_some_and(|blocked| blocked > link_timeout) {
+            Some(format!("a write blocked for {blocked_for:?}"))
+        } else if blocked_for.is_some() && ring.as_ref().is_some_and(|log| lag > log.slots() / 2) {
+            Some(format!(
+                "replica {lag} pages behind while its link is blocked"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::warn!(%why, "closing link");
+            control.close();
+            return;
         }
     }
 }
@@ -831,6 +902,7 @@ async fn send_snapshot(
     control: &LinkControl,
     source: &Arc<dyn SourceDatabase>,
     writer: &mut FrameWriter,
+    progress: &LinkProgress,
 ) -> Result<u64> {
     let (database, origin) = (source.uuid(), source.origin());
     tracing::info!(%database, "sending a full snapshot");
@@ -868,7 +940,7 @@ async fn send_snapshot(
             }),
             &mut batch,
         );
-        writer.write(batch).await?;
+        progress.write(writer, batch).await?;
         offset += chunk.len() as u64;
     }
     let lsn = done_rx
@@ -887,7 +959,7 @@ async fn send_snapshot(
         }),
         &mut batch,
     );
-    writer.write(batch).await?;
+    progress.write(writer, batch).await?;
     tracing::info!(%database, bytes = offset, lsn, "snapshot sent");
     Ok(lsn)
 }
@@ -975,6 +1047,7 @@ async fn follow(
                 tracing::warn!(%addr, %database, %error, "replication link ended; reconnecting");
                 state.last_error = Some(error.to_string());
             }
+            state.restoring = false;
             std::mem::replace(&mut state.connected, false)
         };
         if was_connected {
@@ -1034,22 +1107,20 @@ async fn follow_link(
         pending: Cell::new(None),
         due: Notify::new(),
     });
-    let last_heard = Rc::new(Cell::new(Instant::now()));
+    let progress = LinkProgress::new(0);
+    tokio::task::spawn_local(watchdog(
+        Rc::clone(control),
+        Rc::clone(&progress),
+        runtime.config.link_timeout,
+        None,
+    ));
     let sender = {
-        let (acks, control, last_heard) =
-            (Rc::clone(&acks), Rc::clone(control), Rc::clone(&last_heard));
-        let (heartbeat, link_timeout) = (runtime.config.heartbeat, runtime.config.link_timeout);
+        let (acks, control, progress) =
+            (Rc::clone(&acks), Rc::clone(control), Rc::clone(&progress));
+        let heartbeat = runtime.config.heartbeat;
         tokio::task::spawn_local(async move {
-            let outcome = send_acks(
-                &mut writer,
-                database,
-                &acks,
-                &control,
-                &last_heard,
-                heartbeat,
-                link_timeout,
-            )
-            .await;
+            let outcome =
+                send_acks(&mut writer, database, &acks, &control, &progress, heartbeat).await;
             control.close();
             outcome
         })
@@ -1060,7 +1131,7 @@ async fn follow_link(
         store,
         &mut replica,
         &acks,
-        &last_heard,
+        &progress,
         status,
     )
     .await;
@@ -1069,16 +1140,15 @@ async fn follow_link(
     received.and(sent)
 }
 
-/// The replica link's writer: the newest ack as soon as there is one, heartbeats when idle, and
-/// the link timeout.
+/// The replica link's writer: the newest ack as soon as there is one, heartbeats when idle (the
+/// watchdog enforces the link timeout).
 async fn send_acks(
     writer: &mut FrameWriter,
     database: Uuid,
     acks: &AckState,
     control: &LinkControl,
-    last_heard: &Cell<Instant>,
+    progress: &LinkProgress,
     heartbeat: Duration,
-    link_timeout: Duration,
 ) -> Result<()> {
     let mut last_sent = Instant::now();
     loop {
@@ -1086,10 +1156,6 @@ async fn send_acks(
             () = acks.due.notified() => {}
             () = tokio::time::sleep(heartbeat) => {}
             () = control.closed() => return Ok(()),
-        }
-        let silent_for = last_heard.get().elapsed();
-        if silent_for > link_timeout {
-            return Err(Error::LinkTimeout { silent_for });
         }
         let mut batch = writer.buffer();
         if let Some((received_lsn, durable_lsn)) = acks.pending.take() {
@@ -1106,7 +1172,7 @@ async fn send_acks(
             encode(&Frame::Heartbeat(Heartbeat { sent_micros: 0 }), &mut batch);
         }
         if !batch.is_empty() {
-            writer.write(batch).await?;
+            progress.write(writer, batch).await?;
             last_sent = Instant::now();
         }
     }
@@ -1119,7 +1185,7 @@ async fn receive(
     store: &Arc<dyn ReplicaStore>,
     replica: &mut Option<Arc<dyn ReplicaDatabase>>,
     acks: &AckState,
-    last_heard: &Cell<Instant>,
+    progress: &LinkProgress,
     status: &Arc<Mutex<SubscriptionStatus>>,
 ) -> Result<()> {
     let mut restore: Option<RestoreJob> = None;
@@ -1127,7 +1193,7 @@ async fn receive(
         let Some(frame) = reader.next().await? else {
             return Ok(());
         };
-        last_heard.set(Instant::now());
+        progress.last_heard.set(Instant::now());
         match frame {
             Frame::Pages(pages) if pages.database == database => {
                 let Some(db) = replica.as_ref() else {
@@ -1156,6 +1222,7 @@ async fn receive(
             Frame::Snapshot(chunk) if chunk.database == database => {
                 if restore.is_none() {
                     tracing::info!(%database, "receiving a full snapshot");
+                    lock(status).restoring = true;
                     *replica = None;
                     let (chunks_tx, chunks_rx) = mpsc::channel(4);
                     let (done_tx, done_rx) = oneshot::channel();
@@ -1193,6 +1260,7 @@ async fn receive(
                     {
                         let mut state = lock(status);
                         state.restores += 1;
+                        state.restoring = false;
                         state.received_lsn = db.received_lsn();
                     }
                     acks.pending
