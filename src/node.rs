@@ -331,7 +331,39 @@ struct ReplicaSlot {
     current: Mutex<Option<(u64, Database)>>,
 }
 
+/// Marks a generation whose restore completed: written (and synced) after the restore's LMDB
+/// transaction committed, so a crash mid-restore leaves a generation without it, which is
+/// discarded on the next open.
+const COMPLETE: &str = "restored";
+
 impl ReplicaSlot {
+    fn generations(path: &Path) -> std::io::Result<Vec<u64>> {
+        let mut generations = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            let name = entry?.file_name();
+            if let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("generation-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                generations.push(n);
+            }
+        }
+        generations.sort_unstable();
+        Ok(generations)
+    }
+
+    fn generation_dir(&self, generation: u64) -> PathBuf {
+        self.path.join(format!("generation-{generation}"))
+    }
+
+    fn remove_generation(&self, generation: u64) {
+        let dir = self.generation_dir(generation);
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(path = %dir.display(), %error, "could not remove a replica generation");
+        }
+    }
+
     fn open(name: &str, path: &Path, options: Options) -> Result<Self, NodeError> {
         let io = |op, source| NodeError::Io {
             op,
@@ -339,43 +371,44 @@ impl ReplicaSlot {
             source,
         };
         std::fs::create_dir_all(path).map_err(|e| io("create", e))?;
-        let mut newest: Option<u64> = None;
-        for entry in std::fs::read_dir(path).map_err(|e| io("list", e))? {
-            let entry = entry.map_err(|e| io("list", e))?;
-            let generation = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("generation-"))
-                .and_then(|n| n.parse::<u64>().ok());
-            newest = newest.max(generation);
-        }
-        // A generation without a finished restore has no LMDB data file: start over.
-        let current = match newest {
-            Some(generation)
-                if path
-                    .join(format!("generation-{generation}/lmdb/data.mdb"))
-                    .exists() =>
-            {
-                let database = Database::open(
-                    path.join(format!("generation-{generation}")),
-                    options.clone(),
-                )?;
-                tracing::info!(
-                    replica = name,
-                    generation,
-                    received_lsn = database.received_lsn(),
-                    "opened replica"
-                );
-                Some((generation, database))
-            }
-            _ => None,
-        };
-        Ok(Self {
+        let slot = Self {
             name: name.to_string(),
             path: path.to_path_buf(),
             options,
-            current: Mutex::new(current),
-        })
+            current: Mutex::new(None),
+        };
+        // The newest completed generation is the replica; everything else is an interrupted
+        // restore or a generation it replaced.
+        let generations = Self::generations(path).map_err(|e| io("list", e))?;
+        let current = generations
+            .iter()
+            .rev()
+            .copied()
+            .find(|&g| slot.generation_dir(g).join(COMPLETE).exists());
+        for &generation in &generations {
+            if Some(generation) != current {
+                tracing::info!(
+                    replica = name,
+                    generation,
+                    "removing an unused replica generation"
+                );
+                slot.remove_generation(generation);
+            }
+        }
+        if let Some(generation) = current {
+            let database = Database::open(slot.generation_dir(generation), slot.options.clone())?;
+            tracing::info!(
+                replica = name,
+                generation,
+                received_lsn = database.received_lsn(),
+                "opened replica"
+            );
+            *slot
+                .current
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((generation, database));
+        }
+        Ok(slot)
     }
 
     fn current_database(&self) -> Option<Database> {
@@ -393,34 +426,40 @@ impl ReplicaStore for ReplicaSlot {
             .map(|database| Arc::new(Wired(database)) as Arc<dyn ReplicaDatabase>)
     }
 
+    /// Restores into a new generation while the current one stays readable; switches only once
+    /// the restore completed. A failed restore leaves the current generation as it was.
     fn restore(&self, input: &mut dyn Read) -> Result<(Arc<dyn ReplicaDatabase>, u64), String> {
-        let (previous, generation) = {
-            let mut current = self
-                .current
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let previous = current.take();
-            let generation = previous.as_ref().map_or(0, |(g, _)| g + 1);
-            (previous, generation)
+        let generation = Self::generations(&self.path)
+            .map_err(|e| format!("list {}: {e}", self.path.display()))?
+            .last()
+            .map_or(0, |g| g + 1);
+        let dir = self.generation_dir(generation);
+        let restored = Database::restore_replica(&dir, input, self.options.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|(database, stats)| {
+                let marker = std::fs::File::create(dir.join(COMPLETE))
+                    .and_then(|file| file.sync_all())
+                    .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+                marker.map_err(|e| format!("mark {} restored: {e}", dir.display()))?;
+                Ok((database, stats))
+            });
+        let (database, stats) = match restored {
+            Ok(restored) => restored,
+            Err(error) => {
+                self.remove_generation(generation);
+                return Err(error);
+            }
         };
-        let dir = self.path.join(format!("generation-{generation}"));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("clear {}: {e}", dir.display()))?;
-        }
-        let (database, stats) = Database::restore_replica(&dir, input, self.options.clone())
-            .map_err(|e| e.to_string())?;
         tracing::info!(replica = %self.name, generation, entries = stats.entries, lsn = stats.lsn, "replica restored from a snapshot");
-        *self
+        let previous = self
             .current
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((generation, database.clone()));
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace((generation, database.clone()));
         if let Some((old, old_db)) = previous {
+            // Handles the application still holds keep the old files alive until dropped.
             drop(old_db);
-            let old_dir = self.path.join(format!("generation-{old}"));
-            if let Err(error) = std::fs::remove_dir_all(&old_dir) {
-                tracing::warn!(path = %old_dir.display(), %error, "could not remove an old replica generation");
-            }
+            self.remove_generation(old);
         }
         Ok((Arc::new(Wired(database)), stats.lsn))
     }
