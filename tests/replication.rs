@@ -1,0 +1,1124 @@
+//! Replication between real nodes over real loopback sockets, on both transports (each scenario
+//! is a function of the `TransportKind`, run by an `_epoll` and a `_uring` test):
+//!
+//! 1. a seeded random workload from two threads reaches two synchronous replicas;
+//! 2. a replica whose node is dropped mid-stream reopens on its data directory holding every
+//!    commit it acknowledged, and resumes from its log (no snapshot);
+//! 3. a replica left behind the binlog's 64 KiB retention is re-seeded from a snapshot, in process
+//!    and after a restart, and a re-seed whose snapshot transfer is cut midway starts over;
+//! 4. a fault-injecting proxy cuts, stalls, delays, reorders and corrupts the link: the replica
+//!    converges after each fault and is never corrupted; a stalled link must not hold the primary;
+//! 5. bad peers (garbage, a HELLO with versions 7..=9, wrong or missing secrets, silence after
+//!    HELLO, an unknown database, oversized headers, false claims of receipt, a replica ahead of a
+//!    primary restored from a backup) are refused or ignored while good replicas keep receiving.
+//!
+//! How: every commit the primary accepts is kept in a ledger with its seq and changes. Right after
+//! a `Replicated(n)` commit returns `Ok`, n replicas must already hold its first page (received
+//! LSN past it); at the end every replica is waited for until it applied the primary's whole log,
+//! then DIFFed with the primary (every table, every entry: key, seq, bytes) and with the model the
+//! ledger implies. Every wait is bounded (`common::PATIENCE`, 30 s) and fails with what it waited
+//! for; nothing asserts that something is fast. `RUST_LOG=pagemesh=debug` shows the nodes' logs.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pagemesh::core::{Database, Durability, Error as StoreError, WriteBatch};
+use pagemesh::log::PAGE_SIZE;
+use pagemesh::net::proto::frame::{encode, Frame, Hello, RefuseCode, Resume, FRAME_BODY_MAX};
+use pagemesh::net::proto::handshake::{Handshake, HandshakeConfig};
+use pagemesh::net::proto::Ack;
+use pagemesh::net::proto::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
+use pagemesh::net::TransportKind;
+use pagemesh::proxy::{Direction, FaultProxy};
+use pagemesh::{Node, Replica};
+
+use Durability::{Applied, DurableReplicated, Replicated};
+
+const SEED: u64 = 0x7061_6765_6d65_7368;
+const DB: &str = "db";
+
+/// The receipt check for replicas `replicas`: a `Replicated(n)` commit that returned `Ok` must be
+/// held by n of them.
+fn receipt_check<'a>(
+    replicas: &'a [&'a Replica],
+) -> impl Fn(u64, Durability) -> Result<(), String> + Sync + 'a {
+    move |seq, durability| match durability.replicas() {
+        Some(wanted) => {
+            let databases: Vec<_> = replicas.iter().map(|r| r.database()).collect();
+            received_by(&databases, seq, wanted)
+        }
+        None => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A random workload reaches two synchronous replicas.
+
+fn random_workload_reaches_two_synchronous_replicas(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, None);
+    let db = primary.open_database(DB, options(1024)).unwrap();
+    primary.serve(&db, 2);
+    let source = primary.local_addr().unwrap();
+    let nodes: Vec<Node> = (1..=2)
+        .map(|i| node(&format!("replica-{i}"), dir.path(), transport, false, None))
+        .collect();
+    let replicas: Vec<Replica> = nodes
+        .iter()
+        .map(|n| n.replicate(source, db.uuid(), DB, options(1024)).unwrap())
+        .collect();
+    for (i, replica) in replicas.iter().enumerate() {
+        wait_following(replica, &format!("replica {i}"));
+    }
+    wait_attached(&db, 2, 2);
+
+    let ledger = Ledger::default();
+    let refs: Vec<&Replica> = replicas.iter().collect();
+    let check = receipt_check(&refs);
+    let choices = [
+        Replicated(1),
+        DurableReplicated(1),
+        Replicated(1),
+        DurableReplicated(1),
+        Replicated(2),
+        DurableReplicated(2),
+    ];
+    thread::scope(|s| {
+        for writer in 0..2 {
+            let (db, ledger, check) = (&db, &ledger, &check);
+            s.spawn(move || {
+                let mut workload = Workload::new(SEED, writer);
+                ledger.run(db, &mut workload, 120, &choices, check);
+            });
+        }
+    });
+    ledger.assert_clean("random workload");
+    assert_model(&db, &ledger, "primary");
+    for (i, replica) in replicas.iter().enumerate() {
+        assert_converged(&db, replica, &ledger, &format!("replica {i}"));
+        let status = replica.status();
+        assert_eq!(status.restores, 1, "replica {i}: one bootstrap: {status:?}");
+    }
+}
+
+#[test]
+fn random_workload_reaches_two_synchronous_replicas_epoll() {
+    random_workload_reaches_two_synchronous_replicas(TransportKind::Epoll);
+}
+
+#[test]
+fn random_workload_reaches_two_synchronous_replicas_uring() {
+    random_workload_reaches_two_synchronous_replicas(TransportKind::Uring);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. A replica restarted mid-stream resumes without a snapshot and lost nothing it acknowledged.
+
+/// Checks that `replica` (a replica at some LSN) holds every change of `promised` commits, or a
+/// later change of the same key from `all` commits that is in the pages it holds.
+fn assert_holds(replica: &Database, promised: &[Committed], all: &[Committed], what: &str) {
+    let held = contents(replica);
+    let held_below_seq = replica.applied_lsn() * PAGE_SIZE as u64;
+    let latest = model_of(promised);
+    let later_delete = |id: &Id, after: u64| {
+        all.iter().any(|c| {
+            c.seq > after
+                && c.seq < held_below_seq
+                && c.ops
+                    .iter()
+                    .any(|op| op.value.is_none() && op.table == id.0 && op.key == id.1)
+        })
+    };
+    let later_put = |id: &Id, seq: u64| {
+        all.iter().any(|c| {
+            c.seq == seq
+                && c.ops
+                    .iter()
+                    .any(|op| op.value.is_some() && op.table == id.0 && op.key == id.1)
+        })
+    };
+    let mut lost = Vec::new();
+    for (id, (seq, value)) in &latest {
+        let ok = match (held.get(id), value) {
+            (Some((s, bytes)), Some(v)) if s == seq => bytes == v,
+            (Some((s, _)), _) => s > seq && later_put(id, *s),
+            (None, None) => true,
+            (None, Some(_)) => later_delete(id, *seq),
+        };
+        if !ok {
+            lost.push(format!(
+                "{}/{}: promised seq {seq}, replica has {:?}",
+                id.0,
+                String::from_utf8_lossy(&id.1),
+                held.get(id).map(|(s, b)| (*s, b.len()))
+            ));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{what}: {} acknowledged changes missing (replica applied {} / received {}): {:?}",
+        lost.len(),
+        replica.applied_lsn(),
+        replica.received_lsn(),
+        &lost[..lost.len().min(8)]
+    );
+}
+
+fn replica_restarted_mid_stream_resumes(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, None);
+    let db = primary.open_database(DB, options(1024)).unwrap();
+    primary.serve(&db, 2);
+    // Replica a follows through a proxy, so its second run can be kept from its source at first.
+    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
+    let node_b = node("replica-b", dir.path(), transport, false, None);
+    let replica_b = node_b
+        .replicate(primary.local_addr().unwrap(), db.uuid(), DB, options(1024))
+        .unwrap();
+    let node_a = node("replica-a", dir.path(), transport, false, None);
+    let replica_a = node_a
+        .replicate(proxy.addr(), db.uuid(), DB, options(1024))
+        .unwrap();
+    wait_following(&replica_a, "replica a");
+    wait_following(&replica_b, "replica b");
+    wait_attached(&db, 2, 2);
+
+    // Phase 1: every commit waits for both replicas.
+    let ledger = Ledger::default();
+    {
+        let refs = [&replica_a, &replica_b];
+        let check = receipt_check(&refs);
+        thread::scope(|s| {
+            for writer in 0..2 {
+                let (db, ledger, check) = (&db, &ledger, &check);
+                s.spawn(move || {
+                    let mut workload = Workload::new(SEED ^ 2, writer);
+                    ledger.run(
+                        db,
+                        &mut workload,
+                        40,
+                        &[Replicated(2), DurableReplicated(2)],
+                        check,
+                    );
+                });
+            }
+        });
+    }
+    ledger.assert_clean("phase 1");
+    let promised = ledger.commits();
+
+    // Phase 2: commits flow (replica b is enough for Replicated(1)) while a's node goes away and
+    // comes back on the same data directory, at first unable to reach its source.
+    let mut replica_a = Some(replica_a);
+    let mut node_a = Some(node_a);
+    let reopened = thread::scope(|s| {
+        for writer in 0..2 {
+            let (db, ledger) = (&db, &ledger);
+            s.spawn(move || {
+                let mut workload = Workload::new(SEED ^ 3, writer);
+                ledger.run(
+                    db,
+                    &mut workload,
+                    80,
+                    &[Replicated(1), DurableReplicated(1), Applied],
+                    &no_check,
+                );
+            });
+        }
+        let started = promised.len();
+        eventually("phase 2 commits before the restart", PATIENCE, || {
+            (ledger.commits().len() >= started + 20).then_some(())
+        });
+        drop(replica_a.take());
+        drop(node_a.take());
+        let gone_at = ledger.commits().len();
+        eventually("phase 2 commits while replica a is down", PATIENCE, || {
+            (ledger.commits().len() >= gone_at + 40).then_some(())
+        });
+        proxy.set_refuse(true);
+        let node = node("replica-a", dir.path(), transport, false, None);
+        let replica = node
+            .replicate(proxy.addr(), db.uuid(), DB, options(1024))
+            .unwrap();
+        // What a's own disk holds: it acknowledged every phase-1 commit.
+        let recovered = eventually("replica a reopened from its disk", PATIENCE, || {
+            replica
+                .database()
+                .filter(|d| d.applied_lsn() >= d.received_lsn())
+        });
+        let last_page = promised.iter().map(|c| c.seq).max().unwrap() / PAGE_SIZE as u64;
+        assert!(
+            recovered.received_lsn() > last_page,
+            "replica a acknowledged page {last_page} but holds pages below {} after its restart",
+            recovered.received_lsn()
+        );
+        assert_holds(
+            &recovered,
+            &promised,
+            &ledger.commits(),
+            "replica a after its restart",
+        );
+        drop(recovered);
+        proxy.set_refuse(false);
+        (node, replica)
+    });
+    let (_node_a, replica_a) = reopened;
+    ledger.assert_clean("phase 2");
+    assert_model(&db, &ledger, "primary");
+    assert_converged(&db, &replica_a, &ledger, "replica a, resumed");
+    assert_converged(&db, &replica_b, &ledger, "replica b");
+    let status = replica_a.status();
+    assert_eq!(
+        status.restores, 0,
+        "replica a resumed from its log, without a snapshot: {status:?}"
+    );
+    assert!(status.links >= 1, "{status:?}");
+}
+
+#[test]
+fn replica_restarted_mid_stream_resumes_epoll() {
+    replica_restarted_mid_stream_resumes(TransportKind::Epoll);
+}
+
+#[test]
+fn replica_restarted_mid_stream_resumes_uring() {
+    replica_restarted_mid_stream_resumes(TransportKind::Uring);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A replica left behind the binlog's retention is re-seeded from a snapshot.
+
+/// A workload of bigger records, to write megabytes in few commits.
+fn bulk_workload(seed: u64, writer: u32) -> Workload {
+    let mut workload = Workload::new(seed, writer);
+    workload.ops_max = 30;
+    workload.big_value_max = 6_000;
+    workload.big_one_in = 2;
+    workload
+}
+
+/// Commits `batches` bulk batches `Applied` (nobody needs to be connected).
+fn write_offline(db: &Database, ledger: &Ledger, seed: u64, batches: usize) {
+    ledger.run(
+        db,
+        &mut bulk_workload(seed, 9),
+        batches,
+        &[Applied],
+        &no_check,
+    );
+}
+
+fn generations(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("generation-"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn far_behind_replica_is_reseeded(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, None);
+    let small = || options(256).binlog_retain_bytes(64 << 10);
+    let db = primary.open_database(DB, small()).unwrap();
+    primary.serve(&db, 1);
+    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
+    let node_r = node("replica", dir.path(), transport, false, None);
+    let replica = node_r
+        .replicate(proxy.addr(), db.uuid(), DB, small())
+        .unwrap();
+    wait_following(&replica, "replica");
+    wait_attached(&db, 1, 1);
+    let ledger = Ledger::default();
+    {
+        let refs = [&replica];
+        let check = receipt_check(&refs);
+        ledger.run(
+            &db,
+            &mut bulk_workload(SEED ^ 4, 0),
+            30,
+            &[Replicated(1), DurableReplicated(1)],
+            &check,
+        );
+    }
+    ledger.assert_clean("phase 1");
+    assert_converged(&db, &replica, &ledger, "first bootstrap");
+    let restores = replica.status().restores;
+    assert!(restores >= 1, "{:?}", replica.status());
+
+    // In process: the link is cut and reconnections refused while the primary writes megabytes,
+    // far past its 64 KiB of binlog; then the replica comes back.
+    proxy.set_refuse(true);
+    proxy.cut();
+    eventually("replica disconnected", PATIENCE, || {
+        (!replica.status().connected).then_some(())
+    });
+    let behind = replica.database().unwrap().received_lsn();
+    write_offline(&db, &ledger, SEED ^ 5, 120);
+    let oldest = db.binlog_oldest_lsn().unwrap();
+    assert!(
+        oldest > behind,
+        "the test needs the binlog trimmed past the replica: oldest {oldest}, replica at {behind}"
+    );
+    proxy.set_refuse(false);
+    {
+        // Commits that need the replica wait while it is re-seeded.
+        let refs = [&replica];
+        let check = receipt_check(&refs);
+        ledger.run(
+            &db,
+            &mut bulk_workload(SEED ^ 6, 1),
+            20,
+            &[Replicated(1)],
+            &check,
+        );
+    }
+    ledger.assert_clean("re-seed in process");
+    let status = replica.status();
+    assert!(
+        status.restores > restores,
+        "re-seeded from a snapshot: {status:?}"
+    );
+    assert_converged(&db, &replica, &ledger, "re-seeded in process");
+    assert_eq!(
+        generations(&dir.path().join("replica").join(DB)).len(),
+        1,
+        "old generations are removed"
+    );
+
+    // After a restart: the replica's node is gone while the primary writes megabytes.
+    let behind = replica.database().unwrap().received_lsn();
+    drop(replica);
+    drop(node_r);
+    write_offline(&db, &ledger, SEED ^ 7, 120);
+    assert!(db.binlog_oldest_lsn().unwrap() > behind);
+    let node_r = node("replica", dir.path(), transport, false, None);
+    let replica = node_r
+        .replicate(primary.local_addr().unwrap(), db.uuid(), DB, small())
+        .unwrap();
+    {
+        let refs = [&replica];
+        let check = receipt_check(&refs);
+        ledger.run(
+            &db,
+            &mut bulk_workload(SEED ^ 8, 2),
+            20,
+            &[Replicated(1)],
+            &check,
+        );
+    }
+    ledger.assert_clean("re-seed after a restart");
+    let status = replica.status();
+    assert!(
+        status.restores >= 1,
+        "re-seeded from a snapshot: {status:?}"
+    );
+    assert_converged(&db, &replica, &ledger, "re-seeded after a restart");
+    assert_model(&db, &ledger, "primary");
+    assert_eq!(
+        generations(&dir.path().join("replica").join(DB)).len(),
+        1,
+        "old generations are removed"
+    );
+}
+
+#[test]
+fn far_behind_replica_is_reseeded_epoll() {
+    far_behind_replica_is_reseeded(TransportKind::Epoll);
+}
+
+#[test]
+fn far_behind_replica_is_reseeded_uring() {
+    far_behind_replica_is_reseeded(TransportKind::Uring);
+}
+
+/// A re-seed whose snapshot transfer is cut midway (the proxy slows it to a few MB/s) starts
+/// over and converges; no half-restored generation is left behind, and after a restart the
+/// replica opens the generation it was following and resumes without another snapshot.
+fn interrupted_reseed_starts_over(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, None);
+    let small = || options(256).binlog_retain_bytes(64 << 10);
+    let db = primary.open_database(DB, small()).unwrap();
+    primary.serve(&db, 1);
+    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
+    let node_r = node("replica", dir.path(), transport, false, None);
+    let replica = node_r
+        .replicate(proxy.addr(), db.uuid(), DB, small())
+        .unwrap();
+    wait_following(&replica, "replica");
+    wait_attached(&db, 1, 1);
+    let ledger = Ledger::default();
+    ledger.run(
+        &db,
+        &mut bulk_workload(SEED ^ 20, 0),
+        10,
+        &[Replicated(1)],
+        &no_check,
+    );
+    converge(&db, &replica, "first bootstrap");
+    let restores = replica.status().restores;
+
+    proxy.set_refuse(true);
+    proxy.cut();
+    eventually("replica disconnected", PATIENCE, || {
+        (!replica.status().connected).then_some(())
+    });
+    let behind = replica.database().unwrap().received_lsn();
+    let mut workload = bulk_workload(SEED ^ 21, 1);
+    workload.keys = 2_000;
+    ledger.run(&db, &mut workload, 150, &[Applied], &no_check);
+    assert!(
+        db.binlog_oldest_lsn().unwrap() > behind,
+        "binlog trimmed past the replica"
+    );
+
+    // Slow the transfer down, and cut it twice while a snapshot is on its way.
+    proxy.set_delay(Duration::from_millis(200));
+    proxy.set_refuse(false);
+    let mut cut_mid_restore = 0;
+    for _ in 0..2 {
+        let links = replica.status().links;
+        eventually("a new link, restoring", PATIENCE, || {
+            let status = replica.status();
+            (status.links > links && status.restoring).then_some(())
+        });
+        thread::sleep(Duration::from_millis(300));
+        if replica.status().restoring {
+            cut_mid_restore += 1;
+        }
+        proxy.cut();
+    }
+    assert!(cut_mid_restore > 0, "the test needs a cut during a restore");
+    proxy.set_delay(Duration::ZERO);
+    ledger.assert_clean("interrupted re-seed");
+    assert_converged(&db, &replica, &ledger, "after interrupted re-seeds");
+    let status = replica.status();
+    assert!(status.restores > restores, "{status:?}");
+    let slot = dir.path().join("replica").join(DB);
+    let kept = generations(&slot);
+
+    // Restart: the replica opens the generation it was following and resumes from its log.
+    drop(replica);
+    drop(node_r);
+    let node_r = node("replica", dir.path(), transport, false, None);
+    let replica = node_r
+        .replicate(proxy.addr(), db.uuid(), DB, small())
+        .unwrap();
+    ledger.run(
+        &db,
+        &mut bulk_workload(SEED ^ 22, 2),
+        5,
+        &[Replicated(1)],
+        &no_check,
+    );
+    ledger.assert_clean("after the restart");
+    assert_converged(&db, &replica, &ledger, "after the restart");
+    let status = replica.status();
+    assert!(
+        kept.len() == 1 && status.restores == 0,
+        "after interrupted re-seeds the replica kept generations {kept:?} (one expected); after a restart it {} ({status:?})",
+        if status.restores == 0 { "resumed from its log" } else { "needed a new snapshot" }
+    );
+}
+
+#[test]
+fn interrupted_reseed_starts_over_epoll() {
+    interrupted_reseed_starts_over(TransportKind::Epoll);
+}
+
+#[test]
+fn interrupted_reseed_starts_over_uring() {
+    interrupted_reseed_starts_over(TransportKind::Uring);
+}
+// ---------------------------------------------------------------------------------------------
+// 4. Faults on the link: cuts, a stall, delay, reordering, corruption.
+
+type Fault = fn(&FaultProxy, &Replica);
+
+fn cut_four_times(proxy: &FaultProxy, _: &Replica) {
+    for _ in 0..4 {
+        assert!(
+            proxy.wait_for_connections(1, PATIENCE),
+            "no connection to cut"
+        );
+        thread::sleep(Duration::from_millis(150));
+        proxy.cut();
+    }
+}
+
+fn stall_past_the_link_timeout(proxy: &FaultProxy, _: &Replica) {
+    thread::sleep(Duration::from_millis(100));
+    proxy.set_stall(true);
+    thread::sleep(LINK_TIMEOUT * 2);
+    proxy.set_stall(false);
+}
+
+fn delay(proxy: &FaultProxy, _: &Replica) {
+    proxy.set_delay(Duration::from_millis(30));
+    thread::sleep(Duration::from_secs(1));
+    proxy.set_delay(Duration::ZERO);
+}
+
+fn reorder(proxy: &FaultProxy, _: &Replica) {
+    proxy.set_reorder(true);
+    thread::sleep(Duration::from_millis(800));
+    proxy.set_reorder(false);
+}
+
+fn corrupt(proxy: &FaultProxy, replica: &Replica) {
+    for direction in [
+        Direction::FromTarget,
+        Direction::ToTarget,
+        Direction::FromTarget,
+    ] {
+        assert!(
+            proxy.wait_for_connections(1, PATIENCE),
+            "no connection to corrupt"
+        );
+        let links = eventually("link up", PATIENCE, || {
+            let status = replica.status();
+            status.connected.then_some(status.links)
+        });
+        proxy.corrupt(direction, 1);
+        eventually(
+            &format!("link dropped and re-established after a corrupt byte {direction:?}"),
+            PATIENCE,
+            || (replica.status().links > links).then_some(()),
+        );
+    }
+}
+
+fn link_faults(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, None);
+    let db = primary.open_database(DB, options(1024)).unwrap();
+    primary.serve(&db, 1);
+    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
+    let node_r = node("replica", dir.path(), transport, false, None);
+    let replica = node_r
+        .replicate(proxy.addr(), db.uuid(), DB, options(1024))
+        .unwrap();
+    wait_following(&replica, "replica");
+    wait_attached(&db, 1, 1);
+    let ledger = Ledger::default();
+    let faults: [(&str, Fault); 5] = [
+        ("cuts", cut_four_times),
+        ("stall", stall_past_the_link_timeout),
+        ("delay", delay),
+        ("reorder", reorder),
+        ("corruption", corrupt),
+    ];
+    for (round, (name, fault)) in faults.iter().enumerate() {
+        let links = replica.status().links;
+        {
+            let refs = [&replica];
+            let check = receipt_check(&refs);
+            thread::scope(|s| {
+                let (db, ledger, check) = (&db, &ledger, &check);
+                s.spawn(move || {
+                    let mut workload = Workload::new(SEED ^ 10, round as u32);
+                    let choices = [Replicated(1), DurableReplicated(1), Replicated(1), Applied];
+                    ledger.run(db, &mut workload, 40, &choices, check);
+                });
+                fault(&proxy, &replica);
+            });
+        }
+        ledger.assert_clean(name);
+        assert_converged(&db, &replica, &ledger, &format!("after {name}"));
+        let status = replica.status();
+        if *name != "delay" {
+            assert!(
+                status.links > links,
+                "{name}: the link should have been re-established: {status:?}"
+            );
+        }
+    }
+    assert_eq!(replica.status().restores, 1, "{:?}", replica.status());
+    assert!(proxy.stats().cuts >= 4, "{:?}", proxy.stats());
+}
+
+#[test]
+fn link_faults_epoll() {
+    link_faults(TransportKind::Epoll);
+}
+
+#[test]
+fn link_faults_uring() {
+    link_faults(TransportKind::Uring);
+}
+
+/// A replica link that stalls (the peer is there but nothing moves) is dropped by the primary
+/// after its link timeout, so it cannot hold the primary's ring: commits that need no replica
+/// keep completing while the link is stalled.
+fn stalled_link_does_not_block_the_primary(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, None);
+    let db = primary.open_database(DB, options(256)).unwrap();
+    primary.serve(&db, 1);
+    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
+    let node_r = node("replica", dir.path(), transport, false, None);
+    let replica = node_r
+        .replicate(proxy.addr(), db.uuid(), DB, options(256))
+        .unwrap();
+    wait_following(&replica, "replica");
+    wait_attached(&db, 1, 1);
+    let ledger = Ledger::default();
+    proxy.set_stall(true);
+    // About 6 MiB, six times the primary's ring, more than the sockets and the proxy can buffer.
+    let bound = LINK_TIMEOUT * 15;
+    let finished = thread::scope(|s| {
+        let writer = s.spawn(|| write_offline(&db, &ledger, SEED ^ 11, 200));
+        let deadline = Instant::now() + bound;
+        while !writer.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let finished = writer.is_finished();
+        proxy.set_stall(false);
+        finished
+    });
+    assert!(
+        finished,
+        "commits needing no replica were blocked for {bound:?} by a stalled replica link (link timeout {LINK_TIMEOUT:?}); primary sees {:?}",
+        db.replication().status()
+    );
+    ledger.assert_clean("stalled link");
+    assert_converged(&db, &replica, &ledger, "after the stall");
+}
+
+#[test]
+fn stalled_link_does_not_block_the_primary_epoll() {
+    stalled_link_does_not_block_the_primary(TransportKind::Epoll);
+}
+
+#[test]
+fn stalled_link_does_not_block_the_primary_uring() {
+    stalled_link_does_not_block_the_primary(TransportKind::Uring);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Bad peers.
+
+const SECRET: &[u8] = b"the cluster secret";
+
+/// Runs the connector's side of the handshake on a raw stream with `secret`; returns the stream
+/// and its read buffer once established.
+fn raw_handshake(
+    addr: std::net::SocketAddr,
+    secret: &[u8],
+    bound: Duration,
+) -> (TcpStream, Vec<u8>) {
+    let mut stream = raw_connect(addr, bound);
+    let config = HandshakeConfig::new(uuid::Uuid::new_v4(), "raw-peer", Some(secret.to_vec()));
+    let mut out = Vec::new();
+    let mut handshake = Handshake::connect(&config, [7; 32], Instant::now(), &mut out);
+    stream.write_all(&out).unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..4 {
+        let frame = read_frame(&mut stream, &mut buf)
+            .expect("handshake frame")
+            .expect("node closed during the handshake");
+        out.clear();
+        let established = handshake
+            .on_frame(&frame_of(&frame), &mut out)
+            .expect("handshake");
+        stream.write_all(&out).unwrap();
+        if established.is_some() {
+            return (stream, buf);
+        }
+    }
+    panic!("handshake not established after 4 frames");
+}
+
+fn hello(protocol_min: u16, protocol_max: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(
+        &Frame::Hello(Hello {
+            protocol_min,
+            protocol_max,
+            node: uuid::Uuid::new_v4(),
+            nonce: [1; 32],
+            name: "raw-peer".into(),
+        }),
+        &mut out,
+    );
+    out
+}
+
+/// Commits one batch `Replicated(1)`; it must return `Ok` and be applied on `replica`.
+fn still_replicating(db: &Database, replica: &Replica, ledger: &Ledger, what: &str) {
+    let refs = [replica];
+    let check = receipt_check(&refs);
+    ledger.run(
+        db,
+        &mut Workload::new(SEED ^ 12, ledger.commits().len() as u32),
+        5,
+        &[Replicated(1)],
+        &check,
+    );
+    ledger.assert_clean(what);
+    assert_converged(db, replica, ledger, what);
+}
+
+fn bad_peers_are_refused(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, Some(SECRET));
+    let addr = primary.local_addr().unwrap();
+    let db = primary.open_database(DB, options(1024)).unwrap();
+    primary.serve(&db, 1);
+    let node_good = node("good", dir.path(), transport, false, Some(SECRET));
+    let good = node_good
+        .replicate(addr, db.uuid(), DB, options(1024))
+        .unwrap();
+    wait_following(&good, "good replica");
+    wait_attached(&db, 1, 1);
+    let ledger = Ledger::default();
+    still_replicating(&db, &good, &ledger, "before the bad peers");
+
+    let bound = PATIENCE;
+    // (d) HELLO, then silence: WELCOME comes back, then the handshake times out (10 s).
+    let mut silent = raw_connect(addr, bound);
+    silent
+        .write_all(&hello(PROTOCOL_VERSION_MIN, PROTOCOL_VERSION))
+        .unwrap();
+    // (a) Garbage.
+    let mut garbage = raw_connect(addr, bound);
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    send(&mut garbage, &noise);
+    // (b) A well-formed HELLO offering only versions 7..=9.
+    let mut future = raw_connect(addr, bound);
+    future.write_all(&hello(7, 9)).unwrap();
+    // (c) Nodes with a wrong secret, and with none, replicating.
+    let node_wrong = node(
+        "wrong-secret",
+        dir.path(),
+        transport,
+        false,
+        Some(b"not the secret"),
+    );
+    let wrong = node_wrong
+        .replicate(addr, db.uuid(), DB, options(1024))
+        .unwrap();
+    let node_none = node("no-secret", dir.path(), transport, false, None);
+    let none = node_none
+        .replicate(addr, db.uuid(), DB, options(1024))
+        .unwrap();
+    // (e) An authenticated peer asking for a database that is not there.
+    let (mut unknown, mut unknown_buf) = raw_handshake(addr, SECRET, bound);
+    let mut out = Vec::new();
+    encode(
+        &Frame::Resume(Resume {
+            database: uuid::Uuid::new_v4(),
+            origin: uuid::Uuid::nil(),
+            epoch: 0,
+            from_lsn: 0,
+        }),
+        &mut out,
+    );
+    unknown.write_all(&out).unwrap();
+
+    // (b): REFUSE (Version), then closed.
+    let mut buf = Vec::new();
+    let refused = read_frame(&mut future, &mut buf)
+        .expect("a REFUSE")
+        .expect("a REFUSE, not end of stream");
+    assert!(
+        matches!(frame_of(&refused), Frame::Refuse(r) if r.code == RefuseCode::Version),
+        "{:?}",
+        frame_of(&refused)
+    );
+    assert_eq!(wait_closed(&mut future), Ended::Closed, "versions 7..=9");
+    // (a): closed.
+    assert_eq!(wait_closed(&mut garbage), Ended::Closed, "garbage");
+    // (e): REFUSE (unknown database), then closed.
+    let refused = read_frame(&mut unknown, &mut unknown_buf)
+        .expect("a REFUSE")
+        .expect("a REFUSE");
+    assert!(
+        matches!(frame_of(&refused), Frame::Refuse(r) if r.code == RefuseCode::UnknownDatabase),
+        "{:?}",
+        frame_of(&refused)
+    );
+    assert_eq!(wait_closed(&mut unknown), Ended::Closed, "unknown database");
+    // (c): the links fail with an authentication error and never connect.
+    for (what, replica) in [("wrong secret", &wrong), ("no secret", &none)] {
+        let error = eventually(&format!("{what}: a failed link"), PATIENCE, || {
+            replica.status().last_error
+        });
+        let status = replica.status();
+        assert!(
+            error.contains("authentication") || error.contains("MAC"),
+            "{what}: {error}"
+        );
+        assert!(
+            !status.connected && status.links == 0 && replica.database().is_none(),
+            "{what}: {status:?}"
+        );
+    }
+    // (d): WELCOME, then closed once the handshake times out.
+    let mut buf = Vec::new();
+    let welcome = read_frame(&mut silent, &mut buf)
+        .expect("WELCOME")
+        .expect("WELCOME");
+    assert!(
+        matches!(frame_of(&welcome), Frame::Welcome(_)),
+        "{:?}",
+        frame_of(&welcome)
+    );
+    assert_eq!(
+        wait_closed(&mut silent),
+        Ended::Closed,
+        "silent after HELLO"
+    );
+
+    // The node kept serving: the good replica still receives, and a new one bootstraps.
+    still_replicating(&db, &good, &ledger, "after the bad peers");
+    let node_late = node("late", dir.path(), transport, false, Some(SECRET));
+    let late = node_late
+        .replicate(addr, db.uuid(), DB, options(1024))
+        .unwrap();
+    wait_following(&late, "late replica");
+    assert_converged(&db, &late, &ledger, "late replica");
+    assert_eq!(
+        db.replication().status().len(),
+        2,
+        "{:?}",
+        db.replication().status()
+    );
+    drop((wrong, none, node_wrong, node_none));
+}
+
+#[test]
+fn bad_peers_are_refused_epoll() {
+    bad_peers_are_refused(TransportKind::Epoll);
+}
+
+#[test]
+fn bad_peers_are_refused_uring() {
+    bad_peers_are_refused(TransportKind::Uring);
+}
+
+/// A frame header announcing a body longer than its type allows is refused from the header alone
+/// (`decode`'s and `Error::FrameTooLarge`'s docs): the node must not read and buffer the body.
+/// A HELLO may be 117 bytes; this one announces 16 MiB, and the peer then sends 16 MiB.
+fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, Some(SECRET));
+    let mut stream = raw_connect(primary.local_addr().unwrap(), PATIENCE);
+    send(&mut stream, &raw_header(FRAME_BODY_MAX as u32, 1));
+    let chunk = vec![0x5a; 64 << 10];
+    let mut sent = 0;
+    while sent < FRAME_BODY_MAX {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < FRAME_BODY_MAX,
+        "the node read all {sent} bytes of a HELLO body announced at {FRAME_BODY_MAX} bytes instead of refusing the header"
+    );
+}
+
+#[test]
+fn oversized_header_is_refused_before_its_body_epoll() {
+    oversized_header_is_refused_before_its_body(TransportKind::Epoll);
+}
+
+#[test]
+fn oversized_header_is_refused_before_its_body_uring() {
+    oversized_header_is_refused_before_its_body(TransportKind::Uring);
+}
+
+/// An authenticated peer claiming to hold pages it was never sent (a RESUME beyond the source's
+/// log, or an ACK beyond what was shipped) must not make `Replicated(1)` commits return `Ok`:
+/// nobody received them. The node may refuse the claim or ignore it; the commit must time out.
+fn false_claim_of_receipt(transport: TransportKind, resume_ahead: u64, ack_ahead: Option<u64>) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, Some(SECRET));
+    let db = primary
+        .open_database(
+            DB,
+            options(1024).replication_timeout(Duration::from_secs(2)),
+        )
+        .unwrap();
+    primary.serve(&db, 1);
+    let mut batch = WriteBatch::new();
+    batch.put("t", b"k", b"v").unwrap();
+    db.commit(&batch, Applied).unwrap();
+    let (mut stream, _buf) = raw_handshake(primary.local_addr().unwrap(), SECRET, PATIENCE);
+    let at = db.received_lsn();
+    let mut out = Vec::new();
+    encode(
+        &Frame::Resume(Resume {
+            database: db.uuid(),
+            origin: db.origin_uuid(),
+            epoch: 0,
+            from_lsn: at + resume_ahead,
+        }),
+        &mut out,
+    );
+    if let Some(ahead) = ack_ahead {
+        encode(
+            &Frame::Ack(Ack {
+                database: db.uuid(),
+                origin: uuid::Uuid::nil(),
+                received_lsn: at + ahead,
+                durable_lsn: 0,
+            }),
+            &mut out,
+        );
+    }
+    stream.write_all(&out).unwrap();
+    // The node takes the RESUME (the peer attaches) or refuses it (the stream closes); either way
+    // the commit below waits its 2 s for a real receipt, time for the ACK to be handled too.
+    thread::sleep(Duration::from_millis(200));
+    let outcome = db.commit(&batch, Replicated(1));
+    assert!(
+        matches!(outcome, Err(StoreError::ReplicationTimeout { .. })),
+        "a Replicated(1) commit returned {outcome:?} though no replica received it; the primary counts {:?}",
+        db.replication().status()
+    );
+}
+
+#[test]
+fn resume_beyond_the_log_is_not_counted_as_received_epoll() {
+    false_claim_of_receipt(TransportKind::Epoll, 1_000_000, None);
+}
+
+#[test]
+fn resume_beyond_the_log_is_not_counted_as_received_uring() {
+    false_claim_of_receipt(TransportKind::Uring, 1_000_000, None);
+}
+
+#[test]
+fn ack_beyond_what_was_shipped_is_not_counted_epoll() {
+    false_claim_of_receipt(TransportKind::Epoll, 0, Some(1_000_000));
+}
+
+#[test]
+fn ack_beyond_what_was_shipped_is_not_counted_uring() {
+    false_claim_of_receipt(TransportKind::Uring, 0, Some(1_000_000));
+}
+
+/// The realistic form of the false claim: the primary is restored from a backup (its log
+/// continues from the backup's position) while its replica, which followed the lost primary, is
+/// ahead of it. A `Replicated(1)` commit on the restored primary must not return `Ok` unless the
+/// replica really holds it (it may time out, or the replica may be re-seeded).
+fn replica_ahead_of_a_restored_source(transport: TransportKind) {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let first = node("primary-1", dir.path(), transport, true, None);
+    let db = first.open_database(DB, options(1024)).unwrap();
+    first.serve(&db, 1);
+    let proxy = FaultProxy::start(first.local_addr().unwrap()).unwrap();
+    let node_r = node("replica", dir.path(), transport, false, None);
+    let replica = node_r
+        .replicate(proxy.addr(), db.uuid(), DB, options(1024))
+        .unwrap();
+    wait_following(&replica, "replica");
+    wait_attached(&db, 1, 1);
+    let ledger = Ledger::default();
+    ledger.run(
+        &db,
+        &mut Workload::new(SEED ^ 13, 0),
+        10,
+        &[Replicated(1)],
+        &no_check,
+    );
+    let mut backup = Vec::new();
+    db.read().unwrap().export(&mut backup).unwrap();
+    ledger.run(
+        &db,
+        &mut Workload::new(SEED ^ 14, 0),
+        30,
+        &[Replicated(1)],
+        &no_check,
+    );
+    ledger.assert_clean("before the loss");
+    converge(&db, &replica, "before the loss");
+    drop(db);
+    drop(first);
+
+    // The primary is lost and restored from the backup on another node.
+    let restored_dir = dir.path().join("primary-2").join(DB);
+    let (restored, stats) = Database::restore(&restored_dir, &backup[..], options(1024)).unwrap();
+    drop(restored);
+    let second = node("primary-2", dir.path(), transport, true, None);
+    let db = second
+        .open_database(
+            DB,
+            options(1024).replication_timeout(Duration::from_secs(3)),
+        )
+        .unwrap();
+    second.serve(&db, 1);
+    let ahead = replica.database().unwrap().received_lsn();
+    assert!(
+        ahead > db.received_lsn(),
+        "the replica ({ahead}) is ahead of the restored primary ({}, backup at {})",
+        db.received_lsn(),
+        stats.lsn
+    );
+    proxy.set_target(second.local_addr().unwrap());
+    proxy.cut();
+    // Let the replica reconnect (the restored primary may attach it or refuse it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while db.replication().status().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let mut batch = WriteBatch::new();
+    batch.put("after-restore", b"k", b"v").unwrap();
+    match db.commit(&batch, Replicated(1)) {
+        Err(StoreError::ReplicationTimeout { .. }) => {}
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(seq) => {
+            let held = |r: &Replica| {
+                r.database().and_then(|d| {
+                    let snapshot = d.read().ok()?;
+                    let value = snapshot.get("after-restore", b"k").ok()??;
+                    (value.seq == seq).then_some(())
+                })
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while held(&replica).is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            assert!(
+                held(&replica).is_some(),
+                "a Replicated(1) commit (seq {seq}) on the restored primary returned Ok, but the replica (received LSN {ahead} when the primary was at {}) never got it; the primary counts {:?}; replica {:?}",
+                stats.lsn,
+                db.replication().status(),
+                replica.status()
+            );
+        }
+    }
+}
+
+#[test]
+fn replica_ahead_of_a_restored_source_epoll() {
+    replica_ahead_of_a_restored_source(TransportKind::Epoll);
+}
+
+#[test]
+fn replica_ahead_of_a_restored_source_uring() {
+    replica_ahead_of_a_restored_source(TransportKind::Uring);
+}
