@@ -1,0 +1,93 @@
+//! Semi-synchronous replication between real nodes: k of the replicas are synchronous; when one
+//! of them goes, an asynchronous one is promoted and `Replicated(1)` commits keep returning;
+//! with too few left they fail after the configured timeout, never silently downgraded.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{node, options, wait_attached, wait_following};
+use pagemesh::core::{Durability, Error, WriteBatch};
+use pagemesh::net::TransportKind;
+
+fn promotion(transport: TransportKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = node("primary", dir.path(), transport, true, None);
+    let db = primary
+        .open_database(
+            "db",
+            options(256).replication_timeout(Duration::from_millis(300)),
+        )
+        .unwrap();
+    primary.serve(&db, 1);
+    let addr = primary.local_addr().unwrap();
+    let first = node("first", dir.path(), transport, false, None);
+    let first_replica = first
+        .replicate(addr, db.uuid(), "db", options(256))
+        .unwrap();
+    wait_following(&first_replica, "first");
+    wait_attached(&db, 1, 1);
+    let second = node("second", dir.path(), transport, false, None);
+    let second_replica = second
+        .replicate(addr, db.uuid(), "db", options(256))
+        .unwrap();
+    let second_db = wait_following(&second_replica, "second");
+    wait_attached(&db, 2, 1);
+    let status = db.replication().status();
+    assert!(
+        status[0].sync && !status[1].sync,
+        "attach order decides: {status:?}"
+    );
+
+    let commit = |i: u32| {
+        let mut batch = WriteBatch::new();
+        batch.put("t", &i.to_be_bytes(), b"value").unwrap();
+        db.commit(&batch, Durability::Replicated(1))
+    };
+    commit(0).expect("the synchronous replica acks");
+
+    // The synchronous replica goes: the asynchronous one is promoted, commits go on.
+    drop(first_replica);
+    drop(first);
+    wait_attached(&db, 1, 1);
+    let seq = commit(1).expect("the promoted replica acks");
+    // Acked on receipt: the promoted replica has the record once it applies what it received.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while second_db.applied_lsn() <= seq / 4096 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the promoted replica applies it"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let value = second_db
+        .read()
+        .unwrap()
+        .get("t", &1u32.to_be_bytes())
+        .unwrap()
+        .map(|v| v.seq);
+    assert_eq!(value, Some(seq));
+
+    // None left: Replicated(1) fails after its timeout, with a clear error.
+    drop(second_replica);
+    drop(second);
+    wait_attached(&db, 0, 0);
+    match commit(2) {
+        Err(Error::ReplicationTimeout {
+            wanted: 1,
+            acked: 0,
+            ..
+        }) => {}
+        other => panic!("expected ReplicationTimeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_async_replica_is_promoted_when_the_sync_one_goes_epoll() {
+    promotion(TransportKind::Epoll);
+}
+
+#[test]
+fn an_async_replica_is_promoted_when_the_sync_one_goes_uring() {
+    promotion(TransportKind::Uring);
+}
