@@ -1,8 +1,12 @@
-//! Shared helpers of `tests/replication.rs`: nodes on loopback, a seeded workload, a ledger of
+//! Shared helpers of `tests/replication.rs` and `tests/semisync.rs`: nodes on loopback, a seeded workload, a ledger of
 //! every commit with the model it implies, the "promised" check and the DIFF.
 //!
 //! Everything that waits is bounded by [`PATIENCE`] (or an explicit bound) and fails the test with
 //! what it was waiting for; nothing asserts that something happens fast.
+//!
+//! Each test binary that includes this module uses only part of it.
+
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
