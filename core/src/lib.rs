@@ -40,6 +40,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use pagemesh_logpage::{CommitPos, Log, LogOptions};
 
@@ -718,8 +719,13 @@ impl CommitTicket {
                 self.inner.log.wait_committed(self.pos, None)?;
             }
             // Sealed first (a page ships only once sealed), then the replicas' acks.
+            // A page ships only once sealed: seal it if no consumer will (a wait that returns at
+            // once), then wait for the acks alone. Blocking on the committed watermark first cost
+            // a second wake-up per commit (measured: sync@16 0.78x async before, see the note).
             Durability::Replicated(n) => {
-                self.inner.log.wait_committed(self.pos, None)?;
+                self.inner
+                    .log
+                    .wait_committed(self.pos, Some(Instant::now()))?;
                 self.wait_replicated(n)?;
             }
             // The applier's sync and the shippers' sends run in parallel; wait for both.
