@@ -82,8 +82,14 @@ pub struct RecordBuilder {
     read_count: u32,
 }
 
-fn check_table(table: &str) -> Result<()> {
-    if table.is_empty() || table.len() > TABLE_LEN_MAX || table.starts_with("__") {
+/// A table name is 1..=TABLE_LEN_MAX bytes, not reserved (`__`), and holds no NUL: LMDB names are
+/// C strings, and heed panics on an interior NUL (found by the snapshot_restore fuzz target).
+pub(crate) fn check_table(table: &str) -> Result<()> {
+    if table.is_empty()
+        || table.len() > TABLE_LEN_MAX
+        || table.starts_with("__")
+        || table.contains('\0')
+    {
         return Err(Error::InvalidTable {
             table: table.to_string(),
         });

@@ -364,7 +364,10 @@ fn restore_into(
                     })();
                     entry.map_err(|e| abort(&mut failure, e))?;
                     let table_name = std::str::from_utf8(&name)
-                        .map_err(|_| {
+                        .ok()
+                        .filter(|name| crate::record::check_table(name).is_ok())
+                        .ok_or(())
+                        .map_err(|()| {
                             abort(
                                 &mut failure,
                                 Error::SnapshotDecode {

@@ -189,3 +189,42 @@ fn retention_trims_by_age_but_never_past_a_cursor() {
         "the newest group is kept"
     );
 }
+
+#[test]
+fn a_table_name_with_a_nul_is_refused_in_batches_and_in_snapshot_streams() {
+    let mut batch = WriteBatch::new();
+    assert!(matches!(
+        batch.put("a\0b", b"k", b"v"),
+        Err(Error::InvalidTable { .. })
+    ));
+
+    // A stream whose table name is damaged into one with a NUL, crc re-sealed: a decode error,
+    // not a panic (LMDB names are C strings). Found by the snapshot_restore fuzz target.
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("src"), Options::new()).unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put("ab", b"k", b"v").unwrap();
+    db.commit(&batch, Durability::Applied).unwrap();
+    let mut stream = Vec::new();
+    db.read().unwrap().export(&mut stream).unwrap();
+    let at = stream
+        .windows(3)
+        .position(|w| w == [2, b'a', b'b'])
+        .expect("the entry's table name");
+    stream[at + 2] = 0;
+    let body = stream.len() - 4;
+    let crc = crc32c::crc32c(&stream[..body]);
+    stream[body..].copy_from_slice(&crc.to_le_bytes());
+    let restored = Database::restore(dir.path().join("copy"), &stream[..], Options::new());
+    assert!(
+        matches!(
+            restored,
+            Err(Error::SnapshotDecode {
+                what: "table name",
+                ..
+            })
+        ),
+        "{:?}",
+        restored.err()
+    );
+}
