@@ -35,17 +35,26 @@ fn try_restore(bytes: &[u8], replica: bool) {
     };
     let Ok((db, _)) = restored else {
         // A failed restore leaves nothing: the directory takes a restore again.
-        assert!(!path.join("lmdb").join("data.mdb").exists(), "a failed restore left data behind");
+        assert!(
+            !path.join("lmdb").join("data.mdb").exists(),
+            "a failed restore left data behind"
+        );
         return;
     };
     assert_eq!(db.is_replica(), replica);
     let before = contents(&db);
     let mut stream = Vec::new();
-    db.read().expect("read").export(&mut stream).expect("export");
+    db.read()
+        .expect("read")
+        .export(&mut stream)
+        .expect("export");
     drop(db);
     let (copy, _) = Database::restore(dir.path().join("copy"), &stream[..], options)
         .expect("an exported stream restores");
-    assert!(contents(&copy) == before, "export then restore changed the contents");
+    assert!(
+        contents(&copy) == before,
+        "export then restore changed the contents"
+    );
 }
 
 fuzz_target!(|bytes: &[u8]| {
