@@ -57,6 +57,9 @@ pub const BOOTSTRAP: u64 = u64::MAX;
 pub const HISTORY_BATCH_PAGES: usize = 256;
 /// Most pages one ring write carries.
 const RING_BATCH_PAGES: usize = 256;
+/// Most accepted links open at once (each costs 16 KiB until it authenticates, about 2 MiB after);
+/// connections beyond it are closed at once.
+const LINKS_MAX: usize = 1024;
 /// Bytes per SNAPSHOT chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
@@ -459,6 +462,9 @@ async fn run(
                     () = accepting.closed() => return,
                 };
                 match accepted {
+                    Ok((_, peer)) if runtime.links.borrow().len() >= LINKS_MAX => {
+                        tracing::warn!(%peer, links = LINKS_MAX, "too many links; connection dropped");
+                    }
                     Ok((connection, peer)) => {
                         tokio::task::spawn_local(serve_link(Rc::clone(&runtime), connection, peer));
                     }
@@ -600,6 +606,7 @@ async fn serve_link_inner(
     let (mut reader, mut writer, shutdown) = connection.split(peer)?;
     *control.shutdown.borrow_mut() = Some(shutdown);
     let info = handshake(runtime, &mut reader, &mut writer, false).await?;
+    reader.expect_bulk();
     let resume = match tokio::time::timeout(runtime.config.link_timeout, reader.next()).await {
         Err(_) => {
             return Err(Error::LinkTimeout {
@@ -1079,6 +1086,7 @@ async fn follow_link(
     let (mut reader, mut writer, shutdown) = connection.split(addr)?;
     *control.shutdown.borrow_mut() = Some(shutdown);
     let peer = handshake(runtime, &mut reader, &mut writer, true).await?;
+    reader.expect_bulk();
     let mut replica = store.current();
     let resume = match &replica {
         Some(db) => Resume {

@@ -241,13 +241,13 @@ impl Connection {
             FrameReader {
                 half: read,
                 peer,
-                buf: Vec::with_capacity(READ_BUFFER),
+                buf: Vec::with_capacity(READ_BUFFER_MIN),
                 start: 0,
             },
             FrameWriter {
                 half: write,
                 peer,
-                spare: Vec::with_capacity(WRITE_BUFFER),
+                spare: Vec::new(),
             },
             shutdown,
         ))
@@ -269,8 +269,13 @@ impl Shutdown {
     }
 }
 
+/// A new link's read buffer: enough for the handshake. An unauthenticated peer costs this much,
+/// not a bulk buffer; [`FrameReader::expect_bulk`] grows it once the peer is authenticated.
+const READ_BUFFER_MIN: usize = 16 << 10;
+/// An authenticated link's read buffer: one read takes up to this much.
 const READ_BUFFER: usize = 1 << 20;
-const WRITE_BUFFER: usize = 1 << 20;
+/// Write buffers larger than this are not kept between batches.
+const WRITE_BUFFER_KEPT: usize = 4 << 20;
 
 enum ReadHalf {
     Uring(Rc<tokio_uring::net::TcpStream>),
@@ -333,15 +338,22 @@ impl FrameReader {
         }
     }
 
+    /// Grows the read buffer for bulk traffic (one read takes up to 1 MiB): call once the peer
+    /// is authenticated.
+    pub fn expect_bulk(&mut self) {
+        if self.buf.capacity() < READ_BUFFER {
+            self.buf.reserve(READ_BUFFER - self.buf.len());
+        }
+    }
+
     /// Moves undecoded bytes to the front and makes room for a frame of `total` bytes.
     fn make_room(&mut self, total: usize) {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let want = total.max(READ_BUFFER);
-        if self.buf.capacity() < want {
-            self.buf.reserve(want - self.buf.len());
+        if self.buf.capacity() < total {
+            self.buf.reserve(total - self.buf.len());
         }
     }
 
@@ -353,7 +365,7 @@ impl FrameReader {
             source,
         };
         if self.buf.len() == self.buf.capacity() {
-            self.buf.reserve(READ_BUFFER);
+            self.buf.reserve(READ_BUFFER_MIN);
         }
         match &mut self.half {
             ReadHalf::Uring(stream) => {
@@ -404,8 +416,8 @@ impl FrameWriter {
             }
         };
         // Keep big buffers only while they are in use: a burst must not pin memory forever.
-        if batch.capacity() > 4 * WRITE_BUFFER {
-            batch = Vec::with_capacity(WRITE_BUFFER);
+        if batch.capacity() > WRITE_BUFFER_KEPT {
+            batch = Vec::new();
         }
         self.spare = batch;
         result.map_err(|source| Error::Io {
