@@ -522,6 +522,7 @@ struct AckQueue {
 /// Serves one connection: decodes PAGES frames until the client closes, acking each.
 async fn serve(connection: Connection, peer: SocketAddr) -> Result<ServerCount> {
     let (mut reader, writer, shutdown) = connection.split(peer)?;
+    reader.expect_bulk(); // as the service does once a peer is authenticated
     let acks = Rc::new(AckQueue::default());
     let sender = tokio::task::spawn_local(send_acks(writer, Rc::clone(&acks)));
     let received = receive_pages(&mut reader, &acks).await;
@@ -619,7 +620,8 @@ async fn run_phases(
     let mut outcomes = Vec::with_capacity(phases.len());
     for phase in phases {
         let connection = Connection::connect(kind, addr).await?;
-        let (reader, writer, shutdown) = connection.split(addr)?;
+        let (mut reader, writer, shutdown) = connection.split(addr)?;
+        reader.expect_bulk();
         let outcome = match phase {
             Phase::Ship(spec) => ship(reader, writer, &shutdown, spec, &pages)
                 .await
