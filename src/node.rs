@@ -129,7 +129,7 @@ impl NodeBuilder {
         Ok(Node {
             service: Service::start(self.config)?,
             data_dir: self.data_dir,
-            open: Mutex::new(HashMap::new()),
+            open: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 }
@@ -140,8 +140,9 @@ impl NodeBuilder {
 pub struct Node {
     service: Service,
     data_dir: PathBuf,
-    /// Databases opened by name (sources and replicas), to refuse opening one twice.
-    open: Mutex<HashMap<String, ()>>,
+    /// Directories in use (databases and replicas), to refuse opening one twice. Shared with each
+    /// [`Replica`], which gives its directory back when dropped.
+    open: Arc<Mutex<HashMap<PathBuf, ()>>>,
 }
 
 impl Node {
@@ -164,18 +165,22 @@ impl Node {
         self.service.runtime()
     }
 
+    /// `name` under the data directory (or `name` itself if it is an absolute path), unless it is
+    /// already in use on this node.
     fn claim(&self, name: &str) -> Result<PathBuf, NodeError> {
+        let path = self.data_dir.join(name);
         let mut open = self
             .open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if open.insert(name.to_string(), ()).is_some() {
+        if open.insert(path.clone(), ()).is_some() {
             return Err(NodeError::AlreadyOpen { name: name.into() });
         }
-        Ok(self.data_dir.join(name))
+        Ok(path)
     }
 
-    /// Opens (or creates) the database `name` in the data directory.
+    /// Opens (or creates) the database `name` in the data directory (or at `name`, if it is an
+    /// absolute path).
     pub fn open_database(&self, name: &str, options: Options) -> Result<Database, NodeError> {
         let path = self.claim(name)?;
         Ok(Database::open(path, options)?)
@@ -188,9 +193,12 @@ impl Node {
         self.service.serve(Arc::new(Wired(database.clone())));
     }
 
-    /// Keeps a read-only replica named `name` of the database `database` served by the node at
-    /// `source`: bootstrapped from a snapshot if it does not exist yet, then following, and
-    /// re-syncing by itself after any disconnect.
+    /// Keeps a read-only replica of the database `database` served by the node at `source`, in
+    /// the directory `name` under the data directory (or at `name`, if it is an absolute path):
+    /// bootstrapped from a snapshot if it does not exist yet, then following, and re-syncing by
+    /// itself after any disconnect. Dropping the [`Replica`] stops following and frees `name`
+    /// (its link closes on the network thread a moment later; until then the directory's ring is
+    /// still locked, so replicating into it again at once may fail with a lock error).
     pub fn replicate(
         &self,
         source: SocketAddr,
@@ -199,13 +207,34 @@ impl Node {
         options: Options,
     ) -> Result<Replica, NodeError> {
         let path = self.claim(name)?;
+        let claim = Claim {
+            open: Arc::clone(&self.open),
+            path: path.clone(),
+        };
         let slot = Arc::new(ReplicaSlot::open(name, &path, options)?);
         let subscription = self.service.subscribe(source, database, slot.clone());
         Ok(Replica {
             name: name.to_string(),
             slot,
             subscription,
+            _claim: claim,
         })
+    }
+}
+
+/// Gives a claimed directory back when dropped.
+#[derive(Debug)]
+struct Claim {
+    open: Arc<Mutex<HashMap<PathBuf, ()>>>,
+    path: PathBuf,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.path);
     }
 }
 
@@ -215,6 +244,8 @@ pub struct Replica {
     name: String,
     slot: Arc<ReplicaSlot>,
     subscription: Subscription,
+    /// Last: the directory is given back after the subscription is dropped.
+    _claim: Claim,
 }
 
 impl Replica {

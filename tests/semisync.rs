@@ -91,3 +91,42 @@ fn an_async_replica_is_promoted_when_the_sync_one_goes_epoll() {
 fn an_async_replica_is_promoted_when_the_sync_one_goes_uring() {
     promotion(TransportKind::Uring);
 }
+
+/// A replica at an absolute path outside the node's data directory; the path is refused while in
+/// use and free again once the replica is dropped.
+#[test]
+fn a_replica_lives_at_any_path_and_gives_it_back_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let at = elsewhere.path().join("copy");
+    let at = at.to_str().unwrap();
+    let primary = node("primary", dir.path(), TransportKind::Epoll, true, None);
+    let db = primary.open_database("db", options(64)).unwrap();
+    primary.serve(&db, 1);
+    let addr = primary.local_addr().unwrap();
+    let follower = node("follower", dir.path(), TransportKind::Epoll, false, None);
+    let replica = follower
+        .replicate(addr, db.uuid(), at, options(64))
+        .unwrap();
+    wait_following(&replica, "replica");
+    assert!(matches!(
+        follower.replicate(addr, db.uuid(), at, options(64)),
+        Err(pagemesh::NodeError::AlreadyOpen { .. })
+    ));
+    drop(replica);
+    wait_attached(&db, 0, 0);
+    // The link closes on the network thread: retry briefly while its ring lock goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        match follower.replicate(addr, db.uuid(), at, options(64)) {
+            Ok(replica) => break replica,
+            Err(pagemesh::NodeError::Store(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => panic!("replicating into the freed path: {error}"),
+        }
+    };
+    wait_following(&again, "replica again");
+    assert_eq!(again.status().restores, 0, "it resumes what is on disk");
+    assert!(elsewhere.path().join("copy").exists());
+}
