@@ -1,5 +1,6 @@
 //! Replication between real nodes over real loopback sockets, on both transports (each scenario
-//! is a function of the `TransportKind`, run by an `_epoll` and a `_uring` test):
+//! is a function of the `TransportKind`, run as `SCENARIO::epoll` and `SCENARIO::uring` by
+//! `on_both_transports!` at the end of the file):
 //!
 //! 1. a seeded random workload from two threads reaches two synchronous replicas;
 //! 2. a replica whose node is dropped mid-stream reopens on its data directory holding every
@@ -106,16 +107,6 @@ fn random_workload_reaches_two_synchronous_replicas(transport: TransportKind) {
         let status = replica.status();
         assert_eq!(status.restores, 1, "replica {i}: one bootstrap: {status:?}");
     }
-}
-
-#[test]
-fn random_workload_reaches_two_synchronous_replicas_epoll() {
-    random_workload_reaches_two_synchronous_replicas(TransportKind::Epoll);
-}
-
-#[test]
-fn random_workload_reaches_two_synchronous_replicas_uring() {
-    random_workload_reaches_two_synchronous_replicas(TransportKind::Uring);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,16 +274,6 @@ fn replica_restarted_mid_stream_resumes(transport: TransportKind) {
     assert!(status.links >= 1, "{status:?}");
 }
 
-#[test]
-fn replica_restarted_mid_stream_resumes_epoll() {
-    replica_restarted_mid_stream_resumes(TransportKind::Epoll);
-}
-
-#[test]
-fn replica_restarted_mid_stream_resumes_uring() {
-    replica_restarted_mid_stream_resumes(TransportKind::Uring);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 3. A replica left behind the binlog's retention is re-seeded from a snapshot.
 
@@ -433,16 +414,6 @@ fn far_behind_replica_is_reseeded(transport: TransportKind) {
     );
 }
 
-#[test]
-fn far_behind_replica_is_reseeded_epoll() {
-    far_behind_replica_is_reseeded(TransportKind::Epoll);
-}
-
-#[test]
-fn far_behind_replica_is_reseeded_uring() {
-    far_behind_replica_is_reseeded(TransportKind::Uring);
-}
-
 /// A re-seed whose snapshot transfer is cut midway (the proxy slows it to a few MB/s) starts
 /// over and converges; no half-restored generation is left behind, and after a restart the
 /// replica opens the generation it was following and resumes without another snapshot.
@@ -532,16 +503,6 @@ fn interrupted_reseed_starts_over(transport: TransportKind) {
         "after interrupted re-seeds the replica kept generations {kept:?} (one expected); after a restart it {} ({status:?})",
         if status.restores == 0 { "resumed from its log" } else { "needed a new snapshot" }
     );
-}
-
-#[test]
-fn interrupted_reseed_starts_over_epoll() {
-    interrupted_reseed_starts_over(TransportKind::Epoll);
-}
-
-#[test]
-fn interrupted_reseed_starts_over_uring() {
-    interrupted_reseed_starts_over(TransportKind::Uring);
 }
 // ---------------------------------------------------------------------------------------------
 // 4. Faults on the link: cuts, a stall, delay, reordering, corruption.
@@ -651,16 +612,6 @@ fn link_faults(transport: TransportKind) {
     assert!(proxy.stats().cuts >= 4, "{:?}", proxy.stats());
 }
 
-#[test]
-fn link_faults_epoll() {
-    link_faults(TransportKind::Epoll);
-}
-
-#[test]
-fn link_faults_uring() {
-    link_faults(TransportKind::Uring);
-}
-
 /// A replica link that stalls (the peer is there but nothing moves) is dropped by the primary
 /// after its link timeout, so it cannot hold the primary's ring: commits that need no replica
 /// keep completing while the link is stalled.
@@ -698,16 +649,6 @@ fn stalled_link_does_not_block_the_primary(transport: TransportKind) {
     );
     ledger.assert_clean("stalled link");
     assert_converged(&db, &replica, &ledger, "after the stall");
-}
-
-#[test]
-fn stalled_link_does_not_block_the_primary_epoll() {
-    stalled_link_does_not_block_the_primary(TransportKind::Epoll);
-}
-
-#[test]
-fn stalled_link_does_not_block_the_primary_uring() {
-    stalled_link_does_not_block_the_primary(TransportKind::Uring);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -905,16 +846,6 @@ fn bad_peers_are_refused(transport: TransportKind) {
     drop((wrong, none, node_wrong, node_none));
 }
 
-#[test]
-fn bad_peers_are_refused_epoll() {
-    bad_peers_are_refused(TransportKind::Epoll);
-}
-
-#[test]
-fn bad_peers_are_refused_uring() {
-    bad_peers_are_refused(TransportKind::Uring);
-}
-
 /// A frame header announcing a body longer than its type allows is refused from the header alone
 /// (`decode`'s and `Error::FrameTooLarge`'s docs): the node must not read and buffer the body.
 /// A HELLO may be 117 bytes; this one announces 16 MiB, and the peer then sends 16 MiB.
@@ -936,16 +867,6 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
         sent < FRAME_BODY_MAX,
         "the node read all {sent} bytes of a HELLO body announced at {FRAME_BODY_MAX} bytes instead of refusing the header"
     );
-}
-
-#[test]
-fn oversized_header_is_refused_before_its_body_epoll() {
-    oversized_header_is_refused_before_its_body(TransportKind::Epoll);
-}
-
-#[test]
-fn oversized_header_is_refused_before_its_body_uring() {
-    oversized_header_is_refused_before_its_body(TransportKind::Uring);
 }
 
 /// An authenticated peer claiming to hold pages it was never sent (a RESUME beyond the source's
@@ -1000,24 +921,12 @@ fn false_claim_of_receipt(transport: TransportKind, resume_ahead: u64, ack_ahead
     );
 }
 
-#[test]
-fn resume_beyond_the_log_is_not_counted_as_received_epoll() {
-    false_claim_of_receipt(TransportKind::Epoll, 1_000_000, None);
+fn resume_beyond_the_log_is_not_counted_as_received(transport: TransportKind) {
+    false_claim_of_receipt(transport, 1_000_000, None);
 }
 
-#[test]
-fn resume_beyond_the_log_is_not_counted_as_received_uring() {
-    false_claim_of_receipt(TransportKind::Uring, 1_000_000, None);
-}
-
-#[test]
-fn ack_beyond_what_was_shipped_is_not_counted_epoll() {
-    false_claim_of_receipt(TransportKind::Epoll, 0, Some(1_000_000));
-}
-
-#[test]
-fn ack_beyond_what_was_shipped_is_not_counted_uring() {
-    false_claim_of_receipt(TransportKind::Uring, 0, Some(1_000_000));
+fn ack_beyond_what_was_shipped_is_not_counted(transport: TransportKind) {
+    false_claim_of_receipt(transport, 0, Some(1_000_000));
 }
 
 /// The realistic form of the false claim: the primary is restored from a backup (its log
@@ -1113,12 +1022,16 @@ fn replica_ahead_of_a_restored_source(transport: TransportKind) {
     }
 }
 
-#[test]
-fn replica_ahead_of_a_restored_source_epoll() {
-    replica_ahead_of_a_restored_source(TransportKind::Epoll);
-}
-
-#[test]
-fn replica_ahead_of_a_restored_source_uring() {
-    replica_ahead_of_a_restored_source(TransportKind::Uring);
-}
+on_both_transports!(
+    random_workload_reaches_two_synchronous_replicas,
+    replica_restarted_mid_stream_resumes,
+    far_behind_replica_is_reseeded,
+    interrupted_reseed_starts_over,
+    link_faults,
+    stalled_link_does_not_block_the_primary,
+    bad_peers_are_refused,
+    oversized_header_is_refused_before_its_body,
+    resume_beyond_the_log_is_not_counted_as_received,
+    ack_beyond_what_was_shipped_is_not_counted,
+    replica_ahead_of_a_restored_source,
+);

@@ -82,16 +82,6 @@ fn promotion(transport: TransportKind) {
     }
 }
 
-#[test]
-fn an_async_replica_is_promoted_when_the_sync_one_goes_epoll() {
-    promotion(TransportKind::Epoll);
-}
-
-#[test]
-fn an_async_replica_is_promoted_when_the_sync_one_goes_uring() {
-    promotion(TransportKind::Uring);
-}
-
 /// A replica at an absolute path outside the node's data directory; the path is refused while in
 /// use and free again once the replica is dropped.
 #[test]
@@ -130,3 +120,5 @@ fn a_replica_lives_at_any_path_and_gives_it_back_when_dropped() {
     assert_eq!(again.status().restores, 0, "it resumes what is on disk");
     assert!(elsewhere.path().join("copy").exists());
 }
+
+on_both_transports!(promotion);

@@ -561,3 +561,23 @@ pub fn raw_header(body_len: u32, frame_type: u8) -> [u8; FRAME_HEADER_LEN] {
     header[4] = frame_type;
     header
 }
+
+/// For each scenario `fn NAME(TransportKind)`, a module `NAME` with the tests `epoll` and `uring`
+/// (`cargo test NAME::epoll`): every scenario runs on both transports, without a near-copy of
+/// each test per transport.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn epoll() {
+                super::$scenario(pagemesh::net::TransportKind::Epoll);
+            }
+
+            #[test]
+            fn uring() {
+                super::$scenario(pagemesh::net::TransportKind::Uring);
+            }
+        }
+    )*};
+}
