@@ -15,11 +15,13 @@ use std::hint::black_box;
 
 use libfuzzer_sys::fuzz_target;
 use pagemesh_net::proto::{decode, encode, Decoded, FRAME_BODY_MAX, FRAME_HEADER_LEN};
+use reseal::reseal;
+
+#[path = "shared/reseal.rs"]
+mod reseal;
 
 /// Frames decoded per input at most.
 const FRAMES_MAX: usize = 64;
-/// Header byte offsets (see the table in `proto/frame.rs`).
-const CRC_OFFSET: usize = 8;
 
 fuzz_target!(|data: &[u8]| {
     check(data);
@@ -61,22 +63,5 @@ fn check(data: &[u8]) {
                 break;
             }
         }
-    }
-}
-
-/// Rewrites the crc of every frame header in `bytes` to the crc32c `decode` will compute, over
-/// as much of the announced body as the bytes hold.
-fn reseal(bytes: &mut [u8]) {
-    let mut start = 0usize;
-    while let Some(header) = bytes.get(start..start + FRAME_HEADER_LEN) {
-        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let body_start = start + FRAME_HEADER_LEN;
-        let body_end = body_start.saturating_add(body_len).min(bytes.len());
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c(&bytes[start..start + CRC_OFFSET]),
-            &bytes[body_start..body_end],
-        );
-        bytes[start + CRC_OFFSET..body_start].copy_from_slice(&crc.to_le_bytes());
-        start = body_start.saturating_add(body_len);
     }
 }

@@ -18,13 +18,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use pagemesh_net::proto::{
-    decode, Decoded, Frame, FrameType, Handshake, HandshakeConfig, Uuid, FRAME_HEADER_LEN,
-};
+use pagemesh_net::proto::{decode, Decoded, Frame, FrameType, Handshake, HandshakeConfig, Uuid};
+use reseal::reseal;
 
 /// Fuzzed frames fed per input at most.
 const FRAMES_MAX: usize = 32;
-const CRC_OFFSET: usize = 8;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -171,18 +169,5 @@ fn decode_all(bytes: &[u8]) -> Vec<Frame<'_>> {
     frames
 }
 
-/// Rewrites the crc of every frame header in `bytes`, as `frame_decode` does.
-fn reseal(bytes: &mut [u8]) {
-    let mut start = 0usize;
-    while let Some(header) = bytes.get(start..start + FRAME_HEADER_LEN) {
-        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let body_start = start + FRAME_HEADER_LEN;
-        let body_end = body_start.saturating_add(body_len).min(bytes.len());
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c(&bytes[start..start + CRC_OFFSET]),
-            &bytes[body_start..body_end],
-        );
-        bytes[start + CRC_OFFSET..body_start].copy_from_slice(&crc.to_le_bytes());
-        start = body_start.saturating_add(body_len);
-    }
-}
+#[path = "shared/reseal.rs"]
+mod reseal;
