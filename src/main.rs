@@ -188,34 +188,21 @@ fn bench_reserve(
     for workload in Workload::ALL {
         for &t in threads {
             let cell = measure(workload, t, seconds);
-            for m in &cell {
-                if json {
-                    println!("{}", serde_json::to_string(m)?);
-                } else {
-                    println!(
-                        "{:<16} {:<10} threads={} record_bytes={:>7.1} ops/s={:>12.0} MB/s={:>8.1}",
-                        m.workload,
-                        m.variant,
-                        m.threads,
-                        m.record_bytes,
-                        m.ops_per_sec,
-                        m.mb_per_sec
-                    );
-                }
-            }
+            pagemesh::bench::print_rows(&cell, json, |m| {
+                format!(
+                    "{:<16} {:<10} threads={} record_bytes={:>7.1} ops/s={:>12.0} MB/s={:>8.1}",
+                    m.workload, m.variant, m.threads, m.record_bytes, m.ops_per_sec, m.mb_per_sec
+                )
+            })?;
             all_ratios.extend(ratios(&cell));
         }
     }
-    for r in &all_ratios {
-        if json {
-            println!("{}", serde_json::to_string(r)?);
-        } else {
-            println!(
-                "{:<16} threads={} {:<16} {:.2}x",
-                r.workload, r.threads, r.ratio, r.value
-            );
-        }
-    }
+    pagemesh::bench::print_rows(&all_ratios, json, |r| {
+        format!(
+            "{:<16} threads={} {:<16} {:.2}x",
+            r.workload, r.threads, r.ratio, r.value
+        )
+    })?;
     Ok(())
 }
 
@@ -229,23 +216,15 @@ fn bench_commit(
         return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
     }
     let cells = measure_all(inflight, seconds)?;
-    for c in &cells {
-        if json {
-            println!("{}", serde_json::to_string(c)?);
-        } else {
-            println!(
-                "{:<18} {:<16} inflight={:<4} ops/s={:>10.0} records/txn={:>8.1}",
-                c.workload, c.variant, c.inflight, c.ops_per_sec, c.records_per_txn
-            );
-        }
-    }
-    for r in ratios(&cells) {
-        if json {
-            println!("{}", serde_json::to_string(&r)?);
-        } else {
-            println!("{:<18} {:<34} {:.2}x", r.workload, r.ratio, r.value);
-        }
-    }
+    pagemesh::bench::print_rows(&cells, json, |c| {
+        format!(
+            "{:<18} {:<16} inflight={:<4} ops/s={:>10.0} records/txn={:>8.1}",
+            c.workload, c.variant, c.inflight, c.ops_per_sec, c.records_per_txn
+        )
+    })?;
+    pagemesh::bench::print_rows(&ratios(&cells), json, |r| {
+        format!("{:<18} {:<34} {:.2}x", r.workload, r.ratio, r.value)
+    })?;
     Ok(())
 }
 
@@ -261,23 +240,15 @@ fn bench_replicate(
         return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
     }
     let cells = measure_all(inflight, seconds, rounds, transport).map_err(|e| e.to_string())?;
-    for c in &cells {
-        if json {
-            println!("{}", serde_json::to_string(c)?);
-        } else {
-            println!(
-                "{:<22} {:<13} inflight={:<4} commits/s={:>9.0} p50={:>8.0}us p99={:>8.0}us ({})",
-                c.workload, c.variant, c.inflight, c.ops_per_sec, c.p50_us, c.p99_us, c.transport
-            );
-        }
-    }
-    for r in ratios(&cells) {
-        if json {
-            println!("{}", serde_json::to_string(&r)?);
-        } else {
-            println!("{:<22} {:<34} {:.2}", r.workload, r.ratio, r.value);
-        }
-    }
+    pagemesh::bench::print_rows(&cells, json, |c| {
+        format!(
+            "{:<22} {:<13} inflight={:<4} commits/s={:>9.0} p50={:>8.0}us p99={:>8.0}us ({})",
+            c.workload, c.variant, c.inflight, c.ops_per_sec, c.p50_us, c.p99_us, c.transport
+        )
+    })?;
+    pagemesh::bench::print_rows(&ratios(&cells), json, |r| {
+        format!("{:<22} {:<34} {:.2}", r.workload, r.ratio, r.value)
+    })?;
     Ok(())
 }
 
@@ -290,16 +261,12 @@ fn bench_bootstrap(
         return Err("--mib must be 1..=65536".into());
     }
     let cells = pagemesh::bench::bootstrap::measure(mib, transport).map_err(|e| e.to_string())?;
-    for c in &cells {
-        if json {
-            println!("{}", serde_json::to_string(c)?);
-        } else {
-            println!(
-                "{:<10} {:<11} bytes={:>12} seconds={:>7.2} MB/s={:>8.1}",
-                c.workload, c.variant, c.bytes, c.seconds, c.mb_per_sec
-            );
-        }
-    }
+    pagemesh::bench::print_rows(&cells, json, |c| {
+        format!(
+            "{:<10} {:<11} bytes={:>12} seconds={:>7.2} MB/s={:>8.1}",
+            c.workload, c.variant, c.bytes, c.seconds, c.mb_per_sec
+        )
+    })?;
     if let [local, network] = &cells[..] {
         println!(
             "bootstrap  network/local-copy {:.2}x (target: network >= 200 MB/s)",

@@ -38,3 +38,20 @@ pub struct Ratio {
     /// The ratio of their `ops_per_sec`.
     pub value: f64,
 }
+
+/// Prints `rows` one per line: as JSON objects with `json`, else as `table` formats them. Every
+/// `pagemesh bench` command prints its cells and ratios this way.
+pub fn print_rows<T: Serialize>(
+    rows: &[T],
+    json: bool,
+    table: impl Fn(&T) -> String,
+) -> serde_json::Result<()> {
+    for row in rows {
+        if json {
+            println!("{}", serde_json::to_string(row)?);
+        } else {
+            println!("{}", table(row));
+        }
+    }
+    Ok(())
+}

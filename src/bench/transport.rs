@@ -192,33 +192,25 @@ pub fn run(seconds: f64, json: bool) -> Result<Vec<TransportMeasurement>, Box<dy
         return Err("--seconds must be 0.01..=600".into());
     }
     let cells = measure_rounds(seconds)?;
-    for c in &cells {
-        if json {
-            println!("{}", serde_json::to_string(c)?);
-        } else {
-            println!(
-                "{:<10} {:<6} run_pages={:<3} MB/s={:>9.1} ack p50={:>7.1} us p99={:>7.1} us rounds={}",
-                c.bench, c.variant, c.run_pages, c.mb_per_s, c.rtt_p50_us, c.rtt_p99_us, c.rounds
-            );
-        }
-    }
-    for r in ratios(&cells) {
-        if json {
-            println!("{}", serde_json::to_string(&r)?);
-        } else {
-            let target = match r.target {
-                "" => String::new(),
-                target => format!(
-                    " (target {target}: {})",
-                    if r.met { "met" } else { "missed" }
-                ),
-            };
-            println!(
-                "{:<10} {:<13} {} {:.2}x{target}",
-                r.bench, r.metric, r.ratio, r.value
-            );
-        }
-    }
+    super::print_rows(&cells, json, |c| {
+        format!(
+            "{:<10} {:<6} run_pages={:<3} MB/s={:>9.1} ack p50={:>7.1} us p99={:>7.1} us rounds={}",
+            c.bench, c.variant, c.run_pages, c.mb_per_s, c.rtt_p50_us, c.rtt_p99_us, c.rounds
+        )
+    })?;
+    super::print_rows(&ratios(&cells), json, |r| {
+        let target = match r.target {
+            "" => String::new(),
+            target => format!(
+                " (target {target}: {})",
+                if r.met { "met" } else { "missed" }
+            ),
+        };
+        format!(
+            "{:<10} {:<13} {} {:.2}x{target}",
+            r.bench, r.metric, r.ratio, r.value
+        )
+    })?;
     Ok(cells)
 }
 
