@@ -47,8 +47,8 @@ use crate::proto::frame::{
 };
 use crate::proto::handshake::{Handshake, HandshakeConfig, PeerInfo};
 use crate::transport::{
-    spawn_runtime, Connection, FrameReader, FrameWriter, Listener, RuntimeKind, Shutdown,
-    TransportKind,
+    sleep, spawn_local, spawn_runtime, timeout, timeout_at, Connection, FrameReader, FrameWriter,
+    Listener, RuntimeKind, Shutdown, TransportKind,
 };
 
 /// `from_lsn` of a RESUME from a replica that has no database yet: send a snapshot first.
@@ -455,7 +455,7 @@ async fn run(
     if let Some(listener) = listener {
         let runtime = Rc::clone(&runtime);
         let accepting = Rc::clone(&accepting);
-        tokio::task::spawn_local(async move {
+        spawn_local(async move {
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
@@ -466,11 +466,11 @@ async fn run(
                         tracing::warn!(%peer, links = LINKS_MAX, "too many links; connection dropped");
                     }
                     Ok((connection, peer)) => {
-                        tokio::task::spawn_local(serve_link(Rc::clone(&runtime), connection, peer));
+                        spawn_local(serve_link(Rc::clone(&runtime), connection, peer));
                     }
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        sleep(Duration::from_millis(50)).await;
                     }
                 }
             }
@@ -505,7 +505,7 @@ async fn run(
                     .subscriptions
                     .borrow_mut()
                     .insert(id, Rc::clone(&control));
-                tokio::task::spawn_local(follow(
+                spawn_local(follow(
                     Rc::clone(&runtime),
                     control,
                     addr,
@@ -534,7 +534,7 @@ async fn run(
         if runtime.links.borrow().is_empty() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        sleep(Duration::from_millis(5)).await;
     }
     tracing::info!("network service stopped");
 }
@@ -558,9 +558,9 @@ async fn handshake(
         Handshake::accept(&runtime.handshake, nonce(), now)
     };
     writer.write(out).await?;
-    let deadline = tokio::time::Instant::from_std(state.deadline());
+    let deadline = state.deadline();
     loop {
-        let frame = match tokio::time::timeout_at(deadline, reader.next()).await {
+        let frame = match timeout_at(deadline, reader.next()).await {
             Err(_) => return Err(Error::HandshakeTimeout),
             Ok(frame) => frame?,
         };
@@ -607,7 +607,7 @@ async fn serve_link_inner(
     *control.shutdown.borrow_mut() = Some(shutdown);
     let info = handshake(runtime, &mut reader, &mut writer, false).await?;
     reader.expect_bulk();
-    let resume = match tokio::time::timeout(runtime.config.link_timeout, reader.next()).await {
+    let resume = match timeout(runtime.config.link_timeout, reader.next()).await {
         Err(_) => {
             return Err(Error::LinkTimeout {
                 silent_for: runtime.config.link_timeout,
@@ -666,7 +666,7 @@ async fn serve_link_inner(
     let received = if from_lsn == BOOTSTRAP { 0 } else { from_lsn };
     let sink = source.attach(&info.name, received);
     let progress = LinkProgress::new(received);
-    tokio::task::spawn_local(watchdog(
+    spawn_local(watchdog(
         Rc::clone(control),
         Rc::clone(&progress),
         runtime.config.link_timeout,
@@ -677,7 +677,7 @@ async fn serve_link_inner(
         let control = Rc::clone(control);
         let progress = Rc::clone(&progress);
         let database = resume.database;
-        tokio::task::spawn_local(async move {
+        spawn_local(async move {
             let outcome = read_acks(&mut reader, database, &*sink, &progress).await;
             control.close();
             outcome
@@ -787,7 +787,7 @@ async fn ship(
         loop {
             let wake = tokio::select! {
                 ready = poll_fn(|cx| cursor.poll_ready(cx)) => Wake::Ready(ready),
-                () = tokio::time::sleep(heartbeat) => Wake::Tick,
+                () = sleep(heartbeat) => Wake::Tick,
                 () = control.closed() => Wake::Closed,
             };
             match wake {
@@ -877,7 +877,7 @@ async fn watchdog(
 ) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(WATCHDOG_PERIOD) => {}
+            () = sleep(WATCHDOG_PERIOD) => {}
             () = control.closed() => return,
         }
         let silent_for = progress.last_heard.get().elapsed();
@@ -1061,7 +1061,7 @@ async fn follow(
             backoff = Duration::from_millis(50);
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = sleep(backoff) => {}
             () = control.closed() => {}
         }
         backoff = (backoff * 2).min(runtime.config.backoff_max);
@@ -1116,7 +1116,7 @@ async fn follow_link(
         due: Notify::new(),
     });
     let progress = LinkProgress::new(0);
-    tokio::task::spawn_local(watchdog(
+    spawn_local(watchdog(
         Rc::clone(control),
         Rc::clone(&progress),
         runtime.config.link_timeout,
@@ -1126,7 +1126,7 @@ async fn follow_link(
         let (acks, control, progress) =
             (Rc::clone(&acks), Rc::clone(control), Rc::clone(&progress));
         let heartbeat = runtime.config.heartbeat;
-        tokio::task::spawn_local(async move {
+        spawn_local(async move {
             let outcome =
                 send_acks(&mut writer, database, &acks, &control, &progress, heartbeat).await;
             control.close();
@@ -1162,7 +1162,7 @@ async fn send_acks(
     loop {
         tokio::select! {
             () = acks.due.notified() => {}
-            () = tokio::time::sleep(heartbeat) => {}
+            () = sleep(heartbeat) => {}
             () = control.closed() => return Ok(()),
         }
         let mut batch = writer.buffer();

@@ -48,8 +48,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    spawn_runtime, Connection, FrameReader, FrameWriter, Listener, RuntimeKind, Shutdown,
-    TransportKind,
+    spawn_local, spawn_runtime, timeout, Connection, FrameReader, FrameWriter, Listener,
+    RuntimeKind, Shutdown, TransportKind,
 };
 use crate::error::{Error, Result};
 use crate::proto::frame::{
@@ -172,7 +172,7 @@ impl TransportFigures {
 
 /// Whether this process may create an io_uring runtime (the probe [`TransportKind::Auto`] uses).
 pub fn uring_available() -> bool {
-    tokio_uring::Runtime::new(&tokio_uring::builder()).is_ok()
+    super::uring::Runtime::new().is_ok()
 }
 
 /// Measures page shipping for each run size, then the ack round trip, with both ends on
@@ -524,7 +524,7 @@ async fn serve(connection: Connection, peer: SocketAddr) -> Result<ServerCount> 
     let (mut reader, writer, shutdown) = connection.split(peer)?;
     reader.expect_bulk(); // as the service does once a peer is authenticated
     let acks = Rc::new(AckQueue::default());
-    let sender = tokio::task::spawn_local(send_acks(writer, Rc::clone(&acks)));
+    let sender = spawn_local(send_acks(writer, Rc::clone(&acks)));
     let received = receive_pages(&mut reader, &acks).await;
     acks.closed.set(true);
     acks.due.notify_one();
@@ -655,8 +655,8 @@ async fn ship(
 ) -> Result<ShipOutcome> {
     let duration = spec.duration;
     let acks = Rc::new(AckCount::default());
-    let counter = tokio::task::spawn_local(count_acks(reader, Rc::clone(&acks)));
-    let sent = tokio::time::timeout(
+    let counter = spawn_local(count_acks(reader, Rc::clone(&acks)));
+    let sent = timeout(
         duration + PHASE_GRACE,
         send_pages(&mut writer, &acks, spec, pages),
     )
@@ -757,7 +757,7 @@ async fn ping(
         duration,
     } = spec;
     let page = &pages[..PAGE_SIZE];
-    tokio::time::timeout(
+    timeout(
         duration + PHASE_GRACE,
         ping_pong(&mut reader, &mut writer, pings_max, duration, page),
     )
