@@ -5,7 +5,8 @@
 //! - [`proto`] and [`route`] are I/O-free state machines: they take bytes and `now` and hand back
 //!   frames to send and deadlines to keep. Nothing in them touches a socket or a clock.
 //! - [`transport`] drives them over TCP: a runtime thread owns every socket, on io_uring
-//!   (tokio-uring) where the kernel allows it and on tokio's epoll runtime otherwise.
+//!   (driven directly, by an executor that parks in `io_uring_enter`) where the kernel allows it
+//!   and on tokio's epoll runtime otherwise.
 //!
 //! This crate knows the log (pages, cursors) but not the store: the root crate wires shippers and
 //! receivers to `pagemesh-core`.

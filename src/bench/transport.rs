@@ -1,8 +1,8 @@
 //! `bench transport`: the socket transport on io_uring against the epoll fallback, in one run.
 //!
 //! Each variant runs [`pagemesh_net::transport::bench::measure`]: a server and a client on two
-//! runtime threads of the same kind (`uring`: tokio-uring; `epoll`: tokio's current-thread
-//! runtime), talking over loopback through the transport the service uses. Per variant:
+//! runtime threads of the same kind (`uring`: the transport's own io_uring executor; `epoll`:
+//! tokio's current-thread runtime), talking over loopback through the transport the service uses. Per variant:
 //!
 //! - **Ship** MB/s for runs of 64 pages (256 KiB) and of 1 page (4 KiB): the client writes one
 //!   PAGES frame of real log pages per write, as fast as the socket takes them; the server decodes

@@ -32,6 +32,7 @@
 //! abandoned (a handshake timeout) refuses to go on.
 
 pub mod bench;
+mod doorbell;
 mod uring;
 
 use std::future::Future;

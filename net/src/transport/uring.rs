@@ -24,8 +24,8 @@
 //!   1.09–1.22× with the direct attempt (`bench transport --seconds 3`, two runs each). An ack
 //!   round trip thus costs each end one `send` and one enter, against epoll's three syscalls.
 //! - Tasks are woken from any thread (committers notify shippers). A waker queues its task; if the
-//!   thread is parked (the `sleeping` flag), it also writes an eventfd on which the ring always
-//!   has a read pending, which ends the enter.
+//!   thread is parked, it also writes an eventfd on which the ring always has a read pending,
+//!   which ends the enter ([`Doorbell`]: the handshake, and its shuttle model).
 //! - The ring is set up single-issuer with deferred task work where the kernel allows it, so the
 //!   kernel posts completions only when this thread enters, never by interrupting it.
 //!
@@ -48,11 +48,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
+
+use super::doorbell::{Bell, Doorbell};
 
 /// Submission queue entries (the completion queue gets twice as many).
 const RING_ENTRIES: u32 = 256;
@@ -83,10 +85,6 @@ fn driver() -> Rc<Driver> {
     DRIVER
         .with(|driver| driver.borrow().clone())
         .expect("io_uring operation outside its runtime")
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A slab: values under small integer keys that are reused once freed.
@@ -144,31 +142,23 @@ impl<T> Slots<T> {
     }
 }
 
-/// What wakers on any thread share with the runtime thread.
-struct Shared {
-    /// Tasks to poll.
-    ready: Mutex<Vec<usize>>,
-    /// The runtime thread is (about to be) parked in `io_uring_enter`: a waker must write
-    /// `eventfd` to end the wait.
-    sleeping: AtomicBool,
-    eventfd: OwnedFd,
-}
+/// The eventfd a parked runtime's ring is reading: writing it ends the park.
+struct EventFd(OwnedFd);
 
-impl Shared {
-    fn schedule(&self, task: usize) {
-        lock(&self.ready).push(task);
-        // Ordering (SeqCst on both sides, plus the mutex): the runtime sets `sleeping` and then
-        // looks at `ready`; a waker pushes to `ready` and then clears `sleeping`. Either the
-        // runtime sees the task, or the waker sees the flag and writes the eventfd.
-        if self.sleeping.swap(false, Ordering::SeqCst) {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: `eventfd` is an open eventfd owned by `self`; the buffer is 8 readable
-            // bytes, as an eventfd write requires. A failed write (only possible if the counter
-            // would overflow) still leaves the counter non-zero, so the runtime wakes anyway.
-            let _ = unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), 8) };
-        }
+impl Bell for EventFd {
+    fn ring(&self) {
+        // An eventfd adds the host-order u64 written to its counter.
+        let one: u64 = 1;
+        // SAFETY: `self.0` is an open eventfd owned by `self`; `one` is 8 readable bytes, alive
+        // for the call, as an eventfd write requires. A failed write (only possible if the
+        // counter would overflow) leaves the counter non-zero, so the runtime wakes anyway.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8) };
     }
 }
+
+/// What wakers on any thread share with the runtime thread ([`Doorbell`] explains the
+/// handshake).
+type Shared = Doorbell<EventFd>;
 
 /// A task's waker: queues the task once until it is polled again.
 struct TaskWaker {
@@ -246,7 +236,7 @@ impl Driver {
             return Ok(());
         }
         let entry = opcode::Read::new(
-            types::Fd(self.shared.eventfd.as_raw_fd()),
+            types::Fd(self.shared.bell().0.as_raw_fd()),
             self.wake_buf.get().cast(),
             8,
         )
@@ -269,7 +259,7 @@ impl Driver {
             waker,
         });
         drop(tasks);
-        lock(&self.shared.ready).push(task);
+        self.shared.schedule(task);
     }
 
     /// Polls one task, if it still exists (a stale wake of a finished task is ignored).
@@ -302,7 +292,7 @@ impl Driver {
 
     /// Runs every task that is ready now.
     fn run_ready(&self) {
-        let ready = std::mem::take(&mut *lock(&self.shared.ready));
+        let ready = self.shared.take();
         for task in ready {
             self.poll_task(task);
         }
@@ -379,11 +369,8 @@ impl Driver {
             .keys()
             .next()
             .map(|(at, _)| at.saturating_duration_since(Instant::now()));
-        self.shared.sleeping.store(true, Ordering::SeqCst);
-        let must_not_wait = timeout == Some(Duration::ZERO) || !lock(&self.shared.ready).is_empty();
         let ring = self.ring.borrow();
-        let result = if must_not_wait {
-            self.shared.sleeping.store(false, Ordering::SeqCst);
+        let result = if timeout == Some(Duration::ZERO) || !self.shared.prepare_park() {
             ring.submit()
         } else if let Some(timeout) = timeout {
             let timespec = types::Timespec::from(timeout);
@@ -392,7 +379,7 @@ impl Driver {
         } else {
             ring.submit_and_wait(1)
         };
-        self.shared.sleeping.store(false, Ordering::SeqCst);
+        self.shared.unpark();
         match result {
             Ok(_) => Ok(()),
             Err(error)
@@ -492,11 +479,7 @@ impl Runtime {
             tasks: RefCell::new(Slots::new()),
             timers: RefCell::new(BTreeMap::new()),
             next_timer: Cell::new(0),
-            shared: Arc::new(Shared {
-                ready: Mutex::new(Vec::new()),
-                sleeping: AtomicBool::new(false),
-                eventfd,
-            }),
+            shared: Arc::new(Doorbell::new(EventFd(eventfd))),
             wake_buf: Box::new(UnsafeCell::new(0)),
             wake_armed: Cell::new(false),
             stopping: Cell::new(false),
@@ -529,7 +512,7 @@ impl Runtime {
             if output.borrow().is_some() {
                 break Ok(());
             }
-            if lock(&driver.shared.ready).is_empty() {
+            if driver.shared.is_empty() {
                 if let Err(error) = driver.park() {
                     break Err(error);
                 }
