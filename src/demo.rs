@@ -118,7 +118,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     }
     let stats = db.stats();
     println!(
-        "every commit acknowledged by both replicas after {:.2} s ({:.0} records/s); replicas applied everything after {:.2} s",
+        "every commit acknowledged by both replicas after {:.2} s ({:.0} records/s); primary and replicas applied everything after {:.2} s",
         load_time.get().as_secs_f64(),
         args.records as f64 / load_time.get().as_secs_f64(),
         elapsed.as_secs_f64()
@@ -200,8 +200,9 @@ fn load(db: &Database, args: &Args, replicas: u32, bar: &ProgressBar) -> Result<
     Ok(())
 }
 
-/// Updates the replicas' bars until the load is done and each replica has applied everything the
-/// primary received.
+/// Updates the replicas' bars until the load is done and the primary and each replica have applied
+/// everything the primary received. (`Replicated` commits return once the replicas hold their
+/// pages, which can be before the primary's own applier has written them to LMDB.)
 fn watch(
     db: &Database,
     replicas: &[Replica],
@@ -213,7 +214,7 @@ fn watch(
     loop {
         let done = loaded.load(Ordering::SeqCst);
         let primary_lsn = db.received_lsn();
-        let mut all_done = done;
+        let mut all_done = done && db.applied_lsn() >= primary_lsn;
         for (replica, bar) in replicas.iter().zip(bars) {
             let Some(copy) = replica.database() else {
                 all_done = false;
