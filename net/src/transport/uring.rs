@@ -847,3 +847,7 @@ impl TcpStream {
         (Ok(()), buf)
     }
 }
+
+#[cfg(test)]
+#[path = "uring_runtime_tests.rs"]
+mod tests;
