@@ -3,9 +3,9 @@
 //! # Runtimes
 //!
 //! Every socket of a [`crate::Service`] lives on one dedicated runtime thread. With
-//! [`TransportKind::Uring`] that is this crate's own io_uring executor ([`uring`]: it parks in
+//! [`TransportKind::Uring`] that is this crate's own io_uring executor (`uring`: it parks in
 //! `io_uring_enter`); with [`TransportKind::Epoll`] a tokio current-thread runtime with a
-//! `LocalSet`. Both run the same tasks, through [`spawn_local`], [`sleep`] and [`timeout`], which
+//! `LocalSet`. Both run the same tasks, through `spawn_local`, `sleep` and `timeout`, which
 //! dispatch to the runtime of the calling thread; the tasks share state through `tokio::sync`
 //! primitives, which work on any executor. [`TransportKind::Auto`] probes io_uring by setting up
 //! a ring (a seccomp profile may forbid it, an old kernel may lack what the executor needs) and
@@ -14,7 +14,7 @@
 //! **Departure from DESIGN.md**: DESIGN names tokio-uring. Measured here, tokio-uring stayed at
 //! 0.56–0.71× epoll for one-page frames and 1.3–1.4× its ack latency even with page runs per
 //! write and reused buffers, so, as DESIGN.md allows in that case, the transport drives the
-//! `io-uring` crate directly ([`uring`] explains how and why).
+//! `io-uring` crate directly (`uring` explains how and why).
 //!
 //! # Making io_uring pay
 //!
@@ -75,7 +75,7 @@ impl std::str::FromStr for TransportKind {
 /// The runtime a thread ended up with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuntimeKind {
-    /// io_uring, driven directly ([`uring`]).
+    /// io_uring, driven directly (`uring`).
     Uring,
     /// tokio current-thread (epoll).
     Epoll,
@@ -465,7 +465,7 @@ where
     JoinHandle { output }
 }
 
-/// Waits for a task started by [`spawn_local`].
+/// Waits for a task started by `spawn_local`.
 pub(crate) struct JoinHandle<T> {
     output: tokio::sync::oneshot::Receiver<T>,
 }
