@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::log::{Log, Shared};
-use crate::page::{validate, PageRef, PAGE_SIZE};
+use crate::page::{validate, view_validated, PageRef, PAGE_SIZE};
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 /// One cursor's released position, shared with the ring so the horizon can honour it.
@@ -71,10 +71,11 @@ impl<'a> PageRun<'a> {
 
     /// The pages, validated views.
     pub fn pages(&self) -> impl Iterator<Item = PageRef<'a>> + 'a {
-        // Every page was validated when the run was taken.
+        // Every page was validated (crc included) when the run was taken, and no one writes a
+        // retained page: checking the crc again here cost the applier 2% of its CPU.
         self.bytes
             .chunks_exact(PAGE_SIZE)
-            .filter_map(|page| validate(page).ok())
+            .filter_map(view_validated)
     }
 }
 
