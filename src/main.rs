@@ -80,6 +80,13 @@ enum Bench {
         /// Interleaved rounds; each cell reports its median round.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Variants to measure, comma-separated (to profile one cell alone).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "none,async,sync,sync-durable"
+        )]
+        variants: Vec<String>,
         /// Socket event loop: auto, uring or epoll.
         #[arg(long, default_value = "auto")]
         transport: pagemesh::net::TransportKind,
@@ -142,10 +149,11 @@ fn main() -> ExitCode {
                     inflight,
                     seconds,
                     rounds,
+                    variants,
                     transport,
                     json,
                 },
-        } => bench_replicate(&inflight, seconds, rounds, transport, json),
+        } => bench_replicate(&inflight, seconds, rounds, &variants, transport, json),
         Command::Backup(args) => backup::backup(&args),
         Command::Restore(args) => backup::restore(&args),
         Command::Generate(args) => import::generate(&args),
@@ -232,14 +240,24 @@ fn bench_replicate(
     inflight: &[usize],
     seconds: f64,
     rounds: usize,
+    variants: &[String],
     transport: pagemesh::net::TransportKind,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use pagemesh::bench::replicate::{measure_all, ratios};
+    use pagemesh::bench::replicate::{measure_all, ratios, VARIANTS};
     if inflight.iter().any(|&n| n == 0 || n > 65_536) || !(0.01..=600.0).contains(&seconds) {
         return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
     }
-    let cells = measure_all(inflight, seconds, rounds, transport).map_err(|e| e.to_string())?;
+    if let Some(unknown) = variants.iter().find(|v| !VARIANTS.contains(&v.as_str())) {
+        return Err(format!(
+            "unknown variant {unknown}: choose from {}",
+            VARIANTS.join(", ")
+        )
+        .into());
+    }
+    let variants: Vec<&str> = variants.iter().map(String::as_str).collect();
+    let cells =
+        measure_all(inflight, &variants, seconds, rounds, transport).map_err(|e| e.to_string())?;
     pagemesh::bench::print_rows(&cells, json, |c| {
         format!(
             "{:<22} {:<13} inflight={:<4} commits/s={:>9.0} p50={:>8.0}us p99={:>8.0}us ({})",

@@ -7,6 +7,10 @@
 //!   thread ([`pagemesh_core::Database::commit_async`] tickets, the oldest waited on when full);
 //! - `heed-nosync-txn`, `heed-sync-txn`: raw heed, one LMDB write transaction per record, one
 //!   thread, without and with sync; values carry the same 8-byte version prefix pagemesh stores;
+//! - `heed-group` at 16 and 256: raw heed, exactly that many puts per synced transaction: perfect
+//!   group commit, what LMDB itself does when every group is as large as the window. It is the
+//!   ceiling for `durable` at that window: on this disk a synced transaction of random keys costs
+//!   more the more leaf pages it dirtied, so a group of 16 is not 16 times cheaper per record;
 //! - `batch`: 1,000 records per `WriteBatch`, `durable`; `heed-batch`: 1,000 puts per synced txn.
 //!
 //! Each result also says how group commit adapted: records per LMDB transaction.
@@ -195,16 +199,17 @@ pub fn measure_heed(
         wtxn.commit()?;
     }
     let elapsed = started.elapsed();
-    let variant = match (per_txn, sync) {
-        (1, false) => "heed-nosync-txn",
-        (1, true) => "heed-sync-txn",
-        (_, true) => "heed-batch",
-        (_, false) => "heed-nosync-batch",
+    let (variant, inflight) = match (per_txn, sync) {
+        (1, false) => ("heed-nosync-txn", 1),
+        (1, true) => ("heed-sync-txn", 1),
+        (BATCH_RECORDS, true) => ("heed-batch", 1),
+        (_, true) => ("heed-group", per_txn),
+        (_, false) => ("heed-nosync-batch", 1),
     };
     Ok(CommitMeasurement {
         workload: "commit/price_paid",
         variant: variant.into(),
-        inflight: 1,
+        inflight,
         threads: 1,
         record_bytes: mean_bytes(records),
         ops_per_sec: done as f64 / elapsed.as_secs_f64(),
@@ -334,6 +339,9 @@ pub fn measure_all(
         measure_heed(&dir(), &records, true, 1, seconds)?,
     ];
     for &inflight in inflights {
+        if inflight > 1 {
+            out.push(measure_heed(&dir(), &records, true, inflight, seconds)?);
+        }
         for durability in [Durability::Applied, Durability::Durable] {
             out.push(measure_pagemesh(
                 &dir(),
@@ -389,6 +397,18 @@ pub fn ratios(cells: &[CommitMeasurement]) -> Vec<super::Ratio> {
             ops("durable", inflight),
             ops("heed-sync-txn", 1),
         );
+        if inflight > 1 {
+            ratio(
+                format!("durable@{inflight}/heed-group@{inflight}"),
+                ops("durable", inflight),
+                ops("heed-group", inflight),
+            );
+            ratio(
+                format!("heed-group@{inflight}/heed-sync-txn"),
+                ops("heed-group", inflight),
+                ops("heed-sync-txn", 1),
+            );
+        }
         ratio(
             format!("applied@{inflight}/heed-nosync-txn"),
             ops("applied", inflight),

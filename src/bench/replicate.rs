@@ -222,6 +222,7 @@ impl Pair {
 /// median round by commits/s.
 pub fn measure_all(
     inflight: &[usize],
+    variants: &[&str],
     seconds: f64,
     rounds: usize,
     transport: TransportKind,
@@ -231,7 +232,7 @@ pub fn measure_all(
     for _ in 0..rounds.max(1) {
         let mut index = 0;
         for &window in inflight {
-            for variant in VARIANTS {
+            for &variant in variants {
                 let dir = tempfile::tempdir()?;
                 let cell = measure(dir.path(), &records, variant, window, seconds, transport)?;
                 if cells.len() <= index {
