@@ -35,6 +35,14 @@
 //! watermark, so it is discarded. Every page outside the run is invalidated (its magic zeroed),
 //! so a later recovery can never mistake it for part of the log.
 //!
+//! # Space
+//!
+//! The file's blocks are allocated (`posix_fallocate`) every time it is opened, before it is
+//! mapped. A sparse ring would be the one place where a full disk is not an error: a store into a
+//! mapped page whose block cannot be allocated raises SIGBUS, which kills the process. Allocated
+//! up front, a full disk shows up as a clear error from [`Ring::open`] instead, and every later
+//! write into the mapping lands in blocks the file already owns.
+//!
 //! A file of the right size whose header is not whole (bad magic or crc) and whose slots are all
 //! zeros is a creation that a crash cut off between sizing the file and writing its header: it
 //! holds no page, so it is created anew. A bad header over any non-zero slot byte is refused.
@@ -143,6 +151,23 @@ unsafe impl Send for Ring {}
 // SAFETY: as for `Send`: all shared access goes through the disjoint-range discipline above.
 unsafe impl Sync for Ring {}
 
+/// Allocates the blocks of `file`'s first `len` bytes (see Space, in the module docs).
+fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: posix_fallocate takes a descriptor and two integers, no pointers; `file` is open
+    // (borrowed for the call), so the descriptor is valid.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        // Returns the error number itself; glibc falls back to writing where the filesystem
+        // lacks fallocate, so EOPNOTSUPP/EINVAL mean neither way is possible: the ring stays
+        // sparse, as it would be on any system without the call.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
 impl Ring {
     /// Opens (or creates) `dir/log.ring` with `slots` slots and recovers its pages.
     pub fn open(dir: &Path, slots: u64) -> Result<(Self, Recovered)> {
@@ -186,6 +211,7 @@ impl Ring {
             };
             return Err(Error::RingFile { path, fault });
         }
+        allocate(&file, expected_len).map_err(io("allocate disk space for"))?;
         // SAFETY: the file is open read-write, sized to `expected_len`, and locked against other
         // pagemesh processes for as long as `Ring` holds it; nothing truncates it while mapped.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io("map"))?;
