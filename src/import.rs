@@ -67,6 +67,18 @@ pub fn generate(args: &GenerateArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// Commits one batch durably; a failure says how many rows are safely in (every earlier batch
+/// was durable when its commit returned), so the user knows where to resume.
+fn commit(db: &Database, batch: &WriteBatch, imported: u64) -> Result<(), BoxError> {
+    match db.commit(batch, Durability::Durable) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!(
+            "commit failed after {imported} rows were imported durably: {error}"
+        )
+        .into()),
+    }
+}
+
 pub fn import(args: &ImportArgs) -> Result<(), BoxError> {
     if args.batch == 0 {
         return Err("--batch must be at least 1".into());
@@ -92,13 +104,13 @@ pub fn import(args: &ImportArgs) -> Result<(), BoxError> {
             }
         }
         if batch.len() == args.batch {
-            db.commit(&batch, Durability::Durable)?;
+            commit(&db, &batch, imported)?;
             imported += batch.len() as u64;
             batch = WriteBatch::new();
         }
     }
     if !batch.is_empty() {
-        db.commit(&batch, Durability::Durable)?;
+        commit(&db, &batch, imported)?;
         imported += batch.len() as u64;
     }
     let elapsed = started.elapsed();

@@ -16,6 +16,20 @@ pub enum Error {
         /// heed's error.
         source: heed::Error,
     },
+    /// An LMDB write failed and the filesystem holding the database is full (or nearly: LMDB
+    /// reports a write cut short by a full disk as `EIO`). Nothing is corrupted: the failed
+    /// transaction left no trace, and the database is poisoned until it is reopened with space.
+    #[error("LMDB {op} in {path} failed: the disk is full ({available} bytes free): {source}")]
+    DiskFull {
+        /// What was being done.
+        op: &'static str,
+        /// The database directory.
+        path: PathBuf,
+        /// Bytes the filesystem had free for this process after the failure.
+        available: u64,
+        /// heed's error.
+        source: heed::Error,
+    },
     /// The replication log failed.
     #[error(transparent)]
     Log(#[from] pagemesh_logpage::Error),

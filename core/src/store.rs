@@ -35,6 +35,32 @@ use heed::{CommitOrAbort, EnvOpenOptions, PutFlags};
 
 use crate::error::{Error, Result};
 
+/// Below this many free bytes, a failed LMDB write is put down to a full disk.
+const DISK_FULL_BELOW: u64 = 1 << 20;
+
+/// `Some(free bytes)` if `error` is a write that failed for lack of space: `ENOSPC`, or the `EIO`
+/// LMDB reports for a write the kernel cut short, on a filesystem left with under
+/// [`DISK_FULL_BELOW`] bytes free.
+fn disk_full(path: &Path, error: &heed::Error) -> Option<u64> {
+    let heed::Error::Io(io) = error else {
+        return None;
+    };
+    let errno = rustix::io::Errno::from_raw_os_error(io.raw_os_error()?);
+    if errno == rustix::io::Errno::NOSPC || errno == rustix::io::Errno::DQUOT {
+        Some(available_bytes(path).unwrap_or(0))
+    } else if errno == rustix::io::Errno::IO {
+        available_bytes(path).filter(|&free| free < DISK_FULL_BELOW)
+    } else {
+        None
+    }
+}
+
+/// Bytes free for unprivileged use on the filesystem holding `path`.
+fn available_bytes(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// The store format this build writes.
 pub const STORE_FORMAT: u32 = 1;
 
@@ -73,11 +99,20 @@ pub(crate) struct ApplyState {
 }
 
 impl Store {
+    /// Names a failed LMDB operation: [`Error::DiskFull`] when it was a write that the full disk
+    /// stopped, [`Error::Lmdb`] otherwise.
     pub fn lmdb(&self, op: &'static str) -> impl FnOnce(heed::Error) -> Error + '_ {
-        move |source| Error::Lmdb {
-            op,
-            path: self.path.clone(),
-            source,
+        move |source| {
+            let path = self.path.clone();
+            match disk_full(&path, &source) {
+                Some(available) => Error::DiskFull {
+                    op,
+                    path,
+                    available,
+                    source,
+                },
+                None => Error::Lmdb { op, path, source },
+            }
         }
     }
 
