@@ -40,7 +40,7 @@
 //! The file's blocks are allocated (`posix_fallocate`) every time it is opened, before it is
 //! mapped. A sparse ring would be the one place where a full disk is not an error: a store into a
 //! mapped page whose block cannot be allocated raises SIGBUS, which kills the process. Allocated
-//! up front, a full disk shows up as a clear error from [`Ring::open`] instead, and every later
+//! up front, a full disk shows up as a clear error from `Ring::open` instead, and every later
 //! write into the mapping lands in blocks the file already owns.
 //!
 //! A file of the right size whose header is not whole (bad magic or crc) and whose slots are all
