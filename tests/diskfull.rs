@@ -20,20 +20,21 @@ use pagemesh_core::{Database, Options};
 const ROWS: u64 = 40_000;
 const BATCH: u64 = 500;
 
-/// Runs in the namespace. `$1` mount point, `$2` pagemesh, `$3` csv, `$4` results directory.
+/// Runs in the namespace. `$1` mount point, `$2` pagemesh, `$3` csv, `$4` results directory,
+/// `$5` rows per batch.
 const SCRIPT: &str = r#"
 set -u
 mount -t tmpfs -o size=24m tmpfs "$1" || exit 90
 # 4 MiB kept back, freed after the import fails, so that the database can be reopened.
 head -c 4194304 /dev/zero > "$1/reserve"
-"$2" import --db "$1/db" --csv "$3" --table pp --key-column 0 --batch 500 2> "$4/import.err"
+"$2" import --db "$1/db" --csv "$3" --table pp --key-column 0 --batch "$5" 2> "$4/import.err"
 echo $? > "$4/import.rc"
 rm "$1/reserve"
 "$2" backup "$1/db" "$4/after.snap" 2> "$4/backup.err"
 echo $? > "$4/backup.rc"
 # Now fill the disk completely and ask for a fresh database: its ring cannot be allocated.
 head -c 67108864 /dev/zero > "$1/filler" 2> /dev/null
-"$2" import --db "$1/fresh" --csv "$3" --table pp --key-column 0 --batch 500 2> "$4/fresh.err"
+"$2" import --db "$1/fresh" --csv "$3" --table pp --key-column 0 --batch "$5" 2> "$4/fresh.err"
 echo $? > "$4/fresh.rc"
 exit 0
 "#;
@@ -78,6 +79,7 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
         .arg(bin)
         .arg(&csv)
         .arg(results)
+        .arg(BATCH.to_string())
         .output()
         .expect("run unshare (util-linux)");
     assert!(
@@ -133,8 +135,12 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
         "{durable} rows were reported durable, {present} are there"
     );
     assert!(
-        present < ROWS && durable.is_multiple_of(BATCH),
-        "the disk never filled: {present} of {ROWS} rows, {durable} durable"
+        present < ROWS,
+        "the disk never filled: all {ROWS} rows are there"
+    );
+    assert!(
+        durable.is_multiple_of(BATCH),
+        "{durable} rows reported durable: not whole batches of {BATCH}"
     );
 
     // A database created on the full disk is refused at open, naming its ring file.
