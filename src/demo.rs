@@ -116,7 +116,14 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     for bar in &followers {
         bar.finish();
     }
-    let stats = db.stats();
+    // Stats count commits (batches); the line speaks of rows.
+    let groups = |stats: pagemesh::core::Stats| {
+        format!(
+            "{} LMDB groups, largest {} rows",
+            stats.groups,
+            stats.largest_group_records * args.batch as u64
+        )
+    };
     println!(
         "every commit acknowledged by both replicas after {:.2} s ({:.0} records/s); primary and replicas applied everything after {:.2} s",
         load_time.get().as_secs_f64(),
@@ -124,20 +131,23 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         elapsed.as_secs_f64()
     );
     println!(
-        "loaded {} records in {:.2} s: {:.0} records/s end to end ({} replicas synchronous; {} LMDB groups, largest {} records)",
+        "loaded {} records in {:.2} s: {:.0} records/s end to end ({} replicas synchronous; primary: {})",
         args.records,
         elapsed.as_secs_f64(),
         args.records as f64 / elapsed.as_secs_f64(),
         args.replicas,
-        stats.groups,
-        stats.largest_group_records,
+        groups(db.stats()),
     );
 
     let mut identical = true;
     for (i, replica) in replicas.iter().enumerate() {
         let copy = replica.database().ok_or("replica vanished")?;
         match diff(&db, &copy)? {
-            None => println!("replica-{}: identical to the primary", i + 1),
+            None => println!(
+                "replica-{}: identical to the primary ({})",
+                i + 1,
+                groups(copy.stats())
+            ),
             Some(difference) => {
                 identical = false;
                 println!("replica-{}: DIFFERS: {difference}", i + 1);
