@@ -244,7 +244,7 @@ fn bench_replicate(
     transport: pagemesh::net::TransportKind,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use pagemesh::bench::replicate::{measure_all, ratios, VARIANTS};
+    use pagemesh::bench::replicate::{ack_round_trip_us, measure_all, ratios, VARIANTS};
     if inflight.iter().any(|&n| n == 0 || n > 65_536) || !(0.01..=600.0).contains(&seconds) {
         return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
     }
@@ -264,8 +264,14 @@ fn bench_replicate(
             c.workload, c.variant, c.inflight, c.ops_per_sec, c.p50_us, c.p99_us, c.transport
         )
     })?;
-    pagemesh::bench::print_rows(&ratios(&cells), json, |r| {
-        format!("{:<22} {:<34} {:.2}", r.workload, r.ratio, r.value)
+    // The round trip that bounds each sync/async ratio, when there is a ratio to bound.
+    let round_trip_us = if variants.contains(&"sync") && variants.contains(&"async") {
+        Some(ack_round_trip_us(transport).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    pagemesh::bench::print_rows(&ratios(&cells, round_trip_us), json, |r| {
+        format!("{:<22} {:<38} {:.2}", r.workload, r.ratio, r.value)
     })?;
     Ok(())
 }

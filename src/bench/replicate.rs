@@ -17,6 +17,18 @@
 //!
 //! The targets: `sync` ≥ 0.97× `async` commits/s at 256 in flight and ≥ 0.90× at 16; `sync` p50
 //! latency at 1 in flight ≤ `none` p50 plus two loopback round trips.
+//!
+//! # What a window allows
+//!
+//! With N commits in flight, Little's law ties throughput to latency: commits/s = N / mean
+//! latency. A `sync` commit waits for everything an `async` one does plus the replica's ack, at
+//! least one round trip R, so, if the rest of its latency stayed as it is under `async`,
+//! `sync/async` could reach at most 1 / (1 + R × async commits/s / N). When both are measured, the
+//! bench times R on the same transport ([`ack_round_trip_us`]) and prints that estimate beside each
+//! measured ratio. It is an estimate, not a bound: R is timed apart from the cells, and a window
+//! that waits on acks queues differently from one that does not. With commits as cheap as they are here, R is
+//! not small against N / async commits/s: at 16 in flight the window drains in about 75 µs,
+//! against an R of about 30 µs on these VMs' loopback.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -253,8 +265,25 @@ pub fn measure_all(
         .collect())
 }
 
-/// The ratios the issue asks for.
-pub fn ratios(cells: &[ReplicateMeasurement]) -> Vec<super::Ratio> {
+/// Round trips per timing in [`ack_round_trip_us`].
+const ROUND_TRIP_PINGS: u64 = 2_000;
+
+/// The mean ack round trip on `transport`, in microseconds: the median of three timings of
+/// [`ROUND_TRIP_PINGS`] round trips, each a one-page PAGES frame and its ACK over loopback (the
+/// transport bench's connection, no database behind it).
+pub fn ack_round_trip_us(transport: TransportKind) -> Result<f64, BoxError> {
+    let mut means = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let total = pagemesh_net::transport::bench::time_pings(transport, ROUND_TRIP_PINGS)?;
+        means.push(total.as_secs_f64() * 1e6 / ROUND_TRIP_PINGS as f64);
+    }
+    means.sort_by(f64::total_cmp);
+    Ok(means[1])
+}
+
+/// The ratios the issue asks for; with an ack round trip (µs), also what Little's law lets each
+/// `sync/async` ratio reach (see the module docs).
+pub fn ratios(cells: &[ReplicateMeasurement], round_trip_us: Option<f64>) -> Vec<super::Ratio> {
     let find = |variant: &str, inflight: usize| {
         cells
             .iter()
@@ -270,6 +299,14 @@ pub fn ratios(cells: &[ReplicateMeasurement]) -> Vec<super::Ratio> {
                 ratio: format!("sync@{inflight}/async (commits/s)"),
                 value: sync.ops_per_sec / asynchronous.ops_per_sec,
             });
+            if let Some(round_trip_us) = round_trip_us {
+                out.push(super::Ratio {
+                    workload: "replicate/price_paid".into(),
+                    threads: 1,
+                    ratio: format!("sync@{inflight}/async Little (RTT {round_trip_us:.0}us)"),
+                    value: little_ceiling(asynchronous.ops_per_sec, inflight, round_trip_us),
+                });
+            }
         }
     }
     if let (Some(sync), Some(none)) = (find("sync", 1), find("none", 1)) {
@@ -283,9 +320,24 @@ pub fn ratios(cells: &[ReplicateMeasurement]) -> Vec<super::Ratio> {
     out
 }
 
+/// What `sync/async` can reach at `inflight` commits in flight if `sync` adds one round trip of
+/// `round_trip_us` to each commit's `async` latency: 1 / (1 + R × commits/s / N).
+pub fn little_ceiling(async_per_sec: f64, inflight: usize, round_trip_us: f64) -> f64 {
+    1.0 / (1.0 + round_trip_us * 1e-6 * async_per_sec / inflight.max(1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn little_ceiling_matches_the_window_arithmetic() {
+        // 16 in flight at 200k/s drain in 80 µs; a 20 µs round trip makes it 100 µs: 0.8.
+        assert!((little_ceiling(200_000.0, 16, 20.0) - 0.8).abs() < 1e-9);
+        // A free round trip costs nothing; a larger window hides more of it.
+        assert!((little_ceiling(200_000.0, 16, 0.0) - 1.0).abs() < 1e-12);
+        assert!(little_ceiling(200_000.0, 256, 20.0) > little_ceiling(200_000.0, 16, 20.0));
+    }
 
     #[test]
     fn every_variant_commits_over_both_transports() {
