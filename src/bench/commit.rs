@@ -11,10 +11,12 @@
 //!   group commit, what LMDB itself does when every group is as large as the window. On this disk
 //!   a synced transaction of random keys costs more the more leaf pages it dirtied, so a group of
 //!   16 is not 16 times cheaper per record;
-//! - `heed-group` at 8 and 128, half of each window: the ceiling of a *closed loop* of N commits
-//!   in flight. LMDB has one writer, so while one group syncs the next can only hold the commits
-//!   that are not in it: the groups settle at N/2 each (the measured records per transaction at 16
-//!   in flight is 8.0), and `durable@N` can at best match raw heed doing N/2 puts per transaction;
+//! - `heed-group` at 8 and 128, half of each window: what a *closed loop* of N commits in flight
+//!   can group. LMDB has one writer, so while one group syncs, the next holds only the commits that
+//!   are not in it, plus whatever the committer refills before the next group starts: at 16 in
+//!   flight the groups settle at 8 (8.0–8.2 records per transaction measured), at 256 somewhat
+//!   above half (170–198). So `durable@16` can at best match raw heed doing 8 puts per synced
+//!   transaction; at 256, `heed-group@128` and `heed-group@256` bracket it;
 //! - `batch`: 1,000 records per `WriteBatch`, `durable`; `heed-batch`: 1,000 puts per synced txn.
 //!
 //! Each result also says how group commit adapted: records per LMDB transaction.
