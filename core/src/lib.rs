@@ -714,9 +714,10 @@ impl CommitTicket {
     pub fn wait(self) -> Result<u64> {
         match self.durability {
             // In the committed log: every page up to the record's last one is finished, so a
-            // process crash keeps it (recovery stops only at the first unfinished page).
+            // process crash keeps it (recovery stops only at the first unfinished page). Never
+            // waits on the applier's fsync: the page is sealed here unless an idle consumer will.
             Durability::Memory => {
-                self.inner.log.wait_committed(self.pos, None)?;
+                self.inner.log.wait_in_ring(self.pos)?;
             }
             // Sealed first (a page ships only once sealed), then the replicas' acks.
             // A page ships only once sealed: seal it if no consumer will (a wait that returns at

@@ -33,6 +33,12 @@
 //!    the page; a waiting one when rule 2 wakes it, and the commits made during its wake-up join
 //!    the page too. Under load, then, pages fill up by themselves, and each group is what was
 //!    committed while the previous one was being consumed.
+//!
+//!    *Rule 3b*: [`crate::Log::wait_in_ring`], for a waiter that needs its record in the ring and
+//!    nothing more, leaves sealing only to a *waiting* consumer, which seals within a wake-up. A
+//!    busy one can be busy for an fsync; this waiter seals its page itself rather than wait that
+//!    long. Pages then hold what was committed between two such waiters, which under load is
+//!    still many records (16 per page with 16 commits in flight from one thread).
 //! 4. A consumer that disengages (a `wait_ready` that times out or sees the log closed, a busy
 //!    cursor dropped) seals the open page on its way out, so a waiter that counted on it by rule 3
 //!    is never left behind. A consumer going from waiting to busy counts itself busy *before* it

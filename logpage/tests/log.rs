@@ -172,6 +172,37 @@ fn wait_committed_seals_when_no_consumer_is_busy() {
 }
 
 #[test]
+fn wait_in_ring_does_not_wait_for_a_busy_consumer() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    // The consumer gets a page and works on it (it does not come back to `wait_ready`): busy.
+    log.append(&make_record(0, 0, 10)).unwrap();
+    log.seal();
+    assert!(cursor
+        .wait_ready(Some(Instant::now() + Duration::from_secs(20)))
+        .unwrap());
+    let pos = log.append(&make_record(0, 1, 10)).unwrap();
+    // Rule 3: `wait_committed` leaves the seal to the busy consumer, which is not done.
+    assert!(!log
+        .wait_committed(pos, Some(Instant::now() + Duration::from_millis(100)))
+        .unwrap());
+    assert_eq!(log.committed_lsn(), 1, "the second page is still open");
+    // Rule 3b: `wait_in_ring` seals the page itself. On another thread, so that a wait that
+    // counted on the consumer fails the test instead of hanging it.
+    let (done, returned) = std::sync::mpsc::channel();
+    let waiter = log.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(waiter.wait_in_ring(pos));
+    });
+    returned
+        .recv_timeout(Duration::from_secs(20))
+        .expect("wait_in_ring returned while the consumer stayed busy")
+        .unwrap();
+    assert_eq!(log.committed_lsn(), 2);
+    drop(cursor);
+}
+
+#[test]
 fn under_load_pages_fill_up() {
     // One consumer that is slow (busy), writers that wait for their commits: the pages it gets
     // hold many records each, because waiters leave sealing to the busy consumer.

@@ -33,7 +33,8 @@
 //! 4. **Seal policy liveness.** Writers call `wait_committed(pos, None)` after every append, with
 //!    no consumer, with a consumer that drains everything, and with consumers that stop after one
 //!    or two pages and drop their cursor while writers still wait (rule 4). No schedule blocks
-//!    forever, and every wait returns `Ok(true)`.
+//!    forever, and every wait returns `Ok(true)`. The same with `wait_in_ring` (rule 3b), also
+//!    with the async consumer of model 5.
 //! 5. **Async consumers.** The consumer of model 3 as a future on shuttle's executor
 //!    (`Cursor::poll_ready` with the executor's waker), with and without writers waiting after each
 //!    commit: no lost wake-up (it would leave every task blocked), every record read exactly once.
@@ -152,7 +153,10 @@ fn write_record(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wait {
     No,
+    /// `wait_committed(pos, None)` after each record (rule 3).
     AfterEach,
+    /// `wait_in_ring(pos)` after each record (rule 3b).
+    InRingAfterEach,
 }
 
 /// Spawns writer `writer`, which writes one record per entry of `lens`, in order.
@@ -174,8 +178,17 @@ fn spawn_writer(
                     "a writer's records get increasing seqs"
                 );
             }
-            if wait == Wait::AfterEach {
-                wait_committed(&log, record.pos);
+            match wait {
+                Wait::No => {}
+                Wait::AfterEach => wait_committed(&log, record.pos),
+                Wait::InRingAfterEach => {
+                    log.wait_in_ring(record.pos).expect("wait_in_ring");
+                    assert!(
+                        record.pos.lsn_last < log.committed_lsn(),
+                        "wait_in_ring returned before the watermark passed page {}",
+                        record.pos.lsn_last
+                    );
+                }
             }
             written.push(record);
         }
@@ -560,7 +573,7 @@ fn stop_after(mut cursor: Cursor, pages: u64) -> Reading {
     reading
 }
 
-fn waiting_model(consumer: Consumer) {
+fn waiting_model(consumer: Consumer, wait: Wait) {
     let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
     let records: usize = WAITING_LENS.iter().map(|lens| lens.len()).sum();
     let consumer_thread = match consumer {
@@ -578,7 +591,7 @@ fn waiting_model(consumer: Consumer) {
     };
     let writers: Vec<_> = (0u32..)
         .zip(WAITING_LENS)
-        .map(|(writer, lens)| spawn_writer(&log, writer, lens, Style::Append, Wait::AfterEach))
+        .map(|(writer, lens)| spawn_writer(&log, writer, lens, Style::Append, wait))
         .collect();
     let written = join_all(writers);
     assert_eq!(written.len(), records);
@@ -601,26 +614,56 @@ fn waiting_model(consumer: Consumer) {
 
 #[test]
 fn waiters_return_with_no_consumer() {
-    check(|| waiting_model(Consumer::None), 1500, 1500);
+    check(
+        || waiting_model(Consumer::None, Wait::AfterEach),
+        1500,
+        1500,
+    );
 }
 
 #[test]
 fn waiters_return_with_a_draining_consumer() {
-    check(|| waiting_model(Consumer::Drains), 2000, 2000);
+    check(
+        || waiting_model(Consumer::Drains, Wait::AfterEach),
+        2000,
+        2000,
+    );
 }
 
 #[test]
 fn waiters_return_when_the_consumer_stops() {
     check(
-        || waiting_model(Consumer::StopsAfter { pages: 1 }),
+        || waiting_model(Consumer::StopsAfter { pages: 1 }, Wait::AfterEach),
         1000,
         1000,
     );
     check(
-        || waiting_model(Consumer::StopsAfter { pages: 2 }),
+        || waiting_model(Consumer::StopsAfter { pages: 2 }, Wait::AfterEach),
         1000,
         1000,
     );
+}
+
+/// Rule 3b: waiters that leave sealing only to a *waiting* consumer, and seal their own page when
+/// the consumer is busy, still never block forever, whatever the consumer does.
+#[test]
+fn ring_waiters_return_whatever_the_consumer_does() {
+    check(
+        || waiting_model(Consumer::None, Wait::InRingAfterEach),
+        1000,
+        1000,
+    );
+    check(
+        || waiting_model(Consumer::Drains, Wait::InRingAfterEach),
+        1500,
+        1500,
+    );
+    check(
+        || waiting_model(Consumer::StopsAfter { pages: 1 }, Wait::InRingAfterEach),
+        1000,
+        1000,
+    );
+    check(|| async_consumer_model(Wait::InRingAfterEach), 1000, 1000);
 }
 
 // ---------------------------------------------------------------------------------------------
