@@ -303,11 +303,19 @@ pub fn ratios(cells: &[ReplicateMeasurement], round_trip_us: Option<f64>) -> Vec
                 out.push(super::Ratio {
                     workload: "replicate/price_paid".into(),
                     threads: 1,
-                    ratio: format!("sync@{inflight}/async Little (RTT {round_trip_us:.0}us)"),
+                    ratio: format!("sync@{inflight}/async Little estimate"),
                     value: little_ceiling(asynchronous.ops_per_sec, inflight, round_trip_us),
                 });
             }
         }
+    }
+    if let Some(round_trip_us) = round_trip_us {
+        out.push(super::Ratio {
+            workload: "replicate/price_paid".into(),
+            threads: 1,
+            ratio: "ack round trip, mean (us)".into(),
+            value: round_trip_us,
+        });
     }
     if let (Some(sync), Some(none)) = (find("sync", 1), find("none", 1)) {
         out.push(super::Ratio {
