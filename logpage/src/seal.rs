@@ -37,8 +37,10 @@
 //!    *Rule 3b*: [`crate::Log::wait_in_ring`], for a waiter that needs its record in the ring and
 //!    nothing more, leaves sealing only to a *waiting* consumer, which seals within a wake-up. A
 //!    busy one can be busy for an fsync; this waiter seals its page itself rather than wait that
-//!    long. Pages then hold what was committed between two such waiters, which under load is
-//!    still many records (16 per page with 16 commits in flight from one thread).
+//!    long. Pages then hold what was committed between two such waiters: 16 records with 16
+//!    commits in flight from one thread, but only one or two when many threads each wait on a
+//!    lone commit while every consumer is busy (the measurement below). That is the price of not
+//!    waiting for an fsync; a waiting consumer, such as an idle network shipper, still batches.
 //! 4. A consumer that disengages (a `wait_ready` that times out or sees the log closed, a busy
 //!    cursor dropped) seals the open page on its way out, so a waiter that counted on it by rule 3
 //!    is never left behind. A consumer going from waiting to busy counts itself busy *before* it
