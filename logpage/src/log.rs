@@ -345,11 +345,37 @@ impl Log {
     /// page if no consumer is engaged to do it (see `seal.rs`). Returns `Ok(false)` if `deadline`
     /// passed first.
     pub fn wait_committed(&self, pos: CommitPos, deadline: Option<Instant>) -> Result<bool> {
+        let consumers = &self.shared.consumers;
+        self.wait_watermark(pos, || !consumers.engaged(), deadline)
+    }
+
+    /// Blocks until the watermark passes `pos`, without waiting on a *busy* consumer: the caller
+    /// seals its page itself unless some consumer is *waiting* for pages, which seals it as soon as
+    /// it wakes (see `seal.rs`, rule 3b).
+    ///
+    /// For a commit whose promise is the ring alone (`Memory` durability). A busy consumer may be
+    /// an applier in the middle of an fsync, and [`wait_committed`](Self::wait_committed) would
+    /// make such a commit wait for it: measured without a replica, `Memory` commits ran at the
+    /// applier's sync pace, 3.2k/s with one in flight, against 137k/s sealing at once.
+    pub fn wait_in_ring(&self, pos: CommitPos) -> Result<()> {
+        let consumers = &self.shared.consumers;
+        self.wait_watermark(pos, || consumers.waiting() == 0, None)
+            .map(|_| ())
+    }
+
+    /// Waits until the watermark passes `pos`, first sealing its page if `seal_here` says no
+    /// consumer will (the seal rule of the caller). `Ok(false)` if `deadline` passed first.
+    fn wait_watermark(
+        &self,
+        pos: CommitPos,
+        seal_here: impl FnOnce() -> bool,
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
         let shared = &*self.shared;
         if shared.watermark.load(Ordering::SeqCst) > pos.lsn_last {
             return Ok(true);
         }
-        if !shared.consumers.engaged() {
+        if seal_here() {
             shared.seal_open_page(Some(pos.lsn_last));
         }
         let passed = shared.committed.wait_while(
@@ -363,33 +389,6 @@ impl Log {
         } else {
             debug_assert!(!passed);
             Ok(false)
-        }
-    }
-
-    /// Blocks until the watermark passes `pos`, without waiting on a *busy* consumer: the caller
-    /// seals its page itself unless some consumer is *waiting* for pages, which seals it as soon as
-    /// it wakes (see `seal.rs`, rule 3b).
-    ///
-    /// For a commit whose promise is the ring alone (`Memory` durability). A busy consumer may be
-    /// an applier in the middle of an fsync, and [`wait_committed`](Self::wait_committed) would
-    /// make such a commit wait for it: measured without a replica, `Memory` commits ran at the
-    /// applier's sync pace, 3.2k/s with one in flight, against 137k/s sealing at once.
-    pub fn wait_in_ring(&self, pos: CommitPos) -> Result<()> {
-        let shared = &*self.shared;
-        if shared.watermark.load(Ordering::SeqCst) > pos.lsn_last {
-            return Ok(());
-        }
-        if shared.consumers.waiting() == 0 {
-            shared.seal_open_page(Some(pos.lsn_last));
-        }
-        shared.committed.wait_while(
-            || shared.watermark.load(Ordering::SeqCst) <= pos.lsn_last && !shared.is_closed(),
-            None,
-        );
-        if shared.watermark.load(Ordering::SeqCst) > pos.lsn_last {
-            Ok(())
-        } else {
-            Err(Error::Closed)
         }
     }
 
