@@ -264,7 +264,7 @@ fn bench_replicate(
             c.workload, c.variant, c.inflight, c.ops_per_sec, c.p50_us, c.p99_us, c.transport
         )
     })?;
-    // The round trip that bounds each sync/async ratio, when there is a ratio to bound.
+    // The round trip each sync/async ratio is set against, when there is such a ratio.
     let round_trip_us = if variants.contains(&"sync") && variants.contains(&"async") {
         Some(ack_round_trip_us(transport).map_err(|e| e.to_string())?)
     } else {
