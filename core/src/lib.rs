@@ -59,8 +59,9 @@ pub enum Durability {
     /// finished, so a process crash keeps it (it does not survive a power loss). Returning only
     /// once the watermark passes the record matters: recovery stops at the first unfinished page,
     /// so a record merely reserved behind another writer's unfinished page would be lost with it
-    /// (found by tests/crash.rs run with `Memory`). Under load the page is sealed by the applier
-    /// when it turns idle, so this waits about one group commit then, and little when idle.
+    /// (found by tests/crash.rs run with `Memory`). The wait never depends on the applier: the
+    /// committer seals its own page unless an idle consumer (a network shipper waiting for pages)
+    /// is about to, so it lasts microseconds even while the applier syncs a group.
     Memory,
     /// The LMDB transaction holding it committed: visible to readers (read-your-writes).
     Applied,
