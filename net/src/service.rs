@@ -46,13 +46,13 @@ use crate::proto::frame::{
     SnapshotChunk,
 };
 use crate::proto::handshake::{Handshake, HandshakeConfig, PeerInfo};
+use crate::route::{admit, Feed, FeedPlan, Served};
+pub use crate::route::{History, BOOTSTRAP};
 use crate::transport::{
     sleep, spawn_local, spawn_runtime, timeout, timeout_at, Connection, FrameReader, FrameWriter,
     Listener, RuntimeKind, Shutdown, TransportKind,
 };
 
-/// `from_lsn` of a RESUME from a replica that has no database yet: send a snapshot first.
-pub const BOOTSTRAP: u64 = u64::MAX;
 /// Most pages one binlog catch-up read (and one PAGES frame) carries: 1 MiB.
 pub const HISTORY_BATCH_PAGES: usize = 256;
 /// Most pages one ring write carries.
@@ -89,18 +89,6 @@ pub trait SourceDatabase: DatabaseLog {
     fn snapshot(&self, out: &mut dyn Write) -> Result<u64, String>;
     /// A replica named `peer` attached, holding every page below `received_lsn`.
     fn attach(&self, peer: &str, received_lsn: u64) -> Box<dyn AckSink>;
-}
-
-/// What [`SourceDatabase::history`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum History {
-    /// This many pages were appended (0: the binlog has nothing from there yet).
-    Pages(usize),
-    /// Retention trimmed the binlog below `oldest`: a snapshot is needed.
-    Purged {
-        /// Oldest LSN the binlog holds.
-        oldest: u64,
-    },
 }
 
 /// Where a source reports a replica's acks; dropping it detaches the replica.
@@ -625,43 +613,29 @@ async fn serve_link_inner(
         },
     };
     let source = runtime.sources.borrow().get(&resume.database).cloned();
-    let refusal = match &source {
-        None => Some(format!("no database {} here", resume.database)),
-        Some(source) if !resume.origin.is_nil() && resume.origin != source.origin() => {
-            Some(format!(
-                "database {} here follows origin {}, not {}",
+    let served = source.as_ref().map(|source| Served {
+        origin: source.origin(),
+        committed_lsn: source.log().committed_lsn(),
+    });
+    let (source, admitted) = match (source, admit(served, resume.origin, resume.from_lsn)) {
+        (Some(source), Ok(admitted)) => (source, admitted),
+        (_, outcome) => {
+            let reason = format!(
+                "database {}: {}",
                 resume.database,
-                source.origin(),
-                resume.origin
-            ))
+                outcome.err().unwrap_or_default()
+            );
+            return refuse(&mut writer, reason).await;
         }
-        _ => None,
-    };
-    let Some(source) = source.filter(|_| refusal.is_none()) else {
-        let reason = refusal.unwrap_or_default();
-        let mut out = writer.buffer();
-        encode(
-            &Frame::Refuse(Refuse::new(RefuseCode::UnknownDatabase, &reason)),
-            &mut out,
-        );
-        writer.write(out).await?;
-        return Err(Error::Refused {
-            code: RefuseCode::UnknownDatabase as u16,
-            reason,
-        });
     };
     if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
         entry.0 = Some(resume.database);
     }
-    // A replica cannot hold pages its source never wrote: this one follows another history (the
-    // source was restored from an older backup, say). Re-seed it rather than trust it.
-    let end = source.log().committed_lsn();
-    let from_lsn = if resume.from_lsn != BOOTSTRAP && resume.from_lsn > end {
+    if admitted.reseeded {
+        let end = served.map_or(0, |served| served.committed_lsn);
         tracing::warn!(%peer, replica = %info.name, from_lsn = resume.from_lsn, end, "replica claims pages beyond this log; re-seeding it from a snapshot");
-        BOOTSTRAP
-    } else {
-        resume.from_lsn
-    };
+    }
+    let from_lsn = admitted.from_lsn;
     tracing::info!(%peer, replica = %info.name, database = %resume.database, from_lsn, "replica subscribed");
     let received = if from_lsn == BOOTSTRAP { 0 } else { from_lsn };
     let sink = source.attach(&info.name, received);
@@ -687,6 +661,20 @@ async fn serve_link_inner(
     control.close();
     let acked = acks.await.unwrap_or(Ok(()));
     shipped.and(acked)
+}
+
+/// Tells a peer why its subscription is refused, and fails the link with it.
+async fn refuse(writer: &mut FrameWriter, reason: String) -> Result<()> {
+    let mut out = writer.buffer();
+    encode(
+        &Frame::Refuse(Refuse::new(RefuseCode::UnknownDatabase, &reason)),
+        &mut out,
+    );
+    writer.write(out).await?;
+    Err(Error::Refused {
+        code: RefuseCode::UnknownDatabase as u16,
+        reason,
+    })
 }
 
 async fn read_acks(
@@ -743,44 +731,45 @@ async fn ship(
         first_lsn,
     };
     let heartbeat = runtime.config.heartbeat;
-    let mut next = from_lsn;
+    let mut plan = FeedPlan::new(from_lsn, log.slots());
     let mut scratch = Vec::new();
     let mut last_sent = Instant::now();
     loop {
         if control.closed.get() {
             return Ok(());
         }
-        // Catch up from the binlog (or a snapshot).
-        let history = if next == BOOTSTRAP {
-            History::Purged { oldest: 0 }
-        } else {
-            scratch.clear();
-            source
-                .history(next, HISTORY_BATCH_PAGES, &mut scratch)
-                .map_err(|reason| Error::Source { database, reason })?
+        let next = match plan.feed() {
+            Feed::Snapshot => {
+                let lsn = send_snapshot(control, source, writer, progress).await?;
+                plan.snapshot_sent(lsn);
+                progress.shipped.set(lsn);
+                last_sent = Instant::now();
+                continue;
+            }
+            Feed::Binlog { from_lsn } => {
+                scratch.clear();
+                let history = source
+                    .history(from_lsn, HISTORY_BATCH_PAGES, &mut scratch)
+                    .map_err(|reason| Error::Source { database, reason })?;
+                plan.binlog_read(history);
+                if let History::Pages(count @ 1..) = history {
+                    let mut batch = writer.buffer();
+                    encode_pages(&header(from_lsn), &[&scratch], &mut batch);
+                    progress.shipped.set(from_lsn + count as u64);
+                    progress.write(writer, batch).await?;
+                    last_sent = Instant::now();
+                }
+                continue;
+            }
+            Feed::Ring { from_lsn } => from_lsn,
         };
-        match history {
-            History::Purged { .. } => {
-                next = send_snapshot(control, source, writer, progress).await?;
-                progress.shipped.set(next);
-                last_sent = Instant::now();
-                continue;
-            }
-            History::Pages(count) if count > 0 => {
-                let mut batch = writer.buffer();
-                encode_pages(&header(next), &[&scratch], &mut batch);
-                next += count as u64;
-                progress.shipped.set(next);
-                progress.write(writer, batch).await?;
-                last_sent = Instant::now();
-                continue;
-            }
-            History::Pages(_) => {}
-        }
         // Caught up with the binlog: stream from the ring, if it still holds `next`.
         let mut cursor = match log.cursor(next) {
             Ok(cursor) => cursor,
-            Err(pagemesh_logpage::Error::BelowHorizon { .. }) => continue,
+            Err(pagemesh_logpage::Error::BelowHorizon { .. }) => {
+                plan.ring_below_horizon();
+                continue;
+            }
             Err(error) => return Err(Error::Log(error)),
         };
         tracing::debug!(lsn = next, "streaming from the ring");
@@ -814,14 +803,14 @@ async fn ship(
                     }
                     // The pages are copied into the batch: the ring may have their slots back
                     // now, whatever the socket does.
-                    next = cursor.position();
-                    cursor.release(next);
-                    progress.shipped.set(next);
+                    let position = cursor.position();
+                    cursor.release(position);
+                    progress.shipped.set(position);
                     progress.write(writer, batch).await?;
                     last_sent = Instant::now();
-                    if cursor.lag_pages() > log.slots() / 2 {
+                    if plan.ring_shipped(position, cursor.lag_pages()) {
                         tracing::info!(
-                            lsn = next,
+                            lsn = position,
                             lag_pages = cursor.lag_pages(),
                             "replica lags: back to the binlog"
                         );
