@@ -12,7 +12,13 @@
 //! - **Ack round trip**, p50 and p99 in µs: one 1-page PAGES frame, wait for its ack, repeat
 //!   (after 16 unrecorded warm-up round trips). Both rows of a variant carry the same figures.
 //!
-//! The machine is shared and noisy, so the variants run interleaved in [`ROUNDS`] rounds (the
+//! - **Floor**: the same round trip on plain blocking std sockets, no runtime and no decoding
+//!   ([`pagemesh_net::transport::bench::blocking_floor`]): the loopback TCP path and two thread
+//!   wake-ups, which no transport avoids. Printed as its own row, with each variant's ack p50 over
+//!   it, so a reader sees how far above this machine's floor either transport sits (and what ack
+//!   round trip the sync/async estimates of `bench replicate` can hope for).
+//!
+//! The machine is shared and noisy, so the variants (and the floor) run interleaved in [`ROUNDS`] rounds (the
 //! order alternating), each phase for `seconds / ROUNDS`, and each figure is the median of its
 //! rounds. Then the ratios uring/epoll, with their targets: MB/s ≥ 1.0× and ack p50 ≤ 1.0×.
 //! Where io_uring cannot start (an old kernel, a seccomp profile), only epoll is measured and a
@@ -21,7 +27,7 @@
 use std::error::Error;
 
 use pagemesh_net::transport::bench::{
-    measure, uring_available, TransportBenchConfig, TransportFigures,
+    blocking_floor, measure, uring_available, FloorFigures, TransportBenchConfig, TransportFigures,
 };
 use pagemesh_net::TransportKind;
 use serde::Serialize;
@@ -56,16 +62,43 @@ pub struct TransportMeasurement {
     pub pings: u64,
 }
 
-/// A ratio uring/epoll of one figure, printed after the cells.
+/// The blocking-socket floor of the round trip, printed after the cells.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransportFloor {
+    /// Always `transport`.
+    pub bench: &'static str,
+    /// Always `blocking-floor`.
+    pub variant: &'static str,
+    /// Round trip, median of the rounds' p50s, in µs.
+    pub rtt_p50_us: f64,
+    /// Round trip, median of the rounds' p99s, in µs.
+    pub rtt_p99_us: f64,
+    /// Rounds measured.
+    pub rounds: usize,
+    /// Round trips recorded, over all rounds.
+    pub pings: u64,
+}
+
+/// What [`measure_rounds`] found.
+#[derive(Clone, Debug)]
+pub struct TransportRounds {
+    /// Per variant, one cell per [`RUN_PAGES`] entry.
+    pub cells: Vec<TransportMeasurement>,
+    /// The blocking-socket floor.
+    pub floor: TransportFloor,
+}
+
+/// A ratio of one figure (uring/epoll, or a variant's ack p50 over the floor), printed after the
+/// cells.
 #[derive(Clone, Debug, Serialize)]
 pub struct TransportRatio {
     /// Always `transport`.
     pub bench: &'static str,
     /// The figure compared: `mb_per_s@64p`, `mb_per_s@1p`, `rtt_p50_us`, `rtt_p99_us`.
     pub metric: String,
-    /// Always `uring/epoll`.
+    /// `uring/epoll`, `uring/floor` or `epoll/floor`.
     pub ratio: &'static str,
-    /// uring's figure over epoll's.
+    /// The first figure over the second.
     pub value: f64,
     /// What uring should reach, e.g. `>= 1.0`; empty where there is no target.
     pub target: &'static str,
@@ -85,9 +118,9 @@ fn variants() -> Vec<(TransportKind, &'static str)> {
     variants
 }
 
-/// Measures every variant in [`ROUNDS`] interleaved rounds, each phase `seconds / ROUNDS` per
-/// round, and returns the median cells: per variant, one per [`RUN_PAGES`] entry.
-pub fn measure_rounds(seconds: f64) -> pagemesh_net::Result<Vec<TransportMeasurement>> {
+/// Measures every variant and the floor in [`ROUNDS`] interleaved rounds, each phase
+/// `seconds / ROUNDS` per round, and returns the medians.
+pub fn measure_rounds(seconds: f64) -> pagemesh_net::Result<TransportRounds> {
     let config = TransportBenchConfig {
         seconds: seconds / ROUNDS as f64,
         run_pages: RUN_PAGES.to_vec(),
@@ -95,12 +128,14 @@ pub fn measure_rounds(seconds: f64) -> pagemesh_net::Result<Vec<TransportMeasure
     };
     let variants = variants();
     let mut rounds: Vec<Vec<TransportFigures>> = vec![Vec::new(); variants.len()];
+    let mut floors: Vec<FloorFigures> = Vec::new();
     for round in 0..ROUNDS {
         for offset in 0..variants.len() {
             // Alternate which variant goes first, so drift hits them alike.
             let index = (round + offset) % variants.len();
             rounds[index].push(measure(variants[index].0, &config)?);
         }
+        floors.push(blocking_floor(config.pings_max, config.seconds)?);
     }
     let mut cells = Vec::new();
     for ((_, name), figures) in variants.iter().zip(&rounds) {
@@ -108,7 +143,15 @@ pub fn measure_rounds(seconds: f64) -> pagemesh_net::Result<Vec<TransportMeasure
             cells.push(median_cell(name, run_pages, figures));
         }
     }
-    Ok(cells)
+    let floor = TransportFloor {
+        bench: "transport",
+        variant: "blocking-floor",
+        rtt_p50_us: median(floors.iter().map(|f| f.rtt_p50_us).collect()),
+        rtt_p99_us: median(floors.iter().map(|f| f.rtt_p99_us).collect()),
+        rounds: floors.len(),
+        pings: floors.iter().map(|f| f.pings).sum(),
+    };
+    Ok(TransportRounds { cells, floor })
 }
 
 /// The cell of `variant` at `run_pages` from its rounds' figures.
@@ -147,16 +190,17 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// uring/epoll for each figure, with the targets; empty unless both variants were measured.
-pub fn ratios(cells: &[TransportMeasurement]) -> Vec<TransportRatio> {
+/// uring/epoll for each figure, with the targets (none unless both variants were measured), then
+/// each variant's ack p50 over the floor's.
+pub fn ratios(cells: &[TransportMeasurement], floor: &TransportFloor) -> Vec<TransportRatio> {
     let cell = |variant: &str, run_pages: usize| {
         cells
             .iter()
             .find(|c| c.variant == variant && c.run_pages == run_pages)
     };
     let mut out = Vec::new();
-    let mut ratio = |metric: String, uring: f64, epoll: f64, target: &'static str| {
-        let value = uring / epoll;
+    let mut ratio = |metric: String, pair: &'static str, a: f64, b: f64, target: &'static str| {
+        let value = a / b;
         let met = match target {
             ">= 1.0" => value >= 1.0,
             "<= 1.0" => value <= 1.0,
@@ -165,7 +209,7 @@ pub fn ratios(cells: &[TransportMeasurement]) -> Vec<TransportRatio> {
         out.push(TransportRatio {
             bench: "transport",
             metric,
-            ratio: "uring/epoll",
+            ratio: pair,
             value,
             target,
             met,
@@ -174,13 +218,26 @@ pub fn ratios(cells: &[TransportMeasurement]) -> Vec<TransportRatio> {
     for run_pages in RUN_PAGES {
         if let (Some(uring), Some(epoll)) = (cell("uring", run_pages), cell("epoll", run_pages)) {
             let metric = format!("mb_per_s@{run_pages}p");
-            ratio(metric, uring.mb_per_s, epoll.mb_per_s, ">= 1.0");
+            let pair = "uring/epoll";
+            ratio(metric, pair, uring.mb_per_s, epoll.mb_per_s, ">= 1.0");
         }
     }
     if let (Some(uring), Some(epoll)) = (cell("uring", RUN_PAGES[0]), cell("epoll", RUN_PAGES[0])) {
         let (p50, p99) = ("rtt_p50_us".to_string(), "rtt_p99_us".to_string());
-        ratio(p50, uring.rtt_p50_us, epoll.rtt_p50_us, "<= 1.0");
-        ratio(p99, uring.rtt_p99_us, epoll.rtt_p99_us, "");
+        ratio(
+            p50,
+            "uring/epoll",
+            uring.rtt_p50_us,
+            epoll.rtt_p50_us,
+            "<= 1.0",
+        );
+        ratio(p99, "uring/epoll", uring.rtt_p99_us, epoll.rtt_p99_us, "");
+    }
+    for (variant, pair) in [("uring", "uring/floor"), ("epoll", "epoll/floor")] {
+        if let Some(cell) = cell(variant, RUN_PAGES[0]) {
+            let metric = "rtt_p50_us".to_string();
+            ratio(metric, pair, cell.rtt_p50_us, floor.rtt_p50_us, "");
+        }
     }
     out
 }
@@ -191,14 +248,20 @@ pub fn run(seconds: f64, json: bool) -> Result<Vec<TransportMeasurement>, Box<dy
     if !(0.01..=600.0).contains(&seconds) {
         return Err("--seconds must be 0.01..=600".into());
     }
-    let cells = measure_rounds(seconds)?;
+    let TransportRounds { cells, floor } = measure_rounds(seconds)?;
     super::print_rows(&cells, json, |c| {
         format!(
             "{:<10} {:<6} run_pages={:<3} MB/s={:>9.1} ack p50={:>7.1} us p99={:>7.1} us rounds={}",
             c.bench, c.variant, c.run_pages, c.mb_per_s, c.rtt_p50_us, c.rtt_p99_us, c.rounds
         )
     })?;
-    super::print_rows(&ratios(&cells), json, |r| {
+    super::print_rows(std::slice::from_ref(&floor), json, |f| {
+        format!(
+            "{:<10} {:<14} (blocking std sockets, same bytes) round trip p50={:>7.1} us p99={:>7.1} us rounds={}",
+            f.bench, f.variant, f.rtt_p50_us, f.rtt_p99_us, f.rounds
+        )
+    })?;
+    super::print_rows(&ratios(&cells, &floor), json, |r| {
         let target = match r.target {
             "" => String::new(),
             target => format!(
@@ -220,7 +283,12 @@ mod tests {
 
     #[test]
     fn every_variant_yields_a_cell_per_run_size_and_the_ratios() {
-        let cells = measure_rounds(0.06).unwrap();
+        let TransportRounds { cells, floor } = measure_rounds(0.06).unwrap();
+        assert!(
+            floor.rtt_p99_us >= floor.rtt_p50_us && floor.pings > 0,
+            "{floor:?}"
+        );
+        assert_eq!(floor.rounds, ROUNDS);
         let variants = if uring_available() { 2 } else { 1 };
         assert_eq!(cells.len(), variants * RUN_PAGES.len());
         for cell in &cells {
@@ -232,8 +300,10 @@ mod tests {
             );
             assert_eq!(cell.rounds, ROUNDS);
         }
-        let ratios = ratios(&cells);
-        assert_eq!(ratios.len(), if variants == 2 { 4 } else { 0 });
+        let ratios = ratios(&cells, &floor);
+        assert_eq!(ratios.len(), if variants == 2 { 6 } else { 1 });
+        let over_floor = ratios.iter().filter(|r| r.ratio.ends_with("/floor"));
+        assert_eq!(over_floor.count(), variants);
     }
 
     #[test]
