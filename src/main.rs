@@ -244,7 +244,9 @@ fn bench_replicate(
     transport: pagemesh::net::TransportKind,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use pagemesh::bench::replicate::{ack_round_trip_us, measure_all, ratios, VARIANTS};
+    use pagemesh::bench::replicate::{
+        ack_round_trip_us, loopback_floor_us, measure_all, ratios, RoundTrips, VARIANTS,
+    };
     if inflight.iter().any(|&n| n == 0 || n > 65_536) || !(0.01..=600.0).contains(&seconds) {
         return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
     }
@@ -265,13 +267,16 @@ fn bench_replicate(
         )
     })?;
     // The round trip each sync/async ratio is set against, when there is such a ratio.
-    let round_trip_us = if variants.contains(&"sync") && variants.contains(&"async") {
-        Some(ack_round_trip_us(transport).map_err(|e| e.to_string())?)
+    let round_trips = if variants.contains(&"sync") && variants.contains(&"async") {
+        Some(RoundTrips {
+            ack_us: ack_round_trip_us(transport).map_err(|e| e.to_string())?,
+            floor_us: loopback_floor_us().map_err(|e| e.to_string())?,
+        })
     } else {
         None
     };
-    pagemesh::bench::print_rows(&ratios(&cells, round_trip_us), json, |r| {
-        format!("{:<22} {:<38} {:.2}", r.workload, r.ratio, r.value)
+    pagemesh::bench::print_rows(&ratios(&cells, round_trips), json, |r| {
+        format!("{:<22} {:<46} {:.2}", r.workload, r.ratio, r.value)
     })?;
     Ok(())
 }

@@ -29,6 +29,12 @@
 //! that waits on acks queues differently from one that does not. With commits as cheap as they
 //! are here, R is not small against N / async commits/s: at 16 in flight an async window drains
 //! in 50–65 µs, against an R of 32–36 µs on these VMs' loopback.
+//!
+//! The bench also times the loopback *floor* F ([`loopback_floor_us`]: blocking std sockets, the
+//! same bytes, no runtime) and prints the estimate with F in place of R: what `sync/async` could
+//! reach over a transport that added nothing to the kernel's own round trip. On these 2-vCPU
+//! Firecracker VMs F is 24–26 µs, most of it two wake-ups of a halted vCPU on the other core (the
+//! same ping-pong pinned to one core takes 7–11 µs), which no code in this process can remove.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -281,9 +287,38 @@ pub fn ack_round_trip_us(transport: TransportKind) -> Result<f64, BoxError> {
     Ok(means[1])
 }
 
-/// The ratios the issue asks for; with an ack round trip (µs), also what Little's law lets each
-/// `sync/async` ratio reach (see the module docs).
-pub fn ratios(cells: &[ReplicateMeasurement], round_trip_us: Option<f64>) -> Vec<super::Ratio> {
+/// The most seconds one timing of [`loopback_floor_us`] may take.
+const FLOOR_SECONDS: f64 = 2.0;
+
+/// The loopback floor in microseconds: the median of three p50s of
+/// [`pagemesh_net::transport::bench::blocking_floor`], `ROUND_TRIP_PINGS` round trips each.
+pub fn loopback_floor_us() -> Result<f64, BoxError> {
+    let mut p50s = Vec::with_capacity(3);
+    for _ in 0..3 {
+        let floor =
+            pagemesh_net::transport::bench::blocking_floor(ROUND_TRIP_PINGS, FLOOR_SECONDS)?;
+        p50s.push(floor.rtt_p50_us);
+    }
+    p50s.sort_by(f64::total_cmp);
+    Ok(p50s[1])
+}
+
+/// The round trips the `sync/async` ratios are set against, in µs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RoundTrips {
+    /// The mean ack round trip on the bench's transport ([`ack_round_trip_us`]).
+    pub ack_us: f64,
+    /// The loopback floor ([`loopback_floor_us`]).
+    pub floor_us: f64,
+}
+
+/// The ratios the issue asks for; with the round trips, also what Little's law lets each
+/// `sync/async` ratio reach over this transport and over a transport at the floor (see the
+/// module docs).
+pub fn ratios(
+    cells: &[ReplicateMeasurement],
+    round_trips: Option<RoundTrips>,
+) -> Vec<super::Ratio> {
     let find = |variant: &str, inflight: usize| {
         cells
             .iter()
@@ -299,23 +334,34 @@ pub fn ratios(cells: &[ReplicateMeasurement], round_trip_us: Option<f64>) -> Vec
                 ratio: format!("sync@{inflight}/async (commits/s)"),
                 value: sync.ops_per_sec / asynchronous.ops_per_sec,
             });
-            if let Some(round_trip_us) = round_trip_us {
-                out.push(super::Ratio {
-                    workload: "replicate/price_paid".into(),
-                    threads: 1,
-                    ratio: format!("sync@{inflight}/async Little estimate"),
-                    value: little_estimate(asynchronous.ops_per_sec, inflight, round_trip_us),
-                });
+            if let Some(round_trips) = round_trips {
+                let per_sec = asynchronous.ops_per_sec;
+                for (what, round_trip_us) in [
+                    ("", round_trips.ack_us),
+                    (" at the floor", round_trips.floor_us),
+                ] {
+                    out.push(super::Ratio {
+                        workload: "replicate/price_paid".into(),
+                        threads: 1,
+                        ratio: format!("sync@{inflight}/async Little estimate{what}"),
+                        value: little_estimate(per_sec, inflight, round_trip_us),
+                    });
+                }
             }
         }
     }
-    if let Some(round_trip_us) = round_trip_us {
-        out.push(super::Ratio {
-            workload: "replicate/price_paid".into(),
-            threads: 1,
-            ratio: "ack round trip, mean (us)".into(),
-            value: round_trip_us,
-        });
+    if let Some(round_trips) = round_trips {
+        for (ratio, value) in [
+            ("ack round trip, mean (us)", round_trips.ack_us),
+            ("loopback floor round trip, p50 (us)", round_trips.floor_us),
+        ] {
+            out.push(super::Ratio {
+                workload: "replicate/price_paid".into(),
+                threads: 1,
+                ratio: ratio.into(),
+                value,
+            });
+        }
     }
     if let (Some(sync), Some(none)) = (find("sync", 1), find("none", 1)) {
         out.push(super::Ratio {
@@ -345,6 +391,38 @@ mod tests {
         // A free round trip costs nothing; a larger window hides more of it.
         assert!((little_estimate(200_000.0, 16, 0.0) - 1.0).abs() < 1e-12);
         assert!(little_estimate(200_000.0, 256, 20.0) > little_estimate(200_000.0, 16, 20.0));
+    }
+
+    #[test]
+    fn the_floor_estimate_is_printed_beside_each_sync_ratio() {
+        let cell = |variant: &str, ops_per_sec: f64| ReplicateMeasurement {
+            workload: "replicate/price_paid",
+            variant: variant.to_string(),
+            inflight: 16,
+            ops_per_sec,
+            p50_us: 1.0,
+            p99_us: 1.0,
+            transport: "Uring".into(),
+        };
+        let cells = [cell("async", 200_000.0), cell("sync", 100_000.0)];
+        let round_trips = RoundTrips {
+            ack_us: 20.0,
+            floor_us: 10.0,
+        };
+        let ratios = ratios(&cells, Some(round_trips));
+        let value = |name: &str| {
+            let ratio = ratios.iter().find(|r| r.ratio == name);
+            ratio
+                .unwrap_or_else(|| panic!("{name} in {ratios:?}"))
+                .value
+        };
+        assert!((value("sync@16/async (commits/s)") - 0.5).abs() < 1e-9);
+        assert!((value("sync@16/async Little estimate") - 0.8).abs() < 1e-9);
+        let at_floor = 1.0 / (1.0 + 10e-6 * 200_000.0 / 16.0);
+        assert!((value("sync@16/async Little estimate at the floor") - at_floor).abs() < 1e-9);
+        assert_eq!(value("loopback floor round trip, p50 (us)"), 10.0);
+        assert_eq!(ratios.len(), 5, "{ratios:?}");
+        assert!(self::ratios(&cells, None).len() == 1);
     }
 
     #[test]
