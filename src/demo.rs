@@ -8,6 +8,11 @@
 //! them. Progress bars show the primary's commits and each replica's applied records and lag.
 //! At the end every replica is compared with the primary entry by entry (table, key, version,
 //! bytes): the demo exits 0 only if they are identical.
+//!
+//! Then, to set the end-to-end figure against what this machine allows, the demo loads the same
+//! records with raw heed into one fresh LMDB environment per node, all at once on parallel
+//! threads, in synced transactions as large as the primary's largest apply group: the LMDB work
+//! the three nodes do, and nothing else (no log, no network, no replica ingest).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,14 +159,55 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
             }
         }
     }
+    let group_rows = (db.stats().largest_group_records * args.batch as u64).max(1);
     drop(replicas);
     drop(nodes);
+    drop(db);
+    drop(primary);
+    let ceiling = heed_ceiling(&dir, args, 1 + args.replicas, group_rows as usize)?;
+    println!(
+        "LMDB alone (raw heed, {} copies loaded in parallel, synced transactions of {group_rows} rows): {:.2} s, {:.0} records/s; end to end reached {:.2}x of it",
+        1 + args.replicas,
+        ceiling.as_secs_f64(),
+        args.records as f64 / ceiling.as_secs_f64(),
+        ceiling.as_secs_f64() / elapsed.as_secs_f64(),
+    );
     if identical {
         println!("every replica is identical to the primary");
         Ok(())
     } else {
         Err("replicas differ from the primary".into())
     }
+}
+
+/// Loads the demo's records with raw heed into `copies` fresh environments at once, `group_rows`
+/// rows per synced transaction; returns the time the slowest took.
+fn heed_ceiling(
+    dir: &std::path::Path,
+    args: &Args,
+    copies: usize,
+    group_rows: usize,
+) -> Result<Duration, BoxError> {
+    let set = PricePaid::new(PricePaid::DEFAULT_SEED, args.records);
+    let records: Vec<(Vec<u8>, Vec<u8>)> = set
+        .records()
+        .map(|record| (record.key.to_vec(), record.line.into_bytes()))
+        .collect();
+    let scratch = tempfile::tempdir_in(dir)?;
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let loads: Vec<_> = (0..copies)
+            .map(|i| {
+                let (dir, records) = (scratch.path().join(format!("heed-{i}")), &records);
+                s.spawn(move || pagemesh::bench::commit::time_heed_load(&dir, records, group_rows))
+            })
+            .collect();
+        for load in loads {
+            load.join().map_err(|_| "heed load panicked")??;
+        }
+        Ok::<_, BoxError>(())
+    })?;
+    Ok(started.elapsed())
 }
 
 fn wait_for_sync_replicas(db: &Database, wanted: usize) -> Result<(), BoxError> {

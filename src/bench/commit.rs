@@ -327,6 +327,25 @@ pub fn time_heed_sync(
     Ok(started.elapsed())
 }
 
+/// Times one pass of raw heed over `records`: `per_txn` puts per synced write transaction, in a
+/// fresh `dir` (what the demo sets its end-to-end figure against).
+pub fn time_heed_load(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    per_txn: usize,
+) -> heed::Result<Duration> {
+    let (env, db) = open_heed(dir, true)?;
+    let started = Instant::now();
+    for chunk in records.chunks(per_txn.max(1)) {
+        let mut wtxn = env.write_txn()?;
+        for (key, value) in chunk {
+            db.put(&mut wtxn, key, value)?;
+        }
+        wtxn.commit()?;
+    }
+    Ok(started.elapsed())
+}
+
 /// Every cell of `bench commit`, in one run.
 pub fn measure_all(
     inflights: &[usize],
