@@ -269,8 +269,8 @@ pub fn time_pings(kind: TransportKind, pings: u64) -> Result<Duration> {
 /// What is left is the kernel's loopback TCP path and two thread wake-ups per round trip, which
 /// any transport pays; so `rtt_p50_us` here is what no transport's ack p50 can go much below.
 /// Bounded like [`measure`]'s ping phase: [`WARMUP_PINGS`] unrecorded, then up to `pings_max` or
-/// until `seconds` pass (at least one recorded); every socket read gives up after
-/// [`PHASE_GRACE`], and the server thread is joined before a result is returned.
+/// until `seconds` pass (at least one recorded); every socket read gives up after 10 s (the
+/// phases' grace), and the server thread is joined before a result is returned.
 pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
