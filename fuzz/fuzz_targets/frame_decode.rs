@@ -7,14 +7,19 @@
 //!
 //! For every frame decoded: it took between a header and the whole buffer; encoding it again
 //! gives exactly the bytes it was decoded from; those decode to an equal frame. `Incomplete` asks
-//! for more bytes than the buffer holds.
+//! for more bytes than the buffer holds. A header that passes the check a node makes before a
+//! peer authenticates (`check_handshake_header`) is a handshake type announcing at most
+//! `HANDSHAKE_BODY_MAX` bytes.
 
 #![no_main]
 
 use std::hint::black_box;
 
 use libfuzzer_sys::fuzz_target;
-use pagemesh_net::proto::{decode, encode, Decoded, FRAME_BODY_MAX, FRAME_HEADER_LEN};
+use pagemesh_net::proto::{
+    check_handshake_header, decode, encode, Decoded, FrameType, FRAME_BODY_MAX, FRAME_HEADER_LEN,
+    HANDSHAKE_BODY_MAX,
+};
 use reseal::reseal;
 
 #[path = "shared/reseal.rs"]
@@ -31,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(data: &[u8]) {
+    check_before_authentication(data);
     let mut rest = data;
     for _ in 0..FRAMES_MAX {
         match decode(rest) {
@@ -62,6 +68,23 @@ fn check(data: &[u8]) {
                 black_box(error.to_string());
                 break;
             }
+        }
+    }
+}
+
+fn check_before_authentication(data: &[u8]) {
+    match check_handshake_header(data) {
+        Ok(()) => {
+            let frame_type = FrameType::from_u8(data[4]).expect("a known type passed");
+            let body_len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            assert!(frame_type.is_handshake(), "{} passed", frame_type.name());
+            assert!(
+                body_len <= HANDSHAKE_BODY_MAX,
+                "{body_len}-byte body passed"
+            );
+        }
+        Err(error) => {
+            black_box(error.to_string());
         }
     }
 }

@@ -373,6 +373,37 @@ fn oversize_length_is_refused_from_the_header_alone() {
 }
 
 #[test]
+fn before_authentication_only_small_handshake_frames_pass_the_header_check() {
+    let header = |frame_type: u8, len: usize| {
+        let mut h = (len as u32).to_le_bytes().to_vec();
+        h.extend_from_slice(&[frame_type, 0, 0, 0, 0, 0, 0, 0]);
+        h
+    };
+    for byte in 1..=11u8 {
+        let frame_type = FrameType::from_u8(byte).unwrap();
+        let verdict = check_handshake_header(&header(byte, frame_type.body_max().min(16)));
+        if frame_type.is_handshake() {
+            assert!(verdict.is_ok(), "{}: {verdict:?}", frame_type.name());
+            assert!(frame_type.body_max() <= HANDSHAKE_BODY_MAX);
+        } else {
+            // Refused by the header alone: the 16 MiB a PAGES header may announce is never read.
+            assert!(
+                matches!(verdict, Err(Error::UnexpectedFrame { frame, .. }) if frame == frame_type.name()),
+                "{}: {verdict:?}",
+                frame_type.name()
+            );
+            assert!(check_handshake_header(&header(byte, FRAME_BODY_MAX)).is_err());
+        }
+    }
+    assert!(matches!(
+        check_handshake_header(&header(FrameType::Refuse as u8, HANDSHAKE_BODY_MAX + 1)),
+        Err(Error::FrameTooLarge { .. })
+    ));
+    assert!(check_handshake_header(&header(0, 0)).is_err());
+    assert!(check_handshake_header(&[1, 0, 0]).is_err());
+}
+
+#[test]
 fn header_faults_are_typed() {
     let good = encoded(&Frame::Heartbeat(Heartbeat { sent_micros: 7 }));
     let mut unknown = good.clone();

@@ -72,6 +72,9 @@ pub const SNAPSHOT_CHUNK_MAX: usize = FRAME_BODY_MAX - SNAPSHOT_FIXED_LEN;
 pub const MESSAGE_PAYLOAD_MAX: usize = FRAME_BODY_MAX - MESSAGE_FIXED_LEN;
 /// Header flag of a SNAPSHOT frame: this chunk is the last of the snapshot.
 pub const FLAG_SNAPSHOT_LAST: u8 = 1;
+/// The longest body of a handshake frame (HELLO, WELCOME, AUTH, REFUSE): all that a peer that has
+/// not authenticated can make a node buffer for one frame (see [`check_handshake_header`]).
+pub const HANDSHAKE_BODY_MAX: usize = REFUSE_FIXED_LEN + REASON_MAX;
 
 const BODY_LEN_OFFSET: usize = 0;
 const FRAME_TYPE_OFFSET: usize = BODY_LEN_OFFSET + 4;
@@ -94,6 +97,11 @@ const MESSAGE_FIXED_LEN: usize = 8;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(FRAME_BODY_MAX <= u32::MAX as usize);
+const _: () = assert!(
+    HELLO_FIXED_LEN + NAME_MAX <= HANDSHAKE_BODY_MAX
+        && WELCOME_FIXED_LEN + NAME_MAX <= HANDSHAKE_BODY_MAX
+        && MAC_LEN <= HANDSHAKE_BODY_MAX
+);
 
 /// The type byte of a frame header.
 #[repr(u8)]
@@ -174,6 +182,13 @@ impl FrameType {
             Heartbeat => HEARTBEAT_LEN,
             Pages | Snapshot | Command | Reply => FRAME_BODY_MAX,
         }
+    }
+
+    /// Whether frames of this type belong to the handshake, the only frames a peer may send
+    /// before it has authenticated.
+    pub fn is_handshake(self) -> bool {
+        use FrameType::*;
+        matches!(self, Hello | Welcome | Auth | Refuse)
     }
 
     /// The header flag bits this type defines; every other bit must be 0.
@@ -489,6 +504,25 @@ pub enum Decoded<'a> {
         /// [`FRAME_HEADER_LEN`].
         needed: usize,
     },
+}
+
+/// Checks the header at the start of `buf` (at least [`FRAME_HEADER_LEN`] bytes) of a frame from
+/// a peer that has not authenticated yet: as [`decode`] checks any header, and its type must be
+/// one of the handshake's, so its body is at most [`HANDSHAKE_BODY_MAX`] bytes.
+pub fn check_handshake_header(buf: &[u8]) -> Result<()> {
+    decode(buf.get(..FRAME_HEADER_LEN).unwrap_or(buf))?;
+    let frame_type = buf.get(4).copied().and_then(FrameType::from_u8);
+    match frame_type {
+        Some(frame_type) if frame_type.is_handshake() => Ok(()),
+        Some(frame_type) => Err(Error::UnexpectedFrame {
+            state: "handshaking (the peer is not authenticated)",
+            frame: frame_type.name(),
+        }),
+        None => Err(Error::MalformedFrame {
+            frame: "header",
+            reason: "shorter than a frame header",
+        }),
+    }
 }
 
 /// Decodes the frame at the start of `buf`, which may hold several frames or part of one.

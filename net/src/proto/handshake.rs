@@ -41,8 +41,10 @@ use super::frame::{
 };
 use crate::error::{Error, Result};
 
-/// How long a handshake may take by default.
-pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// How long a handshake may take by default: it takes two round trips, so this leaves room for
+/// slow networks while an accepted connection that never authenticates frees its slot soon (an
+/// unauthenticated connection's slot is what a flood competes for: `service::admission`).
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3);
 
 const WELCOME_DOMAIN: &[u8] = b"pagemesh/welcome";
 const AUTH_DOMAIN: &[u8] = b"pagemesh/auth";

@@ -43,7 +43,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::proto::frame::{decode, Decoded, Frame, FRAME_HEADER_LEN};
+use crate::proto::frame::{
+    check_handshake_header, decode, Decoded, Frame, FRAME_HEADER_LEN, HANDSHAKE_BODY_MAX,
+};
 
 /// Which event loop drives the sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -245,9 +247,10 @@ impl Connection {
             FrameReader {
                 half: read,
                 peer,
-                buf: Vec::with_capacity(READ_BUFFER_MIN),
+                buf: Vec::with_capacity(HANDSHAKE_READ_BUFFER),
                 start: 0,
                 abandoned: false,
+                handshaking: true,
             },
             FrameWriter {
                 half: write,
@@ -274,8 +277,12 @@ impl Shutdown {
     }
 }
 
-/// A new link's read buffer: enough for the handshake. An unauthenticated peer costs this much,
-/// not a bulk buffer; [`FrameReader::expect_bulk`] grows it once the peer is authenticated.
+/// A new link's read buffer, and the most it holds until the peer has authenticated: room for
+/// the largest handshake frame ([`HANDSHAKE_BODY_MAX`] after its header) and some of what a peer
+/// pipelines behind it. [`FrameReader::expect_bulk`] grows it once the peer is authenticated.
+pub(crate) const HANDSHAKE_READ_BUFFER: usize = 4 << 10;
+const _: () = assert!(FRAME_HEADER_LEN + HANDSHAKE_BODY_MAX <= HANDSHAKE_READ_BUFFER / 2);
+/// How much an authenticated link's buffer grows by when a read finds it full.
 const READ_BUFFER_MIN: usize = 16 << 10;
 /// An authenticated link's read buffer: one read takes up to this much.
 const READ_BUFFER: usize = 1 << 20;
@@ -302,6 +309,9 @@ pub(crate) struct FrameReader {
     /// A read was dropped mid-flight (its bytes, and the buffer, are gone): the stream is no
     /// longer framed.
     abandoned: bool,
+    /// The peer has not authenticated: only handshake frames are accepted, and the buffer stays
+    /// at [`HANDSHAKE_READ_BUFFER`].
+    handshaking: bool,
 }
 
 impl FrameReader {
@@ -321,8 +331,13 @@ impl FrameReader {
                 let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
                 let total = FRAME_HEADER_LEN + body_len as usize;
                 // The header alone is checked first (type known, body within that type's limit,
-                // reserved bits clear), so a peer cannot make us buffer a body we would refuse.
-                decode(header)?;
+                // reserved bits clear; before authentication, a handshake frame), so a peer
+                // cannot make us buffer a body we would refuse.
+                if self.handshaking {
+                    check_handshake_header(header)?;
+                } else {
+                    decode(header)?;
+                }
                 if available.len() >= total {
                     break total;
                 }
@@ -353,9 +368,15 @@ impl FrameReader {
         }
     }
 
-    /// Grows the read buffer for bulk traffic (one read takes up to 1 MiB): call once the peer
-    /// is authenticated.
+    /// The address at the other end.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Lifts the handshake's limits and grows the read buffer for bulk traffic (one read takes up
+    /// to 1 MiB): call once the peer is authenticated, and not before.
     pub fn expect_bulk(&mut self) {
+        self.handshaking = false;
         if self.buf.capacity() < READ_BUFFER {
             self.buf.reserve(READ_BUFFER - self.buf.len());
         }
@@ -380,6 +401,9 @@ impl FrameReader {
             source,
         };
         if self.buf.len() == self.buf.capacity() {
+            // Before authentication a full buffer always holds a whole frame (the largest
+            // handshake frame is under half of it), which is decoded before reading again.
+            debug_assert!(!self.handshaking, "handshake read buffer full");
             self.buf.reserve(READ_BUFFER_MIN);
         }
         match &mut self.half {
