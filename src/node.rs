@@ -119,6 +119,13 @@ impl NodeBuilder {
         self.config = self.config.backoff_max(backoff_max);
         self
     }
+    /// Adjusts the network settings the methods above do not cover: the admission bounds and the
+    /// handshake timeout (see [`ServiceConfig::links_max`], [`ServiceConfig::handshake_budget`],
+    /// [`ServiceConfig::handshakes_per_address`], [`ServiceConfig::handshake_timeout`]).
+    pub fn network(mut self, configure: impl FnOnce(ServiceConfig) -> ServiceConfig) -> Self {
+        self.config = configure(self.config);
+        self
+    }
     /// Creates the data directory if needed and starts the network.
     pub fn open(self) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&self.data_dir).map_err(|source| NodeError::Io {

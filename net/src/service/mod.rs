@@ -3,6 +3,10 @@
 //!
 //! # Links
 //!
+//! An accepted connection is admitted by [`admission`] (a cap on authenticated links, a memory
+//! budget and a per-address cap on unauthenticated ones, the oldest evicted first) and may only
+//! handshake until it has authenticated.
+//!
 //! A replica *subscribes*: it connects to the source's node, authenticates (HELLO / WELCOME /
 //! AUTH, `proto::handshake`) and sends RESUME with the LSN it has received up to (or
 //! [`BOOTSTRAP`] when it has no database yet). The link then belongs to that one database; this
@@ -40,6 +44,12 @@ use pagemesh_logpage::{Log, PAGE_SIZE};
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
+pub mod admission;
+
+use self::admission::{
+    Admission, AdmissionLimits, Reason, RefusalCounts, Refusals, Verdict, REFUSAL_LOG_INTERVAL,
+    UNAUTHENTICATED_LINK_BYTES,
+};
 use crate::error::{Error, Result};
 use crate::proto::frame::{
     encode, encode_pages, Ack, Frame, Heartbeat, PagesHeader, Refuse, RefuseCode, Resume,
@@ -49,17 +59,20 @@ use crate::proto::handshake::{Handshake, HandshakeConfig, PeerInfo};
 use crate::route::{admit, Feed, FeedPlan, Served};
 pub use crate::route::{History, BOOTSTRAP};
 use crate::transport::{
-    sleep, spawn_local, spawn_runtime, timeout, timeout_at, Connection, FrameReader, FrameWriter,
-    Listener, RuntimeKind, Shutdown, TransportKind,
+    sleep, sleep_until, spawn_local, spawn_runtime, timeout, timeout_at, Connection, FrameReader,
+    FrameWriter, Listener, RuntimeKind, Shutdown, TransportKind,
 };
 
 /// Most pages one binlog catch-up read (and one PAGES frame) carries: 1 MiB.
 pub const HISTORY_BATCH_PAGES: usize = 256;
 /// Most pages one ring write carries.
 const RING_BATCH_PAGES: usize = 256;
-/// Most accepted links open at once (each costs 16 KiB until it authenticates, about 2 MiB after);
-/// connections beyond it are closed at once.
-const LINKS_MAX: usize = 1024;
+/// Most authenticated links open at once by default (each costs about 2 MiB of buffers).
+pub const LINKS_MAX_DEFAULT: usize = 1024;
+/// Memory all unauthenticated connections together may hold by default: 512 of them.
+pub const HANDSHAKE_BUDGET_DEFAULT: usize = 512 * UNAUTHENTICATED_LINK_BYTES;
+/// Most unauthenticated connections from one address by default.
+pub const HANDSHAKES_PER_ADDRESS_DEFAULT: usize = 64;
 /// Bytes per SNAPSHOT chunk.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
@@ -126,6 +139,10 @@ pub struct ServiceConfig {
     heartbeat: Duration,
     link_timeout: Duration,
     backoff_max: Duration,
+    handshake_timeout: Duration,
+    handshake_budget: usize,
+    handshakes_per_address: usize,
+    links_max: usize,
 }
 
 impl ServiceConfig {
@@ -140,6 +157,10 @@ impl ServiceConfig {
             heartbeat: crate::proto::liveness::HEARTBEAT_INTERVAL_DEFAULT,
             link_timeout: crate::proto::liveness::LINK_TIMEOUT_DEFAULT,
             backoff_max: Duration::from_secs(2),
+            handshake_timeout: crate::proto::HANDSHAKE_TIMEOUT_DEFAULT,
+            handshake_budget: HANDSHAKE_BUDGET_DEFAULT,
+            handshakes_per_address: HANDSHAKES_PER_ADDRESS_DEFAULT,
+            links_max: LINKS_MAX_DEFAULT,
         }
     }
     /// The node's uuid.
@@ -173,6 +194,39 @@ impl ServiceConfig {
     pub fn backoff_max(mut self, backoff_max: Duration) -> Self {
         self.backoff_max = backoff_max.max(Duration::from_millis(50));
         self
+    }
+    /// How long a new connection has to complete its handshake, either side (default 3 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+    /// The memory all unauthenticated connections together may hold (default 6 MiB): one costs
+    /// at most [`UNAUTHENTICATED_LINK_BYTES`] (12 KiB), so this admits `bytes / 12 KiB` of them
+    /// (at least one) before the oldest is evicted ([`admission`] explains the policy).
+    pub fn handshake_budget(mut self, bytes: usize) -> Self {
+        self.handshake_budget = bytes;
+        self
+    }
+    /// Most unauthenticated connections from one address (default 64, at least 1); a new one
+    /// evicts that address's oldest.
+    pub fn handshakes_per_address(mut self, count: usize) -> Self {
+        self.handshakes_per_address = count.max(1);
+        self
+    }
+    /// Most authenticated links open at once (default 1024); while reached, new connections are
+    /// closed at accept.
+    pub fn links_max(mut self, count: usize) -> Self {
+        self.links_max = count;
+        self
+    }
+
+    /// The admission bounds these settings make.
+    pub fn admission_limits(&self) -> AdmissionLimits {
+        AdmissionLimits {
+            links_max: self.links_max,
+            handshakes_max: (self.handshake_budget / UNAUTHENTICATED_LINK_BYTES).max(1),
+            per_address_max: self.handshakes_per_address,
+        }
     }
 }
 
@@ -369,6 +423,31 @@ struct Runtime {
     links: RefCell<HashMap<u64, LinkEntry>>,
     subscriptions: RefCell<HashMap<u64, Rc<LinkControl>>>,
     next_link: Cell<u64>,
+    /// Who may hold a connection open (accepted links only).
+    admission: RefCell<Admission>,
+    /// Refused and failed connections, logged once an interval.
+    refusals: RefCell<Refusals>,
+}
+
+impl Runtime {
+    /// Counts a connection refused, evicted or failed before it authenticated; logs the counts
+    /// at most once per [`REFUSAL_LOG_INTERVAL`].
+    fn refused(&self, reason: Reason) {
+        let report = self.refusals.borrow_mut().record(reason, Instant::now());
+        if let Some(counts) = report {
+            log_refusals(&counts, &self.admission.borrow());
+        }
+    }
+}
+
+fn log_refusals(counts: &RefusalCounts, admission: &Admission) {
+    tracing::warn!(
+        connections = counts.total(),
+        reasons = %counts.summary(),
+        unauthenticated = admission.pending(),
+        links = admission.links(),
+        "connections refused or closed before they authenticated"
+    );
 }
 
 type LinkEntry = (Option<Uuid>, Rc<LinkControl>);
@@ -416,7 +495,10 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
     addr_tx: std::sync::mpsc::SyncSender<Result<Option<SocketAddr>>>,
 ) {
-    let handshake = HandshakeConfig::new(config.node, config.name.clone(), config.secret.clone());
+    let mut handshake =
+        HandshakeConfig::new(config.node, config.name.clone(), config.secret.clone());
+    handshake.timeout = config.handshake_timeout;
+    let admission = Admission::new(config.admission_limits());
     let listener = match config
         .listen
         .map(|addr| Listener::bind(kind, addr))
@@ -438,31 +520,14 @@ async fn run(
         links: RefCell::new(HashMap::new()),
         subscriptions: RefCell::new(HashMap::new()),
         next_link: Cell::new(0),
+        admission: RefCell::new(admission),
+        refusals: RefCell::new(Refusals::new(REFUSAL_LOG_INTERVAL)),
     });
     let accepting = LinkControl::new();
     if let Some(listener) = listener {
         let runtime = Rc::clone(&runtime);
         let accepting = Rc::clone(&accepting);
-        spawn_local(async move {
-            loop {
-                let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
-                    () = accepting.closed() => return,
-                };
-                match accepted {
-                    Ok((_, peer)) if runtime.links.borrow().len() >= LINKS_MAX => {
-                        tracing::warn!(%peer, links = LINKS_MAX, "too many links; connection dropped");
-                    }
-                    Ok((connection, peer)) => {
-                        spawn_local(serve_link(Rc::clone(&runtime), connection, peer));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
+        spawn_local(async move { accept(&runtime, &listener, &accepting).await });
     }
     while let Some(command) = commands.recv().await {
         match command {
@@ -527,6 +592,68 @@ async fn run(
     tracing::info!("network service stopped");
 }
 
+/// Accepts connections until `accepting` closes, admitting each by the runtime's [`Admission`].
+async fn accept(runtime: &Rc<Runtime>, listener: &Listener, accepting: &LinkControl) {
+    loop {
+        let report_due = runtime.refusals.borrow().deadline();
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = accepting.closed() => return,
+            () = sleep_until(report_due.unwrap_or_else(far_future)), if report_due.is_some() => {
+                let report = runtime.refusals.borrow_mut().poll(Instant::now());
+                if let Some(counts) = report {
+                    log_refusals(&counts, &runtime.admission.borrow());
+                }
+                continue;
+            }
+        };
+        let (connection, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let id = runtime.next_link.get();
+        runtime.next_link.set(id + 1);
+        let verdict = runtime.admission.borrow_mut().admit(id, peer.ip());
+        match verdict {
+            Verdict::Refuse(reason) => {
+                tracing::debug!(%peer, reason = reason.name(), "connection refused");
+                runtime.refused(reason);
+                continue;
+            }
+            Verdict::AdmitEvicting { link, reason } => {
+                let evicted = runtime.links.borrow().get(&link).map(|(_, c)| Rc::clone(c));
+                if let Some(control) = evicted {
+                    control.close();
+                }
+                tracing::debug!(%peer, evicted = link, reason = reason.name(), "unauthenticated connection evicted");
+                runtime.refused(reason);
+            }
+            Verdict::Admit => {}
+        }
+        let control = LinkControl::new();
+        runtime
+            .links
+            .borrow_mut()
+            .insert(id, (None, Rc::clone(&control)));
+        spawn_local(serve_link(
+            Rc::clone(runtime),
+            id,
+            control,
+            connection,
+            peer,
+        ));
+    }
+}
+
+/// An instant no timer reaches (for a `select!` arm that is disabled anyway).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
 fn nonce() -> [u8; 32] {
     rand::random()
 }
@@ -566,35 +693,74 @@ async fn handshake(
     }
 }
 
-/// Source side of an accepted link.
-async fn serve_link(runtime: Rc<Runtime>, connection: Connection, peer: SocketAddr) {
-    let id = runtime.next_link.get();
-    runtime.next_link.set(id + 1);
-    let control = LinkControl::new();
-    runtime
-        .links
-        .borrow_mut()
-        .insert(id, (None, Rc::clone(&control)));
-    let outcome = serve_link_inner(&runtime, &control, id, connection, peer).await;
+/// Source side of an accepted link, booked in `runtime.links` and admitted as `id`.
+async fn serve_link(
+    runtime: Rc<Runtime>,
+    id: u64,
+    control: Rc<LinkControl>,
+    connection: Connection,
+    peer: SocketAddr,
+) {
+    let outcome = match authenticate(&runtime, &control, id, connection, peer).await {
+        Ok((reader, writer, info)) => serve_replica(&runtime, &control, id, reader, writer, info)
+            .await
+            .map_err(Some),
+        Err(error) => {
+            // An evicted connection was counted when it was evicted.
+            if !control.closed.get() {
+                runtime.refused(match error {
+                    Error::HandshakeTimeout => Reason::HandshakeTimeout,
+                    _ => Reason::HandshakeFailed,
+                });
+            }
+            tracing::debug!(%peer, %error, "connection closed before it authenticated");
+            Err(None)
+        }
+    };
     control.close();
     runtime.links.borrow_mut().remove(&id);
+    runtime.admission.borrow_mut().closed(id);
     match outcome {
         Ok(()) => tracing::debug!(%peer, "link closed"),
-        Err(error) => tracing::warn!(%peer, %error, "link closed"),
+        Err(Some(error)) => tracing::warn!(%peer, %error, "link closed"),
+        // Counted and logged with the other refusals.
+        Err(None) => {}
     }
 }
 
-async fn serve_link_inner(
-    runtime: &Rc<Runtime>,
-    control: &Rc<LinkControl>,
+/// Runs the acceptor's handshake under the handshake's limits, then books the link as
+/// authenticated; returns its halves and the peer.
+async fn authenticate(
+    runtime: &Runtime,
+    control: &LinkControl,
     id: u64,
     connection: Connection,
     peer: SocketAddr,
-) -> Result<()> {
+) -> Result<(FrameReader, FrameWriter, PeerInfo)> {
     let (mut reader, mut writer, shutdown) = connection.split(peer)?;
     *control.shutdown.borrow_mut() = Some(shutdown);
     let info = handshake(runtime, &mut reader, &mut writer, false).await?;
+    if !runtime.admission.borrow_mut().authenticated(id) {
+        runtime.refused(Reason::LinksFull);
+        return Err(Error::Runtime(format!(
+            "{} links are open already, the most allowed",
+            runtime.config.links_max
+        )));
+    }
     reader.expect_bulk();
+    Ok((reader, writer, info))
+}
+
+/// Serves an authenticated replica: RESUME, then pages until the link ends.
+async fn serve_replica(
+    runtime: &Rc<Runtime>,
+    control: &Rc<LinkControl>,
+    id: u64,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    info: PeerInfo,
+) -> Result<()> {
+    let peer = reader.peer();
     let resume = match timeout(runtime.config.link_timeout, reader.next()).await {
         Err(_) => {
             return Err(Error::LinkTimeout {
