@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use pagemesh::core::{Database, Durability, Error as StoreError, WriteBatch};
 use pagemesh::log::PAGE_SIZE;
-use pagemesh::net::proto::frame::{encode, Frame, Hello, RefuseCode, Resume, FRAME_BODY_MAX};
+use pagemesh::net::proto::frame::{
+    encode, Frame, FrameType, Hello, RefuseCode, Resume, FRAME_BODY_MAX,
+};
 use pagemesh::net::proto::handshake::{Handshake, HandshakeConfig};
 use pagemesh::net::proto::Ack;
 use pagemesh::net::proto::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
@@ -866,6 +868,37 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
     assert!(
         sent < FRAME_BODY_MAX,
         "the node read all {sent} bytes of a HELLO body announced at {FRAME_BODY_MAX} bytes instead of refusing the header"
+    );
+
+    // After authenticating, a replica's link carries only small frames towards its source: an
+    // authenticated peer that subscribes and then announces a 16 MiB PAGES frame is closed from
+    // the header too (a source would otherwise hold 16 MiB per link for any peer with the
+    // secret).
+    let db = primary.open_database(DB, options(1024)).unwrap();
+    primary.serve(&db, 0);
+    let (mut stream, _) = raw_handshake(primary.local_addr().unwrap(), SECRET, PATIENCE);
+    let mut out = Vec::new();
+    encode(
+        &Frame::Resume(Resume {
+            database: db.uuid(),
+            origin: db.origin_uuid(),
+            epoch: 0,
+            from_lsn: 0,
+        }),
+        &mut out,
+    );
+    out.extend_from_slice(&raw_header(FRAME_BODY_MAX as u32, FrameType::Pages as u8));
+    send(&mut stream, &out);
+    let mut sent = 0;
+    while sent < FRAME_BODY_MAX {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < FRAME_BODY_MAX,
+        "the node read all {sent} bytes of a PAGES body from a subscribed replica instead of refusing the header"
     );
 }
 

@@ -7,9 +7,9 @@
 //!
 //! For every frame decoded: it took between a header and the whole buffer; encoding it again
 //! gives exactly the bytes it was decoded from; those decode to an equal frame. `Incomplete` asks
-//! for more bytes than the buffer holds. A header that passes the check a node makes before a
-//! peer authenticates (`check_handshake_header`) is a handshake type announcing at most
-//! `HANDSHAKE_BODY_MAX` bytes.
+//! for more bytes than the buffer holds. A header that passes a reader's check (`check_header`)
+//! before the peer authenticates is a handshake type announcing at most `HANDSHAKE_BODY_MAX`
+//! bytes; on a control link, it announces at most `CONTROL_BODY_MAX` bytes.
 
 #![no_main]
 
@@ -17,8 +17,8 @@ use std::hint::black_box;
 
 use libfuzzer_sys::fuzz_target;
 use pagemesh_net::proto::{
-    check_handshake_header, decode, encode, Decoded, FrameType, FRAME_BODY_MAX, FRAME_HEADER_LEN,
-    HANDSHAKE_BODY_MAX,
+    check_header, decode, encode, Accept, Decoded, FrameType, CONTROL_BODY_MAX, FRAME_BODY_MAX,
+    FRAME_HEADER_LEN, HANDSHAKE_BODY_MAX,
 };
 use reseal::reseal;
 
@@ -73,18 +73,27 @@ fn check(data: &[u8]) {
 }
 
 fn check_before_authentication(data: &[u8]) {
-    match check_handshake_header(data) {
-        Ok(()) => {
-            let frame_type = FrameType::from_u8(data[4]).expect("a known type passed");
-            let body_len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-            assert!(frame_type.is_handshake(), "{} passed", frame_type.name());
-            assert!(
-                body_len <= HANDSHAKE_BODY_MAX,
-                "{body_len}-byte body passed"
-            );
-        }
-        Err(error) => {
-            black_box(error.to_string());
+    for accept in [Accept::Handshake, Accept::Control, Accept::Bulk] {
+        match check_header(data, accept) {
+            Ok(()) => {
+                let frame_type = FrameType::from_u8(data[4]).expect("a known type passed");
+                let body_len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                assert!(body_len <= frame_type.body_max());
+                match accept {
+                    Accept::Handshake => {
+                        assert!(frame_type.is_handshake(), "{} passed", frame_type.name());
+                        assert!(
+                            body_len <= HANDSHAKE_BODY_MAX,
+                            "{body_len}-byte body passed"
+                        );
+                    }
+                    Accept::Control => assert!(body_len <= CONTROL_BODY_MAX),
+                    Accept::Bulk => {}
+                }
+            }
+            Err(error) => {
+                black_box(error.to_string());
+            }
         }
     }
 }

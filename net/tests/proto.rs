@@ -373,7 +373,7 @@ fn oversize_length_is_refused_from_the_header_alone() {
 }
 
 #[test]
-fn before_authentication_only_small_handshake_frames_pass_the_header_check() {
+fn a_reader_refuses_what_it_does_not_accept_by_the_header_alone() {
     let header = |frame_type: u8, len: usize| {
         let mut h = (len as u32).to_le_bytes().to_vec();
         h.extend_from_slice(&[frame_type, 0, 0, 0, 0, 0, 0, 0]);
@@ -381,26 +381,47 @@ fn before_authentication_only_small_handshake_frames_pass_the_header_check() {
     };
     for byte in 1..=11u8 {
         let frame_type = FrameType::from_u8(byte).unwrap();
-        let verdict = check_handshake_header(&header(byte, frame_type.body_max().min(16)));
+        let small = header(byte, frame_type.body_max().min(16));
+        let verdict = check_header(&small, Accept::Handshake);
         if frame_type.is_handshake() {
             assert!(verdict.is_ok(), "{}: {verdict:?}", frame_type.name());
             assert!(frame_type.body_max() <= HANDSHAKE_BODY_MAX);
         } else {
-            // Refused by the header alone: the 16 MiB a PAGES header may announce is never read.
+            // Before authentication: refused by its type, so the 16 MiB a PAGES header may
+            // announce is never read.
             assert!(
                 matches!(verdict, Err(Error::UnexpectedFrame { frame, .. }) if frame == frame_type.name()),
                 "{}: {verdict:?}",
                 frame_type.name()
             );
-            assert!(check_handshake_header(&header(byte, FRAME_BODY_MAX)).is_err());
+        }
+        // A control link (a source's link from a replica) takes any type, but only small bodies.
+        assert!(check_header(&small, Accept::Control).is_ok());
+        assert!(check_header(&small, Accept::Bulk).is_ok());
+        if frame_type.body_max() > CONTROL_BODY_MAX {
+            let big = header(byte, FRAME_BODY_MAX);
+            assert!(matches!(
+                check_header(&big, Accept::Control),
+                Err(Error::FrameTooLarge {
+                    max: CONTROL_BODY_MAX,
+                    ..
+                })
+            ));
+            assert!(check_header(&big, Accept::Handshake).is_err());
+            assert!(check_header(&big, Accept::Bulk).is_ok());
         }
     }
     assert!(matches!(
-        check_handshake_header(&header(FrameType::Refuse as u8, HANDSHAKE_BODY_MAX + 1)),
+        check_header(
+            &header(FrameType::Refuse as u8, HANDSHAKE_BODY_MAX + 1),
+            Accept::Handshake
+        ),
         Err(Error::FrameTooLarge { .. })
     ));
-    assert!(check_handshake_header(&header(0, 0)).is_err());
-    assert!(check_handshake_header(&[1, 0, 0]).is_err());
+    for accept in [Accept::Handshake, Accept::Control, Accept::Bulk] {
+        assert!(check_header(&header(0, 0), accept).is_err());
+        assert!(check_header(&[1, 0, 0], accept).is_err());
+    }
 }
 
 #[test]

@@ -73,8 +73,11 @@ pub const MESSAGE_PAYLOAD_MAX: usize = FRAME_BODY_MAX - MESSAGE_FIXED_LEN;
 /// Header flag of a SNAPSHOT frame: this chunk is the last of the snapshot.
 pub const FLAG_SNAPSHOT_LAST: u8 = 1;
 /// The longest body of a handshake frame (HELLO, WELCOME, AUTH, REFUSE): all that a peer that has
-/// not authenticated can make a node buffer for one frame (see [`check_handshake_header`]).
+/// not authenticated can make a node buffer for one frame (see [`Accept::Handshake`]).
 pub const HANDSHAKE_BODY_MAX: usize = REFUSE_FIXED_LEN + REASON_MAX;
+/// The longest body a node accepts on a link that carries no bulk data towards it
+/// ([`Accept::Control`]): room for every control frame (RESUME, ACK, HEARTBEAT, REFUSE).
+pub const CONTROL_BODY_MAX: usize = 4096 - FRAME_HEADER_LEN;
 
 const BODY_LEN_OFFSET: usize = 0;
 const FRAME_TYPE_OFFSET: usize = BODY_LEN_OFFSET + 4;
@@ -97,6 +100,12 @@ const MESSAGE_FIXED_LEN: usize = 8;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(FRAME_BODY_MAX <= u32::MAX as usize);
+const _: () = assert!(
+    ACK_LEN <= CONTROL_BODY_MAX
+        && RESUME_LEN <= CONTROL_BODY_MAX
+        && HEARTBEAT_LEN <= CONTROL_BODY_MAX
+        && HANDSHAKE_BODY_MAX <= CONTROL_BODY_MAX
+);
 const _: () = assert!(
     HELLO_FIXED_LEN + NAME_MAX <= HANDSHAKE_BODY_MAX
         && WELCOME_FIXED_LEN + NAME_MAX <= HANDSHAKE_BODY_MAX
@@ -506,22 +515,52 @@ pub enum Decoded<'a> {
     },
 }
 
-/// Checks the header at the start of `buf` (at least [`FRAME_HEADER_LEN`] bytes) of a frame from
-/// a peer that has not authenticated yet: as [`decode`] checks any header, and its type must be
-/// one of the handshake's, so its body is at most [`HANDSHAKE_BODY_MAX`] bytes.
-pub fn check_handshake_header(buf: &[u8]) -> Result<()> {
-    decode(buf.get(..FRAME_HEADER_LEN).unwrap_or(buf))?;
-    let frame_type = buf.get(4).copied().and_then(FrameType::from_u8);
-    match frame_type {
-        Some(frame_type) if frame_type.is_handshake() => Ok(()),
-        Some(frame_type) => Err(Error::UnexpectedFrame {
+/// Which frames a link's reader lets in, judged by the header alone so that a refused body is
+/// never buffered (see [`check_header`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accept {
+    /// Before the peer has authenticated: handshake frames only, so at most
+    /// [`HANDSHAKE_BODY_MAX`] bytes of body.
+    Handshake,
+    /// A link that carries no bulk data towards this node (a source's link from a replica:
+    /// RESUME, ACK, HEARTBEAT, REFUSE): any type, at most [`CONTROL_BODY_MAX`] bytes of body.
+    Control,
+    /// A link that carries page runs and snapshot chunks towards this node: each type's own
+    /// limit, up to [`FRAME_BODY_MAX`].
+    Bulk,
+}
+
+/// Checks the header at the start of `buf` (at least [`FRAME_HEADER_LEN`] bytes) as [`decode`]
+/// does, and against what `accept` lets in.
+pub fn check_header(buf: &[u8], accept: Accept) -> Result<()> {
+    let Some(header) = buf.get(..FRAME_HEADER_LEN) else {
+        return Err(Error::MalformedFrame {
+            frame: "header",
+            reason: "shorter than a frame header",
+        });
+    };
+    decode(header)?;
+    let [l0, l1, l2, l3, type_byte, ..] = *header else {
+        unreachable!("a header has FRAME_HEADER_LEN bytes")
+    };
+    let body_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    // `decode` accepted the header, so the type is known.
+    let Some(frame_type) = FrameType::from_u8(type_byte) else {
+        return Err(Error::UnknownFrameType {
+            frame_type: type_byte,
+        });
+    };
+    match accept {
+        Accept::Handshake if !frame_type.is_handshake() => Err(Error::UnexpectedFrame {
             state: "handshaking (the peer is not authenticated)",
             frame: frame_type.name(),
         }),
-        None => Err(Error::MalformedFrame {
-            frame: "header",
-            reason: "shorter than a frame header",
+        Accept::Control if body_len > CONTROL_BODY_MAX => Err(Error::FrameTooLarge {
+            frame_type: type_byte,
+            len: body_len,
+            max: CONTROL_BODY_MAX,
         }),
+        _ => Ok(()),
     }
 }
 

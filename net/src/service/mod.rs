@@ -67,7 +67,9 @@ use crate::transport::{
 pub const HISTORY_BATCH_PAGES: usize = 256;
 /// Most pages one ring write carries.
 const RING_BATCH_PAGES: usize = 256;
-/// Most authenticated links open at once by default (each costs about 2 MiB of buffers).
+/// Most authenticated links open at once by default. A source's link from a replica holds a
+/// 4 KiB read buffer (a replica sends only small frames) and write batches of up to
+/// [`HISTORY_BATCH_PAGES`] pages (1 MiB).
 pub const LINKS_MAX_DEFAULT: usize = 1024;
 /// Memory all unauthenticated connections together may hold by default: 512 of them.
 pub const HANDSHAKE_BUDGET_DEFAULT: usize = 512 * UNAUTHENTICATED_LINK_BYTES;
@@ -747,7 +749,8 @@ async fn authenticate(
             runtime.config.links_max
         )));
     }
-    reader.expect_bulk();
+    // A replica sends only RESUME, acks and heartbeats: nothing it sends may be large.
+    reader.expect_control();
     Ok((reader, writer, info))
 }
 

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::proto::frame::{
-    check_handshake_header, decode, Decoded, Frame, FRAME_HEADER_LEN, HANDSHAKE_BODY_MAX,
+    check_header, decode, Accept, Decoded, Frame, FRAME_HEADER_LEN, HANDSHAKE_BODY_MAX,
 };
 
 /// Which event loop drives the sockets.
@@ -250,7 +250,7 @@ impl Connection {
                 buf: Vec::with_capacity(HANDSHAKE_READ_BUFFER),
                 start: 0,
                 abandoned: false,
-                handshaking: true,
+                accept: Accept::Handshake,
             },
             FrameWriter {
                 half: write,
@@ -309,9 +309,10 @@ pub(crate) struct FrameReader {
     /// A read was dropped mid-flight (its bytes, and the buffer, are gone): the stream is no
     /// longer framed.
     abandoned: bool,
-    /// The peer has not authenticated: only handshake frames are accepted, and the buffer stays
-    /// at [`HANDSHAKE_READ_BUFFER`].
-    handshaking: bool,
+    /// Which frames pass the header check: handshake frames only until [`FrameReader::expect_bulk`]
+    /// or [`FrameReader::expect_control`]. The buffer stays at [`HANDSHAKE_READ_BUFFER`] except
+    /// with [`Accept::Bulk`].
+    accept: Accept,
 }
 
 impl FrameReader {
@@ -333,11 +334,7 @@ impl FrameReader {
                 // The header alone is checked first (type known, body within that type's limit,
                 // reserved bits clear; before authentication, a handshake frame), so a peer
                 // cannot make us buffer a body we would refuse.
-                if self.handshaking {
-                    check_handshake_header(header)?;
-                } else {
-                    decode(header)?;
-                }
+                check_header(header, self.accept)?;
                 if available.len() >= total {
                     break total;
                 }
@@ -373,10 +370,18 @@ impl FrameReader {
         self.peer
     }
 
-    /// Lifts the handshake's limits and grows the read buffer for bulk traffic (one read takes up
-    /// to 1 MiB): call once the peer is authenticated, and not before.
+    /// Lets in control frames of any type, at most [`CONTROL_BODY_MAX`](crate::proto::CONTROL_BODY_MAX)
+    /// bytes of body, keeping the small buffer: a source's link from a replica, which sends only
+    /// acks and heartbeats. Call once the peer is authenticated, and not before.
+    pub fn expect_control(&mut self) {
+        self.accept = Accept::Control;
+    }
+
+    /// Lets in every frame up to its type's limit and grows the read buffer for bulk traffic
+    /// (one read takes up to 1 MiB): a replica's link from its source. Call once the peer is
+    /// authenticated, and not before.
     pub fn expect_bulk(&mut self) {
-        self.handshaking = false;
+        self.accept = Accept::Bulk;
         if self.buf.capacity() < READ_BUFFER {
             self.buf.reserve(READ_BUFFER - self.buf.len());
         }
@@ -401,9 +406,9 @@ impl FrameReader {
             source,
         };
         if self.buf.len() == self.buf.capacity() {
-            // Before authentication a full buffer always holds a whole frame (the largest
-            // handshake frame is under half of it), which is decoded before reading again.
-            debug_assert!(!self.handshaking, "handshake read buffer full");
+            // Before bulk traffic a full buffer always holds a whole frame (the largest frame let
+            // in fits the small buffer), which is decoded before reading again.
+            debug_assert_eq!(self.accept, Accept::Bulk, "small read buffer full");
             self.buf.reserve(READ_BUFFER_MIN);
         }
         match &mut self.half {
