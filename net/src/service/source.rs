@@ -1,0 +1,321 @@
+//! The source side of a link: admit the replica's RESUME, then ship pages (binlog catch-up, ring
+//! streaming, snapshots) and hand its acks to the database's [`AckSink`].
+
+use std::future::poll_fn;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use super::admission::Reason;
+use super::link::{handshake, watchdog, LinkControl, LinkProgress};
+use super::snapshot::send_snapshot;
+use super::{
+    AckSink, History, Runtime, SourceDatabase, BOOTSTRAP, HISTORY_BATCH_PAGES, RING_BATCH_PAGES,
+};
+use crate::error::{Error, Result};
+use crate::proto::frame::{
+    encode, encode_pages, Frame, Heartbeat, PagesHeader, Refuse, RefuseCode,
+};
+use crate::proto::handshake::PeerInfo;
+use crate::route::{admit, Feed, FeedPlan, Served};
+use crate::transport::{sleep, spawn_local, timeout, Connection, FrameReader, FrameWriter};
+
+/// Source side of an accepted link, booked in `runtime.links` and admitted as `id`.
+pub(super) async fn serve_link(
+    runtime: Rc<Runtime>,
+    id: u64,
+    control: Rc<LinkControl>,
+    connection: Connection,
+    peer: SocketAddr,
+) {
+    let outcome = match authenticate(&runtime, &control, id, connection, peer).await {
+        Ok((reader, writer, info)) => serve_replica(&runtime, &control, id, reader, writer, info)
+            .await
+            .map_err(Some),
+        Err(error) => {
+            // An evicted connection was counted when it was evicted.
+            if !control.closed.get() {
+                runtime.refused(match error {
+                    Error::HandshakeTimeout => Reason::HandshakeTimeout,
+                    _ => Reason::HandshakeFailed,
+                });
+            }
+            tracing::debug!(%peer, %error, "connection closed before it authenticated");
+            Err(None)
+        }
+    };
+    control.close();
+    runtime.links.borrow_mut().remove(&id);
+    runtime.admission.borrow_mut().closed(id);
+    match outcome {
+        Ok(()) => tracing::debug!(%peer, "link closed"),
+        Err(Some(error)) => tracing::warn!(%peer, %error, "link closed"),
+        // Counted and logged with the other refusals.
+        Err(None) => {}
+    }
+}
+
+/// Runs the acceptor's handshake under the handshake's limits, then books the link as
+/// authenticated; returns its halves and the peer.
+pub(super) async fn authenticate(
+    runtime: &Runtime,
+    control: &LinkControl,
+    id: u64,
+    connection: Connection,
+    peer: SocketAddr,
+) -> Result<(FrameReader, FrameWriter, PeerInfo)> {
+    let (mut reader, mut writer, shutdown) = connection.split(peer)?;
+    *control.shutdown.borrow_mut() = Some(shutdown);
+    let info = handshake(runtime, &mut reader, &mut writer, false).await?;
+    if !runtime.admission.borrow_mut().authenticated(id) {
+        runtime.refused(Reason::LinksFull);
+        return Err(Error::Runtime(format!(
+            "{} links are open already, the most allowed",
+            runtime.config.links_max
+        )));
+    }
+    // A replica sends only RESUME, acks and heartbeats: nothing it sends may be large.
+    reader.expect_control();
+    Ok((reader, writer, info))
+}
+
+/// Serves an authenticated replica: RESUME, then pages until the link ends.
+pub(super) async fn serve_replica(
+    runtime: &Rc<Runtime>,
+    control: &Rc<LinkControl>,
+    id: u64,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    info: PeerInfo,
+) -> Result<()> {
+    let peer = reader.peer();
+    let resume = match timeout(runtime.config.link_timeout, reader.next()).await {
+        Err(_) => {
+            return Err(Error::LinkTimeout {
+                silent_for: runtime.config.link_timeout,
+            })
+        }
+        Ok(frame) => match frame? {
+            Some(Frame::Resume(resume)) => resume,
+            Some(other) => {
+                return Err(Error::UnexpectedFrame {
+                    state: "awaiting RESUME",
+                    frame: other.kind(),
+                })
+            }
+            None => return Ok(()),
+        },
+    };
+    let source = runtime.sources.borrow().get(&resume.database).cloned();
+    let served = source.as_ref().map(|source| Served {
+        origin: source.origin(),
+        committed_lsn: source.log().committed_lsn(),
+    });
+    let (source, admitted) = match (source, admit(served, resume.origin, resume.from_lsn)) {
+        (Some(source), Ok(admitted)) => (source, admitted),
+        (_, outcome) => {
+            let reason = format!(
+                "database {}: {}",
+                resume.database,
+                outcome.err().unwrap_or_default()
+            );
+            return refuse(&mut writer, reason).await;
+        }
+    };
+    if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
+        entry.0 = Some(resume.database);
+    }
+    if admitted.reseeded {
+        let end = served.map_or(0, |served| served.committed_lsn);
+        tracing::warn!(%peer, replica = %info.name, from_lsn = resume.from_lsn, end, "replica claims pages beyond this log; re-seeding it from a snapshot");
+    }
+    let from_lsn = admitted.from_lsn;
+    tracing::info!(%peer, replica = %info.name, database = %resume.database, from_lsn, "replica subscribed");
+    let received = if from_lsn == BOOTSTRAP { 0 } else { from_lsn };
+    let sink = source.attach(&info.name, received);
+    let progress = LinkProgress::new(received);
+    spawn_local(watchdog(
+        Rc::clone(control),
+        Rc::clone(&progress),
+        runtime.config.link_timeout,
+        Some(source.log().clone()),
+    ));
+    // The ack reader.
+    let acks = {
+        let control = Rc::clone(control);
+        let progress = Rc::clone(&progress);
+        let database = resume.database;
+        spawn_local(async move {
+            let outcome = read_acks(&mut reader, database, &*sink, &progress).await;
+            control.close();
+            outcome
+        })
+    };
+    let shipped = ship(runtime, control, &source, &mut writer, from_lsn, &progress).await;
+    control.close();
+    let acked = acks.await.unwrap_or(Ok(()));
+    shipped.and(acked)
+}
+
+/// Tells a peer why its subscription is refused, and fails the link with it.
+pub(super) async fn refuse(writer: &mut FrameWriter, reason: String) -> Result<()> {
+    let mut out = writer.buffer();
+    encode(
+        &Frame::Refuse(Refuse::new(RefuseCode::UnknownDatabase, &reason)),
+        &mut out,
+    );
+    writer.write(out).await?;
+    Err(Error::Refused {
+        code: RefuseCode::UnknownDatabase as u16,
+        reason,
+    })
+}
+
+pub(super) async fn read_acks(
+    reader: &mut FrameReader,
+    database: Uuid,
+    sink: &dyn AckSink,
+    progress: &LinkProgress,
+) -> Result<()> {
+    loop {
+        let Some(frame) = reader.next().await? else {
+            return Ok(());
+        };
+        progress.last_heard.set(Instant::now());
+        match frame {
+            // Never count more than was shipped: a peer's word is not proof of receipt.
+            Frame::Ack(ack) if ack.database == database => {
+                let shipped = progress.shipped.get();
+                sink.ack(ack.received_lsn.min(shipped), ack.durable_lsn.min(shipped))
+            }
+            Frame::Heartbeat(_) => {}
+            other => {
+                return Err(Error::UnexpectedFrame {
+                    state: "shipping",
+                    frame: other.kind(),
+                })
+            }
+        }
+    }
+}
+
+/// What woke the shipper.
+pub(super) enum Wake {
+    Ready(pagemesh_logpage::Result<()>),
+    Tick,
+    Closed,
+}
+
+/// Sends `source`'s pages from `from_lsn` on, forever: binlog catch-up, ring streaming, snapshots.
+pub(super) async fn ship(
+    runtime: &Runtime,
+    control: &LinkControl,
+    source: &Arc<dyn SourceDatabase>,
+    writer: &mut FrameWriter,
+    from_lsn: u64,
+    progress: &LinkProgress,
+) -> Result<()> {
+    let log = source.log().clone();
+    let (database, origin) = (source.uuid(), source.origin());
+    let header = |first_lsn| PagesHeader {
+        database,
+        origin,
+        epoch: log.epoch(),
+        visited: &[],
+        first_lsn,
+    };
+    let heartbeat = runtime.config.heartbeat;
+    let mut plan = FeedPlan::new(from_lsn, log.slots());
+    let mut scratch = Vec::new();
+    let mut last_sent = Instant::now();
+    loop {
+        if control.closed.get() {
+            return Ok(());
+        }
+        let next = match plan.feed() {
+            Feed::Snapshot => {
+                let lsn = send_snapshot(control, source, writer, progress).await?;
+                plan.snapshot_sent(lsn);
+                progress.shipped.set(lsn);
+                last_sent = Instant::now();
+                continue;
+            }
+            Feed::Binlog { from_lsn } => {
+                scratch.clear();
+                let history = source
+                    .history(from_lsn, HISTORY_BATCH_PAGES, &mut scratch)
+                    .map_err(|reason| Error::Source { database, reason })?;
+                plan.binlog_read(history);
+                if let History::Pages(count @ 1..) = history {
+                    let mut batch = writer.buffer();
+                    encode_pages(&header(from_lsn), &[&scratch], &mut batch);
+                    progress.shipped.set(from_lsn + count as u64);
+                    progress.write(writer, batch).await?;
+                    last_sent = Instant::now();
+                }
+                continue;
+            }
+            Feed::Ring { from_lsn } => from_lsn,
+        };
+        // Caught up with the binlog: stream from the ring, if it still holds `next`.
+        let mut cursor = match log.cursor(next) {
+            Ok(cursor) => cursor,
+            Err(pagemesh_logpage::Error::BelowHorizon { .. }) => {
+                plan.ring_below_horizon();
+                continue;
+            }
+            Err(error) => return Err(Error::Log(error)),
+        };
+        tracing::debug!(lsn = next, "streaming from the ring");
+        loop {
+            let wake = tokio::select! {
+                ready = poll_fn(|cx| cursor.poll_ready(cx)) => Wake::Ready(ready),
+                () = sleep(heartbeat) => Wake::Tick,
+                () = control.closed() => Wake::Closed,
+            };
+            match wake {
+                Wake::Closed => return Ok(()),
+                Wake::Ready(Err(pagemesh_logpage::Error::Closed)) => return Ok(()),
+                Wake::Ready(Err(error)) => return Err(Error::Log(error)),
+                Wake::Tick => {
+                    if last_sent.elapsed() >= heartbeat {
+                        let mut batch = writer.buffer();
+                        encode(&Frame::Heartbeat(Heartbeat { sent_micros: 0 }), &mut batch);
+                        progress.write(writer, batch).await?;
+                        last_sent = Instant::now();
+                    }
+                }
+                Wake::Ready(Ok(())) => {
+                    let mut batch = writer.buffer();
+                    let mut pages = 0;
+                    while pages < RING_BATCH_PAGES {
+                        let Some(run) = cursor.next_run(RING_BATCH_PAGES - pages)? else {
+                            break;
+                        };
+                        encode_pages(&header(run.first_lsn), &[run.bytes], &mut batch);
+                        pages += run.count();
+                    }
+                    // The pages are copied into the batch: the ring may have their slots back
+                    // now, whatever the socket does.
+                    let position = cursor.position();
+                    cursor.release(position);
+                    progress.shipped.set(position);
+                    progress.write(writer, batch).await?;
+                    last_sent = Instant::now();
+                    if plan.ring_shipped(position, cursor.lag_pages()) {
+                        tracing::info!(
+                            lsn = position,
+                            lag_pages = cursor.lag_pages(),
+                            "replica lags: back to the binlog"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
