@@ -80,7 +80,7 @@ fn bad_rows_are_reported_by_line_and_the_rest_imported() {
     ]);
     assert!(!out.status.success(), "bad rows make the command fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for line in [":2:", ":3:", ":4:"] {
+    for line in ["line 2:", "line 3:", "line 4:"] {
         assert!(
             stderr.contains(line),
             "line {line} not reported in: {stderr}"
