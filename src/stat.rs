@@ -64,6 +64,7 @@ struct Lmdb {
     /// Newest commit's highest page number.
     last_page: u64,
     map_bytes: u64,
+    /// Reader slots handed out so far: a high-water mark, not the live readers.
     readers: u32,
     readers_max: u32,
 }
@@ -158,7 +159,7 @@ fn print_text(r: &Report) {
     }
     let l = &r.lmdb;
     println!(
-        "lmdb      data.mdb {} bytes, {} pages of {} bytes used, last page {}, readers {}/{}, map {} bytes",
+        "lmdb      data.mdb {} bytes, {} pages of {} bytes used, last page {}, reader slots {}/{}, map {} bytes",
         l.file_bytes, l.used_pages, l.page_size, l.last_page, l.readers, l.readers_max, l.map_bytes
     );
     match r.ring_file_bytes {

@@ -33,7 +33,9 @@ pub struct LmdbInfo {
     pub map_bytes: u64,
     /// The highest page number in use: the file holds at least `last_page + 1` pages.
     pub last_page: u64,
-    /// Reader slots in use, by every process (this snapshot's included).
+    /// Reader slots the lock file's table has handed out, by every process: a high-water mark
+    /// (LMDB's `me_numreaders`), which counts a freed slot until it is reused, so it bounds the
+    /// live readers from above.
     pub readers: u32,
     /// Reader slots the lock file has.
     pub readers_max: u32,
