@@ -1,11 +1,16 @@
 //! `pagemesh backup DIR OUT` and `pagemesh restore OUT DIR`: a full, consistent snapshot of a
 //! database to a file, and back into an empty directory (see `pagemesh_core::Snapshot::export`).
+//!
+//! Backup reads through `pagemesh_core::ReadOnlyDatabase`, always: it takes no lock a running node
+//! or app holds (the log ring's) and writes nothing to the database, so it works on a live
+//! database as on a stopped one. It holds what LMDB holds: every applied commit. Records a crashed
+//! writer left only in its log ring are recovered by the next open of the database, not backed up.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
-use pagemesh_core::{Database, Options};
+use pagemesh_core::{Database, Options, ReadOnlyDatabase};
 
 /// Options of `pagemesh backup`.
 #[derive(clap::Args)]
@@ -28,7 +33,7 @@ pub struct RestoreArgs {
 type BoxError = Box<dyn std::error::Error>;
 
 pub fn backup(args: &BackupArgs) -> Result<(), BoxError> {
-    let db = Database::open(&args.dir, Options::new())?;
+    let db = ReadOnlyDatabase::open(&args.dir)?;
     let partial = args.out.with_extension("partial");
     let file = File::create(&partial).map_err(|e| format!("create {}: {e}", partial.display()))?;
     let mut out = BufWriter::new(file);

@@ -2,6 +2,7 @@
 //!
 //! - `pagemesh demo`: a primary and two synchronous replicas on loopback, a load, a DIFF.
 //! - `pagemesh node --config node.toml`: a long-lived node.
+//! - `pagemesh backup|restore|stat`: snapshots to files and back; what a database holds.
 //! - `pagemesh bench reserve|commit|replicate|transport`: pagemesh against baselines, as ratios.
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ mod backup;
 mod demo;
 mod import;
 mod run_node;
+mod stat;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +39,9 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a snapshot file into an empty directory.
     Restore(backup::RestoreArgs),
+    /// Show a database's identity, log positions, cursors, tables and sizes (also while a node
+    /// or app writes it).
+    Stat(stat::StatArgs),
     /// Write the project's land-registry-shaped data set as CSV.
     Generate(import::GenerateArgs),
     /// Measure pagemesh against baselines in the same run; reports ratios.
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
         } => bench_replicate(&inflight, seconds, rounds, &variants, transport, json),
         Command::Backup(args) => backup::backup(&args),
         Command::Restore(args) => backup::restore(&args),
+        Command::Stat(args) => stat::stat(&args),
         Command::Generate(args) => import::generate(&args),
         Command::Bench {
             bench:

@@ -51,6 +51,22 @@ pub enum Error {
         /// What is missing or wrong.
         why: &'static str,
     },
+    /// The database's LMDB environment is already open in this process (heed and LMDB allow one
+    /// open per process): read it through the handle that holds it ([`crate::Database::read`]).
+    #[error("{path} is already open in this process; read it through the handle that holds it")]
+    AlreadyOpen {
+        /// The LMDB environment's directory.
+        path: PathBuf,
+    },
+    /// Tables kept being created between a read-only view opening their handles and beginning
+    /// its snapshot, more times in a row than it retries.
+    #[error("tables of {path} kept being created while a snapshot began ({attempts} attempts)")]
+    TablesChanging {
+        /// The LMDB environment's directory.
+        path: PathBuf,
+        /// Snapshots begun.
+        attempts: u32,
+    },
     /// The database was written by a newer pagemesh.
     #[error("{path} has store format {found}; this build reads up to {supported}")]
     NewerFormat {

@@ -23,15 +23,21 @@
 //! History: [`Snapshot::export`] streams a consistent full snapshot and [`Database::restore`]
 //! loads one; [`Snapshot::binlog_range`] reads log pages back from any retained LSN; retention
 //! trims the binlog by size, never past a registered cursor ([`Database::set_cursor`]).
+//!
+//! Another process (a backup, an inspector) reads a database that a node or app holds through
+//! [`ReadOnlyDatabase`]: the same consistent [`Snapshot`], without the log ring's lock and without
+//! writing to the database; [`Snapshot::stat`] reports what a snapshot holds.
 
 #![deny(unsafe_code)] // one exception, LMDB's open, allowed where it is (store.rs)
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod apply;
 mod error;
+mod read_only;
 pub mod record;
 mod replication;
 mod snapshot;
+mod stat;
 mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,9 +52,11 @@ use pagemesh_logpage::{CommitPos, Log, LogOptions};
 
 pub use error::{Error, Result};
 pub use pagemesh_logpage::Ingested;
+pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};
 pub use record::RecordBuilder;
 pub use replication::{ReplicaLink, ReplicaStatus, Replication};
 pub use snapshot::SnapshotStats;
+pub use stat::{DatabaseStat, LmdbInfo, TableStat};
 pub use store::STORE_FORMAT;
 
 /// When a commit returns.

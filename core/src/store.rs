@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, EnvOpenOptions, PutFlags};
+use heed::{CommitOrAbort, EnvFlags, EnvOpenOptions, OnCommit, PutFlags};
 
 use crate::error::{Error, Result};
 
@@ -65,6 +65,27 @@ fn available_bytes(path: &Path) -> Option<u64> {
 pub const STORE_FORMAT: u32 = 1;
 
 pub(crate) type Table = heed::Database<'static, Bytes, Bytes>;
+
+/// Named LMDB databases an environment may hold: the user's tables and pagemesh's own.
+const MAX_DBS: u32 = 4096;
+
+/// Table handles opened in one transaction, made usable beyond it when it commits.
+struct OpenedTables<T>(Vec<Option<T>>);
+
+impl<T: OnCommit> OnCommit for OpenedTables<T> {
+    type Committed = OpenedTables<T::Committed>;
+
+    fn on_commit(self, token: &heed::CommitToken) -> Self::Committed {
+        OpenedTables(self.0.into_iter().map(|t| t.on_commit(token)).collect())
+    }
+}
+
+/// Who a database is, as `__meta` says.
+pub(crate) struct Identity {
+    pub database_uuid: uuid::Uuid,
+    pub origin_uuid: uuid::Uuid,
+    pub is_replica: bool,
+}
 
 /// The environment and its databases.
 pub(crate) struct Store {
@@ -136,7 +157,7 @@ impl Store {
         let env = unsafe {
             EnvOpenOptions::new()
                 .map_size(map_size)
-                .max_dbs(4096)
+                .max_dbs(MAX_DBS)
                 .open(&path)
         }
         .map_err(lmdb("open environment"))?;
@@ -153,8 +174,78 @@ impl Store {
             })
             .map_err(lmdb("create __meta and __binlog"))?
             .unwrap_commit();
-        let mut store = Self {
-            path: path.clone(),
+        let mut store = Self::new(path, env, meta, binlog, binlog_time);
+        store.clear_stale_readers();
+        store.init_meta(existed)?;
+        store.open_tables()?;
+        Ok(store)
+    }
+
+    /// Opens the existing environment in `dir/lmdb` read-only: no file of the database is written
+    /// (LMDB writes only its lock file, `lock.mdb`, to take a reader slot), no table is created,
+    /// and no ring lock is taken. See `read_only.rs` for what this costs a live writer.
+    #[allow(unsafe_code)] // heed's EnvOpenOptions::open is unsafe; see the SAFETY comment
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        let path = dir.join("lmdb");
+        if !path.join("data.mdb").is_file() {
+            return Err(Error::NotADatabase {
+                path: dir.into(),
+                why: "no lmdb/data.mdb",
+            });
+        }
+        let lmdb = |op: &'static str| {
+            let path = path.clone();
+            move |source| match source {
+                heed::Error::EnvAlreadyOpened => Error::AlreadyOpen { path },
+                source => Error::Lmdb { op, path, source },
+            }
+        };
+        // SAFETY: heed's open is unsafe because LMDB's map must not change behind its back and an
+        // environment must not be open twice in one process. (1) With READ_ONLY, LMDB opens
+        // data.mdb O_RDONLY and maps it PROT_READ, so this handle cannot modify it; writes by
+        // another *process* (a running node) are what LMDB's lock file coordinates: every read
+        // transaction takes a reader slot there, and writers never reuse a page a live slot may
+        // still see, so the pages a snapshot reads stay as they were when it began. (2) A second
+        // open in this process is refused by heed (its registry of open environments, keyed by
+        // canonical path, answers `EnvAlreadyOpened`, mapped to `Error::AlreadyOpen`), before
+        // LMDB is touched: no second descriptor whose close would drop the first one's fcntl
+        // locks. `flags` is unsafe for the flags that trade durability or locking (NO_SYNC,
+        // NO_META_SYNC, NO_LOCK); READ_ONLY is none of them and keeps LMDB's locking. No map size
+        // is set: LMDB takes the one the writer recorded in the file.
+        let env = unsafe {
+            let mut options = EnvOpenOptions::new();
+            options.max_dbs(MAX_DBS).flags(EnvFlags::READ_ONLY);
+            options.open(&path)
+        }
+        .map_err(lmdb("open environment read-only"))?;
+        let rtxn = env.read_txn().map_err(lmdb("begin"))?;
+        let opened = env
+            .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
+                let open = |name| dbo.open_database::<Bytes, Bytes>(rtxn, Some(name));
+                let all = (open("__meta")?, open("__binlog")?, open("__binlog_time")?);
+                Ok(CommitOrAbort::<_, ()>::Commit(all))
+            })
+            .map_err(lmdb("open __meta and __binlog"))?
+            .unwrap_commit();
+        let (Some(meta), Some(binlog), Some(binlog_time)) = opened else {
+            return Err(Error::NotADatabase {
+                path: dir.into(),
+                why: "no __meta, __binlog or __binlog_time in its LMDB environment",
+            });
+        };
+        let mut store = Self::new(path, env, meta, binlog, binlog_time);
+        store.clear_stale_readers();
+        let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
+        let identity = store.identity(&rtxn)?;
+        drop(rtxn);
+        store.set_identity(identity);
+        store.open_tables()?;
+        Ok(store)
+    }
+
+    fn new(path: PathBuf, env: heed::Env, meta: Table, binlog: Table, binlog_time: Table) -> Self {
+        Self {
+            path,
             env,
             meta,
             binlog,
@@ -164,10 +255,22 @@ impl Store {
             database_uuid: uuid::Uuid::nil(),
             origin_uuid: uuid::Uuid::nil(),
             is_replica: false,
-        };
-        store.init_meta(existed)?;
-        store.open_tables()?;
-        Ok(store)
+        }
+    }
+
+    /// Frees the reader slots of processes that died inside a read transaction (LMDB's
+    /// `mdb_reader_check`): each pins its version, so the file grows until they are cleared (see
+    /// `read_only.rs`). A failure only leaves them for the next open, so it is logged, not returned.
+    fn clear_stale_readers(&self) {
+        match self.env.clear_stale_readers() {
+            Ok(0) => {}
+            Ok(cleared) => {
+                tracing::info!(path = %self.path.display(), cleared, "cleared stale LMDB readers")
+            }
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "could not check for stale LMDB readers")
+            }
+        }
     }
 
     fn init_meta(&mut self, existed: bool) -> Result<()> {
@@ -176,35 +279,44 @@ impl Store {
             .meta
             .get(&wtxn, b"format")
             .map_err(self.lmdb("read format"))?;
-        match format {
-            None if existed => {
-                let empty = self.meta.len(&wtxn).map_err(self.lmdb("read __meta"))? == 0;
-                if !empty {
-                    return Err(Error::NotADatabase {
-                        path: self.path.clone(),
-                        why: "no format in __meta",
-                    });
-                }
-                self.create_meta(&mut wtxn)?;
+        if format.is_none() {
+            if existed && self.meta.len(&wtxn).map_err(self.lmdb("read __meta"))? != 0 {
+                return Err(Error::NotADatabase {
+                    path: self.path.clone(),
+                    why: "no format in __meta",
+                });
             }
-            None => self.create_meta(&mut wtxn)?,
-            Some(bytes) => {
-                let found =
-                    u32::from_le_bytes(bytes.try_into().map_err(|_| Error::NotADatabase {
-                        path: self.path.clone(),
-                        why: "format is not a u32",
-                    })?);
-                if found > STORE_FORMAT {
-                    return Err(Error::NewerFormat {
-                        path: self.path.clone(),
-                        found,
-                        supported: STORE_FORMAT,
-                    });
-                }
-            }
+            self.create_meta(&mut wtxn)?;
+        }
+        let identity = self.identity(&wtxn)?;
+        wtxn.commit().map_err(self.lmdb("commit meta"))?;
+        self.set_identity(identity);
+        Ok(())
+    }
+
+    /// Checks the store format in `__meta` and reads who this database is.
+    pub(crate) fn identity(&self, txn: &heed::RoTxn) -> Result<Identity> {
+        let format = self
+            .meta
+            .get(txn, b"format")
+            .map_err(self.lmdb("read format"))?
+            .ok_or_else(|| Error::NotADatabase {
+                path: self.path.clone(),
+                why: "no format in __meta",
+            })?;
+        let found = u32::from_le_bytes(format.try_into().map_err(|_| Error::NotADatabase {
+            path: self.path.clone(),
+            why: "format is not a u32",
+        })?);
+        if found > STORE_FORMAT {
+            return Err(Error::NewerFormat {
+                path: self.path.clone(),
+                found,
+                supported: STORE_FORMAT,
+            });
         }
         let uuid = |key: &[u8]| -> Result<uuid::Uuid> {
-            let bytes = self.meta.get(&wtxn, key).map_err(self.lmdb("read uuid"))?;
+            let bytes = self.meta.get(txn, key).map_err(self.lmdb("read uuid"))?;
             bytes
                 .and_then(|b| uuid::Uuid::from_slice(b).ok())
                 .ok_or(Error::NotADatabase {
@@ -212,16 +324,26 @@ impl Store {
                     why: "missing or malformed uuid in __meta",
                 })
         };
-        let (database_uuid, origin_uuid) = (uuid(b"database_uuid")?, uuid(b"origin_uuid")?);
+        Ok(Identity {
+            database_uuid: uuid(b"database_uuid")?,
+            origin_uuid: uuid(b"origin_uuid")?,
+            is_replica: self.is_replica_in(txn)?,
+        })
+    }
+
+    /// Whether `__meta` says `role = replica` in `txn`'s view.
+    pub fn is_replica_in(&self, txn: &heed::RoTxn) -> Result<bool> {
         let role = self
             .meta
-            .get(&wtxn, b"role")
+            .get(txn, b"role")
             .map_err(self.lmdb("read role"))?;
-        self.is_replica = role == Some(&b"replica"[..]);
-        wtxn.commit().map_err(self.lmdb("commit meta"))?;
-        self.database_uuid = database_uuid;
-        self.origin_uuid = origin_uuid;
-        Ok(())
+        Ok(role == Some(&b"replica"[..]))
+    }
+
+    fn set_identity(&mut self, identity: Identity) {
+        self.database_uuid = identity.database_uuid;
+        self.origin_uuid = identity.origin_uuid;
+        self.is_replica = identity.is_replica;
     }
 
     fn create_meta(&self, wtxn: &mut heed::RwTxn) -> Result<()> {
@@ -238,23 +360,62 @@ impl Store {
     }
 
     fn open_tables(&self) -> Result<()> {
-        let names: Vec<String> = {
-            let rtxn = self.env.read_txn().map_err(self.lmdb("begin"))?;
-            let iter = self
-                .meta
-                .prefix_iter(&rtxn, b"table:")
-                .map_err(self.lmdb("list tables"))?;
-            let mut names = Vec::new();
-            for entry in iter {
-                let (key, _) = entry.map_err(self.lmdb("list tables"))?;
-                names.push(String::from_utf8_lossy(&key[6..]).into_owned());
-            }
-            names
-        };
-        for name in names {
-            self.open_created_table(&name)?;
+        self.open_missing_tables().map(|_| ())
+    }
+
+    /// The names of the tables `txn` sees (the `table:` keys of `__meta`).
+    pub fn table_names_in(&self, txn: &heed::RoTxn) -> Result<Vec<String>> {
+        let iter = self
+            .meta
+            .prefix_iter(txn, b"table:")
+            .map_err(self.lmdb("list tables"))?;
+        let mut names = Vec::new();
+        for entry in iter {
+            let (key, _) = entry.map_err(self.lmdb("list tables"))?;
+            names.push(String::from_utf8_lossy(&key[6..]).into_owned());
         }
-        Ok(())
+        Ok(names)
+    }
+
+    /// Opens, in one read transaction, every table `__meta` lists that has no handle here yet
+    /// (created since by another process, for a read-only store). Returns how many it opened.
+    pub fn open_missing_tables(&self) -> Result<usize> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb("begin"))?;
+        let mut missing = self.table_names_in(&rtxn)?;
+        missing.retain(|name| self.table(name).is_none());
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let opened = self
+            .env
+            .open_databases_and_commit(rtxn, |dbo, rtxn| -> Result<_, heed::Error> {
+                let mut opened = Vec::with_capacity(missing.len());
+                for name in &missing {
+                    opened.push(dbo.open_database::<Bytes, Bytes>(rtxn, Some(name))?);
+                }
+                Ok(CommitOrAbort::<_, ()>::Commit(OpenedTables(opened)))
+            })
+            .map_err(self.lmdb("open tables"))?
+            .unwrap_commit();
+        let mut tables = self
+            .tables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, table) in missing.iter().zip(opened.0) {
+            let table = table.ok_or(Error::NotADatabase {
+                path: self.path.clone(),
+                why: "a table listed in __meta is missing",
+            })?;
+            tracing::debug!(table = name, "opened table");
+            tables.insert(name.clone(), table);
+        }
+        Ok(missing.len())
+    }
+
+    /// Whether every table `txn` sees has a handle here, so a snapshot in `txn` misses none.
+    pub fn has_every_table(&self, txn: &heed::RoTxn) -> Result<bool> {
+        let names = self.table_names_in(txn)?;
+        Ok(names.iter().all(|name| self.table(name).is_some()))
     }
 
     /// The table, if it exists.
@@ -345,6 +506,26 @@ impl Store {
     /// The binlog holds no page below this (retention trimmed them).
     pub fn binlog_oldest_lsn(&self, txn: &heed::RoTxn) -> Result<u64> {
         self.meta_u64(txn, b"binlog_oldest_lsn")
+    }
+
+    /// Bytes the binlog holds (what retention counts).
+    pub fn binlog_bytes(&self, txn: &heed::RoTxn) -> Result<u64> {
+        self.meta_u64(txn, b"binlog_bytes")
+    }
+
+    /// Every registered cursor, `(name, lsn)`, in name order.
+    pub fn cursors(&self, txn: &heed::RoTxn) -> Result<Vec<(String, u64)>> {
+        let mut cursors = Vec::new();
+        for entry in self
+            .meta
+            .prefix_iter(txn, b"cursor:")
+            .map_err(self.lmdb("list cursors"))?
+        {
+            let (key, bytes) = entry.map_err(self.lmdb("list cursors"))?;
+            let name = String::from_utf8_lossy(&key[b"cursor:".len()..]).into_owned();
+            cursors.push((name, self.decode_u64(bytes)?));
+        }
+        Ok(cursors)
     }
 
     /// The lowest registered cursor position, if any.
