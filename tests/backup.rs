@@ -143,7 +143,10 @@ impl Import {
             String::from_utf8_lossy(&out.stderr)
         );
         let said = String::from_utf8_lossy(&out.stdout);
-        assert!(said.contains(&format!("imported {ROWS} rows")), "{said}");
+        assert!(
+            said.contains(&format!("{ROWS} imported into table")),
+            "{said}"
+        );
     }
 }
 
