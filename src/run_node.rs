@@ -7,6 +7,12 @@
 //! secret_file = "/etc/pagemesh/secret"   # or: secret = "...", or env PAGEMESH_SECRET
 //! transport = "auto"                # auto | uring | epoll
 //!
+//! [admission]                        # optional; these are the defaults (see
+//! links_max = 1024                   # pagemesh_net::service::admission)
+//! handshake_budget_bytes = 6291456   # memory of all unauthenticated connections: 512 of them
+//! handshakes_per_address = 64
+//! handshake_timeout_ms = 3000
+//!
 //! [[databases]]
 //! name = "land-registry"
 //! role = "source"
@@ -30,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pagemesh::core::Options;
-use pagemesh::net::TransportKind;
+use pagemesh::net::{ServiceConfig, TransportKind};
 use pagemesh::Node;
 use serde::Deserialize;
 
@@ -53,7 +59,37 @@ struct Config {
     #[serde(default = "auto")]
     transport: String,
     #[serde(default)]
+    admission: Admission,
+    #[serde(default)]
     databases: Vec<DatabaseConfig>,
+}
+
+/// Who may connect: `[admission]` (any key left out keeps its default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Admission {
+    links_max: Option<usize>,
+    handshake_budget_bytes: Option<usize>,
+    handshakes_per_address: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+}
+
+impl Admission {
+    fn configure(&self, mut config: ServiceConfig) -> ServiceConfig {
+        if let Some(count) = self.links_max {
+            config = config.links_max(count);
+        }
+        if let Some(bytes) = self.handshake_budget_bytes {
+            config = config.handshake_budget(bytes);
+        }
+        if let Some(count) = self.handshakes_per_address {
+            config = config.handshakes_per_address(count);
+        }
+        if let Some(ms) = self.handshake_timeout_ms {
+            config = config.handshake_timeout(Duration::from_millis(ms));
+        }
+        config
+    }
 }
 
 fn auto() -> String {
@@ -105,7 +141,8 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     let transport: TransportKind = config.transport.parse()?;
     let mut builder = Node::builder(&config.name, &config.data_dir)
         .secret(secret(&config)?)
-        .transport(transport);
+        .transport(transport)
+        .network(|network| config.admission.configure(network));
     if let Some(listen) = config.listen {
         builder = builder.listen(listen);
     }

@@ -106,7 +106,7 @@ fn replica_process_survives_sigkill_and_converges(transport: TransportKind, name
     std::fs::write(
         &config,
         format!(
-            "name = \"replica\"\ndata_dir = \"{}\"\ntransport = \"{name}\"\n\n[[databases]]\nname = \"copy\"\nrole = \"replica\"\nsource = \"{}\"\nuuid = \"{}\"\n",
+            "name = \"replica\"\ndata_dir = \"{}\"\ntransport = \"{name}\"\n\n[admission]\nlinks_max = 16\nhandshake_timeout_ms = 2000\n\n[[databases]]\nname = \"copy\"\nrole = \"replica\"\nsource = \"{}\"\nuuid = \"{}\"\n",
             dir.path().join("replica").display(),
             primary.local_addr().unwrap(),
             db.uuid()
