@@ -11,6 +11,9 @@
 //! This crate knows the log (pages, cursors) but not the store: the root crate wires shippers and
 //! receivers to `pagemesh-core`.
 #![deny(unsafe_op_in_unsafe_fn)]
+// Unsafe code only where the kernel shares memory with us: the io_uring executor
+// (`transport/uring.rs`), allowed there alone.
+#![deny(unsafe_code)]
 
 pub mod error;
 pub mod proto;
