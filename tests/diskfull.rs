@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use pagemesh::workload::price_paid::PricePaid;
+use pagemesh_tools::workload::price_paid::PricePaid;
 use pagemesh_core::{Database, Options};
 
 const ROWS: u64 = 40_000;
@@ -94,10 +94,11 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     let import_err = read(results, "import.err");
     assert_eq!(exit_code(results, "import.rc"), 1, "{import_err}");
     assert!(import_err.contains("the disk is full"), "{import_err}");
+    // "…; N rows are imported durably: …"
     let durable: u64 = import_err
-        .split("commit failed after ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
+        .split(" rows are imported durably")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no durable row count in: {import_err}"));
 
