@@ -1,12 +1,12 @@
 //! Durable commits per second: pagemesh (16 in flight from one thread, group commit) against raw
 //! heed doing the same puts with one synced LMDB transaction each, in the same run.
 //!
-//! The workload is `pagemesh::bench::commit`, which `pagemesh bench commit` also runs (with all
+//! The workload is `pagemesh_tools::bench::commit`, which `pagemesh bench commit` also runs (with all
 //! the variants and the ratios).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pagemesh::bench::commit::{records, time_heed_sync, time_pagemesh};
 use pagemesh_core::Durability;
+use pagemesh_tools::bench::commit::{records, time_heed_sync, time_pagemesh};
 
 fn commit(c: &mut Criterion) {
     let records = records(10_000);

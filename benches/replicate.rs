@@ -2,13 +2,13 @@
 //! replica received its page) against asynchronous (the replica follows; commits wait for the
 //! local log only), 16 commits in flight from one thread, in the same run.
 //!
-//! The workload is `pagemesh::bench::replicate`, which `pagemesh bench replicate` also runs (all
+//! The workload is `pagemesh_tools::bench::replicate`, which `pagemesh bench replicate` also runs (all
 //! variants, 1/16/256 in flight, latencies and ratios).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pagemesh::bench::commit::records;
-use pagemesh::bench::replicate::Pair;
 use pagemesh::net::TransportKind;
+use pagemesh_tools::bench::commit::records;
+use pagemesh_tools::bench::replicate::Pair;
 
 fn replicate(c: &mut Criterion) {
     let records = records(10_000);

@@ -1,11 +1,11 @@
 //! Reservations per second: the log's anchor against a Mutex-guarded log (the design it replaces)
 //! and a fetch_add counter (the contention floor), measured in the same run.
 //!
-//! Workloads and variants are `pagemesh::bench::reserve`, the same code `pagemesh bench reserve`
+//! Workloads and variants are `pagemesh_tools::bench::reserve`, the same code `pagemesh bench reserve`
 //! runs; that command prints the ratios. Here criterion times a fixed number of appends per thread.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pagemesh::bench::reserve::{time_fixed, Variant, Workload};
+use pagemesh_tools::bench::reserve::{time_fixed, Variant, Workload};
 
 fn reserve(c: &mut Criterion) {
     for workload in Workload::ALL {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pagemesh::core::{Database, Durability, Options, WriteBatch};
 use pagemesh::net::TransportKind;
-use pagemesh::workload::PricePaid;
 use pagemesh::{Node, Replica};
+use pagemesh_tools::workload::PricePaid;
 
 /// Options of `pagemesh demo`.
 #[derive(clap::Args)]
@@ -199,7 +199,9 @@ fn heed_ceiling(
         let loads: Vec<_> = (0..copies)
             .map(|i| {
                 let (dir, records) = (scratch.path().join(format!("heed-{i}")), &records);
-                s.spawn(move || pagemesh::bench::commit::time_heed_load(&dir, records, group_rows))
+                s.spawn(move || {
+                    pagemesh_tools::bench::commit::time_heed_load(&dir, records, group_rows)
+                })
             })
             .collect();
         for load in loads {

@@ -1,23 +1,11 @@
-//! pagemesh: an embedded, replicated storage engine.
-//!
-//! Applications read their data straight from a local memory-mapped LMDB file and commit writes
-//! through a lock-free, 4 KB-paged replication log that is group-committed to peers in a mesh.
-//! See `DESIGN.md` for the architecture.
-//!
-//! The crates: the log ([`pagemesh_logpage`], re-exported as [`log`]), the LMDB store
-//! ([`pagemesh_core`], as [`mod@core`]) and the network ([`pagemesh_net`], as [`net`]). [`Node`]
-//! wires the store to the network: it serves databases to replicas and keeps replicas of other
-//! nodes' databases. [`mod@bench`] holds the workloads that both
-//! the criterion benches and `pagemesh bench` run, so both measure the same thing.
+//! pagemesh's tools, kept out of the library an application links (`pagemesh`, in pagemesh/):
+//! the workloads that both the criterion benches and `pagemesh bench` run ([`mod@bench`], so
+//! both measure the same thing), the land-registry data set and the importer's CSV reader
+//! ([`workload`]), and the fault-injecting TCP proxy the integration tests put between nodes
+//! ([`proxy`]). The `pagemesh` program (src/main.rs) is built on them.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bench;
-pub mod node;
 pub mod proxy;
 pub mod workload;
-
-pub use node::{Node, NodeBuilder, NodeError, Replica};
-pub use pagemesh_core as core;
-pub use pagemesh_logpage as log;
-pub use pagemesh_net as net;

@@ -147,7 +147,7 @@ fn main() -> ExitCode {
         } => bench_bootstrap(mib, transport, json),
         Command::Bench {
             bench: Bench::Transport { seconds, json },
-        } => pagemesh::bench::transport::run(seconds, json).map(|_| ()),
+        } => pagemesh_tools::bench::transport::run(seconds, json).map(|_| ()),
         Command::Bench {
             bench:
                 Bench::Replicate {
@@ -194,7 +194,7 @@ fn bench_reserve(
     seconds: f64,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use pagemesh::bench::reserve::{measure, ratios, Workload};
+    use pagemesh_tools::bench::reserve::{measure, ratios, Workload};
     if threads.iter().any(|&t| t == 0 || t > 64) || !(0.01..=600.0).contains(&seconds) {
         return Err("--threads must be 1..=64 and --seconds 0.01..=600".into());
     }
@@ -202,7 +202,7 @@ fn bench_reserve(
     for workload in Workload::ALL {
         for &t in threads {
             let cell = measure(workload, t, seconds);
-            pagemesh::bench::print_rows(&cell, json, |m| {
+            pagemesh_tools::bench::print_rows(&cell, json, |m| {
                 format!(
                     "{:<16} {:<10} threads={} record_bytes={:>7.1} ops/s={:>12.0} MB/s={:>8.1}",
                     m.workload, m.variant, m.threads, m.record_bytes, m.ops_per_sec, m.mb_per_sec
@@ -211,7 +211,7 @@ fn bench_reserve(
             all_ratios.extend(ratios(&cell));
         }
     }
-    pagemesh::bench::print_rows(&all_ratios, json, |r| {
+    pagemesh_tools::bench::print_rows(&all_ratios, json, |r| {
         format!(
             "{:<16} threads={} {:<16} {:.2}x",
             r.workload, r.threads, r.ratio, r.value
@@ -225,18 +225,18 @@ fn bench_commit(
     seconds: f64,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use pagemesh::bench::commit::{measure_all, ratios};
+    use pagemesh_tools::bench::commit::{measure_all, ratios};
     if inflight.iter().any(|&n| n == 0 || n > 65_536) || !(0.01..=600.0).contains(&seconds) {
         return Err("--inflight must be 1..=65536 and --seconds 0.01..=600".into());
     }
     let cells = measure_all(inflight, seconds)?;
-    pagemesh::bench::print_rows(&cells, json, |c| {
+    pagemesh_tools::bench::print_rows(&cells, json, |c| {
         format!(
             "{:<18} {:<16} inflight={:<4} ops/s={:>10.0} records/txn={:>8.1}",
             c.workload, c.variant, c.inflight, c.ops_per_sec, c.records_per_txn
         )
     })?;
-    pagemesh::bench::print_rows(&ratios(&cells), json, |r| {
+    pagemesh_tools::bench::print_rows(&ratios(&cells), json, |r| {
         format!("{:<18} {:<34} {:.2}x", r.workload, r.ratio, r.value)
     })?;
     Ok(())
@@ -250,7 +250,7 @@ fn bench_replicate(
     transport: pagemesh::net::TransportKind,
     json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use pagemesh::bench::replicate::{
+    use pagemesh_tools::bench::replicate::{
         ack_round_trip_us, loopback_floor_us, measure_all, ratios, RoundTrips, VARIANTS,
     };
     if inflight.iter().any(|&n| n == 0 || n > 65_536) || !(0.01..=600.0).contains(&seconds) {
@@ -266,7 +266,7 @@ fn bench_replicate(
     let variants: Vec<&str> = variants.iter().map(String::as_str).collect();
     let cells =
         measure_all(inflight, &variants, seconds, rounds, transport).map_err(|e| e.to_string())?;
-    pagemesh::bench::print_rows(&cells, json, |c| {
+    pagemesh_tools::bench::print_rows(&cells, json, |c| {
         format!(
             "{:<22} {:<13} inflight={:<4} commits/s={:>9.0} p50={:>8.0}us p99={:>8.0}us ({})",
             c.workload, c.variant, c.inflight, c.ops_per_sec, c.p50_us, c.p99_us, c.transport
@@ -281,7 +281,7 @@ fn bench_replicate(
     } else {
         None
     };
-    pagemesh::bench::print_rows(&ratios(&cells, round_trips), json, |r| {
+    pagemesh_tools::bench::print_rows(&ratios(&cells, round_trips), json, |r| {
         format!("{:<22} {:<46} {:.2}", r.workload, r.ratio, r.value)
     })?;
     Ok(())
@@ -295,8 +295,9 @@ fn bench_bootstrap(
     if !(1..=65_536).contains(&mib) {
         return Err("--mib must be 1..=65536".into());
     }
-    let cells = pagemesh::bench::bootstrap::measure(mib, transport).map_err(|e| e.to_string())?;
-    pagemesh::bench::print_rows(&cells, json, |c| {
+    let cells =
+        pagemesh_tools::bench::bootstrap::measure(mib, transport).map_err(|e| e.to_string())?;
+    pagemesh_tools::bench::print_rows(&cells, json, |c| {
         format!(
             "{:<10} {:<11} bytes={:>12} seconds={:>7.2} MB/s={:>8.1}",
             c.workload, c.variant, c.bytes, c.seconds, c.mb_per_sec

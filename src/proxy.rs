@@ -54,7 +54,7 @@
 //! use std::net::{TcpListener, TcpStream};
 //! use std::time::Duration;
 //!
-//! use pagemesh::proxy::FaultProxy;
+//! use pagemesh_tools::proxy::FaultProxy;
 //!
 //! # fn main() -> std::io::Result<()> {
 //! // A one-connection echo server stands in for a node.

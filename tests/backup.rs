@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pagemesh::workload::price_paid::PricePaid;
 use pagemesh_core::{Database, Options};
+use pagemesh_tools::workload::price_paid::PricePaid;
 
 const TABLE: &str = "price_paid";
 /// Rows in the generated file.

@@ -14,8 +14,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use pagemesh_tools::workload::price_paid::PricePaid;
 use pagemesh_core::{Database, Options};
+use pagemesh_tools::workload::price_paid::PricePaid;
 
 const ROWS: u64 = 40_000;
 const BATCH: u64 = 500;

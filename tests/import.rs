@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use pagemesh::workload::price_paid::PricePaid;
 use pagemesh_core::{Database, Options};
+use pagemesh_tools::workload::price_paid::PricePaid;
 
 /// Runs pagemesh and asserts it succeeded, showing its stderr if not.
 fn pagemesh_ok(args: &[&str]) {

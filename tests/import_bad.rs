@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pagemesh::workload::price_paid::PricePaid;
 use pagemesh_core::{Database, Options};
+use pagemesh_tools::workload::price_paid::PricePaid;
 
 fn pagemesh(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pagemesh"))

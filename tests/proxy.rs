@@ -14,7 +14,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use pagemesh::proxy::{Direction, FaultProxy, ProxyStats};
+use pagemesh_tools::proxy::{Direction, FaultProxy, ProxyStats};
 
 /// The bound on anything that should eventually happen.
 const PATIENCE: Duration = Duration::from_secs(10);

@@ -38,8 +38,8 @@ use pagemesh::net::proto::handshake::{Handshake, HandshakeConfig};
 use pagemesh::net::proto::Ack;
 use pagemesh::net::proto::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use pagemesh::net::TransportKind;
-use pagemesh::proxy::{Direction, FaultProxy};
 use pagemesh::{Node, Replica};
+use pagemesh_tools::proxy::{Direction, FaultProxy};
 
 use Durability::{Applied, DurableReplicated, Replicated};
 

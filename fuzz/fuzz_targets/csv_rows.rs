@@ -12,7 +12,7 @@
 use std::hint::black_box;
 
 use libfuzzer_sys::fuzz_target;
-use pagemesh::workload::csv_import::{read_rows, Position};
+use pagemesh_tools::workload::csv_import::{read_rows, Position};
 
 /// Items read per input at most (a byte can make at most one item, so this is generous).
 const ITEMS_MAX: usize = 100_000;
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     panic!("more than {ITEMS_MAX} items from {} bytes", file.len());
 });
 
-fn check_row_alone(row: &pagemesh::workload::csv_import::ImportRow, key_column: usize) {
+fn check_row_alone(row: &pagemesh_tools::workload::csv_import::ImportRow, key_column: usize) {
     assert!(
         row.value
             .windows(row.key.len().max(1))

@@ -14,7 +14,7 @@ use pagemesh_net::TransportKind;
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
-use crate::node::Node;
+use pagemesh::Node;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -44,7 +44,7 @@ use pagemesh_core::{Database, Durability, Options, WriteBatch};
 use pagemesh_net::TransportKind;
 use serde::Serialize;
 
-use crate::node::{Node, NodeError};
+use pagemesh::{Node, NodeError};
 
 const TABLE: &str = "price_paid";
 
@@ -168,7 +168,7 @@ fn wait_attached(db: &Database) -> Result<(), BoxError> {
 /// the criterion bench (`benches/replicate.rs`) measures.
 pub struct Pair {
     // Field order is drop order: the replica stops following before the primary goes.
-    _replica: Option<(crate::node::Replica, Node)>,
+    _replica: Option<(pagemesh::Replica, Node)>,
     db: Database,
     _primary: Node,
     durability: Durability,

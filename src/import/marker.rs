@@ -25,7 +25,7 @@
 //!     88    8  too_large
 //! ```
 
-use pagemesh::workload::csv_import::Position;
+use pagemesh_tools::workload::csv_import::Position;
 
 /// The table holding one marker per destination table. Core refuses names starting with `__`;
 /// a dot cannot clash with a name a user is likely to choose, and the importer refuses it as a

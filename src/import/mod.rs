@@ -1,6 +1,6 @@
 //! `pagemesh import` and `pagemesh generate`: CSV in and out of a database.
 //!
-//! Import reads rows with [`pagemesh::workload::csv_import`], keyed by one column, and commits
+//! Import reads rows with [`pagemesh_tools::workload::csv_import`], keyed by one column, and commits
 //! them with `Durable` in `WriteBatch`es of `--batch` rows. It accounts for every line of the
 //! file: each row read is imported, or reported on stderr by its line (or range of lines) and
 //! counted as a rejected duplicate, a bad row or a row too large; the closing summary gives the
@@ -43,10 +43,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pagemesh::workload::csv_import::{read_rows, ImportRow, Lines, Position, RowError};
-use pagemesh::workload::price_paid::PricePaid;
 use pagemesh_core::record::KEY_LEN_MAX;
 use pagemesh_core::{Database, Durability, Options, WriteBatch};
+use pagemesh_tools::workload::csv_import::{read_rows, ImportRow, Lines, Position, RowError};
+use pagemesh_tools::workload::price_paid::PricePaid;
 
 pub mod marker;
 

@@ -10,8 +10,8 @@
 //! The generator's output read back through the importer gives back exactly its keys and lines:
 //!
 //! ```
-//! use pagemesh::workload::csv_import::read_rows;
-//! use pagemesh::workload::price_paid::PricePaid;
+//! use pagemesh_tools::workload::csv_import::read_rows;
+//! use pagemesh_tools::workload::price_paid::PricePaid;
 //!
 //! let set = PricePaid::new(42, 100);
 //! let mut csv = Vec::new();
