@@ -20,9 +20,62 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The transport runtime could not start or has stopped.
-    #[error("transport runtime: {0}")]
-    Runtime(String),
+    /// A thread the network needs could not be started.
+    #[error("spawn thread {thread}: {source}")]
+    Spawn {
+        /// The thread's name or role.
+        thread: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A runtime could not be set up: io_uring (a kernel or seccomp profile without it, when it
+    /// was asked for explicitly) or tokio's epoll runtime.
+    #[error("{runtime} runtime could not start: {source}")]
+    RuntimeSetup {
+        /// "io_uring" or "epoll".
+        runtime: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A thread the operation relied on ended before it answered (it panicked, or its runtime
+    /// shut down).
+    #[error("the {thread} thread ended before it answered")]
+    ThreadEnded {
+        /// The thread's role: "network", "snapshot", "restore".
+        thread: &'static str,
+    },
+    /// A node without a cluster secret was asked to listen beyond loopback.
+    #[error("refusing to listen on {addr} without a cluster secret: configure one, or listen on loopback")]
+    InsecureListen {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// The peer closed the link (end of stream) at a point where that breaks the protocol.
+    #[error("peer closed the link while {state}")]
+    PeerClosed {
+        /// What the link was doing, e.g. "handshaking".
+        state: &'static str,
+    },
+    /// This side closed the link (unsubscribed, withdrawn, evicted, shutting down) while `state`.
+    #[error("link closed while {state}")]
+    LinkClosed {
+        /// What the link was doing, e.g. "sending a snapshot".
+        state: &'static str,
+    },
+    /// Every authenticated link slot is taken (`ServiceConfig::links_max`).
+    #[error("{max} links are open already, the most allowed")]
+    LinksFull {
+        /// The cap.
+        max: usize,
+    },
+    /// The transport bench could not run as configured (a tool's error, not a link's).
+    #[error("transport bench: {problem}")]
+    Bench {
+        /// What went wrong.
+        problem: String,
+    },
 
     /// A frame header announces a body longer than its type allows. Raised from the header
     /// alone, before any of the body is buffered.
@@ -109,23 +162,41 @@ pub enum Error {
     /// A log operation failed (a cursor read, an invalid page).
     #[error("log: {0}")]
     Log(#[from] pagemesh_logpage::Error),
-    /// The source database could not give what a replica asked for.
-    #[error("source database {database}: {reason}")]
+    /// The source database could not give what a replica asked for: its binlog or a snapshot.
+    #[error("source database {database}: {op}: {source}")]
     Source {
         /// The database.
         database: uuid::Uuid,
-        /// What failed.
-        reason: String,
+        /// What was being read: "read binlog", "export snapshot".
+        op: &'static str,
+        /// The store's error.
+        #[source]
+        source: BoxError,
     },
-    /// The replica refused what its source sent (a page failing its crc or epoch, a restore).
-    #[error("replica of {database}: {reason}")]
-    Replica {
+    /// The replica refused pages its source sent (a page failing its crc or epoch, a gap).
+    #[error("replica of {database}: ingest pages: {source}")]
+    Ingest {
         /// The database.
         database: uuid::Uuid,
-        /// What failed.
-        reason: String,
+        /// The log's error.
+        #[source]
+        source: pagemesh_logpage::Error,
+    },
+    /// A snapshot from the source could not be restored into a new replica.
+    #[error("replica of {database}: restore snapshot: {source}")]
+    Restore {
+        /// The database.
+        database: uuid::Uuid,
+        /// The store's error.
+        #[source]
+        source: BoxError,
     },
 }
+
+/// An error from the other side of the seam between the network and the store: the root crate
+/// implements this crate's database traits for its store, and hands back the store's own errors,
+/// boxed, so that their source chain survives.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,7 +21,7 @@ pub mod route;
 pub mod service;
 pub mod transport;
 
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result};
 pub use service::{
     AckSink, DatabaseLog, History, ReplicaDatabase, ReplicaStore, Service, ServiceConfig,
     SourceDatabase, Subscription, SubscriptionStatus, BOOTSTRAP,

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use pagemesh_core::{Database, Options, ReplicaLink};
 use pagemesh_logpage::Log;
 use pagemesh_net::{
-    AckSink, DatabaseLog, History, ReplicaDatabase, ReplicaStore, RuntimeKind, Service,
+    AckSink, BoxError, DatabaseLog, History, ReplicaDatabase, ReplicaStore, RuntimeKind, Service,
     ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus, TransportKind,
 };
 use uuid::Uuid;
@@ -83,6 +83,14 @@ pub enum NodeError {
     AlreadyOpen {
         /// The name.
         name: String,
+    },
+    /// The binlog skipped a page: a source never ships a gap.
+    #[error("binlog gap: expected page {expected}, found {found}")]
+    BinlogGap {
+        /// The LSN that should have come next.
+        expected: u64,
+        /// The LSN that did.
+        found: u64,
     },
 }
 
@@ -308,23 +316,24 @@ impl SourceDatabase for Wired {
         from_lsn: u64,
         pages_max: usize,
         out: &mut Vec<u8>,
-    ) -> Result<History, String> {
-        let snapshot = self.0.read().map_err(|e| e.to_string())?;
+    ) -> Result<History, BoxError> {
+        let snapshot = self.0.read()?;
         let pages = match snapshot.binlog_range(from_lsn) {
             Ok(pages) => pages,
             Err(pagemesh_core::Error::Purged { oldest, .. }) => {
                 return Ok(History::Purged { oldest })
             }
-            Err(error) => return Err(error.to_string()),
+            Err(error) => return Err(error.into()),
         };
         let mut count = 0;
         for (expected, page) in (from_lsn..).zip(pages.take(pages_max)) {
-            let page = page.map_err(|e| e.to_string())?;
+            let page = page?;
             if page.lsn() != expected {
-                return Err(format!(
-                    "binlog gap: expected page {expected}, found {}",
-                    page.lsn()
-                ));
+                return Err(NodeError::BinlogGap {
+                    expected,
+                    found: page.lsn(),
+                }
+                .into());
             }
             page.extend_full(out);
             count += 1;
@@ -332,9 +341,9 @@ impl SourceDatabase for Wired {
         Ok(History::Pages(count))
     }
 
-    fn snapshot(&self, out: &mut dyn Write) -> Result<u64, String> {
-        let snapshot = self.0.read().map_err(|e| e.to_string())?;
-        let stats = snapshot.export(out).map_err(|e| e.to_string())?;
+    fn snapshot(&self, out: &mut dyn Write) -> Result<u64, BoxError> {
+        let snapshot = self.0.read()?;
+        let stats = snapshot.export(out)?;
         Ok(stats.replica_resume_lsn)
     }
 
@@ -466,19 +475,27 @@ impl ReplicaStore for ReplicaSlot {
 
     /// Restores into a new generation while the current one stays readable; switches only once
     /// the restore completed. A failed restore leaves the current generation as it was.
-    fn restore(&self, input: &mut dyn Read) -> Result<(Arc<dyn ReplicaDatabase>, u64), String> {
+    fn restore(&self, input: &mut dyn Read) -> Result<(Arc<dyn ReplicaDatabase>, u64), BoxError> {
         let generation = Self::generations(&self.path)
-            .map_err(|e| format!("list {}: {e}", self.path.display()))?
+            .map_err(|source| NodeError::Io {
+                op: "list",
+                path: self.path.clone(),
+                source,
+            })?
             .last()
             .map_or(0, |g| g + 1);
         let dir = self.generation_dir(generation);
         let restored = Database::restore_replica(&dir, input, self.options.clone())
-            .map_err(|e| e.to_string())
+            .map_err(BoxError::from)
             .and_then(|(database, stats)| {
                 let marker = std::fs::File::create(dir.join(COMPLETE))
                     .and_then(|file| file.sync_all())
                     .and_then(|()| std::fs::File::open(&dir)?.sync_all());
-                marker.map_err(|e| format!("mark {} restored: {e}", dir.display()))?;
+                marker.map_err(|source| NodeError::Io {
+                    op: "mark restored",
+                    path: dir.clone(),
+                    source,
+                })?;
                 Ok((database, stats))
             });
         let (database, stats) = match restored {

@@ -70,9 +70,9 @@ pub(super) async fn handshake(
             Ok(frame) => frame?,
         };
         let Some(frame) = frame else {
-            return Err(Error::Runtime(
-                "peer closed the link during the handshake".into(),
-            ));
+            return Err(Error::PeerClosed {
+                state: "handshaking",
+            });
         };
         let mut out = writer.buffer();
         let outcome = state.on_frame(&frame, &mut out);

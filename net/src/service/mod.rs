@@ -56,7 +56,7 @@ use self::admission::{
 use self::link::LinkControl;
 use self::replica::follow;
 use self::source::serve_link;
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::proto::handshake::HandshakeConfig;
 pub use crate::route::{History, BOOTSTRAP};
 use crate::transport::{
@@ -96,10 +96,10 @@ pub trait SourceDatabase: DatabaseLog {
         from_lsn: u64,
         pages_max: usize,
         out: &mut Vec<u8>,
-    ) -> Result<History, String>;
+    ) -> Result<History, BoxError>;
     /// Writes a full snapshot to `out` (runs on a thread of its own); returns the LSN a replica
     /// restored from it resumes at.
-    fn snapshot(&self, out: &mut dyn Write) -> Result<u64, String>;
+    fn snapshot(&self, out: &mut dyn Write) -> Result<u64, BoxError>;
     /// A replica named `peer` attached, holding every page below `received_lsn`.
     fn attach(&self, peer: &str, received_lsn: u64) -> Box<dyn AckSink>;
 }
@@ -124,7 +124,7 @@ pub trait ReplicaStore: Send + Sync + 'static {
     fn current(&self) -> Option<Arc<dyn ReplicaDatabase>>;
     /// Restores a snapshot stream read from `input` into a fresh replica, replacing any there, and
     /// opens it; returns it and the LSN to resume at. Runs on a thread of its own and may block.
-    fn restore(&self, input: &mut dyn Read) -> Result<(Arc<dyn ReplicaDatabase>, u64), String>;
+    fn restore(&self, input: &mut dyn Read) -> Result<(Arc<dyn ReplicaDatabase>, u64), BoxError>;
 }
 
 /// How to run a [`Service`]. Defaults are safe: loopback only, heartbeats every second, links
@@ -317,9 +317,7 @@ impl Service {
     pub fn start(config: ServiceConfig) -> Result<Self> {
         if let Some(addr) = config.listen {
             if config.secret.is_none() && !addr.ip().is_loopback() {
-                return Err(Error::Runtime(format!(
-                    "refusing to listen on {addr} without a cluster secret: configure one, or listen on loopback"
-                )));
+                return Err(Error::InsecureListen { addr });
             }
             if config.secret.is_none() {
                 tracing::warn!(%addr, "no cluster secret configured: listening on loopback only, peers are not authenticated");
@@ -334,7 +332,7 @@ impl Service {
         })?;
         let local_addr = addr_rx
             .recv()
-            .map_err(|_| Error::Runtime("network thread died while binding".into()))??;
+            .map_err(|_| Error::ThreadEnded { thread: "network" })??;
         tracing::info!(?runtime, ?local_addr, %node, "network service started");
         Ok(Self {
             instructions,

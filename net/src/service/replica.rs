@@ -204,10 +204,7 @@ pub(super) async fn receive(
                     // Pending only while the ring is full: the replica's applier frees it.
                     let ingested = poll_fn(|cx| db.log().poll_ingest(cx, offered))
                         .await
-                        .map_err(|error| Error::Replica {
-                            database,
-                            reason: error.to_string(),
-                        })?;
+                        .map_err(|source| Error::Ingest { database, source })?;
                     offered = &offered[ingested.pages * PAGE_SIZE..];
                 }
                 let received = db.received_lsn();
@@ -230,8 +227,9 @@ pub(super) async fn receive(
                             let mut input = ChunkReader::new(chunks_rx);
                             let _ = done_tx.send(store.restore(&mut input));
                         })
-                        .map_err(|error| {
-                            Error::Runtime(format!("spawn restore thread: {error}"))
+                        .map_err(|error| Error::Spawn {
+                            thread: "pagemesh-restore".into(),
+                            source: error,
                         })?;
                     restore = Some((chunks_tx, done_rx));
                 }
@@ -247,8 +245,8 @@ pub(super) async fn receive(
                     drop(chunks);
                     let (db, lsn) = done
                         .await
-                        .map_err(|_| Error::Runtime("restore thread died".into()))?
-                        .map_err(|reason| Error::Replica { database, reason })?;
+                        .map_err(|_| Error::ThreadEnded { thread: "restore" })?
+                        .map_err(|source| Error::Restore { database, source })?;
                     tracing::info!(%database, lsn, "snapshot restored; following from it");
                     {
                         let mut state = lock(status);

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::link::{LinkControl, LinkProgress};
 use super::{ReplicaDatabase, SourceDatabase};
-use crate::error::{Error, Result};
+use crate::error::{BoxError, Error, Result};
 use crate::proto::frame::{encode, Frame, SnapshotChunk};
 use crate::transport::FrameWriter;
 
@@ -19,7 +19,7 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 /// A restore in progress: where its chunks go, and its verdict (the replica and its resume LSN).
 pub(super) type RestoreJob = (
     mpsc::Sender<Vec<u8>>,
-    oneshot::Receiver<Result<(Arc<dyn ReplicaDatabase>, u64), String>>,
+    oneshot::Receiver<Result<(Arc<dyn ReplicaDatabase>, u64), BoxError>>,
 );
 
 /// Streams a full snapshot of `source`; returns the LSN to continue from.
@@ -47,11 +47,16 @@ pub(super) async fn send_snapshot(
             });
             let _ = done_tx.send(outcome);
         })
-        .map_err(|error| Error::Runtime(format!("spawn snapshot thread: {error}")))?;
+        .map_err(|source| Error::Spawn {
+            thread: "pagemesh-snapshot".into(),
+            source,
+        })?;
     let mut offset = 0u64;
     while let Some(chunk) = chunks_rx.recv().await {
         if control.closed.get() {
-            return Err(Error::Runtime("link closed during a snapshot".into()));
+            return Err(Error::LinkClosed {
+                state: "sending a snapshot",
+            });
         }
         let mut batch = writer.buffer();
         encode(
@@ -70,8 +75,12 @@ pub(super) async fn send_snapshot(
     }
     let lsn = done_rx
         .await
-        .map_err(|_| Error::Runtime("snapshot thread died".into()))?
-        .map_err(|reason| Error::Source { database, reason })?;
+        .map_err(|_| Error::ThreadEnded { thread: "snapshot" })?
+        .map_err(|source| Error::Source {
+            database,
+            op: "export snapshot",
+            source,
+        })?;
     let mut batch = writer.buffer();
     encode(
         &Frame::Snapshot(SnapshotChunk {

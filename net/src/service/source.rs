@@ -73,10 +73,9 @@ pub(super) async fn authenticate(
     let info = handshake(runtime, &mut reader, &mut writer, false).await?;
     if !runtime.admission.borrow_mut().authenticated(id) {
         runtime.refused(Reason::LinksFull);
-        return Err(Error::Runtime(format!(
-            "{} links are open already, the most allowed",
-            runtime.config.links_max
-        )));
+        return Err(Error::LinksFull {
+            max: runtime.config.links_max,
+        });
     }
     // A replica sends only RESUME, acks and heartbeats: nothing it sends may be large.
     reader.expect_control();
@@ -248,7 +247,11 @@ pub(super) async fn ship(
                 scratch.clear();
                 let history = source
                     .history(from_lsn, HISTORY_BATCH_PAGES, &mut scratch)
-                    .map_err(|reason| Error::Source { database, reason })?;
+                    .map_err(|source| Error::Source {
+                        database,
+                        op: "read binlog",
+                        source,
+                    })?;
                 plan.binlog_read(history);
                 if let History::Pages(count @ 1..) = history {
                     let mut batch = writer.buffer();

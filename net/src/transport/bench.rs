@@ -126,7 +126,9 @@ impl TransportBenchConfig {
         } else {
             return Ok(());
         };
-        Err(Error::Runtime(format!("transport bench: {problem}")))
+        Err(Error::Bench {
+            problem,
+        })
     }
 }
 
@@ -233,9 +235,9 @@ pub fn measure(kind: TransportKind, config: &TransportBenchConfig) -> Result<Tra
 /// last ack (for criterion's `iter_custom`; runtime start-up and connecting are not timed).
 pub fn time_ship(kind: TransportKind, run_pages: usize, frames: u64) -> Result<Duration> {
     if !(1..=PAGES_COUNT_MAX).contains(&run_pages) {
-        return Err(Error::Runtime(format!(
-            "transport bench: run_pages must be 1..={PAGES_COUNT_MAX}, not {run_pages}"
-        )));
+        return Err(Error::Bench {
+            problem: format!("run_pages must be 1..={PAGES_COUNT_MAX}, not {run_pages}"),
+        });
     }
     let phase = Phase::Ship(ShipSpec {
         run_pages,
@@ -245,7 +247,9 @@ pub fn time_ship(kind: TransportKind, run_pages: usize, frames: u64) -> Result<D
     });
     match run_pair(kind, vec![phase])?.1.pop() {
         Some(Outcome::Ship(ship)) => Ok(ship.elapsed),
-        _ => Err(Error::Runtime("transport bench: no ship outcome".into())),
+        _ => Err(Error::Bench {
+            problem: "no ship outcome".into(),
+        }),
     }
 }
 
@@ -258,7 +262,9 @@ pub fn time_pings(kind: TransportKind, pings: u64) -> Result<Duration> {
     });
     match run_pair(kind, vec![phase])?.1.pop() {
         Some(Outcome::Ping(ping)) => Ok(ping.rtts.iter().sum()),
-        _ => Err(Error::Runtime("transport bench: no ping outcome".into())),
+        _ => Err(Error::Bench {
+            problem: "no ping outcome".into(),
+        }),
     }
 }
 
@@ -276,9 +282,9 @@ pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
     use std::net::{TcpListener, TcpStream};
 
     if !(seconds > 0.0 && seconds <= SECONDS_MAX) {
-        return Err(Error::Runtime(format!(
-            "transport bench: seconds must be in (0, {SECONDS_MAX}], not {seconds}"
-        )));
+        return Err(Error::Bench {
+            problem: format!("seconds must be in (0, {SECONDS_MAX}], not {seconds}"),
+        });
     }
     let io = |op: &'static str, peer: SocketAddr| {
         move |source: std::io::Error| Error::Io { op, peer, source }
@@ -312,7 +318,9 @@ pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
             }
             Ok(())
         })
-        .map_err(|error| Error::Runtime(format!("transport bench floor: spawn: {error}")))?;
+        .map_err(|error| Error::Bench {
+            problem: format!("transport bench floor: spawn: {error}"),
+        })?;
     let client = || -> std::io::Result<Vec<Duration>> {
         let mut socket = TcpStream::connect(addr)?;
         socket.set_nodelay(true)?;
@@ -336,9 +344,9 @@ pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
         // Dropping the socket closes it: the server's read ends.
     };
     let rtts = client();
-    let served = server
-        .join()
-        .map_err(|_| Error::Runtime("transport bench floor: server thread panicked".into()))?;
+    let served = server.join().map_err(|_| Error::Bench {
+        problem: "transport bench floor: server thread panicked".into(),
+    })?;
     let mut rtts = rtts.map_err(io("write", addr))?;
     served.map_err(io("read", addr))?;
     rtts.sort_unstable();
@@ -472,11 +480,13 @@ fn run_pair(kind: TransportKind, phases: Vec<Phase>) -> Result<(RuntimeKind, Vec
     let counts = server.stop()?;
     let outcomes = outcomes?;
     if counts.len() != expected || outcomes.len() != expected {
-        return Err(Error::Runtime(format!(
-            "transport bench: {expected} phases, server served {}, client finished {}",
-            counts.len(),
-            outcomes.len()
-        )));
+        return Err(Error::Bench {
+            problem: format!(
+                "{expected} phases, server served {}, client finished {}",
+                counts.len(),
+                outcomes.len()
+            ),
+        });
     }
     for (outcome, count) in outcomes.iter().zip(counts) {
         check_delivered(outcome, &count?)?;
@@ -496,11 +506,13 @@ fn check_delivered(outcome: &Outcome, count: &ServerCount) -> Result<()> {
     };
     let page_bytes = pages * PAGE_SIZE as u64;
     if count.frames != frames || count.page_bytes != page_bytes || acked != pages {
-        return Err(Error::Runtime(format!(
-            "transport bench: client sent {frames} frames ({page_bytes} page bytes, {acked} pages \
+        return Err(Error::Bench {
+            problem: format!(
+                "client sent {frames} frames ({page_bytes} page bytes, {acked} pages \
              acked), server decoded {} frames ({} page bytes)",
-            count.frames, count.page_bytes
-        )));
+                count.frames, count.page_bytes
+            ),
+        });
     }
     Ok(())
 }
@@ -533,7 +545,9 @@ impl Server {
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(Error::Runtime("bench server died while binding".into()));
+                return Err(Error::Bench {
+                    problem: "bench server died while binding".into(),
+                });
             }
         };
         Ok(Self {
@@ -551,9 +565,9 @@ impl Server {
         // Wake the accept loop with a connection of our own: it sees the flag and returns. (If
         // it already returned, the connection is refused, which is fine.)
         let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5));
-        self.thread
-            .join()
-            .map_err(|_| Error::Runtime("bench server thread panicked".into()))?;
+        self.thread.join().map_err(|_| Error::Bench {
+            problem: "bench server thread panicked".into(),
+        })?;
         Ok(self.counts.try_iter().collect())
     }
 }
@@ -630,9 +644,9 @@ async fn serve(connection: Connection, peer: SocketAddr) -> Result<ServerCount> 
         // Completes a write blocked on a peer that stopped reading.
         shutdown.shutdown();
     }
-    let sent = sender
-        .await
-        .map_err(|error| Error::Runtime(format!("bench ack writer: {error}")));
+    let sent = sender.await.map_err(|error| Error::Bench {
+        problem: format!("bench ack writer: {error}"),
+    });
     shutdown.shutdown();
     let count = received?;
     sent??;
@@ -699,12 +713,12 @@ fn run_client(kind: RuntimeKind, addr: SocketAddr, phases: Vec<Phase>) -> Result
     let (_, thread) = spawn_runtime("pagemesh-bench-client", transport, move |kind| async move {
         let _ = result_tx.send(run_phases(kind, addr, phases).await);
     })?;
-    let result = result_rx
-        .recv()
-        .map_err(|_| Error::Runtime("bench client thread died".into()));
-    thread
-        .join()
-        .map_err(|_| Error::Runtime("bench client thread panicked".into()))?;
+    let result = result_rx.recv().map_err(|_| Error::Bench {
+        problem: "bench client thread died".into(),
+    });
+    thread.join().map_err(|_| Error::Bench {
+        problem: "bench client thread panicked".into(),
+    })?;
     result?
 }
 
@@ -761,13 +775,11 @@ async fn ship(
     .await;
     // Ends the reader task (its pending read completes with end of stream).
     shutdown.shutdown();
-    let counted = counter
-        .await
-        .map_err(|error| Error::Runtime(format!("bench ack reader: {error}")))?;
-    let outcome = sent.map_err(|_| {
-        Error::Runtime(format!(
-            "transport bench: ship phase overran {duration:?} by {PHASE_GRACE:?}"
-        ))
+    let counted = counter.await.map_err(|error| Error::Bench {
+        problem: format!("bench ack reader: {error}"),
+    })?;
+    let outcome = sent.map_err(|_| Error::Bench {
+        problem: format!("ship phase overran {duration:?} by {PHASE_GRACE:?}"),
     })??;
     counted?;
     Ok(outcome)
@@ -804,10 +816,9 @@ async fn send_pages(
     // One wake-up per ack at most; bounded by the phase's timeout.
     while acks.acks.get() < frames {
         if acks.done.get() {
-            return Err(Error::Runtime(format!(
-                "transport bench: link closed after {} of {frames} acks",
-                acks.acks.get()
-            )));
+            return Err(Error::Bench {
+                problem: format!("link closed after {} of {frames} acks", acks.acks.get()),
+            });
         }
         acks.due.notified().await;
     }
@@ -860,10 +871,8 @@ async fn ping(
         ping_pong(&mut reader, &mut writer, pings_max, duration, page),
     )
     .await
-    .map_err(|_| {
-        Error::Runtime(format!(
-            "transport bench: ping phase overran {duration:?} by {PHASE_GRACE:?}"
-        ))
+    .map_err(|_| Error::Bench {
+        problem: format!("ping phase overran {duration:?} by {PHASE_GRACE:?}"),
     })?
 }
 
@@ -895,9 +904,9 @@ async fn ping_pong(
                 })
             }
             None => {
-                return Err(Error::Runtime(
-                    "transport bench: link closed during ping-pong".into(),
-                ))
+                return Err(Error::Bench {
+                    problem: "link closed during ping-pong".into(),
+                })
             }
         }
         let rtt = started.elapsed();

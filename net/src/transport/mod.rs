@@ -108,8 +108,11 @@ where
                         tracing::warn!(%error, "io_uring unavailable; sockets run on epoll");
                         None
                     }
-                    Err(error) => {
-                        let _ = started_tx.send(Err(format!("io_uring runtime: {error}")));
+                    Err(source) => {
+                        let _ = started_tx.send(Err(Error::RuntimeSetup {
+                            runtime: "io_uring",
+                            source,
+                        }));
                         return;
                     }
                 },
@@ -126,19 +129,24 @@ where
                 .build()
             {
                 Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = started_tx.send(Err(format!("epoll runtime: {error}")));
+                Err(source) => {
+                    let _ = started_tx.send(Err(Error::RuntimeSetup {
+                        runtime: "epoll",
+                        source,
+                    }));
                     return;
                 }
             };
             let _ = started_tx.send(Ok(RuntimeKind::Epoll));
             tokio::task::LocalSet::new().block_on(&runtime, main(RuntimeKind::Epoll));
         })
-        .map_err(|error| Error::Runtime(format!("spawn {name}: {error}")))?;
+        .map_err(|source| Error::Spawn {
+            thread: name.to_string(),
+            source,
+        })?;
     match started_rx.recv() {
-        Ok(Ok(kind)) => Ok((kind, handle)),
-        Ok(Err(message)) => Err(Error::Runtime(message)),
-        Err(_) => Err(Error::Runtime(format!("{name} died while starting"))),
+        Ok(started) => started.map(|kind| (kind, handle)),
+        Err(_) => Err(Error::ThreadEnded { thread: "network" }),
     }
 }
 
