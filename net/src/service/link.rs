@@ -91,6 +91,9 @@ pub(super) struct LinkProgress {
     pub(super) writing_since: Cell<Option<Instant>>,
     /// Source side: every page below this has been handed to the socket (acks are capped here).
     pub(super) shipped: Cell<u64>,
+    /// Source side: the shipper holds a ring cursor, so a link that stops reading holds the
+    /// ring's slots (not while it sends a snapshot or binlog pages).
+    pub(super) holds_ring: Cell<bool>,
 }
 
 impl LinkProgress {
@@ -99,7 +102,14 @@ impl LinkProgress {
             last_heard: Cell::new(Instant::now()),
             writing_since: Cell::new(None),
             shipped: Cell::new(shipped),
+            holds_ring: Cell::new(false),
         })
+    }
+
+    /// Marks the link as holding a ring cursor until the guard is dropped.
+    pub(super) fn hold_ring(&self) -> HoldsRing<'_> {
+        self.holds_ring.set(true);
+        HoldsRing(self)
     }
 
     /// `writer.write`, timed for the watchdog.
@@ -111,12 +121,23 @@ impl LinkProgress {
     }
 }
 
+/// A shipper's ring cursor, as the watchdog sees it: see [`LinkProgress::hold_ring`].
+pub(super) struct HoldsRing<'a>(&'a LinkProgress);
+
+impl Drop for HoldsRing<'_> {
+    fn drop(&mut self) {
+        self.0.holds_ring.set(false);
+    }
+}
+
 /// How often a watchdog looks at its link.
 pub(super) const WATCHDOG_PERIOD: Duration = Duration::from_millis(20);
 
 /// Closes the link when the peer has been silent, or one write blocked, for longer than
-/// `link_timeout`, or (source side, with `ring`) when a blocked write lets the replica fall more
-/// than half the ring behind. Reads and writes cannot be raced against a timer (io_uring
+/// `link_timeout`, or (source side, with `ring`, while the shipper holds a ring cursor) when a
+/// blocked write lets the replica fall more than half the ring behind. A link sending a snapshot
+/// or binlog pages holds no ring slot, so however far behind it is, only the timeouts apply: a
+/// snapshot larger than half the ring used to be cut whenever the restoring replica pushed back. Reads and writes cannot be raced against a timer (io_uring
 /// operations are not safely cancellable), so the watchdog shuts the socket down instead, which
 /// completes them with an error. So a replica that stops reading never holds the primary's ring.
 pub(super) async fn watchdog(
@@ -139,7 +160,10 @@ pub(super) async fn watchdog(
             Some(format!("peer silent for {silent_for:?}"))
         } else if blocked_for.is_some_and(|blocked| blocked > link_timeout) {
             Some(format!("a write blocked for {blocked_for:?}"))
-        } else if blocked_for.is_some() && ring.as_ref().is_some_and(|log| lag > log.slots() / 2) {
+        } else if blocked_for.is_some()
+            && progress.holds_ring.get()
+            && ring.as_ref().is_some_and(|log| lag > log.slots() / 2)
+        {
             Some(format!(
                 "replica {lag} pages behind while its link is blocked"
             ))

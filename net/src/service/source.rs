@@ -274,6 +274,7 @@ pub(super) async fn ship(
             Err(error) => return Err(Error::Log(error)),
         };
         tracing::debug!(lsn = next, "streaming from the ring");
+        let _holding = progress.hold_ring();
         loop {
             let wake = tokio::select! {
                 ready = poll_fn(|cx| cursor.poll_ready(cx)) => Wake::Ready(ready),
