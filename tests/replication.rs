@@ -284,89 +284,48 @@ fn generations(dir: &Path) -> Vec<String> {
     names
 }
 
-fn far_behind_replica_is_reseeded(transport: TransportKind) {
+/// A pair of 256-page rings whose primary keeps 64 KiB of binlog, with one replica behind the
+/// proxy.
+fn small_binlog_pair(transport: TransportKind) -> (Pair, Follower) {
     let (pair, [replica]) = Pair::builder(transport)
         .ring_slots(256)
         .binlog_retain_bytes(64 << 10)
         .through_proxy()
         .start_with(["replica"]);
-    let (db, proxy) = (&pair.db, pair.proxy());
-    let ledger = Ledger::default();
-    let choices = [Replicated(1), DurableReplicated(1)];
-    commit_checked(
-        &ledger,
-        db,
-        &mut bulk_workload(SEED ^ 4, 0),
-        30,
-        &choices,
-        &[&replica],
-    );
-    ledger.assert_clean("phase 1");
-    assert_converged(db, &replica, &ledger, "first bootstrap");
-    let restores = replica.status().restores;
-    assert!(restores >= 1, "{:?}", replica.status());
+    (pair, replica)
+}
 
-    // In process: the link is cut and reconnections refused while the primary writes megabytes,
-    // far past its 64 KiB of binlog; then the replica comes back.
+/// Cuts `replica` off its source (the proxy refuses it from now on), waits until it noticed, and
+/// returns the LSN it received up to.
+fn cut_off(proxy: &FaultProxy, replica: &Replica) -> u64 {
     proxy.set_refuse(true);
     proxy.cut();
     eventually("replica disconnected", PATIENCE, || {
         (!replica.status().connected).then_some(())
     });
-    let behind = replica.database().unwrap().received_lsn();
-    write_offline(db, &ledger, SEED ^ 5, 120);
-    let oldest = db.binlog_oldest_lsn().unwrap();
-    assert!(
-        oldest > behind,
-        "the test needs the binlog trimmed past the replica: oldest {oldest}, replica at {behind}"
-    );
-    proxy.set_refuse(false);
-    // Commits that need the replica wait while it is re-seeded.
-    let mut workload = bulk_workload(SEED ^ 6, 1);
-    commit_checked(
-        &ledger,
-        db,
-        &mut workload,
-        20,
-        &[Replicated(1)],
-        &[&replica],
-    );
-    ledger.assert_clean("re-seed in process");
-    let status = replica.status();
-    assert!(
-        status.restores > restores,
-        "re-seeded from a snapshot: {status:?}"
-    );
-    assert_converged(db, &replica, &ledger, "re-seeded in process");
-    assert_eq!(
-        generations(replica.path()).len(),
-        1,
-        "old generations are removed"
-    );
+    replica.database().unwrap().received_lsn()
+}
 
-    // After a restart: the replica's node is gone while the primary writes megabytes.
-    let behind = replica.database().unwrap().received_lsn();
-    drop(replica);
-    write_offline(db, &ledger, SEED ^ 7, 120);
-    assert!(db.binlog_oldest_lsn().unwrap() > behind);
-    let replica = pair.follower("replica").direct().start();
-    let mut workload = bulk_workload(SEED ^ 8, 2);
-    commit_checked(
-        &ledger,
-        db,
-        &mut workload,
-        20,
-        &[Replicated(1)],
-        &[&replica],
-    );
-    ledger.assert_clean("re-seed after a restart");
+/// Commits that need `replica` wait while it is re-seeded (20 bulk batches of `seed`, `writer`);
+/// then it has restored from a snapshot `restores_min` times or more, converged, and kept only
+/// its new generation.
+fn assert_reseeded(
+    db: &Database,
+    ledger: &Ledger,
+    replica: &Follower,
+    (seed, writer): (u64, u32),
+    restores_min: u64,
+    what: &str,
+) {
+    let mut workload = bulk_workload(seed, writer);
+    commit_checked(ledger, db, &mut workload, 20, &[Replicated(1)], &[replica]);
+    ledger.assert_clean(what);
     let status = replica.status();
     assert!(
-        status.restores >= 1,
+        status.restores >= restores_min,
         "re-seeded from a snapshot: {status:?}"
     );
-    assert_converged(db, &replica, &ledger, "re-seeded after a restart");
-    assert_model(db, &ledger, "primary");
+    assert_converged(db, replica, ledger, what);
     assert_eq!(
         generations(replica.path()).len(),
         1,
@@ -374,15 +333,47 @@ fn far_behind_replica_is_reseeded(transport: TransportKind) {
     );
 }
 
+fn far_behind_replica_is_reseeded(transport: TransportKind) {
+    let (pair, replica) = small_binlog_pair(transport);
+    let (db, proxy) = (&pair.db, pair.proxy());
+    let ledger = Ledger::default();
+    let mut workload = bulk_workload(SEED ^ 4, 0);
+    let choices = [Replicated(1), DurableReplicated(1)];
+    commit_checked(&ledger, db, &mut workload, 30, &choices, &[&replica]);
+    ledger.assert_clean("phase 1");
+    assert_converged(db, &replica, &ledger, "first bootstrap");
+    let restores = replica.status().restores;
+    assert!(restores >= 1, "{:?}", replica.status());
+
+    // In process: the link is cut and reconnections refused while the primary writes megabytes,
+    // far past its 64 KiB of binlog; then the replica comes back.
+    let behind = cut_off(proxy, &replica);
+    write_offline(db, &ledger, SEED ^ 5, 120);
+    let oldest = db.binlog_oldest_lsn().unwrap();
+    assert!(
+        oldest > behind,
+        "the test needs the binlog trimmed past the replica: oldest {oldest}, replica at {behind}"
+    );
+    proxy.set_refuse(false);
+    let (seeds, what) = ((SEED ^ 6, 1), "re-seeded in process");
+    assert_reseeded(db, &ledger, &replica, seeds, restores + 1, what);
+
+    // After a restart: the replica's node is gone while the primary writes megabytes.
+    let behind = replica.database().unwrap().received_lsn();
+    drop(replica);
+    write_offline(db, &ledger, SEED ^ 7, 120);
+    assert!(db.binlog_oldest_lsn().unwrap() > behind);
+    let replica = pair.follower("replica").direct().start();
+    let seeds = (SEED ^ 8, 2);
+    assert_reseeded(db, &ledger, &replica, seeds, 1, "re-seeded after a restart");
+    assert_model(db, &ledger, "primary");
+}
+
 /// A re-seed whose snapshot transfer is cut midway (the proxy slows it to a few MB/s) starts
 /// over and converges; no half-restored generation is left behind, and after a restart the
 /// replica opens the generation it was following and resumes without another snapshot.
 fn interrupted_reseed_starts_over(transport: TransportKind) {
-    let (pair, [replica]) = Pair::builder(transport)
-        .ring_slots(256)
-        .binlog_retain_bytes(64 << 10)
-        .through_proxy()
-        .start_with(["replica"]);
+    let (pair, replica) = small_binlog_pair(transport);
     let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     ledger.run(
@@ -395,12 +386,7 @@ fn interrupted_reseed_starts_over(transport: TransportKind) {
     converge(db, &replica, "first bootstrap");
     let restores = replica.status().restores;
 
-    proxy.set_refuse(true);
-    proxy.cut();
-    eventually("replica disconnected", PATIENCE, || {
-        (!replica.status().connected).then_some(())
-    });
-    let behind = replica.database().unwrap().received_lsn();
+    let behind = cut_off(proxy, &replica);
     let mut workload = bulk_workload(SEED ^ 21, 1);
     workload.keys = 2_000;
     ledger.run(db, &mut workload, 150, &[Applied], &no_check);
