@@ -1,7 +1,7 @@
 //! [`Pair`]: a primary node serving the database [`DB`], optionally behind a [`FaultProxy`], and
 //! the replicas following it: the setup every replication scenario starts from.
 //!
-//! ```ignore
+//! ```text
 //! let (pair, [replica]) = Pair::builder(transport).through_proxy().start_with(["replica"]);
 //! pair.proxy().cut();
 //! assert_converged(&pair.db, &replica, &ledger, "after a cut");
