@@ -13,6 +13,9 @@
 //!    HELLO, an unknown database, oversized headers, false claims of receipt, a replica ahead of a
 //!    primary restored from a backup) are refused or ignored while good replicas keep receiving.
 //!
+//! Each scenario starts from a `common::Pair`: a primary serving `db` on loopback, behind a
+//! `FaultProxy` where the scenario injects faults, and the replica nodes following it.
+//!
 //! How: every commit the primary accepts is kept in a ledger with its seq and changes. Right after
 //! a `Replicated(n)` commit returns `Ok`, n replicas must already hold its first page (received
 //! LSN past it); at the end every replica is waited for until it applied the primary's whole log,
@@ -25,7 +28,7 @@ mod common;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
-use std::thread;
+use std::thread::{self, Scope};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -38,13 +41,12 @@ use pagemesh::net::proto::handshake::{Handshake, HandshakeConfig};
 use pagemesh::net::proto::Ack;
 use pagemesh::net::proto::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN};
 use pagemesh::net::TransportKind;
-use pagemesh::{Node, Replica};
+use pagemesh::Replica;
 use pagemesh_tools::proxy::{Direction, FaultProxy};
 
 use Durability::{Applied, DurableReplicated, Replicated};
 
 const SEED: u64 = 0x7061_6765_6d65_7368;
-const DB: &str = "db";
 
 /// The receipt check for replicas `replicas`: a `Replicated(n)` commit that returned `Ok` must be
 /// held by n of them.
@@ -60,30 +62,48 @@ fn receipt_check<'a>(
     }
 }
 
+/// Commits `batches` batches of `workload` to `db`, durabilities drawn from `choices`; each
+/// `Replicated(n)` commit that returns `Ok` must already be held by n of `replicas`.
+fn commit_checked(
+    ledger: &Ledger,
+    db: &Database,
+    workload: &mut Workload,
+    batches: usize,
+    choices: &[Durability],
+    replicas: &[&Replica],
+) {
+    ledger.run(db, workload, batches, choices, &receipt_check(replicas));
+}
+
+/// Spawns two writers on `s`, `Workload::new(seed, 0)` and `Workload::new(seed, 1)`, each
+/// committing `batches` batches to `db` with durabilities drawn from `choices`, checked by `check`.
+fn spawn_two_writers<'scope, 'env>(
+    s: &'scope Scope<'scope, 'env>,
+    ledger: &'env Ledger,
+    db: &'env Database,
+    seed: u64,
+    batches: usize,
+    choices: &'env [Durability],
+    check: &'env ReceiptCheck<'env>,
+) {
+    for writer in 0..2 {
+        s.spawn(move || {
+            let mut workload = Workload::new(seed, writer);
+            ledger.run(db, &mut workload, batches, choices, check);
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. A random workload reaches two synchronous replicas.
 
 fn random_workload_reaches_two_synchronous_replicas(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, None);
-    let db = primary.open_database(DB, options(1024)).unwrap();
-    primary.serve(&db, 2);
-    let source = primary.local_addr().unwrap();
-    let nodes: Vec<Node> = (1..=2)
-        .map(|i| node(&format!("replica-{i}"), dir.path(), transport, false, None))
-        .collect();
-    let replicas: Vec<Replica> = nodes
-        .iter()
-        .map(|n| n.replicate(source, db.uuid(), DB, options(1024)).unwrap())
-        .collect();
-    for (i, replica) in replicas.iter().enumerate() {
-        wait_following(replica, &format!("replica {i}"));
-    }
-    wait_attached(&db, 2, 2);
-
+    let (pair, replicas) = Pair::builder(transport)
+        .sync_replicas(2)
+        .start_with(["replica-1", "replica-2"]);
+    let db = &pair.db;
     let ledger = Ledger::default();
-    let refs: Vec<&Replica> = replicas.iter().collect();
+    let refs = replicas.each_ref().map(|r| &**r);
     let check = receipt_check(&refs);
     let choices = [
         Replicated(1),
@@ -93,19 +113,11 @@ fn random_workload_reaches_two_synchronous_replicas(transport: TransportKind) {
         Replicated(2),
         DurableReplicated(2),
     ];
-    thread::scope(|s| {
-        for writer in 0..2 {
-            let (db, ledger, check) = (&db, &ledger, &check);
-            s.spawn(move || {
-                let mut workload = Workload::new(SEED, writer);
-                ledger.run(db, &mut workload, 120, &choices, check);
-            });
-        }
-    });
+    thread::scope(|s| spawn_two_writers(s, &ledger, db, SEED, 120, &choices, &check));
     ledger.assert_clean("random workload");
-    assert_model(&db, &ledger, "primary");
+    assert_model(db, &ledger, "primary");
     for (i, replica) in replicas.iter().enumerate() {
-        assert_converged(&db, replica, &ledger, &format!("replica {i}"));
+        assert_converged(db, replica, &ledger, &format!("replica {i}"));
         let status = replica.status();
         assert_eq!(status.restores, 1, "replica {i}: one bootstrap: {status:?}");
     }
@@ -165,45 +177,25 @@ fn assert_holds(replica: &Database, promised: &[Committed], all: &[Committed], w
 }
 
 fn replica_restarted_mid_stream_resumes(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, None);
-    let db = primary.open_database(DB, options(1024)).unwrap();
-    primary.serve(&db, 2);
     // Replica a follows through a proxy, so its second run can be kept from its source at first.
-    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
-    let node_b = node("replica-b", dir.path(), transport, false, None);
-    let replica_b = node_b
-        .replicate(primary.local_addr().unwrap(), db.uuid(), DB, options(1024))
-        .unwrap();
-    let node_a = node("replica-a", dir.path(), transport, false, None);
-    let replica_a = node_a
-        .replicate(proxy.addr(), db.uuid(), DB, options(1024))
-        .unwrap();
-    wait_following(&replica_a, "replica a");
-    wait_following(&replica_b, "replica b");
-    wait_attached(&db, 2, 2);
+    let pair = Pair::builder(transport)
+        .sync_replicas(2)
+        .through_proxy()
+        .start();
+    let (db, proxy) = (&pair.db, pair.proxy());
+    let replica_b = pair.follower("replica-b").direct().start();
+    let replica_a = pair.follower("replica-a").start();
+    replica_a.wait_following();
+    replica_b.wait_following();
+    pair.wait_attached(2, 2);
 
     // Phase 1: every commit waits for both replicas.
     let ledger = Ledger::default();
     {
-        let refs = [&replica_a, &replica_b];
+        let refs = [&*replica_a, &*replica_b];
         let check = receipt_check(&refs);
-        thread::scope(|s| {
-            for writer in 0..2 {
-                let (db, ledger, check) = (&db, &ledger, &check);
-                s.spawn(move || {
-                    let mut workload = Workload::new(SEED ^ 2, writer);
-                    ledger.run(
-                        db,
-                        &mut workload,
-                        40,
-                        &[Replicated(2), DurableReplicated(2)],
-                        check,
-                    );
-                });
-            }
-        });
+        let choices = [Replicated(2), DurableReplicated(2)];
+        thread::scope(|s| spawn_two_writers(s, &ledger, db, SEED ^ 2, 40, &choices, &check));
     }
     ledger.assert_clean("phase 1");
     let promised = ledger.commits();
@@ -211,36 +203,20 @@ fn replica_restarted_mid_stream_resumes(transport: TransportKind) {
     // Phase 2: commits flow (replica b is enough for Replicated(1)) while a's node goes away and
     // comes back on the same data directory, at first unable to reach its source.
     let mut replica_a = Some(replica_a);
-    let mut node_a = Some(node_a);
-    let reopened = thread::scope(|s| {
-        for writer in 0..2 {
-            let (db, ledger) = (&db, &ledger);
-            s.spawn(move || {
-                let mut workload = Workload::new(SEED ^ 3, writer);
-                ledger.run(
-                    db,
-                    &mut workload,
-                    80,
-                    &[Replicated(1), DurableReplicated(1), Applied],
-                    &no_check,
-                );
-            });
-        }
+    let replica_a = thread::scope(|s| {
+        let choices = &[Replicated(1), DurableReplicated(1), Applied];
+        spawn_two_writers(s, &ledger, db, SEED ^ 3, 80, choices, &no_check);
         let started = promised.len();
         eventually("phase 2 commits before the restart", PATIENCE, || {
             (ledger.commits().len() >= started + 20).then_some(())
         });
         drop(replica_a.take());
-        drop(node_a.take());
         let gone_at = ledger.commits().len();
         eventually("phase 2 commits while replica a is down", PATIENCE, || {
             (ledger.commits().len() >= gone_at + 40).then_some(())
         });
         proxy.set_refuse(true);
-        let node = node("replica-a", dir.path(), transport, false, None);
-        let replica = node
-            .replicate(proxy.addr(), db.uuid(), DB, options(1024))
-            .unwrap();
+        let replica = pair.follower("replica-a").start();
         // What a's own disk holds: it acknowledged every phase-1 commit.
         let recovered = eventually("replica a reopened from its disk", PATIENCE, || {
             replica
@@ -261,13 +237,12 @@ fn replica_restarted_mid_stream_resumes(transport: TransportKind) {
         );
         drop(recovered);
         proxy.set_refuse(false);
-        (node, replica)
+        replica
     });
-    let (_node_a, replica_a) = reopened;
     ledger.assert_clean("phase 2");
-    assert_model(&db, &ledger, "primary");
-    assert_converged(&db, &replica_a, &ledger, "replica a, resumed");
-    assert_converged(&db, &replica_b, &ledger, "replica b");
+    assert_model(db, &ledger, "primary");
+    assert_converged(db, &replica_a, &ledger, "replica a, resumed");
+    assert_converged(db, &replica_b, &ledger, "replica b");
     let status = replica_a.status();
     assert_eq!(
         status.restores, 0,
@@ -309,150 +284,112 @@ fn generations(dir: &Path) -> Vec<String> {
     names
 }
 
-fn far_behind_replica_is_reseeded(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, None);
-    let small = || options(256).binlog_retain_bytes(64 << 10);
-    let db = primary.open_database(DB, small()).unwrap();
-    primary.serve(&db, 1);
-    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
-    let node_r = node("replica", dir.path(), transport, false, None);
-    let replica = node_r
-        .replicate(proxy.addr(), db.uuid(), DB, small())
-        .unwrap();
-    wait_following(&replica, "replica");
-    wait_attached(&db, 1, 1);
-    let ledger = Ledger::default();
-    {
-        let refs = [&replica];
-        let check = receipt_check(&refs);
-        ledger.run(
-            &db,
-            &mut bulk_workload(SEED ^ 4, 0),
-            30,
-            &[Replicated(1), DurableReplicated(1)],
-            &check,
-        );
-    }
-    ledger.assert_clean("phase 1");
-    assert_converged(&db, &replica, &ledger, "first bootstrap");
-    let restores = replica.status().restores;
-    assert!(restores >= 1, "{:?}", replica.status());
+/// A pair of 256-page rings whose primary keeps 64 KiB of binlog, with one replica behind the
+/// proxy.
+fn small_binlog_pair(transport: TransportKind) -> (Pair, Follower) {
+    let (pair, [replica]) = Pair::builder(transport)
+        .ring_slots(256)
+        .binlog_retain_bytes(64 << 10)
+        .through_proxy()
+        .start_with(["replica"]);
+    (pair, replica)
+}
 
-    // In process: the link is cut and reconnections refused while the primary writes megabytes,
-    // far past its 64 KiB of binlog; then the replica comes back.
+/// Cuts `replica` off its source (the proxy refuses it from now on), waits until it noticed, and
+/// returns the LSN it received up to.
+fn cut_off(proxy: &FaultProxy, replica: &Replica) -> u64 {
     proxy.set_refuse(true);
     proxy.cut();
     eventually("replica disconnected", PATIENCE, || {
         (!replica.status().connected).then_some(())
     });
-    let behind = replica.database().unwrap().received_lsn();
-    write_offline(&db, &ledger, SEED ^ 5, 120);
+    replica.database().unwrap().received_lsn()
+}
+
+/// Commits that need `replica` wait while it is re-seeded (20 bulk batches of `seed`, `writer`);
+/// then it has restored from a snapshot `restores_min` times or more, converged, and kept only
+/// its new generation.
+fn assert_reseeded(
+    db: &Database,
+    ledger: &Ledger,
+    replica: &Follower,
+    (seed, writer): (u64, u32),
+    restores_min: u64,
+    what: &str,
+) {
+    let mut workload = bulk_workload(seed, writer);
+    commit_checked(ledger, db, &mut workload, 20, &[Replicated(1)], &[replica]);
+    ledger.assert_clean(what);
+    let status = replica.status();
+    assert!(
+        status.restores >= restores_min,
+        "re-seeded from a snapshot: {status:?}"
+    );
+    assert_converged(db, replica, ledger, what);
+    assert_eq!(
+        generations(replica.path()).len(),
+        1,
+        "old generations are removed"
+    );
+}
+
+fn far_behind_replica_is_reseeded(transport: TransportKind) {
+    let (pair, replica) = small_binlog_pair(transport);
+    let (db, proxy) = (&pair.db, pair.proxy());
+    let ledger = Ledger::default();
+    let mut workload = bulk_workload(SEED ^ 4, 0);
+    let choices = [Replicated(1), DurableReplicated(1)];
+    commit_checked(&ledger, db, &mut workload, 30, &choices, &[&replica]);
+    ledger.assert_clean("phase 1");
+    assert_converged(db, &replica, &ledger, "first bootstrap");
+    let restores = replica.status().restores;
+    assert!(restores >= 1, "{:?}", replica.status());
+
+    // In process: the link is cut and reconnections refused while the primary writes megabytes,
+    // far past its 64 KiB of binlog; then the replica comes back.
+    let behind = cut_off(proxy, &replica);
+    write_offline(db, &ledger, SEED ^ 5, 120);
     let oldest = db.binlog_oldest_lsn().unwrap();
     assert!(
         oldest > behind,
         "the test needs the binlog trimmed past the replica: oldest {oldest}, replica at {behind}"
     );
     proxy.set_refuse(false);
-    {
-        // Commits that need the replica wait while it is re-seeded.
-        let refs = [&replica];
-        let check = receipt_check(&refs);
-        ledger.run(
-            &db,
-            &mut bulk_workload(SEED ^ 6, 1),
-            20,
-            &[Replicated(1)],
-            &check,
-        );
-    }
-    ledger.assert_clean("re-seed in process");
-    let status = replica.status();
-    assert!(
-        status.restores > restores,
-        "re-seeded from a snapshot: {status:?}"
-    );
-    assert_converged(&db, &replica, &ledger, "re-seeded in process");
-    assert_eq!(
-        generations(&dir.path().join("replica").join(DB)).len(),
-        1,
-        "old generations are removed"
-    );
+    let (seeds, what) = ((SEED ^ 6, 1), "re-seeded in process");
+    assert_reseeded(db, &ledger, &replica, seeds, restores + 1, what);
 
     // After a restart: the replica's node is gone while the primary writes megabytes.
     let behind = replica.database().unwrap().received_lsn();
     drop(replica);
-    drop(node_r);
-    write_offline(&db, &ledger, SEED ^ 7, 120);
+    write_offline(db, &ledger, SEED ^ 7, 120);
     assert!(db.binlog_oldest_lsn().unwrap() > behind);
-    let node_r = node("replica", dir.path(), transport, false, None);
-    let replica = node_r
-        .replicate(primary.local_addr().unwrap(), db.uuid(), DB, small())
-        .unwrap();
-    {
-        let refs = [&replica];
-        let check = receipt_check(&refs);
-        ledger.run(
-            &db,
-            &mut bulk_workload(SEED ^ 8, 2),
-            20,
-            &[Replicated(1)],
-            &check,
-        );
-    }
-    ledger.assert_clean("re-seed after a restart");
-    let status = replica.status();
-    assert!(
-        status.restores >= 1,
-        "re-seeded from a snapshot: {status:?}"
-    );
-    assert_converged(&db, &replica, &ledger, "re-seeded after a restart");
-    assert_model(&db, &ledger, "primary");
-    assert_eq!(
-        generations(&dir.path().join("replica").join(DB)).len(),
-        1,
-        "old generations are removed"
-    );
+    let replica = pair.follower("replica").direct().start();
+    let seeds = (SEED ^ 8, 2);
+    assert_reseeded(db, &ledger, &replica, seeds, 1, "re-seeded after a restart");
+    assert_model(db, &ledger, "primary");
 }
 
 /// A re-seed whose snapshot transfer is cut midway (the proxy slows it to a few MB/s) starts
 /// over and converges; no half-restored generation is left behind, and after a restart the
 /// replica opens the generation it was following and resumes without another snapshot.
 fn interrupted_reseed_starts_over(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, None);
-    let small = || options(256).binlog_retain_bytes(64 << 10);
-    let db = primary.open_database(DB, small()).unwrap();
-    primary.serve(&db, 1);
-    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
-    let node_r = node("replica", dir.path(), transport, false, None);
-    let replica = node_r
-        .replicate(proxy.addr(), db.uuid(), DB, small())
-        .unwrap();
-    wait_following(&replica, "replica");
-    wait_attached(&db, 1, 1);
+    let (pair, replica) = small_binlog_pair(transport);
+    let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     ledger.run(
-        &db,
+        db,
         &mut bulk_workload(SEED ^ 20, 0),
         10,
         &[Replicated(1)],
         &no_check,
     );
-    converge(&db, &replica, "first bootstrap");
+    converge(db, &replica, "first bootstrap");
     let restores = replica.status().restores;
 
-    proxy.set_refuse(true);
-    proxy.cut();
-    eventually("replica disconnected", PATIENCE, || {
-        (!replica.status().connected).then_some(())
-    });
-    let behind = replica.database().unwrap().received_lsn();
+    let behind = cut_off(proxy, &replica);
     let mut workload = bulk_workload(SEED ^ 21, 1);
     workload.keys = 2_000;
-    ledger.run(&db, &mut workload, 150, &[Applied], &no_check);
+    ledger.run(db, &mut workload, 150, &[Applied], &no_check);
     assert!(
         db.binlog_oldest_lsn().unwrap() > behind,
         "binlog trimmed past the replica"
@@ -477,28 +414,23 @@ fn interrupted_reseed_starts_over(transport: TransportKind) {
     assert!(cut_mid_restore > 0, "the test needs a cut during a restore");
     proxy.set_delay(Duration::ZERO);
     ledger.assert_clean("interrupted re-seed");
-    assert_converged(&db, &replica, &ledger, "after interrupted re-seeds");
+    assert_converged(db, &replica, &ledger, "after interrupted re-seeds");
     let status = replica.status();
     assert!(status.restores > restores, "{status:?}");
-    let slot = dir.path().join("replica").join(DB);
-    let kept = generations(&slot);
+    let kept = generations(replica.path());
 
     // Restart: the replica opens the generation it was following and resumes from its log.
     drop(replica);
-    drop(node_r);
-    let node_r = node("replica", dir.path(), transport, false, None);
-    let replica = node_r
-        .replicate(proxy.addr(), db.uuid(), DB, small())
-        .unwrap();
+    let replica = pair.follower("replica").start();
     ledger.run(
-        &db,
+        db,
         &mut bulk_workload(SEED ^ 22, 2),
         5,
         &[Replicated(1)],
         &no_check,
     );
     ledger.assert_clean("after the restart");
-    assert_converged(&db, &replica, &ledger, "after the restart");
+    assert_converged(db, &replica, &ledger, "after the restart");
     let status = replica.status();
     assert!(
         kept.len() == 1 && status.restores == 0,
@@ -565,18 +497,10 @@ fn corrupt(proxy: &FaultProxy, replica: &Replica) {
 }
 
 fn link_faults(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, None);
-    let db = primary.open_database(DB, options(1024)).unwrap();
-    primary.serve(&db, 1);
-    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
-    let node_r = node("replica", dir.path(), transport, false, None);
-    let replica = node_r
-        .replicate(proxy.addr(), db.uuid(), DB, options(1024))
-        .unwrap();
-    wait_following(&replica, "replica");
-    wait_attached(&db, 1, 1);
+    let (pair, [replica]) = Pair::builder(transport)
+        .through_proxy()
+        .start_with(["replica"]);
+    let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     let faults: [(&str, Fault); 5] = [
         ("cuts", cut_four_times),
@@ -588,20 +512,20 @@ fn link_faults(transport: TransportKind) {
     for (round, (name, fault)) in faults.iter().enumerate() {
         let links = replica.status().links;
         {
-            let refs = [&replica];
+            let refs = [&*replica];
             let check = receipt_check(&refs);
             thread::scope(|s| {
-                let (db, ledger, check) = (&db, &ledger, &check);
+                let (ledger, check) = (&ledger, &check);
                 s.spawn(move || {
                     let mut workload = Workload::new(SEED ^ 10, round as u32);
                     let choices = [Replicated(1), DurableReplicated(1), Replicated(1), Applied];
                     ledger.run(db, &mut workload, 40, &choices, check);
                 });
-                fault(&proxy, &replica);
+                fault(proxy, &replica);
             });
         }
         ledger.assert_clean(name);
-        assert_converged(&db, &replica, &ledger, &format!("after {name}"));
+        assert_converged(db, &replica, &ledger, &format!("after {name}"));
         let status = replica.status();
         if *name != "delay" {
             assert!(
@@ -618,24 +542,17 @@ fn link_faults(transport: TransportKind) {
 /// after its link timeout, so it cannot hold the primary's ring: commits that need no replica
 /// keep completing while the link is stalled.
 fn stalled_link_does_not_block_the_primary(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, None);
-    let db = primary.open_database(DB, options(256)).unwrap();
-    primary.serve(&db, 1);
-    let proxy = FaultProxy::start(primary.local_addr().unwrap()).unwrap();
-    let node_r = node("replica", dir.path(), transport, false, None);
-    let replica = node_r
-        .replicate(proxy.addr(), db.uuid(), DB, options(256))
-        .unwrap();
-    wait_following(&replica, "replica");
-    wait_attached(&db, 1, 1);
+    let (pair, [replica]) = Pair::builder(transport)
+        .ring_slots(256)
+        .through_proxy()
+        .start_with(["replica"]);
+    let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     proxy.set_stall(true);
     // About 6 MiB, six times the primary's ring, more than the sockets and the proxy can buffer.
     let bound = LINK_TIMEOUT * 15;
     let finished = thread::scope(|s| {
-        let writer = s.spawn(|| write_offline(&db, &ledger, SEED ^ 11, 200));
+        let writer = s.spawn(|| write_offline(db, &ledger, SEED ^ 11, 200));
         let deadline = Instant::now() + bound;
         while !writer.is_finished() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(20));
@@ -650,7 +567,7 @@ fn stalled_link_does_not_block_the_primary(transport: TransportKind) {
         db.replication().status()
     );
     ledger.assert_clean("stalled link");
-    assert_converged(&db, &replica, &ledger, "after the stall");
+    assert_converged(db, &replica, &ledger, "after the stall");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -704,34 +621,17 @@ fn hello(protocol_min: u16, protocol_max: u16) -> Vec<u8> {
 
 /// Commits one batch `Replicated(1)`; it must return `Ok` and be applied on `replica`.
 fn still_replicating(db: &Database, replica: &Replica, ledger: &Ledger, what: &str) {
-    let refs = [replica];
-    let check = receipt_check(&refs);
-    ledger.run(
-        db,
-        &mut Workload::new(SEED ^ 12, ledger.commits().len() as u32),
-        5,
-        &[Replicated(1)],
-        &check,
-    );
+    let mut workload = Workload::new(SEED ^ 12, ledger.commits().len() as u32);
+    commit_checked(ledger, db, &mut workload, 5, &[Replicated(1)], &[replica]);
     ledger.assert_clean(what);
     assert_converged(db, replica, ledger, what);
 }
 
 fn bad_peers_are_refused(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, Some(SECRET));
-    let addr = primary.local_addr().unwrap();
-    let db = primary.open_database(DB, options(1024)).unwrap();
-    primary.serve(&db, 1);
-    let node_good = node("good", dir.path(), transport, false, Some(SECRET));
-    let good = node_good
-        .replicate(addr, db.uuid(), DB, options(1024))
-        .unwrap();
-    wait_following(&good, "good replica");
-    wait_attached(&db, 1, 1);
+    let (pair, [good]) = Pair::builder(transport).secret(SECRET).start_with(["good"]);
+    let (db, addr) = (&pair.db, pair.addr());
     let ledger = Ledger::default();
-    still_replicating(&db, &good, &ledger, "before the bad peers");
+    still_replicating(db, &good, &ledger, "before the bad peers");
 
     let bound = PATIENCE;
     // (d) HELLO, then silence: WELCOME comes back, then the handshake times out (10 s).
@@ -749,20 +649,11 @@ fn bad_peers_are_refused(transport: TransportKind) {
     let mut future = raw_connect(addr, bound);
     future.write_all(&hello(7, 9)).unwrap();
     // (c) Nodes with a wrong secret, and with none, replicating.
-    let node_wrong = node(
-        "wrong-secret",
-        dir.path(),
-        transport,
-        false,
-        Some(b"not the secret"),
-    );
-    let wrong = node_wrong
-        .replicate(addr, db.uuid(), DB, options(1024))
-        .unwrap();
-    let node_none = node("no-secret", dir.path(), transport, false, None);
-    let none = node_none
-        .replicate(addr, db.uuid(), DB, options(1024))
-        .unwrap();
+    let wrong = pair
+        .follower("wrong-secret")
+        .secret(Some(b"not the secret"))
+        .start();
+    let none = pair.follower("no-secret").secret(None).start();
     // (e) An authenticated peer asking for a database that is not there.
     let (mut unknown, mut unknown_buf) = raw_handshake(addr, SECRET, bound);
     let mut out = Vec::new();
@@ -801,7 +692,7 @@ fn bad_peers_are_refused(transport: TransportKind) {
     );
     assert_eq!(wait_closed(&mut unknown), Ended::Closed, "unknown database");
     // (c): the links fail with an authentication error and never connect.
-    for (what, replica) in [("wrong secret", &wrong), ("no secret", &none)] {
+    for (what, replica) in [("wrong secret", &*wrong), ("no secret", &*none)] {
         let error = eventually(&format!("{what}: a failed link"), PATIENCE, || {
             replica.status().last_error
         });
@@ -832,20 +723,16 @@ fn bad_peers_are_refused(transport: TransportKind) {
     );
 
     // The node kept serving: the good replica still receives, and a new one bootstraps.
-    still_replicating(&db, &good, &ledger, "after the bad peers");
-    let node_late = node("late", dir.path(), transport, false, Some(SECRET));
-    let late = node_late
-        .replicate(addr, db.uuid(), DB, options(1024))
-        .unwrap();
-    wait_following(&late, "late replica");
-    assert_converged(&db, &late, &ledger, "late replica");
+    still_replicating(db, &good, &ledger, "after the bad peers");
+    let late = pair.follow("late");
+    assert_converged(db, &late, &ledger, "late replica");
     assert_eq!(
         db.replication().status().len(),
         2,
         "{:?}",
         db.replication().status()
     );
-    drop((wrong, none, node_wrong, node_none));
+    drop((wrong, none));
 }
 
 /// A frame header announcing a body longer than its type allows is refused from the header alone
@@ -906,20 +793,15 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
 /// log, or an ACK beyond what was shipped) must not make `Replicated(1)` commits return `Ok`:
 /// nobody received them. The node may refuse the claim or ignore it; the commit must time out.
 fn false_claim_of_receipt(transport: TransportKind, resume_ahead: u64, ack_ahead: Option<u64>) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, Some(SECRET));
-    let db = primary
-        .open_database(
-            DB,
-            options(1024).replication_timeout(Duration::from_secs(2)),
-        )
-        .unwrap();
-    primary.serve(&db, 1);
+    let pair = Pair::builder(transport)
+        .secret(SECRET)
+        .replication_timeout(Duration::from_secs(2))
+        .start();
+    let db = &pair.db;
     let mut batch = WriteBatch::new();
     batch.put("t", b"k", b"v").unwrap();
     db.commit(&batch, Applied).unwrap();
-    let (mut stream, _buf) = raw_handshake(primary.local_addr().unwrap(), SECRET, PATIENCE);
+    let (mut stream, _buf) = raw_handshake(pair.addr(), SECRET, PATIENCE);
     let at = db.received_lsn();
     let mut out = Vec::new();
     encode(
@@ -967,21 +849,13 @@ fn ack_beyond_what_was_shipped_is_not_counted(transport: TransportKind) {
 /// ahead of it. A `Replicated(1)` commit on the restored primary must not return `Ok` unless the
 /// replica really holds it (it may time out, or the replica may be re-seeded).
 fn replica_ahead_of_a_restored_source(transport: TransportKind) {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let first = node("primary-1", dir.path(), transport, true, None);
-    let db = first.open_database(DB, options(1024)).unwrap();
-    first.serve(&db, 1);
-    let proxy = FaultProxy::start(first.local_addr().unwrap()).unwrap();
-    let node_r = node("replica", dir.path(), transport, false, None);
-    let replica = node_r
-        .replicate(proxy.addr(), db.uuid(), DB, options(1024))
-        .unwrap();
-    wait_following(&replica, "replica");
-    wait_attached(&db, 1, 1);
+    let (pair, [replica]) = Pair::builder(transport)
+        .through_proxy()
+        .start_with(["replica"]);
+    let db = &pair.db;
     let ledger = Ledger::default();
     ledger.run(
-        &db,
+        db,
         &mut Workload::new(SEED ^ 13, 0),
         10,
         &[Replicated(1)],
@@ -990,18 +864,17 @@ fn replica_ahead_of_a_restored_source(transport: TransportKind) {
     let mut backup = Vec::new();
     db.read().unwrap().export(&mut backup).unwrap();
     ledger.run(
-        &db,
+        db,
         &mut Workload::new(SEED ^ 14, 0),
         30,
         &[Replicated(1)],
         &no_check,
     );
     ledger.assert_clean("before the loss");
-    converge(&db, &replica, "before the loss");
-    drop(db);
-    drop(first);
+    converge(db, &replica, "before the loss");
 
     // The primary is lost and restored from the backup on another node.
+    let (dir, proxy) = pair.lose_primary();
     let restored_dir = dir.path().join("primary-2").join(DB);
     let (restored, stats) = Database::restore(&restored_dir, &backup[..], options(1024)).unwrap();
     drop(restored);

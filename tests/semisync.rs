@@ -6,33 +6,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{node, options, wait_attached, wait_following};
+use common::{node, options, wait_following, Pair};
 use pagemesh::core::{Durability, Error, WriteBatch};
 use pagemesh::net::TransportKind;
 
 fn promotion(transport: TransportKind) {
-    let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, None);
-    let db = primary
-        .open_database(
-            "db",
-            options(256).replication_timeout(Duration::from_millis(300)),
-        )
-        .unwrap();
-    primary.serve(&db, 1);
-    let addr = primary.local_addr().unwrap();
-    let first = node("first", dir.path(), transport, false, None);
-    let first_replica = first
-        .replicate(addr, db.uuid(), "db", options(256))
-        .unwrap();
-    wait_following(&first_replica, "first");
-    wait_attached(&db, 1, 1);
-    let second = node("second", dir.path(), transport, false, None);
-    let second_replica = second
-        .replicate(addr, db.uuid(), "db", options(256))
-        .unwrap();
-    let second_db = wait_following(&second_replica, "second");
-    wait_attached(&db, 2, 1);
+    let (pair, [first]) = Pair::builder(transport)
+        .ring_slots(256)
+        .replication_timeout(Duration::from_millis(300))
+        .start_with(["first"]);
+    let db = &pair.db;
+    let second = pair.follower("second").start();
+    let second_db = second.wait_following();
+    pair.wait_attached(2, 1);
     let status = db.replication().status();
     assert!(
         status[0].sync && !status[1].sync,
@@ -47,9 +33,8 @@ fn promotion(transport: TransportKind) {
     commit(0).expect("the synchronous replica acks");
 
     // The synchronous replica goes: the asynchronous one is promoted, commits go on.
-    drop(first_replica);
     drop(first);
-    wait_attached(&db, 1, 1);
+    pair.wait_attached(1, 1);
     let seq = commit(1).expect("the promoted replica acks");
     // Acked on receipt: the promoted replica has the record once it applies what it received.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -69,9 +54,8 @@ fn promotion(transport: TransportKind) {
     assert_eq!(value, Some(seq));
 
     // None left: Replicated(1) fails after its timeout, with a clear error.
-    drop(second_replica);
     drop(second);
-    wait_attached(&db, 0, 0);
+    pair.wait_attached(0, 0);
     match commit(2) {
         Err(Error::ReplicationTimeout {
             wanted: 1,
@@ -86,29 +70,24 @@ fn promotion(transport: TransportKind) {
 /// use and free again once the replica is dropped.
 #[test]
 fn a_replica_lives_at_any_path_and_gives_it_back_when_dropped() {
-    let dir = tempfile::tempdir().unwrap();
+    let pair = Pair::builder(TransportKind::Epoll).ring_slots(64).start();
     let elsewhere = tempfile::tempdir().unwrap();
     let at = elsewhere.path().join("copy");
     let at = at.to_str().unwrap();
-    let primary = node("primary", dir.path(), TransportKind::Epoll, true, None);
-    let db = primary.open_database("db", options(64)).unwrap();
-    primary.serve(&db, 1);
-    let addr = primary.local_addr().unwrap();
-    let follower = node("follower", dir.path(), TransportKind::Epoll, false, None);
-    let replica = follower
-        .replicate(addr, db.uuid(), at, options(64))
-        .unwrap();
+    let follower = node("follower", pair.dir(), TransportKind::Epoll, false, None);
+    let replicate = || follower.replicate(pair.addr(), pair.db.uuid(), at, options(64));
+    let replica = replicate().unwrap();
     wait_following(&replica, "replica");
     assert!(matches!(
-        follower.replicate(addr, db.uuid(), at, options(64)),
+        replicate(),
         Err(pagemesh::NodeError::AlreadyOpen { .. })
     ));
     drop(replica);
-    wait_attached(&db, 0, 0);
+    pair.wait_attached(0, 0);
     // The link closes on the network thread: retry briefly while its ring lock goes.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let again = loop {
-        match follower.replicate(addr, db.uuid(), at, options(64)) {
+        match replicate() {
             Ok(replica) => break replica,
             Err(pagemesh::NodeError::Store(_)) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));

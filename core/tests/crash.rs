@@ -1,7 +1,7 @@
 //! The store survives SIGKILL: no acknowledged commit is lost, no commit is half applied, and
 //! recovery is idempotent.
 //!
-//! This test binary is its own child. The parent runs 20 rounds on one database directory: it
+//! This test binary is its own child (the harness is `pagemesh-testkit`). The parent runs 20 rounds on one database directory: it
 //! starts a copy of itself in writer mode, lets it run for a random 30–300 ms, and kills it with
 //! SIGKILL. The child opens the database with a 64-page ring (so the ring wraps many times) and
 //! runs two threads that commit `WriteBatch`es, one after another, thread 0 with `Durable` and
@@ -9,7 +9,7 @@
 //! batch puts or deletes 1–4 keys of the thread's own (keys start with `t{thread}-`, over two
 //! tables, with few enough keys that overwrites are common); values are 1 B to 20 KB, sometimes
 //! 100 KB so one record spans many pages. A batch's content derives from
-//! `(seed, round, thread, index)`. After each commit returns, the child prints
+//! `(seed, round, thread, index)`. After each commit returns, the child reports
 //! `thread index seq` in one short write.
 //!
 //! After a kill the parent reopens the database, waits for recovery to apply what was only in the
@@ -33,9 +33,7 @@
 //! `PAGEMESH_CRASH_SEED` picks the seed; a watchdog aborts if a round hangs.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,18 +69,18 @@ const SEQ_UNKNOWN: u64 = u64::MAX;
 type State = BTreeMap<(String, Vec<u8>), (Vec<u8>, u64)>;
 
 fn main() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        let mut parts = spec.rsplitn(3, ':');
-        let seed = parts.next().and_then(|s| s.parse().ok()).expect("seed");
-        let round = parts.next().and_then(|s| s.parse().ok()).expect("round");
-        let dir = parts.next().expect("DIR:ROUND:SEED");
-        child(Path::new(dir), round, seed);
+    if let Some(args) = pagemesh_testkit::child_args(CHILD_ENV) {
+        let [dir, round, seed] = &args[..] else {
+            panic!("child arguments: DIR ROUND SEED, not {args:?}")
+        };
+        child(
+            Path::new(dir),
+            round.parse().expect("round"),
+            seed.parse().expect("seed"),
+        );
         return;
     }
-    let seed: u64 = std::env::var("PAGEMESH_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED);
+    let seed = pagemesh_testkit::seed();
     let mut rng = SmallRng::seed_from_u64(seed);
     let temp = tempfile::tempdir().expect("temp dir");
     let started = Instant::now();
@@ -224,11 +222,7 @@ fn child(dir: &Path, round: u32, seed: u64) {
                 for index in 0..INDEX_MAX {
                     let batch = batch_of(&changes(seed, round, thread, index));
                     let seq = db.commit(&batch, durability_of(thread)).expect("commit");
-                    let line = format!("{thread} {index} {seq}\n");
-                    std::io::stdout()
-                        .lock()
-                        .write_all(line.as_bytes())
-                        .expect("report");
+                    pagemesh_testkit::report([u64::from(thread), u64::from(index), seq]);
                 }
             });
         }
@@ -238,34 +232,14 @@ fn child(dir: &Path, round: u32, seed: u64) {
 /// Runs one child for `life`, kills it, and returns what each thread reported committed:
 /// `(index, seq)` in order.
 fn run_child(dir: &Path, round: u32, seed: u64, life: Duration) -> Vec<Vec<(u32, u64)>> {
-    let mut child = Command::new(std::env::current_exe().expect("own path"))
-        .env(CHILD_ENV, format!("{}:{round}:{seed}", dir.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn child");
-    // Read as the child writes, so a full pipe never stalls it.
-    let stdout = child.stdout.take().expect("child stdout");
-    let reader = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    std::thread::sleep(life);
-    if let Some(status) = child.try_wait().expect("poll child") {
-        assert!(status.success(), "round {round}: child failed: {status}");
-    }
-    child.kill().expect("SIGKILL child");
-    child.wait().expect("reap child");
-    let lines = reader.join().expect("stdout reader");
+    let args = [
+        dir.display().to_string(),
+        round.to_string(),
+        seed.to_string(),
+    ];
     let mut reported: Vec<Vec<(u32, u64)>> = vec![Vec::new(); THREADS as usize];
-    for line in &lines {
-        let mut parts = line.split(' ').map(|p| p.parse::<u64>());
-        if let (Some(Ok(thread)), Some(Ok(index)), Some(Ok(seq)), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        {
-            reported[thread as usize].push((index as u32, seq));
-        } // else a line cut by the kill: not reported
+    for [thread, index, seq] in pagemesh_testkit::run_child(CHILD_ENV, args, life) {
+        reported[thread as usize].push((index as u32, seq));
     }
     reported
 }

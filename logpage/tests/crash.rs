@@ -1,22 +1,22 @@
 //! The ring survives SIGKILL: nothing committed is lost, nothing torn is kept.
 //!
-//! This test binary is its own child. The parent runs rounds: it starts a copy of itself in writer
-//! mode on a ring file, lets it append for a random 20–250 ms, and kills it with SIGKILL. The child
+//! This test binary is its own child (the harness is `pagemesh-testkit`). The parent runs rounds:
+//! it starts a copy of itself in writer mode on a ring file, lets it append for a random 20–250 ms,
+//! and kills it with SIGKILL. The child
 //! runs two writer threads appending records of 1 B to 20 KB whose content derives from
 //! `(round, thread, index)`, and a consumer that releases pages lagging 16 behind, so the 64-page
-//! ring wraps many times. After `wait_committed` returns for a record, the child prints it.
+//! ring wraps many times. After `wait_committed` returns for a record, the child reports it.
 //!
 //! After each kill the parent reopens the ring and checks that every recovered page validates,
 //! every record read from it is intact, each thread's records are in order, and every record the
 //! child reported committed is present unless its page was released (below the recovered start).
 //! The next round's child continues the same log, so recovery is also checked to leave a log that
-//! can be appended to and recovered again.
+//! can be appended to and recovered again. `PAGEMESH_CRASH_SEED` picks the seed.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{check_record, make_record};
@@ -29,15 +29,14 @@ const ROUNDS: u32 = 24;
 const THREADS: u32 = 2;
 
 fn main() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        let (dir, round) = spec.split_once(':').expect("DIR:ROUND");
+    if let Some(args) = pagemesh_testkit::child_args(CHILD_ENV) {
+        let [dir, round] = &args[..] else {
+            panic!("child arguments: DIR ROUND, not {args:?}")
+        };
         child(dir, round.parse().expect("round number"));
         return;
     }
-    let seed: u64 = std::env::var("PAGEMESH_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED);
+    let seed = pagemesh_testkit::seed();
     let mut rng = SmallRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("temp dir");
     let started = Instant::now();
@@ -82,11 +81,8 @@ fn child(dir: &str, round: u32) {
                         .expect("append");
                     if rng.random_ratio(1, 4) {
                         log.wait_committed(pos, None).expect("wait");
-                        let line = format!("{writer} {index} {}\n", pos.lsn_last);
-                        std::io::stdout()
-                            .lock()
-                            .write_all(line.as_bytes())
-                            .expect("report");
+                        let (writer, index) = (u64::from(writer), u64::from(index));
+                        pagemesh_testkit::report([writer, index, pos.lsn_last]);
                     }
                 }
             });
@@ -101,31 +97,16 @@ fn child(dir: &str, round: u32) {
 }
 
 /// Runs one child for `life`, kills it, and returns what it reported committed.
-fn run_child(dir: &std::path::Path, round: u32, life: Duration) -> Vec<(u32, u32, u64)> {
-    let mut child = Command::new(std::env::current_exe().expect("own path"))
-        .env(CHILD_ENV, format!("{}:{round}", dir.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn child");
-    std::thread::sleep(life);
-    child.kill().expect("SIGKILL child");
-    child.wait().expect("reap child");
-    let stdout = child.stdout.take().expect("child stdout");
-    BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|line| {
-            let mut parts = line.split(' ').map(|p| p.parse::<u64>());
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some(Ok(w)), Some(Ok(i)), Some(Ok(lsn))) => Some((w as u32, i as u32, lsn)),
-                _ => None, // a line cut by the kill
-            }
-        })
+fn run_child(dir: &Path, round: u32, life: Duration) -> Vec<(u32, u32, u64)> {
+    let args = [dir.display().to_string(), round.to_string()];
+    pagemesh_testkit::run_child(CHILD_ENV, args, life)
+        .into_iter()
+        .map(|[writer, index, lsn]| (writer as u32, index as u32, lsn))
         .collect()
 }
 
 /// Reopens the ring after a kill and checks it against what the child reported.
-fn verify(dir: &std::path::Path, round: u32, reported: &[(u32, u32, u64)]) -> usize {
+fn verify(dir: &Path, round: u32, reported: &[(u32, u32, u64)]) -> usize {
     let log = Log::open(dir, LogOptions::new().slots(SLOTS)).expect("reopen after kill");
     let recovered = log.recovered();
     let mut cursor = log

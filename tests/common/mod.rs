@@ -1,4 +1,5 @@
-//! Shared helpers of `tests/replication.rs` and `tests/semisync.rs`: nodes on loopback, a seeded workload, a ledger of
+//! Shared helpers of `tests/replication.rs`, `tests/semisync.rs` and `tests/hostile.rs`: nodes on
+//! loopback, a primary with its replicas ([`Pair`], in `pair.rs`), a seeded workload, a ledger of
 //! every commit with the model it implies, the "promised" check and the DIFF.
 //!
 //! Everything that waits is bounded by [`PATIENCE`] (or an explicit bound) and fails the test with
@@ -7,6 +8,12 @@
 //! Each test binary that includes this module uses only part of it.
 
 #![allow(dead_code)]
+
+mod pair;
+
+// Like the rest of this module, each test binary uses only some of these.
+#[allow(unused_imports)]
+pub use pair::{Follower, Pair, DB};
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
