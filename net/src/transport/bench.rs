@@ -126,9 +126,7 @@ impl TransportBenchConfig {
         } else {
             return Ok(());
         };
-        Err(Error::Bench {
-            problem,
-        })
+        Err(Error::Bench { problem })
     }
 }
 
