@@ -39,6 +39,7 @@ use pagemesh_logpage::{validate, Cursor, PageRef, RecordReader, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::record::{decode, Op};
 use crate::store::{ApplyState, Store};
+use crate::value::{encode_value, value_seq};
 use crate::Inner;
 
 /// Pages taken from the cursor per `next_run` call.
@@ -363,7 +364,7 @@ fn apply_record<'e>(
     for read in record.reads() {
         let table = tables.get(read.table, wtxn)?;
         let current = match table.get(wtxn, read.key).map_err(lmdb("read version"))? {
-            Some(stored) => Some(crate::value_seq(stored)?),
+            Some(stored) => Some(value_seq(stored)?),
             None => None,
         };
         if current != read.version {
@@ -378,9 +379,7 @@ fn apply_record<'e>(
                 key,
                 value,
             } => {
-                value_buf.clear();
-                value_buf.extend_from_slice(&seq.to_le_bytes());
-                value_buf.extend_from_slice(value);
+                encode_value(value_buf, seq, value);
                 let t = tables.get(name, wtxn)?;
                 t.put(wtxn, key, value_buf).map_err(lmdb("put"))?;
             }

@@ -34,15 +34,16 @@
 mod apply;
 mod error;
 mod options;
+mod read;
 mod read_only;
 pub mod record;
 mod replication;
 mod snapshot;
 mod stat;
 mod store;
+mod value;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,12 +55,14 @@ use pagemesh_logpage::{CommitPos, Log, LogOptions};
 pub use error::{Error, Result};
 pub use options::{Durability, Options};
 pub use pagemesh_logpage::Ingested;
+pub use read::{Entries, Snapshot};
 pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};
 pub use record::RecordBuilder;
 pub use replication::{ReplicaLink, ReplicaStatus, Replication};
 pub use snapshot::SnapshotStats;
 pub use stat::{DatabaseStat, LmdbInfo, TableStat};
 pub use store::STORE_FORMAT;
+pub use value::Value;
 
 /// Puts and deletes over any tables, committed as one record.
 #[derive(Clone, Debug, Default)]
@@ -89,33 +92,6 @@ impl WriteBatch {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// A stored value: its bytes and the `seq` of the change that wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Value<'a> {
-    /// The version: the log position of the write.
-    pub seq: u64,
-    /// The bytes, borrowed from the LMDB map.
-    pub bytes: &'a [u8],
-}
-
-/// The version stored ahead of a value.
-pub(crate) fn value_seq(stored: &[u8]) -> Result<u64> {
-    split_value(stored).map(|v| v.seq)
-}
-
-pub(crate) fn split_value(stored: &[u8]) -> Result<Value<'_>> {
-    match stored.split_first_chunk::<8>() {
-        Some((seq, bytes)) => Ok(Value {
-            seq: u64::from_le_bytes(*seq),
-            bytes,
-        }),
-        None => Err(Error::RecordDecode {
-            offset: 0,
-            what: "stored value (shorter than its version)",
-        }),
     }
 }
 
@@ -680,69 +656,5 @@ impl Transaction<'_> {
         self.record.delete(table, key)?;
         self.writes.insert((table.to_string(), key.to_vec()), None);
         Ok(())
-    }
-}
-
-type RawEntries<'s> = Box<dyn Iterator<Item = heed::Result<(&'s [u8], &'s [u8])>> + 's>;
-
-/// Entries of a table in key order, borrowed from the snapshot: `(key, value)`.
-pub type Entries<'s> = Box<dyn Iterator<Item = Result<(&'s [u8], Value<'s>)>> + 's>;
-
-/// A consistent view of the database: an LMDB read transaction. Never blocks the writer.
-pub struct Snapshot<'db> {
-    txn: heed::RoTxn<'db, heed::WithTls>,
-    store: &'db store::Store,
-}
-
-impl Snapshot<'_> {
-    /// The value of `key` in `table`, borrowed from the map.
-    pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Value<'_>>> {
-        let Some(db) = self.store.table(table) else {
-            return Ok(None);
-        };
-        match db.get(&self.txn, key).map_err(self.store.lmdb("get"))? {
-            Some(stored) => split_value(stored).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Every entry of `table` whose key starts with `prefix` (all of them for an empty prefix),
-    /// in key order.
-    pub fn prefix<'s>(&'s self, table: &str, prefix: &[u8]) -> Result<Entries<'s>> {
-        let lmdb = || self.store.lmdb("iterate");
-        let raw: Option<RawEntries<'s>> = match self.store.table(table) {
-            None => None,
-            // LMDB refuses a zero-length seek key, so an empty prefix is a plain scan.
-            Some(db) if prefix.is_empty() => Some(Box::new(db.iter(&self.txn).map_err(lmdb())?)),
-            Some(db) => Some(Box::new(db.prefix_iter(&self.txn, prefix).map_err(lmdb())?)),
-        };
-        Ok(self.entries(raw))
-    }
-
-    /// Every entry of `table` with a key between `start` and `end`, in key order.
-    pub fn range<'s>(
-        &'s self,
-        table: &str,
-        start: Bound<&[u8]>,
-        end: Bound<&[u8]>,
-    ) -> Result<Entries<'s>> {
-        let raw: Option<RawEntries<'s>> = match self.store.table(table) {
-            None => None,
-            Some(db) => {
-                let iter = db
-                    .range(&self.txn, &(start, end))
-                    .map_err(self.store.lmdb("iterate"))?;
-                Some(Box::new(iter))
-            }
-        };
-        Ok(self.entries(raw))
-    }
-
-    fn entries<'s>(&'s self, raw: Option<RawEntries<'s>>) -> Entries<'s> {
-        let store = self.store;
-        Box::new(raw.into_iter().flatten().map(move |entry| {
-            let (key, stored) = entry.map_err(store.lmdb("iterate"))?;
-            Ok((key, split_value(stored)?))
-        }))
     }
 }

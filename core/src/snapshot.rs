@@ -42,6 +42,7 @@ use pagemesh_logpage::{validate, PageRef, PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::record::{KEY_LEN_MAX, TABLE_LEN_MAX};
 use crate::store::{ApplyState, Store};
+use crate::value::split_value;
 use crate::Snapshot;
 
 const MAGIC: [u8; 8] = *b"PMSNAP\0\x02";
@@ -109,7 +110,7 @@ impl Snapshot<'_> {
                 .map_err(store.lmdb("iterate for snapshot"))?
             {
                 let (key, stored) = entry.map_err(store.lmdb("iterate for snapshot"))?;
-                let value = crate::split_value(stored)?;
+                let value = split_value(stored)?;
                 w.put(&[TAG_ENTRY, name.len() as u8]).map_err(io)?;
                 w.put(name.as_bytes()).map_err(io)?;
                 w.put(&(key.len() as u16).to_le_bytes()).map_err(io)?;
