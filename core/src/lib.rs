@@ -32,6 +32,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod apply;
+mod commit;
 mod error;
 mod options;
 mod read;
@@ -41,17 +42,18 @@ mod replication;
 mod snapshot;
 mod stat;
 mod store;
+mod transaction;
 mod value;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use pagemesh_logpage::{CommitPos, Log, LogOptions};
 
+pub use commit::{CommitTicket, WriteBatch};
 pub use error::{Error, Result};
 pub use options::{Durability, Options};
 pub use pagemesh_logpage::Ingested;
@@ -62,38 +64,8 @@ pub use replication::{ReplicaLink, ReplicaStatus, Replication};
 pub use snapshot::SnapshotStats;
 pub use stat::{DatabaseStat, LmdbInfo, TableStat};
 pub use store::STORE_FORMAT;
+pub use transaction::Transaction;
 pub use value::Value;
-
-/// Puts and deletes over any tables, committed as one record.
-#[derive(Clone, Debug, Default)]
-pub struct WriteBatch {
-    record: RecordBuilder,
-}
-
-impl WriteBatch {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets `key` in `table` to `value`.
-    pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<&mut Self> {
-        self.record.put(table, key, value)?;
-        Ok(self)
-    }
-    /// Removes `key` from `table`.
-    pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<&mut Self> {
-        self.record.delete(table, key)?;
-        Ok(self)
-    }
-    /// Changes in the batch.
-    pub fn len(&self) -> usize {
-        self.record.op_count() as usize
-    }
-    /// Whether the batch is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 pub(crate) struct Inner {
     store: store::Store,
@@ -416,14 +388,9 @@ impl Database {
     ) -> Result<(T, u64)> {
         let mut attempt = 0;
         loop {
-            let mut tx = Transaction {
-                snapshot: self.read()?,
-                record: RecordBuilder::default(),
-                writes: BTreeMap::new(),
-                read_set: BTreeSet::new(),
-            };
+            let mut tx = Transaction::begin(self.read()?);
             let out = body(&mut tx)?;
-            let pos = self.inner.append(&tx.record)?;
+            let pos = self.inner.append(tx.record())?;
             drop(tx);
             match self.inner.wait_applied(pos) {
                 Ok(()) => return Ok((out, pos.seq)),
@@ -549,112 +516,5 @@ impl Database {
     /// The names of the tables that exist.
     pub fn tables(&self) -> Vec<String> {
         self.inner.store.table_names()
-    }
-}
-
-/// A commit in flight, from [`Database::commit_async`].
-#[must_use = "a ticket does nothing unless waited on"]
-pub struct CommitTicket {
-    inner: Arc<Inner>,
-    pos: CommitPos,
-    durability: Durability,
-}
-
-impl CommitTicket {
-    /// The record's seq.
-    pub fn seq(&self) -> u64 {
-        self.pos.seq
-    }
-
-    /// Whether the commit's durability already holds (never blocks).
-    pub fn is_done(&self) -> bool {
-        let lsn_end = self.pos.lsn_last + 1;
-        let applied = || self.inner.applied_lsn.load(Ordering::Acquire) >= lsn_end;
-        let replicated = |n| self.inner.replication.reached(lsn_end, n);
-        match self.durability {
-            Durability::Memory => self.inner.log.committed_lsn() >= lsn_end,
-            Durability::Replicated(n) => replicated(n),
-            Durability::DurableReplicated(n) => applied() && replicated(n),
-            _ => applied(),
-        }
-    }
-
-    /// Waits until the commit's durability holds; returns the record's seq.
-    pub fn wait(self) -> Result<u64> {
-        match self.durability {
-            // In the committed log: every page up to the record's last one is finished, so a
-            // process crash keeps it (recovery stops only at the first unfinished page). Never
-            // waits on the applier's fsync: the page is sealed here unless an idle consumer will.
-            Durability::Memory => {
-                self.inner.log.wait_in_ring(self.pos)?;
-            }
-            // Sealed first (a page ships only once sealed), then the replicas' acks.
-            // A page ships only once sealed: seal it if no consumer will (a wait that returns at
-            // once), then wait for the acks alone. Blocking on the committed watermark first cost
-            // a second wake-up per commit (measured: sync@16 0.78x async before, see the note).
-            Durability::Replicated(n) => {
-                self.inner
-                    .log
-                    .wait_committed(self.pos, Some(Instant::now()))?;
-                self.wait_replicated(n)?;
-            }
-            // The applier's sync and the shippers' sends run in parallel; wait for both.
-            Durability::DurableReplicated(n) => {
-                self.inner.wait_applied(self.pos)?;
-                self.wait_replicated(n)?;
-            }
-            _ => self.inner.wait_applied(self.pos)?,
-        }
-        Ok(self.pos.seq)
-    }
-
-    fn wait_replicated(&self, n: u32) -> Result<()> {
-        let options = &self.inner.options;
-        self.inner.replication.wait(
-            self.pos.seq,
-            self.pos.lsn_last + 1,
-            n,
-            options.replication_timeout,
-            options.degrade_on_timeout,
-        )
-    }
-}
-
-/// An optimistic transaction; see [`Database::transaction`].
-pub struct Transaction<'db> {
-    snapshot: Snapshot<'db>,
-    record: RecordBuilder,
-    writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
-    read_set: BTreeSet<(String, Vec<u8>)>,
-}
-
-impl Transaction<'_> {
-    /// The value of `key` in `table` as this transaction sees it: its own write if it made one,
-    /// else the snapshot's (and the version read is recorded).
-    pub fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let id = (table.to_string(), key.to_vec());
-        if let Some(write) = self.writes.get(&id) {
-            return Ok(write.clone());
-        }
-        let value = self.snapshot.get(table, key)?;
-        if self.read_set.insert(id) {
-            self.record.read(table, key, value.map(|v| v.seq))?;
-        }
-        Ok(value.map(|v| v.bytes.to_vec()))
-    }
-
-    /// Buffers a put.
-    pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        self.record.put(table, key, value)?;
-        self.writes
-            .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
-        Ok(())
-    }
-
-    /// Buffers a delete.
-    pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
-        self.record.delete(table, key)?;
-        self.writes.insert((table.to_string(), key.to_vec()), None);
-        Ok(())
     }
 }
