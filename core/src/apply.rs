@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,11 +36,13 @@ use std::ops::Bound;
 use pagemesh_logpage::page::HEADER_SIZE;
 use pagemesh_logpage::{validate, Cursor, PageRef, RecordReader, PAGE_SIZE};
 
+use crate::database::Inner;
 use crate::error::{Error, Result};
 use crate::record::{decode, Op};
 use crate::store::{ApplyState, Store};
 use crate::value::{encode_value, value_seq};
-use crate::Inner;
+#[cfg(doc)]
+use crate::Database;
 
 /// Pages taken from the cursor per `next_run` call.
 const RUN_PAGES_MAX: usize = 64;
@@ -175,7 +177,7 @@ type TxnTable<'e> = heed::Database<'e, Bytes, Bytes>;
 
 /// The tables a group writes: the store's, plus any the group's transaction creates.
 struct GroupTables<'s, 'g, 'e> {
-    store: &'s crate::store::Store,
+    store: &'s Store,
     wdo: &'g heed::DatabaseOpener<'e, heed::WithTls>,
     created: HashMap<String, TxnTable<'e>>,
     /// Held from the first table creation until the new handles are registered (`Store::table_gate`).
@@ -392,15 +394,44 @@ fn apply_record<'e>(
     Ok(true)
 }
 
-impl Inner {
-    pub(crate) fn publish_applied(&self, applied_lsn: u64) {
-        let mut guard = self
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = applied_lsn;
-        drop(guard);
-        self.applied_changed.notify_all();
-        self.applied_lsn.store(applied_lsn, Ordering::Release);
+/// What the applier has done since the database was opened: how group commit adapted.
+#[derive(Debug, Default)]
+pub(crate) struct ApplyStats {
+    groups: AtomicU64,
+    pages: AtomicU64,
+    records: AtomicU64,
+    largest_group_records: AtomicU64,
+}
+
+impl ApplyStats {
+    /// The counters now, for [`Database::stats`].
+    pub(crate) fn reading(&self) -> Stats {
+        Stats {
+            groups: self.groups.load(Ordering::Relaxed),
+            pages: self.pages.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+            largest_group_records: self.largest_group_records.load(Ordering::Relaxed),
+        }
     }
+
+    pub(crate) fn record_group(&self, pages: u64, records: u64) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.pages.fetch_add(pages, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.largest_group_records
+            .fetch_max(records, Ordering::Relaxed);
+    }
+}
+
+/// A reading of [`Database::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// LMDB write transactions the applier committed.
+    pub groups: u64,
+    /// Log pages applied.
+    pub pages: u64,
+    /// Records applied.
+    pub records: u64,
+    /// Records in the largest group.
+    pub largest_group_records: u64,
 }

@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use pagemesh_logpage::CommitPos;
 
+use crate::database::Inner;
 use crate::error::Result;
 use crate::options::Durability;
 use crate::record::RecordBuilder;
 #[cfg(doc)]
 use crate::Database;
-use crate::Inner;
 
 /// Puts and deletes over any tables, committed as one record.
 #[derive(Clone, Debug, Default)]
