@@ -31,10 +31,8 @@ use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
 use heed::CommitOrAbort;
-use std::ops::Bound;
 
-use pagemesh_logpage::page::HEADER_SIZE;
-use pagemesh_logpage::{validate, Cursor, PageRef, RecordReader, PAGE_SIZE};
+use pagemesh_logpage::{Cursor, PageRef, RecordReader, PAGE_SIZE};
 
 use crate::database::Inner;
 use crate::error::{Error, Result};
@@ -273,43 +271,25 @@ impl RecordFeed {
             return Ok(feed);
         }
         let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-        let replay_key = state.replay_lsn.to_be_bytes();
-        let first_group = store
-            .binlog
-            .rev_range(&rtxn, &(Bound::Unbounded, Bound::Included(&replay_key[..])))
-            .map_err(store.lmdb("find binlog group"))?
-            .next()
-            .transpose()
-            .map_err(store.lmdb("find binlog group"))?
-            .map(|(key, _)| key.to_vec())
-            .ok_or(Error::NotADatabase {
-                path: store.path.clone(),
-                why: "binlog lacks the replay start",
-            })?;
-        let range = (Bound::Included(&first_group[..]), Bound::Unbounded);
-        for entry in store
-            .binlog
-            .range(&rtxn, &range)
-            .map_err(store.lmdb("read binlog"))?
-        {
-            let (_, mut pages) = entry.map_err(store.lmdb("read binlog"))?;
-            while !pages.is_empty() {
-                // A value is compact pages back to back: view at most one page to learn its length.
-                let page = validate(&pages[..pages.len().min(PAGE_SIZE)])?;
-                let (page_bytes, rest) = pages.split_at(HEADER_SIZE + page.payload().len());
-                pages = rest;
-                let page = validate(page_bytes)?;
-                if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
-                    continue;
-                }
-                feed.reader.feed(page, |record| {
-                    debug_assert!(
-                        record.seq < state.applied_seq_end,
-                        "binlog holds an unapplied record"
-                    );
+        let first_group =
+            store
+                .binlog_group_at(&rtxn, state.replay_lsn)?
+                .ok_or(Error::NotADatabase {
+                    path: store.path.clone(),
+                    why: "binlog lacks the replay start",
                 })?;
-                feed.track_open_record(page);
+        for page in store.binlog_pages_from(&rtxn, &first_group)? {
+            let page = page?;
+            if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
+                continue;
             }
+            feed.reader.feed(page, |record| {
+                debug_assert!(
+                    record.seq < state.applied_seq_end,
+                    "binlog holds an unapplied record"
+                );
+            })?;
+            feed.track_open_record(page);
         }
         Ok(feed)
     }

@@ -32,6 +32,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod apply;
+mod binlog;
 mod commit;
 mod database;
 mod error;

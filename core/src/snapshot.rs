@@ -1,4 +1,4 @@
-//! Full snapshots (backup, restore, replica bootstrap) and binlog history.
+//! Full snapshots: backup, restore, replica bootstrap. (Binlog history is `binlog.rs`'s.)
 //!
 //! A full snapshot is one LMDB read transaction over every table, tagged with the apply state it
 //! saw, so it is consistent and never blocks the writer. Its stream, little-endian:
@@ -31,13 +31,10 @@
 //! replica bootstrapped from it could miss that record; format 1 streams are refused.)
 
 use std::io::{Read, Write};
-use std::ops::Bound;
 use std::path::Path;
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, PutFlags};
-use pagemesh_logpage::page::HEADER_SIZE;
-use pagemesh_logpage::{validate, PageRef, PAGE_SIZE};
 
 use crate::error::{Error, Result};
 use crate::record::{KEY_LEN_MAX, TABLE_LEN_MAX};
@@ -132,81 +129,6 @@ impl Snapshot<'_> {
             lsn: state.binlog_next_lsn,
             replica_resume_lsn: state.replay_lsn,
         })
-    }
-
-    /// The log pages from `from_lsn` on that the binlog still holds, in order. Fails with
-    /// [`Error::Purged`] if retention already trimmed pages at or above `from_lsn`.
-    pub fn binlog_range<'s>(
-        &'s self,
-        from_lsn: u64,
-    ) -> Result<impl Iterator<Item = Result<PageRef<'s>>> + 's> {
-        let store = self.store;
-        let oldest = store.binlog_oldest_lsn(&self.txn)?;
-        if from_lsn < oldest {
-            return Err(Error::Purged {
-                requested: from_lsn,
-                oldest,
-            });
-        }
-        // Start at the group holding `from_lsn` (the last key at or below it), if any.
-        let from_key = from_lsn.to_be_bytes();
-        let start = store
-            .binlog
-            .rev_range(
-                &self.txn,
-                &(Bound::Unbounded, Bound::Included(&from_key[..])),
-            )
-            .map_err(store.lmdb("find binlog group"))?
-            .next()
-            .transpose()
-            .map_err(store.lmdb("find binlog group"))?
-            .map_or(from_key.to_vec(), |(key, _)| key.to_vec());
-        let range = (Bound::Included(&start[..]), Bound::Unbounded);
-        let groups = store
-            .binlog
-            .range(&self.txn, &range)
-            .map_err(store.lmdb("read binlog"))?;
-        Ok(groups
-            .map(move |group| {
-                group
-                    .map_err(store.lmdb("read binlog"))
-                    .map(|(_, pages)| CompactPages { rest: pages })
-            })
-            .flat_map(
-                |group| -> Box<dyn Iterator<Item = Result<PageRef<'s>>> + 's> {
-                    match group {
-                        Ok(pages) => Box::new(pages),
-                        Err(error) => Box::new(std::iter::once(Err(error))),
-                    }
-                },
-            )
-            .filter(move |page| page.as_ref().map_or(true, |page| page.lsn() >= from_lsn)))
-    }
-}
-
-/// The pages of one binlog value (compact pages back to back), validated one by one.
-pub(crate) struct CompactPages<'a> {
-    pub rest: &'a [u8],
-}
-
-impl<'a> Iterator for CompactPages<'a> {
-    type Item = Result<PageRef<'a>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        // View at most one page to learn its length, then validate exactly that page.
-        let page = match validate(&self.rest[..self.rest.len().min(PAGE_SIZE)]) {
-            Ok(page) => page,
-            Err(error) => {
-                self.rest = &[];
-                return Some(Err(error.into()));
-            }
-        };
-        let (bytes, rest) = self.rest.split_at(HEADER_SIZE + page.payload().len());
-        self.rest = rest;
-        Some(validate(bytes).map_err(Error::from))
     }
 }
 
