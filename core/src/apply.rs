@@ -256,42 +256,28 @@ pub(crate) struct RecordFeed {
 }
 
 impl RecordFeed {
-    /// A feed for a database whose apply state is `state`: the reader is rebuilt from the binlog
-    /// pages in `[replay_lsn, binlog_next_lsn)`, where a record still open when the last group
-    /// committed began.
-    pub fn replay(store: &Store, state: &ApplyState) -> Result<Self> {
-        let mut feed = Self {
+    /// A feed with no record open.
+    pub fn new() -> Self {
+        Self {
             reader: RecordReader::new(),
             open_record_lsn: None,
             value: Vec::new(),
             conflicts: Vec::new(),
             records_applied: 0,
-        };
-        if state.replay_lsn >= state.binlog_next_lsn {
-            return Ok(feed);
         }
-        let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-        let first_group =
-            store
-                .binlog_group_at(&rtxn, state.replay_lsn)?
-                .ok_or(Error::NotADatabase {
-                    path: store.path.clone(),
-                    why: "binlog lacks the replay start",
-                })?;
-        for page in store.binlog_pages_from(&rtxn, &first_group)? {
-            let page = page?;
-            if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
-                continue;
-            }
-            feed.reader.feed(page, |record| {
-                debug_assert!(
-                    record.seq < state.applied_seq_end,
-                    "binlog holds an unapplied record"
-                );
-            })?;
-            feed.track_open_record(page);
-        }
-        Ok(feed)
+    }
+
+    /// Feeds one page whose records were all applied before, to rebuild the reader's state and
+    /// the open record's LSN (recovery, from the binlog); nothing is applied.
+    pub fn replay_page(&mut self, page: PageRef<'_>, applied_seq_end: u64) -> Result<()> {
+        self.reader.feed(page, |record| {
+            debug_assert!(
+                record.seq < applied_seq_end,
+                "binlog holds an unapplied record"
+            );
+        })?;
+        self.track_open_record(page);
+        Ok(())
     }
 
     /// If a record is open after `page` and one started in it, the open one is the last that

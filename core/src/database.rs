@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::options::{Durability, Options};
 use crate::read::Snapshot;
 use crate::record::RecordBuilder;
+use crate::recovery::{self, Recovery};
 use crate::replication::Replication;
 use crate::snapshot::{self, SnapshotStats};
 use crate::store::Store;
@@ -55,47 +56,13 @@ impl Database {
         let probe = Log::open(dir, LogOptions::new().slots(options.ring_slots))?;
         drop(probe);
         let store = Store::open(dir, options.map_size)?;
-        let state = {
-            let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-            store.apply_state(&rtxn)?
-        };
-        let log = Log::open(
-            dir,
-            LogOptions::new()
-                .slots(options.ring_slots)
-                .next_lsn_min(state.binlog_next_lsn)
-                .follower(store.is_replica),
-        )?;
-        let recovered = log.recovered();
-        if recovered.start_lsn > state.binlog_next_lsn {
-            return Err(Error::NotADatabase {
-                path: dir.into(),
-                why: "the log ring lost pages the binlog does not have",
-            });
-        }
-        let feed = apply::RecordFeed::replay(&store, &state)?;
-        tracing::info!(
-            path = %dir.display(),
-            applied_lsn = state.binlog_next_lsn,
-            replica = store.is_replica,
-            ring_end_lsn = recovered.end_lsn,
-            pages_to_recover = recovered.end_lsn.saturating_sub(state.binlog_next_lsn),
-            "opened database"
-        );
-        let cursor = log.cursor(state.binlog_next_lsn)?;
-        let inner = Arc::new(Inner {
-            store,
+        let Recovery {
             log,
-            options,
-            applied: Mutex::new(state.binlog_next_lsn),
-            applied_changed: Condvar::new(),
-            applied_lsn: AtomicU64::new(state.binlog_next_lsn),
-            poisoned: Mutex::new(None),
-            hlc: AtomicU64::new(0),
-            conflicts: Mutex::new(BTreeSet::new()),
-            stats: ApplyStats::default(),
-            replication: Arc::new(Replication::default()),
-        });
+            cursor,
+            state,
+            feed,
+        } = recovery::recover(dir, &store, &options)?;
+        let inner = Arc::new(Inner::new(store, log, options, state.binlog_next_lsn));
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
             cursor,
@@ -351,6 +318,23 @@ pub(crate) struct Inner {
 const CONFLICTS_KEPT_MAX: usize = 65_536;
 
 impl Inner {
+    /// The shared state of a database whose pages below `applied_lsn` are applied.
+    fn new(store: Store, log: Log, options: Options, applied_lsn: u64) -> Self {
+        Self {
+            store,
+            log,
+            options,
+            applied: Mutex::new(applied_lsn),
+            applied_changed: Condvar::new(),
+            applied_lsn: AtomicU64::new(applied_lsn),
+            poisoned: Mutex::new(None),
+            hlc: AtomicU64::new(0),
+            conflicts: Mutex::new(BTreeSet::new()),
+            stats: ApplyStats::default(),
+            replication: Arc::new(Replication::default()),
+        }
+    }
+
     /// Keeps the seqs of transactions the applier skipped, until their committers look
     /// ([`Inner::wait_applied`]).
     pub(crate) fn record_conflicts(&self, seqs: &mut Vec<u64>) {

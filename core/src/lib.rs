@@ -40,6 +40,7 @@ mod options;
 mod read;
 mod read_only;
 pub mod record;
+mod recovery;
 mod replication;
 mod snapshot;
 mod stat;
