@@ -35,9 +35,11 @@ use heed::CommitOrAbort;
 use pagemesh_logpage::{Cursor, PageRef, RecordReader, PAGE_SIZE};
 
 use crate::database::Inner;
-use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
 use crate::record::{decode, Op};
-use crate::store::{ApplyState, Store};
+use crate::store::{ApplyState, Store, TxnError};
 use crate::value::{encode_value, value_seq};
 #[cfg(doc)]
 use crate::Database;
@@ -86,8 +88,6 @@ impl Applier {
         let inner = Arc::clone(&self.inner);
         let store = &inner.store;
         let first_lsn = self.cursor.position();
-        let group_bytes_max = inner.options.group_bytes_max;
-        let retain_bytes = inner.options.binlog_retain_bytes;
         let older_than = inner.options.binlog_retain_age.map_or(0, |age| {
             std::time::SystemTime::now()
                 .checked_sub(age)
@@ -96,13 +96,12 @@ impl Applier {
         });
         let mut created: Vec<String> = Vec::new();
         let mut gate = None;
-        let mut failure: Option<Error> = None;
         self.compact.clear();
         let wtxn = store.env.write_txn().map_err(store.lmdb("begin group"))?;
         let committed =
             store
                 .env
-                .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
+                .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, TxnError> {
                     let mut tables = GroupTables {
                         store,
                         wdo,
@@ -110,49 +109,12 @@ impl Applier {
                         gate: None,
                         last: None,
                     };
-                    while self.compact.len() < group_bytes_max {
-                        let Some(run) = self
-                            .cursor
-                            .next_run(run_pages_max(group_bytes_max, self.compact.len()))
-                            .map_err(|e| fail(&mut failure, e.into()))?
-                        else {
-                            break;
-                        };
-                        for page in run.pages() {
-                            self.compact.extend_from_slice(page.compact_bytes());
-                            let outcome = self.feed.feed(
-                                page,
-                                &mut self.state.applied_seq_end,
-                                wtxn,
-                                &mut tables,
-                            );
-                            if let Err(error) = outcome {
-                                return Err(fail(&mut failure, error));
-                            }
-                        }
-                    }
+                    self.write_group(first_lsn, older_than, wtxn, &mut tables)?;
                     created.extend(tables.created.into_keys());
                     gate = tables.gate.take();
-                    let last_lsn = self.cursor.position();
-                    if last_lsn > first_lsn {
-                        store
-                            .append_binlog(wtxn, first_lsn, &self.compact)
-                            .map_err(|e| fail(&mut failure, e))?;
-                    }
-                    self.state.binlog_next_lsn = last_lsn;
-                    self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
-                    store
-                        .put_apply_state(wtxn, &self.state)
-                        .map_err(|e| fail(&mut failure, e))?;
-                    store
-                        .trim_binlog(wtxn, retain_bytes, older_than, self.state.replay_lsn)
-                        .map_err(|e| fail(&mut failure, e))?;
                     Ok(CommitOrAbort::<_, ()>::Commit(()))
                 });
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        committed.map_err(store.lmdb("commit group"))?;
+        committed.map_err(|error| error.into_error(store.lmdb("commit group")))?;
         for table in &created {
             store.open_created_table(table)?;
         }
@@ -165,6 +127,41 @@ impl Applier {
         );
         self.feed.records_applied = 0;
         inner.publish_applied(self.state.binlog_next_lsn);
+        Ok(())
+    }
+
+    /// The group's work inside its transaction: takes ready pages from `first_lsn` on, up to
+    /// `group_bytes_max`, and applies their records; appends the pages to the binlog, records the
+    /// apply state and trims the binlog (`older_than` as [`Store::trim_binlog`] takes it).
+    fn write_group<'e>(
+        &mut self,
+        first_lsn: u64,
+        older_than: u64,
+        wtxn: &mut heed::RwTxn<'e>,
+        tables: &mut GroupTables<'_, '_, 'e>,
+    ) -> Result<()> {
+        let store = tables.store;
+        let group_bytes_max = self.inner.options.group_bytes_max;
+        let retain_bytes = self.inner.options.binlog_retain_bytes;
+        while self.compact.len() < group_bytes_max {
+            let pages_max = run_pages_max(group_bytes_max, self.compact.len());
+            let Some(run) = self.cursor.next_run(pages_max)? else {
+                break;
+            };
+            for page in run.pages() {
+                self.compact.extend_from_slice(page.compact_bytes());
+                self.feed
+                    .feed(page, &mut self.state.applied_seq_end, wtxn, tables)?;
+            }
+        }
+        let last_lsn = self.cursor.position();
+        if last_lsn > first_lsn {
+            store.append_binlog(wtxn, first_lsn, &self.compact)?;
+        }
+        self.state.binlog_next_lsn = last_lsn;
+        self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
+        store.put_apply_state(wtxn, &self.state)?;
+        store.trim_binlog(wtxn, retain_bytes, older_than, self.state.replay_lsn)?;
         Ok(())
     }
 }
@@ -236,12 +233,6 @@ impl<'e> GroupTables<'_, '_, 'e> {
 /// `RUN_PAGES_MAX`.
 fn run_pages_max(group_bytes_max: usize, group_bytes: usize) -> usize {
     (group_bytes_max.saturating_sub(group_bytes) / PAGE_SIZE).clamp(1, RUN_PAGES_MAX)
-}
-
-/// Records the first failure, and hands heed an error to abort the transaction with.
-fn fail(slot: &mut Option<Error>, error: Error) -> heed::Error {
-    slot.get_or_insert(error);
-    heed::Error::Io(std::io::Error::other("group aborted"))
 }
 
 /// The applier's decoding state: the record reader, where the record it holds open began (the

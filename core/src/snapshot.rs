@@ -38,7 +38,7 @@ use heed::{CommitOrAbort, PutFlags};
 
 use crate::error::{Error, Result};
 use crate::record::{KEY_LEN_MAX, TABLE_LEN_MAX};
-use crate::store::{ApplyState, Store};
+use crate::store::{ApplyState, Store, TxnError};
 use crate::value::split_value;
 use crate::Snapshot;
 
@@ -229,135 +229,107 @@ fn restore_into(
     let applied_seq_end = u64::from_le_bytes(src.array::<8>("applied seq")?);
     let wtxn = store.env.write_txn().map_err(store.lmdb("begin restore"))?;
     let mut entries = 0u64;
-    let mut failure: Option<Error> = None;
-    let abort = |slot: &mut Option<Error>, error: Error| {
-        slot.get_or_insert(error);
-        heed::Error::Io(std::io::Error::other("restore aborted"))
-    };
-    let outcome =
-        store
-            .env
-            .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
-                let mut tables: std::collections::HashMap<String, heed::Database<Bytes, Bytes>> =
-                    Default::default();
-                let (mut name, mut key, mut value) = (Vec::new(), Vec::new(), Vec::new());
-                loop {
-                    let [tag] = src
-                        .array::<1>("entry tag")
-                        .map_err(|e| abort(&mut failure, e))?;
-                    if tag == TAG_END {
-                        break;
-                    }
-                    if tag != TAG_ENTRY {
-                        return Err(abort(
-                            &mut failure,
-                            Error::SnapshotDecode {
-                                offset: src.offset - 1,
-                                what: "entry tag",
-                            },
-                        ));
-                    }
-                    let entry = (|| -> Result<()> {
-                        let [len] = src.array::<1>("table length")?;
-                        src.vec(usize::from(len).min(TABLE_LEN_MAX), "table name", &mut name)?;
-                        let key_len =
-                            usize::from(u16::from_le_bytes(src.array::<2>("key length")?));
-                        if key_len == 0 || key_len > KEY_LEN_MAX {
-                            return Err(Error::SnapshotDecode {
-                                offset: src.offset - 2,
-                                what: "key length",
-                            });
-                        }
-                        src.vec(key_len, "key", &mut key)?;
-                        let seq = src.array::<8>("seq")?;
-                        let value_len =
-                            u32::from_le_bytes(src.array::<4>("value length")?) as usize;
-                        value.clear();
-                        value.extend_from_slice(&seq);
-                        // Grows with what the stream really holds: a lying length fails at its end.
-                        let mut chunk = vec![0u8; value_len.min(1 << 20)];
-                        let mut left = value_len;
-                        while left > 0 {
-                            let n = left.min(chunk.len());
-                            src.take(&mut chunk[..n], "value")?;
-                            value.extend_from_slice(&chunk[..n]);
-                            left -= n;
-                        }
-                        Ok(())
-                    })();
-                    entry.map_err(|e| abort(&mut failure, e))?;
-                    let table_name = std::str::from_utf8(&name)
-                        .ok()
-                        .filter(|name| crate::record::check_table(name).is_ok())
-                        .ok_or(())
-                        .map_err(|()| {
-                            abort(
-                                &mut failure,
-                                Error::SnapshotDecode {
-                                    offset: src.offset,
-                                    what: "table name",
-                                },
-                            )
-                        })?
-                        .to_string();
-                    let table = match tables.get(&table_name) {
-                        Some(table) => *table,
-                        None => {
-                            let table: heed::Database<Bytes, Bytes> =
-                                wdo.create_database(wtxn, Some(&table_name))?;
-                            store
-                                .meta
-                                .put(wtxn, format!("table:{table_name}").as_bytes(), b"")?;
-                            tables.insert(table_name, table);
-                            table
-                        }
-                    };
-                    // Entries come in key order per table, so LMDB can append.
-                    table.put_with_flags(wtxn, PutFlags::APPEND, &key, &value)?;
-                    entries += 1;
+    let outcome = store
+        .env
+        .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, TxnError> {
+            let mut tables: std::collections::HashMap<String, heed::Database<Bytes, Bytes>> =
+                Default::default();
+            let (mut name, mut key, mut value) = (Vec::new(), Vec::new(), Vec::new());
+            loop {
+                let [tag] = src.array::<1>("entry tag")?;
+                if tag == TAG_END {
+                    break;
                 }
-                let expected = src.crc;
-                let mut stored = [0u8; 4];
-                src.inner.read_exact(&mut stored).map_err(|_| {
-                    abort(
-                        &mut failure,
-                        Error::SnapshotDecode {
-                            offset: src.offset,
-                            what: "crc",
-                        },
-                    )
-                })?;
-                if u32::from_le_bytes(stored) != expected {
-                    return Err(abort(
-                        &mut failure,
-                        Error::SnapshotDecode {
-                            offset: src.offset,
-                            what: "crc (damaged stream)",
-                        },
-                    ));
+                if tag != TAG_ENTRY {
+                    return Err(Error::SnapshotDecode {
+                        offset: src.offset - 1,
+                        what: "entry tag",
+                    }
+                    .into());
                 }
-                store.meta.put(wtxn, b"database_uuid", &database_uuid)?;
-                store.meta.put(wtxn, b"origin_uuid", &origin_uuid)?;
-                let state = ApplyState {
-                    binlog_next_lsn: lsn,
-                    replay_lsn: lsn,
-                    applied_seq_end,
+                let entry = (|| -> Result<()> {
+                    let [len] = src.array::<1>("table length")?;
+                    src.vec(usize::from(len).min(TABLE_LEN_MAX), "table name", &mut name)?;
+                    let key_len = usize::from(u16::from_le_bytes(src.array::<2>("key length")?));
+                    if key_len == 0 || key_len > KEY_LEN_MAX {
+                        return Err(Error::SnapshotDecode {
+                            offset: src.offset - 2,
+                            what: "key length",
+                        });
+                    }
+                    src.vec(key_len, "key", &mut key)?;
+                    let seq = src.array::<8>("seq")?;
+                    let value_len = u32::from_le_bytes(src.array::<4>("value length")?) as usize;
+                    value.clear();
+                    value.extend_from_slice(&seq);
+                    // Grows with what the stream really holds: a lying length fails at its end.
+                    let mut chunk = vec![0u8; value_len.min(1 << 20)];
+                    let mut left = value_len;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        src.take(&mut chunk[..n], "value")?;
+                        value.extend_from_slice(&chunk[..n]);
+                        left -= n;
+                    }
+                    Ok(())
+                })();
+                entry?;
+                let table_name = std::str::from_utf8(&name)
+                    .ok()
+                    .filter(|name| crate::record::check_table(name).is_ok())
+                    .ok_or(Error::SnapshotDecode {
+                        offset: src.offset,
+                        what: "table name",
+                    })?
+                    .to_string();
+                let table = match tables.get(&table_name) {
+                    Some(table) => *table,
+                    None => {
+                        let table: heed::Database<Bytes, Bytes> =
+                            wdo.create_database(wtxn, Some(&table_name))?;
+                        store
+                            .meta
+                            .put(wtxn, format!("table:{table_name}").as_bytes(), b"")?;
+                        tables.insert(table_name, table);
+                        table
+                    }
                 };
-                store
-                    .put_apply_state(wtxn, &state)
-                    .map_err(|e| abort(&mut failure, e))?;
-                store
-                    .meta
-                    .put(wtxn, b"binlog_oldest_lsn", &lsn.to_le_bytes())?;
-                if as_replica {
-                    store.meta.put(wtxn, b"role", b"replica")?;
+                // Entries come in key order per table, so LMDB can append.
+                table.put_with_flags(wtxn, PutFlags::APPEND, &key, &value)?;
+                entries += 1;
+            }
+            let expected = src.crc;
+            let mut stored = [0u8; 4];
+            src.inner
+                .read_exact(&mut stored)
+                .map_err(|_| Error::SnapshotDecode {
+                    offset: src.offset,
+                    what: "crc",
+                })?;
+            if u32::from_le_bytes(stored) != expected {
+                return Err(Error::SnapshotDecode {
+                    offset: src.offset,
+                    what: "crc (damaged stream)",
                 }
-                Ok(CommitOrAbort::<_, ()>::Commit(()))
-            });
-    if let Some(error) = failure {
-        return Err(error);
-    }
-    outcome.map_err(store.lmdb("commit restore"))?;
+                .into());
+            }
+            store.meta.put(wtxn, b"database_uuid", &database_uuid)?;
+            store.meta.put(wtxn, b"origin_uuid", &origin_uuid)?;
+            let state = ApplyState {
+                binlog_next_lsn: lsn,
+                replay_lsn: lsn,
+                applied_seq_end,
+            };
+            store.put_apply_state(wtxn, &state)?;
+            store
+                .meta
+                .put(wtxn, b"binlog_oldest_lsn", &lsn.to_le_bytes())?;
+            if as_replica {
+                store.meta.put(wtxn, b"role", b"replica")?;
+            }
+            Ok(CommitOrAbort::<_, ()>::Commit(()))
+        });
+    outcome.map_err(|error| error.into_error(store.lmdb("commit restore")))?;
     tracing::info!(path = %dir.display(), entries, lsn, "restored snapshot");
     Ok(SnapshotStats {
         entries,

@@ -64,6 +64,44 @@ fn available_bytes(path: &Path) -> Option<u64> {
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// What fails a write transaction that runs inside heed's `create_databases_and_commit` (the
+/// applier's groups, a restore): heed's error or one of ours.
+///
+/// heed creates tables only inside that call, so such a transaction is a closure, and heed
+/// aborts it when the closure returns an error, of any type that converts from `heed::Error`.
+/// This is that type, so our errors leave the closure whole instead of being flattened into a
+/// stand-in `heed::Error` and stashed beside it: `?` on an LMDB call keeps heed's error, `?` on
+/// one of ours keeps ours, and [`TxnError::into_error`] gives the caller the [`Error`] to return.
+#[derive(Debug)]
+pub(crate) enum TxnError {
+    /// LMDB failed (inside the closure or committing); named by the caller, as its commit.
+    Lmdb(heed::Error),
+    /// The closure failed with one of our errors; the transaction was aborted.
+    Aborted(Error),
+}
+
+impl From<heed::Error> for TxnError {
+    fn from(error: heed::Error) -> Self {
+        Self::Lmdb(error)
+    }
+}
+
+impl From<Error> for TxnError {
+    fn from(error: Error) -> Self {
+        Self::Aborted(error)
+    }
+}
+
+impl TxnError {
+    /// Our error as it was, or heed's named by `lmdb` (say `store.lmdb("commit group")`).
+    pub fn into_error(self, lmdb: impl FnOnce(heed::Error) -> Error) -> Error {
+        match self {
+            Self::Lmdb(error) => lmdb(error),
+            Self::Aborted(error) => error,
+        }
+    }
+}
+
 /// The store format this build writes.
 pub const STORE_FORMAT: u32 = 1;
 
