@@ -88,6 +88,12 @@ impl Applier {
         let inner = Arc::clone(&self.inner);
         let store = &inner.store;
         let first_lsn = self.cursor.position();
+        // The binlog has no holes: each group starts where the last one ended (its key follows
+        // the last by APPEND; retention and recovery read a group's end from the next key).
+        assert_eq!(
+            first_lsn, self.state.binlog_next_lsn,
+            "group starts at the applied LSN"
+        );
         let older_than = inner.options.binlog_retain_age.map_or(0, |age| {
             std::time::SystemTime::now()
                 .checked_sub(age)
@@ -143,23 +149,37 @@ impl Applier {
         let store = tables.store;
         let group_bytes_max = self.inner.options.group_bytes_max;
         let retain_bytes = self.inner.options.binlog_retain_bytes;
+        let mut next_lsn = first_lsn;
         while self.compact.len() < group_bytes_max {
             let pages_max = run_pages_max(group_bytes_max, self.compact.len());
             let Some(run) = self.cursor.next_run(pages_max)? else {
                 break;
             };
             for page in run.pages() {
+                // The binlog value is the pages [first_lsn, last_lsn) back to back, in order.
+                assert_eq!(page.lsn(), next_lsn, "a group's pages are contiguous");
+                next_lsn += 1;
                 self.compact.extend_from_slice(page.compact_bytes());
                 self.feed
                     .feed(page, &mut self.state.applied_seq_end, wtxn, tables)?;
             }
         }
         let last_lsn = self.cursor.position();
+        assert_eq!(
+            last_lsn, next_lsn,
+            "every page the cursor passed is in the group"
+        );
         if last_lsn > first_lsn {
             store.append_binlog(wtxn, first_lsn, &self.compact)?;
         }
         self.state.binlog_next_lsn = last_lsn;
         self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
+        // Recovery replays the binlog from `replay_lsn`, and a snapshot stream with it above its
+        // LSN is refused: the open record began in a page already in the binlog.
+        assert!(
+            self.state.replay_lsn <= last_lsn,
+            "replay starts in the binlog"
+        );
         store.put_apply_state(wtxn, &self.state)?;
         store.trim_binlog(wtxn, retain_bytes, older_than, self.state.replay_lsn)?;
         Ok(())

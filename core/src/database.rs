@@ -435,6 +435,9 @@ impl Inner {
             .applied
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Waiters compare against it once and sleep (`wait_applied`, `CommitTicket::is_done`):
+        // it only moves forward.
+        assert!(applied_lsn >= *guard, "applied LSN moves forward");
         *guard = applied_lsn;
         drop(guard);
         self.applied_changed.notify_all();
