@@ -5,10 +5,12 @@
 //! transaction:
 //!
 //! 1. appends the group's pages to `__binlog` under the group's first LSN (compact form, APPEND);
-//! 2. decodes and applies each record that completes in them, in log order, skipping records at
-//!    above `applied_seq_end` (lower ones were applied before a crash). A transaction record applies only if
-//!    every version it read is still current; otherwise it is skipped, the same way everywhere;
-//! 3. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`;
+//! 2. decodes and applies each record that completes in them, in log order, from `applied_seq_end`
+//!    on (lower ones were applied before a crash: see `recovery.rs`). A transaction record applies
+//!    only if every version it read is still current; otherwise it is skipped, the same way
+//!    everywhere;
+//! 3. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`, and
+//!    trims the binlog (`binlog.rs`);
 //!
 //! and commits (synced; see `store.rs`). Then it publishes the applied watermark, wakes waiters and
 //! releases the group's ring slots: the pages are in the binlog now.

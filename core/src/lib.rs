@@ -3,7 +3,8 @@
 //! Writes go through the log: a [`WriteBatch`] becomes one log record; the applier thread turns
 //! groups of ready pages into one LMDB write transaction each (binlog append, apply, apply state),
 //! and a commit returns when its [`Durability`] holds. Reads are LMDB read transactions: zero-copy,
-//! in parallel with the writer, never blocked by it. See `apply.rs` and `store.rs` for the layouts.
+//! in parallel with the writer, never blocked by it. See `store.rs`, `binlog.rs` and `apply.rs` for
+//! the layouts, and `recovery.rs` for what an open replays.
 //!
 //! ```
 //! use pagemesh_core::{Database, Durability, Options, WriteBatch};
