@@ -5,10 +5,12 @@
 //! transaction:
 //!
 //! 1. appends the group's pages to `__binlog` under the group's first LSN (compact form, APPEND);
-//! 2. decodes and applies each record that completes in them, in log order, skipping records at
-//!    above `applied_seq_end` (lower ones were applied before a crash). A transaction record applies only if
-//!    every version it read is still current; otherwise it is skipped, the same way everywhere;
-//! 3. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`;
+//! 2. decodes and applies each record that completes in them, in log order, from `applied_seq_end`
+//!    on (lower ones were applied before a crash: see `recovery.rs`). A transaction record applies
+//!    only if every version it read is still current; otherwise it is skipped, the same way
+//!    everywhere;
+//! 3. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`, and
+//!    trims the binlog (`binlog.rs`);
 //!
 //! and commits (synced; see `store.rs`). Then it publishes the applied watermark, wakes waiters and
 //! releases the group's ring slots: the pages are in the binlog now.
@@ -25,21 +27,24 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use heed::types::Bytes;
 use heed::CommitOrAbort;
-use std::ops::Bound;
 
-use pagemesh_logpage::page::HEADER_SIZE;
-use pagemesh_logpage::{validate, Cursor, PageRef, RecordReader, PAGE_SIZE};
+use pagemesh_logpage::{Cursor, PageRef, RecordReader, PAGE_SIZE};
 
-use crate::error::{Error, Result};
+use crate::database::Inner;
+#[cfg(doc)]
+use crate::error::Error;
+use crate::error::Result;
 use crate::record::{decode, Op};
-use crate::store::{ApplyState, Store};
-use crate::Inner;
+use crate::store::{ApplyState, Store, TxnError};
+use crate::value::{encode_value, value_seq};
+#[cfg(doc)]
+use crate::Database;
 
 /// Pages taken from the cursor per `next_run` call.
 const RUN_PAGES_MAX: usize = 64;
@@ -85,8 +90,12 @@ impl Applier {
         let inner = Arc::clone(&self.inner);
         let store = &inner.store;
         let first_lsn = self.cursor.position();
-        let group_bytes_max = inner.options.group_bytes_max;
-        let retain_bytes = inner.options.binlog_retain_bytes;
+        // The binlog has no holes: each group starts where the last one ended (its key follows
+        // the last by APPEND; retention and recovery read a group's end from the next key).
+        assert_eq!(
+            first_lsn, self.state.binlog_next_lsn,
+            "group starts at the applied LSN"
+        );
         let older_than = inner.options.binlog_retain_age.map_or(0, |age| {
             std::time::SystemTime::now()
                 .checked_sub(age)
@@ -95,13 +104,12 @@ impl Applier {
         });
         let mut created: Vec<String> = Vec::new();
         let mut gate = None;
-        let mut failure: Option<Error> = None;
         self.compact.clear();
         let wtxn = store.env.write_txn().map_err(store.lmdb("begin group"))?;
         let committed =
             store
                 .env
-                .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
+                .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, TxnError> {
                     let mut tables = GroupTables {
                         store,
                         wdo,
@@ -109,49 +117,12 @@ impl Applier {
                         gate: None,
                         last: None,
                     };
-                    while self.compact.len() < group_bytes_max {
-                        let Some(run) = self
-                            .cursor
-                            .next_run(run_pages_max(group_bytes_max, self.compact.len()))
-                            .map_err(|e| fail(&mut failure, e.into()))?
-                        else {
-                            break;
-                        };
-                        for page in run.pages() {
-                            self.compact.extend_from_slice(page.compact_bytes());
-                            let outcome = self.feed.feed(
-                                page,
-                                &mut self.state.applied_seq_end,
-                                wtxn,
-                                &mut tables,
-                            );
-                            if let Err(error) = outcome {
-                                return Err(fail(&mut failure, error));
-                            }
-                        }
-                    }
+                    self.write_group(first_lsn, older_than, wtxn, &mut tables)?;
                     created.extend(tables.created.into_keys());
                     gate = tables.gate.take();
-                    let last_lsn = self.cursor.position();
-                    if last_lsn > first_lsn {
-                        store
-                            .append_binlog(wtxn, first_lsn, &self.compact)
-                            .map_err(|e| fail(&mut failure, e))?;
-                    }
-                    self.state.binlog_next_lsn = last_lsn;
-                    self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
-                    store
-                        .put_apply_state(wtxn, &self.state)
-                        .map_err(|e| fail(&mut failure, e))?;
-                    store
-                        .trim_binlog(wtxn, retain_bytes, older_than, self.state.replay_lsn)
-                        .map_err(|e| fail(&mut failure, e))?;
                     Ok(CommitOrAbort::<_, ()>::Commit(()))
                 });
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        committed.map_err(store.lmdb("commit group"))?;
+        committed.map_err(|error| error.into_error(store.lmdb("commit group")))?;
         for table in &created {
             store.open_created_table(table)?;
         }
@@ -166,6 +137,55 @@ impl Applier {
         inner.publish_applied(self.state.binlog_next_lsn);
         Ok(())
     }
+
+    /// The group's work inside its transaction: takes ready pages from `first_lsn` on, up to
+    /// `group_bytes_max`, and applies their records; appends the pages to the binlog, records the
+    /// apply state and trims the binlog (`older_than` as [`Store::trim_binlog`] takes it).
+    fn write_group<'e>(
+        &mut self,
+        first_lsn: u64,
+        older_than: u64,
+        wtxn: &mut heed::RwTxn<'e>,
+        tables: &mut GroupTables<'_, '_, 'e>,
+    ) -> Result<()> {
+        let store = tables.store;
+        let group_bytes_max = self.inner.options.group_bytes_max;
+        let retain_bytes = self.inner.options.binlog_retain_bytes;
+        let mut next_lsn = first_lsn;
+        while self.compact.len() < group_bytes_max {
+            let pages_max = run_pages_max(group_bytes_max, self.compact.len());
+            let Some(run) = self.cursor.next_run(pages_max)? else {
+                break;
+            };
+            for page in run.pages() {
+                // The binlog value is the pages [first_lsn, last_lsn) back to back, in order.
+                assert_eq!(page.lsn(), next_lsn, "a group's pages are contiguous");
+                next_lsn += 1;
+                self.compact.extend_from_slice(page.compact_bytes());
+                self.feed
+                    .feed(page, &mut self.state.applied_seq_end, wtxn, tables)?;
+            }
+        }
+        let last_lsn = self.cursor.position();
+        assert_eq!(
+            last_lsn, next_lsn,
+            "every page the cursor passed is in the group"
+        );
+        if last_lsn > first_lsn {
+            store.append_binlog(wtxn, first_lsn, &self.compact)?;
+        }
+        self.state.binlog_next_lsn = last_lsn;
+        self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
+        // Recovery replays the binlog from `replay_lsn`, and a snapshot stream with it above its
+        // LSN is refused: the open record began in a page already in the binlog.
+        assert!(
+            self.state.replay_lsn <= last_lsn,
+            "replay starts in the binlog"
+        );
+        store.put_apply_state(wtxn, &self.state)?;
+        store.trim_binlog(wtxn, retain_bytes, older_than, self.state.replay_lsn)?;
+        Ok(())
+    }
 }
 
 /// A table handle inside the group's transaction: an existing table (`'static`, which coerces)
@@ -174,7 +194,7 @@ type TxnTable<'e> = heed::Database<'e, Bytes, Bytes>;
 
 /// The tables a group writes: the store's, plus any the group's transaction creates.
 struct GroupTables<'s, 'g, 'e> {
-    store: &'s crate::store::Store,
+    store: &'s Store,
     wdo: &'g heed::DatabaseOpener<'e, heed::WithTls>,
     created: HashMap<String, TxnTable<'e>>,
     /// Held from the first table creation until the new handles are registered (`Store::table_gate`).
@@ -237,12 +257,6 @@ fn run_pages_max(group_bytes_max: usize, group_bytes: usize) -> usize {
     (group_bytes_max.saturating_sub(group_bytes) / PAGE_SIZE).clamp(1, RUN_PAGES_MAX)
 }
 
-/// Records the first failure, and hands heed an error to abort the transaction with.
-fn fail(slot: &mut Option<Error>, error: Error) -> heed::Error {
-    slot.get_or_insert(error);
-    heed::Error::Io(std::io::Error::other("group aborted"))
-}
-
 /// The applier's decoding state: the record reader, where the record it holds open began (the
 /// next `replay_lsn`), and reused buffers.
 pub(crate) struct RecordFeed {
@@ -255,60 +269,28 @@ pub(crate) struct RecordFeed {
 }
 
 impl RecordFeed {
-    /// A feed for a database whose apply state is `state`: the reader is rebuilt from the binlog
-    /// pages in `[replay_lsn, binlog_next_lsn)`, where a record still open when the last group
-    /// committed began.
-    pub fn replay(store: &Store, state: &ApplyState) -> Result<Self> {
-        let mut feed = Self {
+    /// A feed with no record open.
+    pub fn new() -> Self {
+        Self {
             reader: RecordReader::new(),
             open_record_lsn: None,
             value: Vec::new(),
             conflicts: Vec::new(),
             records_applied: 0,
-        };
-        if state.replay_lsn >= state.binlog_next_lsn {
-            return Ok(feed);
         }
-        let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-        let replay_key = state.replay_lsn.to_be_bytes();
-        let first_group = store
-            .binlog
-            .rev_range(&rtxn, &(Bound::Unbounded, Bound::Included(&replay_key[..])))
-            .map_err(store.lmdb("find binlog group"))?
-            .next()
-            .transpose()
-            .map_err(store.lmdb("find binlog group"))?
-            .map(|(key, _)| key.to_vec())
-            .ok_or(Error::NotADatabase {
-                path: store.path.clone(),
-                why: "binlog lacks the replay start",
-            })?;
-        let range = (Bound::Included(&first_group[..]), Bound::Unbounded);
-        for entry in store
-            .binlog
-            .range(&rtxn, &range)
-            .map_err(store.lmdb("read binlog"))?
-        {
-            let (_, mut pages) = entry.map_err(store.lmdb("read binlog"))?;
-            while !pages.is_empty() {
-                // A value is compact pages back to back: view at most one page to learn its length.
-                let page = validate(&pages[..pages.len().min(PAGE_SIZE)])?;
-                let (page_bytes, rest) = pages.split_at(HEADER_SIZE + page.payload().len());
-                pages = rest;
-                let page = validate(page_bytes)?;
-                if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
-                    continue;
-                }
-                feed.reader.feed(page, |record| {
-                    debug_assert!(
-                        record.seq < state.applied_seq_end,
-                        "binlog holds an unapplied record"
-                    );
-                })?;
-                feed.track_open_record(page);
-            }
-        }
-        Ok(feed)
+    }
+
+    /// Feeds one page whose records were all applied before, to rebuild the reader's state and
+    /// the open record's LSN (recovery, from the binlog); nothing is applied.
+    pub fn replay_page(&mut self, page: PageRef<'_>, applied_seq_end: u64) -> Result<()> {
+        self.reader.feed(page, |record| {
+            debug_assert!(
+                record.seq < applied_seq_end,
+                "binlog holds an unapplied record"
+            );
+        })?;
+        self.track_open_record(page);
+        Ok(())
     }
 
     /// If a record is open after `page` and one started in it, the open one is the last that
@@ -363,7 +345,7 @@ fn apply_record<'e>(
     for read in record.reads() {
         let table = tables.get(read.table, wtxn)?;
         let current = match table.get(wtxn, read.key).map_err(lmdb("read version"))? {
-            Some(stored) => Some(crate::value_seq(stored)?),
+            Some(stored) => Some(value_seq(stored)?),
             None => None,
         };
         if current != read.version {
@@ -378,9 +360,7 @@ fn apply_record<'e>(
                 key,
                 value,
             } => {
-                value_buf.clear();
-                value_buf.extend_from_slice(&seq.to_le_bytes());
-                value_buf.extend_from_slice(value);
+                encode_value(value_buf, seq, value);
                 let t = tables.get(name, wtxn)?;
                 t.put(wtxn, key, value_buf).map_err(lmdb("put"))?;
             }
@@ -393,15 +373,44 @@ fn apply_record<'e>(
     Ok(true)
 }
 
-impl Inner {
-    pub(crate) fn publish_applied(&self, applied_lsn: u64) {
-        let mut guard = self
-            .applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = applied_lsn;
-        drop(guard);
-        self.applied_changed.notify_all();
-        self.applied_lsn.store(applied_lsn, Ordering::Release);
+/// What the applier has done since the database was opened: how group commit adapted.
+#[derive(Debug, Default)]
+pub(crate) struct ApplyStats {
+    groups: AtomicU64,
+    pages: AtomicU64,
+    records: AtomicU64,
+    largest_group_records: AtomicU64,
+}
+
+impl ApplyStats {
+    /// The counters now, for [`Database::stats`].
+    pub(crate) fn reading(&self) -> Stats {
+        Stats {
+            groups: self.groups.load(Ordering::Relaxed),
+            pages: self.pages.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+            largest_group_records: self.largest_group_records.load(Ordering::Relaxed),
+        }
     }
+
+    pub(crate) fn record_group(&self, pages: u64, records: u64) {
+        self.groups.fetch_add(1, Ordering::Relaxed);
+        self.pages.fetch_add(pages, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.largest_group_records
+            .fetch_max(records, Ordering::Relaxed);
+    }
+}
+
+/// A reading of [`Database::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// LMDB write transactions the applier committed.
+    pub groups: u64,
+    /// Log pages applied.
+    pub pages: u64,
+    /// Records applied.
+    pub records: u64,
+    /// Records in the largest group.
+    pub largest_group_records: u64,
 }

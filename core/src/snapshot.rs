@@ -1,4 +1,4 @@
-//! Full snapshots (backup, restore, replica bootstrap) and binlog history.
+//! Full snapshots: backup, restore, replica bootstrap. (Binlog history is `binlog.rs`'s.)
 //!
 //! A full snapshot is one LMDB read transaction over every table, tagged with the apply state it
 //! saw, so it is consistent and never blocks the writer. Its stream, little-endian:
@@ -30,18 +30,17 @@
 //! (`applied_seq_end`), exactly as crash recovery skips them. (Format 1 lacked `replay_lsn`, so a
 //! replica bootstrapped from it could miss that record; format 1 streams are refused.)
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::ops::Bound;
 use std::path::Path;
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, PutFlags};
-use pagemesh_logpage::page::HEADER_SIZE;
-use pagemesh_logpage::{validate, PageRef, PAGE_SIZE};
 
 use crate::error::{Error, Result};
 use crate::record::{KEY_LEN_MAX, TABLE_LEN_MAX};
-use crate::store::{ApplyState, Store};
+use crate::store::{ApplyState, Store, TxnError};
+use crate::value::split_value;
 use crate::Snapshot;
 
 const MAGIC: [u8; 8] = *b"PMSNAP\0\x02";
@@ -109,7 +108,7 @@ impl Snapshot<'_> {
                 .map_err(store.lmdb("iterate for snapshot"))?
             {
                 let (key, stored) = entry.map_err(store.lmdb("iterate for snapshot"))?;
-                let value = crate::split_value(stored)?;
+                let value = split_value(stored)?;
                 w.put(&[TAG_ENTRY, name.len() as u8]).map_err(io)?;
                 w.put(name.as_bytes()).map_err(io)?;
                 w.put(&(key.len() as u16).to_le_bytes()).map_err(io)?;
@@ -131,81 +130,6 @@ impl Snapshot<'_> {
             lsn: state.binlog_next_lsn,
             replica_resume_lsn: state.replay_lsn,
         })
-    }
-
-    /// The log pages from `from_lsn` on that the binlog still holds, in order. Fails with
-    /// [`Error::Purged`] if retention already trimmed pages at or above `from_lsn`.
-    pub fn binlog_range<'s>(
-        &'s self,
-        from_lsn: u64,
-    ) -> Result<impl Iterator<Item = Result<PageRef<'s>>> + 's> {
-        let store = self.store;
-        let oldest = store.binlog_oldest_lsn(&self.txn)?;
-        if from_lsn < oldest {
-            return Err(Error::Purged {
-                requested: from_lsn,
-                oldest,
-            });
-        }
-        // Start at the group holding `from_lsn` (the last key at or below it), if any.
-        let from_key = from_lsn.to_be_bytes();
-        let start = store
-            .binlog
-            .rev_range(
-                &self.txn,
-                &(Bound::Unbounded, Bound::Included(&from_key[..])),
-            )
-            .map_err(store.lmdb("find binlog group"))?
-            .next()
-            .transpose()
-            .map_err(store.lmdb("find binlog group"))?
-            .map_or(from_key.to_vec(), |(key, _)| key.to_vec());
-        let range = (Bound::Included(&start[..]), Bound::Unbounded);
-        let groups = store
-            .binlog
-            .range(&self.txn, &range)
-            .map_err(store.lmdb("read binlog"))?;
-        Ok(groups
-            .map(move |group| {
-                group
-                    .map_err(store.lmdb("read binlog"))
-                    .map(|(_, pages)| CompactPages { rest: pages })
-            })
-            .flat_map(
-                |group| -> Box<dyn Iterator<Item = Result<PageRef<'s>>> + 's> {
-                    match group {
-                        Ok(pages) => Box::new(pages),
-                        Err(error) => Box::new(std::iter::once(Err(error))),
-                    }
-                },
-            )
-            .filter(move |page| page.as_ref().map_or(true, |page| page.lsn() >= from_lsn)))
-    }
-}
-
-/// The pages of one binlog value (compact pages back to back), validated one by one.
-pub(crate) struct CompactPages<'a> {
-    pub rest: &'a [u8],
-}
-
-impl<'a> Iterator for CompactPages<'a> {
-    type Item = Result<PageRef<'a>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        // View at most one page to learn its length, then validate exactly that page.
-        let page = match validate(&self.rest[..self.rest.len().min(PAGE_SIZE)]) {
-            Ok(page) => page,
-            Err(error) => {
-                self.rest = &[];
-                return Some(Err(error.into()));
-            }
-        };
-        let (bytes, rest) = self.rest.split_at(HEADER_SIZE + page.payload().len());
-        self.rest = rest;
-        Some(validate(bytes).map_err(Error::from))
     }
 }
 
@@ -271,175 +195,249 @@ pub(crate) fn restore(
     result
 }
 
+/// Restores the stream into the freshly created `store`, in one write transaction committed only
+/// if the stream reads to its end and its crc matches: [`SnapshotReader`] parses and checks,
+/// [`write_entries`] puts.
 fn restore_into(
     store: &Store,
     dir: &Path,
     input: impl Read,
     as_replica: bool,
 ) -> Result<SnapshotStats> {
-    let mut src = Source {
-        inner: input,
-        crc: 0,
-        offset: 0,
-    };
-    if src.array::<8>("magic")? != MAGIC {
-        return Err(Error::SnapshotDecode {
-            offset: 0,
-            what: "magic (not a pagemesh snapshot)",
-        });
-    }
-    let database_uuid = src.array::<16>("database uuid")?;
-    let origin_uuid = src.array::<16>("origin uuid")?;
-    let binlog_next_lsn = u64::from_le_bytes(src.array::<8>("lsn")?);
-    let replay_lsn = u64::from_le_bytes(src.array::<8>("replay lsn")?);
-    if replay_lsn > binlog_next_lsn {
-        return Err(Error::SnapshotDecode {
-            offset: src.offset - 8,
-            what: "replay lsn (above the snapshot's lsn)",
-        });
-    }
+    let mut stream = SnapshotReader::new(input);
+    let header = stream.header()?;
     let lsn = if as_replica {
-        replay_lsn
+        header.replay_lsn
     } else {
-        binlog_next_lsn
+        header.binlog_next_lsn
     };
-    let applied_seq_end = u64::from_le_bytes(src.array::<8>("applied seq")?);
     let wtxn = store.env.write_txn().map_err(store.lmdb("begin restore"))?;
     let mut entries = 0u64;
-    let mut failure: Option<Error> = None;
-    let abort = |slot: &mut Option<Error>, error: Error| {
-        slot.get_or_insert(error);
-        heed::Error::Io(std::io::Error::other("restore aborted"))
-    };
-    let outcome =
-        store
-            .env
-            .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, heed::Error> {
-                let mut tables: std::collections::HashMap<String, heed::Database<Bytes, Bytes>> =
-                    Default::default();
-                let (mut name, mut key, mut value) = (Vec::new(), Vec::new(), Vec::new());
-                loop {
-                    let [tag] = src
-                        .array::<1>("entry tag")
-                        .map_err(|e| abort(&mut failure, e))?;
-                    if tag == TAG_END {
-                        break;
-                    }
-                    if tag != TAG_ENTRY {
-                        return Err(abort(
-                            &mut failure,
-                            Error::SnapshotDecode {
-                                offset: src.offset - 1,
-                                what: "entry tag",
-                            },
-                        ));
-                    }
-                    let entry = (|| -> Result<()> {
-                        let [len] = src.array::<1>("table length")?;
-                        src.vec(usize::from(len).min(TABLE_LEN_MAX), "table name", &mut name)?;
-                        let key_len =
-                            usize::from(u16::from_le_bytes(src.array::<2>("key length")?));
-                        if key_len == 0 || key_len > KEY_LEN_MAX {
-                            return Err(Error::SnapshotDecode {
-                                offset: src.offset - 2,
-                                what: "key length",
-                            });
-                        }
-                        src.vec(key_len, "key", &mut key)?;
-                        let seq = src.array::<8>("seq")?;
-                        let value_len =
-                            u32::from_le_bytes(src.array::<4>("value length")?) as usize;
-                        value.clear();
-                        value.extend_from_slice(&seq);
-                        // Grows with what the stream really holds: a lying length fails at its end.
-                        let mut chunk = vec![0u8; value_len.min(1 << 20)];
-                        let mut left = value_len;
-                        while left > 0 {
-                            let n = left.min(chunk.len());
-                            src.take(&mut chunk[..n], "value")?;
-                            value.extend_from_slice(&chunk[..n]);
-                            left -= n;
-                        }
-                        Ok(())
-                    })();
-                    entry.map_err(|e| abort(&mut failure, e))?;
-                    let table_name = std::str::from_utf8(&name)
-                        .ok()
-                        .filter(|name| crate::record::check_table(name).is_ok())
-                        .ok_or(())
-                        .map_err(|()| {
-                            abort(
-                                &mut failure,
-                                Error::SnapshotDecode {
-                                    offset: src.offset,
-                                    what: "table name",
-                                },
-                            )
-                        })?
-                        .to_string();
-                    let table = match tables.get(&table_name) {
-                        Some(table) => *table,
-                        None => {
-                            let table: heed::Database<Bytes, Bytes> =
-                                wdo.create_database(wtxn, Some(&table_name))?;
-                            store
-                                .meta
-                                .put(wtxn, format!("table:{table_name}").as_bytes(), b"")?;
-                            tables.insert(table_name, table);
-                            table
-                        }
-                    };
-                    // Entries come in key order per table, so LMDB can append.
-                    table.put_with_flags(wtxn, PutFlags::APPEND, &key, &value)?;
-                    entries += 1;
-                }
-                let expected = src.crc;
-                let mut stored = [0u8; 4];
-                src.inner.read_exact(&mut stored).map_err(|_| {
-                    abort(
-                        &mut failure,
-                        Error::SnapshotDecode {
-                            offset: src.offset,
-                            what: "crc",
-                        },
-                    )
-                })?;
-                if u32::from_le_bytes(stored) != expected {
-                    return Err(abort(
-                        &mut failure,
-                        Error::SnapshotDecode {
-                            offset: src.offset,
-                            what: "crc (damaged stream)",
-                        },
-                    ));
-                }
-                store.meta.put(wtxn, b"database_uuid", &database_uuid)?;
-                store.meta.put(wtxn, b"origin_uuid", &origin_uuid)?;
-                let state = ApplyState {
-                    binlog_next_lsn: lsn,
-                    replay_lsn: lsn,
-                    applied_seq_end,
-                };
-                store
-                    .put_apply_state(wtxn, &state)
-                    .map_err(|e| abort(&mut failure, e))?;
-                store
-                    .meta
-                    .put(wtxn, b"binlog_oldest_lsn", &lsn.to_le_bytes())?;
-                if as_replica {
-                    store.meta.put(wtxn, b"role", b"replica")?;
-                }
-                Ok(CommitOrAbort::<_, ()>::Commit(()))
-            });
-    if let Some(error) = failure {
-        return Err(error);
-    }
-    outcome.map_err(store.lmdb("commit restore"))?;
+    let outcome = store
+        .env
+        .create_databases_and_commit(wtxn, |wdo, wtxn| -> Result<_, TxnError> {
+            entries = write_entries(store, &mut stream, wdo, wtxn)?;
+            stream.check_crc()?;
+            write_identity(store, wtxn, &header, lsn, as_replica)?;
+            Ok(CommitOrAbort::<_, ()>::Commit(()))
+        });
+    outcome.map_err(|error| error.into_error(store.lmdb("commit restore")))?;
     tracing::info!(path = %dir.display(), entries, lsn, "restored snapshot");
     Ok(SnapshotStats {
         entries,
-        bytes: src.offset + 4,
+        bytes: stream.bytes(),
         lsn,
         replica_resume_lsn: lsn,
     })
+}
+
+/// The writer loop: puts every entry the stream holds into its table, creating each table (and
+/// its `table:` key in `__meta`) when its first entry comes. Returns the entries written.
+fn write_entries<'e, R: Read>(
+    store: &Store,
+    stream: &mut SnapshotReader<R>,
+    wdo: &heed::DatabaseOpener<'e, heed::WithTls>,
+    wtxn: &mut heed::RwTxn<'e>,
+) -> Result<u64, TxnError> {
+    let mut tables: HashMap<String, heed::Database<'e, Bytes, Bytes>> = HashMap::new();
+    let mut entries = 0u64;
+    while let Some(entry) = stream.next_entry()? {
+        let table = match tables.get(entry.table) {
+            Some(table) => *table,
+            None => {
+                let table: heed::Database<'e, Bytes, Bytes> =
+                    wdo.create_database(wtxn, Some(entry.table))?;
+                let key = format!("table:{}", entry.table);
+                store.meta.put(wtxn, key.as_bytes(), b"")?;
+                tables.insert(entry.table.to_string(), table);
+                table
+            }
+        };
+        // Entries come in key order per table, so LMDB can append.
+        table.put_with_flags(wtxn, PutFlags::APPEND, entry.key, entry.stored)?;
+        entries += 1;
+    }
+    Ok(entries)
+}
+
+/// Makes the restored database the snapshot's: its uuids, and its log continuing at `lsn`.
+fn write_identity(
+    store: &Store,
+    wtxn: &mut heed::RwTxn,
+    header: &Header,
+    lsn: u64,
+    as_replica: bool,
+) -> Result<(), TxnError> {
+    store
+        .meta
+        .put(wtxn, b"database_uuid", &header.database_uuid)?;
+    store.meta.put(wtxn, b"origin_uuid", &header.origin_uuid)?;
+    let state = ApplyState {
+        binlog_next_lsn: lsn,
+        replay_lsn: lsn,
+        applied_seq_end: header.applied_seq_end,
+    };
+    store.put_apply_state(wtxn, &state)?;
+    store
+        .meta
+        .put(wtxn, b"binlog_oldest_lsn", &lsn.to_le_bytes())?;
+    if as_replica {
+        store.meta.put(wtxn, b"role", b"replica")?;
+    }
+    Ok(())
+}
+
+/// What a snapshot stream's header says (see the module docs).
+struct Header {
+    database_uuid: [u8; 16],
+    origin_uuid: [u8; 16],
+    binlog_next_lsn: u64,
+    replay_lsn: u64,
+    applied_seq_end: u64,
+}
+
+/// One entry of the stream, borrowed from the reader's buffers.
+struct Entry<'a> {
+    table: &'a str,
+    key: &'a [u8],
+    /// The value in its stored form: seq (u64 LE) ‖ bytes.
+    stored: &'a [u8],
+}
+
+/// The reader: parses a snapshot stream (the header, then one entry at a time, then the crc) and
+/// checks all it can without LMDB: magic, lengths, table names, the crc. Entries' key order is
+/// LMDB's to check (the writer appends).
+struct SnapshotReader<R> {
+    src: Source<R>,
+    name: Vec<u8>,
+    key: Vec<u8>,
+    stored: Vec<u8>,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    fn new(input: R) -> Self {
+        Self {
+            src: Source {
+                inner: input,
+                crc: 0,
+                offset: 0,
+            },
+            name: Vec::new(),
+            key: Vec::new(),
+            stored: Vec::new(),
+        }
+    }
+
+    fn header(&mut self) -> Result<Header> {
+        let src = &mut self.src;
+        if src.array::<8>("magic")? != MAGIC {
+            return Err(Error::SnapshotDecode {
+                offset: 0,
+                what: "magic (not a pagemesh snapshot)",
+            });
+        }
+        let database_uuid = src.array::<16>("database uuid")?;
+        let origin_uuid = src.array::<16>("origin uuid")?;
+        let binlog_next_lsn = u64::from_le_bytes(src.array::<8>("lsn")?);
+        let replay_lsn = u64::from_le_bytes(src.array::<8>("replay lsn")?);
+        if replay_lsn > binlog_next_lsn {
+            return Err(Error::SnapshotDecode {
+                offset: src.offset - 8,
+                what: "replay lsn (above the snapshot's lsn)",
+            });
+        }
+        let applied_seq_end = u64::from_le_bytes(src.array::<8>("applied seq")?);
+        Ok(Header {
+            database_uuid,
+            origin_uuid,
+            binlog_next_lsn,
+            replay_lsn,
+            applied_seq_end,
+        })
+    }
+
+    /// The next entry, or `None` at the end tag.
+    fn next_entry(&mut self) -> Result<Option<Entry<'_>>> {
+        let [tag] = self.src.array::<1>("entry tag")?;
+        if tag == TAG_END {
+            return Ok(None);
+        }
+        if tag != TAG_ENTRY {
+            return Err(Error::SnapshotDecode {
+                offset: self.src.offset - 1,
+                what: "entry tag",
+            });
+        }
+        self.read_entry()?;
+        let table = std::str::from_utf8(&self.name)
+            .ok()
+            .filter(|name| crate::record::check_table(name).is_ok())
+            .ok_or(Error::SnapshotDecode {
+                offset: self.src.offset,
+                what: "table name",
+            })?;
+        Ok(Some(Entry {
+            table,
+            key: &self.key,
+            stored: &self.stored,
+        }))
+    }
+
+    /// An entry's fields after its tag, into the reader's buffers.
+    fn read_entry(&mut self) -> Result<()> {
+        let src = &mut self.src;
+        let [len] = src.array::<1>("table length")?;
+        src.vec(
+            usize::from(len).min(TABLE_LEN_MAX),
+            "table name",
+            &mut self.name,
+        )?;
+        let key_len = usize::from(u16::from_le_bytes(src.array::<2>("key length")?));
+        if key_len == 0 || key_len > KEY_LEN_MAX {
+            return Err(Error::SnapshotDecode {
+                offset: src.offset - 2,
+                what: "key length",
+            });
+        }
+        src.vec(key_len, "key", &mut self.key)?;
+        let seq = src.array::<8>("seq")?;
+        let value_len = u32::from_le_bytes(src.array::<4>("value length")?) as usize;
+        self.stored.clear();
+        self.stored.extend_from_slice(&seq);
+        // Grows with what the stream really holds: a lying length fails at its end.
+        let mut chunk = vec![0u8; value_len.min(1 << 20)];
+        let mut left = value_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            src.take(&mut chunk[..n], "value")?;
+            self.stored.extend_from_slice(&chunk[..n]);
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Reads the stream's crc and checks it against every byte read before it.
+    fn check_crc(&mut self) -> Result<()> {
+        let expected = self.src.crc;
+        let mut stored = [0u8; 4];
+        self.src
+            .inner
+            .read_exact(&mut stored)
+            .map_err(|_| Error::SnapshotDecode {
+                offset: self.src.offset,
+                what: "crc",
+            })?;
+        if u32::from_le_bytes(stored) != expected {
+            return Err(Error::SnapshotDecode {
+                offset: self.src.offset,
+                what: "crc (damaged stream)",
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes of the whole stream: what was read through `src`, and the 4-byte crc after it.
+    fn bytes(&self) -> u64 {
+        self.src.offset + 4
+    }
 }

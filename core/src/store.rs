@@ -21,6 +21,9 @@
 //! | `cursor:NAME` | u64: a registered consumer's position; the binlog is never trimmed above it |
 //! | `table:NAME` | empty: the table exists |
 //!
+//! The binlog's values, its retention and the cursors that hold it back are `binlog.rs`'s; this file
+//! opens the environment and keeps identity, tables and the apply state.
+//!
 //! Every write transaction commits with LMDB's default sync. `MDB_NOSYNC` would make commits
 //! cheaper, but LMDB may then reuse pages that the last *synced* meta page still refers to, so a
 //! power loss could corrupt the environment instead of just losing the latest commits; heed marks
@@ -31,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, EnvFlags, EnvOpenOptions, OnCommit, PutFlags};
+use heed::{CommitOrAbort, EnvFlags, EnvOpenOptions, OnCommit};
 
 use crate::error::{Error, Result};
 
@@ -59,6 +62,44 @@ fn disk_full(path: &Path, error: &heed::Error) -> Option<u64> {
 fn available_bytes(path: &Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(path).ok()?;
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// What fails a write transaction that runs inside heed's `create_databases_and_commit` (the
+/// applier's groups, a restore): heed's error or one of ours.
+///
+/// heed creates tables only inside that call, so such a transaction is a closure, and heed
+/// aborts it when the closure returns an error, of any type that converts from `heed::Error`.
+/// This is that type, so our errors leave the closure whole instead of being flattened into a
+/// stand-in `heed::Error` and stashed beside it: `?` on an LMDB call keeps heed's error, `?` on
+/// one of ours keeps ours, and [`TxnError::into_error`] gives the caller the [`Error`] to return.
+#[derive(Debug)]
+pub(crate) enum TxnError {
+    /// LMDB failed (inside the closure or committing); named by the caller, as its commit.
+    Lmdb(heed::Error),
+    /// The closure failed with one of our errors; the transaction was aborted.
+    Aborted(Error),
+}
+
+impl From<heed::Error> for TxnError {
+    fn from(error: heed::Error) -> Self {
+        Self::Lmdb(error)
+    }
+}
+
+impl From<Error> for TxnError {
+    fn from(error: Error) -> Self {
+        Self::Aborted(error)
+    }
+}
+
+impl TxnError {
+    /// Our error as it was, or heed's named by `lmdb` (say `store.lmdb("commit group")`).
+    pub fn into_error(self, lmdb: impl FnOnce(heed::Error) -> Error) -> Error {
+        match self {
+            Self::Lmdb(error) => lmdb(error),
+            Self::Aborted(error) => error,
+        }
+    }
 }
 
 /// The store format this build writes.
@@ -486,14 +527,15 @@ impl Store {
     }
 
     /// A u64 stored in `__meta` (0 if absent).
-    fn meta_u64(&self, txn: &heed::RoTxn, key: &[u8]) -> Result<u64> {
+    pub(crate) fn meta_u64(&self, txn: &heed::RoTxn, key: &[u8]) -> Result<u64> {
         match self.meta.get(txn, key).map_err(self.lmdb("read __meta"))? {
             None => Ok(0),
             Some(bytes) => self.decode_u64(bytes),
         }
     }
 
-    fn decode_u64(&self, bytes: &[u8]) -> Result<u64> {
+    /// A u64 as `__meta` stores it (little-endian).
+    pub(crate) fn decode_u64(&self, bytes: &[u8]) -> Result<u64> {
         bytes
             .try_into()
             .map(u64::from_le_bytes)
@@ -501,174 +543,5 @@ impl Store {
                 path: self.path.clone(),
                 why: "malformed integer in __meta",
             })
-    }
-
-    /// The binlog holds no page below this (retention trimmed them).
-    pub fn binlog_oldest_lsn(&self, txn: &heed::RoTxn) -> Result<u64> {
-        self.meta_u64(txn, b"binlog_oldest_lsn")
-    }
-
-    /// Bytes the binlog holds (what retention counts).
-    pub fn binlog_bytes(&self, txn: &heed::RoTxn) -> Result<u64> {
-        self.meta_u64(txn, b"binlog_bytes")
-    }
-
-    /// Every registered cursor, `(name, lsn)`, in name order.
-    pub fn cursors(&self, txn: &heed::RoTxn) -> Result<Vec<(String, u64)>> {
-        let mut cursors = Vec::new();
-        for entry in self
-            .meta
-            .prefix_iter(txn, b"cursor:")
-            .map_err(self.lmdb("list cursors"))?
-        {
-            let (key, bytes) = entry.map_err(self.lmdb("list cursors"))?;
-            let name = String::from_utf8_lossy(&key[b"cursor:".len()..]).into_owned();
-            cursors.push((name, self.decode_u64(bytes)?));
-        }
-        Ok(cursors)
-    }
-
-    /// The lowest registered cursor position, if any.
-    fn cursor_floor(&self, txn: &heed::RoTxn) -> Result<Option<u64>> {
-        let mut floor: Option<u64> = None;
-        for entry in self
-            .meta
-            .prefix_iter(txn, b"cursor:")
-            .map_err(self.lmdb("list cursors"))?
-        {
-            let (_, bytes) = entry.map_err(self.lmdb("list cursors"))?;
-            let lsn = self.decode_u64(bytes)?;
-            floor = Some(floor.map_or(lsn, |f| f.min(lsn)));
-        }
-        Ok(floor)
-    }
-
-    /// When the group keyed `key` was appended (µs since the epoch), if recorded.
-    fn group_time(&self, txn: &heed::RoTxn, key: &[u8]) -> Result<Option<u64>> {
-        match self
-            .binlog_time
-            .get(txn, key)
-            .map_err(self.lmdb("read __binlog_time"))?
-        {
-            Some(bytes) => self.decode_u64(bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Trims whole binlog groups, oldest first, while the binlog holds more than `retain_bytes` or
-    /// the oldest group was appended before `older_than` (µs since the epoch; 0: no age limit),
-    /// never removing a page at or above `keep_from_lsn` or a registered cursor, nor the newest
-    /// group. Returns the bytes trimmed.
-    pub fn trim_binlog(
-        &self,
-        wtxn: &mut heed::RwTxn,
-        retain_bytes: u64,
-        older_than: u64,
-        keep_from_lsn: u64,
-    ) -> Result<u64> {
-        let mut bytes = self.meta_u64(wtxn, b"binlog_bytes")?;
-        let too_old = |store: &Self, txn: &heed::RoTxn, key: &[u8]| -> Result<bool> {
-            Ok(older_than > 0 && store.group_time(txn, key)?.is_some_and(|t| t < older_than))
-        };
-        let oldest_too_old = match self.binlog.first(wtxn).map_err(self.lmdb("scan binlog"))? {
-            Some((key, _)) => too_old(self, wtxn, key)?,
-            None => false,
-        };
-        if bytes <= retain_bytes && !oldest_too_old {
-            return Ok(0);
-        }
-        let floor = self
-            .cursor_floor(wtxn)?
-            .map_or(keep_from_lsn, |c| c.min(keep_from_lsn));
-        // Each group ends where the next begins; collect first, delete after (bounded by the loop).
-        let mut doomed: Vec<([u8; 8], u64)> = Vec::new();
-        let mut oldest = self.binlog_oldest_lsn(wtxn)?;
-        {
-            let mut groups = self
-                .binlog
-                .iter(wtxn)
-                .map_err(self.lmdb("scan binlog"))?
-                .peekable();
-            while let Some(group) = groups.next() {
-                let (key, value) = group.map_err(self.lmdb("scan binlog"))?;
-                let next_first = match groups.peek() {
-                    Some(Ok((next, _))) => {
-                        u64::from_be_bytes((*next).try_into().unwrap_or([0xFF; 8]))
-                    }
-                    _ => break, // never trim the newest group
-                };
-                if next_first > floor || (bytes <= retain_bytes && !too_old(self, wtxn, key)?) {
-                    break;
-                }
-                doomed.push(((*key).try_into().unwrap_or([0; 8]), value.len() as u64));
-                bytes -= value.len() as u64;
-                oldest = next_first;
-            }
-        }
-        let trimmed: u64 = doomed.iter().map(|(_, len)| len).sum();
-        for (key, _) in doomed {
-            self.binlog
-                .delete(wtxn, &key)
-                .map_err(self.lmdb("trim binlog"))?;
-            self.binlog_time
-                .delete(wtxn, &key)
-                .map_err(self.lmdb("trim __binlog_time"))?;
-        }
-        self.meta
-            .put(wtxn, b"binlog_bytes", &bytes.to_le_bytes())
-            .map_err(self.lmdb("write __meta"))?;
-        self.meta
-            .put(wtxn, b"binlog_oldest_lsn", &oldest.to_le_bytes())
-            .map_err(self.lmdb("write __meta"))?;
-        Ok(trimmed)
-    }
-
-    /// Registers (or moves) a consumer's position: retention keeps the binlog from there on.
-    pub fn set_cursor(&self, name: &str, lsn: u64) -> Result<()> {
-        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
-        self.meta
-            .put(
-                &mut wtxn,
-                format!("cursor:{name}").as_bytes(),
-                &lsn.to_le_bytes(),
-            )
-            .map_err(self.lmdb("write cursor"))?;
-        wtxn.commit().map_err(self.lmdb("commit cursor"))
-    }
-
-    /// Removes a consumer's registration.
-    pub fn remove_cursor(&self, name: &str) -> Result<()> {
-        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
-        self.meta
-            .delete(&mut wtxn, format!("cursor:{name}").as_bytes())
-            .map_err(self.lmdb("remove cursor"))?;
-        wtxn.commit().map_err(self.lmdb("commit cursor"))
-    }
-
-    /// Appends one group of pages to `__binlog` under its first LSN and counts its bytes.
-    pub fn append_binlog(
-        &self,
-        wtxn: &mut heed::RwTxn,
-        first_lsn: u64,
-        pages: &[u8],
-    ) -> Result<()> {
-        self.binlog
-            .put_with_flags(wtxn, PutFlags::APPEND, &first_lsn.to_be_bytes(), pages)
-            .map_err(self.lmdb("append __binlog"))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.binlog_time
-            .put_with_flags(
-                wtxn,
-                PutFlags::APPEND,
-                &first_lsn.to_be_bytes(),
-                &now.to_le_bytes(),
-            )
-            .map_err(self.lmdb("append __binlog_time"))?;
-        let bytes = self.meta_u64(wtxn, b"binlog_bytes")? + pages.len() as u64;
-        self.meta
-            .put(wtxn, b"binlog_bytes", &bytes.to_le_bytes())
-            .map_err(self.lmdb("write __meta"))
     }
 }

@@ -1,0 +1,119 @@
+//! What a commit is made of and what it hands back: a [`WriteBatch`] becomes one log record;
+//! [`Database::commit_async`] appends it and returns a [`CommitTicket`], which waits until the
+//! record's [`Durability`] holds.
+//!
+//! A ticket waits on one of three watermarks: the log ring's committed prefix (`Memory`), the
+//! applier's applied LSN (`Applied`, `Durable`), the replicas' receipt (`Replicated(n)`), or two
+//! of them at once (`DurableReplicated(n)`). See [`Durability`] for what each promises.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pagemesh_logpage::CommitPos;
+
+use crate::database::Inner;
+use crate::error::Result;
+use crate::options::Durability;
+use crate::record::RecordBuilder;
+#[cfg(doc)]
+use crate::Database;
+
+/// Puts and deletes over any tables, committed as one record.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    pub(crate) record: RecordBuilder,
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets `key` in `table` to `value`.
+    pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<&mut Self> {
+        self.record.put(table, key, value)?;
+        Ok(self)
+    }
+    /// Removes `key` from `table`.
+    pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<&mut Self> {
+        self.record.delete(table, key)?;
+        Ok(self)
+    }
+    /// Changes in the batch.
+    pub fn len(&self) -> usize {
+        self.record.op_count() as usize
+    }
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A commit in flight, from [`Database::commit_async`].
+#[must_use = "a ticket does nothing unless waited on"]
+pub struct CommitTicket {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) pos: CommitPos,
+    pub(crate) durability: Durability,
+}
+
+impl CommitTicket {
+    /// The record's seq.
+    pub fn seq(&self) -> u64 {
+        self.pos.seq
+    }
+
+    /// Whether the commit's durability already holds (never blocks).
+    pub fn is_done(&self) -> bool {
+        let lsn_end = self.pos.lsn_last + 1;
+        let applied = || self.inner.applied_lsn.load(Ordering::Acquire) >= lsn_end;
+        let replicated = |n| self.inner.replication.reached(lsn_end, n);
+        match self.durability {
+            Durability::Memory => self.inner.log.committed_lsn() >= lsn_end,
+            Durability::Replicated(n) => replicated(n),
+            Durability::DurableReplicated(n) => applied() && replicated(n),
+            _ => applied(),
+        }
+    }
+
+    /// Waits until the commit's durability holds; returns the record's seq.
+    pub fn wait(self) -> Result<u64> {
+        match self.durability {
+            // In the committed log: every page up to the record's last one is finished, so a
+            // process crash keeps it (recovery stops only at the first unfinished page). Never
+            // waits on the applier's fsync: the page is sealed here unless an idle consumer will.
+            Durability::Memory => {
+                self.inner.log.wait_in_ring(self.pos)?;
+            }
+            // Sealed first (a page ships only once sealed), then the replicas' acks.
+            // A page ships only once sealed: seal it if no consumer will (a wait that returns at
+            // once), then wait for the acks alone. Blocking on the committed watermark first cost
+            // a second wake-up per commit (measured: sync@16 0.78x async before, see the note).
+            Durability::Replicated(n) => {
+                self.inner
+                    .log
+                    .wait_committed(self.pos, Some(Instant::now()))?;
+                self.wait_replicated(n)?;
+            }
+            // The applier's sync and the shippers' sends run in parallel; wait for both.
+            Durability::DurableReplicated(n) => {
+                self.inner.wait_applied(self.pos)?;
+                self.wait_replicated(n)?;
+            }
+            _ => self.inner.wait_applied(self.pos)?,
+        }
+        Ok(self.pos.seq)
+    }
+
+    fn wait_replicated(&self, n: u32) -> Result<()> {
+        let options = &self.inner.options;
+        self.inner.replication.wait(
+            self.pos.seq,
+            self.pos.lsn_last + 1,
+            n,
+            options.replication_timeout,
+            options.degrade_on_timeout,
+        )
+    }
+}

@@ -1,0 +1,446 @@
+//! The database handle ([`Database`]) and what its clones, tickets and applier share ([`Inner`]).
+//!
+//! [`Database::open`] takes the ring's lock, opens the store, recovers (`recovery.rs`) and starts
+//! the applier thread (`apply.rs`); the last handle dropped stops it ([`Closer`]). Every write goes
+//! through [`Inner::append`] into the log; every wait for `Applied` goes through
+//! [`Inner::wait_applied`], released by the applier's [`Inner::publish_applied`]. A failed group
+//! [`poison`s](Inner::poison) the database: writes and waits fail until it is reopened.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use pagemesh_logpage::{CommitPos, Ingested, Log, LogOptions};
+
+use crate::apply::{self, ApplyStats, Stats};
+use crate::commit::{CommitTicket, WriteBatch};
+use crate::error::{Error, Result};
+use crate::options::{Durability, Options};
+use crate::read::Snapshot;
+use crate::record::RecordBuilder;
+use crate::recovery::{self, Recovery};
+use crate::replication::Replication;
+use crate::snapshot::{self, SnapshotStats};
+use crate::store::Store;
+use crate::transaction::Transaction;
+
+/// An open database: a `Send + Sync` handle; clones share it. Dropping the last one stops the
+/// applier after it applied every ready page; what was only in the ring is recovered on reopen.
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+    _closer: Arc<Closer>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.inner.store.path)
+            .finish()
+    }
+}
+
+impl Database {
+    /// Opens the database in `dir`, creating it if empty, and recovers: log records committed to
+    /// the ring but not yet applied are applied before new ones.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            op: "create",
+            path: dir.into(),
+            source,
+        })?;
+        // The ring's file lock comes first: it keeps a second instance out of the LMDB files too.
+        let probe = Log::open(dir, LogOptions::new().slots(options.ring_slots))?;
+        drop(probe);
+        let store = Store::open(dir, options.map_size)?;
+        let Recovery {
+            log,
+            cursor,
+            state,
+            feed,
+        } = recovery::recover(dir, &store, &options)?;
+        let inner = Arc::new(Inner::new(store, log, options, state.binlog_next_lsn));
+        let applier = apply::Applier {
+            inner: Arc::clone(&inner),
+            cursor,
+            state,
+            feed,
+            compact: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("pagemesh-applier".into())
+            .spawn(move || applier.run())
+            .map_err(|source| Error::Io {
+                op: "spawn applier for",
+                path: dir.into(),
+                source,
+            })?;
+        let closer = Arc::new(Closer {
+            inner: Arc::clone(&inner),
+            applier: Mutex::new(Some(handle)),
+        });
+        Ok(Self {
+            inner,
+            _closer: closer,
+        })
+    }
+
+    /// Commits `batch` and returns when `durability` holds; returns the record's `seq`, the version
+    /// its values carry.
+    pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<u64> {
+        self.commit_async(batch, durability)?.wait()
+    }
+
+    /// Appends `batch` to the log and returns at once with a ticket to wait on, so one thread can
+    /// keep many commits in flight.
+    pub fn commit_async(&self, batch: &WriteBatch, durability: Durability) -> Result<CommitTicket> {
+        if let Some(replicas) = durability.replicas() {
+            if !self.inner.replication.is_enabled() {
+                return Err(Error::NoReplicas { replicas });
+            }
+        }
+        let pos = self.inner.append(&batch.record)?;
+        Ok(CommitTicket {
+            inner: Arc::clone(&self.inner),
+            pos,
+            durability,
+        })
+    }
+
+    /// Puts `value` at `key` only if the key's version is still `expected` (`None`: absent).
+    /// Returns the new version, or [`Error::Conflict`]. Waits until applied at least: only the
+    /// applier decides.
+    pub fn put_if_version(
+        &self,
+        table: &str,
+        key: &[u8],
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<u64> {
+        let mut record = RecordBuilder::default();
+        record.read(table, key, expected)?;
+        record.put(table, key, value)?;
+        let pos = self.inner.append(&record)?;
+        self.inner.wait_applied(pos)?;
+        Ok(pos.seq)
+    }
+
+    /// Runs `body` as an optimistic transaction: its reads come from one snapshot and record the
+    /// versions read; its writes are buffered (and visible to its own reads). Commit appends one
+    /// record with the writes and the read versions; the applier applies it only if every version
+    /// is still current. On a conflict `body` runs again on a fresh snapshot, up to
+    /// `retries_max` times, then [`Error::Conflict`] is returned. Returns `body`'s result and the
+    /// record's seq. Waits until applied at least (`Durable` waits the same: every group syncs).
+    pub fn transaction<T>(
+        &self,
+        retries_max: u32,
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T>,
+    ) -> Result<(T, u64)> {
+        let mut attempt = 0;
+        loop {
+            let mut tx = Transaction::begin(self.read()?);
+            let out = body(&mut tx)?;
+            let pos = self.inner.append(tx.record())?;
+            drop(tx);
+            match self.inner.wait_applied(pos) {
+                Ok(()) => return Ok((out, pos.seq)),
+                Err(Error::Conflict { .. }) if attempt < retries_max => attempt += 1,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Commits with the database's default durability.
+    pub fn commit_default(&self, batch: &WriteBatch) -> Result<u64> {
+        self.commit(batch, self.inner.options.durability)
+    }
+
+    /// A consistent read snapshot (an LMDB read transaction).
+    pub fn read(&self) -> Result<Snapshot<'_>> {
+        let store = &self.inner.store;
+        let _gate = store
+            .table_gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(Snapshot {
+            txn: store.env.read_txn().map_err(store.lmdb("begin read"))?,
+            store,
+        })
+    }
+
+    /// Pages below this are applied.
+    pub fn applied_lsn(&self) -> u64 {
+        self.inner.applied_lsn.load(Ordering::Acquire)
+    }
+
+    /// Restores a snapshot stream (from [`Snapshot::export`]) into `dir`, which must be empty, and
+    /// opens it. The database keeps the snapshot's identity and continues its log.
+    pub fn restore(
+        dir: impl AsRef<Path>,
+        input: impl std::io::Read,
+        options: Options,
+    ) -> Result<(Self, SnapshotStats)> {
+        let stats = snapshot::restore(dir.as_ref(), options.map_size, input, false)?;
+        Ok((Self::open(dir, options)?, stats))
+    }
+
+    /// Restores a snapshot stream of another database into `dir` (empty) as a read-only replica of
+    /// it, and opens it. The replica then takes its origin's pages with [`ingest`](Self::ingest)
+    /// from the LSN in the returned stats (see the snapshot module docs for why that may be below
+    /// the snapshot's own LSN). A replica refuses writes with [`Error::ReadOnlyReplica`].
+    pub fn restore_replica(
+        dir: impl AsRef<Path>,
+        input: impl std::io::Read,
+        options: Options,
+    ) -> Result<(Self, SnapshotStats)> {
+        let stats = snapshot::restore(dir.as_ref(), options.map_size, input, true)?;
+        Ok((Self::open(dir, options)?, stats))
+    }
+
+    /// Whether this is a read-only replica of another database.
+    pub fn is_replica(&self) -> bool {
+        self.inner.store.is_replica
+    }
+
+    /// Copies pages of this replica's origin into its log ring (see
+    /// [`pagemesh_logpage::Log::ingest`]); the applier replays them. Never blocks.
+    pub fn ingest(&self, pages: &[u8]) -> Result<Ingested> {
+        Ok(self.inner.log.ingest(pages)?)
+    }
+
+    /// Every page below this is in the log ring (received, for a replica): what it acknowledges.
+    pub fn received_lsn(&self) -> u64 {
+        self.inner.log.committed_lsn()
+    }
+
+    /// The log, for the network's shippers (cursors) and feeders (wakers).
+    pub fn log(&self) -> &Log {
+        &self.inner.log
+    }
+
+    /// This database's replication state: make it a source, attach replicas, report acks.
+    pub fn replication(&self) -> &Arc<Replication> {
+        &self.inner.replication
+    }
+
+    /// The uuid of the log this database's records come from (its own, or its origin's for a
+    /// replica).
+    pub fn origin_uuid(&self) -> uuid::Uuid {
+        self.inner.store.origin_uuid
+    }
+
+    /// The oldest LSN the binlog still holds: catch-up from below it needs a full snapshot.
+    pub fn binlog_oldest_lsn(&self) -> Result<u64> {
+        let store = &self.inner.store;
+        let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
+        store.binlog_oldest_lsn(&rtxn)
+    }
+
+    /// Registers (or moves) a named consumer of the binlog at `lsn`: retention never trims a page
+    /// at or above it. A replica's shipper keeps its cursor here.
+    pub fn set_cursor(&self, name: &str, lsn: u64) -> Result<()> {
+        self.inner.store.set_cursor(name, lsn)
+    }
+
+    /// Forgets a named consumer.
+    pub fn remove_cursor(&self, name: &str) -> Result<()> {
+        self.inner.store.remove_cursor(name)
+    }
+
+    /// What the applier has done since open: groups, pages, records (how group commit adapted).
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.reading()
+    }
+
+    /// The database's uuid, made at creation.
+    pub fn uuid(&self) -> uuid::Uuid {
+        self.inner.store.database_uuid
+    }
+
+    /// The names of the tables that exist.
+    pub fn tables(&self) -> Vec<String> {
+        self.inner.store.table_names()
+    }
+}
+
+/// Stops and joins the applier when the last handle goes.
+struct Closer {
+    inner: Arc<Inner>,
+    applier: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        // Seal first: records in the open page would otherwise never be finished, and a page that
+        // is not finished is not recovered.
+        self.inner.log.seal();
+        self.inner.log.close();
+        self.inner.replication.close();
+        if let Some(handle) = self
+            .applier
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            if handle.join().is_err() {
+                tracing::error!("applier thread panicked");
+            }
+        }
+    }
+}
+
+/// What every handle, ticket and the applier share: the store, the log and the watermarks.
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) log: Log,
+    pub(crate) options: Options,
+    /// Pages below this are applied and durable; guarded for waiters.
+    applied: Mutex<u64>,
+    /// Signalled when `applied` moves or the database is poisoned.
+    applied_changed: Condvar,
+    /// `applied`, readable without the lock (for [`Database::applied_lsn`] and ticket polls).
+    pub(crate) applied_lsn: AtomicU64,
+    /// Why writes are refused, once a group failed; `None` while healthy.
+    poisoned: Mutex<Option<String>>,
+    /// The last hybrid logical clock reading handed to a record.
+    hlc: AtomicU64,
+    pub(crate) stats: ApplyStats,
+    /// Seqs of transactions the applier skipped for stale reads, until their committer looks.
+    conflicts: Mutex<BTreeSet<u64>>,
+    pub(crate) replication: Arc<Replication>,
+}
+
+/// Conflict outcomes kept for committers that have not looked yet; older ones are dropped first
+/// (their committer went away).
+const CONFLICTS_KEPT_MAX: usize = 65_536;
+
+impl Inner {
+    /// The shared state of a database whose pages below `applied_lsn` are applied.
+    fn new(store: Store, log: Log, options: Options, applied_lsn: u64) -> Self {
+        Self {
+            store,
+            log,
+            options,
+            applied: Mutex::new(applied_lsn),
+            applied_changed: Condvar::new(),
+            applied_lsn: AtomicU64::new(applied_lsn),
+            poisoned: Mutex::new(None),
+            hlc: AtomicU64::new(0),
+            conflicts: Mutex::new(BTreeSet::new()),
+            stats: ApplyStats::default(),
+            replication: Arc::new(Replication::default()),
+        }
+    }
+
+    /// Keeps the seqs of transactions the applier skipped, until their committers look
+    /// ([`Inner::wait_applied`]).
+    pub(crate) fn record_conflicts(&self, seqs: &mut Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut conflicts = self
+            .conflicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        conflicts.extend(seqs.drain(..));
+        while conflicts.len() > CONFLICTS_KEPT_MAX {
+            conflicts.pop_first();
+        }
+    }
+
+    /// Waits until the record at `pos` is applied; `Err(Conflict)` if it was a transaction that
+    /// was skipped.
+    pub(crate) fn wait_applied(&self, pos: CommitPos) -> Result<()> {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *applied <= pos.lsn_last {
+            self.check_poisoned()?;
+            applied = self
+                .applied_changed
+                .wait(applied)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        drop(applied);
+        if self
+            .conflicts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&pos.seq)
+        {
+            return Err(Error::Conflict { seq: pos.seq });
+        }
+        Ok(())
+    }
+
+    /// Appends `record` to the log.
+    pub(crate) fn append(&self, record: &RecordBuilder) -> Result<CommitPos> {
+        if self.store.is_replica {
+            return Err(Error::ReadOnlyReplica {
+                path: self.store.path.clone(),
+            });
+        }
+        self.check_poisoned()?;
+        // Encoded straight into the ring: no buffer, one copy per byte.
+        let mut reservation = self.log.reserve(record.encoded_len())?;
+        record.encode_pieces(self.next_hlc(), |piece| reservation.write(piece));
+        Ok(reservation.commit()?)
+    }
+
+    pub(crate) fn poison(&self, cause: &str) {
+        tracing::error!(path = %self.store.path.display(), cause, "database poisoned: writes refused until reopened");
+        self.poisoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_insert_with(|| cause.to_string());
+        self.log.close();
+        drop(
+            self.applied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.applied_changed.notify_all();
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &*self
+            .poisoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            Some(cause) => Err(Error::Poisoned {
+                path: self.store.path.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A hybrid logical clock reading: wall-clock microseconds, strictly increasing.
+    fn next_hlc(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let previous = self.hlc.fetch_max(now, Ordering::Relaxed).max(now);
+        self.hlc.fetch_add(1, Ordering::Relaxed).max(previous) + 1
+    }
+
+    /// Publishes the applier's new watermark and wakes the commits waiting on it.
+    pub(crate) fn publish_applied(&self, applied_lsn: u64) {
+        let mut guard = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Waiters compare against it once and sleep (`wait_applied`, `CommitTicket::is_done`):
+        // it only moves forward.
+        assert!(applied_lsn >= *guard, "applied LSN moves forward");
+        *guard = applied_lsn;
+        drop(guard);
+        self.applied_changed.notify_all();
+        self.applied_lsn.store(applied_lsn, Ordering::Release);
+    }
+}

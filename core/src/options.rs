@@ -1,0 +1,128 @@
+//! How a database is opened ([`Options`]) and when a commit returns ([`Durability`]).
+//!
+//! Both are plain values: `Options` is fixed when [`Database::open`] opens a database (the applier
+//! and the commit waits read it through the handle); `Durability` is chosen per commit, with a
+//! default per database ([`Options::durability`]).
+
+use std::time::Duration;
+
+#[cfg(doc)]
+use crate::{Database, Error, Replication};
+
+/// When a commit returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// The record is in the log ring's committed prefix: its pages and every page before them are
+    /// finished, so a process crash keeps it (it does not survive a power loss). Returning only
+    /// once the watermark passes the record matters: recovery stops at the first unfinished page,
+    /// so a record merely reserved behind another writer's unfinished page would be lost with it
+    /// (found by tests/crash.rs run with `Memory`). The wait never depends on the applier: the
+    /// committer seals its own page unless an idle consumer (a network shipper waiting for pages)
+    /// is about to, so it lasts microseconds even while the applier syncs a group.
+    Memory,
+    /// The LMDB transaction holding it committed: visible to readers (read-your-writes).
+    Applied,
+    /// As `Applied`, synced to disk. Every group commit syncs today, so this costs what `Applied` does.
+    Durable,
+    /// `n` synchronous replicas *received* its pages (ack on receipt, before their replay); the
+    /// local apply proceeds in parallel and is not waited for. Needs a source database (see
+    /// [`Replication`]); fails with [`Error::ReplicationTimeout`] after
+    /// [`Options::replication_timeout`] if too few replicas are there.
+    Replicated(u32),
+    /// Both `Durable` and `Replicated(n)`: the local sync and the replicas' receipt overlap, and
+    /// both must finish.
+    DurableReplicated(u32),
+}
+
+impl Durability {
+    /// Replicas this durability waits for.
+    pub fn replicas(self) -> Option<u32> {
+        match self {
+            Self::Replicated(n) | Self::DurableReplicated(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// How to open a database. Defaults are safe.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub(crate) map_size: usize,
+    pub(crate) ring_slots: u64,
+    pub(crate) group_bytes_max: usize,
+    pub(crate) durability: Durability,
+    pub(crate) binlog_retain_bytes: u64,
+    pub(crate) binlog_retain_age: Option<Duration>,
+    pub(crate) replication_timeout: Duration,
+    pub(crate) degrade_on_timeout: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            map_size: 1 << 40,
+            ring_slots: 4096,
+            group_bytes_max: 8 << 20,
+            durability: Durability::Durable,
+            binlog_retain_bytes: 256 << 20,
+            binlog_retain_age: None,
+            replication_timeout: Duration::from_secs(10),
+            degrade_on_timeout: false,
+        }
+    }
+}
+
+impl Options {
+    /// Defaults: 1 TiB map (address space only; see [`Options::map_size`]), 4096-page (16 MiB)
+    /// ring, 8 MiB groups, 256 MiB of binlog history, `Durable`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// LMDB map size in bytes: the most the database can hold. It reserves address space only:
+    /// the file grows as data is written (LMDB without `MDB_WRITEMAP`), so the large default
+    /// lets a database grow without LMDB's live resize, which needs every read transaction in
+    /// the process closed. Reaching it fails the group and poisons the database with
+    /// `MDB_MAP_FULL`, as a full disk does with its I/O error.
+    pub fn map_size(mut self, bytes: usize) -> Self {
+        self.map_size = bytes;
+        self
+    }
+    /// Log ring size in pages (a power of two).
+    pub fn ring_slots(mut self, slots: u64) -> Self {
+        self.ring_slots = slots;
+        self
+    }
+    /// Most page bytes applied in one LMDB transaction.
+    pub fn group_bytes_max(mut self, bytes: usize) -> Self {
+        self.group_bytes_max = bytes.max(4096);
+        self
+    }
+    /// Bytes of binlog history to keep (older groups are trimmed, never past a registered cursor).
+    pub fn binlog_retain_bytes(mut self, bytes: u64) -> Self {
+        self.binlog_retain_bytes = bytes;
+        self
+    }
+    /// Also trim binlog groups appended longer ago than `age` (never past a registered cursor or
+    /// a record still being applied, and never the newest group). Default: no age limit.
+    pub fn binlog_retain_age(mut self, age: Duration) -> Self {
+        self.binlog_retain_age = Some(age);
+        self
+    }
+    /// How long a `Replicated(n)` commit waits for its replicas before failing (default 10 s).
+    pub fn replication_timeout(mut self, timeout: Duration) -> Self {
+        self.replication_timeout = timeout;
+        self
+    }
+    /// Whether a `Replicated(n)` commit that timed out returns `Ok` (with a warning) instead of
+    /// [`Error::ReplicationTimeout`]. Default false: never a silent downgrade.
+    pub fn degrade_on_timeout(mut self, degrade: bool) -> Self {
+        self.degrade_on_timeout = degrade;
+        self
+    }
+    /// The durability [`Database::commit_default`] uses.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+}

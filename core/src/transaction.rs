@@ -1,0 +1,70 @@
+//! An optimistic transaction: reads from one [`Snapshot`], buffered writes, and the versions it
+//! read, committed as one log record.
+//!
+//! The applier applies the record only if every version read is still current, and skips it
+//! otherwise (the same way on every replica); [`Database::transaction`] then runs the body again
+//! on a fresh snapshot. Nothing here takes a lock or touches LMDB's write side.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::Result;
+use crate::read::Snapshot;
+use crate::record::RecordBuilder;
+#[cfg(doc)]
+use crate::Database;
+
+/// An optimistic transaction; see [`Database::transaction`].
+pub struct Transaction<'db> {
+    snapshot: Snapshot<'db>,
+    record: RecordBuilder,
+    /// Buffered writes by `(table, key)`: `None` is a delete. Reads see them first.
+    writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
+    /// Keys whose version is already in `record`, so each is recorded once.
+    read_set: BTreeSet<(String, Vec<u8>)>,
+}
+
+impl<'db> Transaction<'db> {
+    /// A transaction reading from `snapshot`, with nothing read or written yet.
+    pub(crate) fn begin(snapshot: Snapshot<'db>) -> Self {
+        Self {
+            snapshot,
+            record: RecordBuilder::default(),
+            writes: BTreeMap::new(),
+            read_set: BTreeSet::new(),
+        }
+    }
+
+    /// The record to commit: the writes and the versions read.
+    pub(crate) fn record(&self) -> &RecordBuilder {
+        &self.record
+    }
+
+    /// The value of `key` in `table` as this transaction sees it: its own write if it made one,
+    /// else the snapshot's (and the version read is recorded).
+    pub fn get(&mut self, table: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let id = (table.to_string(), key.to_vec());
+        if let Some(write) = self.writes.get(&id) {
+            return Ok(write.clone());
+        }
+        let value = self.snapshot.get(table, key)?;
+        if self.read_set.insert(id) {
+            self.record.read(table, key, value.map(|v| v.seq))?;
+        }
+        Ok(value.map(|v| v.bytes.to_vec()))
+    }
+
+    /// Buffers a put.
+    pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        self.record.put(table, key, value)?;
+        self.writes
+            .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));
+        Ok(())
+    }
+
+    /// Buffers a delete.
+    pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
+        self.record.delete(table, key)?;
+        self.writes.insert((table.to_string(), key.to_vec()), None);
+        Ok(())
+    }
+}
