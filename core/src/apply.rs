@@ -60,8 +60,14 @@ pub(crate) struct Applier {
 }
 
 impl Applier {
-    /// Runs until the log closes or the store is poisoned.
+    /// Runs until the log closes or the store is poisoned. If it panics (one of its invariant
+    /// checks failed), it poisons the database on the way out, so that writers and waiters get
+    /// an error instead of waiting forever for a thread that is gone.
     pub fn run(mut self) {
+        let inner = Arc::clone(&self.inner);
+        let _poison_on_panic = OnUnwind(|| {
+            inner.poison("the applier panicked (an invariant check failed; see the panic message)")
+        });
         loop {
             let closed = match self
                 .cursor
@@ -413,4 +419,39 @@ pub struct Stats {
     pub records: u64,
     /// Records in the largest group.
     pub largest_group_records: u64,
+}
+
+/// Runs its closure if dropped while the thread unwinds from a panic, and not otherwise.
+struct OnUnwind<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnUnwind<F> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            (self.0)();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use super::OnUnwind;
+
+    #[test]
+    fn on_unwind_runs_only_when_the_thread_panics() {
+        let ran = AtomicBool::new(false);
+        drop(OnUnwind(|| ran.store(true, Ordering::Relaxed)));
+        assert!(!ran.load(Ordering::Relaxed), "ran without a panic");
+        let ran = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&ran);
+        let outcome = std::thread::spawn(move || {
+            let _guard = OnUnwind(|| seen.store(true, Ordering::Relaxed));
+            panic!("an invariant check failed");
+        })
+        .join();
+        assert!(outcome.is_err());
+        assert!(ran.load(Ordering::Relaxed), "did not run on the panic");
+    }
 }
