@@ -48,6 +48,8 @@ struct LinkState {
     name: String,
     /// Every page below this has been received.
     received_lsn: u64,
+    /// Every page below this is durable on the replica, as it reports.
+    durable_lsn: u64,
     sync: bool,
 }
 
@@ -65,6 +67,9 @@ pub struct ReplicaStatus {
     pub name: String,
     /// Every page below this has been received.
     pub received_lsn: u64,
+    /// Every page below this is durable on the replica, as its last ack reported (never above
+    /// `received_lsn`).
+    pub durable_lsn: u64,
     /// Whether its acks count for `Replicated(n)`.
     pub sync: bool,
 }
@@ -102,6 +107,7 @@ impl Replication {
             LinkState {
                 name: name.to_string(),
                 received_lsn,
+                durable_lsn: 0,
                 sync: false,
             },
         );
@@ -124,6 +130,7 @@ impl Replication {
             .map(|link| ReplicaStatus {
                 name: link.name.clone(),
                 received_lsn: link.received_lsn,
+                durable_lsn: link.durable_lsn,
                 sync: link.sync,
             })
             .collect()
@@ -213,15 +220,21 @@ impl State {
 }
 
 impl ReplicaLink {
-    /// The replica acknowledged receipt of every page below `received_lsn`.
-    pub fn ack(&self, received_lsn: u64) {
+    /// The replica acknowledged receipt of every page below `received_lsn`, and that every page
+    /// below `durable_lsn` is durable on it (watermarks only move forward; `durable_lsn` is
+    /// capped at `received_lsn`).
+    pub fn ack(&self, received_lsn: u64, durable_lsn: u64) {
         let mut state = self.replication.lock();
         let advanced = match state.links.get_mut(&self.id) {
-            Some(link) if received_lsn > link.received_lsn => {
-                link.received_lsn = received_lsn;
-                link.sync
+            Some(link) => {
+                link.durable_lsn = link
+                    .durable_lsn
+                    .max(durable_lsn.min(received_lsn.max(link.received_lsn)));
+                let advanced = received_lsn > link.received_lsn;
+                link.received_lsn = link.received_lsn.max(received_lsn);
+                advanced && link.sync
             }
-            _ => false,
+            None => false,
         };
         drop(state);
         if advanced {
@@ -267,7 +280,7 @@ mod tests {
         let a = replication.attach("a", 0);
         let b = replication.attach("b", 0);
         assert!(a.is_sync() && !b.is_sync());
-        b.ack(10);
+        b.ack(10, 0);
         assert!(!replication.reached(10, 1), "b is asynchronous");
         assert!(matches!(
             replication.wait(7, 10, 1, short, false),
@@ -282,8 +295,20 @@ mod tests {
             replication.wait(7, 10, 1, short, true).is_ok(),
             "degrade as configured"
         );
-        a.ack(10);
+        a.ack(10, 4);
         assert!(replication.wait(7, 10, 1, short, false).is_ok());
+        let durable: Vec<_> = replication.status().iter().map(|r| r.durable_lsn).collect();
+        assert_eq!(
+            durable,
+            [4, 0],
+            "each replica's durable watermark, as it acked"
+        );
+        a.ack(9, 12);
+        assert_eq!(
+            replication.status()[0].durable_lsn,
+            10,
+            "durable is capped at received, and received never moves back"
+        );
         drop(a);
         assert!(b.is_sync(), "b promoted when a left");
         assert!(replication.reached(10, 1));
@@ -297,8 +322,8 @@ mod tests {
         let (a, b) = (replication.attach("a", 0), replication.attach("b", 0));
         std::thread::scope(|s| {
             let waiter = s.spawn(|| replication.wait(1, 5, 2, Duration::from_secs(30), false));
-            a.ack(5);
-            b.ack(6);
+            a.ack(5, 5);
+            b.ack(6, 0);
             assert!(waiter.join().expect("no panic").is_ok());
         });
     }

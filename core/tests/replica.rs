@@ -193,7 +193,7 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
             while acked < 2 {
                 let received = db.received_lsn();
                 if received > acked {
-                    link.ack(received);
+                    link.ack(received, 0);
                     acked = received;
                 }
                 std::thread::sleep(Duration::from_millis(1));

@@ -355,8 +355,8 @@ impl SourceDatabase for Wired {
 struct Acks(ReplicaLink);
 
 impl AckSink for Acks {
-    fn ack(&self, received_lsn: u64, _durable_lsn: u64) {
-        self.0.ack(received_lsn);
+    fn ack(&self, received_lsn: u64, durable_lsn: u64) {
+        self.0.ack(received_lsn, durable_lsn);
     }
 }
 
