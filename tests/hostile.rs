@@ -31,7 +31,7 @@ use common::{node, options, wait_following, PATIENCE};
 use pagemesh::core::{Durability, WriteBatch};
 use pagemesh::net::proto::{FrameType, FRAME_BODY_MAX, FRAME_HEADER_LEN};
 use pagemesh::net::service::admission::UNAUTHENTICATED_LINK_BYTES;
-use pagemesh::net::TransportKind;
+use pagemesh::net::{ServiceConfig, TransportKind};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tracing::Level;
 use tracing_subscriber::layer::SubscriberExt;
@@ -256,21 +256,31 @@ impl Writer {
     }
 }
 
+/// A node listening on loopback with the tests' short liveness and the admission settings of
+/// `configure`.
+fn attacked_node(
+    dir: &std::path::Path,
+    transport: TransportKind,
+    configure: impl FnOnce(ServiceConfig) -> ServiceConfig,
+) -> pagemesh::Node {
+    pagemesh::Node::builder("primary", dir.join("primary"))
+        .transport(transport)
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .liveness(common::HEARTBEAT, common::LINK_TIMEOUT)
+        .network(configure)
+        .open()
+        .expect("open the attacked node")
+}
+
 fn unauthenticated_memory_is_bounded(transport: TransportKind) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let primary = pagemesh::Node::builder("primary", dir.path().join("primary"))
-        .transport(transport)
-        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .liveness(common::HEARTBEAT, common::LINK_TIMEOUT)
-        .network(|config| {
-            config
-                .handshake_budget(BUDGET)
-                .handshake_timeout(Duration::from_secs(2))
-        })
-        .open()
-        .expect("open the attacked node");
+    let primary = attacked_node(dir.path(), transport, |config| {
+        config
+            .handshake_budget(BUDGET)
+            .handshake_timeout(Duration::from_secs(2))
+    });
     let addr = primary.local_addr().unwrap();
     let db = primary.open_database("db", options(1024)).unwrap();
     primary.serve(&db, 1);
@@ -351,13 +361,9 @@ fn a_replica_gets_in_through_a_flood(transport: TransportKind) {
     let dir = tempfile::tempdir().unwrap();
     // A long handshake deadline, so that the replica cannot get in by waiting for flood
     // connections to time out: only eviction lets it in within `GET_IN`.
-    let primary = pagemesh::Node::builder("primary", dir.path().join("primary"))
-        .transport(transport)
-        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .liveness(common::HEARTBEAT, common::LINK_TIMEOUT)
-        .network(|config| config.handshake_timeout(2 * GET_IN))
-        .open()
-        .expect("open the attacked node");
+    let primary = attacked_node(dir.path(), transport, |config| {
+        config.handshake_timeout(2 * GET_IN)
+    });
     let addr = primary.local_addr().unwrap();
     let db = primary.open_database("db", options(1024)).unwrap();
     primary.serve(&db, 0);
@@ -430,17 +436,12 @@ fn an_unauthenticated_connection_costs_what_the_docs_say(transport: TransportKin
     const HELD: usize = 600;
     let dir = tempfile::tempdir().unwrap();
     // Room for every connection, and a deadline past the test: none is evicted or timed out.
-    let primary = pagemesh::Node::builder("primary", dir.path().join("primary"))
-        .transport(transport)
-        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .network(|config| {
-            config
-                .handshake_budget(2 * HELD * UNAUTHENTICATED_LINK_BYTES)
-                .handshakes_per_address(HELD)
-                .handshake_timeout(4 * PATIENCE)
-        })
-        .open()
-        .expect("open the node");
+    let primary = attacked_node(dir.path(), transport, |config| {
+        config
+            .handshake_budget(2 * HELD * UNAUTHENTICATED_LINK_BYTES)
+            .handshakes_per_address(HELD)
+            .handshake_timeout(4 * PATIENCE)
+    });
     let addr = primary.local_addr().unwrap();
     let before = rss_anon();
     let mut flood = Flood::new(addr, Attack::SlowHello, HELD, vec![loopback(2)]);
