@@ -744,14 +744,7 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
     let primary = node("primary", dir.path(), transport, true, Some(SECRET));
     let mut stream = raw_connect(primary.local_addr().unwrap(), PATIENCE);
     send(&mut stream, &raw_header(FRAME_BODY_MAX as u32, 1));
-    let chunk = vec![0x5a; 64 << 10];
-    let mut sent = 0;
-    while sent < FRAME_BODY_MAX {
-        match stream.write(&chunk) {
-            Ok(n) => sent += n,
-            Err(_) => break,
-        }
-    }
+    let sent = send_announced_body(&mut stream);
     assert!(
         sent < FRAME_BODY_MAX,
         "the node read all {sent} bytes of a HELLO body announced at {FRAME_BODY_MAX} bytes instead of refusing the header"
@@ -776,6 +769,17 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
     );
     out.extend_from_slice(&raw_header(FRAME_BODY_MAX as u32, FrameType::Pages as u8));
     send(&mut stream, &out);
+    let sent = send_announced_body(&mut stream);
+    assert!(
+        sent < FRAME_BODY_MAX,
+        "the node read all {sent} bytes of a PAGES body from a subscribed replica instead of refusing the header"
+    );
+}
+
+/// Sends the 16 MiB body a header announced, 64 KiB at a time, until the node closes the
+/// connection; returns the bytes it took.
+fn send_announced_body(stream: &mut TcpStream) -> usize {
+    let chunk = vec![0x5a; 64 << 10];
     let mut sent = 0;
     while sent < FRAME_BODY_MAX {
         match stream.write(&chunk) {
@@ -783,10 +787,7 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
             Err(_) => break,
         }
     }
-    assert!(
-        sent < FRAME_BODY_MAX,
-        "the node read all {sent} bytes of a PAGES body from a subscribed replica instead of refusing the header"
-    );
+    sent
 }
 
 /// An authenticated peer claiming to hold pages it was never sent (a RESUME beyond the source's
