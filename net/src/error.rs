@@ -153,6 +153,13 @@ pub enum Error {
     /// The handshake did not complete before its deadline.
     #[error("handshake timed out")]
     HandshakeTimeout,
+    /// One write to the peer stayed blocked for longer than the link timeout: the peer stopped
+    /// reading.
+    #[error("a write to the peer blocked for {blocked_for:?}")]
+    WriteBlocked {
+        /// How long it had been blocked.
+        blocked_for: Duration,
+    },
     /// The peer sent nothing, not even a heartbeat, for too long.
     #[error("link timed out: peer silent for {silent_for:?}")]
     LinkTimeout {

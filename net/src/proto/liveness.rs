@@ -59,6 +59,22 @@ impl Liveness {
         self.last_sent = self.last_sent.max(now);
     }
 
+    /// When the next timer falls due: a heartbeat to send or the peer's timeout.
+    pub fn deadline(&self) -> Instant {
+        (self.last_sent + self.interval).min(self.last_received + self.timeout)
+    }
+
+    /// When the peer's silence reaches the timeout, unless a frame arrives first.
+    pub fn silence_deadline(&self) -> Instant {
+        self.last_received + self.timeout
+    }
+
+    /// How long the peer has been silent at `now`, if that is past the timeout.
+    pub fn timed_out(&self, now: Instant) -> Option<Duration> {
+        let silent_for = now.saturating_duration_since(self.last_received);
+        (silent_for >= self.timeout).then_some(silent_for)
+    }
+
     /// What to do at `now`. A timeout wins over a heartbeat; `SendHeartbeat` records the send,
     /// so polling again at once answers `Wait`.
     pub fn poll(&mut self, now: Instant) -> LinkAction {

@@ -46,6 +46,7 @@ use uuid::Uuid;
 pub mod admission;
 mod link;
 mod replica;
+pub mod replica_link;
 mod snapshot;
 mod source;
 

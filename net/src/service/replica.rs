@@ -1,7 +1,7 @@
 //! The replica side of a link: subscribe (RESUME), ingest pages into the replica's ring and ack
 //! them on receipt, restore snapshots; reconnect with backoff when a link ends.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::future::poll_fn;
 
 use std::net::SocketAddr;
@@ -13,12 +13,13 @@ use pagemesh_logpage::PAGE_SIZE;
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
-use super::link::{handshake, watchdog, LinkControl, LinkProgress};
+use super::link::{handshake, LinkControl};
+use super::replica_link::{Received, ReplicaLink};
 use super::snapshot::{ChunkReader, RestoreJob};
 use super::{lock, ReplicaDatabase, ReplicaStore, Runtime, SubscriptionStatus, BOOTSTRAP};
 use crate::error::{Error, Result};
-use crate::proto::frame::{encode, Ack, Frame, Heartbeat, Resume};
-use crate::transport::{sleep, spawn_local, Connection, FrameReader, FrameWriter};
+use crate::proto::frame::Resume;
+use crate::transport::{sleep, sleep_until, spawn_local, Connection, FrameReader, FrameWriter};
 
 /// Replica side: keeps one subscription alive, reconnecting with backoff, until unsubscribed.
 pub(super) async fn follow(
@@ -57,9 +58,10 @@ pub(super) async fn follow(
     }
 }
 
-/// Latest ack to send, shared by a replica link's reader and writer.
-pub(super) struct AckState {
-    pending: Cell<Option<(u64, u64)>>,
+/// What a replica link's tasks share: the link's state machine, and a wake-up for the writer
+/// when it has something new to send.
+struct Shared {
+    link: RefCell<ReplicaLink>,
     due: Notify,
 }
 
@@ -72,8 +74,9 @@ pub(super) async fn follow_link(
     status: &Arc<Mutex<SubscriptionStatus>>,
 ) -> Result<()> {
     let connection = Connection::connect(runtime.kind, addr).await?;
-    let (mut reader, mut writer, shutdown) = connection.split(addr)?;
+    let (mut reader, writer, shutdown) = connection.split(addr)?;
     *control.shutdown.borrow_mut() = Some(shutdown);
+    let mut writer = writer;
     let peer = handshake(runtime, &mut reader, &mut writer, true).await?;
     reader.expect_bulk();
     let mut replica = store.current();
@@ -92,97 +95,96 @@ pub(super) async fn follow_link(
         },
     };
     tracing::info!(%addr, source = %peer.name, %database, from_lsn = resume.from_lsn, "subscribing");
-    let mut out = writer.buffer();
-    encode(&Frame::Resume(resume), &mut out);
-    writer.write(out).await?;
+    let config = &runtime.config;
+    let shared = Rc::new(Shared {
+        link: RefCell::new(ReplicaLink::new(
+            Instant::now(),
+            resume,
+            config.heartbeat,
+            config.link_timeout,
+        )),
+        due: Notify::new(),
+    });
     {
         let mut state = lock(status);
         state.connected = true;
         state.links += 1;
     }
-    let acks = Rc::new(AckState {
-        pending: Cell::new(None),
-        due: Notify::new(),
-    });
-    let progress = LinkProgress::new(0);
-    spawn_local(watchdog(
-        Rc::clone(control),
-        Rc::clone(&progress),
-        runtime.config.link_timeout,
-        None,
-    ));
+    spawn_local(enforce_timeouts(Rc::clone(control), Rc::clone(&shared)));
     let sender = {
-        let (acks, control, progress) =
-            (Rc::clone(&acks), Rc::clone(control), Rc::clone(&progress));
-        let heartbeat = runtime.config.heartbeat;
+        let (shared, control) = (Rc::clone(&shared), Rc::clone(control));
         spawn_local(async move {
-            let outcome =
-                send_acks(&mut writer, database, &acks, &control, &progress, heartbeat).await;
+            let outcome = transmit(&mut writer, &shared, &control).await;
             control.close();
             outcome
         })
     };
-    let received = receive(
-        &mut reader,
-        database,
-        store,
-        &mut replica,
-        &acks,
-        &progress,
-        status,
-    )
-    .await;
+    let received = receive(&mut reader, database, store, &mut replica, &shared, status).await;
     control.close();
     let sent = sender.await.unwrap_or(Ok(()));
     received.and(sent)
 }
 
-/// The replica link's writer: the newest ack as soon as there is one, heartbeats when idle (the
-/// watchdog enforces the link timeout).
-pub(super) async fn send_acks(
-    writer: &mut FrameWriter,
-    database: Uuid,
-    acks: &AckState,
-    control: &LinkControl,
-    progress: &LinkProgress,
-    heartbeat: Duration,
-) -> Result<()> {
-    let mut last_sent = Instant::now();
+/// Closes the link when its machine says a timeout passed (the source silent, or a write
+/// blocked, for longer than the link timeout). Reads and writes cannot be raced against a timer
+/// (io_uring operations are not safely cancellable), so this shuts the socket down instead,
+/// which completes them with an error.
+async fn enforce_timeouts(control: Rc<LinkControl>, shared: Rc<Shared>) {
     loop {
+        // Timeouts only: heartbeats are the writer's. Each check is at or after its deadline,
+        // and `handle_timeout` fails at the deadline, so this never wakes twice for one.
+        let deadline = shared.link.borrow().timeout_deadline();
         tokio::select! {
-            () = acks.due.notified() => {}
-            () = sleep(heartbeat) => {}
-            () = control.closed() => return Ok(()),
+            () = sleep_until(deadline) => {}
+            () = control.closed() => return,
         }
-        let mut batch = writer.buffer();
-        if let Some((received_lsn, durable_lsn)) = acks.pending.take() {
-            encode(
-                &Frame::Ack(Ack {
-                    database,
-                    origin: Uuid::nil(),
-                    received_lsn,
-                    durable_lsn,
-                }),
-                &mut batch,
-            );
-        } else if last_sent.elapsed() >= heartbeat {
-            encode(&Frame::Heartbeat(Heartbeat { sent_micros: 0 }), &mut batch);
-        }
-        if !batch.is_empty() {
-            progress.write(writer, batch).await?;
-            last_sent = Instant::now();
+        let verdict = shared.link.borrow_mut().handle_timeout(Instant::now());
+        if let Err(error) = verdict {
+            tracing::warn!(%error, "closing link");
+            control.close();
+            return;
         }
     }
 }
 
-/// The replica link's reader: pages into the ring (ack queued at once), snapshots into a restore.
-pub(super) async fn receive(
+/// The replica link's writer: whatever the machine has due (RESUME, the newest ack, a
+/// heartbeat), as soon as it is due.
+async fn transmit(writer: &mut FrameWriter, shared: &Shared, control: &LinkControl) -> Result<()> {
+    loop {
+        let mut batch = writer.buffer();
+        let now = Instant::now();
+        let due = shared.link.borrow_mut().poll_transmit(now, &mut batch);
+        if due {
+            shared.link.borrow_mut().write_started(now);
+            let written = writer.write(batch).await;
+            shared.link.borrow_mut().write_finished();
+            written?;
+            if shared.link.borrow().wants_transmit() {
+                continue;
+            }
+        } else {
+            writer.write(batch).await?;
+        }
+        // A timeout that is due fails the link here too, so the deadline below is always
+        // ahead of now: the writer never spins on a timer that has passed.
+        shared.link.borrow_mut().handle_timeout(Instant::now())?;
+        let deadline = shared.link.borrow().poll_timeout();
+        tokio::select! {
+            () = shared.due.notified() => {}
+            () = sleep_until(deadline) => {}
+            () = control.closed() => return Ok(()),
+        }
+    }
+}
+
+/// The replica link's reader: each frame judged by the machine; pages into the ring (the ack
+/// queued at once, before replay), snapshots into a restore.
+async fn receive(
     reader: &mut FrameReader,
     database: Uuid,
     store: &Arc<dyn ReplicaStore>,
     replica: &mut Option<Arc<dyn ReplicaDatabase>>,
-    acks: &AckState,
-    progress: &LinkProgress,
+    shared: &Shared,
     status: &Arc<Mutex<SubscriptionStatus>>,
 ) -> Result<()> {
     let mut restore: Option<RestoreJob> = None;
@@ -190,89 +192,102 @@ pub(super) async fn receive(
         let Some(frame) = reader.next().await? else {
             return Ok(());
         };
-        progress.last_heard.set(Instant::now());
-        match frame {
-            Frame::Pages(pages) if pages.database == database => {
+        let received = shared
+            .link
+            .borrow_mut()
+            .handle_frame(Instant::now(), frame)?;
+        match received {
+            Received::Nothing => {}
+            Received::Pages(pages) => {
                 let Some(db) = replica.as_ref() else {
                     return Err(Error::UnexpectedFrame {
                         state: "bootstrapping (no replica yet)",
                         frame: "PAGES",
                     });
                 };
-                let mut offered = pages.pages;
-                while !offered.is_empty() {
-                    // Pending only while the ring is full: the replica's applier frees it.
-                    let ingested = poll_fn(|cx| db.log().poll_ingest(cx, offered))
-                        .await
-                        .map_err(|source| Error::Ingest { database, source })?;
-                    offered = &offered[ingested.pages * PAGE_SIZE..];
-                }
+                ingest(db.as_ref(), database, pages).await?;
                 let received = db.received_lsn();
-                acks.pending
-                    .set(Some((received, db.durable_lsn().min(received))));
-                acks.due.notify_one();
+                shared
+                    .link
+                    .borrow_mut()
+                    .ingested(received, db.durable_lsn());
+                shared.due.notify_one();
                 lock(status).received_lsn = received;
             }
-            Frame::Snapshot(chunk) if chunk.database == database => {
+            Received::SnapshotChunk { data, last } => {
                 if restore.is_none() {
                     tracing::info!(%database, "receiving a full snapshot");
                     lock(status).restoring = true;
                     *replica = None;
-                    let (chunks_tx, chunks_rx) = mpsc::channel(4);
-                    let (done_tx, done_rx) = oneshot::channel();
-                    let store = Arc::clone(store);
-                    std::thread::Builder::new()
-                        .name("pagemesh-restore".into())
-                        .spawn(move || {
-                            let mut input = ChunkReader::new(chunks_rx);
-                            let _ = done_tx.send(store.restore(&mut input));
-                        })
-                        .map_err(|error| Error::Spawn {
-                            thread: "pagemesh-restore".into(),
-                            source: error,
-                        })?;
-                    restore = Some((chunks_tx, done_rx));
+                    restore = Some(start_restore(store)?);
                 }
                 let Some((chunks, _)) = restore.as_ref() else {
                     continue;
                 };
-                let stopped_early =
-                    !chunk.data.is_empty() && chunks.send(chunk.data.to_vec()).await.is_err();
-                if chunk.last || stopped_early {
-                    let Some((chunks, done)) = restore.take() else {
+                let stopped_early = !data.is_empty() && chunks.send(data.to_vec()).await.is_err();
+                if last || stopped_early {
+                    let Some(job) = restore.take() else {
                         continue;
                     };
-                    drop(chunks);
-                    let (db, lsn) = done
-                        .await
-                        .map_err(|_| Error::ThreadEnded { thread: "restore" })?
-                        .map_err(|source| Error::Restore { database, source })?;
-                    tracing::info!(%database, lsn, "snapshot restored; following from it");
-                    {
-                        let mut state = lock(status);
-                        state.restores += 1;
-                        state.restoring = false;
-                        state.received_lsn = db.received_lsn();
-                    }
-                    acks.pending
-                        .set(Some((db.received_lsn(), db.durable_lsn())));
-                    acks.due.notify_one();
+                    let db = finish_restore(job, database, status).await?;
+                    shared
+                        .link
+                        .borrow_mut()
+                        .restored(db.received_lsn(), db.durable_lsn());
+                    shared.due.notify_one();
                     *replica = Some(db);
                 }
             }
-            Frame::Heartbeat(_) => {}
-            Frame::Refuse(refuse) => {
-                return Err(Error::Refused {
-                    code: refuse.code as u16,
-                    reason: refuse.reason,
-                })
-            }
-            other => {
-                return Err(Error::UnexpectedFrame {
-                    state: "following",
-                    frame: other.kind(),
-                })
-            }
         }
     }
+}
+
+/// Copies whole pages into the replica's ring (crc and epoch checked there), waiting while the
+/// ring is full: the replica's applier frees it.
+async fn ingest(db: &dyn ReplicaDatabase, database: Uuid, pages: &[u8]) -> Result<()> {
+    let mut offered = pages;
+    while !offered.is_empty() {
+        let ingested = poll_fn(|cx| db.log().poll_ingest(cx, offered))
+            .await
+            .map_err(|source| Error::Ingest { database, source })?;
+        offered = &offered[ingested.pages * PAGE_SIZE..];
+    }
+    Ok(())
+}
+
+/// Starts a restore on a thread of its own, fed chunk by chunk.
+fn start_restore(store: &Arc<dyn ReplicaStore>) -> Result<RestoreJob> {
+    let (chunks_tx, chunks_rx) = mpsc::channel(4);
+    let (done_tx, done_rx) = oneshot::channel();
+    let store = Arc::clone(store);
+    std::thread::Builder::new()
+        .name("pagemesh-restore".into())
+        .spawn(move || {
+            let mut input = ChunkReader::new(chunks_rx);
+            let _ = done_tx.send(store.restore(&mut input));
+        })
+        .map_err(|source| Error::Spawn {
+            thread: "pagemesh-restore".into(),
+            source,
+        })?;
+    Ok((chunks_tx, done_rx))
+}
+
+/// Ends a restore's input and waits for its verdict: the new replica.
+async fn finish_restore(
+    (chunks, done): RestoreJob,
+    database: Uuid,
+    status: &Arc<Mutex<SubscriptionStatus>>,
+) -> Result<Arc<dyn ReplicaDatabase>> {
+    drop(chunks);
+    let (db, lsn) = done
+        .await
+        .map_err(|_| Error::ThreadEnded { thread: "restore" })?
+        .map_err(|source| Error::Restore { database, source })?;
+    tracing::info!(%database, lsn, "snapshot restored; following from it");
+    let mut state = lock(status);
+    state.restores += 1;
+    state.restoring = false;
+    state.received_lsn = db.received_lsn();
+    Ok(db)
 }

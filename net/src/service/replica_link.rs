@@ -1,0 +1,400 @@
+//! The replica side of an established link, as a state machine without I/O.
+//!
+//! It takes frames and time, and hands back what to do with what arrived, the frames to send and
+//! when to look at it again, in the manner of quinn-proto's `Connection`. Nothing here touches a
+//! socket, a thread or the clock: the driver (`replica.rs`) moves bytes and time in and out, and
+//! the deterministic simulator can drive the same machine.
+//!
+//! - [`ReplicaLink::handle_frame`] judges each frame and says what it carries: page bytes to
+//!   ingest into the replica's ring, a snapshot chunk to restore, or nothing (a heartbeat). The
+//!   driver does the ingest (which may wait for ring space) or the restore, then reports the
+//!   replica's watermarks with [`ReplicaLink::ingested`] or [`ReplicaLink::restored`].
+//! - [`ReplicaLink::poll_transmit`] writes what is due: the RESUME first, then the newest ACK
+//!   (acks coalesce: only the newest matters), or a heartbeat when nothing was sent for a
+//!   heartbeat interval ([`Liveness`]).
+//! - [`ReplicaLink::handle_timeout`] fails the link when the source has been silent for the link
+//!   timeout, or when one write has been blocked that long (the driver reports writes with
+//!   [`ReplicaLink::write_started`] and [`ReplicaLink::write_finished`]): a source that stops
+//!   reading cannot keep the replica's link forever. [`ReplicaLink::poll_timeout`] says when to
+//!   call it.
+
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::proto::frame::{encode, Ack, Frame, Heartbeat, Resume};
+use crate::proto::liveness::{LinkAction, Liveness};
+
+/// What a frame carried, for the driver to act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    /// Nothing to do (a heartbeat).
+    Nothing,
+    /// Whole pages (full form), to ingest into the replica's ring; then call
+    /// [`ReplicaLink::ingested`].
+    Pages(&'a [u8]),
+    /// A chunk of a full snapshot; the first one starts a restore that replaces the replica.
+    /// After the last one (`last`) the driver finishes the restore and calls
+    /// [`ReplicaLink::restored`].
+    SnapshotChunk {
+        /// The chunk's bytes (may be empty).
+        data: &'a [u8],
+        /// This is the snapshot's last chunk.
+        last: bool,
+    },
+}
+
+/// Where the replica stands, as the link sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replica {
+    /// No replica yet: only a snapshot may come.
+    Absent,
+    /// Pages may come.
+    Following,
+    /// A snapshot is arriving; pages may not.
+    Restoring,
+}
+
+/// The replica side of one link to a source, for one database.
+#[derive(Debug)]
+pub struct ReplicaLink {
+    database: Uuid,
+    replica: Replica,
+    /// The subscription, until it is sent.
+    resume: Option<Resume>,
+    /// The newest `(received_lsn, durable_lsn)` not yet sent.
+    ack: Option<(u64, u64)>,
+    liveness: Liveness,
+    link_timeout: Duration,
+    /// When the write in flight began, if one is.
+    writing_since: Option<Instant>,
+}
+
+impl ReplicaLink {
+    /// A link that was established at `now` and subscribes with `resume` (its `from_lsn` is
+    /// `BOOTSTRAP` when the replica does not exist yet).
+    pub fn new(now: Instant, resume: Resume, heartbeat: Duration, link_timeout: Duration) -> Self {
+        let replica = if resume.from_lsn == crate::route::BOOTSTRAP {
+            Replica::Absent
+        } else {
+            Replica::Following
+        };
+        Self {
+            database: resume.database,
+            replica,
+            resume: Some(resume),
+            ack: None,
+            liveness: Liveness::new(now, heartbeat, link_timeout),
+            link_timeout,
+            writing_since: None,
+        }
+    }
+
+    /// A frame arrived at `now`: what it carries, or why the link must close.
+    pub fn handle_frame<'a>(&mut self, now: Instant, frame: Frame<'a>) -> Result<Received<'a>> {
+        self.liveness.on_receive(now);
+        match frame {
+            Frame::Pages(pages) if pages.database == self.database => match self.replica {
+                Replica::Following => Ok(Received::Pages(pages.pages)),
+                Replica::Absent | Replica::Restoring => Err(Error::UnexpectedFrame {
+                    state: "bootstrapping (no replica yet)",
+                    frame: "PAGES",
+                }),
+            },
+            Frame::Snapshot(chunk) if chunk.database == self.database => {
+                self.replica = Replica::Restoring;
+                Ok(Received::SnapshotChunk {
+                    data: chunk.data,
+                    last: chunk.last,
+                })
+            }
+            Frame::Heartbeat(_) => Ok(Received::Nothing),
+            Frame::Refuse(refuse) => Err(Error::Refused {
+                code: refuse.code as u16,
+                reason: refuse.reason,
+            }),
+            other => Err(Error::UnexpectedFrame {
+                state: "following",
+                frame: other.kind(),
+            }),
+        }
+    }
+
+    /// The pages were ingested: the replica now holds every page below `received_lsn`, and
+    /// every page below `durable_lsn` is durable. Queues an ACK (replacing an unsent one).
+    pub fn ingested(&mut self, received_lsn: u64, durable_lsn: u64) {
+        debug_assert_eq!(self.replica, Replica::Following);
+        self.queue_ack(received_lsn, durable_lsn);
+    }
+
+    /// The snapshot was restored into a new replica holding every page below `received_lsn`:
+    /// pages may follow. Queues an ACK.
+    pub fn restored(&mut self, received_lsn: u64, durable_lsn: u64) {
+        debug_assert_eq!(self.replica, Replica::Restoring);
+        self.replica = Replica::Following;
+        self.queue_ack(received_lsn, durable_lsn);
+    }
+
+    fn queue_ack(&mut self, received_lsn: u64, durable_lsn: u64) {
+        self.ack = Some((received_lsn, durable_lsn.min(received_lsn)));
+    }
+
+    /// Encodes into `out` what is due at `now`: the RESUME, the newest ack, or a heartbeat.
+    /// Returns whether it wrote anything.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        if let Some(resume) = self.resume.take() {
+            encode(&Frame::Resume(resume), out);
+        }
+        if let Some((received_lsn, durable_lsn)) = self.ack.take() {
+            encode(
+                &Frame::Ack(Ack {
+                    database: self.database,
+                    origin: Uuid::nil(),
+                    received_lsn,
+                    durable_lsn,
+                }),
+                out,
+            );
+        }
+        if out.len() > start {
+            self.liveness.on_send(now);
+        } else if let LinkAction::SendHeartbeat = self.liveness.poll(now) {
+            encode(&Frame::Heartbeat(Heartbeat { sent_micros: 0 }), out);
+        }
+        out.len() > start
+    }
+
+    /// Whether [`ReplicaLink::poll_transmit`] has something to send before its next timer.
+    pub fn wants_transmit(&self) -> bool {
+        self.resume.is_some() || self.ack.is_some()
+    }
+
+    /// A write of what `poll_transmit` produced began at `now`.
+    pub fn write_started(&mut self, now: Instant) {
+        self.writing_since = Some(now);
+    }
+
+    /// The write in flight completed.
+    pub fn write_finished(&mut self) {
+        self.writing_since = None;
+    }
+
+    /// When `poll_transmit` next has something to send (a heartbeat) or
+    /// [`ReplicaLink::handle_timeout`] may fail the link, whichever comes first.
+    pub fn poll_timeout(&self) -> Instant {
+        self.liveness.deadline().min(self.timeout_deadline())
+    }
+
+    /// When [`ReplicaLink::handle_timeout`] may next fail the link (heartbeats aside): the
+    /// source's silence or the write in flight reaching the link timeout.
+    pub fn timeout_deadline(&self) -> Instant {
+        let silence = self.liveness.silence_deadline();
+        match self.writing_since {
+            Some(since) => silence.min(since + self.link_timeout),
+            None => silence,
+        }
+    }
+
+    /// Fails the link if, at `now`, the source has been silent, or a write blocked, for longer
+    /// than the link timeout.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
+        if let Some(since) = self.writing_since {
+            let blocked_for = now.saturating_duration_since(since);
+            if blocked_for >= self.link_timeout {
+                return Err(Error::WriteBlocked { blocked_for });
+            }
+        }
+        match self.liveness.timed_out(now) {
+            Some(silent_for) => Err(Error::LinkTimeout { silent_for }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::{decode, Decoded, PagesHeader, Refuse, RefuseCode, SnapshotChunk};
+    use crate::route::BOOTSTRAP;
+
+    const HEARTBEAT: Duration = Duration::from_secs(1);
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn database() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn link(now: Instant, from_lsn: u64) -> ReplicaLink {
+        let resume = Resume {
+            database: database(),
+            origin: Uuid::nil(),
+            epoch: 0,
+            from_lsn,
+        };
+        ReplicaLink::new(now, resume, HEARTBEAT, TIMEOUT)
+    }
+
+    /// Every frame `poll_transmit` writes at `now`.
+    fn sent(link: &mut ReplicaLink, now: Instant) -> Vec<String> {
+        let mut out = Vec::new();
+        link.poll_transmit(now, &mut out);
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while let Ok(Decoded::Frame { frame, len }) = decode(rest) {
+            frames.push(match frame {
+                Frame::Ack(ack) => format!("ACK {} {}", ack.received_lsn, ack.durable_lsn),
+                Frame::Resume(resume) => format!("RESUME {}", resume.from_lsn),
+                other => other.kind().to_string(),
+            });
+            rest = &rest[len..];
+        }
+        assert!(rest.is_empty(), "trailing bytes");
+        frames
+    }
+
+    fn pages_frame(pages: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let header = PagesHeader {
+            database: database(),
+            origin: Uuid::nil(),
+            epoch: 0,
+            visited: &[],
+            first_lsn: 0,
+        };
+        crate::proto::frame::encode_pages(&header, &[pages], &mut out);
+        out
+    }
+
+    fn frame(bytes: &[u8]) -> Frame<'_> {
+        match decode(bytes) {
+            Ok(Decoded::Frame { frame, .. }) => frame,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn resume_goes_first_then_acks_coalesce_to_the_newest() {
+        let t0 = Instant::now();
+        let mut link = link(t0, 7);
+        link.ingested(9, 8);
+        link.ingested(12, 20);
+        assert_eq!(sent(&mut link, t0), ["RESUME 7", "ACK 12 12"]);
+        // Nothing more is due until the heartbeat interval passes without a send.
+        assert!(sent(&mut link, t0 + HEARTBEAT / 2).is_empty());
+        assert_eq!(sent(&mut link, t0 + HEARTBEAT), ["HEARTBEAT"]);
+        assert_eq!(link.poll_timeout(), t0 + 2 * HEARTBEAT);
+    }
+
+    #[test]
+    fn pages_pass_only_while_following_and_a_snapshot_switches_to_following_when_restored() {
+        let t0 = Instant::now();
+        let page = vec![0u8; pagemesh_logpage::PAGE_SIZE];
+        let pages = pages_frame(&page);
+        let mut bootstrapping = link(t0, BOOTSTRAP);
+        assert!(matches!(
+            bootstrapping.handle_frame(t0, frame(&pages)),
+            Err(Error::UnexpectedFrame { frame: "PAGES", .. })
+        ));
+        let mut chunk = Vec::new();
+        encode(
+            &Frame::Snapshot(SnapshotChunk {
+                database: database(),
+                origin: Uuid::nil(),
+                snapshot_lsn: 0,
+                offset: 0,
+                last: true,
+                data: b"abc",
+            }),
+            &mut chunk,
+        );
+        let mut link = link(t0, BOOTSTRAP);
+        assert_eq!(
+            link.handle_frame(t0, frame(&chunk)).unwrap(),
+            Received::SnapshotChunk {
+                data: b"abc",
+                last: true
+            }
+        );
+        assert!(
+            link.handle_frame(t0, frame(&pages)).is_err(),
+            "pages mid-restore"
+        );
+        let mut link = self::link(t0, BOOTSTRAP);
+        link.handle_frame(t0, frame(&chunk)).unwrap();
+        link.restored(40, 30);
+        assert_eq!(
+            link.handle_frame(t0, frame(&pages)).unwrap(),
+            Received::Pages(&page[..])
+        );
+        assert_eq!(
+            sent(&mut link, t0),
+            ["RESUME 18446744073709551615", "ACK 40 30"]
+        );
+    }
+
+    #[test]
+    fn refusals_and_foreign_frames_close_the_link() {
+        let t0 = Instant::now();
+        let mut refuse = Vec::new();
+        encode(
+            &Frame::Refuse(Refuse::new(RefuseCode::UnknownDatabase, "no such database")),
+            &mut refuse,
+        );
+        assert!(matches!(
+            link(t0, 0).handle_frame(t0, frame(&refuse)),
+            Err(Error::Refused { code: 6, .. })
+        ));
+        let mut ack = Vec::new();
+        encode(
+            &Frame::Ack(Ack {
+                database: database(),
+                origin: Uuid::nil(),
+                received_lsn: 1,
+                durable_lsn: 1,
+            }),
+            &mut ack,
+        );
+        assert!(matches!(
+            link(t0, 0).handle_frame(t0, frame(&ack)),
+            Err(Error::UnexpectedFrame { frame: "ACK", .. })
+        ));
+    }
+
+    #[test]
+    fn silence_and_a_blocked_write_time_the_link_out() {
+        let t0 = Instant::now();
+        let mut link = link(t0, 0);
+        let mut heartbeat = Vec::new();
+        encode(
+            &Frame::Heartbeat(Heartbeat { sent_micros: 0 }),
+            &mut heartbeat,
+        );
+        // Any frame counts as life.
+        link.handle_frame(t0 + 4 * HEARTBEAT, frame(&heartbeat))
+            .unwrap();
+        assert!(link.handle_timeout(t0 + TIMEOUT).is_ok());
+        assert!(matches!(
+            link.handle_timeout(t0 + 4 * HEARTBEAT + TIMEOUT),
+            Err(Error::LinkTimeout { .. })
+        ));
+        // A write that never completes: the peer stopped reading.
+        let mut link = self::link(t0, 0);
+        link.write_started(t0);
+        assert_eq!(link.poll_timeout(), t0 + HEARTBEAT);
+        let mut alive = t0;
+        while alive < t0 + TIMEOUT {
+            alive += HEARTBEAT / 2;
+            link.handle_frame(alive, frame(&heartbeat)).unwrap();
+        }
+        assert!(matches!(
+            link.handle_timeout(t0 + TIMEOUT + Duration::from_millis(1)),
+            Err(Error::WriteBlocked { .. })
+        ));
+        link.write_finished();
+        assert!(link
+            .handle_timeout(t0 + TIMEOUT + Duration::from_millis(1))
+            .is_ok());
+    }
+}
