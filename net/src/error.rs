@@ -160,6 +160,15 @@ pub enum Error {
         /// How long it had been blocked.
         blocked_for: Duration,
     },
+    /// A replica stopped reading while its link holds a ring cursor and it is more than half the
+    /// ring behind: the link is dropped so that the ring's slots can be reused.
+    #[error("replica {lag_pages} pages behind, more than half the {ring_slots}-page ring, while its link is blocked")]
+    ReplicaHoldsRing {
+        /// How far behind the log's committed LSN the replica's shipped LSN is.
+        lag_pages: u64,
+        /// Pages in the ring.
+        ring_slots: u64,
+    },
     /// The peer sent nothing, not even a heartbeat, for too long.
     #[error("link timed out: peer silent for {silent_for:?}")]
     LinkTimeout {

@@ -64,6 +64,11 @@ impl Liveness {
         (self.last_sent + self.interval).min(self.last_received + self.timeout)
     }
 
+    /// When a heartbeat falls due, unless a frame is sent first.
+    pub fn heartbeat_deadline(&self) -> Instant {
+        self.last_sent + self.interval
+    }
+
     /// When the peer's silence reaches the timeout, unless a frame arrives first.
     pub fn silence_deadline(&self) -> Instant {
         self.last_received + self.timeout

@@ -49,6 +49,7 @@ mod replica;
 pub mod replica_link;
 mod snapshot;
 mod source;
+pub mod source_link;
 
 use self::admission::{
     Admission, AdmissionLimits, Reason, RefusalCounts, Refusals, Verdict, REFUSAL_LOG_INTERVAL,

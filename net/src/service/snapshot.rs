@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::link::{LinkControl, LinkProgress};
+use super::link::LinkControl;
+use super::source::Shipping;
 use super::{ReplicaDatabase, SourceDatabase};
 use crate::error::{BoxError, Error, Result};
 use crate::proto::frame::{encode, Frame, SnapshotChunk};
@@ -27,7 +28,7 @@ pub(super) async fn send_snapshot(
     control: &LinkControl,
     source: &Arc<dyn SourceDatabase>,
     writer: &mut FrameWriter,
-    progress: &LinkProgress,
+    shipping: &Shipping,
 ) -> Result<u64> {
     let (database, origin) = (source.uuid(), source.origin());
     tracing::info!(%database, "sending a full snapshot");
@@ -70,7 +71,7 @@ pub(super) async fn send_snapshot(
             }),
             &mut batch,
         );
-        progress.write(writer, batch).await?;
+        shipping.write(writer, batch).await?;
         offset += chunk.len() as u64;
     }
     let lsn = done_rx
@@ -93,7 +94,7 @@ pub(super) async fn send_snapshot(
         }),
         &mut batch,
     );
-    progress.write(writer, batch).await?;
+    shipping.write(writer, batch).await?;
     tracing::info!(%database, bytes = offset, lsn, "snapshot sent");
     Ok(lsn)
 }

@@ -1,28 +1,29 @@
 //! The source side of a link: admit the replica's RESUME, then ship pages (binlog catch-up, ring
 //! streaming, snapshots) and hand its acks to the database's [`AckSink`].
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use uuid::Uuid;
+use pagemesh_logpage::Log;
+use tokio::sync::Notify;
 
 use super::admission::Reason;
-use super::link::{handshake, watchdog, LinkControl, LinkProgress};
+use super::link::{handshake, LinkControl};
 use super::snapshot::send_snapshot;
+use super::source_link::SourceLink;
 use super::{
     AckSink, History, Runtime, SourceDatabase, BOOTSTRAP, HISTORY_BATCH_PAGES, RING_BATCH_PAGES,
 };
 use crate::error::{Error, Result};
-use crate::proto::frame::{
-    encode, encode_pages, Frame, Heartbeat, PagesHeader, Refuse, RefuseCode,
-};
+use crate::proto::frame::{encode, encode_pages, Frame, PagesHeader, Refuse, RefuseCode};
 use crate::proto::handshake::PeerInfo;
 use crate::route::{admit, Feed, FeedPlan, Served};
-use crate::transport::{sleep, spawn_local, timeout, Connection, FrameReader, FrameWriter};
+use crate::transport::{sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter};
 
 /// Source side of an accepted link, booked in `runtime.links` and admitted as `id`.
 pub(super) async fn serve_link(
@@ -136,25 +137,32 @@ pub(super) async fn serve_replica(
     tracing::info!(%peer, replica = %info.name, database = %resume.database, from_lsn, "replica subscribed");
     let received = if from_lsn == BOOTSTRAP { 0 } else { from_lsn };
     let sink = source.attach(&info.name, received);
-    let progress = LinkProgress::new(received);
-    spawn_local(watchdog(
+    let link = Rc::new(Shipping {
+        link: RefCell::new(SourceLink::new(
+            Instant::now(),
+            resume.database,
+            received,
+            source.log().slots(),
+            runtime.config.heartbeat,
+            runtime.config.link_timeout,
+        )),
+        changed: Notify::new(),
+    });
+    spawn_local(enforce_timeouts(
         Rc::clone(control),
-        Rc::clone(&progress),
-        runtime.config.link_timeout,
-        Some(source.log().clone()),
+        Rc::clone(&link),
+        source.log().clone(),
     ));
     // The ack reader.
     let acks = {
-        let control = Rc::clone(control);
-        let progress = Rc::clone(&progress);
-        let database = resume.database;
+        let (control, link) = (Rc::clone(control), Rc::clone(&link));
         spawn_local(async move {
-            let outcome = read_acks(&mut reader, database, &*sink, &progress).await;
+            let outcome = read_acks(&mut reader, &*sink, &link).await;
             control.close();
             outcome
         })
     };
-    let shipped = ship(runtime, control, &source, &mut writer, from_lsn, &progress).await;
+    let shipped = ship(control, &source, &mut writer, from_lsn, &link).await;
     control.close();
     let acked = acks.await.unwrap_or(Ok(()));
     shipped.and(acked)
@@ -174,30 +182,81 @@ pub(super) async fn refuse(writer: &mut FrameWriter, reason: String) -> Result<(
     })
 }
 
+/// The link's tasks share its state machine, and a wake-up for the timer task when a write
+/// starts or the shipper takes or drops a ring cursor.
+pub(super) struct Shipping {
+    pub(super) link: RefCell<SourceLink>,
+    changed: Notify,
+}
+
+impl Shipping {
+    /// `writer.write(batch)`, reported to the machine (a blocked write is what its timeouts
+    /// watch).
+    pub(super) async fn write(&self, writer: &mut FrameWriter, batch: Vec<u8>) -> Result<()> {
+        self.link.borrow_mut().write_started(Instant::now());
+        self.changed.notify_one();
+        let written = writer.write(batch).await;
+        self.link.borrow_mut().write_finished();
+        written
+    }
+
+    fn set_holds_ring(&self, holds_ring: bool) {
+        self.link.borrow_mut().set_holds_ring(holds_ring);
+        self.changed.notify_one();
+    }
+}
+
+/// How often the ring-lag rule is checked while it is armed (a write blocked while the shipper
+/// holds a ring cursor): the log grows without telling the link.
+const RING_WATCH_PERIOD: Duration = Duration::from_millis(20);
+
+/// Closes the link when its machine says so (the replica silent or a write blocked for the link
+/// timeout, or a blocked write holding the ring half a ring behind). Reads and writes cannot be
+/// raced against a timer (io_uring operations are not safely cancellable), so this shuts the
+/// socket down instead, which completes them with an error.
+async fn enforce_timeouts(control: Rc<LinkControl>, shipping: Rc<Shipping>, log: Log) {
+    loop {
+        let deadline = {
+            let link = shipping.link.borrow();
+            let deadline = link.timeout_deadline();
+            if link.watching_ring() {
+                deadline.min(Instant::now() + RING_WATCH_PERIOD)
+            } else {
+                deadline
+            }
+        };
+        tokio::select! {
+            () = sleep_until(deadline) => {}
+            () = shipping.changed.notified() => {}
+            () = control.closed() => return,
+        }
+        let verdict = shipping
+            .link
+            .borrow()
+            .handle_timeout(Instant::now(), log.committed_lsn());
+        if let Err(error) = verdict {
+            tracing::warn!(%error, "closing link");
+            control.close();
+            return;
+        }
+    }
+}
+
 pub(super) async fn read_acks(
     reader: &mut FrameReader,
-    database: Uuid,
     sink: &dyn AckSink,
-    progress: &LinkProgress,
+    shipping: &Shipping,
 ) -> Result<()> {
     loop {
         let Some(frame) = reader.next().await? else {
             return Ok(());
         };
-        progress.last_heard.set(Instant::now());
-        match frame {
-            // Never count more than was shipped: a peer's word is not proof of receipt.
-            Frame::Ack(ack) if ack.database == database => {
-                let shipped = progress.shipped.get();
-                sink.ack(ack.received_lsn.min(shipped), ack.durable_lsn.min(shipped))
-            }
-            Frame::Heartbeat(_) => {}
-            other => {
-                return Err(Error::UnexpectedFrame {
-                    state: "shipping",
-                    frame: other.kind(),
-                })
-            }
+        let acked = shipping
+            .link
+            .borrow_mut()
+            .handle_frame(Instant::now(), &frame)?;
+        if let Some((received_lsn, durable_lsn)) = acked {
+            sink.ack(received_lsn, durable_lsn);
         }
     }
 }
@@ -211,12 +270,11 @@ pub(super) enum Wake {
 
 /// Sends `source`'s pages from `from_lsn` on, forever: binlog catch-up, ring streaming, snapshots.
 pub(super) async fn ship(
-    runtime: &Runtime,
     control: &LinkControl,
     source: &Arc<dyn SourceDatabase>,
     writer: &mut FrameWriter,
     from_lsn: u64,
-    progress: &LinkProgress,
+    shipping: &Shipping,
 ) -> Result<()> {
     let log = source.log().clone();
     let (database, origin) = (source.uuid(), source.origin());
@@ -227,20 +285,17 @@ pub(super) async fn ship(
         visited: &[],
         first_lsn,
     };
-    let heartbeat = runtime.config.heartbeat;
     let mut plan = FeedPlan::new(from_lsn, log.slots());
     let mut scratch = Vec::new();
-    let mut last_sent = Instant::now();
     loop {
         if control.closed.get() {
             return Ok(());
         }
         let next = match plan.feed() {
             Feed::Snapshot => {
-                let lsn = send_snapshot(control, source, writer, progress).await?;
+                let lsn = send_snapshot(control, source, writer, shipping).await?;
                 plan.snapshot_sent(lsn);
-                progress.shipped.set(lsn);
-                last_sent = Instant::now();
+                shipping.link.borrow_mut().shipped(lsn);
                 continue;
             }
             Feed::Binlog { from_lsn } => {
@@ -256,9 +311,8 @@ pub(super) async fn ship(
                 if let History::Pages(count @ 1..) = history {
                     let mut batch = writer.buffer();
                     encode_pages(&header(from_lsn), &[&scratch], &mut batch);
-                    progress.shipped.set(from_lsn + count as u64);
-                    progress.write(writer, batch).await?;
-                    last_sent = Instant::now();
+                    shipping.link.borrow_mut().shipped(from_lsn + count as u64);
+                    shipping.write(writer, batch).await?;
                 }
                 continue;
             }
@@ -274,11 +328,12 @@ pub(super) async fn ship(
             Err(error) => return Err(Error::Log(error)),
         };
         tracing::debug!(lsn = next, "streaming from the ring");
-        let _holding = progress.hold_ring();
+        let _holding = HoldsRing::new(shipping);
         loop {
+            let heartbeat_due = shipping.link.borrow().heartbeat_deadline();
             let wake = tokio::select! {
                 ready = poll_fn(|cx| cursor.poll_ready(cx)) => Wake::Ready(ready),
-                () = sleep(heartbeat) => Wake::Tick,
+                () = sleep_until(heartbeat_due) => Wake::Tick,
                 () = control.closed() => Wake::Closed,
             };
             match wake {
@@ -286,11 +341,13 @@ pub(super) async fn ship(
                 Wake::Ready(Err(pagemesh_logpage::Error::Closed)) => return Ok(()),
                 Wake::Ready(Err(error)) => return Err(Error::Log(error)),
                 Wake::Tick => {
-                    if last_sent.elapsed() >= heartbeat {
-                        let mut batch = writer.buffer();
-                        encode(&Frame::Heartbeat(Heartbeat { sent_micros: 0 }), &mut batch);
-                        progress.write(writer, batch).await?;
-                        last_sent = Instant::now();
+                    let mut batch = writer.buffer();
+                    let due = shipping
+                        .link
+                        .borrow_mut()
+                        .poll_heartbeat(Instant::now(), &mut batch)?;
+                    if due {
+                        shipping.write(writer, batch).await?;
                     }
                 }
                 Wake::Ready(Ok(())) => {
@@ -307,9 +364,8 @@ pub(super) async fn ship(
                     // now, whatever the socket does.
                     let position = cursor.position();
                     cursor.release(position);
-                    progress.shipped.set(position);
-                    progress.write(writer, batch).await?;
-                    last_sent = Instant::now();
+                    shipping.link.borrow_mut().shipped(position);
+                    shipping.write(writer, batch).await?;
                     if plan.ring_shipped(position, cursor.lag_pages()) {
                         tracing::info!(
                             lsn = position,
@@ -321,5 +377,21 @@ pub(super) async fn ship(
                 }
             }
         }
+    }
+}
+
+/// The shipper holds a ring cursor until this is dropped (see `SourceLink`'s ring-lag rule).
+struct HoldsRing<'a>(&'a Shipping);
+
+impl<'a> HoldsRing<'a> {
+    fn new(shipping: &'a Shipping) -> Self {
+        shipping.set_holds_ring(true);
+        Self(shipping)
+    }
+}
+
+impl Drop for HoldsRing<'_> {
+    fn drop(&mut self) {
+        self.0.set_holds_ring(false);
     }
 }

@@ -1,0 +1,303 @@
+//! The source side of an established link, as a state machine without I/O: acks, heartbeats
+//! and the rules that drop a link.
+//!
+//! Which pages go next (snapshot, binlog or ring) is `route::FeedPlan`'s decision, and reading
+//! them is the driver's (`source.rs`). This machine keeps what the link has promised and heard:
+//!
+//! - [`SourceLink::handle_frame`] takes what the replica sends (ACK, HEARTBEAT) and returns the
+//!   watermarks to report, **capped at what was shipped**: a peer's word is not proof of receipt.
+//!   Anything else closes the link.
+//! - [`SourceLink::poll_heartbeat`] writes a heartbeat when nothing was sent for a heartbeat
+//!   interval ([`Liveness`]).
+//! - [`SourceLink::handle_timeout`] fails the link when the replica has been silent for the link
+//!   timeout, when one write has been blocked that long, or when a write is blocked while the
+//!   shipper holds a ring cursor and the replica is more than half the ring behind: a replica
+//!   that stops reading must not hold the source's ring. A link sending a snapshot or binlog
+//!   pages holds no ring slot, so that last rule does not apply to it (it used to, and cut every
+//!   snapshot of a database larger than half the ring; see `tests/bootstrap.rs`).
+//!
+//! Nothing here touches a socket, a thread or the clock: the driver passes `now` and the log's
+//! committed LSN in.
+
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::proto::frame::{encode, Frame, Heartbeat};
+use crate::proto::liveness::{LinkAction, Liveness};
+
+/// The source side of one link to a replica, for one database.
+#[derive(Debug)]
+pub struct SourceLink {
+    database: Uuid,
+    liveness: Liveness,
+    link_timeout: Duration,
+    /// When the write in flight began, if one is.
+    writing_since: Option<Instant>,
+    /// Every page below this has been handed to the socket.
+    shipped_lsn: u64,
+    /// The shipper holds a ring cursor.
+    holds_ring: bool,
+    /// Pages in the source's ring.
+    ring_slots: u64,
+}
+
+impl SourceLink {
+    /// A link subscribed at `now`, whose replica holds every page below `shipped_lsn`.
+    pub fn new(
+        now: Instant,
+        database: Uuid,
+        shipped_lsn: u64,
+        ring_slots: u64,
+        heartbeat: Duration,
+        link_timeout: Duration,
+    ) -> Self {
+        Self {
+            database,
+            liveness: Liveness::new(now, heartbeat, link_timeout),
+            link_timeout,
+            writing_since: None,
+            shipped_lsn,
+            holds_ring: false,
+            ring_slots,
+        }
+    }
+
+    /// A frame from the replica arrived at `now`: the `(received_lsn, durable_lsn)` to report if
+    /// it was an ACK (each capped at what was shipped), or why the link must close.
+    pub fn handle_frame(&mut self, now: Instant, frame: &Frame<'_>) -> Result<Option<(u64, u64)>> {
+        self.liveness.on_receive(now);
+        match frame {
+            Frame::Ack(ack) if ack.database == self.database => Ok(Some((
+                ack.received_lsn.min(self.shipped_lsn),
+                ack.durable_lsn.min(self.shipped_lsn),
+            ))),
+            Frame::Heartbeat(_) => Ok(None),
+            other => Err(Error::UnexpectedFrame {
+                state: "shipping",
+                frame: other.kind(),
+            }),
+        }
+    }
+
+    /// Every page below `lsn` has been handed to the writer (never moves back).
+    pub fn shipped(&mut self, lsn: u64) {
+        self.shipped_lsn = self.shipped_lsn.max(lsn);
+    }
+
+    /// Every page below this has been handed to the writer.
+    pub fn shipped_lsn(&self) -> u64 {
+        self.shipped_lsn
+    }
+
+    /// Whether the shipper holds a ring cursor (see the module docs).
+    pub fn set_holds_ring(&mut self, holds_ring: bool) {
+        self.holds_ring = holds_ring;
+    }
+
+    /// A write began at `now` (it counts as a send for the heartbeat timer).
+    pub fn write_started(&mut self, now: Instant) {
+        self.liveness.on_send(now);
+        self.writing_since = Some(now);
+    }
+
+    /// The write in flight completed.
+    pub fn write_finished(&mut self) {
+        self.writing_since = None;
+    }
+
+    /// Encodes a heartbeat into `out` if nothing was sent for a heartbeat interval at `now`;
+    /// returns whether it did. Fails if the replica has been silent for the link timeout, so
+    /// that after a call [`SourceLink::heartbeat_deadline`] is always ahead of `now`.
+    pub fn poll_heartbeat(&mut self, now: Instant, out: &mut Vec<u8>) -> Result<bool> {
+        if let Some(silent_for) = self.liveness.timed_out(now) {
+            return Err(Error::LinkTimeout { silent_for });
+        }
+        let due = self.liveness.poll(now) == LinkAction::SendHeartbeat;
+        if due {
+            encode(&Frame::Heartbeat(Heartbeat { sent_micros: 0 }), out);
+        }
+        Ok(due)
+    }
+
+    /// When a heartbeat falls due, unless something is sent first.
+    pub fn heartbeat_deadline(&self) -> Instant {
+        self.liveness.heartbeat_deadline()
+    }
+
+    /// When [`SourceLink::handle_timeout`] may next fail the link by time: the replica's silence
+    /// or the write in flight reaching the link timeout.
+    pub fn timeout_deadline(&self) -> Instant {
+        let silence = self.liveness.silence_deadline();
+        match self.writing_since {
+            Some(since) => silence.min(since + self.link_timeout),
+            None => silence,
+        }
+    }
+
+    /// Whether the ring-lag rule is armed: a write is blocked while the shipper holds a ring
+    /// cursor, so the driver should call [`SourceLink::handle_timeout`] as the log grows.
+    pub fn watching_ring(&self) -> bool {
+        self.writing_since.is_some() && self.holds_ring
+    }
+
+    /// Fails the link if, at `now`, the replica has been silent or a write blocked for the link
+    /// timeout, or a blocked write holds the ring while the replica is more than half of it
+    /// behind the log's `committed_lsn`.
+    pub fn handle_timeout(&self, now: Instant, committed_lsn: u64) -> Result<()> {
+        if let Some(silent_for) = self.liveness.timed_out(now) {
+            return Err(Error::LinkTimeout { silent_for });
+        }
+        let Some(since) = self.writing_since else {
+            return Ok(());
+        };
+        let blocked_for = now.saturating_duration_since(since);
+        if blocked_for >= self.link_timeout {
+            return Err(Error::WriteBlocked { blocked_for });
+        }
+        let lag_pages = committed_lsn.saturating_sub(self.shipped_lsn);
+        if self.holds_ring && lag_pages > self.ring_slots / 2 {
+            return Err(Error::ReplicaHoldsRing {
+                lag_pages,
+                ring_slots: self.ring_slots,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::frame::{decode, Ack, Decoded, Resume};
+
+    const HEARTBEAT: Duration = Duration::from_secs(1);
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn database() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn link(now: Instant, shipped: u64) -> SourceLink {
+        SourceLink::new(now, database(), shipped, 64, HEARTBEAT, TIMEOUT)
+    }
+
+    fn ack(received_lsn: u64, durable_lsn: u64) -> Frame<'static> {
+        Frame::Ack(Ack {
+            database: database(),
+            origin: Uuid::nil(),
+            received_lsn,
+            durable_lsn,
+        })
+    }
+
+    #[test]
+    fn acks_are_capped_at_what_was_shipped() {
+        let t0 = Instant::now();
+        let mut link = link(t0, 10);
+        assert_eq!(link.handle_frame(t0, &ack(50, 40)).unwrap(), Some((10, 10)));
+        link.shipped(30);
+        link.shipped(20);
+        assert_eq!(link.shipped_lsn(), 30, "shipped never moves back");
+        assert_eq!(link.handle_frame(t0, &ack(25, 20)).unwrap(), Some((25, 20)));
+        let heartbeat = Frame::Heartbeat(Heartbeat { sent_micros: 0 });
+        assert_eq!(link.handle_frame(t0, &heartbeat).unwrap(), None);
+        let resume = Frame::Resume(Resume {
+            database: database(),
+            origin: Uuid::nil(),
+            epoch: 0,
+            from_lsn: 0,
+        });
+        assert!(matches!(
+            link.handle_frame(t0, &resume),
+            Err(Error::UnexpectedFrame {
+                frame: "RESUME",
+                ..
+            })
+        ));
+        let other = Frame::Ack(Ack {
+            database: Uuid::from_u128(2),
+            origin: Uuid::nil(),
+            received_lsn: 1,
+            durable_lsn: 1,
+        });
+        assert!(
+            link.handle_frame(t0, &other).is_err(),
+            "another database's ack"
+        );
+    }
+
+    #[test]
+    fn heartbeats_fill_silence_on_the_sending_side() {
+        let t0 = Instant::now();
+        let mut link = link(t0, 0);
+        let mut out = Vec::new();
+        assert!(!link.poll_heartbeat(t0 + HEARTBEAT / 2, &mut out).unwrap());
+        link.write_started(t0 + HEARTBEAT / 2);
+        link.write_finished();
+        assert!(
+            !link.poll_heartbeat(t0 + HEARTBEAT, &mut out).unwrap(),
+            "a write counts"
+        );
+        assert!(link
+            .poll_heartbeat(t0 + HEARTBEAT * 3 / 2, &mut out)
+            .unwrap());
+        assert!(matches!(
+            decode(&out),
+            Ok(Decoded::Frame {
+                frame: Frame::Heartbeat(_),
+                ..
+            })
+        ));
+        assert_eq!(link.heartbeat_deadline(), t0 + HEARTBEAT * 5 / 2);
+        assert!(matches!(
+            link.poll_heartbeat(t0 + TIMEOUT, &mut out),
+            Err(Error::LinkTimeout { .. })
+        ));
+    }
+
+    #[test]
+    fn silence_and_blocked_writes_drop_the_link() {
+        let t0 = Instant::now();
+        let link = self::link(t0, 0);
+        assert!(link.handle_timeout(t0 + TIMEOUT / 2, 0).is_ok());
+        assert_eq!(link.timeout_deadline(), t0 + TIMEOUT);
+        assert!(matches!(
+            link.handle_timeout(t0 + TIMEOUT, 0),
+            Err(Error::LinkTimeout { .. })
+        ));
+        let mut link = self::link(t0, 0);
+        link.write_started(t0);
+        // The replica keeps talking, but stopped reading.
+        let heartbeat = Frame::Heartbeat(Heartbeat { sent_micros: 0 });
+        link.handle_frame(t0 + TIMEOUT - HEARTBEAT, &heartbeat)
+            .unwrap();
+        assert!(matches!(
+            link.handle_timeout(t0 + TIMEOUT, 0),
+            Err(Error::WriteBlocked { .. })
+        ));
+    }
+
+    #[test]
+    fn a_blocked_write_holding_the_ring_half_a_ring_behind_drops_the_link() {
+        let t0 = Instant::now();
+        let mut link = link(t0, 100);
+        link.write_started(t0);
+        // Without a ring cursor (a snapshot or binlog pages), lag is no reason.
+        assert!(!link.watching_ring());
+        assert!(link.handle_timeout(t0, 100 + 1_000).is_ok());
+        link.set_holds_ring(true);
+        assert!(link.watching_ring());
+        assert!(link.handle_timeout(t0, 100 + 32).is_ok(), "half the ring");
+        assert!(matches!(
+            link.handle_timeout(t0, 100 + 33),
+            Err(Error::ReplicaHoldsRing { lag_pages: 33, .. })
+        ));
+        link.write_finished();
+        assert!(
+            link.handle_timeout(t0, 100 + 33).is_ok(),
+            "writes flow again"
+        );
+    }
+}
