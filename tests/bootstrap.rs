@@ -13,7 +13,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{assert_same, init_tracing, options, wait_following};
+use common::{assert_same, eventually, init_tracing, options, wait_following, PATIENCE};
 use pagemesh::core::{Durability, WriteBatch};
 use pagemesh::net::TransportKind;
 use pagemesh::Node;
@@ -61,7 +61,11 @@ fn one_snapshot_bootstraps_a_large_database(transport: TransportKind) {
         )
         .unwrap();
     let copy = wait_following(&replica, "replica");
-    let status = replica.status();
+    // The restored database is handed over a moment before the link records the restore.
+    let status = eventually("the restore recorded", PATIENCE, || {
+        let status = replica.status();
+        (status.restores > 0 && !status.restoring).then_some(status)
+    });
     assert_eq!(
         (status.links, status.restores),
         (1, 1),
