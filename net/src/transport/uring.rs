@@ -112,6 +112,9 @@ impl<T> Slots<T> {
         self.len += 1;
         match self.free.pop() {
             Some(key) => {
+                // A free key whose slot still held a value would drop an operation's state
+                // (and the memory the kernel writes into) while it is in flight.
+                assert!(self.entries[key].is_none(), "free slot {key} holds a value");
                 self.entries[key] = Some(value);
                 key
             }
@@ -132,6 +135,7 @@ impl<T> Slots<T> {
             self.len -= 1;
             self.free.push(key);
         }
+        debug_assert_eq!(self.len, self.entries.iter().flatten().count());
         value
     }
 
@@ -646,7 +650,17 @@ impl<T: Unpin + 'static> Future for Op<T> {
                 }
                 Poll::Pending
             }
-            Some(OpState::Orphaned { .. }) | None => Poll::Pending,
+            Some(OpState::Orphaned { .. }) | None => {
+                // Only a dropped future orphans its operation, and only a completion it took
+                // (memory given back) frees it: a future still holding its memory must find
+                // its operation waiting or done, or it would wait forever.
+                assert!(
+                    self.memory.is_none(),
+                    "io_uring operation {} lost its state while its future waits",
+                    self.op
+                );
+                Poll::Pending
+            }
         }
     }
 }
