@@ -757,16 +757,7 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
     let db = primary.open_database(DB, options(1024)).unwrap();
     primary.serve(&db, 0);
     let (mut stream, _) = raw_handshake(primary.local_addr().unwrap(), SECRET, PATIENCE);
-    let mut out = Vec::new();
-    encode(
-        &Frame::Resume(Resume {
-            database: db.uuid(),
-            origin: db.origin_uuid(),
-            epoch: 0,
-            from_lsn: 0,
-        }),
-        &mut out,
-    );
+    let mut out = resume_frame(&db, 0);
     out.extend_from_slice(&raw_header(FRAME_BODY_MAX as u32, FrameType::Pages as u8));
     send(&mut stream, &out);
     let sent = send_announced_body(&mut stream);
@@ -774,6 +765,21 @@ fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
         sent < FRAME_BODY_MAX,
         "the node read all {sent} bytes of a PAGES body from a subscribed replica instead of refusing the header"
     );
+}
+
+/// A RESUME for `db`'s own log from `from_lsn`, as a raw peer sends it.
+fn resume_frame(db: &Database, from_lsn: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(
+        &Frame::Resume(Resume {
+            database: db.uuid(),
+            origin: db.origin_uuid(),
+            epoch: 0,
+            from_lsn,
+        }),
+        &mut out,
+    );
+    out
 }
 
 /// Sends the 16 MiB body a header announced, 64 KiB at a time, until the node closes the
@@ -804,16 +810,7 @@ fn false_claim_of_receipt(transport: TransportKind, resume_ahead: u64, ack_ahead
     db.commit(&batch, Applied).unwrap();
     let (mut stream, _buf) = raw_handshake(pair.addr(), SECRET, PATIENCE);
     let at = db.received_lsn();
-    let mut out = Vec::new();
-    encode(
-        &Frame::Resume(Resume {
-            database: db.uuid(),
-            origin: db.origin_uuid(),
-            epoch: 0,
-            from_lsn: at + resume_ahead,
-        }),
-        &mut out,
-    );
+    let mut out = resume_frame(db, at + resume_ahead);
     if let Some(ahead) = ack_ahead {
         encode(
             &Frame::Ack(Ack {
