@@ -47,6 +47,7 @@ pub mod admission;
 mod link;
 mod replica;
 pub mod replica_link;
+pub mod shipper;
 mod snapshot;
 mod source;
 pub mod source_link;
@@ -57,6 +58,7 @@ use self::admission::{
 };
 use self::link::LinkControl;
 use self::replica::follow;
+pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
 use crate::error::{BoxError, Error, Result};
 use crate::proto::handshake::HandshakeConfig;
@@ -65,10 +67,6 @@ use crate::transport::{
     sleep, sleep_until, spawn_local, spawn_runtime, Listener, RuntimeKind, TransportKind,
 };
 
-/// Most pages one binlog catch-up read (and one PAGES frame) carries: 1 MiB.
-pub const HISTORY_BATCH_PAGES: usize = 256;
-/// Most pages one ring write carries.
-const RING_BATCH_PAGES: usize = 256;
 /// Most authenticated links open at once by default. A source's link from a replica holds a
 /// 4 KiB read buffer (a replica sends only small frames) and write batches of up to
 /// [`HISTORY_BATCH_PAGES`] pages (1 MiB).

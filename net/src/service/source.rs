@@ -14,15 +14,14 @@ use tokio::sync::Notify;
 
 use super::admission::Reason;
 use super::link::{handshake, LinkControl};
+use super::shipper::{Shipper, HISTORY_BATCH_PAGES};
 use super::snapshot::send_snapshot;
 use super::source_link::SourceLink;
-use super::{
-    AckSink, History, Runtime, SourceDatabase, BOOTSTRAP, HISTORY_BATCH_PAGES, RING_BATCH_PAGES,
-};
+use super::{AckSink, Runtime, SourceDatabase, BOOTSTRAP};
 use crate::error::{Error, Result};
-use crate::proto::frame::{encode, encode_pages, Frame, PagesHeader, Refuse, RefuseCode};
+use crate::proto::frame::{encode, Frame, Refuse, RefuseCode};
 use crate::proto::handshake::PeerInfo;
-use crate::route::{admit, Feed, FeedPlan, Served};
+use crate::route::{admit, Feed, Served};
 use crate::transport::{sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter};
 
 /// Source side of an accepted link, booked in `runtime.links` and admitted as `id`.
@@ -269,6 +268,8 @@ pub(super) enum Wake {
 }
 
 /// Sends `source`'s pages from `from_lsn` on, forever: binlog catch-up, ring streaming, snapshots.
+/// What goes next and how it is framed is the [`Shipper`]'s decision; reading and writing are
+/// this driver's.
 pub(super) async fn ship(
     control: &LinkControl,
     source: &Arc<dyn SourceDatabase>,
@@ -277,24 +278,17 @@ pub(super) async fn ship(
     shipping: &Shipping,
 ) -> Result<()> {
     let log = source.log().clone();
-    let (database, origin) = (source.uuid(), source.origin());
-    let header = |first_lsn| PagesHeader {
-        database,
-        origin,
-        epoch: log.epoch(),
-        visited: &[],
-        first_lsn,
-    };
-    let mut plan = FeedPlan::new(from_lsn, log.slots());
+    let database = source.uuid();
+    let mut shipper = Shipper::new(database, source.origin(), from_lsn, log.slots());
     let mut scratch = Vec::new();
     loop {
         if control.closed.get() {
             return Ok(());
         }
-        let next = match plan.feed() {
+        let next = match shipper.feed() {
             Feed::Snapshot => {
                 let lsn = send_snapshot(control, source, writer, shipping).await?;
-                plan.snapshot_sent(lsn);
+                shipper.snapshot_sent(lsn);
                 shipping.link.borrow_mut().shipped(lsn);
                 continue;
             }
@@ -307,11 +301,11 @@ pub(super) async fn ship(
                         op: "read binlog",
                         source,
                     })?;
-                plan.binlog_read(history);
-                if let History::Pages(count @ 1..) = history {
-                    let mut batch = writer.buffer();
-                    encode_pages(&header(from_lsn), &[&scratch], &mut batch);
-                    shipping.link.borrow_mut().shipped(from_lsn + count as u64);
+                let mut batch = writer.buffer();
+                if let Some(shipped) =
+                    shipper.ship_history(log.epoch(), history, &scratch, &mut batch)
+                {
+                    shipping.link.borrow_mut().shipped(shipped);
                     shipping.write(writer, batch).await?;
                 }
                 continue;
@@ -322,7 +316,7 @@ pub(super) async fn ship(
         let mut cursor = match log.cursor(next) {
             Ok(cursor) => cursor,
             Err(pagemesh_logpage::Error::BelowHorizon { .. }) => {
-                plan.ring_below_horizon();
+                shipper.ring_below_horizon();
                 continue;
             }
             Err(error) => return Err(Error::Log(error)),
@@ -352,24 +346,16 @@ pub(super) async fn ship(
                 }
                 Wake::Ready(Ok(())) => {
                     let mut batch = writer.buffer();
-                    let mut pages = 0;
-                    while pages < RING_BATCH_PAGES {
-                        let Some(run) = cursor.next_run(RING_BATCH_PAGES - pages)? else {
-                            break;
-                        };
-                        encode_pages(&header(run.first_lsn), &[run.bytes], &mut batch);
-                        pages += run.count();
-                    }
-                    // The pages are copied into the batch: the ring may have their slots back
-                    // now, whatever the socket does.
-                    let position = cursor.position();
-                    cursor.release(position);
-                    shipping.link.borrow_mut().shipped(position);
+                    let Some(shipped) = shipper.ship_ring(&mut cursor, log.epoch(), &mut batch)?
+                    else {
+                        continue;
+                    };
+                    shipping.link.borrow_mut().shipped(shipped.shipped_lsn);
                     shipping.write(writer, batch).await?;
-                    if plan.ring_shipped(position, cursor.lag_pages()) {
+                    if shipped.leave_ring {
                         tracing::info!(
-                            lsn = position,
-                            lag_pages = cursor.lag_pages(),
+                            lsn = shipped.shipped_lsn,
+                            lag_pages = shipped.lag_pages,
                             "replica lags: back to the binlog"
                         );
                         break;

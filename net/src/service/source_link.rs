@@ -1,8 +1,9 @@
 //! The source side of an established link, as a state machine without I/O: acks, heartbeats
 //! and the rules that drop a link.
 //!
-//! Which pages go next (snapshot, binlog or ring) is `route::FeedPlan`'s decision, and reading
-//! them is the driver's (`source.rs`). This machine keeps what the link has promised and heard:
+//! Which pages go next (snapshot, binlog or ring) and how they are framed is the
+//! [`Shipper`](super::shipper::Shipper)'s decision, and reading them is the driver's
+//! (`source.rs`). This machine keeps what the link has promised and heard:
 //!
 //! - [`SourceLink::handle_frame`] takes what the replica sends (ACK, HEARTBEAT) and returns the
 //!   watermarks to report, **capped at what was shipped**: a peer's word is not proof of receipt.
