@@ -192,8 +192,9 @@ impl Replication {
         }
     }
 
-    /// Whether `wanted` synchronous replicas have received every page below `lsn_end` (never blocks).
-    pub(crate) fn reached(&self, lsn_end: u64, wanted: u32) -> bool {
+    /// Whether `wanted` synchronous replicas have received every page below `lsn_end` (never
+    /// blocks): what a waiting `Replicated(n)` commit asks after each ack.
+    pub fn reached(&self, lsn_end: u64, wanted: u32) -> bool {
         self.lock().acked(lsn_end) >= wanted
     }
 }

@@ -313,6 +313,23 @@ impl Log {
         })
     }
 
+    /// Whether a record of `len` bytes would be reserved now without waiting for ring space
+    /// (the horizon is advanced first). With other threads reserving it is only a hint; for a
+    /// single writer, such as the deterministic simulator, it is exact: a writer that must not
+    /// block asks first.
+    pub fn has_room(&self, len: usize) -> bool {
+        let shared = &*self.shared;
+        let total = (RECORD_HEADER_SIZE + len) as u64;
+        let start = shared.anchor.load();
+        let last_lsn = Span {
+            start,
+            end: start.advance(total),
+        }
+        .last_lsn();
+        last_lsn < shared.horizon.load(Ordering::Acquire) + shared.slot_count
+            || last_lsn < shared.advance_horizon() + shared.slot_count
+    }
+
     /// Appends one record: reserve, write, commit, with no [`Reservation`] in between.
     pub fn append(&self, record: &[u8]) -> Result<CommitPos> {
         let shared = &*self.shared;

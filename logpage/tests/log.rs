@@ -390,3 +390,26 @@ fn a_log_can_continue_past_what_its_ring_holds() {
     let records = drain_all(&log, &mut cursor, &mut RecordReader::new());
     assert_eq!(check_record(&records[0].1), (0, 1));
 }
+
+/// `has_room` says exactly when a reservation would wait: a single writer asks it instead of
+/// blocking on a ring that only its own cursor can free.
+#[test]
+fn has_room_tracks_the_slots_cursors_hold() {
+    let log = Log::in_memory(LogOptions::new().slots(4)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    for _ in 0..4 {
+        assert!(log.has_room(100));
+        log.append(&[1; 100]).unwrap();
+        log.seal();
+    }
+    assert!(!log.has_room(100), "four sealed pages fill four slots");
+    while cursor.next_ready().unwrap().is_some() {}
+    cursor.release(2);
+    assert!(log.has_room(100));
+    assert!(
+        !log.has_room(3 * 4084),
+        "a record over three pages needs a third slot"
+    );
+    cursor.release(4);
+    assert!(log.has_room(2 * 4084 - 4));
+}
