@@ -1,7 +1,7 @@
 //! The replica side of a link: subscribe (RESUME), ingest pages into the replica's ring and ack
 //! them on receipt, restore snapshots; reconnect with backoff when a link ends.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 
 use std::net::SocketAddr;
@@ -19,7 +19,9 @@ use super::snapshot::{ChunkReader, RestoreJob};
 use super::{lock, ReplicaDatabase, ReplicaStore, Runtime, SubscriptionStatus, BOOTSTRAP};
 use crate::error::{Error, Result};
 use crate::proto::frame::Resume;
-use crate::transport::{sleep, sleep_until, spawn_local, Connection, FrameReader, FrameWriter};
+use crate::transport::{
+    sleep, sleep_until, spawn_local, Connection, FrameReader, FrameWriter, Progress,
+};
 
 /// Replica side: keeps one subscription alive, reconnecting with backoff, until unsubscribed.
 pub(super) async fn follow(
@@ -58,11 +60,31 @@ pub(super) async fn follow(
     }
 }
 
-/// What a replica link's tasks share: the link's state machine, and a wake-up for the writer
-/// when it has something new to send.
+/// What a replica link's tasks share: the link's state machine, a wake-up for the writer when
+/// it has something new to send, and the socket's byte counters.
 struct Shared {
     link: RefCell<ReplicaLink>,
     due: Notify,
+    progress: Rc<Progress>,
+    /// The counters when the machine last heard of them.
+    seen: Cell<(u64, u64)>,
+}
+
+impl Shared {
+    /// Tells the machine whether bytes moved since it last heard (a slow link is not a dead
+    /// one), then whether a timeout passed at `now`.
+    fn handle_timeout(&self, now: Instant) -> Result<()> {
+        let counts = self.progress.counts();
+        let seen = self.seen.replace(counts);
+        let mut link = self.link.borrow_mut();
+        if counts.0 != seen.0 {
+            link.bytes_received(now);
+        }
+        if counts.1 != seen.1 {
+            link.bytes_sent(now);
+        }
+        link.handle_timeout(now)
+    }
 }
 
 pub(super) async fn follow_link(
@@ -95,6 +117,7 @@ pub(super) async fn follow_link(
         },
     };
     tracing::info!(%addr, source = %peer.name, %database, from_lsn = resume.from_lsn, "subscribing");
+    let progress = reader.progress();
     let config = &runtime.config;
     let shared = Rc::new(Shared {
         link: RefCell::new(ReplicaLink::new(
@@ -104,6 +127,8 @@ pub(super) async fn follow_link(
             config.link_timeout,
         )),
         due: Notify::new(),
+        seen: Cell::new(progress.counts()),
+        progress,
     });
     {
         let mut state = lock(status);
@@ -138,7 +163,7 @@ async fn enforce_timeouts(control: Rc<LinkControl>, shared: Rc<Shared>) {
             () = sleep_until(deadline) => {}
             () = control.closed() => return,
         }
-        let verdict = shared.link.borrow_mut().handle_timeout(Instant::now());
+        let verdict = shared.handle_timeout(Instant::now());
         if let Err(error) = verdict {
             tracing::warn!(%error, "closing link");
             control.close();
@@ -167,7 +192,7 @@ async fn transmit(writer: &mut FrameWriter, shared: &Shared, control: &LinkContr
         }
         // A timeout that is due fails the link here too, so the deadline below is always
         // ahead of now: the writer never spins on a timer that has passed.
-        shared.link.borrow_mut().handle_timeout(Instant::now())?;
+        shared.handle_timeout(Instant::now())?;
         let deadline = shared.link.borrow().poll_timeout();
         tokio::select! {
             () = shared.due.notified() => {}
@@ -205,7 +230,7 @@ async fn receive(
                         frame: "PAGES",
                     });
                 };
-                ingest(db.as_ref(), database, pages).await?;
+                ingest(db.as_ref(), database, pages, shared).await?;
                 let received = db.received_lsn();
                 shared
                     .link
@@ -243,14 +268,37 @@ async fn receive(
 }
 
 /// Copies whole pages into the replica's ring (crc and epoch checked there), waiting while the
-/// ring is full: the replica's applier frees it.
-async fn ingest(db: &dyn ReplicaDatabase, database: Uuid, pages: &[u8]) -> Result<()> {
+/// ring is full: the replica's applier frees it. The machine is told while this waits, since the
+/// link reads nothing meanwhile.
+async fn ingest(
+    db: &dyn ReplicaDatabase,
+    database: Uuid,
+    pages: &[u8],
+    shared: &Shared,
+) -> Result<()> {
     let mut offered = pages;
+    let mut waiting = false;
     while !offered.is_empty() {
-        let ingested = poll_fn(|cx| db.log().poll_ingest(cx, offered))
-            .await
-            .map_err(|source| Error::Ingest { database, source })?;
+        let ingested = poll_fn(|cx| {
+            let poll = db.log().poll_ingest(cx, offered);
+            if poll.is_pending() && !waiting {
+                waiting = true;
+                shared
+                    .link
+                    .borrow_mut()
+                    .set_waiting_for_ring(Instant::now(), true);
+            }
+            poll
+        })
+        .await
+        .map_err(|source| Error::Ingest { database, source })?;
         offered = &offered[ingested.pages * PAGE_SIZE..];
+    }
+    if waiting {
+        shared
+            .link
+            .borrow_mut()
+            .set_waiting_for_ring(Instant::now(), false);
     }
     Ok(())
 }

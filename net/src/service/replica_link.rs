@@ -12,10 +12,13 @@
 //! - [`ReplicaLink::poll_transmit`] writes what is due: the RESUME first, then the newest ACK
 //!   (acks coalesce: only the newest matters), or a heartbeat when nothing was sent for a
 //!   heartbeat interval ([`Liveness`]).
-//! - [`ReplicaLink::handle_timeout`] fails the link when the source has been silent for the link
-//!   timeout, or when one write has been blocked that long (the driver reports writes with
-//!   [`ReplicaLink::write_started`] and [`ReplicaLink::write_finished`]): a source that stops
-//!   reading cannot keep the replica's link forever. [`ReplicaLink::poll_timeout`] says when to
+//! - [`ReplicaLink::handle_timeout`] fails the link when no byte came from the source for the
+//!   link timeout, or when one write has made no progress that long (the driver reports writes
+//!   with [`ReplicaLink::write_started`], [`ReplicaLink::bytes_sent`] and
+//!   [`ReplicaLink::write_finished`], and arrivals with [`ReplicaLink::bytes_received`]): a
+//!   source that stops reading cannot keep the replica's link forever. Silence does not count
+//!   while the replica itself does not read, its ring full
+//!   ([`ReplicaLink::set_waiting_for_ring`]). [`ReplicaLink::poll_timeout`] says when to
 //!   call it.
 
 use std::time::{Duration, Instant};
@@ -67,8 +70,11 @@ pub struct ReplicaLink {
     ack: Option<(u64, u64)>,
     liveness: Liveness,
     link_timeout: Duration,
-    /// When the write in flight began, if one is.
+    /// When the write in flight began (or last moved), if one is.
     writing_since: Option<Instant>,
+    /// The driver holds pages it cannot ingest until the applier frees ring space, and reads
+    /// nothing meanwhile.
+    waiting_for_ring: bool,
 }
 
 impl ReplicaLink {
@@ -88,6 +94,7 @@ impl ReplicaLink {
             liveness: Liveness::new(now, heartbeat, link_timeout),
             link_timeout,
             writing_since: None,
+            waiting_for_ring: false,
         }
     }
 
@@ -118,6 +125,20 @@ impl ReplicaLink {
                 state: "following",
                 frame: other.kind(),
             }),
+        }
+    }
+
+    /// Bytes from the source arrived at `now`, whether or not they completed a frame: the link
+    /// is alive. A PAGES frame of 256 pages takes over a second on a link slower than 1 MB/s, and
+    /// counting only whole frames as life timed such links out forever (found by the simulator).
+    pub fn bytes_received(&mut self, now: Instant) {
+        self.liveness.on_receive(now);
+    }
+
+    /// Bytes of the write in flight left at `now`: it is not blocked, only long.
+    pub fn bytes_sent(&mut self, now: Instant) {
+        if self.writing_since.is_some() {
+            self.writing_since = Some(now);
         }
     }
 
@@ -197,9 +218,22 @@ impl ReplicaLink {
         }
     }
 
+    /// The driver stopped reading at `now` because the replica's ring is full (`true`), or
+    /// reads again (`false`). While it does not read it cannot hear the source, so silence is
+    /// not held against the link: a replica whose applier is slow keeps its link and lets
+    /// backpressure slow the source, instead of dropping the link and having the same pages
+    /// sent again (found by the simulator).
+    pub fn set_waiting_for_ring(&mut self, now: Instant, waiting: bool) {
+        self.waiting_for_ring = waiting;
+        self.liveness.on_receive(now);
+    }
+
     /// Fails the link if, at `now`, the source has been silent, or a write blocked, for longer
     /// than the link timeout.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<()> {
+        if self.waiting_for_ring {
+            self.liveness.on_receive(now);
+        }
         if let Some(since) = self.writing_since {
             let blocked_for = now.saturating_duration_since(since);
             if blocked_for >= self.link_timeout {
@@ -396,5 +430,41 @@ mod tests {
         assert!(link
             .handle_timeout(t0 + TIMEOUT + Duration::from_millis(1))
             .is_ok());
+    }
+
+    #[test]
+    fn bytes_that_move_keep_a_slow_link_and_a_full_ring_keeps_a_quiet_one() {
+        let t0 = Instant::now();
+        // A frame that takes longer than the link timeout to arrive, its bytes trickling in.
+        let mut link = link(t0, 0);
+        let mut at = t0;
+        while at < t0 + 3 * TIMEOUT {
+            at += HEARTBEAT;
+            link.bytes_received(at);
+            assert!(link.handle_timeout(at).is_ok());
+        }
+        // A long write whose bytes leave is not blocked.
+        link.write_started(at);
+        for _ in 0..10 {
+            at += HEARTBEAT;
+            link.bytes_sent(at);
+            link.bytes_received(at);
+        }
+        assert!(link.handle_timeout(at).is_ok());
+        // The replica's ring is full: it reads nothing, so it hears nothing, for as long as that
+        // lasts; once it reads again silence counts from then.
+        link.write_finished();
+        link.set_waiting_for_ring(at, true);
+        for _ in 0..10 {
+            at += TIMEOUT;
+            assert!(link.handle_timeout(at).is_ok());
+            assert!(link.timeout_deadline() > at, "deadlines stay ahead");
+        }
+        link.set_waiting_for_ring(at, false);
+        assert!(link.handle_timeout(at + TIMEOUT / 2).is_ok());
+        assert!(matches!(
+            link.handle_timeout(at + TIMEOUT),
+            Err(Error::LinkTimeout { .. })
+        ));
     }
 }

@@ -1,7 +1,7 @@
 //! The source side of a link: admit the replica's RESUME, then ship pages (binlog catch-up, ring
 //! streaming, snapshots) and hand its acks to the database's [`AckSink`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 
 use std::net::SocketAddr;
@@ -22,7 +22,9 @@ use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Frame, Refuse, RefuseCode};
 use crate::proto::handshake::PeerInfo;
 use crate::route::{admit, Feed, Served};
-use crate::transport::{sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter};
+use crate::transport::{
+    sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter, Progress,
+};
 
 /// Source side of an accepted link, booked in `runtime.links` and admitted as `id`.
 pub(super) async fn serve_link(
@@ -136,6 +138,7 @@ pub(super) async fn serve_replica(
     tracing::info!(%peer, replica = %info.name, database = %resume.database, from_lsn, "replica subscribed");
     let received = if from_lsn == BOOTSTRAP { 0 } else { from_lsn };
     let sink = source.attach(&info.name, received);
+    let progress = reader.progress();
     let link = Rc::new(Shipping {
         link: RefCell::new(SourceLink::new(
             Instant::now(),
@@ -146,6 +149,8 @@ pub(super) async fn serve_replica(
             runtime.config.link_timeout,
         )),
         changed: Notify::new(),
+        seen: Cell::new(progress.counts()),
+        progress,
     });
     spawn_local(enforce_timeouts(
         Rc::clone(control),
@@ -186,6 +191,9 @@ pub(super) async fn refuse(writer: &mut FrameWriter, reason: String) -> Result<(
 pub(super) struct Shipping {
     pub(super) link: RefCell<SourceLink>,
     changed: Notify,
+    progress: Rc<Progress>,
+    /// The socket's counters when the machine last heard of them.
+    seen: Cell<(u64, u64)>,
 }
 
 impl Shipping {
@@ -197,6 +205,21 @@ impl Shipping {
         let written = writer.write(batch).await;
         self.link.borrow_mut().write_finished();
         written
+    }
+
+    /// Tells the machine whether bytes moved since it last heard (a slow link is not a dead
+    /// one), then whether, at `now` with the log at `committed_lsn`, a rule drops the link.
+    fn handle_timeout(&self, now: Instant, committed_lsn: u64) -> Result<()> {
+        let counts = self.progress.counts();
+        let seen = self.seen.replace(counts);
+        let mut link = self.link.borrow_mut();
+        if counts.0 != seen.0 {
+            link.bytes_received(now);
+        }
+        if counts.1 != seen.1 {
+            link.bytes_sent(now);
+        }
+        link.handle_timeout(now, committed_lsn)
     }
 
     fn set_holds_ring(&self, holds_ring: bool) {
@@ -229,10 +252,7 @@ async fn enforce_timeouts(control: Rc<LinkControl>, shipping: Rc<Shipping>, log:
             () = shipping.changed.notified() => {}
             () = control.closed() => return,
         }
-        let verdict = shipping
-            .link
-            .borrow()
-            .handle_timeout(Instant::now(), log.committed_lsn());
+        let verdict = shipping.handle_timeout(Instant::now(), log.committed_lsn());
         if let Err(error) = verdict {
             tracing::warn!(%error, "closing link");
             control.close();

@@ -10,8 +10,9 @@
 //!   Anything else closes the link.
 //! - [`SourceLink::poll_heartbeat`] writes a heartbeat when nothing was sent for a heartbeat
 //!   interval ([`Liveness`]).
-//! - [`SourceLink::handle_timeout`] fails the link when the replica has been silent for the link
-//!   timeout, when one write has been blocked that long, or when a write is blocked while the
+//! - [`SourceLink::handle_timeout`] fails the link when no byte came from the replica for the link
+//!   timeout ([`SourceLink::bytes_received`]), when one write has made no progress that long
+//!   ([`SourceLink::bytes_sent`]), or when a write is blocked while the
 //!   shipper holds a ring cursor and the replica is more than half the ring behind: a replica
 //!   that stops reading must not hold the source's ring. A link sending a snapshot or binlog
 //!   pages holds no ring slot, so that last rule does not apply to it (it used to, and cut every
@@ -79,6 +80,19 @@ impl SourceLink {
                 state: "shipping",
                 frame: other.kind(),
             }),
+        }
+    }
+
+    /// Bytes from the replica arrived at `now`, whether or not they completed a frame.
+    pub fn bytes_received(&mut self, now: Instant) {
+        self.liveness.on_receive(now);
+    }
+
+    /// Bytes of the write in flight left at `now`: a write that moves is not blocked, however
+    /// long it takes (a 1 MiB batch takes seconds on a slow link).
+    pub fn bytes_sent(&mut self, now: Instant) {
+        if self.writing_since.is_some() {
+            self.writing_since = Some(now);
         }
     }
 
@@ -300,5 +314,23 @@ mod tests {
             link.handle_timeout(t0, 100 + 33).is_ok(),
             "writes flow again"
         );
+    }
+
+    #[test]
+    fn a_long_write_that_moves_is_not_blocked() {
+        let t0 = Instant::now();
+        let mut link = link(t0, 0);
+        link.write_started(t0);
+        let mut at = t0;
+        while at < t0 + 3 * TIMEOUT {
+            at += HEARTBEAT;
+            link.bytes_sent(at);
+            link.bytes_received(at);
+            assert!(link.handle_timeout(at, 0).is_ok());
+        }
+        assert!(matches!(
+            link.handle_timeout(at + TIMEOUT, 0),
+            Err(Error::LinkTimeout { .. })
+        ));
     }
 }

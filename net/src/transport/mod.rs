@@ -37,10 +37,12 @@ mod doorbell;
 #[allow(unsafe_code)]
 mod uring;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -233,6 +235,7 @@ impl Connection {
             peer,
             source,
         };
+        let progress = Rc::new(Progress::default());
         let (read, write, shutdown) = match self {
             Self::Uring(stream) => (
                 ReadHalf::Uring(stream.clone()),
@@ -261,11 +264,13 @@ impl Connection {
                 start: 0,
                 abandoned: false,
                 accept: Accept::Handshake,
+                progress: Rc::clone(&progress),
             },
             FrameWriter {
                 half: write,
                 peer,
                 spare: Vec::new(),
+                progress,
             },
             shutdown,
         ))
@@ -309,6 +314,23 @@ enum WriteHalf {
     Epoll(tokio::net::tcp::OwnedWriteHalf),
 }
 
+/// Bytes a link has moved each way, counted as they move (a frame or a write may take long to
+/// complete on a slow link): the timeout tasks tell a slow link from a dead one by them.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Bytes read from the socket.
+    pub read: Cell<u64>,
+    /// Bytes the socket took from writes.
+    pub written: Cell<u64>,
+}
+
+impl Progress {
+    /// `(read, written)` so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.read.get(), self.written.get())
+    }
+}
+
 /// Reads frames: one large read, then every frame it completed, without copying bodies.
 pub(crate) struct FrameReader {
     half: ReadHalf,
@@ -323,9 +345,16 @@ pub(crate) struct FrameReader {
     /// or [`FrameReader::expect_control`]. The buffer stays at [`HANDSHAKE_READ_BUFFER`] except
     /// with [`Accept::Bulk`].
     accept: Accept,
+    /// Shared with the link's writer and timeout task.
+    progress: Rc<Progress>,
 }
 
 impl FrameReader {
+    /// The link's byte counters (shared with its writer).
+    pub fn progress(&self) -> Rc<Progress> {
+        Rc::clone(&self.progress)
+    }
+
     /// The next frame, borrowed from the reader's buffer. `Ok(None)` at a clean end of stream
     /// (between frames).
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>> {
@@ -421,7 +450,7 @@ impl FrameReader {
             debug_assert_eq!(self.accept, Accept::Bulk, "small read buffer full");
             self.buf.reserve(READ_BUFFER_MIN);
         }
-        match &mut self.half {
+        let read = match &mut self.half {
             ReadHalf::Uring(stream) => {
                 // The buffer belongs to the operation until it completes; if this future is
                 // dropped first, the reader is left marked abandoned.
@@ -435,7 +464,12 @@ impl FrameReader {
                 use tokio::io::AsyncReadExt;
                 half.read_buf(&mut self.buf).await.map_err(io)
             }
+        };
+        if let Ok(read) = read {
+            let progress = &self.progress.read;
+            progress.set(progress.get() + read as u64);
         }
+        read
     }
 }
 
@@ -445,6 +479,8 @@ pub(crate) struct FrameWriter {
     half: WriteHalf,
     peer: SocketAddr,
     spare: Vec<u8>,
+    /// Shared with the link's reader and timeout task.
+    progress: Rc<Progress>,
 }
 
 impl FrameWriter {
@@ -461,11 +497,27 @@ impl FrameWriter {
             self.spare = batch;
             return Ok(());
         }
+        let written = &self.progress.written;
         let (result, mut batch) = match &mut self.half {
-            WriteHalf::Uring(stream) => stream.send_all(batch).await,
+            WriteHalf::Uring(stream) => stream.send_all(batch, written).await,
             WriteHalf::Epoll(half) => {
                 use tokio::io::AsyncWriteExt;
-                let result = half.write_all(&batch).await;
+                // `write_all`, counting each write as it completes.
+                let mut sent = 0;
+                let result = loop {
+                    if sent == batch.len() {
+                        break Ok(());
+                    }
+                    match half.write(&batch[sent..]).await {
+                        Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => {
+                            sent += n;
+                            written.set(written.get() + n as u64);
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => break Err(error),
+                    }
+                };
                 (result, batch)
             }
         };

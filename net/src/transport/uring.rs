@@ -807,7 +807,7 @@ impl TcpStream {
 
     /// Sends every byte of `buf`: directly while the socket takes them without blocking, then
     /// through the ring.
-    pub async fn send_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    pub async fn send_all(&self, buf: Vec<u8>, written: &Cell<u64>) -> (io::Result<()>, Vec<u8>) {
         let fd = self.socket.as_raw_fd();
         let mut buf = buf;
         let mut sent = 0;
@@ -827,7 +827,10 @@ impl TcpStream {
             };
             match usize::try_from(result) {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(n) => sent += n,
+                Ok(n) => {
+                    sent += n;
+                    written.set(written.get() + n as u64);
+                }
                 Err(_) => {
                     let error = io::Error::last_os_error();
                     match error.kind() {
@@ -854,7 +857,10 @@ impl TcpStream {
             buf = returned;
             match os_result(result) {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(n) => sent += n as usize,
+                Ok(n) => {
+                    sent += n as usize;
+                    written.set(written.get() + u64::from(n));
+                }
                 Err(error) => return (Err(error), buf),
             }
         }

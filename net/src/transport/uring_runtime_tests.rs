@@ -2,7 +2,7 @@
 //! cancellation. Every test runs its runtime on a thread of its own and fails if that thread
 //! does not finish within [`WATCHDOG`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -127,7 +127,7 @@ fn sockets_carry_a_large_buffer_intact_and_end_cleanly() {
         spawn(async move {
             let stream = TcpStream::connect(addr).await.expect("connect");
             let data: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8).collect();
-            let (result, _) = stream.send_all(data).await;
+            let (result, _) = stream.send_all(data, &Cell::new(0)).await;
             result.expect("send_all");
             stream.shutdown().expect("shutdown");
             let _ = sent_tx.send(());
@@ -196,7 +196,7 @@ fn dropped_operations_are_cancelled_and_the_runtime_goes_on() {
             () = sleep_until(Instant::now() + Duration::from_millis(10)) => {}
         }
         // The same sockets still work afterwards.
-        let (sent, _) = server.send_all(b"ping".to_vec()).await;
+        let (sent, _) = server.send_all(b"ping".to_vec(), &Cell::new(0)).await;
         sent.expect("send");
         let (result, buf) = client.recv(Vec::with_capacity(64)).await;
         assert_eq!(result.expect("recv"), 4);
@@ -317,8 +317,9 @@ fn a_ring_send_dropped_mid_flight_is_cancelled_and_the_link_goes_on() {
         // Nobody reads yet: the socket buffers fill, the rest of the send goes to the ring, and
         // the send is dropped while the kernel still holds its buffer.
         let data: Vec<u8> = (0..LEN).map(pattern).collect();
+        let written = Cell::new(0);
         tokio::select! {
-            _ = client.send_all(data) => unreachable!("16 MiB fit in loopback buffers"),
+            _ = client.send_all(data, &written) => unreachable!("16 MiB fit in loopback buffers"),
             () = sleep_until(Instant::now() + Duration::from_millis(20)) => {}
         }
         // Overwrite freshly allocated memory, so a buffer freed under the kernel would show.
@@ -339,7 +340,7 @@ fn a_ring_send_dropped_mid_flight_is_cancelled_and_the_link_goes_on() {
         }
         drop(scribble);
         // The connection and the runtime still carry a new message.
-        let (sent, _) = server.send_all(b"after".to_vec()).await;
+        let (sent, _) = server.send_all(b"after".to_vec(), &Cell::new(0)).await;
         sent.expect("send after the dropped send");
         let (result, after) = client.recv(Vec::with_capacity(64)).await;
         result.expect("recv after the dropped send");
