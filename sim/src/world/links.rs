@@ -1,0 +1,324 @@
+//! Connections: opening and closing them, moving bytes through their pipes, and the link timers their machines ask for.
+
+use super::*;
+
+impl World {
+    pub(super) fn path(&self, replica: usize) -> Path {
+        Path {
+            latency: self.scenario.latency[replica - 1],
+            bandwidth: self.scenario.bandwidth[replica - 1],
+            window: self.scenario.window,
+        }
+    }
+
+    pub(super) fn handshake_config(&self, node: Uuid, name: &str) -> HandshakeConfig {
+        let mut config = HandshakeConfig::new(node, name, Some(b"sim".to_vec()));
+        config.timeout = self.scenario.link_timeout;
+        config
+    }
+
+    pub(super) fn nonce(&mut self) -> [u8; 32] {
+        self.rng.random()
+    }
+
+    pub(super) fn connect(&mut self, replica: usize) {
+        let node = &self.replicas[replica - 1];
+        if !node.up || node.conn.is_some() {
+            return;
+        }
+        if self.origin.db.is_none() || self.partitioned[replica] > self.now {
+            // Refused, or no answer: try again later.
+            self.note("connect failed", replica as u64, 0);
+            return self.backoff(replica);
+        }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let (uuid, name) = (node.uuid, node.name.clone());
+        let now = self.instant();
+        let mut replica_out = Vec::new();
+        let connector = Handshake::connect(
+            &self.handshake_config(uuid, &name),
+            self.nonce(),
+            now,
+            &mut replica_out,
+        );
+        let acceptor =
+            Handshake::accept(&self.handshake_config(ORIGIN, "origin"), self.nonce(), now);
+        self.conns.insert(
+            id,
+            Conn {
+                replica,
+                path: self.path(replica),
+                to_replica: Pipe::default(),
+                to_source: Pipe::default(),
+                source: SourceEnd::Handshake(Box::new(acceptor)),
+                replica_end: ReplicaEnd::Handshake(Box::new(connector)),
+                source_out: Vec::new(),
+                replica_out,
+                timers: [None, None],
+                spins: [(Duration::ZERO, 0); 2],
+                linked: false,
+            },
+        );
+        self.replicas[replica - 1].conn = Some(id);
+        self.stats.connections += 1;
+        self.note("connect", replica as u64, id);
+        self.send(id, Side::Replica);
+        self.arm(id, Side::Source);
+        self.arm(id, Side::Replica);
+    }
+
+    pub(super) fn backoff(&mut self, replica: usize) {
+        let node = &mut self.replicas[replica - 1];
+        let wait = node.backoff;
+        node.backoff = (node.backoff * 2).min(BACKOFF_MAX);
+        self.schedule(wait, Event::Connect { replica });
+    }
+
+    /// Tears a connection down at both ends; the replica reconnects after its backoff.
+    pub(super) fn close(&mut self, id: u64, reason: &str) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        self.stats.links_closed += 1;
+        self.note("close", conn.replica as u64, id);
+        if let Some(lines) = &mut self.lines {
+            lines.push(format!("             link {id} closed: {reason}"));
+        }
+        let replica = conn.replica;
+        drop(conn);
+        let node = &mut self.replicas[replica - 1];
+        node.conn = None;
+        if node.up {
+            self.backoff(replica);
+        }
+    }
+
+    /// Hands `side`'s outgoing bytes to its pipe, if the pipe is free.
+    pub(super) fn send(&mut self, id: u64, side: Side) {
+        let now = self.now;
+        let started = self.instant();
+        let cuts = self.cuts();
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let path = conn.path;
+        let out = std::mem::take(match side {
+            Side::Source => &mut conn.source_out,
+            Side::Replica => &mut conn.replica_out,
+        });
+        if out.is_empty() {
+            return;
+        }
+        let pipe = conn.pipe_from(side);
+        if pipe.busy() {
+            debug_assert!(false, "send while the pipe is busy");
+            return;
+        }
+        match &mut conn.source {
+            SourceEnd::Shipping(shipping) if side == Side::Source => {
+                shipping.link.write_started(started)
+            }
+            _ => {}
+        }
+        if let (Side::Replica, ReplicaEnd::Linked(following)) = (side, &mut conn.replica_end) {
+            following.link.write_started(started);
+        }
+        let sent = conn.pipe_from(side).write(now, path, out, &cuts);
+        self.sent(id, side, sent);
+    }
+
+    pub(super) fn sent(&mut self, id: u64, from: Side, sent: Option<Sent>) {
+        let Some(sent) = sent else {
+            self.note("write blocked", id, 0);
+            return self.arm(id, from);
+        };
+        let to = match from {
+            Side::Source => Side::Replica,
+            Side::Replica => Side::Source,
+        };
+        for at in sent.arrivals {
+            self.schedule_at(at, Event::Deliver { conn: id, to });
+        }
+        self.schedule_at(sent.done_at, Event::WriteDone { conn: id, from });
+        self.arm(id, from);
+    }
+
+    pub(super) fn write_done(&mut self, id: u64, from: Side) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.pipe_from(from).write_done();
+        match (from, &mut conn.source, &mut conn.replica_end) {
+            (Side::Source, SourceEnd::Shipping(shipping), _) => shipping.link.write_finished(),
+            (Side::Replica, _, ReplicaEnd::Linked(following)) => following.link.write_finished(),
+            _ => {}
+        }
+        self.send(id, from);
+        match from {
+            Side::Source => self.pump(id),
+            Side::Replica => self.transmit(id),
+        }
+        self.arm(id, from);
+    }
+
+    pub(super) fn deliver(&mut self, id: u64, to: Side) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let heal = self.partitioned[conn.replica];
+        if heal > self.now {
+            return self.schedule_at(heal, Event::Deliver { conn: id, to });
+        }
+        let pipe = match to {
+            Side::Source => &mut conn.to_source,
+            Side::Replica => &mut conn.to_replica,
+        };
+        if pipe.deliver(self.now) == 0 {
+            return;
+        }
+        // Bytes moved: the reader hears life, the writer's write is making progress.
+        let now = self.base + self.now;
+        match (&mut conn.source, &mut conn.replica_end, to) {
+            (SourceEnd::Shipping(shipping), _, Side::Source) => shipping.link.bytes_received(now),
+            (SourceEnd::Shipping(shipping), _, Side::Replica) => shipping.link.bytes_sent(now),
+            _ => {}
+        }
+        if let ReplicaEnd::Linked(following) = &mut conn.replica_end {
+            match to {
+                Side::Replica => following.link.bytes_received(now),
+                Side::Source => following.link.bytes_sent(now),
+            }
+        }
+        self.read(id, to);
+    }
+
+    /// `side` read what arrived: frames through its machines; then the peer's blocked write may
+    /// fit.
+    pub(super) fn read(&mut self, id: u64, side: Side) {
+        match side {
+            Side::Source => self.read_at_source(id),
+            Side::Replica => self.read_at_replica(id),
+        }
+        let cuts = self.cuts();
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let path = conn.path;
+        let (peer, pipe) = match side {
+            Side::Source => (Side::Replica, &mut conn.to_source),
+            Side::Replica => (Side::Source, &mut conn.to_replica),
+        };
+        if let Some(sent) = pipe.unblock(now, path, &cuts) {
+            self.note("write unblocked", id, 0);
+            self.sent(id, peer, Some(sent));
+        }
+    }
+
+    /// (Re)sets `side`'s timer to what its machine says.
+    pub(super) fn arm(&mut self, id: u64, side: Side) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let busy = conn.pipe_from(side).busy();
+        let deadline = match side {
+            Side::Source => match &conn.source {
+                SourceEnd::Handshake(handshake) => handshake.deadline(),
+                SourceEnd::AwaitResume { since } => self.base + *since + self.scenario.link_timeout,
+                SourceEnd::Shipping(shipping) if busy => shipping.link.timeout_deadline(),
+                SourceEnd::Shipping(shipping) => shipping
+                    .link
+                    .timeout_deadline()
+                    .min(shipping.link.heartbeat_deadline()),
+            },
+            Side::Replica => match &conn.replica_end {
+                ReplicaEnd::Handshake(handshake) => handshake.deadline(),
+                ReplicaEnd::Linked(following) if busy => following.link.timeout_deadline(),
+                ReplicaEnd::Linked(following) => following.link.poll_timeout(),
+            },
+        };
+        let at = deadline.saturating_duration_since(self.base);
+        if conn.timers[slot(side)] == Some(at) {
+            return;
+        }
+        conn.timers[slot(side)] = Some(at);
+        self.schedule_at(at, Event::Timer { conn: id, side, at });
+    }
+
+    pub(super) fn timer(&mut self, id: u64, side: Side, at: Duration) {
+        let now = self.instant();
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.timers[slot(side)] != Some(at) {
+            return; // superseded
+        }
+        conn.timers[slot(side)] = None;
+        let spins = &mut conn.spins[slot(side)];
+        if spins.0 == self.now {
+            spins.1 += 1;
+            if spins.1 > SPINS_MAX {
+                return self.violation(format!(
+                    "link {id}'s {side:?} timer fires again and again at one instant"
+                ));
+            }
+        } else {
+            *spins = (self.now, 0);
+        }
+        let committed = self
+            .origin
+            .db
+            .as_ref()
+            .map_or(0, |db| db.log.committed_lsn());
+        let busy = conn.pipe_from(side).busy();
+        let verdict: Result<(), String> = match side {
+            Side::Source => match &mut conn.source {
+                SourceEnd::Handshake(handshake) => {
+                    handshake.check_deadline(now).map_err(|e| e.to_string())
+                }
+                SourceEnd::AwaitResume { since } => {
+                    if self.now >= *since + self.scenario.link_timeout {
+                        Err("no RESUME".into())
+                    } else {
+                        Ok(())
+                    }
+                }
+                SourceEnd::Shipping(shipping) => shipping
+                    .link
+                    .handle_timeout(now, committed)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        if busy || !conn.source_out.is_empty() {
+                            return Ok(());
+                        }
+                        shipping
+                            .link
+                            .poll_heartbeat(now, &mut conn.source_out)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }),
+            },
+            Side::Replica => match &mut conn.replica_end {
+                ReplicaEnd::Handshake(handshake) => {
+                    handshake.check_deadline(now).map_err(|e| e.to_string())
+                }
+                ReplicaEnd::Linked(following) => following
+                    .link
+                    .handle_timeout(now)
+                    .map_err(|e| e.to_string()),
+            },
+        };
+        if let Err(reason) = verdict {
+            if reason.contains("blocked") || reason.contains("ring") {
+                self.stats.write_timeouts += 1;
+            }
+            return self.close(id, &format!("{side:?} end: {reason}"));
+        }
+        match side {
+            Side::Source => self.send(id, Side::Source),
+            Side::Replica => self.transmit(id),
+        }
+        self.arm(id, side);
+    }
+}
