@@ -8,6 +8,11 @@
 //! What the drivers of the real node do (move bytes, read the binlog, ingest, restore, keep
 //! timers) this module does in their place, deterministically.
 //!
+//! This file holds the world's state, the event loop, the faults and the end of a run; the
+//! origin's commits and every applier are in `world/origin.rs`, connections and link timers in
+//! `world/links.rs`, and each end of a link in `world/source_end.rs` and
+//! `world/replica_end.rs`.
+//!
 //! Everything random comes from one `ChaCha8Rng` seeded with the scenario's seed, and events at
 //! the same instant run in the order they were scheduled, so a seed replays the same run.
 //!
