@@ -32,6 +32,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod mesh;
 mod network;
 mod scenario;
 mod store;

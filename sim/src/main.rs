@@ -7,12 +7,15 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Parser;
+use pagemesh_sim::mesh::{run_mesh, MeshScenario, Topology};
 use pagemesh_sim::{run_with, Outcome, Scenario};
 
 /// Runs pagemesh's deterministic cluster simulator.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    mesh: Option<Mode>,
     /// How many seeds to run, from --first on.
     #[arg(long, default_value_t = 1_000)]
     seeds: u64,
@@ -31,6 +34,96 @@ struct Args {
     /// Threads running seeds (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// The mesh simulator: one origin's pages over a graph, routed by the epidemic broadcast
+    /// tree (`route::plumtree`); transfers per page against flooding, delay to the last node.
+    Mesh {
+        /// Nodes of a random graph (ignored with --grid).
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Links per node of the random graph, on average.
+        #[arg(long, default_value_t = 4)]
+        degree: usize,
+        /// A WIDTHxHEIGHT grid instead of a random graph.
+        #[arg(long, value_parser = parse_grid)]
+        grid: Option<(usize, usize)>,
+        /// Seeds to run, from --first.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        /// Cut links, crash nodes and partition the graph while the origin writes.
+        #[arg(long)]
+        faults: bool,
+    },
+}
+
+fn parse_grid(text: &str) -> Result<(usize, usize), String> {
+    let (width, height) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let parse = |n: &str| {
+        n.parse::<usize>()
+            .map_err(|error| format!("{n:?}: {error}"))
+    };
+    let (width, height) = (parse(width)?, parse(height)?);
+    if width * height < 2 || width * height > 10_000 {
+        return Err("a grid of 2 to 10,000 nodes".into());
+    }
+    Ok((width, height))
+}
+
+fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCode {
+    let mut failed = Vec::new();
+    println!(
+        "{:>6} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "seed",
+        "nodes",
+        "links",
+        "transfers",
+        "flooding",
+        "last p50",
+        "last p99",
+        "grafts",
+        "prunes"
+    );
+    for seed in seeds {
+        let outcome = run_mesh(&MeshScenario::new(seed, topology, faults));
+        println!(
+            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>7} {:>7}",
+            seed,
+            outcome.nodes,
+            outcome.edges,
+            outcome.transfers_per_page,
+            outcome.flooding_per_page,
+            outcome.last_node_p50,
+            outcome.last_node_p99,
+            outcome.grafts,
+            outcome.prunes
+        );
+        if !outcome.violations.is_empty() {
+            println!("  FAILED: {}", outcome.violations.join("; "));
+            let shape = match topology {
+                Topology::Grid { width, height } => format!("--grid {width}x{height}"),
+                Topology::Random { nodes, degree } => format!("--nodes {nodes} --degree {degree}"),
+            };
+            println!(
+                "  replay: cargo run --release -p pagemesh-sim -- mesh {shape} --first {seed} --seeds 1{}",
+                if faults { " --faults" } else { "" }
+            );
+            failed.push(seed);
+        }
+    }
+    println!("{} failed {failed:?}", failed.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn scenario(seed: u64, replicas: Option<u64>) -> Scenario {
@@ -59,6 +152,24 @@ fn report_failure(outcome: &Outcome, replicas: Option<u64>) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Mode::Mesh {
+        nodes,
+        degree,
+        grid,
+        seeds,
+        first,
+        faults,
+    }) = args.mesh
+    {
+        let topology = match grid {
+            Some((width, height)) => Topology::Grid { width, height },
+            None => Topology::Random {
+                nodes: nodes.clamp(2, 10_000),
+                degree,
+            },
+        };
+        return mesh(topology, first..first.saturating_add(seeds), faults);
+    }
     if let Some(seed) = args.seed {
         let scenario = scenario(seed, args.replicas);
         println!("{scenario:#?}");

@@ -16,8 +16,12 @@
 //!   ring behind, so a slow replica never holds the ring; a binlog that retention trimmed below
 //!   the replica sends it to a snapshot.
 //!
-//! Relaying across the mesh grows here: which of a node's links a page run goes to next (its
-//! `visited` list, the links that want its database) is a routing decision of the same kind.
+//! Relaying across the mesh grows here: [`plumtree`] is one node's epidemic broadcast tree for
+//! one origin (which links get pages eagerly, which hear HAVE, when to GRAFT and PRUNE),
+//! measured by the mesh simulator (`pagemesh-sim mesh`) at N − 1 page transfers per page once
+//! settled. The service does not drive it yet: links are still 1-to-1.
+
+pub mod plumtree;
 
 use uuid::Uuid;
 

@@ -1,0 +1,96 @@
+//! The mesh simulator in `cargo test`: the epidemic broadcast tree settles at N − 1 page
+//! transfers per page where flooding costs 2E − (N − 1), and every node converges with nothing
+//! skipped after links and nodes fail and partitions heal.
+
+use pagemesh_sim::mesh::{run_mesh, MeshOutcome, MeshScenario, Topology};
+
+fn check(outcome: &MeshOutcome) {
+    assert!(
+        outcome.violations.is_empty(),
+        "seed {}: {:?}\n  replay: cargo run --release -p pagemesh-sim -- mesh ... --first {} --seeds 1",
+        outcome.seed,
+        outcome.violations,
+        outcome.seed
+    );
+}
+
+#[test]
+fn a_settled_tree_sends_each_page_once_to_each_node() {
+    for (topology, seeds) in [
+        (
+            Topology::Grid {
+                width: 3,
+                height: 3,
+            },
+            0..5,
+        ),
+        (
+            Topology::Random {
+                nodes: 100,
+                degree: 4,
+            },
+            0..2,
+        ),
+    ] {
+        for seed in seeds {
+            let outcome = run_mesh(&MeshScenario::new(seed, topology, false));
+            check(&outcome);
+            let n = outcome.nodes as f64;
+            assert!(
+                outcome.transfers_per_page <= 1.2 * (n - 1.0),
+                "{topology:?} seed {seed}: {} transfers per page, flooding {}",
+                outcome.transfers_per_page,
+                outcome.flooding_per_page
+            );
+            assert!(
+                outcome.transfers_per_page >= n - 1.0,
+                "every node got every page"
+            );
+            assert_eq!(
+                outcome.flooding_per_page,
+                2.0 * outcome.edges as f64 - (n - 1.0)
+            );
+        }
+    }
+}
+
+#[test]
+fn two_hundred_fault_seeds_converge_with_nothing_skipped() {
+    let mut faults = 0;
+    for seed in 0..200 {
+        let topology = if seed % 4 == 0 {
+            Topology::Grid {
+                width: 3,
+                height: 3,
+            }
+        } else {
+            Topology::Random {
+                nodes: 25,
+                degree: 4,
+            }
+        };
+        let outcome = run_mesh(&MeshScenario::new(seed, topology, true));
+        check(&outcome);
+        assert!(outcome.pages > 0);
+        faults += outcome.faults;
+    }
+    assert!(
+        faults > 200,
+        "the seeds cut links, crashed nodes and partitioned: {faults}"
+    );
+}
+
+#[test]
+fn a_mesh_seed_replays_identically() {
+    let topology = Topology::Random {
+        nodes: 25,
+        degree: 4,
+    };
+    let first = run_mesh(&MeshScenario::new(5, topology, true));
+    let second = run_mesh(&MeshScenario::new(5, topology, true));
+    assert_eq!(first.trace_hash, second.trace_hash);
+    assert_ne!(
+        first.trace_hash,
+        run_mesh(&MeshScenario::new(6, topology, true)).trace_hash
+    );
+}
