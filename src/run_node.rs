@@ -25,8 +25,10 @@
 //! uuid = "…"                         # the source database's uuid (printed by its node)
 //! ```
 //!
-//! On start the node prints one line per database, `database NAME uuid UUID role ROLE`, so
-//! scripts and tests can pick up a source's uuid. It then runs until SIGINT or SIGTERM and shuts
+//! On start the node prints its identity, `node NAME uuid UUID` (created once and kept in
+//! `data_dir/node.uuid`), then `node NAME listening on ADDR` if it listens, then one line per
+//! database, `database NAME uuid UUID role ROLE`, so scripts and tests can pick up a source's
+//! uuid. It then runs until SIGINT or SIGTERM and shuts
 //! down cleanly (links closed, appliers drained). Without a secret it listens on loopback only.
 
 use std::net::SocketAddr;
@@ -147,6 +149,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         builder = builder.listen(listen);
     }
     let node = builder.open()?;
+    println!("node {} uuid {}", config.name, node.uuid());
     if let Some(addr) = node.local_addr() {
         println!("node {} listening on {addr}", config.name);
     }

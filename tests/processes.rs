@@ -34,14 +34,20 @@ fn start_replica(config: &Path) -> NodeProcess {
     // Wait for its database line: it is subscribed from then on.
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
+    // First `node NAME uuid UUID`, then one line per database.
+    let identity = lines
+        .next()
+        .expect("the node prints its identity")
+        .expect("readable stdout");
+    assert!(
+        identity.contains(" uuid "),
+        "unexpected first line: {identity}"
+    );
     let line = lines
         .next()
         .expect("the node prints its databases")
         .expect("readable stdout");
-    assert!(
-        line.contains("role replica"),
-        "unexpected first line: {line}"
-    );
+    assert!(line.contains("role replica"), "unexpected line: {line}");
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     NodeProcess(child)

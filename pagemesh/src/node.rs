@@ -84,6 +84,14 @@ pub enum NodeError {
         /// The name.
         name: String,
     },
+    /// The node's identity file exists but does not hold a uuid.
+    #[error("node identity {path}: {reason} (delete the file only if this node should become a new node)")]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The binlog skipped a page: a source never ships a gap.
     #[error("binlog gap: expected page {expected}, found {found}")]
     BinlogGap {
@@ -92,6 +100,51 @@ pub enum NodeError {
         /// The LSN that did.
         found: u64,
     },
+}
+
+/// The file in a node's data directory that holds its uuid: created once, on the node's first
+/// open, and read on every open after, so a node keeps its identity across restarts (peers,
+/// links and acks name it by this uuid).
+pub const NODE_ID_FILE: &str = "node.uuid";
+
+/// The node uuid kept in `data_dir`, created (written to a temporary file, synced, renamed and
+/// the directory synced) if there is none yet.
+fn node_identity(data_dir: &Path) -> Result<Uuid, NodeError> {
+    let path = data_dir.join(NODE_ID_FILE);
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| NodeError::Io { op, path, source }
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<Uuid>()
+            .map_err(|error| NodeError::Identity {
+                path: path.clone(),
+                reason: format!("not a uuid ({error})"),
+            }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let uuid = Uuid::new_v4();
+            let temporary = data_dir.join(format!("{NODE_ID_FILE}.tmp"));
+            {
+                let mut file =
+                    std::fs::File::create(&temporary).map_err(io("create", &temporary))?;
+                writeln!(file, "{uuid}").map_err(io("write", &temporary))?;
+                file.sync_all().map_err(io("sync", &temporary))?;
+            }
+            std::fs::rename(&temporary, &path).map_err(io("rename", &path))?;
+            std::fs::File::open(data_dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io("sync", data_dir))?;
+            tracing::info!(%uuid, path = %path.display(), "created this node's identity");
+            Ok(uuid)
+        }
+        Err(source) => Err(NodeError::Io {
+            op: "read",
+            path,
+            source,
+        }),
+    }
 }
 
 /// Builds a [`Node`]; see [`Node::builder`].
@@ -134,15 +187,17 @@ impl NodeBuilder {
         self.config = configure(self.config);
         self
     }
-    /// Creates the data directory if needed and starts the network.
+    /// Creates the data directory if needed, takes the node's identity from it (created on the
+    /// first open: see [`NODE_ID_FILE`]) and starts the network.
     pub fn open(self) -> Result<Node, NodeError> {
         std::fs::create_dir_all(&self.data_dir).map_err(|source| NodeError::Io {
             op: "create",
             path: self.data_dir.clone(),
             source,
         })?;
+        let node = node_identity(&self.data_dir)?;
         Ok(Node {
-            service: Service::start(self.config)?,
+            service: Service::start(self.config.node(node))?,
             data_dir: self.data_dir,
             open: Arc::new(Mutex::new(HashMap::new())),
         })
@@ -168,6 +223,11 @@ impl Node {
             data_dir: data_dir.into(),
             config: ServiceConfig::new(name),
         }
+    }
+
+    /// The node's uuid, kept in its data directory ([`NODE_ID_FILE`]).
+    pub fn uuid(&self) -> Uuid {
+        self.service.node()
     }
 
     /// Where the node listens, if it does.
@@ -517,5 +577,33 @@ impl ReplicaStore for ReplicaSlot {
             self.remove_generation(old);
         }
         Ok((Arc::new(Wired(database)), stats.lsn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_keeps_its_uuid_across_opens_and_refuses_a_garbled_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Node::builder("a", dir.path().join("a")).open().unwrap();
+        let uuid = first.uuid();
+        assert!(!uuid.is_nil());
+        drop(first);
+        let again = Node::builder("renamed", dir.path().join("a"))
+            .open()
+            .unwrap();
+        assert_eq!(
+            again.uuid(),
+            uuid,
+            "the identity is the directory's, not the name's"
+        );
+        let other = Node::builder("b", dir.path().join("b")).open().unwrap();
+        assert_ne!(other.uuid(), uuid);
+        drop((again, other));
+        std::fs::write(dir.path().join("a").join(NODE_ID_FILE), "not a uuid\n").unwrap();
+        let refused = Node::builder("a", dir.path().join("a")).open().unwrap_err();
+        assert!(matches!(refused, NodeError::Identity { .. }), "{refused}");
     }
 }
