@@ -1,6 +1,6 @@
 //! `bench transport`: the socket transport on io_uring against the epoll fallback, in one run.
 //!
-//! Each variant runs [`pagemesh_net::transport::bench::measure`]: a server and a client on two
+//! Each variant runs [`super::link::measure`]: a server and a client on two
 //! runtime threads of the same kind (`uring`: the transport's own io_uring executor; `epoll`:
 //! tokio's current-thread runtime), talking over loopback through the transport the service uses. Per variant:
 //!
@@ -13,7 +13,7 @@
 //!   (after 16 unrecorded warm-up round trips). Both rows of a variant carry the same figures.
 //!
 //! - **Floor**: the same round trip on plain blocking std sockets, no runtime and no decoding
-//!   ([`pagemesh_net::transport::bench::blocking_floor`]): the loopback TCP path and two thread
+//!   ([`super::link::blocking_floor`]): the loopback TCP path and two thread
 //!   wake-ups, which no transport avoids. Printed as its own row, with each variant's ack p50 over
 //!   it, so a reader sees how far above this machine's floor either transport sits (and what ack
 //!   round trip the sync/async estimates of `bench replicate` can hope for).
@@ -26,11 +26,13 @@
 
 use std::error::Error;
 
-use pagemesh_net::transport::bench::{
-    blocking_floor, measure, uring_available, FloorFigures, TransportBenchConfig, TransportFigures,
-};
+use pagemesh_net::transport::uring_available;
 use pagemesh_net::TransportKind;
 use serde::Serialize;
+
+use super::link::{
+    blocking_floor, measure, FloorFigures, LinkBenchError, TransportBenchConfig, TransportFigures,
+};
 
 /// Rounds per variant; each figure is the median over them.
 pub const ROUNDS: usize = 3;
@@ -120,7 +122,7 @@ fn variants() -> Vec<(TransportKind, &'static str)> {
 
 /// Measures every variant and the floor in [`ROUNDS`] interleaved rounds, each phase
 /// `seconds / ROUNDS` per round, and returns the medians.
-pub fn measure_rounds(seconds: f64) -> pagemesh_net::Result<TransportRounds> {
+pub fn measure_rounds(seconds: f64) -> Result<TransportRounds, LinkBenchError> {
     let config = TransportBenchConfig {
         seconds: seconds / ROUNDS as f64,
         run_pages: RUN_PAGES.to_vec(),

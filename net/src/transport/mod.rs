@@ -35,10 +35,9 @@
 //!
 //! [`spawn_runtime`], [`Listener`], [`Connection`], [`FrameReader`], [`FrameWriter`],
 //! [`Shutdown`], [`spawn_local`], [`timeout`] and [`timeout_at`] are public so that a tool (the
-//! transport bench) can drive links over the very code the service uses.
+//! transport bench, in the tools package) can drive links over the very code the service uses.
 //! The io_uring executor's own types stay private behind them.
 
-pub mod bench;
 mod doorbell;
 // Submission entries name buffers the kernel fills: each unsafe block says why it is sound.
 #[allow(unsafe_code)]

@@ -1,8 +1,11 @@
-//! `bench transport`: page shipping and ack round trips over loopback, on io_uring or on epoll.
+//! The two ends behind `bench transport` ([`super::transport`]) and `benches/transport.rs`: page
+//! shipping and ack round trips over loopback, on io_uring or on epoll.
 //!
 //! Both ends run in this process on 127.0.0.1, each on its own runtime thread of the same kind
-//! ([`spawn_runtime`]), through the transport the service uses (`Connection`, `FrameReader`,
-//! `FrameWriter`): on 2 cores, one thread per end is the realistic setup.
+//! ([`spawn_runtime`]), through the transport the service uses ([`Connection`], [`FrameReader`],
+//! [`FrameWriter`]): on 2 cores, one thread per end is the realistic setup. This is a tool, so it
+//! lives here and not in `pagemesh-net`, which an application links; net makes public what it
+//! needs.
 //!
 //! - **Ship** (one phase per run size, [`TransportBenchConfig::run_pages`]): the client encodes one
 //!   PAGES frame of `run_pages` real log pages ([`pagemesh_logpage::page::write_page`]) into the
@@ -47,14 +50,124 @@ use pagemesh_logpage::PAYLOAD_SIZE;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{
-    spawn_local, spawn_runtime, timeout, Connection, FrameReader, FrameWriter, Listener,
-    RuntimeKind, Shutdown, TransportKind,
-};
-use crate::error::{Error, Result};
-use crate::proto::frame::{
+use pagemesh_net::proto::frame::{
     encode, encode_pages, Ack, Frame, PagesHeader, PAGES_COUNT_MAX, PAGE_SIZE,
 };
+use pagemesh_net::transport::{
+    spawn_local, spawn_runtime, timeout, Connection, FrameReader, FrameWriter, Listener, Shutdown,
+};
+use pagemesh_net::{RuntimeKind, TransportKind};
+
+/// Why a transport bench did not run, or failed: the tool's error, not a link's (a link's comes
+/// wrapped, as [`LinkBenchError::Net`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkBenchError {
+    /// A setting is out of range.
+    #[error("transport bench: {setting} must be {allowed}, not {value}")]
+    Config {
+        /// The setting, e.g. `seconds`.
+        setting: &'static str,
+        /// What it may be.
+        allowed: String,
+        /// What it was.
+        value: String,
+    },
+    /// The transport (a socket, a runtime) failed, or a frame did not decode.
+    #[error("transport bench: {0}")]
+    Net(#[from] pagemesh_net::Error),
+    /// A blocking socket of [`blocking_floor`] failed, or the server's accept did.
+    #[error("transport bench: {op} on {peer}: {source}")]
+    Io {
+        /// What was being done: "bind", "accept", "read", "write".
+        op: &'static str,
+        /// The address concerned.
+        peer: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bench thread or task ended without its answer: it panicked, could not start, or its
+    /// runtime shut down first.
+    #[error("transport bench: the {role} ended before it answered")]
+    Ended {
+        /// Which: "server thread", "client thread", "ack reader", "floor server thread".
+        role: &'static str,
+    },
+    /// A phase ran past its duration by more than the grace (it is then cut off).
+    #[error("transport bench: {phase} phase overran {duration:?} by {grace:?}")]
+    Overran {
+        /// "ship" or "ping".
+        phase: &'static str,
+        /// The phase's duration.
+        duration: Duration,
+        /// How long it may overrun.
+        grace: Duration,
+    },
+    /// The link closed before every frame shipped was acked.
+    #[error("transport bench: link closed after {acks} of {frames} acks")]
+    Unacked {
+        /// Acks read.
+        acks: u64,
+        /// Frames shipped.
+        frames: u64,
+    },
+    /// A frame that has no place in the exchange arrived.
+    #[error("transport bench: unexpected {frame} frame while {state}")]
+    UnexpectedFrame {
+        /// What that end was doing.
+        state: &'static str,
+        /// The frame's type.
+        frame: &'static str,
+    },
+    /// The link closed in the middle of a round trip.
+    #[error("transport bench: link closed during ping-pong")]
+    ClosedMidPing,
+    /// What the server decoded disagrees with what the client sent and saw acked.
+    #[error(
+        "transport bench: client sent {frames} frames ({page_bytes} page bytes, {pages_acked} \
+         pages acked), server decoded {decoded_frames} frames ({decoded_page_bytes} page bytes)"
+    )]
+    Undelivered {
+        /// Frames the client sent.
+        frames: u64,
+        /// Page bytes in them.
+        page_bytes: u64,
+        /// Pages the last ack covered.
+        pages_acked: u64,
+        /// Frames the server decoded.
+        decoded_frames: u64,
+        /// Page bytes in them.
+        decoded_page_bytes: u64,
+    },
+    /// Not every phase was served and finished.
+    #[error(
+        "transport bench: {phases} phases, server served {served}, client finished {finished}"
+    )]
+    PhasesLost {
+        /// Phases asked for.
+        phases: usize,
+        /// Connections the server served.
+        served: usize,
+        /// Phases the client finished.
+        finished: usize,
+    },
+}
+
+type Result<T, E = LinkBenchError> = std::result::Result<T, E>;
+
+/// A [`LinkBenchError::Config`] for `setting`.
+fn out_of_range(
+    setting: &'static str,
+    allowed: impl std::fmt::Display,
+    value: impl std::fmt::Display,
+) -> LinkBenchError {
+    LinkBenchError::Config {
+        setting,
+        allowed: allowed.to_string(),
+        value: value.to_string(),
+    }
+}
 
 /// Round trips made before recording, so connection setup and cold caches are not measured.
 pub const WARMUP_PINGS: u64 = 16;
@@ -102,31 +215,41 @@ impl Default for TransportBenchConfig {
 
 impl TransportBenchConfig {
     fn check(&self) -> Result<()> {
-        let problem = if !(self.seconds > 0.0 && self.seconds <= SECONDS_MAX) {
-            format!(
-                "seconds must be in (0, {SECONDS_MAX}], not {}",
-                self.seconds
-            )
-        } else if self.run_pages.is_empty() || self.run_pages.len() >= CONNECTIONS_MAX - 1 {
-            format!(
-                "1 to {} run sizes, not {}",
-                CONNECTIONS_MAX - 2,
-                self.run_pages.len()
-            )
+        let sizes_max = CONNECTIONS_MAX - 2;
+        if !(self.seconds > 0.0 && self.seconds <= SECONDS_MAX) {
+            Err(out_of_range(
+                "seconds",
+                format!("in (0, {SECONDS_MAX}]"),
+                self.seconds,
+            ))
+        } else if !(1..=sizes_max).contains(&self.run_pages.len()) {
+            let count = self.run_pages.len();
+            Err(out_of_range(
+                "run_pages",
+                format!("1 to {sizes_max} run sizes"),
+                format!("{count} run sizes"),
+            ))
         } else if let Some(bad) = self
             .run_pages
             .iter()
             .find(|&&n| !(1..=PAGES_COUNT_MAX).contains(&n))
         {
-            format!("run_pages must be 1..={PAGES_COUNT_MAX}, not {bad}")
+            Err(out_of_range(
+                "run_pages",
+                format!("1..={PAGES_COUNT_MAX} each"),
+                bad,
+            ))
         } else if self.bytes_max == 0 {
-            "bytes_max must be positive".to_string()
+            Err(out_of_range("bytes_max", "positive", 0))
         } else if !(1..=PINGS_MAX).contains(&self.pings_max) {
-            format!("pings_max must be 1..={PINGS_MAX}, not {}", self.pings_max)
+            Err(out_of_range(
+                "pings_max",
+                format!("1..={PINGS_MAX}"),
+                self.pings_max,
+            ))
         } else {
-            return Ok(());
-        };
-        Err(Error::Bench { problem })
+            Ok(())
+        }
     }
 }
 
@@ -181,11 +304,6 @@ pub struct FloorFigures {
     pub rtt_p99_us: f64,
 }
 
-/// Whether this process may create an io_uring runtime (the probe [`TransportKind::Auto`] uses).
-pub fn uring_available() -> bool {
-    super::uring::Runtime::new().is_ok()
-}
-
 /// Measures page shipping for each run size, then the ack round trip, with both ends on
 /// `kind` (see the module docs).
 pub fn measure(kind: TransportKind, config: &TransportBenchConfig) -> Result<TransportFigures> {
@@ -233,9 +351,11 @@ pub fn measure(kind: TransportKind, config: &TransportBenchConfig) -> Result<Tra
 /// last ack (for criterion's `iter_custom`; runtime start-up and connecting are not timed).
 pub fn time_ship(kind: TransportKind, run_pages: usize, frames: u64) -> Result<Duration> {
     if !(1..=PAGES_COUNT_MAX).contains(&run_pages) {
-        return Err(Error::Bench {
-            problem: format!("run_pages must be 1..={PAGES_COUNT_MAX}, not {run_pages}"),
-        });
+        return Err(out_of_range(
+            "run_pages",
+            format!("1..={PAGES_COUNT_MAX}"),
+            run_pages,
+        ));
     }
     let phase = Phase::Ship(ShipSpec {
         run_pages,
@@ -245,9 +365,8 @@ pub fn time_ship(kind: TransportKind, run_pages: usize, frames: u64) -> Result<D
     });
     match run_pair(kind, vec![phase])?.1.pop() {
         Some(Outcome::Ship(ship)) => Ok(ship.elapsed),
-        _ => Err(Error::Bench {
-            problem: "no ship outcome".into(),
-        }),
+        // run_pair checked that the one phase finished.
+        _ => unreachable!("a ship phase has a ship outcome"),
     }
 }
 
@@ -260,9 +379,7 @@ pub fn time_pings(kind: TransportKind, pings: u64) -> Result<Duration> {
     });
     match run_pair(kind, vec![phase])?.1.pop() {
         Some(Outcome::Ping(ping)) => Ok(ping.rtts.iter().sum()),
-        _ => Err(Error::Bench {
-            problem: "no ping outcome".into(),
-        }),
+        _ => unreachable!("a ping phase has a ping outcome"),
     }
 }
 
@@ -280,12 +397,14 @@ pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
     use std::net::{TcpListener, TcpStream};
 
     if !(seconds > 0.0 && seconds <= SECONDS_MAX) {
-        return Err(Error::Bench {
-            problem: format!("seconds must be in (0, {SECONDS_MAX}], not {seconds}"),
-        });
+        return Err(out_of_range(
+            "seconds",
+            format!("in (0, {SECONDS_MAX}]"),
+            seconds,
+        ));
     }
     let io = |op: &'static str, peer: SocketAddr| {
-        move |source: std::io::Error| Error::Io { op, peer, source }
+        move |source: std::io::Error| LinkBenchError::Io { op, peer, source }
     };
     let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let pages = bench_pages(1);
@@ -316,9 +435,7 @@ pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
             }
             Ok(())
         })
-        .map_err(|error| Error::Bench {
-            problem: format!("transport bench floor: spawn: {error}"),
-        })?;
+        .map_err(io("spawn the floor server", any))?;
     let client = || -> std::io::Result<Vec<Duration>> {
         let mut socket = TcpStream::connect(addr)?;
         socket.set_nodelay(true)?;
@@ -342,8 +459,8 @@ pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
         // Dropping the socket closes it: the server's read ends.
     };
     let rtts = client();
-    let served = server.join().map_err(|_| Error::Bench {
-        problem: "transport bench floor: server thread panicked".into(),
+    let served = server.join().map_err(|_| LinkBenchError::Ended {
+        role: "floor server thread",
     })?;
     let mut rtts = rtts.map_err(io("write", addr))?;
     served.map_err(io("read", addr))?;
@@ -478,12 +595,10 @@ fn run_pair(kind: TransportKind, phases: Vec<Phase>) -> Result<(RuntimeKind, Vec
     let counts = server.stop()?;
     let outcomes = outcomes?;
     if counts.len() != expected || outcomes.len() != expected {
-        return Err(Error::Bench {
-            problem: format!(
-                "{expected} phases, server served {}, client finished {}",
-                counts.len(),
-                outcomes.len()
-            ),
+        return Err(LinkBenchError::PhasesLost {
+            phases: expected,
+            served: counts.len(),
+            finished: outcomes.len(),
         });
     }
     for (outcome, count) in outcomes.iter().zip(counts) {
@@ -504,12 +619,12 @@ fn check_delivered(outcome: &Outcome, count: &ServerCount) -> Result<()> {
     };
     let page_bytes = pages * PAGE_SIZE as u64;
     if count.frames != frames || count.page_bytes != page_bytes || acked != pages {
-        return Err(Error::Bench {
-            problem: format!(
-                "client sent {frames} frames ({page_bytes} page bytes, {acked} pages \
-             acked), server decoded {} frames ({} page bytes)",
-                count.frames, count.page_bytes
-            ),
+        return Err(LinkBenchError::Undelivered {
+            frames,
+            page_bytes,
+            pages_acked: acked,
+            decoded_frames: count.frames,
+            decoded_page_bytes: count.page_bytes,
         });
     }
     Ok(())
@@ -543,8 +658,8 @@ impl Server {
             }
             Err(_) => {
                 let _ = thread.join();
-                return Err(Error::Bench {
-                    problem: "bench server died while binding".into(),
+                return Err(LinkBenchError::Ended {
+                    role: "server thread",
                 });
             }
         };
@@ -563,8 +678,8 @@ impl Server {
         // Wake the accept loop with a connection of our own: it sees the flag and returns. (If
         // it already returned, the connection is refused, which is fine.)
         let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5));
-        self.thread.join().map_err(|_| Error::Bench {
-            problem: "bench server thread panicked".into(),
+        self.thread.join().map_err(|_| LinkBenchError::Ended {
+            role: "server thread",
         })?;
         Ok(self.counts.try_iter().collect())
     }
@@ -577,11 +692,13 @@ async fn serve_all(
     counts: mpsc::Sender<Result<ServerCount>>,
     stop: Arc<AtomicBool>,
 ) {
-    let bound =
-        Listener::bind(kind, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).and_then(|listener| {
-            let addr = listener.local_addr().map_err(|source| Error::Io {
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let bound = Listener::bind(kind, any)
+        .map_err(LinkBenchError::from)
+        .and_then(|listener| {
+            let addr = listener.local_addr().map_err(|source| LinkBenchError::Io {
                 op: "bind",
-                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                peer: any,
                 source,
             })?;
             Ok((listener, addr))
@@ -603,7 +720,7 @@ async fn serve_all(
         }
         let count = match accepted {
             Ok((connection, peer)) => serve(connection, peer).await,
-            Err(source) => Err(Error::Io {
+            Err(source) => Err(LinkBenchError::Io {
                 op: "accept",
                 peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 source,
@@ -642,9 +759,9 @@ async fn serve(connection: Connection, peer: SocketAddr) -> Result<ServerCount> 
         // Completes a write blocked on a peer that stopped reading.
         shutdown.shutdown();
     }
-    let sent = sender.await.map_err(|error| Error::Bench {
-        problem: format!("bench ack writer: {error}"),
-    });
+    let sent = sender
+        .await
+        .map_err(|_| LinkBenchError::Ended { role: "ack writer" });
     shutdown.shutdown();
     let count = received?;
     sent??;
@@ -657,7 +774,7 @@ async fn receive_pages(reader: &mut FrameReader, acks: &AckQueue) -> Result<Serv
     // One iteration per frame; the stream ends when the client closes or a phase times out.
     while let Some(frame) = reader.next().await? {
         let Frame::Pages(pages) = frame else {
-            return Err(Error::UnexpectedFrame {
+            return Err(LinkBenchError::UnexpectedFrame {
                 state: "benchmark receiving pages",
                 frame: frame.kind(),
             });
@@ -711,11 +828,11 @@ fn run_client(kind: RuntimeKind, addr: SocketAddr, phases: Vec<Phase>) -> Result
     let (_, thread) = spawn_runtime("pagemesh-bench-client", transport, move |kind| async move {
         let _ = result_tx.send(run_phases(kind, addr, phases).await);
     })?;
-    let result = result_rx.recv().map_err(|_| Error::Bench {
-        problem: "bench client thread died".into(),
+    let result = result_rx.recv().map_err(|_| LinkBenchError::Ended {
+        role: "client thread",
     });
-    thread.join().map_err(|_| Error::Bench {
-        problem: "bench client thread panicked".into(),
+    thread.join().map_err(|_| LinkBenchError::Ended {
+        role: "client thread",
     })?;
     result?
 }
@@ -773,11 +890,13 @@ async fn ship(
     .await;
     // Ends the reader task (its pending read completes with end of stream).
     shutdown.shutdown();
-    let counted = counter.await.map_err(|error| Error::Bench {
-        problem: format!("bench ack reader: {error}"),
-    })?;
-    let outcome = sent.map_err(|_| Error::Bench {
-        problem: format!("ship phase overran {duration:?} by {PHASE_GRACE:?}"),
+    let counted = counter
+        .await
+        .map_err(|_| LinkBenchError::Ended { role: "ack reader" })?;
+    let outcome = sent.map_err(|_| LinkBenchError::Overran {
+        phase: "ship",
+        duration,
+        grace: PHASE_GRACE,
     })??;
     counted?;
     Ok(outcome)
@@ -814,8 +933,9 @@ async fn send_pages(
     // One wake-up per ack at most; bounded by the phase's timeout.
     while acks.acks.get() < frames {
         if acks.done.get() {
-            return Err(Error::Bench {
-                problem: format!("link closed after {} of {frames} acks", acks.acks.get()),
+            return Err(LinkBenchError::Unacked {
+                acks: acks.acks.get(),
+                frames,
             });
         }
         acks.due.notified().await;
@@ -834,7 +954,7 @@ async fn count_acks(mut reader: FrameReader, acks: Rc<AckCount>) -> Result<()> {
         // One iteration per frame; the stream ends when the phase shuts the socket down.
         while let Some(frame) = reader.next().await? {
             let Frame::Ack(ack) = frame else {
-                return Err(Error::UnexpectedFrame {
+                return Err(LinkBenchError::UnexpectedFrame {
                     state: "benchmark awaiting acks",
                     frame: frame.kind(),
                 });
@@ -869,8 +989,10 @@ async fn ping(
         ping_pong(&mut reader, &mut writer, pings_max, duration, page),
     )
     .await
-    .map_err(|_| Error::Bench {
-        problem: format!("ping phase overran {duration:?} by {PHASE_GRACE:?}"),
+    .map_err(|_| LinkBenchError::Overran {
+        phase: "ping",
+        duration,
+        grace: PHASE_GRACE,
     })?
 }
 
@@ -896,16 +1018,12 @@ async fn ping_pong(
         match reader.next().await? {
             Some(Frame::Ack(ack)) if ack.received_lsn == frames + 1 => {}
             Some(frame) => {
-                return Err(Error::UnexpectedFrame {
+                return Err(LinkBenchError::UnexpectedFrame {
                     state: "benchmark awaiting the ack of one page",
                     frame: frame.kind(),
                 })
             }
-            None => {
-                return Err(Error::Bench {
-                    problem: "link closed during ping-pong".into(),
-                })
-            }
+            None => return Err(LinkBenchError::ClosedMidPing),
         }
         let rtt = started.elapsed();
         frames += 1;
@@ -929,6 +1047,8 @@ fn pages_header(first_lsn: u64) -> PagesHeader<'static> {
 
 #[cfg(test)]
 mod tests {
+    use pagemesh_net::transport::uring_available;
+
     use super::*;
 
     fn kinds() -> Vec<(TransportKind, RuntimeKind)> {
