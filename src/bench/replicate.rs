@@ -276,7 +276,7 @@ const ROUND_TRIP_PINGS: u64 = 2_000;
 
 /// The mean ack round trip on `transport`, in microseconds: the median of three timings of
 /// `ROUND_TRIP_PINGS` (2,000) round trips, each a one-page PAGES frame and its ACK over loopback
-/// (the transport bench's connection, no database behind it).
+/// (the transport bench's link, both link state machines and no database behind it).
 pub fn ack_round_trip_us(transport: TransportKind) -> Result<f64, BoxError> {
     let mut means = Vec::with_capacity(3);
     for _ in 0..3 {
