@@ -3,27 +3,29 @@
 //! replication runs.
 //!
 //! Both ends run in this process on 127.0.0.1, each on its own runtime thread of the same kind
-//! ([`spawn_runtime`]), through the transport the service uses ([`Connection`], [`FrameReader`],
-//! [`FrameWriter`]): on 2 cores, one thread per end is the realistic setup. The server is a
+//! ([`spawn_runtime`](pagemesh_net::transport::spawn_runtime)), through the transport the service
+//! uses ([`Connection`](pagemesh_net::transport::Connection),
+//! [`FrameReader`](pagemesh_net::transport::FrameReader),
+//! [`FrameWriter`](pagemesh_net::transport::FrameWriter)): on 2 cores, one thread per end is the realistic setup. The server is a
 //! replica's end of a link and the client a source's, each driving that side's state machine as
 //! the service's drivers do (`net/src/service/replica.rs`, `source.rs`):
 //!
-//! - The server's [`ReplicaLink`] subscribes (its first [`ReplicaLink::poll_transmit`] is the
-//!   RESUME); its reader hands every frame to [`ReplicaLink::handle_frame`] and reports each run
-//!   of pages with [`ReplicaLink::ingested`]; its writer task sends whatever `poll_transmit` has
+//! - The server's [`ReplicaLink`](pagemesh_net::service::replica_link::ReplicaLink) subscribes (its first [`ReplicaLink::poll_transmit`](pagemesh_net::service::replica_link::ReplicaLink::poll_transmit) is the
+//!   RESUME); its reader hands every frame to [`ReplicaLink::handle_frame`](pagemesh_net::service::replica_link::ReplicaLink::handle_frame) and reports each run
+//!   of pages with [`ReplicaLink::ingested`](pagemesh_net::service::replica_link::ReplicaLink::ingested); its writer task sends whatever `poll_transmit` has
 //!   due, one write at a time. So acks coalesce exactly as in replication: every page that
 //!   arrives before the writer next runs (the reader decodes all that one read brought in) or
 //!   while its write is in flight is acked by one ACK, the newest.
-//! - The client waits for that RESUME, as a source does, and starts a [`SourceLink`] at the LSN
-//!   it names; it reports every frame with [`SourceLink::shipped`] as it hands it to the writer
+//! - The client waits for that RESUME, as a source does, and starts a [`SourceLink`](pagemesh_net::service::source_link::SourceLink) at the LSN
+//!   it names; it reports every frame with [`SourceLink::shipped`](pagemesh_net::service::source_link::SourceLink::shipped) as it hands it to the writer
 //!   (and the write with `write_started`/`write_finished`), and hands every frame that comes back
-//!   to [`SourceLink::handle_frame`], which caps acks at what was shipped.
+//!   to [`SourceLink::handle_frame`](pagemesh_net::service::source_link::SourceLink::handle_frame), which caps acks at what was shipped.
 //!
 //! The phases:
 //!
 //! - **Ship** (one phase per run size, [`TransportBenchConfig::run_pages`]): the client encodes one
 //!   PAGES frame of `run_pages` real log pages ([`pagemesh_logpage::page::write_page`]) into the
-//!   writer's reused buffer with [`encode_pages`] and writes it, one write per frame, as fast as
+//!   writer's reused buffer with [`encode_pages`](pagemesh_net::proto::frame::encode_pages) and writes it, one write per frame, as fast as
 //!   the socket takes them, until [`TransportBenchConfig::seconds`] pass or
 //!   [`TransportBenchConfig::bytes_max`] page bytes are sent. The server decodes every frame
 //!   (`FrameReader::next`, crc included) and acks through its machine; the client reads the acks
@@ -57,6 +59,8 @@
 //! phase's own timeout bounds them. `bench replicate` measures the whole path, database to
 //! database.
 //!
+//! `replica.rs` is the server, `source.rs` the client, `floor.rs` the blocking-socket floor.
+//!
 //! # Reading the figures
 //!
 //! On the 2-vCPU machines (strace -c, fixed counts): an epoll ping costs each end about three
@@ -77,29 +81,24 @@
 //! 0.90× (epoll) and 0.93× (uring) at 64 pages, 1.05× and 0.97× at 1 page, each give or take
 //! 10–15 %. Figures from either side of the change compare to within those margins.
 
-use std::cell::{Cell, RefCell};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use pagemesh_logpage::page::{write_page, PageMeta, HEADER_SIZE};
 use pagemesh_logpage::PAYLOAD_SIZE;
-use tokio::sync::Notify;
 use uuid::Uuid;
 
-use pagemesh_net::proto::frame::{
-    encode, encode_pages, Ack, Frame, PagesHeader, Resume, PAGES_COUNT_MAX, PAGE_SIZE,
-};
-use pagemesh_net::proto::{HEARTBEAT_INTERVAL_DEFAULT, LINK_TIMEOUT_DEFAULT};
-use pagemesh_net::service::replica_link::{Received, ReplicaLink};
-use pagemesh_net::service::source_link::SourceLink;
-use pagemesh_net::transport::{
-    spawn_local, spawn_runtime, timeout, timeout_at, Connection, FrameReader, FrameWriter,
-    Listener, Shutdown,
-};
+use pagemesh_net::proto::frame::{PagesHeader, PAGES_COUNT_MAX, PAGE_SIZE};
 use pagemesh_net::{RuntimeKind, TransportKind};
+
+use self::replica::Server;
+use self::source::run_client;
+
+mod floor;
+mod replica;
+mod source;
+
+pub use self::floor::{blocking_floor, FloorFigures};
 
 /// Why a transport bench did not run, or failed: the tool's error, not a link's (a link's comes
 /// wrapped, as [`LinkBenchError::Net`]).
@@ -362,17 +361,6 @@ impl TransportFigures {
     }
 }
 
-/// What [`blocking_floor`] found.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FloorFigures {
-    /// Round trips recorded.
-    pub pings: u64,
-    /// Median round trip, in microseconds.
-    pub rtt_p50_us: f64,
-    /// 99th-percentile round trip, in microseconds.
-    pub rtt_p99_us: f64,
-}
-
 /// Measures page shipping for each run size, then the ack round trip, with both ends on
 /// `kind` (see the module docs).
 pub fn measure(kind: TransportKind, config: &TransportBenchConfig) -> Result<TransportFigures> {
@@ -451,95 +439,6 @@ pub fn time_pings(kind: TransportKind, pings: u64) -> Result<Duration> {
         Some(Outcome::Ping(ping)) => Ok(ping.rtts.iter().sum()),
         _ => unreachable!("a ping phase has a ping outcome"),
     }
-}
-
-/// The loopback floor under the ack round trip, measured without any runtime: two plain threads
-/// on blocking std sockets (`TCP_NODELAY`), the client writing the very bytes of a 1-page PAGES
-/// frame and the server answering each with the bytes of one ACK frame, neither decoding.
-///
-/// What is left is the kernel's loopback TCP path and two thread wake-ups per round trip, which
-/// any transport pays; so `rtt_p50_us` here is what no transport's ack p50 can go much below.
-/// Bounded like [`measure`]'s ping phase: [`WARMUP_PINGS`] unrecorded, then up to `pings_max` or
-/// until `seconds` pass (at least one recorded); every socket read gives up after 10 s (the
-/// phases' grace), and the server thread is joined before a result is returned.
-pub fn blocking_floor(pings_max: u64, seconds: f64) -> Result<FloorFigures> {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-
-    if !(seconds > 0.0 && seconds <= SECONDS_MAX) {
-        return Err(out_of_range(
-            "seconds",
-            format!("in (0, {SECONDS_MAX}]"),
-            seconds,
-        ));
-    }
-    let io = |op: &'static str, peer: SocketAddr| {
-        move |source: std::io::Error| LinkBenchError::Io { op, peer, source }
-    };
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let pages = bench_pages(1);
-    let mut request = Vec::new();
-    encode_pages(&pages_header(0), &[&pages], &mut request);
-    let mut reply = Vec::new();
-    let ack = Ack {
-        database: DATABASE,
-        origin: ORIGIN,
-        received_lsn: 1,
-        durable_lsn: 0,
-    };
-    encode(&Frame::Ack(ack), &mut reply);
-
-    let listener = TcpListener::bind(any).map_err(io("bind", any))?;
-    let addr = listener.local_addr().map_err(io("bind", any))?;
-    let (request_len, server_reply) = (request.len(), reply.clone());
-    let server = std::thread::Builder::new()
-        .name("pagemesh-bench-floor".into())
-        .spawn(move || -> std::io::Result<()> {
-            let (mut socket, _) = listener.accept()?;
-            socket.set_nodelay(true)?;
-            socket.set_read_timeout(Some(PHASE_GRACE))?;
-            let mut frame = vec![0u8; request_len];
-            // Until the client closes its end (or stops answering within the grace).
-            while socket.read_exact(&mut frame).is_ok() {
-                socket.write_all(&server_reply)?;
-            }
-            Ok(())
-        })
-        .map_err(io("spawn the floor server", any))?;
-    let client = || -> std::io::Result<Vec<Duration>> {
-        let mut socket = TcpStream::connect(addr)?;
-        socket.set_nodelay(true)?;
-        socket.set_read_timeout(Some(PHASE_GRACE))?;
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-        let pings_max = pings_max.clamp(1, PINGS_MAX);
-        let mut rtts = Vec::with_capacity(pings_max.min(1 << 16) as usize);
-        let mut answer = vec![0u8; reply.len()];
-        for round in 0..WARMUP_PINGS + pings_max {
-            if rtts.len() as u64 >= pings_max || (!rtts.is_empty() && Instant::now() >= deadline) {
-                break;
-            }
-            let started = Instant::now();
-            socket.write_all(&request)?;
-            socket.read_exact(&mut answer)?;
-            if round >= WARMUP_PINGS {
-                rtts.push(started.elapsed());
-            }
-        }
-        Ok(rtts)
-        // Dropping the socket closes it: the server's read ends.
-    };
-    let rtts = client();
-    let served = server.join().map_err(|_| LinkBenchError::Ended {
-        role: "floor server thread",
-    })?;
-    let mut rtts = rtts.map_err(io("write", addr))?;
-    served.map_err(io("read", addr))?;
-    rtts.sort_unstable();
-    Ok(FloorFigures {
-        pings: rtts.len() as u64,
-        rtt_p50_us: percentile_us(&rtts, 50.0),
-        rtt_p99_us: percentile_us(&rtts, 99.0),
-    })
 }
 
 /// The `pct` percentile (nearest rank) of sorted durations, in microseconds; NaN if empty.
@@ -703,534 +602,6 @@ fn check_delivered(outcome: &Outcome, count: &ServerCount) -> Result<()> {
     Ok(())
 }
 
-/// The accepting end: a runtime thread serving one connection at a time.
-struct Server {
-    kind: RuntimeKind,
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    counts: mpsc::Receiver<Result<ServerCount>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Server {
-    fn start(kind: TransportKind) -> Result<Self> {
-        let (addr_tx, addr_rx) = mpsc::sync_channel(1);
-        let (counts_tx, counts) = mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_seen = Arc::clone(&stop);
-        let (kind, thread) = spawn_runtime("pagemesh-bench-server", kind, move |kind| {
-            serve_all(kind, addr_tx, counts_tx, stop_seen)
-        })?;
-        // serve_all binds before anything else, so this answers at once.
-        let addr = addr_rx.recv();
-        let addr = match addr {
-            Ok(Ok(addr)) => addr,
-            Ok(Err(error)) => {
-                let _ = thread.join();
-                return Err(error);
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(LinkBenchError::Ended {
-                    role: "server thread",
-                });
-            }
-        };
-        Ok(Self {
-            kind,
-            addr,
-            stop,
-            counts,
-            thread,
-        })
-    }
-
-    /// Stops accepting, joins the thread and returns what each connection decoded, in order.
-    fn stop(self) -> Result<Vec<Result<ServerCount>>> {
-        self.stop.store(true, Ordering::Release);
-        // Wake the accept loop with a connection of our own: it sees the flag and returns. (If
-        // it already returned, the connection is refused, which is fine.)
-        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5));
-        self.thread.join().map_err(|_| LinkBenchError::Ended {
-            role: "server thread",
-        })?;
-        Ok(self.counts.try_iter().collect())
-    }
-}
-
-/// The server thread's main: binds, then serves connections one after another until stopped.
-async fn serve_all(
-    kind: RuntimeKind,
-    addr_tx: mpsc::SyncSender<Result<SocketAddr>>,
-    counts: mpsc::Sender<Result<ServerCount>>,
-    stop: Arc<AtomicBool>,
-) {
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let bound = Listener::bind(kind, any)
-        .map_err(LinkBenchError::from)
-        .and_then(|listener| {
-            let addr = listener.local_addr().map_err(|source| LinkBenchError::Io {
-                op: "bind",
-                peer: any,
-                source,
-            })?;
-            Ok((listener, addr))
-        });
-    let listener = match bound {
-        Ok((listener, addr)) => {
-            let _ = addr_tx.send(Ok(addr));
-            listener
-        }
-        Err(error) => {
-            let _ = addr_tx.send(Err(error));
-            return;
-        }
-    };
-    for _ in 0..CONNECTIONS_MAX {
-        let accepted = listener.accept().await;
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
-        let count = match accepted {
-            Ok((connection, peer)) => serve(connection, peer).await,
-            Err(source) => Err(LinkBenchError::Io {
-                op: "accept",
-                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                source,
-            }),
-        };
-        let failed = count.is_err();
-        let _ = counts.send(count);
-        if failed {
-            return;
-        }
-    }
-}
-
-/// The replica end of one connection: the link's machine, shared by the reader (which reports
-/// what arrived) and the writer task (which sends what the machine has due).
-struct ReplicaEnd {
-    link: RefCell<ReplicaLink>,
-    /// The machine may have something new to send, or the reader has stopped.
-    due: Notify,
-    /// The reader has stopped: the writer has nothing more to do.
-    closed: Cell<bool>,
-}
-
-/// Serves one connection as a replica's link does, minus the ingest: its machine subscribes
-/// (RESUME), judges every frame and acks what arrived; see the module docs.
-async fn serve(connection: Connection, peer: SocketAddr) -> Result<ServerCount> {
-    let (mut reader, writer, shutdown) = connection.split(peer)?;
-    reader.expect_bulk(); // as a replica's link does once its source is authenticated
-    let shutdown = Rc::new(shutdown);
-    let end = Rc::new(ReplicaEnd {
-        link: RefCell::new(ReplicaLink::new(
-            Instant::now(),
-            bench_resume(),
-            HEARTBEAT_INTERVAL_DEFAULT,
-            LINK_TIMEOUT_DEFAULT,
-        )),
-        due: Notify::new(),
-        closed: Cell::new(false),
-    });
-    let sender = {
-        let (end, shutdown) = (Rc::clone(&end), Rc::clone(&shutdown));
-        spawn_local(async move {
-            let sent = transmit(writer, &end).await;
-            if sent.is_err() {
-                // Ends the reader's pending read too.
-                shutdown.shutdown();
-            }
-            sent
-        })
-    };
-    let received = receive_pages(&mut reader, &end).await;
-    end.closed.set(true);
-    end.due.notify_one();
-    if received.is_err() {
-        // Completes a write blocked on a peer that stopped reading.
-        shutdown.shutdown();
-    }
-    let sent = sender.await.map_err(|_| LinkBenchError::Ended {
-        role: "replica end's writer",
-    });
-    shutdown.shutdown();
-    let count = received?;
-    sent??;
-    Ok(count)
-}
-
-/// The replica end's reader: every frame through [`ReplicaLink::handle_frame`]; each run of
-/// pages counted and reported with [`ReplicaLink::ingested`] (without ingesting it), until end of
-/// stream.
-async fn receive_pages(reader: &mut FrameReader, end: &ReplicaEnd) -> Result<ServerCount> {
-    let mut count = ServerCount::default();
-    // What a replica that ingested every page would report: TCP delivers the runs in order.
-    let mut received_lsn = RESUME_FROM_LSN;
-    // One iteration per frame; the stream ends when the client closes or a phase times out.
-    while let Some(frame) = reader.next().await? {
-        let received = end.link.borrow_mut().handle_frame(Instant::now(), frame)?;
-        match received {
-            Received::Pages(pages) => {
-                count.frames += 1;
-                count.page_bytes += pages.len() as u64;
-                received_lsn += (pages.len() / PAGE_SIZE) as u64;
-                // Nothing is applied, so nothing is durable.
-                end.link.borrow_mut().ingested(received_lsn, 0);
-                end.due.notify_one();
-            }
-            Received::Nothing => {}
-            Received::SnapshotChunk { .. } => {
-                return Err(LinkBenchError::UnexpectedFrame {
-                    state: "receiving pages",
-                    frame: "SNAPSHOT",
-                })
-            }
-        }
-    }
-    Ok(count)
-}
-
-/// The replica end's writer, as a replica link's: whatever [`ReplicaLink::poll_transmit`] has
-/// due (the RESUME, the newest ack, a heartbeat) in one write, as soon as it is due. Pages that
-/// arrive before it runs, or while its write is in flight, are acked by one ACK: acks coalesce.
-async fn transmit(mut writer: FrameWriter, end: &ReplicaEnd) -> Result<()> {
-    // One iteration per write or wake-up; ends when the reader stops, or with the first error
-    // (the machine's timeouts included).
-    while !end.closed.get() {
-        let mut batch = writer.buffer();
-        let now = Instant::now();
-        let due = end.link.borrow_mut().poll_transmit(now, &mut batch);
-        if due {
-            end.link.borrow_mut().write_started(now);
-            let written = writer.write(batch).await;
-            end.link.borrow_mut().write_finished();
-            written?;
-            if end.link.borrow().wants_transmit() {
-                continue;
-            }
-        } else {
-            // Hands the empty buffer back for the next batch.
-            writer.write(batch).await?;
-        }
-        // A timeout that is due fails here, so the deadline below is ahead of now.
-        end.link.borrow_mut().handle_timeout(Instant::now())?;
-        let deadline = end.link.borrow().poll_timeout();
-        // Woken or timed out (a heartbeat may be due), the machine is asked again.
-        let _ = timeout_at(deadline, end.due.notified()).await;
-    }
-    Ok(())
-}
-
-/// Runs `phases` on a client runtime thread of `kind` and joins it.
-fn run_client(kind: RuntimeKind, addr: SocketAddr, phases: Vec<Phase>) -> Result<Vec<Outcome>> {
-    let transport = match kind {
-        RuntimeKind::Uring => TransportKind::Uring,
-        RuntimeKind::Epoll => TransportKind::Epoll,
-    };
-    let (result_tx, result_rx) = mpsc::sync_channel(1);
-    let (_, thread) = spawn_runtime("pagemesh-bench-client", transport, move |kind| async move {
-        let _ = result_tx.send(run_phases(kind, addr, phases).await);
-    })?;
-    let result = result_rx.recv().map_err(|_| LinkBenchError::Ended {
-        role: "client thread",
-    });
-    thread.join().map_err(|_| LinkBenchError::Ended {
-        role: "client thread",
-    })?;
-    result?
-}
-
-/// The client thread's main: each phase on a connection of its own.
-async fn run_phases(
-    kind: RuntimeKind,
-    addr: SocketAddr,
-    phases: Vec<Phase>,
-) -> Result<Vec<Outcome>> {
-    let pages = bench_pages(phases.iter().map(Phase::pages_max).max().unwrap_or(1));
-    let mut outcomes = Vec::with_capacity(phases.len());
-    for phase in phases {
-        let connection = Connection::connect(kind, addr).await?;
-        let (mut reader, writer, shutdown) = connection.split(addr)?;
-        // As a source's link from a replica: only small control frames come back.
-        reader.expect_control();
-        let outcome = match subscribed(&mut reader).await {
-            Ok(link) => match phase {
-                Phase::Ship(spec) => ship(reader, writer, link, &shutdown, spec, &pages)
-                    .await
-                    .map(Outcome::Ship),
-                Phase::Ping(spec) => ping(reader, writer, link, spec, &pages)
-                    .await
-                    .map(Outcome::Ping),
-            },
-            Err(error) => Err(error),
-        };
-        shutdown.shutdown();
-        outcomes.push(outcome?);
-    }
-    Ok(outcomes)
-}
-
-/// Waits for the replica end's RESUME, as a source does before it ships (at most
-/// [`PHASE_GRACE`]), and starts the source's machine at the LSN it names.
-async fn subscribed(reader: &mut FrameReader) -> Result<SourceLink> {
-    let frame = timeout(PHASE_GRACE, reader.next()).await.map_err(|_| {
-        pagemesh_net::Error::LinkTimeout {
-            silent_for: PHASE_GRACE,
-        }
-    })??;
-    match frame {
-        Some(Frame::Resume(resume))
-            if resume.database == DATABASE && resume.from_lsn == RESUME_FROM_LSN =>
-        {
-            Ok(SourceLink::new(
-                Instant::now(),
-                resume.database,
-                resume.from_lsn,
-                RING_SLOTS,
-                HEARTBEAT_INTERVAL_DEFAULT,
-                LINK_TIMEOUT_DEFAULT,
-            ))
-        }
-        Some(frame) => Err(LinkBenchError::UnexpectedFrame {
-            state: "awaiting the bench database's RESUME from 0",
-            frame: frame.kind(),
-        }),
-        None => Err(LinkBenchError::Closed {
-            state: "awaiting RESUME",
-        }),
-    }
-}
-
-/// The source end of a ship phase: the link's machine, shared by the writer (which reports what
-/// it ships) and the reader task (which hands it every ack).
-struct SourceEnd {
-    link: RefCell<SourceLink>,
-    /// Every page below this is acked: the newest ack's `received_lsn`, as the machine capped it.
-    acked_lsn: Cell<u64>,
-    /// ACK frames read.
-    acks: Cell<u64>,
-    /// The reader task has stopped.
-    done: Cell<bool>,
-    due: Notify,
-}
-
-/// `writer.write(batch)`, reported to the machine as a source link's writes are.
-async fn write_reported(
-    link: &RefCell<SourceLink>,
-    writer: &mut FrameWriter,
-    batch: Vec<u8>,
-) -> Result<()> {
-    link.borrow_mut().write_started(Instant::now());
-    let written = writer.write(batch).await;
-    link.borrow_mut().write_finished();
-    Ok(written?)
-}
-
-/// A ship phase: a reader task taking acks, and the writer sending frames here.
-async fn ship(
-    reader: FrameReader,
-    mut writer: FrameWriter,
-    link: SourceLink,
-    shutdown: &Shutdown,
-    spec: ShipSpec,
-    pages: &[u8],
-) -> Result<ShipOutcome> {
-    let duration = spec.duration;
-    let end = Rc::new(SourceEnd {
-        acked_lsn: Cell::new(link.shipped_lsn()),
-        link: RefCell::new(link),
-        acks: Cell::new(0),
-        done: Cell::new(false),
-        due: Notify::new(),
-    });
-    let acker = spawn_local(read_acks(reader, Rc::clone(&end)));
-    let sent = timeout(
-        duration + PHASE_GRACE,
-        send_pages(&mut writer, &end, spec, pages),
-    )
-    .await;
-    // Ends the reader task (its pending read completes with end of stream).
-    shutdown.shutdown();
-    let read = acker.await.map_err(|_| LinkBenchError::Ended {
-        role: "source end's ack reader",
-    })?;
-    let outcome = sent.map_err(|_| LinkBenchError::Overran {
-        phase: "ship",
-        duration,
-        grace: PHASE_GRACE,
-    })??;
-    read?;
-    Ok(outcome)
-}
-
-/// Writes frames until a bound is hit, each reported with [`SourceLink::shipped`], then waits
-/// for the ack that covers the last one.
-async fn send_pages(
-    writer: &mut FrameWriter,
-    end: &SourceEnd,
-    spec: ShipSpec,
-    pages: &[u8],
-) -> Result<ShipOutcome> {
-    let ShipSpec {
-        run_pages,
-        frames_max,
-        bytes_max,
-        duration,
-    } = spec;
-    let run = &pages[..run_pages * PAGE_SIZE];
-    let from_lsn = end.link.borrow().shipped_lsn();
-    let mut shipped_lsn = from_lsn;
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut frames = 0u64;
-    // At least one frame; then until the count, byte or time bound.
-    loop {
-        let mut batch = writer.buffer();
-        encode_pages(&pages_header(shipped_lsn), &[run], &mut batch);
-        shipped_lsn += run_pages as u64;
-        end.link.borrow_mut().shipped(shipped_lsn);
-        write_reported(&end.link, writer, batch).await?;
-        frames += 1;
-        let bytes = frames.saturating_mul(run.len() as u64);
-        if frames >= frames_max || bytes >= bytes_max || Instant::now() >= deadline {
-            break;
-        }
-    }
-    // One wake-up per ack at most; bounded by the phase's timeout.
-    while end.acked_lsn.get() < shipped_lsn {
-        if end.done.get() {
-            return Err(LinkBenchError::Unacked {
-                acked_lsn: end.acked_lsn.get(),
-                shipped_lsn,
-            });
-        }
-        end.due.notified().await;
-    }
-    Ok(ShipOutcome {
-        run_pages,
-        frames,
-        acks: end.acks.get(),
-        pages_acked: end.acked_lsn.get() - from_lsn,
-        elapsed: started.elapsed(),
-    })
-}
-
-/// The source end's reader task in a ship phase: every frame through
-/// [`SourceLink::handle_frame`], until end of stream.
-async fn read_acks(mut reader: FrameReader, end: Rc<SourceEnd>) -> Result<()> {
-    let result = async {
-        // One iteration per frame; the stream ends when the phase shuts the socket down.
-        while let Some(frame) = reader.next().await? {
-            let acked = end.link.borrow_mut().handle_frame(Instant::now(), &frame)?;
-            if let Some((received_lsn, _durable_lsn)) = acked {
-                end.acks.set(end.acks.get() + 1);
-                end.acked_lsn.set(received_lsn);
-                end.due.notify_one();
-            }
-        }
-        Ok(())
-    }
-    .await;
-    end.done.set(true);
-    end.due.notify_one();
-    result
-}
-
-/// A ping phase: one 1-page frame, its ack, again; under the phase's timeout (after which the
-/// caller shuts the socket down, completing any pending operation).
-async fn ping(
-    mut reader: FrameReader,
-    mut writer: FrameWriter,
-    link: SourceLink,
-    spec: PingSpec,
-    pages: &[u8],
-) -> Result<PingOutcome> {
-    let PingSpec {
-        pings_max,
-        duration,
-    } = spec;
-    let page = &pages[..PAGE_SIZE];
-    let link = RefCell::new(link);
-    timeout(
-        duration + PHASE_GRACE,
-        ping_pong(&mut reader, &mut writer, &link, pings_max, duration, page),
-    )
-    .await
-    .map_err(|_| LinkBenchError::Overran {
-        phase: "ping",
-        duration,
-        grace: PHASE_GRACE,
-    })?
-}
-
-/// Round trips until `pings_max` are recorded or `duration` passes (at least one recorded).
-async fn ping_pong(
-    reader: &mut FrameReader,
-    writer: &mut FrameWriter,
-    link: &RefCell<SourceLink>,
-    pings_max: u64,
-    duration: Duration,
-    page: &[u8],
-) -> Result<PingOutcome> {
-    let deadline = Instant::now() + duration;
-    let mut rtts = Vec::with_capacity(pings_max.min(1 << 16) as usize);
-    let mut frames = 0u64;
-    for _ in 0..WARMUP_PINGS + pings_max {
-        if rtts.len() as u64 >= pings_max || (!rtts.is_empty() && Instant::now() >= deadline) {
-            break;
-        }
-        let started = Instant::now();
-        let lsn = link.borrow().shipped_lsn();
-        let mut batch = writer.buffer();
-        encode_pages(&pages_header(lsn), &[page], &mut batch);
-        link.borrow_mut().shipped(lsn + 1);
-        write_reported(link, writer, batch).await?;
-        let acked_lsn = next_ack(reader, link).await?;
-        if acked_lsn != lsn + 1 {
-            return Err(LinkBenchError::WrongAck {
-                expected_lsn: lsn + 1,
-                acked_lsn,
-            });
-        }
-        let rtt = started.elapsed();
-        frames += 1;
-        if frames > WARMUP_PINGS {
-            rtts.push(rtt);
-        }
-    }
-    Ok(PingOutcome { frames, rtts })
-}
-
-/// Reads frames through [`SourceLink::handle_frame`] until an ACK, and returns its
-/// `received_lsn`; at most [`FRAMES_PER_ACK_MAX`] frames (heartbeats may come first).
-async fn next_ack(reader: &mut FrameReader, link: &RefCell<SourceLink>) -> Result<u64> {
-    for _ in 0..FRAMES_PER_ACK_MAX {
-        let Some(frame) = reader.next().await? else {
-            return Err(LinkBenchError::Closed {
-                state: "awaiting the ack of one page",
-            });
-        };
-        let acked = link.borrow_mut().handle_frame(Instant::now(), &frame)?;
-        if let Some((received_lsn, _durable_lsn)) = acked {
-            return Ok(received_lsn);
-        }
-    }
-    Err(LinkBenchError::NoAck {
-        frames: FRAMES_PER_ACK_MAX,
-    })
-}
-
-/// The replica end's subscription.
-fn bench_resume() -> Resume {
-    Resume {
-        database: DATABASE,
-        origin: ORIGIN,
-        epoch: 1,
-        from_lsn: RESUME_FROM_LSN,
-    }
-}
-
 /// The header of every bench PAGES frame, starting at `first_lsn`.
 fn pages_header(first_lsn: u64) -> PagesHeader<'static> {
     PagesHeader {
@@ -1244,6 +615,8 @@ fn pages_header(first_lsn: u64) -> PagesHeader<'static> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use pagemesh_net::transport::uring_available;
 
     use super::*;
@@ -1256,15 +629,6 @@ mod tests {
             eprintln!("io_uring unavailable here: measuring epoll only");
         }
         kinds
-    }
-
-    #[test]
-    fn the_blocking_floor_times_round_trips_and_stops_at_its_bound() {
-        let floor = blocking_floor(200, 5.0).unwrap();
-        assert_eq!(floor.pings, 200, "{floor:?}");
-        assert!(floor.rtt_p50_us > 0.0, "{floor:?}");
-        assert!(floor.rtt_p99_us >= floor.rtt_p50_us, "{floor:?}");
-        assert!(blocking_floor(10, 0.0).is_err());
     }
 
     #[test]
