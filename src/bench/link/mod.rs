@@ -73,13 +73,16 @@
 //! machines add no syscall to a round trip (their clock reads are vDSO calls).
 //!
 //! Until the bench drove the link machines, its server acked every frame (all the acks due in one
-//! write, up to 1,024), more ack traffic than replication sends; now one ACK covers about 2–4
-//! frames of 64 pages and 9–16 of 1 page (`frames/ack` in `bench transport`'s table). Measured at
-//! that change on a 2-vCPU VM (19 interleaved pairs of `bench transport --seconds 1`, medians of
-//! new/old): ack p50 1.03× on both runtimes (an A/B without the timer the replica's writer arms
-//! for each wait, as `replica.rs` does, took back most of it); ack p99 about 1.0× (noisy); MB/s
-//! 0.90× (epoll) and 0.93× (uring) at 64 pages, 1.05× and 0.97× at 1 page, each give or take
-//! 10–15 %. Figures from either side of the change compare to within those margins.
+//! write, up to 1,024), more ack traffic than replication sends; now one ACK covers as many frames
+//! as arrive before the server's writer runs (`frames/ack` in `bench transport`'s table), which
+//! depends on the machine's wake-ups: about 2–4 at 64 pages and 9–16 at 1 page in one session on a
+//! 2-vCPU VM (ack p50 19 µs), 1–2 in another on the same VM (ack p50 55 µs). Measured at that
+//! change (interleaved pairs of `bench transport --seconds 1`, medians of new/old; first session
+//! 19 pairs, second 8): ack p50 1.03× and 1.01× on both runtimes (in the first, an A/B without
+//! the timer the replica's writer arms for each wait, as `replica.rs` does, took back most of
+//! it); ack p99 about 1.0× (noisy); MB/s at 64 pages 0.90× and 1.04× (epoll), 0.93× and 0.96×
+//! (uring), each give or take 10–15 %; at 1 page 1.05× and 1.05× (epoll), 0.97× and 0.98×
+//! (uring). Figures from either side of the change compare to within those margins.
 
 use std::net::SocketAddr;
 use std::time::Duration;
