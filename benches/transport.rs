@@ -1,16 +1,18 @@
 //! The socket transport on io_uring against the epoll fallback, measured in the same run: shipping
-//! PAGES frames of 64-page (256 KiB) and 1-page runs, each frame decoded and acked by the
-//! receiver, and the ack round trip of one 1-page frame.
+//! PAGES frames of 64-page (256 KiB) and 1-page runs, each frame decoded by the receiver and acked
+//! through its replica link state machine (acks coalesce, as in replication), and the ack round
+//! trip of one 1-page frame.
 //!
 //! Both ends run on loopback, each on a runtime thread of the variant's kind; the code is
-//! `pagemesh_net::transport::bench`, which `pagemesh bench transport` also runs (in interleaved
+//! `pagemesh_tools::bench::link`, which `pagemesh bench transport` also runs (in interleaved
 //! rounds, with the ratios uring/epoll). Here criterion times a fixed number of frames or round
-//! trips per sample; starting the runtimes and connecting are not timed. Where io_uring cannot
-//! start, only epoll is measured.
+//! trips per sample; starting the runtimes, connecting and the RESUME are not timed. Where
+//! io_uring cannot start, only epoll is measured.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use pagemesh_net::transport::bench::{time_pings, time_ship, uring_available};
+use pagemesh_net::transport::uring_available;
 use pagemesh_net::TransportKind;
+use pagemesh_tools::bench::link::{time_pings, time_ship};
 
 fn variants() -> Vec<(TransportKind, &'static str)> {
     let mut variants = vec![(TransportKind::Epoll, "epoll")];

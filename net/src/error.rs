@@ -70,12 +70,6 @@ pub enum Error {
         /// The cap.
         max: usize,
     },
-    /// The transport bench could not run as configured (a tool's error, not a link's).
-    #[error("transport bench: {problem}")]
-    Bench {
-        /// What went wrong.
-        problem: String,
-    },
 
     /// A frame header announces a body longer than its type allows. Raised from the header
     /// alone, before any of the body is buffered.

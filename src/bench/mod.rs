@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 pub mod commit;
+pub mod link;
 pub mod replicate;
 pub mod reserve;
 pub mod transport;

@@ -276,11 +276,11 @@ const ROUND_TRIP_PINGS: u64 = 2_000;
 
 /// The mean ack round trip on `transport`, in microseconds: the median of three timings of
 /// `ROUND_TRIP_PINGS` (2,000) round trips, each a one-page PAGES frame and its ACK over loopback
-/// (the transport bench's connection, no database behind it).
+/// (the transport bench's link, both link state machines and no database behind it).
 pub fn ack_round_trip_us(transport: TransportKind) -> Result<f64, BoxError> {
     let mut means = Vec::with_capacity(3);
     for _ in 0..3 {
-        let total = pagemesh_net::transport::bench::time_pings(transport, ROUND_TRIP_PINGS)?;
+        let total = super::link::time_pings(transport, ROUND_TRIP_PINGS)?;
         means.push(total.as_secs_f64() * 1e6 / ROUND_TRIP_PINGS as f64);
     }
     means.sort_by(f64::total_cmp);
@@ -291,12 +291,11 @@ pub fn ack_round_trip_us(transport: TransportKind) -> Result<f64, BoxError> {
 const FLOOR_SECONDS: f64 = 2.0;
 
 /// The loopback floor in microseconds: the median of three p50s of
-/// [`pagemesh_net::transport::bench::blocking_floor`], `ROUND_TRIP_PINGS` round trips each.
+/// [`super::link::blocking_floor`], `ROUND_TRIP_PINGS` round trips each.
 pub fn loopback_floor_us() -> Result<f64, BoxError> {
     let mut p50s = Vec::with_capacity(3);
     for _ in 0..3 {
-        let floor =
-            pagemesh_net::transport::bench::blocking_floor(ROUND_TRIP_PINGS, FLOOR_SECONDS)?;
+        let floor = super::link::blocking_floor(ROUND_TRIP_PINGS, FLOOR_SECONDS)?;
         p50s.push(floor.rtt_p50_us);
     }
     p50s.sort_by(f64::total_cmp);

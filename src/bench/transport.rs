@@ -1,19 +1,22 @@
 //! `bench transport`: the socket transport on io_uring against the epoll fallback, in one run.
 //!
-//! Each variant runs [`pagemesh_net::transport::bench::measure`]: a server and a client on two
+//! Each variant runs [`super::link::measure`]: a server and a client on two
 //! runtime threads of the same kind (`uring`: the transport's own io_uring executor; `epoll`:
-//! tokio's current-thread runtime), talking over loopback through the transport the service uses. Per variant:
+//! tokio's current-thread runtime), talking over loopback through the transport the service
+//! uses, the server as a replica's link and the client as a source's (each side's link state
+//! machine, as in replication; see that module for what is and is not measured). Per variant:
 //!
 //! - **Ship** MB/s for runs of 64 pages (256 KiB) and of 1 page (4 KiB): the client writes one
 //!   PAGES frame of real log pages per write, as fast as the socket takes them; the server decodes
-//!   every frame (crc included) and acks each, batching the acks that are due into one write; the
-//!   client reads the acks on a reader task, so both directions are live. MB/s is page bytes the
-//!   server decoded (10^6 bytes) over the time from the first write to the last ack.
+//!   every frame (crc included) and acks as a replica does, the newest ack in each write of its
+//!   writer (acks coalesce); the client reads the acks on a reader task, so both directions are
+//!   live. MB/s is page bytes the server decoded (10^6 bytes) over the time from the first write
+//!   to the ack of the last page.
 //! - **Ack round trip**, p50 and p99 in µs: one 1-page PAGES frame, wait for its ack, repeat
 //!   (after 16 unrecorded warm-up round trips). Both rows of a variant carry the same figures.
 //!
 //! - **Floor**: the same round trip on plain blocking std sockets, no runtime and no decoding
-//!   ([`pagemesh_net::transport::bench::blocking_floor`]): the loopback TCP path and two thread
+//!   ([`super::link::blocking_floor`]): the loopback TCP path and two thread
 //!   wake-ups, which no transport avoids. Printed as its own row, with each variant's ack p50 over
 //!   it, so a reader sees how far above this machine's floor either transport sits (and what ack
 //!   round trip the sync/async estimates of `bench replicate` can hope for).
@@ -26,11 +29,13 @@
 
 use std::error::Error;
 
-use pagemesh_net::transport::bench::{
-    blocking_floor, measure, uring_available, FloorFigures, TransportBenchConfig, TransportFigures,
-};
+use pagemesh_net::transport::uring_available;
 use pagemesh_net::TransportKind;
 use serde::Serialize;
+
+use super::link::{
+    blocking_floor, measure, FloorFigures, LinkBenchError, TransportBenchConfig, TransportFigures,
+};
 
 /// Rounds per variant; each figure is the median over them.
 pub const ROUNDS: usize = 3;
@@ -56,6 +61,8 @@ pub struct TransportMeasurement {
     pub rounds: usize,
     /// PAGES frames shipped and acked, over all rounds.
     pub frames: u64,
+    /// ACK frames that acked them, over all rounds: fewer than `frames` as acks coalesce.
+    pub acks: u64,
     /// Page bytes shipped and acked, over all rounds.
     pub bytes: u64,
     /// Round trips recorded, over all rounds.
@@ -120,7 +127,7 @@ fn variants() -> Vec<(TransportKind, &'static str)> {
 
 /// Measures every variant and the floor in [`ROUNDS`] interleaved rounds, each phase
 /// `seconds / ROUNDS` per round, and returns the medians.
-pub fn measure_rounds(seconds: f64) -> pagemesh_net::Result<TransportRounds> {
+pub fn measure_rounds(seconds: f64) -> Result<TransportRounds, LinkBenchError> {
     let config = TransportBenchConfig {
         seconds: seconds / ROUNDS as f64,
         run_pages: RUN_PAGES.to_vec(),
@@ -163,9 +170,9 @@ fn median_cell(
     let ships = rounds
         .iter()
         .flat_map(|figures| figures.ships.iter().filter(|s| s.run_pages == run_pages));
-    let (frames, bytes) = ships
-        .clone()
-        .fold((0, 0), |(f, b), s| (f + s.frames, b + s.bytes));
+    let (frames, acks, bytes) = ships.clone().fold((0, 0, 0), |(f, a, b), s| {
+        (f + s.frames, a + s.acks, b + s.bytes)
+    });
     TransportMeasurement {
         bench: "transport",
         variant,
@@ -175,6 +182,7 @@ fn median_cell(
         rtt_p99_us: median(rounds.iter().map(|f| f.rtt_p99_us).collect()),
         rounds: rounds.len(),
         frames,
+        acks,
         bytes,
         pings: rounds.iter().map(|f| f.pings).sum(),
     }
@@ -251,8 +259,15 @@ pub fn run(seconds: f64, json: bool) -> Result<Vec<TransportMeasurement>, Box<dy
     let TransportRounds { cells, floor } = measure_rounds(seconds)?;
     super::print_rows(&cells, json, |c| {
         format!(
-            "{:<10} {:<6} run_pages={:<3} MB/s={:>9.1} ack p50={:>7.1} us p99={:>7.1} us rounds={}",
-            c.bench, c.variant, c.run_pages, c.mb_per_s, c.rtt_p50_us, c.rtt_p99_us, c.rounds
+            "{:<10} {:<6} run_pages={:<3} MB/s={:>9.1} frames/ack={:>6.1} ack p50={:>7.1} us p99={:>7.1} us rounds={}",
+            c.bench,
+            c.variant,
+            c.run_pages,
+            c.mb_per_s,
+            c.frames as f64 / c.acks as f64,
+            c.rtt_p50_us,
+            c.rtt_p99_us,
+            c.rounds
         )
     })?;
     super::print_rows(std::slice::from_ref(&floor), json, |f| {
@@ -293,6 +308,7 @@ mod tests {
         assert_eq!(cells.len(), variants * RUN_PAGES.len());
         for cell in &cells {
             assert!(cell.mb_per_s > 0.0 && cell.frames > 0, "{cell:?}");
+            assert!((1..=cell.frames).contains(&cell.acks), "{cell:?}");
             assert_eq!(cell.bytes, cell.frames * (cell.run_pages * 4096) as u64);
             assert!(
                 cell.rtt_p99_us >= cell.rtt_p50_us && cell.pings > 0,

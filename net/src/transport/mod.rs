@@ -30,8 +30,14 @@
 //! reads and writes are not raced in a `select!`: each link has a reader task and a writer task,
 //! and a link closes by shutting its socket down, which completes both. A reader whose read was
 //! abandoned (a handshake timeout) refuses to go on.
+//!
+//! # Outside the crate
+//!
+//! [`spawn_runtime`], [`Listener`], [`Connection`], [`FrameReader`], [`FrameWriter`],
+//! [`Shutdown`], [`spawn_local`], [`timeout`] and [`timeout_at`] are public so that a tool (the
+//! transport bench, in the tools package) can drive links over the very code the service uses.
+//! The io_uring executor's own types stay private behind them.
 
-pub mod bench;
 mod doorbell;
 // Submission entries name buffers the kernel fills: each unsafe block says why it is sound.
 #[allow(unsafe_code)]
@@ -85,6 +91,12 @@ pub enum RuntimeKind {
     Uring,
     /// tokio current-thread (epoll).
     Epoll,
+}
+
+/// Whether this process may run an io_uring runtime: the probe [`TransportKind::Auto`] makes
+/// (it sets a ring up and drops it). A seccomp profile or an old kernel may forbid it.
+pub fn uring_available() -> bool {
+    uring::Runtime::new().is_ok()
 }
 
 /// Starts a thread named `name` running `main` on the runtime `kind` asks for; returns once the
@@ -152,14 +164,17 @@ where
     }
 }
 
-/// A listening socket on either runtime.
-pub(crate) enum Listener {
+/// A listening socket on either runtime. Its connections come with `TCP_NODELAY` set.
+pub struct Listener(ListenerSocket);
+
+enum ListenerSocket {
     Uring(uring::TcpListener),
     Epoll(tokio::net::TcpListener),
 }
 
 impl Listener {
-    /// Binds on the current runtime thread.
+    /// Binds `addr` for the runtime `kind`, which must be the calling thread's (one started by
+    /// [`spawn_runtime`]).
     pub fn bind(kind: RuntimeKind, addr: SocketAddr) -> Result<Self> {
         let io = |source| Error::Io {
             op: "bind",
@@ -170,65 +185,74 @@ impl Listener {
         // the runtime adopts the socket.
         let std_listener = std::net::TcpListener::bind(addr).map_err(io)?;
         std_listener.set_nonblocking(true).map_err(io)?;
-        Ok(match kind {
-            RuntimeKind::Uring => Self::Uring(uring::TcpListener::from_std(std_listener)),
+        Ok(Self(match kind {
+            RuntimeKind::Uring => ListenerSocket::Uring(uring::TcpListener::from_std(std_listener)),
             RuntimeKind::Epoll => {
-                Self::Epoll(tokio::net::TcpListener::from_std(std_listener).map_err(io)?)
+                ListenerSocket::Epoll(tokio::net::TcpListener::from_std(std_listener).map_err(io)?)
             }
-        })
+        }))
     }
 
+    /// The address it listens on (the port chosen, when bound to port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        match self {
-            Self::Uring(listener) => listener.local_addr(),
-            Self::Epoll(listener) => listener.local_addr(),
+        match &self.0 {
+            ListenerSocket::Uring(listener) => listener.local_addr(),
+            ListenerSocket::Epoll(listener) => listener.local_addr(),
         }
     }
 
+    /// The next connection, and its peer's address.
     pub async fn accept(&self) -> io::Result<(Connection, SocketAddr)> {
-        match self {
-            Self::Uring(listener) => {
+        match &self.0 {
+            ListenerSocket::Uring(listener) => {
                 let (stream, addr) = listener.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((Connection::Uring(stream), addr))
+                Ok((Connection(ConnectionSocket::Uring(stream)), addr))
             }
-            Self::Epoll(listener) => {
+            ListenerSocket::Epoll(listener) => {
                 let (stream, addr) = listener.accept().await?;
                 stream.set_nodelay(true)?;
-                Ok((Connection::Epoll(stream), addr))
+                Ok((Connection(ConnectionSocket::Epoll(stream)), addr))
             }
         }
     }
 }
 
-/// A connected TCP stream on either runtime.
-pub(crate) enum Connection {
+/// A connected TCP stream on either runtime (`TCP_NODELAY` set). A link uses it through
+/// [`Connection::split`].
+pub struct Connection(ConnectionSocket);
+
+enum ConnectionSocket {
     Uring(uring::TcpStream),
     Epoll(tokio::net::TcpStream),
 }
 
 impl Connection {
+    /// Connects to `addr` on the runtime `kind`, which must be the calling thread's (one started
+    /// by [`spawn_runtime`]).
     pub async fn connect(kind: RuntimeKind, addr: SocketAddr) -> Result<Self> {
         let io = |source| Error::Io {
             op: "connect",
             peer: addr,
             source,
         };
-        Ok(match kind {
+        Ok(Self(match kind {
             RuntimeKind::Uring => {
                 let stream = uring::TcpStream::connect(addr).await.map_err(io)?;
                 stream.set_nodelay(true).map_err(io)?;
-                Self::Uring(stream)
+                ConnectionSocket::Uring(stream)
             }
             RuntimeKind::Epoll => {
                 let stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
                 stream.set_nodelay(true).map_err(io)?;
-                Self::Epoll(stream)
+                ConnectionSocket::Epoll(stream)
             }
-        })
+        }))
     }
 
-    /// Splits into a framed reader and a writer, plus a handle that shuts the socket down.
+    /// Splits into a framed reader and a writer, plus a handle that shuts the socket down; `peer`
+    /// names the other end in errors. The reader starts out accepting handshake frames only
+    /// (see [`FrameReader::expect_control`] and [`FrameReader::expect_bulk`]).
     pub fn split(self, peer: SocketAddr) -> Result<(FrameReader, FrameWriter, Shutdown)> {
         let io = |source| Error::Io {
             op: "split",
@@ -236,13 +260,13 @@ impl Connection {
             source,
         };
         let progress = Rc::new(Progress::default());
-        let (read, write, shutdown) = match self {
-            Self::Uring(stream) => (
+        let (read, write, shutdown) = match self.0 {
+            ConnectionSocket::Uring(stream) => (
                 ReadHalf::Uring(stream.clone()),
                 WriteHalf::Uring(stream.clone()),
-                Shutdown::Uring(stream),
+                Shutdown(ShutdownSocket::Uring(stream)),
             ),
-            Self::Epoll(stream) => {
+            ConnectionSocket::Epoll(stream) => {
                 // A duplicate descriptor, so the link can shut the socket down while its halves
                 // are inside reads and writes.
                 let std_stream = stream.into_std().map_err(io)?;
@@ -252,7 +276,7 @@ impl Connection {
                 (
                     ReadHalf::Epoll(read),
                     WriteHalf::Epoll(write),
-                    Shutdown::Epoll(shutdown),
+                    Shutdown(ShutdownSocket::Epoll(shutdown)),
                 )
             }
         };
@@ -278,16 +302,21 @@ impl Connection {
 }
 
 /// Shuts a link's socket down, which completes its pending reads and writes with EOF or an error.
-pub(crate) enum Shutdown {
+/// That is how a link ends: an io_uring operation must not be dropped mid-flight (see the module
+/// docs), so its reads and writes are never raced against a timer.
+pub struct Shutdown(ShutdownSocket);
+
+enum ShutdownSocket {
     Uring(uring::TcpStream),
     Epoll(std::net::TcpStream),
 }
 
 impl Shutdown {
+    /// Shuts both directions down; errors (a socket already closed) are ignored.
     pub fn shutdown(&self) {
-        let _ = match self {
-            Self::Uring(stream) => stream.shutdown(),
-            Self::Epoll(stream) => stream.shutdown(std::net::Shutdown::Both),
+        let _ = match &self.0 {
+            ShutdownSocket::Uring(stream) => stream.shutdown(),
+            ShutdownSocket::Epoll(stream) => stream.shutdown(std::net::Shutdown::Both),
         };
     }
 }
@@ -317,7 +346,7 @@ enum WriteHalf {
 /// Bytes a link has moved each way, counted as they move (a frame or a write may take long to
 /// complete on a slow link): the timeout tasks tell a slow link from a dead one by them.
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
+pub struct Progress {
     /// Bytes read from the socket.
     pub read: Cell<u64>,
     /// Bytes the socket took from writes.
@@ -332,7 +361,7 @@ impl Progress {
 }
 
 /// Reads frames: one large read, then every frame it completed, without copying bodies.
-pub(crate) struct FrameReader {
+pub struct FrameReader {
     half: ReadHalf,
     peer: SocketAddr,
     buf: Vec<u8>,
@@ -475,7 +504,7 @@ impl FrameReader {
 
 /// Writes batches of frames: callers encode into a buffer from [`FrameWriter::buffer`] and hand it
 /// back to [`FrameWriter::write`], one write for the whole batch.
-pub(crate) struct FrameWriter {
+pub struct FrameWriter {
     half: WriteHalf,
     peer: SocketAddr,
     spare: Vec<u8>,
@@ -540,7 +569,7 @@ impl FrameWriter {
 /// # Panics
 ///
 /// Outside a runtime started by [`spawn_runtime`].
-pub(crate) fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
+pub fn spawn_local<F>(future: F) -> JoinHandle<F::Output>
 where
     F: Future + 'static,
 {
@@ -556,20 +585,22 @@ where
     JoinHandle { output }
 }
 
-/// Waits for a task started by `spawn_local`.
-pub(crate) struct JoinHandle<T> {
+/// Waits for a task started by [`spawn_local`]: its output, or [`TaskDropped`].
+pub struct JoinHandle<T> {
     output: tokio::sync::oneshot::Receiver<T>,
 }
 
 /// A task ended without an output: its runtime shut down first.
 #[derive(Debug)]
-pub(crate) struct TaskDropped;
+pub struct TaskDropped;
 
 impl std::fmt::Display for TaskDropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("task dropped before it finished (runtime shut down)")
     }
 }
+
+impl std::error::Error for TaskDropped {}
 
 impl<T> Future for JoinHandle<T> {
     type Output = std::result::Result<T, TaskDropped>;
@@ -597,10 +628,24 @@ pub(crate) async fn sleep_until(deadline: Instant) {
 
 /// `future` ran past its deadline.
 #[derive(Debug)]
-pub(crate) struct Elapsed;
+pub struct Elapsed;
 
-/// `future`'s output, or [`Elapsed`] if `deadline` comes first (`future` is then dropped).
-pub(crate) async fn timeout_at<F: Future>(
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deadline passed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// `future`'s output, or [`Elapsed`] if `deadline` comes first (`future` is then dropped), on
+/// the calling thread's runtime (either kind).
+///
+/// A [`FrameReader::next`] dropped at the deadline leaves its reader refusing further reads (on
+/// io_uring the bytes in flight are lost; see the module docs), so time a read out only where
+/// the link ends with it. To end a link's reads and writes from outside, use
+/// [`Shutdown::shutdown`].
+pub async fn timeout_at<F: Future>(
     deadline: Instant,
     future: F,
 ) -> std::result::Result<F::Output, Elapsed> {
@@ -611,8 +656,8 @@ pub(crate) async fn timeout_at<F: Future>(
     }
 }
 
-/// `future`'s output, or [`Elapsed`] if it takes longer than `duration`.
-pub(crate) async fn timeout<F: Future>(
+/// `future`'s output, or [`Elapsed`] if it takes longer than `duration` (see [`timeout_at`]).
+pub async fn timeout<F: Future>(
     duration: Duration,
     future: F,
 ) -> std::result::Result<F::Output, Elapsed> {
