@@ -11,6 +11,10 @@
 //! retain pages for). It advances lazily, when a reservation finds its slots taken, under the
 //! `horizon` mutex: persist the new horizon in the ring header, reset the slots it frees, then
 //! publish it (Release), so a reserver that reads it (Acquire) finds its slots clean.
+//!
+//! One file of about 860 lines, on purpose: reservation, commit, the waits that seal and ingest
+//! all keep the same invariants of `Shared` (anchor, watermark, horizon); split apart, each part
+//! would reach into the others' private state.
 
 use std::path::Path;
 use std::task::{Context, Poll, Waker};

@@ -38,6 +38,10 @@
 //! that decodes re-encodes to the same bytes. Decoding never panics and never allocates more than
 //! a PAGES frame's visited list (≤ 32 uuids) and a HELLO/WELCOME/REFUSE string: page runs,
 //! snapshot chunks and command payloads are borrowed from the input.
+//!
+//! About 980 lines of code (and 100 of tests) in one file, on purpose: each frame type's
+//! encoder sits beside its decoder, so a change to one is made with the other, and every type
+//! shares the header checks.
 
 use std::fmt;
 
