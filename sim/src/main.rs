@@ -94,7 +94,7 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
     for seed in seeds {
         let outcome = run_mesh(&MeshScenario::new(seed, topology, faults));
         println!(
-            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>7} {:>7}",
+            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>7} {:>7} {:>12.1?} {:>9}",
             seed,
             outcome.nodes,
             outcome.edges,
@@ -103,7 +103,9 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
             outcome.last_node_p50,
             outcome.last_node_p99,
             outcome.grafts,
-            outcome.prunes
+            outcome.prunes,
+            outcome.replicated_wait_p50,
+            outcome.replicated_pending
         );
         if !outcome.violations.is_empty() {
             println!("  FAILED: {}", outcome.violations.join("; "));

@@ -7,16 +7,28 @@
 //! link's latency. What a node does with pages once it holds them (ingest, ack, apply) is the
 //! cluster simulator's business (`world.rs`); here a node holds a page once it is delivered. The
 //! checker asserts that no node is ever sent a run beginning beyond what it holds (a skipped
-//! page), that every live node ends holding every page, and measures page transfers per page
-//! and the delay to the last node.
+//! page), that every node ends holding every page, and that no `Replicated(n)` commit (every
+//! tenth page waits for 3 nodes) is released before n nodes hold it; it measures page transfers
+//! per page and the delay to the last node. Receipts travel hop by hop
+//! (`route::plumtree::Receipts`): each node reports its subtree's watermarks to its upstream,
+//! and everything again when its upstream changes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use pagemesh_net::route::plumtree::{Action, Tree};
+use pagemesh_net::route::plumtree::{Action, Receipts, Tree};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+/// Every this many pages, the origin's commit waits for `Replicated(REPLICATED_N)`.
+const REPLICATED_EVERY: u64 = 10;
+/// Distinct nodes a `Replicated(n)` commit waits for.
+const REPLICATED_N: usize = 3;
+/// How long after writing stops the run waits for the last receipts.
+const RECEIPTS_GRACE: Duration = Duration::from_secs(10);
+/// How long a node gathers receipts before it reports them upstream.
+const REPORT_DELAY: Duration = Duration::from_millis(5);
 
 /// How the nodes are connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,20 +163,41 @@ pub struct MeshOutcome {
     pub prunes: u64,
     /// Faults injected.
     pub faults: u64,
+    /// `Replicated(3)` commits (every 10th page) released by receipts that travelled hop by
+    /// hop, and how long they waited (p50).
+    pub replicated_released: usize,
+    /// See `replicated_released`.
+    pub replicated_wait_p50: Duration,
+    /// `Replicated(3)` commits still waiting at the end (their last receipts were lost with a
+    /// link: a real commit would time out).
+    pub replicated_pending: usize,
     /// A hash of every event.
     pub trace_hash: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Message {
-    Pages { from_lsn: u64, to_lsn: u64 },
-    Have { lsn: u64 },
-    Graft { from_lsn: u64 },
+    Pages {
+        from_lsn: u64,
+        to_lsn: u64,
+    },
+    Have {
+        lsn: u64,
+    },
+    Graft {
+        from_lsn: u64,
+    },
     Prune,
+    /// Receipt watermarks of the sender's subtree, per node.
+    Receipts(Vec<(usize, u64)>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Event {
+    /// A node reports its subtree's receipts upstream.
+    Report {
+        node: usize,
+    },
     Append,
     Deliver {
         from: usize,
@@ -201,6 +234,8 @@ struct Link {
 
 struct Node {
     tree: Tree<usize>,
+    receipts: Receipts<usize>,
+    report_due: bool,
     alive: bool,
     timer: Option<Duration>,
 }
@@ -225,6 +260,10 @@ struct Mesh<'a> {
     /// How many nodes hold each page, and when the last got it.
     reached: Vec<(usize, Duration)>,
     transfers: Vec<u32>,
+    /// `Replicated(n)` commits waiting: (lsn_end, n, appended at).
+    waiting: Vec<(u64, usize, Duration)>,
+    /// How long released `Replicated(n)` commits waited.
+    replicated_waits: Vec<Duration>,
     violations: Vec<String>,
     grafts: u64,
     prunes: u64,
@@ -256,8 +295,10 @@ impl<'a> Mesh<'a> {
             );
         }
         let nodes = (0..count)
-            .map(|_| Node {
+            .map(|index| Node {
                 tree: Tree::new(0, scenario.graft_timeout, scenario.have_interval),
+                receipts: Receipts::new(index, count),
+                report_due: false,
                 alive: true,
                 timer: None,
             })
@@ -275,6 +316,8 @@ impl<'a> Mesh<'a> {
             appended: Vec::new(),
             reached: Vec::new(),
             transfers: Vec::new(),
+            waiting: Vec::new(),
+            replicated_waits: Vec::new(),
             violations: Vec::new(),
             grafts: 0,
             prunes: 0,
@@ -385,6 +428,13 @@ impl<'a> Mesh<'a> {
             grafts: self.grafts,
             prunes: self.prunes,
             faults: self.faults,
+            replicated_released: self.replicated_waits.len(),
+            replicated_wait_p50: {
+                let mut waits = self.replicated_waits.clone();
+                waits.sort_unstable();
+                waits.get(waits.len() / 2).copied().unwrap_or_default()
+            },
+            replicated_pending: self.waiting.len(),
             trace_hash: self.trace.finish(),
         }
     }
@@ -419,6 +469,7 @@ impl<'a> Mesh<'a> {
                 }
             }
             Event::Fault => self.fault(),
+            Event::Report { node } => self.report(node),
             Event::LinkUp { a, b } => {
                 let link = self.link(a, b);
                 if !link.up {
@@ -441,11 +492,14 @@ impl<'a> Mesh<'a> {
             }
             Event::Check => {
                 let end = self.appended.len() as u64;
-                // Every node: the crashed ones come back, and must catch up too.
+                // Every node: the crashed ones come back, and must catch up too; and the
+                // receipts of the last commits reach the origin.
                 if self
                     .nodes
                     .iter()
                     .all(|node| node.alive && node.tree.held() == end)
+                    && (self.waiting.is_empty()
+                        || self.now >= self.scenario.writing + RECEIPTS_GRACE)
                 {
                     self.done = true;
                 } else {
@@ -467,7 +521,12 @@ impl<'a> Mesh<'a> {
         let mut out = Vec::new();
         let now = self.instant();
         self.nodes[0].tree.appended(lsn, now, &mut out);
+        self.nodes[0].receipts.record(0, lsn);
         self.act(0, out);
+        if lsn.is_multiple_of(REPLICATED_EVERY) {
+            let wanted = REPLICATED_N.min(self.nodes.len() - 1);
+            self.waiting.push((lsn, wanted, self.now));
+        }
         let every = self.scenario.write_every;
         self.schedule(every, Event::Append);
     }
@@ -565,6 +624,7 @@ impl<'a> Mesh<'a> {
         if let Message::Pages { to_lsn, .. } = message {
             self.note(1, from as u64, to_lsn);
         }
+        let upstream_before = self.nodes[to].tree.upstream();
         let tree = &mut self.nodes[to].tree;
         match message {
             Message::Pages { from_lsn, to_lsn } => {
@@ -581,14 +641,84 @@ impl<'a> Mesh<'a> {
                             reached.0 += 1;
                             reached.1 = self.now;
                         }
+                        if fresh_to > fresh_from {
+                            let held = self.nodes[to].tree.held();
+                            let receipts = &mut self.nodes[to].receipts;
+                            receipts.record(to, held);
+                            if self.nodes[to].tree.upstream() != upstream_before {
+                                // A new way to the origin: it hears the whole subtree.
+                                self.nodes[to].receipts.report_all();
+                            }
+                            self.report_soon(to);
+                        }
                     }
                 }
             }
             Message::Have { lsn } => tree.have(from, lsn, now, &mut out),
             Message::Graft { from_lsn } => tree.graft(from, from_lsn, now, &mut out),
             Message::Prune => tree.prune(from, now),
+            Message::Receipts(entries) => {
+                let mut news = false;
+                for (node, lsn) in entries {
+                    news |= self.nodes[to].receipts.record(node, lsn);
+                }
+                if news {
+                    if to == 0 {
+                        self.release();
+                    } else {
+                        self.report_soon(to);
+                    }
+                }
+            }
         }
         self.act(to, out);
+    }
+
+    /// Schedules `node`'s next receipt report, unless one is due already.
+    fn report_soon(&mut self, node: usize) {
+        if node != 0 && !self.nodes[node].report_due {
+            self.nodes[node].report_due = true;
+            self.schedule(REPORT_DELAY, Event::Report { node });
+        }
+    }
+
+    /// `node` sends what changed in its receipts to its upstream (later, if it has none now).
+    fn report(&mut self, node: usize) {
+        self.nodes[node].report_due = false;
+        if !self.nodes[node].alive {
+            return;
+        }
+        let Some(upstream) = self.nodes[node].tree.upstream() else {
+            self.nodes[node].report_due = true;
+            return self.schedule(Duration::from_millis(50), Event::Report { node });
+        };
+        if let Some(entries) = self.nodes[node].receipts.take_report() {
+            self.send(node, upstream, Message::Receipts(entries));
+        }
+    }
+
+    /// Releases the `Replicated(n)` commits the origin's receipts now cover, checking each
+    /// against what the nodes really hold.
+    fn release(&mut self) {
+        let mut index = 0;
+        while index < self.waiting.len() {
+            let (lsn_end, wanted, since) = self.waiting[index];
+            if self.nodes[0].receipts.holders(lsn_end) < wanted {
+                index += 1;
+                continue;
+            }
+            self.waiting.swap_remove(index);
+            let holders = self.nodes[1..]
+                .iter()
+                .filter(|node| node.tree.held() >= lsn_end)
+                .count();
+            if holders < wanted {
+                return self.violation(format!(
+                    "a Replicated({wanted}) commit ending at page {lsn_end} was released while {holders} nodes held it"
+                ));
+            }
+            self.replicated_waits.push(self.now - since);
+        }
     }
 
     fn fault(&mut self) {
@@ -652,15 +782,21 @@ impl<'a> Mesh<'a> {
             return;
         }
         let held = self.nodes[node].tree.held();
+        // The receipts book is memory: the node starts it again from what it holds.
+        let mut receipts = Receipts::new(node, self.nodes.len());
+        receipts.record(node, held);
         self.nodes[node] = Node {
             tree: Tree::new(
                 held,
                 self.scenario.graft_timeout,
                 self.scenario.have_interval,
             ),
+            receipts,
+            report_due: false,
             alive: true,
             timer: None,
         };
+        self.report_soon(node);
         for peer in self.neighbours[node].clone() {
             self.connect(node, peer);
         }

@@ -1,6 +1,8 @@
 //! The mesh simulator in `cargo test`: the epidemic broadcast tree settles at N − 1 page
-//! transfers per page where flooding costs 2E − (N − 1), and every node converges with nothing
-//! skipped after links and nodes fail and partitions heal.
+//! transfers per page where flooding costs 2E − (N − 1), every node converges with nothing
+//! skipped after links and nodes fail and partitions heal, and `Replicated(n)` commits are
+//! released by receipts that travel hop by hop (never before n nodes hold the pages: checked in
+//! the simulator at each release).
 
 use pagemesh_sim::mesh::{run_mesh, MeshOutcome, MeshScenario, Topology};
 
@@ -72,6 +74,8 @@ fn two_hundred_fault_seeds_converge_with_nothing_skipped() {
         let outcome = run_mesh(&MeshScenario::new(seed, topology, true));
         check(&outcome);
         assert!(outcome.pages > 0);
+        // Receipts re-reported through each new upstream reach the origin, whatever failed.
+        assert_eq!(outcome.replicated_pending, 0, "seed {seed}");
         faults += outcome.faults;
     }
     assert!(

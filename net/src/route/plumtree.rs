@@ -85,6 +85,8 @@ pub struct Tree<P> {
     have_due: Option<Instant>,
     /// Duplicates received (pages), for the driver's figures.
     duplicate_pages: u64,
+    /// The peer that last delivered pages this node lacked: its way to the origin.
+    upstream: Option<P>,
 }
 
 impl<P: Copy + Ord> Tree<P> {
@@ -100,6 +102,7 @@ impl<P: Copy + Ord> Tree<P> {
             last_have: None,
             have_due: None,
             duplicate_pages: 0,
+            upstream: None,
         }
     }
 
@@ -146,6 +149,15 @@ impl<P: Copy + Ord> Tree<P> {
     /// The link to `peer` went down.
     pub fn link_down(&mut self, peer: P) {
         self.peers.remove(&peer);
+        if self.upstream == Some(peer) {
+            self.upstream = None;
+        }
+    }
+
+    /// The peer that last delivered pages this node lacked, while its link is up: where receipts
+    /// go on their way to the origin ([`Receipts`]).
+    pub fn upstream(&self) -> Option<P> {
+        self.upstream
     }
 
     /// This node itself appended pages up to `lsn` at `now` (it is the origin): push them on.
@@ -185,6 +197,7 @@ impl<P: Copy + Ord> Tree<P> {
         }
         if to_lsn > self.held {
             self.held = to_lsn;
+            self.upstream = Some(peer);
             self.push(now, out);
         } else if duplicates > 0 {
             self.have_soon(now);
@@ -323,6 +336,73 @@ impl<P: Copy + Ord> Tree<P> {
     }
 }
 
+/// Receipt watermarks of a node's subtree, on their way to the origin: the highest LSN below
+/// which each node (anywhere downstream) holds every page.
+///
+/// Each node records its own watermark and merges the reports of the peers it feeds, keeping the
+/// highest per node, and reports what changed to its [`Tree::upstream`]; the origin so learns
+/// of every receiver without a link to each, and a `Replicated(n)` commit is released once
+/// [`Receipts::holders`] reaches n. A report names each node once, so the book is bounded by the
+/// number of nodes (and by `nodes_max`, beyond which reports of new nodes are refused). A
+/// relaying node that dies takes no receipt back: its subtree re-grafts, and reports again
+/// through its new upstream; a commit waiting meanwhile waits until its timeout.
+#[derive(Clone, Debug)]
+pub struct Receipts<N> {
+    own: N,
+    book: BTreeMap<N, u64>,
+    /// Entries changed since the last report.
+    changed: BTreeMap<N, u64>,
+    nodes_max: usize,
+}
+
+impl<N: Copy + Ord> Receipts<N> {
+    /// The book of node `own`, holding at most `nodes_max` nodes.
+    pub fn new(own: N, nodes_max: usize) -> Self {
+        Self {
+            own,
+            book: BTreeMap::new(),
+            changed: BTreeMap::new(),
+            nodes_max,
+        }
+    }
+
+    /// `node` holds every page below `lsn`; returns whether that is news.
+    pub fn record(&mut self, node: N, lsn: u64) -> bool {
+        if !self.book.contains_key(&node) && self.book.len() >= self.nodes_max {
+            return false;
+        }
+        let entry = self.book.entry(node).or_insert(0);
+        if lsn <= *entry {
+            return false;
+        }
+        *entry = lsn;
+        self.changed.insert(node, lsn);
+        true
+    }
+
+    /// The entries changed since the last report (to send upstream), if any.
+    pub fn take_report(&mut self) -> Option<Vec<(N, u64)>> {
+        if self.changed.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.changed).into_iter().collect())
+    }
+
+    /// Puts every entry in the next report: the node has a new upstream, which may have heard
+    /// none of it (what went up the old way may have died with it).
+    pub fn report_all(&mut self) {
+        self.changed = self.book.clone();
+    }
+
+    /// Nodes other than this one known to hold every page below `lsn_end`.
+    pub fn holders(&self, lsn_end: u64) -> usize {
+        self.book
+            .iter()
+            .filter(|(node, lsn)| **node != self.own && **lsn >= lsn_end)
+            .count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +504,23 @@ mod tests {
         assert_eq!(node.poll_timeout(), Some(t0 + HAVE));
         node.handle_timeout(t0 + HAVE, &mut out);
         assert_eq!(out, [Action::Have { peer: 1, lsn: 4 }]);
+    }
+
+    #[test]
+    fn receipts_merge_by_node_and_report_only_what_changed() {
+        let mut book = Receipts::new(0u32, 3);
+        assert!(book.record(0, 5));
+        assert!(book.record(1, 4));
+        assert!(!book.record(1, 3), "watermarks never move back");
+        assert_eq!(book.take_report(), Some(vec![(0, 5), (1, 4)]));
+        assert_eq!(book.take_report(), None);
+        assert!(book.record(2, 9));
+        assert!(!book.record(3, 9), "a fourth node is beyond the bound");
+        assert_eq!(book.holders(4), 2, "this node does not count itself");
+        book.take_report();
+        book.report_all();
+        assert_eq!(book.take_report(), Some(vec![(0, 5), (1, 4), (2, 9)]));
+        assert_eq!(book.holders(5), 1);
     }
 
     #[derive(Clone, Debug)]
