@@ -144,6 +144,21 @@ pub enum Error {
         /// The frame type's name.
         frame: &'static str,
     },
+    /// A PAGES run (or a snapshot) of another origin, or of an older epoch, than the link
+    /// follows: relayed pages are ingested as they are, so the receiver checks whose they are.
+    #[error("database {database}: refused a run of origin {origin} epoch {epoch}: this link follows origin {expected_origin} from epoch {expected_epoch}")]
+    ForeignRun {
+        /// The database.
+        database: uuid::Uuid,
+        /// The origin the run names.
+        origin: uuid::Uuid,
+        /// The epoch the run names.
+        epoch: u64,
+        /// The origin this link follows.
+        expected_origin: uuid::Uuid,
+        /// The oldest epoch it takes.
+        expected_epoch: u64,
+    },
     /// The handshake did not complete before its deadline.
     #[error("handshake timed out")]
     HandshakeTimeout,

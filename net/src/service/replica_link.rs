@@ -63,6 +63,10 @@ enum Replica {
 #[derive(Debug)]
 pub struct ReplicaLink {
     database: Uuid,
+    /// The origin whose log this link follows (nil until a bootstrapping link's snapshot names
+    /// it), and the oldest epoch it takes: a run naming another is refused.
+    origin: Uuid,
+    epoch: u64,
     replica: Replica,
     /// The subscription, until it is sent.
     resume: Option<Resume>,
@@ -88,6 +92,8 @@ impl ReplicaLink {
         };
         Self {
             database: resume.database,
+            origin: resume.origin,
+            epoch: resume.epoch,
             replica,
             resume: Some(resume),
             ack: None,
@@ -102,14 +108,21 @@ impl ReplicaLink {
     pub fn handle_frame<'a>(&mut self, now: Instant, frame: Frame<'a>) -> Result<Received<'a>> {
         self.liveness.on_receive(now);
         match frame {
-            Frame::Pages(pages) if pages.database == self.database => match self.replica {
-                Replica::Following => Ok(Received::Pages(pages.pages)),
-                Replica::Absent | Replica::Restoring => Err(Error::UnexpectedFrame {
-                    state: "bootstrapping (no replica yet)",
-                    frame: "PAGES",
-                }),
-            },
+            Frame::Pages(pages) if pages.database == self.database => {
+                self.check_run(pages.origin, pages.epoch)?;
+                match self.replica {
+                    Replica::Following => Ok(Received::Pages(pages.pages)),
+                    Replica::Absent | Replica::Restoring => Err(Error::UnexpectedFrame {
+                        state: "bootstrapping (no replica yet)",
+                        frame: "PAGES",
+                    }),
+                }
+            }
             Frame::Snapshot(chunk) if chunk.database == self.database => {
+                if self.origin.is_nil() {
+                    self.origin = chunk.origin;
+                }
+                self.check_run(chunk.origin, self.epoch)?;
                 self.replica = Replica::Restoring;
                 Ok(Received::SnapshotChunk {
                     data: chunk.data,
@@ -140,6 +153,21 @@ impl ReplicaLink {
         if self.writing_since.is_some() {
             self.writing_since = Some(now);
         }
+    }
+
+    /// Refuses a run of another origin than the link follows, or of an older epoch.
+    fn check_run(&self, origin: Uuid, epoch: u64) -> Result<()> {
+        let known = !self.origin.is_nil();
+        if (known && origin != self.origin) || epoch < self.epoch {
+            return Err(Error::ForeignRun {
+                database: self.database,
+                origin,
+                epoch,
+                expected_origin: self.origin,
+                expected_epoch: self.epoch,
+            });
+        }
+        Ok(())
     }
 
     /// The pages were ingested: the replica now holds every page below `received_lsn`, and
@@ -466,5 +494,59 @@ mod tests {
             link.handle_timeout(at + TIMEOUT),
             Err(Error::LinkTimeout { .. })
         ));
+    }
+
+    #[test]
+    fn runs_of_another_origin_or_an_older_epoch_are_refused() {
+        let t0 = Instant::now();
+        let (ours, theirs) = (Uuid::from_u128(7), Uuid::from_u128(8));
+        let resume = Resume {
+            database: database(),
+            origin: ours,
+            epoch: 3,
+            from_lsn: 0,
+        };
+        let page = vec![0u8; pagemesh_logpage::PAGE_SIZE];
+        let run = |origin, epoch| {
+            let mut out = Vec::new();
+            let header = PagesHeader {
+                database: database(),
+                origin,
+                epoch,
+                visited: &[],
+                first_lsn: 0,
+            };
+            crate::proto::frame::encode_pages(&header, &[&page], &mut out);
+            out
+        };
+        let mut link = ReplicaLink::new(t0, resume, HEARTBEAT, TIMEOUT);
+        assert!(link.handle_frame(t0, frame(&run(ours, 3))).is_ok());
+        assert!(link.handle_frame(t0, frame(&run(ours, 4))).is_ok(), "newer epochs pass");
+        assert!(matches!(
+            link.handle_frame(t0, frame(&run(theirs, 3))),
+            Err(Error::ForeignRun { origin, .. }) if origin == theirs
+        ));
+        assert!(matches!(
+            link.handle_frame(t0, frame(&run(ours, 2))),
+            Err(Error::ForeignRun { epoch: 2, .. })
+        ));
+        // A bootstrapping link learns its origin from the snapshot, then holds pages to it.
+        let mut link = self::link(t0, BOOTSTRAP);
+        let mut chunk = Vec::new();
+        encode(
+            &Frame::Snapshot(SnapshotChunk {
+                database: database(),
+                origin: ours,
+                snapshot_lsn: 0,
+                offset: 0,
+                last: true,
+                data: b"",
+            }),
+            &mut chunk,
+        );
+        link.handle_frame(t0, frame(&chunk)).unwrap();
+        link.restored(0, 0);
+        assert!(link.handle_frame(t0, frame(&run(theirs, 0))).is_err());
+        assert!(link.handle_frame(t0, frame(&run(ours, 0))).is_ok());
     }
 }
