@@ -56,12 +56,13 @@
 //! the header. Blocks that were only fallocated are *unwritten extents*: the first sync over each
 //! one converts it, a metadata commit on top of the data write. Measured here (ext4, 4 KB written
 //! through the mapping, then `fdatasync`, p50): 1.4–2.1× slower over fallocated-only blocks than
-//! over written ones. The zeros go through the mapping rather than through `write(2)`, because
-//! the page cache keeps what `write` creates as large folios and dirty tracking through a mapping
-//! is per folio: each later 4 KB store then dirtied a whole folio and every sync wrote it all
-//! back, 3–5× the cost of syncing the page (`benches/durable.rs`, group `durable/ring-blocks`,
-//! prints all three). Rings created before this write keep their unwritten extents until each
-//! slot's first sync converts it: one lap of the ring.
+//! over written ones (1.42× and 1.64× in two runs of `benches/durable.rs`, group
+//! `durable/ring-blocks`). The zeros go through the mapping rather than through `write(2)`,
+//! because the page cache keeps what `write` creates as large folios and dirty tracking through a
+//! mapping is per folio: each later 4 KB store then dirtied a whole folio and every sync wrote it
+//! all back, 5.9× and 24.9× the cost of syncing the page in the same two runs. Rings created
+//! before this write keep their unwritten extents until each slot's first sync converts it: one
+//! lap of the ring.
 //!
 //! A file of the right size whose header is not whole (bad magic or crc) and whose slots are all
 //! zeros is a creation that a crash cut off between sizing the file and writing its header: it
