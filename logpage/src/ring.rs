@@ -23,7 +23,7 @@
 //! Writes go to the shared mapping, so a *process* crash loses nothing that reached the mapping:
 //! the kernel's page cache holds it. A *power loss* keeps only what a completed sync put on disk:
 //! the log's durable watermark (`durable.rs`) says which pages those are, and that module's docs
-//! say what recovery finds after each kind of crash. [`Ring::sync`] is one `fdatasync` of the
+//! say what recovery finds after each kind of crash. `Ring::sync` is one `fdatasync` of the
 //! file; `durable.rs` says why that call and not a ranged one.
 //!
 //! # Recovery
