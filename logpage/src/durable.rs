@@ -43,13 +43,16 @@
 //! then synced, p50 over 1,000 syncs, as ratios to `fdatasync` of the file (76–86 µs) in the same
 //! run: `msync` of the page's range 1.01× and 1.01× (two runs of `benches/durable.rs`, group
 //! `durable/flush-method`; 0.9–1.4× in four earlier runs of a probe), `sync_file_range` of the
-//! range then `fdatasync` 0.93× and 1.03× (0.9–1.2×). No call is faster beyond the noise: each
+//! range then `fdatasync` 0.93× and 1.03× (0.9–1.2×); in a third bench run, with the disk
+//! throttling (below), 0.84× and 0.79×, each measured after the one before it. No call is
+//! consistently faster beyond the noise: each
 //! must flush the device cache, and the data is one page either way. `fdatasync` it is: one call,
 //! no range arithmetic across the ring's wrap, and it writes the ring header (the persisted
 //! horizon) with the pages. (Writes with `RWF_DSYNC` through io_uring would need the pages copied
 //! out of the mapping into a second write path; not worth it while one sync per group is what
 //! commits pay.) The same bench times commits against the raw `fdatasync` floor: `wait_durable`
-//! at 1 in flight reached 0.95–0.97× the floor's p50 (it syncs on the caller's thread).
+//! at 1 in flight reached 0.95–0.97× the floor's p50 (it syncs on the caller's thread; 1.08×
+//! in the throttled run).
 //!
 //! After a few minutes of back-to-back syncs the virtual disk here throttled every sync, of any
 //! kind, to about 4 ms (a rate limit of the VM's disk, it seems); compare only ratios from one run.
