@@ -124,6 +124,25 @@ pub enum Error {
     /// The log was closed while the caller waited.
     #[error("the log is closed")]
     Closed,
+    /// A sync of the ring file failed, so the pages it covered may never reach the disk. The
+    /// kernel may already have marked them clean (a second sync could then report success over
+    /// data that is gone: PostgreSQL's "fsyncgate"), so the failure is never retried: the log
+    /// keeps the error and refuses every later reservation, commit, flush and durable wait with
+    /// it. Reopen the log to recover what the disk holds.
+    #[error(
+        "sync of ring file {path} failed for pages {lsn_from}..{lsn_to}: {source}; the log is \
+         poisoned and refuses writes until it is reopened"
+    )]
+    Poisoned {
+        /// The ring file.
+        path: PathBuf,
+        /// The durable watermark when the sync started: pages below it are on disk.
+        lsn_from: u64,
+        /// One past the last page the failed sync covered.
+        lsn_to: u64,
+        /// The error the sync returned.
+        source: std::io::Error,
+    },
     /// The host has no lock-free 128-bit compare-and-swap.
     #[error(
         "this CPU has no lock-free 128-bit compare-and-swap (cmpxchg16b); the anchor needs one"

@@ -46,6 +46,7 @@
 
 pub mod anchor;
 mod cursor;
+mod durable;
 mod error;
 mod log;
 pub mod page;
@@ -56,6 +57,7 @@ mod sync;
 
 pub use anchor::Position;
 pub use cursor::{Cursor, PageRun};
+pub use durable::Flusher;
 pub use error::{Error, RecordFault, Result, RingFault};
 pub use log::{CommitPos, Ingested, Log, LogOptions, Reservation};
 pub use page::{validate, PageFlags, PageHeader, PageMeta, PageRef, PAGE_SIZE, PAYLOAD_SIZE};

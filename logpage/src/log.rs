@@ -24,6 +24,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::anchor::{Anchor, Position, Span};
 use crate::cursor::CursorPins;
+use crate::durable::Durability;
 use crate::error::{Error, Result};
 use crate::page::{validate, write_page, PageMeta, PAGE_SIZE, PAYLOAD_SIZE};
 use crate::record::{seq_of, ABORTED_BIT, RECORD_HEADER_SIZE, RECORD_LEN_MAX};
@@ -37,7 +38,10 @@ pub struct LogOptions {
     slots: u64,
     epoch: u64,
     next_lsn_min: u64,
+    recover_from: Option<u64>,
     follower: bool,
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub(crate) sync_hook: Option<SyncHook>,
 }
 
 impl Default for LogOptions {
@@ -46,8 +50,27 @@ impl Default for LogOptions {
             slots: 1024,
             epoch: 0,
             next_lsn_min: 0,
+            recover_from: None,
             follower: false,
+            #[cfg(any(test, feature = "fault-injection"))]
+            sync_hook: None,
         }
+    }
+}
+
+/// A test's stand-in for part of the ring's sync: see [`LogOptions::sync_hook`].
+#[cfg(any(test, feature = "fault-injection"))]
+#[derive(Clone)]
+pub(crate) struct SyncHook(pub(crate) SyncHookFn);
+
+/// The function behind a [`SyncHook`]: called with the pages a flush covers, `from..to`.
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) type SyncHookFn = Arc<dyn Fn(u64, u64) -> std::io::Result<()> + Send + Sync>;
+
+#[cfg(any(test, feature = "fault-injection"))]
+impl std::fmt::Debug for SyncHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncHook")
     }
 }
 
@@ -74,6 +97,34 @@ impl LogOptions {
     /// below it are dropped: the caller has them.
     pub fn next_lsn_min(mut self, lsn: u64) -> Self {
         self.next_lsn_min = lsn;
+        self
+    }
+
+    /// Start recovery at page `lsn` instead of at the horizon persisted in the ring header (when
+    /// `lsn` is above it): for a store whose own synced state says where the ring continues, such
+    /// as the next LSN its binlog lacks. After a power loss the header may be older than slots
+    /// already reused, and recovery from it would stop short (see `durable.rs`, Process crash and
+    /// power loss); slots the store never released still hold their pages. Pages below `lsn` are
+    /// not recovered: the store has them.
+    pub fn recover_from(mut self, lsn: u64) -> Self {
+        self.recover_from = Some(lsn);
+        self
+    }
+
+    /// Fault injection, for tests only (this crate's, and with the feature `fault-injection`):
+    /// `hook(from, to)` runs before every sync of the ring, with the pages the flush covers; an
+    /// error it returns fails that flush as a failed `fdatasync` would, and poisons the log. It
+    /// may also record or delay syncs. On a log in memory it stands in for the sync altogether.
+    ///
+    /// Per log, so tests running in parallel inject failures into their own logs only (a
+    /// process-wide failpoint registry would make them serialise); compiled out of production
+    /// builds, so there is no branch for it on the flush path.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn sync_hook(
+        mut self,
+        hook: impl Fn(u64, u64) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.sync_hook = Some(SyncHook(Arc::new(hook)));
         self
     }
 
@@ -128,10 +179,14 @@ pub(crate) struct Shared {
     pub epoch: AtomicU64,
     pub record_len_max: usize,
     pub consumers: Consumers,
-    /// Woken when the watermark advances, when a lone commit needs sealing, and on close.
+    /// Woken when the watermark advances, when a lone commit needs sealing, when an async durable
+    /// waiter needs sealing or a flusher should stop, when a sync fails, and on close.
     pub committed: Notify,
-    /// Woken when the horizon may advance (a cursor released pages, the watermark moved) and on close.
+    /// Woken when the horizon may advance (a cursor released pages, the watermark moved), when a
+    /// sync fails, and on close.
     pub space: Notify,
+    /// The durable watermark and its flushes (`durable.rs`).
+    pub durability: Durability,
     /// Serialises horizon advances; also held while cursors register.
     pub horizon_lock: Mutex<()>,
     pub pins: CursorPins,
@@ -187,7 +242,7 @@ impl Log {
     /// the committed pages from the persisted horizon up to the first gap.
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self> {
         options.check()?;
-        let (ring, recovered) = Ring::open(dir.as_ref(), options.slots)?;
+        let (ring, recovered) = Ring::open(dir.as_ref(), options.slots, options.recover_from)?;
         tracing::info!(
             path = %dir.as_ref().display(),
             slots = options.slots,
@@ -248,6 +303,7 @@ impl Log {
             consumers: Consumers::default(),
             committed: Notify::default(),
             space: Notify::default(),
+            durability: Durability::new(recovered.start_lsn, options),
             horizon_lock: Mutex::new(()),
             pins: CursorPins::default(),
             closed: AtomicBool::new(false),
@@ -420,6 +476,8 @@ impl Log {
         self.shared.committed.notify_all();
         self.shared.space.notify_all();
         self.shared.wakers.wake_all();
+        self.shared.durability.notify.notify_all();
+        self.shared.durability.wakers.wake_all();
         tracing::debug!("log closed");
     }
 
@@ -536,11 +594,6 @@ impl Log {
             other => Poll::Ready(other),
         }
     }
-
-    /// Writes the ring back to its file and waits for the disk (msync).
-    pub fn flush(&self) -> Result<()> {
-        self.shared.ring.flush()
-    }
 }
 
 impl Shared {
@@ -559,6 +612,9 @@ impl Shared {
         }
         if self.is_closed() {
             return Err(Error::Closed);
+        }
+        if let Some(error) = self.poisoned_error() {
+            return Err(error);
         }
         if self.follower.load(Ordering::Relaxed) {
             return Err(Error::Follower);
@@ -742,8 +798,12 @@ impl Shared {
             horizon = self.horizon.load(Ordering::Relaxed),
             "ring full, waiting"
         );
-        self.space.wait_while(|| !fits() && !self.is_closed(), None);
-        if self.is_closed() {
+        let poisoned = || self.durability.is_poisoned();
+        self.space
+            .wait_while(|| !fits() && !self.is_closed() && !poisoned(), None);
+        if let Some(error) = self.poisoned_error() {
+            Err(error)
+        } else if self.is_closed() {
             Err(Error::Closed)
         } else {
             Ok(())
@@ -827,8 +887,16 @@ impl Reservation<'_> {
     }
 
     /// Publishes the record. Returns where it lies; pass that to [`Log::wait_committed`] to wait
-    /// until it is in the committed log.
+    /// until it is in the committed log, or to [`Log::wait_durable`] to wait until it is on disk.
+    ///
+    /// # Errors
+    /// [`Error::IncompleteReservation`]; [`Error::Poisoned`] if a sync of the ring failed since
+    /// the reservation (the record is then aborted).
     pub fn commit(mut self) -> Result<CommitPos> {
+        if let Some(error) = self.shared.poisoned_error() {
+            self.abort();
+            return Err(error);
+        }
         if self.written != self.len {
             let error = Error::IncompleteReservation {
                 seq: self.seq(),

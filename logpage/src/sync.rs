@@ -1,8 +1,9 @@
-//! The one place that picks atomics and locks.
+//! The one place that picks atomics, locks and threads.
 //!
 //! Every other module imports its synchronisation primitives from here, so the shuttle model tests
 //! (`--features shuttle`, see `tests/shuttle.rs`) run the real log code on shuttle's scheduler.
-//! Nothing else in the crate names `std::sync::atomic`, `portable_atomic` or `shuttle` directly.
+//! Nothing else in the crate names `std::sync::atomic`, `std::thread`, `portable_atomic` or `shuttle`
+//! directly (the flusher's thread comes from here too, so shuttle schedules it).
 //!
 //! `AtomicU128` comes from portable-atomic: it is lock-free on x86-64 through `cmpxchg16b`
 //! (detected at run time) and on aarch64 through `casp`/LL-SC. crossbeam's `AtomicCell<u128>` is
@@ -14,6 +15,8 @@ pub(crate) use portable_atomic::AtomicU128;
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::thread;
 
 #[cfg(feature = "shuttle")]
 pub(crate) use shuttle::sync::atomic::{
@@ -21,6 +24,8 @@ pub(crate) use shuttle::sync::atomic::{
 };
 #[cfg(feature = "shuttle")]
 pub(crate) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::thread;
 
 /// Whether the anchor's 128-bit compare-and-swap is lock-free on this host.
 ///

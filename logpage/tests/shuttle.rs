@@ -42,6 +42,17 @@
 //!    `Log::poll_ingest`, while a consumer reads and releases: the feeder is always woken when room
 //!    appears, and every record arrives. (This model caught the first feeder design, which
 //!    re-checked a horizon that only advances lazily and so slept through a release.)
+//! 7. **The durable watermark.** The ring's sync is replaced by a hook (`LogOptions::sync_hook`)
+//!    that yields in the middle and records each sync's range as it starts and as it completes.
+//!    Writers commit and `wait_durable` after each record (they lead flushes themselves), with and
+//!    without a `Flusher` thread, and with an async waiter on `poll_durable` served by the flusher;
+//!    an observer reads `durable_lsn()` meanwhile. One sync runs at a time, each starts where the
+//!    last completed one ended and covers only finished pages, the watermark is never beyond a
+//!    completed sync, and no durable waiter is left asleep (a lost wake-up blocks every thread).
+//! 8. **A failed sync.** The hook fails the second sync. Every wait on a record that sync covered
+//!    returns `Error::Poisoned` naming that range, a thread that saw the error sees it on every
+//!    later append and wait, no record a wait reported durable lies in the failed range, and no
+//!    thread is left blocked (the flusher stops with the error).
 //!
 //! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
 //! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
@@ -50,7 +61,8 @@
 //! What this does not prove: shuttle runs one thread at a time and its atomics are sequentially
 //! consistent, so these models say nothing about orderings weaker than `SeqCst` (a missing `SeqCst`
 //! on one side of a store-buffering pair would pass here); and random schedules are strong
-//! evidence, not an exhaustive proof. Ring-file recovery is not modelled (the ring is in memory).
+//! evidence, not an exhaustive proof. Ring-file recovery is not modelled (the ring is in memory;
+//! `tests/durable.rs` and `tests/durable_crash.rs` cover it, the latter across SIGKILLs).
 //!
 //! Run: `cargo test --release -p pagemesh-logpage --features shuttle --test shuttle`.
 
@@ -62,8 +74,8 @@ use std::collections::{HashMap, HashSet};
 
 use common::{check_record, make_record};
 use pagemesh_logpage::record::RECORD_HEADER_SIZE;
-use pagemesh_logpage::{CommitPos, Cursor, Log, LogOptions, PageRef, RecordReader};
-use shuttle::sync::atomic::{AtomicBool, Ordering};
+use pagemesh_logpage::{CommitPos, Cursor, Error, Log, LogOptions, PageRef, RecordReader};
+use shuttle::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shuttle::sync::Arc;
 use shuttle::thread::{self, JoinHandle};
 
@@ -780,4 +792,220 @@ fn follower_model() {
 #[test]
 fn a_follower_fed_through_a_full_ring_gets_every_page() {
     check(follower_model, 1500, 1500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 7: the durable watermark, its flushes and its waiters
+// ---------------------------------------------------------------------------------------------
+
+/// Record lengths per durable writer: in all about 3.5 pages, through a 4-slot ring.
+const DURABLE_LENS: [&[usize]; 2] = [&[24, 5000, 300, 900], &[4100, 60, 2000]];
+
+/// What the sync hook saw: the range being synced, and where the last completed sync ended.
+#[derive(Default)]
+struct Syncs {
+    syncing: AtomicBool,
+    completed_to: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A log whose sync is `syncs`' hook: it checks one sync at a time, contiguous ranges, and yields
+/// in the middle so that commits and waiters interleave with it; `fail_at` fails that sync
+/// (0-based) and every later one.
+fn hooked_log(syncs: &Arc<Syncs>, fail_at: u64) -> Log {
+    let hook_syncs = Arc::clone(syncs);
+    let options = LogOptions::new().slots(4).sync_hook(move |from, to| {
+        let syncs = &hook_syncs;
+        assert!(from < to, "a sync with nothing to sync");
+        assert!(
+            !syncs.syncing.swap(true, Ordering::SeqCst),
+            "two syncs at once"
+        );
+        assert_eq!(
+            from,
+            syncs.completed_to.load(Ordering::SeqCst),
+            "a sync starts where the last completed one ended"
+        );
+        thread::yield_now();
+        let number = syncs.count.fetch_add(1, Ordering::SeqCst);
+        syncs.syncing.store(false, Ordering::SeqCst);
+        if number >= fail_at {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        syncs.completed_to.store(to, Ordering::SeqCst);
+        Ok(())
+    });
+    Log::in_memory(options).expect("log")
+}
+
+/// Checks the watermark against the syncs: never beyond a completed one, never past a page that
+/// is not finished.
+fn check_durable(log: &Log, syncs: &Syncs) {
+    let durable = log.durable_lsn();
+    assert!(
+        durable <= syncs.completed_to.load(Ordering::SeqCst),
+        "durable watermark {durable} beyond every completed sync"
+    );
+    assert!(durable <= log.committed_lsn());
+}
+
+fn spawn_durable_writer(log: &Log, syncs: &Arc<Syncs>, writer: u32) -> JoinHandle<()> {
+    let (log, syncs) = (log.clone(), Arc::clone(syncs));
+    spawn(format!("durable-writer-{writer}"), move || {
+        for (index, &len) in (0u32..).zip(DURABLE_LENS[writer as usize]) {
+            let pos = log
+                .append(&make_record(writer, index, len))
+                .expect("append");
+            assert!(log.wait_durable(pos, None).expect("wait_durable"));
+            assert!(log.durable_lsn() > pos.lsn_last, "returned before the sync");
+            check_durable(&log, &syncs);
+        }
+    })
+}
+
+/// With `flusher`, a Flusher thread runs too; with `async_waiter`, one more writer waits through
+/// `poll_durable`, which only the flusher serves.
+fn durable_model(flusher: bool, async_waiter: bool) {
+    let syncs = Arc::new(Syncs::default());
+    let log = hooked_log(&syncs, u64::MAX);
+    let flusher = flusher.then(|| log.spawn_flusher().expect("flusher"));
+    let mut threads: Vec<_> = (0..2)
+        .map(|writer| spawn_durable_writer(&log, &syncs, writer))
+        .collect();
+    if async_waiter {
+        let log = log.clone();
+        threads.push(spawn("async-waiter".into(), move || {
+            shuttle::future::block_on(async move {
+                for index in 0..2 {
+                    let pos = log.append(&make_record(9, index, 700)).expect("append");
+                    std::future::poll_fn(|cx| log.poll_durable(cx, pos))
+                        .await
+                        .expect("poll_durable");
+                    assert!(log.durable_lsn() > pos.lsn_last);
+                }
+            })
+        }));
+    }
+    let observer = {
+        let (log, syncs) = (log.clone(), Arc::clone(&syncs));
+        spawn("observer".into(), move || {
+            for _ in 0..6 {
+                check_durable(&log, &syncs);
+                thread::yield_now();
+            }
+        })
+    };
+    for thread in threads {
+        thread.join().expect("writer");
+    }
+    observer.join().expect("observer");
+    if let Some(flusher) = flusher {
+        flusher.stop().expect("the flusher stops cleanly");
+    }
+    check_durable(&log, &syncs);
+}
+
+#[test]
+fn the_durable_watermark_never_passes_a_sync_and_waiters_always_wake() {
+    check(|| durable_model(false, false), 1000, 1000);
+    check(|| durable_model(true, false), 1000, 1000);
+}
+
+#[test]
+fn an_async_durable_waiter_is_served_by_the_flusher() {
+    check(|| durable_model(true, true), 1000, 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 8: a failed sync poisons the log
+// ---------------------------------------------------------------------------------------------
+
+/// What one writer saw: records a wait reported durable, and the failed range if it saw one.
+#[derive(Debug, Default)]
+struct Outcome {
+    durable: Vec<CommitPos>,
+    failed: Option<(u64, u64)>,
+}
+
+fn poisoned_range(error: &Error) -> (u64, u64) {
+    match error {
+        Error::Poisoned {
+            lsn_from, lsn_to, ..
+        } => (*lsn_from, *lsn_to),
+        other => panic!("expected Error::Poisoned, got {other}"),
+    }
+}
+
+fn spawn_failing_writer(log: &Log, writer: u32) -> JoinHandle<Outcome> {
+    let log = log.clone();
+    spawn(format!("writer-{writer}"), move || {
+        let mut outcome = Outcome::default();
+        for (index, &len) in (0u32..).zip(DURABLE_LENS[writer as usize]) {
+            let appended = log.append(&make_record(writer, index, len));
+            if let Some(range) = outcome.failed {
+                let error = appended.expect_err("appends fail once the log is poisoned");
+                assert_eq!(poisoned_range(&error), range, "the same failure each time");
+                continue;
+            }
+            let pos = match appended {
+                Ok(pos) => pos,
+                Err(error) => {
+                    outcome.failed = Some(poisoned_range(&error));
+                    continue;
+                }
+            };
+            match log.wait_durable(pos, None) {
+                Ok(done) => {
+                    assert!(done);
+                    outcome.durable.push(pos);
+                }
+                Err(error) => outcome.failed = Some(poisoned_range(&error)),
+            }
+        }
+        outcome
+    })
+}
+
+fn failed_sync_model() {
+    let syncs = Arc::new(Syncs::default());
+    let log = hooked_log(&syncs, 1);
+    let flusher = log.spawn_flusher().expect("flusher");
+    let writers: Vec<_> = (0..2).map(|w| spawn_failing_writer(&log, w)).collect();
+    let outcomes: Vec<Outcome> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    let failure = outcomes.iter().find_map(|o| o.failed);
+    if let Some((lsn_from, lsn_to)) = failure {
+        assert!(lsn_from < lsn_to);
+        assert_eq!(
+            log.durable_lsn(),
+            lsn_from,
+            "the watermark stops at the failure"
+        );
+        for outcome in &outcomes {
+            if let Some(range) = outcome.failed {
+                assert_eq!(range, (lsn_from, lsn_to));
+            }
+            for pos in &outcome.durable {
+                assert!(
+                    pos.lsn_last < lsn_from,
+                    "a record reported durable was in the failed sync"
+                );
+            }
+        }
+        assert!(matches!(
+            flusher.stop(),
+            Err(Error::Poisoned { .. }) | Ok(())
+        ));
+    } else {
+        // Every record was covered by the first sync; the flusher's last flush may still fail.
+        let _ = flusher.stop();
+    }
+    check_durable(&log, &syncs);
+}
+
+#[test]
+fn a_failed_sync_fails_its_waiters_and_every_later_write() {
+    check(failed_sync_model, 1500, 1500);
 }

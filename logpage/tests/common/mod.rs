@@ -52,3 +52,59 @@ pub fn drain_all(log: &Log, cursor: &mut Cursor, reader: &mut RecordReader) -> V
     drain(cursor, reader, &mut out);
     out
 }
+
+/// What a power loss may leave of a page that no completed sync covered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// Random bytes over the whole page.
+    Garble,
+    /// Zeros: blocks whose first write never reached the disk.
+    Zero,
+    /// Torn: a prefix of the page as written, zeros after it.
+    Tear,
+}
+
+impl Damage {
+    pub const ALL: [Damage; 3] = [Damage::Garble, Damage::Zero, Damage::Tear];
+
+    fn apply(self, page: &mut [u8], rng: &mut impl rand::Rng) {
+        match self {
+            Damage::Garble => rng.fill(page),
+            Damage::Zero => page.fill(0),
+            Damage::Tear => {
+                let kept = rng.random_range(1..page.len());
+                page[kept..].fill(0);
+            }
+        }
+    }
+}
+
+/// Damages the slots of the ring file `path` (of `slots` slots) that hold no valid page below
+/// `durable_lsn`, as a power loss may: each with probability `probability`, by a damage drawn from
+/// `kinds`. Slots holding a page below `durable_lsn` are left intact (a completed sync put them on
+/// disk). The file keeps its length: it was fixed and synced when the ring was created. Returns
+/// how many slots were damaged.
+pub fn damage_beyond(
+    path: &std::path::Path,
+    slots: u64,
+    durable_lsn: u64,
+    kinds: &[Damage],
+    probability: f64,
+    rng: &mut impl rand::Rng,
+) -> usize {
+    use pagemesh_logpage::{validate, PAGE_SIZE};
+    let mut bytes = std::fs::read(path).expect("read the ring file");
+    assert_eq!(bytes.len() as u64, (slots + 1) * PAGE_SIZE as u64);
+    let mut damaged = 0;
+    for page in bytes[PAGE_SIZE..].chunks_exact_mut(PAGE_SIZE) {
+        let below = validate(page).is_ok_and(|page| page.lsn() < durable_lsn);
+        if below || !rng.random_bool(probability) {
+            continue;
+        }
+        let kind = kinds[rng.random_range(0..kinds.len())];
+        kind.apply(page, rng);
+        damaged += 1;
+    }
+    std::fs::write(path, bytes).expect("write the ring file back");
+    damaged
+}
