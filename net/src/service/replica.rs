@@ -74,13 +74,12 @@ impl Shared {
     /// Tells the machine whether bytes moved since it last heard (a slow link is not a dead
     /// one), then whether a timeout passed at `now`.
     fn handle_timeout(&self, now: Instant) -> Result<()> {
-        let counts = self.progress.counts();
-        let seen = self.seen.replace(counts);
+        let (received, sent) = self.progress.moved_since(&self.seen);
         let mut link = self.link.borrow_mut();
-        if counts.0 != seen.0 {
+        if received {
             link.bytes_received(now);
         }
-        if counts.1 != seen.1 {
+        if sent {
             link.bytes_sent(now);
         }
         link.handle_timeout(now)

@@ -521,7 +521,10 @@ mod tests {
         };
         let mut link = ReplicaLink::new(t0, resume, HEARTBEAT, TIMEOUT);
         assert!(link.handle_frame(t0, frame(&run(ours, 3))).is_ok());
-        assert!(link.handle_frame(t0, frame(&run(ours, 4))).is_ok(), "newer epochs pass");
+        assert!(
+            link.handle_frame(t0, frame(&run(ours, 4))).is_ok(),
+            "newer epochs pass"
+        );
         assert!(matches!(
             link.handle_frame(t0, frame(&run(theirs, 3))),
             Err(Error::ForeignRun { origin, .. }) if origin == theirs

@@ -210,13 +210,12 @@ impl Shipping {
     /// Tells the machine whether bytes moved since it last heard (a slow link is not a dead
     /// one), then whether, at `now` with the log at `committed_lsn`, a rule drops the link.
     fn handle_timeout(&self, now: Instant, committed_lsn: u64) -> Result<()> {
-        let counts = self.progress.counts();
-        let seen = self.seen.replace(counts);
+        let (received, sent) = self.progress.moved_since(&self.seen);
         let mut link = self.link.borrow_mut();
-        if counts.0 != seen.0 {
+        if received {
             link.bytes_received(now);
         }
-        if counts.1 != seen.1 {
+        if sent {
             link.bytes_sent(now);
         }
         link.handle_timeout(now, committed_lsn)

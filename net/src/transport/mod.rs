@@ -358,6 +358,14 @@ impl Progress {
     pub fn counts(&self) -> (u64, u64) {
         (self.read.get(), self.written.get())
     }
+
+    /// Whether bytes were read, and written, since the counts in `seen` (which it updates): what
+    /// a timeout task tells its link machine before judging it.
+    pub fn moved_since(&self, seen: &Cell<(u64, u64)>) -> (bool, bool) {
+        let counts = self.counts();
+        let before = seen.replace(counts);
+        (counts.0 != before.0, counts.1 != before.1)
+    }
 }
 
 /// Reads frames: one large read, then every frame it completed, without copying bodies.
