@@ -97,9 +97,85 @@ impl Liveness {
     }
 }
 
+/// The write in flight on a link, if one is, and whether it moves: a write that moved no byte
+/// for the link timeout is blocked (the peer stopped reading). Both link machines keep one; the
+/// driver reports when a write starts, when its bytes leave, and when it completes.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteWatch {
+    timeout: Duration,
+    /// When the write in flight began, or last moved.
+    since: Option<Instant>,
+}
+
+impl WriteWatch {
+    /// No write in flight; one is blocked after `timeout` without progress.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            since: None,
+        }
+    }
+
+    /// A write began at `now`.
+    pub fn started(&mut self, now: Instant) {
+        self.since = Some(now);
+    }
+
+    /// Bytes of the write in flight left at `now`.
+    pub fn moved(&mut self, now: Instant) {
+        if self.since.is_some() {
+            self.since = Some(now);
+        }
+    }
+
+    /// The write completed.
+    pub fn finished(&mut self) {
+        self.since = None;
+    }
+
+    /// Whether a write is in flight.
+    pub fn is_writing(&self) -> bool {
+        self.since.is_some()
+    }
+
+    /// When the write in flight counts as blocked, if one is.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.since.map(|since| since + self.timeout)
+    }
+
+    /// How long the write in flight has been stuck at `now`, if that is the timeout or more.
+    pub fn blocked(&self, now: Instant) -> Option<Duration> {
+        let stuck = now.saturating_duration_since(self.since?);
+        (stuck >= self.timeout).then_some(stuck)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_is_blocked_only_after_a_timeout_without_progress() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(5);
+        let mut write = WriteWatch::new(timeout);
+        assert_eq!(
+            (write.deadline(), write.blocked(t0 + timeout)),
+            (None, None)
+        );
+        write.moved(t0);
+        assert!(
+            !write.is_writing(),
+            "progress without a write starts nothing"
+        );
+        write.started(t0);
+        write.moved(t0 + Duration::from_secs(4));
+        assert_eq!(write.blocked(t0 + timeout), None);
+        assert_eq!(write.deadline(), Some(t0 + Duration::from_secs(9)));
+        assert_eq!(write.blocked(t0 + Duration::from_secs(9)), Some(timeout));
+        write.finished();
+        assert_eq!(write.blocked(t0 + Duration::from_secs(60)), None);
+    }
 
     #[test]
     fn wait_names_the_earlier_timer() {

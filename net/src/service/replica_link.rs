@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Ack, Frame, Heartbeat, Resume};
-use crate::proto::liveness::{LinkAction, Liveness};
+use crate::proto::liveness::{LinkAction, Liveness, WriteWatch};
 
 /// What a frame carried, for the driver to act on.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,9 +73,7 @@ pub struct ReplicaLink {
     /// The newest `(received_lsn, durable_lsn)` not yet sent.
     ack: Option<(u64, u64)>,
     liveness: Liveness,
-    link_timeout: Duration,
-    /// When the write in flight began (or last moved), if one is.
-    writing_since: Option<Instant>,
+    write: WriteWatch,
     /// The driver holds pages it cannot ingest until the applier frees ring space, and reads
     /// nothing meanwhile.
     waiting_for_ring: bool,
@@ -98,8 +96,7 @@ impl ReplicaLink {
             resume: Some(resume),
             ack: None,
             liveness: Liveness::new(now, heartbeat, link_timeout),
-            link_timeout,
-            writing_since: None,
+            write: WriteWatch::new(link_timeout),
             waiting_for_ring: false,
         }
     }
@@ -150,9 +147,7 @@ impl ReplicaLink {
 
     /// Bytes of the write in flight left at `now`: it is not blocked, only long.
     pub fn bytes_sent(&mut self, now: Instant) {
-        if self.writing_since.is_some() {
-            self.writing_since = Some(now);
-        }
+        self.write.moved(now);
     }
 
     /// Refuses a run of another origin than the link follows, or of an older epoch.
@@ -222,12 +217,12 @@ impl ReplicaLink {
 
     /// A write of what `poll_transmit` produced began at `now`.
     pub fn write_started(&mut self, now: Instant) {
-        self.writing_since = Some(now);
+        self.write.started(now);
     }
 
     /// The write in flight completed.
     pub fn write_finished(&mut self) {
-        self.writing_since = None;
+        self.write.finished();
     }
 
     /// When `poll_transmit` next has something to send (a heartbeat) or
@@ -240,10 +235,9 @@ impl ReplicaLink {
     /// source's silence or the write in flight reaching the link timeout.
     pub fn timeout_deadline(&self) -> Instant {
         let silence = self.liveness.silence_deadline();
-        match self.writing_since {
-            Some(since) => silence.min(since + self.link_timeout),
-            None => silence,
-        }
+        self.write
+            .deadline()
+            .map_or(silence, |blocked| silence.min(blocked))
     }
 
     /// The driver stopped reading at `now` because the replica's ring is full (`true`), or
@@ -262,11 +256,8 @@ impl ReplicaLink {
         if self.waiting_for_ring {
             self.liveness.on_receive(now);
         }
-        if let Some(since) = self.writing_since {
-            let blocked_for = now.saturating_duration_since(since);
-            if blocked_for >= self.link_timeout {
-                return Err(Error::WriteBlocked { blocked_for });
-            }
+        if let Some(blocked_for) = self.write.blocked(now) {
+            return Err(Error::WriteBlocked { blocked_for });
         }
         match self.liveness.timed_out(now) {
             Some(silent_for) => Err(Error::LinkTimeout { silent_for }),

@@ -27,16 +27,14 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Frame, Heartbeat};
-use crate::proto::liveness::{LinkAction, Liveness};
+use crate::proto::liveness::{LinkAction, Liveness, WriteWatch};
 
 /// The source side of one link to a replica, for one database.
 #[derive(Debug)]
 pub struct SourceLink {
     database: Uuid,
     liveness: Liveness,
-    link_timeout: Duration,
-    /// When the write in flight began, if one is.
-    writing_since: Option<Instant>,
+    write: WriteWatch,
     /// Every page below this has been handed to the socket.
     shipped_lsn: u64,
     /// The shipper holds a ring cursor.
@@ -58,8 +56,7 @@ impl SourceLink {
         Self {
             database,
             liveness: Liveness::new(now, heartbeat, link_timeout),
-            link_timeout,
-            writing_since: None,
+            write: WriteWatch::new(link_timeout),
             shipped_lsn,
             holds_ring: false,
             ring_slots,
@@ -91,9 +88,7 @@ impl SourceLink {
     /// Bytes of the write in flight left at `now`: a write that moves is not blocked, however
     /// long it takes (a 1 MiB batch takes seconds on a slow link).
     pub fn bytes_sent(&mut self, now: Instant) {
-        if self.writing_since.is_some() {
-            self.writing_since = Some(now);
-        }
+        self.write.moved(now);
     }
 
     /// Every page below `lsn` has been handed to the writer (never moves back).
@@ -114,12 +109,12 @@ impl SourceLink {
     /// A write began at `now` (it counts as a send for the heartbeat timer).
     pub fn write_started(&mut self, now: Instant) {
         self.liveness.on_send(now);
-        self.writing_since = Some(now);
+        self.write.started(now);
     }
 
     /// The write in flight completed.
     pub fn write_finished(&mut self) {
-        self.writing_since = None;
+        self.write.finished();
     }
 
     /// Encodes a heartbeat into `out` if nothing was sent for a heartbeat interval at `now`;
@@ -145,16 +140,15 @@ impl SourceLink {
     /// or the write in flight reaching the link timeout.
     pub fn timeout_deadline(&self) -> Instant {
         let silence = self.liveness.silence_deadline();
-        match self.writing_since {
-            Some(since) => silence.min(since + self.link_timeout),
-            None => silence,
-        }
+        self.write
+            .deadline()
+            .map_or(silence, |blocked| silence.min(blocked))
     }
 
     /// Whether the ring-lag rule is armed: a write is blocked while the shipper holds a ring
     /// cursor, so the driver should call [`SourceLink::handle_timeout`] as the log grows.
     pub fn watching_ring(&self) -> bool {
-        self.writing_since.is_some() && self.holds_ring
+        self.write.is_writing() && self.holds_ring
     }
 
     /// Fails the link if, at `now`, the replica has been silent or a write blocked for the link
@@ -164,11 +158,10 @@ impl SourceLink {
         if let Some(silent_for) = self.liveness.timed_out(now) {
             return Err(Error::LinkTimeout { silent_for });
         }
-        let Some(since) = self.writing_since else {
+        if !self.write.is_writing() {
             return Ok(());
-        };
-        let blocked_for = now.saturating_duration_since(since);
-        if blocked_for >= self.link_timeout {
+        }
+        if let Some(blocked_for) = self.write.blocked(now) {
             return Err(Error::WriteBlocked { blocked_for });
         }
         let lag_pages = committed_lsn.saturating_sub(self.shipped_lsn);
