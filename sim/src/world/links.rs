@@ -272,23 +272,20 @@ impl World {
             .as_ref()
             .map_or(0, |db| db.log.committed_lsn());
         let busy = conn.pipe_from(side).busy();
-        let verdict: Result<(), String> = match side {
+        let verdict: Result<(), pagemesh_net::Error> = match side {
             Side::Source => match &mut conn.source {
-                SourceEnd::Handshake(handshake) => {
-                    handshake.check_deadline(now).map_err(|e| e.to_string())
-                }
+                SourceEnd::Handshake(handshake) => handshake.check_deadline(now),
                 SourceEnd::AwaitResume { since } => {
                     if self.now >= *since + self.scenario.link_timeout {
-                        Err("no RESUME".into())
+                        Err(pagemesh_net::Error::LinkTimeout {
+                            silent_for: self.now - *since,
+                        })
                     } else {
                         Ok(())
                     }
                 }
-                SourceEnd::Shipping(shipping) => shipping
-                    .link
-                    .handle_timeout(now, committed)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
+                SourceEnd::Shipping(shipping) => {
+                    shipping.link.handle_timeout(now, committed).and_then(|()| {
                         if busy || !conn.source_out.is_empty() {
                             return Ok(());
                         }
@@ -296,24 +293,23 @@ impl World {
                             .link
                             .poll_heartbeat(now, &mut conn.source_out)
                             .map(drop)
-                            .map_err(|e| e.to_string())
-                    }),
+                    })
+                }
             },
             Side::Replica => match &mut conn.replica_end {
-                ReplicaEnd::Handshake(handshake) => {
-                    handshake.check_deadline(now).map_err(|e| e.to_string())
-                }
-                ReplicaEnd::Linked(following) => following
-                    .link
-                    .handle_timeout(now)
-                    .map_err(|e| e.to_string()),
+                ReplicaEnd::Handshake(handshake) => handshake.check_deadline(now),
+                ReplicaEnd::Linked(following) => following.link.handle_timeout(now),
             },
         };
-        if let Err(reason) = verdict {
-            if reason.contains("blocked") || reason.contains("ring") {
+        if let Err(error) = verdict {
+            if matches!(
+                error,
+                pagemesh_net::Error::WriteBlocked { .. }
+                    | pagemesh_net::Error::ReplicaHoldsRing { .. }
+            ) {
                 self.stats.write_timeouts += 1;
             }
-            return self.close(id, &format!("{side:?} end: {reason}"));
+            return self.close(id, &format!("{side:?} end: {error}"));
         }
         match side {
             Side::Source => self.send(id, Side::Source),
