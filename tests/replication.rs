@@ -27,7 +27,6 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
 use std::thread::{self, Scope};
 use std::time::{Duration, Instant};
 
@@ -47,33 +46,6 @@ use pagemesh_tools::proxy::{Direction, FaultProxy};
 use Durability::{Applied, DurableReplicated, Replicated};
 
 const SEED: u64 = 0x7061_6765_6d65_7368;
-
-/// The receipt check for replicas `replicas`: a `Replicated(n)` commit that returned `Ok` must be
-/// held by n of them.
-fn receipt_check<'a>(
-    replicas: &'a [&'a Replica],
-) -> impl Fn(u64, Durability) -> Result<(), String> + Sync + 'a {
-    move |seq, durability| match durability.replicas() {
-        Some(wanted) => {
-            let databases: Vec<_> = replicas.iter().map(|r| r.database()).collect();
-            received_by(&databases, seq, wanted)
-        }
-        None => Ok(()),
-    }
-}
-
-/// Commits `batches` batches of `workload` to `db`, durabilities drawn from `choices`; each
-/// `Replicated(n)` commit that returns `Ok` must already be held by n of `replicas`.
-fn commit_checked(
-    ledger: &Ledger,
-    db: &Database,
-    workload: &mut Workload,
-    batches: usize,
-    choices: &[Durability],
-    replicas: &[&Replica],
-) {
-    ledger.run(db, workload, batches, choices, &receipt_check(replicas));
-}
 
 /// Spawns two writers on `s`, `Workload::new(seed, 0)` and `Workload::new(seed, 1)`, each
 /// committing `batches` batches to `db` with durabilities drawn from `choices`, checked by `check`.
@@ -254,36 +226,6 @@ fn replica_restarted_mid_stream_resumes(transport: TransportKind) {
 // ---------------------------------------------------------------------------------------------
 // 3. A replica left behind the binlog's retention is re-seeded from a snapshot.
 
-/// A workload of bigger records, to write megabytes in few commits.
-fn bulk_workload(seed: u64, writer: u32) -> Workload {
-    let mut workload = Workload::new(seed, writer);
-    workload.ops_max = 30;
-    workload.big_value_max = 6_000;
-    workload.big_one_in = 2;
-    workload
-}
-
-/// Commits `batches` bulk batches `Applied` (nobody needs to be connected).
-fn write_offline(db: &Database, ledger: &Ledger, seed: u64, batches: usize) {
-    ledger.run(
-        db,
-        &mut bulk_workload(seed, 9),
-        batches,
-        &[Applied],
-        &no_check,
-    );
-}
-
-fn generations(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("generation-"))
-        .collect();
-    names.sort();
-    names
-}
-
 /// A pair of 256-page rings whose primary keeps 64 KiB of binlog, with one replica behind the
 /// proxy.
 fn small_binlog_pair(transport: TransportKind) -> (Pair, Follower) {
@@ -293,17 +235,6 @@ fn small_binlog_pair(transport: TransportKind) -> (Pair, Follower) {
         .through_proxy()
         .start_with(["replica"]);
     (pair, replica)
-}
-
-/// Cuts `replica` off its source (the proxy refuses it from now on), waits until it noticed, and
-/// returns the LSN it received up to.
-fn cut_off(proxy: &FaultProxy, replica: &Replica) -> u64 {
-    proxy.set_refuse(true);
-    proxy.cut();
-    eventually("replica disconnected", PATIENCE, || {
-        (!replica.status().connected).then_some(())
-    });
-    replica.database().unwrap().received_lsn()
 }
 
 /// Commits that need `replica` wait while it is re-seeded (20 bulk batches of `seed`, `writer`);

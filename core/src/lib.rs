@@ -58,7 +58,7 @@ pub use pagemesh_logpage::Ingested;
 pub use read::{Entries, Snapshot};
 pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};
 pub use record::RecordBuilder;
-pub use replication::{ReplicaLink, ReplicaStatus, Replication};
+pub use replication::{ReplicaLink, ReplicaStatus, Replication, SUBTREE_NODES_MAX};
 pub use snapshot::SnapshotStats;
 pub use stat::{DatabaseStat, LmdbInfo, TableStat};
 pub use store::STORE_FORMAT;

@@ -18,12 +18,28 @@
 //!
 //! Acks are *receipt* acks: a replica sends one as soon as pages are in its ring, before it replays
 //! them (DESIGN.md, "Ack on receipt").
+//!
+//! # Across hops
+//!
+//! `Replicated(n)` counts distinct *nodes*, wherever they are in the mesh. A replica that serves
+//! its copy onward reports, through its link, the receipts of the nodes it feeds (its subtree:
+//! [`ReplicaLink::report`]), so the source counts nodes it has no link to. A node counts once,
+//! however many links report it. A synchronous link's subtree counts; an asynchronous one's does
+//! not. When a relaying replica's link drops, its subtree's receipts go with it: the nodes below
+//! re-attach (through another path, or the same one once it is back) and report again, and a
+//! commit waiting meanwhile keeps waiting until its timeout. A subtree is bounded
+//! ([`SUBTREE_NODES_MAX`]): a report of more nodes is refused, and the network drops that link.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use uuid::Uuid;
+
 use crate::error::{Error, Result};
+
+/// The most nodes one replica link may report in its subtree.
+pub const SUBTREE_NODES_MAX: usize = 4096;
 
 /// Replication state of one source database; shared by its handle and its replica links.
 #[derive(Debug, Default)]
@@ -46,6 +62,10 @@ struct State {
 #[derive(Debug)]
 struct LinkState {
     name: String,
+    /// The replica's node.
+    node: Uuid,
+    /// Nodes the replica feeds, directly or not: every page below the LSN is received there.
+    subtree: BTreeMap<Uuid, u64>,
     /// Every page below this has been received.
     received_lsn: u64,
     /// Every page below this is durable on the replica, as it reports.
@@ -72,6 +92,8 @@ pub struct ReplicaStatus {
     pub durable_lsn: u64,
     /// Whether its acks count for `Replicated(n)`.
     pub sync: bool,
+    /// Nodes it reported in its subtree.
+    pub subtree_nodes: usize,
 }
 
 impl Replication {
@@ -97,8 +119,9 @@ impl Replication {
         self.lock().enabled
     }
 
-    /// Attaches a replica that has received every page below `received_lsn`.
-    pub fn attach(self: &Arc<Self>, name: &str, received_lsn: u64) -> ReplicaLink {
+    /// Attaches the replica `name` on node `node`, which has received every page below
+    /// `received_lsn`.
+    pub fn attach(self: &Arc<Self>, name: &str, node: Uuid, received_lsn: u64) -> ReplicaLink {
         let mut state = self.lock();
         let id = state.next_id;
         state.next_id += 1;
@@ -106,6 +129,8 @@ impl Replication {
             id,
             LinkState {
                 name: name.to_string(),
+                node,
+                subtree: BTreeMap::new(),
                 received_lsn,
                 durable_lsn: 0,
                 sync: false,
@@ -132,6 +157,7 @@ impl Replication {
                 received_lsn: link.received_lsn,
                 durable_lsn: link.durable_lsn,
                 sync: link.sync,
+                subtree_nodes: link.subtree.len(),
             })
             .collect()
     }
@@ -142,7 +168,7 @@ impl Replication {
         self.changed.notify_all();
     }
 
-    /// Waits until `wanted` synchronous replicas have received every page below `lsn_end`, or
+    /// Waits until `wanted` distinct nodes, reported by synchronous links, have received every page below `lsn_end`, or
     /// `timeout` passes.
     pub(crate) fn wait(
         &self,
@@ -192,8 +218,9 @@ impl Replication {
         }
     }
 
-    /// Whether `wanted` synchronous replicas have received every page below `lsn_end` (never
-    /// blocks): what a waiting `Replicated(n)` commit asks after each ack.
+    /// Whether `wanted` distinct nodes, reported by synchronous links (themselves or their
+    /// subtrees), have received every page below `lsn_end` (never blocks): what a waiting
+    /// `Replicated(n)` commit asks after each ack.
     pub fn reached(&self, lsn_end: u64, wanted: u32) -> bool {
         self.lock().acked(lsn_end) >= wanted
     }
@@ -201,10 +228,19 @@ impl Replication {
 
 impl State {
     fn acked(&self, lsn_end: u64) -> u32 {
-        self.links
-            .values()
-            .filter(|link| link.sync && link.received_lsn >= lsn_end)
-            .count() as u32
+        let mut nodes = BTreeSet::new();
+        for link in self.links.values().filter(|link| link.sync) {
+            if link.received_lsn >= lsn_end {
+                nodes.insert(link.node);
+            }
+            nodes.extend(
+                link.subtree
+                    .iter()
+                    .filter(|(_, lsn)| **lsn >= lsn_end)
+                    .map(|(node, _)| *node),
+            );
+        }
+        nodes.len() as u32
     }
 
     /// Keeps the `sync_replicas` oldest links synchronous and the rest asynchronous.
@@ -243,6 +279,34 @@ impl ReplicaLink {
         }
     }
 
+    /// The replica reports that `node`, which it feeds (directly or through others), has
+    /// received every page below `received_lsn` (watermarks only move forward). Returns `false`,
+    /// changing nothing, if that would make the subtree larger than [`SUBTREE_NODES_MAX`]: the
+    /// caller drops the link.
+    pub fn report(&self, node: Uuid, received_lsn: u64) -> bool {
+        let mut state = self.replication.lock();
+        let Some(link) = state.links.get_mut(&self.id) else {
+            return true;
+        };
+        if node == link.node {
+            drop(state);
+            self.ack(received_lsn, 0);
+            return true;
+        }
+        if !link.subtree.contains_key(&node) && link.subtree.len() >= SUBTREE_NODES_MAX {
+            return false;
+        }
+        let held = link.subtree.entry(node).or_insert(0);
+        let advanced = received_lsn > *held;
+        *held = (*held).max(received_lsn);
+        let notify = advanced && link.sync;
+        drop(state);
+        if notify {
+            self.replication.changed.notify_all();
+        }
+        true
+    }
+
     /// Whether this replica's acks count for `Replicated(n)` now.
     pub fn is_sync(&self) -> bool {
         self.replication
@@ -269,6 +333,64 @@ impl Drop for ReplicaLink {
 mod tests {
     use super::*;
 
+    fn node(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn subtrees_count_distinct_nodes_and_only_under_synchronous_links() {
+        let replication = Arc::new(Replication::default());
+        replication.enable(1);
+        let relay = replication.attach("relay", node(1), 0);
+        let other = replication.attach("other", node(2), 0);
+        assert!(relay.is_sync() && !other.is_sync());
+        relay.ack(10, 0);
+        assert!(relay.report(node(3), 10));
+        assert!(relay.report(node(4), 6));
+        assert!(
+            replication.reached(10, 2),
+            "the relay and one node below it"
+        );
+        assert!(!replication.reached(10, 3));
+        assert!(replication.reached(6, 3));
+        assert!(relay.report(node(3), 4), "an old report");
+        assert!(replication.reached(10, 2), "watermarks never move back");
+        assert!(
+            relay.report(node(1), 12),
+            "the relay reporting itself is its ack"
+        );
+        assert!(replication.reached(12, 1));
+        other.ack(20, 0);
+        assert!(other.report(node(5), 20));
+        assert!(
+            !replication.reached(20, 1),
+            "an asynchronous subtree does not count"
+        );
+        drop(relay);
+        assert!(other.is_sync(), "promoted");
+        assert!(replication.reached(20, 2), "its subtree counts now");
+        assert_eq!(replication.status()[0].subtree_nodes, 1);
+        // Reported twice, through two links, a node counts once.
+        replication.enable(2);
+        let again = replication.attach("again", node(6), 20);
+        assert!(again.report(node(5), 20));
+        assert!(replication.reached(20, 3));
+        assert!(!replication.reached(20, 4));
+    }
+
+    #[test]
+    fn a_subtree_is_bounded() {
+        let replication = Arc::new(Replication::default());
+        replication.enable(1);
+        let relay = replication.attach("relay", node(1), 0);
+        for n in 0..SUBTREE_NODES_MAX as u128 {
+            assert!(relay.report(node(1000 + n), 1));
+        }
+        assert!(!relay.report(node(99), 1), "one more node is refused");
+        assert!(relay.report(node(1000), 2), "a known node still advances");
+        assert_eq!(replication.status()[0].subtree_nodes, SUBTREE_NODES_MAX);
+    }
+
     #[test]
     fn only_synchronous_acks_count_and_an_async_replica_is_promoted_when_a_sync_one_leaves() {
         let replication = Arc::new(Replication::default());
@@ -278,8 +400,8 @@ mod tests {
             Err(Error::NoReplicas { replicas: 1 })
         ));
         replication.enable(1);
-        let a = replication.attach("a", 0);
-        let b = replication.attach("b", 0);
+        let a = replication.attach("a", node(1), 0);
+        let b = replication.attach("b", node(2), 0);
         assert!(a.is_sync() && !b.is_sync());
         b.ack(10, 0);
         assert!(!replication.reached(10, 1), "b is asynchronous");
@@ -320,7 +442,10 @@ mod tests {
     fn a_waiter_is_released_by_an_ack_from_another_thread() {
         let replication = Arc::new(Replication::default());
         replication.enable(2);
-        let (a, b) = (replication.attach("a", 0), replication.attach("b", 0));
+        let (a, b) = (
+            replication.attach("a", node(1), 0),
+            replication.attach("b", node(2), 0),
+        );
         std::thread::scope(|s| {
             let waiter = s.spawn(|| replication.wait(1, 5, 2, Duration::from_secs(30), false));
             a.ack(5, 5);

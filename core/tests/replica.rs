@@ -178,7 +178,7 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
         ),
         "{timed_out}"
     );
-    let link = db.replication().attach("r1", 0);
+    let link = db.replication().attach("r1", uuid::Uuid::from_u128(1), 0);
     let ticket = db
         .commit_async(&batch, Durability::DurableReplicated(1))
         .unwrap();

@@ -70,6 +70,24 @@ pub enum Error {
         /// The cap.
         max: usize,
     },
+    /// A peer reported receipts of more nodes than a subtree may hold, for a database.
+    #[error("database {database}: a peer reported receipts of more than {max} nodes")]
+    TooManyReceipts {
+        /// The database.
+        database: uuid::Uuid,
+        /// The bound.
+        max: usize,
+    },
+    /// A peer reported receipts of another origin's log than the link ships.
+    #[error("database {database}: receipts for origin {origin}, but this link ships origin {expected_origin}")]
+    ForeignReceipts {
+        /// The database.
+        database: uuid::Uuid,
+        /// The origin the report names.
+        origin: uuid::Uuid,
+        /// The origin this link ships.
+        expected_origin: uuid::Uuid,
+    },
 
     /// A frame header announces a body longer than its type allows. Raised from the header
     /// alone, before any of the body is buffered.

@@ -50,6 +50,7 @@ enum Owned {
     Heartbeat(Heartbeat),
     Command(u64, Vec<u8>),
     Reply(u64, Vec<u8>),
+    Receipts(ReceiptReport),
 }
 
 impl Owned {
@@ -100,6 +101,7 @@ impl Owned {
                 request_id: *id,
                 payload,
             }),
+            Owned::Receipts(f) => Frame::Receipts(f.clone()),
         }
     }
 }
@@ -217,6 +219,18 @@ fn owned_frame() -> impl Strategy<Value = Owned> {
         any::<u64>().prop_map(|sent_micros| Owned::Heartbeat(Heartbeat { sent_micros })),
         (any::<u64>(), vec(any::<u8>(), 0..300)).prop_map(|(id, p)| Owned::Command(id, p)),
         (any::<u64>(), vec(any::<u8>(), 0..300)).prop_map(|(id, p)| Owned::Reply(id, p)),
+        (
+            uuid(),
+            uuid(),
+            proptest::collection::btree_map(uuid(), any::<u64>(), 1..=RECEIPTS_MAX)
+        )
+            .prop_map(|(database, origin, entries)| {
+                Owned::Receipts(ReceiptReport {
+                    database,
+                    origin,
+                    entries: entries.into_iter().collect(),
+                })
+            }),
     ]
 }
 
@@ -428,10 +442,10 @@ fn a_reader_refuses_what_it_does_not_accept_by_the_header_alone() {
 fn header_faults_are_typed() {
     let good = encoded(&Frame::Heartbeat(Heartbeat { sent_micros: 7 }));
     let mut unknown = good.clone();
-    unknown[4] = 12;
+    unknown[4] = 13;
     assert!(matches!(
         decode(&unknown),
-        Err(Error::UnknownFrameType { frame_type: 12 })
+        Err(Error::UnknownFrameType { frame_type: 13 })
     ));
     assert!(matches!(
         decode(&raw_frame(0, 0, &[])),
@@ -570,12 +584,12 @@ fn pages_faults_are_typed() {
 fn every_type_names_itself() {
     let frame = Frame::Heartbeat(Heartbeat { sent_micros: 0 });
     assert_eq!(frame.kind(), "HEARTBEAT");
-    for byte in 1..=11u8 {
+    for byte in 1..=12u8 {
         let ty = FrameType::from_u8(byte).unwrap();
         assert_eq!(ty as u8, byte);
         assert!(!ty.name().is_empty());
     }
-    assert_eq!(FrameType::from_u8(12), None);
+    assert_eq!(FrameType::from_u8(13), None);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -407,8 +407,8 @@ impl SourceDatabase for Wired {
         Ok(stats.replica_resume_lsn)
     }
 
-    fn attach(&self, peer: &str, received_lsn: u64) -> Box<dyn AckSink> {
-        Box::new(Acks(self.0.replication().attach(peer, received_lsn)))
+    fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink> {
+        Box::new(Acks(self.0.replication().attach(peer, node, received_lsn)))
     }
 }
 
@@ -417,6 +417,9 @@ struct Acks(ReplicaLink);
 impl AckSink for Acks {
     fn ack(&self, received_lsn: u64, durable_lsn: u64) {
         self.0.ack(received_lsn, durable_lsn);
+    }
+    fn report(&self, node: Uuid, received_lsn: u64) -> bool {
+        self.0.report(node, received_lsn)
     }
 }
 

@@ -27,6 +27,7 @@ use pagemesh::log::PAGE_SIZE;
 use pagemesh::net::proto::frame::{decode, Decoded, Frame, FRAME_HEADER_LEN};
 use pagemesh::net::TransportKind;
 use pagemesh::{Node, Replica};
+use pagemesh_tools::proxy::FaultProxy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -218,6 +219,74 @@ pub struct Committed {
 pub struct Ledger {
     commits: Mutex<Vec<Committed>>,
     violations: Mutex<Vec<String>>,
+}
+
+/// The receipt check for replicas `replicas`: a `Replicated(n)` commit that returned `Ok` must be
+/// held by n of them.
+pub fn receipt_check<'a>(
+    replicas: &'a [&'a Replica],
+) -> impl Fn(u64, Durability) -> Result<(), String> + Sync + 'a {
+    move |seq, durability| match durability.replicas() {
+        Some(wanted) => {
+            let databases: Vec<_> = replicas.iter().map(|r| r.database()).collect();
+            received_by(&databases, seq, wanted)
+        }
+        None => Ok(()),
+    }
+}
+
+/// Commits `batches` batches of `workload` to `db`, durabilities drawn from `choices`; each
+/// `Replicated(n)` commit that returns `Ok` must already be held by n of `replicas`.
+pub fn commit_checked(
+    ledger: &Ledger,
+    db: &Database,
+    workload: &mut Workload,
+    batches: usize,
+    choices: &[Durability],
+    replicas: &[&Replica],
+) {
+    ledger.run(db, workload, batches, choices, &receipt_check(replicas));
+}
+
+/// A workload of bigger records, to write megabytes in few commits.
+pub fn bulk_workload(seed: u64, writer: u32) -> Workload {
+    let mut workload = Workload::new(seed, writer);
+    workload.ops_max = 30;
+    workload.big_value_max = 6_000;
+    workload.big_one_in = 2;
+    workload
+}
+
+/// Commits `batches` bulk batches `Applied` (nobody needs to be connected).
+pub fn write_offline(db: &Database, ledger: &Ledger, seed: u64, batches: usize) {
+    ledger.run(
+        db,
+        &mut bulk_workload(seed, 9),
+        batches,
+        &[Durability::Applied],
+        &no_check,
+    );
+}
+
+pub fn generations(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("generation-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Cuts `replica` off its source (the proxy refuses it from now on), waits until it noticed, and
+/// returns the LSN it received up to.
+pub fn cut_off(proxy: &FaultProxy, replica: &Replica) -> u64 {
+    proxy.set_refuse(true);
+    proxy.cut();
+    eventually("replica disconnected", PATIENCE, || {
+        (!replica.status().connected).then_some(())
+    });
+    replica.database().unwrap().received_lsn()
 }
 
 /// Decides, right after a commit returned `Ok`, whether what it promised holds; `Err` says what

@@ -189,6 +189,8 @@ impl Pair {
             name,
             secret: self.config.secret.as_deref(),
             direct: self.proxy.is_none(),
+            listen: false,
+            source: None,
         }
     }
 
@@ -227,6 +229,8 @@ pub struct FollowerBuilder<'a> {
     name: &'a str,
     secret: Option<&'a [u8]>,
     direct: bool,
+    listen: bool,
+    source: Option<SocketAddr>,
 }
 
 impl<'a> FollowerBuilder<'a> {
@@ -242,6 +246,19 @@ impl<'a> FollowerBuilder<'a> {
         self
     }
 
+    /// The follower's node listens on loopback, so other replicas may follow it (see
+    /// [`Follower::addr`]).
+    pub fn listen(mut self) -> Self {
+        self.listen = true;
+        self
+    }
+
+    /// Follows the node at `source` (another follower that relays) instead of the primary.
+    pub fn from(mut self, source: SocketAddr) -> Self {
+        self.source = Some(source);
+        self
+    }
+
     /// Opens the follower's node (on its data directory, if it ran before) and starts
     /// replicating; returns at once.
     pub fn start(self) -> Follower {
@@ -250,13 +267,13 @@ impl<'a> FollowerBuilder<'a> {
             self.name,
             pair.dir(),
             pair.config.transport,
-            false,
+            self.listen,
             self.secret,
         );
-        let source = if self.direct {
-            pair.addr()
-        } else {
-            pair.proxy().addr()
+        let source = match self.source {
+            Some(source) => source,
+            None if self.direct => pair.addr(),
+            None => pair.proxy().addr(),
         };
         let replica = node
             .replicate(source, pair.db.uuid(), DB, pair.replica_options())
@@ -292,6 +309,16 @@ impl Follower {
     /// The replica's directory (which holds its generations).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the follower's node listens (built with [`FollowerBuilder::listen`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.node.local_addr().expect("the follower listens")
+    }
+
+    /// The follower's node uuid.
+    pub fn node_uuid(&self) -> uuid::Uuid {
+        self.node.uuid()
     }
 }
 

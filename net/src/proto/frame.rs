@@ -5,7 +5,7 @@
 //! ```text
 //! header   offset size field       meaning
 //!               0    4 body_len    bytes after the header; at most the type's body_max
-//!               4    1 frame_type  FrameType, 1..=11
+//!               4    1 frame_type  FrameType, 1..=12
 //!               5    1 flags       bits defined per type (SNAPSHOT: bit 0 = last chunk); others 0
 //!               6    2 reserved    zero
 //!               8    4 crc32c      over header bytes 0..8, then the body
@@ -32,14 +32,20 @@
 //!  9 HEARTBEAT  sent_micros u64                                              8
 //! 10 COMMAND    request_id u64 | payload [rest of body]                      FRAME_BODY_MAX
 //! 11 REPLY      request_id u64 | payload [rest of body]                      FRAME_BODY_MAX
+//! 12 RECEIPTS   database uuid | origin uuid | count u16 |                    34 + 128 × 24
+//!               (node uuid | received_lsn u64) × count (1 ≤ count ≤ 128,
+//!               node uuids strictly ascending)
 //! ```
+//!
+//! Protocol version 2 added RECEIPTS: a node sends it only on a link whose peer speaks version
+//! 2 or later, and a version-1 peer never sends it.
 //!
 //! The encoding is canonical: [`decode`] accepts exactly the bytes [`encode`] writes, so a frame
 //! that decodes re-encodes to the same bytes. Decoding never panics and never allocates more than
 //! a PAGES frame's visited list (≤ 32 uuids) and a HELLO/WELCOME/REFUSE string: page runs,
 //! snapshot chunks and command payloads are borrowed from the input.
 //!
-//! About 980 lines of code (and 100 of tests) in one file, on purpose: each frame type's
+//! About 1,050 lines of code (and 160 of tests) in one file, on purpose: each frame type's
 //! encoder sits beside its decoder, so a change to one is made with the other, and every type
 //! shares the header checks.
 
@@ -55,7 +61,7 @@ pub const FRAME_HEADER_LEN: usize = 12;
 /// body is read, so a peer can never make us buffer more than this per frame.
 pub const FRAME_BODY_MAX: usize = 16 << 20;
 /// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// Bytes in a log page, as shipped in PAGES frames.
@@ -74,6 +80,10 @@ pub const PAGES_COUNT_MAX: usize =
 pub const SNAPSHOT_CHUNK_MAX: usize = FRAME_BODY_MAX - SNAPSHOT_FIXED_LEN;
 /// The largest payload one COMMAND or REPLY frame may carry.
 pub const MESSAGE_PAYLOAD_MAX: usize = FRAME_BODY_MAX - MESSAGE_FIXED_LEN;
+/// The most nodes one RECEIPTS frame names; a longer report goes out in several frames.
+pub const RECEIPTS_MAX: usize = 128;
+/// The first protocol version with RECEIPTS frames.
+pub const RECEIPTS_SINCE_VERSION: u16 = 2;
 /// Header flag of a SNAPSHOT frame: this chunk is the last of the snapshot.
 pub const FLAG_SNAPSHOT_LAST: u8 = 1;
 /// The longest body of a handshake frame (HELLO, WELCOME, AUTH, REFUSE): all that a peer that has
@@ -101,6 +111,8 @@ const RESUME_LEN: usize = 16 + 16 + 8 + 8;
 const SNAPSHOT_FIXED_LEN: usize = 16 + 16 + 8 + 8;
 const HEARTBEAT_LEN: usize = 8;
 const MESSAGE_FIXED_LEN: usize = 8;
+const RECEIPTS_FIXED_LEN: usize = 16 + 16 + 2;
+const RECEIPT_LEN: usize = 16 + 8;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(FRAME_BODY_MAX <= u32::MAX as usize);
@@ -108,6 +120,7 @@ const _: () = assert!(
     ACK_LEN <= CONTROL_BODY_MAX
         && RESUME_LEN <= CONTROL_BODY_MAX
         && HEARTBEAT_LEN <= CONTROL_BODY_MAX
+        && RECEIPTS_FIXED_LEN + RECEIPTS_MAX * RECEIPT_LEN <= CONTROL_BODY_MAX
         && HANDSHAKE_BODY_MAX <= CONTROL_BODY_MAX
 );
 const _: () = assert!(
@@ -142,6 +155,8 @@ pub enum FrameType {
     Command = 10,
     /// The answer to a COMMAND.
     Reply = 11,
+    /// Receipt watermarks of the sender's subtree, on their way to the origin.
+    Receipts = 12,
 }
 
 impl FrameType {
@@ -160,6 +175,7 @@ impl FrameType {
             9 => Heartbeat,
             10 => Command,
             11 => Reply,
+            12 => Receipts,
             _ => return None,
         })
     }
@@ -179,6 +195,7 @@ impl FrameType {
             Heartbeat => "HEARTBEAT",
             Command => "COMMAND",
             Reply => "REPLY",
+            Receipts => "RECEIPTS",
         }
     }
 
@@ -193,6 +210,7 @@ impl FrameType {
             Ack => ACK_LEN,
             Resume => RESUME_LEN,
             Heartbeat => HEARTBEAT_LEN,
+            Receipts => RECEIPTS_FIXED_LEN + RECEIPTS_MAX * RECEIPT_LEN,
             Pages | Snapshot | Command | Reply => FRAME_BODY_MAX,
         }
     }
@@ -432,6 +450,37 @@ pub struct Heartbeat {
     pub sent_micros: u64,
 }
 
+/// RECEIPTS: for one origin's log, how far each node of the sender's subtree has received it.
+///
+/// A node reports, to the peer it receives an origin's pages from, what the peers it feeds
+/// reported to it (their ACKs and their own RECEIPTS), so the origin counts `Replicated(n)`
+/// over distinct nodes anywhere downstream (`route::plumtree::Receipts` keeps the book).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptReport {
+    /// The database.
+    pub database: Uuid,
+    /// The origin whose log the watermarks count.
+    pub origin: Uuid,
+    /// `(node, received_lsn)`: the node holds every page below `received_lsn`. 1 to
+    /// [`RECEIPTS_MAX`] entries, node uuids strictly ascending (each node once).
+    pub entries: Vec<(Uuid, u64)>,
+}
+
+impl ReceiptReport {
+    /// The reports carrying `entries` (sorted by node, each node once), at most
+    /// [`RECEIPTS_MAX`] entries each.
+    pub fn split(database: Uuid, origin: Uuid, entries: &[(Uuid, u64)]) -> Vec<Self> {
+        entries
+            .chunks(RECEIPTS_MAX)
+            .map(|chunk| ReceiptReport {
+                database,
+                origin,
+                entries: chunk.to_vec(),
+            })
+            .collect()
+    }
+}
+
 /// COMMAND or REPLY: a request or answer on the command channel.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Message<'a> {
@@ -475,6 +524,8 @@ pub enum Frame<'a> {
     Command(Message<'a>),
     /// An answer; see [`Message`].
     Reply(Message<'a>),
+    /// See [`ReceiptReport`].
+    Receipts(ReceiptReport),
 }
 
 impl Frame<'_> {
@@ -492,6 +543,7 @@ impl Frame<'_> {
             Frame::Heartbeat(_) => FrameType::Heartbeat,
             Frame::Command(_) => FrameType::Command,
             Frame::Reply(_) => FrameType::Reply,
+            Frame::Receipts(_) => FrameType::Receipts,
         }
     }
 
@@ -678,9 +730,35 @@ fn decode_body(frame_type: FrameType, flags: u8, body: &[u8]) -> Result<Frame<'_
         }),
         FrameType::Command => Frame::Command(r.message()?),
         FrameType::Reply => Frame::Reply(r.message()?),
+        FrameType::Receipts => Frame::Receipts(decode_receipts(&mut r)?),
     };
     r.finish()?;
     Ok(frame)
+}
+
+fn decode_receipts(r: &mut Reader<'_>) -> Result<ReceiptReport> {
+    let database = r.uuid()?;
+    let origin = r.uuid()?;
+    let count = usize::from(r.u16()?);
+    if count == 0 || count > RECEIPTS_MAX {
+        return Err(malformed(FrameType::Receipts, "count out of 1..=128"));
+    }
+    let mut entries: Vec<(Uuid, u64)> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let entry = (r.uuid()?, r.u64()?);
+        if entries.last().is_some_and(|last| last.0 >= entry.0) {
+            return Err(malformed(
+                FrameType::Receipts,
+                "node uuids not strictly ascending",
+            ));
+        }
+        entries.push(entry);
+    }
+    Ok(ReceiptReport {
+        database,
+        origin,
+        entries,
+    })
 }
 
 fn decode_pages<'a>(r: &mut Reader<'a>) -> Result<Pages<'a>> {
@@ -721,7 +799,8 @@ fn decode_pages<'a>(r: &mut Reader<'a>) -> Result<Pages<'a>> {
 /// # Panics
 ///
 /// If the frame breaks a limit [`decode`] enforces (a name over [`NAME_MAX`] bytes, a reason over
-/// [`REASON_MAX`], an ACK whose `durable_lsn` is above `received_lsn`, a body over the type's
+/// [`REASON_MAX`], an ACK whose `durable_lsn` is above `received_lsn`, a RECEIPTS frame with no
+/// node, more than [`RECEIPTS_MAX`] or unsorted ones, a body over the type's
 /// maximum, and the PAGES limits of [`encode_pages`]): such a frame could never be decoded, so
 /// sending it is a bug of the caller. Every frame [`decode`] returns encodes.
 pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
@@ -778,6 +857,23 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Command(message) | Frame::Reply(message) => {
             put_u64(out, message.request_id);
             out.extend_from_slice(message.payload);
+        }
+        Frame::Receipts(report) => {
+            let entries = &report.entries;
+            assert!(
+                (1..=RECEIPTS_MAX).contains(&entries.len()),
+                "RECEIPTS must name 1..={RECEIPTS_MAX} nodes"
+            );
+            assert!(
+                entries.windows(2).all(|pair| pair[0].0 < pair[1].0),
+                "RECEIPTS node uuids must be strictly ascending"
+            );
+            put_db_origin(out, report.database, report.origin);
+            put_u16(out, entries.len() as u16);
+            for (node, lsn) in entries {
+                out.extend_from_slice(node.as_bytes());
+                put_u64(out, *lsn);
+            }
         }
     }
     seal(frame_type, start, out);
@@ -993,6 +1089,46 @@ mod tests {
             other => panic!("{other:?}"),
         }
         out.split_off(1)
+    }
+
+    #[test]
+    fn receipts_name_each_node_once_in_order_and_long_reports_split() {
+        let entries: Vec<(Uuid, u64)> = (1..=300u128).map(|n| (Uuid::from_u128(n), 7)).collect();
+        let reports = ReceiptReport::split(Uuid::from_u128(9), Uuid::from_u128(8), &entries);
+        assert_eq!(
+            reports.iter().map(|r| r.entries.len()).collect::<Vec<_>>(),
+            [128, 128, 44]
+        );
+        let bytes = roundtrip(&Frame::Receipts(reports[0].clone()));
+        assert!(bytes.len() - FRAME_HEADER_LEN <= CONTROL_BODY_MAX);
+        // The count, then two entries swapped: refused behind a good crc.
+        let body_at = FRAME_HEADER_LEN + 32;
+        let reencode = |body: &[u8]| {
+            let mut out = Vec::new();
+            let start = begin(FrameType::Receipts, 0, &mut out);
+            out.extend_from_slice(body);
+            seal(FrameType::Receipts, start, &mut out);
+            out
+        };
+        let mut body = bytes[FRAME_HEADER_LEN..].to_vec();
+        body[32..34].copy_from_slice(&0u16.to_le_bytes());
+        let empty = reencode(&body[..34]);
+        assert!(matches!(
+            decode(&empty),
+            Err(Error::MalformedFrame { reason, .. }) if reason == "count out of 1..=128"
+        ));
+        let mut swapped = bytes[FRAME_HEADER_LEN..].to_vec();
+        let (first, second) = (
+            body_at - FRAME_HEADER_LEN + 2,
+            body_at - FRAME_HEADER_LEN + 26,
+        );
+        let entry: Vec<u8> = swapped[first..first + 24].to_vec();
+        swapped.copy_within(second..second + 24, first);
+        swapped[second..second + 24].copy_from_slice(&entry);
+        assert!(matches!(
+            decode(&reencode(&swapped)),
+            Err(Error::MalformedFrame { reason, .. }) if reason == "node uuids not strictly ascending"
+        ));
     }
 
     #[test]

@@ -366,6 +366,16 @@ impl<N: Copy + Ord> Receipts<N> {
         }
     }
 
+    /// Whether the book has an entry for `node`.
+    pub fn knows(&self, node: N) -> bool {
+        self.book.contains_key(&node)
+    }
+
+    /// Whether the book holds `nodes_max` nodes: [`Receipts::record`] refuses new ones.
+    pub fn is_full(&self) -> bool {
+        self.book.len() >= self.nodes_max
+    }
+
     /// `node` holds every page below `lsn`; returns whether that is news.
     pub fn record(&mut self, node: N, lsn: u64) -> bool {
         if !self.book.contains_key(&node) && self.book.len() >= self.nodes_max {

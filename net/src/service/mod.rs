@@ -30,6 +30,20 @@
 //! heartbeats. A link that fails in any way (I/O, a frame that does not decode, a page that does
 //! not validate, silence beyond the link timeout) is closed with a logged reason and reconnected
 //! with exponential backoff; the RESUME after a reconnect starts from what the replica holds.
+//!
+//! # Relaying: any node serves what it holds
+//!
+//! A replica is served onward as soon as it exists: other nodes may subscribe to it exactly as
+//! to the origin, and its ring and binlog feed them (pages relayed as they are: never re-logged,
+//! and a receiver checks each run's origin and epoch, `ReplicaLink`). When a re-bootstrap
+//! replaces the replica with a new generation, the links reading the old one are closed, so
+//! their replicas come back and are admitted against the new one (never left on a stale log).
+//!
+//! Receipts travel hop by hop, so `Replicated(n)` counts nodes anywhere downstream: a source
+//! books every ACK and RECEIPTS frame it hears (`route::plumtree::Receipts`, one book per
+//! database, bounded in nodes) and hands them to the database's [`AckSink`]; the node's
+//! subscription to that database reports the book's news upstream in RECEIPTS frames, and
+//! everything again on each new link (its new upstream may have heard none of it).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -40,7 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pagemesh_logpage::Log;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 pub mod admission;
@@ -62,6 +76,7 @@ pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
 use crate::error::{BoxError, Error, Result};
 use crate::proto::handshake::HandshakeConfig;
+use crate::route::plumtree::Receipts;
 pub use crate::route::{History, BOOTSTRAP};
 use crate::transport::{
     sleep, sleep_until, spawn_local, spawn_runtime, Listener, RuntimeKind, TransportKind,
@@ -88,7 +103,7 @@ pub trait DatabaseLog: Send + Sync + 'static {
     fn log(&self) -> &Log;
 }
 
-/// A database this node ships to replicas.
+/// A database this node ships to replicas (every replica is one too: see "Relaying" above).
 pub trait SourceDatabase: DatabaseLog {
     /// Appends to `out`, in full form, the binlog's pages from `from_lsn` on, at most `pages_max`.
     fn history(
@@ -100,18 +115,23 @@ pub trait SourceDatabase: DatabaseLog {
     /// Writes a full snapshot to `out` (runs on a thread of its own); returns the LSN a replica
     /// restored from it resumes at.
     fn snapshot(&self, out: &mut dyn Write) -> Result<u64, BoxError>;
-    /// A replica named `peer` attached, holding every page below `received_lsn`.
-    fn attach(&self, peer: &str, received_lsn: u64) -> Box<dyn AckSink>;
+    /// A replica named `peer`, on node `node`, attached, holding every page below
+    /// `received_lsn`.
+    fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink>;
 }
 
 /// Where a source reports a replica's acks; dropping it detaches the replica.
 pub trait AckSink {
     /// Every page below `received_lsn` is in the replica's ring; below `durable_lsn`, applied.
     fn ack(&self, received_lsn: u64, durable_lsn: u64);
+    /// `node`, which the replica feeds (directly or not), holds every page below
+    /// `received_lsn`. Returns `false` if the replica's subtree would grow past its bound: the
+    /// link is then dropped.
+    fn report(&self, node: Uuid, received_lsn: u64) -> bool;
 }
 
-/// A replica database, as the network feeds it.
-pub trait ReplicaDatabase: DatabaseLog {
+/// A replica database, as the network feeds it (and, relaying, serves it onward).
+pub trait ReplicaDatabase: SourceDatabase {
     /// Every page below this is received.
     fn received_lsn(&self) -> u64;
     /// Every page below this is applied and synced.
@@ -412,6 +432,30 @@ impl Drop for Service {
     }
 }
 
+/// The most nodes one database's receipt book holds (see "Relaying" above).
+pub const RECEIPT_NODES_MAX: usize = 4096;
+
+/// One database's receipts, on their way upstream: the book, and a wake-up for the
+/// subscription that reports it.
+pub(super) struct ReceiptBook {
+    book: RefCell<Receipts<Uuid>>,
+    news: Notify,
+}
+
+impl ReceiptBook {
+    /// Books that `node` holds every page below `lsn`; `false` if the book is full.
+    fn record(&self, node: Uuid, lsn: u64) -> bool {
+        let mut book = self.book.borrow_mut();
+        if !book.knows(node) && book.is_full() {
+            return false;
+        }
+        if book.record(node, lsn) {
+            self.news.notify_one();
+        }
+        true
+    }
+}
+
 /// State of the runtime thread.
 struct Runtime {
     kind: RuntimeKind,
@@ -427,9 +471,66 @@ struct Runtime {
     admission: RefCell<Admission>,
     /// Refused and failed connections, logged once an interval.
     refusals: RefCell<Refusals>,
+    /// Receipts heard per database, to report upstream.
+    receipts: RefCell<HashMap<Uuid, Rc<ReceiptBook>>>,
 }
 
 impl Runtime {
+    /// The receipt book of `database`, created empty on first use.
+    fn receipt_book(&self, database: Uuid) -> Rc<ReceiptBook> {
+        let node = self.config.node;
+        Rc::clone(
+            self.receipts
+                .borrow_mut()
+                .entry(database)
+                .or_insert_with(|| {
+                    Rc::new(ReceiptBook {
+                        book: RefCell::new(Receipts::new(node, RECEIPT_NODES_MAX)),
+                        news: Notify::new(),
+                    })
+                }),
+        )
+    }
+
+    /// Serves `database` (replacing what was served under its uuid). If that was another log (a
+    /// replica's earlier generation), the links reading it close: their replicas come back and
+    /// are admitted against this one.
+    fn serve(&self, database: Arc<dyn SourceDatabase>) {
+        let uuid = database.uuid();
+        let previous = self
+            .sources
+            .borrow_mut()
+            .insert(uuid, Arc::clone(&database));
+        match previous {
+            Some(previous) if std::ptr::eq(previous.log(), database.log()) => {}
+            Some(_) => {
+                tracing::info!(database = %uuid, "serving a new generation; closing the links that read the old one");
+                self.close_links(uuid);
+            }
+            None => tracing::info!(database = %uuid, "serving database"),
+        }
+    }
+
+    /// Stops serving `uuid` if what is served is `log`'s database; closes its links.
+    fn withdraw(&self, uuid: Uuid, log: Option<&Log>) {
+        let mut sources = self.sources.borrow_mut();
+        let served = sources.get(&uuid);
+        if served.is_some_and(|served| log.is_none_or(|log| std::ptr::eq(served.log(), log))) {
+            sources.remove(&uuid);
+            drop(sources);
+            tracing::info!(database = %uuid, "no longer serving database");
+            self.close_links(uuid);
+        }
+    }
+
+    fn close_links(&self, uuid: Uuid) {
+        for (db, control) in self.links.borrow().values() {
+            if *db == Some(uuid) {
+                control.close();
+            }
+        }
+    }
+
     /// Counts a connection refused, evicted or failed before it authenticated; logs the counts
     /// at most once per [`REFUSAL_LOG_INTERVAL`].
     fn refused(&self, reason: Reason) {
@@ -485,6 +586,7 @@ async fn run(
         next_link: Cell::new(0),
         admission: RefCell::new(admission),
         refusals: RefCell::new(Refusals::new(REFUSAL_LOG_INTERVAL)),
+        receipts: RefCell::new(HashMap::new()),
     });
     let accepting = LinkControl::new();
     if let Some(listener) = listener {
@@ -494,21 +596,8 @@ async fn run(
     }
     while let Some(instruction) = instructions.recv().await {
         match instruction {
-            Instruction::Serve(database) => {
-                tracing::info!(database = %database.uuid(), "serving database");
-                runtime
-                    .sources
-                    .borrow_mut()
-                    .insert(database.uuid(), database);
-            }
-            Instruction::Withdraw(uuid) => {
-                runtime.sources.borrow_mut().remove(&uuid);
-                for (db, control) in runtime.links.borrow().values() {
-                    if *db == Some(uuid) {
-                        control.close();
-                    }
-                }
-            }
+            Instruction::Serve(database) => runtime.serve(database),
+            Instruction::Withdraw(uuid) => runtime.withdraw(uuid, None),
             Instruction::Subscribe {
                 id,
                 addr,

@@ -1,5 +1,7 @@
 //! The replica side of a link: subscribe (RESUME), ingest pages into the replica's ring and ack
-//! them on receipt, restore snapshots; reconnect with backoff when a link ends.
+//! them on receipt, restore snapshots; reconnect with backoff when a link ends. The replica is
+//! served onward while the subscription lasts (each new generation as soon as it is restored),
+//! and the receipts its own replicas report go upstream in RECEIPTS frames.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -16,9 +18,12 @@ use uuid::Uuid;
 use super::link::{handshake, LinkControl};
 use super::replica_link::{Received, ReplicaLink};
 use super::snapshot::{ChunkReader, RestoreJob};
-use super::{lock, ReplicaDatabase, ReplicaStore, Runtime, SubscriptionStatus, BOOTSTRAP};
+use super::{
+    lock, ReceiptBook, ReplicaDatabase, ReplicaStore, Runtime, SourceDatabase, SubscriptionStatus,
+    BOOTSTRAP,
+};
 use crate::error::{Error, Result};
-use crate::proto::frame::Resume;
+use crate::proto::frame::{Resume, RECEIPTS_SINCE_VERSION};
 use crate::transport::{
     sleep, sleep_until, spawn_local, Connection, FrameReader, FrameWriter, Progress,
 };
@@ -32,6 +37,9 @@ pub(super) async fn follow(
     store: Arc<dyn ReplicaStore>,
     status: Arc<Mutex<SubscriptionStatus>>,
 ) {
+    if let Some(replica) = store.current() {
+        runtime.serve(replica);
+    }
     let mut backoff = Duration::from_millis(50);
     while !control.closed.get() {
         let link = LinkControl::new();
@@ -58,6 +66,9 @@ pub(super) async fn follow(
         }
         backoff = (backoff * 2).min(runtime.config.backoff_max);
     }
+    if let Some(replica) = store.current() {
+        runtime.withdraw(database, Some(replica.log()));
+    }
 }
 
 /// What a replica link's tasks share: the link's state machine, a wake-up for the writer when
@@ -65,6 +76,9 @@ pub(super) async fn follow(
 struct Shared {
     link: RefCell<ReplicaLink>,
     due: Notify,
+    /// The receipts of the nodes this replica feeds, reported upstream if the source speaks
+    /// RECEIPTS.
+    receipts: Option<Rc<ReceiptBook>>,
     progress: Rc<Progress>,
     /// The counters when the machine last heard of them.
     seen: Cell<(u64, u64)>,
@@ -116,6 +130,15 @@ pub(super) async fn follow_link(
         },
     };
     tracing::info!(%addr, source = %peer.name, %database, from_lsn = resume.from_lsn, "subscribing");
+    if let Some(db) = &replica {
+        runtime.serve(Arc::clone(db) as Arc<dyn SourceDatabase>);
+    }
+    // A new upstream may have heard none of the receipts the last one did.
+    let receipts = (peer.version >= RECEIPTS_SINCE_VERSION).then(|| {
+        let book = runtime.receipt_book(database);
+        book.book.borrow_mut().report_all();
+        book
+    });
     let progress = reader.progress();
     let config = &runtime.config;
     let shared = Rc::new(Shared {
@@ -126,6 +149,7 @@ pub(super) async fn follow_link(
             config.link_timeout,
         )),
         due: Notify::new(),
+        receipts,
         seen: Cell::new(progress.counts()),
         progress,
     });
@@ -143,7 +167,16 @@ pub(super) async fn follow_link(
             outcome
         })
     };
-    let received = receive(&mut reader, database, store, &mut replica, &shared, status).await;
+    let received = receive(
+        runtime,
+        &mut reader,
+        database,
+        store,
+        &mut replica,
+        &shared,
+        status,
+    )
+    .await;
     control.close();
     let sent = sender.await.unwrap_or(Ok(()));
     received.and(sent)
@@ -175,6 +208,13 @@ async fn enforce_timeouts(control: Rc<LinkControl>, shared: Rc<Shared>) {
 /// heartbeat), as soon as it is due.
 async fn transmit(writer: &mut FrameWriter, shared: &Shared, control: &LinkControl) -> Result<()> {
     loop {
+        if let Some(report) = shared
+            .receipts
+            .as_ref()
+            .and_then(|book| book.book.borrow_mut().take_report())
+        {
+            shared.link.borrow_mut().report(report);
+        }
         let mut batch = writer.buffer();
         let now = Instant::now();
         let due = shared.link.borrow_mut().poll_transmit(now, &mut batch);
@@ -193,8 +233,15 @@ async fn transmit(writer: &mut FrameWriter, shared: &Shared, control: &LinkContr
         // ahead of now: the writer never spins on a timer that has passed.
         shared.handle_timeout(Instant::now())?;
         let deadline = shared.link.borrow().poll_timeout();
+        let news = async {
+            match &shared.receipts {
+                Some(book) => book.news.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shared.due.notified() => {}
+            () = news => {}
             () = sleep_until(deadline) => {}
             () = control.closed() => return Ok(()),
         }
@@ -204,6 +251,7 @@ async fn transmit(writer: &mut FrameWriter, shared: &Shared, control: &LinkContr
 /// The replica link's reader: each frame judged by the machine; pages into the ring (the ack
 /// queued at once, before replay), snapshots into a restore.
 async fn receive(
+    runtime: &Runtime,
     reader: &mut FrameReader,
     database: Uuid,
     store: &Arc<dyn ReplicaStore>,
@@ -259,6 +307,7 @@ async fn receive(
                         .borrow_mut()
                         .restored(db.received_lsn(), db.durable_lsn());
                     shared.due.notify_one();
+                    runtime.serve(Arc::clone(&db) as Arc<dyn SourceDatabase>);
                     *replica = Some(db);
                 }
             }

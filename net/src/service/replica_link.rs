@@ -10,8 +10,9 @@
 //!   driver does the ingest (which may wait for ring space) or the restore, then reports the
 //!   replica's watermarks with [`ReplicaLink::ingested`] or [`ReplicaLink::restored`].
 //! - [`ReplicaLink::poll_transmit`] writes what is due: the RESUME first, then the newest ACK
-//!   (acks coalesce: only the newest matters), or a heartbeat when nothing was sent for a
-//!   heartbeat interval ([`Liveness`]).
+//!   (acks coalesce: only the newest matters), then the receipts of the nodes this replica feeds
+//!   ([`ReplicaLink::report`]: they coalesce too, per node), or a heartbeat when nothing was sent
+//!   for a heartbeat interval ([`Liveness`]).
 //! - [`ReplicaLink::handle_timeout`] fails the link when no byte came from the source for the
 //!   link timeout, or when one write has made no progress that long (the driver reports writes
 //!   with [`ReplicaLink::write_started`], [`ReplicaLink::bytes_sent`] and
@@ -21,12 +22,13 @@
 //!   ([`ReplicaLink::set_waiting_for_ring`]). [`ReplicaLink::poll_timeout`] says when to
 //!   call it.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::proto::frame::{encode, Ack, Frame, Heartbeat, Resume};
+use crate::proto::frame::{encode, Ack, Frame, Heartbeat, ReceiptReport, Resume};
 use crate::proto::liveness::{LinkAction, Liveness, WriteWatch};
 
 /// What a frame carried, for the driver to act on.
@@ -72,6 +74,8 @@ pub struct ReplicaLink {
     resume: Option<Resume>,
     /// The newest `(received_lsn, durable_lsn)` not yet sent.
     ack: Option<(u64, u64)>,
+    /// Receipts of the nodes this replica feeds, not yet sent: the newest per node.
+    receipts: BTreeMap<Uuid, u64>,
     liveness: Liveness,
     write: WriteWatch,
     /// The driver holds pages it cannot ingest until the applier frees ring space, and reads
@@ -95,6 +99,7 @@ impl ReplicaLink {
             replica,
             resume: Some(resume),
             ack: None,
+            receipts: BTreeMap::new(),
             liveness: Liveness::new(now, heartbeat, link_timeout),
             write: WriteWatch::new(link_timeout),
             waiting_for_ring: false,
@@ -184,7 +189,19 @@ impl ReplicaLink {
         self.ack = Some((received_lsn, durable_lsn.min(received_lsn)));
     }
 
-    /// Encodes into `out` what is due at `now`: the RESUME, the newest ack, or a heartbeat.
+    /// Nodes this replica feeds hold every page below their LSN: report them to the source
+    /// (queued, the newest per node; sent once the link knows its origin). The driver calls it
+    /// only on links whose peer speaks
+    /// [`RECEIPTS_SINCE_VERSION`](crate::proto::RECEIPTS_SINCE_VERSION) or later.
+    pub fn report(&mut self, entries: impl IntoIterator<Item = (Uuid, u64)>) {
+        for (node, lsn) in entries {
+            let queued = self.receipts.entry(node).or_insert(lsn);
+            *queued = (*queued).max(lsn);
+        }
+    }
+
+    /// Encodes into `out` what is due at `now`: the RESUME, the newest ack, the receipts, or a
+    /// heartbeat.
     /// Returns whether it wrote anything.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         let start = out.len();
@@ -202,6 +219,13 @@ impl ReplicaLink {
                 out,
             );
         }
+        if !self.receipts.is_empty() && !self.origin.is_nil() {
+            let entries: Vec<(Uuid, u64)> =
+                std::mem::take(&mut self.receipts).into_iter().collect();
+            for report in ReceiptReport::split(self.database, self.origin, &entries) {
+                encode(&Frame::Receipts(report), out);
+            }
+        }
         if out.len() > start {
             self.liveness.on_send(now);
         } else if let LinkAction::SendHeartbeat = self.liveness.poll(now) {
@@ -212,7 +236,9 @@ impl ReplicaLink {
 
     /// Whether [`ReplicaLink::poll_transmit`] has something to send before its next timer.
     pub fn wants_transmit(&self) -> bool {
-        self.resume.is_some() || self.ack.is_some()
+        self.resume.is_some()
+            || self.ack.is_some()
+            || (!self.receipts.is_empty() && !self.origin.is_nil())
     }
 
     /// A write of what `poll_transmit` produced began at `now`.
@@ -338,6 +364,49 @@ mod tests {
         assert!(sent(&mut link, t0 + HEARTBEAT / 2).is_empty());
         assert_eq!(sent(&mut link, t0 + HEARTBEAT), ["HEARTBEAT"]);
         assert_eq!(link.poll_timeout(), t0 + 2 * HEARTBEAT);
+    }
+
+    #[test]
+    fn receipts_coalesce_per_node_and_wait_for_the_origin() {
+        let t0 = Instant::now();
+        let mut link = link(t0, BOOTSTRAP);
+        sent(&mut link, t0);
+        link.report([(Uuid::from_u128(5), 3), (Uuid::from_u128(4), 9)]);
+        link.report([(Uuid::from_u128(5), 8), (Uuid::from_u128(4), 2)]);
+        assert!(
+            !link.wants_transmit() && sent(&mut link, t0).is_empty(),
+            "no origin known yet: the report waits"
+        );
+        let mut snapshot = Vec::new();
+        let chunk = SnapshotChunk {
+            database: database(),
+            origin: Uuid::from_u128(7),
+            snapshot_lsn: 0,
+            offset: 0,
+            last: true,
+            data: &[],
+        };
+        encode(&Frame::Snapshot(chunk), &mut snapshot);
+        link.handle_frame(t0, frame(&snapshot)).unwrap();
+        link.restored(10, 10);
+        assert!(link.wants_transmit());
+        let mut out = Vec::new();
+        link.poll_transmit(t0, &mut out);
+        let mut rest = &out[..];
+        let mut reports = Vec::new();
+        while let Ok(Decoded::Frame { frame, len }) = decode(rest) {
+            if let Frame::Receipts(report) = frame {
+                assert_eq!(report.origin, Uuid::from_u128(7));
+                reports.push(report.entries);
+            }
+            rest = &rest[len..];
+        }
+        assert_eq!(
+            reports,
+            [vec![(Uuid::from_u128(4), 9), (Uuid::from_u128(5), 8)]],
+            "one report, sorted by node, the newest per node"
+        );
+        assert!(!link.wants_transmit());
     }
 
     #[test]

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use pagemesh_logpage::Log;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use super::admission::Reason;
 use super::link::{handshake, LinkControl};
 use super::shipper::{Shipper, HISTORY_BATCH_PAGES};
 use super::snapshot::send_snapshot;
-use super::source_link::SourceLink;
-use super::{AckSink, Runtime, SourceDatabase, BOOTSTRAP};
+use super::source_link::{Heard, SourceLink};
+use super::{AckSink, ReceiptBook, Runtime, SourceDatabase, BOOTSTRAP, RECEIPT_NODES_MAX};
 use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Frame, Refuse, RefuseCode};
 use crate::proto::handshake::PeerInfo;
@@ -137,12 +138,19 @@ pub(super) async fn serve_replica(
     let from_lsn = admitted.from_lsn;
     tracing::info!(%peer, replica = %info.name, database = %resume.database, from_lsn, "replica subscribed");
     let received = if from_lsn == BOOTSTRAP { 0 } else { from_lsn };
-    let sink = source.attach(&info.name, received);
+    let sink = source.attach(&info.name, info.node, received);
+    let receipts = Receipted {
+        book: runtime.receipt_book(resume.database),
+        database: resume.database,
+        peer: info.node,
+        own: runtime.config.node,
+    };
     let progress = reader.progress();
     let link = Rc::new(Shipping {
         link: RefCell::new(SourceLink::new(
             Instant::now(),
             resume.database,
+            source.origin(),
             received,
             source.log().slots(),
             runtime.config.heartbeat,
@@ -161,7 +169,7 @@ pub(super) async fn serve_replica(
     let acks = {
         let (control, link) = (Rc::clone(control), Rc::clone(&link));
         spawn_local(async move {
-            let outcome = read_acks(&mut reader, &*sink, &link).await;
+            let outcome = read_acks(&mut reader, &*sink, &receipts, &link).await;
             control.close();
             outcome
         })
@@ -260,21 +268,64 @@ async fn enforce_timeouts(control: Rc<LinkControl>, shipping: Rc<Shipping>, log:
     }
 }
 
+/// Where a link's receipts go besides its [`AckSink`]: the database's book, reported upstream.
+pub(super) struct Receipted {
+    book: Rc<ReceiptBook>,
+    database: Uuid,
+    /// The replica's node.
+    peer: Uuid,
+    /// This node (a loop may report it: it is not news here).
+    own: Uuid,
+}
+
+impl Receipted {
+    fn record(&self, sink: &dyn AckSink, node: Uuid, lsn: u64) -> Result<()> {
+        if node == self.own {
+            return Ok(());
+        }
+        if !sink.report(node, lsn) || !self.book.record(node, lsn) {
+            return Err(Error::TooManyReceipts {
+                database: self.database,
+                max: RECEIPT_NODES_MAX,
+            });
+        }
+        Ok(())
+    }
+}
+
 pub(super) async fn read_acks(
     reader: &mut FrameReader,
     sink: &dyn AckSink,
+    receipts: &Receipted,
     shipping: &Shipping,
 ) -> Result<()> {
     loop {
         let Some(frame) = reader.next().await? else {
             return Ok(());
         };
-        let acked = shipping
+        let heard = shipping
             .link
             .borrow_mut()
             .handle_frame(Instant::now(), &frame)?;
-        if let Some((received_lsn, durable_lsn)) = acked {
-            sink.ack(received_lsn, durable_lsn);
+        match heard {
+            Heard::Nothing => {}
+            Heard::Ack {
+                received_lsn,
+                durable_lsn,
+            } => {
+                sink.ack(received_lsn, durable_lsn);
+                if !receipts.book.record(receipts.peer, received_lsn) {
+                    return Err(Error::TooManyReceipts {
+                        database: receipts.database,
+                        max: RECEIPT_NODES_MAX,
+                    });
+                }
+            }
+            Heard::Receipts(entries) => {
+                for (node, lsn) in entries {
+                    receipts.record(sink, node, lsn)?;
+                }
+            }
         }
     }
 }

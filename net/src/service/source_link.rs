@@ -5,9 +5,10 @@
 //! [`Shipper`](super::shipper::Shipper)'s decision, and reading them is the driver's
 //! (`source.rs`). This machine keeps what the link has promised and heard:
 //!
-//! - [`SourceLink::handle_frame`] takes what the replica sends (ACK, HEARTBEAT) and returns the
-//!   watermarks to report, **capped at what was shipped**: a peer's word is not proof of receipt.
-//!   Anything else closes the link.
+//! - [`SourceLink::handle_frame`] takes what the replica sends (ACK, RECEIPTS, HEARTBEAT) and
+//!   returns what it [`Heard`]: the watermarks to report, **capped at what was shipped** (a
+//!   peer's word is not proof of receipt), for the replica itself or for the nodes it feeds.
+//!   Anything else closes the link, as do receipts of another origin's log.
 //! - [`SourceLink::poll_heartbeat`] writes a heartbeat when nothing was sent for a heartbeat
 //!   interval ([`Liveness`]).
 //! - [`SourceLink::handle_timeout`] fails the link when no byte came from the replica for the link
@@ -29,10 +30,29 @@ use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Frame, Heartbeat};
 use crate::proto::liveness::{LinkAction, Liveness, WriteWatch};
 
+/// What a frame from the replica said, for the driver to report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Nothing to report (a heartbeat).
+    Nothing,
+    /// The replica holds every page below `received_lsn`; below `durable_lsn`, durably.
+    Ack {
+        /// Capped at what was shipped.
+        received_lsn: u64,
+        /// Capped at what was shipped.
+        durable_lsn: u64,
+    },
+    /// Nodes the replica feeds, and how far each has received (each capped at what was
+    /// shipped): sorted by node, each once.
+    Receipts(Vec<(Uuid, u64)>),
+}
+
 /// The source side of one link to a replica, for one database.
 #[derive(Debug)]
 pub struct SourceLink {
     database: Uuid,
+    /// The origin whose log the link ships.
+    origin: Uuid,
     liveness: Liveness,
     write: WriteWatch,
     /// Every page below this has been handed to the socket.
@@ -44,10 +64,12 @@ pub struct SourceLink {
 }
 
 impl SourceLink {
-    /// A link subscribed at `now`, whose replica holds every page below `shipped_lsn`.
+    /// A link subscribed at `now` to `origin`'s log of `database`, whose replica holds every
+    /// page below `shipped_lsn`.
     pub fn new(
         now: Instant,
         database: Uuid,
+        origin: Uuid,
         shipped_lsn: u64,
         ring_slots: u64,
         heartbeat: Duration,
@@ -55,6 +77,7 @@ impl SourceLink {
     ) -> Self {
         Self {
             database,
+            origin,
             liveness: Liveness::new(now, heartbeat, link_timeout),
             write: WriteWatch::new(link_timeout),
             shipped_lsn,
@@ -63,16 +86,32 @@ impl SourceLink {
         }
     }
 
-    /// A frame from the replica arrived at `now`: the `(received_lsn, durable_lsn)` to report if
-    /// it was an ACK (each capped at what was shipped), or why the link must close.
-    pub fn handle_frame(&mut self, now: Instant, frame: &Frame<'_>) -> Result<Option<(u64, u64)>> {
+    /// A frame from the replica arrived at `now`: what it said, or why the link must close.
+    pub fn handle_frame(&mut self, now: Instant, frame: &Frame<'_>) -> Result<Heard> {
         self.liveness.on_receive(now);
         match frame {
-            Frame::Ack(ack) if ack.database == self.database => Ok(Some((
-                ack.received_lsn.min(self.shipped_lsn),
-                ack.durable_lsn.min(self.shipped_lsn),
-            ))),
-            Frame::Heartbeat(_) => Ok(None),
+            Frame::Ack(ack) if ack.database == self.database => Ok(Heard::Ack {
+                received_lsn: ack.received_lsn.min(self.shipped_lsn),
+                durable_lsn: ack.durable_lsn.min(self.shipped_lsn),
+            }),
+            Frame::Receipts(report) if report.database == self.database => {
+                if report.origin != self.origin {
+                    return Err(Error::ForeignReceipts {
+                        database: self.database,
+                        origin: report.origin,
+                        expected_origin: self.origin,
+                    });
+                }
+                let shipped = self.shipped_lsn;
+                Ok(Heard::Receipts(
+                    report
+                        .entries
+                        .iter()
+                        .map(|&(node, lsn)| (node, lsn.min(shipped)))
+                        .collect(),
+                ))
+            }
+            Frame::Heartbeat(_) => Ok(Heard::Nothing),
             other => Err(Error::UnexpectedFrame {
                 state: "shipping",
                 frame: other.kind(),
@@ -178,7 +217,7 @@ impl SourceLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::{decode, Ack, Decoded, Resume};
+    use crate::proto::frame::{decode, Ack, Decoded, ReceiptReport, Resume};
 
     const HEARTBEAT: Duration = Duration::from_secs(1);
     const TIMEOUT: Duration = Duration::from_secs(5);
@@ -188,7 +227,11 @@ mod tests {
     }
 
     fn link(now: Instant, shipped: u64) -> SourceLink {
-        SourceLink::new(now, database(), shipped, 64, HEARTBEAT, TIMEOUT)
+        SourceLink::new(now, database(), origin(), shipped, 64, HEARTBEAT, TIMEOUT)
+    }
+
+    fn origin() -> Uuid {
+        Uuid::from_u128(7)
     }
 
     fn ack(received_lsn: u64, durable_lsn: u64) -> Frame<'static> {
@@ -204,13 +247,17 @@ mod tests {
     fn acks_are_capped_at_what_was_shipped() {
         let t0 = Instant::now();
         let mut link = link(t0, 10);
-        assert_eq!(link.handle_frame(t0, &ack(50, 40)).unwrap(), Some((10, 10)));
+        let acked = |received_lsn, durable_lsn| Heard::Ack {
+            received_lsn,
+            durable_lsn,
+        };
+        assert_eq!(link.handle_frame(t0, &ack(50, 40)).unwrap(), acked(10, 10));
         link.shipped(30);
         link.shipped(20);
         assert_eq!(link.shipped_lsn(), 30, "shipped never moves back");
-        assert_eq!(link.handle_frame(t0, &ack(25, 20)).unwrap(), Some((25, 20)));
+        assert_eq!(link.handle_frame(t0, &ack(25, 20)).unwrap(), acked(25, 20));
         let heartbeat = Frame::Heartbeat(Heartbeat { sent_micros: 0 });
-        assert_eq!(link.handle_frame(t0, &heartbeat).unwrap(), None);
+        assert_eq!(link.handle_frame(t0, &heartbeat).unwrap(), Heard::Nothing);
         let resume = Frame::Resume(Resume {
             database: database(),
             origin: Uuid::nil(),
@@ -234,6 +281,27 @@ mod tests {
             link.handle_frame(t0, &other).is_err(),
             "another database's ack"
         );
+    }
+
+    #[test]
+    fn receipts_are_capped_at_what_was_shipped_and_must_name_the_links_origin() {
+        let t0 = Instant::now();
+        let mut link = link(t0, 10);
+        let report = |origin| {
+            Frame::Receipts(ReceiptReport {
+                database: database(),
+                origin,
+                entries: vec![(Uuid::from_u128(3), 4), (Uuid::from_u128(5), 99)],
+            })
+        };
+        assert_eq!(
+            link.handle_frame(t0, &report(origin())).unwrap(),
+            Heard::Receipts(vec![(Uuid::from_u128(3), 4), (Uuid::from_u128(5), 10)])
+        );
+        assert!(matches!(
+            link.handle_frame(t0, &report(Uuid::from_u128(8))),
+            Err(Error::ForeignReceipts { .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The source's end of a link: the handshake, RESUME and the shipper's loop, one write at a time.
 
 use super::*;
+use pagemesh_net::service::source_link::Heard;
 
 impl World {
     pub(super) fn read_at_source(&mut self, id: u64) {
@@ -56,11 +57,15 @@ impl World {
                 self.admit(id, resume)
             }
             SourceEnd::Shipping(shipping) => {
-                let acked = shipping
+                let heard = shipping
                     .link
                     .handle_frame(now, &frame)
                     .map_err(|error| error.to_string())?;
-                if let Some((received, durable)) = acked {
+                if let Heard::Ack {
+                    received_lsn: received,
+                    durable_lsn: durable,
+                } = heard
+                {
                     shipping.acks.ack(received, durable);
                     self.note("ack", id, received);
                     self.release_commits();
@@ -91,6 +96,7 @@ impl World {
             link: SourceLink::new(
                 self.base + self.now,
                 DATABASE,
+                ORIGIN,
                 received,
                 slots,
                 self.scenario.heartbeat,
@@ -98,7 +104,11 @@ impl World {
             ),
             shipper: Shipper::new(DATABASE, ORIGIN, admitted.from_lsn, slots),
             cursor: None,
-            acks: db.replication.attach(&name, received),
+            acks: db.replication.attach(
+                &name,
+                Uuid::from_u128(0x1000 + conn.replica as u128),
+                received,
+            ),
             snapshot: None,
         }));
         if admitted.reseeded {

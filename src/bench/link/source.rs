@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pagemesh_net::proto::frame::{encode_pages, Frame, PAGE_SIZE};
 use pagemesh_net::proto::{HEARTBEAT_INTERVAL_DEFAULT, LINK_TIMEOUT_DEFAULT};
-use pagemesh_net::service::source_link::SourceLink;
+use pagemesh_net::service::source_link::{Heard, SourceLink};
 use pagemesh_net::transport::{
     spawn_local, spawn_runtime, timeout, Connection, FrameReader, FrameWriter, Shutdown,
 };
@@ -89,6 +89,7 @@ async fn subscribed(reader: &mut FrameReader) -> Result<SourceLink> {
             Ok(SourceLink::new(
                 Instant::now(),
                 resume.database,
+                resume.origin,
                 resume.from_lsn,
                 RING_SLOTS,
                 HEARTBEAT_INTERVAL_DEFAULT,
@@ -225,8 +226,8 @@ async fn read_acks(mut reader: FrameReader, end: Rc<SourceEnd>) -> Result<()> {
     let result = async {
         // One iteration per frame; the stream ends when the phase shuts the socket down.
         while let Some(frame) = reader.next().await? {
-            let acked = end.link.borrow_mut().handle_frame(Instant::now(), &frame)?;
-            if let Some((received_lsn, _durable_lsn)) = acked {
+            let heard = end.link.borrow_mut().handle_frame(Instant::now(), &frame)?;
+            if let Heard::Ack { received_lsn, .. } = heard {
                 end.acks.set(end.acks.get() + 1);
                 end.acked_lsn.set(received_lsn);
                 end.due.notify_one();
@@ -314,8 +315,8 @@ async fn next_ack(reader: &mut FrameReader, link: &RefCell<SourceLink>) -> Resul
                 state: "awaiting the ack of one page",
             });
         };
-        let acked = link.borrow_mut().handle_frame(Instant::now(), &frame)?;
-        if let Some((received_lsn, _durable_lsn)) = acked {
+        let heard = link.borrow_mut().handle_frame(Instant::now(), &frame)?;
+        if let Heard::Ack { received_lsn, .. } = heard {
             return Ok(received_lsn);
         }
     }

@@ -1,0 +1,82 @@
+//! Relaying: a replica serves its copy onward, and `Replicated(n)` counts nodes it has no link
+//! to, over real loopback sockets on both transports.
+//!
+//! The chain is `primary → (fault proxy) → relay → leaf`: the leaf subscribes to the relay's node,
+//! never to the primary. Every `Replicated(2)` commit that returns `Ok` must already be held by
+//! both the relay and the leaf: the primary has one link (the relay), and learns of the leaf only
+//! from the RECEIPTS the relay reports. Then the relay is cut off while the primary writes far
+//! past its binlog, so it comes back through a snapshot into a new generation: the leaf's link to
+//! the old generation is closed, the leaf is admitted against the new one, and both converge on
+//! the primary's contents with every promise kept.
+
+mod common;
+
+use common::*;
+use pagemesh::core::Durability::Replicated;
+use pagemesh::net::TransportKind;
+
+const SEED: u64 = 0x7265_6c61_7921;
+
+fn a_replica_relays_and_its_subtree_counts(transport: TransportKind) {
+    let pair = Pair::builder(transport)
+        .ring_slots(256)
+        .binlog_retain_bytes(64 << 10)
+        .through_proxy()
+        .start();
+    let relay = pair.follower("relay").listen().start();
+    relay.wait_following();
+    let leaf = pair.follower("leaf").from(relay.addr()).start();
+    leaf.wait_following();
+    pair.wait_attached(1, 1);
+    let (db, proxy) = (&pair.db, pair.proxy());
+    let ledger = Ledger::default();
+
+    let mut workload = bulk_workload(SEED, 0);
+    let both = [&*relay, &*leaf];
+    commit_checked(&ledger, db, &mut workload, 30, &[Replicated(2)], &both);
+    ledger.assert_clean("through the relay");
+    assert_converged(db, &leaf, &ledger, "leaf");
+    assert_converged(db, &relay, &ledger, "relay");
+    let links = db.replication().status();
+    assert_eq!(
+        links.len(),
+        1,
+        "the primary links to the relay only: {links:?}"
+    );
+    assert_eq!(links[0].subtree_nodes, 1, "the leaf, reported by the relay");
+
+    // The relay falls behind the primary's binlog and is re-seeded into a new generation.
+    let behind = cut_off(proxy, &relay);
+    write_offline(db, &ledger, SEED ^ 1, 120);
+    let oldest = db.binlog_oldest_lsn().expect("binlog");
+    assert!(
+        oldest > behind,
+        "the test needs the binlog trimmed past the relay: oldest {oldest}, relay at {behind}"
+    );
+    let restores = relay.status().restores;
+    proxy.set_refuse(false);
+    let mut workload = bulk_workload(SEED ^ 2, 1);
+    commit_checked(&ledger, db, &mut workload, 20, &[Replicated(2)], &both);
+    ledger.assert_clean("after the relay's re-seed");
+    assert_converged(db, &relay, &ledger, "relay, re-seeded");
+    assert_converged(
+        db,
+        &leaf,
+        &ledger,
+        "leaf, following the relay's new generation",
+    );
+    assert!(
+        relay.status().restores > restores,
+        "the relay was re-seeded: {:?}",
+        relay.status()
+    );
+    assert!(
+        leaf.status().links >= 2,
+        "the leaf's link to the old generation was closed and it came back: {:?}",
+        leaf.status()
+    );
+    assert_eq!(generations(relay.path()).len(), 1);
+    assert_eq!(generations(leaf.path()).len(), 1);
+}
+
+on_both_transports!(a_replica_relays_and_its_subtree_counts);
