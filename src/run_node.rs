@@ -21,9 +21,15 @@
 //! [[databases]]
 //! name = "land-registry-copy"
 //! role = "replica"
-//! source = "127.0.0.1:7401"
+//! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…")
 //! uuid = "…"                         # the source database's uuid (printed by its node)
 //! ```
+//!
+//! A replica follows one of its `sources` at a time: any node holding a copy, the origin or a
+//! replica, since every node that listens relays what it holds. When that link fails it follows
+//! the next at once (`pagemesh::Node::replicate_from_any`), so a mesh can be drawn as a tree in
+//! the configs, each node listing its neighbours nearer the origin, and a failed relay is
+//! routed around.
 //!
 //! On start the node prints its identity, `node NAME uuid UUID` (created once and kept in
 //! `data_dir/node.uuid`), then `node NAME listening on ADDR` if it listens, then one line per
@@ -108,7 +114,9 @@ enum DatabaseConfig {
     },
     Replica {
         name: String,
-        source: SocketAddr,
+        source: Option<SocketAddr>,
+        #[serde(default)]
+        sources: Vec<SocketAddr>,
         uuid: uuid::Uuid,
     },
 }
@@ -166,8 +174,21 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
                 println!("database {name} uuid {} role source", db.uuid());
                 sources.push(db);
             }
-            DatabaseConfig::Replica { name, source, uuid } => {
-                let replica = node.replicate(*source, *uuid, name, Options::new())?;
+            DatabaseConfig::Replica {
+                name,
+                source,
+                sources,
+                uuid,
+            } => {
+                let holders: Vec<SocketAddr> = source.iter().chain(sources).copied().collect();
+                if holders.is_empty() {
+                    return Err(format!(
+                        "{}: database {name}: a replica needs `source` or `sources`",
+                        args.config.display()
+                    )
+                    .into());
+                }
+                let replica = node.replicate_from_any(&holders, *uuid, name, Options::new())?;
                 println!("database {name} uuid {uuid} role replica");
                 replicas.push(replica);
             }

@@ -70,6 +70,12 @@ pub enum Error {
         /// The cap.
         max: usize,
     },
+    /// A subscription named no node to follow.
+    #[error("database {database}: a subscription needs at least one upstream address")]
+    NoUpstreams {
+        /// The database.
+        database: uuid::Uuid,
+    },
     /// A peer reported receipts of more nodes than a subtree may hold, for a database.
     #[error("database {database}: a peer reported receipts of more than {max} nodes")]
     TooManyReceipts {

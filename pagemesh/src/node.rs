@@ -281,13 +281,33 @@ impl Node {
         name: &str,
         options: Options,
     ) -> Result<Replica, NodeError> {
+        self.replicate_from_any(&[source], database, name, options)
+    }
+
+    /// As [`replicate`](Self::replicate), from whichever of `holders` serves: any node holding
+    /// a copy of `database` (its origin, or a replica relaying it), nearest first. The replica
+    /// follows one holder at a time; when that link fails or is refused (a relay that is behind
+    /// this replica refuses it) it moves on to the next at once, backing off only after every
+    /// holder failed, so the loss of a relay is routed around by the holders that remain
+    /// (`pagemesh_net::route::Upstreams`).
+    ///
+    /// List holders nearer the origin than this node, nearest first: the choice is made on
+    /// failure, not on progress, so two replicas that list each other can settle into following
+    /// each other, a link that stays up with nothing new on it, until one of them fails.
+    pub fn replicate_from_any(
+        &self,
+        holders: &[SocketAddr],
+        database: Uuid,
+        name: &str,
+        options: Options,
+    ) -> Result<Replica, NodeError> {
         let path = self.claim(name)?;
         let claim = Claim {
             open: Arc::clone(&self.open),
             path: path.clone(),
         };
         let slot = Arc::new(ReplicaSlot::open(name, &path, options)?);
-        let subscription = self.service.subscribe(source, database, slot.clone());
+        let subscription = self.service.subscribe(holders, database, slot.clone())?;
         Ok(Replica {
             name: name.to_string(),
             slot,

@@ -1,27 +1,38 @@
-//! Routing decisions, I/O-free: which database a subscription reaches, and where each link's next
-//! pages come from.
+//! Routing decisions, I/O-free: which database a subscription reaches, which holder a replica
+//! follows, and where each link's next pages come from.
 //!
-//! This issue's links are 1-to-1: each carries one database from its source to one directly
-//! connected replica, so routing comes down to two decisions, both made here and driven by
-//! `service`:
+//! Each link carries one database from a node that holds it to one directly connected replica.
+//! Any node that holds a copy serves it (a replica relays), so a replica may know several
+//! holders: its *upstreams*. Three decisions are made here and driven by `service`:
 //!
 //! - [`admit`]: a RESUME names a database, the origin whose log it wants and the LSN it holds
 //!   pages up to. It is refused when this node does not serve that database or serves it from
-//!   another origin, and re-seeded from a snapshot when it claims pages this log never wrote (the
-//!   source was restored from an older backup, say): a replica cannot hold pages its source never
-//!   wrote, so its history is not trusted.
+//!   another origin. A RESUME that claims pages beyond what this node holds means one of two
+//!   things. At the origin, the replica holds pages this log never wrote (the origin was
+//!   restored from an older backup, say): its history is not trusted, and it is re-seeded from
+//!   a snapshot. At a relay, the replica is merely ahead of this copy (it followed a faster
+//!   path): it is refused as *behind*, so it follows another holder or comes back later, and
+//!   nothing it holds is thrown away.
+//! - [`Upstreams`]: which holder a replica follows. It tries them in the order given (nearest
+//!   first), moves to the next when a link fails or is refused, and backs off only after a whole
+//!   round failed, so the death of a relay is routed around at once by whoever else holds the
+//!   pages.
 //! - [`FeedPlan`]: a link's pages come from a full snapshot, from the binlog in batches, or from
 //!   the ring as pages seal. The plan starts from the RESUME, moves to the ring once the binlog
 //!   has nothing more, and goes back to the binlog whenever the replica falls more than half a
 //!   ring behind, so a slow replica never holds the ring; a binlog that retention trimmed below
 //!   the replica sends it to a snapshot.
 //!
-//! Relaying across the mesh grows here: [`plumtree`] is one node's epidemic broadcast tree for
-//! one origin (which links get pages eagerly, which hear HAVE, when to GRAFT and PRUNE),
-//! measured by the mesh simulator (`pagemesh-sim mesh`) at N − 1 page transfers per page once
-//! settled. The service does not drive it yet: links are still 1-to-1.
+//! [`plumtree`] is one node's epidemic broadcast tree for one origin (which links get pages
+//! eagerly, which hear HAVE, when to GRAFT and PRUNE), measured by the mesh simulator
+//! (`pagemesh-sim mesh`) at N − 1 page transfers per page once settled. The service does not
+//! drive it yet: a replica follows one upstream at a time, chosen by [`Upstreams`] from a list
+//! its configuration orders, so the tree is the one that list draws (N − 1 transfers per page as
+//! well), and it is re-drawn on failure, not on speed.
 
 pub mod plumtree;
+
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -47,6 +58,8 @@ pub struct Served {
     pub origin: Uuid,
     /// Every page below this is committed.
     pub committed_lsn: u64,
+    /// This node holds a replica of the database (it relays), not the origin's own log.
+    pub relay: bool,
 }
 
 /// Where an admitted subscription starts.
@@ -66,10 +79,13 @@ pub struct Admitted {
 /// use pagemesh_net::route::{admit, Served, BOOTSTRAP};
 /// use uuid::Uuid;
 ///
-/// let served = Served { origin: Uuid::from_u128(7), committed_lsn: 100 };
+/// let served = Served { origin: Uuid::from_u128(7), committed_lsn: 100, relay: false };
 /// assert_eq!(admit(Some(served), Uuid::nil(), 40).map(|a| a.from_lsn), Ok(40));
 /// // A replica that holds pages this log never wrote is re-seeded from a snapshot.
 /// assert_eq!(admit(Some(served), Uuid::nil(), 101).map(|a| a.from_lsn), Ok(BOOTSTRAP));
+/// // A relay refuses a replica that is ahead of it: that replica is not wrong, this copy is late.
+/// let relay = Served { relay: true, ..served };
+/// assert!(admit(Some(relay), Uuid::nil(), 101).unwrap_err().contains("behind"));
 /// assert!(admit(Some(served), Uuid::from_u128(8), 40).is_err());
 /// assert!(admit(None, Uuid::nil(), 40).is_err());
 /// ```
@@ -83,11 +99,104 @@ pub fn admit(served: Option<Served>, origin: Uuid, from_lsn: u64) -> Result<Admi
             served.origin
         ));
     }
-    let reseeded = from_lsn != BOOTSTRAP && from_lsn > served.committed_lsn;
+    let ahead = from_lsn != BOOTSTRAP && from_lsn > served.committed_lsn;
+    if ahead && served.relay {
+        return Err(format!(
+            "this copy is behind: it holds pages below {}, the replica below {from_lsn}; \
+             follow another holder or come back later",
+            served.committed_lsn
+        ));
+    }
+    let reseeded = ahead;
     Ok(Admitted {
         from_lsn: if reseeded { BOOTSTRAP } else { from_lsn },
         reseeded,
     })
+}
+
+/// Which holder of a database a replica follows, and how long it waits before each attempt.
+///
+/// Holders are tried in the order given (the nearest first). An attempt that fails (no
+/// connection, a refusal, a link that ended before the source said anything) moves on to the
+/// next holder at once; only when a whole round has failed does the replica back off, doubling
+/// up to a cap, so a dead relay costs one failed connect and a replica ahead of every holder
+/// waits instead of spinning. A link that was up and then ended starts a new round from the
+/// nearest holder other than the one that just failed.
+///
+/// ```
+/// use std::time::Duration;
+/// use pagemesh_net::route::Upstreams;
+///
+/// let ms = Duration::from_millis;
+/// let mut upstreams = Upstreams::new(vec!["near", "far"], ms(50), ms(1_000)).unwrap();
+/// assert_eq!(*upstreams.current(), "near");
+/// assert_eq!(upstreams.ended(false), Duration::ZERO); // "near" is down: try "far" at once
+/// assert_eq!(*upstreams.current(), "far");
+/// assert_eq!(upstreams.ended(false), ms(50)); // a whole round failed: back off
+/// assert_eq!(upstreams.ended(false), Duration::ZERO);
+/// assert_eq!(upstreams.ended(false), ms(100));
+/// assert_eq!(*upstreams.current(), "near");
+/// assert_eq!(upstreams.ended(true), Duration::ZERO); // "near" served, then ended
+/// assert_eq!(*upstreams.current(), "far");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Upstreams<P> {
+    holders: Vec<P>,
+    current: usize,
+    /// Attempts that failed since a link was last up.
+    failed: usize,
+    backoff: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+impl<P> Upstreams<P> {
+    /// Follows `holders`, nearest first; `None` if there are none. Backs off from `backoff_min`
+    /// up to `backoff_max` between failed rounds.
+    pub fn new(holders: Vec<P>, backoff_min: Duration, backoff_max: Duration) -> Option<Self> {
+        if holders.is_empty() {
+            return None;
+        }
+        Some(Self {
+            holders,
+            current: 0,
+            failed: 0,
+            backoff: backoff_min,
+            backoff_min,
+            backoff_max: backoff_max.max(backoff_min),
+        })
+    }
+
+    /// The holder to try now.
+    pub fn current(&self) -> &P {
+        &self.holders[self.current]
+    }
+
+    /// Every holder, nearest first.
+    pub fn holders(&self) -> &[P] {
+        &self.holders
+    }
+
+    /// The attempt at [`current`](Self::current) ended; `was_up` if the source served it
+    /// (anything but a refusal came back). Moves to the holder to try next and returns how long
+    /// to wait before trying it.
+    pub fn ended(&mut self, was_up: bool) -> Duration {
+        let count = self.holders.len();
+        if was_up {
+            self.failed = 0;
+            self.backoff = self.backoff_min;
+            self.current = usize::from(self.current == 0 && count > 1);
+            return Duration::ZERO;
+        }
+        self.failed += 1;
+        self.current = (self.current + 1) % count;
+        if !self.failed.is_multiple_of(count) {
+            return Duration::ZERO;
+        }
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(self.backoff_max);
+        wait
+    }
 }
 
 /// Where a link's next pages come from.
@@ -204,6 +313,7 @@ mod tests {
     const SERVED: Served = Served {
         origin: Uuid::from_u128(1),
         committed_lsn: 1_000,
+        relay: false,
     };
 
     #[test]
@@ -234,6 +344,80 @@ mod tests {
                 reseeded: false
             })
         );
+    }
+
+    #[test]
+    fn a_relay_refuses_a_replica_ahead_of_it_and_admits_the_rest() {
+        let relay = Served {
+            relay: true,
+            ..SERVED
+        };
+        let behind = admit(Some(relay), Uuid::nil(), 1_001).unwrap_err();
+        assert!(
+            behind.contains("behind") && behind.contains("1001"),
+            "{behind}"
+        );
+        for from_lsn in [0, 1_000, BOOTSTRAP] {
+            assert_eq!(
+                admit(Some(relay), SERVED.origin, from_lsn),
+                Ok(Admitted {
+                    from_lsn,
+                    reseeded: false
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn upstreams_back_off_only_after_a_whole_round_failed() {
+        let ms = Duration::from_millis;
+        assert!(Upstreams::<u8>::new(Vec::new(), ms(1), ms(2)).is_none());
+        let mut one = Upstreams::new(vec![7u8], ms(50), ms(120)).unwrap();
+        let waits: Vec<_> = (0..4).map(|_| one.ended(false)).collect();
+        assert_eq!(waits, [ms(50), ms(100), ms(120), ms(120)]);
+        assert_eq!(one.ended(true), Duration::ZERO);
+        assert_eq!((*one.current(), one.ended(false)), (7, ms(50)));
+
+        let mut three = Upstreams::new(vec![0u8, 1, 2], ms(50), ms(1_000)).unwrap();
+        three.ended(false);
+        assert_eq!(*three.current(), 1);
+        // The link to holder 1 was up, then ended: a new round from the nearest, holder 0.
+        assert_eq!(three.ended(true), Duration::ZERO);
+        assert_eq!(*three.current(), 0);
+        // ...and when the nearest is the one that ended, from the next nearest.
+        three.ended(true);
+        assert_eq!(*three.current(), 1);
+    }
+
+    proptest! {
+        /// Whatever happens, every holder is tried within a round, and no round of failures
+        /// passes without a wait: a replica never spins.
+        #[test]
+        fn upstreams_try_everyone_and_never_spin(count in 1..6usize, events in proptest::collection::vec(any::<bool>(), 0..64)) {
+            let ms = Duration::from_millis;
+            let mut upstreams = Upstreams::new((0..count).collect(), ms(10), ms(80)).unwrap();
+            let mut tried = vec![*upstreams.current()];
+            let mut failed_without_wait = 0;
+            for was_up in events {
+                let wait = upstreams.ended(was_up);
+                if was_up {
+                    prop_assert_eq!(wait, Duration::ZERO);
+                    failed_without_wait = 0;
+                    tried.clear();
+                } else if wait.is_zero() {
+                    failed_without_wait += 1;
+                    prop_assert!(failed_without_wait < count, "a round of failures without a wait");
+                } else {
+                    prop_assert!(wait >= ms(10) && wait <= ms(80));
+                    failed_without_wait = 0;
+                }
+                tried.push(*upstreams.current());
+                if !was_up && tried.len() > count {
+                    let round: std::collections::BTreeSet<_> = tried[tried.len() - count..].iter().collect();
+                    prop_assert_eq!(round.len(), count, "a round skipped a holder");
+                }
+            }
+        }
     }
 
     #[test]

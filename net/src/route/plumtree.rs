@@ -376,16 +376,20 @@ impl<N: Copy + Ord> Receipts<N> {
         self.book.len() >= self.nodes_max
     }
 
-    /// `node` holds every page below `lsn`; returns whether that is news.
+    /// `node` holds every page below `lsn`; returns whether that is news (a node not known
+    /// before is news whatever its watermark, even 0: upstream counts it as a node that holds
+    /// every page below `lsn`, and a database with nothing written yet has no other way to learn
+    /// of it).
     pub fn record(&mut self, node: N, lsn: u64) -> bool {
-        if !self.book.contains_key(&node) && self.book.len() >= self.nodes_max {
-            return false;
+        let full = self.book.len() >= self.nodes_max;
+        match self.book.get_mut(&node) {
+            Some(entry) if lsn <= *entry => return false,
+            Some(entry) => *entry = lsn,
+            None if full => return false,
+            None => {
+                self.book.insert(node, lsn);
+            }
         }
-        let entry = self.book.entry(node).or_insert(0);
-        if lsn <= *entry {
-            return false;
-        }
-        *entry = lsn;
         self.changed.insert(node, lsn);
         true
     }
@@ -531,6 +535,13 @@ mod tests {
         book.report_all();
         assert_eq!(book.take_report(), Some(vec![(0, 5), (1, 4), (2, 9)]));
         assert_eq!(book.holders(5), 1);
+
+        // A node is news when first heard of, even holding nothing yet; then only as it moves.
+        let mut empty = Receipts::new(0u32, 3);
+        assert!(empty.record(1, 0), "a new node at 0 is news");
+        assert!(!empty.record(1, 0));
+        assert_eq!(empty.take_report(), Some(vec![(1, 0)]));
+        assert_eq!(empty.holders(0), 1);
     }
 
     #[derive(Clone, Debug)]

@@ -77,6 +77,7 @@ use self::source::serve_link;
 use crate::error::{BoxError, Error, Result};
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::plumtree::Receipts;
+use crate::route::Upstreams;
 pub use crate::route::{History, BOOTSTRAP};
 use crate::transport::{
     sleep, sleep_until, spawn_local, spawn_runtime, Listener, RuntimeKind, TransportKind,
@@ -257,7 +258,7 @@ enum Instruction {
     Withdraw(Uuid),
     Subscribe {
         id: u64,
-        addr: SocketAddr,
+        upstreams: Upstreams<SocketAddr>,
         database: Uuid,
         store: Arc<dyn ReplicaStore>,
         status: Arc<Mutex<SubscriptionStatus>>,
@@ -275,6 +276,7 @@ pub struct Service {
     runtime: RuntimeKind,
     next_subscription: std::sync::atomic::AtomicU64,
     node: Uuid,
+    backoff_max: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -303,6 +305,8 @@ pub struct SubscriptionStatus {
     pub received_lsn: u64,
     /// Why the last link ended, if one did.
     pub last_error: Option<String>,
+    /// The holder followed now (or tried next).
+    pub upstream: Option<SocketAddr>,
 }
 
 /// A replica's subscription to its source; dropping it unsubscribes (closing the link).
@@ -346,6 +350,7 @@ impl Service {
         let (instructions, receiver) = mpsc::unbounded_channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
         let node = config.node;
+        let backoff_max = config.backoff_max;
         let thread_name = format!("pagemesh-net-{}", config.name);
         let (runtime, thread) = spawn_runtime(&thread_name, config.transport, move |kind| {
             run(kind, config, receiver, addr_tx)
@@ -361,6 +366,7 @@ impl Service {
             runtime,
             next_subscription: std::sync::atomic::AtomicU64::new(0),
             node,
+            backoff_max,
         })
     }
 
@@ -389,30 +395,34 @@ impl Service {
         let _ = self.instructions.send(Instruction::Withdraw(database));
     }
 
-    /// Keeps the replica in `store` subscribed to `database` on the node at `addr`, reconnecting
-    /// and re-syncing by itself, until the returned handle is dropped.
+    /// Keeps the replica in `store` subscribed to `database`, following one of the nodes at
+    /// `upstreams` (any node that holds a copy: the origin or a relay), nearest first, and
+    /// re-syncing by itself after any disconnect, from whichever of them still serves (see
+    /// [`Upstreams`]), until the returned handle is dropped. Fails if `upstreams` is empty.
     pub fn subscribe(
         &self,
-        addr: SocketAddr,
+        upstreams: &[SocketAddr],
         database: Uuid,
         store: Arc<dyn ReplicaStore>,
-    ) -> Subscription {
+    ) -> Result<Subscription> {
+        let upstreams = Upstreams::new(upstreams.to_vec(), SUBSCRIBE_BACKOFF_MIN, self.backoff_max)
+            .ok_or(Error::NoUpstreams { database })?;
         let id = self
             .next_subscription
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let status = Arc::new(Mutex::new(SubscriptionStatus::default()));
         let _ = self.instructions.send(Instruction::Subscribe {
             id,
-            addr,
+            upstreams,
             database,
             store,
             status: Arc::clone(&status),
         });
-        Subscription {
+        Ok(Subscription {
             id,
             instructions: self.instructions.clone(),
             status,
-        }
+        })
     }
 
     /// Stops the runtime thread, closing every link; waits for it.
@@ -434,6 +444,10 @@ impl Drop for Service {
 
 /// The most nodes one database's receipt book holds (see "Relaying" above).
 pub const RECEIPT_NODES_MAX: usize = 4096;
+
+/// The first wait of a subscription whose every upstream failed; it doubles up to
+/// [`ServiceConfig::backoff_max`].
+const SUBSCRIBE_BACKOFF_MIN: Duration = Duration::from_millis(50);
 
 /// One database's receipts, on their way upstream: the book, and a wake-up for the
 /// subscription that reports it.
@@ -600,7 +614,7 @@ async fn run(
             Instruction::Withdraw(uuid) => runtime.withdraw(uuid, None),
             Instruction::Subscribe {
                 id,
-                addr,
+                upstreams,
                 database,
                 store,
                 status,
@@ -613,7 +627,7 @@ async fn run(
                 spawn_local(follow(
                     Rc::clone(&runtime),
                     control,
-                    addr,
+                    upstreams,
                     database,
                     store,
                     status,

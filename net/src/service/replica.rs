@@ -9,7 +9,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pagemesh_logpage::PAGE_SIZE;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -24,15 +24,18 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::proto::frame::{Resume, RECEIPTS_SINCE_VERSION};
+use crate::route::Upstreams;
 use crate::transport::{
     sleep, sleep_until, spawn_local, Connection, FrameReader, FrameWriter, Progress,
 };
 
-/// Replica side: keeps one subscription alive, reconnecting with backoff, until unsubscribed.
+/// Replica side: keeps one subscription alive until unsubscribed, following one holder of the
+/// database at a time, chosen by [`Upstreams`] (nearest first, the next at once when a link fails
+/// or is refused, backing off only after a whole round failed).
 pub(super) async fn follow(
     runtime: Rc<Runtime>,
     control: Rc<LinkControl>,
-    addr: SocketAddr,
+    mut upstreams: Upstreams<SocketAddr>,
     database: Uuid,
     store: Arc<dyn ReplicaStore>,
     status: Arc<Mutex<SubscriptionStatus>>,
@@ -40,31 +43,33 @@ pub(super) async fn follow(
     if let Some(replica) = store.current() {
         runtime.serve(replica);
     }
-    let mut backoff = Duration::from_millis(50);
     while !control.closed.get() {
+        let addr = *upstreams.current();
+        lock(&status).upstream = Some(addr);
         let link = LinkControl::new();
+        let heard = Cell::new(false);
         let outcome = tokio::select! {
-            outcome = follow_link(&runtime, &link, addr, database, &store, &status) => outcome,
+            outcome = follow_link(&runtime, &link, addr, database, &store, &status, &heard) => outcome,
             () = control.closed() => Ok(()),
         };
         link.close();
-        let was_connected = {
+        {
             let mut state = lock(&status);
             if let Err(error) = &outcome {
-                tracing::warn!(%addr, %database, %error, "replication link ended; reconnecting");
+                tracing::warn!(%addr, %database, %error, "replication link ended; following the next holder");
                 state.last_error = Some(error.to_string());
             }
             state.restoring = false;
-            std::mem::replace(&mut state.connected, false)
-        };
-        if was_connected {
-            backoff = Duration::from_millis(50);
+            state.connected = false;
+        }
+        let wait = upstreams.ended(heard.get());
+        if !wait.is_zero() {
+            tracing::debug!(%database, ?wait, holders = upstreams.holders().len(), "no holder served; backing off");
         }
         tokio::select! {
-            () = sleep(backoff) => {}
+            () = sleep(wait) => {}
             () = control.closed() => {}
         }
-        backoff = (backoff * 2).min(runtime.config.backoff_max);
     }
     if let Some(replica) = store.current() {
         runtime.withdraw(database, Some(replica.log()));
@@ -82,6 +87,8 @@ struct Shared {
     progress: Rc<Progress>,
     /// The counters when the machine last heard of them.
     seen: Cell<(u64, u64)>,
+    /// The source served this link: a frame other than a refusal came back.
+    heard: Cell<bool>,
 }
 
 impl Shared {
@@ -107,6 +114,7 @@ pub(super) async fn follow_link(
     database: Uuid,
     store: &Arc<dyn ReplicaStore>,
     status: &Arc<Mutex<SubscriptionStatus>>,
+    heard: &Cell<bool>,
 ) -> Result<()> {
     let connection = Connection::connect(runtime.kind, addr).await?;
     let (mut reader, writer, shutdown) = connection.split(addr)?;
@@ -152,6 +160,7 @@ pub(super) async fn follow_link(
         receipts,
         seen: Cell::new(progress.counts()),
         progress,
+        heard: Cell::new(false),
     });
     {
         let mut state = lock(status);
@@ -177,6 +186,7 @@ pub(super) async fn follow_link(
         status,
     )
     .await;
+    heard.set(shared.heard.get());
     control.close();
     let sent = sender.await.unwrap_or(Ok(()));
     received.and(sent)
@@ -268,6 +278,8 @@ async fn receive(
             .link
             .borrow_mut()
             .handle_frame(Instant::now(), frame)?;
+        // The source served this link (a refusal fails above): the next attempt need not wait.
+        shared.heard.set(true);
         match received {
             Received::Nothing => {}
             Received::Pages(pages) => {

@@ -116,6 +116,7 @@ pub(super) async fn serve_replica(
     let served = source.as_ref().map(|source| Served {
         origin: source.origin(),
         committed_lsn: source.log().committed_lsn(),
+        relay: source.log().is_follower(),
     });
     let (source, admitted) = match (source, admit(served, resume.origin, resume.from_lsn)) {
         (Some(source), Ok(admitted)) => (source, admitted),

@@ -82,6 +82,7 @@ impl World {
         let served = Served {
             origin: ORIGIN,
             committed_lsn: db.log.committed_lsn(),
+            relay: false,
         };
         let admitted = admit(Some(served), resume.origin, resume.from_lsn)?;
         let received = if admitted.from_lsn == BOOTSTRAP {

@@ -1,0 +1,279 @@
+//! A mesh of real processes: a 3×3 grid on loopback, pages relayed hop by hop, a relay killed
+//! with SIGKILL and routed around, a tenth node joining mid-load; both transports.
+//!
+//! The origin is the grid's corner `(0, 0)`, a [`Node`] in the test process (it is the writer,
+//! and commits need a caller); the eight other nodes are `pagemesh node --config` processes.
+//! Each node knows only its grid neighbours nearer the corner, the more central one first, and
+//! follows one of them (`sources = [...]` in its config): the middle node feeds `(1, 2)` and
+//! `(2, 1)`, which feed `(2, 2)`. Mid-load the middle node is killed with SIGKILL: the two it
+//! fed move to their other neighbour at once, and commits keep being acknowledged by nodes the
+//! origin has no link to. The middle node restarts on the same address and resumes; then a
+//! tenth node, knowing only `(2, 2)`, joins and bootstraps from it. Every `Replicated(8)` commit
+//! that returns `Ok` was received by all eight others; at the end every node is stopped with
+//! SIGTERM, opened here, and must equal the origin entry for entry and hold exactly what the
+//! commits imply. No node is ever re-seeded: each resumed from what it held.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use pagemesh::core::Durability::{Applied, Replicated};
+use pagemesh::core::{Database, Options};
+use pagemesh::net::TransportKind;
+
+const SEED: u64 = 0x6d65_7368;
+/// Grid side.
+const SIDE: usize = 3;
+
+/// A `pagemesh node` child; killed on drop if still running.
+struct NodeProcess {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NodeProcess {
+    /// Starts `pagemesh node --config config` and waits for its listening address and its
+    /// database line.
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
+            .args(["node", "--config", config.to_str().expect("utf-8 path")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pagemesh node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addr = None;
+        for line in lines.by_ref() {
+            let line = line.expect("readable stdout");
+            if let Some((_, at)) = line.split_once(" listening on ") {
+                addr = Some(at.parse().expect("an address"));
+            }
+            if line.contains("role replica") {
+                break;
+            }
+        }
+        let addr = addr.unwrap_or_else(|| panic!("{} printed no address", config.display()));
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, addr }
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn stop(mut self, what: &str) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "{what} exits cleanly on SIGTERM: {exit}");
+    }
+}
+
+/// The config of a grid node that listens on `listen` and follows `sources`.
+fn write_config(
+    dir: &Path,
+    name: &str,
+    transport: &str,
+    listen: SocketAddr,
+    sources: &[SocketAddr],
+    database: uuid::Uuid,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let sources: Vec<String> = sources.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ntransport = \"{transport}\"\n\n\
+             [[databases]]\nname = \"copy\"\nrole = \"replica\"\nsources = [{}]\nuuid = \"{database}\"\n",
+            dir.join(name).display(),
+            sources.join(", ")
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// The neighbours of `(row, col)` one hop nearer the corner, the more central first.
+fn upstream_of(row: usize, col: usize) -> Vec<(usize, usize)> {
+    let mut near = Vec::new();
+    if row > 0 {
+        near.push((row - 1, col));
+    }
+    if col > 0 {
+        near.push((row, col - 1));
+    }
+    near.sort_by_key(|&(r, c)| std::cmp::Reverse(r.min(c)));
+    near
+}
+
+/// Waits until `nodes` distinct nodes are known to the origin to hold everything it wrote: its
+/// direct links, and the nodes their RECEIPTS report.
+fn wait_held_by(db: &Database, nodes: u32, what: &str) {
+    db.log().seal();
+    let end = db.received_lsn();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !db.replication().reached(end, nodes) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {nodes} nodes holding pages below {end} not within {PATIENCE:?}; links {:#?}",
+            db.replication().status()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The one generation of the copy in a node's data directory, opened.
+fn open_copy(dir: &Path, name: &str) -> Database {
+    let copy = dir.join(name).join("copy");
+    let generations = generations(&copy);
+    assert_eq!(
+        generations.len(),
+        1,
+        "{name} resumed what it held, never re-seeded: {generations:?}"
+    );
+    // The nodes open their copies with the default options.
+    Database::open(copy.join(&generations[0]), Options::new())
+        .unwrap_or_else(|e| panic!("open {name}'s copy: {e}"))
+}
+
+fn a_grid_of_processes_relays_reroutes_and_converges(transport: TransportKind, name: &str) {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = node("n00", dir.path(), transport, true, None);
+    let db = origin
+        .open_database(
+            "db",
+            options(1024).replication_timeout(Duration::from_secs(5)),
+        )
+        .expect("open the origin's database");
+    origin.serve(&db, 2);
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // Start the grid outwards from the corner, each node once its upstreams listen.
+    let mut addrs = vec![vec![None; SIDE]; SIDE];
+    addrs[0][0] = origin.local_addr();
+    let mut processes: Vec<Vec<Option<NodeProcess>>> = (0..SIDE)
+        .map(|_| (0..SIDE).map(|_| None).collect())
+        .collect();
+    let mut configs = vec![vec![PathBuf::new(); SIDE]; SIDE];
+    for distance in 1..=2 * (SIDE - 1) {
+        for row in 0..SIDE {
+            let Some(col) = distance.checked_sub(row).filter(|&c| c < SIDE) else {
+                continue;
+            };
+            let sources: Vec<SocketAddr> = upstream_of(row, col)
+                .into_iter()
+                .map(|(r, c)| addrs[r][c].expect("upstream started"))
+                .collect();
+            let label = format!("n{row}{col}");
+            let config = write_config(dir.path(), &label, name, any_port, &sources, db.uuid());
+            let process = NodeProcess::start(&config);
+            // Restarts listen where the node's neighbours look for it.
+            configs[row][col] =
+                write_config(dir.path(), &label, name, process.addr, &sources, db.uuid());
+            addrs[row][col] = Some(process.addr);
+            processes[row][col] = Some(process);
+        }
+    }
+    let others = (SIDE * SIDE - 1) as u32;
+    wait_held_by(&db, others, "every node counted at the origin");
+    let links = db.replication().status();
+    assert_eq!(
+        links.len(),
+        2,
+        "the corner links to its two neighbours only"
+    );
+
+    // Every commit waits for all eight: receipts cross up to four hops back to the origin.
+    let ledger = Ledger::default();
+    let mut workload = bulk_workload(SEED, 0);
+    ledger.run(&db, &mut workload, 40, &[Replicated(8)], &no_check);
+    ledger.assert_clean("the whole grid");
+
+    // Kill the middle node mid-load; its two downstreams move to their other neighbour, and
+    // commits keep being acknowledged by three nodes.
+    let middle = processes[1][1].take().expect("middle node");
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(middle);
+    });
+    let mut workload = bulk_workload(SEED ^ 1, 1);
+    ledger.run(&db, &mut workload, 40, &[Replicated(3), Applied], &no_check);
+    killer.join().expect("killer");
+    ledger.run(&db, &mut workload, 20, &[Replicated(7)], &no_check);
+    ledger.assert_clean("routed around the middle");
+
+    // The middle comes back where it was, and resumes from its neighbours.
+    processes[1][1] = Some(NodeProcess::start(&configs[1][1]));
+    wait_held_by(&db, others, "the middle resumed");
+
+    // A tenth node, knowing only (2, 2), joins mid-load and bootstraps from it.
+    let far = addrs[SIDE - 1][SIDE - 1].expect("far corner");
+    let joiner_config = write_config(dir.path(), "joiner", name, any_port, &[far], db.uuid());
+    let mut workload = bulk_workload(SEED ^ 2, 2);
+    let joiner = std::thread::scope(|scope| {
+        let joiner = scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            NodeProcess::start(&joiner_config)
+        });
+        ledger.run(&db, &mut workload, 30, &[Replicated(3)], &no_check);
+        joiner.join().expect("joiner")
+    });
+    wait_held_by(&db, others + 1, "the tenth node bootstrapped");
+    ledger.run(&db, &mut workload, 20, &[Replicated(9)], &no_check);
+    ledger.assert_clean("ten nodes");
+
+    // Everything received everywhere (the last commits waited for all nine others); stop
+    // every node cleanly and compare its files with the origin's.
+    joiner.stop("joiner");
+    let mut names = vec!["joiner".to_string()];
+    for (row, line) in processes.iter_mut().enumerate() {
+        for (col, process) in line.iter_mut().enumerate() {
+            if let Some(process) = process.take() {
+                let label = format!("n{row}{col}");
+                process.stop(&label);
+                names.push(label);
+            }
+        }
+    }
+    db.log().seal();
+    let end = eventually("the origin applies its log", PATIENCE, || {
+        let end = db.received_lsn();
+        (db.applied_lsn() >= end).then_some(end)
+    });
+    for label in &names {
+        let copy = open_copy(dir.path(), label);
+        eventually(
+            &format!("{label} applies what it received"),
+            PATIENCE,
+            || (copy.applied_lsn() >= end).then_some(()),
+        );
+        assert_same(&db, &copy, label);
+        assert_model(&copy, &ledger, label);
+    }
+}
+
+#[test]
+fn a_grid_of_processes_relays_reroutes_and_converges_on_epoll() {
+    a_grid_of_processes_relays_reroutes_and_converges(TransportKind::Epoll, "epoll");
+}
+
+#[test]
+fn a_grid_of_processes_relays_reroutes_and_converges_on_io_uring() {
+    a_grid_of_processes_relays_reroutes_and_converges(TransportKind::Uring, "uring");
+}
