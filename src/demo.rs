@@ -1,18 +1,26 @@
-//! `pagemesh demo`: a primary and two replicas on loopback, a real load, and a DIFF.
+//! `pagemesh demo`: a primary and its replicas on loopback, a real load, and a DIFF.
 //!
-//! Three nodes run in this process, each with its own network thread and data directory. The
-//! primary serves its database with two synchronous replicas; each replica bootstraps from a
-//! snapshot and then follows the primary's log over TCP (io_uring, or epoll if the kernel forbids
-//! it). The land-registry-shaped data set is loaded in batches, every batch committed
-//! `Replicated(2)`: it returns once both replicas have *received* its pages, before they replay
-//! them. Progress bars show the primary's commits and each replica's applied records and lag.
-//! At the end every replica is compared with the primary entry by entry (table, key, version,
-//! bytes): the demo exits 0 only if they are identical.
+//! The nodes run in this process, each with its own network thread and data directory. By
+//! default the primary serves its database to two replicas, both synchronous, each of which
+//! bootstraps from a snapshot and then follows the primary's log over TCP (io_uring, or epoll if
+//! the kernel forbids it). With `--mesh 3x3` the nodes form a grid instead: the primary is a
+//! corner, and every other node knows only its neighbours nearer that corner and follows one of
+//! them (`Node::replicate_from_any`), so pages travel up to four hops, each node relaying what
+//! it holds to the next; receipts travel back the same way, so the primary counts every node
+//! although it links to two.
+//!
+//! The land-registry-shaped data set is loaded in batches, every batch committed
+//! `Replicated(n)` for every other node: it returns once all of them have *received* its pages,
+//! before they replay them. Progress bars show the primary's commits and each replica's applied
+//! records and lag. At the end every replica is compared with the primary entry by entry (table,
+//! key, version, bytes): the demo exits 0 only if they are identical. The page transfers per
+//! page written (every PAGES frame any replica received, duplicates included) show what the
+//! routing cost: N − 1 for a tree, 2E − (N − 1) for flooding with visited lists.
 //!
 //! Then, to set the end-to-end figure against what this machine allows, the demo loads the same
 //! records with raw heed into one fresh LMDB environment per node, all at once on parallel
 //! threads, in synced transactions as large as the primary's largest apply group: the LMDB work
-//! the three nodes do, and nothing else (no log, no network, no replica ingest).
+//! the nodes do, and nothing else (no log, no network, no replica ingest).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +41,13 @@ pub struct Args {
     /// Records per commit.
     #[arg(long, default_value_t = 50)]
     batch: usize,
-    /// Replicas (all synchronous).
-    #[arg(long, default_value_t = 2)]
+    /// Replicas (all synchronous), each following the primary.
+    #[arg(long, default_value_t = 2, conflicts_with = "mesh")]
     replicas: usize,
+    /// A grid of nodes instead, e.g. `3x3`: the primary at a corner, each other node following
+    /// a neighbour nearer it.
+    #[arg(long)]
+    mesh: Option<Grid>,
     /// Commits kept in flight by the loader.
     #[arg(long, default_value_t = 64)]
     inflight: usize,
@@ -48,6 +60,91 @@ pub struct Args {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A `WIDTHxHEIGHT` grid of nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Grid {
+    width: usize,
+    height: usize,
+}
+
+impl std::str::FromStr for Grid {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parse = |part: &str| {
+            part.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| (1..=16).contains(&n))
+        };
+        match text.split_once(['x', 'X']) {
+            Some((w, h)) => match (parse(w), parse(h)) {
+                (Some(width), Some(height)) if width * height >= 2 => Ok(Self { width, height }),
+                _ => Err(format!(
+                    "{text:?}: sides of 1 to 16 nodes, at least two nodes"
+                )),
+            },
+            None => Err(format!("{text:?}: expected WIDTHxHEIGHT, e.g. 3x3")),
+        }
+    }
+}
+
+/// Who follows whom: each replica's name and the nodes it may follow (indices into the node
+/// list, where 0 is the primary), nearest first.
+struct Layout {
+    replicas: Vec<(String, Vec<usize>)>,
+    /// Replicas have replicas of their own: every node listens.
+    relays: bool,
+}
+
+impl Layout {
+    /// Every replica follows the primary.
+    fn star(replicas: usize) -> Self {
+        Self {
+            replicas: (1..=replicas)
+                .map(|i| (format!("replica-{i}"), vec![0]))
+                .collect(),
+            relays: false,
+        }
+    }
+
+    /// Node `row * width + col` follows its neighbours one hop nearer the corner, the more
+    /// central first (so the middle of a 3×3 grid relays to two nodes).
+    fn grid(grid: Grid) -> Self {
+        let index = |row: usize, col: usize| row * grid.width + col;
+        let mut replicas = Vec::new();
+        for row in 0..grid.height {
+            for col in 0..grid.width {
+                if row == 0 && col == 0 {
+                    continue;
+                }
+                let mut near = Vec::new();
+                if row > 0 {
+                    near.push((row - 1, col));
+                }
+                if col > 0 {
+                    near.push((row, col - 1));
+                }
+                near.sort_by_key(|&(r, c)| std::cmp::Reverse(r.min(c)));
+                let upstreams = near.into_iter().map(|(r, c)| index(r, c)).collect();
+                replicas.push((format!("node-{row}-{col}"), upstreams));
+            }
+        }
+        Self {
+            replicas,
+            relays: true,
+        }
+    }
+
+    /// Replicas linked to the primary itself (its synchronous links).
+    fn primary_links(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|(_, upstreams)| upstreams.contains(&0))
+            .count()
+    }
+}
 
 const TABLE: &str = "price_paid";
 
@@ -62,31 +159,75 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         }
     };
     let loopback = "127.0.0.1:0".parse()?;
-    let primary = Node::builder("primary", dir.join("primary"))
+    let layout = match args.mesh {
+        Some(grid) => Layout::grid(grid),
+        None => Layout::star(args.replicas),
+    };
+    let replica_count = layout.replicas.len();
+    let primary_name = if layout.relays { "node-0-0" } else { "primary" };
+    // One secret for the cluster: links authenticate as a deployment's would.
+    let secret = uuid::Uuid::new_v4().simple().to_string().into_bytes();
+    let primary = Node::builder(primary_name, dir.join(primary_name))
         .listen(loopback)
+        .secret(Some(secret.clone()))
         .transport(args.transport)
         .open()?;
     let source = primary.local_addr().ok_or("primary is not listening")?;
     let db = primary.open_database("land-registry", Options::new())?;
-    let replicas_wanted = u32::try_from(args.replicas)?;
-    primary.serve(&db, args.replicas);
-    println!(
-        "primary listening on {source} ({:?} transport); {} replica(s), all synchronous",
-        primary.runtime(),
-        args.replicas
-    );
+    let replicas_wanted = u32::try_from(replica_count)?;
+    primary.serve(&db, layout.primary_links());
+    match args.mesh {
+        Some(grid) => println!(
+            "{}x{} grid: primary {primary_name} listening on {source} ({:?} transport), linked to {}; every commit waits for all {replica_count} other nodes",
+            grid.width,
+            grid.height,
+            primary.runtime(),
+            layout.primary_links()
+        ),
+        None => println!(
+            "primary listening on {source} ({:?} transport); {replica_count} replica(s), all synchronous",
+            primary.runtime()
+        ),
+    }
 
+    // Nodes start in order, so each one's upstreams listen before it starts.
+    let mut addrs = vec![source];
     let mut nodes = Vec::new();
     let mut replicas: Vec<Replica> = Vec::new();
-    for i in 1..=args.replicas {
-        let name = format!("replica-{i}");
-        let node = Node::builder(&name, dir.join(&name))
-            .transport(args.transport)
-            .open()?;
-        replicas.push(node.replicate(source, db.uuid(), "land-registry", Options::new())?);
+    for (name, upstreams) in &layout.replicas {
+        let mut builder = Node::builder(name, dir.join(name))
+            .secret(Some(secret.clone()))
+            .transport(args.transport);
+        if layout.relays {
+            builder = builder.listen(loopback);
+        }
+        let node = builder.open()?;
+        let holders: Vec<_> = upstreams.iter().map(|&i| addrs[i]).collect();
+        replicas.push(node.replicate_from_any(
+            &holders,
+            db.uuid(),
+            "land-registry",
+            Options::new(),
+        )?);
+        addrs.push(node.local_addr().unwrap_or(source));
         nodes.push(node);
+        if layout.relays {
+            // A relay serves once it holds a copy: let it bootstrap before its followers ask.
+            let replica = replicas.last().ok_or("no replica")?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while replica.database().is_none() {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{name} did not bootstrap within 60 s: {:?}",
+                        replica.status()
+                    )
+                    .into());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
     }
-    wait_for_sync_replicas(&db, args.replicas)?;
+    wait_for_replicas(&db, replicas_wanted)?;
 
     let bars = MultiProgress::new();
     let style = ProgressStyle::with_template(
@@ -99,9 +240,8 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         bar
     };
     let loaded = bar("primary");
-    let followers: Vec<ProgressBar> = (1..=args.replicas)
-        .map(|i| bar(&format!("replica-{i}")))
-        .collect();
+    let followers: Vec<ProgressBar> = layout.replicas.iter().map(|(name, _)| bar(name)).collect();
+    let first_lsn = db.received_lsn();
 
     let started = Instant::now();
     let done = AtomicBool::new(false);
@@ -130,7 +270,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         )
     };
     println!(
-        "every commit acknowledged by both replicas after {:.2} s ({:.0} records/s); primary and replicas applied everything after {:.2} s",
+        "every commit acknowledged by all {replica_count} replicas after {:.2} s ({:.0} records/s); primary and replicas applied everything after {:.2} s",
         load_time.get().as_secs_f64(),
         args.records as f64 / load_time.get().as_secs_f64(),
         elapsed.as_secs_f64()
@@ -140,34 +280,49 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         args.records,
         elapsed.as_secs_f64(),
         args.records as f64 / elapsed.as_secs_f64(),
-        args.replicas,
+        replica_count,
         groups(db.stats()),
+    );
+    let pages = db.received_lsn().saturating_sub(first_lsn).max(1);
+    let transfers: u64 = replicas.iter().map(|r| r.status().pages_received).sum();
+    println!(
+        "page transfers per page written: {:.2} ({transfers} transfers of {pages} pages; a tree needs {replica_count}{})",
+        transfers as f64 / pages as f64,
+        match args.mesh {
+            Some(grid) => format!(
+                ", flooding with visited lists {}",
+                2 * (grid.width * (grid.height - 1) + grid.height * (grid.width - 1)) - replica_count
+            ),
+            None => String::new(),
+        }
     );
 
     let mut identical = true;
-    for (i, replica) in replicas.iter().enumerate() {
+    for (replica, (name, _)) in replicas.iter().zip(&layout.replicas) {
         let copy = replica.database().ok_or("replica vanished")?;
         match diff(&db, &copy)? {
             None => println!(
-                "replica-{}: identical to the primary ({})",
-                i + 1,
+                "{name}: identical to the primary ({})",
                 groups(copy.stats())
             ),
             Some(difference) => {
                 identical = false;
-                println!("replica-{}: DIFFERS: {difference}", i + 1);
+                println!("{name}: DIFFERS: {difference}");
             }
         }
     }
     let group_rows = (db.stats().largest_group_records * args.batch as u64).max(1);
-    drop(replicas);
-    drop(nodes);
+    // Farthest first, so no node reconnects to a neighbour that is already stopping.
+    for (replica, node) in replicas.into_iter().zip(nodes).rev() {
+        drop(replica);
+        drop(node);
+    }
     drop(db);
     drop(primary);
-    let ceiling = heed_ceiling(&dir, args, 1 + args.replicas, group_rows as usize)?;
+    let ceiling = heed_ceiling(&dir, args, 1 + replica_count, group_rows as usize)?;
     println!(
         "LMDB alone (raw heed, {} copies loaded in parallel, synced transactions of {group_rows} rows): {:.2} s, {:.0} records/s; end to end reached {:.2}x of it",
-        1 + args.replicas,
+        1 + replica_count,
         ceiling.as_secs_f64(),
         args.records as f64 / ceiling.as_secs_f64(),
         ceiling.as_secs_f64() / elapsed.as_secs_f64(),
@@ -212,22 +367,22 @@ fn heed_ceiling(
     Ok(started.elapsed())
 }
 
-fn wait_for_sync_replicas(db: &Database, wanted: usize) -> Result<(), BoxError> {
+/// Waits until `wanted` distinct nodes are known to the primary (its links, and the nodes their
+/// receipts report).
+fn wait_for_replicas(db: &Database, wanted: u32) -> Result<(), BoxError> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = db.replication().status();
-        if status.iter().filter(|r| r.sync).count() >= wanted {
-            return Ok(());
-        }
+    let end = db.received_lsn();
+    while !db.replication().reached(end, wanted) {
         if Instant::now() > deadline {
             return Err(format!(
-                "only {} of {wanted} replicas connected within 60 s",
-                status.len()
+                "not all {wanted} replicas connected within 60 s; the primary's links: {:?}",
+                db.replication().status()
             )
             .into());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    Ok(())
 }
 
 /// Loads the set in batches, `inflight` commits at a time, each `Replicated(n)`.

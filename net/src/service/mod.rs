@@ -303,6 +303,8 @@ pub struct SubscriptionStatus {
     pub restoring: bool,
     /// Every page below this is received.
     pub received_lsn: u64,
+    /// Pages that arrived in PAGES frames, duplicates included: what routing cost this replica.
+    pub pages_received: u64,
     /// Why the last link ended, if one did.
     pub last_error: Option<String>,
     /// The holder followed now (or tried next).

@@ -53,18 +53,23 @@ pub(super) async fn follow(
             () = control.closed() => Ok(()),
         };
         link.close();
+        let was_up = heard.get();
+        let wait = upstreams.ended(was_up);
         {
             let mut state = lock(&status);
             if let Err(error) = &outcome {
-                tracing::warn!(%addr, %database, %error, "replication link ended; following the next holder");
+                let next = *upstreams.current();
+                // A holder that served and went away, or a whole round that failed, is news; a
+                // holder that cannot serve yet (a relay still bootstrapping, or behind) is not.
+                if was_up || !wait.is_zero() {
+                    tracing::warn!(%addr, %database, %error, %next, ?wait, "replication link ended; following the next holder");
+                } else {
+                    tracing::info!(%addr, %database, %error, %next, "holder did not serve; trying the next");
+                }
                 state.last_error = Some(error.to_string());
             }
             state.restoring = false;
             state.connected = false;
-        }
-        let wait = upstreams.ended(heard.get());
-        if !wait.is_zero() {
-            tracing::debug!(%database, ?wait, holders = upstreams.holders().len(), "no holder served; backing off");
         }
         tokio::select! {
             () = sleep(wait) => {}
@@ -296,7 +301,9 @@ async fn receive(
                     .borrow_mut()
                     .ingested(received, db.durable_lsn());
                 shared.due.notify_one();
-                lock(status).received_lsn = received;
+                let mut state = lock(status);
+                state.received_lsn = received;
+                state.pages_received += (pages.len() / PAGE_SIZE) as u64;
             }
             Received::SnapshotChunk { data, last } => {
                 if restore.is_none() {

@@ -126,6 +126,7 @@ pub(super) async fn serve_replica(
                 resume.database,
                 outcome.err().unwrap_or_default()
             );
+            tracing::info!(%peer, replica = %info.name, %reason, "refused a subscription");
             return refuse(&mut writer, reason).await;
         }
     };
@@ -182,17 +183,15 @@ pub(super) async fn serve_replica(
 }
 
 /// Tells a peer why its subscription is refused, and fails the link with it.
+/// Sends REFUSE with `reason`; the link then closes. Refusing is this node's decision, logged
+/// by the caller, not a failure of the link.
 pub(super) async fn refuse(writer: &mut FrameWriter, reason: String) -> Result<()> {
     let mut out = writer.buffer();
     encode(
         &Frame::Refuse(Refuse::new(RefuseCode::UnknownDatabase, &reason)),
         &mut out,
     );
-    writer.write(out).await?;
-    Err(Error::Refused {
-        code: RefuseCode::UnknownDatabase as u16,
-        reason,
-    })
+    writer.write(out).await
 }
 
 /// The link's tasks share its state machine, and a wake-up for the timer task when a write
