@@ -80,3 +80,87 @@ fn a_replica_relays_and_its_subtree_counts(transport: TransportKind) {
 }
 
 on_both_transports!(a_replica_relays_and_its_subtree_counts);
+
+/// A replica that is ahead of a relay (it followed the primary while the relay was cut off) and
+/// restarts with the relay first in its list is refused by the relay as *behind*, not re-seeded
+/// from the relay's older copy: it moves on to the primary at once and resumes from what it
+/// holds. Once the relay is back, both hold every `Replicated(2)` commit.
+fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
+    let pair = Pair::builder(transport)
+        .ring_slots(256)
+        .sync_replicas(2)
+        .through_proxy()
+        .start();
+    let relay = pair.follower("relay").listen().start();
+    relay.wait_following();
+    let leaf = pair.follower("leaf").direct().start();
+    leaf.wait_following();
+    pair.wait_attached(2, 2);
+    let (db, proxy) = (&pair.db, pair.proxy());
+    let ledger = Ledger::default();
+    commit_checked(
+        &ledger,
+        db,
+        &mut bulk_workload(SEED, 0),
+        10,
+        &[Replicated(2)],
+        &[&*relay, &*leaf],
+    );
+
+    // The relay is cut off; the leaf takes everything written meanwhile.
+    let behind = cut_off(proxy, &relay);
+    commit_checked(
+        &ledger,
+        db,
+        &mut bulk_workload(SEED ^ 1, 1),
+        20,
+        &[Replicated(1)],
+        &[&*leaf],
+    );
+    converge(db, &leaf, "leaf, ahead of the relay");
+    drop(leaf);
+
+    // It comes back knowing the relay first, then the primary.
+    let leaf = pair
+        .follower("leaf")
+        .from_any(vec![relay.addr(), pair.addr()])
+        .start();
+    leaf.wait_following();
+    assert!(
+        leaf.database().expect("leaf").received_lsn() > behind,
+        "the test needs the leaf ahead of the relay"
+    );
+    let refused = leaf.status();
+    assert!(
+        refused
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("behind")),
+        "the relay refused the leaf as behind: {refused:?}"
+    );
+    assert_eq!(
+        refused.restores, 0,
+        "the leaf resumed, never re-seeded: {refused:?}"
+    );
+    assert_eq!(
+        refused.upstream,
+        Some(pair.addr()),
+        "it follows the primary: {refused:?}"
+    );
+
+    proxy.set_refuse(false);
+    commit_checked(
+        &ledger,
+        db,
+        &mut bulk_workload(SEED ^ 2, 2),
+        20,
+        &[Replicated(2)],
+        &[&*relay, &*leaf],
+    );
+    ledger.assert_clean("relay behind, leaf ahead");
+    assert_converged(db, &relay, &ledger, "relay, back");
+    assert_converged(db, &leaf, &ledger, "leaf, resumed from the primary");
+    assert_eq!(leaf.status().restores, 0);
+}
+
+on_both_transports!(a_relay_behind_refuses_a_replica_ahead_of_it);

@@ -190,7 +190,7 @@ impl Pair {
             secret: self.config.secret.as_deref(),
             direct: self.proxy.is_none(),
             listen: false,
-            source: None,
+            sources: Vec::new(),
         }
     }
 
@@ -230,7 +230,8 @@ pub struct FollowerBuilder<'a> {
     secret: Option<&'a [u8]>,
     direct: bool,
     listen: bool,
-    source: Option<SocketAddr>,
+    /// Holders to follow, nearest first (empty: the primary, or its proxy).
+    sources: Vec<SocketAddr>,
 }
 
 impl<'a> FollowerBuilder<'a> {
@@ -254,8 +255,13 @@ impl<'a> FollowerBuilder<'a> {
     }
 
     /// Follows the node at `source` (another follower that relays) instead of the primary.
-    pub fn from(mut self, source: SocketAddr) -> Self {
-        self.source = Some(source);
+    pub fn from(self, source: SocketAddr) -> Self {
+        self.from_any(vec![source])
+    }
+
+    /// Follows whichever of `sources` serves, nearest first (`Node::replicate_from_any`).
+    pub fn from_any(mut self, sources: Vec<SocketAddr>) -> Self {
+        self.sources = sources;
         self
     }
 
@@ -270,13 +276,13 @@ impl<'a> FollowerBuilder<'a> {
             self.listen,
             self.secret,
         );
-        let source = match self.source {
-            Some(source) => source,
-            None if self.direct => pair.addr(),
-            None => pair.proxy().addr(),
+        let sources = match self.sources {
+            sources if !sources.is_empty() => sources,
+            _ if self.direct => vec![pair.addr()],
+            _ => vec![pair.proxy().addr()],
         };
         let replica = node
-            .replicate(source, pair.db.uuid(), DB, pair.replica_options())
+            .replicate_from_any(&sources, pair.db.uuid(), DB, pair.replica_options())
             .unwrap_or_else(|e| panic!("{}: replicate {DB}: {e}", self.name));
         Follower {
             replica,
