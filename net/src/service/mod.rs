@@ -9,9 +9,10 @@
 //!
 //! A replica *subscribes*: it connects to the source's node, authenticates (HELLO / WELCOME /
 //! AUTH, `proto::handshake`) and sends RESUME with the LSN it has received up to (or
-//! [`BOOTSTRAP`] when it has no database yet). The link then belongs to that one database; this
-//! issue's links are one database each (multiplexing many over one connection, and relaying, come
-//! with the mesh, `route/`).
+//! [`BOOTSTRAP`] when it has no database yet). The link then belongs to that one database (links
+//! are one database each; multiplexing many over one connection is not done yet). A subscription
+//! names one or more *holders* of the database, nearest first (the origin, or replicas that relay
+//! it: see below), and follows one at a time, chosen by `route::Upstreams`.
 //!
 //! On the source side a link has a *shipper* and an *ack reader*:
 //!
@@ -28,8 +29,10 @@
 //! (`Log::poll_ingest`: crc and epoch checked there) and queues an ACK at once, before
 //! replay; a writer task sends the latest ACK (acks coalesce: only the newest matters) and
 //! heartbeats. A link that fails in any way (I/O, a frame that does not decode, a page that does
-//! not validate, silence beyond the link timeout) is closed with a logged reason and reconnected
-//! with exponential backoff; the RESUME after a reconnect starts from what the replica holds.
+//! not validate, silence beyond the link timeout) is closed with a logged reason, and the
+//! subscription follows the next holder at once, backing off exponentially only after every
+//! holder failed in a round; the RESUME after a reconnect starts from what the replica holds. A
+//! REFUSE is the source's decision (logged there at `info`): the replica moves on.
 //!
 //! # Relaying: any node serves what it holds
 //!
@@ -38,6 +41,14 @@
 //! and a receiver checks each run's origin and epoch, `ReplicaLink`). When a re-bootstrap
 //! replaces the replica with a new generation, the links reading the old one are closed, so
 //! their replicas come back and are admitted against the new one (never left on a stale log).
+//! A relay refuses a replica that is ahead of its copy (`route::admit`) rather than re-seed it:
+//! the replica follows another holder, or comes back once the relay has caught up.
+//!
+//! What happens when a relaying node dies: the links it served fail, each of its replicas
+//! follows its next holder at once and reports its whole receipts book there, so the origin
+//! hears of the subtree again through the new path. A `Replicated(n)` commit waiting meanwhile
+//! keeps waiting, and returns once n nodes are heard of again, or fails at its timeout (the
+//! write stays committed locally).
 //!
 //! Receipts travel hop by hop, so `Replicated(n)` counts nodes anywhere downstream: a source
 //! books every ACK and RECEIPTS frame it hears (`route::plumtree::Receipts`, one book per
