@@ -123,13 +123,19 @@ fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
     // It comes back knowing the relay first, then the primary.
     let leaf = pair
         .follower("leaf")
-        .from_any(vec![relay.addr(), pair.addr()])
+        .holders(vec![relay.addr(), pair.addr()])
         .start();
     leaf.wait_following();
     assert!(
         leaf.database().expect("leaf").received_lsn() > behind,
         "the test needs the leaf ahead of the relay"
     );
+    // Connected is set once RESUME is sent, before the relay's answer: wait for the primary.
+    let primary = pair.addr();
+    eventually("the leaf follows the primary", PATIENCE, || {
+        let status = leaf.status();
+        (status.connected && status.upstream == Some(primary)).then_some(())
+    });
     let refused = leaf.status();
     assert!(
         refused
@@ -164,3 +170,69 @@ fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
 }
 
 on_both_transports!(a_relay_behind_refuses_a_replica_ahead_of_it);
+
+/// A relay that is alive but stalled (cut off from its own upstream) fails nothing, yet its
+/// replica gets the pages: it watches its other holder (the primary), hears in HAVE frames of
+/// pages the relay does not deliver, and grafts the primary once the graft timeout passes.
+/// Every `Replicated(1)` commit made while the relay is stalled is held by the leaf when it
+/// returns; once the relay is back, both hold every `Replicated(2)` commit.
+fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
+    let pair = Pair::builder(transport)
+        .ring_slots(256)
+        .sync_replicas(2)
+        .replication_timeout(std::time::Duration::from_secs(5))
+        .through_proxy()
+        .start();
+    let relay = pair.follower("relay").listen().start();
+    relay.wait_following();
+    let leaf = pair
+        .follower("leaf")
+        .holders(vec![relay.addr(), pair.addr()])
+        .start();
+    leaf.wait_following();
+    let (db, proxy) = (&pair.db, pair.proxy());
+    let ledger = Ledger::default();
+    let both = [&*relay, &*leaf];
+    commit_checked(
+        &ledger,
+        db,
+        &mut bulk_workload(SEED, 0),
+        10,
+        &[Replicated(2)],
+        &both,
+    );
+    assert_eq!(leaf.status().upstream, Some(relay.addr()));
+    assert_eq!(leaf.status().grafts, 0, "no graft while the relay keeps up");
+
+    // The relay stalls: its link to the primary is cut and refused, the leaf's link to it stays.
+    cut_off(proxy, &relay);
+    commit_checked(
+        &ledger,
+        db,
+        &mut bulk_workload(SEED ^ 1, 1),
+        20,
+        &[Replicated(1)],
+        &[&*leaf],
+    );
+    let grafted = leaf.status();
+    assert!(
+        grafted.grafts >= 1,
+        "the leaf grafted the primary: {grafted:?}"
+    );
+    assert_eq!(grafted.upstream, Some(pair.addr()), "{grafted:?}");
+
+    proxy.set_refuse(false);
+    commit_checked(
+        &ledger,
+        db,
+        &mut bulk_workload(SEED ^ 2, 2),
+        20,
+        &[Replicated(2)],
+        &both,
+    );
+    ledger.assert_clean("a stalled relay grafted around");
+    assert_converged(db, &relay, &ledger, "relay, back");
+    assert_converged(db, &leaf, &ledger, "leaf, grafted");
+}
+
+on_both_transports!(a_replica_grafts_away_from_a_stalled_relay);

@@ -70,6 +70,18 @@ pub enum Error {
         /// The cap.
         max: usize,
     },
+    /// A holder watched for a database said what it holds of another database or origin.
+    #[error("watching database {database} (origin {origin}): HAVE for database {have_database} origin {have_origin}")]
+    ForeignHave {
+        /// The database watched.
+        database: uuid::Uuid,
+        /// The origin the replica follows (nil: none yet).
+        origin: uuid::Uuid,
+        /// The database the HAVE named.
+        have_database: uuid::Uuid,
+        /// The origin the HAVE named.
+        have_origin: uuid::Uuid,
+    },
     /// A subscription named no node to follow.
     #[error("database {database}: a subscription needs at least one upstream address")]
     NoUpstreams {

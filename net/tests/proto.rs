@@ -50,6 +50,8 @@ enum Owned {
     Heartbeat(Heartbeat),
     Command(u64, Vec<u8>),
     Reply(u64, Vec<u8>),
+    Watch(Watch),
+    Have(Have),
     Receipts(ReceiptReport),
 }
 
@@ -102,6 +104,8 @@ impl Owned {
                 payload,
             }),
             Owned::Receipts(f) => Frame::Receipts(f.clone()),
+            Owned::Watch(f) => Frame::Watch(*f),
+            Owned::Have(f) => Frame::Have(*f),
         }
     }
 }
@@ -231,6 +235,12 @@ fn owned_frame() -> impl Strategy<Value = Owned> {
                     entries: entries.into_iter().collect(),
                 })
             }),
+        (uuid(), uuid()).prop_map(|(database, origin)| Owned::Watch(Watch { database, origin })),
+        (uuid(), uuid(), any::<u64>()).prop_map(|(database, origin, lsn)| Owned::Have(Have {
+            database,
+            origin,
+            lsn
+        })),
     ]
 }
 
@@ -442,10 +452,10 @@ fn a_reader_refuses_what_it_does_not_accept_by_the_header_alone() {
 fn header_faults_are_typed() {
     let good = encoded(&Frame::Heartbeat(Heartbeat { sent_micros: 7 }));
     let mut unknown = good.clone();
-    unknown[4] = 13;
+    unknown[4] = 15;
     assert!(matches!(
         decode(&unknown),
-        Err(Error::UnknownFrameType { frame_type: 13 })
+        Err(Error::UnknownFrameType { frame_type: 15 })
     ));
     assert!(matches!(
         decode(&raw_frame(0, 0, &[])),
@@ -584,12 +594,13 @@ fn pages_faults_are_typed() {
 fn every_type_names_itself() {
     let frame = Frame::Heartbeat(Heartbeat { sent_micros: 0 });
     assert_eq!(frame.kind(), "HEARTBEAT");
-    for byte in 1..=12u8 {
+    for byte in 1..=14u8 {
         let ty = FrameType::from_u8(byte).unwrap();
         assert_eq!(ty as u8, byte);
         assert!(!ty.name().is_empty());
     }
-    assert_eq!(FrameType::from_u8(13), None);
+    assert_eq!(FrameType::from_u8(15), None);
+    assert_eq!(FrameType::from_u8(0), None);
 }
 
 // ---------------------------------------------------------------------------------------------

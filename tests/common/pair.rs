@@ -256,11 +256,11 @@ impl<'a> FollowerBuilder<'a> {
 
     /// Follows the node at `source` (another follower that relays) instead of the primary.
     pub fn from(self, source: SocketAddr) -> Self {
-        self.from_any(vec![source])
+        self.holders(vec![source])
     }
 
     /// Follows whichever of `sources` serves, nearest first (`Node::replicate_from_any`).
-    pub fn from_any(mut self, sources: Vec<SocketAddr>) -> Self {
+    pub fn holders(mut self, sources: Vec<SocketAddr>) -> Self {
         self.sources = sources;
         self
     }

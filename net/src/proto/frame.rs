@@ -5,7 +5,7 @@
 //! ```text
 //! header   offset size field       meaning
 //!               0    4 body_len    bytes after the header; at most the type's body_max
-//!               4    1 frame_type  FrameType, 1..=12
+//!               4    1 frame_type  FrameType, 1..=14
 //!               5    1 flags       bits defined per type (SNAPSHOT: bit 0 = last chunk); others 0
 //!               6    2 reserved    zero
 //!               8    4 crc32c      over header bytes 0..8, then the body
@@ -35,10 +35,12 @@
 //! 12 RECEIPTS   database uuid | origin uuid | count u16 |                    34 + 128 × 24
 //!               (node uuid | received_lsn u64) × count (1 ≤ count ≤ 128,
 //!               node uuids strictly ascending)
+//! 13 WATCH      database uuid | origin uuid                                  32
+//! 14 HAVE       database uuid | origin uuid | lsn u64                        40
 //! ```
 //!
-//! Protocol version 2 added RECEIPTS: a node sends it only on a link whose peer speaks version
-//! 2 or later, and a version-1 peer never sends it.
+//! Protocol version 2 added RECEIPTS, version 3 WATCH and HAVE: a node sends them only on a
+//! link whose peer speaks that version or later, and an older peer never sends them.
 //!
 //! The encoding is canonical: [`decode`] accepts exactly the bytes [`encode`] writes, so a frame
 //! that decodes re-encodes to the same bytes. Decoding never panics and never allocates more than
@@ -61,7 +63,7 @@ pub const FRAME_HEADER_LEN: usize = 12;
 /// body is read, so a peer can never make us buffer more than this per frame.
 pub const FRAME_BODY_MAX: usize = 16 << 20;
 /// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build still speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// Bytes in a log page, as shipped in PAGES frames.
@@ -84,6 +86,8 @@ pub const MESSAGE_PAYLOAD_MAX: usize = FRAME_BODY_MAX - MESSAGE_FIXED_LEN;
 pub const RECEIPTS_MAX: usize = 128;
 /// The first protocol version with RECEIPTS frames.
 pub const RECEIPTS_SINCE_VERSION: u16 = 2;
+/// The first protocol version with WATCH and HAVE frames.
+pub const WATCH_SINCE_VERSION: u16 = 3;
 /// Header flag of a SNAPSHOT frame: this chunk is the last of the snapshot.
 pub const FLAG_SNAPSHOT_LAST: u8 = 1;
 /// The longest body of a handshake frame (HELLO, WELCOME, AUTH, REFUSE): all that a peer that has
@@ -113,6 +117,8 @@ const HEARTBEAT_LEN: usize = 8;
 const MESSAGE_FIXED_LEN: usize = 8;
 const RECEIPTS_FIXED_LEN: usize = 16 + 16 + 2;
 const RECEIPT_LEN: usize = 16 + 8;
+const WATCH_LEN: usize = 16 + 16;
+const HAVE_LEN: usize = 16 + 16 + 8;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(FRAME_BODY_MAX <= u32::MAX as usize);
@@ -120,6 +126,8 @@ const _: () = assert!(
     ACK_LEN <= CONTROL_BODY_MAX
         && RESUME_LEN <= CONTROL_BODY_MAX
         && HEARTBEAT_LEN <= CONTROL_BODY_MAX
+        && WATCH_LEN <= CONTROL_BODY_MAX
+        && HAVE_LEN <= CONTROL_BODY_MAX
         && RECEIPTS_FIXED_LEN + RECEIPTS_MAX * RECEIPT_LEN <= CONTROL_BODY_MAX
         && HANDSHAKE_BODY_MAX <= CONTROL_BODY_MAX
 );
@@ -157,6 +165,10 @@ pub enum FrameType {
     Reply = 11,
     /// Receipt watermarks of the sender's subtree, on their way to the origin.
     Receipts = 12,
+    /// "Tell me what you hold of this database, but send no pages."
+    Watch = 13,
+    /// "I hold every page of this origin below this LSN."
+    Have = 14,
 }
 
 impl FrameType {
@@ -176,6 +188,8 @@ impl FrameType {
             10 => Command,
             11 => Reply,
             12 => Receipts,
+            13 => Watch,
+            14 => Have,
             _ => return None,
         })
     }
@@ -196,6 +210,8 @@ impl FrameType {
             Command => "COMMAND",
             Reply => "REPLY",
             Receipts => "RECEIPTS",
+            Watch => "WATCH",
+            Have => "HAVE",
         }
     }
 
@@ -211,6 +227,8 @@ impl FrameType {
             Resume => RESUME_LEN,
             Heartbeat => HEARTBEAT_LEN,
             Receipts => RECEIPTS_FIXED_LEN + RECEIPTS_MAX * RECEIPT_LEN,
+            Watch => WATCH_LEN,
+            Have => HAVE_LEN,
             Pages | Snapshot | Command | Reply => FRAME_BODY_MAX,
         }
     }
@@ -413,6 +431,30 @@ pub struct Resume {
     pub from_lsn: u64,
 }
 
+/// WATCH: the first frame of a *lazy* link, instead of RESUME: the sender follows the database
+/// from another holder and wants to hear, in HAVE frames, how far this one has got, so that it
+/// can move here if its own upstream stalls (a GRAFT is a RESUME on a new link; a PRUNE, closing
+/// the old one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// The database.
+    pub database: Uuid,
+    /// The origin whose log the watcher follows (nil: whatever the holder follows).
+    pub origin: Uuid,
+}
+
+/// HAVE: the sender holds every page of `origin`'s log below `lsn` (on a lazy link, and as often
+/// as the holder's heartbeat, when it changed or to keep the link alive).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Have {
+    /// The database.
+    pub database: Uuid,
+    /// The origin whose pages are held.
+    pub origin: Uuid,
+    /// Every page below this is held.
+    pub lsn: u64,
+}
+
 /// SNAPSHOT: one chunk of a database snapshot stream.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SnapshotChunk<'a> {
@@ -526,6 +568,10 @@ pub enum Frame<'a> {
     Reply(Message<'a>),
     /// See [`ReceiptReport`].
     Receipts(ReceiptReport),
+    /// See [`Watch`].
+    Watch(Watch),
+    /// See [`Have`].
+    Have(Have),
 }
 
 impl Frame<'_> {
@@ -544,6 +590,8 @@ impl Frame<'_> {
             Frame::Command(_) => FrameType::Command,
             Frame::Reply(_) => FrameType::Reply,
             Frame::Receipts(_) => FrameType::Receipts,
+            Frame::Watch(_) => FrameType::Watch,
+            Frame::Have(_) => FrameType::Have,
         }
     }
 
@@ -731,6 +779,15 @@ fn decode_body(frame_type: FrameType, flags: u8, body: &[u8]) -> Result<Frame<'_
         FrameType::Command => Frame::Command(r.message()?),
         FrameType::Reply => Frame::Reply(r.message()?),
         FrameType::Receipts => Frame::Receipts(decode_receipts(&mut r)?),
+        FrameType::Watch => Frame::Watch(Watch {
+            database: r.uuid()?,
+            origin: r.uuid()?,
+        }),
+        FrameType::Have => Frame::Have(Have {
+            database: r.uuid()?,
+            origin: r.uuid()?,
+            lsn: r.u64()?,
+        }),
     };
     r.finish()?;
     Ok(frame)
@@ -854,6 +911,11 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(chunk.data);
         }
         Frame::Heartbeat(heartbeat) => put_u64(out, heartbeat.sent_micros),
+        Frame::Watch(watch) => put_db_origin(out, watch.database, watch.origin),
+        Frame::Have(have) => {
+            put_db_origin(out, have.database, have.origin);
+            put_u64(out, have.lsn);
+        }
         Frame::Command(message) | Frame::Reply(message) => {
             put_u64(out, message.request_id);
             out.extend_from_slice(message.payload);

@@ -17,12 +17,12 @@ pub mod handshake;
 pub mod liveness;
 
 pub use frame::{
-    check_header, decode, encode, encode_pages, Accept, Ack, Auth, Decoded, Frame, FrameType,
+    check_header, decode, encode, encode_pages, Accept, Ack, Auth, Decoded, Frame, FrameType, Have,
     Heartbeat, Hello, Message, Pages, PagesHeader, ReceiptReport, Refuse, RefuseCode, Resume,
-    SnapshotChunk, Welcome, CONTROL_BODY_MAX, FLAG_SNAPSHOT_LAST, FRAME_BODY_MAX, FRAME_HEADER_LEN,
-    HANDSHAKE_BODY_MAX, NAME_MAX, PAGES_COUNT_MAX, PAGE_SIZE, PROTOCOL_VERSION,
+    SnapshotChunk, Watch, Welcome, CONTROL_BODY_MAX, FLAG_SNAPSHOT_LAST, FRAME_BODY_MAX,
+    FRAME_HEADER_LEN, HANDSHAKE_BODY_MAX, NAME_MAX, PAGES_COUNT_MAX, PAGE_SIZE, PROTOCOL_VERSION,
     PROTOCOL_VERSION_MIN, REASON_MAX, RECEIPTS_MAX, RECEIPTS_SINCE_VERSION, SNAPSHOT_CHUNK_MAX,
-    VISITED_MAX,
+    VISITED_MAX, WATCH_SINCE_VERSION,
 };
 pub use handshake::{Handshake, HandshakeConfig, PeerInfo, HANDSHAKE_TIMEOUT_DEFAULT};
 pub use liveness::{LinkAction, Liveness, HEARTBEAT_INTERVAL_DEFAULT, LINK_TIMEOUT_DEFAULT};

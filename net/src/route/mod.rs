@@ -32,7 +32,7 @@
 
 pub mod plumtree;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -123,6 +123,16 @@ pub fn admit(served: Option<Served>, origin: Uuid, from_lsn: u64) -> Result<Admi
 /// waits instead of spinning. A link that was up and then ended starts a new round from the
 /// nearest holder other than the one that just failed.
 ///
+/// A holder that is alive but stalled (cut off from its own upstream) fails nothing, so the
+/// replica also *watches* its other holders: each tells it, in HAVE frames on a lazy link, how
+/// far it has got ([`heard_have`](Self::heard_have)). An offer of pages this replica lacks
+/// starts a clock; if the current holder has not delivered them when the graft timeout has
+/// passed, [`graft_due`](Self::graft_due) names the nearest holder that offered them, and the
+/// replica moves there ([`graft`](Self::graft): Plumtree's GRAFT, and the old link's close is its
+/// PRUNE). A holder that is merely a little behind the one offering delivers each offered page
+/// well within the timeout, so the tree moves only off a path that stalls or is slower than the
+/// timeout, never back and forth.
+///
 /// ```
 /// use std::time::Duration;
 /// use pagemesh_net::route::Upstreams;
@@ -142,6 +152,9 @@ pub fn admit(served: Option<Served>, origin: Uuid, from_lsn: u64) -> Result<Admi
 #[derive(Clone, Debug)]
 pub struct Upstreams<P> {
     holders: Vec<P>,
+    /// Per holder: the oldest offer of pages this replica still lacks, if any.
+    offers: Vec<Option<Offer>>,
+    graft_timeout: Duration,
     current: usize,
     /// Attempts that failed since a link was last up.
     failed: usize,
@@ -150,14 +163,28 @@ pub struct Upstreams<P> {
     backoff_max: Duration,
 }
 
+/// A holder said it holds every page below `lsn`, which this replica lacked `since` then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Offer {
+    lsn: u64,
+    since: Instant,
+}
+
+/// The graft timeout of [`Upstreams::new`]: how long an offered page may stay undelivered by the
+/// current holder before the replica moves to the holder that offered it.
+pub const GRAFT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+
 impl<P> Upstreams<P> {
     /// Follows `holders`, nearest first; `None` if there are none. Backs off from `backoff_min`
-    /// up to `backoff_max` between failed rounds.
+    /// up to `backoff_max` between failed rounds; grafts after [`GRAFT_TIMEOUT_DEFAULT`] (see
+    /// [`with_graft_timeout`](Self::with_graft_timeout)).
     pub fn new(holders: Vec<P>, backoff_min: Duration, backoff_max: Duration) -> Option<Self> {
         if holders.is_empty() {
             return None;
         }
         Some(Self {
+            offers: vec![None; holders.len()],
+            graft_timeout: GRAFT_TIMEOUT_DEFAULT,
             holders,
             current: 0,
             failed: 0,
@@ -167,9 +194,72 @@ impl<P> Upstreams<P> {
         })
     }
 
+    /// Moves to a holder that offered missing pages once they stayed undelivered for `timeout`.
+    pub fn with_graft_timeout(mut self, timeout: Duration) -> Self {
+        self.graft_timeout = timeout;
+        self
+    }
+
     /// The holder to try now.
     pub fn current(&self) -> &P {
         &self.holders[self.current]
+    }
+
+    /// Its index in [`holders`](Self::holders).
+    pub fn current_index(&self) -> usize {
+        self.current
+    }
+
+    /// Holder `holder` (an index into [`holders`](Self::holders); others are ignored) said, at
+    /// `now`, that it holds every page below `lsn`; this replica holds every page below `held`.
+    pub fn heard_have(&mut self, holder: usize, lsn: u64, held: u64, now: Instant) {
+        let Some(offer) = self.offers.get_mut(holder) else {
+            return;
+        };
+        match offer {
+            // The oldest undelivered offer keeps its clock: later offers only add to it.
+            Some(oldest) if oldest.lsn > held => {}
+            _ if lsn > held => *offer = Some(Offer { lsn, since: now }),
+            _ => *offer = None,
+        }
+    }
+
+    /// The nearest holder other than the current one whose offer of pages this replica still
+    /// lacks (it holds every page below `held`) has gone undelivered for the graft timeout at
+    /// `now`, if any: the replica should [`graft`](Self::graft) it.
+    pub fn graft_due(&mut self, held: u64, now: Instant) -> Option<usize> {
+        for offer in &mut self.offers {
+            if offer.is_some_and(|o| o.lsn <= held) {
+                *offer = None;
+            }
+        }
+        let timeout = self.graft_timeout;
+        (0..self.holders.len()).find(|&holder| {
+            holder != self.current
+                && self.offers[holder]
+                    .is_some_and(|o| now.saturating_duration_since(o.since) >= timeout)
+        })
+    }
+
+    /// When [`graft_due`](Self::graft_due) may next name a holder, if an offer is pending.
+    pub fn graft_deadline(&self) -> Option<Instant> {
+        self.offers
+            .iter()
+            .enumerate()
+            .filter(|(holder, _)| *holder != self.current)
+            .filter_map(|(_, offer)| offer.map(|o| o.since + self.graft_timeout))
+            .min()
+    }
+
+    /// Follow `holder` next (it offered what the current one did not deliver): no wait, and
+    /// the failures so far are forgotten. Out-of-range indices are ignored.
+    pub fn graft(&mut self, holder: usize) {
+        if holder < self.holders.len() {
+            self.current = holder;
+            self.failed = 0;
+            self.backoff = self.backoff_min;
+            self.offers[holder] = None;
+        }
     }
 
     /// Every holder, nearest first.
@@ -387,6 +477,82 @@ mod tests {
         // ...and when the nearest is the one that ended, from the next nearest.
         three.ended(true);
         assert_eq!(*three.current(), 1);
+    }
+
+    #[test]
+    fn a_stalled_holder_is_grafted_away_from_and_a_slightly_late_one_is_not() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut up = Upstreams::new(vec!["relay", "origin"], ms(50), ms(1_000))
+            .unwrap()
+            .with_graft_timeout(ms(500));
+        // The origin offers pages up to 100; the relay delivers them 300 ms later: in time.
+        up.heard_have(1, 100, 40, t0);
+        assert_eq!(up.graft_deadline(), Some(t0 + ms(500)));
+        assert_eq!(up.graft_due(40, t0 + ms(300)), None);
+        assert_eq!(up.graft_due(100, t0 + ms(600)), None, "delivered in time");
+        assert_eq!(up.graft_deadline(), None);
+        // Offers keep coming while the relay keeps up within the timeout: never a graft.
+        for step in 1..20u64 {
+            let now = t0 + ms(600 + 100 * step);
+            up.heard_have(1, 100 + 10 * step, 100 + 10 * (step - 1), now);
+            assert_eq!(up.graft_due(100 + 10 * (step - 1), now), None);
+        }
+        // The relay stalls at 290; the origin's offer of 300 ages past the timeout.
+        let stall = t0 + ms(3_000);
+        up.heard_have(1, 300, 290, stall);
+        up.heard_have(1, 400, 290, stall + ms(200));
+        assert_eq!(up.graft_due(290, stall + ms(499)), None);
+        assert_eq!(up.graft_due(290, stall + ms(500)), Some(1));
+        up.graft(1);
+        assert_eq!((*up.current(), up.current_index()), ("origin", 1));
+        assert_eq!(
+            up.graft_due(290, stall + ms(600)),
+            None,
+            "the current holder is not grafted"
+        );
+        // An offer from the relay, which holds nothing new, is nothing.
+        up.heard_have(0, 290, 290, stall + ms(700));
+        assert_eq!(up.graft_deadline(), None);
+        up.heard_have(7, 1_000, 0, stall);
+    }
+
+    proptest! {
+        /// However HAVEs, deliveries and time interleave: a graft names another holder, one that
+        /// offered pages the replica lacked at least a graft timeout before and still lacks.
+        #[test]
+        fn grafts_go_only_to_holders_whose_offers_went_undelivered(
+            steps in proptest::collection::vec((0..4usize, 0..50u64, 0..400u64, any::<bool>()), 0..64),
+        ) {
+            let timeout = Duration::from_millis(100);
+            let t0 = Instant::now();
+            let mut up = Upstreams::new(vec![0u8, 1, 2], Duration::from_millis(10), Duration::from_millis(80))
+                .unwrap()
+                .with_graft_timeout(timeout);
+            let (mut held, mut now) = (0u64, t0);
+            // Per holder: (lsn, when) of every offer heard.
+            let mut heard: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); 3];
+            for (holder, delivered, elapse, is_have) in steps {
+                now += Duration::from_millis(elapse);
+                if is_have {
+                    let lsn = held + delivered;
+                    up.heard_have(holder, lsn, held, now);
+                    if holder < 3 {
+                        heard[holder].push((lsn, now));
+                    }
+                } else {
+                    held += delivered;
+                }
+                if let Some(graft) = up.graft_due(held, now) {
+                    prop_assert!(graft != up.current_index());
+                    prop_assert!(
+                        heard[graft].iter().any(|&(lsn, at)| lsn > held && now.duration_since(at) >= timeout),
+                        "grafted {graft} without an offer undelivered for the timeout"
+                    );
+                    up.graft(graft);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -76,6 +76,7 @@ pub mod shipper;
 mod snapshot;
 mod source;
 pub mod source_link;
+mod watch;
 
 use self::admission::{
     Admission, AdmissionLimits, Reason, RefusalCounts, Refusals, Verdict, REFUSAL_LOG_INTERVAL,
@@ -88,8 +89,8 @@ use self::source::serve_link;
 use crate::error::{BoxError, Error, Result};
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::plumtree::Receipts;
-use crate::route::Upstreams;
 pub use crate::route::{History, BOOTSTRAP};
+use crate::route::{Upstreams, GRAFT_TIMEOUT_DEFAULT};
 use crate::transport::{
     sleep, sleep_until, spawn_local, spawn_runtime, Listener, RuntimeKind, TransportKind,
 };
@@ -171,6 +172,7 @@ pub struct ServiceConfig {
     heartbeat: Duration,
     link_timeout: Duration,
     backoff_max: Duration,
+    graft_timeout: Duration,
     handshake_timeout: Duration,
     handshake_budget: usize,
     handshakes_per_address: usize,
@@ -189,6 +191,7 @@ impl ServiceConfig {
             heartbeat: crate::proto::liveness::HEARTBEAT_INTERVAL_DEFAULT,
             link_timeout: crate::proto::liveness::LINK_TIMEOUT_DEFAULT,
             backoff_max: Duration::from_secs(2),
+            graft_timeout: GRAFT_TIMEOUT_DEFAULT,
             handshake_timeout: crate::proto::HANDSHAKE_TIMEOUT_DEFAULT,
             handshake_budget: HANDSHAKE_BUDGET_DEFAULT,
             handshakes_per_address: HANDSHAKES_PER_ADDRESS_DEFAULT,
@@ -225,6 +228,13 @@ impl ServiceConfig {
     /// Longest wait between reconnection attempts (the backoff doubles from 50 ms up to it).
     pub fn backoff_max(mut self, backoff_max: Duration) -> Self {
         self.backoff_max = backoff_max.max(Duration::from_millis(50));
+        self
+    }
+    /// How long pages that another holder offered (HAVE) may stay undelivered by a replica's
+    /// current holder before the replica moves to the one that offered them (default 1 s; see
+    /// `route::Upstreams`). Longer than the lag of a healthy path, or the tree moves needlessly.
+    pub fn graft_timeout(mut self, timeout: Duration) -> Self {
+        self.graft_timeout = timeout.max(Duration::from_millis(1));
         self
     }
     /// How long a new connection has to complete its handshake, either side (default 3 s).
@@ -288,6 +298,7 @@ pub struct Service {
     next_subscription: std::sync::atomic::AtomicU64,
     node: Uuid,
     backoff_max: Duration,
+    graft_timeout: Duration,
 }
 
 impl std::fmt::Debug for Service {
@@ -316,6 +327,8 @@ pub struct SubscriptionStatus {
     pub received_lsn: u64,
     /// Pages that arrived in PAGES frames, duplicates included: what routing cost this replica.
     pub pages_received: u64,
+    /// Times the replica moved to another holder because its own stalled (GRAFT).
+    pub grafts: u64,
     /// Why the last link ended, if one did.
     pub last_error: Option<String>,
     /// The holder followed now (or tried next).
@@ -363,7 +376,7 @@ impl Service {
         let (instructions, receiver) = mpsc::unbounded_channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
         let node = config.node;
-        let backoff_max = config.backoff_max;
+        let (backoff_max, graft_timeout) = (config.backoff_max, config.graft_timeout);
         let thread_name = format!("pagemesh-net-{}", config.name);
         let (runtime, thread) = spawn_runtime(&thread_name, config.transport, move |kind| {
             run(kind, config, receiver, addr_tx)
@@ -380,6 +393,7 @@ impl Service {
             next_subscription: std::sync::atomic::AtomicU64::new(0),
             node,
             backoff_max,
+            graft_timeout,
         })
     }
 
@@ -419,7 +433,8 @@ impl Service {
         store: Arc<dyn ReplicaStore>,
     ) -> Result<Subscription> {
         let upstreams = Upstreams::new(upstreams.to_vec(), SUBSCRIBE_BACKOFF_MIN, self.backoff_max)
-            .ok_or(Error::NoUpstreams { database })?;
+            .ok_or(Error::NoUpstreams { database })?
+            .with_graft_timeout(self.graft_timeout);
         let id = self
             .next_subscription
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

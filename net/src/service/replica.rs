@@ -9,7 +9,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pagemesh_logpage::PAGE_SIZE;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::link::{handshake, LinkControl};
 use super::replica_link::{Received, ReplicaLink};
 use super::snapshot::{ChunkReader, RestoreJob};
+use super::watch::{graft_due, watch_holder, Routing};
 use super::{
     lock, ReceiptBook, ReplicaDatabase, ReplicaStore, Runtime, SourceDatabase, SubscriptionStatus,
     BOOTSTRAP,
@@ -31,11 +32,12 @@ use crate::transport::{
 
 /// Replica side: keeps one subscription alive until unsubscribed, following one holder of the
 /// database at a time, chosen by [`Upstreams`] (nearest first, the next at once when a link fails
-/// or is refused, backing off only after a whole round failed).
+/// or is refused, backing off only after a whole round failed), and watching the others (lazy
+/// links, `watch.rs`) to move to one of them when the followed holder stalls (a graft).
 pub(super) async fn follow(
     runtime: Rc<Runtime>,
     control: Rc<LinkControl>,
-    mut upstreams: Upstreams<SocketAddr>,
+    upstreams: Upstreams<SocketAddr>,
     database: Uuid,
     store: Arc<dyn ReplicaStore>,
     status: Arc<Mutex<SubscriptionStatus>>,
@@ -43,22 +45,58 @@ pub(super) async fn follow(
     if let Some(replica) = store.current() {
         runtime.serve(replica);
     }
+    let routing = Routing::new(upstreams);
+    let holders = routing.upstreams.borrow().holders().len();
+    if holders > 1 {
+        for holder in 0..holders {
+            spawn_local(watch_holder(
+                Rc::clone(&runtime),
+                Rc::clone(&control),
+                Rc::clone(&routing),
+                holder,
+                database,
+                Arc::clone(&store),
+            ));
+        }
+    }
     while !control.closed.get() {
-        let addr = *upstreams.current();
+        let addr = *routing.upstreams.borrow().current();
         lock(&status).upstream = Some(addr);
         let link = LinkControl::new();
         let heard = Cell::new(false);
+        let grafting = Cell::new(None);
+        // A due graft closes the link; the link's own ending is then the only way out.
+        let followed = async {
+            tokio::select! {
+                outcome = follow_link(&runtime, &link, addr, database, &store, &status, &heard) => outcome,
+                () = async {
+                    let period = runtime.config.heartbeat;
+                    grafting.set(Some(graft_due(&routing, &store, &status, period).await));
+                    link.close();
+                    std::future::pending::<()>().await;
+                }, if holders > 1 => Ok(()),
+            }
+        };
         let outcome = tokio::select! {
-            outcome = follow_link(&runtime, &link, addr, database, &store, &status, &heard) => outcome,
+            outcome = followed => outcome,
             () = control.closed() => Ok(()),
         };
         link.close();
         let was_up = heard.get();
-        let wait = upstreams.ended(was_up);
+        let wait = match grafting.get() {
+            Some(holder) => {
+                let mut upstreams = routing.upstreams.borrow_mut();
+                upstreams.graft(holder);
+                tracing::info!(%database, from = %addr, to = %upstreams.current(), "the followed holder stalled; grafting the one that offers the missing pages");
+                lock(&status).grafts += 1;
+                Duration::ZERO
+            }
+            None => routing.upstreams.borrow_mut().ended(was_up),
+        };
         {
             let mut state = lock(&status);
-            if let Err(error) = &outcome {
-                let next = *upstreams.current();
+            if let (Err(error), None) = (&outcome, grafting.get()) {
+                let next = *routing.upstreams.borrow().current();
                 // A holder that served and went away, or a whole round that failed, is news; a
                 // holder that cannot serve yet (a relay still bootstrapping, or behind) is not.
                 if was_up || !wait.is_zero() {

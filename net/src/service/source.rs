@@ -20,11 +20,11 @@ use super::snapshot::send_snapshot;
 use super::source_link::{Heard, SourceLink};
 use super::{AckSink, ReceiptBook, Runtime, SourceDatabase, BOOTSTRAP, RECEIPT_NODES_MAX};
 use crate::error::{Error, Result};
-use crate::proto::frame::{encode, Frame, Refuse, RefuseCode};
+use crate::proto::frame::{encode, Frame, Have, Refuse, RefuseCode, Watch, WATCH_SINCE_VERSION};
 use crate::proto::handshake::PeerInfo;
 use crate::route::{admit, Feed, Served};
 use crate::transport::{
-    sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter, Progress,
+    sleep, sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter, Progress,
 };
 
 /// Source side of an accepted link, booked in `runtime.links` and admitted as `id`.
@@ -103,6 +103,9 @@ pub(super) async fn serve_replica(
         }
         Ok(frame) => match frame? {
             Some(Frame::Resume(resume)) => resume,
+            Some(Frame::Watch(watch)) if info.version >= WATCH_SINCE_VERSION => {
+                return serve_watcher(runtime, control, id, reader, writer, info, watch).await
+            }
             Some(other) => {
                 return Err(Error::UnexpectedFrame {
                     state: "awaiting RESUME",
@@ -182,7 +185,97 @@ pub(super) async fn serve_replica(
     shipped.and(acked)
 }
 
-/// Tells a peer why its subscription is refused, and fails the link with it.
+/// Serves a *lazy* link: the peer follows the database from another holder and only wants to
+/// hear how far this node has got, in a HAVE frame every heartbeat interval, so that it can move
+/// here (GRAFT: a RESUME on a new link) if its own upstream stalls. The peer answers each HAVE
+/// with a HEARTBEAT; silence beyond the link timeout, or any other frame, ends the link. Holds
+/// nothing per link but the socket.
+async fn serve_watcher(
+    runtime: &Rc<Runtime>,
+    control: &Rc<LinkControl>,
+    id: u64,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    info: PeerInfo,
+    watch: Watch,
+) -> Result<()> {
+    let peer = reader.peer();
+    let source = runtime.sources.borrow().get(&watch.database).cloned();
+    let served = source.as_ref().map(|source| Served {
+        origin: source.origin(),
+        committed_lsn: source.log().committed_lsn(),
+        relay: source.log().is_follower(),
+    });
+    let source = match (source, admit(served, watch.origin, 0)) {
+        (Some(source), Ok(_)) => source,
+        (_, outcome) => {
+            let reason = format!(
+                "database {}: {}",
+                watch.database,
+                outcome.err().unwrap_or_default()
+            );
+            tracing::info!(%peer, watcher = %info.name, %reason, "refused a watch");
+            return refuse(&mut writer, reason).await;
+        }
+    };
+    if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
+        entry.0 = Some(watch.database);
+    }
+    tracing::debug!(%peer, watcher = %info.name, database = %watch.database, "watcher subscribed");
+    let link_timeout = runtime.config.link_timeout;
+    let heard = {
+        let control = Rc::clone(control);
+        spawn_local(async move {
+            let outcome = read_watcher(&mut reader, link_timeout).await;
+            control.close();
+            outcome
+        })
+    };
+    let origin = source.origin();
+    let told = loop {
+        let have = Frame::Have(Have {
+            database: watch.database,
+            origin,
+            lsn: source.log().committed_lsn(),
+        });
+        let mut out = writer.buffer();
+        encode(&have, &mut out);
+        if let Err(error) = writer.write(out).await {
+            break Err(error);
+        }
+        tokio::select! {
+            () = sleep(runtime.config.heartbeat) => {}
+            () = control.closed() => break Ok(()),
+        }
+    };
+    control.close();
+    let heard = heard.await.unwrap_or(Ok(()));
+    heard.and(told)
+}
+
+/// A watcher's side of its lazy link: a HEARTBEAT for each HAVE, nothing else.
+async fn read_watcher(reader: &mut FrameReader, link_timeout: Duration) -> Result<()> {
+    loop {
+        match timeout(link_timeout, reader.next()).await {
+            Err(_) => {
+                return Err(Error::LinkTimeout {
+                    silent_for: link_timeout,
+                })
+            }
+            Ok(frame) => match frame? {
+                None => return Ok(()),
+                Some(Frame::Heartbeat(_)) => {}
+                Some(other) => {
+                    return Err(Error::UnexpectedFrame {
+                        state: "serving a watcher",
+                        frame: other.kind(),
+                    })
+                }
+            },
+        }
+    }
+}
+
 /// Sends REFUSE with `reason`; the link then closes. Refusing is this node's decision, logged
 /// by the caller, not a failure of the link.
 pub(super) async fn refuse(writer: &mut FrameWriter, reason: String) -> Result<()> {
