@@ -298,14 +298,17 @@ impl Drop for Closer {
         if let Err(error) = &flushed {
             tracing::warn!(path = %inner.store.path.display(), %error, "last flush of the ring failed");
         }
+        // The flusher stops before the log closes, so that it never reports the close as an error.
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(Err(error)) = flusher.map(Flusher::stop) {
+            tracing::debug!(%error, "the flusher had stopped on an error");
+        }
         inner.log.close();
         inner.replication.close();
-        drop(
-            self.flusher
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take(),
-        );
         if let Some(handle) = self
             .applier
             .lock()
