@@ -127,7 +127,7 @@ fn key(round: u32, thread: u64, index: u64) -> Vec<u8> {
 /// The value of `key`: its bytes repeated, 16 B to 20 KB (one in eight above 4 KB).
 fn value(key: &[u8]) -> Vec<u8> {
     let hash = crc32c::crc32c(key);
-    let len = if hash % 8 == 0 {
+    let len = if hash.is_multiple_of(8) {
         4_096 + (hash as usize % 16_000)
     } else {
         16 + (hash as usize % 400)

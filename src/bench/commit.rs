@@ -238,7 +238,7 @@ pub fn measure_pagemesh_batch(
 }
 
 /// Measures `fsync-floor` for `seconds`: one 4 KB `pwrite` then `fdatasync`, over and over, in a
-/// preallocated file of [`FLOOR_FILE_PAGES`] pages whose blocks were written once through a
+/// preallocated file of 1,024 pages (4 MiB) whose blocks were written once through a
 /// mapping and synced (as the log ring creates its file); the page written moves through the
 /// file. `ops_per_sec` is syncs per second.
 pub fn measure_fsync_floor(dir: &Path, seconds: f64) -> std::io::Result<CommitMeasurement> {
