@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use pagemesh_logpage::{CommitPos, Flusher, Ingested, Log};
+use pagemesh_logpage::{CommitPos, Flusher, Ingested, Log, LogOptions};
 
 use crate::apply::{self, ApplyStats, Stats};
 use crate::commit::{CommitTicket, WriteBatch};
@@ -57,8 +57,17 @@ impl Database {
             source,
         })?;
         // The ring's file lock comes first: it keeps a second instance out of the LMDB files too.
-        // Only the lock: the ring is recovered once LMDB says where (`recovery.rs`).
-        Log::probe_lock(dir)?;
+        // A new ring is also created here, its blocks allocated before LMDB's files exist, so a
+        // full disk is a clear error naming the ring (LMDB on a full disk can die of SIGBUS on
+        // its own map). An existing ring is only locked: it is recovered once LMDB says where
+        // recovery must start (`recovery.rs`), and a recovery from its header alone could
+        // invalidate pages LMDB still needs.
+        let ring = dir.join("log.ring");
+        if std::fs::metadata(&ring).map_or(true, |meta| meta.len() == 0) {
+            drop(Log::open(dir, LogOptions::new().slots(options.ring_slots))?);
+        } else {
+            Log::probe_lock(dir)?;
+        }
         let store = Store::open(dir, options.map_size)?;
         let Recovery {
             log,
