@@ -89,7 +89,7 @@ enum Bench {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "none,async,sync,sync-durable"
+            default_value = "none,async,sync,sync-durable,durable"
         )]
         variants: Vec<String>,
         /// Socket event loop: auto, uring or epoll.
@@ -231,8 +231,15 @@ fn bench_commit(
     }
     let cells = measure_all(inflight, seconds)?;
     pagemesh_tools::bench::print_rows(&cells, json, |c| {
+        let p50 = c
+            .p50_us
+            .map_or(String::new(), |us| format!(" p50={us:.0}us"));
+        let window = c
+            .window
+            .as_ref()
+            .map_or(String::new(), |w| format!(" [{w}]"));
         format!(
-            "{:<18} {:<16} inflight={:<4} ops/s={:>10.0} records/txn={:>8.1}",
+            "{:<18} {:<16} inflight={:<4} ops/s={:>10.0} records/txn={:>8.1}{p50}{window}",
             c.workload, c.variant, c.inflight, c.ops_per_sec, c.records_per_txn
         )
     })?;

@@ -4,8 +4,9 @@
 //!
 //! What must hold: the import fails with a clear error and the number of rows it had imported
 //! durably, it is not killed by a signal (a sparse, memory-mapped ring would take SIGBUS there);
-//! once space is freed the database opens, recovers, and holds exactly a prefix of the file's
-//! rows, at least as many as were reported durable; and a database that cannot even allocate its
+//! once space is freed the database opens, recovers (`Durable` rows are durable in its log ring,
+//! and the open applies those the full disk kept out of LMDB), and holds exactly a prefix of the
+//! file's rows, at least as many as were reported durable; and a database that cannot even allocate its
 //! ring on the full disk is refused at open with an error naming the ring file.
 //!
 //! The tmpfs lives only as long as the namespace's shell, so that shell runs every step that needs
@@ -30,6 +31,12 @@ head -c 4194304 /dev/zero > "$1/reserve"
 "$2" import --db "$1/db" --csv "$3" --table pp --key-column 0 --batch "$5" 2> "$4/import.err"
 echo $? > "$4/import.rc"
 rm "$1/reserve"
+# Reopen the database read-write (an import of one row into another table): the open recovers
+# what only its ring held (Durable commits the full disk kept out of LMDB), which a backup,
+# reading LMDB only, would not see.
+head -n 2 "$3" > "$4/one.csv"
+"$2" import --db "$1/db" --csv "$4/one.csv" --table reopened --key-column 0 --batch 1 2> "$4/reopen.err"
+echo $? > "$4/reopen.rc"
 "$2" backup "$1/db" "$4/after.snap" 2> "$4/backup.err"
 echo $? > "$4/backup.rc"
 # Now fill the disk completely and ask for a fresh database: its ring cannot be allocated.
@@ -103,6 +110,12 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
         .unwrap_or_else(|| panic!("no durable row count in: {import_err}"));
 
     // With space again, the database opens (recovering what its ring held) and backs up.
+    assert_eq!(
+        exit_code(results, "reopen.rc"),
+        0,
+        "{}",
+        read(results, "reopen.err")
+    );
     assert_eq!(
         exit_code(results, "backup.rc"),
         0,

@@ -12,11 +12,29 @@
 //! 3. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`, and
 //!    trims the binlog (`binlog.rs`);
 //!
-//! and commits (synced; see `store.rs`). Then it publishes the applied watermark, wakes waiters and
-//! releases the group's ring slots: the pages are in the binlog now.
+//! and commits. Then it publishes the applied watermark and wakes `Applied` waiters.
 //!
-//! The group is everything ready, up to `group_bytes_max`, so it adapts by itself: small when
-//! commits trickle in, large when they pile up during the previous commit's sync.
+//! The applier is off the commit path: `Durable` commits wait for the log ring's durable
+//! watermark (the ring is the write-ahead log), never for LMDB. The group is everything ready, up
+//! to `group_bytes_max`, so it adapts to the backlog by itself: small when commits trickle in,
+//! large when they pile up during the previous group's commit.
+//!
+//! # When ring pages are released
+//!
+//! A ring page may be reused once LMDB holds it *on disk*: recovery after a power loss starts
+//! at the `binlog_next_lsn` LMDB's disk says, and must find every page from there on in the ring.
+//! The environment syncs a commit's data pages but not its meta page (`MDB_NOMETASYNC`,
+//! `store.rs`, Syncs): after a power loss LMDB may come back at the group *before* the latest.
+//! The latest group's meta page reaches the disk with the next commit's sync. So:
+//!
+//! - when group `k` commits, the applier releases the ring pages of group `k - 1` (everything
+//!   below group `k`'s first page): group `k`'s sync put group `k - 1`'s meta page on disk;
+//! - group `k`'s own pages stay in the ring until group `k + 1` commits, or until the applier
+//!   has had nothing to apply for [`IDLE_SYNC_AFTER`], or the held pages fill half the ring:
+//!   then it syncs the environment ([`Store::sync`], meta page included) and releases them all.
+//!
+//! The ring thus holds at most one extra group beyond what is unapplied, and an idle database
+//! has all of its ring released (and LMDB fully on disk) moments after its last commit.
 //!
 //! Tables first written inside a group are created in the group's own transaction (heed creates
 //! databases only through `create_databases_and_commit`, so the whole group runs inside it), and
@@ -46,6 +64,13 @@ use crate::value::{encode_value, value_seq};
 #[cfg(doc)]
 use crate::Database;
 
+/// How long the applier waits for the next group before it syncs the environment to release
+/// the latest group's ring pages (see the module docs).
+pub(crate) const IDLE_SYNC_AFTER: Duration = Duration::from_millis(10);
+
+/// How long the applier sleeps between checks when nothing is held.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+
 /// Pages taken from the cursor per `next_run` call.
 const RUN_PAGES_MAX: usize = 64;
 
@@ -69,12 +94,24 @@ impl Applier {
             inner.poison("the applier panicked (an invariant check failed; see the panic message)")
         });
         loop {
-            let closed = match self
-                .cursor
-                .wait_ready(Some(Instant::now() + Duration::from_millis(200)))
-            {
+            let held = self.held_pages();
+            if held > 0 && held >= self.inner.log.slots() / 2 {
+                if let Err(error) = self.sync_held() {
+                    return self.inner.poison(&error.to_string());
+                }
+                continue;
+            }
+            let wait = if held > 0 { IDLE_SYNC_AFTER } else { IDLE_WAIT };
+            let closed = match self.cursor.wait_ready(Some(Instant::now() + wait)) {
                 Ok(true) => false,
-                Ok(false) => continue,
+                Ok(false) => {
+                    if held > 0 {
+                        if let Err(error) = self.sync_held() {
+                            return self.inner.poison(&error.to_string());
+                        }
+                    }
+                    continue;
+                }
                 Err(pagemesh_logpage::Error::Closed) => true,
                 Err(error) => return self.inner.poison(&error.to_string()),
             };
@@ -89,6 +126,19 @@ impl Applier {
                 return;
             }
         }
+    }
+
+    /// Ring pages applied but not yet released: LMDB's latest group, whose meta page may not be
+    /// on disk yet.
+    fn held_pages(&self) -> u64 {
+        self.state.binlog_next_lsn - self.cursor.released_lsn()
+    }
+
+    /// Syncs the environment (meta page included) and releases every applied ring page.
+    fn sync_held(&mut self) -> Result<()> {
+        self.inner.store.sync()?;
+        self.cursor.release(self.state.binlog_next_lsn);
+        Ok(())
     }
 
     /// Applies one group of ready pages in one write transaction.
@@ -133,7 +183,8 @@ impl Applier {
             store.open_created_table(table)?;
         }
         drop(gate);
-        self.cursor.release(self.state.binlog_next_lsn);
+        // This commit's sync put the previous group's meta page on disk: its pages may go.
+        self.cursor.release(first_lsn);
         inner.record_conflicts(&mut self.feed.conflicts);
         inner.stats.record_group(
             self.state.binlog_next_lsn - first_lsn,

@@ -2,9 +2,11 @@
 //! [`Database::commit_async`] appends it and returns a [`CommitTicket`], which waits until the
 //! record's [`Durability`] holds.
 //!
-//! A ticket waits on one of three watermarks: the log ring's committed prefix (`Memory`), the
-//! applier's applied LSN (`Applied`, `Durable`), the replicas' receipt (`Replicated(n)`), or two
-//! of them at once (`DurableReplicated(n)`). See [`Durability`] for what each promises.
+//! A ticket waits on one of four watermarks: the log ring's committed prefix (`Memory`), the
+//! applier's applied LSN (`Applied`), the ring's durable watermark (`Durable`: the ring is the
+//! write-ahead log, so a durable commit never waits for LMDB), the replicas' receipt
+//! (`Replicated(n)`), or two of them at once (`DurableReplicated(n)`). See [`Durability`] for
+//! what each promises.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,11 +70,13 @@ impl CommitTicket {
     pub fn is_done(&self) -> bool {
         let lsn_end = self.pos.lsn_last + 1;
         let applied = || self.inner.applied_lsn.load(Ordering::Acquire) >= lsn_end;
+        let durable = || self.inner.log.durable_lsn() >= lsn_end;
         let replicated = |n| self.inner.replication.reached(lsn_end, n);
         match self.durability {
             Durability::Memory => self.inner.log.committed_lsn() >= lsn_end,
             Durability::Replicated(n) => replicated(n),
-            Durability::DurableReplicated(n) => applied() && replicated(n),
+            Durability::DurableReplicated(n) => durable() && replicated(n),
+            Durability::Durable => durable(),
             _ => applied(),
         }
     }
@@ -96,11 +100,12 @@ impl CommitTicket {
                     .wait_committed(self.pos, Some(Instant::now()))?;
                 self.wait_replicated(n)?;
             }
-            // The applier's sync and the shippers' sends run in parallel; wait for both.
+            // The ring's flush and the shippers' sends run in parallel; wait for both.
             Durability::DurableReplicated(n) => {
-                self.inner.wait_applied(self.pos)?;
+                self.inner.wait_durable(self.pos)?;
                 self.wait_replicated(n)?;
             }
+            Durability::Durable => self.inner.wait_durable(self.pos)?,
             _ => self.inner.wait_applied(self.pos)?,
         }
         Ok(self.pos.seq)

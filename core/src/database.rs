@@ -1,10 +1,14 @@
 //! The database handle ([`Database`]) and what its clones, tickets and applier share ([`Inner`]).
 //!
 //! [`Database::open`] takes the ring's lock, opens the store, recovers (`recovery.rs`) and starts
-//! the applier thread (`apply.rs`); the last handle dropped stops it ([`Closer`]). Every write goes
-//! through [`Inner::append`] into the log; every wait for `Applied` goes through
+//! the ring's flusher (a `pagemesh_logpage::Flusher`: pages become durable in parallel with
+//! shipping and apply) and the applier thread (`apply.rs`); the last handle dropped stops both
+//! ([`Closer`]) and, if everything was applied and synced, records a clean stop. Every write goes
+//! through [`Inner::append`] into the log; every wait for `Durable` goes through
+//! [`Inner::wait_durable`] (the ring's durable watermark), every wait for `Applied` through
 //! [`Inner::wait_applied`], released by the applier's [`Inner::publish_applied`]. A failed group
-//! [`poison`s](Inner::poison) the database: writes and waits fail until it is reopened.
+//! [`poison`s](Inner::poison) the database, and a failed sync of the ring poisons the log: writes
+//! and waits fail until it is reopened.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -12,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use pagemesh_logpage::{CommitPos, Ingested, Log, LogOptions};
+use pagemesh_logpage::{CommitPos, Flusher, Ingested, Log, LogOptions};
 
 use crate::apply::{self, ApplyStats, Stats};
 use crate::commit::{CommitTicket, WriteBatch};
@@ -53,8 +57,17 @@ impl Database {
             source,
         })?;
         // The ring's file lock comes first: it keeps a second instance out of the LMDB files too.
-        let probe = Log::open(dir, LogOptions::new().slots(options.ring_slots))?;
-        drop(probe);
+        // A new ring is also created here, its blocks allocated before LMDB's files exist, so a
+        // full disk is a clear error naming the ring (LMDB on a full disk can die of SIGBUS on
+        // its own map). An existing ring is only locked: it is recovered once LMDB says where
+        // recovery must start (`recovery.rs`), and a recovery from its header alone could
+        // invalidate pages LMDB still needs.
+        let ring = dir.join("log.ring");
+        if std::fs::metadata(&ring).map_or(true, |meta| meta.len() == 0) {
+            drop(Log::open(dir, LogOptions::new().slots(options.ring_slots))?);
+        } else {
+            Log::probe_lock(dir)?;
+        }
         let store = Store::open(dir, options.map_size)?;
         let Recovery {
             log,
@@ -62,6 +75,7 @@ impl Database {
             state,
             feed,
         } = recovery::recover(dir, &store, &options)?;
+        let flusher = log.spawn_flusher()?;
         let inner = Arc::new(Inner::new(store, log, options, state.binlog_next_lsn));
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
@@ -81,6 +95,7 @@ impl Database {
         let closer = Arc::new(Closer {
             inner: Arc::clone(&inner),
             applier: Mutex::new(Some(handle)),
+            flusher: Mutex::new(Some(flusher)),
         });
         Ok(Self {
             inner,
@@ -133,7 +148,8 @@ impl Database {
     /// record with the writes and the read versions; the applier applies it only if every version
     /// is still current. On a conflict `body` runs again on a fresh snapshot, up to
     /// `retries_max` times, then [`Error::Conflict`] is returned. Returns `body`'s result and the
-    /// record's seq. Waits until applied at least (`Durable` waits the same: every group syncs).
+    /// record's seq. Waits until applied (only the applier decides a conflict), which is not
+    /// `Durable`: commit a `Durable` batch after it if the transaction must survive a power loss.
     pub fn transaction<T>(
         &self,
         retries_max: u32,
@@ -171,9 +187,17 @@ impl Database {
         })
     }
 
-    /// Pages below this are applied.
+    /// Pages below this are applied (visible to readers).
     pub fn applied_lsn(&self) -> u64 {
         self.inner.applied_lsn.load(Ordering::Acquire)
+    }
+
+    /// The log ring's durable watermark: every page below this is on disk (a completed sync of
+    /// the ring covered it), so it survives a power loss. The database's flusher moves it, and so
+    /// do `Durable` commits. For a replica it covers the pages received from its origin: what its
+    /// acknowledgements report as durable.
+    pub fn durable_lsn(&self) -> u64 {
+        self.inner.log.durable_lsn()
     }
 
     /// Restores a snapshot stream (from [`Snapshot::export`]) into `dir`, which must be empty, and
@@ -266,19 +290,34 @@ impl Database {
     }
 }
 
-/// Stops and joins the applier when the last handle goes.
+/// Stops the flusher and the applier when the last handle goes, and records a clean stop.
 struct Closer {
     inner: Arc<Inner>,
     applier: Mutex<Option<JoinHandle<()>>>,
+    flusher: Mutex<Option<Flusher>>,
 }
 
 impl Drop for Closer {
     fn drop(&mut self) {
+        let inner = &self.inner;
         // Seal first: records in the open page would otherwise never be finished, and a page that
-        // is not finished is not recovered.
-        self.inner.log.seal();
-        self.inner.log.close();
-        self.inner.replication.close();
+        // is not finished is not recovered. Then flush, so durable waiters are released.
+        inner.log.seal();
+        let flushed = inner.log.flush();
+        if let Err(error) = &flushed {
+            tracing::warn!(path = %inner.store.path.display(), %error, "last flush of the ring failed");
+        }
+        // The flusher stops before the log closes, so that it never reports the close as an error.
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(Err(error)) = flusher.map(Flusher::stop) {
+            tracing::debug!(%error, "the flusher had stopped on an error");
+        }
+        inner.log.close();
+        inner.replication.close();
         if let Some(handle) = self
             .applier
             .lock()
@@ -289,6 +328,18 @@ impl Drop for Closer {
                 tracing::error!("applier thread panicked");
             }
         }
+        // A clean stop: everything committed is applied, and the marker's sync puts LMDB's
+        // state on disk (see `recovery.rs`, Epochs after an unclean stop).
+        let applied_all = inner.applied_lsn.load(Ordering::Acquire) >= inner.log.committed_lsn();
+        if flushed.is_ok()
+            && applied_all
+            && inner.check_poisoned().is_ok()
+            && !inner.store.is_replica
+        {
+            if let Err(error) = inner.store.end_session_clean() {
+                tracing::warn!(path = %inner.store.path.display(), %error, "could not record a clean stop");
+            }
+        }
     }
 }
 
@@ -297,7 +348,7 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) log: Log,
     pub(crate) options: Options,
-    /// Pages below this are applied and durable; guarded for waiters.
+    /// Pages below this are applied (visible to readers); guarded for waiters.
     applied: Mutex<u64>,
     /// Signalled when `applied` moves or the database is poisoned.
     applied_changed: Condvar,
@@ -377,6 +428,18 @@ impl Inner {
         Ok(())
     }
 
+    /// Waits until the record at `pos` is on disk in the ring (its durable watermark passed it).
+    pub(crate) fn wait_durable(&self, pos: CommitPos) -> Result<()> {
+        match self.log.wait_durable(pos, None) {
+            Ok(_) => Ok(()), // with no deadline, it returns only once durable
+            Err(pagemesh_logpage::Error::Closed) => {
+                self.check_poisoned()?;
+                Err(pagemesh_logpage::Error::Closed.into())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Appends `record` to the log.
     pub(crate) fn append(&self, record: &RecordBuilder) -> Result<CommitPos> {
         if self.store.is_replica {
@@ -385,10 +448,21 @@ impl Inner {
             });
         }
         self.check_poisoned()?;
+        // A log closed under us was closed by `poison`: report why.
+        let closed_by_poison = |error| match error {
+            pagemesh_logpage::Error::Closed => match self.check_poisoned() {
+                Err(poisoned) => poisoned,
+                Ok(()) => pagemesh_logpage::Error::Closed.into(),
+            },
+            error => error.into(),
+        };
         // Encoded straight into the ring: no buffer, one copy per byte.
-        let mut reservation = self.log.reserve(record.encoded_len())?;
+        let mut reservation = self
+            .log
+            .reserve(record.encoded_len())
+            .map_err(closed_by_poison)?;
         record.encode_pieces(self.next_hlc(), |piece| reservation.write(piece));
-        Ok(reservation.commit()?)
+        reservation.commit().map_err(closed_by_poison)
     }
 
     pub(crate) fn poison(&self, cause: &str) {

@@ -4,34 +4,56 @@
 //! and the commit waits read it through the handle); `Durability` is chosen per commit, with a
 //! default per database ([`Options::durability`]).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use pagemesh_logpage::LogOptions;
 
 #[cfg(doc)]
 use crate::{Database, Error, Replication};
 
 /// When a commit returns.
+///
+/// The log ring is the write-ahead log: a record is in it (memory-mapped, so in the page cache)
+/// as soon as it is committed, on disk once a flush of the ring (`fdatasync`, group-flushed by
+/// the database's flusher or by a waiting commit) covers its pages, and in LMDB once the applier,
+/// off the commit path, applied it. Each level says what survives a *process crash* (SIGKILL, a
+/// panic: the page cache survives) and a *power loss* (only what a completed sync put on disk).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Durability {
     /// The record is in the log ring's committed prefix: its pages and every page before them are
-    /// finished, so a process crash keeps it (it does not survive a power loss). Returning only
-    /// once the watermark passes the record matters: recovery stops at the first unfinished page,
-    /// so a record merely reserved behind another writer's unfinished page would be lost with it
-    /// (found by tests/crash.rs run with `Memory`). The wait never depends on the applier: the
-    /// committer seals its own page unless an idle consumer (a network shipper waiting for pages)
-    /// is about to, so it lasts microseconds even while the applier syncs a group.
+    /// finished. Survives a process crash (recovery re-applies it from the ring); a power loss
+    /// may lose it, unless a later flush put its page on disk first.
+    ///
+    /// Returning only once the watermark passes the record matters: recovery stops at the first
+    /// unfinished page, so a record merely reserved behind another writer's unfinished page would
+    /// be lost with it (found by tests/crash.rs run with `Memory`). The wait never depends on the
+    /// applier: the committer seals its own page unless an idle consumer (a network shipper
+    /// waiting for pages) is about to, so it lasts microseconds even while the applier syncs a
+    /// group.
     Memory,
-    /// The LMDB transaction holding it committed: visible to readers (read-your-writes).
+    /// The LMDB transaction holding it committed: visible to local readers (read-your-writes).
+    /// Survives a process crash (it is in the ring's committed prefix, and LMDB's commit is in
+    /// the page cache); a power loss may lose it, as `Memory` (LMDB's commits do not wait for its
+    /// meta page to reach the disk, and the ring may not be flushed yet).
     Applied,
-    /// As `Applied`, synced to disk. Every group commit syncs today, so this costs what `Applied` does.
+    /// The ring pages holding it are on disk: a completed `fdatasync` of the ring covered them
+    /// (the ring's durable watermark passed them). Survives a process crash and a power loss; it
+    /// may not be applied yet (readers see it once the applier gets to it, at once after a
+    /// restart). A failed sync fails the commit with the log's `Poisoned` error, and every later
+    /// commit too, until the database is reopened.
     Durable,
     /// `n` synchronous replicas *received* its pages (ack on receipt, before their replay); the
-    /// local apply proceeds in parallel and is not waited for. Needs a source database (see
-    /// [`Replication`]); fails with [`Error::ReplicationTimeout`] after
+    /// local apply proceeds in parallel and is not waited for. Survives a process crash
+    /// locally (it is in the ring's committed prefix); a power loss here may lose the local copy,
+    /// while each of the `n` replicas holds it as long as it survives. Needs a source database
+    /// (see [`Replication`]); fails with [`Error::ReplicationTimeout`] after
     /// [`Options::replication_timeout`] if too few replicas are there.
     Replicated(u32),
-    /// Both `Durable` and `Replicated(n)`: the local sync and the replicas' receipt overlap, and
-    /// both must finish.
+    /// Both `Durable` and `Replicated(n)`: the local flush and the replicas' receipt overlap, and
+    /// both must finish. Survives a process crash and a power loss here, and on the replicas as
+    /// they hold it.
     DurableReplicated(u32),
 }
 
@@ -56,6 +78,17 @@ pub struct Options {
     pub(crate) binlog_retain_age: Option<Duration>,
     pub(crate) replication_timeout: Duration,
     pub(crate) degrade_on_timeout: bool,
+    pub(crate) log_tune: Option<LogTune>,
+}
+
+/// A caller's adjustment of the log's options; see [`Options::log_options_with`].
+#[derive(Clone)]
+pub(crate) struct LogTune(pub(crate) Arc<dyn Fn(LogOptions) -> LogOptions + Send + Sync>);
+
+impl std::fmt::Debug for LogTune {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogTune")
+    }
 }
 
 impl Default for Options {
@@ -69,6 +102,7 @@ impl Default for Options {
             binlog_retain_age: None,
             replication_timeout: Duration::from_secs(10),
             degrade_on_timeout: false,
+            log_tune: None,
         }
     }
 }
@@ -118,6 +152,16 @@ impl Options {
     /// [`Error::ReplicationTimeout`]. Default false: never a silent downgrade.
     pub fn degrade_on_timeout(mut self, degrade: bool) -> Self {
         self.degrade_on_timeout = degrade;
+        self
+    }
+    /// Adjusts the options the database's log ring is opened with, after the database set its
+    /// own (ring size, recovery start, epoch). For tests: with pagemesh-logpage's feature
+    /// `fault-injection`, `LogOptions::sync_hook` injects failed syncs of the ring.
+    pub fn log_options_with(
+        mut self,
+        tune: impl Fn(LogOptions) -> LogOptions + Send + Sync + 'static,
+    ) -> Self {
+        self.log_tune = Some(LogTune(Arc::new(tune)));
         self
     }
     /// The durability [`Database::commit_default`] uses.

@@ -222,6 +222,9 @@ fn restore_into(
             Ok(CommitOrAbort::<_, ()>::Commit(()))
         });
     outcome.map_err(|error| error.into_error(store.lmdb("commit restore")))?;
+    // The environment does not sync meta pages on commit (`store.rs`, Syncs): a restore must be
+    // on disk whole before its caller marks it complete.
+    store.sync()?;
     tracing::info!(path = %dir.display(), entries, lsn, "restored snapshot");
     Ok(SnapshotStats {
         entries,

@@ -20,14 +20,29 @@
 //! | `binlog_bytes` | u64: bytes the binlog holds, for retention |
 //! | `cursor:NAME` | u64: a registered consumer's position; the binlog is never trimmed above it |
 //! | `table:NAME` | empty: the table exists |
+//! | `epoch` | u64: the epoch the writer's log stamps on its pages this session (see `recovery.rs`) |
+//! | `clean_stop` | u8: 1 if the last session closed cleanly (everything applied and synced), 0 while one runs |
 //!
 //! The binlog's values, its retention and the cursors that hold it back are `binlog.rs`'s; this file
 //! opens the environment and keeps identity, tables and the apply state.
 //!
-//! Every write transaction commits with LMDB's default sync. `MDB_NOSYNC` would make commits
-//! cheaper, but LMDB may then reuse pages that the last *synced* meta page still refers to, so a
-//! power loss could corrupt the environment instead of just losing the latest commits; heed marks
-//! the flag unsafe for that reason. Group commit amortises the sync instead.
+//! # Syncs
+//!
+//! The environment is opened with `MDB_NOMETASYNC`: a write transaction's commit syncs its data
+//! pages (one `fdatasync`) but not the meta page that points at them; the meta page is written,
+//! and reaches the disk with the *next* transaction's sync (or [`Store::sync`]). A power loss
+//! can therefore roll LMDB back by its latest transaction, never corrupt it: the meta page on
+//! disk always points at synced pages, and LMDB does not reuse pages the previous meta page
+//! refers to. Durability no longer comes from LMDB: the log ring is the write-ahead log, and the
+//! applier releases a group's ring pages only once LMDB's state past it is on disk (`apply.rs`).
+//! Plain `MDB_NOSYNC` would make commits cheaper still, but LMDB may then reuse pages that the
+//! last *synced* meta page still refers to, so a power loss could corrupt the environment
+//! instead of just losing the latest commits; heed marks both flags unsafe for that reason.
+//!
+//! Writes outside the applier that must survive a power loss by themselves (the session's
+//! `epoch` and `clean_stop`, a restore) call [`Store::sync`] after they commit; cursor
+//! registrations do not (one lost on a power loss only lets retention trim a little early, and a
+//! peer behind the trim point is re-seeded).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -152,6 +167,17 @@ pub(crate) struct Store {
     pub is_replica: bool,
 }
 
+/// How the last writer's session ended ([`Store::last_session`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LastSession {
+    /// A session ever started (`clean_stop` is present).
+    pub started: bool,
+    /// It closed cleanly (`clean_stop` = 1): nothing it committed can have been lost.
+    pub clean: bool,
+    /// The highest epoch it used: `epoch` in `__meta`, or a binlog page's if higher.
+    pub epoch: u64,
+}
+
 /// Where the applier stands, as recorded in `__meta`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ApplyState {
@@ -195,11 +221,16 @@ impl Store {
         // SAFETY: heed's open is unsafe because LMDB must not be opened twice in one process and
         // its files must not be modified behind its back. The log ring's file lock, taken before
         // this (see `Database::open`), keeps a second pagemesh instance out of this directory.
+        // `flags` is unsafe for the flags that trade durability: NO_META_SYNC keeps LMDB's
+        // integrity on power loss (only the latest transactions may roll back; see the module
+        // docs), and the applier never releases ring pages LMDB might roll back (`apply.rs`).
         let env = unsafe {
-            EnvOpenOptions::new()
+            let mut options = EnvOpenOptions::new();
+            options
                 .map_size(map_size)
                 .max_dbs(MAX_DBS)
-                .open(&path)
+                .flags(EnvFlags::NO_META_SYNC);
+            options.open(&path)
         }
         .map_err(lmdb("open environment"))?;
         let wtxn = env.write_txn().map_err(lmdb("begin"))?;
@@ -503,6 +534,61 @@ impl Store {
             .collect();
         names.sort();
         names
+    }
+
+    /// Puts everything committed so far on disk, meta page included (`mdb_env_sync`, forced).
+    pub fn sync(&self) -> Result<()> {
+        self.env.force_sync().map_err(self.lmdb("sync"))
+    }
+
+    /// Starts a session: records, synced, that one runs (`clean_stop` = 0) under epoch `epoch`,
+    /// before any page of that epoch is written. See [`Store::last_session`] for what it replaces.
+    pub fn begin_session(&self, epoch: u64) -> Result<()> {
+        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
+        self.meta
+            .put(&mut wtxn, b"epoch", &epoch.to_le_bytes())
+            .map_err(self.lmdb("write epoch"))?;
+        self.meta
+            .put(&mut wtxn, b"clean_stop", &[0])
+            .map_err(self.lmdb("write clean_stop"))?;
+        wtxn.commit().map_err(self.lmdb("commit session start"))?;
+        self.sync()
+    }
+
+    /// Records (synced) that the session ended cleanly: everything committed is applied and on
+    /// disk in LMDB. Called by the database's close, after its applier stopped.
+    pub fn end_session_clean(&self) -> Result<()> {
+        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
+        self.meta
+            .put(&mut wtxn, b"clean_stop", &[1])
+            .map_err(self.lmdb("write clean_stop"))?;
+        wtxn.commit().map_err(self.lmdb("commit clean stop"))?;
+        self.sync()
+    }
+
+    /// How the last session ended, as `__meta` says, and the highest epoch the store knows of:
+    /// the recorded `epoch` and the epoch of the binlog's last page (a restored database's
+    /// pages carry their origin's).
+    pub fn last_session(&self, txn: &heed::RoTxn) -> Result<LastSession> {
+        let clean_stop = self
+            .meta
+            .get(txn, b"clean_stop")
+            .map_err(self.lmdb("read clean_stop"))?;
+        let binlog_epoch = match self.binlog.last(txn).map_err(self.lmdb("read binlog"))? {
+            Some((_, pages)) => {
+                let mut last = 0;
+                for page in (crate::binlog::CompactPages { rest: pages }) {
+                    last = page?.header().epoch();
+                }
+                last
+            }
+            None => 0,
+        };
+        Ok(LastSession {
+            started: clean_stop.is_some(),
+            clean: clean_stop == Some(&[1][..]),
+            epoch: self.meta_u64(txn, b"epoch")?.max(binlog_epoch),
+        })
     }
 
     pub fn apply_state(&self, rtxn: &heed::RoTxn) -> Result<ApplyState> {

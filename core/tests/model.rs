@@ -11,13 +11,13 @@
 //! - a check: `get` of a few keys and one prefix scan, compared with the model;
 //! - a reopen: drop the database and open the same directory again.
 //!
-//! A `Memory` commit is applied asynchronously, so the store is compared with the model only when
-//! the last commit was `Applied` or `Durable` (applying in log order, it implies every earlier
-//! record is applied); a check or reopen that follows a `Memory` commit first commits an empty
-//! batch with `Applied`. After every applied commit and every reopen, every table is scanned in
+//! `Memory` and `Durable` commits are applied asynchronously (`Durable` waits for the ring's
+//! flush, not for LMDB), so the store is compared with the model only when the last commit was
+//! `Applied` (applying in log order, it implies every earlier record is applied); a check or
+//! reopen that follows another commit first commits an empty batch with `Applied`. After every applied commit and every reopen, every table is scanned in
 //! full and compared, `seq`s included, and `tables()` must name every table holding a key and none
-//! that was never written. A reopen right after `Memory` commits checks that closing the database
-//! loses none of them. Each case ends with a comparison and a reopen.
+//! that was never written. A reopen right after `Memory` or `Durable` commits checks that closing
+//! the database loses none of them. Each case ends with a comparison and a reopen.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -135,7 +135,7 @@ impl Harness<'_> {
                 None => self.model.remove(&key),
             };
         }
-        self.settled = durability != Durability::Memory;
+        self.settled = durability == Durability::Applied;
         if self.settled {
             self.compare_all()?;
         }

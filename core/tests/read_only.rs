@@ -2,7 +2,7 @@
 //! nothing itself.
 //!
 //! This test binary is its own child. The child opens a `Database` (taking the log ring's lock),
-//! commits `Durable` batches, says `ready` on stdout, and waits for the parent on stdin. While the
+//! commits `Applied` batches, says `ready` on stdout, and waits for the parent on stdin. While the
 //! child holds the database, the parent checks that it cannot open it itself (`Database::open`
 //! fails on the ring lock: the situation `pagemesh backup` used to fail in), opens it read-only,
 //! and finds exactly what the child committed: values, versions, the record counts of
@@ -64,7 +64,7 @@ fn child(dir: &Path) {
     for i in 0..EARLY_KEYS {
         let mut batch = WriteBatch::new();
         batch.put("early", &key(i), &value("early", i, 1)).unwrap();
-        db.commit(&batch, Durability::Durable)
+        db.commit(&batch, Durability::Applied)
             .expect("child commits");
     }
     say_and_wait("ready 1");
@@ -75,7 +75,7 @@ fn child(dir: &Path) {
     for i in 0..EARLY_REWRITTEN {
         batch.put("early", &key(i), &value("early", i, 2)).unwrap();
     }
-    db.commit(&batch, Durability::Durable)
+    db.commit(&batch, Durability::Applied)
         .expect("child commits");
     say_and_wait("ready 2");
 }

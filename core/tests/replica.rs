@@ -200,7 +200,11 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
             }
         });
         let seq = ticket.wait().expect("acked and durable");
-        assert!(db.read().unwrap().get("t", b"k").unwrap().unwrap().seq == seq);
+        // Durable in the ring (its page is on disk), not necessarily applied yet.
+        assert!(
+            db.durable_lsn() > seq / 4096,
+            "the record's page is durable"
+        );
         acker.join().unwrap();
     });
 }

@@ -114,7 +114,7 @@ fn one_thread_keeps_many_commits_in_flight_with_tickets() {
         .map(|i| {
             let mut batch = WriteBatch::new();
             batch.put("t", &i.to_be_bytes(), &[1; 64]).unwrap();
-            db.commit_async(&batch, Durability::Durable).unwrap()
+            db.commit_async(&batch, Durability::Applied).unwrap()
         })
         .collect();
     let seqs: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();

@@ -39,6 +39,7 @@ pub struct LogOptions {
     epoch: u64,
     next_lsn_min: u64,
     recover_from: Option<u64>,
+    epoch_above_recovered: bool,
     follower: bool,
     #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) sync_hook: Option<SyncHook>,
@@ -51,6 +52,7 @@ impl Default for LogOptions {
             epoch: 0,
             next_lsn_min: 0,
             recover_from: None,
+            epoch_above_recovered: false,
             follower: false,
             #[cfg(any(test, feature = "fault-injection"))]
             sync_hook: None,
@@ -89,6 +91,15 @@ impl LogOptions {
     /// The epoch (failover term) stamped on every page this log writes.
     pub fn epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
+        self
+    }
+
+    /// Take an epoch above every recovered page's: the log's epoch becomes
+    /// `max(epoch, highest recovered page epoch + 1)`. For a writer restarting after an unclean
+    /// stop: pages beyond the durable watermark may have been lost with the power, and may have
+    /// reached a replica first; new pages under those LSNs must not carry the same epoch.
+    pub fn epoch_above_recovered(mut self, above: bool) -> Self {
+        self.epoch_above_recovered = above;
         self
     }
 
@@ -254,6 +265,16 @@ impl Log {
         Self::with_ring(ring, recovered, &options)
     }
 
+    /// Fails with the ring's `Locked` error if another process holds the log in `dir`; takes the
+    /// ring file's lock and releases it at once, without mapping the ring or recovering it
+    /// (creating the file, empty, if there is none). For a store that must keep a second instance
+    /// out of its other files before it knows where recovery must start
+    /// ([`LogOptions::recover_from`]): a recovery from the ring header alone could invalidate
+    /// pages the store still needs (see `durable.rs`, Process crash and power loss).
+    pub fn probe_lock(dir: impl AsRef<Path>) -> Result<()> {
+        Ring::probe_lock(dir.as_ref())
+    }
+
     /// A log in anonymous memory (nothing survives the process): for tests and benchmarks.
     pub fn in_memory(options: LogOptions) -> Result<Self> {
         options.check()?;
@@ -298,7 +319,11 @@ impl Log {
             slots,
             ring,
             slot_count: options.slots,
-            epoch: AtomicU64::new(options.epoch.max(recovered.epoch_max)),
+            epoch: AtomicU64::new(
+                options
+                    .epoch
+                    .max(recovered.epoch_max + u64::from(options.epoch_above_recovered)),
+            ),
             record_len_max: (ring_bytes - RECORD_HEADER_SIZE).min(RECORD_LEN_MAX),
             consumers: Consumers::default(),
             committed: Notify::default(),

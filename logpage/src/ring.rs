@@ -259,6 +259,35 @@ impl Ring {
         Ok((ring, recovered))
     }
 
+    /// Takes and releases the lock of `dir/log.ring` (creating it empty if missing); see
+    /// [`crate::Log::probe_lock`].
+    pub fn probe_lock(dir: &Path) -> Result<()> {
+        let path = dir.join("log.ring");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                op: "open",
+                path: path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(TryLockError::WouldBlock) => Err(Error::RingFile {
+                path,
+                fault: RingFault::Locked,
+            }),
+            Err(TryLockError::Error(source)) => Err(Error::Io {
+                op: "lock",
+                path,
+                source,
+            }),
+        }
+    }
+
     /// A ring in anonymous memory: nothing survives the process. For tests and benchmarks.
     pub fn anonymous(slots: u64) -> Result<(Self, Recovered)> {
         let len = (slots + 1) as usize * PAGE_SIZE;

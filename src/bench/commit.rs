@@ -3,8 +3,17 @@
 //! Every variant writes the land-registry-shaped records of [`crate::workload::price_paid`]
 //! (key: the transaction id; value: the CSV line, ~160 bytes) into a fresh database directory:
 //!
+//! - `fsync-floor`: the disk's floor for a durable commit, in the same run: one 4 KB `pwrite`
+//!   into a preallocated, already-written file (its blocks written once through a mapping and
+//!   synced, as the log ring's are), then `fdatasync`; its p50 is what `durable@1` p50 is set
+//!   against;
 //! - `applied`, `durable`: one record per commit, with 1, 16 or 256 commits in flight from one
-//!   thread ([`pagemesh_core::Database::commit_async`] tickets, the oldest waited on when full);
+//!   thread ([`pagemesh_core::Database::commit_async`] tickets, the oldest waited on when full).
+//!   `durable` waits for the log ring's durable watermark (the ring is the write-ahead log; LMDB
+//!   applies off the commit path). Each `durable` cell (and `batch`) first commits until the ring
+//!   has filled once (bounded by five times the cell's seconds), so that the window measures the
+//!   steady state, with the applier releasing ring pages as it must; the cell's `window` says
+//!   whether the ring filled first, and how many ring fills the window itself lasted;
 //! - `heed-nosync-txn`, `heed-sync-txn`: raw heed, one LMDB write transaction per record, one
 //!   thread, without and with sync; values carry the same 8-byte version prefix pagemesh stores;
 //! - `heed-group` at 16 and 256: raw heed, exactly that many puts per synced transaction: perfect
@@ -35,6 +44,10 @@ use crate::workload::price_paid::PricePaid;
 const TABLE: &str = "price_paid";
 /// Records per batch in `batch` and `heed-batch`.
 pub const BATCH_RECORDS: usize = 1_000;
+/// Pages of the `fsync-floor` file (4 MiB).
+const FLOOR_FILE_PAGES: u64 = 1024;
+/// The most a cell's warm-up (filling the ring once) may take, in multiples of its seconds.
+const WARM_UP_SECONDS_MAX: f64 = 5.0;
 
 /// One measured cell.
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +66,11 @@ pub struct CommitMeasurement {
     pub ops_per_sec: f64,
     /// Records per LMDB write transaction (pagemesh: measured group size; heed: fixed).
     pub records_per_txn: f64,
+    /// Median commit latency, microseconds (`fsync-floor`: of one write and sync), where timed.
+    pub p50_us: Option<f64>,
+    /// For the cells with a warm-up: whether the ring had filled once before the window began,
+    /// and how many times the ring's size the window wrote.
+    pub window: Option<String>,
 }
 
 /// The workload's records as (key, value).
@@ -71,7 +89,8 @@ fn mean_bytes(records: &[(Vec<u8>, Vec<u8>)]) -> f64 {
         / records.len().max(1) as f64
 }
 
-/// Measures pagemesh commits of one record each, `inflight` in flight, for `seconds`.
+/// Measures pagemesh commits of one record each, `inflight` in flight, for `seconds`; a
+/// `Durable` cell first fills the ring once (see the module docs).
 pub fn measure_pagemesh(
     dir: &Path,
     records: &[(Vec<u8>, Vec<u8>)],
@@ -80,26 +99,48 @@ pub fn measure_pagemesh(
     seconds: f64,
 ) -> pagemesh_core::Result<CommitMeasurement> {
     let db = Database::open(dir, Options::new().map_size(4 << 30))?;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
+    let record_bytes = mean_bytes(records);
+    let mut records = records.iter().cycle();
     let mut tickets = VecDeque::with_capacity(inflight);
-    let mut done = 0u64;
-    for (key, value) in records.iter().cycle() {
-        if done.is_multiple_of(64) && Instant::now() >= deadline {
-            break;
-        }
+    let mut commit = |tickets: &mut VecDeque<(Instant, pagemesh_core::CommitTicket)>,
+                      latencies: &mut Vec<Duration>|
+     -> pagemesh_core::Result<()> {
         if tickets.len() == inflight {
-            let ticket: pagemesh_core::CommitTicket = tickets.pop_front().expect("full queue");
+            let (at, ticket) = tickets.pop_front().expect("full queue");
             ticket.wait()?;
-            done += 1;
+            latencies.push(at.elapsed());
         }
+        let (key, value) = records.next().expect("cycle");
         let mut batch = WriteBatch::new();
         batch.put(TABLE, key, value)?;
-        tickets.push_back(db.commit_async(&batch, durability)?);
+        tickets.push_back((Instant::now(), db.commit_async(&batch, durability)?));
+        Ok(())
+    };
+    let warm_up = durability == Durability::Durable;
+    let filled = if warm_up {
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds * WARM_UP_SECONDS_MAX);
+        let mut ignored = Vec::new();
+        while !ring_filled(&db) && Instant::now() < deadline {
+            for _ in 0..64 {
+                commit(&mut tickets, &mut ignored)?;
+            }
+            ignored.clear();
+        }
+        Some(ring_filled(&db))
+    } else {
+        None
+    };
+    let stats_before = db.stats();
+    let lsn_before = db.log().anchor().lsn;
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    while latencies.len() % 64 != 0 || Instant::now() < deadline {
+        commit(&mut tickets, &mut latencies)?;
     }
-    for ticket in tickets {
+    for (at, ticket) in tickets {
         ticket.wait()?;
-        done += 1;
+        latencies.push(at.elapsed());
     }
     let elapsed = started.elapsed();
     let stats = db.stats();
@@ -112,35 +153,76 @@ pub fn measure_pagemesh(
         .into(),
         inflight,
         threads: 1,
-        record_bytes: mean_bytes(records),
-        ops_per_sec: done as f64 / elapsed.as_secs_f64(),
-        records_per_txn: stats.records as f64 / stats.groups.max(1) as f64,
+        record_bytes,
+        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        records_per_txn: (stats.records - stats_before.records) as f64
+            / (stats.groups - stats_before.groups).max(1) as f64,
+        p50_us: Some(p50_us(&mut latencies)),
+        window: filled.map(|filled| window_note(&db, filled, lsn_before)),
     })
 }
+/// Whether the log has written as many pages as its ring holds: every slot was used once.
+fn ring_filled(db: &Database) -> bool {
+    db.log().anchor().lsn >= db.log().slots()
+}
 
-/// Measures `batch`: [`BATCH_RECORDS`] records per durable commit.
+/// What a cell's window was: after the ring filled once or not, and how many ring fills it wrote
+/// from page `lsn_before` on.
+fn window_note(db: &Database, filled: bool, lsn_before: u64) -> String {
+    let fills = (db.log().anchor().lsn - lsn_before) as f64 / db.log().slots() as f64;
+    let first = if filled {
+        "after the ring first filled"
+    } else {
+        "before the ring first filled (warm-up cut short)"
+    };
+    let length = if fills >= 3.0 { ">= 3x" } else { "< 3x" };
+    format!("{first}; the window wrote {fills:.1} ring fills ({length} the ring's fill time)")
+}
+
+/// The median of `latencies`, in microseconds (0 if none).
+fn p50_us(latencies: &mut [Duration]) -> f64 {
+    latencies.sort_unstable();
+    latencies
+        .get(latencies.len() / 2)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+}
+
+/// Measures `batch`: [`BATCH_RECORDS`] records per durable commit, after the ring filled once.
 pub fn measure_pagemesh_batch(
     dir: &Path,
     records: &[(Vec<u8>, Vec<u8>)],
     seconds: f64,
 ) -> pagemesh_core::Result<CommitMeasurement> {
     let db = Database::open(dir, Options::new().map_size(4 << 30))?;
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let mut done = 0u64;
-    for chunk in records.chunks(BATCH_RECORDS).cycle() {
-        if Instant::now() >= deadline {
-            break;
-        }
+    let mut chunks = records.chunks(BATCH_RECORDS).cycle();
+    let mut commit = |latencies: &mut Vec<Duration>| -> pagemesh_core::Result<u64> {
+        let chunk = chunks.next().expect("cycle");
         let mut batch = WriteBatch::new();
         for (key, value) in chunk {
             batch.put(TABLE, key, value)?;
         }
+        let at = Instant::now();
         db.commit(&batch, Durability::Durable)?;
-        done += chunk.len() as u64;
+        latencies.push(at.elapsed());
+        Ok(chunk.len() as u64)
+    };
+    let warm_up_until = Instant::now() + Duration::from_secs_f64(seconds * WARM_UP_SECONDS_MAX);
+    while !ring_filled(&db) && Instant::now() < warm_up_until {
+        commit(&mut Vec::new())?;
+    }
+    let filled = ring_filled(&db);
+    let stats_before = db.stats();
+    let lsn_before = db.log().anchor().lsn;
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut done = 0u64;
+    while Instant::now() < deadline {
+        done += commit(&mut latencies)?;
     }
     let elapsed = started.elapsed();
     let stats = db.stats();
+    let groups = (stats.groups - stats_before.groups).max(1) as f64;
     Ok(CommitMeasurement {
         workload: "commit/price_paid",
         variant: "batch".into(),
@@ -148,7 +230,58 @@ pub fn measure_pagemesh_batch(
         threads: 1,
         record_bytes: mean_bytes(records),
         ops_per_sec: done as f64 / elapsed.as_secs_f64(),
-        records_per_txn: stats.records as f64 / stats.groups.max(1) as f64 * BATCH_RECORDS as f64,
+        records_per_txn: (stats.records - stats_before.records) as f64 / groups
+            * BATCH_RECORDS as f64,
+        p50_us: Some(p50_us(&mut latencies)),
+        window: Some(window_note(&db, filled, lsn_before)),
+    })
+}
+
+/// Measures `fsync-floor` for `seconds`: one 4 KB `pwrite` then `fdatasync`, over and over, in a
+/// preallocated file of 1,024 pages (4 MiB) whose blocks were written once through a
+/// mapping and synced (as the log ring creates its file); the page written moves through the
+/// file. `ops_per_sec` is syncs per second.
+pub fn measure_fsync_floor(dir: &Path, seconds: f64) -> std::io::Result<CommitMeasurement> {
+    use std::os::unix::fs::FileExt;
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("floor.bin"))?;
+    let page_bytes = 4096u64;
+    file.set_len(FLOOR_FILE_PAGES * page_bytes)?;
+    {
+        // SAFETY: the file is this function's own, open read-write, and not resized while mapped.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }?;
+        map.fill(0);
+        map.flush()?;
+    }
+    file.sync_all()?;
+    let page = [0x5A_u8; 4096];
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut index = 0u64;
+    while latencies.len() < 20 || Instant::now() < deadline {
+        let at = Instant::now();
+        file.write_all_at(&page, (index % FLOOR_FILE_PAGES) * page_bytes)?;
+        file.sync_data()?;
+        latencies.push(at.elapsed());
+        index += 1;
+    }
+    let elapsed = started.elapsed();
+    Ok(CommitMeasurement {
+        workload: "commit/price_paid",
+        variant: "fsync-floor".into(),
+        inflight: 1,
+        threads: 1,
+        record_bytes: page_bytes as f64,
+        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        records_per_txn: 1.0,
+        p50_us: Some(p50_us(&mut latencies)),
+        window: None,
     })
 }
 
@@ -219,6 +352,8 @@ pub fn measure_heed(
         record_bytes: mean_bytes(records),
         ops_per_sec: done as f64 / elapsed.as_secs_f64(),
         records_per_txn: per_txn as f64,
+        p50_us: None,
+        window: None,
     })
 }
 
@@ -280,6 +415,8 @@ pub fn measure_load(
         ops_per_sec: records.len() as f64 / elapsed.as_secs_f64(),
         records_per_txn: stats.records as f64 / stats.groups.max(1) as f64
             * LOAD_BATCH_RECORDS as f64,
+        p50_us: None,
+        window: None,
     };
     Ok((cell, peak_growth_mib))
 }
@@ -359,6 +496,7 @@ pub fn measure_all(
         root.path().join(format!("cell-{cells}"))
     };
     let mut out = vec![
+        measure_fsync_floor(&dir(), seconds)?,
         measure_heed(&dir(), &records, false, 1, seconds)?,
         measure_heed(&dir(), &records, true, 1, seconds)?,
     ];
@@ -453,6 +591,17 @@ pub fn ratios(cells: &[CommitMeasurement]) -> Vec<super::Ratio> {
             ops("heed-nosync-txn", 1),
         );
     }
+    let p50 = |variant: &str, inflight: usize| {
+        cells
+            .iter()
+            .find(|c| c.variant == variant && c.inflight == inflight)
+            .and_then(|c| c.p50_us)
+    };
+    ratio(
+        "durable@1 p50/fsync-floor p50".into(),
+        p50("durable", 1),
+        p50("fsync-floor", 1),
+    );
     ratio(
         "batch/heed-batch".into(),
         ops("batch", 1),

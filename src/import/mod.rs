@@ -477,7 +477,13 @@ impl<'a> Importer<'a> {
     }
 
     /// Commits the batch with a marker at `position` (where its last row ends) and waits until
-    /// it is durable. Nothing is written while replaying.
+    /// it is durable and applied. Nothing is written while replaying.
+    ///
+    /// `Durable` alone returns once the log ring has the batch on disk; the store applies it
+    /// later, and a full disk would surface only then. Waiting for it to be applied too (an
+    /// empty `Applied` commit after it: applying in log order, it implies the batch) keeps the
+    /// import's report exact: a batch that does not fit fails here, and every row reported
+    /// imported durably is in the store.
     fn commit(&mut self, position: Position, finished: bool) -> Result<(), ImportError> {
         if self.replaying.is_some() {
             return Ok(());
@@ -493,7 +499,11 @@ impl<'a> Importer<'a> {
             .batch
             .put(MARKER_TABLE, self.args.table.as_bytes(), &marker.encode())
             .map(|_| ())
-            .and_then(|()| self.db.commit(&self.batch, Durability::Durable).map(|_| ()));
+            .and_then(|()| self.db.commit(&self.batch, Durability::Durable).map(|_| ()))
+            .and_then(|()| {
+                let applied = pagemesh_core::WriteBatch::new();
+                self.db.commit(&applied, Durability::Applied).map(|_| ())
+            });
         if let Err(source) = committed {
             return Err(ImportError::Commit {
                 path: self.args.csv.clone(),
