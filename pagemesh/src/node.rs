@@ -448,7 +448,8 @@ impl ReplicaDatabase for Wired {
         self.0.received_lsn()
     }
     fn durable_lsn(&self) -> u64 {
-        self.0.applied_lsn()
+        // The replica ring's durable watermark: its own flusher moves it (issue 16).
+        self.0.durable_lsn()
     }
 }
 

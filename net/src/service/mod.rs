@@ -147,7 +147,8 @@ pub trait AckSink {
 pub trait ReplicaDatabase: SourceDatabase {
     /// Every page below this is received.
     fn received_lsn(&self) -> u64;
-    /// Every page below this is applied and synced.
+    /// Every page below this is on disk in the replica's ring (its durable watermark), so it
+    /// survives a power loss of the replica; sent upstream as the ACK's `durable_lsn`.
     fn durable_lsn(&self) -> u64;
 }
 
