@@ -34,7 +34,7 @@ use common::*;
 use pagemesh::core::{Database, Durability, Error as StoreError, WriteBatch};
 use pagemesh::log::PAGE_SIZE;
 use pagemesh::net::proto::frame::{
-    encode, Frame, FrameType, Hello, RefuseCode, Resume, FRAME_BODY_MAX,
+    encode, Frame, FrameType, Hello, RefuseCode, Resume, Watch, FRAME_BODY_MAX,
 };
 use pagemesh::net::proto::handshake::{Handshake, HandshakeConfig};
 use pagemesh::net::proto::Ack;
@@ -550,6 +550,77 @@ fn hello(protocol_min: u16, protocol_max: u16) -> Vec<u8> {
     out
 }
 
+/// Bad watchers (lazy links: WATCH, then HAVE frames): a WATCH for a database the node does not
+/// hold is refused; a watcher that sends anything but heartbeats, or falls silent past the link
+/// timeout, loses its link; the node keeps replicating to its good replica throughout.
+fn bad_watchers_are_refused(transport: TransportKind) {
+    let (pair, [good]) = Pair::builder(transport).secret(SECRET).start_with(["good"]);
+    let (db, addr) = (&pair.db, pair.addr());
+    let ledger = Ledger::default();
+    still_replicating(db, &good, &ledger, "before the bad watchers");
+    let watch = |database| {
+        let mut out = Vec::new();
+        encode(
+            &Frame::Watch(Watch {
+                database,
+                origin: uuid::Uuid::nil(),
+            }),
+            &mut out,
+        );
+        out
+    };
+
+    // A WATCH for a database that is not here: REFUSE, then closed.
+    let (mut unknown, mut buf) = raw_handshake(addr, SECRET, PATIENCE);
+    unknown.write_all(&watch(uuid::Uuid::new_v4())).unwrap();
+    let refused = read_frame(&mut unknown, &mut buf)
+        .expect("a REFUSE")
+        .expect("a REFUSE, not end of stream");
+    assert!(
+        matches!(frame_of(&refused), Frame::Refuse(r) if r.code == RefuseCode::UnknownDatabase),
+        "{:?}",
+        frame_of(&refused)
+    );
+    assert_eq!(wait_closed(&mut unknown), Ended::Closed, "unknown database");
+
+    // A WATCH for the database: HAVE frames naming it; then a RESUME on the lazy link ends it.
+    let (mut rude, mut buf) = raw_handshake(addr, SECRET, PATIENCE);
+    rude.write_all(&watch(db.uuid())).unwrap();
+    let have = read_frame(&mut rude, &mut buf)
+        .expect("a HAVE")
+        .expect("a HAVE");
+    match frame_of(&have) {
+        Frame::Have(have) => {
+            assert_eq!((have.database, have.origin), (db.uuid(), db.origin_uuid()));
+            assert!(have.lsn <= db.received_lsn());
+        }
+        other => panic!("expected HAVE, got {other:?}"),
+    }
+    let mut out = Vec::new();
+    encode(
+        &Frame::Resume(Resume {
+            database: db.uuid(),
+            origin: uuid::Uuid::nil(),
+            epoch: 0,
+            from_lsn: 0,
+        }),
+        &mut out,
+    );
+    rude.write_all(&out).unwrap();
+    assert_eq!(
+        wait_closed(&mut rude),
+        Ended::Closed,
+        "RESUME on a lazy link"
+    );
+
+    // A watcher that never answers a HAVE is dropped after the link timeout.
+    let (mut silent, _) = raw_handshake(addr, SECRET, PATIENCE);
+    silent.write_all(&watch(db.uuid())).unwrap();
+    assert_eq!(wait_closed(&mut silent), Ended::Closed, "a silent watcher");
+
+    still_replicating(db, &good, &ledger, "after the bad watchers");
+}
+
 /// Commits one batch `Replicated(1)`; it must return `Ok` and be applied on `replica`.
 fn still_replicating(db: &Database, replica: &Replica, ledger: &Ledger, what: &str) {
     let mut workload = Workload::new(SEED ^ 12, ledger.commits().len() as u32);
@@ -858,6 +929,7 @@ fn replica_ahead_of_a_restored_source(transport: TransportKind) {
 }
 
 on_both_transports!(
+    bad_watchers_are_refused,
     random_workload_reaches_two_synchronous_replicas,
     replica_restarted_mid_stream_resumes,
     far_behind_replica_is_reseeded,
