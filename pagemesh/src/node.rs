@@ -291,9 +291,14 @@ impl Node {
     /// holder failed, so the loss of a relay is routed around by the holders that remain
     /// (`pagemesh_net::route::Upstreams`).
     ///
-    /// List holders nearer the origin than this node, nearest first: the choice is made on
-    /// failure, not on progress, so two replicas that list each other can settle into following
-    /// each other, a link that stays up with nothing new on it, until one of them fails.
+    /// With more than one holder the replica also watches the others (a lazy link each, HAVE
+    /// frames) and moves to one that offers pages its current holder has not delivered within
+    /// the graft timeout, so a relay that is alive but stalled is routed around as well
+    /// (`ServiceConfig::graft_timeout`).
+    ///
+    /// List holders nearer the origin than this node, nearest first: two replicas that list each
+    /// other and are both cut off can follow each other, a link with nothing new on it, until
+    /// one of them hears of newer pages elsewhere.
     pub fn replicate_from_any(
         &self,
         holders: &[SocketAddr],

@@ -16,7 +16,9 @@
 //! - [`Upstreams`]: which holder a replica follows. It tries them in the order given (nearest
 //!   first), moves to the next when a link fails or is refused, and backs off only after a whole
 //!   round failed, so the death of a relay is routed around at once by whoever else holds the
-//!   pages.
+//!   pages; and it moves (grafts) to another holder whose HAVE offered pages the current one has
+//!   not delivered within the graft timeout, so a relay that is alive but stalled is routed
+//!   around too.
 //! - [`FeedPlan`]: a link's pages come from a full snapshot, from the binlog in batches, or from
 //!   the ring as pages seal. The plan starts from the RESUME, moves to the ring once the binlog
 //!   has nothing more, and goes back to the binlog whenever the replica falls more than half a
@@ -25,10 +27,12 @@
 //!
 //! [`plumtree`] is one node's epidemic broadcast tree for one origin (which links get pages
 //! eagerly, which hear HAVE, when to GRAFT and PRUNE), measured by the mesh simulator
-//! (`pagemesh-sim mesh`) at N − 1 page transfers per page once settled. The service does not
-//! drive it yet: a replica follows one upstream at a time, chosen by [`Upstreams`] from a list
-//! its configuration orders, so the tree is the one that list draws (N − 1 transfers per page as
-//! well), and it is re-drawn on failure, not on speed.
+//! (`pagemesh-sim mesh`) at N − 1 page transfers per page once settled. The service runs a
+//! narrower form of it, with the same outcome: each replica has exactly one eager upstream (its
+//! followed holder) and a lazy link to each other holder it knows (WATCH, answered with HAVE);
+//! a GRAFT is a RESUME on a new link and a PRUNE the close of the old one, so duplicates never
+//! flow and no PRUNE frame is needed. Holders come from the replica's configuration, nearest
+//! first; learning them by gossip is not done yet.
 
 pub mod plumtree;
 
