@@ -202,6 +202,11 @@ fn replica_process_survives_sigkill_and_converges(transport: TransportKind, name
         "only {} commits were acknowledged",
         acked.len()
     );
+    wait_for(
+        "the primary to apply its log",
+        Duration::from_secs(30),
+        || db.applied_lsn() >= end,
+    );
     assert!(
         contents(&copy) == contents(&db),
         "the replica differs from the primary"

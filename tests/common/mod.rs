@@ -511,8 +511,18 @@ pub fn assert_same(primary: &Database, replica: &Database, what: &str) {
     );
 }
 
-/// The database holds exactly what the ledger's commits imply.
+/// The database holds exactly what the ledger's commits imply, once it has applied everything it
+/// received (a `Durable` or `Replicated` commit may return before its records are applied).
 pub fn assert_model(db: &Database, ledger: &Ledger, what: &str) {
+    // A replica is waited for by `converge`; a primary is settled here.
+    if !db.is_replica() {
+        db.log().seal();
+        eventually(
+            &format!("{what}: applies what it committed"),
+            PATIENCE,
+            || (db.applied_lsn() >= db.received_lsn()).then_some(()),
+        );
+    }
     let expected: Contents = ledger
         .model()
         .into_iter()
