@@ -102,6 +102,53 @@ pub struct Stats {
     pub pages_ingested: u64,
     /// Times a replica's ring was full mid-run of pages.
     pub ingest_stalls: u64,
+    /// Pages replicas ingested from a relay (another replica), not from the origin.
+    pub relayed_pages: u64,
+    /// Subscriptions a relay refused because the replica was ahead of its copy.
+    pub relay_refusals: u64,
+    /// Times a replica moved on to another of its holders (`Upstreams`).
+    pub failovers: u64,
+    /// Links a relay closed because it was re-seeded into a new generation.
+    pub relay_generation_closes: u64,
+    /// RECEIPTS frames replicas sent upstream.
+    pub receipts_frames: u64,
+    /// `Replicated(n)` commits whose release needed the receipts of nodes not linked to the
+    /// origin (fewer than n of its direct links had acked the pages).
+    pub replicated_by_subtree: u64,
+}
+
+impl Stats {
+    /// Adds `other`'s counts to these (the end time is the later of the two): what many seeds
+    /// exercised together.
+    pub fn add(&mut self, other: &Stats) {
+        self.end = self.end.max(other.end);
+        self.commits += other.commits;
+        self.commits_deferred += other.commits_deferred;
+        self.replicated_commits += other.replicated_commits;
+        self.replicated_released += other.replicated_released;
+        self.replicated_timeouts += other.replicated_timeouts;
+        self.connections += other.connections;
+        self.links_closed += other.links_closed;
+        self.resets += other.resets;
+        self.partitions += other.partitions;
+        self.crashes += other.crashes;
+        self.pauses += other.pauses;
+        self.ring_lag_drops += other.ring_lag_drops;
+        self.write_timeouts += other.write_timeouts;
+        self.ring_to_binlog += other.ring_to_binlog;
+        self.binlog_batches += other.binlog_batches;
+        self.snapshots += other.snapshots;
+        self.restores += other.restores;
+        self.reseeds += other.reseeds;
+        self.pages_ingested += other.pages_ingested;
+        self.ingest_stalls += other.ingest_stalls;
+        self.relayed_pages += other.relayed_pages;
+        self.relay_refusals += other.relay_refusals;
+        self.failovers += other.failovers;
+        self.relay_generation_closes += other.relay_generation_closes;
+        self.receipts_frames += other.receipts_frames;
+        self.replicated_by_subtree += other.replicated_by_subtree;
+    }
 }
 
 /// Runs `scenario` to its end.
