@@ -112,6 +112,10 @@ pub struct Stats {
     pub relay_generation_closes: u64,
     /// RECEIPTS frames replicas sent upstream.
     pub receipts_frames: u64,
+    /// Links established at protocol version 1 (a node of the previous release): no RECEIPTS.
+    pub links_without_receipts: u64,
+    /// Crashes, partitions and connection resets that hit a relay while it served links.
+    pub relay_faults: u64,
     /// `Replicated(n)` commits whose release needed the receipts of nodes not linked to the
     /// origin (fewer than n of its direct links had acked the pages).
     pub replicated_by_subtree: u64,
@@ -147,6 +151,8 @@ impl Stats {
         self.failovers += other.failovers;
         self.relay_generation_closes += other.relay_generation_closes;
         self.receipts_frames += other.receipts_frames;
+        self.links_without_receipts += other.links_without_receipts;
+        self.relay_faults += other.relay_faults;
         self.replicated_by_subtree += other.replicated_by_subtree;
     }
 }

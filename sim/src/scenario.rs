@@ -18,6 +18,9 @@ pub struct Scenario {
     /// a replica that follows another replica is served by a relay, and chains reach 2 or 3
     /// hops. A second holder, when there is one, is where the replica fails over to.
     pub upstreams: Vec<Vec<usize>>,
+    /// Replicas of the previous release: they speak protocol version 1 only, so the links they
+    /// take part in carry no RECEIPTS (their subtrees' receipts stop there).
+    pub old_protocol: Vec<bool>,
     /// Synchronous replicas the origin keeps (`Replicated(n)` commits wait for n ≤ this).
     pub sync_replicas: usize,
     /// Ring size of every log, in pages.
@@ -82,10 +85,12 @@ impl Scenario {
         let upstreams = (1..=replicas)
             .map(|replica| draw_upstreams(&mut rng, replica))
             .collect();
+        let old_protocol = (0..replicas).map(|_| rng.random_bool(0.08)).collect();
         Self {
             seed,
             replicas,
             upstreams,
+            old_protocol,
             sync_replicas: rng.random_range(0..=replicas),
             ring_slots: 1 << rng.random_range(4..=10),
             binlog_retention: rng.random_bool(0.5).then(|| rng.random_range(64..1024)),
@@ -122,6 +127,7 @@ impl Scenario {
         fit(&mut self.apply_pages, replicas + 1);
         // Holders are earlier nodes, so a cut keeps every list valid; a new replica follows the
         // one before it, then the origin.
+        self.old_protocol.resize(replicas, false);
         self.upstreams.truncate(replicas);
         for replica in self.upstreams.len() + 1..=replicas {
             self.upstreams.push(vec![replica - 1, 0]);

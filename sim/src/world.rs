@@ -519,17 +519,46 @@ impl World {
             let next = self.jitter(every);
             self.schedule(next, Event::Fault);
         }
-        let replica = self.rng.random_range(1..=self.scenario.replicas);
+        // Half the node faults and resets hit a relay that serves links, if there is one: its
+        // replicas must fail over to their other holder (or wait for it) and converge.
+        let relays: Vec<usize> = (1..=self.scenario.replicas)
+            .filter(|&node| !self.conns_served_by(node).is_empty())
+            .collect();
+        let replica = if !relays.is_empty() && self.rng.random_bool(0.5) {
+            relays[self.rng.random_range(0..relays.len())]
+        } else {
+            self.rng.random_range(1..=self.scenario.replicas)
+        };
         match self.rng.random_range(0..100) {
             0..30 => {
-                let ids: Vec<u64> = self.conns.keys().copied().collect();
+                let relayed: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, conn)| conn.source_node != 0)
+                    .map(|(&id, _)| id)
+                    .collect();
+                let ids: Vec<u64> = if !relayed.is_empty() && self.rng.random_bool(0.5) {
+                    relayed
+                } else {
+                    self.conns.keys().copied().collect()
+                };
                 if !ids.is_empty() {
                     let id = ids[self.rng.random_range(0..ids.len())];
+                    if self
+                        .conns
+                        .get(&id)
+                        .is_some_and(|conn| conn.source_node != 0)
+                    {
+                        self.stats.relay_faults += 1;
+                    }
                     self.stats.resets += 1;
                     self.close(id, "connection reset");
                 }
             }
             30..55 => {
+                if relays.contains(&replica) {
+                    self.stats.relay_faults += 1;
+                }
                 let length = Duration::from_millis(self.rng.random_range(20..1_500));
                 self.partitioned[replica] = self.partitioned[replica].max(self.now + length);
                 self.stats.partitions += 1;
@@ -537,6 +566,9 @@ impl World {
                 self.schedule(length, Event::Heal { replica });
             }
             55..80 => {
+                if relays.contains(&replica) {
+                    self.stats.relay_faults += 1;
+                }
                 let down = Duration::from_millis(self.rng.random_range(5..1_000));
                 self.crash(replica, down);
             }

@@ -11,9 +11,15 @@ impl World {
         }
     }
 
-    pub(super) fn handshake_config(&self, node: Uuid, name: &str) -> HandshakeConfig {
-        let mut config = HandshakeConfig::new(node, name, Some(b"sim".to_vec()));
+    /// The handshake `node` (0: the origin) runs: a replica of the previous release speaks
+    /// version 1 only.
+    pub(super) fn handshake_config(&self, node: usize) -> HandshakeConfig {
+        let (uuid, name) = self.identity(node);
+        let mut config = HandshakeConfig::new(uuid, name, Some(b"sim".to_vec()));
         config.timeout = self.scenario.link_timeout;
+        if node > 0 && self.scenario.old_protocol.get(node - 1) == Some(&true) {
+            config.versions = 1..=1;
+        }
         config
     }
 
@@ -57,21 +63,15 @@ impl World {
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        let (uuid, name) = (node.uuid, node.name.clone());
-        let (holder_uuid, holder_name) = self.identity(holder);
         let now = self.instant();
         let mut replica_out = Vec::new();
         let connector = Handshake::connect(
-            &self.handshake_config(uuid, &name),
+            &self.handshake_config(replica),
             self.nonce(),
             now,
             &mut replica_out,
         );
-        let acceptor = Handshake::accept(
-            &self.handshake_config(holder_uuid, &holder_name),
-            self.nonce(),
-            now,
-        );
+        let acceptor = Handshake::accept(&self.handshake_config(holder), self.nonce(), now);
         self.conns.insert(
             id,
             Conn {

@@ -75,6 +75,8 @@ impl World {
                     let receipts = peer.version >= RECEIPTS_SINCE_VERSION;
                     if receipts {
                         self.replicas[replica - 1].receipts.report_all();
+                    } else {
+                        self.stats.links_without_receipts += 1;
                     }
                     let node = &self.replicas[replica - 1];
                     let resume = match &node.db {
