@@ -2,24 +2,59 @@
 //! queue, advanced one event at a time on a virtual clock.
 //!
 //! Nodes are real: each holds real `pagemesh-logpage` logs in files (an origin log; a follower
-//! log per replica generation), a model [`Store`] applying records in log order, and, per link,
-//! the real I/O-free machines of `pagemesh-net` (the handshake, `SourceLink`, `Shipper`,
-//! `ReplicaLink`) and `pagemesh-core`'s `Replication` counting acks for `Replicated(n)` commits.
-//! What the drivers of the real node do (move bytes, read the binlog, ingest, restore, keep
-//! timers) this module does in their place, deterministically.
+//! log per replica generation), a model [`Store`] applying records in log order with the binlog
+//! its applier keeps, and, per link, the real I/O-free machines of `pagemesh-net` (the
+//! handshake, `route::admit`, `SourceLink`, `Shipper`, `ReplicaLink`) and `pagemesh-core`'s
+//! `Replication` counting acks and receipts for `Replicated(n)` commits. What the drivers of the
+//! real node do (move bytes, read the binlog, ingest, restore, keep timers) this module does in
+//! their place, deterministically.
+//!
+//! # Relays
+//!
+//! Any replica that holds a copy serves it onward, as `net/src/service` does ("Relaying"):
+//!
+//! - Each replica follows one holder at a time from the list its scenario drew (the origin or
+//!   earlier replicas, nearest first), through the real `route::Upstreams` with this module's
+//!   backoff: a failed or refused attempt tries the next holder at once, a whole round that
+//!   failed backs off, a link that was up and ended starts a new round from the nearest other
+//!   holder.
+//! - The source end of a link is the origin or a relay. A relay admits through `route::admit`
+//!   with `relay: true` (its follower log) at its log's committed LSN, so it refuses a replica
+//!   ahead of it; it ships its ring, its own binlog (what its applier applied, trimmed by the
+//!   same retention) and snapshots of its store. Re-seeded into a new generation, it closes the
+//!   links it serves, which come back and are admitted against the new copy (`Runtime::serve`).
+//! - Receipts go hop by hop: a relay books the acks and RECEIPTS of the links it serves in its
+//!   `route::plumtree::Receipts` book and reports the news upstream in RECEIPTS frames through
+//!   its own `ReplicaLink` (everything again, `report_all`, on each new upstream), only to a
+//!   source whose handshake version has them (`RECEIPTS_SINCE_VERSION`); the origin hands them
+//!   to `Replication` through `ReplicaLink::report`, as the service's `Receipted` does.
+//!
+//! # What the checker allows a restore to take back
+//!
+//! A crash never takes back pages a replica held. A snapshot restore may land below what the
+//! replica held in one case only: the origin admitted it with `reseeded` (it claimed pages
+//! beyond the origin's log). Every other snapshot (a bootstrap, or a binlog purged below the
+//! replica, at the origin or at a relay) starts at the source store's resume page, at or above
+//! the oldest page its binlog still holds, so above the replica; and a relay never re-seeds a
+//! replica ahead of it (checked at admission and at the restore).
 //!
 //! This file holds the world's state, the event loop, the faults and the end of a run; the
-//! origin's commits and every applier are in `world/origin.rs`, connections and link timers in
-//! `world/links.rs`, and each end of a link in `world/source_end.rs` and
+//! origin's commits and every applier are in `world/origin.rs`, connections, holders and link
+//! timers in `world/links.rs`, and each end of a link in `world/source_end.rs` and
 //! `world/replica_end.rs`.
 //!
 //! Everything random comes from one `ChaCha8Rng` seeded with the scenario's seed, and events at
 //! the same instant run in the order they were scheduled, so a seed replays the same run.
 //!
 //! Departures from the real node, each deliberate: a closed connection is torn down at both ends
-//! at once (no FIN in flight); the admission of `service::admission` is not simulated (it has its
-//! own tests); crashes are process crashes (the ring's mapped pages survive, the store keeps what
-//! it applied); power loss and epochs belong to the durable-commit work.
+//! at once (no FIN in flight), and a refusal closes it without a REFUSE frame (the replica sees a
+//! link that never served, as it would); the admission of `service::admission` is not simulated
+//! (it has its own tests); crashes are process crashes (the ring's mapped pages survive, the
+//! store and binlog keep what was applied, the receipt book is lost); power loss and epochs
+//! belong to the durable-commit work. A replica's link has its path (latency, bandwidth)
+//! whichever holder it follows; a partition cuts a replica off from every peer; the topology is
+//! fixed for a run (holders are earlier nodes, so it has no cycle), and the origin keeps no
+//! receipt book of its own (it has no upstream).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
