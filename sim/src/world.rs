@@ -686,6 +686,14 @@ impl World {
             return;
         }
         replica.up = true;
+        // A new process: it follows its holders afresh, nearest first, with no backoff.
+        if let Some(fresh) = Upstreams::new(
+            replica.upstreams.holders().to_vec(),
+            BACKOFF_MIN,
+            BACKOFF_MAX,
+        ) {
+            replica.upstreams = fresh;
+        }
         let held_before = replica.held;
         if let Some(Generation { dir, store, .. }) = &replica.generation {
             let options = LogOptions::new()
