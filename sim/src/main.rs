@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use pagemesh_sim::mesh::{run_mesh, MeshScenario, Topology};
-use pagemesh_sim::{run_with, Outcome, Scenario};
+use pagemesh_sim::{run_with, Outcome, Scenario, Stats};
 
 /// Runs pagemesh's deterministic cluster simulator.
 #[derive(Parser, Debug)]
@@ -197,6 +197,7 @@ fn main() -> ExitCode {
     let next = AtomicU64::new(args.first);
     let end = args.first.saturating_add(args.seeds);
     let failures = Mutex::new(Vec::new());
+    let totals = Mutex::new(Stats::default());
     let ran = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -207,6 +208,10 @@ fn main() -> ExitCode {
                 }
                 let outcome = run_with(scenario(seed, args.replicas), false);
                 ran.fetch_add(1, Ordering::Relaxed);
+                totals
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .add(&outcome.stats);
                 if !outcome.violations.is_empty() {
                     report_failure(&outcome, args.replicas);
                     failures
@@ -221,6 +226,10 @@ fn main() -> ExitCode {
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     failures.sort_unstable();
+    let totals = totals
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    println!("{totals:#?}");
     println!(
         "{} seeds ({}..{end}) in {:.1?}: {} failed{}",
         ran.load(Ordering::Relaxed),

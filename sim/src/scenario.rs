@@ -11,8 +11,16 @@ use rand_chacha::ChaCha8Rng;
 pub struct Scenario {
     /// The seed everything is drawn from (the scenario, then every event of the run).
     pub seed: u64,
-    /// Replicas, each subscribed to the origin (node 0).
+    /// Replicas: nodes 1 to `replicas` (the origin is node 0).
     pub replicas: usize,
+    /// Each replica's holders (its upstreams, `route::Upstreams`), nearest first: node indices,
+    /// 0 the origin. A replica's holders are all nodes before it, so the topology has no cycle;
+    /// a replica that follows another replica is served by a relay, and chains reach 2 or 3
+    /// hops. A second holder, when there is one, is where the replica fails over to.
+    pub upstreams: Vec<Vec<usize>>,
+    /// Replicas of the previous release: they speak protocol version 1 only, so the links they
+    /// take part in carry no RECEIPTS (their subtrees' receipts stop there).
+    pub old_protocol: Vec<bool>,
     /// Synchronous replicas the origin keeps (`Replicated(n)` commits wait for n ≤ this).
     pub sync_replicas: usize,
     /// Ring size of every log, in pages.
@@ -20,7 +28,7 @@ pub struct Scenario {
     /// Pages of binlog the origin keeps behind its applier (`None`: all of it). A replica that
     /// needs older pages is re-seeded from a snapshot.
     pub binlog_retention: Option<u64>,
-    /// One-way latency of each replica's link to the origin.
+    /// One-way latency of each replica's link to its holder.
     pub latency: Vec<Duration>,
     /// Bytes per microsecond each replica's link carries.
     pub bandwidth: Vec<u64>,
@@ -74,9 +82,15 @@ impl Scenario {
         let apply_pages = (0..=replicas)
             .map(|_| 1 << rng.random_range(0..7))
             .collect();
+        let upstreams = (1..=replicas)
+            .map(|replica| draw_upstreams(&mut rng, replica))
+            .collect();
+        let old_protocol = (0..replicas).map(|_| rng.random_bool(0.08)).collect();
         Self {
             seed,
             replicas,
+            upstreams,
+            old_protocol,
             sync_replicas: rng.random_range(0..=replicas),
             ring_slots: 1 << rng.random_range(4..=10),
             binlog_retention: rng.random_bool(0.5).then(|| rng.random_range(64..1024)),
@@ -111,8 +125,41 @@ impl Scenario {
         fit(&mut self.bandwidth, replicas);
         fit(&mut self.apply_period, replicas + 1);
         fit(&mut self.apply_pages, replicas + 1);
+        // Holders are earlier nodes, so a cut keeps every list valid; a new replica follows the
+        // one before it, then the origin.
+        self.old_protocol.resize(replicas, false);
+        self.upstreams.truncate(replicas);
+        for replica in self.upstreams.len() + 1..=replicas {
+            self.upstreams.push(vec![replica - 1, 0]);
+        }
         self.replicas = replicas;
         self.sync_replicas = self.sync_replicas.min(replicas);
         self
     }
+}
+
+/// The holders of `replica` (1-based), nearest first, drawn from the nodes before it: most
+/// often a replica (a relay; the later one, the longer the chain), else the origin; and, half
+/// the time, a second holder to fail over to.
+fn draw_upstreams(rng: &mut ChaCha8Rng, replica: usize) -> Vec<usize> {
+    let first = if replica > 1 && rng.random_bool(0.7) {
+        // The node just before, more often than not: chains of 2 and 3 hops.
+        if rng.random_bool(0.6) {
+            replica - 1
+        } else {
+            rng.random_range(1..replica)
+        }
+    } else {
+        0
+    };
+    let mut holders = vec![first];
+    if rng.random_bool(0.5) {
+        let second = rng.random_range(0..replica);
+        if second != first {
+            holders.push(second);
+        } else if first != 0 {
+            holders.push(0);
+        }
+    }
+    holders
 }

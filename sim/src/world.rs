@@ -2,24 +2,59 @@
 //! queue, advanced one event at a time on a virtual clock.
 //!
 //! Nodes are real: each holds real `pagemesh-logpage` logs in files (an origin log; a follower
-//! log per replica generation), a model [`Store`] applying records in log order, and, per link,
-//! the real I/O-free machines of `pagemesh-net` (the handshake, `SourceLink`, `Shipper`,
-//! `ReplicaLink`) and `pagemesh-core`'s `Replication` counting acks for `Replicated(n)` commits.
-//! What the drivers of the real node do (move bytes, read the binlog, ingest, restore, keep
-//! timers) this module does in their place, deterministically.
+//! log per replica generation), a model [`Store`] applying records in log order with the binlog
+//! its applier keeps, and, per link, the real I/O-free machines of `pagemesh-net` (the
+//! handshake, `route::admit`, `SourceLink`, `Shipper`, `ReplicaLink`) and `pagemesh-core`'s
+//! `Replication` counting acks and receipts for `Replicated(n)` commits. What the drivers of the
+//! real node do (move bytes, read the binlog, ingest, restore, keep timers) this module does in
+//! their place, deterministically.
+//!
+//! # Relays
+//!
+//! Any replica that holds a copy serves it onward, as `net/src/service` does ("Relaying"):
+//!
+//! - Each replica follows one holder at a time from the list its scenario drew (the origin or
+//!   earlier replicas, nearest first), through the real `route::Upstreams` with this module's
+//!   backoff: a failed or refused attempt tries the next holder at once, a whole round that
+//!   failed backs off, a link that was up and ended starts a new round from the nearest other
+//!   holder.
+//! - The source end of a link is the origin or a relay. A relay admits through `route::admit`
+//!   with `relay: true` (its follower log) at its log's committed LSN, so it refuses a replica
+//!   ahead of it; it ships its ring, its own binlog (what its applier applied, trimmed by the
+//!   same retention) and snapshots of its store. Re-seeded into a new generation, it closes the
+//!   links it serves, which come back and are admitted against the new copy (`Runtime::serve`).
+//! - Receipts go hop by hop: a relay books the acks and RECEIPTS of the links it serves in its
+//!   `route::plumtree::Receipts` book and reports the news upstream in RECEIPTS frames through
+//!   its own `ReplicaLink` (everything again, `report_all`, on each new upstream), only to a
+//!   source whose handshake version has them (`RECEIPTS_SINCE_VERSION`); the origin hands them
+//!   to `Replication` through `ReplicaLink::report`, as the service's `Receipted` does.
+//!
+//! # What the checker allows a restore to take back
+//!
+//! A crash never takes back pages a replica held. A snapshot restore may land below what the
+//! replica held in one case only: the origin admitted it with `reseeded` (it claimed pages
+//! beyond the origin's log). Every other snapshot (a bootstrap, or a binlog purged below the
+//! replica, at the origin or at a relay) starts at the source store's resume page, at or above
+//! the oldest page its binlog still holds, so above the replica; and a relay never re-seeds a
+//! replica ahead of it (checked at admission and at the restore).
 //!
 //! This file holds the world's state, the event loop, the faults and the end of a run; the
-//! origin's commits and every applier are in `world/origin.rs`, connections and link timers in
-//! `world/links.rs`, and each end of a link in `world/source_end.rs` and
+//! origin's commits and every applier are in `world/origin.rs`, connections, holders and link
+//! timers in `world/links.rs`, and each end of a link in `world/source_end.rs` and
 //! `world/replica_end.rs`.
 //!
 //! Everything random comes from one `ChaCha8Rng` seeded with the scenario's seed, and events at
 //! the same instant run in the order they were scheduled, so a seed replays the same run.
 //!
 //! Departures from the real node, each deliberate: a closed connection is torn down at both ends
-//! at once (no FIN in flight); the admission of `service::admission` is not simulated (it has its
-//! own tests); crashes are process crashes (the ring's mapped pages survive, the store keeps what
-//! it applied); power loss and epochs belong to the durable-commit work.
+//! at once (no FIN in flight), and a refusal closes it without a REFUSE frame (the replica sees a
+//! link that never served, as it would); the admission of `service::admission` is not simulated
+//! (it has its own tests); crashes are process crashes (the ring's mapped pages survive, the
+//! store and binlog keep what was applied, the receipt book is lost); power loss and epochs
+//! belong to the durable-commit work. A replica's link has its path (latency, bandwidth)
+//! whichever holder it follows; a partition cuts a replica off from every peer; the topology is
+//! fixed for a run (holders are earlier nodes, so it has no cycle), and the origin keeps no
+//! receipt book of its own (it has no upstream).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
@@ -30,9 +65,12 @@ use std::time::{Duration, Instant};
 use pagemesh_core::{ReplicaLink as AckLink, Replication};
 use pagemesh_logpage::page::{validate, PAGE_SIZE};
 use pagemesh_logpage::{Cursor, Log, LogOptions};
-use pagemesh_net::proto::frame::{decode, encode, Decoded, Frame, Resume, SnapshotChunk};
+use pagemesh_net::proto::frame::{
+    decode, encode, Decoded, Frame, Resume, SnapshotChunk, RECEIPTS_SINCE_VERSION,
+};
 use pagemesh_net::proto::handshake::{Handshake, HandshakeConfig};
-use pagemesh_net::route::{admit, Feed, History, Served, BOOTSTRAP};
+use pagemesh_net::route::plumtree::Receipts;
+use pagemesh_net::route::{admit, Feed, History, Served, Upstreams, BOOTSTRAP};
 use pagemesh_net::service::replica_link::{Received, ReplicaLink};
 use pagemesh_net::service::shipper::{Shipper, HISTORY_BATCH_PAGES};
 use pagemesh_net::service::source_link::SourceLink;
@@ -63,6 +101,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(20);
 const SETTLE_MAX: Duration = Duration::from_secs(600);
 /// Timer events one side may take at one instant before it counts as spinning.
 const SPINS_MAX: u32 = 64;
+/// Nodes a replica's receipt book holds (the service's bound is larger; a run has at most 16).
+const RECEIPT_NODES_MAX: usize = 64;
 
 /// Which end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,13 +127,13 @@ enum Event {
     WriteDone { conn: u64, from: Side },
     /// A link timer of `side`, set for `at`.
     Timer { conn: u64, side: Side, at: Duration },
-    /// A replica (1-based) connects to the origin.
-    Connect { replica: usize },
+    /// A replica (1-based) connects to its current holder, if this is its latest attempt.
+    Connect { replica: usize, dial: u64 },
     /// Something fails.
     Fault,
     /// A node comes back (0: the origin), if this is its restart of generation `life`.
     Restart { node: usize, life: u64 },
-    /// A partition between the origin and `replica` heals.
+    /// A partition that cut `replica` off from every peer heals.
     Heal { replica: usize },
     /// The workload and the faults end; the network heals.
     Quiesce,
@@ -123,15 +163,73 @@ struct OriginDb {
     replication: Arc<Replication>,
 }
 
+/// A node's binlog: the pages its applier applied, oldest first, trimmed by retention. Durable.
+#[derive(Debug, Default)]
+struct Binlog {
+    pages: VecDeque<(u64, Box<[u8]>)>,
+    /// Every page below this was applied (and is here, unless trimmed or before `start`).
+    next: u64,
+}
+
+impl Binlog {
+    /// An empty binlog of a copy that begins at `lsn` (a restored snapshot's LSN).
+    fn starting_at(lsn: u64) -> Self {
+        Self {
+            pages: VecDeque::new(),
+            next: lsn,
+        }
+    }
+
+    /// The oldest page it can serve.
+    fn start(&self) -> u64 {
+        self.pages.front().map_or(self.next, |(lsn, _)| *lsn)
+    }
+
+    /// Keeps `page` if it is the next one (pages re-read after a crash are already here).
+    fn append(&mut self, page: pagemesh_logpage::page::PageRef<'_>) {
+        if page.lsn() != self.next {
+            return;
+        }
+        let mut full = Vec::with_capacity(PAGE_SIZE);
+        page.extend_full(&mut full);
+        self.pages.push_back((page.lsn(), full.into()));
+        self.next = page.lsn() + 1;
+    }
+
+    /// Trims the pages more than `retention` below `applied`.
+    fn trim(&mut self, retention: Option<u64>, applied: u64) {
+        let Some(retention) = retention else {
+            return;
+        };
+        let keep_from = applied.saturating_sub(retention);
+        while self.pages.front().is_some_and(|(lsn, _)| *lsn < keep_from) {
+            self.pages.pop_front();
+        }
+    }
+
+    /// The pages from `from_lsn` on, appended to `out` (at most a batch).
+    fn history(&self, from_lsn: u64, out: &mut Vec<u8>) -> History {
+        let oldest = self.start();
+        if from_lsn < oldest {
+            return History::Purged { oldest };
+        }
+        let skip = (from_lsn - oldest) as usize;
+        let mut count = 0;
+        for (_, page) in self.pages.iter().skip(skip).take(HISTORY_BATCH_PAGES) {
+            out.extend_from_slice(page);
+            count += 1;
+        }
+        History::Pages(count)
+    }
+}
+
 struct Origin {
     db: Option<OriginDb>,
     dir: PathBuf,
     /// Durable: applied state.
     store: Store,
-    /// Durable: applied pages, oldest first (the binlog).
-    binlog: VecDeque<(u64, Box<[u8]>)>,
-    /// Durable: every page below this is in the binlog (what the log continues from).
-    binlog_next: u64,
+    /// Durable: its `next` is what the log continues from.
+    binlog: Binlog,
     clients: Vec<Client>,
     paused_until: Duration,
     /// Bumped by each crash, so a stale restart is ignored.
@@ -143,6 +241,13 @@ struct ReplicaDb {
     applier: Cursor,
 }
 
+/// A replica's durable copy: one generation (a snapshot restore starts the next).
+struct Generation {
+    dir: PathBuf,
+    store: Store,
+    binlog: Binlog,
+}
+
 struct ReplicaNode {
     name: String,
     uuid: Uuid,
@@ -150,13 +255,20 @@ struct ReplicaNode {
     life: u64,
     /// The database, once bootstrapped (or while it runs).
     db: Option<ReplicaDb>,
-    /// Durable: where its current generation lives, and its store.
-    generation: Option<(PathBuf, Store)>,
+    /// Durable: its current generation.
+    generation: Option<Generation>,
     generations: u32,
     /// Ground truth: every page below this is in its ring.
     held: u64,
+    /// Its link to the holder it follows.
     conn: Option<u64>,
-    backoff: Duration,
+    /// The holders it may follow (node indices), and the one it follows now: the real
+    /// `route::Upstreams`.
+    upstreams: Upstreams<usize>,
+    /// Bumped by every attempt scheduled, so only the latest `Connect` runs.
+    dial: u64,
+    /// The receipts of the nodes it feeds, on their way upstream (in memory: a crash loses it).
+    receipts: Receipts<Uuid>,
     paused_until: Duration,
 }
 
@@ -170,8 +282,9 @@ struct Shipping {
     link: SourceLink,
     shipper: Shipper,
     cursor: Option<Cursor>,
-    /// Reports acks to the origin's `Replication`; dropping it detaches the replica.
-    acks: AckLink,
+    /// At the origin: reports acks and receipts to its `Replication` (dropping it detaches the
+    /// replica). At a relay, `None`: they go to the relay's receipt book.
+    acks: Option<AckLink>,
     /// A snapshot being sent: its resume LSN and the chunks left.
     snapshot: Option<(u64, VecDeque<Vec<u8>>)>,
 }
@@ -183,6 +296,11 @@ enum ReplicaEnd {
 
 struct Following {
     link: ReplicaLink,
+    /// The source served this link (a frame came back after the handshake): when it ends, the
+    /// replica starts a new round of its holders rather than trying the next.
+    heard: bool,
+    /// The source speaks RECEIPTS (`RECEIPTS_SINCE_VERSION`).
+    receipts: bool,
     /// Pages offered while the ring was full: ingested once the applier frees slots.
     stalled: Option<Vec<u8>>,
     /// A snapshot arriving.
@@ -192,7 +310,12 @@ struct Following {
 }
 
 struct Conn {
+    /// The following end's node (1-based).
     replica: usize,
+    /// The serving end's node: 0, the origin; else a replica relaying its copy.
+    source_node: usize,
+    /// The source admitted the replica by re-seeding it (it claimed pages beyond the log).
+    reseeded: bool,
     path: Path,
     to_replica: Pipe,
     to_source: Pipe,
@@ -233,6 +356,7 @@ pub struct World {
     replicas: Vec<ReplicaNode>,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
+    /// Per node (0: the origin): cut off from every peer until then.
     partitioned: Vec<Duration>,
     active: bool,
     done: bool,
@@ -256,10 +380,16 @@ impl World {
             .tempdir()?;
         let origin_dir = dir.path().join("origin");
         std::fs::create_dir_all(&origin_dir)?;
-        let replicas = (1..=scenario.replicas)
-            .map(|r| ReplicaNode {
+        let mut replicas = Vec::with_capacity(scenario.replicas);
+        for r in 1..=scenario.replicas {
+            let holders = scenario.upstreams.get(r - 1).cloned().unwrap_or_default();
+            let holders = holders.into_iter().filter(|&h| h < r).collect();
+            let upstreams = Upstreams::new(holders, BACKOFF_MIN, BACKOFF_MAX)
+                .unwrap_or_else(|| Upstreams::new(vec![0], BACKOFF_MIN, BACKOFF_MAX).expect("one"));
+            let uuid = replica_uuid(r);
+            replicas.push(ReplicaNode {
                 name: format!("replica-{r}"),
-                uuid: Uuid::from_u128(0x1000 + r as u128),
+                uuid,
                 up: true,
                 life: 0,
                 db: None,
@@ -267,10 +397,12 @@ impl World {
                 generations: 0,
                 held: 0,
                 conn: None,
-                backoff: BACKOFF_MIN,
+                upstreams,
+                dial: 0,
+                receipts: Receipts::new(uuid, RECEIPT_NODES_MAX),
                 paused_until: Duration::ZERO,
-            })
-            .collect();
+            });
+        }
         let mut world = Self {
             rng: ChaCha8Rng::seed_from_u64(scenario.seed),
             base: Instant::now(),
@@ -281,8 +413,7 @@ impl World {
                 db: None,
                 dir: origin_dir,
                 store: Store::new(0),
-                binlog: VecDeque::new(),
-                binlog_next: 0,
+                binlog: Binlog::default(),
                 clients: (0..scenario.clients).map(|_| Client::default()).collect(),
                 paused_until: Duration::ZERO,
                 life: 0,
@@ -311,7 +442,7 @@ impl World {
             world.schedule(jitter, Event::Apply { node });
         }
         for replica in 1..=world.scenario.replicas {
-            world.schedule(Duration::ZERO, Event::Connect { replica });
+            world.redial(replica, Duration::ZERO);
         }
         if let Some(every) = world.scenario.fault_every {
             let at = world.jitter(every);
@@ -400,7 +531,7 @@ impl World {
             Event::Deliver { conn, to } => self.deliver(conn, to),
             Event::WriteDone { conn, from } => self.write_done(conn, from),
             Event::Timer { conn, side, at } => self.timer(conn, side, at),
-            Event::Connect { replica } => self.connect(replica),
+            Event::Connect { replica, dial } => self.connect(replica, dial),
             Event::Fault => self.fault(),
             Event::Restart { node, life } => self.restart(node, life),
             Event::Heal { replica } => {
@@ -423,17 +554,46 @@ impl World {
             let next = self.jitter(every);
             self.schedule(next, Event::Fault);
         }
-        let replica = self.rng.random_range(1..=self.scenario.replicas);
+        // Half the node faults and resets hit a relay that serves links, if there is one: its
+        // replicas must fail over to their other holder (or wait for it) and converge.
+        let relays: Vec<usize> = (1..=self.scenario.replicas)
+            .filter(|&node| !self.conns_served_by(node).is_empty())
+            .collect();
+        let replica = if !relays.is_empty() && self.rng.random_bool(0.5) {
+            relays[self.rng.random_range(0..relays.len())]
+        } else {
+            self.rng.random_range(1..=self.scenario.replicas)
+        };
         match self.rng.random_range(0..100) {
             0..30 => {
-                let ids: Vec<u64> = self.conns.keys().copied().collect();
+                let relayed: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, conn)| conn.source_node != 0)
+                    .map(|(&id, _)| id)
+                    .collect();
+                let ids: Vec<u64> = if !relayed.is_empty() && self.rng.random_bool(0.5) {
+                    relayed
+                } else {
+                    self.conns.keys().copied().collect()
+                };
                 if !ids.is_empty() {
                     let id = ids[self.rng.random_range(0..ids.len())];
+                    if self
+                        .conns
+                        .get(&id)
+                        .is_some_and(|conn| conn.source_node != 0)
+                    {
+                        self.stats.relay_faults += 1;
+                    }
                     self.stats.resets += 1;
                     self.close(id, "connection reset");
                 }
             }
             30..55 => {
+                if relays.contains(&replica) {
+                    self.stats.relay_faults += 1;
+                }
                 let length = Duration::from_millis(self.rng.random_range(20..1_500));
                 self.partitioned[replica] = self.partitioned[replica].max(self.now + length);
                 self.stats.partitions += 1;
@@ -441,6 +601,9 @@ impl World {
                 self.schedule(length, Event::Heal { replica });
             }
             55..80 => {
+                if relays.contains(&replica) {
+                    self.stats.relay_faults += 1;
+                }
                 let down = Duration::from_millis(self.rng.random_range(5..1_000));
                 self.crash(replica, down);
             }
@@ -471,8 +634,7 @@ impl World {
             if self.origin.db.is_none() {
                 return;
             }
-            let ids: Vec<u64> = self.conns.keys().copied().collect();
-            for id in ids {
+            for id in self.conns_served_by(0) {
                 self.close(id, "origin crashed");
             }
             self.origin.db = None;
@@ -495,10 +657,14 @@ impl World {
         if let Some(id) = replica.conn {
             self.close(id, "replica crashed");
         }
+        for id in self.conns_served_by(node) {
+            self.close(id, "relay crashed");
+        }
         let replica = &mut self.replicas[node - 1];
         replica.db = None;
-        if let Some((_, store)) = &mut replica.generation {
-            store.crash();
+        replica.receipts = Receipts::new(replica.uuid, RECEIPT_NODES_MAX);
+        if let Some(generation) = &mut replica.generation {
+            generation.store.crash();
         }
         self.schedule(down, Event::Restart { node, life });
     }
@@ -520,9 +686,16 @@ impl World {
             return;
         }
         replica.up = true;
-        replica.backoff = BACKOFF_MIN;
+        // A new process: it follows its holders afresh, nearest first, with no backoff.
+        if let Some(fresh) = Upstreams::new(
+            replica.upstreams.holders().to_vec(),
+            BACKOFF_MIN,
+            BACKOFF_MAX,
+        ) {
+            replica.upstreams = fresh;
+        }
         let held_before = replica.held;
-        if let Some((dir, store)) = &replica.generation {
+        if let Some(Generation { dir, store, .. }) = &replica.generation {
             let options = LogOptions::new()
                 .slots(self.scenario.ring_slots)
                 .follower(true)
@@ -548,7 +721,16 @@ impl World {
                 "replica {node} held pages below {held_before} before its crash, only below {held} after"
             ));
         }
-        self.schedule(Duration::ZERO, Event::Connect { replica: node });
+        self.redial(node, Duration::ZERO);
+    }
+
+    /// The links `node` serves (0: the origin).
+    fn conns_served_by(&self, node: usize) -> Vec<u64> {
+        self.conns
+            .iter()
+            .filter(|(_, conn)| conn.source_node == node)
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     // ---------------------------------------------------------------- the end
@@ -598,8 +780,9 @@ impl World {
         let converged = end.is_some_and(|end| {
             self.origin.store.next_lsn() == end
                 && self.replicas.iter().all(|replica| {
-                    replica.generation.as_ref().is_some_and(|(_, store)| {
-                        store.next_lsn() == end && store.map() == self.origin.store.map()
+                    replica.generation.as_ref().is_some_and(|generation| {
+                        generation.store.next_lsn() == end
+                            && generation.store.map() == self.origin.store.map()
                     })
                 })
         });
@@ -618,7 +801,7 @@ impl World {
                         + replica
                             .generation
                             .as_ref()
-                            .map_or(0, |(_, store)| store.next_lsn())
+                            .map_or(0, |generation| generation.store.next_lsn())
                 })
                 .sum::<u64>();
         if progress != self.progress.0 {
@@ -630,20 +813,22 @@ impl World {
             let states: Vec<String> = self
                 .replicas
                 .iter()
-                .map(|replica| match &replica.generation {
-                    Some((_, store)) => format!(
-                        "{} applied below {} held below {} ({})",
-                        replica.name,
-                        store.next_lsn(),
-                        replica.held,
-                        if store.next_lsn() == end && store.map() != self.origin.store.map() {
-                            "diverged"
-                        } else {
-                            "behind"
-                        }
-                    ),
-                    None => format!("{} has no database", replica.name),
-                })
+                .map(
+                    |replica| match replica.generation.as_ref().map(|g| &g.store) {
+                        Some(store) => format!(
+                            "{} applied below {} held below {} ({})",
+                            replica.name,
+                            store.next_lsn(),
+                            replica.held,
+                            if store.next_lsn() == end && store.map() != self.origin.store.map() {
+                                "diverged"
+                            } else {
+                                "behind"
+                            }
+                        ),
+                        None => format!("{} has no database", replica.name),
+                    },
+                )
                 .collect();
             return self.violation(format!(
                 "no convergence: {} after the faults stopped; origin committed below {end}, applied below {}; {}",
@@ -656,21 +841,39 @@ impl World {
     }
 }
 
-/// The binlog's pages from `from_lsn` on, appended to `out` (at most a batch).
-fn history(binlog: &VecDeque<(u64, Box<[u8]>)>, from_lsn: u64, out: &mut Vec<u8>) -> History {
-    let Some(&(oldest, _)) = binlog.front() else {
-        return History::Pages(0);
-    };
-    if from_lsn < oldest {
-        return History::Purged { oldest };
+/// What a node serves onward: its log, store and binlog.
+struct ServedDb<'a> {
+    log: &'a Log,
+    store: &'a Store,
+    binlog: &'a Binlog,
+}
+
+/// What `node` serves (0: the origin), if it runs and holds a copy.
+fn served<'a>(
+    origin: &'a Origin,
+    replicas: &'a [ReplicaNode],
+    node: usize,
+) -> Option<ServedDb<'a>> {
+    if node == 0 {
+        let db = origin.db.as_ref()?;
+        return Some(ServedDb {
+            log: &db.log,
+            store: &origin.store,
+            binlog: &origin.binlog,
+        });
     }
-    let start = (from_lsn - oldest) as usize;
-    let mut count = 0;
-    for (_, page) in binlog.iter().skip(start).take(HISTORY_BATCH_PAGES) {
-        out.extend_from_slice(page);
-        count += 1;
-    }
-    History::Pages(count)
+    let replica = replicas.get(node - 1)?;
+    let (db, generation) = (replica.db.as_ref()?, replica.generation.as_ref()?);
+    Some(ServedDb {
+        log: &db.log,
+        store: &generation.store,
+        binlog: &generation.binlog,
+    })
+}
+
+/// The uuid of replica `r` (1-based).
+fn replica_uuid(r: usize) -> Uuid {
+    Uuid::from_u128(0x1000 + r as u128)
 }
 
 fn hash(bytes: &[u8]) -> u64 {

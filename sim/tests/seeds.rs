@@ -1,5 +1,8 @@
 //! The simulator in `cargo test`: 200 seeds hold every invariant, a seed replays identically,
-//! and the seeds exercise what they must (a run without faults or snapshots proves little).
+//! and the seeds exercise what they must (a run without faults or snapshots proves little),
+//! relays included: pages relayed, relays refusing replicas ahead of them, failovers to another
+//! holder, RECEIPTS carried hop by hop and `Replicated(n)` released by nodes the origin has no
+//! link to.
 
 use std::collections::BTreeSet;
 
@@ -55,20 +58,7 @@ fn two_hundred_seeds_hold_every_invariant_and_exercise_every_path() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     // What the seeds covered, together: each of these must have happened somewhere.
     let total = outcomes.iter().fold(Stats::default(), |mut sum, outcome| {
-        let s = &outcome.stats;
-        sum.commits += s.commits;
-        sum.replicated_released += s.replicated_released;
-        sum.replicated_timeouts += s.replicated_timeouts;
-        sum.resets += s.resets;
-        sum.partitions += s.partitions;
-        sum.crashes += s.crashes;
-        sum.ring_lag_drops += s.ring_lag_drops;
-        sum.write_timeouts += s.write_timeouts;
-        sum.ring_to_binlog += s.ring_to_binlog;
-        sum.binlog_batches += s.binlog_batches;
-        sum.restores += s.restores;
-        sum.ingest_stalls += s.ingest_stalls;
-        sum.commits_deferred += s.commits_deferred;
+        sum.add(&outcome.stats);
         sum
     });
     let uncovered: Vec<&str> = [
@@ -93,6 +83,26 @@ fn two_hundred_seeds_hold_every_invariant_and_exercise_every_path() {
         (
             "commits held back by a full origin ring",
             total.commits_deferred,
+        ),
+        ("pages relayed by a replica", total.relayed_pages),
+        (
+            "relays refusing a replica ahead of them",
+            total.relay_refusals,
+        ),
+        ("failovers to another holder", total.failovers),
+        (
+            "links closed by a relay re-seeded into a new generation",
+            total.relay_generation_closes,
+        ),
+        ("RECEIPTS frames carried upstream", total.receipts_frames),
+        (
+            "links of an old node, without RECEIPTS",
+            total.links_without_receipts,
+        ),
+        ("faults that hit a serving relay", total.relay_faults),
+        (
+            "Replicated(n) commits released by subtree nodes",
+            total.replicated_by_subtree,
         ),
     ]
     .into_iter()

@@ -11,9 +11,15 @@ impl World {
         }
     }
 
-    pub(super) fn handshake_config(&self, node: Uuid, name: &str) -> HandshakeConfig {
-        let mut config = HandshakeConfig::new(node, name, Some(b"sim".to_vec()));
+    /// The handshake `node` (0: the origin) runs: a replica of the previous release speaks
+    /// version 1 only.
+    pub(super) fn handshake_config(&self, node: usize) -> HandshakeConfig {
+        let (uuid, name) = self.identity(node);
+        let mut config = HandshakeConfig::new(uuid, name, Some(b"sim".to_vec()));
         config.timeout = self.scenario.link_timeout;
+        if node > 0 && self.scenario.old_protocol.get(node - 1) == Some(&true) {
+            config.versions = 1..=1;
+        }
         config
     }
 
@@ -21,33 +27,57 @@ impl World {
         self.rng.random()
     }
 
-    pub(super) fn connect(&mut self, replica: usize) {
+    /// The uuid and name `node` handshakes with (0: the origin).
+    pub(super) fn identity(&self, node: usize) -> (Uuid, String) {
+        match node {
+            0 => (ORIGIN, "origin".into()),
+            _ => {
+                let replica = &self.replicas[node - 1];
+                (replica.uuid, replica.name.clone())
+            }
+        }
+    }
+
+    /// Whether `node`'s process runs (a relay runs before it has a database, and refuses).
+    pub(super) fn is_up(&self, node: usize) -> bool {
+        match node {
+            0 => self.origin.db.is_some(),
+            _ => self.replicas[node - 1].up,
+        }
+    }
+
+    /// Connects `replica` to the holder its `Upstreams` names, if `dial` is its latest attempt.
+    pub(super) fn connect(&mut self, replica: usize, dial: u64) {
         let node = &self.replicas[replica - 1];
-        if !node.up || node.conn.is_some() {
+        if !node.up || node.conn.is_some() || node.dial != dial {
             return;
         }
-        if self.origin.db.is_none() || self.partitioned[replica] > self.now {
-            // Refused, or no answer: try again later.
-            self.note("connect failed", replica as u64, 0);
-            return self.backoff(replica);
+        let holder = *node.upstreams.current();
+        if !self.is_up(holder)
+            || self.partitioned[replica] > self.now
+            || self.partitioned[holder] > self.now
+        {
+            // Refused, or no answer: the next holder, or a new round after a backoff.
+            self.note("connect failed", replica as u64, holder as u64);
+            return self.next_holder(replica, false);
         }
         let id = self.next_conn;
         self.next_conn += 1;
-        let (uuid, name) = (node.uuid, node.name.clone());
         let now = self.instant();
         let mut replica_out = Vec::new();
         let connector = Handshake::connect(
-            &self.handshake_config(uuid, &name),
+            &self.handshake_config(replica),
             self.nonce(),
             now,
             &mut replica_out,
         );
-        let acceptor =
-            Handshake::accept(&self.handshake_config(ORIGIN, "origin"), self.nonce(), now);
+        let acceptor = Handshake::accept(&self.handshake_config(holder), self.nonce(), now);
         self.conns.insert(
             id,
             Conn {
                 replica,
+                source_node: holder,
+                reseeded: false,
                 path: self.path(replica),
                 to_replica: Pipe::default(),
                 to_source: Pipe::default(),
@@ -62,20 +92,35 @@ impl World {
         );
         self.replicas[replica - 1].conn = Some(id);
         self.stats.connections += 1;
-        self.note("connect", replica as u64, id);
+        self.note("connect", replica as u64, (id << 8) | holder as u64);
         self.send(id, Side::Replica);
         self.arm(id, Side::Source);
         self.arm(id, Side::Replica);
     }
 
-    pub(super) fn backoff(&mut self, replica: usize) {
+    /// `replica`'s attempt at its current holder ended (`was_up`: the holder served it): its
+    /// `Upstreams` picks the holder to try next and how long to wait first.
+    pub(super) fn next_holder(&mut self, replica: usize, was_up: bool) {
         let node = &mut self.replicas[replica - 1];
-        let wait = node.backoff;
-        node.backoff = (node.backoff * 2).min(BACKOFF_MAX);
-        self.schedule(wait, Event::Connect { replica });
+        let before = *node.upstreams.current();
+        let wait = node.upstreams.ended(was_up);
+        let after = *node.upstreams.current();
+        if after != before {
+            self.stats.failovers += 1;
+            self.note("failover", replica as u64, after as u64);
+        }
+        self.redial(replica, wait);
     }
 
-    /// Tears a connection down at both ends; the replica reconnects after its backoff.
+    /// Schedules `replica`'s next attempt after `wait`, superseding any other.
+    pub(super) fn redial(&mut self, replica: usize, wait: Duration) {
+        let node = &mut self.replicas[replica - 1];
+        node.dial += 1;
+        let dial = node.dial;
+        self.schedule(wait, Event::Connect { replica, dial });
+    }
+
+    /// Tears a connection down at both ends; the replica tries its next holder.
     pub(super) fn close(&mut self, id: u64, reason: &str) {
         let Some(conn) = self.conns.remove(&id) else {
             return;
@@ -86,11 +131,12 @@ impl World {
             lines.push(format!("             link {id} closed: {reason}"));
         }
         let replica = conn.replica;
+        let was_up = matches!(&conn.replica_end, ReplicaEnd::Linked(following) if following.heard);
         drop(conn);
         let node = &mut self.replicas[replica - 1];
         node.conn = None;
         if node.up {
-            self.backoff(replica);
+            self.next_holder(replica, was_up);
         }
     }
 
@@ -166,7 +212,7 @@ impl World {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let heal = self.partitioned[conn.replica];
+        let heal = self.partitioned[conn.replica].max(self.partitioned[conn.source_node]);
         if heal > self.now {
             return self.schedule_at(heal, Event::Deliver { conn: id, to });
         }
@@ -266,11 +312,8 @@ impl World {
         } else {
             *spins = (self.now, 0);
         }
-        let committed = self
-            .origin
-            .db
-            .as_ref()
-            .map_or(0, |db| db.log.committed_lsn());
+        let committed = served(&self.origin, &self.replicas, conn.source_node)
+            .map_or(0, |served| served.log.committed_lsn());
         let busy = conn.pipe_from(side).busy();
         let verdict: Result<(), pagemesh_net::Error> = match side {
             Side::Source => match &mut conn.source {

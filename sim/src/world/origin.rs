@@ -6,7 +6,7 @@ impl World {
     pub(super) fn start_origin(&mut self) {
         let options = LogOptions::new()
             .slots(self.scenario.ring_slots)
-            .next_lsn_min(self.origin.binlog_next);
+            .next_lsn_min(self.origin.binlog.next);
         let log = match Log::open(&self.origin.dir, options) {
             Ok(log) => log,
             Err(error) => return self.violation(format!("origin log does not reopen: {error}")),
@@ -114,8 +114,8 @@ impl World {
         self.stats.commits += 1;
         self.note("commit", client as u64, lsn_end);
         self.audit();
-        self.watch_rings();
-        self.pump_all_sources();
+        self.watch_rings(0);
+        self.pump_served(0);
         let replicated = self.scenario.sync_replicas > 0
             && self.rng.random_range(0..100) < self.scenario.replicated_percent;
         if !replicated {
@@ -149,7 +149,18 @@ impl World {
                 }
             }
         }
+        let direct = db.replication.status();
         for (client, waiting) in released {
+            // Did the origin's own links suffice, or did nodes further down count?
+            let direct_acks = direct
+                .iter()
+                .filter(|link| link.sync && link.received_lsn >= waiting.lsn_end)
+                .map(|link| &link.name)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len() as u32;
+            if direct_acks < waiting.wanted {
+                self.stats.replicated_by_subtree += 1;
+            }
             let holders = self
                 .replicas
                 .iter()
@@ -181,15 +192,16 @@ impl World {
     }
 
     /// The ring-lag rule: a shipper blocked on a write while holding a ring cursor more than
-    /// half a ring behind is dropped, checked as the log grows.
-    pub(super) fn watch_rings(&mut self) {
-        let Some(db) = &self.origin.db else {
+    /// half a ring behind is dropped, checked as `node`'s log grows.
+    pub(super) fn watch_rings(&mut self, node: usize) {
+        let Some(db) = served(&self.origin, &self.replicas, node) else {
             return;
         };
         let (now, committed) = (self.instant(), db.log.committed_lsn());
         let dropped: Vec<(u64, String)> = self
             .conns
             .iter()
+            .filter(|(_, conn)| conn.source_node == node)
             .filter_map(|(&id, conn)| match &conn.source {
                 SourceEnd::Shipping(shipping) if shipping.link.watching_ring() => shipping
                     .link
@@ -229,12 +241,7 @@ impl World {
         for _ in 0..pages_max {
             match db.applier.next_ready() {
                 Ok(Some(page)) => {
-                    if page.lsn() >= self.origin.binlog_next {
-                        let mut full = Vec::with_capacity(PAGE_SIZE);
-                        page.extend_full(&mut full);
-                        self.origin.binlog.push_back((page.lsn(), full.into()));
-                        self.origin.binlog_next = page.lsn() + 1;
-                    }
+                    self.origin.binlog.append(page);
                     if let Err(error) = store.apply(page) {
                         failure = Some(error);
                         break;
@@ -248,17 +255,9 @@ impl World {
             }
         }
         db.applier.release(store.resume_lsn());
-        if let Some(retention) = self.scenario.binlog_retention {
-            let keep_from = store.next_lsn().saturating_sub(retention);
-            while self
-                .origin
-                .binlog
-                .front()
-                .is_some_and(|(lsn, _)| *lsn < keep_from)
-            {
-                self.origin.binlog.pop_front();
-            }
-        }
+        self.origin
+            .binlog
+            .trim(self.scenario.binlog_retention, store.next_lsn());
         if let Some(error) = failure {
             self.violation(format!("origin applier: {error}"));
         }
@@ -266,7 +265,9 @@ impl World {
 
     pub(super) fn apply_replica(&mut self, node: usize, pages_max: usize) {
         let replica = &mut self.replicas[node - 1];
-        let (Some(db), Some((_, store))) = (&mut replica.db, &mut replica.generation) else {
+        let (Some(db), Some(Generation { store, binlog, .. })) =
+            (&mut replica.db, &mut replica.generation)
+        else {
             return;
         };
         let mut failure = None;
@@ -275,6 +276,8 @@ impl World {
             match db.applier.next_ready() {
                 Ok(Some(page)) => {
                     applied.push((page.lsn(), hash(page.compact_bytes())));
+                    // The replica's binlog, which it serves onward as a relay.
+                    binlog.append(page);
                     if let Err(error) = store.apply(page) {
                         failure = Some(error);
                         break;
@@ -288,6 +291,7 @@ impl World {
             }
         }
         db.applier.release(store.resume_lsn());
+        binlog.trim(self.scenario.binlog_retention, store.next_lsn());
         if let Some(error) = failure {
             let error = format!("{} applier: {error}", replica.name);
             return self.violation(error);

@@ -1,4 +1,6 @@
-//! The source's end of a link: the handshake, RESUME and the shipper's loop, one write at a time.
+//! The source's end of a link, at the origin or at a relay: the handshake, RESUME and
+//! admission, the shipper's loop one write at a time, and what the replica reports back (acks
+//! and RECEIPTS: to the origin's `Replication`, or into the relay's receipt book).
 
 use super::*;
 use pagemesh_net::service::source_link::Heard;
@@ -61,13 +63,50 @@ impl World {
                     .link
                     .handle_frame(now, &frame)
                     .map_err(|error| error.to_string())?;
-                if let Heard::Ack {
-                    received_lsn: received,
-                    durable_lsn: durable,
-                } = heard
-                {
-                    shipping.acks.ack(received, durable);
-                    self.note("ack", id, received);
+                let (replica, source_node) = (conn.replica, conn.source_node);
+                self.heard_at_source(id, replica, source_node, heard)
+            }
+        }
+    }
+
+    /// What the replica said: at the origin, acks and receipts go to its `Replication` (as
+    /// `Receipted` does in the service); at a relay, into the relay's receipt book, reported
+    /// upstream through the relay's own link.
+    fn heard_at_source(
+        &mut self,
+        id: u64,
+        replica: usize,
+        source_node: usize,
+        heard: Heard,
+    ) -> Result<(), String> {
+        match heard {
+            Heard::Nothing => Ok(()),
+            Heard::Ack {
+                received_lsn,
+                durable_lsn,
+            } => {
+                self.note("ack", id, received_lsn);
+                if source_node != 0 {
+                    return self.book(source_node, replica_uuid(replica), received_lsn);
+                }
+                if let Some(acks) = self.acks_of(id) {
+                    acks.ack(received_lsn, durable_lsn);
+                }
+                self.release_commits();
+                Ok(())
+            }
+            Heard::Receipts(entries) => {
+                self.note("receipts heard", id, entries.len() as u64);
+                for (node, lsn) in entries {
+                    if source_node != 0 {
+                        self.book(source_node, node, lsn)?;
+                    } else if node != ORIGIN
+                        && !self.acks_of(id).is_some_and(|acks| acks.report(node, lsn))
+                    {
+                        return Err("too many nodes in the replica's subtree".into());
+                    }
+                }
+                if source_node == 0 {
                     self.release_commits();
                 }
                 Ok(())
@@ -75,24 +114,89 @@ impl World {
         }
     }
 
+    fn acks_of(&self, id: u64) -> Option<&AckLink> {
+        match &self.conns.get(&id)?.source {
+            SourceEnd::Shipping(shipping) => shipping.acks.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Relay `relay` books that `node` holds every page below `lsn`; news goes upstream at once.
+    fn book(&mut self, relay: usize, node: Uuid, lsn: u64) -> Result<(), String> {
+        let holder = &mut self.replicas[relay - 1];
+        if node == holder.uuid {
+            return Ok(()); // a loop reported this node: not news here
+        }
+        let book = &mut holder.receipts;
+        if !book.knows(node) && book.is_full() {
+            return Err("too many nodes in the receipt book".into());
+        }
+        if book.record(node, lsn) {
+            if let Some(upstream) = holder.conn {
+                self.transmit(upstream);
+            }
+        }
+        Ok(())
+    }
+
+    /// Admits a RESUME through the real `route::admit`, as the service does: the origin's own
+    /// log, or a relay's follower log (`relay: true`) at its committed LSN.
     pub(super) fn admit(&mut self, id: u64, resume: Resume) -> Result<(), String> {
-        let Some(db) = &self.origin.db else {
-            return Err("origin is down".into());
+        let source_node = self.conns.get(&id).ok_or("closed")?.source_node;
+        let here = served(&self.origin, &self.replicas, source_node).map(|db| {
+            let served = Served {
+                origin: ORIGIN,
+                committed_lsn: db.log.committed_lsn(),
+                relay: db.log.is_follower(),
+            };
+            (served, db.log.slots())
+        });
+        let ahead = |served: &Served| {
+            resume.from_lsn != BOOTSTRAP && resume.from_lsn > served.committed_lsn
         };
-        let served = Served {
-            origin: ORIGIN,
-            committed_lsn: db.log.committed_lsn(),
-            relay: false,
+        let admitted = match admit(
+            here.map(|(served, _)| served),
+            resume.origin,
+            resume.from_lsn,
+        ) {
+            Ok(admitted) => admitted,
+            Err(reason) => {
+                if here.is_some_and(|(served, _)| served.relay && ahead(&served)) {
+                    self.stats.relay_refusals += 1;
+                    self.note("refused as behind", id, resume.from_lsn);
+                }
+                return Err(format!("refused: {reason}"));
+            }
         };
-        let admitted = admit(Some(served), resume.origin, resume.from_lsn)?;
+        let Some((served, slots)) = here else {
+            return Err("admitted with nothing served".into());
+        };
+        if source_node != 0 && ahead(&served) {
+            // A relay's copy is late, not the replica's history wrong: re-seeding it would
+            // throw away pages the origin wrote.
+            let error = format!(
+                "relay {source_node} admitted a replica ahead of it (from {} over {})",
+                resume.from_lsn, served.committed_lsn
+            );
+            self.violation(error.clone());
+            return Err(error);
+        }
         let received = if admitted.from_lsn == BOOTSTRAP {
             0
         } else {
             admitted.from_lsn
         };
+        let replica = self.conns.get(&id).ok_or("closed")?.replica;
+        let acks = match (&self.origin.db, source_node) {
+            (Some(db), 0) => Some(db.replication.attach(
+                &format!("replica-{replica}"),
+                replica_uuid(replica),
+                received,
+            )),
+            _ => None,
+        };
         let conn = self.conns.get_mut(&id).ok_or("closed")?;
-        let name = format!("replica-{}", conn.replica);
-        let slots = db.log.slots();
+        conn.reseeded = admitted.reseeded;
         conn.source = SourceEnd::Shipping(Box::new(Shipping {
             link: SourceLink::new(
                 self.base + self.now,
@@ -105,11 +209,7 @@ impl World {
             ),
             shipper: Shipper::new(DATABASE, ORIGIN, admitted.from_lsn, slots),
             cursor: None,
-            acks: db.replication.attach(
-                &name,
-                Uuid::from_u128(0x1000 + conn.replica as u128),
-                received,
-            ),
+            acks,
             snapshot: None,
         }));
         if admitted.reseeded {
@@ -120,9 +220,9 @@ impl World {
         Ok(())
     }
 
-    pub(super) fn pump_all_sources(&mut self) {
-        let ids: Vec<u64> = self.conns.keys().copied().collect();
-        for id in ids {
+    /// Pumps every link `node` serves (its log grew).
+    pub(super) fn pump_served(&mut self, node: usize) {
+        for id in self.conns_served_by(node) {
             self.pump(id);
         }
     }
@@ -146,7 +246,10 @@ impl World {
 
     /// Puts the next batch in the source's outbox, if the pipe is free; `Ok(true)` to go on.
     pub(super) fn ship_once(&mut self, id: u64) -> Result<bool, String> {
-        let Some(db) = &self.origin.db else {
+        let Some(source_node) = self.conns.get(&id).map(|conn| conn.source_node) else {
+            return Ok(false);
+        };
+        let Some(db) = served(&self.origin, &self.replicas, source_node) else {
             return Ok(false);
         };
         let Some(conn) = self.conns.get_mut(&id) else {
@@ -162,8 +265,8 @@ impl World {
         match shipping.shipper.feed() {
             Feed::Snapshot => {
                 if shipping.snapshot.is_none() {
-                    let snapshot = self.origin.store.snapshot();
-                    let lsn = self.origin.store.resume_lsn();
+                    let snapshot = db.store.snapshot();
+                    let lsn = db.store.resume_lsn();
                     let mut chunks = VecDeque::new();
                     let pieces: Vec<&[u8]> = snapshot.chunks(SNAPSHOT_CHUNK).collect();
                     for (index, data) in pieces.iter().enumerate() {
@@ -200,7 +303,7 @@ impl World {
                 Ok(false)
             }
             Feed::Binlog { from_lsn } => {
-                let history = history(&self.origin.binlog, from_lsn, &mut conn.source_out);
+                let history = db.binlog.history(from_lsn, &mut conn.source_out);
                 let pages = std::mem::take(&mut conn.source_out);
                 let shipped =
                     shipping
