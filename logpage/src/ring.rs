@@ -206,7 +206,7 @@ impl Ring {
             .truncate(false)
             .open(&path)
             .map_err(io("open"))?;
-        match file.try_lock() {
+        match lock_briefly(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 return Err(Error::RingFile {
@@ -274,7 +274,7 @@ impl Ring {
                 path: path.clone(),
                 source,
             })?;
-        match file.try_lock() {
+        match lock_briefly(&file) {
             Ok(()) => Ok(()),
             Err(TryLockError::WouldBlock) => Err(Error::RingFile {
                 path,
@@ -471,6 +471,23 @@ impl Ring {
 fn read_prefix(file: &File, buf: &mut [u8]) -> std::result::Result<(), ()> {
     use std::os::unix::fs::FileExt;
     file.read_exact_at(buf, 0).map_err(drop)
+}
+
+/// Takes the ring file's lock, retrying for up to 50 ms while it is held. The lock is an
+/// `flock` on an open file description, and a process that forks (a thread of this process
+/// spawning a child, say) holds a copy of every descriptor until the child's exec closes it: a
+/// ring this process just closed can look locked for that moment. A lock still held after the
+/// retries belongs to someone else.
+fn lock_briefly(file: &File) -> std::result::Result<(), TryLockError> {
+    for _ in 0..10 {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            outcome => return outcome,
+        }
+    }
+    file.try_lock()
 }
 
 #[cfg(test)]
