@@ -129,6 +129,10 @@ pub struct Stats {
     /// `Replicated(n)` commits whose release needed the receipts of nodes not linked to the
     /// origin (fewer than n of its direct links had acked the pages).
     pub replicated_by_subtree: u64,
+    /// Relays cut off from their own holders while they kept serving.
+    pub stalls: u64,
+    /// Times a replica moved to a holder whose HAVE offered pages its own did not deliver.
+    pub grafts: u64,
 }
 
 impl Stats {
@@ -164,6 +168,8 @@ impl Stats {
         self.links_without_receipts += other.links_without_receipts;
         self.relay_faults += other.relay_faults;
         self.replicated_by_subtree += other.replicated_by_subtree;
+        self.stalls += other.stalls;
+        self.grafts += other.grafts;
     }
 }
 

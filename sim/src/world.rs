@@ -95,6 +95,11 @@ const SNAPSHOT_CHUNK: usize = 16 << 10;
 /// First and longest reconnect backoff (the service's are 50 ms and a configured maximum).
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(400);
+/// How often a replica with several holders hears each other holder's HAVE (the lazy links'
+/// heartbeat), and how long an offered page may go undelivered before it grafts (the service's
+/// `graft_timeout`, scaled to the simulated links).
+const WATCH_PERIOD: Duration = Duration::from_millis(50);
+const GRAFT_TIMEOUT: Duration = Duration::from_millis(300);
 /// How often convergence is checked once faults stop.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
 /// The longest a run may take to converge after the faults stop, progressing or not.
@@ -129,6 +134,8 @@ enum Event {
     Timer { conn: u64, side: Side, at: Duration },
     /// A replica (1-based) connects to its current holder, if this is its latest attempt.
     Connect { replica: usize, dial: u64 },
+    /// A replica hears HAVE from each holder it does not follow, and grafts one if due.
+    Watch { replica: usize },
     /// Something fails.
     Fault,
     /// A node comes back (0: the origin), if this is its restart of generation `life`.
@@ -265,6 +272,12 @@ struct ReplicaNode {
     /// The holders it may follow (node indices), and the one it follows now: the real
     /// `route::Upstreams`.
     upstreams: Upstreams<usize>,
+    /// The holder (index into its `Upstreams`) its link is being closed for: a graft.
+    grafting: Option<usize>,
+    /// Bytes delivered from its holder since the graft clocks last restarted.
+    moved: u64,
+    /// Until then it is cut off from its own holders, still serving its copy: a stalled relay.
+    stalled_until: Duration,
     /// Bumped by every attempt scheduled, so only the latest `Connect` runs.
     dial: u64,
     /// The receipts of the nodes it feeds, on their way upstream (in memory: a crash loses it).
@@ -385,7 +398,8 @@ impl World {
             let holders = scenario.upstreams.get(r - 1).cloned().unwrap_or_default();
             let holders = holders.into_iter().filter(|&h| h < r).collect();
             let upstreams = Upstreams::new(holders, BACKOFF_MIN, BACKOFF_MAX)
-                .unwrap_or_else(|| Upstreams::new(vec![0], BACKOFF_MIN, BACKOFF_MAX).expect("one"));
+                .unwrap_or_else(|| Upstreams::new(vec![0], BACKOFF_MIN, BACKOFF_MAX).expect("one"))
+                .with_graft_timeout(GRAFT_TIMEOUT);
             let uuid = replica_uuid(r);
             replicas.push(ReplicaNode {
                 name: format!("replica-{r}"),
@@ -398,6 +412,9 @@ impl World {
                 held: 0,
                 conn: None,
                 upstreams,
+                grafting: None,
+                moved: 0,
+                stalled_until: Duration::ZERO,
                 dial: 0,
                 receipts: Receipts::new(uuid, RECEIPT_NODES_MAX),
                 paused_until: Duration::ZERO,
@@ -443,6 +460,10 @@ impl World {
         }
         for replica in 1..=world.scenario.replicas {
             world.redial(replica, Duration::ZERO);
+            if world.replicas[replica - 1].upstreams.holders().len() > 1 {
+                let at = world.jitter(WATCH_PERIOD);
+                world.schedule(at, Event::Watch { replica });
+            }
         }
         if let Some(every) = world.scenario.fault_every {
             let at = world.jitter(every);
@@ -532,6 +553,7 @@ impl World {
             Event::WriteDone { conn, from } => self.write_done(conn, from),
             Event::Timer { conn, side, at } => self.timer(conn, side, at),
             Event::Connect { replica, dial } => self.connect(replica, dial),
+            Event::Watch { replica } => self.watch(replica),
             Event::Fault => self.fault(),
             Event::Restart { node, life } => self.restart(node, life),
             Event::Heal { replica } => {
@@ -588,6 +610,19 @@ impl World {
                     }
                     self.stats.resets += 1;
                     self.close(id, "connection reset");
+                }
+            }
+            30..40 if !relays.is_empty() => {
+                // A relay loses its own holders but keeps serving: its replicas must graft.
+                let relay = relays[self.rng.random_range(0..relays.len())];
+                let length = Duration::from_millis(self.rng.random_range(200..1_500));
+                self.stats.relay_faults += 1;
+                self.stats.stalls += 1;
+                self.note("stall", relay as u64, length.as_millis() as u64);
+                let node = &mut self.replicas[relay - 1];
+                node.stalled_until = node.stalled_until.max(self.now + length);
+                if let Some(id) = node.conn {
+                    self.close(id, "its upstream is cut off (stall)");
                 }
             }
             30..55 => {
@@ -692,8 +727,9 @@ impl World {
             BACKOFF_MIN,
             BACKOFF_MAX,
         ) {
-            replica.upstreams = fresh;
+            replica.upstreams = fresh.with_graft_timeout(GRAFT_TIMEOUT);
         }
+        replica.grafting = None;
         let held_before = replica.held;
         if let Some(Generation { dir, store, .. }) = &replica.generation {
             let options = LogOptions::new()

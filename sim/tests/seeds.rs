@@ -104,6 +104,11 @@ fn two_hundred_seeds_hold_every_invariant_and_exercise_every_path() {
             "Replicated(n) commits released by subtree nodes",
             total.replicated_by_subtree,
         ),
+        ("relays stalled (cut off, still serving)", total.stalls),
+        (
+            "grafts to a holder offering what the followed one lacks",
+            total.grafts,
+        ),
     ]
     .into_iter()
     .filter(|(_, count)| *count == 0)

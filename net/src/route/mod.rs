@@ -130,12 +130,17 @@ pub fn admit(served: Option<Served>, origin: Uuid, from_lsn: u64) -> Result<Admi
 /// A holder that is alive but stalled (cut off from its own upstream) fails nothing, so the
 /// replica also *watches* its other holders: each tells it, in HAVE frames on a lazy link, how
 /// far it has got ([`heard_have`](Self::heard_have)). An offer of pages this replica lacks
-/// starts a clock; if the current holder has not delivered them when the graft timeout has
-/// passed, [`graft_due`](Self::graft_due) names the nearest holder that offered them, and the
-/// replica moves there ([`graft`](Self::graft): Plumtree's GRAFT, and the old link's close is its
-/// PRUNE). A holder that is merely a little behind the one offering delivers each offered page
-/// well within the timeout, so the tree moves only off a path that stalls or is slower than the
-/// timeout, never back and forth.
+/// starts a clock, and every page the replica receives restarts it, as does every byte that
+/// arrives on its link ([`progressed`](Self::progressed): a 1 MiB batch on a slow link is
+/// progress long before it is pages); if the clock reaches the graft timeout (an offer
+/// outstanding, and no progress at all for that long),
+/// [`graft_due`](Self::graft_due) names the nearest holder that offered more, and the replica
+/// moves there ([`graft`](Self::graft): Plumtree's GRAFT, and the old link's close is its PRUNE).
+/// A move restarts every clock, so the new holder gets a whole timeout to start delivering.
+/// A holder that is merely behind the one offering keeps the replica progressing, so the tree
+/// moves only off a path that stalls, never back and forth (the simulator found the flapping an
+/// earlier rule allowed: a holder catching a replica up over a slow link was grafted away from
+/// before it could deliver, and back again, forever; `pagemesh-sim` seed 13).
 ///
 /// ```
 /// use std::time::Duration;
@@ -156,8 +161,10 @@ pub fn admit(served: Option<Served>, origin: Uuid, from_lsn: u64) -> Result<Admi
 #[derive(Clone, Debug)]
 pub struct Upstreams<P> {
     holders: Vec<P>,
-    /// Per holder: the oldest offer of pages this replica still lacks, if any.
+    /// Per holder: the newest offer of pages this replica lacks, and when its clock started.
     offers: Vec<Option<Offer>>,
+    /// What the replica held when last told: a change is progress, and restarts every clock.
+    held: u64,
     graft_timeout: Duration,
     current: usize,
     /// Attempts that failed since a link was last up.
@@ -167,7 +174,8 @@ pub struct Upstreams<P> {
     backoff_max: Duration,
 }
 
-/// A holder said it holds every page below `lsn`, which this replica lacked `since` then.
+/// A holder said it holds every page below `lsn`; the replica has lacked some of it, without
+/// progress, since `since`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Offer {
     lsn: u64,
@@ -188,6 +196,7 @@ impl<P> Upstreams<P> {
         }
         Some(Self {
             offers: vec![None; holders.len()],
+            held: 0,
             graft_timeout: GRAFT_TIMEOUT_DEFAULT,
             holders,
             current: 0,
@@ -217,26 +226,47 @@ impl<P> Upstreams<P> {
     /// Holder `holder` (an index into [`holders`](Self::holders); others are ignored) said, at
     /// `now`, that it holds every page below `lsn`; this replica holds every page below `held`.
     pub fn heard_have(&mut self, holder: usize, lsn: u64, held: u64, now: Instant) {
+        self.observe(held, now);
         let Some(offer) = self.offers.get_mut(holder) else {
             return;
         };
-        match offer {
-            // The oldest undelivered offer keeps its clock: later offers only add to it.
-            Some(oldest) if oldest.lsn > held => {}
-            _ if lsn > held => *offer = Some(Offer { lsn, since: now }),
-            _ => *offer = None,
+        *offer = match *offer {
+            _ if lsn <= held => None,
+            // An outstanding offer keeps its clock: only progress restarts it.
+            Some(Offer { since, .. }) => Some(Offer { lsn, since }),
+            None => Some(Offer { lsn, since: now }),
+        };
+    }
+
+    /// Bytes arrived on the link to the current holder at `now`: progress, which restarts every
+    /// offer's clock.
+    pub fn progressed(&mut self, now: Instant) {
+        for offer in self.offers.iter_mut().flatten() {
+            offer.since = now;
         }
     }
 
-    /// The nearest holder other than the current one whose offer of pages this replica still
-    /// lacks (it holds every page below `held`) has gone undelivered for the graft timeout at
-    /// `now`, if any: the replica should [`graft`](Self::graft) it.
-    pub fn graft_due(&mut self, held: u64, now: Instant) -> Option<usize> {
-        for offer in &mut self.offers {
-            if offer.is_some_and(|o| o.lsn <= held) {
-                *offer = None;
-            }
+    /// The replica holds every page below `held` at `now`: if that changed, it progressed, and
+    /// every offer's clock restarts (offers it now holds are dropped).
+    fn observe(&mut self, held: u64, now: Instant) {
+        if held == self.held {
+            return;
         }
+        self.held = held;
+        for offer in &mut self.offers {
+            *offer = offer.filter(|o| o.lsn > held).map(|o| Offer {
+                lsn: o.lsn,
+                since: now,
+            });
+        }
+    }
+
+    /// The nearest holder other than the current one that offers pages this replica lacks (it
+    /// holds every page below `held`), when the replica has made no progress for the graft
+    /// timeout with that offer outstanding, at `now`: the replica should
+    /// [`graft`](Self::graft) it.
+    pub fn graft_due(&mut self, held: u64, now: Instant) -> Option<usize> {
+        self.observe(held, now);
         let timeout = self.graft_timeout;
         (0..self.holders.len()).find(|&holder| {
             holder != self.current
@@ -262,8 +292,13 @@ impl<P> Upstreams<P> {
             self.current = holder;
             self.failed = 0;
             self.backoff = self.backoff_min;
-            self.offers[holder] = None;
+            self.restart_clocks();
         }
+    }
+
+    /// A new link gets a whole graft timeout: offers are heard afresh.
+    fn restart_clocks(&mut self) {
+        self.offers.iter_mut().for_each(|offer| *offer = None);
     }
 
     /// Every holder, nearest first.
@@ -275,6 +310,7 @@ impl<P> Upstreams<P> {
     /// (anything but a refusal came back). Moves to the holder to try next and returns how long
     /// to wait before trying it.
     pub fn ended(&mut self, was_up: bool) -> Duration {
+        self.restart_clocks();
         let count = self.holders.len();
         if was_up {
             self.failed = 0;
@@ -496,6 +532,12 @@ mod tests {
         assert_eq!(up.graft_due(40, t0 + ms(300)), None);
         assert_eq!(up.graft_due(100, t0 + ms(600)), None, "delivered in time");
         assert_eq!(up.graft_deadline(), None);
+        // A slow catch-up that keeps progressing is never grafted away from, however far behind.
+        up.heard_have(1, 10_000, 100, t0 + ms(600));
+        for step in 1..=10u64 {
+            assert_eq!(up.graft_due(100 + step, t0 + ms(600 + 400 * step)), None);
+        }
+        up.heard_have(1, 110, 110, t0 + ms(5_000));
         // Offers keep coming while the relay keeps up within the timeout: never a graft.
         for step in 1..20u64 {
             let now = t0 + ms(600 + 100 * step);
@@ -519,11 +561,18 @@ mod tests {
         up.heard_have(0, 290, 290, stall + ms(700));
         assert_eq!(up.graft_deadline(), None);
         up.heard_have(7, 1_000, 0, stall);
+        // Bytes moving on the link restart the clock even while no page completes.
+        let slow = stall + ms(1_000);
+        up.heard_have(0, 500, 290, slow);
+        up.progressed(slow + ms(400));
+        assert_eq!(up.graft_due(290, slow + ms(800)), None);
+        assert_eq!(up.graft_due(290, slow + ms(900)), Some(0));
     }
 
     proptest! {
         /// However HAVEs, deliveries and time interleave: a graft names another holder, one that
-        /// offered pages the replica lacked at least a graft timeout before and still lacks.
+        /// offered pages the replica lacked at least a graft timeout before and still lacks, and
+        /// only after the replica made no progress for the graft timeout.
         #[test]
         fn grafts_go_only_to_holders_whose_offers_went_undelivered(
             steps in proptest::collection::vec((0..4usize, 0..50u64, 0..400u64, any::<bool>()), 0..64),
@@ -533,7 +582,7 @@ mod tests {
             let mut up = Upstreams::new(vec![0u8, 1, 2], Duration::from_millis(10), Duration::from_millis(80))
                 .unwrap()
                 .with_graft_timeout(timeout);
-            let (mut held, mut now) = (0u64, t0);
+            let (mut held, mut now, mut progressed) = (0u64, t0, t0);
             // Per holder: (lsn, when) of every offer heard.
             let mut heard: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); 3];
             for (holder, delivered, elapse, is_have) in steps {
@@ -544,11 +593,13 @@ mod tests {
                     if holder < 3 {
                         heard[holder].push((lsn, now));
                     }
-                } else {
+                } else if delivered > 0 {
                     held += delivered;
+                    progressed = now;
                 }
                 if let Some(graft) = up.graft_due(held, now) {
                     prop_assert!(graft != up.current_index());
+                    prop_assert!(now.duration_since(progressed) >= timeout, "grafted while progressing");
                     prop_assert!(
                         heard[graft].iter().any(|&(lsn, at)| lsn > held && now.duration_since(at) >= timeout),
                         "grafted {graft} without an offer undelivered for the timeout"

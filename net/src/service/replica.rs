@@ -63,12 +63,12 @@ pub(super) async fn follow(
         let addr = *routing.upstreams.borrow().current();
         lock(&status).upstream = Some(addr);
         let link = LinkControl::new();
-        let heard = Cell::new(false);
+        routing.heard.set(false);
         let grafting = Cell::new(None);
         // A due graft closes the link; the link's own ending is then the only way out.
         let followed = async {
             tokio::select! {
-                outcome = follow_link(&runtime, &link, addr, database, &store, &status, &heard) => outcome,
+                outcome = follow_link(&runtime, &link, addr, database, &store, &status, &routing) => outcome,
                 () = async {
                     let period = runtime.config.heartbeat;
                     grafting.set(Some(graft_due(&routing, &store, &status, period).await));
@@ -82,7 +82,8 @@ pub(super) async fn follow(
             () = control.closed() => Ok(()),
         };
         link.close();
-        let was_up = heard.get();
+        let was_up = routing.heard.get();
+        *routing.link_progress.borrow_mut() = None;
         let wait = match grafting.get() {
             Some(holder) => {
                 let mut upstreams = routing.upstreams.borrow_mut();
@@ -157,7 +158,7 @@ pub(super) async fn follow_link(
     database: Uuid,
     store: &Arc<dyn ReplicaStore>,
     status: &Arc<Mutex<SubscriptionStatus>>,
-    heard: &Cell<bool>,
+    routing: &Routing,
 ) -> Result<()> {
     let connection = Connection::connect(runtime.kind, addr).await?;
     let (mut reader, writer, shutdown) = connection.split(addr)?;
@@ -191,6 +192,7 @@ pub(super) async fn follow_link(
         book
     });
     let progress = reader.progress();
+    *routing.link_progress.borrow_mut() = Some(Rc::clone(&progress));
     let config = &runtime.config;
     let shared = Rc::new(Shared {
         link: RefCell::new(ReplicaLink::new(
@@ -229,7 +231,7 @@ pub(super) async fn follow_link(
         status,
     )
     .await;
-    heard.set(shared.heard.get());
+    routing.heard.set(shared.heard.get());
     control.close();
     let sent = sender.await.unwrap_or(Ok(()));
     received.and(sent)

@@ -11,12 +11,13 @@
 //! does not hold the database yet) is asked again after a backoff. Nothing is held per link but
 //! the socket and the offer the routing keeps per holder.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pagemesh_logpage::PAGE_SIZE;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -25,13 +26,17 @@ use super::{lock, ReplicaStore, Runtime, SubscriptionStatus, SUBSCRIBE_BACKOFF_M
 use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Frame, Heartbeat, Watch, WATCH_SINCE_VERSION};
 use crate::route::Upstreams;
-use crate::transport::{sleep, sleep_until, timeout, Connection};
+use crate::transport::{sleep, sleep_until, timeout, Connection, Progress};
 
 /// A subscription's routing state, shared by its follower and its watchers.
 pub(super) struct Routing {
     pub(super) upstreams: RefCell<Upstreams<SocketAddr>>,
     /// A watcher heard a HAVE.
     news: Notify,
+    /// The followed link's byte counters, while it is up: bytes arriving are progress.
+    pub(super) link_progress: RefCell<Option<Rc<Progress>>>,
+    /// The followed holder served the current link (a frame other than a refusal came back).
+    pub(super) heard: Cell<bool>,
 }
 
 impl Routing {
@@ -39,6 +44,8 @@ impl Routing {
         Rc::new(Self {
             upstreams: RefCell::new(upstreams),
             news: Notify::new(),
+            link_progress: RefCell::new(None),
+            heard: Cell::new(false),
         })
     }
 }
@@ -170,8 +177,23 @@ pub(super) async fn graft_due(
     status: &Arc<Mutex<SubscriptionStatus>>,
     period: Duration,
 ) -> usize {
+    let mut seen: Option<u64> = None;
     loop {
         let now = Instant::now();
+        // A page's worth of bytes arriving on the followed link is progress (a large batch on a
+        // slow link takes long to become pages) and restarts the graft clocks; heartbeats alone
+        // are not: a stalled holder still sends them.
+        if let Some(progress) = routing.link_progress.borrow().as_ref() {
+            let read = progress.read.get();
+            match seen {
+                Some(before) if read.saturating_sub(before) < PAGE_SIZE as u64 => {}
+                Some(_) => {
+                    routing.upstreams.borrow_mut().progressed(now);
+                    seen = Some(read);
+                }
+                None => seen = Some(read),
+            }
+        }
         let restoring = lock(status).restoring;
         let mut deadline = now + period;
         if let Some(db) = store.current().filter(|_| !restoring) {

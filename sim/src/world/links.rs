@@ -56,6 +56,7 @@ impl World {
         if !self.is_up(holder)
             || self.partitioned[replica] > self.now
             || self.partitioned[holder] > self.now
+            || node.stalled_until > self.now
         {
             // Refused, or no answer: the next holder, or a new round after a backoff.
             self.note("connect failed", replica as u64, holder as u64);
@@ -98,10 +99,61 @@ impl World {
         self.arm(id, Side::Replica);
     }
 
+    /// `replica` hears a HAVE from each holder it does not follow and can reach (the lazy
+    /// links, modelled without their latency), then grafts the one `Upstreams` names, if any:
+    /// its link is closed and the next attempt goes there. Never while it has no copy or is
+    /// receiving a snapshot, as in the service.
+    pub(super) fn watch(&mut self, replica: usize) {
+        self.schedule(WATCH_PERIOD, Event::Watch { replica });
+        let now = self.instant();
+        let node = &self.replicas[replica - 1];
+        if !node.up || self.partitioned[replica] > self.now || node.grafting.is_some() {
+            return;
+        }
+        let restoring = node.conn.and_then(|id| self.conns.get(&id)).is_some_and(|conn| {
+            matches!(&conn.replica_end, ReplicaEnd::Linked(following) if following.restore.is_some())
+        });
+        let offers: Vec<(usize, u64)> = node
+            .upstreams
+            .holders()
+            .iter()
+            .enumerate()
+            .filter(|&(_, &holder)| self.is_up(holder) && self.partitioned[holder] <= self.now)
+            .filter_map(|(index, &holder)| {
+                served(&self.origin, &self.replicas, holder)
+                    .map(|served| (index, served.log.committed_lsn()))
+            })
+            .collect();
+        let node = &mut self.replicas[replica - 1];
+        let held = node.held;
+        for (index, lsn) in offers {
+            node.upstreams.heard_have(index, lsn, held, now);
+        }
+        if node.db.is_none() || restoring {
+            return;
+        }
+        let Some(holder) = node.upstreams.graft_due(held, now) else {
+            return;
+        };
+        node.grafting = Some(holder);
+        self.stats.grafts += 1;
+        let (to, conn) = (node.upstreams.holders()[holder], node.conn);
+        self.note("graft", replica as u64, to as u64);
+        match conn {
+            Some(id) => self.close(id, "grafting a holder that offers what this one lacks"),
+            None => self.next_holder(replica, false),
+        }
+    }
+
     /// `replica`'s attempt at its current holder ended (`was_up`: the holder served it): its
-    /// `Upstreams` picks the holder to try next and how long to wait first.
+    /// `Upstreams` picks the holder to try next and how long to wait first (after a graft: the
+    /// grafted holder, at once).
     pub(super) fn next_holder(&mut self, replica: usize, was_up: bool) {
         let node = &mut self.replicas[replica - 1];
+        if let Some(holder) = node.grafting.take() {
+            node.upstreams.graft(holder);
+            return self.redial(replica, Duration::ZERO);
+        }
         let before = *node.upstreams.current();
         let wait = node.upstreams.ended(was_up);
         let after = *node.upstreams.current();
@@ -220,7 +272,8 @@ impl World {
             Side::Source => &mut conn.to_source,
             Side::Replica => &mut conn.to_replica,
         };
-        if pipe.deliver(self.now) == 0 {
+        let delivered = pipe.deliver(self.now);
+        if delivered == 0 {
             return;
         }
         // Bytes moved: the reader hears life, the writer's write is making progress.
@@ -234,6 +287,16 @@ impl World {
             match to {
                 Side::Replica => following.link.bytes_received(now),
                 Side::Source => following.link.bytes_sent(now),
+            }
+        }
+        if to == Side::Replica {
+            // A page's worth of bytes from the followed holder is progress, whatever the lazy
+            // links offer (heartbeats alone are not: a stalled holder still sends them).
+            let node = &mut self.replicas[conn.replica - 1];
+            node.moved += delivered as u64;
+            if node.moved >= PAGE_SIZE as u64 {
+                node.moved = 0;
+                node.upstreams.progressed(now);
             }
         }
         self.read(id, to);
