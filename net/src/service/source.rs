@@ -22,7 +22,7 @@ use super::{AckSink, ReceiptBook, Runtime, SourceDatabase, BOOTSTRAP, RECEIPT_NO
 use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Frame, Have, Refuse, RefuseCode, Watch, WATCH_SINCE_VERSION};
 use crate::proto::handshake::PeerInfo;
-use crate::route::{admit, Feed, Served};
+use crate::route::{admit, Admitted, Feed, Served};
 use crate::transport::{
     sleep, sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter, Progress,
 };
@@ -115,29 +115,16 @@ pub(super) async fn serve_replica(
             None => return Ok(()),
         },
     };
-    let source = runtime.sources.borrow().get(&resume.database).cloned();
-    let served = source.as_ref().map(|source| Served {
-        origin: source.origin(),
-        committed_lsn: source.log().committed_lsn(),
-        relay: source.log().is_follower(),
-    });
-    let (source, admitted) = match (source, admit(served, resume.origin, resume.from_lsn)) {
-        (Some(source), Ok(admitted)) => (source, admitted),
-        (_, outcome) => {
-            let reason = format!(
-                "database {}: {}",
-                resume.database,
-                outcome.err().unwrap_or_default()
-            );
-            tracing::info!(%peer, replica = %info.name, %reason, "refused a subscription");
-            return refuse(&mut writer, reason).await;
-        }
-    };
-    if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
-        entry.0 = Some(resume.database);
-    }
+    let (source, admitted) =
+        match admit_link(runtime, id, resume.database, resume.origin, resume.from_lsn) {
+            Ok(admission) => admission,
+            Err(reason) => {
+                tracing::info!(%peer, replica = %info.name, %reason, "refused a subscription");
+                return refuse(&mut writer, reason).await;
+            }
+        };
     if admitted.reseeded {
-        let end = served.map_or(0, |served| served.committed_lsn);
+        let end = source.log().committed_lsn();
         tracing::warn!(%peer, replica = %info.name, from_lsn = resume.from_lsn, end, "replica claims pages beyond this log; re-seeding it from a snapshot");
     }
     let from_lsn = admitted.from_lsn;
@@ -185,6 +172,30 @@ pub(super) async fn serve_replica(
     shipped.and(acked)
 }
 
+/// Admits link `id` to `database` of `origin` from `from_lsn` on (`route::admit`) and books the
+/// link under the database, so withdrawing it closes the link; `Err` is the reason to REFUSE.
+fn admit_link(
+    runtime: &Runtime,
+    id: u64,
+    database: Uuid,
+    origin: Uuid,
+    from_lsn: u64,
+) -> std::result::Result<(Arc<dyn SourceDatabase>, Admitted), String> {
+    let source = runtime.sources.borrow().get(&database).cloned();
+    let served = source.as_ref().map(|source| Served {
+        origin: source.origin(),
+        committed_lsn: source.log().committed_lsn(),
+        relay: source.log().is_follower(),
+    });
+    let admitted =
+        admit(served, origin, from_lsn).map_err(|why| format!("database {database}: {why}"))?;
+    let source = source.ok_or_else(|| format!("database {database}: no such database here"))?;
+    if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
+        entry.0 = Some(database);
+    }
+    Ok((source, admitted))
+}
+
 /// Serves a *lazy* link: the peer follows the database from another holder and only wants to
 /// hear how far this node has got, in a HAVE frame every heartbeat interval, so that it can move
 /// here (GRAFT: a RESUME on a new link) if its own upstream stalls. The peer answers each HAVE
@@ -200,27 +211,13 @@ async fn serve_watcher(
     watch: Watch,
 ) -> Result<()> {
     let peer = reader.peer();
-    let source = runtime.sources.borrow().get(&watch.database).cloned();
-    let served = source.as_ref().map(|source| Served {
-        origin: source.origin(),
-        committed_lsn: source.log().committed_lsn(),
-        relay: source.log().is_follower(),
-    });
-    let source = match (source, admit(served, watch.origin, 0)) {
-        (Some(source), Ok(_)) => source,
-        (_, outcome) => {
-            let reason = format!(
-                "database {}: {}",
-                watch.database,
-                outcome.err().unwrap_or_default()
-            );
+    let source = match admit_link(runtime, id, watch.database, watch.origin, 0) {
+        Ok((source, _)) => source,
+        Err(reason) => {
             tracing::info!(%peer, watcher = %info.name, %reason, "refused a watch");
             return refuse(&mut writer, reason).await;
         }
     };
-    if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
-        entry.0 = Some(watch.database);
-    }
     tracing::debug!(%peer, watcher = %info.name, database = %watch.database, "watcher subscribed");
     let link_timeout = runtime.config.link_timeout;
     let heard = {
