@@ -199,23 +199,7 @@ impl Ring {
             move |source| Error::Io { op, path, source }
         };
         std::fs::create_dir_all(dir).map_err(io("create directory for"))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open"))?;
-        match lock_briefly(&file) {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::RingFile {
-                    path,
-                    fault: RingFault::Locked,
-                })
-            }
-            Err(TryLockError::Error(source)) => return Err(io("lock")(source)),
-        }
+        let file = open_locked(&path)?;
         let expected_len = (slots + 1) * PAGE_SIZE as u64;
         let len = file.metadata().map_err(io("stat"))?.len();
         let fresh = len == 0;
@@ -262,30 +246,7 @@ impl Ring {
     /// Takes and releases the lock of `dir/log.ring` (creating it empty if missing); see
     /// [`crate::Log::probe_lock`].
     pub fn probe_lock(dir: &Path) -> Result<()> {
-        let path = dir.join("log.ring");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|source| Error::Io {
-                op: "open",
-                path: path.clone(),
-                source,
-            })?;
-        match lock_briefly(&file) {
-            Ok(()) => Ok(()),
-            Err(TryLockError::WouldBlock) => Err(Error::RingFile {
-                path,
-                fault: RingFault::Locked,
-            }),
-            Err(TryLockError::Error(source)) => Err(Error::Io {
-                op: "lock",
-                path,
-                source,
-            }),
-        }
+        open_locked(&dir.join("log.ring")).map(drop)
     }
 
     /// A ring in anonymous memory: nothing survives the process. For tests and benchmarks.
@@ -473,21 +434,40 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> std::result::Result<(), ()> {
     file.read_exact_at(buf, 0).map_err(drop)
 }
 
-/// Takes the ring file's lock, retrying for up to 50 ms while it is held. The lock is an
+/// Opens (creating it empty if missing) and locks the ring file at `path`. The lock is an
 /// `flock` on an open file description, and a process that forks (a thread of this process
-/// spawning a child, say) holds a copy of every descriptor until the child's exec closes it: a
-/// ring this process just closed can look locked for that moment. A lock still held after the
-/// retries belongs to someone else.
-fn lock_briefly(file: &File) -> std::result::Result<(), TryLockError> {
-    for _ in 0..10 {
+/// spawning a child, say) holds a copy of every descriptor until the child's exec closes it, so
+/// a ring this process just closed can look locked for that moment: a held lock is retried for
+/// up to 50 ms before it is taken to belong to someone else.
+fn open_locked(path: &Path) -> Result<File> {
+    let io = |op: &'static str| {
+        move |source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io("open"))?;
+    for attempt in 0..=10 {
         match file.try_lock() {
-            Err(TryLockError::WouldBlock) => {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if attempt < 10 => {
                 std::thread::sleep(std::time::Duration::from_millis(5))
             }
-            outcome => return outcome,
+            Err(TryLockError::WouldBlock) => break,
+            Err(TryLockError::Error(source)) => return Err(io("lock")(source)),
         }
     }
-    file.try_lock()
+    Err(Error::RingFile {
+        path: path.to_path_buf(),
+        fault: RingFault::Locked,
+    })
 }
 
 #[cfg(test)]
