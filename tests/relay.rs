@@ -81,6 +81,20 @@ fn a_replica_relays_and_its_subtree_counts(transport: TransportKind) {
 
 on_both_transports!(a_replica_relays_and_its_subtree_counts);
 
+/// Round `round` of bulk commits: `batches` batches of writer `round`'s workload, each
+/// `durability`, every one that returns `Ok` held by as many of `replicas` as it promised.
+fn bulk_round(
+    ledger: &Ledger,
+    db: &pagemesh::core::Database,
+    round: u32,
+    batches: usize,
+    durability: pagemesh::core::Durability,
+    replicas: &[&pagemesh::Replica],
+) {
+    let mut workload = bulk_workload(SEED ^ u64::from(round), round);
+    commit_checked(ledger, db, &mut workload, batches, &[durability], replicas);
+}
+
 /// A replica that is ahead of a relay (it followed the primary while the relay was cut off) and
 /// restarts with the relay first in its list is refused by the relay as *behind*, not re-seeded
 /// from the relay's older copy: it moves on to the primary at once and resumes from what it
@@ -98,25 +112,11 @@ fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
     pair.wait_attached(2, 2);
     let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
-    commit_checked(
-        &ledger,
-        db,
-        &mut bulk_workload(SEED, 0),
-        10,
-        &[Replicated(2)],
-        &[&*relay, &*leaf],
-    );
+    bulk_round(&ledger, db, 0, 10, Replicated(2), &[&*relay, &*leaf]);
 
     // The relay is cut off; the leaf takes everything written meanwhile.
     let behind = cut_off(proxy, &relay);
-    commit_checked(
-        &ledger,
-        db,
-        &mut bulk_workload(SEED ^ 1, 1),
-        20,
-        &[Replicated(1)],
-        &[&*leaf],
-    );
+    bulk_round(&ledger, db, 1, 20, Replicated(1), &[&*leaf]);
     converge(db, &leaf, "leaf, ahead of the relay");
     drop(leaf);
 
@@ -155,14 +155,7 @@ fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
     );
 
     proxy.set_refuse(false);
-    commit_checked(
-        &ledger,
-        db,
-        &mut bulk_workload(SEED ^ 2, 2),
-        20,
-        &[Replicated(2)],
-        &[&*relay, &*leaf],
-    );
+    bulk_round(&ledger, db, 2, 20, Replicated(2), &[&*relay, &*leaf]);
     ledger.assert_clean("relay behind, leaf ahead");
     assert_converged(db, &relay, &ledger, "relay, back");
     assert_converged(db, &leaf, &ledger, "leaf, resumed from the primary");
@@ -193,27 +186,13 @@ fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
     let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     let both = [&*relay, &*leaf];
-    commit_checked(
-        &ledger,
-        db,
-        &mut bulk_workload(SEED, 0),
-        10,
-        &[Replicated(2)],
-        &both,
-    );
+    bulk_round(&ledger, db, 0, 10, Replicated(2), &both);
     assert_eq!(leaf.status().upstream, Some(relay.addr()));
     assert_eq!(leaf.status().grafts, 0, "no graft while the relay keeps up");
 
     // The relay stalls: its link to the primary is cut and refused, the leaf's link to it stays.
     cut_off(proxy, &relay);
-    commit_checked(
-        &ledger,
-        db,
-        &mut bulk_workload(SEED ^ 1, 1),
-        20,
-        &[Replicated(1)],
-        &[&*leaf],
-    );
+    bulk_round(&ledger, db, 1, 20, Replicated(1), &[&*leaf]);
     let grafted = leaf.status();
     assert!(
         grafted.grafts >= 1,
@@ -222,14 +201,7 @@ fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
     assert_eq!(grafted.upstream, Some(pair.addr()), "{grafted:?}");
 
     proxy.set_refuse(false);
-    commit_checked(
-        &ledger,
-        db,
-        &mut bulk_workload(SEED ^ 2, 2),
-        20,
-        &[Replicated(2)],
-        &both,
-    );
+    bulk_round(&ledger, db, 2, 20, Replicated(2), &both);
     ledger.assert_clean("a stalled relay grafted around");
     assert_converged(db, &relay, &ledger, "relay, back");
     assert_converged(db, &leaf, &ledger, "leaf, grafted");
