@@ -3,7 +3,7 @@
 //! - `pagemesh demo`: a primary and two synchronous replicas on loopback, a load, a DIFF.
 //! - `pagemesh node --config node.toml`: a long-lived node.
 //! - `pagemesh backup|restore|stat`: snapshots to files and back; what a database holds.
-//! - `pagemesh bench reserve|commit|replicate|transport`: pagemesh against baselines, as ratios.
+//! - `pagemesh bench reserve|commit|replicate|transport|bootstrap|mesh`: pagemesh against baselines, as ratios.
 
 use std::process::ExitCode;
 
@@ -53,6 +53,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Page transfers per page and delay to the last node when routing over a mesh (the
+    /// simulator, the service's routing), against flooding on the same graphs and seeds.
+    Mesh {
+        /// Seeds per graph.
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Seeding a new replica from a full snapshot over loopback, against a local export+restore.
     Bootstrap {
         /// MiB of table data in the source database.
@@ -148,6 +158,9 @@ fn main() -> ExitCode {
         Command::Bench {
             bench: Bench::Transport { seconds, json },
         } => pagemesh_tools::bench::transport::run(seconds, json).map(|_| ()),
+        Command::Bench {
+            bench: Bench::Mesh { seeds, json },
+        } => bench_mesh(seeds, json),
         Command::Bench {
             bench:
                 Bench::Replicate {
@@ -291,6 +304,50 @@ fn bench_replicate(
     pagemesh_tools::bench::print_rows(&ratios(&cells, round_trips), json, |r| {
         format!("{:<22} {:<46} {:.2}", r.workload, r.ratio, r.value)
     })?;
+    Ok(())
+}
+
+fn bench_mesh(seeds: u64, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    use pagemesh_tools::bench::mesh::{graphs, measure};
+    if !(1..=1_000).contains(&seeds) {
+        return Err("--seeds must be 1..=1000".into());
+    }
+    if !json {
+        println!(
+            "{:<11} {:>5} {:>6} {:>10} {:>9} {:>7} {:>10} {:>10} {:>10}",
+            "graph",
+            "nodes",
+            "links",
+            "tree/page",
+            "flooding",
+            "/(N-1)",
+            "tree p50",
+            "tree p99",
+            "flood last"
+        );
+    }
+    let mut broken = 0;
+    for (graph, topology) in graphs() {
+        let row = measure(&graph, topology, seeds);
+        broken += row.violations;
+        pagemesh_tools::bench::print_rows(std::slice::from_ref(&row), json, |r| {
+            format!(
+                "{:<11} {:>5} {:>6.0} {:>10.2} {:>9.0} {:>7.3} {:>8.1}ms {:>8.1}ms {:>8.1}ms",
+                r.graph,
+                r.nodes,
+                r.links,
+                r.tree_transfers_per_page,
+                r.flooding_transfers_per_page,
+                r.tree_over_n_minus_1,
+                r.tree_last_node_p50_ms,
+                r.tree_last_node_p99_ms,
+                r.flooding_last_node_ms
+            )
+        })?;
+    }
+    if broken > 0 {
+        return Err(format!("the simulator found {broken} broken invariants").into());
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@
 //! nodes the origin has no link to. The nodes run pagemesh's real code wherever it decides
 //! something: real `pagemesh-logpage` logs in real files, the I/O-free link machines of
 //! `pagemesh-net` (handshake, `SourceLink`, `Shipper`, `ReplicaLink`, `route::admit`,
-//! `route::Upstreams`, `route::plumtree::Receipts`) and `pagemesh-core`'s `Replication` counting
+//! `route::Upstreams`, `route::Receipts`) and `pagemesh-core`'s `Replication` counting
 //! acks and receipts; only the store is a model (a map applying records in log order, with its
 //! binlog; LMDB is covered by core's own tests). See `world.rs` for what the simulator does in
 //! place of the node's drivers, and where it departs from them.

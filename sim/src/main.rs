@@ -38,8 +38,9 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Mode {
-    /// The mesh simulator: one origin's pages over a graph, routed by the epidemic broadcast
-    /// tree (`route::plumtree`); transfers per page against flooding, delay to the last node.
+    /// The mesh simulator: one origin's pages over a graph, routed by the service's
+    /// `route::Upstreams` and `route::admit`; transfers per page and delay to the last node,
+    /// against flooding's.
     Mesh {
         /// Nodes of a random graph (ignored with --grid).
         #[arg(long, default_value_t = 100)]
@@ -80,7 +81,7 @@ fn parse_grid(text: &str) -> Result<(usize, usize), String> {
 fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCode {
     let mut failed = Vec::new();
     println!(
-        "{:>6} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "{:>6} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>5} {:>9} {:>7}",
         "seed",
         "nodes",
         "links",
@@ -88,13 +89,18 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
         "flooding",
         "last p50",
         "last p99",
+        "flood",
         "grafts",
-        "prunes"
+        "moves",
+        "behind",
+        "loops",
+        "repl p50",
+        "pending"
     );
     for seed in seeds {
         let outcome = run_mesh(&MeshScenario::new(seed, topology, faults));
         println!(
-            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>7} {:>7} {:>12.1?} {:>9}",
+            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>9.1?} {:>6} {:>6} {:>6} {:>5} {:>9.1?} {:>7}",
             seed,
             outcome.nodes,
             outcome.edges,
@@ -102,8 +108,11 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
             outcome.flooding_per_page,
             outcome.last_node_p50,
             outcome.last_node_p99,
+            outcome.flooding_last_node,
             outcome.grafts,
-            outcome.prunes,
+            outcome.moves,
+            outcome.refusals,
+            outcome.loops,
             outcome.replicated_wait_p50,
             outcome.replicated_pending
         );

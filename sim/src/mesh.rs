@@ -1,25 +1,39 @@
-//! The mesh simulator: one origin's pages spread over a graph of nodes by the real routing
-//! decisions of `pagemesh_net::route::plumtree`, over links with WAN-like delays, with links and
-//! nodes failing and partitions healing, all drawn from one seed.
+//! The mesh simulator: one origin's pages spread over a graph of nodes by the routing the
+//! service runs (`pagemesh_net::route`: [`Upstreams`] and [`admit`]), over links with WAN-like
+//! delays, with links and nodes failing and partitions healing, all drawn from one seed.
 //!
-//! It works at the level of the routing protocol: a message is a PAGES run (origin's LSNs
-//! `from..to`), a HAVE, a GRAFT or a PRUNE, delivered in order per direction of a link after the
-//! link's latency. What a node does with pages once it holds them (ingest, ack, apply) is the
-//! cluster simulator's business (`world.rs`); here a node holds a page once it is delivered. The
-//! checker asserts that no node is ever sent a run beginning beyond what it holds (a skipped
-//! page), that every node ends holding every page, and that no `Replicated(n)` commit (every
-//! tenth page waits for 3 nodes) is released before n nodes hold it; it measures page transfers
-//! per page and the delay to the last node. Receipts travel hop by hop
-//! (`route::plumtree::Receipts`): each node reports its subtree's watermarks to its upstream,
-//! and everything again when its upstream changes.
+//! Each node but the origin follows one holder at a time, chosen by its `Upstreams` among its
+//! neighbours, nearest the origin first (what an operator lists in its config): it sends a
+//! RESUME from what it holds, the holder admits it (or refuses it as behind, as `route::admit`
+//! does for a relay) and pushes pages eagerly as it gets them. Every node tells each neighbour
+//! on their lazy link what it holds (HAVE, every `have_interval`); a replica that hears of pages
+//! it lacks and makes no progress for the graft timeout grafts that neighbour (a RESUME there,
+//! and the old link's close is the PRUNE). A failed link or holder moves the replica to the next
+//! holder at once. Two replicas that follow one another (neither behind the other when it was
+//! admitted) stall until a HAVE from outside the loop grafts one of them away: the run counts
+//! such loops.
+//!
+//! It works at the level of routing: a message is a PAGES run (page indices `from..to`), a
+//! RESUME, its answer, a HAVE, a close or RECEIPTS, delivered in order per direction of a link
+//! after the link's latency. What a node does with pages once it holds them (ingest, ack, apply)
+//! is the cluster simulator's business (`world.rs`); here a node holds a page once it is
+//! delivered. The checker asserts that no node is ever sent a run beginning beyond what it holds
+//! (a skipped page), that no holder would re-seed a replica, that every node ends holding every
+//! page, and that no `Replicated(n)` commit (every tenth page waits for 3 nodes) is released
+//! before n nodes hold it; it measures page transfers per page and the delay to the last node,
+//! beside what flooding costs on the same graph: 2E − (N − 1) transfers, and the shortest-path
+//! delay. Receipts travel hop by hop (`route::Receipts`): each node reports its
+//! subtree's watermarks to the holder it follows, and everything again when it follows another.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
-use pagemesh_net::route::plumtree::{Action, Receipts, Tree};
+use pagemesh_net::route::Receipts;
+use pagemesh_net::route::{admit, Served, Upstreams, BOOTSTRAP};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use uuid::Uuid;
 
 /// Every this many pages, the origin's commit waits for `Replicated(REPLICATED_N)`.
 const REPLICATED_EVERY: u64 = 10;
@@ -29,6 +43,12 @@ const REPLICATED_N: usize = 3;
 const RECEIPTS_GRACE: Duration = Duration::from_secs(10);
 /// How long a node gathers receipts before it reports them upstream.
 const REPORT_DELAY: Duration = Duration::from_millis(5);
+/// A replica's reconnection backoff after a whole round of holders failed, as the service's.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// See [`BACKOFF_MIN`] (the service's default `backoff_max`).
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The origin's log, as RESUMEs name it.
+const ORIGIN: Uuid = Uuid::from_u128(0x0f1e_2d3c);
 
 /// How the nodes are connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,12 +175,18 @@ pub struct MeshOutcome {
     pub last_node_p50: Duration,
     /// See `last_node_p50`.
     pub last_node_p99: Duration,
+    /// What flooding would take to the last node: the longest of the shortest-path delays.
+    pub flooding_last_node: Duration,
     /// Pages written.
     pub pages: u64,
-    /// GRAFTs and PRUNEs sent.
+    /// Moves to a holder that offered pages the followed one did not deliver (GRAFTs).
     pub grafts: u64,
-    /// See `grafts`.
-    pub prunes: u64,
+    /// Attempts at a holder that ended: failed, refused, or a link that went down.
+    pub moves: u64,
+    /// Attempts refused by a holder behind the replica.
+    pub refusals: u64,
+    /// Grafts out of a loop: the replica's followed holders led back to it.
+    pub loops: u64,
     /// Faults injected.
     pub faults: u64,
     /// `Replicated(3)` commits (every 10th page) released by receipts that travelled hop by
@@ -177,17 +203,18 @@ pub struct MeshOutcome {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Message {
-    Pages {
-        from_lsn: u64,
-        to_lsn: u64,
-    },
-    Have {
-        lsn: u64,
-    },
-    Graft {
-        from_lsn: u64,
-    },
-    Prune,
+    /// "Send me pages from `from_lsn` on": the replica's attempt number `attempt` at this holder.
+    Resume { from_lsn: u64, attempt: u64 },
+    /// The holder admitted the attempt: pages follow.
+    Admitted { attempt: u64 },
+    /// The holder refused the attempt (`route::admit`: this copy is behind the replica).
+    Refused { attempt: u64 },
+    /// Pages `from_lsn..to_lsn`, pushed down an eager link.
+    Pages { from_lsn: u64, to_lsn: u64 },
+    /// On a lazy link: the sender holds every page below `lsn`.
+    Have { lsn: u64 },
+    /// The replica no longer follows the sender (it grafted elsewhere): Plumtree's PRUNE.
+    Close,
     /// Receipt watermarks of the sender's subtree, per node.
     Receipts(Vec<(usize, u64)>),
 }
@@ -206,10 +233,18 @@ enum Event {
         /// The link's life when it was sent: a message of an earlier life is lost.
         life: u64,
     },
-    Timer {
+    /// A replica tries its current holder (unless it has moved on since: `attempt`).
+    Attempt {
+        node: usize,
+        attempt: u64,
+    },
+    /// A replica checks whether a graft is due.
+    GraftCheck {
         node: usize,
         at: Duration,
     },
+    /// Every node tells each neighbour, on their lazy link, what it holds.
+    HaveTick,
     Fault,
     LinkUp {
         a: usize,
@@ -232,12 +267,28 @@ struct Link {
     arrives: [Duration; 2],
 }
 
+/// The holder a replica follows, and whether it has admitted the replica yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Follow {
+    peer: usize,
+    admitted: bool,
+}
+
 struct Node {
-    tree: Tree<usize>,
+    /// Every page below this is held.
+    held: u64,
+    alive: bool,
     receipts: Receipts<usize>,
     report_due: bool,
-    alive: bool,
-    timer: Option<Duration>,
+    /// Which holder to follow (every neighbour, nearest the origin first); `None` at the origin.
+    upstreams: Option<Upstreams<usize>>,
+    following: Option<Follow>,
+    /// Bumped at every move, so a stale refusal or timer is ignored.
+    attempt: u64,
+    /// Replicas this node serves, and how far each has been sent.
+    downstreams: BTreeMap<usize, u64>,
+    /// The pending graft check, if one is scheduled.
+    graft_check: Option<Duration>,
 }
 
 /// Runs one mesh scenario.
@@ -255,6 +306,8 @@ struct Mesh<'a> {
     nodes: Vec<Node>,
     links: BTreeMap<(usize, usize), Link>,
     neighbours: Vec<Vec<usize>>,
+    /// Each node's holders, nearest the origin first (what its configuration would list).
+    holders: Vec<Vec<usize>>,
     /// When each page was appended.
     appended: Vec<Duration>,
     /// How many nodes hold each page, and when the last got it.
@@ -266,7 +319,9 @@ struct Mesh<'a> {
     replicated_waits: Vec<Duration>,
     violations: Vec<String>,
     grafts: u64,
-    prunes: u64,
+    moves: u64,
+    refusals: u64,
+    loops: u64,
     faults: u64,
     trace: DefaultHasher,
     done: bool,
@@ -294,13 +349,28 @@ impl<'a> Mesh<'a> {
                 },
             );
         }
+        let hops = hops_from_origin(&neighbours);
+        let holders: Vec<Vec<usize>> = neighbours
+            .iter()
+            .map(|peers| {
+                let mut peers = peers.clone();
+                peers.sort_by_key(|&peer| (hops[peer], peer));
+                peers
+            })
+            .collect();
         let nodes = (0..count)
             .map(|index| Node {
-                tree: Tree::new(0, scenario.graft_timeout, scenario.have_interval),
+                held: 0,
+                alive: true,
                 receipts: Receipts::new(index, count),
                 report_due: false,
-                alive: true,
-                timer: None,
+                upstreams: (index != 0)
+                    .then(|| upstreams(&holders[index], scenario.graft_timeout))
+                    .flatten(),
+                following: None,
+                attempt: 0,
+                downstreams: BTreeMap::new(),
+                graft_check: None,
             })
             .collect();
         let mut mesh = Self {
@@ -313,6 +383,7 @@ impl<'a> Mesh<'a> {
             nodes,
             links,
             neighbours,
+            holders,
             appended: Vec::new(),
             reached: Vec::new(),
             transfers: Vec::new(),
@@ -320,15 +391,18 @@ impl<'a> Mesh<'a> {
             replicated_waits: Vec::new(),
             violations: Vec::new(),
             grafts: 0,
-            prunes: 0,
+            moves: 0,
+            refusals: 0,
+            loops: 0,
             faults: 0,
             trace: DefaultHasher::new(),
             done: false,
         };
-        for &(a, b) in &edges {
-            mesh.connect(a, b);
+        for node in 1..count {
+            mesh.schedule(Duration::ZERO, Event::Attempt { node, attempt: 0 });
         }
         mesh.schedule(Duration::ZERO, Event::Append);
+        mesh.schedule(scenario.have_interval, Event::HaveTick);
         if scenario.faults {
             mesh.schedule(scenario.warmup, Event::Fault);
         }
@@ -363,14 +437,11 @@ impl<'a> Mesh<'a> {
                     .nodes
                     .iter()
                     .enumerate()
-                    .filter(|(_, node)| {
-                        !node.alive || node.tree.held() < self.appended.len() as u64
-                    })
+                    .filter(|(_, node)| !node.alive || node.held < self.appended.len() as u64)
                     .map(|(index, node)| {
                         format!(
-                            "node {index} at {} (alive: {})",
-                            node.tree.held(),
-                            node.alive
+                            "node {index} at {} (alive: {}, following {:?})",
+                            node.held, node.alive, node.following
                         )
                     })
                     .collect::<Vec<_>>();
@@ -415,6 +486,11 @@ impl<'a> Mesh<'a> {
                 .copied()
                 .unwrap_or_default()
         };
+        let latencies: BTreeMap<(usize, usize), Duration> = self
+            .links
+            .iter()
+            .map(|(&key, link)| (key, link.latency))
+            .collect();
         MeshOutcome {
             seed: self.scenario.seed,
             violations: self.violations,
@@ -424,9 +500,12 @@ impl<'a> Mesh<'a> {
             flooding_per_page: (2 * self.links.len()) as f64 - (nodes as f64 - 1.0),
             last_node_p50: quantile(0.5),
             last_node_p99: quantile(0.99),
+            flooding_last_node: flooding_delay(&self.neighbours, &latencies),
             pages: self.appended.len() as u64,
             grafts: self.grafts,
-            prunes: self.prunes,
+            moves: self.moves,
+            refusals: self.refusals,
+            loops: self.loops,
             faults: self.faults,
             replicated_released: self.replicated_waits.len(),
             replicated_wait_p50: {
@@ -459,45 +538,49 @@ impl<'a> Mesh<'a> {
                 message,
                 life,
             } => self.deliver(from, to, message, life),
-            Event::Timer { node, at } => {
-                if self.nodes[node].timer == Some(at) && self.nodes[node].alive {
-                    self.nodes[node].timer = None;
-                    let mut out = Vec::new();
-                    let now = self.instant();
-                    self.nodes[node].tree.handle_timeout(now, &mut out);
-                    self.act(node, out);
+            Event::Attempt { node, attempt } => {
+                if self.nodes[node].alive && self.nodes[node].attempt == attempt {
+                    self.attempt(node);
+                }
+            }
+            Event::GraftCheck { node, at } => {
+                if self.nodes[node].graft_check == Some(at) && self.nodes[node].alive {
+                    self.nodes[node].graft_check = None;
+                    self.graft_check(node);
+                }
+            }
+            Event::HaveTick => {
+                for node in 0..self.nodes.len() {
+                    if !self.nodes[node].alive {
+                        continue;
+                    }
+                    let lsn = self.nodes[node].held;
+                    for peer in self.neighbours[node].clone() {
+                        // The origin follows nobody: it watches no one.
+                        if peer != 0 {
+                            self.send(node, peer, Message::Have { lsn });
+                        }
+                    }
+                }
+                let every = self.scenario.have_interval;
+                if !self.done {
+                    self.schedule(every, Event::HaveTick);
                 }
             }
             Event::Fault => self.fault(),
             Event::Report { node } => self.report(node),
-            Event::LinkUp { a, b } => {
-                let link = self.link(a, b);
-                if !link.up {
-                    link.up = true;
-                    self.connect(a, b);
-                }
-            }
+            Event::LinkUp { a, b } => self.link(a, b).up = true,
             Event::NodeUp { node } => self.restart(node),
             Event::Heal => {
-                let cut: Vec<(usize, usize)> = self
-                    .links
-                    .iter()
-                    .filter(|(_, link)| !link.up)
-                    .map(|(&key, _)| key)
-                    .collect();
-                for (a, b) in cut {
-                    self.link(a, b).up = true;
-                    self.connect(a, b);
+                for link in self.links.values_mut() {
+                    link.up = true;
                 }
             }
             Event::Check => {
                 let end = self.appended.len() as u64;
                 // Every node: the crashed ones come back, and must catch up too; and the
                 // receipts of the last commits reach the origin.
-                if self
-                    .nodes
-                    .iter()
-                    .all(|node| node.alive && node.tree.held() == end)
+                if self.nodes.iter().all(|node| node.alive && node.held == end)
                     && (self.waiting.is_empty()
                         || self.now >= self.scenario.writing + RECEIPTS_GRACE)
                 {
@@ -513,76 +596,140 @@ impl<'a> Mesh<'a> {
         if self.now >= self.scenario.writing {
             return;
         }
-        let lsn = self.appended.len() as u64 + 1;
+        let page = self.appended.len() as u64;
         self.appended.push(self.now);
         self.reached.push((0, self.now));
         self.transfers.push(0);
-        self.note(0, lsn, 0);
-        let mut out = Vec::new();
-        let now = self.instant();
-        self.nodes[0].tree.appended(lsn, now, &mut out);
-        self.nodes[0].receipts.record(0, lsn);
-        self.act(0, out);
-        if lsn.is_multiple_of(REPLICATED_EVERY) {
+        self.note(0, page, 0);
+        self.nodes[0].held = page + 1;
+        self.nodes[0].receipts.record(0, page + 1);
+        self.push(0);
+        if (page + 1).is_multiple_of(REPLICATED_EVERY) {
             let wanted = REPLICATED_N.min(self.nodes.len() - 1);
-            self.waiting.push((lsn, wanted, self.now));
+            self.waiting.push((page + 1, wanted, self.now));
         }
         let every = self.scenario.write_every;
         self.schedule(every, Event::Append);
     }
 
-    /// A link between two live nodes comes up at both ends.
-    fn connect(&mut self, a: usize, b: usize) {
-        if !self.nodes[a].alive || !self.nodes[b].alive || !self.link(a, b).up {
-            return;
-        }
-        for (node, peer) in [(a, b), (b, a)] {
-            let mut out = Vec::new();
-            self.nodes[node].tree.link_up(peer, &mut out);
-            self.act(node, out);
-        }
-    }
-
-    fn disconnect(&mut self, a: usize, b: usize) {
-        let link = self.link(a, b);
-        link.life += 1;
-        self.nodes[a].tree.link_down(b);
-        self.nodes[b].tree.link_down(a);
-    }
-
-    /// Sends what `node`'s tree asked for, and re-arms its timer.
-    fn act(&mut self, node: usize, actions: Vec<Action<usize>>) {
-        for action in actions {
-            let (peer, message) = match action {
-                Action::Push {
-                    peer,
-                    from_lsn,
-                    to_lsn,
-                } => (peer, Message::Pages { from_lsn, to_lsn }),
-                Action::Have { peer, lsn } => (peer, Message::Have { lsn }),
-                Action::Graft { peer, from_lsn } => {
-                    self.grafts += 1;
-                    (peer, Message::Graft { from_lsn })
-                }
-                Action::Prune { peer } => {
-                    self.prunes += 1;
-                    (peer, Message::Prune)
-                }
+    /// Sends `node`'s replicas the pages they have not been sent yet.
+    fn push(&mut self, node: usize) {
+        let held = self.nodes[node].held;
+        let behind: Vec<(usize, u64)> = self.nodes[node]
+            .downstreams
+            .iter()
+            .filter(|(_, sent)| **sent < held)
+            .map(|(&peer, &sent)| (peer, sent))
+            .collect();
+        for (peer, sent) in behind {
+            self.nodes[node].downstreams.insert(peer, held);
+            let pages = Message::Pages {
+                from_lsn: sent,
+                to_lsn: held,
             };
-            self.send(node, peer, message);
+            self.send(node, peer, pages);
         }
-        let next = self.nodes[node]
-            .tree
-            .poll_timeout()
-            .map(|at| at.saturating_duration_since(self.base).max(self.now));
-        if let Some(at) = next {
-            if self.nodes[node].timer != Some(at) {
-                self.nodes[node].timer = Some(at);
-                self.queue
-                    .insert((at, self.sequence + 1), Event::Timer { node, at });
-                self.sequence += 1;
+    }
+
+    /// `node` tries the holder its `Upstreams` names now: a RESUME from what it holds.
+    fn attempt(&mut self, node: usize) {
+        let Some(upstreams) = &self.nodes[node].upstreams else {
+            return;
+        };
+        let peer = *upstreams.current();
+        self.nodes[node].following = Some(Follow {
+            peer,
+            admitted: false,
+        });
+        if self.link(node, peer).up && self.nodes[peer].alive {
+            let resume = Message::Resume {
+                from_lsn: self.nodes[node].held,
+                attempt: self.nodes[node].attempt,
+            };
+            self.send(node, peer, resume);
+        } else {
+            // No connection: the attempt fails at once.
+            self.ended(node, false);
+        }
+    }
+
+    /// `node`'s attempt at its holder ended (`was_up`: the holder had admitted it); it tries the
+    /// next when its `Upstreams` says.
+    fn ended(&mut self, node: usize, was_up: bool) {
+        let Some(upstreams) = &mut self.nodes[node].upstreams else {
+            return;
+        };
+        let wait = upstreams.ended(was_up);
+        self.nodes[node].following = None;
+        self.nodes[node].attempt += 1;
+        self.moves += 1;
+        let attempt = self.nodes[node].attempt;
+        self.schedule(wait, Event::Attempt { node, attempt });
+    }
+
+    /// Schedules `node`'s next graft check at its `Upstreams`' deadline.
+    fn arm_graft_check(&mut self, node: usize) {
+        let Some(deadline) = self.nodes[node]
+            .upstreams
+            .as_ref()
+            .and_then(Upstreams::graft_deadline)
+        else {
+            return;
+        };
+        let at = deadline.saturating_duration_since(self.base).max(self.now);
+        if self.nodes[node].graft_check.is_none_or(|due| due > at) {
+            self.nodes[node].graft_check = Some(at);
+            self.sequence += 1;
+            self.queue
+                .insert((at, self.sequence), Event::GraftCheck { node, at });
+        }
+    }
+
+    fn graft_check(&mut self, node: usize) {
+        let (held, now) = (self.nodes[node].held, self.instant());
+        let Some(upstreams) = &mut self.nodes[node].upstreams else {
+            return;
+        };
+        let Some(holder) = upstreams.graft_due(held, now) else {
+            if upstreams.graft_deadline().is_some_and(|at| at <= now) {
+                // The driver would be woken again and again at this instant.
+                return self.violation(format!(
+                    "node {node}: a graft deadline passed, yet no graft is due"
+                ));
+            }
+            return self.arm_graft_check(node);
+        };
+        upstreams.graft(holder);
+        self.grafts += 1;
+        if self.follows_in_a_loop(node) {
+            self.loops += 1;
+        }
+        if let Some(Follow { peer, .. }) = self.nodes[node].following.take() {
+            self.send(node, peer, Message::Close);
+        }
+        self.note(5, node as u64, holder as u64);
+        self.nodes[node].attempt += 1;
+        self.attempt(node);
+    }
+
+    /// Whether following holders from `node` on comes back to `node`: replicas that follow one
+    /// another, cut off from the origin (each admitted the other while neither was behind).
+    fn follows_in_a_loop(&self, node: usize) -> bool {
+        let mut at = node;
+        for _ in 0..self.nodes.len() {
+            match self.nodes[at].following {
+                Some(Follow {
+                    peer,
+                    admitted: true,
+                }) if peer == node => return true,
+                Some(Follow {
+                    peer,
+                    admitted: true,
+                }) => at = peer,
+                _ => return false,
             }
         }
+        false
     }
 
     fn send(&mut self, from: usize, to: usize, message: Message) {
@@ -596,8 +743,8 @@ impl<'a> Mesh<'a> {
         link.arrives[direction] = at;
         let life = link.life;
         if let Message::Pages { from_lsn, to_lsn } = message {
-            for lsn in from_lsn..to_lsn {
-                if let Some(count) = self.transfers.get_mut(lsn as usize) {
+            for page in from_lsn..to_lsn {
+                if let Some(count) = self.transfers.get_mut(page as usize) {
                     *count += 1;
                 }
             }
@@ -619,44 +766,41 @@ impl<'a> Mesh<'a> {
         if link.life != life || !link.up || !self.nodes[to].alive || !self.nodes[from].alive {
             return;
         }
-        let now = self.instant();
-        let mut out = Vec::new();
-        if let Message::Pages { to_lsn, .. } = message {
-            self.note(1, from as u64, to_lsn);
-        }
-        let upstream_before = self.nodes[to].tree.upstream();
-        let tree = &mut self.nodes[to].tree;
         match message {
-            Message::Pages { from_lsn, to_lsn } => {
-                let before = tree.held();
-                match tree.received(from, from_lsn, to_lsn, now, &mut out) {
-                    None => {
-                        return self.violation(format!(
-                            "node {from} sent node {to} pages from {from_lsn}, beyond the {before} it holds"
-                        ));
-                    }
-                    Some((fresh_from, fresh_to)) => {
-                        for lsn in fresh_from..fresh_to {
-                            let reached = &mut self.reached[lsn as usize];
-                            reached.0 += 1;
-                            reached.1 = self.now;
-                        }
-                        if fresh_to > fresh_from {
-                            let held = self.nodes[to].tree.held();
-                            let receipts = &mut self.nodes[to].receipts;
-                            receipts.record(to, held);
-                            if self.nodes[to].tree.upstream() != upstream_before {
-                                // A new way to the origin: it hears the whole subtree.
-                                self.nodes[to].receipts.report_all();
-                            }
-                            self.report_soon(to);
-                        }
-                    }
+            Message::Resume { from_lsn, attempt } => self.resume(to, from, from_lsn, attempt),
+            Message::Admitted { attempt } => {
+                if self.nodes[to].attempt == attempt
+                    && self.nodes[to].following.map(|f| f.peer) == Some(from)
+                {
+                    self.nodes[to].following = Some(Follow {
+                        peer: from,
+                        admitted: true,
+                    });
+                    // A new way to the origin: it hears the whole subtree.
+                    self.nodes[to].receipts.report_all();
+                    self.report_soon(to);
                 }
             }
-            Message::Have { lsn } => tree.have(from, lsn, now, &mut out),
-            Message::Graft { from_lsn } => tree.graft(from, from_lsn, now, &mut out),
-            Message::Prune => tree.prune(from, now),
+            Message::Refused { attempt } => {
+                if self.nodes[to].attempt == attempt {
+                    self.refusals += 1;
+                    self.ended(to, false);
+                }
+            }
+            Message::Pages { from_lsn, to_lsn } => self.pages(to, from, from_lsn, to_lsn),
+            Message::Have { lsn } => {
+                let (held, now) = (self.nodes[to].held, self.instant());
+                let Some(upstreams) = &mut self.nodes[to].upstreams else {
+                    return;
+                };
+                if let Some(index) = self.holders[to].iter().position(|&h| h == from) {
+                    upstreams.heard_have(index, lsn, held, now);
+                    self.arm_graft_check(to);
+                }
+            }
+            Message::Close => {
+                self.nodes[to].downstreams.remove(&from);
+            }
             Message::Receipts(entries) => {
                 let mut news = false;
                 for (node, lsn) in entries {
@@ -671,7 +815,62 @@ impl<'a> Mesh<'a> {
                 }
             }
         }
-        self.act(to, out);
+    }
+
+    /// `holder` hears a RESUME from `replica`: `route::admit` decides, as the service's does.
+    fn resume(&mut self, holder: usize, replica: usize, from_lsn: u64, attempt: u64) {
+        let served = Served {
+            origin: ORIGIN,
+            committed_lsn: self.nodes[holder].held,
+            relay: holder != 0,
+        };
+        match admit(Some(served), Uuid::nil(), from_lsn) {
+            Ok(admitted) if admitted.from_lsn != BOOTSTRAP => {
+                self.nodes[holder].downstreams.insert(replica, from_lsn);
+                self.send(holder, replica, Message::Admitted { attempt });
+                self.push(holder);
+            }
+            Ok(_) => self.violation(format!(
+                "node {holder} would re-seed node {replica}, which claims {from_lsn} pages"
+            )),
+            Err(_) => self.send(holder, replica, Message::Refused { attempt }),
+        }
+    }
+
+    fn pages(&mut self, node: usize, from: usize, from_lsn: u64, to_lsn: u64) {
+        let following = self.nodes[node].following;
+        if following
+            != Some(Follow {
+                peer: from,
+                admitted: true,
+            })
+        {
+            // Sent before the replica moved on: its link is closed, the pages are dropped.
+            return;
+        }
+        let held = self.nodes[node].held;
+        if from_lsn > held {
+            return self.violation(format!(
+                "node {from} sent node {node} pages from {from_lsn}, beyond the {held} it holds"
+            ));
+        }
+        if to_lsn <= held {
+            return;
+        }
+        self.note(1, from as u64, to_lsn);
+        for page in held..to_lsn {
+            let reached = &mut self.reached[page as usize];
+            reached.0 += 1;
+            reached.1 = self.now;
+        }
+        self.nodes[node].held = to_lsn;
+        self.nodes[node].receipts.record(node, to_lsn);
+        self.report_soon(node);
+        self.push(node);
+        let now = self.instant();
+        if let Some(upstreams) = &mut self.nodes[node].upstreams {
+            upstreams.progressed(now);
+        }
     }
 
     /// Schedules `node`'s next receipt report, unless one is due already.
@@ -688,12 +887,16 @@ impl<'a> Mesh<'a> {
         if !self.nodes[node].alive {
             return;
         }
-        let Some(upstream) = self.nodes[node].tree.upstream() else {
+        let Some(Follow {
+            peer,
+            admitted: true,
+        }) = self.nodes[node].following
+        else {
             self.nodes[node].report_due = true;
             return self.schedule(Duration::from_millis(50), Event::Report { node });
         };
         if let Some(entries) = self.nodes[node].receipts.take_report() {
-            self.send(node, upstream, Message::Receipts(entries));
+            self.send(node, peer, Message::Receipts(entries));
         }
     }
 
@@ -710,7 +913,7 @@ impl<'a> Mesh<'a> {
             self.waiting.swap_remove(index);
             let holders = self.nodes[1..]
                 .iter()
-                .filter(|node| node.tree.held() >= lsn_end)
+                .filter(|node| node.held >= lsn_end)
                 .count();
             if holders < wanted {
                 return self.violation(format!(
@@ -718,6 +921,23 @@ impl<'a> Mesh<'a> {
                 ));
             }
             self.replicated_waits.push(self.now - since);
+        }
+    }
+
+    /// The link between `a` and `b` went down: each end loses what it had over it.
+    fn disconnect(&mut self, a: usize, b: usize) {
+        self.link(a, b).life += 1;
+        for (node, peer) in [(a, b), (b, a)] {
+            self.nodes[node].downstreams.remove(&peer);
+            if let Some(Follow {
+                peer: followed,
+                admitted,
+            }) = self.nodes[node].following
+            {
+                if followed == peer && self.nodes[node].alive {
+                    self.ended(node, admitted);
+                }
+            }
         }
     }
 
@@ -776,29 +996,77 @@ impl<'a> Mesh<'a> {
         }
     }
 
-    /// A crashed node comes back holding what it held (its ring survived), with links anew.
+    /// A crashed node comes back holding what it held (its ring survived), and follows anew.
     fn restart(&mut self, node: usize) {
         if self.nodes[node].alive {
             return;
         }
-        let held = self.nodes[node].tree.held();
+        let held = self.nodes[node].held;
         // The receipts book is memory: the node starts it again from what it holds.
         let mut receipts = Receipts::new(node, self.nodes.len());
         receipts.record(node, held);
+        let attempt = self.nodes[node].attempt + 1;
         self.nodes[node] = Node {
-            tree: Tree::new(
-                held,
-                self.scenario.graft_timeout,
-                self.scenario.have_interval,
-            ),
+            held,
+            alive: true,
             receipts,
             report_due: false,
-            alive: true,
-            timer: None,
+            upstreams: upstreams(&self.holders[node], self.scenario.graft_timeout),
+            following: None,
+            attempt,
+            downstreams: BTreeMap::new(),
+            graft_check: None,
         };
         self.report_soon(node);
-        for peer in self.neighbours[node].clone() {
-            self.connect(node, peer);
+        self.attempt(node);
+    }
+}
+
+/// A replica's `Upstreams` over `holders`, with the service's backoff.
+fn upstreams(holders: &[usize], graft_timeout: Duration) -> Option<Upstreams<usize>> {
+    Upstreams::new(holders.to_vec(), BACKOFF_MIN, BACKOFF_MAX)
+        .map(|upstreams| upstreams.with_graft_timeout(graft_timeout))
+}
+
+/// Hops from the origin (node 0) to each node, by breadth-first search.
+fn hops_from_origin(neighbours: &[Vec<usize>]) -> Vec<usize> {
+    let mut hops = vec![usize::MAX; neighbours.len()];
+    let mut queue = std::collections::VecDeque::from([0]);
+    hops[0] = 0;
+    while let Some(node) = queue.pop_front() {
+        for &peer in &neighbours[node] {
+            if hops[peer] == usize::MAX {
+                hops[peer] = hops[node] + 1;
+                queue.push_back(peer);
+            }
         }
     }
+    hops
+}
+
+/// What flooding delivers at best: the delay of the shortest path from the origin to the node
+/// farthest from it (Dijkstra over the link latencies).
+fn flooding_delay(
+    neighbours: &[Vec<usize>],
+    latencies: &BTreeMap<(usize, usize), Duration>,
+) -> Duration {
+    let mut best = vec![Duration::MAX; neighbours.len()];
+    let mut queue = BTreeSet::from([(Duration::ZERO, 0)]);
+    best[0] = Duration::ZERO;
+    while let Some((delay, node)) = queue.pop_first() {
+        if delay > best[node] {
+            continue;
+        }
+        for &peer in &neighbours[node] {
+            let through = delay + latencies[&(node.min(peer), node.max(peer))];
+            if through < best[peer] {
+                best[peer] = through;
+                queue.insert((through, peer));
+            }
+        }
+    }
+    best.into_iter()
+        .filter(|delay| *delay != Duration::MAX)
+        .max()
+        .unwrap_or_default()
 }

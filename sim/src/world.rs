@@ -24,7 +24,7 @@
 //!   same retention) and snapshots of its store. Re-seeded into a new generation, it closes the
 //!   links it serves, which come back and are admitted against the new copy (`Runtime::serve`).
 //! - Receipts go hop by hop: a relay books the acks and RECEIPTS of the links it serves in its
-//!   `route::plumtree::Receipts` book and reports the news upstream in RECEIPTS frames through
+//!   `route::Receipts` book and reports the news upstream in RECEIPTS frames through
 //!   its own `ReplicaLink` (everything again, `report_all`, on each new upstream), only to a
 //!   source whose handshake version has them (`RECEIPTS_SINCE_VERSION`); the origin hands them
 //!   to `Replication` through `ReplicaLink::report`, as the service's `Receipted` does.
@@ -69,7 +69,7 @@ use pagemesh_net::proto::frame::{
     decode, encode, Decoded, Frame, Resume, SnapshotChunk, RECEIPTS_SINCE_VERSION,
 };
 use pagemesh_net::proto::handshake::{Handshake, HandshakeConfig};
-use pagemesh_net::route::plumtree::Receipts;
+use pagemesh_net::route::Receipts;
 use pagemesh_net::route::{admit, Feed, History, Served, Upstreams, BOOTSTRAP};
 use pagemesh_net::service::replica_link::{Received, ReplicaLink};
 use pagemesh_net::service::shipper::{Shipper, HISTORY_BATCH_PAGES};

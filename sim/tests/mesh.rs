@@ -1,6 +1,7 @@
-//! The mesh simulator in `cargo test`: the epidemic broadcast tree settles at N − 1 page
-//! transfers per page where flooding costs 2E − (N − 1), every node converges with nothing
-//! skipped after links and nodes fail and partitions heal, and `Replicated(n)` commits are
+//! The mesh simulator in `cargo test`: the service's routing (`route::Upstreams`, `route::admit`)
+//! builds a tree at N − 1 page transfers per page where flooding costs 2E − (N − 1); every node
+//! converges with nothing skipped after links and nodes fail and partitions heal (replicas that
+//! came to follow one another are grafted out of the loop); and `Replicated(n)` commits are
 //! released by receipts that travel hop by hop (never before n nodes hold the pages: checked in
 //! the simulator at each release).
 
@@ -52,13 +53,26 @@ fn a_settled_tree_sends_each_page_once_to_each_node() {
                 outcome.flooding_per_page,
                 2.0 * outcome.edges as f64 - (n - 1.0)
             );
+            assert_eq!(
+                (outcome.moves, outcome.grafts),
+                (0, 0),
+                "{topology:?} seed {seed}: without faults no replica ever moves"
+            );
+            // No page reaches the last node sooner than along the shortest path.
+            assert!(
+                outcome.last_node_p50 >= outcome.flooding_last_node
+                    && outcome.flooding_last_node > std::time::Duration::ZERO,
+                "{topology:?} seed {seed}: {:?} to the last node, the shortest path takes {:?}",
+                outcome.last_node_p50,
+                outcome.flooding_last_node
+            );
         }
     }
 }
 
 #[test]
 fn two_hundred_fault_seeds_converge_with_nothing_skipped() {
-    let mut faults = 0;
+    let (mut faults, mut grafts, mut loops, mut refusals) = (0, 0, 0, 0);
     for seed in 0..200 {
         let topology = if seed % 4 == 0 {
             Topology::Grid {
@@ -77,10 +91,19 @@ fn two_hundred_fault_seeds_converge_with_nothing_skipped() {
         // Receipts re-reported through each new upstream reach the origin, whatever failed.
         assert_eq!(outcome.replicated_pending, 0, "seed {seed}");
         faults += outcome.faults;
+        grafts += outcome.grafts;
+        loops += outcome.loops;
+        refusals += outcome.refusals;
     }
     assert!(
         faults > 200,
         "the seeds cut links, crashed nodes and partitioned: {faults}"
+    );
+    // What the faults made the routing do: replicas refused by holders behind them, grafts
+    // away from stalled holders, and loops of replicas following one another broken by one.
+    assert!(
+        refusals > 0 && grafts > loops && loops > 0,
+        "refusals {refusals}, grafts {grafts}, loops {loops}"
     );
 }
 

@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod commit;
 pub mod link;
+pub mod mesh;
 pub mod replicate;
 pub mod reserve;
 pub mod transport;

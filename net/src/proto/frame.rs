@@ -496,7 +496,7 @@ pub struct Heartbeat {
 ///
 /// A node reports, to the peer it receives an origin's pages from, what the peers it feeds
 /// reported to it (their ACKs and their own RECEIPTS), so the origin counts `Replicated(n)`
-/// over distinct nodes anywhere downstream (`route::plumtree::Receipts` keeps the book).
+/// over distinct nodes anywhere downstream (`route::Receipts` keeps the book).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptReport {
     /// The database.

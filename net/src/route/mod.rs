@@ -25,16 +25,26 @@
 //!   ring behind, so a slow replica never holds the ring; a binlog that retention trimmed below
 //!   the replica sends it to a snapshot.
 //!
-//! [`plumtree`] is one node's epidemic broadcast tree for one origin (which links get pages
-//! eagerly, which hear HAVE, when to GRAFT and PRUNE), measured by the mesh simulator
-//! (`pagemesh-sim mesh`) at N − 1 page transfers per page once settled. The service runs a
-//! narrower form of it, with the same outcome: each replica has exactly one eager upstream (its
-//! followed holder) and a lazy link to each other holder it knows (WATCH, answered with HAVE);
-//! a GRAFT is a RESUME on a new link and a PRUNE the close of the old one, so duplicates never
-//! flow and no PRUNE frame is needed. Holders come from the replica's configuration, nearest
-//! first; learning them by gossip is not done yet.
+//! Together they run an epidemic broadcast tree (Plumtree) in a narrow form: each replica has
+//! exactly one eager upstream (its followed holder) and a lazy link to each other holder it
+//! knows (WATCH, answered with HAVE); a GRAFT is a RESUME on a new link and a PRUNE the close of
+//! the old one, so duplicates never flow and no PRUNE frame is needed. Pages reach every node
+//! once, N − 1 transfers per page, against flooding's 2E − (N − 1); the mesh simulator
+//! (`pagemesh-sim mesh`) runs these same decisions over random graphs and grids with links cut,
+//! nodes crashed and partitions healed. [`Receipts`] carries each subtree's receipt watermarks
+//! to the origin hop by hop. Holders come from the replica's configuration, nearest first;
+//! learning them by gossip is not done yet.
+//!
+//! This departs from DESIGN.md's Plumtree, where every link starts eager and duplicates PRUNE:
+//! an earlier `plumtree::Tree` did that and measured the same N − 1 once settled, but the
+//! service never ran it, so it went; with one eager upstream per replica the tree never carries
+//! a duplicate, not even while it settles. What the narrow form gives up is settling on the
+//! fastest paths by itself: it follows the configured order (`pagemesh-sim mesh` prints its
+//! delay to the last node beside the shortest path's).
 
-pub mod plumtree;
+mod receipts;
+
+pub use receipts::Receipts;
 
 use std::time::{Duration, Instant};
 

@@ -51,7 +51,7 @@
 //! write stays committed locally).
 //!
 //! Receipts travel hop by hop, so `Replicated(n)` counts nodes anywhere downstream: a source
-//! books every ACK and RECEIPTS frame it hears (`route::plumtree::Receipts`, one book per
+//! books every ACK and RECEIPTS frame it hears (`route::Receipts`, one book per
 //! database, bounded in nodes) and hands them to the database's [`AckSink`]; the node's
 //! subscription to that database reports the book's news upstream in RECEIPTS frames, and
 //! everything again on each new link (its new upstream may have heard none of it).
@@ -88,7 +88,7 @@ pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
 use crate::error::{BoxError, Error, Result};
 use crate::proto::handshake::HandshakeConfig;
-use crate::route::plumtree::Receipts;
+use crate::route::Receipts;
 pub use crate::route::{History, BOOTSTRAP};
 use crate::route::{Upstreams, GRAFT_TIMEOUT_DEFAULT};
 use crate::transport::{
