@@ -284,7 +284,7 @@ fn unauthenticated_memory_is_bounded(transport: TransportKind) {
     let addr = primary.local_addr().unwrap();
     let db = primary.open_database("db", options(1024)).unwrap();
     primary.serve(&db, 1);
-    let follower = node("follower", dir.path(), transport, false, None);
+    let follower = node("follower", dir.path(), transport, None, None);
     let replica = follower
         .replicate(addr, db.uuid(), "copy", options(1024))
         .unwrap();
@@ -382,7 +382,7 @@ fn a_replica_gets_in_through_a_flood(transport: TransportKind) {
         flood.round();
     }
     assert!(flood.opened >= 1100, "the flood opened {}", flood.opened);
-    let follower = node("follower", dir.path(), transport, false, None);
+    let follower = node("follower", dir.path(), transport, None, None);
     for attempt in 0..2 {
         let replica = follower
             .replicate(addr, db.uuid(), "copy", options(1024))

@@ -154,7 +154,7 @@ fn open_copy(dir: &Path, name: &str) -> Database {
 fn a_grid_of_processes_relays_reroutes_and_converges(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = node("n00", dir.path(), transport, true, None);
+    let origin = node("n00", dir.path(), transport, LOOPBACK, None);
     let db = origin
         .open_database(
             "db",

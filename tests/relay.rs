@@ -208,3 +208,70 @@ fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
 }
 
 on_both_transports!(a_replica_grafts_away_from_a_stalled_relay);
+
+/// Two relays that list each other as holders never end up following each other. With the
+/// primary cut off from both, the first to move over is admitted by the other; the other's
+/// RESUME is then refused as a routing loop (it is on the first's way to the origin, as the
+/// handshake and HAVE frames told it), or it leaves once a HAVE shows the loop. Without the
+/// check the two follow one another, each waiting for pages the other cannot have. When the
+/// primary is back, both catch up and every promise holds.
+fn relays_that_list_each_other_never_follow_each_other(transport: TransportKind) {
+    let pair = Pair::builder(transport)
+        .ring_slots(256)
+        .sync_replicas(2)
+        .through_proxy()
+        .start();
+    let proxy = pair.proxy();
+    let [a_addr, b_addr] = free_loopback_addrs();
+    let a = pair
+        .follower("a")
+        .listen_at(a_addr)
+        .holders(vec![proxy.addr(), b_addr])
+        .start();
+    let b = pair
+        .follower("b")
+        .listen_at(b_addr)
+        .holders(vec![proxy.addr(), a_addr])
+        .start();
+    a.wait_following();
+    b.wait_following();
+    let db = &pair.db;
+    let ledger = Ledger::default();
+    let both = [&*a, &*b];
+    bulk_round(&ledger, db, 0, 10, Replicated(2), &both);
+
+    proxy.set_refuse(true);
+    proxy.cut();
+    let in_a_loop = || {
+        let (a, b) = (a.status(), b.status());
+        a.connected && b.connected && a.upstream == Some(b_addr) && b.upstream == Some(a_addr)
+    };
+    // Refused with REFUSE code RoutingLoop, or left on a HAVE.
+    let loop_seen = |status: pagemesh::net::SubscriptionStatus| status.loops > 0;
+    // Long enough for several heartbeats and reconnection rounds of both (the tests' backoff
+    // tops out at BACKOFF_MAX).
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < 4 * BACKOFF_MAX {
+        assert!(
+            !in_a_loop(),
+            "a and b follow each other: {:?} / {:?}",
+            a.status(),
+            b.status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        loop_seen(a.status()) || loop_seen(b.status()),
+        "one of them was refused or left as a loop: {:?} / {:?}",
+        a.status(),
+        b.status()
+    );
+
+    proxy.set_refuse(false);
+    bulk_round(&ledger, db, 1, 20, Replicated(2), &both);
+    ledger.assert_clean("relays listing each other");
+    assert_converged(db, &a, &ledger, "a");
+    assert_converged(db, &b, &ledger, "b");
+}
+
+on_both_transports!(relays_that_list_each_other_never_follow_each_other);

@@ -743,7 +743,7 @@ fn bad_peers_are_refused(transport: TransportKind) {
 fn oversized_header_is_refused_before_its_body(transport: TransportKind) {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let primary = node("primary", dir.path(), transport, true, Some(SECRET));
+    let primary = node("primary", dir.path(), transport, LOOPBACK, Some(SECRET));
     let mut stream = raw_connect(primary.local_addr().unwrap(), PATIENCE);
     send(&mut stream, &raw_header(FRAME_BODY_MAX as u32, 1));
     let sent = send_announced_body(&mut stream);
@@ -878,7 +878,7 @@ fn replica_ahead_of_a_restored_source(transport: TransportKind) {
     let restored_dir = dir.path().join("primary-2").join(DB);
     let (restored, stats) = Database::restore(&restored_dir, &backup[..], options(1024)).unwrap();
     drop(restored);
-    let second = node("primary-2", dir.path(), transport, true, None);
+    let second = node("primary-2", dir.path(), transport, LOOPBACK, None);
     let db = second
         .open_database(
             DB,

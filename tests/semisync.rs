@@ -74,7 +74,7 @@ fn a_replica_lives_at_any_path_and_gives_it_back_when_dropped() {
     let elsewhere = tempfile::tempdir().unwrap();
     let at = elsewhere.path().join("copy");
     let at = at.to_str().unwrap();
-    let follower = node("follower", pair.dir(), TransportKind::Epoll, false, None);
+    let follower = node("follower", pair.dir(), TransportKind::Epoll, None, None);
     let replicate = || follower.replicate(pair.addr(), pair.db.uuid(), at, options(64));
     let replica = replicate().unwrap();
     wait_following(&replica, "replica");

@@ -105,7 +105,7 @@ impl Owned {
             }),
             Owned::Receipts(f) => Frame::Receipts(f.clone()),
             Owned::Watch(f) => Frame::Watch(*f),
-            Owned::Have(f) => Frame::Have(*f),
+            Owned::Have(f) => Frame::Have(f.clone()),
         }
     }
 }
@@ -120,7 +120,7 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn refuse_code() -> impl Strategy<Value = RefuseCode> {
-    (1u16..=7).prop_map(|code| RefuseCode::from_u16(code).unwrap())
+    (1u16..=8).prop_map(|code| RefuseCode::from_u16(code).unwrap())
 }
 
 /// 1 to 3 pages of bytes filled from a seed (random pages would make shrinking slow).
@@ -236,11 +236,18 @@ fn owned_frame() -> impl Strategy<Value = Owned> {
                 })
             }),
         (uuid(), uuid()).prop_map(|(database, origin)| Owned::Watch(Watch { database, origin })),
-        (uuid(), uuid(), any::<u64>()).prop_map(|(database, origin, lsn)| Owned::Have(Have {
-            database,
-            origin,
-            lsn
-        })),
+        (
+            uuid(),
+            uuid(),
+            any::<u64>(),
+            proptest::collection::vec(uuid(), 0..=PATH_MAX)
+        )
+            .prop_map(|(database, origin, lsn, path)| Owned::Have(Have {
+                database,
+                origin,
+                lsn,
+                path
+            })),
     ]
 }
 
@@ -529,7 +536,8 @@ fn body_faults_are_typed() {
     };
     assert!(decode(&refuse(7, b"fenced")).is_ok());
     assert_eq!(malformed_reason(&refuse(0, b"x")), "unknown refuse code");
-    assert_eq!(malformed_reason(&refuse(8, b"x")), "unknown refuse code");
+    assert!(decode(&refuse(8, b"routing loop")).is_ok());
+    assert_eq!(malformed_reason(&refuse(9, b"x")), "unknown refuse code");
     let mut long = 1025u16.to_le_bytes().to_vec();
     long.splice(0..0, 1u16.to_le_bytes());
     long.extend_from_slice(&[b'r'; 1024]);
@@ -1093,4 +1101,54 @@ fn receiving_resets_the_timeout() {
             until: t0 + ms(10500)
         }
     );
+}
+
+#[test]
+fn a_have_without_a_path_is_version_3s_and_a_path_is_bounded() {
+    let (database, origin) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let have = |path: Vec<Uuid>| {
+        Frame::Have(Have {
+            database,
+            origin,
+            lsn: 9,
+            path,
+        })
+    };
+    // No path: exactly the 40 bytes a version 3 node reads.
+    let bare = encoded(&have(Vec::new()));
+    assert_eq!(bare.len(), FRAME_HEADER_LEN + 40);
+    let mut body = Vec::new();
+    body.extend_from_slice(database.as_bytes());
+    body.extend_from_slice(origin.as_bytes());
+    body.extend_from_slice(&9u64.to_le_bytes());
+    assert_eq!(bare, raw_frame(14, 0, &body));
+    // A path: a count and the nodes, nearest first.
+    let path: Vec<Uuid> = (10..13).map(Uuid::from_u128).collect();
+    let with_path = encoded(&have(path.clone()));
+    assert_eq!(decode_one(&with_path).0, have(path));
+    // A count of 0 would be a second encoding of no path; more than PATH_MAX is refused.
+    let mut empty = body.clone();
+    empty.push(0);
+    assert_eq!(
+        malformed_reason(&raw_frame(14, 0, &empty)),
+        "path count out of 1..=32"
+    );
+    let mut long = body.clone();
+    long.push(PATH_MAX as u8 + 1);
+    long.extend_from_slice(Uuid::from_u128(3).as_bytes());
+    assert_eq!(
+        malformed_reason(&raw_frame(14, 0, &long)),
+        "path count out of 1..=32"
+    );
+    // And a body with room for more is refused by its header alone.
+    for node in 0..PATH_MAX as u128 {
+        long.extend_from_slice(Uuid::from_u128(node).as_bytes());
+    }
+    assert!(matches!(
+        decode(&raw_frame(14, 0, &long)),
+        Err(Error::FrameTooLarge { .. })
+    ));
+    // A path of PATH_MAX nodes fits a control link's bodies.
+    let longest = encoded(&have(vec![Uuid::from_u128(5); PATH_MAX]));
+    assert!(longest.len() - FRAME_HEADER_LEN <= CONTROL_BODY_MAX);
 }

@@ -81,7 +81,7 @@ fn parse_grid(text: &str) -> Result<(usize, usize), String> {
 fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCode {
     let mut failed = Vec::new();
     println!(
-        "{:>6} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>5} {:>9} {:>7}",
+        "{:>6} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9} {:>7}",
         "seed",
         "nodes",
         "links",
@@ -93,6 +93,8 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
         "grafts",
         "moves",
         "behind",
+        "left",
+        "kept",
         "loops",
         "repl p50",
         "pending"
@@ -100,7 +102,7 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
     for seed in seeds {
         let outcome = run_mesh(&MeshScenario::new(seed, topology, faults));
         println!(
-            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>9.1?} {:>6} {:>6} {:>6} {:>5} {:>9.1?} {:>7}",
+            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>9.1?} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9.1?} {:>7}",
             seed,
             outcome.nodes,
             outcome.edges,
@@ -112,6 +114,8 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
             outcome.grafts,
             outcome.moves,
             outcome.refusals,
+            outcome.loops_left,
+            outcome.loops_refused,
             outcome.loops,
             outcome.replicated_wait_p50,
             outcome.replicated_pending

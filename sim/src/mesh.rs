@@ -9,9 +9,11 @@
 //! on their lazy link what it holds (HAVE, every `have_interval`); a replica that hears of pages
 //! it lacks and makes no progress for the graft timeout grafts that neighbour (a RESUME there,
 //! and the old link's close is the PRUNE). A failed link or holder moves the replica to the next
-//! holder at once. Two replicas that follow one another (neither behind the other when it was
-//! admitted) stall until a HAVE from outside the loop grafts one of them away: the run counts
-//! such loops.
+//! holder at once. Loops of replicas following one another are prevented as the service does:
+//! each HAVE carries the sender's way to the origin, a holder refuses a RESUME from a node on its
+//! own way (`route::refuse_loop`), and a replica leaves a holder whose way has come to pass
+//! through it; a loop that forms anyway (a way heard late) stalls until a HAVE from outside
+//! grafts one of its nodes away. The run counts each of these.
 //!
 //! It works at the level of routing: a message is a PAGES run (page indices `from..to`), a
 //! RESUME, its answer, a HAVE, a close or RECEIPTS, delivered in order per direction of a link
@@ -29,8 +31,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use pagemesh_net::proto::PATH_MAX;
 use pagemesh_net::route::Receipts;
-use pagemesh_net::route::{admit, Served, Upstreams, BOOTSTRAP};
+use pagemesh_net::route::{admit, refuse_loop, Served, Upstreams, BOOTSTRAP};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use uuid::Uuid;
@@ -185,8 +188,14 @@ pub struct MeshOutcome {
     pub moves: u64,
     /// Attempts refused by a holder behind the replica.
     pub refusals: u64,
-    /// Grafts out of a loop: the replica's followed holders led back to it.
+    /// Grafts out of a loop: the replica's followed holders led back to it (what path-vector
+    /// detection missed).
     pub loops: u64,
+    /// Replicas that left the holder they followed when its HAVE showed its way to the origin
+    /// passing through them.
+    pub loops_left: u64,
+    /// RESUMEs refused because the replica was on the holder's way to the origin.
+    pub loops_refused: u64,
     /// Faults injected.
     pub faults: u64,
     /// `Replicated(3)` commits (every 10th page) released by receipts that travelled hop by
@@ -211,8 +220,8 @@ enum Message {
     Refused { attempt: u64 },
     /// Pages `from_lsn..to_lsn`, pushed down an eager link.
     Pages { from_lsn: u64, to_lsn: u64 },
-    /// On a lazy link: the sender holds every page below `lsn`.
-    Have { lsn: u64 },
+    /// On a lazy link: the sender holds every page below `lsn`, and its way to the origin.
+    Have { lsn: u64, path: Vec<Uuid> },
     /// The replica no longer follows the sender (it grafted elsewhere): Plumtree's PRUNE.
     Close,
     /// Receipt watermarks of the sender's subtree, per node.
@@ -285,6 +294,9 @@ struct Node {
     following: Option<Follow>,
     /// Bumped at every move, so a stale refusal or timer is ignored.
     attempt: u64,
+    /// Its way to the origin: the node it follows, then that node's way as its HAVE said
+    /// (`Runtime::path` in the service).
+    path: Vec<Uuid>,
     /// Replicas this node serves, and how far each has been sent.
     downstreams: BTreeMap<usize, u64>,
     /// The pending graft check, if one is scheduled.
@@ -322,6 +334,8 @@ struct Mesh<'a> {
     moves: u64,
     refusals: u64,
     loops: u64,
+    loops_left: u64,
+    loops_refused: u64,
     faults: u64,
     trace: DefaultHasher,
     done: bool,
@@ -369,6 +383,7 @@ impl<'a> Mesh<'a> {
                     .flatten(),
                 following: None,
                 attempt: 0,
+                path: Vec::new(),
                 downstreams: BTreeMap::new(),
                 graft_check: None,
             })
@@ -394,6 +409,8 @@ impl<'a> Mesh<'a> {
             moves: 0,
             refusals: 0,
             loops: 0,
+            loops_left: 0,
+            loops_refused: 0,
             faults: 0,
             trace: DefaultHasher::new(),
             done: false,
@@ -506,6 +523,8 @@ impl<'a> Mesh<'a> {
             moves: self.moves,
             refusals: self.refusals,
             loops: self.loops,
+            loops_left: self.loops_left,
+            loops_refused: self.loops_refused,
             faults: self.faults,
             replicated_released: self.replicated_waits.len(),
             replicated_wait_p50: {
@@ -558,7 +577,8 @@ impl<'a> Mesh<'a> {
                     for peer in self.neighbours[node].clone() {
                         // The origin follows nobody: it watches no one.
                         if peer != 0 {
-                            self.send(node, peer, Message::Have { lsn });
+                            let path = self.nodes[node].path.clone();
+                            self.send(node, peer, Message::Have { lsn, path });
                         }
                     }
                 }
@@ -641,6 +661,7 @@ impl<'a> Mesh<'a> {
             peer,
             admitted: false,
         });
+        self.nodes[node].path = vec![node_id(peer)];
         if self.link(node, peer).up && self.nodes[peer].alive {
             let resume = Message::Resume {
                 from_lsn: self.nodes[node].held,
@@ -661,6 +682,7 @@ impl<'a> Mesh<'a> {
         };
         let wait = upstreams.ended(was_up);
         self.nodes[node].following = None;
+        self.nodes[node].path.clear();
         self.nodes[node].attempt += 1;
         self.moves += 1;
         let attempt = self.nodes[node].attempt;
@@ -788,15 +810,31 @@ impl<'a> Mesh<'a> {
                 }
             }
             Message::Pages { from_lsn, to_lsn } => self.pages(to, from, from_lsn, to_lsn),
-            Message::Have { lsn } => {
+            Message::Have { lsn, path } => {
                 let (held, now) = (self.nodes[to].held, self.instant());
+                let through_me = path.contains(&node_id(to));
                 let Some(upstreams) = &mut self.nodes[to].upstreams else {
                     return;
                 };
-                if let Some(index) = self.holders[to].iter().position(|&h| h == from) {
-                    upstreams.heard_have(index, lsn, held, now);
-                    self.arm_graft_check(to);
+                let Some(index) = self.holders[to].iter().position(|&h| h == from) else {
+                    return;
+                };
+                upstreams.heard_path(index, through_me);
+                upstreams.heard_have(index, lsn, held, now);
+                if self.nodes[to].following.map(|f| f.peer) == Some(from) {
+                    if through_me {
+                        // Following `from` closes a loop: leave it (the service's Move::Leave).
+                        self.loops_left += 1;
+                        let admitted = self.nodes[to].following.is_some_and(|f| f.admitted);
+                        self.send(to, from, Message::Close);
+                        return self.ended(to, admitted);
+                    }
+                    let mut way = vec![node_id(from)];
+                    way.extend(path);
+                    way.truncate(PATH_MAX);
+                    self.nodes[to].path = way;
                 }
+                self.arm_graft_check(to);
             }
             Message::Close => {
                 self.nodes[to].downstreams.remove(&from);
@@ -824,7 +862,12 @@ impl<'a> Mesh<'a> {
             committed_lsn: self.nodes[holder].held,
             relay: holder != 0,
         };
-        match admit(Some(served), Uuid::nil(), from_lsn) {
+        let admission = admit(Some(served), Uuid::nil(), from_lsn).and_then(|admitted| {
+            refuse_loop(&self.nodes[holder].path, node_id(replica))
+                .inspect_err(|_| self.loops_refused += 1)
+                .map(|()| admitted)
+        });
+        match admission {
             Ok(admitted) if admitted.from_lsn != BOOTSTRAP => {
                 self.nodes[holder].downstreams.insert(replica, from_lsn);
                 self.send(holder, replica, Message::Admitted { attempt });
@@ -1014,12 +1057,18 @@ impl<'a> Mesh<'a> {
             upstreams: upstreams(&self.holders[node], self.scenario.graft_timeout),
             following: None,
             attempt,
+            path: Vec::new(),
             downstreams: BTreeMap::new(),
             graft_check: None,
         };
         self.report_soon(node);
         self.attempt(node);
     }
+}
+
+/// Node `index`'s uuid, as paths and `route::refuse_loop` name it.
+fn node_id(index: usize) -> Uuid {
+    Uuid::from_u128(index as u128 + 1)
 }
 
 /// A replica's `Upstreams` over `holders`, with the service's backoff.

@@ -46,12 +46,27 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Listen on loopback, on a port the system picks (for [`node`]).
+pub const LOOPBACK: Option<SocketAddr> = Some(SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+)));
+
+/// Loopback addresses with ports free right now, for nodes that must know each other's address
+/// before either starts (the ports are released on return; another process could take one).
+pub fn free_loopback_addrs<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("a bound address"))
+}
+
 /// A node with the tests' short liveness settings; listening on loopback if `listen`.
 pub fn node(
     name: &str,
     dir: &Path,
     transport: TransportKind,
-    listen: bool,
+    listen: Option<SocketAddr>,
     secret: Option<&[u8]>,
 ) -> Node {
     let mut builder = Node::builder(name, dir.join(name))
@@ -59,8 +74,8 @@ pub fn node(
         .secret(secret.map(<[u8]>::to_vec))
         .liveness(HEARTBEAT, LINK_TIMEOUT)
         .backoff_max(BACKOFF_MAX);
-    if listen {
-        builder = builder.listen(SocketAddr::from(([127, 0, 0, 1], 0)));
+    if let Some(addr) = listen {
+        builder = builder.listen(addr);
     }
     builder
         .open()

@@ -25,7 +25,7 @@ use pagemesh::{Node, Replica};
 use pagemesh_tools::proxy::FaultProxy;
 use tempfile::TempDir;
 
-use super::{init_tracing, node, options, wait_attached, wait_following, PATIENCE};
+use super::{init_tracing, node, options, wait_attached, wait_following, LOOPBACK, PATIENCE};
 
 /// The name of the database the primary serves, and of the replicas' copies of it.
 pub const DB: &str = "db";
@@ -93,7 +93,7 @@ impl PairBuilder {
             "primary",
             dir.path(),
             self.transport,
-            true,
+            LOOPBACK,
             self.secret.as_deref(),
         );
         let primary_options = self
@@ -189,7 +189,7 @@ impl Pair {
             name,
             secret: self.config.secret.as_deref(),
             direct: self.proxy.is_none(),
-            listen: false,
+            listen: None,
             sources: Vec::new(),
         }
     }
@@ -229,7 +229,7 @@ pub struct FollowerBuilder<'a> {
     name: &'a str,
     secret: Option<&'a [u8]>,
     direct: bool,
-    listen: bool,
+    listen: Option<SocketAddr>,
     /// Holders to follow, nearest first (empty: the primary, or its proxy).
     sources: Vec<SocketAddr>,
 }
@@ -250,7 +250,13 @@ impl<'a> FollowerBuilder<'a> {
     /// The follower's node listens on loopback, so other replicas may follow it (see
     /// [`Follower::addr`]).
     pub fn listen(mut self) -> Self {
-        self.listen = true;
+        self.listen = LOOPBACK;
+        self
+    }
+
+    /// The follower's node listens at `addr` (so nodes can list each other before they start).
+    pub fn listen_at(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
         self
     }
 

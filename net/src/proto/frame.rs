@@ -36,11 +36,14 @@
 //!               (node uuid | received_lsn u64) × count (1 ≤ count ≤ 128,
 //!               node uuids strictly ascending)
 //! 13 WATCH      database uuid | origin uuid                                  32
-//! 14 HAVE       database uuid | origin uuid | lsn u64                        40
+//! 14 HAVE       database uuid | origin uuid | lsn u64 |                      40 + 1 + 32 × 16
+//!               [path_count u8 | path uuid × n (1 ≤ n ≤ 32)]
 //! ```
 //!
 //! Protocol version 2 added RECEIPTS, version 3 WATCH and HAVE: a node sends them only on a
-//! link whose peer speaks that version or later, and an older peer never sends them.
+//! link whose peer speaks that version or later, and an older peer never sends them. Version 4
+//! added HAVE's path (the sender's way to the origin); a HAVE with no path is version 3's 40
+//! bytes exactly, so a node sends a path only to a peer of version 4 or later.
 //!
 //! The encoding is canonical: [`decode`] accepts exactly the bytes [`encode`] writes, so a frame
 //! that decodes re-encodes to the same bytes. Decoding never panics and never allocates more than
@@ -63,7 +66,7 @@ pub const FRAME_HEADER_LEN: usize = 12;
 /// body is read, so a peer can never make us buffer more than this per frame.
 pub const FRAME_BODY_MAX: usize = 16 << 20;
 /// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version this build still speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// Bytes in a log page, as shipped in PAGES frames.
@@ -88,6 +91,11 @@ pub const RECEIPTS_MAX: usize = 128;
 pub const RECEIPTS_SINCE_VERSION: u16 = 2;
 /// The first protocol version with WATCH and HAVE frames.
 pub const WATCH_SINCE_VERSION: u16 = 3;
+/// The first protocol version whose HAVE frames may carry a path.
+pub const PATH_SINCE_VERSION: u16 = 4;
+/// The most nodes a HAVE frame's path may name; a longer way to the origin is cut to its
+/// nearest [`PATH_MAX`] nodes.
+pub const PATH_MAX: usize = 32;
 /// Header flag of a SNAPSHOT frame: this chunk is the last of the snapshot.
 pub const FLAG_SNAPSHOT_LAST: u8 = 1;
 /// The longest body of a handshake frame (HELLO, WELCOME, AUTH, REFUSE): all that a peer that has
@@ -118,7 +126,7 @@ const MESSAGE_FIXED_LEN: usize = 8;
 const RECEIPTS_FIXED_LEN: usize = 16 + 16 + 2;
 const RECEIPT_LEN: usize = 16 + 8;
 const WATCH_LEN: usize = 16 + 16;
-const HAVE_LEN: usize = 16 + 16 + 8;
+const HAVE_LEN: usize = 16 + 16 + 8 + 1 + PATH_MAX * 16;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(FRAME_BODY_MAX <= u32::MAX as usize);
@@ -267,6 +275,9 @@ pub enum RefuseCode {
     UnknownDatabase = 6,
     /// The frame carries an epoch older than the node's: the sender has been fenced.
     Fenced = 7,
+    /// The sender is on this node's way to the origin: following this node would close a loop
+    /// (sent only to a peer of protocol version 4 or later: an older one refuses the code).
+    RoutingLoop = 8,
 }
 
 impl RefuseCode {
@@ -281,6 +292,7 @@ impl RefuseCode {
             5 => ShuttingDown,
             6 => UnknownDatabase,
             7 => Fenced,
+            8 => RoutingLoop,
             _ => return None,
         })
     }
@@ -445,7 +457,7 @@ pub struct Watch {
 
 /// HAVE: the sender holds every page of `origin`'s log below `lsn` (on a lazy link, and as often
 /// as the holder's heartbeat, when it changed or to keep the link alive).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Have {
     /// The database.
     pub database: Uuid,
@@ -453,6 +465,11 @@ pub struct Have {
     pub origin: Uuid,
     /// Every page below this is held.
     pub lsn: u64,
+    /// The sender's way to the origin: the node it follows, the node that one follows, and so
+    /// on (at most [`PATH_MAX`], nearest first); empty at the origin, from a node that follows
+    /// nobody at the moment, and from a version 3 node. A watcher that finds itself on it knows
+    /// that following the sender would close a loop.
+    pub path: Vec<Uuid>,
 }
 
 /// SNAPSHOT: one chunk of a database snapshot stream.
@@ -787,6 +804,7 @@ fn decode_body(frame_type: FrameType, flags: u8, body: &[u8]) -> Result<Frame<'_
             database: r.uuid()?,
             origin: r.uuid()?,
             lsn: r.u64()?,
+            path: decode_path(&mut r)?,
         }),
     };
     r.finish()?;
@@ -816,6 +834,19 @@ fn decode_receipts(r: &mut Reader<'_>) -> Result<ReceiptReport> {
         origin,
         entries,
     })
+}
+
+/// HAVE's optional path: nothing (version 3's layout: no path), or a count of 1 to
+/// [`PATH_MAX`] and the uuids (a count of 0 would encode an empty path a second way).
+fn decode_path(r: &mut Reader<'_>) -> Result<Vec<Uuid>> {
+    if r.rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let count = usize::from(r.u8()?);
+    if count == 0 || count > PATH_MAX {
+        return Err(malformed(FrameType::Have, "path count out of 1..=32"));
+    }
+    (0..count).map(|_| r.uuid()).collect()
 }
 
 fn decode_pages<'a>(r: &mut Reader<'a>) -> Result<Pages<'a>> {
@@ -915,6 +946,16 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Have(have) => {
             put_db_origin(out, have.database, have.origin);
             put_u64(out, have.lsn);
+            assert!(
+                have.path.len() <= PATH_MAX,
+                "a HAVE path names at most {PATH_MAX} nodes"
+            );
+            if !have.path.is_empty() {
+                out.push(have.path.len() as u8);
+                for node in &have.path {
+                    out.extend_from_slice(node.as_bytes());
+                }
+            }
         }
         Frame::Command(message) | Frame::Reply(message) => {
             put_u64(out, message.request_id);

@@ -128,6 +128,29 @@ pub fn admit(served: Option<Served>, origin: Uuid, from_lsn: u64) -> Result<Admi
     })
 }
 
+/// Refuses a RESUME from node `replica` at a node whose way to the origin (`path`: the node it
+/// follows, the node that one follows, and so on) passes through `replica`: admitting it would
+/// close a loop of replicas following one another, cut off from the origin. `Err` is the reason
+/// to send back.
+///
+/// ```
+/// use pagemesh_net::route::refuse_loop;
+/// use uuid::Uuid;
+///
+/// let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+/// assert!(refuse_loop(&[b, c], a).is_ok());
+/// assert!(refuse_loop(&[b, c], c).unwrap_err().contains("loop"));
+/// ```
+pub fn refuse_loop(path: &[Uuid], replica: Uuid) -> Result<(), String> {
+    match path.iter().position(|&node| node == replica) {
+        None => Ok(()),
+        Some(hops) => Err(format!(
+            "routing loop: node {replica} is {} hop(s) up this copy's way to the origin",
+            hops + 1
+        )),
+    }
+}
+
 /// Which holder of a database a replica follows, and how long it waits before each attempt.
 ///
 /// Holders are tried in the order given (the nearest first). An attempt that fails (no
@@ -147,6 +170,11 @@ pub fn admit(served: Option<Served>, origin: Uuid, from_lsn: u64) -> Result<Admi
 /// [`graft_due`](Self::graft_due) names the nearest holder that offered more, and the replica
 /// moves there ([`graft`](Self::graft): Plumtree's GRAFT, and the old link's close is its PRUNE).
 /// A move restarts every clock, so the new holder gets a whole timeout to start delivering.
+/// A holder's HAVE also names its way to the origin; a holder whose way passes through this
+/// replica ([`heard_path`](Self::heard_path)) would close a loop: its offers are ignored (it
+/// can only have what it got through this replica), and if it is the current holder the replica
+/// should move on ([`current_loops`](Self::current_loops)).
+///
 /// A holder that is merely behind the one offering keeps the replica progressing, so the tree
 /// moves only off a path that stalls, never back and forth (the simulator found the flapping an
 /// earlier rule allowed: a holder catching a replica up over a slow link was grafted away from
@@ -173,6 +201,8 @@ pub struct Upstreams<P> {
     holders: Vec<P>,
     /// Per holder: the newest offer of pages this replica lacks, and when its clock started.
     offers: Vec<Option<Offer>>,
+    /// Per holder: its way to the origin passes through this replica (as its last HAVE said).
+    looping: Vec<bool>,
     /// What the replica held when last told: a change is progress, and restarts every clock.
     held: u64,
     graft_timeout: Duration,
@@ -206,6 +236,7 @@ impl<P> Upstreams<P> {
         }
         Some(Self {
             offers: vec![None; holders.len()],
+            looping: vec![false; holders.len()],
             held: 0,
             graft_timeout: GRAFT_TIMEOUT_DEFAULT,
             holders,
@@ -237,15 +268,35 @@ impl<P> Upstreams<P> {
     /// `now`, that it holds every page below `lsn`; this replica holds every page below `held`.
     pub fn heard_have(&mut self, holder: usize, lsn: u64, held: u64, now: Instant) {
         self.observe(held, now);
+        let looping = self.looping.get(holder).copied().unwrap_or(false);
         let Some(offer) = self.offers.get_mut(holder) else {
             return;
         };
         *offer = match *offer {
-            _ if lsn <= held => None,
+            _ if lsn <= held || looping => None,
             // An outstanding offer keeps its clock: only progress restarts it.
             Some(Offer { since, .. }) => Some(Offer { lsn, since }),
             None => Some(Offer { lsn, since: now }),
         };
+    }
+
+    /// Holder `holder` said whether its way to the origin passes through this replica
+    /// (`through_me`); until it says otherwise, its offers are ignored. Out-of-range indices are
+    /// ignored.
+    pub fn heard_path(&mut self, holder: usize, through_me: bool) {
+        if let Some(looping) = self.looping.get_mut(holder) {
+            *looping = through_me;
+            if through_me {
+                self.offers[holder] = None;
+            }
+        }
+    }
+
+    /// Whether the current holder's way to the origin passes through this replica: following it
+    /// closes a loop, and the replica should end that link (and [`ended`](Self::ended) moves
+    /// on).
+    pub fn current_loops(&self) -> bool {
+        self.looping[self.current]
     }
 
     /// Bytes arrived on the link to the current holder at `now`: progress, which restarts every
@@ -585,7 +636,10 @@ mod tests {
         /// only after the replica made no progress for the graft timeout.
         #[test]
         fn grafts_go_only_to_holders_whose_offers_went_undelivered(
-            steps in proptest::collection::vec((0..4usize, 0..50u64, 0..400u64, any::<bool>()), 0..64),
+            steps in proptest::collection::vec(
+                (0..4usize, 0..50u64, 0..400u64, any::<bool>(), proptest::bool::weighted(0.2)),
+                0..64,
+            ),
         ) {
             let timeout = Duration::from_millis(100);
             let t0 = Instant::now();
@@ -595,20 +649,30 @@ mod tests {
             let (mut held, mut now, mut progressed) = (0u64, t0, t0);
             // Per holder: (lsn, when) of every offer heard.
             let mut heard: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); 3];
-            for (holder, delivered, elapse, is_have) in steps {
+            // Per holder: its way to the origin passes through this replica.
+            let mut looping = [false; 3];
+            for (holder, delivered, elapse, is_have, through_me) in steps {
                 now += Duration::from_millis(elapse);
                 if is_have {
                     let lsn = held + delivered;
+                    up.heard_path(holder, through_me);
                     up.heard_have(holder, lsn, held, now);
                     if holder < 3 {
-                        heard[holder].push((lsn, now));
+                        looping[holder] = through_me;
+                        if through_me {
+                            heard[holder].clear();
+                        } else {
+                            heard[holder].push((lsn, now));
+                        }
                     }
+                    prop_assert_eq!(up.current_loops(), looping[up.current_index()]);
                 } else if delivered > 0 {
                     held += delivered;
                     progressed = now;
                 }
                 if let Some(graft) = up.graft_due(held, now) {
                     prop_assert!(graft != up.current_index());
+                    prop_assert!(!looping[graft], "grafted {} whose way passes through here", graft);
                     prop_assert!(now.duration_since(progressed) >= timeout, "grafted while progressing");
                     prop_assert!(
                         heard[graft].iter().any(|&(lsn, at)| lsn > held && now.duration_since(at) >= timeout),

@@ -87,6 +87,7 @@ use self::replica::follow;
 pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
 use crate::error::{BoxError, Error, Result};
+use crate::proto::frame::PATH_MAX;
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::Receipts;
 pub use crate::route::{History, BOOTSTRAP};
@@ -330,6 +331,9 @@ pub struct SubscriptionStatus {
     pub pages_received: u64,
     /// Times the replica moved to another holder because its own stalled (GRAFT).
     pub grafts: u64,
+    /// Times a holder's way to the origin passed through this replica (a loop of replicas
+    /// following one another): it refused the replica, or the replica left it.
+    pub loops: u64,
     /// Why the last link ended, if one did.
     pub last_error: Option<String>,
     /// The holder followed now (or tried next).
@@ -516,6 +520,9 @@ struct Runtime {
     refusals: RefCell<Refusals>,
     /// Receipts heard per database, to report upstream.
     receipts: RefCell<HashMap<Uuid, Rc<ReceiptBook>>>,
+    /// This node's way to each database's origin, where it follows a holder (see
+    /// [`Runtime::path`]).
+    paths: RefCell<HashMap<Uuid, Vec<Uuid>>>,
 }
 
 impl Runtime {
@@ -533,6 +540,29 @@ impl Runtime {
                     })
                 }),
         )
+    }
+
+    /// This node's way to `database`'s origin: the node it follows, the node that one follows,
+    /// and so on, nearest first, as far as it has heard (at most `PATH_MAX`); empty at the
+    /// origin and while it follows nobody. HAVE frames carry it to watchers, and a RESUME from
+    /// a node on it is refused (`route::refuse_loop`).
+    fn path(&self, database: Uuid) -> Vec<Uuid> {
+        self.paths
+            .borrow()
+            .get(&database)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Sets [`path`](Self::path) (empty: follows nobody now).
+    fn set_path(&self, database: Uuid, mut path: Vec<Uuid>) {
+        path.truncate(PATH_MAX);
+        let mut paths = self.paths.borrow_mut();
+        if path.is_empty() {
+            paths.remove(&database);
+        } else {
+            paths.insert(database, path);
+        }
     }
 
     /// Serves `database` (replacing what was served under its uuid). If that was another log (a
@@ -630,6 +660,7 @@ async fn run(
         admission: RefCell::new(admission),
         refusals: RefCell::new(Refusals::new(REFUSAL_LOG_INTERVAL)),
         receipts: RefCell::new(HashMap::new()),
+        paths: RefCell::new(HashMap::new()),
     });
     let accepting = LinkControl::new();
     if let Some(listener) = listener {

@@ -18,13 +18,13 @@ use uuid::Uuid;
 use super::link::{handshake, LinkControl};
 use super::replica_link::{Received, ReplicaLink};
 use super::snapshot::{ChunkReader, RestoreJob};
-use super::watch::{graft_due, watch_holder, Routing};
+use super::watch::{move_due, watch_holder, Move, Routing};
 use super::{
     lock, ReceiptBook, ReplicaDatabase, ReplicaStore, Runtime, SourceDatabase, SubscriptionStatus,
     BOOTSTRAP,
 };
 use crate::error::{Error, Result};
-use crate::proto::frame::{Resume, RECEIPTS_SINCE_VERSION};
+use crate::proto::frame::{RefuseCode, Resume, RECEIPTS_SINCE_VERSION};
 use crate::route::Upstreams;
 use crate::transport::{
     sleep, sleep_until, spawn_local, Connection, FrameReader, FrameWriter, Progress,
@@ -64,14 +64,14 @@ pub(super) async fn follow(
         lock(&status).upstream = Some(addr);
         let link = LinkControl::new();
         routing.heard.set(false);
-        let grafting = Cell::new(None);
-        // A due graft closes the link; the link's own ending is then the only way out.
+        let moving = Cell::new(None);
+        // A due move closes the link; the link's own ending is then the only way out.
         let followed = async {
             tokio::select! {
                 outcome = follow_link(&runtime, &link, addr, database, &store, &status, &routing) => outcome,
                 () = async {
                     let period = runtime.config.heartbeat;
-                    grafting.set(Some(graft_due(&routing, &store, &status, period).await));
+                    moving.set(Some(move_due(&routing, &store, &status, period).await));
                     link.close();
                     std::future::pending::<()>().await;
                 }, if holders > 1 => Ok(()),
@@ -84,19 +84,33 @@ pub(super) async fn follow(
         link.close();
         let was_up = routing.heard.get();
         *routing.link_progress.borrow_mut() = None;
-        let wait = match grafting.get() {
-            Some(holder) => {
+        routing.followed.set(None);
+        runtime.set_path(database, Vec::new());
+        let wait = match moving.get() {
+            Some(Move::Graft(holder)) => {
                 let mut upstreams = routing.upstreams.borrow_mut();
                 upstreams.graft(holder);
                 tracing::info!(%database, from = %addr, to = %upstreams.current(), "the followed holder stalled; grafting the one that offers the missing pages");
                 lock(&status).grafts += 1;
                 Duration::ZERO
             }
+            Some(Move::Leave) => {
+                let mut upstreams = routing.upstreams.borrow_mut();
+                let wait = upstreams.ended(was_up);
+                tracing::warn!(%database, from = %addr, next = %upstreams.current(), "routing loop: the followed holder's way to the origin passes through this node; leaving it");
+                lock(&status).loops += 1;
+                wait
+            }
             None => routing.upstreams.borrow_mut().ended(was_up),
         };
         {
             let mut state = lock(&status);
-            if let (Err(error), None) = (&outcome, grafting.get()) {
+            if let Err(Error::Refused { code, .. }) = &outcome {
+                if RefuseCode::from_u16(*code) == Some(RefuseCode::RoutingLoop) {
+                    state.loops += 1;
+                }
+            }
+            if let (Err(error), None) = (&outcome, moving.get()) {
                 let next = *routing.upstreams.borrow().current();
                 // A holder that served and went away, or a whole round that failed, is news; a
                 // holder that cannot serve yet (a relay still bootstrapping, or behind) is not.
@@ -166,6 +180,9 @@ pub(super) async fn follow_link(
     let mut writer = writer;
     let peer = handshake(runtime, &mut reader, &mut writer, true).await?;
     reader.expect_bulk();
+    // This node's way to the origin starts at the holder; its HAVEs tell the rest (watch.rs).
+    routing.followed.set(Some(peer.node));
+    runtime.set_path(database, vec![peer.node]);
     let mut replica = store.current();
     let resume = match &replica {
         Some(db) => Resume {

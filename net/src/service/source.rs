@@ -20,9 +20,11 @@ use super::snapshot::send_snapshot;
 use super::source_link::{Heard, SourceLink};
 use super::{AckSink, ReceiptBook, Runtime, SourceDatabase, BOOTSTRAP, RECEIPT_NODES_MAX};
 use crate::error::{Error, Result};
-use crate::proto::frame::{encode, Frame, Have, Refuse, RefuseCode, Watch, WATCH_SINCE_VERSION};
+use crate::proto::frame::{
+    encode, Frame, Have, Refuse, RefuseCode, Watch, PATH_SINCE_VERSION, WATCH_SINCE_VERSION,
+};
 use crate::proto::handshake::PeerInfo;
-use crate::route::{admit, Admitted, Feed, Served};
+use crate::route::{admit, refuse_loop, Admitted, Feed, Served};
 use crate::transport::{
     sleep, sleep_until, spawn_local, timeout, Connection, FrameReader, FrameWriter, Progress,
 };
@@ -115,14 +117,24 @@ pub(super) async fn serve_replica(
             None => return Ok(()),
         },
     };
-    let (source, admitted) =
-        match admit_link(runtime, id, resume.database, resume.origin, resume.from_lsn) {
-            Ok(admission) => admission,
-            Err(reason) => {
-                tracing::info!(%peer, replica = %info.name, %reason, "refused a subscription");
-                return refuse(&mut writer, reason).await;
+    let (source, admitted) = match admit_link(
+        runtime,
+        id,
+        resume.database,
+        resume.origin,
+        resume.from_lsn,
+        Some(info.node),
+    ) {
+        Ok(admission) => admission,
+        Err(mut reason) => {
+            tracing::info!(%peer, replica = %info.name, reason = %reason.1, "refused a subscription");
+            if info.version < PATH_SINCE_VERSION {
+                // A version 3 node knows no RoutingLoop code; the reason still says it.
+                reason.0 = RefuseCode::UnknownDatabase;
             }
-        };
+            return refuse(&mut writer, reason).await;
+        }
+    };
     if admitted.reseeded {
         let end = source.log().committed_lsn();
         tracing::warn!(%peer, replica = %info.name, from_lsn = resume.from_lsn, end, "replica claims pages beyond this log; re-seeding it from a snapshot");
@@ -172,24 +184,47 @@ pub(super) async fn serve_replica(
     shipped.and(acked)
 }
 
-/// Admits link `id` to `database` of `origin` from `from_lsn` on (`route::admit`) and books the
-/// link under the database, so withdrawing it closes the link; `Err` is the reason to REFUSE.
+/// Why a link is refused: the code and the reason sent in REFUSE.
+type Refusal = (RefuseCode, String);
+
+/// Admits link `id` to `database` of `origin` from `from_lsn` on (`route::admit`), and, for a
+/// replica that would follow this node (`follower`), only if it is not on this node's way to
+/// the origin (`route::refuse_loop`); books the link under the database, so withdrawing it
+/// closes the link. `Err` is the code and reason to REFUSE.
 fn admit_link(
     runtime: &Runtime,
     id: u64,
     database: Uuid,
     origin: Uuid,
     from_lsn: u64,
-) -> std::result::Result<(Arc<dyn SourceDatabase>, Admitted), String> {
+    follower: Option<Uuid>,
+) -> std::result::Result<(Arc<dyn SourceDatabase>, Admitted), Refusal> {
     let source = runtime.sources.borrow().get(&database).cloned();
     let served = source.as_ref().map(|source| Served {
         origin: source.origin(),
         committed_lsn: source.log().committed_lsn(),
         relay: source.log().is_follower(),
     });
-    let admitted =
-        admit(served, origin, from_lsn).map_err(|why| format!("database {database}: {why}"))?;
-    let source = source.ok_or_else(|| format!("database {database}: no such database here"))?;
+    let admitted = admit(served, origin, from_lsn).map_err(|why| {
+        (
+            RefuseCode::UnknownDatabase,
+            format!("database {database}: {why}"),
+        )
+    })?;
+    if let Some(follower) = follower {
+        refuse_loop(&runtime.path(database), follower).map_err(|why| {
+            (
+                RefuseCode::RoutingLoop,
+                format!("database {database}: {why}"),
+            )
+        })?;
+    }
+    let source = source.ok_or_else(|| {
+        (
+            RefuseCode::UnknownDatabase,
+            format!("database {database}: no such database here"),
+        )
+    })?;
     if let Some(entry) = runtime.links.borrow_mut().get_mut(&id) {
         entry.0 = Some(database);
     }
@@ -211,10 +246,10 @@ async fn serve_watcher(
     watch: Watch,
 ) -> Result<()> {
     let peer = reader.peer();
-    let source = match admit_link(runtime, id, watch.database, watch.origin, 0) {
+    let source = match admit_link(runtime, id, watch.database, watch.origin, 0, None) {
         Ok((source, _)) => source,
         Err(reason) => {
-            tracing::info!(%peer, watcher = %info.name, %reason, "refused a watch");
+            tracing::info!(%peer, watcher = %info.name, reason = %reason.1, "refused a watch");
             return refuse(&mut writer, reason).await;
         }
     };
@@ -230,10 +265,17 @@ async fn serve_watcher(
     };
     let origin = source.origin();
     let told = loop {
+        // This node's way to the origin: a watcher on it must not follow this node.
+        let path = if info.version >= PATH_SINCE_VERSION {
+            runtime.path(watch.database)
+        } else {
+            Vec::new()
+        };
         let have = Frame::Have(Have {
             database: watch.database,
             origin,
             lsn: source.log().committed_lsn(),
+            path,
         });
         let mut out = writer.buffer();
         encode(&have, &mut out);
@@ -275,12 +317,10 @@ async fn read_watcher(reader: &mut FrameReader, link_timeout: Duration) -> Resul
 
 /// Sends REFUSE with `reason`; the link then closes. Refusing is this node's decision, logged
 /// by the caller, not a failure of the link.
-pub(super) async fn refuse(writer: &mut FrameWriter, reason: String) -> Result<()> {
+pub(super) async fn refuse(writer: &mut FrameWriter, refusal: Refusal) -> Result<()> {
+    let (code, reason) = refusal;
     let mut out = writer.buffer();
-    encode(
-        &Frame::Refuse(Refuse::new(RefuseCode::UnknownDatabase, &reason)),
-        &mut out,
-    );
+    encode(&Frame::Refuse(Refuse::new(code, &reason)), &mut out);
     writer.write(out).await
 }
 

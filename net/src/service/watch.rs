@@ -10,6 +10,12 @@
 //! than the replica follows ends the link with that reason; a holder that refuses the watch (it
 //! does not hold the database yet) is asked again after a backoff. Nothing is held per link but
 //! the socket and the offer the routing keeps per holder.
+//!
+//! Each HAVE also names the holder's way to the origin (protocol version 4). The followed
+//! holder's, with that holder in front, is this node's own way (`Runtime::path`), which its own
+//! HAVEs pass on and its admission checks; a holder whose way passes through this node is never
+//! grafted, and if it is the followed one the replica leaves it: the two would follow one
+//! another with nothing to give.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -37,6 +43,8 @@ pub(super) struct Routing {
     pub(super) link_progress: RefCell<Option<Rc<Progress>>>,
     /// The followed holder served the current link (a frame other than a refusal came back).
     pub(super) heard: Cell<bool>,
+    /// The node followed on the current link, once its handshake named it.
+    pub(super) followed: Cell<Option<Uuid>>,
 }
 
 impl Routing {
@@ -46,6 +54,7 @@ impl Routing {
             news: Notify::new(),
             link_progress: RefCell::new(None),
             heard: Cell::new(false),
+            followed: Cell::new(None),
         })
     }
 }
@@ -156,10 +165,17 @@ async fn watch_link(
             });
         }
         let held = store.current().map_or(0, |db| db.received_lsn());
-        routing
-            .upstreams
-            .borrow_mut()
-            .heard_have(holder, have.lsn, held, Instant::now());
+        let through_me = have.path.contains(&runtime.config.node);
+        {
+            let mut upstreams = routing.upstreams.borrow_mut();
+            upstreams.heard_path(holder, through_me);
+            upstreams.heard_have(holder, have.lsn, held, Instant::now());
+            // The followed holder's way to the origin, with it in front, is this node's.
+            if holder == upstreams.current_index() && routing.followed.get() == Some(peer.node) {
+                let path = std::iter::once(peer.node).chain(have.path).collect();
+                runtime.set_path(database, path);
+            }
+        }
         routing.news.notify_one();
         heard = Watched::Heard;
         let mut out = writer.buffer();
@@ -168,15 +184,25 @@ async fn watch_link(
     }
 }
 
-/// Waits until a graft is due (see [`Upstreams::graft_due`]) and returns the holder to move to.
-/// Never while the replica has no copy or is restoring one: a bootstrap lags every holder, and
-/// moving would only restart it.
-pub(super) async fn graft_due(
+/// Why a replica leaves the holder it follows while the link is still up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Move {
+    /// The holder stalled; this one (an index into the holders) offers the missing pages.
+    Graft(usize),
+    /// The holder's way to the origin passes through this node: following it closes a loop.
+    Leave,
+}
+
+/// Waits until the replica should leave its holder: a graft is due (see
+/// [`Upstreams::graft_due`]; never while the replica has no copy or is restoring one: a
+/// bootstrap lags every holder, and moving would only restart it), or the holder's HAVE says
+/// its way to the origin passes through this node ([`Upstreams::current_loops`]).
+pub(super) async fn move_due(
     routing: &Routing,
     store: &Arc<dyn ReplicaStore>,
     status: &Arc<Mutex<SubscriptionStatus>>,
     period: Duration,
-) -> usize {
+) -> Move {
     let mut seen: Option<u64> = None;
     loop {
         let now = Instant::now();
@@ -194,13 +220,16 @@ pub(super) async fn graft_due(
                 None => seen = Some(read),
             }
         }
+        if routing.followed.get().is_some() && routing.upstreams.borrow().current_loops() {
+            return Move::Leave;
+        }
         let restoring = lock(status).restoring;
         let mut deadline = now + period;
         if let Some(db) = store.current().filter(|_| !restoring) {
             let held = db.received_lsn();
             let mut upstreams = routing.upstreams.borrow_mut();
             if let Some(holder) = upstreams.graft_due(held, now) {
-                return holder;
+                return Move::Graft(holder);
             }
             // Pending offers are all in the future here (a due one was returned above).
             if let Some(at) = upstreams.graft_deadline().filter(|&at| at > now) {
