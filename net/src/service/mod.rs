@@ -70,6 +70,7 @@ use uuid::Uuid;
 
 pub mod admission;
 mod link;
+pub mod metrics;
 mod replica;
 pub mod replica_link;
 pub mod shipper;
@@ -83,6 +84,7 @@ use self::admission::{
     UNAUTHENTICATED_LINK_BYTES,
 };
 use self::link::LinkControl;
+use self::metrics::{NetMetrics, NetMetricsSnapshot};
 use self::replica::follow;
 pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
@@ -300,6 +302,7 @@ pub struct Service {
     node: Uuid,
     backoff_max: Duration,
     graft_timeout: Duration,
+    metrics: Arc<NetMetrics>,
 }
 
 impl std::fmt::Debug for Service {
@@ -379,8 +382,10 @@ impl Service {
         let node = config.node;
         let (backoff_max, graft_timeout) = (config.backoff_max, config.graft_timeout);
         let thread_name = format!("pagemesh-net-{}", config.name);
+        let metrics = Arc::new(NetMetrics::default());
+        let counted = Arc::clone(&metrics);
         let (runtime, thread) = spawn_runtime(&thread_name, config.transport, move |kind| {
-            run(kind, config, receiver, addr_tx)
+            run(kind, config, receiver, addr_tx, counted)
         })?;
         let local_addr = addr_rx
             .recv()
@@ -395,7 +400,14 @@ impl Service {
             node,
             backoff_max,
             graft_timeout,
+            metrics,
         })
+    }
+
+    /// The network's counters now: bytes in and out, refusals, link errors (see
+    /// [`metrics`](self::metrics)).
+    pub fn metrics(&self) -> NetMetricsSnapshot {
+        self.metrics.snapshot()
     }
 
     /// Where the service listens, if it does.
@@ -516,6 +528,8 @@ struct Runtime {
     refusals: RefCell<Refusals>,
     /// Receipts heard per database, to report upstream.
     receipts: RefCell<HashMap<Uuid, Rc<ReceiptBook>>>,
+    /// What [`Service::metrics`] reports.
+    metrics: Arc<NetMetrics>,
 }
 
 impl Runtime {
@@ -577,6 +591,7 @@ impl Runtime {
     /// Counts a connection refused, evicted or failed before it authenticated; logs the counts
     /// at most once per [`REFUSAL_LOG_INTERVAL`].
     fn refused(&self, reason: Reason) {
+        self.metrics.refused(reason);
         let report = self.refusals.borrow_mut().record(reason, Instant::now());
         if let Some(counts) = report {
             log_refusals(&counts, &self.admission.borrow());
@@ -601,7 +616,9 @@ async fn run(
     config: ServiceConfig,
     mut instructions: mpsc::UnboundedReceiver<Instruction>,
     addr_tx: std::sync::mpsc::SyncSender<Result<Option<SocketAddr>>>,
+    metrics: Arc<NetMetrics>,
 ) {
+    self::metrics::install(Arc::clone(&metrics));
     let mut handshake =
         HandshakeConfig::new(config.node, config.name.clone(), config.secret.clone());
     handshake.timeout = config.handshake_timeout;
@@ -630,6 +647,7 @@ async fn run(
         admission: RefCell::new(admission),
         refusals: RefCell::new(Refusals::new(REFUSAL_LOG_INTERVAL)),
         receipts: RefCell::new(HashMap::new()),
+        metrics,
     });
     let accepting = LinkControl::new();
     if let Some(listener) = listener {

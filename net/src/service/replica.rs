@@ -97,6 +97,7 @@ pub(super) async fn follow(
         {
             let mut state = lock(&status);
             if let (Err(error), None) = (&outcome, grafting.get()) {
+                runtime.metrics.link_failed(error);
                 let next = *routing.upstreams.borrow().current();
                 // A holder that served and went away, or a whole round that failed, is news; a
                 // holder that cannot serve yet (a relay still bootstrapping, or behind) is not.
