@@ -113,18 +113,19 @@ impl<const N: usize> AtomicHistogram<N> {
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
-    /// A reading; `scale` turns the recorded unit into the reported one.
-    fn reading(&self, scale: f64) -> Histogram {
+    /// A reading in the recorded unit divided by `divisor` (a division, not a multiplication
+    /// by its inverse: 5 µs reads as exactly 5e-6 s, the nearest double, not 4.9999999999999996e-6).
+    fn reading(&self, divisor: f64) -> Histogram {
         let counts: Vec<u64> = (self.buckets.iter())
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
         // Loads race with observations: never report fewer in all than in the buckets.
         let in_buckets = counts.iter().sum::<u64>();
         Histogram {
-            bounds: self.bounds.iter().map(|&b| b as f64 * scale).collect(),
+            bounds: self.bounds.iter().map(|&b| b as f64 / divisor).collect(),
             counts,
             count: self.count.load(Ordering::Relaxed).max(in_buckets),
-            sum: self.sum.load(Ordering::Relaxed) as f64 * scale,
+            sum: self.sum.load(Ordering::Relaxed) as f64 / divisor,
         }
     }
 }
@@ -183,7 +184,7 @@ impl Metrics {
             .iter()
             .zip(DURABILITIES)
             .map(|(counters, durability)| {
-                let latency = counters.0.latency_us.reading(1e-6);
+                let latency = counters.0.latency_us.reading(1e6);
                 CommitMetrics {
                     durability,
                     commits: latency.count,
@@ -402,6 +403,7 @@ mod tests {
         );
         assert_eq!(reading.count, 5);
         assert_eq!(reading.sum, 40_000_032.0);
+        assert_eq!(histogram.reading(1e6).bounds[0].to_string(), "0.000005");
     }
 
     #[test]
