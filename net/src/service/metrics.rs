@@ -6,7 +6,7 @@
 //! Counters are relaxed atomics in one [`NetMetrics`] per service, shared with whoever reads
 //! them. The byte counters are bumped by the transport's reads and writes on the service's
 //! runtime thread: the service installs its `NetMetrics` in a thread-local there
-//! ([`install`]), so the transport needs no handle threaded through every link (a transport
+//! (`install`), so the transport needs no handle threaded through every link (a transport
 //! used outside a service, as the transport bench does, counts nothing). Every link of a
 //! service runs on that one thread (DESIGN.md), so nothing is missed.
 

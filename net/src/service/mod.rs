@@ -405,7 +405,7 @@ impl Service {
     }
 
     /// The network's counters now: bytes in and out, refusals, link errors (see
-    /// [`metrics`](self::metrics)).
+    /// [`metrics`]).
     pub fn metrics(&self) -> NetMetricsSnapshot {
         self.metrics.snapshot()
     }
