@@ -141,9 +141,11 @@ impl Database {
         let mut record = RecordBuilder::default();
         record.read(table, key, expected)?;
         record.put(table, key, value)?;
+        let started = std::time::Instant::now();
         let pos = self.inner.append(&record)?;
-        self.inner.wait_applied(pos)?;
-        Ok(pos.seq)
+        let applied = self.inner.wait_applied(pos);
+        (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
+        applied.map(|()| pos.seq)
     }
 
     /// Runs `body` as an optimistic transaction: its reads come from one snapshot and record the
@@ -162,9 +164,12 @@ impl Database {
         loop {
             let mut tx = Transaction::begin(self.read()?);
             let out = body(&mut tx)?;
+            let started = std::time::Instant::now();
             let pos = self.inner.append(tx.record())?;
             drop(tx);
-            match self.inner.wait_applied(pos) {
+            let applied = self.inner.wait_applied(pos);
+            (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
+            match applied {
                 Ok(()) => return Ok((out, pos.seq)),
                 Err(Error::Conflict { .. }) if attempt < retries_max => attempt += 1,
                 Err(error) => return Err(error),

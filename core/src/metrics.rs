@@ -260,7 +260,8 @@ pub struct Histogram {
 }
 
 /// Commits of one durability since the database was opened (counted when the commit's wait
-/// returns: a ticket never waited on is not counted).
+/// returns: a ticket never waited on is not counted). `applied` also counts
+/// `put_if_version` and every attempt of a transaction (a conflict is a failure).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CommitMetrics {
     /// `memory`, `applied`, `durable`, `replicated` or `durable_replicated`.
@@ -419,6 +420,34 @@ mod tests {
         assert_eq!(timeline.age(15, now), Duration::from_secs(5));
         assert_eq!(timeline.age(25, now), Duration::from_secs(4));
         assert_eq!(timeline.age(30, now), Duration::ZERO, "not applied yet");
+    }
+
+    #[test]
+    fn commits_count_by_durability_and_a_conflict_is_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Database::open(dir.path(), crate::Options::new()).unwrap();
+        let mut batch = crate::WriteBatch::new();
+        batch.put("t", b"k", b"v").unwrap();
+        db.commit(&batch, Durability::Memory).unwrap();
+        db.commit(&batch, Durability::Durable).unwrap();
+        db.put_if_version("t", b"x", None, b"1").unwrap();
+        let conflict = db.put_if_version("t", b"x", None, b"2");
+        assert!(
+            matches!(conflict, Err(crate::Error::Conflict { .. })),
+            "{conflict:?}"
+        );
+        let metrics = db.metrics();
+        let by = |name| {
+            (metrics.commits.iter())
+                .find(|c| c.durability == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!((by("memory").commits, by("durable").commits), (1, 1));
+        assert_eq!((by("applied").commits, by("applied").failures), (1, 1));
+        assert_eq!(by("replicated").commits, 0);
+        assert!(by("durable").latency_seconds.sum > 0.0);
+        assert!(metrics.applied_lsn > 0 && metrics.records >= 3);
     }
 
     #[test]
