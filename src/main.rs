@@ -1,7 +1,7 @@
 //! `pagemesh`: the command-line program.
 //!
 //! - `pagemesh demo`: a primary and two synchronous replicas on loopback, a load, a DIFF.
-//! - `pagemesh node --config node.toml`: a long-lived node.
+//! - `pagemesh node --config node.toml`: a long-lived node (`--check-config FILE` validates one).
 //! - `pagemesh backup|restore|stat`: snapshots to files and back; what a database holds.
 //! - `pagemesh bench reserve|commit|replicate|transport|bootstrap|mesh`: pagemesh against baselines, as ratios.
 
@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod backup;
 mod demo;
 mod import;
+mod metrics;
 mod run_node;
 mod stat;
 
@@ -136,13 +137,17 @@ enum Bench {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // A node sets up its own log (level and format from its configuration: run_node.rs).
+    if !matches!(cli.command, Command::Node(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args).map_err(|e| e as Box<dyn std::error::Error>),
         Command::Import(args) => import::import(&args),

@@ -1,4 +1,6 @@
-//! `pagemesh node --config node.toml`: a long-lived node.
+//! `pagemesh node --config node.toml`: a long-lived node. `pagemesh node --check-config
+//! node.toml` validates a configuration without starting anything (exit 0, or 1 with the
+//! problem: an unknown key is named with its line).
 //!
 //! ```toml
 //! name = "primary"
@@ -6,6 +8,11 @@
 //! data_dir = "/var/lib/pagemesh"
 //! secret_file = "/etc/pagemesh/secret"   # or: secret = "...", or env PAGEMESH_SECRET
 //! transport = "auto"                # auto | uring | epoll
+//! metrics_listen = "127.0.0.1:9400" # optional: Prometheus text on http://ADDR/metrics
+//! log_level = "info"                # a tracing filter (RUST_LOG, when set, wins); default info
+//! log_format = "text"               # text | json (or --log-format)
+//! peers = ["10.0.0.2:7400"]         # other nodes of the mesh: parsed and logged; the mesh's
+//!                                   # gossip will use them (not built yet)
 //!
 //! [admission]                        # optional; these are the defaults (see
 //! links_max = 1024                   # pagemesh_net::service::admission)
@@ -16,14 +23,26 @@
 //! [[databases]]
 //! name = "land-registry"
 //! role = "source"
-//! sync_replicas = 1
+//! sync_replicas = 1                  # replicas whose acks count for `replicated:N`
+//! durability = "durable"             # memory | applied | durable | replicated:N |
+//!                                    # durable_replicated:N: what commit_default waits for
+//! ring_pages = 4096                  # log ring size in 4 KiB pages: a power of two, 4..=2^24
+//! retain_bytes = 268435456           # binlog history kept for replicas that fall behind
+//! retain_age_seconds = 86400         # and/or trimmed by age (default: no age limit)
+//! replication_timeout_ms = 10000     # how long a replicated:N commit waits for its replicas
+//! on_replication_timeout = "fail"    # fail | degrade (return Ok with a warning)
 //!
 //! [[databases]]
 //! name = "land-registry-copy"
 //! role = "replica"
 //! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…")
 //! uuid = "…"                         # the source database's uuid (printed by its node)
+//! ring_pages = 4096                  # ring_pages and retain_* apply to replicas too
 //! ```
+//!
+//! Keys that apply to one role only (`sync_replicas`, `durability`, the replication timeout and
+//! degrade rule to sources; `source`, `sources` and `uuid` to replicas) are refused on the other,
+//! as is any unknown key: a configuration never means something it does not say.
 //!
 //! A replica follows one of its `sources` at a time: any node holding a copy, the origin or a
 //! replica, since every node that listens relays what it holds. When that link fails it follows
@@ -34,26 +53,92 @@
 //! On start the node prints its identity, `node NAME uuid UUID` (created once and kept in
 //! `data_dir/node.uuid`), then `node NAME listening on ADDR` if it listens, then one line per
 //! database, `database NAME uuid UUID role ROLE`, so scripts and tests can pick up a source's
-//! uuid. It then runs until SIGINT or SIGTERM and shuts
+//! uuid, then `node NAME metrics on http://ADDR/metrics` if it serves metrics (`crate::metrics`).
+//! It then runs until SIGINT or SIGTERM and shuts
 //! down cleanly (links closed, appliers drained). Without a secret it listens on loopback only.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pagemesh::core::Options;
+use pagemesh::core::{Durability, Options};
 use pagemesh::net::{ServiceConfig, TransportKind};
 use pagemesh::Node;
 use serde::Deserialize;
+
+use crate::metrics::MetricsServer;
 
 /// Options of `pagemesh node`.
 #[derive(clap::Args)]
 pub struct Args {
     /// The node's TOML configuration.
+    #[arg(
+        long,
+        required_unless_present = "check_config",
+        conflicts_with = "check_config"
+    )]
+    config: Option<PathBuf>,
+    /// Validate this configuration and exit (0: valid; 1: the problem is printed).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    /// Log format: text or json (overrides the configuration's `log_format`).
     #[arg(long)]
-    config: PathBuf,
+    log_format: Option<LogFormat>,
+}
+
+/// How the node writes its log (to stderr).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per event, for log collectors.
+    Json,
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML for a node's configuration: toml's message names the key and its line.
+    #[error("{path}: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        source: toml::de::Error,
+    },
+    /// A node-level key has a value that cannot work.
+    #[error("{path}: `{key}`: {problem}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A database's entry cannot work.
+    #[error("{path}: database {database:?}: {problem}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// The database's name.
+        database: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +151,12 @@ struct Config {
     secret_file: Option<PathBuf>,
     #[serde(default = "auto")]
     transport: String,
+    metrics_listen: Option<SocketAddr>,
+    log_level: Option<String>,
+    #[serde(default)]
+    log_format: LogFormat,
+    #[serde(default)]
+    peers: Vec<SocketAddr>,
     #[serde(default)]
     admission: Admission,
     #[serde(default)]
@@ -104,21 +195,226 @@ fn auto() -> String {
     "auto".into()
 }
 
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Role {
+    Source,
+    Replica,
+}
+
+/// One `[[databases]]` entry. A flat struct (not an enum tagged by `role`), so that toml's
+/// errors keep the line of the offending key; the role's own keys are checked in [`plan`].
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "role")]
-enum DatabaseConfig {
+#[serde(deny_unknown_fields)]
+struct DatabaseConfig {
+    name: String,
+    role: Role,
+    // Sources only.
+    sync_replicas: Option<usize>,
+    durability: Option<String>,
+    replication_timeout_ms: Option<u64>,
+    on_replication_timeout: Option<OnTimeout>,
+    // Replicas only.
+    source: Option<SocketAddr>,
+    #[serde(default)]
+    sources: Vec<SocketAddr>,
+    uuid: Option<uuid::Uuid>,
+    // Both.
+    ring_pages: Option<u64>,
+    retain_bytes: Option<u64>,
+    retain_age_seconds: Option<u64>,
+}
+
+/// What a `replicated:N` commit does when too few replicas acked in time.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum OnTimeout {
+    /// Fail with a replication timeout (the write stays committed locally).
+    Fail,
+    /// Return Ok with a warning.
+    Degrade,
+}
+
+/// A database to open, as the configuration says.
+#[derive(Debug)]
+enum Database {
     Source {
         name: String,
-        #[serde(default)]
         sync_replicas: usize,
+        options: Options,
     },
     Replica {
         name: String,
-        source: Option<SocketAddr>,
-        #[serde(default)]
-        sources: Vec<SocketAddr>,
+        holders: Vec<SocketAddr>,
         uuid: uuid::Uuid,
+        options: Options,
     },
+}
+
+/// A configuration that passed every check: what `run` starts.
+#[derive(Debug)]
+struct Plan {
+    config: Config,
+    transport: TransportKind,
+    filter: tracing_subscriber::EnvFilter,
+    databases: Vec<Database>,
+}
+
+/// Reads and checks the configuration at `path`.
+fn plan(path: &Path) -> Result<Plan, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+        path: path.into(),
+        source,
+    })?;
+    let key = |key, problem: String| ConfigError::Key {
+        path: path.into(),
+        key,
+        problem,
+    };
+    let transport: TransportKind = config.transport.parse().map_err(|e| key("transport", e))?;
+    let level = config.log_level.as_deref().unwrap_or("info");
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| key("log_level", e.to_string()))?;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => tracing_subscriber::EnvFilter::new(directives),
+        _ => tracing_subscriber::EnvFilter::new(level),
+    };
+    if let Some(addr) = config.listen {
+        let has_secret = config.secret.is_some()
+            || config.secret_file.is_some()
+            || std::env::var("PAGEMESH_SECRET").is_ok_and(|s| !s.is_empty());
+        if !has_secret && !addr.ip().is_loopback() {
+            return Err(key("listen", format!("{addr} is not loopback, and no secret is configured (secret_file, secret or PAGEMESH_SECRET): peers could not be authenticated")));
+        }
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut databases = Vec::new();
+    for database in &config.databases {
+        let problem = |problem: String| ConfigError::Database {
+            path: path.into(),
+            database: database.name.clone(),
+            problem,
+        };
+        if !names.insert(database.name.as_str()) {
+            return Err(problem("named twice".into()));
+        }
+        databases.push(database_plan(database).map_err(problem)?);
+    }
+    Ok(Plan {
+        transport,
+        filter,
+        databases,
+        config,
+    })
+}
+
+/// Checks one database entry and makes its options.
+fn database_plan(database: &DatabaseConfig) -> Result<Database, String> {
+    let mut options = Options::new();
+    if let Some(pages) = database.ring_pages {
+        if !(4..=1 << 24).contains(&pages) || !pages.is_power_of_two() {
+            return Err(format!(
+                "`ring_pages` = {pages}: a power of two from 4 to 16777216 is needed"
+            ));
+        }
+        options = options.ring_slots(pages);
+    }
+    if let Some(bytes) = database.retain_bytes {
+        options = options.binlog_retain_bytes(bytes);
+    }
+    if let Some(seconds) = database.retain_age_seconds {
+        options = options.binlog_retain_age(Duration::from_secs(seconds));
+    }
+    let only = |key: &str, present: bool, role: &str| {
+        if present {
+            Err(format!("`{key}` applies to a {role} only"))
+        } else {
+            Ok(())
+        }
+    };
+    let name = database.name.clone();
+    match database.role {
+        Role::Source => {
+            only("source", database.source.is_some(), "replica")?;
+            only("sources", !database.sources.is_empty(), "replica")?;
+            only("uuid", database.uuid.is_some(), "replica")?;
+            let sync_replicas = database.sync_replicas.unwrap_or(0);
+            if let Some(text) = &database.durability {
+                let durability = parse_durability(text)?;
+                let wanted = durability.replicas().unwrap_or(0) as usize;
+                if wanted > sync_replicas {
+                    return Err(format!("`durability` = {text:?} waits for {wanted} replicas, but `sync_replicas` is {sync_replicas}: every such commit would time out"));
+                }
+                options = options.durability(durability);
+            }
+            if let Some(ms) = database.replication_timeout_ms {
+                options = options.replication_timeout(Duration::from_millis(ms));
+            }
+            if let Some(rule) = database.on_replication_timeout {
+                options = options.degrade_on_timeout(rule == OnTimeout::Degrade);
+            }
+            Ok(Database::Source {
+                name,
+                sync_replicas,
+                options,
+            })
+        }
+        Role::Replica => {
+            only("sync_replicas", database.sync_replicas.is_some(), "source")?;
+            only("durability", database.durability.is_some(), "source")?;
+            only(
+                "replication_timeout_ms",
+                database.replication_timeout_ms.is_some(),
+                "source",
+            )?;
+            only(
+                "on_replication_timeout",
+                database.on_replication_timeout.is_some(),
+                "source",
+            )?;
+            let holders: Vec<SocketAddr> = database
+                .source
+                .iter()
+                .chain(&database.sources)
+                .copied()
+                .collect();
+            if holders.is_empty() {
+                return Err("a replica needs `source` or `sources`".into());
+            }
+            let uuid = database
+                .uuid
+                .ok_or("a replica needs `uuid`: the source database's, printed by its node")?;
+            Ok(Database::Replica {
+                name,
+                holders,
+                uuid,
+                options,
+            })
+        }
+    }
+}
+
+/// `memory`, `applied`, `durable`, `replicated:N` or `durable_replicated:N`.
+fn parse_durability(text: &str) -> Result<Durability, String> {
+    let replicas = |n: &str| {
+        n.parse::<u32>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            format!("`durability` = {text:?}: the replica count must be a number above 0")
+        })
+    };
+    match text.split_once(':') {
+        None => match text {
+            "memory" => Ok(Durability::Memory),
+            "applied" => Ok(Durability::Applied),
+            "durable" => Ok(Durability::Durable),
+            _ => Err(format!("`durability` = {text:?}: expected memory, applied, durable, replicated:N or durable_replicated:N")),
+        },
+        Some(("replicated", n)) => Ok(Durability::Replicated(replicas(n)?)),
+        Some(("durable_replicated", n)) => Ok(Durability::DurableReplicated(replicas(n)?)),
+        Some(_) => Err(format!("`durability` = {text:?}: expected memory, applied, durable, replicated:N or durable_replicated:N")),
+    }
 }
 
 type BoxError = Box<dyn std::error::Error>;
@@ -142,13 +438,46 @@ fn secret(config: &Config) -> Result<Option<Vec<u8>>, BoxError> {
         .map(String::into_bytes))
 }
 
-/// Runs the node until SIGINT or SIGTERM.
+/// Starts the log: the plan's filter, in `format`, to stderr.
+fn init_logging(filter: tracing_subscriber::EnvFilter, format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `--check-config FILE`, or runs the node until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> Result<(), BoxError> {
-    let text = std::fs::read_to_string(&args.config)
-        .map_err(|e| format!("reading {}: {e}", args.config.display()))?;
-    let config: Config =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", args.config.display()))?;
-    let transport: TransportKind = config.transport.parse()?;
+    if let Some(path) = &args.check_config {
+        let plan = plan(path)?;
+        secret(&plan.config)?;
+        println!(
+            "{}: valid: node {}, {} database(s)",
+            path.display(),
+            plan.config.name,
+            plan.databases.len()
+        );
+        return Ok(());
+    }
+    let Some(path) = &args.config else {
+        return Err("--config or --check-config is needed".into());
+    };
+    let plan = plan(path)?;
+    init_logging(
+        plan.filter,
+        args.log_format.unwrap_or(plan.config.log_format),
+    );
+    serve(plan.config, plan.transport, plan.databases)
+}
+
+fn serve(
+    config: Config,
+    transport: TransportKind,
+    databases: Vec<Database>,
+) -> Result<(), BoxError> {
     let mut builder = Node::builder(&config.name, &config.data_dir)
         .secret(secret(&config)?)
         .transport(transport)
@@ -156,44 +485,57 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     if let Some(listen) = config.listen {
         builder = builder.listen(listen);
     }
-    let node = builder.open()?;
+    let node = Arc::new(builder.open()?);
     println!("node {} uuid {}", config.name, node.uuid());
     if let Some(addr) = node.local_addr() {
         println!("node {} listening on {addr}", config.name);
     }
+    if !config.peers.is_empty() {
+        tracing::info!(peers = ?config.peers, "peers configured; the mesh's gossip will use them (not built yet)");
+    }
     let mut sources = Vec::new();
     let mut replicas = Vec::new();
-    for database in &config.databases {
+    for database in databases {
         match database {
-            DatabaseConfig::Source {
+            Database::Source {
                 name,
                 sync_replicas,
+                options,
             } => {
-                let db = node.open_database(name, Options::new())?;
-                node.serve(&db, *sync_replicas);
+                let db = node.open_database(&name, options)?;
+                node.serve(&db, sync_replicas);
                 println!("database {name} uuid {} role source", db.uuid());
                 sources.push(db);
             }
-            DatabaseConfig::Replica {
+            Database::Replica {
                 name,
-                source,
-                sources,
+                holders,
                 uuid,
+                options,
             } => {
-                let holders: Vec<SocketAddr> = source.iter().chain(sources).copied().collect();
-                if holders.is_empty() {
-                    return Err(format!(
-                        "{}: database {name}: a replica needs `source` or `sources`",
-                        args.config.display()
-                    )
-                    .into());
-                }
-                let replica = node.replicate_from_any(&holders, *uuid, name, Options::new())?;
+                let replica = node.replicate_from_any(&holders, uuid, &name, options)?;
                 println!("database {name} uuid {uuid} role replica");
                 replicas.push(replica);
             }
         }
     }
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let scraped = Arc::clone(&node);
+            let server = MetricsServer::start(
+                addr,
+                Arc::new(move || crate::metrics::encode(scraped.metrics())),
+            )
+            .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+            println!(
+                "node {} metrics on http://{}/metrics",
+                config.name,
+                server.local_addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
@@ -202,6 +544,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     tracing::info!("stopping");
+    drop(metrics);
     drop(replicas);
     drop(node);
     drop(sources);

@@ -190,6 +190,7 @@ impl Applier {
             self.state.binlog_next_lsn - first_lsn,
             self.feed.records_applied,
         );
+        inner.metrics.group(self.feed.records_applied);
         self.feed.records_applied = 0;
         inner.publish_applied(self.state.binlog_next_lsn);
         Ok(())

@@ -58,6 +58,8 @@ pub struct CommitTicket {
     pub(crate) inner: Arc<Inner>,
     pub(crate) pos: CommitPos,
     pub(crate) durability: Durability,
+    /// When `commit_async` was called: the commit's latency is counted from here.
+    pub(crate) started: Instant,
 }
 
 impl CommitTicket {
@@ -83,6 +85,15 @@ impl CommitTicket {
 
     /// Waits until the commit's durability holds; returns the record's seq.
     pub fn wait(self) -> Result<u64> {
+        let waited = self.wait_durability();
+        let (inner, started) = (&self.inner, self.started);
+        inner
+            .metrics
+            .commit(self.durability, started, waited.is_ok());
+        waited.map(|()| self.pos.seq)
+    }
+
+    fn wait_durability(&self) -> Result<()> {
         match self.durability {
             // In the committed log: every page up to the record's last one is finished, so a
             // process crash keeps it (recovery stops only at the first unfinished page). Never
@@ -108,7 +119,7 @@ impl CommitTicket {
             Durability::Durable => self.inner.wait_durable(self.pos)?,
             _ => self.inner.wait_applied(self.pos)?,
         }
-        Ok(self.pos.seq)
+        Ok(())
     }
 
     fn wait_replicated(&self, n: u32) -> Result<()> {

@@ -21,6 +21,7 @@ use pagemesh_logpage::{CommitPos, Flusher, Ingested, Log, LogOptions};
 use crate::apply::{self, ApplyStats, Stats};
 use crate::commit::{CommitTicket, WriteBatch};
 use crate::error::{Error, Result};
+use crate::metrics::{DatabaseMetrics, Metrics};
 use crate::options::{Durability, Options};
 use crate::read::Snapshot;
 use crate::record::RecordBuilder;
@@ -117,11 +118,13 @@ impl Database {
                 return Err(Error::NoReplicas { replicas });
             }
         }
+        let started = std::time::Instant::now();
         let pos = self.inner.append(&batch.record)?;
         Ok(CommitTicket {
             inner: Arc::clone(&self.inner),
             pos,
             durability,
+            started,
         })
     }
 
@@ -138,9 +141,11 @@ impl Database {
         let mut record = RecordBuilder::default();
         record.read(table, key, expected)?;
         record.put(table, key, value)?;
+        let started = std::time::Instant::now();
         let pos = self.inner.append(&record)?;
-        self.inner.wait_applied(pos)?;
-        Ok(pos.seq)
+        let applied = self.inner.wait_applied(pos);
+        (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
+        applied.map(|()| pos.seq)
     }
 
     /// Runs `body` as an optimistic transaction: its reads come from one snapshot and record the
@@ -159,9 +164,12 @@ impl Database {
         loop {
             let mut tx = Transaction::begin(self.read()?);
             let out = body(&mut tx)?;
+            let started = std::time::Instant::now();
             let pos = self.inner.append(tx.record())?;
             drop(tx);
-            match self.inner.wait_applied(pos) {
+            let applied = self.inner.wait_applied(pos);
+            (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
+            match applied {
                 Ok(()) => return Ok((out, pos.seq)),
                 Err(Error::Conflict { .. }) if attempt < retries_max => attempt += 1,
                 Err(error) => return Err(error),
@@ -279,6 +287,53 @@ impl Database {
         self.inner.stats.reading()
     }
 
+    /// The database's figures now: log watermarks, ring fill, commits and their latency by
+    /// durability, records per group and, for a source, each replica's lag (see
+    /// [`DatabaseMetrics`]). Cheap: atomic loads and one short lock of the replication state.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Durability, Options, WriteBatch};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// let mut batch = WriteBatch::new();
+    /// batch.put("prices", b"{A1}", b"250000")?;
+    /// db.commit(&batch, Durability::Applied)?;
+    ///
+    /// let metrics = db.metrics();
+    /// let applied = metrics.commits.iter().find(|c| c.durability == "applied").unwrap();
+    /// assert_eq!(applied.commits, 1);
+    /// assert_eq!(applied.latency_seconds.count, 1);
+    /// assert!(metrics.applied_lsn >= 1 && metrics.ring_fill() <= 1.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn metrics(&self) -> DatabaseMetrics {
+        let inner = &self.inner;
+        let log = &inner.log;
+        let committed_lsn = log.committed_lsn();
+        let stats = inner.stats.reading();
+        DatabaseMetrics {
+            uuid: inner.store.database_uuid,
+            is_replica: inner.store.is_replica,
+            committed_lsn,
+            applied_lsn: inner.applied_lsn.load(Ordering::Acquire),
+            durable_lsn: log.durable_lsn(),
+            ring_slots: log.slots(),
+            ring_used_pages: log
+                .anchor()
+                .lsn
+                .saturating_sub(log.horizon_lsn())
+                .min(log.slots()),
+            groups: stats.groups,
+            records: stats.records,
+            records_per_group: inner.metrics.records_per_group(),
+            commits: inner.metrics.commits(),
+            replicas: inner
+                .replication
+                .lag(committed_lsn, &inner.metrics.timeline),
+        }
+    }
+
     /// The database's uuid, made at creation.
     pub fn uuid(&self) -> uuid::Uuid {
         self.inner.store.database_uuid
@@ -362,6 +417,7 @@ pub(crate) struct Inner {
     /// Seqs of transactions the applier skipped for stale reads, until their committer looks.
     conflicts: Mutex<BTreeSet<u64>>,
     pub(crate) replication: Arc<Replication>,
+    pub(crate) metrics: Metrics,
 }
 
 /// Conflict outcomes kept for committers that have not looked yet; older ones are dropped first
@@ -383,6 +439,7 @@ impl Inner {
             conflicts: Mutex::new(BTreeSet::new()),
             stats: ApplyStats::default(),
             replication: Arc::new(Replication::default()),
+            metrics: Metrics::default(),
         }
     }
 
@@ -516,5 +573,6 @@ impl Inner {
         drop(guard);
         self.applied_changed.notify_all();
         self.applied_lsn.store(applied_lsn, Ordering::Release);
+        self.metrics.timeline.sample(applied_lsn);
     }
 }

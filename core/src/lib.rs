@@ -37,6 +37,7 @@ mod binlog;
 mod commit;
 mod database;
 mod error;
+mod metrics;
 mod options;
 mod read;
 mod read_only;
@@ -53,6 +54,10 @@ pub use apply::Stats;
 pub use commit::{CommitTicket, WriteBatch};
 pub use database::Database;
 pub use error::{Error, Result};
+pub use metrics::{
+    CommitMetrics, DatabaseMetrics, Histogram, ReplicaLag, ReplicaState, DEPARTED_REPLICAS_MAX,
+    TIMELINE_SAMPLES_MAX, TIMELINE_SPACING,
+};
 pub use options::{Durability, Options};
 pub use pagemesh_logpage::Ingested;
 pub use read::{Entries, Snapshot};

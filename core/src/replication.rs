@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::metrics::{ReplicaLag, ReplicaState, Timeline, DEPARTED_REPLICAS_MAX};
 
 /// The most nodes one replica link may report in its subtree.
 pub const SUBTREE_NODES_MAX: usize = 4096;
@@ -57,6 +58,9 @@ struct State {
     links: BTreeMap<u64, LinkState>,
     /// Bumped by `close`, so waiters stop.
     closed: bool,
+    /// Replicas that detached and have not attached again, oldest first, at most
+    /// [`DEPARTED_REPLICAS_MAX`]: `(name, node, received_lsn)`, for their lag.
+    departed: std::collections::VecDeque<(String, Uuid, u64)>,
 }
 
 #[derive(Debug)]
@@ -123,6 +127,7 @@ impl Replication {
     /// `received_lsn`.
     pub fn attach(self: &Arc<Self>, name: &str, node: Uuid, received_lsn: u64) -> ReplicaLink {
         let mut state = self.lock();
+        state.departed.retain(|(_, departed, _)| *departed != node);
         let id = state.next_id;
         state.next_id += 1;
         state.links.insert(
@@ -158,6 +163,29 @@ impl Replication {
                 durable_lsn: link.durable_lsn,
                 sync: link.sync,
                 subtree_nodes: link.subtree.len(),
+            })
+            .collect()
+    }
+
+    /// Each replica's lag behind `committed_lsn`: the attached ones in attach order, then the
+    /// departed ones (see `metrics.rs`).
+    pub(crate) fn lag(&self, committed_lsn: u64, timeline: &Timeline) -> Vec<ReplicaLag> {
+        let now = Instant::now();
+        let state = self.lock();
+        let attached = state.links.values().map(|link| {
+            let kind = if link.sync {
+                ReplicaState::Sync
+            } else {
+                ReplicaState::Async
+            };
+            (link.name.clone(), link.node, kind, link.received_lsn)
+        });
+        let departed = (state.departed.iter())
+            .map(|(name, node, lsn)| (name.clone(), *node, ReplicaState::Down, *lsn));
+        attached
+            .chain(departed)
+            .map(|(name, node, kind, received_lsn)| {
+                ReplicaLag::new(name, node, kind, received_lsn, committed_lsn, timeline, now)
             })
             .collect()
     }
@@ -322,6 +350,14 @@ impl Drop for ReplicaLink {
         let mut state = self.replication.lock();
         if let Some(link) = state.links.remove(&self.id) {
             tracing::info!(replica = %link.name, received_lsn = link.received_lsn, "replica detached");
+            // Still attached through another link: its lag shows there.
+            if !state.links.values().any(|other| other.node == link.node) {
+                state.departed.retain(|(_, node, _)| *node != link.node);
+                if state.departed.len() >= DEPARTED_REPLICAS_MAX {
+                    state.departed.pop_front();
+                }
+                (state.departed).push_back((link.name, link.node, link.received_lsn));
+            }
         }
         state.rebalance();
         drop(state);
@@ -335,6 +371,26 @@ mod tests {
 
     fn node(n: u128) -> Uuid {
         Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn a_detached_replica_keeps_its_lag_as_down_until_it_attaches_again() {
+        let replication = Arc::new(Replication::default());
+        replication.enable(1);
+        let timeline = Timeline::default();
+        let link = replication.attach("r", node(1), 0);
+        link.ack(7, 7);
+        let states = |committed| -> Vec<(ReplicaState, u64)> {
+            (replication.lag(committed, &timeline).iter())
+                .map(|lag| (lag.state, lag.lag_pages))
+                .collect()
+        };
+        assert_eq!(states(10), [(ReplicaState::Sync, 3)]);
+        drop(link);
+        assert_eq!(states(12), [(ReplicaState::Down, 5)]);
+        let back = replication.attach("r", node(1), 12);
+        assert_eq!(states(12), [(ReplicaState::Sync, 0)], "no stale row left");
+        drop(back);
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod service;
 pub mod transport;
 
 pub use error::{BoxError, Error, Result};
+pub use service::metrics::NetMetricsSnapshot;
 pub use service::{
     AckSink, DatabaseLog, History, ReplicaDatabase, ReplicaStore, Service, ServiceConfig,
     SourceDatabase, Subscription, SubscriptionStatus, BOOTSTRAP,

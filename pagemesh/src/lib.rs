@@ -18,7 +18,7 @@
 
 pub mod node;
 
-pub use node::{Node, NodeBuilder, NodeError, Replica};
+pub use node::{DatabaseReport, Node, NodeBuilder, NodeError, NodeMetrics, Replica};
 pub use pagemesh_core as core;
 pub use pagemesh_logpage as log;
 pub use pagemesh_net as net;

@@ -37,14 +37,15 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use pagemesh_core::{Database, Options, ReplicaLink};
+use pagemesh_core::{Database, DatabaseMetrics, Options, ReplicaLink};
 use pagemesh_logpage::Log;
 use pagemesh_net::{
-    AckSink, BoxError, DatabaseLog, History, ReplicaDatabase, ReplicaStore, RuntimeKind, Service,
-    ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus, TransportKind,
+    AckSink, BoxError, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase, ReplicaStore,
+    RuntimeKind, Service, ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus,
+    TransportKind,
 };
 use uuid::Uuid;
 
@@ -200,6 +201,7 @@ impl NodeBuilder {
             service: Service::start(self.config.node(node))?,
             data_dir: self.data_dir,
             open: Arc::new(Mutex::new(HashMap::new())),
+            watched: Mutex::new(Watched::default()),
         })
     }
 }
@@ -213,9 +215,108 @@ pub struct Node {
     /// Directories in use (databases and replicas), to refuse opening one twice. Shared with each
     /// [`Replica`], which gives its directory back when dropped.
     open: Arc<Mutex<HashMap<PathBuf, ()>>>,
+    /// What [`Node::metrics`] reports on.
+    watched: Mutex<Watched>,
+}
+
+/// The databases [`Node::metrics`] reports: names by uuid (from [`Node::open_database`]), the
+/// served ones (the network holds them open anyway), and the replicas, weakly (a dropped
+/// [`Replica`] disappears from the report).
+#[derive(Debug, Default)]
+struct Watched {
+    names: HashMap<Uuid, String>,
+    served: Vec<Database>,
+    replicas: Vec<(String, Weak<ReplicaSlot>, Weak<Subscription>)>,
+}
+
+/// A node's figures at one moment, from [`Node::metrics`]: plain values.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeMetrics {
+    /// The node's uuid.
+    pub node: Uuid,
+    /// Bytes in and out, refusals and link errors.
+    pub network: NetMetricsSnapshot,
+    /// The databases the node serves ([`Node::serve`]), then its replicas (a replica appears
+    /// once its bootstrap has made its database).
+    pub databases: Vec<DatabaseReport>,
+}
+
+/// One database in [`NodeMetrics`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DatabaseReport {
+    /// The name it was opened or replicated under.
+    pub name: String,
+    /// `source` or `replica`.
+    pub role: &'static str,
+    /// The store's figures (for a source, each of its replicas' lag).
+    pub metrics: DatabaseMetrics,
+    /// For a replica: its subscription (connected, upstream, restores, grafts).
+    pub subscription: Option<SubscriptionStatus>,
 }
 
 impl Node {
+    /// The node's figures now: the network's counters, and for every database it serves or
+    /// replicates, [`Database::metrics`] (commits and latency by durability, groups, ring fill,
+    /// applied LSN, each replica's lag in pages, bytes and seconds, and its state). This is what
+    /// `pagemesh node` serves on `/metrics`; an application that embeds pagemesh reads the same
+    /// numbers here.
+    ///
+    /// ```
+    /// use pagemesh::Node;
+    /// use pagemesh_core::{Durability, Options, WriteBatch};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let node = Node::builder("a", dir.path()).listen("127.0.0.1:0".parse()?).open()?;
+    /// let db = node.open_database("prices", Options::new())?;
+    /// node.serve(&db, 0);
+    /// let mut batch = WriteBatch::new();
+    /// batch.put("sales", b"{A1}", b"250000")?;
+    /// db.commit(&batch, Durability::Durable)?;
+    ///
+    /// let metrics = node.metrics();
+    /// let prices = &metrics.databases[0];
+    /// assert_eq!((prices.name.as_str(), prices.role), ("prices", "source"));
+    /// let durable = prices.metrics.commits.iter().find(|c| c.durability == "durable").unwrap();
+    /// assert_eq!(durable.commits, 1);
+    /// assert!(prices.metrics.replicas.is_empty(), "nobody replicates it yet");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn metrics(&self) -> NodeMetrics {
+        let mut watched = lock(&self.watched);
+        watched.replicas.retain(|(_, slot, subscription)| {
+            slot.strong_count() > 0 && subscription.strong_count() > 0
+        });
+        let mut databases: Vec<DatabaseReport> = (watched.served.iter())
+            .map(|db| DatabaseReport {
+                name: (watched.names.get(&db.uuid()).cloned())
+                    .unwrap_or_else(|| db.uuid().to_string()),
+                role: "source",
+                metrics: db.metrics(),
+                subscription: None,
+            })
+            .collect();
+        for (name, slot, subscription) in &watched.replicas {
+            let (Some(slot), Some(subscription)) = (slot.upgrade(), subscription.upgrade()) else {
+                continue;
+            };
+            if let Some(db) = slot.current_database() {
+                databases.push(DatabaseReport {
+                    name: name.clone(),
+                    role: "replica",
+                    metrics: db.metrics(),
+                    subscription: Some(subscription.status()),
+                });
+            }
+        }
+        NodeMetrics {
+            node: self.uuid(),
+            network: self.service.metrics(),
+            databases,
+        }
+    }
+
     /// A node named `name` keeping its databases in `data_dir`. Defaults: not listening, no
     /// secret (loopback only), io_uring with an epoll fallback.
     pub fn builder(name: &str, data_dir: impl Into<PathBuf>) -> NodeBuilder {
@@ -258,13 +359,20 @@ impl Node {
     /// absolute path).
     pub fn open_database(&self, name: &str, options: Options) -> Result<Database, NodeError> {
         let path = self.claim(name)?;
-        Ok(Database::open(path, options)?)
+        let database = Database::open(path, options)?;
+        (lock(&self.watched).names).insert(database.uuid(), name.to_string());
+        Ok(database)
     }
 
     /// Makes `database` a source: replicas may subscribe to it, and `sync_replicas` of them are
     /// synchronous (their acks count for `Replicated(n)`).
     pub fn serve(&self, database: &Database, sync_replicas: usize) {
         database.replication().enable(sync_replicas);
+        let mut watched = lock(&self.watched);
+        if !watched.served.iter().any(|db| db.uuid() == database.uuid()) {
+            watched.served.push(database.clone());
+        }
+        drop(watched);
         self.service.serve(Arc::new(Wired(database.clone())));
     }
 
@@ -312,7 +420,12 @@ impl Node {
             path: path.clone(),
         };
         let slot = Arc::new(ReplicaSlot::open(name, &path, options)?);
-        let subscription = self.service.subscribe(holders, database, slot.clone())?;
+        let subscription = Arc::new(self.service.subscribe(holders, database, slot.clone())?);
+        lock(&self.watched).replicas.push((
+            name.to_string(),
+            Arc::downgrade(&slot),
+            Arc::downgrade(&subscription),
+        ));
         Ok(Replica {
             name: name.to_string(),
             slot,
@@ -320,6 +433,12 @@ impl Node {
             _claim: claim,
         })
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Gives a claimed directory back when dropped.
@@ -343,7 +462,7 @@ impl Drop for Claim {
 pub struct Replica {
     name: String,
     slot: Arc<ReplicaSlot>,
-    subscription: Subscription,
+    subscription: Arc<Subscription>,
     /// Last: the directory is given back after the subscription is dropped.
     _claim: Claim,
 }

@@ -70,6 +70,7 @@ use uuid::Uuid;
 
 pub mod admission;
 mod link;
+pub mod metrics;
 mod replica;
 pub mod replica_link;
 pub mod shipper;
@@ -83,6 +84,7 @@ use self::admission::{
     UNAUTHENTICATED_LINK_BYTES,
 };
 use self::link::LinkControl;
+use self::metrics::{NetMetrics, NetMetricsSnapshot};
 use self::replica::follow;
 pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
@@ -301,6 +303,7 @@ pub struct Service {
     node: Uuid,
     backoff_max: Duration,
     graft_timeout: Duration,
+    metrics: Arc<NetMetrics>,
 }
 
 impl std::fmt::Debug for Service {
@@ -383,8 +386,10 @@ impl Service {
         let node = config.node;
         let (backoff_max, graft_timeout) = (config.backoff_max, config.graft_timeout);
         let thread_name = format!("pagemesh-net-{}", config.name);
+        let metrics = Arc::new(NetMetrics::default());
+        let counted = Arc::clone(&metrics);
         let (runtime, thread) = spawn_runtime(&thread_name, config.transport, move |kind| {
-            run(kind, config, receiver, addr_tx)
+            run(kind, config, receiver, addr_tx, counted)
         })?;
         let local_addr = addr_rx
             .recv()
@@ -399,7 +404,14 @@ impl Service {
             node,
             backoff_max,
             graft_timeout,
+            metrics,
         })
+    }
+
+    /// The network's counters now: bytes in and out, refusals, link errors (see
+    /// [`metrics`]).
+    pub fn metrics(&self) -> NetMetricsSnapshot {
+        self.metrics.snapshot()
     }
 
     /// Where the service listens, if it does.
@@ -523,6 +535,8 @@ struct Runtime {
     /// This node's way to each database's origin, where it follows a holder (see
     /// [`Runtime::path`]).
     paths: RefCell<HashMap<Uuid, Vec<Uuid>>>,
+    /// What [`Service::metrics`] reports.
+    metrics: Arc<NetMetrics>,
 }
 
 impl Runtime {
@@ -607,6 +621,7 @@ impl Runtime {
     /// Counts a connection refused, evicted or failed before it authenticated; logs the counts
     /// at most once per [`REFUSAL_LOG_INTERVAL`].
     fn refused(&self, reason: Reason) {
+        self.metrics.refused(reason);
         let report = self.refusals.borrow_mut().record(reason, Instant::now());
         if let Some(counts) = report {
             log_refusals(&counts, &self.admission.borrow());
@@ -631,7 +646,9 @@ async fn run(
     config: ServiceConfig,
     mut instructions: mpsc::UnboundedReceiver<Instruction>,
     addr_tx: std::sync::mpsc::SyncSender<Result<Option<SocketAddr>>>,
+    metrics: Arc<NetMetrics>,
 ) {
+    self::metrics::install(Arc::clone(&metrics));
     let mut handshake =
         HandshakeConfig::new(config.node, config.name.clone(), config.secret.clone());
     handshake.timeout = config.handshake_timeout;
@@ -661,6 +678,7 @@ async fn run(
         refusals: RefCell::new(Refusals::new(REFUSAL_LOG_INTERVAL)),
         receipts: RefCell::new(HashMap::new()),
         paths: RefCell::new(HashMap::new()),
+        metrics,
     });
     let accepting = LinkControl::new();
     if let Some(listener) = listener {

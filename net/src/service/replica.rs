@@ -111,6 +111,7 @@ pub(super) async fn follow(
                 }
             }
             if let (Err(error), None) = (&outcome, moving.get()) {
+                runtime.metrics.link_failed(error);
                 let next = *routing.upstreams.borrow().current();
                 // A holder that served and went away, or a whole round that failed, is news; a
                 // holder that cannot serve yet (a relay still bootstrapping, or behind) is not.

@@ -57,8 +57,11 @@ pub(super) async fn serve_link(
     runtime.links.borrow_mut().remove(&id);
     runtime.admission.borrow_mut().closed(id);
     match outcome {
-        Ok(()) => tracing::debug!(%peer, "link closed"),
-        Err(Some(error)) => tracing::warn!(%peer, %error, "link closed"),
+        Ok(()) => tracing::info!(%peer, "link closed"),
+        Err(Some(error)) => {
+            runtime.metrics.link_failed(&error);
+            tracing::warn!(%peer, %error, "link closed");
+        }
         // Counted and logged with the other refusals.
         Err(None) => {}
     }

@@ -505,6 +505,7 @@ impl FrameReader {
         if let Ok(read) = read {
             let progress = &self.progress.read;
             progress.set(progress.get() + read as u64);
+            crate::service::metrics::bytes_in(read as u64);
         }
         read
     }
@@ -535,6 +536,7 @@ impl FrameWriter {
             return Ok(());
         }
         let written = &self.progress.written;
+        let written_before = written.get();
         let (result, mut batch) = match &mut self.half {
             WriteHalf::Uring(stream) => stream.send_all(batch, written).await,
             WriteHalf::Epoll(half) => {
@@ -558,6 +560,7 @@ impl FrameWriter {
                 (result, batch)
             }
         };
+        crate::service::metrics::bytes_out(written.get() - written_before);
         // Keep big buffers only while they are in use: a burst must not pin memory forever.
         if batch.capacity() > WRITE_BUFFER_KEPT {
             batch = Vec::new();
