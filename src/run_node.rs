@@ -11,8 +11,8 @@
 //! metrics_listen = "127.0.0.1:9400" # optional: Prometheus text on http://ADDR/metrics
 //! log_level = "info"                # a tracing filter (RUST_LOG, when set, wins); default info
 //! log_format = "text"               # text | json (or --log-format)
-//! peers = ["10.0.0.2:7400"]         # other nodes of the mesh: parsed and logged; the mesh's
-//!                                   # gossip will use them (not built yet)
+//! peers = ["10.0.0.2:7400"]         # nodes to gossip with: through them the node learns the
+//!                                   # rest of the mesh and who serves which database
 //!
 //! [admission]                        # optional; these are the defaults (see
 //! links_max = 1024                   # pagemesh_net::service::admission)
@@ -35,7 +35,8 @@
 //! [[databases]]
 //! name = "land-registry-copy"
 //! role = "replica"
-//! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…")
+//! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…";
+//!                                    # or neither: whichever nodes the gossip says hold it)
 //! uuid = "…"                         # the source database's uuid (printed by its node)
 //! ring_pages = 4096                  # ring_pages and retain_* apply to replicas too
 //! ```
@@ -48,7 +49,8 @@
 //! replica, since every node that listens relays what it holds. When that link fails it follows
 //! the next at once (`pagemesh::Node::replicate_from_any`), so a mesh can be drawn as a tree in
 //! the configs, each node listing its neighbours nearer the origin, and a failed relay is
-//! routed around.
+//! routed around. A replica with neither `source` nor `sources` follows the holders the node
+//! learns of by gossip through its `peers` (`pagemesh::Node::replicate_discovered`).
 //!
 //! On start the node prints its identity, `node NAME uuid UUID` (created once and kept in
 //! `data_dir/node.uuid`), then `node NAME listening on ADDR` if it listens, then one line per
@@ -301,7 +303,7 @@ fn plan(path: &Path) -> Result<Plan, ConfigError> {
         if !names.insert(database.name.as_str()) {
             return Err(problem("named twice".into()));
         }
-        databases.push(database_plan(database).map_err(problem)?);
+        databases.push(database_plan(database, &config.peers).map_err(problem)?);
     }
     Ok(Plan {
         transport,
@@ -312,7 +314,7 @@ fn plan(path: &Path) -> Result<Plan, ConfigError> {
 }
 
 /// Checks one database entry and makes its options.
-fn database_plan(database: &DatabaseConfig) -> Result<Database, String> {
+fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Database, String> {
     let mut options = Options::new();
     if let Some(pages) = database.ring_pages {
         if !(4..=1 << 24).contains(&pages) || !pages.is_power_of_two() {
@@ -381,8 +383,11 @@ fn database_plan(database: &DatabaseConfig) -> Result<Database, String> {
                 .chain(&database.sources)
                 .copied()
                 .collect();
-            if holders.is_empty() {
-                return Err("a replica needs `source` or `sources`".into());
+            if holders.is_empty() && peers.is_empty() {
+                return Err(
+                    "a replica needs `source`, `sources`, or `peers` to learn its holders from"
+                        .into(),
+                );
             }
             let uuid = database
                 .uuid
@@ -481,6 +486,7 @@ fn serve(
     let mut builder = Node::builder(&config.name, &config.data_dir)
         .secret(secret(&config)?)
         .transport(transport)
+        .peers(config.peers.clone())
         .network(|network| config.admission.configure(network));
     if let Some(listen) = config.listen {
         builder = builder.listen(listen);
@@ -490,9 +496,7 @@ fn serve(
     if let Some(addr) = node.local_addr() {
         println!("node {} listening on {addr}", config.name);
     }
-    if !config.peers.is_empty() {
-        tracing::info!(peers = ?config.peers, "peers configured; the mesh's gossip will use them (not built yet)");
-    }
+
     let mut sources = Vec::new();
     let mut replicas = Vec::new();
     for database in databases {
@@ -513,7 +517,11 @@ fn serve(
                 uuid,
                 options,
             } => {
-                let replica = node.replicate_from_any(&holders, uuid, &name, options)?;
+                let replica = if holders.is_empty() {
+                    node.replicate_discovered(uuid, &name, options)?
+                } else {
+                    node.replicate_from_any(&holders, uuid, &name, options)?
+                };
                 println!("database {name} uuid {uuid} role replica");
                 replicas.push(replica);
             }

@@ -93,15 +93,41 @@ fn write_config(
     sources: &[SocketAddr],
     database: uuid::Uuid,
 ) -> PathBuf {
+    write_mesh_config(dir, name, transport, listen, sources, &[], database)
+}
+
+/// The config of a node that listens on `listen`, gossips with `peers`, and follows `sources`
+/// (none: whichever nodes the gossip says hold the database).
+fn write_mesh_config(
+    dir: &Path,
+    name: &str,
+    transport: &str,
+    listen: SocketAddr,
+    sources: &[SocketAddr],
+    peers: &[SocketAddr],
+    database: uuid::Uuid,
+) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
-    let sources: Vec<String> = sources.iter().map(|a| format!("\"{a}\"")).collect();
+    let quoted = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let sources = if sources.is_empty() {
+        String::new()
+    } else {
+        format!("sources = [{}]\n", quoted(sources))
+    };
     std::fs::write(
         &path,
         format!(
-            "name = \"{name}\"\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ntransport = \"{transport}\"\n\n\
-             [[databases]]\nname = \"copy\"\nrole = \"replica\"\nsources = [{}]\nuuid = \"{database}\"\n",
+            "name = \"{name}\"\nlisten = \"{listen}\"\ndata_dir = \"{}\"\ntransport = \"{transport}\"\n\
+             peers = [{}]\n\n\
+             [[databases]]\nname = \"copy\"\nrole = \"replica\"\n{sources}uuid = \"{database}\"\n",
             dir.join(name).display(),
-            sources.join(", ")
+            quoted(peers),
         ),
     )
     .expect("write config");
@@ -276,4 +302,88 @@ fn a_grid_of_processes_relays_reroutes_and_converges_on_epoll() {
 #[test]
 fn a_grid_of_processes_relays_reroutes_and_converges_on_io_uring() {
     a_grid_of_processes_relays_reroutes_and_converges(TransportKind::Uring, "uring");
+}
+
+/// Membership by gossip over real processes: a chain `origin – a – b – c` in which each node
+/// knows only its neighbour towards the origin as a *peer*, and only `a` names a source. `b` and
+/// `c` replicate a database they have never seen, knowing its uuid and one peer: they learn from
+/// the gossip which nodes serve it and follow the nearest (`c` follows `b`, the one it hears
+/// directly). Then `a` is killed with SIGKILL: `b` moves to the origin, which it only knows by
+/// gossip, and `Replicated(3)` commits keep returning. Everything converges, nothing re-seeded.
+fn a_node_knowing_one_peer_discovers_its_holders(transport: TransportKind, name: &str) {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = node("origin", dir.path(), transport, LOOPBACK, None);
+    let db = origin
+        .open_database(
+            "db",
+            options(1024).replication_timeout(Duration::from_secs(5)),
+        )
+        .expect("open the origin's database");
+    origin.serve(&db, 3);
+    let origin_addr = origin.local_addr().expect("the origin listens");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let a_config = write_mesh_config(
+        dir.path(),
+        "a",
+        name,
+        any_port,
+        &[origin_addr],
+        &[origin_addr],
+        db.uuid(),
+    );
+    let a = NodeProcess::start(&a_config);
+    let b_config = write_mesh_config(dir.path(), "b", name, any_port, &[], &[a.addr], db.uuid());
+    let b = NodeProcess::start(&b_config);
+    let c_config = write_mesh_config(dir.path(), "c", name, any_port, &[], &[b.addr], db.uuid());
+    let c = NodeProcess::start(&c_config);
+    wait_held_by(&db, 3, "b and c discovered a holder by gossip");
+    // Each follows the nearest holder it learns of: the origin ends up linked to a only.
+    eventually(
+        "b and c settle on the relays they hear directly",
+        PATIENCE,
+        || (db.replication().status().len() == 1).then_some(()),
+    );
+    let ledger = Ledger::default();
+    let mut workload = bulk_workload(SEED ^ 7, 0);
+    ledger.run(&db, &mut workload, 30, &[Replicated(3)], &no_check);
+    ledger.assert_clean("a chain learned by gossip");
+
+    // a dies; b follows the origin, known to it only through a's gossip.
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        drop(a);
+    });
+    ledger.run(&db, &mut workload, 20, &[Replicated(1), Applied], &no_check);
+    killer.join().expect("killer");
+    ledger.run(&db, &mut workload, 20, &[Replicated(2)], &no_check);
+    ledger.assert_clean("b moved to the origin it learned of");
+
+    c.stop("c");
+    b.stop("b");
+    db.log().seal();
+    let end = eventually("the origin applies its log", PATIENCE, || {
+        let end = db.received_lsn();
+        (db.applied_lsn() >= end).then_some(end)
+    });
+    for label in ["b", "c"] {
+        let copy = open_copy(dir.path(), label);
+        eventually(
+            &format!("{label} applies what it received"),
+            PATIENCE,
+            || (copy.applied_lsn() >= end).then_some(()),
+        );
+        assert_same(&db, &copy, label);
+        assert_model(&copy, &ledger, label);
+    }
+}
+
+#[test]
+fn a_node_knowing_one_peer_discovers_its_holders_on_epoll() {
+    a_node_knowing_one_peer_discovers_its_holders(TransportKind::Epoll, "epoll");
+}
+
+#[test]
+fn a_node_knowing_one_peer_discovers_its_holders_on_io_uring() {
+    a_node_knowing_one_peer_discovers_its_holders(TransportKind::Uring, "uring");
 }

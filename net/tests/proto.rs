@@ -52,6 +52,7 @@ enum Owned {
     Reply(u64, Vec<u8>),
     Watch(Watch),
     Have(Have),
+    Peers(PeerList),
     Receipts(ReceiptReport),
 }
 
@@ -106,6 +107,7 @@ impl Owned {
             Owned::Receipts(f) => Frame::Receipts(f.clone()),
             Owned::Watch(f) => Frame::Watch(*f),
             Owned::Have(f) => Frame::Have(f.clone()),
+            Owned::Peers(f) => Frame::Peers(f.clone()),
         }
     }
 }
@@ -115,6 +117,26 @@ fn uuid() -> impl Strategy<Value = Uuid> {
 }
 
 /// Up to 16 chars of up to 4 bytes: never over NAME_MAX.
+fn peer_entry() -> impl Strategy<Value = PeerEntry> {
+    let ip = prop_oneof![
+        any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+        any::<[u8; 16]>().prop_map(std::net::IpAddr::from),
+    ];
+    (
+        uuid(),
+        any::<u64>(),
+        ip,
+        any::<u16>(),
+        vec(uuid(), 0..=PEER_DATABASES_MAX),
+    )
+        .prop_map(|(node, heartbeat, ip, port, databases)| PeerEntry {
+            node,
+            heartbeat,
+            addr: std::net::SocketAddr::new(ip, port),
+            databases,
+        })
+}
+
 fn name() -> impl Strategy<Value = String> {
     ".{0,16}"
 }
@@ -248,6 +270,7 @@ fn owned_frame() -> impl Strategy<Value = Owned> {
                 lsn,
                 path
             })),
+        vec(peer_entry(), 1..=PEERS_MAX).prop_map(|entries| Owned::Peers(PeerList { entries })),
     ]
 }
 
@@ -459,10 +482,10 @@ fn a_reader_refuses_what_it_does_not_accept_by_the_header_alone() {
 fn header_faults_are_typed() {
     let good = encoded(&Frame::Heartbeat(Heartbeat { sent_micros: 7 }));
     let mut unknown = good.clone();
-    unknown[4] = 15;
+    unknown[4] = 16;
     assert!(matches!(
         decode(&unknown),
-        Err(Error::UnknownFrameType { frame_type: 15 })
+        Err(Error::UnknownFrameType { frame_type: 16 })
     ));
     assert!(matches!(
         decode(&raw_frame(0, 0, &[])),
@@ -602,12 +625,12 @@ fn pages_faults_are_typed() {
 fn every_type_names_itself() {
     let frame = Frame::Heartbeat(Heartbeat { sent_micros: 0 });
     assert_eq!(frame.kind(), "HEARTBEAT");
-    for byte in 1..=14u8 {
+    for byte in 1..=15u8 {
         let ty = FrameType::from_u8(byte).unwrap();
         assert_eq!(ty as u8, byte);
         assert!(!ty.name().is_empty());
     }
-    assert_eq!(FrameType::from_u8(15), None);
+    assert_eq!(FrameType::from_u8(16), None);
     assert_eq!(FrameType::from_u8(0), None);
 }
 
@@ -1151,4 +1174,59 @@ fn a_have_without_a_path_is_version_3s_and_a_path_is_bounded() {
     // A path of PATH_MAX nodes fits a control link's bodies.
     let longest = encoded(&have(vec![Uuid::from_u128(5); PATH_MAX]));
     assert!(longest.len() - FRAME_HEADER_LEN <= CONTROL_BODY_MAX);
+}
+
+#[test]
+fn peers_faults_are_typed() {
+    let entry = |family: u8, ip: &[u8], dbs: u8| {
+        let mut body = Uuid::from_u128(1).as_bytes().to_vec();
+        body.extend_from_slice(&7u64.to_le_bytes());
+        body.push(family);
+        body.extend_from_slice(ip);
+        body.extend_from_slice(&7400u16.to_le_bytes());
+        body.push(dbs);
+        for db in 0..dbs {
+            body.extend_from_slice(Uuid::from_u128(u128::from(db)).as_bytes());
+        }
+        body
+    };
+    let peers = |count: u8, entries: &[Vec<u8>]| {
+        let mut body = vec![count];
+        entries.iter().for_each(|e| body.extend_from_slice(e));
+        raw_frame(15, 0, &body)
+    };
+    let good = entry(4, &[127, 0, 0, 1], 2);
+    match decode_one(&peers(1, std::slice::from_ref(&good))).0 {
+        Frame::Peers(list) => {
+            assert_eq!(list.entries[0].addr, "127.0.0.1:7400".parse().unwrap());
+            assert_eq!(list.entries[0].databases.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(malformed_reason(&peers(0, &[])), "peer count out of 1..=16");
+    assert_eq!(
+        malformed_reason(&peers(17, std::slice::from_ref(&good))),
+        "peer count out of 1..=16"
+    );
+    assert_eq!(
+        malformed_reason(&peers(1, &[entry(5, &[127, 0, 0, 1], 0)])),
+        "address family not 4 or 6"
+    );
+    assert_eq!(
+        malformed_reason(&peers(1, &[entry(4, &[127, 0, 0, 1], 9)])),
+        "more than 8 databases"
+    );
+    assert_eq!(
+        malformed_reason(&peers(2, std::slice::from_ref(&good))),
+        "body too short"
+    );
+    assert_eq!(
+        malformed_reason(&peers(1, &[good.clone(), vec![0]])),
+        "trailing bytes"
+    );
+    // Sixteen entries at their largest fit a control link's bodies.
+    let largest = entry(6, &[0; 16], 8);
+    let full: Vec<Vec<u8>> = vec![largest; 16];
+    assert!(peers(16, &full).len() - FRAME_HEADER_LEN <= CONTROL_BODY_MAX);
+    assert!(decode(&peers(16, &full)).is_ok());
 }

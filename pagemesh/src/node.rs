@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use pagemesh_core::{Database, DatabaseMetrics, Options, ReplicaLink};
 use pagemesh_logpage::Log;
+use pagemesh_net::proto::PeerEntry;
 use pagemesh_net::{
     AckSink, BoxError, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase, ReplicaStore,
     RuntimeKind, Service, ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus,
@@ -159,6 +160,18 @@ impl NodeBuilder {
     /// Accept replica links on `addr` (port 0 picks a free port).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.config = self.config.listen(addr);
+        self
+    }
+    /// Nodes to gossip with (see [`ServiceConfig::peers`]): through them this node learns the
+    /// rest of the mesh, and which nodes serve which database, so that
+    /// [`Node::replicate_discovered`] needs no address.
+    pub fn peers(mut self, peers: Vec<SocketAddr>) -> Self {
+        self.config = self.config.peers(peers);
+        self
+    }
+    /// How often this node gossips (see [`ServiceConfig::gossip_interval`]).
+    pub fn gossip_interval(mut self, interval: Duration) -> Self {
+        self.config = self.config.gossip_interval(interval);
         self
     }
     /// The cluster secret (see [`ServiceConfig::secret`]).
@@ -414,13 +427,46 @@ impl Node {
         name: &str,
         options: Options,
     ) -> Result<Replica, NodeError> {
+        self.replicate_with(name, options, |service, slot| {
+            service.subscribe(holders, database, slot)
+        })
+    }
+
+    /// Keeps a local replica `name` of `database` (by uuid) following whichever nodes the
+    /// membership gossip says serve it (see [`NodeBuilder::peers`]): a node can replicate a
+    /// database it has never seen, knowing one peer and the uuid. Until a holder is known the
+    /// replica waits (its [`Replica::status`] says so); it then follows them as
+    /// [`replicate_from_any`](Self::replicate_from_any) does, and takes the mesh's newer list
+    /// whenever it has no link.
+    pub fn replicate_discovered(
+        &self,
+        database: Uuid,
+        name: &str,
+        options: Options,
+    ) -> Result<Replica, NodeError> {
+        self.replicate_with(name, options, |service, slot| {
+            Ok(service.subscribe_discovered(database, slot))
+        })
+    }
+
+    /// The other nodes this node knows of through gossip: uuid, address, databases served.
+    pub fn members(&self) -> Vec<PeerEntry> {
+        self.service.members()
+    }
+
+    fn replicate_with(
+        &self,
+        name: &str,
+        options: Options,
+        subscribe: impl FnOnce(&Service, Arc<ReplicaSlot>) -> Result<Subscription, pagemesh_net::Error>,
+    ) -> Result<Replica, NodeError> {
         let path = self.claim(name)?;
         let claim = Claim {
             open: Arc::clone(&self.open),
             path: path.clone(),
         };
         let slot = Arc::new(ReplicaSlot::open(name, &path, options)?);
-        let subscription = Arc::new(self.service.subscribe(holders, database, slot.clone())?);
+        let subscription = Arc::new(subscribe(&self.service, slot.clone())?);
         lock(&self.watched).replicas.push((
             name.to_string(),
             Arc::downgrade(&slot),

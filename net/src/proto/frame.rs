@@ -38,12 +38,16 @@
 //! 13 WATCH      database uuid | origin uuid                                  32
 //! 14 HAVE       database uuid | origin uuid | lsn u64 |                      40 + 1 + 32 × 16
 //!               [path_count u8 | path uuid × n (1 ≤ n ≤ 32)]
+//! 15 PEERS      count u8 (1 ≤ count ≤ 16) | (node uuid | heartbeat u64 |     1 + 16 × 172
+//!               family u8 (4|6) | ip [4|16] | port u16 | db_count u8 |
+//!               database uuid × db_count (≤ 8)) × count
 //! ```
 //!
 //! Protocol version 2 added RECEIPTS, version 3 WATCH and HAVE: a node sends them only on a
 //! link whose peer speaks that version or later, and an older peer never sends them. Version 4
 //! added HAVE's path (the sender's way to the origin); a HAVE with no path is version 3's 40
-//! bytes exactly, so a node sends a path only to a peer of version 4 or later.
+//! bytes exactly, so a node sends a path only to a peer of version 4 or later. Version 4 also
+//! added PEERS, the membership gossip, on links of its own.
 //!
 //! The encoding is canonical: [`decode`] accepts exactly the bytes [`encode`] writes, so a frame
 //! that decodes re-encodes to the same bytes. Decoding never panics and never allocates more than
@@ -93,6 +97,11 @@ pub const RECEIPTS_SINCE_VERSION: u16 = 2;
 pub const WATCH_SINCE_VERSION: u16 = 3;
 /// The first protocol version whose HAVE frames may carry a path.
 pub const PATH_SINCE_VERSION: u16 = 4;
+/// The most nodes one PEERS frame describes; a node gossips more in several frames.
+pub const PEERS_MAX: usize = 16;
+/// The most databases one PEERS entry says its node serves (a node serving more is advertised
+/// with the first [`PEER_DATABASES_MAX`]).
+pub const PEER_DATABASES_MAX: usize = 8;
 /// The most nodes a HAVE frame's path may name; a longer way to the origin is cut to its
 /// nearest [`PATH_MAX`] nodes.
 pub const PATH_MAX: usize = 32;
@@ -127,6 +136,9 @@ const RECEIPTS_FIXED_LEN: usize = 16 + 16 + 2;
 const RECEIPT_LEN: usize = 16 + 8;
 const WATCH_LEN: usize = 16 + 16;
 const HAVE_LEN: usize = 16 + 16 + 8 + 1 + PATH_MAX * 16;
+/// A PEERS entry at its largest: node, heartbeat, an IPv6 address and port, eight databases.
+const PEER_ENTRY_MAX: usize = 16 + 8 + 1 + 16 + 2 + 1 + PEER_DATABASES_MAX * 16;
+const PEERS_LEN: usize = 1 + PEERS_MAX * PEER_ENTRY_MAX;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
 const _: () = assert!(FRAME_BODY_MAX <= u32::MAX as usize);
@@ -136,6 +148,7 @@ const _: () = assert!(
         && HEARTBEAT_LEN <= CONTROL_BODY_MAX
         && WATCH_LEN <= CONTROL_BODY_MAX
         && HAVE_LEN <= CONTROL_BODY_MAX
+        && PEERS_LEN <= CONTROL_BODY_MAX
         && RECEIPTS_FIXED_LEN + RECEIPTS_MAX * RECEIPT_LEN <= CONTROL_BODY_MAX
         && HANDSHAKE_BODY_MAX <= CONTROL_BODY_MAX
 );
@@ -177,6 +190,8 @@ pub enum FrameType {
     Watch = 13,
     /// "I hold every page of this origin below this LSN."
     Have = 14,
+    /// Membership gossip: nodes the sender knows, where they listen, what they serve.
+    Peers = 15,
 }
 
 impl FrameType {
@@ -198,6 +213,7 @@ impl FrameType {
             12 => Receipts,
             13 => Watch,
             14 => Have,
+            15 => Peers,
             _ => return None,
         })
     }
@@ -220,6 +236,7 @@ impl FrameType {
             Receipts => "RECEIPTS",
             Watch => "WATCH",
             Have => "HAVE",
+            Peers => "PEERS",
         }
     }
 
@@ -237,6 +254,7 @@ impl FrameType {
             Receipts => RECEIPTS_FIXED_LEN + RECEIPTS_MAX * RECEIPT_LEN,
             Watch => WATCH_LEN,
             Have => HAVE_LEN,
+            Peers => PEERS_LEN,
             Pages | Snapshot | Command | Reply => FRAME_BODY_MAX,
         }
     }
@@ -472,6 +490,27 @@ pub struct Have {
     pub path: Vec<Uuid>,
 }
 
+/// One node as PEERS describes it: the membership gossip's unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// The node.
+    pub node: Uuid,
+    /// The node's own counter, raised at each of its gossip rounds: a higher one is newer news,
+    /// and one that stops rising means the node is gone.
+    pub heartbeat: u64,
+    /// Where it listens (an unspecified IP means: the address this link comes from).
+    pub addr: std::net::SocketAddr,
+    /// Databases it serves (at most [`PEER_DATABASES_MAX`]).
+    pub databases: Vec<Uuid>,
+}
+
+/// PEERS: nodes the sender knows (its own entry first), at most [`PEERS_MAX`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerList {
+    /// The entries, 1 to [`PEERS_MAX`].
+    pub entries: Vec<PeerEntry>,
+}
+
 /// SNAPSHOT: one chunk of a database snapshot stream.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SnapshotChunk<'a> {
@@ -589,6 +628,8 @@ pub enum Frame<'a> {
     Watch(Watch),
     /// See [`Have`].
     Have(Have),
+    /// See [`PeerList`].
+    Peers(PeerList),
 }
 
 impl Frame<'_> {
@@ -609,6 +650,7 @@ impl Frame<'_> {
             Frame::Receipts(_) => FrameType::Receipts,
             Frame::Watch(_) => FrameType::Watch,
             Frame::Have(_) => FrameType::Have,
+            Frame::Peers(_) => FrameType::Peers,
         }
     }
 
@@ -806,6 +848,7 @@ fn decode_body(frame_type: FrameType, flags: u8, body: &[u8]) -> Result<Frame<'_
             lsn: r.u64()?,
             path: decode_path(&mut r)?,
         }),
+        FrameType::Peers => Frame::Peers(decode_peers(&mut r)?),
     };
     r.finish()?;
     Ok(frame)
@@ -834,6 +877,36 @@ fn decode_receipts(r: &mut Reader<'_>) -> Result<ReceiptReport> {
         origin,
         entries,
     })
+}
+
+fn decode_peers(r: &mut Reader<'_>) -> Result<PeerList> {
+    let count = usize::from(r.u8()?);
+    if count == 0 || count > PEERS_MAX {
+        return Err(malformed(FrameType::Peers, "peer count out of 1..=16"));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let node = r.uuid()?;
+        let heartbeat = r.u64()?;
+        let ip: std::net::IpAddr = match r.u8()? {
+            4 => std::net::Ipv4Addr::from(r.array::<4>()?).into(),
+            6 => std::net::Ipv6Addr::from(r.array::<16>()?).into(),
+            _ => return Err(malformed(FrameType::Peers, "address family not 4 or 6")),
+        };
+        let port = r.u16()?;
+        let db_count = usize::from(r.u8()?);
+        if db_count > PEER_DATABASES_MAX {
+            return Err(malformed(FrameType::Peers, "more than 8 databases"));
+        }
+        let databases = (0..db_count).map(|_| r.uuid()).collect::<Result<_>>()?;
+        entries.push(PeerEntry {
+            node,
+            heartbeat,
+            addr: std::net::SocketAddr::new(ip, port),
+            databases,
+        });
+    }
+    Ok(PeerList { entries })
 }
 
 /// HAVE's optional path: nothing (version 3's layout: no path), or a count of 1 to
@@ -954,6 +1027,36 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
                 out.push(have.path.len() as u8);
                 for node in &have.path {
                     out.extend_from_slice(node.as_bytes());
+                }
+            }
+        }
+        Frame::Peers(list) => {
+            assert!(
+                (1..=PEERS_MAX).contains(&list.entries.len()),
+                "PEERS carries 1 to {PEERS_MAX} entries"
+            );
+            out.push(list.entries.len() as u8);
+            for entry in &list.entries {
+                assert!(
+                    entry.databases.len() <= PEER_DATABASES_MAX,
+                    "a PEERS entry names at most {PEER_DATABASES_MAX} databases"
+                );
+                out.extend_from_slice(entry.node.as_bytes());
+                put_u64(out, entry.heartbeat);
+                match entry.addr.ip() {
+                    std::net::IpAddr::V4(ip) => {
+                        out.push(4);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                    std::net::IpAddr::V6(ip) => {
+                        out.push(6);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                }
+                put_u16(out, entry.addr.port());
+                out.push(entry.databases.len() as u8);
+                for database in &entry.databases {
+                    out.extend_from_slice(database.as_bytes());
                 }
             }
         }

@@ -18,11 +18,12 @@ pub mod liveness;
 
 pub use frame::{
     check_header, decode, encode, encode_pages, Accept, Ack, Auth, Decoded, Frame, FrameType, Have,
-    Heartbeat, Hello, Message, Pages, PagesHeader, ReceiptReport, Refuse, RefuseCode, Resume,
-    SnapshotChunk, Watch, Welcome, CONTROL_BODY_MAX, FLAG_SNAPSHOT_LAST, FRAME_BODY_MAX,
-    FRAME_HEADER_LEN, HANDSHAKE_BODY_MAX, NAME_MAX, PAGES_COUNT_MAX, PAGE_SIZE, PATH_MAX,
-    PATH_SINCE_VERSION, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, REASON_MAX, RECEIPTS_MAX,
-    RECEIPTS_SINCE_VERSION, SNAPSHOT_CHUNK_MAX, VISITED_MAX, WATCH_SINCE_VERSION,
+    Heartbeat, Hello, Message, Pages, PagesHeader, PeerEntry, PeerList, ReceiptReport, Refuse,
+    RefuseCode, Resume, SnapshotChunk, Watch, Welcome, CONTROL_BODY_MAX, FLAG_SNAPSHOT_LAST,
+    FRAME_BODY_MAX, FRAME_HEADER_LEN, HANDSHAKE_BODY_MAX, NAME_MAX, PAGES_COUNT_MAX, PAGE_SIZE,
+    PATH_MAX, PATH_SINCE_VERSION, PEERS_MAX, PEER_DATABASES_MAX, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_MIN, REASON_MAX, RECEIPTS_MAX, RECEIPTS_SINCE_VERSION, SNAPSHOT_CHUNK_MAX,
+    VISITED_MAX, WATCH_SINCE_VERSION,
 };
 pub use handshake::{Handshake, HandshakeConfig, PeerInfo, HANDSHAKE_TIMEOUT_DEFAULT};
 pub use liveness::{LinkAction, Liveness, HEARTBEAT_INTERVAL_DEFAULT, LINK_TIMEOUT_DEFAULT};

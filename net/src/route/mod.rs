@@ -42,8 +42,10 @@
 //! fastest paths by itself: it follows the configured order (`pagemesh-sim mesh` prints its
 //! delay to the last node beside the shortest path's).
 
+mod members;
 mod receipts;
 
+pub use members::Members;
 pub use receipts::Receipts;
 
 use std::time::{Duration, Instant};

@@ -69,6 +69,7 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 pub mod admission;
+mod gossip;
 mod link;
 pub mod metrics;
 mod replica;
@@ -89,11 +90,11 @@ use self::replica::follow;
 pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
 use crate::error::{BoxError, Error, Result};
-use crate::proto::frame::PATH_MAX;
+use crate::proto::frame::{PeerEntry, PATH_MAX};
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::Receipts;
 pub use crate::route::{History, BOOTSTRAP};
-use crate::route::{Upstreams, GRAFT_TIMEOUT_DEFAULT};
+use crate::route::{Members, Upstreams, GRAFT_TIMEOUT_DEFAULT};
 use crate::transport::{
     sleep, sleep_until, spawn_local, spawn_runtime, Listener, RuntimeKind, TransportKind,
 };
@@ -181,7 +182,17 @@ pub struct ServiceConfig {
     handshake_budget: usize,
     handshakes_per_address: usize,
     links_max: usize,
+    peers: Vec<SocketAddr>,
+    gossip_interval: Duration,
+    members_max: usize,
 }
+
+/// How often a node gossips with its peers, by default.
+pub const GOSSIP_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+/// Most other nodes a node's membership view holds, by default.
+pub const MEMBERS_MAX_DEFAULT: usize = 1024;
+/// A node whose gossip heartbeat has not risen for this many gossip intervals has left.
+const MEMBER_EXPIRY_ROUNDS: u32 = 8;
 
 impl ServiceConfig {
     /// A node named `name` with a new uuid, not listening.
@@ -200,7 +211,27 @@ impl ServiceConfig {
             handshake_budget: HANDSHAKE_BUDGET_DEFAULT,
             handshakes_per_address: HANDSHAKES_PER_ADDRESS_DEFAULT,
             links_max: LINKS_MAX_DEFAULT,
+            peers: Vec::new(),
+            gossip_interval: GOSSIP_INTERVAL_DEFAULT,
+            members_max: MEMBERS_MAX_DEFAULT,
         }
+    }
+    /// Nodes to keep a gossip link with (the seed list): through them this node learns the rest
+    /// of the mesh, where each node listens and which databases it serves (`route::Members`).
+    pub fn peers(mut self, peers: Vec<SocketAddr>) -> Self {
+        self.peers = peers;
+        self
+    }
+    /// How often this node gossips (default 1 s): news of a node crosses the mesh in about its
+    /// diameter times this, and a node silent for eight of them has left.
+    pub fn gossip_interval(mut self, interval: Duration) -> Self {
+        self.gossip_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+    /// Most other nodes the membership view holds (default 1024): news of more is refused.
+    pub fn members_max(mut self, count: usize) -> Self {
+        self.members_max = count;
+        self
     }
     /// The node's uuid.
     pub fn node(mut self, node: Uuid) -> Self {
@@ -288,6 +319,13 @@ enum Instruction {
         store: Arc<dyn ReplicaStore>,
         status: Arc<Mutex<SubscriptionStatus>>,
     },
+    /// Like `Subscribe`, from the holders the membership view knows.
+    SubscribeDiscovered {
+        id: u64,
+        database: Uuid,
+        store: Arc<dyn ReplicaStore>,
+        status: Arc<Mutex<SubscriptionStatus>>,
+    },
     Unsubscribe(u64),
     Stop,
 }
@@ -304,6 +342,8 @@ pub struct Service {
     backoff_max: Duration,
     graft_timeout: Duration,
     metrics: Arc<NetMetrics>,
+    /// The membership view as of the last gossip round or news.
+    members: Arc<Mutex<Vec<PeerEntry>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -388,8 +428,10 @@ impl Service {
         let thread_name = format!("pagemesh-net-{}", config.name);
         let metrics = Arc::new(NetMetrics::default());
         let counted = Arc::clone(&metrics);
+        let members = Arc::new(Mutex::new(Vec::new()));
+        let published = Arc::clone(&members);
         let (runtime, thread) = spawn_runtime(&thread_name, config.transport, move |kind| {
-            run(kind, config, receiver, addr_tx, counted)
+            run(kind, config, receiver, addr_tx, counted, published)
         })?;
         let local_addr = addr_rx
             .recv()
@@ -405,6 +447,7 @@ impl Service {
             backoff_max,
             graft_timeout,
             metrics,
+            members,
         })
     }
 
@@ -468,6 +511,38 @@ impl Service {
             instructions: self.instructions.clone(),
             status,
         })
+    }
+
+    /// Keeps the replica in `store` subscribed to `database`, following the nodes that the
+    /// membership gossip says serve it (see [`ServiceConfig::peers`]): a node can replicate a
+    /// database it has never seen, knowing only its uuid and one peer. Until a holder is known
+    /// the subscription waits (its status says so).
+    pub fn subscribe_discovered(
+        &self,
+        database: Uuid,
+        store: Arc<dyn ReplicaStore>,
+    ) -> Subscription {
+        let id = self
+            .next_subscription
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let status = Arc::new(Mutex::new(SubscriptionStatus::default()));
+        let _ = self.instructions.send(Instruction::SubscribeDiscovered {
+            id,
+            database,
+            store,
+            status: Arc::clone(&status),
+        });
+        Subscription {
+            id,
+            instructions: self.instructions.clone(),
+            status,
+        }
+    }
+
+    /// The other nodes this node knows of (its membership view): each one's uuid, where it
+    /// listens and the databases it serves.
+    pub fn members(&self) -> Vec<PeerEntry> {
+        lock(&self.members).clone()
     }
 
     /// Stops the runtime thread, closing every link; waits for it.
@@ -535,6 +610,10 @@ struct Runtime {
     /// This node's way to each database's origin, where it follows a holder (see
     /// [`Runtime::path`]).
     paths: RefCell<HashMap<Uuid, Vec<Uuid>>>,
+    /// Who is in the mesh, learned by gossip.
+    members: RefCell<Members>,
+    /// A copy of `members` for [`Service::members`].
+    published_members: Arc<Mutex<Vec<PeerEntry>>>,
     /// What [`Service::metrics`] reports.
     metrics: Arc<NetMetrics>,
 }
@@ -554,6 +633,17 @@ impl Runtime {
                     })
                 }),
         )
+    }
+
+    /// Copies the membership view where [`Service::members`] reads it.
+    fn publish_members(&self) {
+        *lock(&self.published_members) = self.members.borrow().nodes();
+    }
+
+    /// The membership view learns which databases this node serves now.
+    fn advertise_databases(&self) {
+        let served = self.sources.borrow().keys().copied().collect();
+        self.members.borrow_mut().set_databases(served);
     }
 
     /// This node's way to `database`'s origin: the node it follows, the node that one follows,
@@ -596,6 +686,7 @@ impl Runtime {
             }
             None => tracing::info!(database = %uuid, "serving database"),
         }
+        self.advertise_databases();
     }
 
     /// Stops serving `uuid` if what is served is `log`'s database; closes its links.
@@ -607,6 +698,7 @@ impl Runtime {
             drop(sources);
             tracing::info!(database = %uuid, "no longer serving database");
             self.close_links(uuid);
+            self.advertise_databases();
         }
     }
 
@@ -647,6 +739,7 @@ async fn run(
     mut instructions: mpsc::UnboundedReceiver<Instruction>,
     addr_tx: std::sync::mpsc::SyncSender<Result<Option<SocketAddr>>>,
     metrics: Arc<NetMetrics>,
+    published_members: Arc<Mutex<Vec<PeerEntry>>>,
 ) {
     self::metrics::install(Arc::clone(&metrics));
     let mut handshake =
@@ -666,6 +759,17 @@ async fn run(
     };
     let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
     let _ = addr_tx.send(Ok(local_addr));
+    // The wall clock starts the heartbeat, so a restarted node's news is newer than its old.
+    let heartbeat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64);
+    let members = Members::new(
+        config.node,
+        local_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        heartbeat,
+        config.members_max,
+        config.gossip_interval * MEMBER_EXPIRY_ROUNDS,
+    );
     let runtime = Rc::new(Runtime {
         kind,
         config,
@@ -678,9 +782,21 @@ async fn run(
         refusals: RefCell::new(Refusals::new(REFUSAL_LOG_INTERVAL)),
         receipts: RefCell::new(HashMap::new()),
         paths: RefCell::new(HashMap::new()),
+        members: RefCell::new(members),
+        published_members,
         metrics,
     });
     let accepting = LinkControl::new();
+    // Gossip runs until the service stops.
+    let gossiping = LinkControl::new();
+    spawn_local(gossip::rounds(Rc::clone(&runtime), Rc::clone(&gossiping)));
+    for &peer in &runtime.config.peers {
+        spawn_local(gossip::gossip_with(
+            Rc::clone(&runtime),
+            peer,
+            Rc::clone(&gossiping),
+        ));
+    }
     if let Some(listener) = listener {
         let runtime = Rc::clone(&runtime);
         let accepting = Rc::clone(&accepting);
@@ -709,6 +825,26 @@ async fn run(
                     database,
                     store,
                     status,
+                    true,
+                ));
+            }
+            Instruction::SubscribeDiscovered {
+                id,
+                database,
+                store,
+                status,
+            } => {
+                let control = LinkControl::new();
+                runtime
+                    .subscriptions
+                    .borrow_mut()
+                    .insert(id, Rc::clone(&control));
+                spawn_local(gossip::follow_discovered(
+                    Rc::clone(&runtime),
+                    control,
+                    database,
+                    store,
+                    status,
                 ));
             }
             Instruction::Unsubscribe(id) => {
@@ -720,6 +856,7 @@ async fn run(
         }
     }
     accepting.close();
+    gossiping.close();
     for control in runtime.subscriptions.borrow().values() {
         control.close();
     }

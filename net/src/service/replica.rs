@@ -33,7 +33,9 @@ use crate::transport::{
 /// Replica side: keeps one subscription alive until unsubscribed, following one holder of the
 /// database at a time, chosen by [`Upstreams`] (nearest first, the next at once when a link fails
 /// or is refused, backing off only after a whole round failed), and watching the others (lazy
-/// links, `watch.rs`) to move to one of them when the followed holder stalls (a graft).
+/// links, `watch.rs`) to move to one of them when the followed holder stalls (a graft). Stops
+/// serving the replica at the end if `withdraw_at_end` (a discovered subscription that only
+/// takes a new holder list keeps serving it).
 pub(super) async fn follow(
     runtime: Rc<Runtime>,
     control: Rc<LinkControl>,
@@ -41,6 +43,7 @@ pub(super) async fn follow(
     database: Uuid,
     store: Arc<dyn ReplicaStore>,
     status: Arc<Mutex<SubscriptionStatus>>,
+    withdraw_at_end: bool,
 ) {
     if let Some(replica) = store.current() {
         runtime.serve(replica);
@@ -130,7 +133,7 @@ pub(super) async fn follow(
             () = control.closed() => {}
         }
     }
-    if let Some(replica) = store.current() {
+    if let Some(replica) = store.current().filter(|_| withdraw_at_end) {
         runtime.withdraw(database, Some(replica.log()));
     }
 }

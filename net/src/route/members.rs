@@ -1,0 +1,389 @@
+//! Membership, I/O-free: which nodes this node knows, where they listen and which databases they
+//! serve, learned from the peers in its configuration and spread by a small, bounded gossip
+//! (PEERS frames).
+//!
+//! Each node raises its own *heartbeat* at every gossip round (it starts from the wall clock, so
+//! a restarted node's news is newer than what is remembered of it). An entry is replaced only by
+//! one with a higher heartbeat, whoever relays it, so old news never overwrites new; a node whose
+//! heartbeat has not risen for the expiry time is taken to have left, and is remembered as gone
+//! (a tombstone) for as long again, so that a laggard repeating its last heartbeat cannot bring it
+//! back. Each round a node tells each of its gossip links its own entry and a rotating sample of
+//! the others, at most [`PEERS_MAX`] per frame, so news of a node crosses the mesh in about its
+//! diameter times the round, whatever its size.
+//!
+//! What a peer can make a node hold is bounded: at most `nodes_max` entries (news of a new node
+//! beyond that is refused and counted), each with at most [`PEER_DATABASES_MAX`] databases; news
+//! about this node itself is ignored.
+//!
+//! A replica that wants a database learns its holders here ([`Members::holders`]): the nodes that
+//! said they serve it, those heard directly first (the nearest).
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use pagemesh_net::route::Members;
+//! use uuid::Uuid;
+//!
+//! let (a, b, db) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(9));
+//! let now = Instant::now();
+//! let mut at_a = Members::new(a, "127.0.0.1:7401".parse().unwrap(), 100, 64, Duration::from_secs(5));
+//! let mut at_b = Members::new(b, "127.0.0.1:7402".parse().unwrap(), 100, 64, Duration::from_secs(5));
+//! at_b.set_databases(vec![db]);
+//! for frame in at_b.gossip() {
+//!     at_a.heard(b, None, &frame.entries, now);
+//! }
+//! assert_eq!(at_a.holders(db), vec!["127.0.0.1:7402".parse().unwrap()]);
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::proto::frame::{PeerEntry, PeerList, PEERS_MAX, PEER_DATABASES_MAX};
+
+/// What is known of one other node.
+#[derive(Clone, Debug)]
+struct Known {
+    entry: PeerEntry,
+    /// When its heartbeat last rose here.
+    risen: Instant,
+    /// Heard from the node itself (a direct gossip link), not only relayed.
+    direct: bool,
+    /// Its heartbeat stopped rising: it left. Kept so that old news cannot bring it back.
+    gone: bool,
+}
+
+/// One node's view of the mesh's membership. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Members {
+    own: PeerEntry,
+    known: BTreeMap<Uuid, Known>,
+    nodes_max: usize,
+    expiry: Duration,
+    /// Where the next gossip sample starts among the known nodes.
+    rotation: usize,
+    refused: u64,
+}
+
+impl Members {
+    /// The view of node `node`, listening at `addr` (port 0: it serves no one), whose heartbeat
+    /// starts at `heartbeat` (pass the wall clock in microseconds, so that a restart's news is
+    /// newer), holding at most `nodes_max` other nodes, each forgotten once its heartbeat has not
+    /// risen for `expiry`.
+    pub fn new(
+        node: Uuid,
+        addr: SocketAddr,
+        heartbeat: u64,
+        nodes_max: usize,
+        expiry: Duration,
+    ) -> Self {
+        Self {
+            own: PeerEntry {
+                node,
+                heartbeat,
+                addr,
+                databases: Vec::new(),
+            },
+            known: BTreeMap::new(),
+            nodes_max,
+            expiry,
+            rotation: 0,
+            refused: 0,
+        }
+    }
+
+    /// The databases this node serves (the first [`PEER_DATABASES_MAX`] are advertised).
+    pub fn set_databases(&mut self, mut databases: Vec<Uuid>) {
+        databases.sort_unstable();
+        databases.dedup();
+        databases.truncate(PEER_DATABASES_MAX);
+        self.own.databases = databases;
+    }
+
+    /// Where this node listens, as advertised.
+    pub fn set_addr(&mut self, addr: SocketAddr) {
+        self.own.addr = addr;
+    }
+
+    /// A gossip round at `now`: this node's heartbeat rises, and nodes whose heartbeat has not
+    /// risen for the expiry time are taken to have left (returned); tombstones older than twice
+    /// that are dropped.
+    pub fn round(&mut self, now: Instant) -> Vec<Uuid> {
+        self.own.heartbeat = self.own.heartbeat.saturating_add(1);
+        let expiry = self.expiry;
+        let mut left = Vec::new();
+        self.known.retain(|node, known| {
+            let quiet = now.saturating_duration_since(known.risen);
+            if known.gone {
+                return quiet < expiry * 2;
+            }
+            if quiet >= expiry {
+                known.gone = true;
+                left.push(*node);
+            }
+            true
+        });
+        left
+    }
+
+    /// PEERS entries heard at `now` on a gossip link from node `sender`, whose connection comes
+    /// from `link_ip` (used for the sender's own entry when it advertises an unspecified IP).
+    /// Returns the nodes newly known.
+    pub fn heard(
+        &mut self,
+        sender: Uuid,
+        link_ip: Option<IpAddr>,
+        entries: &[PeerEntry],
+        now: Instant,
+    ) -> Vec<Uuid> {
+        let mut learned = Vec::new();
+        for entry in entries {
+            if entry.node == self.own.node || entry.node.is_nil() {
+                continue;
+            }
+            let mut entry = entry.clone();
+            entry.databases.truncate(PEER_DATABASES_MAX);
+            let direct = entry.node == sender;
+            if direct && entry.addr.ip().is_unspecified() {
+                if let Some(ip) = link_ip {
+                    entry.addr.set_ip(ip);
+                }
+            }
+            let full = self.known.len() >= self.nodes_max;
+            match self.known.get_mut(&entry.node) {
+                Some(known) if entry.heartbeat <= known.entry.heartbeat => {
+                    known.direct |= direct && !known.gone;
+                }
+                Some(known) => {
+                    if known.gone {
+                        learned.push(entry.node);
+                    }
+                    *known = Known {
+                        entry,
+                        risen: now,
+                        direct: direct || (known.direct && !known.gone),
+                        gone: false,
+                    };
+                }
+                None if full => self.refused += 1,
+                None => {
+                    learned.push(entry.node);
+                    self.known.insert(
+                        entry.node,
+                        Known {
+                            entry,
+                            risen: now,
+                            direct,
+                            gone: false,
+                        },
+                    );
+                }
+            }
+        }
+        learned
+    }
+
+    /// What to tell a gossip link this round: this node's entry first, then a rotating sample
+    /// of the nodes it knows (not those gone), in frames of at most [`PEERS_MAX`] entries; at
+    /// most two frames a round.
+    pub fn gossip(&mut self) -> Vec<PeerList> {
+        let alive: Vec<&PeerEntry> = self
+            .known
+            .values()
+            .filter(|known| !known.gone)
+            .map(|known| &known.entry)
+            .collect();
+        let sample = alive.len().min(2 * PEERS_MAX - 1);
+        let start = if alive.is_empty() {
+            0
+        } else {
+            self.rotation % alive.len()
+        };
+        let mut entries = vec![self.own.clone()];
+        entries.extend(
+            alive
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(sample)
+                .map(|entry| (*entry).clone()),
+        );
+        self.rotation = start + sample;
+        entries
+            .chunks(PEERS_MAX)
+            .map(|chunk| PeerList {
+                entries: chunk.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Where the nodes that serve `database` listen: those heard directly first, then the rest,
+    /// each group in uuid order. Nodes gone, and nodes that do not listen, are left out.
+    pub fn holders(&self, database: Uuid) -> Vec<SocketAddr> {
+        let mut holders: Vec<(bool, Uuid, SocketAddr)> = self
+            .known
+            .values()
+            .filter(|known| !known.gone && known.entry.addr.port() != 0)
+            .filter(|known| known.entry.databases.contains(&database))
+            .map(|known| (!known.direct, known.entry.node, known.entry.addr))
+            .collect();
+        holders.sort_unstable();
+        holders.into_iter().map(|(_, _, addr)| addr).collect()
+    }
+
+    /// The nodes known and not gone.
+    pub fn nodes(&self) -> Vec<PeerEntry> {
+        self.known
+            .values()
+            .filter(|known| !known.gone)
+            .map(|known| known.entry.clone())
+            .collect()
+    }
+
+    /// Entries held, tombstones included (never more than `nodes_max`).
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    /// Whether no other node is known.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// News of new nodes refused because the view was full.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXPIRY: Duration = Duration::from_secs(3);
+
+    fn entry(node: u128, heartbeat: u64, databases: &[u128]) -> PeerEntry {
+        PeerEntry {
+            node: Uuid::from_u128(node),
+            heartbeat,
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + node as u16)),
+            databases: databases.iter().map(|&d| Uuid::from_u128(d)).collect(),
+        }
+    }
+
+    fn members(node: u128, max: usize) -> Members {
+        Members::new(
+            Uuid::from_u128(node),
+            SocketAddr::from(([127, 0, 0, 1], 7000 + node as u16)),
+            1_000,
+            max,
+            EXPIRY,
+        )
+    }
+
+    #[test]
+    fn newer_news_replaces_older_and_a_quiet_node_leaves_for_good() {
+        let t0 = Instant::now();
+        let mut view = members(1, 10);
+        let learned = view.heard(Uuid::from_u128(2), None, &[entry(2, 5, &[9])], t0);
+        assert_eq!(learned, [Uuid::from_u128(2)]);
+        // Relayed older news changes nothing; newer news does.
+        view.heard(Uuid::from_u128(3), None, &[entry(2, 4, &[])], t0);
+        assert_eq!(view.holders(Uuid::from_u128(9)).len(), 1);
+        view.heard(Uuid::from_u128(3), None, &[entry(2, 6, &[])], t0);
+        assert!(view.holders(Uuid::from_u128(9)).is_empty());
+        // Its heartbeat stops rising: gone after the expiry, and old news cannot revive it.
+        assert!(view.round(t0 + EXPIRY / 2).is_empty());
+        assert_eq!(view.round(t0 + EXPIRY), [Uuid::from_u128(2)]);
+        view.heard(Uuid::from_u128(3), None, &[entry(2, 6, &[9])], t0 + EXPIRY);
+        assert!(view.nodes().is_empty());
+        // A restart's heartbeat is higher: it is back.
+        let back = view.heard(Uuid::from_u128(2), None, &[entry(2, 99, &[9])], t0 + EXPIRY);
+        assert_eq!(back, [Uuid::from_u128(2)]);
+        assert_eq!(view.holders(Uuid::from_u128(9)).len(), 1);
+        // Tombstones go after twice the expiry.
+        view.round(t0 + EXPIRY * 3);
+        view.round(t0 + EXPIRY * 6);
+        assert!(view.is_empty());
+    }
+
+    #[test]
+    fn holders_heard_directly_come_first_and_unspecified_ips_take_the_links() {
+        let t0 = Instant::now();
+        let mut view = members(1, 10);
+        let mut far = entry(2, 1, &[9]);
+        far.addr = "10.0.0.2:7002".parse().unwrap();
+        view.heard(Uuid::from_u128(3), None, &[far], t0);
+        let mut near = entry(3, 1, &[9]);
+        near.addr = "0.0.0.0:7003".parse().unwrap();
+        view.heard(
+            Uuid::from_u128(3),
+            Some("10.0.0.3".parse().unwrap()),
+            &[near],
+            t0,
+        );
+        assert_eq!(
+            view.holders(Uuid::from_u128(9)),
+            [
+                "10.0.0.3:7003".parse::<SocketAddr>().unwrap(),
+                "10.0.0.2:7002".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn gossip_starts_with_its_own_entry_and_rotates_through_the_rest() {
+        let t0 = Instant::now();
+        let mut view = members(1, 100);
+        let others: Vec<PeerEntry> = (2..60).map(|n| entry(n, 1, &[])).collect();
+        view.heard(Uuid::from_u128(2), None, &others, t0);
+        let mut told = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            let frames = view.gossip();
+            assert!(frames.len() <= 2);
+            assert_eq!(frames[0].entries[0].node, Uuid::from_u128(1));
+            for frame in &frames {
+                assert!((1..=PEERS_MAX).contains(&frame.entries.len()));
+                told.extend(frame.entries.iter().map(|e| e.node));
+            }
+        }
+        assert_eq!(told.len(), 59, "two rounds tell every node once");
+    }
+
+    proptest! {
+        /// Whatever peers send, the view stays within its bound, never holds this node, and an
+        /// entry's heartbeat never goes back.
+        #[test]
+        fn the_view_is_bounded_and_news_never_goes_back(
+            news in proptest::collection::vec(
+                (1..40u128, 1..40u128, 0..20u64, 0..400u64, proptest::collection::vec(0..12u128, 0..12)),
+                0..200,
+            ),
+        ) {
+            let mut now = Instant::now();
+            let mut view = members(1, 16);
+            let mut best: BTreeMap<Uuid, u64> = BTreeMap::new();
+            for (sender, node, heartbeat, ms, databases) in news {
+                now += Duration::from_millis(ms);
+                let mut e = entry(node, heartbeat, &[]);
+                e.databases = databases.into_iter().map(Uuid::from_u128).collect();
+                view.heard(Uuid::from_u128(sender), None, &[e], now);
+                view.round(now);
+                prop_assert!(view.len() <= 16);
+                // Once a node's tombstone is dropped, what was known of it is forgotten.
+                best.retain(|node, _| view.known.contains_key(node));
+                for known in view.nodes() {
+                    prop_assert!(known.node != Uuid::from_u128(1));
+                    prop_assert!(known.databases.len() <= PEER_DATABASES_MAX);
+                    let previous = best.insert(known.node, known.heartbeat).unwrap_or(0);
+                    prop_assert!(known.heartbeat >= previous);
+                }
+                for frame in view.gossip() {
+                    prop_assert!((1..=PEERS_MAX).contains(&frame.entries.len()));
+                }
+            }
+        }
+    }
+}
