@@ -125,13 +125,15 @@ fn peer_entry() -> impl Strategy<Value = PeerEntry> {
     (
         uuid(),
         any::<u64>(),
+        any::<u32>(),
         ip,
         any::<u16>(),
         vec(uuid(), 0..=PEER_DATABASES_MAX),
     )
-        .prop_map(|(node, heartbeat, ip, port, databases)| PeerEntry {
+        .prop_map(|(node, heartbeat, age_ms, ip, port, databases)| PeerEntry {
             node,
             heartbeat,
+            age_ms,
             addr: std::net::SocketAddr::new(ip, port),
             databases,
         })
@@ -1181,6 +1183,7 @@ fn peers_faults_are_typed() {
     let entry = |family: u8, ip: &[u8], dbs: u8| {
         let mut body = Uuid::from_u128(1).as_bytes().to_vec();
         body.extend_from_slice(&7u64.to_le_bytes());
+        body.extend_from_slice(&250u32.to_le_bytes());
         body.push(family);
         body.extend_from_slice(ip);
         body.extend_from_slice(&7400u16.to_le_bytes());

@@ -417,9 +417,9 @@ impl Node {
     /// the graft timeout, so a relay that is alive but stalled is routed around as well
     /// (`ServiceConfig::graft_timeout`).
     ///
-    /// List holders nearer the origin than this node, nearest first: two replicas that list each
-    /// other and are both cut off can follow each other, a link with nothing new on it, until
-    /// one of them hears of newer pages elsewhere.
+    /// List holders nearer the origin than this node, nearest first. Two replicas that list each
+    /// other never follow one another: a holder refuses a replica on its own way to the origin,
+    /// and a replica leaves a holder whose way comes to pass through it (`route::refuse_loop`).
     pub fn replicate_from_any(
         &self,
         holders: &[SocketAddr],

@@ -35,6 +35,10 @@
 //!
 //! The same seed gives the same run: [`Outcome::trace_hash`] hashes every event.
 //!
+//! Two narrower simulators sit beside it: [`mesh`] routes one origin's pages over graphs of up
+//! to thousands of nodes with the service's routing decisions, and [`gossip`] spreads the
+//! membership view over them; each checks its own invariants and replays from its seed.
+//!
 //! ```
 //! let outcome = pagemesh_sim::run(pagemesh_sim::Scenario::from_seed(7));
 //! assert!(outcome.violations.is_empty(), "{:?}", outcome.violations);
@@ -42,6 +46,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod gossip;
 pub mod mesh;
 mod network;
 mod scenario;

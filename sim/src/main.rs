@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Parser;
+use pagemesh_sim::gossip::{run_gossip, GossipScenario};
 use pagemesh_sim::mesh::{run_mesh, MeshScenario, Topology};
 use pagemesh_sim::{run_with, Outcome, Scenario, Stats};
 
@@ -61,6 +62,66 @@ enum Mode {
         #[arg(long)]
         faults: bool,
     },
+    /// The gossip simulator: membership spread by `route::Members` over a random graph, with
+    /// nodes crashing and restarting and links cut, partitioned and healed; the views stay
+    /// bounded, departed nodes are forgotten, and every node ends knowing every other.
+    Gossip {
+        /// Nodes of the random graph.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Links per node, on average.
+        #[arg(long, default_value_t = 4)]
+        degree: usize,
+        /// Seeds to run, from --first.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+    },
+}
+
+fn gossip(topology: Topology, seeds: std::ops::Range<u64>) -> ExitCode {
+    let mut failed = Vec::new();
+    let (mut settle, mut departures, mut refused, mut faults) = (Vec::new(), 0, 0, 0);
+    for seed in seeds {
+        let outcome = run_gossip(&GossipScenario::new(seed, topology));
+        if !outcome.violations.is_empty() {
+            println!("seed {seed} FAILED: {}", outcome.violations.join("; "));
+            let Topology::Random { nodes, degree } = topology else {
+                unreachable!("gossip runs random graphs")
+            };
+            println!(
+                "  replay: cargo run --release -p pagemesh-sim -- gossip --nodes {nodes} --degree {degree} --first {seed} --seeds 1"
+            );
+            failed.push(seed);
+        }
+        if outcome.settle_rounds > 0 {
+            settle.push(outcome.settle_rounds);
+        }
+        departures += outcome.departures_checked;
+        refused += outcome.refused;
+        faults += outcome.faults;
+    }
+    settle.sort_unstable();
+    let quantile = |q: f64| {
+        settle
+            .get(((settle.len() as f64 * q) as usize).min(settle.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "faults {faults}, departed nodes checked forgotten {departures}, news refused by full views {refused}, rounds to settle p50 {} p99 {} max {}",
+        quantile(0.5),
+        quantile(0.99),
+        settle.last().copied().unwrap_or_default()
+    );
+    println!("{} failed {failed:?}", failed.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn parse_grid(text: &str) -> Result<(usize, usize), String> {
@@ -167,6 +228,19 @@ fn report_failure(outcome: &Outcome, replicas: Option<u64>) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Mode::Gossip {
+        nodes,
+        degree,
+        seeds,
+        first,
+    }) = args.mesh
+    {
+        let topology = Topology::Random {
+            nodes: nodes.clamp(2, 10_000),
+            degree,
+        };
+        return gossip(topology, first..first.saturating_add(seeds));
+    }
     if let Some(Mode::Mesh {
         nodes,
         degree,

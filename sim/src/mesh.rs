@@ -81,7 +81,8 @@ impl Topology {
         }
     }
 
-    fn edges(&self, rng: &mut ChaCha8Rng) -> BTreeSet<(usize, usize)> {
+    /// The graph's links drawn from `rng`, each as (lower, higher) node.
+    pub fn edges(&self, rng: &mut ChaCha8Rng) -> BTreeSet<(usize, usize)> {
         let mut edges = BTreeSet::new();
         match *self {
             Topology::Grid { width, height } => {

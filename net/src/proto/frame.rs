@@ -38,8 +38,8 @@
 //! 13 WATCH      database uuid | origin uuid                                  32
 //! 14 HAVE       database uuid | origin uuid | lsn u64 |                      40 + 1 + 32 × 16
 //!               [path_count u8 | path uuid × n (1 ≤ n ≤ 32)]
-//! 15 PEERS      count u8 (1 ≤ count ≤ 16) | (node uuid | heartbeat u64 |     1 + 16 × 172
-//!               family u8 (4|6) | ip [4|16] | port u16 | db_count u8 |
+//! 15 PEERS      count u8 (1 ≤ count ≤ 16) | (node uuid | heartbeat u64 |     1 + 16 × 176
+//!               age_ms u32 | family u8 (4|6) | ip [4|16] | port u16 | db_count u8 |
 //!               database uuid × db_count (≤ 8)) × count
 //! ```
 //!
@@ -137,7 +137,7 @@ const RECEIPT_LEN: usize = 16 + 8;
 const WATCH_LEN: usize = 16 + 16;
 const HAVE_LEN: usize = 16 + 16 + 8 + 1 + PATH_MAX * 16;
 /// A PEERS entry at its largest: node, heartbeat, an IPv6 address and port, eight databases.
-const PEER_ENTRY_MAX: usize = 16 + 8 + 1 + 16 + 2 + 1 + PEER_DATABASES_MAX * 16;
+const PEER_ENTRY_MAX: usize = 16 + 8 + 4 + 1 + 16 + 2 + 1 + PEER_DATABASES_MAX * 16;
 const PEERS_LEN: usize = 1 + PEERS_MAX * PEER_ENTRY_MAX;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
@@ -498,6 +498,10 @@ pub struct PeerEntry {
     /// The node's own counter, raised at each of its gossip rounds: a higher one is newer news,
     /// and one that stops rising means the node is gone.
     pub heartbeat: u64,
+    /// How long ago, in milliseconds, the sender saw that heartbeat rise (0 for its own): news
+    /// relayed never looks fresher than it is, so a node that left cannot be brought back by
+    /// nodes repeating its last heartbeat.
+    pub age_ms: u32,
     /// Where it listens (an unspecified IP means: the address this link comes from).
     pub addr: std::net::SocketAddr,
     /// Databases it serves (at most [`PEER_DATABASES_MAX`]).
@@ -888,6 +892,7 @@ fn decode_peers(r: &mut Reader<'_>) -> Result<PeerList> {
     for _ in 0..count {
         let node = r.uuid()?;
         let heartbeat = r.u64()?;
+        let age_ms = r.u32()?;
         let ip: std::net::IpAddr = match r.u8()? {
             4 => std::net::Ipv4Addr::from(r.array::<4>()?).into(),
             6 => std::net::Ipv6Addr::from(r.array::<16>()?).into(),
@@ -902,6 +907,7 @@ fn decode_peers(r: &mut Reader<'_>) -> Result<PeerList> {
         entries.push(PeerEntry {
             node,
             heartbeat,
+            age_ms,
             addr: std::net::SocketAddr::new(ip, port),
             databases,
         });
@@ -1043,6 +1049,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
                 );
                 out.extend_from_slice(entry.node.as_bytes());
                 put_u64(out, entry.heartbeat);
+                put_u32(out, entry.age_ms);
                 match entry.addr.ip() {
                     std::net::IpAddr::V4(ip) => {
                         out.push(4);

@@ -32,8 +32,8 @@
 //! once, N − 1 transfers per page, against flooding's 2E − (N − 1); the mesh simulator
 //! (`pagemesh-sim mesh`) runs these same decisions over random graphs and grids with links cut,
 //! nodes crashed and partitions healed. [`Receipts`] carries each subtree's receipt watermarks
-//! to the origin hop by hop. Holders come from the replica's configuration, nearest first;
-//! learning them by gossip is not done yet.
+//! to the origin hop by hop. Holders come from the replica's configuration, nearest first, or
+//! from [`Members`], the membership view that gossip fills (which nodes serve which database).
 //!
 //! This departs from DESIGN.md's Plumtree, where every link starts eager and duplicates PRUNE:
 //! an earlier `plumtree::Tree` did that and measured the same N − 1 once settled, but the

@@ -131,7 +131,7 @@ async fn exchange(
         })
     };
     let told = loop {
-        let frames = runtime.members.borrow_mut().gossip();
+        let frames = runtime.members.borrow_mut().gossip(Instant::now());
         let mut out = writer.buffer();
         for frame in &frames {
             encode(&Frame::Peers(frame.clone()), &mut out);

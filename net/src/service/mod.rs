@@ -191,8 +191,9 @@ pub struct ServiceConfig {
 pub const GOSSIP_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 /// Most other nodes a node's membership view holds, by default.
 pub const MEMBERS_MAX_DEFAULT: usize = 1024;
-/// A node whose gossip heartbeat has not risen for this many gossip intervals has left.
-const MEMBER_EXPIRY_ROUNDS: u32 = 8;
+/// A node whose gossip heartbeat has not risen for this many gossip intervals has left (the
+/// gossip simulator settles 100-node meshes with news ageing about one round a hop).
+const MEMBER_EXPIRY_ROUNDS: u32 = 16;
 
 impl ServiceConfig {
     /// A node named `name` with a new uuid, not listening.
@@ -223,7 +224,7 @@ impl ServiceConfig {
         self
     }
     /// How often this node gossips (default 1 s): news of a node crosses the mesh in about its
-    /// diameter times this, and a node silent for eight of them has left.
+    /// diameter times this, and a node silent for sixteen of them has left.
     pub fn gossip_interval(mut self, interval: Duration) -> Self {
         self.gossip_interval = interval.max(Duration::from_millis(10));
         self
