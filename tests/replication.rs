@@ -34,7 +34,8 @@ use common::*;
 use pagemesh::core::{Database, Durability, Error as StoreError, WriteBatch};
 use pagemesh::log::PAGE_SIZE;
 use pagemesh::net::proto::frame::{
-    encode, Frame, FrameType, Hello, RefuseCode, Resume, Watch, FRAME_BODY_MAX,
+    encode, Frame, FrameType, Hello, PeerEntry, PeerList, RefuseCode, Resume, Watch,
+    FRAME_BODY_MAX, PEERS_MAX,
 };
 use pagemesh::net::proto::handshake::{Handshake, HandshakeConfig};
 use pagemesh::net::proto::Ack;
@@ -619,6 +620,64 @@ fn bad_watchers_are_refused(transport: TransportKind) {
     assert_eq!(wait_closed(&mut silent), Ended::Closed, "a silent watcher");
 
     still_replicating(db, &good, &ledger, "after the bad watchers");
+}
+
+/// An authenticated peer that gossips without end what a node must hold: 2,000 made-up nodes,
+/// each claiming eight databases. The node's view keeps at most its bound (1,024, the default)
+/// and refuses the rest; a PEERS frame over its own bound (17 entries) closes the link; the
+/// node keeps replicating throughout.
+fn gossip_floods_stay_bounded(transport: TransportKind) {
+    let (pair, [good]) = Pair::builder(transport).secret(SECRET).start_with(["good"]);
+    let (db, addr) = (&pair.db, pair.addr());
+    let ledger = Ledger::default();
+    still_replicating(db, &good, &ledger, "before the flood");
+    let peers = |first: u128, count: usize| {
+        let entries = (0..count as u128)
+            .map(|n| PeerEntry {
+                node: uuid::Uuid::from_u128(first + n),
+                heartbeat: 1,
+                age_ms: 0,
+                addr: std::net::SocketAddr::from(([10, 9, (n / 250) as u8, 1], 7400)),
+                databases: (0..8).map(|d| uuid::Uuid::from_u128(d + 77)).collect(),
+            })
+            .collect();
+        let mut out = Vec::new();
+        encode(&Frame::Peers(PeerList { entries }), &mut out);
+        out
+    };
+    let (mut flood, _) = raw_handshake(addr, SECRET, PATIENCE);
+    for batch in 0..125u128 {
+        flood
+            .write_all(&peers(1_000 + batch * 16, PEERS_MAX))
+            .expect("the node reads the flood");
+    }
+    let known = eventually("the view fills to its bound", PATIENCE, || {
+        let known = pair.primary.members().len();
+        (known >= 1_024).then_some(known)
+    });
+    assert_eq!(known, 1_024, "2,000 nodes claimed, the bound kept");
+    still_replicating(db, &good, &ledger, "during the flood");
+
+    // One entry too many in a frame: the decoder refuses it, the link is dropped.
+    let mut over = peers(9_000, PEERS_MAX);
+    over[12] = PEERS_MAX as u8 + 1;
+    let (mut rude, _) = raw_handshake(addr, SECRET, PATIENCE);
+    rude.write_all(&reseal(over)).unwrap();
+    assert_eq!(
+        wait_closed(&mut rude),
+        Ended::Closed,
+        "17 entries in one PEERS"
+    );
+    still_replicating(db, &good, &ledger, "after the flood");
+}
+
+on_both_transports!(gossip_floods_stay_bounded);
+
+/// `frame` with its header's crc computed again over its (altered) body.
+fn reseal(mut frame: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[..8]), &frame[12..]);
+    frame[8..12].copy_from_slice(&crc.to_le_bytes());
+    frame
 }
 
 /// Commits one batch `Replicated(1)`; it must return `Ok` and be applied on `replica`.
