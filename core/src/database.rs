@@ -513,8 +513,11 @@ impl Inner {
         // it only moves forward.
         assert!(applied_lsn >= *guard, "applied LSN moves forward");
         *guard = applied_lsn;
+        // Before the wake-up: a woken waiter that reads `Database::applied_lsn` must not see the
+        // old value (tests/durable_crash.rs did, once: applied below what its Applied commit
+        // had waited for).
+        self.applied_lsn.store(applied_lsn, Ordering::Release);
         drop(guard);
         self.applied_changed.notify_all();
-        self.applied_lsn.store(applied_lsn, Ordering::Release);
     }
 }
