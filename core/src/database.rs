@@ -405,6 +405,10 @@ impl Inner {
     /// Waits until the record at `pos` is applied; `Err(Conflict)` if it was a transaction that
     /// was skipped.
     pub(crate) fn wait_applied(&self, pos: CommitPos) -> Result<()> {
+        if self.applied_lsn.load(Ordering::Acquire) <= pos.lsn_last {
+            // The applier may be letting a backlog build (`apply.rs`, Pacing): not for this one.
+            self.log.hurry(pos.lsn_last);
+        }
         let mut applied = self
             .applied
             .lock()
