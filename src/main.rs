@@ -100,7 +100,7 @@ enum Bench {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "none,async,sync,sync-durable,durable"
+            default_value = "none,async,sync,sync-durable,durable,durable-neighbour"
         )]
         variants: Vec<String>,
         /// Socket event loop: auto, uring or epoll.

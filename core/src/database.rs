@@ -462,6 +462,10 @@ impl Inner {
     /// Waits until the record at `pos` is applied; `Err(Conflict)` if it was a transaction that
     /// was skipped.
     pub(crate) fn wait_applied(&self, pos: CommitPos) -> Result<()> {
+        if self.applied_lsn.load(Ordering::Acquire) <= pos.lsn_last {
+            // The applier may be letting a backlog build (`apply.rs`, Pacing): not for this one.
+            self.log.hurry(pos.lsn_last);
+        }
         let mut applied = self
             .applied
             .lock()
@@ -570,9 +574,12 @@ impl Inner {
         // it only moves forward.
         assert!(applied_lsn >= *guard, "applied LSN moves forward");
         *guard = applied_lsn;
+        // Before the wake-up: a woken waiter that reads `Database::applied_lsn` must not see the
+        // old value (tests/durable_crash.rs did, once: applied below what its Applied commit
+        // had waited for).
+        self.applied_lsn.store(applied_lsn, Ordering::Release);
         drop(guard);
         self.applied_changed.notify_all();
-        self.applied_lsn.store(applied_lsn, Ordering::Release);
         self.metrics.timeline.sample(applied_lsn);
     }
 }

@@ -73,6 +73,8 @@ pub struct Options {
     pub(crate) map_size: usize,
     pub(crate) ring_slots: u64,
     pub(crate) group_bytes_max: usize,
+    pub(crate) apply_pace_window: Duration,
+    pub(crate) apply_pace_bytes: usize,
     pub(crate) durability: Durability,
     pub(crate) binlog_retain_bytes: u64,
     pub(crate) binlog_retain_age: Option<Duration>,
@@ -97,6 +99,8 @@ impl Default for Options {
             map_size: 1 << 40,
             ring_slots: 4096,
             group_bytes_max: 8 << 20,
+            apply_pace_window: Duration::from_millis(5),
+            apply_pace_bytes: 1 << 20,
             durability: Durability::Durable,
             binlog_retain_bytes: 256 << 20,
             binlog_retain_age: None,
@@ -109,7 +113,7 @@ impl Default for Options {
 
 impl Options {
     /// Defaults: 1 TiB map (address space only; see [`Options::map_size`]), 4096-page (16 MiB)
-    /// ring, 8 MiB groups, 256 MiB of binlog history, `Durable`.
+    /// ring, 8 MiB groups, applies paced to 5 ms or 1 MiB, 256 MiB of binlog history, `Durable`.
     pub fn new() -> Self {
         Self::default()
     }
@@ -130,6 +134,18 @@ impl Options {
     /// Most page bytes applied in one LMDB transaction.
     pub fn group_bytes_max(mut self, bytes: usize) -> Self {
         self.group_bytes_max = bytes.max(4096);
+        self
+    }
+    /// How the applier paces itself while nobody waits for `Applied`: once pages are ready, it
+    /// lets a backlog build for up to `window`, or until `bytes` of ring pages (at most a quarter
+    /// of the ring) wait, before it applies them as one group, so that a trickle of `Durable`
+    /// commits does not pay one LMDB sync per commit on the disk the ring syncs on. A commit
+    /// waiting for `Applied` (also `put_if_version` and transactions) cuts the wait short; readers
+    /// that only look ([`Database::read`], [`Database::applied_lsn`]) see a `Durable` commit up
+    /// to `window` later. A zero `window` applies every ready page at once. Default: 5 ms, 1 MiB.
+    pub fn apply_pace(mut self, window: Duration, bytes: usize) -> Self {
+        self.apply_pace_window = window;
+        self.apply_pace_bytes = bytes;
         self
     }
     /// Bytes of binlog history to keep (older groups are trimmed, never past a registered cursor).

@@ -8,6 +8,24 @@
 //! A page borrowed from a cursor ([`PageRef`], [`PageRun`]) borrows the cursor mutably, so the
 //! cursor cannot release that page while it is borrowed: the borrow checker enforces that ring
 //! slots are never reused under a reader.
+//!
+//! # Pacing
+//!
+//! A consumer whose cost is per batch rather than per page (an applier paying one storage sync
+//! per group) can let a backlog build before it reads: [`Cursor::wait_backlog`] sleeps until the
+//! pages this cursor holds (read or not, but not released) reach a count, a deadline passes, the
+//! log closes, or a reader asks for haste with [`Log::hurry`] (say, a commit waiting until its
+//! record is applied). While it paces, the cursor steps back from sealing duty (seal rule 6 in
+//! `seal.rs`), so no waiter counts on it to seal.
+//!
+//! A pacing cursor sleeps on a `Notify` of its own, woken only when the committed watermark
+//! reaches the count it waits for (not at every advance: that would wake it once per page), on
+//! a hurry, and on close. No wake-up is lost, by two store-then-load pairs (all SeqCst):
+//! [`Log::hurry`] records the page, then loads the count of pacing cursors and wakes them if
+//! there are any, while a pacing cursor counts itself, then checks the recorded page; and the
+//! watermark's advancer moves the watermark, then loads the wake-up point, while a pacing cursor
+//! registers its wake-up point, then loads the watermark. In each pair one side sees the other's
+//! store, and `Notify` keeps a wake-up from falling between a check and the sleep.
 
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -119,6 +137,20 @@ impl Log {
             busy: false,
             polling: false,
         })
+    }
+}
+
+impl Log {
+    /// Asks pacing cursors ([`Cursor::wait_backlog`]) to stop letting a backlog build until they
+    /// have read page `lsn`, and seals that page if it is still open, so the next batch holds it.
+    /// Cheap when nobody paces: two atomic operations.
+    pub fn hurry(&self, lsn: u64) {
+        let shared = &self.shared;
+        shared.consumers.hurry(lsn);
+        if shared.consumers.pacing() > 0 {
+            shared.seal_open_page(Some(lsn));
+            shared.consumers.pace.notify_all();
+        }
     }
 }
 
@@ -262,6 +294,40 @@ impl Cursor {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Lets a backlog build: blocks until this cursor holds `pages_min` pages (ready and not
+    /// released: read or not), `deadline` passes, the log closes, or a reader hurried a page this
+    /// cursor has not read ([`Log::hurry`]). Returns the ready pages not yet read.
+    ///
+    /// While it waits, the cursor is neither busy nor waiting (seal rule 6): it seals the open
+    /// page as it steps back, and waiters seal their own pages meanwhile. It returns busy if it
+    /// has pages to read (come back to [`wait_ready`](Self::wait_ready) after reading them, as
+    /// after any busy spell), and neither if not.
+    pub fn wait_backlog(&mut self, pages_min: u64, deadline: Option<Instant>) -> u64 {
+        let shared = Arc::clone(&self.shared);
+        let read_lsn = self.read_lsn;
+        // Only this cursor moves its pin, and not while it paces.
+        let wake_at = self.released_lsn().saturating_add(pages_min.max(1));
+        let watermark = || shared.watermark.load(Ordering::SeqCst);
+        let consumers = &shared.consumers;
+        let enough = || {
+            // Registered before each check: an advance past `wake_at` after the check wakes us.
+            consumers.wake_pacing_at(wake_at);
+            watermark() >= wake_at || consumers.hurry_end() > read_lsn || shared.is_closed()
+        };
+        consumers.set_pacing(true); // before the first check: see the module docs
+        if !enough() {
+            if self.busy {
+                self.set_busy(false);
+                shared.seal_open_page(None); // disengaging: rule 4
+            }
+            consumers.pace.wait_while(|| !enough(), deadline);
+        }
+        let lag = watermark().saturating_sub(read_lsn);
+        self.set_busy(lag > 0);
+        shared.consumers.set_pacing(false);
+        lag
     }
 
     fn set_polling(&mut self, polling: bool) {

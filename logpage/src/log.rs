@@ -499,6 +499,7 @@ impl Log {
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.committed.notify_all();
+        self.shared.consumers.pace.notify_all();
         self.shared.space.notify_all();
         self.shared.wakers.wake_all();
         self.shared.durability.notify.notify_all();
@@ -806,6 +807,7 @@ impl Shared {
             }
         }
         if advanced {
+            self.consumers.watermark_advanced(watermark);
             self.committed.notify_all();
             self.space.notify_all(); // the horizon may follow the watermark
             self.wakers.wake_all();

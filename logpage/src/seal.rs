@@ -45,6 +45,11 @@
 //!    cursor dropped) seals the open page on its way out, so a waiter that counted on it by rule 3
 //!    is never left behind. A consumer going from waiting to busy counts itself busy *before* it
 //!    stops counting as waiting, and the reverse, so an engaged consumer never reads as neither.
+//! 5. Rule 5, sealing for durable waiters, is in `durable.rs`.
+//! 6. A *pacing* consumer (`Cursor::wait_backlog`: an applier letting a backlog build) steps back
+//!    from sealing duty while it waits: it stops counting as busy (sealing the open page on its way
+//!    out, as rule 4 says) and does not count as waiting, so waiters seal their own pages as if no
+//!    consumer were there. It is busy again once it returns with pages to read.
 //!
 //! A consumer that `wait_ready` made busy must come back to `wait_ready` (or drop its cursor):
 //! while it is busy, waiters leave sealing to it.
@@ -262,11 +267,36 @@ impl AsyncWakers {
     }
 }
 
-/// How many consumers are busy (working on pages they got) and how many wait for more.
-#[derive(Debug, Default)]
+/// How many consumers are busy (working on pages they got) and how many wait for more; and the
+/// pacing consumers (`Cursor::wait_backlog`), with what readers asked them to hurry for.
+#[derive(Debug)]
 pub(crate) struct Consumers {
     busy: AtomicUsize,
     waiting: AtomicUsize,
+    /// Consumers in `wait_backlog`: disengaged (neither busy nor waiting), sleeping on `pace`.
+    pacing: AtomicUsize,
+    /// One past the highest page a reader asked to be consumed soon (`Log::hurry`); only grows.
+    hurry_end: AtomicU64,
+    /// The lowest committed watermark a pacing consumer wants to be woken at (`u64::MAX`: none).
+    /// The watermark's advancer swaps it back to none when it wakes them; each re-registers
+    /// before it sleeps again.
+    pace_wake_at: AtomicU64,
+    /// Woken when the watermark reaches `pace_wake_at`, on `Log::hurry`, and on close: not on
+    /// every advance, which would wake a pacing applier once per page.
+    pub pace: Notify,
+}
+
+impl Default for Consumers {
+    fn default() -> Self {
+        Self {
+            busy: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            pacing: AtomicUsize::new(0),
+            hurry_end: AtomicU64::new(0),
+            pace_wake_at: AtomicU64::new(u64::MAX),
+            pace: Notify::default(),
+        }
+    }
 }
 
 impl Consumers {
@@ -289,6 +319,35 @@ impl Consumers {
             self.waiting.fetch_add(1, Ordering::SeqCst);
         } else {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    pub fn pacing(&self) -> usize {
+        self.pacing.load(Ordering::SeqCst)
+    }
+    pub fn set_pacing(&self, pacing: bool) {
+        if pacing {
+            self.pacing.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.pacing.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    pub fn hurry_end(&self) -> u64 {
+        self.hurry_end.load(Ordering::SeqCst)
+    }
+    /// Records that a reader needs page `lsn` consumed soon.
+    pub fn hurry(&self, lsn: u64) {
+        self.hurry_end.fetch_max(lsn + 1, Ordering::SeqCst);
+    }
+    /// A pacing consumer asks to be woken once the watermark reaches `watermark`.
+    pub fn wake_pacing_at(&self, watermark: u64) {
+        self.pace_wake_at.fetch_min(watermark, Ordering::SeqCst);
+    }
+    /// Called after the watermark advanced to `watermark`: wakes pacing consumers that asked
+    /// for it. One atomic load when none did.
+    pub fn watermark_advanced(&self, watermark: u64) {
+        if self.pace_wake_at.load(Ordering::SeqCst) <= watermark {
+            self.pace_wake_at.store(u64::MAX, Ordering::SeqCst);
+            self.pace.notify_all();
         }
     }
 }

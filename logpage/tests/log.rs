@@ -413,3 +413,81 @@ fn has_room_tracks_the_slots_cursors_hold() {
     cursor.release(4);
     assert!(log.has_room(2 * 4084 - 4));
 }
+
+/// Runs `pace` on another thread and returns what it returned; fails (instead of hanging) if it
+/// has not returned after 20 s, which for these waits means a lost wake-up.
+fn paced<T: Send + 'static>(pace: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, returned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(pace());
+    });
+    returned
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the pacing cursor was never woken")
+}
+
+#[test]
+fn a_pacing_cursor_wakes_when_its_backlog_builds_or_its_deadline_passes() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    log.append(&make_record(0, 0, 10)).unwrap();
+    log.seal();
+    // One page ready, four wanted: the deadline ends the pace.
+    let deadline = Instant::now() + Duration::from_millis(20);
+    assert_eq!(cursor.wait_backlog(4, Some(deadline)), 1);
+    // Pages sealed one at a time after the cursor began to pace: the fourth wakes it.
+    let writer = log.clone();
+    let pacer = std::thread::spawn(move || paced(move || cursor.wait_backlog(4, None)));
+    std::thread::sleep(Duration::from_millis(50));
+    for index in 1..4 {
+        writer.append(&make_record(0, index, 10)).unwrap();
+        writer.seal();
+    }
+    assert!(pacer.join().unwrap() >= 4);
+}
+
+#[test]
+fn a_hurry_ends_a_pace_and_the_hurried_record_is_read() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    log.append(&make_record(0, 0, 10)).unwrap();
+    log.seal();
+    let pacer = std::thread::spawn(move || {
+        paced(move || {
+            assert!(cursor.wait_ready(None).unwrap());
+            cursor.wait_backlog(1_000, None);
+            // Whether the hurry sealed it or not, an idle consumer gets the hurried record.
+            let mut seen = 0;
+            while seen < 2 {
+                assert!(cursor.wait_ready(None).unwrap());
+                let page = cursor.next_ready().unwrap().unwrap();
+                seen += page.header().record_count();
+            }
+            seen
+        })
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let pos = log.append(&make_record(0, 1, 10)).unwrap();
+    log.hurry(pos.lsn_last);
+    assert_eq!(pacer.join().unwrap(), 2);
+}
+
+#[test]
+fn a_pacing_cursor_leaves_sealing_to_waiters_and_close_ends_its_pace() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    log.append(&make_record(0, 0, 10)).unwrap();
+    log.seal();
+    // Busy: `wait_committed` would leave sealing to it (rule 3).
+    assert!(cursor.wait_ready(None).unwrap());
+    let pacer = std::thread::spawn(move || paced(move || cursor.wait_backlog(1_000, None)));
+    std::thread::sleep(Duration::from_millis(50));
+    let pos = log.append(&make_record(0, 1, 10)).unwrap();
+    // Rule 6: while it paces it is not engaged, so the waiter seals its page (or the cursor
+    // sealed it as it stepped back, if this ran first).
+    assert!(log
+        .wait_committed(pos, Some(Instant::now() + Duration::from_secs(20)))
+        .unwrap());
+    log.close();
+    assert_eq!(pacer.join().unwrap(), 2);
+}

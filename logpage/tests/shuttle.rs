@@ -54,6 +54,13 @@
 //!    later append and wait, no record a wait reported durable lies in the failed range, and no
 //!    thread is left blocked (the flusher stops with the error).
 //!
+//! 9. **A pacing consumer** (`Cursor::wait_backlog`, as core's applier paces its groups) loops
+//!    `wait_ready` / `wait_backlog` without a deadline / read / release. Writers that hurry
+//!    (`Log::hurry`) and then wait until it has read their record are always served though the
+//!    backlog it waits for never builds; `wait_committed` waiters return while it paces (it is
+//!    not engaged: seal rule 6); and two writers of one whole page each, waiting without a hurry,
+//!    are served by the backlog wake-up alone (a lost wake-up blocks every thread).
+//!
 //! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
 //! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
 //! not just a count.
@@ -1008,4 +1015,158 @@ fn failed_sync_model() {
 #[test]
 fn a_failed_sync_fails_its_waiters_and_every_later_write() {
     check(failed_sync_model, 1500, 1500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 9: a pacing consumer
+// ---------------------------------------------------------------------------------------------
+
+/// What a pacing consumer has read, for writers that wait until their record is consumed (as a
+/// commit waits until the applier applied it).
+#[derive(Default)]
+struct Consumed {
+    end: shuttle::sync::Mutex<u64>,
+    changed: shuttle::sync::Condvar,
+}
+
+impl Consumed {
+    fn publish(&self, end: u64) {
+        *self.end.lock().expect("consumed lock") = end;
+        self.changed.notify_all();
+    }
+
+    fn wait_past(&self, lsn: u64) {
+        let mut end = self.end.lock().expect("consumed lock");
+        while *end <= lsn {
+            end = self.changed.wait(end).expect("consumed wait");
+        }
+    }
+}
+
+/// The applier's loop over a cursor: wait for a page, let a backlog of `pages_min` build (no
+/// deadline: only the backlog, a hurry or the close ends the pace), read and release everything
+/// ready, publish. Returns at close, once everything was read.
+fn pace_and_consume(mut cursor: Cursor, consumed: &Consumed, pages_min: u64) -> Reading {
+    let mut reading = Reading::default();
+    for _ in 0..CONSUMER_ROUNDS_MAX {
+        match cursor.wait_ready(None) {
+            Ok(true) => {}
+            Err(Error::Closed) => return reading,
+            other => panic!("wait_ready: {other:?}"),
+        }
+        let lag = cursor.wait_backlog(pages_min, None);
+        assert!(lag > 0, "a page was ready before the pace");
+        reading.drain(&mut cursor, true);
+        consumed.publish(cursor.position());
+    }
+    panic!("the pacing consumer did not finish in {CONSUMER_ROUNDS_MAX} rounds");
+}
+
+/// How a writer of the pacing model waits after each record.
+#[derive(Clone, Copy, Debug)]
+enum PacedWait {
+    /// `Log::hurry`, then until the consumer has read the record (a commit waiting for
+    /// `Applied`).
+    HurryThenConsumed,
+    /// `wait_committed`, which leaves sealing to an engaged consumer (rule 3): the pacing
+    /// consumer must not count as one (rule 6).
+    Committed,
+}
+
+fn pacing_model(waits: [PacedWait; 3], pages_min: u64) {
+    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
+    let consumed = Arc::new(Consumed::default());
+    let consumer = {
+        let (cursor, consumed) = (log.cursor(0).expect("cursor"), Arc::clone(&consumed));
+        spawn("pacer".into(), move || {
+            pace_and_consume(cursor, &consumed, pages_min)
+        })
+    };
+    let writers: Vec<_> = (0u32..)
+        .zip(WAITING_LENS.iter().zip(waits))
+        .map(|(writer, (lens, wait))| {
+            let (log, consumed) = (log.clone(), Arc::clone(&consumed));
+            spawn(format!("writer-{writer}"), move || {
+                let mut written = Vec::new();
+                for (index, &len) in (0u32..).zip(*lens) {
+                    let record = write_record(&log, (writer, index), len, Style::Append, || {});
+                    match wait {
+                        PacedWait::HurryThenConsumed => {
+                            log.hurry(record.pos.lsn_last);
+                            consumed.wait_past(record.pos.lsn_last);
+                        }
+                        PacedWait::Committed => wait_committed(&log, record.pos),
+                    }
+                    written.push(record);
+                }
+                written
+            })
+        })
+        .collect();
+    let written = join_all(writers);
+    log.seal();
+    log.close();
+    let reading = consumer.join().expect("pacer thread");
+    check_exactly_once(&written, &reading);
+}
+
+/// A hurry is never lost: writers that hurry and then wait for the consumer, while it paces for
+/// a backlog they never reach by themselves, are all served.
+#[test]
+fn a_pacing_consumer_never_sleeps_through_a_hurry() {
+    use PacedWait::HurryThenConsumed as Hurry;
+    check(|| pacing_model([Hurry, Hurry, Hurry], 64), 1500, 1500);
+}
+
+/// While a consumer paces, `wait_committed` waiters seal their own pages (rule 6); one
+/// hurrying writer runs alongside.
+#[test]
+fn a_pacing_consumer_leaves_sealing_to_waiters() {
+    use PacedWait::{Committed, HurryThenConsumed as Hurry};
+    check(
+        || pacing_model([Committed, Committed, Hurry], 2),
+        1500,
+        1500,
+    );
+    check(
+        || pacing_model([Committed, Committed, Committed], 2),
+        1000,
+        1000,
+    );
+}
+
+/// Two writers each commit one record that fills a page exactly (so it seals itself) and wait,
+/// without hurrying, until the consumer has read it; the consumer paces for a backlog of two
+/// pages. Only the watermark's advance to the second page can wake it: a lost wake-up there
+/// blocks every thread.
+fn backlog_model() {
+    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
+    let consumed = Arc::new(Consumed::default());
+    let consumer = {
+        let (cursor, consumed) = (log.cursor(0).expect("cursor"), Arc::clone(&consumed));
+        spawn("pacer".into(), move || {
+            pace_and_consume(cursor, &consumed, 2)
+        })
+    };
+    let len = pagemesh_logpage::PAYLOAD_SIZE - RECORD_HEADER_SIZE;
+    let writers: Vec<_> = (0u32..2)
+        .map(|writer| {
+            let (log, consumed) = (log.clone(), Arc::clone(&consumed));
+            spawn(format!("writer-{writer}"), move || {
+                let record = write_record(&log, (writer, 0), len, Style::Append, || {});
+                assert_eq!(record.pos.lsn_last, record.pos.seq / 4096, "one whole page");
+                consumed.wait_past(record.pos.lsn_last);
+                vec![record]
+            })
+        })
+        .collect();
+    let written = join_all(writers);
+    log.close();
+    let reading = consumer.join().expect("pacer thread");
+    check_exactly_once(&written, &reading);
+}
+
+#[test]
+fn a_pacing_consumer_wakes_when_its_backlog_is_ready() {
+    check(backlog_model, 2000, 2000);
 }

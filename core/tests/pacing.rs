@@ -1,0 +1,125 @@
+//! The applier's pacing (`apply.rs`, Pacing) on real LMDB files. With a pace window of an hour,
+//! far longer than any test, `Durable` commits return while nothing is applied; a commit that
+//! waits for `Applied`, a transaction, or a backlog of the configured bytes ends the pace; and
+//! closing ends it with everything applied. A pace that is never cut short would hang a test, so
+//! each such wait runs on its own thread and fails the test after a minute instead.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pagemesh_core::{Database, Durability, Options, ReadOnlyDatabase, WriteBatch};
+
+/// A pace window no test outlives.
+const FOREVER: Duration = Duration::from_secs(3600);
+/// How long a wait that the pace must not hold up may take before the test fails.
+const STUCK_AFTER: Duration = Duration::from_secs(60);
+
+fn put(key: &[u8]) -> WriteBatch {
+    let mut batch = WriteBatch::new();
+    batch.put("t", key, b"value").unwrap();
+    batch
+}
+
+/// Runs `f` on its own thread; panics naming `what` if it has not returned after `STUCK_AFTER`.
+fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, returned) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    returned
+        .recv_timeout(STUCK_AFTER)
+        .unwrap_or_else(|_| panic!("{what} never returned: the applier's pace was not cut short"))
+}
+
+fn paced(dir: &tempfile::TempDir, pace_bytes: usize) -> Database {
+    let options = Options::new()
+        .ring_slots(64)
+        .apply_pace(FOREVER, pace_bytes);
+    Database::open(dir.path(), options).unwrap()
+}
+
+#[test]
+fn an_applied_commit_or_a_transaction_cuts_the_pace_short() {
+    let dir = tempfile::tempdir().unwrap();
+    // A quarter of 64 slots: the pace ends at 16 pages held, and these commits take five.
+    let db = paced(&dir, 1 << 30);
+    for key in [b"d0", b"d1", b"d2", b"d3", b"d4"] {
+        db.commit(&put(key), Durability::Durable).unwrap();
+    }
+    assert_eq!(
+        db.stats().groups,
+        0,
+        "the applier paces: nothing applied yet"
+    );
+    assert_eq!(db.applied_lsn(), 0);
+    let committer = db.clone();
+    returns("an Applied commit", move || {
+        committer.commit(&put(b"a"), Durability::Applied).unwrap()
+    });
+    let snapshot = db.read().unwrap();
+    for key in [&b"d0"[..], b"d1", b"d2", b"d3", b"d4", b"a"] {
+        assert!(snapshot.get("t", key).unwrap().is_some(), "{key:?} applied");
+    }
+    drop(snapshot);
+    for key in [b"e0", b"e1"] {
+        db.commit(&put(key), Durability::Durable).unwrap();
+    }
+    let committer = db.clone();
+    let seen = returns("a transaction", move || {
+        committer
+            .transaction(0, |tx| {
+                tx.put("t", b"tx", b"value")?;
+                tx.get("t", b"d0").map(|value| value.is_some())
+            })
+            .unwrap()
+    });
+    assert!(seen.0, "the transaction read an applied key");
+    let snapshot = db.read().unwrap();
+    for key in [&b"e0"[..], b"e1", b"tx"] {
+        assert!(snapshot.get("t", key).unwrap().is_some(), "{key:?} applied");
+    }
+}
+
+#[test]
+fn a_backlog_of_the_pace_bytes_ends_the_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = paced(&dir, 4 * 4096);
+    // Each `Durable` commit waits for its own page to be synced, so each seals a page.
+    for index in 0..8u8 {
+        db.commit(&put(&[b'k', index]), Durability::Durable)
+            .unwrap();
+    }
+    let watcher = db.clone();
+    let applied = returns("applying a backlog of four pages", move || loop {
+        let applied = watcher.applied_lsn();
+        if applied >= 4 {
+            return applied;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    });
+    assert!(applied >= 4);
+}
+
+#[test]
+fn closing_ends_the_pace_and_applies_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = paced(&dir, 1 << 30);
+    for key in [b"c0", b"c1", b"c2"] {
+        db.commit(&put(key), Durability::Durable).unwrap();
+    }
+    assert_eq!(
+        db.applied_lsn(),
+        0,
+        "paced: nothing applied before the close"
+    );
+    returns("closing a pacing database", move || drop(db));
+    // What LMDB holds, without the recovery a read-write open would run.
+    let copy = ReadOnlyDatabase::open(dir.path()).unwrap();
+    let snapshot = copy.read().unwrap();
+    for key in [&b"c0"[..], b"c1", b"c2"] {
+        assert!(
+            snapshot.get("t", key).unwrap().is_some(),
+            "{key:?} applied at close"
+        );
+    }
+}
