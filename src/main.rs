@@ -2,6 +2,7 @@
 //!
 //! - `pagemesh demo`: a primary and two synchronous replicas on loopback, a load, a DIFF.
 //! - `pagemesh node --config node.toml`: a long-lived node (`--check-config FILE` validates one).
+//! - `pagemesh ctl --node ADDR status|lookup|promote`: ask a running node (its command channel).
 //! - `pagemesh backup|restore|stat`: snapshots to files and back; what a database holds.
 //! - `pagemesh bench reserve|commit|replicate|transport|bootstrap|mesh`: pagemesh against baselines, as ratios.
 
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod backup;
+mod ctl;
 mod demo;
 mod import;
 mod metrics;
@@ -43,6 +45,8 @@ enum Command {
     /// Show a database's identity, log positions, cursors, tables and sizes (also while a node
     /// or app writes it).
     Stat(stat::StatArgs),
+    /// Ask a running node over its command channel: status, lookup, promote.
+    Ctl(ctl::CtlArgs),
     /// Write the project's land-registry-shaped data set as CSV.
     Generate(import::GenerateArgs),
     /// Measure pagemesh against baselines in the same run; reports ratios.
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
         Command::Backup(args) => backup::backup(&args),
         Command::Restore(args) => backup::restore(&args),
         Command::Stat(args) => stat::stat(&args),
+        Command::Ctl(args) => return ctl::run(&args),
         Command::Generate(args) => import::generate(&args),
         Command::Bench {
             bench:

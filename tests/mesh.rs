@@ -387,3 +387,105 @@ fn a_node_knowing_one_peer_discovers_its_holders_on_epoll() {
 fn a_node_knowing_one_peer_discovers_its_holders_on_io_uring() {
     a_node_knowing_one_peer_discovers_its_holders(TransportKind::Uring, "uring");
 }
+
+/// Runs `pagemesh ctl --node NODE ARGS... --json`; its exit code and JSON answer.
+fn ctl(node: SocketAddr, args: &[&str]) -> (i32, serde_json::Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
+        .args(["ctl", "--node", &node.to_string(), "--json"])
+        .args(args)
+        .output()
+        .expect("run pagemesh ctl");
+    let code = output.status.code().expect("ctl exited");
+    let json = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (code, json)
+}
+
+/// The command channel over real processes: `pagemesh ctl status` on a relay names it, its
+/// one database (relayed, from the origin's log, a committed LSN no further than the origin's)
+/// and the nodes its gossip knows; `lookup` on a node that only knows one peer finds every
+/// holder; `promote` is answered "not supported yet" with exit code 1; a node that cannot be
+/// reached gives exit code 2.
+fn the_command_channel_answers_over_real_processes(transport: TransportKind, name: &str) {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = node("origin", dir.path(), transport, LOOPBACK, None);
+    let db = origin
+        .open_database(
+            "db",
+            options(1024).replication_timeout(Duration::from_secs(5)),
+        )
+        .expect("open the origin's database");
+    origin.serve(&db, 2);
+    let origin_addr = origin.local_addr().expect("the origin listens");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let a_config = write_mesh_config(
+        dir.path(),
+        "a",
+        name,
+        any_port,
+        &[origin_addr],
+        &[origin_addr],
+        db.uuid(),
+    );
+    let a = NodeProcess::start(&a_config);
+    let b_config = write_mesh_config(dir.path(), "b", name, any_port, &[], &[a.addr], db.uuid());
+    let b = NodeProcess::start(&b_config);
+    let ledger = Ledger::default();
+    wait_held_by(&db, 2, "b discovered a holder");
+    let mut workload = bulk_workload(SEED ^ 9, 0);
+    ledger.run(&db, &mut workload, 10, &[Replicated(2)], &no_check);
+    ledger.assert_clean("a and b hold the origin's pages");
+
+    let status = eventually("a knows the origin and b", PATIENCE, || {
+        let (code, status) = ctl(a.addr, &["status"]);
+        (code == 0 && status["members"] == 2).then_some(status)
+    });
+    assert_eq!(status["name"], "a");
+    let databases = status["databases"].as_array().expect("databases");
+    assert_eq!(databases.len(), 1, "{status}");
+    let copy = &databases[0];
+    assert_eq!(copy["database"], db.uuid().to_string());
+    assert_eq!(copy["origin"], db.origin_uuid().to_string());
+    assert_eq!(copy["relay"], true);
+    let committed = copy["committed_lsn"].as_u64().expect("committed_lsn");
+    assert!(committed > 0 && committed <= db.received_lsn(), "{status}");
+
+    let uuid = db.uuid().to_string();
+    let holders = eventually("b finds every holder", PATIENCE, || {
+        let (code, found) = ctl(b.addr, &["lookup", &uuid]);
+        let addrs: Vec<String> = found["holders"]
+            .as_array()
+            .map(|h| h.iter().map(|h| h["addr"].to_string()).collect())
+            .unwrap_or_default();
+        (code == 0 && addrs.len() == 3).then_some(addrs)
+    });
+    for holder in [origin_addr, a.addr, b.addr] {
+        assert!(
+            holders.contains(&format!("\"{holder}\"")),
+            "{holder} in {holders:?}"
+        );
+    }
+
+    let (code, refused) = ctl(a.addr, &["promote", &uuid]);
+    assert_eq!(code, 1, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not supported yet")),
+        "{refused}"
+    );
+    let (code, _) = ctl(SocketAddr::from(([127, 0, 0, 1], 1)), &["status"]);
+    assert_eq!(code, 2, "no node there");
+    b.stop("b");
+    a.stop("a");
+}
+
+#[test]
+fn the_command_channel_answers_over_real_processes_on_epoll() {
+    the_command_channel_answers_over_real_processes(TransportKind::Epoll, "epoll");
+}
+
+#[test]
+fn the_command_channel_answers_over_real_processes_on_io_uring() {
+    the_command_channel_answers_over_real_processes(TransportKind::Uring, "uring");
+}

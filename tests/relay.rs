@@ -242,9 +242,20 @@ fn relays_that_list_each_other_never_follow_each_other(transport: TransportKind)
 
     proxy.set_refuse(true);
     proxy.cut();
-    let in_a_loop = || {
+    // Both linked to each other on the same links (`links` counts each link a replica
+    // establishes) across 100 ms: a loop that settled. A handshake under way, before the holder
+    // refuses it, looks the same for an instant, so one sample is not enough.
+    let loop_links = || {
         let (a, b) = (a.status(), b.status());
-        a.connected && b.connected && a.upstream == Some(b_addr) && b.upstream == Some(a_addr)
+        (a.connected && b.connected && a.upstream == Some(b_addr) && b.upstream == Some(a_addr))
+            .then_some((a.links, b.links))
+    };
+    let in_a_loop = || {
+        let Some(before) = loop_links() else {
+            return false;
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        loop_links() == Some(before)
     };
     // Refused with REFUSE code RoutingLoop, or left on a HAVE.
     let loop_seen = |status: pagemesh::net::SubscriptionStatus| status.loops > 0;

@@ -680,6 +680,85 @@ fn reseal(mut frame: Vec<u8>) -> Vec<u8> {
     frame
 }
 
+/// Bad commands: garbage, a truncated payload and an unknown command each get an ERROR reply
+/// and the link stays up (a STATUS on it is answered next); a COMMAND before the handshake
+/// closes the connection; a client with the wrong secret cannot ask anything; the node keeps
+/// replicating and serves the same database throughout.
+fn bad_commands_get_error_replies(transport: TransportKind) {
+    use pagemesh::net::proto::command::{decode_reply, encode_request, Command, Reply, Request};
+    let (pair, [good]) = Pair::builder(transport).secret(SECRET).start_with(["good"]);
+    let (db, addr) = (&pair.db, pair.addr());
+    let ledger = Ledger::default();
+    still_replicating(db, &good, &ledger, "before the bad commands");
+    let command = |request_id: u64, payload: &[u8]| {
+        let mut out = Vec::new();
+        encode(
+            &Frame::Command(pagemesh::net::proto::Message {
+                request_id,
+                payload,
+            }),
+            &mut out,
+        );
+        out
+    };
+    let (mut client, mut buf) = raw_handshake(addr, SECRET, PATIENCE);
+    let mut ask = |request_id: u64, payload: &[u8]| {
+        client.write_all(&command(request_id, payload)).unwrap();
+        let bytes = read_frame(&mut client, &mut buf)
+            .expect("a REPLY")
+            .expect("a REPLY, not end of stream");
+        match frame_of(&bytes) {
+            Frame::Reply(reply) => {
+                assert_eq!(reply.request_id, request_id);
+                decode_reply(reply.payload).expect("a well-formed reply")
+            }
+            other => panic!("expected REPLY, got {other:?}"),
+        }
+    };
+    for (id, garbage) in [
+        (1, &b"\xff\xfe garbage"[..]),
+        (2, &[1, 2, 0, 0][..]),
+        (3, &[1, 99, 0, 0, 0, 0][..]),
+    ] {
+        assert!(
+            matches!(ask(id, garbage), Reply::Error { .. }),
+            "request {id} is refused with a reason"
+        );
+    }
+    let mut status = Vec::new();
+    encode_request(
+        &Request {
+            deadline_ms: 1_000,
+            command: Command::Status,
+        },
+        &mut status,
+    );
+    match ask(4, &status) {
+        Reply::Status(status) => {
+            assert_eq!(status.databases.len(), 1);
+            assert_eq!(status.databases[0].database, db.uuid());
+        }
+        other => panic!("the link stayed up for STATUS: {other:?}"),
+    }
+
+    // Before the handshake: not a handshake frame, so the connection is closed.
+    let mut early = raw_connect(addr, PATIENCE);
+    early.write_all(&command(5, &status)).unwrap();
+    assert_eq!(
+        wait_closed(&mut early),
+        Ended::Closed,
+        "COMMAND before HELLO"
+    );
+
+    // The wrong secret: the client's handshake fails, nothing is answered.
+    let refused =
+        pagemesh::net::control::request(addr, Some(b"not the secret"), Command::Status, PATIENCE);
+    assert!(refused.is_err(), "{refused:?}");
+    still_replicating(db, &good, &ledger, "after the bad commands");
+}
+
+on_both_transports!(bad_commands_get_error_replies);
+
 /// Commits one batch `Replicated(1)`; it must return `Ok` and be applied on `replica`.
 fn still_replicating(db: &Database, replica: &Replica, ledger: &Ledger, what: &str) {
     let mut workload = Workload::new(SEED ^ 12, ledger.commits().len() as u32);

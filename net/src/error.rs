@@ -144,6 +144,12 @@ pub enum Error {
         /// What is wrong, e.g. "trailing bytes".
         reason: &'static str,
     },
+    /// A COMMAND or REPLY payload breaks the command format (`proto::command`).
+    #[error("malformed command: {reason}")]
+    MalformedCommand {
+        /// What is wrong, e.g. "unknown command".
+        reason: &'static str,
+    },
     /// The two ends of a link share no protocol version.
     #[error("no common protocol version: ours {}..={}, theirs {}..={}", ours.0, ours.1, theirs.0, theirs.1)]
     VersionMismatch {

@@ -15,6 +15,7 @@
 // (`transport/uring.rs`), allowed there alone.
 #![deny(unsafe_code)]
 
+pub mod control;
 pub mod error;
 pub mod proto;
 pub mod route;

@@ -12,6 +12,7 @@
 //! returns the [`PeerInfo`]. From then on the link sends and receives the other frames and keeps a
 //! [`Liveness`]. Any decode error, refusal or timeout closes the link.
 
+pub mod command;
 pub mod frame;
 pub mod handshake;
 pub mod liveness;

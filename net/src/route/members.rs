@@ -235,6 +235,11 @@ impl Members {
         holders.into_iter().map(|(_, _, addr)| addr).collect()
     }
 
+    /// This node's own entry.
+    pub fn own(&self) -> &PeerEntry {
+        &self.own
+    }
+
     /// The nodes known and not gone.
     pub fn nodes(&self) -> Vec<PeerEntry> {
         self.known

@@ -69,6 +69,7 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 
 pub mod admission;
+mod control;
 mod gossip;
 mod link;
 pub mod metrics;

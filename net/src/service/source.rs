@@ -111,6 +111,13 @@ pub(super) async fn serve_replica(
             Some(Frame::Watch(watch)) if info.version >= WATCH_SINCE_VERSION => {
                 return serve_watcher(runtime, control, id, reader, writer, info, watch).await
             }
+            Some(Frame::Command(message)) => {
+                let first = (message.request_id, message.payload.to_vec());
+                return super::control::serve_commands(
+                    runtime, control, reader, writer, &info, first,
+                )
+                .await;
+            }
             Some(Frame::Peers(list)) if info.version >= PATH_SINCE_VERSION => {
                 return super::gossip::serve_gossip(runtime, control, reader, writer, &info, list)
                     .await

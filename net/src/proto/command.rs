@@ -1,0 +1,443 @@
+//! The command channel's payloads, I/O-free: what travels inside COMMAND (10) and REPLY (11)
+//! frames, whose `request_id` pairs them.
+//!
+//! ```text
+//! request   version u8 (1) | kind u8 | deadline_ms u32 | body
+//!   1 STATUS    (no body)
+//!   2 LOOKUP    database uuid
+//!   3 PROMOTE   database uuid                      (reserved for failover)
+//! reply     version u8 (1) | kind u8 | body
+//!   0 ERROR     reason_len u16 | reason [≤ 1024]
+//!   1 STATUS    node uuid | name_len u8 | name [≤ 64] | members u32 |
+//!               count u16 (≤ 256) | (database uuid | origin uuid | relay u8 |
+//!               committed_lsn u64 | links u32) × count
+//!   2 LOOKUP    count u16 (≤ 1024) | (node uuid | family u8 (4|6) | ip | port u16) × count
+//! ```
+//!
+//! Like the frames, the encoding is canonical ([`decode_request`] accepts exactly what
+//! [`encode_request`] writes, and the same for replies), decoding never panics, and what it
+//! allocates is bounded by the counts above. A request of an unknown version or kind decodes to
+//! an error that the node answers with an ERROR reply; the link stays up.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::proto::frame::{NAME_MAX, REASON_MAX};
+
+/// The command payload version this build speaks.
+pub const COMMAND_VERSION: u8 = 1;
+/// The most databases a STATUS reply lists.
+pub const STATUS_DATABASES_MAX: usize = 256;
+/// The most holders a LOOKUP reply lists.
+pub const LOOKUP_HOLDERS_MAX: usize = 1024;
+
+/// What a command asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// The node, its databases and their positions.
+    Status,
+    /// Which nodes serve `database`, as far as the node knows (itself and its gossip view).
+    Lookup {
+        /// The database.
+        database: Uuid,
+    },
+    /// Make this node's copy of `database` the origin: reserved for failover, answered "not
+    /// supported yet".
+    Promote {
+        /// The database.
+        database: Uuid,
+    },
+}
+
+/// A command and how long the sender will wait for its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Milliseconds the sender waits; a node that cannot answer within it may drop the request.
+    pub deadline_ms: u32,
+    /// The command.
+    pub command: Command,
+}
+
+/// One database in a STATUS reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseStatus {
+    /// The database.
+    pub database: Uuid,
+    /// The origin whose log it holds.
+    pub origin: Uuid,
+    /// A copy relayed from another node (not the origin itself).
+    pub relay: bool,
+    /// Every page below this is in its log.
+    pub committed_lsn: u64,
+    /// Links serving it now (replicas and watchers).
+    pub links: u32,
+}
+
+/// A STATUS reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub node: Uuid,
+    /// Its name.
+    pub name: String,
+    /// Other nodes in its gossip view.
+    pub members: u32,
+    /// The databases it serves.
+    pub databases: Vec<DatabaseStatus>,
+}
+
+/// A node that serves a database, in a LOOKUP reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The node.
+    pub node: Uuid,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The command failed, or was malformed, unknown or not supported.
+    Error {
+        /// Why (at most [`REASON_MAX`] bytes).
+        reason: String,
+    },
+    /// See [`NodeStatus`].
+    Status(NodeStatus),
+    /// The holders found.
+    Lookup(Vec<Holder>),
+}
+
+/// Appends `request` to `out`.
+pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
+    out.push(COMMAND_VERSION);
+    let (kind, database) = match request.command {
+        Command::Status => (1, None),
+        Command::Lookup { database } => (2, Some(database)),
+        Command::Promote { database } => (3, Some(database)),
+    };
+    out.push(kind);
+    out.extend_from_slice(&request.deadline_ms.to_le_bytes());
+    if let Some(database) = database {
+        out.extend_from_slice(database.as_bytes());
+    }
+}
+
+/// Decodes a COMMAND payload.
+pub fn decode_request(payload: &[u8]) -> Result<Request> {
+    let mut r = Reader(payload);
+    r.version()?;
+    let kind = r.u8()?;
+    let deadline_ms = r.u32()?;
+    let command = match kind {
+        1 => Command::Status,
+        2 => Command::Lookup {
+            database: r.uuid()?,
+        },
+        3 => Command::Promote {
+            database: r.uuid()?,
+        },
+        _ => return Err(malformed("unknown command")),
+    };
+    r.finish()?;
+    Ok(Request {
+        deadline_ms,
+        command,
+    })
+}
+
+/// Appends `reply` to `out`. Panics if a list or string is over its bound (a bug in the node).
+pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
+    out.push(COMMAND_VERSION);
+    match reply {
+        Reply::Error { reason } => {
+            out.push(0);
+            let reason = cut(reason, REASON_MAX);
+            out.extend_from_slice(&(reason.len() as u16).to_le_bytes());
+            out.extend_from_slice(reason.as_bytes());
+        }
+        Reply::Status(status) => {
+            assert!(status.databases.len() <= STATUS_DATABASES_MAX);
+            out.push(1);
+            out.extend_from_slice(status.node.as_bytes());
+            let name = cut(&status.name, NAME_MAX);
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&status.members.to_le_bytes());
+            out.extend_from_slice(&(status.databases.len() as u16).to_le_bytes());
+            for db in &status.databases {
+                out.extend_from_slice(db.database.as_bytes());
+                out.extend_from_slice(db.origin.as_bytes());
+                out.push(u8::from(db.relay));
+                out.extend_from_slice(&db.committed_lsn.to_le_bytes());
+                out.extend_from_slice(&db.links.to_le_bytes());
+            }
+        }
+        Reply::Lookup(holders) => {
+            assert!(holders.len() <= LOOKUP_HOLDERS_MAX);
+            out.push(2);
+            out.extend_from_slice(&(holders.len() as u16).to_le_bytes());
+            for holder in holders {
+                out.extend_from_slice(holder.node.as_bytes());
+                match holder.addr.ip() {
+                    IpAddr::V4(ip) => {
+                        out.push(4);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                    IpAddr::V6(ip) => {
+                        out.push(6);
+                        out.extend_from_slice(&ip.octets());
+                    }
+                }
+                out.extend_from_slice(&holder.addr.port().to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Decodes a REPLY payload.
+pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
+    let mut r = Reader(payload);
+    r.version()?;
+    let reply = match r.u8()? {
+        0 => {
+            let len = usize::from(r.u16()?);
+            Reply::Error {
+                reason: r.string(len, REASON_MAX)?,
+            }
+        }
+        1 => {
+            let node = r.uuid()?;
+            let name_len = usize::from(r.u8()?);
+            let name = r.string(name_len, NAME_MAX)?;
+            let members = r.u32()?;
+            let count = usize::from(r.u16()?);
+            if count > STATUS_DATABASES_MAX {
+                return Err(malformed("more than 256 databases"));
+            }
+            let mut databases = Vec::with_capacity(count);
+            for _ in 0..count {
+                databases.push(DatabaseStatus {
+                    database: r.uuid()?,
+                    origin: r.uuid()?,
+                    relay: match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(malformed("relay flag not 0 or 1")),
+                    },
+                    committed_lsn: r.u64()?,
+                    links: r.u32()?,
+                });
+            }
+            Reply::Status(NodeStatus {
+                node,
+                name,
+                members,
+                databases,
+            })
+        }
+        2 => {
+            let count = usize::from(r.u16()?);
+            if count > LOOKUP_HOLDERS_MAX {
+                return Err(malformed("more than 1024 holders"));
+            }
+            let mut holders = Vec::with_capacity(count);
+            for _ in 0..count {
+                let node = r.uuid()?;
+                let ip: IpAddr = match r.u8()? {
+                    4 => Ipv4Addr::from(r.array::<4>()?).into(),
+                    6 => Ipv6Addr::from(r.array::<16>()?).into(),
+                    _ => return Err(malformed("address family not 4 or 6")),
+                };
+                let port = r.u16()?;
+                holders.push(Holder {
+                    node,
+                    addr: SocketAddr::new(ip, port),
+                });
+            }
+            Reply::Lookup(holders)
+        }
+        _ => return Err(malformed("unknown reply")),
+    };
+    r.finish()?;
+    Ok(reply)
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn malformed(reason: &'static str) -> Error {
+    Error::MalformedCommand { reason }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let (head, tail) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(malformed("payload too short"))?;
+        self.0 = tail;
+        Ok(*head)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn uuid(&mut self) -> Result<Uuid> {
+        Ok(Uuid::from_bytes(self.array()?))
+    }
+
+    fn version(&mut self) -> Result<()> {
+        match self.u8()? {
+            COMMAND_VERSION => Ok(()),
+            _ => Err(malformed("unknown command version")),
+        }
+    }
+
+    fn string(&mut self, len: usize, max: usize) -> Result<String> {
+        if len > max {
+            return Err(malformed("string over its bound"));
+        }
+        let (head, tail) = self
+            .0
+            .split_at_checked(len)
+            .ok_or(malformed("payload too short"))?;
+        self.0 = tail;
+        let text = std::str::from_utf8(head).map_err(|_| malformed("not UTF-8"))?;
+        Ok(text.to_owned())
+    }
+
+    fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed("trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn uuid() -> impl Strategy<Value = Uuid> {
+        any::<u128>().prop_map(Uuid::from_u128)
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        let command = prop_oneof![
+            Just(Command::Status),
+            uuid().prop_map(|database| Command::Lookup { database }),
+            uuid().prop_map(|database| Command::Promote { database }),
+        ];
+        (any::<u32>(), command).prop_map(|(deadline_ms, command)| Request {
+            deadline_ms,
+            command,
+        })
+    }
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        let addr = (any::<[u8; 16]>(), any::<bool>(), any::<u16>()).prop_map(|(ip, v4, port)| {
+            let ip: IpAddr = if v4 {
+                Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).into()
+            } else {
+                Ipv6Addr::from(ip).into()
+            };
+            SocketAddr::new(ip, port)
+        });
+        let database = (uuid(), uuid(), any::<bool>(), any::<u64>(), any::<u32>()).prop_map(
+            |(database, origin, relay, committed_lsn, links)| DatabaseStatus {
+                database,
+                origin,
+                relay,
+                committed_lsn,
+                links,
+            },
+        );
+        prop_oneof![
+            "[a-z ]{0,200}".prop_map(|reason| Reply::Error { reason }),
+            (
+                uuid(),
+                "[a-z0-9-]{0,64}",
+                any::<u32>(),
+                proptest::collection::vec(database, 0..8)
+            )
+                .prop_map(|(node, name, members, databases)| Reply::Status(
+                    NodeStatus {
+                        node,
+                        name,
+                        members,
+                        databases
+                    }
+                )),
+            proptest::collection::vec(
+                (uuid(), addr).prop_map(|(node, addr)| Holder { node, addr }),
+                0..20
+            )
+            .prop_map(Reply::Lookup),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_and_replies_round_trip(request in request(), reply in reply()) {
+            let mut out = Vec::new();
+            encode_request(&request, &mut out);
+            prop_assert_eq!(decode_request(&out).unwrap(), request);
+            for cut in 0..out.len() {
+                prop_assert!(decode_request(&out[..cut]).is_err());
+            }
+            out.clear();
+            encode_reply(&reply, &mut out);
+            prop_assert_eq!(decode_reply(&out).unwrap(), reply);
+            for cut in 0..out.len() {
+                prop_assert!(decode_reply(&out[..cut]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_versions_kinds_and_bounds_are_refused() {
+        let reason = |bytes: &[u8]| match decode_request(bytes) {
+            Err(Error::MalformedCommand { reason }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(&[2, 1, 0, 0, 0, 0]), "unknown command version");
+        assert_eq!(reason(&[1, 9, 0, 0, 0, 0]), "unknown command");
+        assert_eq!(reason(&[1, 1, 0, 0, 0, 0, 0]), "trailing bytes");
+        assert_eq!(reason(&[]), "payload too short");
+        let mut many = vec![1, 2];
+        many.extend_from_slice(&2000u16.to_le_bytes());
+        assert!(matches!(
+            decode_reply(&many),
+            Err(Error::MalformedCommand {
+                reason: "more than 1024 holders"
+            })
+        ));
+    }
+}

@@ -1,0 +1,147 @@
+//! The command channel's node side: a link whose first frame after the handshake is COMMAND
+//! carries requests (`proto::command`), each answered with a REPLY of the same request id. Only
+//! peers that passed the cluster-secret handshake get here. A malformed, unknown or unsupported
+//! command gets an ERROR reply and the link stays up; anything but COMMAND ends the link.
+//! Nothing is held per link but the socket and the frame being answered.
+
+use std::rc::Rc;
+
+use crate::error::{Error, Result};
+use crate::proto::command::{
+    decode_request, encode_reply, Command, DatabaseStatus, Holder, NodeStatus, Reply,
+    LOOKUP_HOLDERS_MAX, STATUS_DATABASES_MAX,
+};
+use crate::proto::frame::{encode, Frame, Message};
+use crate::proto::handshake::PeerInfo;
+use crate::transport::{timeout, FrameReader, FrameWriter};
+
+use super::link::LinkControl;
+use super::Runtime;
+
+/// Answers the commands on an accepted link, `first` included, until the peer closes it.
+pub(super) async fn serve_commands(
+    runtime: &Rc<Runtime>,
+    control: &Rc<LinkControl>,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    info: &PeerInfo,
+    first: (u64, Vec<u8>),
+) -> Result<()> {
+    let mut next = Some(first);
+    loop {
+        let (request_id, payload) = match next.take() {
+            Some(request) => request,
+            None => {
+                let link_timeout = runtime.config.link_timeout;
+                let frame = tokio::select! {
+                    frame = timeout(link_timeout, reader.next()) => frame,
+                    () = control.closed() => return Ok(()),
+                };
+                match frame {
+                    Err(_) => return Ok(()), // an idle command link ends quietly
+                    Ok(frame) => match frame? {
+                        None => return Ok(()),
+                        Some(Frame::Command(message)) => {
+                            (message.request_id, message.payload.to_vec())
+                        }
+                        Some(other) => {
+                            return Err(Error::UnexpectedFrame {
+                                state: "serving commands",
+                                frame: other.kind(),
+                            })
+                        }
+                    },
+                }
+            }
+        };
+        let reply = answer(runtime, &payload);
+        if let Reply::Error { reason } = &reply {
+            tracing::info!(peer = %info.name, request_id, %reason, "command refused");
+        }
+        let mut body = Vec::new();
+        encode_reply(&reply, &mut body);
+        let mut out = writer.buffer();
+        encode(
+            &Frame::Reply(Message {
+                request_id,
+                payload: &body,
+            }),
+            &mut out,
+        );
+        writer.write(out).await?;
+    }
+}
+
+/// The reply to one COMMAND payload.
+fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
+    let request = match decode_request(payload) {
+        Ok(request) => request,
+        Err(error) => {
+            return Reply::Error {
+                reason: error.to_string(),
+            }
+        }
+    };
+    match request.command {
+        Command::Status => Reply::Status(status(runtime)),
+        Command::Lookup { database } => Reply::Lookup(lookup(runtime, database)),
+        Command::Promote { database } => Reply::Error {
+            reason: format!(
+                "PROMOTE {database}: not supported yet (failover is a later issue of pagemesh)"
+            ),
+        },
+    }
+}
+
+fn status(runtime: &Runtime) -> NodeStatus {
+    let links = runtime.links.borrow();
+    let mut databases: Vec<DatabaseStatus> = runtime
+        .sources
+        .borrow()
+        .iter()
+        .map(|(&database, source)| DatabaseStatus {
+            database,
+            origin: source.origin(),
+            relay: source.log().is_follower(),
+            committed_lsn: source.log().committed_lsn(),
+            links: links
+                .values()
+                .filter(|(db, _)| *db == Some(database))
+                .count() as u32,
+        })
+        .collect();
+    databases.sort_by_key(|db| db.database);
+    databases.truncate(STATUS_DATABASES_MAX);
+    NodeStatus {
+        node: runtime.config.node,
+        name: runtime.config.name.clone(),
+        members: runtime.members.borrow().nodes().len() as u32,
+        databases,
+    }
+}
+
+/// This node, if it serves `database` and listens, then the nodes its gossip view says serve
+/// it.
+fn lookup(runtime: &Runtime, database: uuid::Uuid) -> Vec<Holder> {
+    let members = runtime.members.borrow();
+    let own = members.own();
+    let mut holders: Vec<Holder> = Vec::new();
+    if runtime.sources.borrow().contains_key(&database) && own.addr.port() != 0 {
+        holders.push(Holder {
+            node: own.node,
+            addr: own.addr,
+        });
+    }
+    holders.extend(
+        members
+            .nodes()
+            .into_iter()
+            .filter(|entry| entry.databases.contains(&database) && entry.addr.port() != 0)
+            .map(|entry| Holder {
+                node: entry.node,
+                addr: entry.addr,
+            }),
+    );
+    holders.truncate(LOOKUP_HOLDERS_MAX);
+    holders
+}

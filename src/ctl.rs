@@ -1,0 +1,168 @@
+//! `pagemesh ctl --node ADDR <command>`: asks a running node over its command channel
+//! (`pagemesh_net::control`), as any authenticated peer may.
+//!
+//! - `status`: the node, the nodes its gossip view holds, and per database it serves: origin,
+//!   whether it is a relayed copy, committed LSN and links.
+//! - `lookup UUID`: the nodes that serve a database, as the node knows them (itself, and what
+//!   the gossip told it).
+//! - `promote UUID`: reserved for failover; the node answers "not supported yet".
+//!
+//! Tables for people by default, `--json` (one object) for scripts. Exit codes: 0 the command
+//! succeeded, 1 the node answered with an error, 2 the node could not be asked (no connection,
+//! refused handshake, timeout, bad arguments).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pagemesh::net::control;
+use pagemesh::net::proto::command::{Command, Reply};
+use serde_json::json;
+
+/// Options of `pagemesh ctl`.
+#[derive(clap::Args)]
+pub struct CtlArgs {
+    /// The node's address (its `listen`).
+    #[arg(long)]
+    node: SocketAddr,
+    /// A file holding the cluster secret (default: env PAGEMESH_SECRET, else none).
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the answer, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum CtlCommand {
+    /// The node and the databases it serves.
+    Status,
+    /// The nodes that serve a database.
+    Lookup {
+        /// The database's uuid.
+        database: uuid::Uuid,
+    },
+    /// Make the node's copy the origin (reserved for failover: not supported yet).
+    Promote {
+        /// The database's uuid.
+        database: uuid::Uuid,
+    },
+}
+
+/// Runs `pagemesh ctl`.
+pub fn run(args: &CtlArgs) -> ExitCode {
+    let secret = match secret(args) {
+        Ok(secret) => secret,
+        Err(error) => {
+            eprintln!("pagemesh ctl: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = match args.command {
+        CtlCommand::Status => Command::Status,
+        CtlCommand::Lookup { database } => Command::Lookup { database },
+        CtlCommand::Promote { database } => Command::Promote { database },
+    };
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let reply = match control::request(args.node, secret.as_deref(), command, timeout) {
+        Ok(reply) => reply,
+        Err(error) => {
+            eprintln!("pagemesh ctl: {}: {error}", args.node);
+            return ExitCode::from(2);
+        }
+    };
+    let failed = matches!(reply, Reply::Error { .. });
+    if args.json {
+        println!("{}", to_json(&reply));
+    } else {
+        print!("{}", to_table(&reply));
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn secret(args: &CtlArgs) -> Result<Option<Vec<u8>>, String> {
+    if let Some(path) = &args.secret_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("reading secret file {}: {e}", path.display()))?;
+        let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+        if trimmed.is_empty() {
+            return Err(format!("secret file {} is empty", path.display()));
+        }
+        return Ok(Some(trimmed));
+    }
+    Ok(std::env::var("PAGEMESH_SECRET")
+        .ok()
+        .filter(|secret| !secret.is_empty())
+        .map(String::into_bytes))
+}
+
+fn to_json(reply: &Reply) -> serde_json::Value {
+    match reply {
+        Reply::Error { reason } => json!({ "error": reason }),
+        Reply::Status(status) => json!({
+            "node": status.node.to_string(),
+            "name": status.name,
+            "members": status.members,
+            "databases": status.databases.iter().map(|db| json!({
+                "database": db.database.to_string(),
+                "origin": db.origin.to_string(),
+                "relay": db.relay,
+                "committed_lsn": db.committed_lsn,
+                "links": db.links,
+            })).collect::<Vec<_>>(),
+        }),
+        Reply::Lookup(holders) => json!({
+            "holders": holders.iter().map(|h| json!({
+                "node": h.node.to_string(),
+                "addr": h.addr.to_string(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn to_table(reply: &Reply) -> String {
+    match reply {
+        Reply::Error { reason } => format!("error: {reason}\n"),
+        Reply::Status(status) => {
+            let mut out = format!(
+                "node {} ({}), {} other nodes known\n{:<36}  {:<36}  {:<7}  {:>13}  {:>5}\n",
+                status.name,
+                status.node,
+                status.members,
+                "database",
+                "origin",
+                "copy",
+                "committed",
+                "links"
+            );
+            for db in &status.databases {
+                out += &format!(
+                    "{:<36}  {:<36}  {:<7}  {:>13}  {:>5}\n",
+                    db.database,
+                    db.origin,
+                    if db.relay { "relayed" } else { "origin" },
+                    db.committed_lsn,
+                    db.links
+                );
+            }
+            out
+        }
+        Reply::Lookup(holders) => {
+            let mut out = format!("{:<36}  {}\n", "node", "address");
+            for holder in holders {
+                out += &format!("{:<36}  {}\n", holder.node, holder.addr);
+            }
+            out
+        }
+    }
+}
