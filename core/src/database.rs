@@ -26,6 +26,7 @@ use crate::options::{Durability, Options};
 use crate::read::Snapshot;
 use crate::record::RecordBuilder;
 use crate::recovery::{self, Recovery};
+use crate::registry::Registration;
 use crate::replication::Replication;
 use crate::snapshot::{self, SnapshotStats};
 use crate::store::Store;
@@ -50,6 +51,11 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Opens the database in `dir`, creating it if empty, and recovers: log records committed to
     /// the ring but not yet applied are applied before new ones.
+    ///
+    /// A database opens once per process: a second open of the same directory (under any
+    /// spelling of its path) fails with [`Error::AlreadyOpen`] until every handle of the first is
+    /// dropped; clone the handle instead. Another process holding it fails the open with the
+    /// log's lock error.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -63,6 +69,9 @@ impl Database {
         // its own map). An existing ring is only locked: it is recovered once LMDB says where
         // recovery must start (`recovery.rs`), and a recovery from its header alone could
         // invalidate pages LMDB still needs.
+        // Before the ring's lock: a second open in this process would otherwise be reported as
+        // a lock held by another process (`registry.rs`).
+        let registration = Registration::claim(dir)?;
         let ring = dir.join("log.ring");
         if std::fs::metadata(&ring).map_or(true, |meta| meta.len() == 0) {
             drop(Log::open(dir, LogOptions::new().slots(options.ring_slots))?);
@@ -77,7 +86,13 @@ impl Database {
             feed,
         } = recovery::recover(dir, &store, &options)?;
         let flusher = log.spawn_flusher()?;
-        let inner = Arc::new(Inner::new(store, log, options, state.binlog_next_lsn));
+        let inner = Arc::new(Inner::new(
+            store,
+            log,
+            options,
+            state.binlog_next_lsn,
+            registration,
+        ));
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
             cursor,
@@ -418,6 +433,8 @@ pub(crate) struct Inner {
     conflicts: Mutex<BTreeSet<u64>>,
     pub(crate) replication: Arc<Replication>,
     pub(crate) metrics: Metrics,
+    /// Last, so dropped last: the directory is given back once the ring and LMDB are closed.
+    _registration: Registration,
 }
 
 /// Conflict outcomes kept for committers that have not looked yet; older ones are dropped first
@@ -426,7 +443,13 @@ const CONFLICTS_KEPT_MAX: usize = 65_536;
 
 impl Inner {
     /// The shared state of a database whose pages below `applied_lsn` are applied.
-    fn new(store: Store, log: Log, options: Options, applied_lsn: u64) -> Self {
+    fn new(
+        store: Store,
+        log: Log,
+        options: Options,
+        applied_lsn: u64,
+        registration: Registration,
+    ) -> Self {
         Self {
             store,
             log,
@@ -440,6 +463,7 @@ impl Inner {
             stats: ApplyStats::default(),
             replication: Arc::new(Replication::default()),
             metrics: Metrics::default(),
+            _registration: registration,
         }
     }
 

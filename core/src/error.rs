@@ -51,11 +51,13 @@ pub enum Error {
         /// What is missing or wrong.
         why: &'static str,
     },
-    /// The database's LMDB environment is already open in this process (heed and LMDB allow one
-    /// open per process): read it through the handle that holds it ([`crate::Database::read`]).
-    #[error("{path} is already open in this process; read it through the handle that holds it")]
+    /// The database is already open in this process: LMDB and the log ring allow one open per
+    /// process. Clone the [`crate::Database`] that holds it (clones share it), or read through it
+    /// ([`crate::Database::read`]) rather than opening a [`crate::ReadOnlyDatabase`].
+    #[error("already open in this process: {path}; use (clone) the handle that holds it")]
     AlreadyOpen {
-        /// The LMDB environment's directory.
+        /// The database's directory, canonical ([`crate::Database::open`]), or its LMDB
+        /// environment's ([`crate::ReadOnlyDatabase::open`]).
         path: PathBuf,
     },
     /// Tables kept being created between a read-only view opening their handles and beginning

@@ -43,6 +43,7 @@ mod read;
 mod read_only;
 pub mod record;
 mod recovery;
+mod registry;
 mod replication;
 mod snapshot;
 mod stat;
