@@ -119,6 +119,12 @@ impl Database {
         })
     }
 
+    /// An empty batch whose puts are checked against this database's record limit (half its log
+    /// ring), so a value too large is refused at [`WriteBatch::put`], not at commit.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::with_record_len_max(self.inner.log.record_len_max())
+    }
+
     /// Commits `batch` and returns when `durability` holds; returns the record's `seq`, the version
     /// its values carry.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<u64> {
@@ -155,6 +161,7 @@ impl Database {
     ) -> Result<u64> {
         let mut record = RecordBuilder::default();
         record.read(table, key, expected)?;
+        record.check_put_fits(table, key, value, self.inner.log.record_len_max())?;
         record.put(table, key, value)?;
         let started = std::time::Instant::now();
         let pos = self.inner.append(&record)?;
@@ -177,7 +184,7 @@ impl Database {
     ) -> Result<(T, u64)> {
         let mut attempt = 0;
         loop {
-            let mut tx = Transaction::begin(self.read()?);
+            let mut tx = Transaction::begin(self.read()?, self.inner.log.record_len_max());
             let out = body(&mut tx)?;
             let started = std::time::Instant::now();
             let pos = self.inner.append(tx.record())?;

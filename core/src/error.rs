@@ -117,6 +117,23 @@ pub enum Error {
         /// Value length.
         len: usize,
     },
+    /// A put that would make its batch's (or transaction's) log record larger than the log
+    /// takes: half its ring ([`crate::Options::ring_slots`]). Refused when the value is put, and
+    /// nothing of it was added.
+    #[error(
+        "value of {len} bytes for table {table:?} would make the record {record_len} bytes, \
+         above the limit of {limit} bytes (half the log ring; see Options::ring_slots)"
+    )]
+    ValueTooLarge {
+        /// The table.
+        table: String,
+        /// Value length.
+        len: usize,
+        /// The record's length with the value.
+        record_len: usize,
+        /// The largest record the log takes.
+        limit: usize,
+    },
     /// A write was asked to wait for replicas, and this database has none.
     #[error("durability Replicated({replicas}) asked of a database with no replicas")]
     NoReplicas {

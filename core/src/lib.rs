@@ -59,7 +59,7 @@ pub use metrics::{
     CommitMetrics, DatabaseMetrics, Histogram, ReplicaLag, ReplicaState, DEPARTED_REPLICAS_MAX,
     TIMELINE_SAMPLES_MAX, TIMELINE_SPACING,
 };
-pub use options::{Durability, Options};
+pub use options::{Durability, Options, RECORD_LEN_MAX_DEFAULT, RING_SLOTS_DEFAULT};
 pub use pagemesh_logpage::Ingested;
 pub use read::{Entries, Snapshot};
 pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};

@@ -67,6 +67,19 @@ impl Durability {
     }
 }
 
+/// The log ring's size in pages unless [`Options::ring_slots`] says otherwise.
+pub const RING_SLOTS_DEFAULT: u64 = 4096;
+
+/// The largest log record a ring of `ring_slots` pages takes: half its payload bytes, less the
+/// record's 4-byte length word (as `pagemesh_logpage::Log::record_len_max` computes it).
+pub(crate) const fn record_len_max(ring_slots: u64) -> usize {
+    (ring_slots as usize / 2) * pagemesh_logpage::PAYLOAD_SIZE - 4
+}
+
+/// The largest log record a database opened with the default ring takes: what
+/// [`WriteBatch::new`](crate::WriteBatch::new) checks each put against.
+pub const RECORD_LEN_MAX_DEFAULT: usize = record_len_max(RING_SLOTS_DEFAULT);
+
 /// How to open a database. Defaults are safe.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -95,7 +108,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             map_size: 1 << 40,
-            ring_slots: 4096,
+            ring_slots: RING_SLOTS_DEFAULT,
             group_bytes_max: 8 << 20,
             durability: Durability::Durable,
             binlog_retain_bytes: 256 << 20,
@@ -122,7 +135,8 @@ impl Options {
         self.map_size = bytes;
         self
     }
-    /// Log ring size in pages (a power of two).
+    /// Log ring size in pages (a power of two). A record (one batch or transaction) may take up
+    /// to half the ring: [`Database::batch`] hands out batches that check their puts against it.
     pub fn ring_slots(mut self, slots: u64) -> Self {
         self.ring_slots = slots;
         self

@@ -21,12 +21,15 @@ pub struct Transaction<'db> {
     writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
     /// Keys whose version is already in `record`, so each is recorded once.
     read_set: BTreeSet<(String, Vec<u8>)>,
+    /// The log's largest record: a put past it is refused at once.
+    record_len_max: usize,
 }
 
 impl<'db> Transaction<'db> {
     /// A transaction reading from `snapshot`, with nothing read or written yet.
-    pub(crate) fn begin(snapshot: Snapshot<'db>) -> Self {
+    pub(crate) fn begin(snapshot: Snapshot<'db>, record_len_max: usize) -> Self {
         Self {
+            record_len_max,
             snapshot,
             record: RecordBuilder::default(),
             writes: BTreeMap::new(),
@@ -53,8 +56,10 @@ impl<'db> Transaction<'db> {
         Ok(value.map(|v| v.bytes.to_vec()))
     }
 
-    /// Buffers a put.
+    /// Buffers a put; refuses a value that would make the transaction's record larger than the
+    /// log takes ([`crate::Error::ValueTooLarge`]).
     pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        (self.record).check_put_fits(table, key, value, self.record_len_max)?;
         self.record.put(table, key, value)?;
         self.writes
             .insert((table.to_string(), key.to_vec()), Some(value.to_vec()));

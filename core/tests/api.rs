@@ -1,7 +1,7 @@
 //! The public API as a new user meets it (issue 17): each test is one stumble a user reported,
 //! and checks that the API now says or does what the user expected.
 
-use pagemesh_core::{Database, Error, Options};
+use pagemesh_core::{Database, Durability, Error, Options, WriteBatch, RECORD_LEN_MAX_DEFAULT};
 
 /// A second open in the same process names the cause and the directory; it used to say "ring is
 /// locked by another process". Once the first handle is gone, the directory opens again.
@@ -25,4 +25,32 @@ fn opening_a_database_twice_in_one_process_says_so() {
     );
     drop(db);
     Database::open(dir.path(), Options::new()).expect("reopens once the first handle is gone");
+}
+
+/// A value too large for the log is refused when it is put, with the limit in the message; it
+/// used to be accepted by `WriteBatch::put` and refused only at commit.
+#[test]
+fn an_oversized_value_is_refused_at_put_with_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
+    let limit = db.log().record_len_max();
+    let huge = vec![7u8; 64 << 20];
+    for mut batch in [WriteBatch::new(), db.batch()] {
+        let error = batch.put("blobs", b"k", &huge).unwrap_err();
+        assert!(
+            matches!(&error, Error::ValueTooLarge { len, .. } if *len == huge.len()),
+            "{error:?}"
+        );
+        assert!(batch.is_empty(), "nothing of the refused put was added");
+    }
+    // The database's own batch knows its (smaller) ring's limit.
+    let mut batch = db.batch();
+    let error = batch.put("blobs", b"k", &vec![0u8; limit]).unwrap_err();
+    assert!(error.to_string().contains(&limit.to_string()), "{error}");
+    batch.put("blobs", b"k", &vec![0u8; limit / 2]).unwrap();
+    db.commit(&batch, Durability::Applied).unwrap();
+    // A new batch's limit is the default ring's.
+    let default_dir = tempfile::tempdir().unwrap();
+    let default_db = Database::open(default_dir.path(), Options::new()).unwrap();
+    assert_eq!(default_db.log().record_len_max(), RECORD_LEN_MAX_DEFAULT);
 }
