@@ -150,8 +150,23 @@ impl Database {
     }
 
     /// Puts `value` at `key` only if the key's version is still `expected` (`None`: absent).
-    /// Returns the new version, or [`Error::Conflict`]. Waits until applied at least: only the
-    /// applier decides.
+    /// Returns the new version, or [`Error::Conflict`] carrying the key's current version (read
+    /// just after the refusal: pass it as `expected` to try again). Waits until applied at
+    /// least: only the applier decides.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Error, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// let first = db.put_if_version("counters", b"visits", None, b"1")?;
+    /// match db.put_if_version("counters", b"visits", None, b"1") {
+    ///     Err(Error::Conflict { current, .. }) => assert_eq!(current, Some(first)),
+    ///     other => panic!("expected a conflict, got {other:?}"),
+    /// }
+    /// db.put_if_version("counters", b"visits", Some(first), b"2")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn put_if_version(
         &self,
         table: &str,
@@ -167,7 +182,16 @@ impl Database {
         let pos = self.inner.append(&record)?;
         let applied = self.inner.wait_applied(pos);
         (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
-        applied.map(|()| pos.seq)
+        match applied {
+            Ok(()) => Ok(pos.seq),
+            // The applier keeps only the refused seq; the version that refused it is read here,
+            // so it may be a later one (never an earlier one).
+            Err(Error::Conflict { seq, .. }) => Err(Error::Conflict {
+                seq,
+                current: self.read()?.get(table, key)?.map(|value| value.seq),
+            }),
+            Err(error) => Err(error),
+        }
     }
 
     /// Runs `body` as an optimistic transaction: its reads come from one snapshot and record the
@@ -511,7 +535,10 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&pos.seq)
         {
-            return Err(Error::Conflict { seq: pos.seq });
+            return Err(Error::Conflict {
+                seq: pos.seq,
+                current: None,
+            });
         }
         Ok(())
     }

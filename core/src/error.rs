@@ -140,11 +140,18 @@ pub enum Error {
         /// Replicas asked for.
         replicas: u32,
     },
-    /// A transaction's reads were stale when its record was applied, so it was skipped.
-    #[error("transaction at seq {seq} conflicted: a key it read changed before it applied")]
+    /// A conditional write was refused when its record was applied, and nothing of it was
+    /// written: a [`crate::Database::put_if_version`] whose key was not at the expected version,
+    /// or a transaction a key of which it read changed before it applied.
+    #[error("write at seq {seq} conflicted: {}", conflict_cause(*current))]
     Conflict {
-        /// The transaction record's seq.
+        /// The refused record's seq: its log position (no value carries it).
         seq: u64,
+        /// For `put_if_version`: the key's version when the refusal was reported, `None` if the
+        /// key is absent (retry with it as the expected version). For a transaction: `None`
+        /// (it may have read many keys; [`crate::Database::transaction`] retries on a fresh
+        /// snapshot).
+        current: Option<u64>,
     },
     /// An earlier LMDB commit or sync failed; the store refuses writes until it is reopened.
     #[error("database {path} is poisoned by an earlier failed write ({cause}); reopen it")]
@@ -194,6 +201,14 @@ pub enum Error {
     /// The database was closed.
     #[error("the database is closed")]
     Closed,
+}
+
+/// The cause a [`Error::Conflict`] message gives.
+fn conflict_cause(current: Option<u64>) -> String {
+    match current {
+        Some(version) => format!("the key is at version {version}"),
+        None => "the key is absent, or a key the transaction read changed".to_string(),
+    }
 }
 
 /// The crate's result type.

@@ -54,3 +54,35 @@ fn an_oversized_value_is_refused_at_put_with_the_limit() {
     let default_db = Database::open(default_dir.path(), Options::new()).unwrap();
     assert_eq!(default_db.log().record_len_max(), RECORD_LEN_MAX_DEFAULT);
 }
+
+/// A refused `put_if_version` says which version the key is at, so the caller can try again
+/// with it; it used to carry the refused record's own seq, which no value holds.
+#[test]
+fn a_put_if_version_conflict_carries_the_current_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
+    let v1 = db.put_if_version("t", b"k", None, b"first").unwrap();
+    let current = |result: pagemesh_core::Result<u64>| match result {
+        Err(Error::Conflict { current, .. }) => current,
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    assert_eq!(current(db.put_if_version("t", b"k", None, b"x")), Some(v1));
+    let v2 = db.put_if_version("t", b"k", Some(v1), b"second").unwrap();
+    let error = db
+        .put_if_version("t", b"k", Some(v1), b"stale")
+        .unwrap_err();
+    assert!(
+        error.to_string().contains(&format!("version {v2}")),
+        "{error}"
+    );
+    assert_eq!(current(Err(error)), Some(v2));
+    // Retrying with the version the conflict reported succeeds.
+    db.put_if_version("t", b"k", Some(v2), b"third").unwrap();
+    let mut batch = WriteBatch::new();
+    batch.delete("t", b"k").unwrap();
+    db.commit(&batch, Durability::Applied).unwrap();
+    assert_eq!(
+        current(db.put_if_version("t", b"k", Some(v2), b"gone")),
+        None
+    );
+}
