@@ -133,11 +133,13 @@ impl Database {
 
     /// Appends `batch` to the log and returns at once with a ticket to wait on, so one thread can
     /// keep many commits in flight.
+    ///
+    /// A `Replicated(n)` or `DurableReplicated(n)` that cannot be met is refused here, before
+    /// anything is written: [`Error::NoReplicas`] on a database that is not a source,
+    /// [`Error::TooFewSyncReplicas`] when `n` exceeds its synchronous replicas and none relays.
     pub fn commit_async(&self, batch: &WriteBatch, durability: Durability) -> Result<CommitTicket> {
         if let Some(replicas) = durability.replicas() {
-            if !self.inner.replication.is_enabled() {
-                return Err(Error::NoReplicas { replicas });
-            }
+            self.inner.replication.check_satisfiable(replicas)?;
         }
         let started = std::time::Instant::now();
         let pos = self.inner.append(&batch.record)?;

@@ -140,6 +140,19 @@ pub enum Error {
         /// Replicas asked for.
         replicas: u32,
     },
+    /// `Replicated(n)` asked for more nodes than the synchronous replicas configured
+    /// ([`crate::Replication::enable`]) can acknowledge, and none of them relays to other nodes
+    /// whose receipts could count. Refused before anything was written.
+    #[error(
+        "durability Replicated({wanted}) asks for more replicas than the {sync_replicas} \
+         synchronous ones configured can acknowledge; nothing was written"
+    )]
+    TooFewSyncReplicas {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Synchronous replicas configured.
+        sync_replicas: usize,
+    },
     /// A conditional write was refused when its record was applied, and nothing of it was
     /// written: a [`crate::Database::put_if_version`] whose key was not at the expected version,
     /// or a transaction a key of which it read changed before it applied.

@@ -48,8 +48,10 @@ pub enum Durability {
     /// local apply proceeds in parallel and is not waited for. Survives a process crash
     /// locally (it is in the ring's committed prefix); a power loss here may lose the local copy,
     /// while each of the `n` replicas holds it as long as it survives. Needs a source database
-    /// (see [`Replication`]); fails with [`Error::ReplicationTimeout`] after
-    /// [`Options::replication_timeout`] if too few replicas are there.
+    /// (see [`Replication`]). Fails at once, writing nothing, if `n` is more than the
+    /// configuration can ever acknowledge ([`Error::TooFewSyncReplicas`]); fails with
+    /// [`Error::ReplicationTimeout`] after [`Options::replication_timeout`] if too few replicas
+    /// are there.
     Replicated(u32),
     /// Both `Durable` and `Replicated(n)`: the local flush and the replicas' receipt overlap, and
     /// both must finish. Survives a process crash and a power loss here, and on the replicas as

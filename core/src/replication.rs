@@ -11,10 +11,12 @@
 //! for `Replicated(n)` (n ≤ k is the useful range). Replicas are made synchronous in the order they
 //! attach; the rest are asynchronous. When a synchronous replica detaches (its link dropped), the
 //! oldest asynchronous one is promoted, so the set refills by itself. With fewer than n synchronous
-//! replicas, `Replicated(n)` commits wait up to the configured timeout and then fail with
+//! replicas attached, `Replicated(n)` commits wait up to the configured timeout and then fail with
 //! [`Error::ReplicationTimeout`] — unless the database was opened with
 //! [`crate::Options::degrade_on_timeout`], in which case they return with a warning: a downgrade
-//! only when the configuration says so.
+//! only when the configuration says so. A `Replicated(n)` that the configuration can never meet
+//! (n above k, and no synchronous replica relays to other nodes: see *Across hops*) fails at once
+//! with [`Error::TooFewSyncReplicas`] and writes nothing.
 //!
 //! Acks are *receipt* acks: a replica sends one as soon as pages are in its ring, before it replays
 //! them (DESIGN.md, "Ack on receipt").
@@ -121,6 +123,31 @@ impl Replication {
     /// Whether [`enable`](Self::enable) was called: `Replicated(n)` is an error otherwise.
     pub fn is_enabled(&self) -> bool {
         self.lock().enabled
+    }
+
+    /// The synchronous replicas configured ([`enable`](Self::enable)).
+    pub fn sync_replicas(&self) -> usize {
+        self.lock().sync_replicas
+    }
+
+    /// Refuses at once a `Replicated(wanted)` that the configuration cannot satisfy, so that it
+    /// does not wait its whole timeout: [`Error::NoReplicas`] if this is not a source,
+    /// [`Error::TooFewSyncReplicas`] if `wanted` exceeds the synchronous replicas configured and
+    /// none of them relays to other nodes (whose receipts could make up the rest). With a relay
+    /// among them, the nodes it feeds count, so a larger `wanted` may be met and is waited for.
+    pub(crate) fn check_satisfiable(&self, wanted: u32) -> Result<()> {
+        let state = self.lock();
+        if !state.enabled {
+            return Err(Error::NoReplicas { replicas: wanted });
+        }
+        let relays = (state.links.values()).any(|link| link.sync && !link.subtree.is_empty());
+        if wanted as usize > state.sync_replicas && (state.sync_replicas == 0 || !relays) {
+            return Err(Error::TooFewSyncReplicas {
+                wanted,
+                sync_replicas: state.sync_replicas,
+            });
+        }
+        Ok(())
     }
 
     /// Attaches the replica `name` on node `node`, which has received every page below

@@ -1,6 +1,8 @@
 //! The public API as a new user meets it (issue 17): each test is one stumble a user reported,
 //! and checks that the API now says or does what the user expected.
 
+use std::time::Duration;
+
 use pagemesh_core::{Database, Durability, Error, Options, WriteBatch, RECORD_LEN_MAX_DEFAULT};
 
 /// A second open in the same process names the cause and the directory; it used to say "ring is
@@ -84,5 +86,54 @@ fn a_put_if_version_conflict_carries_the_current_version() {
     assert_eq!(
         current(db.put_if_version("t", b"k", Some(v2), b"gone")),
         None
+    );
+}
+
+/// `Replicated(n)` with `n` above the synchronous replicas configured fails at once, writing
+/// nothing; it used to wait its whole timeout (here an hour, so the old behaviour hangs).
+#[test]
+fn replicated_above_the_configured_sync_replicas_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new()
+        .ring_slots(64)
+        .replication_timeout(Duration::from_secs(3600));
+    let db = Database::open(dir.path(), options).unwrap();
+    db.replication().enable(1);
+    let _replica = db.replication().attach("r", uuid::Uuid::from_u128(1), 0);
+    let mut batch = WriteBatch::new();
+    batch.put("t", b"k", b"v").unwrap();
+    for durability in [Durability::Replicated(2), Durability::DurableReplicated(2)] {
+        let error = db.commit(&batch, durability).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::TooFewSyncReplicas {
+                    wanted: 2,
+                    sync_replicas: 1
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("nothing was written"), "{error}");
+    }
+    db.replication().enable(0);
+    let error = db.commit(&batch, Durability::Replicated(1)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::TooFewSyncReplicas {
+                sync_replicas: 0,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Everything before this Applied commit is applied once it returns: "k" never was written.
+    let mut other = WriteBatch::new();
+    other.put("t", b"other", b"v").unwrap();
+    db.commit(&other, Durability::Applied).unwrap();
+    assert!(
+        db.read().unwrap().get("t", b"k").unwrap().is_none(),
+        "nothing was written"
     );
 }
