@@ -19,6 +19,7 @@ use crate::database::Inner;
 use crate::error::Error;
 use crate::error::Result;
 use crate::options::{Durability, RECORD_LEN_MAX_DEFAULT};
+use crate::receipt::Receipt;
 use crate::record::RecordBuilder;
 #[cfg(doc)]
 use crate::Database;
@@ -104,6 +105,16 @@ impl CommitTicket {
         self.pos.seq
     }
 
+    /// The commit's receipt: its version and where it is in the log, known as soon as it was
+    /// appended (see [`Receipt`]).
+    pub fn receipt(&self) -> Receipt {
+        Receipt::new(
+            self.inner.store.origin_uuid,
+            self.pos.seq,
+            self.pos.lsn_last + 1,
+        )
+    }
+
     /// Whether the commit's durability already holds (never blocks).
     pub fn is_done(&self) -> bool {
         let lsn_end = self.pos.lsn_last + 1;
@@ -161,8 +172,7 @@ impl CommitTicket {
     fn wait_replicated(&self, n: u32) -> Result<()> {
         let options = &self.inner.options;
         self.inner.replication.wait(
-            self.pos.seq,
-            self.pos.lsn_last + 1,
+            self.receipt(),
             n,
             options.replication_timeout,
             options.degrade_on_timeout,

@@ -197,19 +197,31 @@ pub enum Error {
         path: PathBuf,
     },
     /// A `Replicated(n)` commit waited its configured time and fewer than `n` synchronous replicas
-    /// acknowledged it.
+    /// acknowledged it. **The write is committed locally** all the same: it is in the log, it
+    /// applies here and ships to every replica as they come. Do not commit it again (it would be
+    /// written twice); wait for it with its `receipt` if need be.
     #[error(
-        "commit at seq {seq} reached {acked} of {wanted} synchronous replicas within {waited:?}"
+        "commit at seq {seq} is committed locally and will apply and replicate (receipt \
+         {receipt}; do not retry it, a retry writes it twice), but reached {acked} of {wanted} \
+         synchronous replicas within {waited:?}"
     )]
     ReplicationTimeout {
         /// The record's seq.
         seq: u64,
+        /// The commit's receipt: its version and log position.
+        receipt: crate::Receipt,
         /// Replicas asked for.
         wanted: u32,
         /// Synchronous replicas that had received it.
         acked: u32,
         /// How long the commit waited.
         waited: std::time::Duration,
+    },
+    /// Bytes or text that are not a [`crate::Receipt`].
+    #[error("not a commit receipt: bad {why}")]
+    InvalidReceipt {
+        /// What is wrong.
+        why: &'static str,
     },
     /// The database was closed.
     #[error("the database is closed")]

@@ -41,6 +41,7 @@ mod metrics;
 mod options;
 mod read;
 mod read_only;
+mod receipt;
 pub mod record;
 mod recovery;
 mod registry;
@@ -63,6 +64,7 @@ pub use options::{Durability, Options, RECORD_LEN_MAX_DEFAULT, RING_SLOTS_DEFAUL
 pub use pagemesh_logpage::Ingested;
 pub use read::{Entries, Snapshot};
 pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};
+pub use receipt::{Receipt, RECEIPT_FORMAT, RECEIPT_LEN};
 pub use record::RecordBuilder;
 pub use replication::{ReplicaLink, ReplicaStatus, Replication, SUBTREE_NODES_MAX};
 pub use snapshot::SnapshotStats;

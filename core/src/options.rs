@@ -45,7 +45,13 @@ pub enum Durability {
     /// commit too, until the database is reopened.
     Durable,
     /// `n` synchronous replicas *received* its pages (ack on receipt, before their replay); the
-    /// local apply proceeds in parallel and is not waited for. Survives a process crash
+    /// local apply proceeds in parallel and is not waited for.
+    ///
+    /// **A timeout does not undo the write.** The record is in the local log before the wait
+    /// begins: when [`Error::ReplicationTimeout`] comes back, the write is committed locally, is
+    /// applied here, and ships to the replicas as they return. Committing it again writes it a
+    /// second time. The error carries the commit's receipt (its version and log position): wait
+    /// for it, or report it, instead of retrying. Survives a process crash
     /// locally (it is in the ring's committed prefix); a power loss here may lose the local copy,
     /// while each of the `n` replicas holds it as long as it survives. Needs a source database
     /// (see [`Replication`]). Fails at once, writing nothing, if `n` is more than the
@@ -55,7 +61,7 @@ pub enum Durability {
     Replicated(u32),
     /// Both `Durable` and `Replicated(n)`: the local flush and the replicas' receipt overlap, and
     /// both must finish. Survives a process crash and a power loss here, and on the replicas as
-    /// they hold it.
+    /// they hold it. A timeout leaves the write committed locally, as with `Replicated(n)`.
     DurableReplicated(u32),
 }
 

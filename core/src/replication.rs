@@ -40,6 +40,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::metrics::{ReplicaLag, ReplicaState, Timeline, DEPARTED_REPLICAS_MAX};
+use crate::Receipt;
 
 /// The most nodes one replica link may report in its subtree.
 pub const SUBTREE_NODES_MAX: usize = 4096;
@@ -227,12 +228,12 @@ impl Replication {
     /// `timeout` passes.
     pub(crate) fn wait(
         &self,
-        seq: u64,
-        lsn_end: u64,
+        receipt: Receipt,
         wanted: u32,
         timeout: Duration,
         degrade: bool,
     ) -> Result<()> {
+        let (seq, lsn_end) = (receipt.version(), receipt.lsn_end());
         let started = Instant::now();
         let deadline = started + timeout;
         let mut state = self.lock();
@@ -260,6 +261,7 @@ impl Replication {
                 }
                 return Err(Error::ReplicationTimeout {
                     seq,
+                    receipt,
                     wanted,
                     acked,
                     waited: now - started,
@@ -400,6 +402,10 @@ mod tests {
         Uuid::from_u128(n)
     }
 
+    fn receipt(seq: u64, lsn_end: u64) -> Receipt {
+        Receipt::new(Uuid::nil(), seq, lsn_end)
+    }
+
     #[test]
     fn a_detached_replica_keeps_its_lag_as_down_until_it_attaches_again() {
         let replication = Arc::new(Replication::default());
@@ -479,7 +485,7 @@ mod tests {
         let replication = Arc::new(Replication::default());
         let short = Duration::from_millis(1);
         assert!(matches!(
-            replication.wait(0, 1, 1, short, false),
+            replication.wait(receipt(0, 1), 1, short, false),
             Err(Error::NoReplicas { replicas: 1 })
         ));
         replication.enable(1);
@@ -489,7 +495,7 @@ mod tests {
         b.ack(10, 0);
         assert!(!replication.reached(10, 1), "b is asynchronous");
         assert!(matches!(
-            replication.wait(7, 10, 1, short, false),
+            replication.wait(receipt(7, 10), 1, short, false),
             Err(Error::ReplicationTimeout {
                 seq: 7,
                 wanted: 1,
@@ -498,11 +504,11 @@ mod tests {
             })
         ));
         assert!(
-            replication.wait(7, 10, 1, short, true).is_ok(),
+            replication.wait(receipt(7, 10), 1, short, true).is_ok(),
             "degrade as configured"
         );
         a.ack(10, 4);
-        assert!(replication.wait(7, 10, 1, short, false).is_ok());
+        assert!(replication.wait(receipt(7, 10), 1, short, false).is_ok());
         let durable: Vec<_> = replication.status().iter().map(|r| r.durable_lsn).collect();
         assert_eq!(
             durable,
@@ -530,7 +536,8 @@ mod tests {
             replication.attach("b", node(2), 0),
         );
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| replication.wait(1, 5, 2, Duration::from_secs(30), false));
+            let waiter =
+                s.spawn(|| replication.wait(receipt(1, 5), 2, Duration::from_secs(30), false));
             a.ack(5, 5);
             b.ack(6, 0);
             assert!(waiter.join().expect("no panic").is_ok());

@@ -137,3 +137,46 @@ fn replicated_above_the_configured_sync_replicas_fails_at_once() {
         "nothing was written"
     );
 }
+
+/// A `Replicated(n)` commit that times out says the write is committed locally and carries its
+/// receipt: the write applies, and a retry would write it twice. It used to be a bare timeout.
+#[test]
+fn a_replication_timeout_says_the_write_is_committed_locally_and_carries_its_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new()
+        .ring_slots(64)
+        .replication_timeout(Duration::from_millis(50));
+    let db = Database::open(dir.path(), options).unwrap();
+    db.replication().enable(1);
+    // A synchronous replica that never acknowledges anything.
+    let _silent = db
+        .replication()
+        .attach("silent", uuid::Uuid::from_u128(1), 0);
+    let mut batch = WriteBatch::new();
+    batch.put("t", b"k", b"v").unwrap();
+    let error = db.commit(&batch, Durability::Replicated(1)).unwrap_err();
+    let message = error.to_string();
+    let Error::ReplicationTimeout { seq, receipt, .. } = error else {
+        panic!("expected a replication timeout, got {error:?}");
+    };
+    assert!(
+        message.contains("committed locally") && message.contains("do not retry"),
+        "{message}"
+    );
+    assert_eq!(
+        (receipt.version(), receipt.origin()),
+        (seq, db.origin_uuid())
+    );
+    assert!(message.contains(&receipt.to_string()), "{message}");
+    // It was written: an Applied commit after it returns once it is applied too.
+    let mut marker = WriteBatch::new();
+    marker.put("t", b"marker", b"").unwrap();
+    db.commit(&marker, Durability::Applied).unwrap();
+    assert!(db.applied_lsn() >= receipt.lsn_end());
+    let value = db.read().unwrap().get("t", b"k").unwrap().map(|v| v.seq);
+    assert_eq!(
+        value,
+        Some(seq),
+        "the timed-out write is there, at the receipt's version"
+    );
+}
