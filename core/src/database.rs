@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{DatabaseMetrics, Metrics};
 use crate::options::{Durability, Options};
 use crate::read::Snapshot;
+use crate::receipt::Receipt;
 use crate::record::RecordBuilder;
 use crate::recovery::{self, Recovery};
 use crate::registry::Registration;
@@ -129,6 +130,63 @@ impl Database {
     /// its values carry.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<u64> {
         self.commit_async(batch, durability)?.wait()
+    }
+
+    /// As [`commit`](Self::commit), returning the commit's [`Receipt`]: its version (what
+    /// `commit` returns) and where it is in the log, which another process can wait for on a
+    /// replica (`pagemesh::Replica::wait_for`), or this one with [`wait_for`](Self::wait_for).
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Durability, Options, Receipt};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// let mut batch = db.batch();
+    /// batch.put("prices", b"{A1}", b"250000")?;
+    /// let receipt = db.commit_with_receipt(&batch, Durability::Memory)?;
+    ///
+    /// // Sent as text (or `to_bytes`) to whoever must read the write back.
+    /// let received: Receipt = receipt.to_string().parse()?;
+    /// db.wait_for(&received, std::time::Duration::from_secs(30))?;
+    /// let version = db.read()?.get("prices", b"{A1}")?.map(|value| value.seq);
+    /// assert_eq!(version, Some(receipt.version()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn commit_with_receipt(
+        &self,
+        batch: &WriteBatch,
+        durability: Durability,
+    ) -> Result<Receipt> {
+        let ticket = self.commit_async(batch, durability)?;
+        let receipt = ticket.receipt();
+        ticket.wait()?;
+        Ok(receipt)
+    }
+
+    /// Waits until the commit of `receipt` is applied here (visible to this database's readers:
+    /// on its primary, or on a replica that follows the same log), at most `timeout`.
+    /// [`Error::ReceiptTimeout`] if it is not applied by then; [`Error::ForeignReceipt`] if the
+    /// receipt is of another log than this database's ([`origin_uuid`](Self::origin_uuid)).
+    pub fn wait_for(&self, receipt: &Receipt, timeout: std::time::Duration) -> Result<()> {
+        let origin = self.origin_uuid();
+        if receipt.origin() != origin {
+            return Err(Error::ForeignReceipt {
+                receipt: *receipt,
+                origin,
+            });
+        }
+        let started = std::time::Instant::now();
+        let applied_lsn = self
+            .inner
+            .wait_applied_lsn(receipt.lsn_end(), started + timeout)?;
+        if applied_lsn >= receipt.lsn_end() {
+            return Ok(());
+        }
+        Err(Error::ReceiptTimeout {
+            receipt: *receipt,
+            applied_lsn,
+            waited: started.elapsed(),
+        })
     }
 
     /// Appends `batch` to the log and returns at once with a ticket to wait on, so one thread can
@@ -543,6 +601,34 @@ impl Inner {
             });
         }
         Ok(())
+    }
+
+    /// Waits until every page below `lsn_end` is applied or `deadline` passes; returns the
+    /// applied watermark then.
+    pub(crate) fn wait_applied_lsn(
+        &self,
+        lsn_end: u64,
+        deadline: std::time::Instant,
+    ) -> Result<u64> {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if *applied >= lsn_end {
+                return Ok(*applied);
+            }
+            self.check_poisoned()?;
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(*applied);
+            }
+            applied = self
+                .applied_changed
+                .wait_timeout(applied, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Waits until the record at `pos` is on disk in the ring (its durable watermark passed it).

@@ -223,6 +223,25 @@ pub enum Error {
         /// What is wrong.
         why: &'static str,
     },
+    /// A receipt from another log than this database's: it names another database's writes.
+    #[error("receipt {receipt} is of log {}, not of this database's log {origin}", receipt.origin())]
+    ForeignReceipt {
+        /// The receipt.
+        receipt: crate::Receipt,
+        /// This database's origin log ([`crate::Database::origin_uuid`]).
+        origin: uuid::Uuid,
+    },
+    /// [`crate::Database::wait_for`] waited its time and the receipt's commit is not applied here
+    /// yet (nothing is wrong with it: wait again, or look at the replica's link).
+    #[error("receipt {receipt} not applied within {waited:?}: applied up to page {applied_lsn}, it needs page {}", receipt.lsn_end())]
+    ReceiptTimeout {
+        /// The receipt waited for.
+        receipt: crate::Receipt,
+        /// Every page below this was applied when the wait gave up.
+        applied_lsn: u64,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// The database was closed.
     #[error("the database is closed")]
     Closed,

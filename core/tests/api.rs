@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use pagemesh_core::{Database, Durability, Error, Options, WriteBatch, RECORD_LEN_MAX_DEFAULT};
+use pagemesh_core::{
+    Database, Durability, Error, Options, Receipt, WriteBatch, RECORD_LEN_MAX_DEFAULT,
+};
 
 /// A second open in the same process names the cause and the directory; it used to say "ring is
 /// locked by another process". Once the first handle is gone, the directory opens again.
@@ -179,4 +181,61 @@ fn a_replication_timeout_says_the_write_is_committed_locally_and_carries_its_rec
         Some(seq),
         "the timed-out write is there, at the receipt's version"
     );
+}
+
+/// A commit's receipt crosses a process boundary (as text or bytes) and is waited for where the
+/// write must be read back: here on the primary itself and on a replica of it fed by hand. It
+/// used to be a `seq`, which looks like a byte position and cannot be waited for.
+#[test]
+fn a_receipt_is_waited_for_on_the_primary_and_on_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || Options::new().ring_slots(64);
+    let db = Database::open(dir.path().join("primary"), options()).unwrap();
+    let mut first = WriteBatch::new();
+    first.put("t", b"before", b"snapshot").unwrap();
+    db.commit(&first, Durability::Applied).unwrap();
+    let mut stream = Vec::new();
+    db.read().unwrap().export(&mut stream).unwrap();
+    let (replica, stats) =
+        Database::restore_replica(dir.path().join("replica"), &stream[..], options()).unwrap();
+
+    let mut batch = db.batch();
+    batch.put("t", b"k", b"v").unwrap();
+    let receipt = db.commit_with_receipt(&batch, Durability::Memory).unwrap();
+    let sent_as_text: Receipt = receipt.to_string().parse().unwrap();
+    let sent_as_bytes = Receipt::from_bytes(&receipt.to_bytes()).unwrap();
+    assert_eq!((sent_as_text, sent_as_bytes), (receipt, receipt));
+    db.wait_for(&sent_as_text, Duration::from_secs(30)).unwrap();
+    let value = db.read().unwrap().get("t", b"k").unwrap().map(|v| v.seq);
+    assert_eq!(value, Some(receipt.version()));
+
+    // Not there yet on the replica: the wait says how far it got.
+    match replica.wait_for(&receipt, Duration::ZERO) {
+        Err(Error::ReceiptTimeout { applied_lsn, .. }) => assert!(applied_lsn < receipt.lsn_end()),
+        other => panic!("expected ReceiptTimeout, got {other:?}"),
+    }
+    // Ship the primary's pages from where the replica resumes, as the network would.
+    let snapshot = db.read().unwrap();
+    for page in snapshot.binlog_range(stats.replica_resume_lsn).unwrap() {
+        let mut bytes = Vec::new();
+        page.unwrap().extend_full(&mut bytes);
+        replica.ingest(&bytes).unwrap();
+    }
+    replica
+        .wait_for(&sent_as_bytes, Duration::from_secs(30))
+        .unwrap();
+    let value = replica
+        .read()
+        .unwrap()
+        .get("t", b"k")
+        .unwrap()
+        .map(|v| v.seq);
+    assert_eq!(value, Some(receipt.version()));
+
+    // A receipt of another database's log is refused, not waited for.
+    let other = Database::open(dir.path().join("other"), options()).unwrap();
+    assert!(matches!(
+        other.wait_for(&receipt, Duration::from_secs(30)),
+        Err(Error::ForeignReceipt { .. })
+    ));
 }

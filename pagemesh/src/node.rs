@@ -26,10 +26,11 @@
 //!
 //! let mut batch = WriteBatch::new();
 //! batch.put("sales", b"{A1}", b"250000")?;
-//! let seq = db.commit(&batch, Durability::Replicated(1))?; // received by the replica
+//! // Received by the replica when it returns; applied there a moment later.
+//! let receipt = db.commit_with_receipt(&batch, Durability::Replicated(1))?;
 //!
-//! let copy = replica.wait_applied(db.received_lsn(), std::time::Duration::from_secs(30))?;
-//! assert_eq!(copy.read()?.get("sales", b"{A1}")?.map(|v| v.seq), Some(seq));
+//! let copy = replica.wait_for(&receipt, std::time::Duration::from_secs(30))?;
+//! assert_eq!(copy.read()?.get("sales", b"{A1}")?.map(|v| v.seq), Some(receipt.version()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -40,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use pagemesh_core::{Database, DatabaseMetrics, Options, ReplicaLink};
+use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink};
 use pagemesh_logpage::Log;
 use pagemesh_net::{
     AckSink, BoxError, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase, ReplicaStore,
@@ -457,6 +458,9 @@ impl Drop for Claim {
     }
 }
 
+/// How long [`Replica::wait_for`] waits on one database before it looks for a newer one.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
 /// A replica kept by a node; dropping it stops following (the database stays on disk).
 #[derive(Debug)]
 pub struct Replica {
@@ -478,7 +482,43 @@ impl Replica {
         self.subscription.status()
     }
 
-    /// Waits until the replica has applied every page below `lsn`; returns the database.
+    /// Waits until the replica holds the commit of `receipt` (from the primary's
+    /// [`Database::commit_with_receipt`] or [`pagemesh_core::CommitTicket::receipt`], in this
+    /// process or sent from another as text or bytes), at most `timeout`; returns the database,
+    /// whose reads then see the write. Waits through a bootstrap that has not made the database
+    /// yet, and through a re-bootstrap. On [`NodeError::Timeout`] the message carries the
+    /// subscription's last link error, if it had one; a receipt of another log than the one this
+    /// replica follows fails at once ([`pagemesh_core::Error::ForeignReceipt`]).
+    pub fn wait_for(&self, receipt: &Receipt, timeout: Duration) -> Result<Database, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            // In slices, so that a re-bootstrap's new database is picked up.
+            let slice = deadline.saturating_duration_since(now).min(WAIT_SLICE);
+            match self.database() {
+                Some(db) => match db.wait_for(receipt, slice) {
+                    Ok(()) => return Ok(db),
+                    Err(pagemesh_core::Error::ReceiptTimeout { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                },
+                None => std::thread::sleep(slice.min(Duration::from_millis(2))),
+            }
+            if Instant::now() >= deadline {
+                let last_error = self.status().last_error;
+                return Err(NodeError::Timeout {
+                    name: self.name.clone(),
+                    what: match last_error {
+                        Some(error) => format!("receipt {receipt} (last link error: {error})"),
+                        None => format!("receipt {receipt}"),
+                    },
+                    waited: timeout,
+                });
+            }
+        }
+    }
+
+    /// Waits until the replica has applied every page below `lsn`; returns the database. A
+    /// commit's position is easier to wait for with its receipt ([`wait_for`](Self::wait_for)).
     pub fn wait_applied(&self, lsn: u64, timeout: Duration) -> Result<Database, NodeError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -731,6 +771,60 @@ impl ReplicaStore for ReplicaSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica waits for a primary's commit by its receipt, sent as text as another process
+    /// would receive it; a receipt of another database is refused at once.
+    #[test]
+    fn a_replica_waits_for_a_primary_commit_by_its_receipt() {
+        let dir = tempfile::tempdir().unwrap();
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let primary = Node::builder("primary", dir.path().join("a"))
+            .listen(loopback)
+            .open()
+            .unwrap();
+        let follower = Node::builder("replica", dir.path().join("b"))
+            .open()
+            .unwrap();
+        let db = primary.open_database("db", Options::new()).unwrap();
+        primary.serve(&db, 0);
+        let addr = primary.local_addr().unwrap();
+        let replica = follower
+            .replicate(addr, db.uuid(), "db", Options::new())
+            .unwrap();
+        // Once bootstrapped (the first commit may come with the snapshot), then streamed.
+        for value in [&b"first"[..], b"second"] {
+            let mut batch = db.batch();
+            batch.put("t", b"k", value).unwrap();
+            let receipt = db
+                .commit_with_receipt(&batch, pagemesh_core::Durability::Memory)
+                .unwrap();
+            let text = receipt.to_string();
+
+            let received: Receipt = text.parse().unwrap();
+            let copy = replica
+                .wait_for(&received, Duration::from_secs(60))
+                .unwrap();
+            let read = copy.read().unwrap();
+            let held = read.get("t", b"k").unwrap().map(|v| (v.seq, v.bytes));
+            assert_eq!(held, Some((receipt.version(), value)));
+        }
+
+        let other = primary.open_database("other", Options::new()).unwrap();
+        let mut batch = other.batch();
+        batch.put("t", b"k", b"v").unwrap();
+        let foreign =
+            (other.commit_with_receipt(&batch, pagemesh_core::Durability::Memory)).unwrap();
+        let refused = replica
+            .wait_for(&foreign, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                NodeError::Store(pagemesh_core::Error::ForeignReceipt { .. })
+            ),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn a_node_keeps_its_uuid_across_opens_and_refuses_a_garbled_one() {
