@@ -716,9 +716,11 @@ impl Inner {
         // it only moves forward.
         assert!(applied_lsn >= *guard, "applied LSN moves forward");
         *guard = applied_lsn;
+        // Before the waiters wake: a commit that returned `Applied` must find
+        // `Database::applied_lsn` past it (the metrics doctest saw it behind, now and then).
+        self.applied_lsn.store(applied_lsn, Ordering::Release);
         drop(guard);
         self.applied_changed.notify_all();
-        self.applied_lsn.store(applied_lsn, Ordering::Release);
         self.metrics.timeline.sample(applied_lsn);
     }
 }
