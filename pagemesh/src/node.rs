@@ -12,8 +12,7 @@
 //!   it, so handles to the old one stay valid until dropped.
 //!
 //! ```
-//! use pagemesh::node::Node;
-//! use pagemesh_core::{Durability, Options, WriteBatch};
+//! use pagemesh::{Durability, Node, Options, WriteBatch};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let loopback = "127.0.0.1:0".parse()?;
@@ -265,8 +264,7 @@ impl Node {
     /// numbers here.
     ///
     /// ```
-    /// use pagemesh::Node;
-    /// use pagemesh_core::{Durability, Options, WriteBatch};
+    /// use pagemesh::{Durability, Node, Options, WriteBatch};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let node = Node::builder("a", dir.path()).listen("127.0.0.1:0".parse()?).open()?;
