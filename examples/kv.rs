@@ -3,8 +3,6 @@
 //!
 //! Run with `cargo run --example kv`.
 
-use std::ops::Bound;
-
 use pagemesh::{Database, Durability, Error, Options};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -41,10 +39,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A range, from "alan" up to but not including "grace".
     let range: Vec<String> = snapshot
-        .range("users", Bound::Included(b"alan"), Bound::Excluded(b"grace"))?
+        .range("users", "alan".."grace")?
         .map(|entry| entry.map(|(key, _)| String::from_utf8_lossy(key).into_owned()))
         .collect::<Result<_, Error>>()?;
     assert_eq!(range, ["alan"]);
+
+    // Backwards: the greatest key first.
+    let newest_first: Vec<String> = snapshot
+        .prefix_rev("users", b"")?
+        .map(|entry| entry.map(|(key, _)| String::from_utf8_lossy(key).into_owned()))
+        .collect::<Result<_, Error>>()?;
+    assert_eq!(newest_first, ["grace", "alan", "ada"]);
     drop(snapshot);
 
     // Deletes go through batches too. `Durable` returns once the log holding it is on disk,

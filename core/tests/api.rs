@@ -239,3 +239,51 @@ fn a_receipt_is_waited_for_on_the_primary_and_on_a_replica() {
         Err(Error::ForeignReceipt { .. })
     ));
 }
+
+/// Ranges take any `RangeBounds` of byte strings, and prefixes and ranges iterate backwards too;
+/// `range` used to take two `Bound<&[u8]>` arguments, and nothing went backwards.
+#[test]
+fn ranges_take_range_syntax_and_iterate_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
+    let mut batch = db.batch();
+    for key in ["a", "ab", "abc", "b", "ba", "c"] {
+        batch.put("t", key.as_bytes(), b"").unwrap();
+    }
+    db.commit(&batch, Durability::Applied).unwrap();
+    let snapshot = db.read().unwrap();
+    let keys = |entries: pagemesh_core::Entries<'_>| -> Vec<String> {
+        entries
+            .map(|entry| String::from_utf8(entry.unwrap().0.to_vec()).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        keys(snapshot.range("t", "ab".."ba").unwrap()),
+        ["ab", "abc", "b"]
+    );
+    assert_eq!(
+        keys(snapshot.range("t", "ab"..="ba").unwrap()),
+        ["ab", "abc", "b", "ba"]
+    );
+    assert_eq!(
+        keys(snapshot.range("t", &b"b"[..]..).unwrap()),
+        ["b", "ba", "c"]
+    );
+    assert_eq!(
+        keys(snapshot.range_rev("t", "ab".."ba").unwrap()),
+        ["b", "abc", "ab"]
+    );
+    assert_eq!(
+        keys(snapshot.range_rev("t", .."b").unwrap()),
+        ["abc", "ab", "a"]
+    );
+    assert_eq!(
+        keys(snapshot.prefix_rev("t", b"a").unwrap()),
+        ["abc", "ab", "a"]
+    );
+    assert_eq!(
+        keys(snapshot.prefix_rev("t", b"").unwrap()),
+        ["c", "ba", "b", "abc", "ab", "a"]
+    );
+    assert!(keys(snapshot.range_rev("missing", "a"..).unwrap()).is_empty());
+}
