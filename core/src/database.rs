@@ -257,28 +257,89 @@ impl Database {
     /// Runs `body` as an optimistic transaction: its reads come from one snapshot and record the
     /// versions read; its writes are buffered (and visible to its own reads). Commit appends one
     /// record with the writes and the read versions; the applier applies it only if every version
-    /// is still current. On a conflict `body` runs again on a fresh snapshot, up to
-    /// `retries_max` times, then [`Error::Conflict`] is returned. Returns `body`'s result and the
-    /// record's seq. Waits until applied (only the applier decides a conflict), which is not
-    /// `Durable`: commit a `Durable` batch after it if the transaction must survive a power loss.
-    pub fn transaction<T>(
+    /// is still current. Returns `body`'s result and the record's seq. Waits until applied (only
+    /// the applier decides a conflict), which is not `Durable`: commit a `Durable` batch after it
+    /// if the transaction must survive a power loss.
+    ///
+    /// **The body's errors are the app's.** `body` returns `Result<T, E>` for any `E` a store
+    /// [`Error`] converts into (the store's own `Error`, `Box<dyn std::error::Error>`, or an app
+    /// enum with a `From<Error>` variant). An `Err` from `body` aborts: nothing is written, the
+    /// body is not run again, and the error is returned as it is. Store errors, including a
+    /// [`Error::Conflict`] once the retries are spent, come back converted into `E`.
+    ///
+    /// **Retries.** On a conflict `body` runs again on a fresh snapshot, up to `retries_max`
+    /// times (`0`: one attempt only), after a short randomized pause that grows with each
+    /// attempt (from tens of microseconds to about 2 ms), so contending writers spread out. So a
+    /// body may run several times: keep side effects out of it.
+    ///
+    /// **What a conflict costs.** An attempt whose reads are already stale here (checked against
+    /// the applied state just before it is logged) is retried without logging anything. One
+    /// that passes that check costs one log record, replicated like any other, even if the
+    /// applier then skips it for a conflict that arrived meanwhile. The last attempt is always
+    /// logged: the applier's answer is the one returned.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Error, Options};
+    ///
+    /// #[derive(Debug)]
+    /// enum TransferError {
+    ///     Insufficient { balance: u64 },
+    ///     Store(Error),
+    /// }
+    /// impl From<Error> for TransferError {
+    ///     fn from(error: Error) -> Self {
+    ///         Self::Store(error)
+    ///     }
+    /// }
+    /// let balance = |bytes: Option<Vec<u8>>| bytes.map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// db.put_if_version("accounts", b"alice", None, &50u64.to_le_bytes())?;
+    /// let transfer = |amount: u64| {
+    ///     db.transaction(100, |tx| {
+    ///         let alice = balance(tx.get("accounts", b"alice")?);
+    ///         if alice < amount {
+    ///             return Err(TransferError::Insufficient { balance: alice });
+    ///         }
+    ///         let bob = balance(tx.get("accounts", b"bob")?);
+    ///         tx.put("accounts", b"alice", &(alice - amount).to_le_bytes())?;
+    ///         tx.put("accounts", b"bob", &(bob + amount).to_le_bytes())?;
+    ///         Ok(alice - amount)
+    ///     })
+    /// };
+    /// assert_eq!(transfer(30).map(|(left, _)| left).ok(), Some(20));
+    /// assert!(matches!(transfer(30), Err(TransferError::Insufficient { balance: 20 })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn transaction<T, E: From<Error>>(
         &self,
         retries_max: u32,
-        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T>,
-    ) -> Result<(T, u64)> {
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64), E> {
         let mut attempt = 0;
         loop {
             let mut tx = Transaction::begin(self.read()?, self.inner.log.record_len_max());
             let out = body(&mut tx)?;
+            let tx = tx.finish();
+            let last = attempt >= retries_max;
+            if !last && tx.is_stale(&self.read()?)? {
+                attempt += 1;
+                backoff(attempt);
+                continue;
+            }
             let started = std::time::Instant::now();
-            let pos = self.inner.append(tx.record())?;
+            let pos = self.inner.append(&tx.record)?;
             drop(tx);
             let applied = self.inner.wait_applied(pos);
             (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
             match applied {
                 Ok(()) => return Ok((out, pos.seq)),
-                Err(Error::Conflict { .. }) if attempt < retries_max => attempt += 1,
-                Err(error) => return Err(error),
+                Err(Error::Conflict { .. }) if !last => {
+                    attempt += 1;
+                    backoff(attempt);
+                }
+                Err(error) => return Err(error.into()),
             }
         }
     }
@@ -449,6 +510,22 @@ impl Database {
     pub fn tables(&self) -> Vec<String> {
         self.inner.store.table_names()
     }
+}
+
+/// Pauses a transaction's retry: a few yields at first, then sleeps that double with each
+/// attempt up to about 2 ms, each randomized to between half and all of it (from the clock's
+/// low bits), so that writers contending for one key do not retry in lockstep.
+fn backoff(attempt: u32) {
+    if attempt <= 2 {
+        std::thread::yield_now();
+        return;
+    }
+    let ceiling_micros = (25u64 << attempt.min(7)).min(2_000);
+    let noise = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let micros = ceiling_micros / 2 + noise % (ceiling_micros / 2 + 1);
+    std::thread::sleep(std::time::Duration::from_micros(micros));
 }
 
 /// Stops the flusher and the applier when the last handle goes, and records a clean stop.

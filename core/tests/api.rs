@@ -287,3 +287,62 @@ fn ranges_take_range_syntax_and_iterate_both_ways() {
     );
     assert!(keys(snapshot.range_rev("missing", "a"..).unwrap()).is_empty());
 }
+
+/// A transaction's body returns the app's own error type: an `Err` from it aborts (nothing is
+/// written, the body does not run again) and comes back as it is, while store errors, a
+/// conflict past the retries among them, come back converted into it. The body used to have to
+/// return the store's `Result`, which has no variant for an app's error.
+#[test]
+fn a_transaction_body_returns_the_apps_error_and_aborts_with_it() {
+    #[derive(Debug)]
+    enum AppError {
+        TooMany(u64),
+        Store(Error),
+    }
+    impl From<Error> for AppError {
+        fn from(error: Error) -> Self {
+            Self::Store(error)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
+    let count =
+        |bytes: Option<Vec<u8>>| bytes.map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+    let add = |limit: u64| {
+        let mut runs = 0;
+        let outcome = db.transaction(5, |tx| {
+            runs += 1;
+            let n = count(tx.get("t", b"n")?);
+            tx.put("t", b"n", &(n + 1).to_le_bytes())?;
+            if n + 1 > limit {
+                return Err(AppError::TooMany(n + 1));
+            }
+            Ok(n + 1)
+        });
+        (outcome, runs)
+    };
+    for expected in [1, 2] {
+        let (added, runs) = add(2);
+        assert!(matches!(added, Ok((n, _)) if n == expected), "{added:?}");
+        assert_eq!(runs, 1);
+    }
+    let (aborted, runs) = add(2);
+    assert!(matches!(aborted, Err(AppError::TooMany(3))), "{aborted:?}");
+    assert_eq!(runs, 1, "an abort is not retried");
+    let n = db
+        .read()
+        .unwrap()
+        .get("t", b"n")
+        .unwrap()
+        .map(|v| v.bytes.to_vec());
+    assert_eq!(count(n), 2, "the aborted attempt wrote nothing");
+    // A store error reaches the app's type through its From<Error>.
+    let refused: Result<((), u64), AppError> = db.transaction(0, |tx| {
+        tx.put("__reserved", b"k", b"v")?;
+        Ok(())
+    });
+    assert!(
+        matches!(refused, Err(AppError::Store(Error::InvalidTable { .. }))),
+        "{refused:?}"
+    );
+}
