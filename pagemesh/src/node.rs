@@ -502,21 +502,29 @@ impl Replica {
                 None => std::thread::sleep(slice.min(Duration::from_millis(2))),
             }
             if Instant::now() >= deadline {
-                let last_error = self.status().last_error;
-                return Err(NodeError::Timeout {
-                    name: self.name.clone(),
-                    what: match last_error {
-                        Some(error) => format!("receipt {receipt} (last link error: {error})"),
-                        None => format!("receipt {receipt}"),
-                    },
-                    waited: timeout,
-                });
+                return Err(self.timeout(format!("receipt {receipt}"), timeout));
             }
+        }
+    }
+
+    /// A wait for `what` that gave up after `waited`, with the subscription's last link error
+    /// (a refused connection, a database the peer does not hold): the cause, not just the
+    /// symptom.
+    fn timeout(&self, what: String, waited: Duration) -> NodeError {
+        let what = match self.status().last_error {
+            Some(error) => format!("{what} (last link error: {error})"),
+            None => what,
+        };
+        NodeError::Timeout {
+            name: self.name.clone(),
+            what,
+            waited,
         }
     }
 
     /// Waits until the replica has applied every page below `lsn`; returns the database. A
     /// commit's position is easier to wait for with its receipt ([`wait_for`](Self::wait_for)).
+    /// On [`NodeError::Timeout`] the message carries the subscription's last link error.
     pub fn wait_applied(&self, lsn: u64, timeout: Duration) -> Result<Database, NodeError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -526,11 +534,7 @@ impl Replica {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::Timeout {
-                    name: self.name.clone(),
-                    what: format!("applied lsn {lsn}"),
-                    waited: timeout,
-                });
+                return Err(self.timeout(format!("applied lsn {lsn}"), timeout));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -769,6 +773,35 @@ impl ReplicaStore for ReplicaSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wait that runs out says why the replica is not getting there: the link's last error
+    /// (here a database the source does not hold), not a bare timeout.
+    #[test]
+    fn a_replica_wait_that_runs_out_carries_the_last_link_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Node::builder("primary", dir.path().join("a"))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .open()
+            .unwrap();
+        let follower = Node::builder("replica", dir.path().join("b"))
+            .open()
+            .unwrap();
+        let addr = primary.local_addr().unwrap();
+        let unknown = Uuid::from_u128(0xdead);
+        let replica = follower
+            .replicate(addr, unknown, "db", Options::new())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while replica.status().last_error.is_none() {
+            assert!(Instant::now() < deadline, "the refusal is reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let error = replica.wait_applied(1, Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(&error, NodeError::Timeout { what, .. } if what.contains("last link error")),
+            "{error}"
+        );
+    }
 
     /// A replica waits for a primary's commit by its receipt, sent as text as another process
     /// would receive it; a receipt of another database is refused at once.
