@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -352,6 +352,11 @@ impl Database {
     /// A consistent read snapshot (an LMDB read transaction).
     pub fn read(&self) -> Result<Snapshot<'_>> {
         let store = &self.inner.store;
+        if self.inner.superseded.load(Ordering::Relaxed)
+            && !self.inner.superseded_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(path = %store.path.display(), "reading a superseded copy: it no longer follows its origin; take the replica's current database");
+        }
         let _gate = store
             .table_gate
             .read()
@@ -402,6 +407,21 @@ impl Database {
     /// Whether this is a read-only replica of another database.
     pub fn is_replica(&self) -> bool {
         self.inner.store.is_replica
+    }
+
+    /// Marks this copy as replaced by another (a replica re-bootstrapped into a new directory,
+    /// as a node does when its source's history moved past it): handles still held keep
+    /// reading what it held, which no longer moves; [`is_superseded`](Self::is_superseded) says
+    /// so, and the first read after logs a warning, so a stale handle is not silent.
+    pub fn supersede(&self) {
+        self.inner.superseded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this copy was replaced by another ([`supersede`](Self::supersede)): its data no
+    /// longer follows its origin. Take the replica's current database instead
+    /// (`pagemesh::Replica::database`).
+    pub fn is_superseded(&self) -> bool {
+        self.inner.superseded.load(Ordering::Relaxed)
     }
 
     /// Copies pages of this replica's origin into its log ring (see
@@ -601,6 +621,10 @@ pub(crate) struct Inner {
     conflicts: Mutex<BTreeSet<u64>>,
     pub(crate) replication: Arc<Replication>,
     pub(crate) metrics: Metrics,
+    /// Set when another copy replaced this one ([`Database::supersede`]).
+    superseded: AtomicBool,
+    /// Whether a read of the superseded copy has been warned about.
+    superseded_warned: AtomicBool,
     /// Last, so dropped last: the directory is given back once the ring and LMDB are closed.
     _registration: Registration,
 }
@@ -626,6 +650,8 @@ impl Inner {
             applied_changed: Condvar::new(),
             applied_lsn: AtomicU64::new(applied_lsn),
             poisoned: Mutex::new(None),
+            superseded: AtomicBool::new(false),
+            superseded_warned: AtomicBool::new(false),
             hlc: AtomicU64::new(0),
             conflicts: Mutex::new(BTreeSet::new()),
             stats: ApplyStats::default(),

@@ -346,3 +346,16 @@ fn a_transaction_body_returns_the_apps_error_and_aborts_with_it() {
         "{refused:?}"
     );
 }
+
+/// A copy replaced by another (a replica's re-bootstrap) says so to the handles still held;
+/// they used to go stale silently.
+#[test]
+fn a_superseded_copy_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
+    let held = db.clone();
+    assert!(!held.is_superseded());
+    db.supersede();
+    assert!(held.is_superseded(), "every handle of the copy sees it");
+    assert!(held.read().is_ok(), "and still reads what it held");
+}

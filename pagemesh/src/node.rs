@@ -470,7 +470,11 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// The replica database, once it exists (after its bootstrap).
+    /// The replica database, once it exists (after its bootstrap). A handle is of one copy: if
+    /// the replica re-bootstraps (its source's history moved past it), the node switches to a
+    /// new copy and the old handle keeps reading the old one, which no longer moves;
+    /// [`Database::is_superseded`] then says so. Call this again rather than keeping a handle
+    /// for long, or wait with [`wait_for`](Self::wait_for), which always reads the current one.
     pub fn database(&self) -> Option<Database> {
         self.slot.current_database()
     }
@@ -762,7 +766,9 @@ impl ReplicaStore for ReplicaSlot {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace((generation, database.clone()));
         if let Some((old, old_db)) = previous {
-            // Handles the application still holds keep the old files alive until dropped.
+            // Handles the application still holds keep the old files alive until dropped; they
+            // say they are stale (`is_superseded`, a warning on their next read).
+            old_db.supersede();
             drop(old_db);
             self.remove_generation(old);
         }
