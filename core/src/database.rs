@@ -127,7 +127,8 @@ impl Database {
     }
 
     /// Commits `batch` and returns when `durability` holds; returns the record's `seq`, the version
-    /// its values carry.
+    /// its values carry. [`commit_with_receipt`](Self::commit_with_receipt) returns a receipt
+    /// instead, which a replica (in this process or another) can wait for.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<u64> {
         self.commit_async(batch, durability)?.wait()
     }
