@@ -195,7 +195,8 @@ impl Database {
     ///
     /// A `Replicated(n)` or `DurableReplicated(n)` that cannot be met is refused here, before
     /// anything is written: [`Error::NoReplicas`] on a database that is not a source,
-    /// [`Error::TooFewSyncReplicas`] when `n` exceeds its synchronous replicas and none relays.
+    /// [`Error::TooFewSyncReplicas`] when no replica is synchronous, or `n` exceeds both its
+    /// synchronous replicas and the most nodes they (and the nodes relays feed) ever counted.
     pub fn commit_async(&self, batch: &WriteBatch, durability: Durability) -> Result<CommitTicket> {
         if let Some(replicas) = durability.replicas() {
             self.inner.replication.check_satisfiable(replicas)?;

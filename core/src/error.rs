@@ -140,18 +140,23 @@ pub enum Error {
         /// Replicas asked for.
         replicas: u32,
     },
-    /// `Replicated(n)` asked for more nodes than the synchronous replicas configured
-    /// ([`crate::Replication::enable`]) can acknowledge, and none of them relays to other nodes
-    /// whose receipts could count. Refused before anything was written.
+    /// `Replicated(n)` asked for more nodes than can acknowledge: no replica is synchronous, or
+    /// `n` exceeds both the synchronous replicas configured ([`crate::Replication::enable`])
+    /// and the most nodes their links (with the nodes relays feed) ever counted at once.
+    /// Refused before anything was written.
     #[error(
-        "durability Replicated({wanted}) asks for more replicas than the {sync_replicas} \
-         synchronous ones configured can acknowledge; nothing was written"
+        "durability Replicated({wanted}) asks for more replicas than can acknowledge it: \
+         {sync_replicas} synchronous configured, at most {nodes_seen_max} nodes counted through \
+         them; nothing was written"
     )]
     TooFewSyncReplicas {
         /// Replicas asked for.
         wanted: u32,
         /// Synchronous replicas configured.
         sync_replicas: usize,
+        /// The most distinct nodes the synchronous links (relays' subtrees included) counted
+        /// at once since the database opened.
+        nodes_seen_max: usize,
     },
     /// A conditional write was refused when its record was applied, and nothing of it was
     /// written: a [`crate::Database::put_if_version`] whose key was not at the expected version,

@@ -54,8 +54,8 @@ pub enum Durability {
     /// for it, or report it, instead of retrying. Survives a process crash
     /// locally (it is in the ring's committed prefix); a power loss here may lose the local copy,
     /// while each of the `n` replicas holds it as long as it survives. Needs a source database
-    /// (see [`Replication`]). Fails at once, writing nothing, if `n` is more than the
-    /// configuration can ever acknowledge ([`Error::TooFewSyncReplicas`]); fails with
+    /// (see [`Replication`]). Fails at once, writing nothing, if `n` is more than its
+    /// synchronous replicas can acknowledge ([`Error::TooFewSyncReplicas`] says when); fails with
     /// [`Error::ReplicationTimeout`] after [`Options::replication_timeout`] if too few replicas
     /// are there.
     Replicated(u32),

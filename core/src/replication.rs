@@ -14,9 +14,11 @@
 //! replicas attached, `Replicated(n)` commits wait up to the configured timeout and then fail with
 //! [`Error::ReplicationTimeout`] — unless the database was opened with
 //! [`crate::Options::degrade_on_timeout`], in which case they return with a warning: a downgrade
-//! only when the configuration says so. A `Replicated(n)` that the configuration can never meet
-//! (n above k, and no synchronous replica relays to other nodes: see *Across hops*) fails at once
-//! with [`Error::TooFewSyncReplicas`] and writes nothing.
+//! only when the configuration says so. A `Replicated(n)` that cannot be met fails at once with
+//! [`Error::TooFewSyncReplicas`] and writes nothing: with no synchronous replica (k = 0), or with
+//! n above both k and the most distinct nodes the synchronous links, relays' subtrees included
+//! (see *Across hops*), have counted at once since the database opened. Up to either it waits: a
+//! replica that is away, or a relay whose subtree has not been reported again yet, may return.
 //!
 //! Acks are *receipt* acks: a replica sends one as soon as pages are in its ring, before it replays
 //! them (DESIGN.md, "Ack on receipt").
@@ -61,6 +63,9 @@ struct State {
     links: BTreeMap<u64, LinkState>,
     /// Bumped by `close`, so waiters stop.
     closed: bool,
+    /// The most distinct nodes synchronous links (with their subtrees) counted at once since
+    /// the database opened: what `Replicated(n)` above the synchronous replicas may still reach.
+    nodes_seen_max: usize,
     /// Replicas that detached and have not attached again, oldest first, at most
     /// [`DEPARTED_REPLICAS_MAX`]: `(name, node, received_lsn)`, for their lag.
     departed: std::collections::VecDeque<(String, Uuid, u64)>,
@@ -131,21 +136,23 @@ impl Replication {
         self.lock().sync_replicas
     }
 
-    /// Refuses at once a `Replicated(wanted)` that the configuration cannot satisfy, so that it
-    /// does not wait its whole timeout: [`Error::NoReplicas`] if this is not a source,
-    /// [`Error::TooFewSyncReplicas`] if `wanted` exceeds the synchronous replicas configured and
-    /// none of them relays to other nodes (whose receipts could make up the rest). With a relay
-    /// among them, the nodes it feeds count, so a larger `wanted` may be met and is waited for.
+    /// Refuses at once a `Replicated(wanted)` that cannot be met, so that it does not wait its
+    /// whole timeout: [`Error::NoReplicas`] if this is not a source, and
+    /// [`Error::TooFewSyncReplicas`] if no replica is synchronous, or if `wanted` exceeds both
+    /// the synchronous replicas configured and the most distinct nodes their links (with the
+    /// nodes relays feed) have ever counted at once. Up to either, the commit waits: a replica
+    /// that is away, or a relay's subtree not reported again yet, may come back in time.
     pub(crate) fn check_satisfiable(&self, wanted: u32) -> Result<()> {
         let state = self.lock();
         if !state.enabled {
             return Err(Error::NoReplicas { replicas: wanted });
         }
-        let relays = (state.links.values()).any(|link| link.sync && !link.subtree.is_empty());
-        if wanted as usize > state.sync_replicas && (state.sync_replicas == 0 || !relays) {
+        let reachable = state.sync_replicas.max(state.nodes_seen_max);
+        if state.sync_replicas == 0 || wanted as usize > reachable {
             return Err(Error::TooFewSyncReplicas {
                 wanted,
                 sync_replicas: state.sync_replicas,
+                nodes_seen_max: state.nodes_seen_max,
             });
         }
         Ok(())
@@ -310,6 +317,18 @@ impl State {
             }
             link.sync = sync;
         }
+        self.note_nodes_seen();
+    }
+
+    /// Raises `nodes_seen_max` to the distinct nodes synchronous links count now; called when
+    /// the set of links, of synchronous ones, or of nodes in a subtree grows.
+    fn note_nodes_seen(&mut self) {
+        let mut nodes = BTreeSet::new();
+        for link in self.links.values().filter(|link| link.sync) {
+            nodes.insert(link.node);
+            nodes.extend(link.subtree.keys().copied());
+        }
+        self.nodes_seen_max = self.nodes_seen_max.max(nodes.len());
     }
 }
 
@@ -353,10 +372,14 @@ impl ReplicaLink {
         if !link.subtree.contains_key(&node) && link.subtree.len() >= SUBTREE_NODES_MAX {
             return false;
         }
+        let new_node = !link.subtree.contains_key(&node);
         let held = link.subtree.entry(node).or_insert(0);
         let advanced = received_lsn > *held;
         *held = (*held).max(received_lsn);
         let notify = advanced && link.sync;
+        if new_node {
+            state.note_nodes_seen();
+        }
         drop(state);
         if notify {
             self.replication.changed.notify_all();

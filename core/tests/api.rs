@@ -111,7 +111,8 @@ fn replicated_above_the_configured_sync_replicas_fails_at_once() {
                 error,
                 Error::TooFewSyncReplicas {
                     wanted: 2,
-                    sync_replicas: 1
+                    sync_replicas: 1,
+                    nodes_seen_max: 1,
                 }
             ),
             "{error:?}"
@@ -137,6 +138,48 @@ fn replicated_above_the_configured_sync_replicas_fails_at_once() {
     assert!(
         db.read().unwrap().get("t", b"k").unwrap().is_none(),
         "nothing was written"
+    );
+}
+
+/// In a mesh a synchronous replica that relays counts the nodes it feeds, so `Replicated(n)`
+/// above the synchronous replicas is waited for once that many nodes have been counted, and
+/// still while the relay is away (it may come back with them); above that it fails at once.
+#[test]
+fn replicated_above_the_sync_replicas_waits_when_relays_have_counted_that_many_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new()
+        .ring_slots(64)
+        .replication_timeout(Duration::from_millis(20));
+    let db = Database::open(dir.path(), options).unwrap();
+    db.replication().enable(1);
+    let node = uuid::Uuid::from_u128;
+    let relay = db.replication().attach("relay", node(1), 0);
+    assert!(relay.report(node(2), 0), "the relay feeds one more node");
+    let mut batch = WriteBatch::new();
+    batch.put("t", b"k", b"v").unwrap();
+    let waited = |durability| match db.commit(&batch, durability) {
+        Err(Error::ReplicationTimeout { wanted, .. }) => wanted,
+        other => panic!("expected a wait that timed out, got {other:?}"),
+    };
+    assert_eq!(waited(Durability::Replicated(2)), 2);
+    drop(relay);
+    let _back = db.replication().attach("relay", node(1), 0);
+    assert_eq!(
+        waited(Durability::Replicated(2)),
+        2,
+        "its subtree may be reported again"
+    );
+    let error = db.commit(&batch, Durability::Replicated(3)).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::TooFewSyncReplicas {
+                wanted: 3,
+                nodes_seen_max: 2,
+                ..
+            }
+        ),
+        "{error:?}"
     );
 }
 
