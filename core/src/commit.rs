@@ -15,25 +15,62 @@ use std::time::Instant;
 use pagemesh_logpage::CommitPos;
 
 use crate::database::Inner;
+#[cfg(doc)]
+use crate::error::Error;
 use crate::error::Result;
-use crate::options::Durability;
+use crate::options::{Durability, RECORD_LEN_MAX_DEFAULT};
+use crate::receipt::Receipt;
 use crate::record::RecordBuilder;
 #[cfg(doc)]
 use crate::Database;
 
 /// Puts and deletes over any tables, committed as one record.
-#[derive(Clone, Debug, Default)]
+///
+/// A record may take up to half the log ring, so a put that would make the batch larger than
+/// that is refused at once with [`Error::ValueTooLarge`], naming the limit. [`WriteBatch::new`]
+/// checks against the default ring's limit ([`RECORD_LEN_MAX_DEFAULT`]);
+/// [`Database::batch`] against the database's own ring.
+///
+/// ```
+/// use pagemesh_core::{Error, WriteBatch, RECORD_LEN_MAX_DEFAULT};
+///
+/// let mut batch = WriteBatch::new();
+/// let huge = vec![0u8; RECORD_LEN_MAX_DEFAULT];
+/// let refused = batch.put("blobs", b"k", &huge).unwrap_err();
+/// assert!(matches!(refused, Error::ValueTooLarge { limit: RECORD_LEN_MAX_DEFAULT, .. }));
+/// assert!(batch.is_empty(), "nothing of it was added");
+/// ```
+#[derive(Clone, Debug)]
 pub struct WriteBatch {
     pub(crate) record: RecordBuilder,
+    record_len_max: usize,
+}
+
+impl Default for WriteBatch {
+    fn default() -> Self {
+        Self::with_record_len_max(RECORD_LEN_MAX_DEFAULT)
+    }
 }
 
 impl WriteBatch {
-    /// An empty batch.
+    /// An empty batch for a database with the default ring: puts that would make its record
+    /// larger than [`RECORD_LEN_MAX_DEFAULT`] are refused.
     pub fn new() -> Self {
         Self::default()
     }
-    /// Sets `key` in `table` to `value`.
+    /// An empty batch whose puts are refused once its record would pass `record_len_max` bytes
+    /// (for a database opened with a larger [`ring_slots`](crate::Options::ring_slots): the
+    /// commit refuses a record above its log's limit whatever this says).
+    pub fn with_record_len_max(record_len_max: usize) -> Self {
+        Self {
+            record: RecordBuilder::default(),
+            record_len_max,
+        }
+    }
+    /// Sets `key` in `table` to `value`; refuses (adding nothing) a value that would make the
+    /// batch's record larger than the log takes, with [`Error::ValueTooLarge`].
     pub fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<&mut Self> {
+        (self.record).check_put_fits(table, key, value, self.record_len_max)?;
         self.record.put(table, key, value)?;
         Ok(self)
     }
@@ -66,6 +103,16 @@ impl CommitTicket {
     /// The record's seq.
     pub fn seq(&self) -> u64 {
         self.pos.seq
+    }
+
+    /// The commit's receipt: its version and where it is in the log, known as soon as it was
+    /// appended (see [`Receipt`]).
+    pub fn receipt(&self) -> Receipt {
+        Receipt::new(
+            self.inner.store.origin_uuid,
+            self.pos.seq,
+            self.pos.lsn_last + 1,
+        )
     }
 
     /// Whether the commit's durability already holds (never blocks).
@@ -125,8 +172,7 @@ impl CommitTicket {
     fn wait_replicated(&self, n: u32) -> Result<()> {
         let options = &self.inner.options;
         self.inner.replication.wait(
-            self.pos.seq,
-            self.pos.lsn_last + 1,
+            self.receipt(),
             n,
             options.replication_timeout,
             options.degrade_on_timeout,

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -24,8 +24,10 @@ use crate::error::{Error, Result};
 use crate::metrics::{DatabaseMetrics, Metrics};
 use crate::options::{Durability, Options};
 use crate::read::Snapshot;
+use crate::receipt::Receipt;
 use crate::record::RecordBuilder;
 use crate::recovery::{self, Recovery};
+use crate::registry::Registration;
 use crate::replication::Replication;
 use crate::snapshot::{self, SnapshotStats};
 use crate::store::Store;
@@ -50,6 +52,11 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Opens the database in `dir`, creating it if empty, and recovers: log records committed to
     /// the ring but not yet applied are applied before new ones.
+    ///
+    /// A database opens once per process: a second open of the same directory (under any
+    /// spelling of its path) fails with [`Error::AlreadyOpen`] until every handle of the first is
+    /// dropped; clone the handle instead. Another process holding it fails the open with the
+    /// log's lock error.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -63,6 +70,9 @@ impl Database {
         // its own map). An existing ring is only locked: it is recovered once LMDB says where
         // recovery must start (`recovery.rs`), and a recovery from its header alone could
         // invalidate pages LMDB still needs.
+        // Before the ring's lock: a second open in this process would otherwise be reported as
+        // a lock held by another process (`registry.rs`).
+        let registration = Registration::claim(dir)?;
         let ring = dir.join("log.ring");
         if std::fs::metadata(&ring).map_or(true, |meta| meta.len() == 0) {
             drop(Log::open(dir, LogOptions::new().slots(options.ring_slots))?);
@@ -77,7 +87,13 @@ impl Database {
             feed,
         } = recovery::recover(dir, &store, &options)?;
         let flusher = log.spawn_flusher()?;
-        let inner = Arc::new(Inner::new(store, log, options, state.binlog_next_lsn));
+        let inner = Arc::new(Inner::new(
+            store,
+            log,
+            options,
+            state.binlog_next_lsn,
+            registration,
+        ));
         let applier = apply::Applier {
             inner: Arc::clone(&inner),
             cursor,
@@ -104,19 +120,86 @@ impl Database {
         })
     }
 
+    /// An empty batch whose puts are checked against this database's record limit (half its log
+    /// ring), so a value too large is refused at [`WriteBatch::put`], not at commit.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::with_record_len_max(self.inner.log.record_len_max())
+    }
+
     /// Commits `batch` and returns when `durability` holds; returns the record's `seq`, the version
-    /// its values carry.
+    /// its values carry. [`commit_with_receipt`](Self::commit_with_receipt) returns a receipt
+    /// instead, which a replica (in this process or another) can wait for.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<u64> {
         self.commit_async(batch, durability)?.wait()
     }
 
+    /// As [`commit`](Self::commit), returning the commit's [`Receipt`]: its version (what
+    /// `commit` returns) and where it is in the log, which another process can wait for on a
+    /// replica (`pagemesh::Replica::wait_for`), or this one with [`wait_for`](Self::wait_for).
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Durability, Options, Receipt};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// let mut batch = db.batch();
+    /// batch.put("prices", b"{A1}", b"250000")?;
+    /// let receipt = db.commit_with_receipt(&batch, Durability::Memory)?;
+    ///
+    /// // Sent as text (or `to_bytes`) to whoever must read the write back.
+    /// let received: Receipt = receipt.to_string().parse()?;
+    /// db.wait_for(&received, std::time::Duration::from_secs(30))?;
+    /// let version = db.read()?.get("prices", b"{A1}")?.map(|value| value.seq);
+    /// assert_eq!(version, Some(receipt.version()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn commit_with_receipt(
+        &self,
+        batch: &WriteBatch,
+        durability: Durability,
+    ) -> Result<Receipt> {
+        let ticket = self.commit_async(batch, durability)?;
+        let receipt = ticket.receipt();
+        ticket.wait()?;
+        Ok(receipt)
+    }
+
+    /// Waits until the commit of `receipt` is applied here (visible to this database's readers:
+    /// on its primary, or on a replica that follows the same log), at most `timeout`.
+    /// [`Error::ReceiptTimeout`] if it is not applied by then; [`Error::ForeignReceipt`] if the
+    /// receipt is of another log than this database's ([`origin_uuid`](Self::origin_uuid)).
+    pub fn wait_for(&self, receipt: &Receipt, timeout: std::time::Duration) -> Result<()> {
+        let origin = self.origin_uuid();
+        if receipt.origin() != origin {
+            return Err(Error::ForeignReceipt {
+                receipt: *receipt,
+                origin,
+            });
+        }
+        let started = std::time::Instant::now();
+        let applied_lsn = self
+            .inner
+            .wait_applied_lsn(receipt.lsn_end(), started + timeout)?;
+        if applied_lsn >= receipt.lsn_end() {
+            return Ok(());
+        }
+        Err(Error::ReceiptTimeout {
+            receipt: *receipt,
+            applied_lsn,
+            waited: started.elapsed(),
+        })
+    }
+
     /// Appends `batch` to the log and returns at once with a ticket to wait on, so one thread can
     /// keep many commits in flight.
+    ///
+    /// A `Replicated(n)` or `DurableReplicated(n)` that cannot be met is refused here, before
+    /// anything is written: [`Error::NoReplicas`] on a database that is not a source,
+    /// [`Error::TooFewSyncReplicas`] when no replica is synchronous, or `n` exceeds both its
+    /// synchronous replicas and the most nodes they (and the nodes relays feed) ever counted.
     pub fn commit_async(&self, batch: &WriteBatch, durability: Durability) -> Result<CommitTicket> {
         if let Some(replicas) = durability.replicas() {
-            if !self.inner.replication.is_enabled() {
-                return Err(Error::NoReplicas { replicas });
-            }
+            self.inner.replication.check_satisfiable(replicas)?;
         }
         let started = std::time::Instant::now();
         let pos = self.inner.append(&batch.record)?;
@@ -129,8 +212,23 @@ impl Database {
     }
 
     /// Puts `value` at `key` only if the key's version is still `expected` (`None`: absent).
-    /// Returns the new version, or [`Error::Conflict`]. Waits until applied at least: only the
-    /// applier decides.
+    /// Returns the new version, or [`Error::Conflict`] carrying the key's current version (read
+    /// just after the refusal: pass it as `expected` to try again). Waits until applied at
+    /// least: only the applier decides.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Error, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// let first = db.put_if_version("counters", b"visits", None, b"1")?;
+    /// match db.put_if_version("counters", b"visits", None, b"1") {
+    ///     Err(Error::Conflict { current, .. }) => assert_eq!(current, Some(first)),
+    ///     other => panic!("expected a conflict, got {other:?}"),
+    /// }
+    /// db.put_if_version("counters", b"visits", Some(first), b"2")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn put_if_version(
         &self,
         table: &str,
@@ -140,39 +238,110 @@ impl Database {
     ) -> Result<u64> {
         let mut record = RecordBuilder::default();
         record.read(table, key, expected)?;
+        record.check_put_fits(table, key, value, self.inner.log.record_len_max())?;
         record.put(table, key, value)?;
         let started = std::time::Instant::now();
         let pos = self.inner.append(&record)?;
         let applied = self.inner.wait_applied(pos);
         (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
-        applied.map(|()| pos.seq)
+        match applied {
+            Ok(()) => Ok(pos.seq),
+            // The applier keeps only the refused seq; the version that refused it is read here,
+            // so it may be a later one (never an earlier one).
+            Err(Error::Conflict { seq, .. }) => Err(Error::Conflict {
+                seq,
+                current: self.read()?.get(table, key)?.map(|value| value.seq),
+            }),
+            Err(error) => Err(error),
+        }
     }
 
     /// Runs `body` as an optimistic transaction: its reads come from one snapshot and record the
     /// versions read; its writes are buffered (and visible to its own reads). Commit appends one
     /// record with the writes and the read versions; the applier applies it only if every version
-    /// is still current. On a conflict `body` runs again on a fresh snapshot, up to
-    /// `retries_max` times, then [`Error::Conflict`] is returned. Returns `body`'s result and the
-    /// record's seq. Waits until applied (only the applier decides a conflict), which is not
-    /// `Durable`: commit a `Durable` batch after it if the transaction must survive a power loss.
-    pub fn transaction<T>(
+    /// is still current. Returns `body`'s result and the record's seq. Waits until applied (only
+    /// the applier decides a conflict), which is not `Durable`: commit a `Durable` batch after it
+    /// if the transaction must survive a power loss.
+    ///
+    /// **The body's errors are the app's.** `body` returns `Result<T, E>` for any `E` a store
+    /// [`Error`] converts into (the store's own `Error`, `Box<dyn std::error::Error>`, or an app
+    /// enum with a `From<Error>` variant). An `Err` from `body` aborts: nothing is written, the
+    /// body is not run again, and the error is returned as it is. Store errors, including a
+    /// [`Error::Conflict`] once the retries are spent, come back converted into `E`.
+    ///
+    /// **Retries.** On a conflict `body` runs again on a fresh snapshot, up to `retries_max`
+    /// times (`0`: one attempt only), after a short randomized pause that grows with each
+    /// attempt (from tens of microseconds to about 2 ms), so contending writers spread out. So a
+    /// body may run several times: keep side effects out of it.
+    ///
+    /// **What a conflict costs.** An attempt whose reads are already stale here (checked against
+    /// the applied state just before it is logged) is retried without logging anything. One
+    /// that passes that check costs one log record, replicated like any other, even if the
+    /// applier then skips it for a conflict that arrived meanwhile. The last attempt is always
+    /// logged: the applier's answer is the one returned.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Error, Options};
+    ///
+    /// #[derive(Debug)]
+    /// enum TransferError {
+    ///     Insufficient { balance: u64 },
+    ///     Store(Error),
+    /// }
+    /// impl From<Error> for TransferError {
+    ///     fn from(error: Error) -> Self {
+    ///         Self::Store(error)
+    ///     }
+    /// }
+    /// let balance = |bytes: Option<Vec<u8>>| bytes.map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// db.put_if_version("accounts", b"alice", None, &50u64.to_le_bytes())?;
+    /// let transfer = |amount: u64| {
+    ///     db.transaction(100, |tx| {
+    ///         let alice = balance(tx.get("accounts", b"alice")?);
+    ///         if alice < amount {
+    ///             return Err(TransferError::Insufficient { balance: alice });
+    ///         }
+    ///         let bob = balance(tx.get("accounts", b"bob")?);
+    ///         tx.put("accounts", b"alice", &(alice - amount).to_le_bytes())?;
+    ///         tx.put("accounts", b"bob", &(bob + amount).to_le_bytes())?;
+    ///         Ok(alice - amount)
+    ///     })
+    /// };
+    /// assert_eq!(transfer(30).map(|(left, _)| left).ok(), Some(20));
+    /// assert!(matches!(transfer(30), Err(TransferError::Insufficient { balance: 20 })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn transaction<T, E: From<Error>>(
         &self,
         retries_max: u32,
-        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T>,
-    ) -> Result<(T, u64)> {
+        mut body: impl FnMut(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64), E> {
         let mut attempt = 0;
         loop {
-            let mut tx = Transaction::begin(self.read()?);
+            let mut tx = Transaction::begin(self.read()?, self.inner.log.record_len_max());
             let out = body(&mut tx)?;
+            let tx = tx.finish();
+            let last = attempt >= retries_max;
+            if !last && tx.is_stale(&self.read()?)? {
+                attempt += 1;
+                backoff(attempt);
+                continue;
+            }
             let started = std::time::Instant::now();
-            let pos = self.inner.append(tx.record())?;
+            let pos = self.inner.append(&tx.record)?;
             drop(tx);
             let applied = self.inner.wait_applied(pos);
             (self.inner.metrics).commit(Durability::Applied, started, applied.is_ok());
             match applied {
                 Ok(()) => return Ok((out, pos.seq)),
-                Err(Error::Conflict { .. }) if attempt < retries_max => attempt += 1,
-                Err(error) => return Err(error),
+                Err(Error::Conflict { .. }) if !last => {
+                    attempt += 1;
+                    backoff(attempt);
+                }
+                Err(error) => return Err(error.into()),
             }
         }
     }
@@ -185,6 +354,11 @@ impl Database {
     /// A consistent read snapshot (an LMDB read transaction).
     pub fn read(&self) -> Result<Snapshot<'_>> {
         let store = &self.inner.store;
+        if self.inner.superseded.load(Ordering::Relaxed)
+            && !self.inner.superseded_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(path = %store.path.display(), "reading a superseded copy: it no longer follows its origin; take the replica's current database");
+        }
         let _gate = store
             .table_gate
             .read()
@@ -235,6 +409,21 @@ impl Database {
     /// Whether this is a read-only replica of another database.
     pub fn is_replica(&self) -> bool {
         self.inner.store.is_replica
+    }
+
+    /// Marks this copy as replaced by another (a replica re-bootstrapped into a new directory,
+    /// as a node does when its source's history moved past it): handles still held keep
+    /// reading what it held, which no longer moves; [`is_superseded`](Self::is_superseded) says
+    /// so, and the first read after logs a warning, so a stale handle is not silent.
+    pub fn supersede(&self) {
+        self.inner.superseded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this copy was replaced by another ([`supersede`](Self::supersede)): its data no
+    /// longer follows its origin. Take the replica's current database instead
+    /// (`pagemesh::Replica::database`).
+    pub fn is_superseded(&self) -> bool {
+        self.inner.superseded.load(Ordering::Relaxed)
     }
 
     /// Copies pages of this replica's origin into its log ring (see
@@ -345,6 +534,22 @@ impl Database {
     }
 }
 
+/// Pauses a transaction's retry: a few yields at first, then sleeps that double with each
+/// attempt up to about 2 ms, each randomized to between half and all of it (from the clock's
+/// low bits), so that writers contending for one key do not retry in lockstep.
+fn backoff(attempt: u32) {
+    if attempt <= 2 {
+        std::thread::yield_now();
+        return;
+    }
+    let ceiling_micros = (25u64 << attempt.min(7)).min(2_000);
+    let noise = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let micros = ceiling_micros / 2 + noise % (ceiling_micros / 2 + 1);
+    std::thread::sleep(std::time::Duration::from_micros(micros));
+}
+
 /// Stops the flusher and the applier when the last handle goes, and records a clean stop.
 struct Closer {
     inner: Arc<Inner>,
@@ -418,6 +623,12 @@ pub(crate) struct Inner {
     conflicts: Mutex<BTreeSet<u64>>,
     pub(crate) replication: Arc<Replication>,
     pub(crate) metrics: Metrics,
+    /// Set when another copy replaced this one ([`Database::supersede`]).
+    superseded: AtomicBool,
+    /// Whether a read of the superseded copy has been warned about.
+    superseded_warned: AtomicBool,
+    /// Last, so dropped last: the directory is given back once the ring and LMDB are closed.
+    _registration: Registration,
 }
 
 /// Conflict outcomes kept for committers that have not looked yet; older ones are dropped first
@@ -426,7 +637,13 @@ const CONFLICTS_KEPT_MAX: usize = 65_536;
 
 impl Inner {
     /// The shared state of a database whose pages below `applied_lsn` are applied.
-    fn new(store: Store, log: Log, options: Options, applied_lsn: u64) -> Self {
+    fn new(
+        store: Store,
+        log: Log,
+        options: Options,
+        applied_lsn: u64,
+        registration: Registration,
+    ) -> Self {
         Self {
             store,
             log,
@@ -435,11 +652,14 @@ impl Inner {
             applied_changed: Condvar::new(),
             applied_lsn: AtomicU64::new(applied_lsn),
             poisoned: Mutex::new(None),
+            superseded: AtomicBool::new(false),
+            superseded_warned: AtomicBool::new(false),
             hlc: AtomicU64::new(0),
             conflicts: Mutex::new(BTreeSet::new()),
             stats: ApplyStats::default(),
             replication: Arc::new(Replication::default()),
             metrics: Metrics::default(),
+            _registration: registration,
         }
     }
 
@@ -484,9 +704,40 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&pos.seq)
         {
-            return Err(Error::Conflict { seq: pos.seq });
+            return Err(Error::Conflict {
+                seq: pos.seq,
+                current: None,
+            });
         }
         Ok(())
+    }
+
+    /// Waits until every page below `lsn_end` is applied or `deadline` passes; returns the
+    /// applied watermark then.
+    pub(crate) fn wait_applied_lsn(
+        &self,
+        lsn_end: u64,
+        deadline: std::time::Instant,
+    ) -> Result<u64> {
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if *applied >= lsn_end {
+                return Ok(*applied);
+            }
+            self.check_poisoned()?;
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(*applied);
+            }
+            applied = self
+                .applied_changed
+                .wait_timeout(applied, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Waits until the record at `pos` is on disk in the ring (its durable watermark passed it).

@@ -51,11 +51,13 @@ pub enum Error {
         /// What is missing or wrong.
         why: &'static str,
     },
-    /// The database's LMDB environment is already open in this process (heed and LMDB allow one
-    /// open per process): read it through the handle that holds it ([`crate::Database::read`]).
-    #[error("{path} is already open in this process; read it through the handle that holds it")]
+    /// The database is already open in this process: LMDB and the log ring allow one open per
+    /// process. Clone the [`crate::Database`] that holds it (clones share it), or read through it
+    /// ([`crate::Database::read`]) rather than opening a [`crate::ReadOnlyDatabase`].
+    #[error("already open in this process: {path}; use (clone) the handle that holds it")]
     AlreadyOpen {
-        /// The LMDB environment's directory.
+        /// The database's directory, canonical ([`crate::Database::open`]), or its LMDB
+        /// environment's ([`crate::ReadOnlyDatabase::open`]).
         path: PathBuf,
     },
     /// Tables kept being created between a read-only view opening their handles and beginning
@@ -115,17 +117,59 @@ pub enum Error {
         /// Value length.
         len: usize,
     },
+    /// A put that would make its batch's (or transaction's) log record larger than the log
+    /// takes: half its ring ([`crate::Options::ring_slots`]). Refused when the value is put, and
+    /// nothing of it was added.
+    #[error(
+        "value of {len} bytes for table {table:?} would make the record {record_len} bytes, \
+         above the limit of {limit} bytes (half the log ring; see Options::ring_slots)"
+    )]
+    ValueTooLarge {
+        /// The table.
+        table: String,
+        /// Value length.
+        len: usize,
+        /// The record's length with the value.
+        record_len: usize,
+        /// The largest record the log takes.
+        limit: usize,
+    },
     /// A write was asked to wait for replicas, and this database has none.
     #[error("durability Replicated({replicas}) asked of a database with no replicas")]
     NoReplicas {
         /// Replicas asked for.
         replicas: u32,
     },
-    /// A transaction's reads were stale when its record was applied, so it was skipped.
-    #[error("transaction at seq {seq} conflicted: a key it read changed before it applied")]
+    /// `Replicated(n)` asked for more nodes than can acknowledge: no replica is synchronous, or
+    /// `n` exceeds both the synchronous replicas configured ([`crate::Replication::enable`])
+    /// and the most nodes their links (with the nodes relays feed) ever counted at once.
+    /// Refused before anything was written.
+    #[error(
+        "durability Replicated({wanted}) asks for more replicas than can acknowledge it: \
+         {sync_replicas} synchronous configured, at most {nodes_seen_max} nodes counted through \
+         them; nothing was written"
+    )]
+    TooFewSyncReplicas {
+        /// Replicas asked for.
+        wanted: u32,
+        /// Synchronous replicas configured.
+        sync_replicas: usize,
+        /// The most distinct nodes the synchronous links (relays' subtrees included) counted
+        /// at once since the database opened.
+        nodes_seen_max: usize,
+    },
+    /// A conditional write was refused when its record was applied, and nothing of it was
+    /// written: a [`crate::Database::put_if_version`] whose key was not at the expected version,
+    /// or a transaction a key of which it read changed before it applied.
+    #[error("write at seq {seq} conflicted: {}", conflict_cause(*current))]
     Conflict {
-        /// The transaction record's seq.
+        /// The refused record's seq: its log position (no value carries it).
         seq: u64,
+        /// For `put_if_version`: the key's version when the refusal was reported, `None` if the
+        /// key is absent (retry with it as the expected version). For a transaction: `None`
+        /// (it may have read many keys; [`crate::Database::transaction`] retries on a fresh
+        /// snapshot).
+        current: Option<u64>,
     },
     /// An earlier LMDB commit or sync failed; the store refuses writes until it is reopened.
     #[error("database {path} is poisoned by an earlier failed write ({cause}); reopen it")]
@@ -158,13 +202,19 @@ pub enum Error {
         path: PathBuf,
     },
     /// A `Replicated(n)` commit waited its configured time and fewer than `n` synchronous replicas
-    /// acknowledged it.
+    /// acknowledged it. **The write is committed locally** all the same: it is in the log, it
+    /// applies here and ships to every replica as they come. Do not commit it again (it would be
+    /// written twice); wait for it with its `receipt` if need be.
     #[error(
-        "commit at seq {seq} reached {acked} of {wanted} synchronous replicas within {waited:?}"
+        "commit at seq {seq} is committed locally and will apply and replicate (receipt \
+         {receipt}; do not retry it, a retry writes it twice), but reached {acked} of {wanted} \
+         synchronous replicas within {waited:?}"
     )]
     ReplicationTimeout {
         /// The record's seq.
         seq: u64,
+        /// The commit's receipt: its version and log position.
+        receipt: crate::Receipt,
         /// Replicas asked for.
         wanted: u32,
         /// Synchronous replicas that had received it.
@@ -172,9 +222,42 @@ pub enum Error {
         /// How long the commit waited.
         waited: std::time::Duration,
     },
+    /// Bytes or text that are not a [`crate::Receipt`].
+    #[error("not a commit receipt: bad {why}")]
+    InvalidReceipt {
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// A receipt from another log than this database's: it names another database's writes.
+    #[error("receipt {receipt} is of log {}, not of this database's log {origin}", receipt.origin())]
+    ForeignReceipt {
+        /// The receipt.
+        receipt: crate::Receipt,
+        /// This database's origin log ([`crate::Database::origin_uuid`]).
+        origin: uuid::Uuid,
+    },
+    /// [`crate::Database::wait_for`] waited its time and the receipt's commit is not applied here
+    /// yet (nothing is wrong with it: wait again, or look at the replica's link).
+    #[error("receipt {receipt} not applied within {waited:?}: applied up to page {applied_lsn}, it needs page {}", receipt.lsn_end())]
+    ReceiptTimeout {
+        /// The receipt waited for.
+        receipt: crate::Receipt,
+        /// Every page below this was applied when the wait gave up.
+        applied_lsn: u64,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
     /// The database was closed.
     #[error("the database is closed")]
     Closed,
+}
+
+/// The cause a [`Error::Conflict`] message gives.
+fn conflict_cause(current: Option<u64>) -> String {
+    match current {
+        Some(version) => format!("the key is at version {version}"),
+        None => "the key is absent, or a key the transaction read changed".to_string(),
+    }
 }
 
 /// The crate's result type.

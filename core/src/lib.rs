@@ -41,8 +41,10 @@ mod metrics;
 mod options;
 mod read;
 mod read_only;
+mod receipt;
 pub mod record;
 mod recovery;
+mod registry;
 mod replication;
 mod snapshot;
 mod stat;
@@ -58,10 +60,11 @@ pub use metrics::{
     CommitMetrics, DatabaseMetrics, Histogram, ReplicaLag, ReplicaState, DEPARTED_REPLICAS_MAX,
     TIMELINE_SAMPLES_MAX, TIMELINE_SPACING,
 };
-pub use options::{Durability, Options};
+pub use options::{Durability, Options, RECORD_LEN_MAX_DEFAULT, RING_SLOTS_DEFAULT};
 pub use pagemesh_logpage::Ingested;
 pub use read::{Entries, Snapshot};
 pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};
+pub use receipt::{Receipt, RECEIPT_FORMAT, RECEIPT_LEN};
 pub use record::RecordBuilder;
 pub use replication::{ReplicaLink, ReplicaStatus, Replication, SUBTREE_NODES_MAX};
 pub use snapshot::SnapshotStats;

@@ -45,15 +45,23 @@ pub enum Durability {
     /// commit too, until the database is reopened.
     Durable,
     /// `n` synchronous replicas *received* its pages (ack on receipt, before their replay); the
-    /// local apply proceeds in parallel and is not waited for. Survives a process crash
+    /// local apply proceeds in parallel and is not waited for.
+    ///
+    /// **A timeout does not undo the write.** The record is in the local log before the wait
+    /// begins: when [`Error::ReplicationTimeout`] comes back, the write is committed locally, is
+    /// applied here, and ships to the replicas as they return. Committing it again writes it a
+    /// second time. The error carries the commit's receipt (its version and log position): wait
+    /// for it, or report it, instead of retrying. Survives a process crash
     /// locally (it is in the ring's committed prefix); a power loss here may lose the local copy,
     /// while each of the `n` replicas holds it as long as it survives. Needs a source database
-    /// (see [`Replication`]); fails with [`Error::ReplicationTimeout`] after
-    /// [`Options::replication_timeout`] if too few replicas are there.
+    /// (see [`Replication`]). Fails at once, writing nothing, if `n` is more than its
+    /// synchronous replicas can acknowledge ([`Error::TooFewSyncReplicas`] says when); fails with
+    /// [`Error::ReplicationTimeout`] after [`Options::replication_timeout`] if too few replicas
+    /// are there.
     Replicated(u32),
     /// Both `Durable` and `Replicated(n)`: the local flush and the replicas' receipt overlap, and
     /// both must finish. Survives a process crash and a power loss here, and on the replicas as
-    /// they hold it.
+    /// they hold it. A timeout leaves the write committed locally, as with `Replicated(n)`.
     DurableReplicated(u32),
 }
 
@@ -66,6 +74,19 @@ impl Durability {
         }
     }
 }
+
+/// The log ring's size in pages unless [`Options::ring_slots`] says otherwise.
+pub const RING_SLOTS_DEFAULT: u64 = 4096;
+
+/// The largest log record a ring of `ring_slots` pages takes: half its payload bytes, less the
+/// record's 4-byte length word (as `pagemesh_logpage::Log::record_len_max` computes it).
+pub(crate) const fn record_len_max(ring_slots: u64) -> usize {
+    (ring_slots as usize / 2) * pagemesh_logpage::PAYLOAD_SIZE - 4
+}
+
+/// The largest log record a database opened with the default ring takes: what
+/// [`WriteBatch::new`](crate::WriteBatch::new) checks each put against.
+pub const RECORD_LEN_MAX_DEFAULT: usize = record_len_max(RING_SLOTS_DEFAULT);
 
 /// How to open a database. Defaults are safe.
 #[derive(Clone, Debug)]
@@ -97,7 +118,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             map_size: 1 << 40,
-            ring_slots: 4096,
+            ring_slots: RING_SLOTS_DEFAULT,
             group_bytes_max: 8 << 20,
             apply_pace_window: Duration::from_millis(5),
             apply_pace_bytes: 1 << 20,
@@ -126,7 +147,8 @@ impl Options {
         self.map_size = bytes;
         self
     }
-    /// Log ring size in pages (a power of two).
+    /// Log ring size in pages (a power of two). A record (one batch or transaction) may take up
+    /// to half the ring: [`Database::batch`] hands out batches that check their puts against it.
     pub fn ring_slots(mut self, slots: u64) -> Self {
         self.ring_slots = slots;
         self

@@ -131,6 +131,29 @@ impl RecordBuilder {
         Ok(())
     }
 
+    /// Refuses a put of `value` that would make this record longer than `record_len_max`
+    /// bytes (the log's limit: half its ring), with [`Error::ValueTooLarge`]; adds nothing.
+    pub fn check_put_fits(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: &[u8],
+        record_len_max: usize,
+    ) -> Result<()> {
+        // tag, table length and name, key length and key, value length and value
+        let op_len = 1 + 1 + table.len() + 2 + key.len() + 4 + value.len();
+        let record_len = self.encoded_len().saturating_add(op_len);
+        if record_len > record_len_max {
+            return Err(Error::ValueTooLarge {
+                table: table.to_string(),
+                len: value.len(),
+                record_len,
+                limit: record_len_max,
+            });
+        }
+        Ok(())
+    }
+
     /// Adds a delete.
     pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<()> {
         check_table(table)?;

@@ -11,10 +11,14 @@
 //! for `Replicated(n)` (n ≤ k is the useful range). Replicas are made synchronous in the order they
 //! attach; the rest are asynchronous. When a synchronous replica detaches (its link dropped), the
 //! oldest asynchronous one is promoted, so the set refills by itself. With fewer than n synchronous
-//! replicas, `Replicated(n)` commits wait up to the configured timeout and then fail with
+//! replicas attached, `Replicated(n)` commits wait up to the configured timeout and then fail with
 //! [`Error::ReplicationTimeout`] — unless the database was opened with
 //! [`crate::Options::degrade_on_timeout`], in which case they return with a warning: a downgrade
-//! only when the configuration says so.
+//! only when the configuration says so. A `Replicated(n)` that cannot be met fails at once with
+//! [`Error::TooFewSyncReplicas`] and writes nothing: with no synchronous replica (k = 0), or with
+//! n above both k and the most distinct nodes the synchronous links, relays' subtrees included
+//! (see *Across hops*), have counted at once since the database opened. Up to either it waits: a
+//! replica that is away, or a relay whose subtree has not been reported again yet, may return.
 //!
 //! Acks are *receipt* acks: a replica sends one as soon as pages are in its ring, before it replays
 //! them (DESIGN.md, "Ack on receipt").
@@ -38,6 +42,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::metrics::{ReplicaLag, ReplicaState, Timeline, DEPARTED_REPLICAS_MAX};
+use crate::Receipt;
 
 /// The most nodes one replica link may report in its subtree.
 pub const SUBTREE_NODES_MAX: usize = 4096;
@@ -58,6 +63,9 @@ struct State {
     links: BTreeMap<u64, LinkState>,
     /// Bumped by `close`, so waiters stop.
     closed: bool,
+    /// The most distinct nodes synchronous links (with their subtrees) counted at once since
+    /// the database opened: what `Replicated(n)` above the synchronous replicas may still reach.
+    nodes_seen_max: usize,
     /// Replicas that detached and have not attached again, oldest first, at most
     /// [`DEPARTED_REPLICAS_MAX`]: `(name, node, received_lsn)`, for their lag.
     departed: std::collections::VecDeque<(String, Uuid, u64)>,
@@ -121,6 +129,33 @@ impl Replication {
     /// Whether [`enable`](Self::enable) was called: `Replicated(n)` is an error otherwise.
     pub fn is_enabled(&self) -> bool {
         self.lock().enabled
+    }
+
+    /// The synchronous replicas configured ([`enable`](Self::enable)).
+    pub fn sync_replicas(&self) -> usize {
+        self.lock().sync_replicas
+    }
+
+    /// Refuses at once a `Replicated(wanted)` that cannot be met, so that it does not wait its
+    /// whole timeout: [`Error::NoReplicas`] if this is not a source, and
+    /// [`Error::TooFewSyncReplicas`] if no replica is synchronous, or if `wanted` exceeds both
+    /// the synchronous replicas configured and the most distinct nodes their links (with the
+    /// nodes relays feed) have ever counted at once. Up to either, the commit waits: a replica
+    /// that is away, or a relay's subtree not reported again yet, may come back in time.
+    pub(crate) fn check_satisfiable(&self, wanted: u32) -> Result<()> {
+        let state = self.lock();
+        if !state.enabled {
+            return Err(Error::NoReplicas { replicas: wanted });
+        }
+        let reachable = state.sync_replicas.max(state.nodes_seen_max);
+        if state.sync_replicas == 0 || wanted as usize > reachable {
+            return Err(Error::TooFewSyncReplicas {
+                wanted,
+                sync_replicas: state.sync_replicas,
+                nodes_seen_max: state.nodes_seen_max,
+            });
+        }
+        Ok(())
     }
 
     /// Attaches the replica `name` on node `node`, which has received every page below
@@ -200,12 +235,12 @@ impl Replication {
     /// `timeout` passes.
     pub(crate) fn wait(
         &self,
-        seq: u64,
-        lsn_end: u64,
+        receipt: Receipt,
         wanted: u32,
         timeout: Duration,
         degrade: bool,
     ) -> Result<()> {
+        let (seq, lsn_end) = (receipt.version(), receipt.lsn_end());
         let started = Instant::now();
         let deadline = started + timeout;
         let mut state = self.lock();
@@ -233,6 +268,7 @@ impl Replication {
                 }
                 return Err(Error::ReplicationTimeout {
                     seq,
+                    receipt,
                     wanted,
                     acked,
                     waited: now - started,
@@ -281,6 +317,18 @@ impl State {
             }
             link.sync = sync;
         }
+        self.note_nodes_seen();
+    }
+
+    /// Raises `nodes_seen_max` to the distinct nodes synchronous links count now; called when
+    /// the set of links, of synchronous ones, or of nodes in a subtree grows.
+    fn note_nodes_seen(&mut self) {
+        let mut nodes = BTreeSet::new();
+        for link in self.links.values().filter(|link| link.sync) {
+            nodes.insert(link.node);
+            nodes.extend(link.subtree.keys().copied());
+        }
+        self.nodes_seen_max = self.nodes_seen_max.max(nodes.len());
     }
 }
 
@@ -324,10 +372,14 @@ impl ReplicaLink {
         if !link.subtree.contains_key(&node) && link.subtree.len() >= SUBTREE_NODES_MAX {
             return false;
         }
+        let new_node = !link.subtree.contains_key(&node);
         let held = link.subtree.entry(node).or_insert(0);
         let advanced = received_lsn > *held;
         *held = (*held).max(received_lsn);
         let notify = advanced && link.sync;
+        if new_node {
+            state.note_nodes_seen();
+        }
         drop(state);
         if notify {
             self.replication.changed.notify_all();
@@ -371,6 +423,10 @@ mod tests {
 
     fn node(n: u128) -> Uuid {
         Uuid::from_u128(n)
+    }
+
+    fn receipt(seq: u64, lsn_end: u64) -> Receipt {
+        Receipt::new(Uuid::nil(), seq, lsn_end)
     }
 
     #[test]
@@ -452,7 +508,7 @@ mod tests {
         let replication = Arc::new(Replication::default());
         let short = Duration::from_millis(1);
         assert!(matches!(
-            replication.wait(0, 1, 1, short, false),
+            replication.wait(receipt(0, 1), 1, short, false),
             Err(Error::NoReplicas { replicas: 1 })
         ));
         replication.enable(1);
@@ -462,7 +518,7 @@ mod tests {
         b.ack(10, 0);
         assert!(!replication.reached(10, 1), "b is asynchronous");
         assert!(matches!(
-            replication.wait(7, 10, 1, short, false),
+            replication.wait(receipt(7, 10), 1, short, false),
             Err(Error::ReplicationTimeout {
                 seq: 7,
                 wanted: 1,
@@ -471,11 +527,11 @@ mod tests {
             })
         ));
         assert!(
-            replication.wait(7, 10, 1, short, true).is_ok(),
+            replication.wait(receipt(7, 10), 1, short, true).is_ok(),
             "degrade as configured"
         );
         a.ack(10, 4);
-        assert!(replication.wait(7, 10, 1, short, false).is_ok());
+        assert!(replication.wait(receipt(7, 10), 1, short, false).is_ok());
         let durable: Vec<_> = replication.status().iter().map(|r| r.durable_lsn).collect();
         assert_eq!(
             durable,
@@ -503,7 +559,8 @@ mod tests {
             replication.attach("b", node(2), 0),
         );
         std::thread::scope(|s| {
-            let waiter = s.spawn(|| replication.wait(1, 5, 2, Duration::from_secs(30), false));
+            let waiter =
+                s.spawn(|| replication.wait(receipt(1, 5), 2, Duration::from_secs(30), false));
             a.ack(5, 5);
             b.ack(6, 0);
             assert!(waiter.join().expect("no panic").is_ok());

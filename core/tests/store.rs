@@ -232,18 +232,19 @@ fn range_and_prefix_iterate_in_key_order_within_bounds() {
     assert_eq!(
         collect(
             snapshot
-                .range("t", Included(b"ab"), Excluded(b"ba"))
+                .range::<&[u8; 2]>("t", (Included(b"ab"), Excluded(b"ba")))
                 .unwrap()
         ),
         [b"ab".to_vec(), b"abc".to_vec(), b"b".to_vec()]
     );
     assert_eq!(
-        collect(snapshot.range("t", Excluded(b"b"), Unbounded).unwrap()),
+        collect(
+            snapshot
+                .range::<&[u8; 1]>("t", (Excluded(b"b"), Unbounded))
+                .unwrap()
+        ),
         [b"ba".to_vec(), b"c".to_vec()]
     );
-    assert_eq!(
-        collect(snapshot.range("t", Unbounded, Unbounded).unwrap()).len(),
-        6
-    );
-    assert!(collect(snapshot.range("none", Unbounded, Unbounded).unwrap()).is_empty());
+    assert_eq!(collect(snapshot.range::<&[u8]>("t", ..).unwrap()).len(), 6);
+    assert!(collect(snapshot.range("none", "a"..).unwrap()).is_empty());
 }

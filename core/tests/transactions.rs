@@ -85,7 +85,7 @@ fn a_transaction_reads_its_own_writes_and_a_failed_body_writes_nothing() {
             tx.put("t", b"a", b"1")?;
             let own = tx.get("t", b"a")?;
             tx.delete("t", b"a")?;
-            Ok((own, tx.get("t", b"a")?))
+            Ok::<_, Error>((own, tx.get("t", b"a")?))
         })
         .unwrap();
     assert_eq!(seen, (Some(b"1".to_vec()), None));

@@ -12,8 +12,7 @@
 //!   it, so handles to the old one stay valid until dropped.
 //!
 //! ```
-//! use pagemesh::node::Node;
-//! use pagemesh_core::{Durability, Options, WriteBatch};
+//! use pagemesh::{Durability, Node, Options, WriteBatch};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let loopback = "127.0.0.1:0".parse()?;
@@ -26,10 +25,11 @@
 //!
 //! let mut batch = WriteBatch::new();
 //! batch.put("sales", b"{A1}", b"250000")?;
-//! let seq = db.commit(&batch, Durability::Replicated(1))?; // received by the replica
+//! // Received by the replica when it returns; applied there a moment later.
+//! let receipt = db.commit_with_receipt(&batch, Durability::Replicated(1))?;
 //!
-//! let copy = replica.wait_applied(db.received_lsn(), std::time::Duration::from_secs(30))?;
-//! assert_eq!(copy.read()?.get("sales", b"{A1}")?.map(|v| v.seq), Some(seq));
+//! let copy = replica.wait_for(&receipt, std::time::Duration::from_secs(30))?;
+//! assert_eq!(copy.read()?.get("sales", b"{A1}")?.map(|v| v.seq), Some(receipt.version()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use pagemesh_core::{Database, DatabaseMetrics, Options, ReplicaLink};
+use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink};
 use pagemesh_logpage::Log;
 use pagemesh_net::proto::PeerEntry;
 use pagemesh_net::{
@@ -277,8 +277,7 @@ impl Node {
     /// numbers here.
     ///
     /// ```
-    /// use pagemesh::Node;
-    /// use pagemesh_core::{Durability, Options, WriteBatch};
+    /// use pagemesh::{Durability, Node, Options, WriteBatch};
     ///
     /// let dir = tempfile::tempdir()?;
     /// let node = Node::builder("a", dir.path()).listen("127.0.0.1:0".parse()?).open()?;
@@ -503,6 +502,9 @@ impl Drop for Claim {
     }
 }
 
+/// How long [`Replica::wait_for`] waits on one database before it looks for a newer one.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
 /// A replica kept by a node; dropping it stops following (the database stays on disk).
 #[derive(Debug)]
 pub struct Replica {
@@ -514,7 +516,11 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// The replica database, once it exists (after its bootstrap).
+    /// The replica database, once it exists (after its bootstrap). A handle is of one copy: if
+    /// the replica re-bootstraps (its source's history moved past it), the node switches to a
+    /// new copy and the old handle keeps reading the old one, which no longer moves;
+    /// [`Database::is_superseded`] then says so. Call this again rather than keeping a handle
+    /// for long, or wait with [`wait_for`](Self::wait_for), which always reads the current one.
     pub fn database(&self) -> Option<Database> {
         self.slot.current_database()
     }
@@ -524,7 +530,51 @@ impl Replica {
         self.subscription.status()
     }
 
-    /// Waits until the replica has applied every page below `lsn`; returns the database.
+    /// Waits until the replica holds the commit of `receipt` (from the primary's
+    /// [`Database::commit_with_receipt`] or [`pagemesh_core::CommitTicket::receipt`], in this
+    /// process or sent from another as text or bytes), at most `timeout`; returns the database,
+    /// whose reads then see the write. Waits through a bootstrap that has not made the database
+    /// yet, and through a re-bootstrap. On [`NodeError::Timeout`] the message carries the
+    /// subscription's last link error, if it had one; a receipt of another log than the one this
+    /// replica follows fails at once ([`pagemesh_core::Error::ForeignReceipt`]).
+    pub fn wait_for(&self, receipt: &Receipt, timeout: Duration) -> Result<Database, NodeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            // In slices, so that a re-bootstrap's new database is picked up.
+            let slice = deadline.saturating_duration_since(now).min(WAIT_SLICE);
+            match self.database() {
+                Some(db) => match db.wait_for(receipt, slice) {
+                    Ok(()) => return Ok(db),
+                    Err(pagemesh_core::Error::ReceiptTimeout { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                },
+                None => std::thread::sleep(slice.min(Duration::from_millis(2))),
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout(format!("receipt {receipt}"), timeout));
+            }
+        }
+    }
+
+    /// A wait for `what` that gave up after `waited`, with the subscription's last link error
+    /// (a refused connection, a database the peer does not hold): the cause, not just the
+    /// symptom.
+    fn timeout(&self, what: String, waited: Duration) -> NodeError {
+        let what = match self.status().last_error {
+            Some(error) => format!("{what} (last link error: {error})"),
+            None => what,
+        };
+        NodeError::Timeout {
+            name: self.name.clone(),
+            what,
+            waited,
+        }
+    }
+
+    /// Waits until the replica has applied every page below `lsn`; returns the database. A
+    /// commit's position is easier to wait for with its receipt ([`wait_for`](Self::wait_for)).
+    /// On [`NodeError::Timeout`] the message carries the subscription's last link error.
     pub fn wait_applied(&self, lsn: u64, timeout: Duration) -> Result<Database, NodeError> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -534,11 +584,7 @@ impl Replica {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::Timeout {
-                    name: self.name.clone(),
-                    what: format!("applied lsn {lsn}"),
-                    waited: timeout,
-                });
+                return Err(self.timeout(format!("applied lsn {lsn}"), timeout));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -766,7 +812,9 @@ impl ReplicaStore for ReplicaSlot {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace((generation, database.clone()));
         if let Some((old, old_db)) = previous {
-            // Handles the application still holds keep the old files alive until dropped.
+            // Handles the application still holds keep the old files alive until dropped; they
+            // say they are stale (`is_superseded`, a warning on their next read).
+            old_db.supersede();
             drop(old_db);
             self.remove_generation(old);
         }
@@ -777,6 +825,89 @@ impl ReplicaStore for ReplicaSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wait that runs out says why the replica is not getting there: the link's last error
+    /// (here a database the source does not hold), not a bare timeout.
+    #[test]
+    fn a_replica_wait_that_runs_out_carries_the_last_link_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Node::builder("primary", dir.path().join("a"))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .open()
+            .unwrap();
+        let follower = Node::builder("replica", dir.path().join("b"))
+            .open()
+            .unwrap();
+        let addr = primary.local_addr().unwrap();
+        let unknown = Uuid::from_u128(0xdead);
+        let replica = follower
+            .replicate(addr, unknown, "db", Options::new())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while replica.status().last_error.is_none() {
+            assert!(Instant::now() < deadline, "the refusal is reported");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let error = replica.wait_applied(1, Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(&error, NodeError::Timeout { what, .. } if what.contains("last link error")),
+            "{error}"
+        );
+    }
+
+    /// A replica waits for a primary's commit by its receipt, sent as text as another process
+    /// would receive it; a receipt of another database is refused at once.
+    #[test]
+    fn a_replica_waits_for_a_primary_commit_by_its_receipt() {
+        let dir = tempfile::tempdir().unwrap();
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let primary = Node::builder("primary", dir.path().join("a"))
+            .listen(loopback)
+            .open()
+            .unwrap();
+        let follower = Node::builder("replica", dir.path().join("b"))
+            .open()
+            .unwrap();
+        let db = primary.open_database("db", Options::new()).unwrap();
+        primary.serve(&db, 0);
+        let addr = primary.local_addr().unwrap();
+        let replica = follower
+            .replicate(addr, db.uuid(), "db", Options::new())
+            .unwrap();
+        // Once bootstrapped (the first commit may come with the snapshot), then streamed.
+        for value in [&b"first"[..], b"second"] {
+            let mut batch = db.batch();
+            batch.put("t", b"k", value).unwrap();
+            let receipt = db
+                .commit_with_receipt(&batch, pagemesh_core::Durability::Memory)
+                .unwrap();
+            let text = receipt.to_string();
+
+            let received: Receipt = text.parse().unwrap();
+            let copy = replica
+                .wait_for(&received, Duration::from_secs(60))
+                .unwrap();
+            let read = copy.read().unwrap();
+            let held = read.get("t", b"k").unwrap().map(|v| (v.seq, v.bytes));
+            assert_eq!(held, Some((receipt.version(), value)));
+        }
+
+        let other = primary.open_database("other", Options::new()).unwrap();
+        let mut batch = other.batch();
+        batch.put("t", b"k", b"v").unwrap();
+        let foreign =
+            (other.commit_with_receipt(&batch, pagemesh_core::Durability::Memory)).unwrap();
+        let refused = replica
+            .wait_for(&foreign, Duration::from_secs(60))
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                NodeError::Store(pagemesh_core::Error::ForeignReceipt { .. })
+            ),
+            "{refused}"
+        );
+    }
 
     #[test]
     fn a_node_keeps_its_uuid_across_opens_and_refuses_a_garbled_one() {

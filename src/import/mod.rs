@@ -520,7 +520,7 @@ impl<'a> Importer<'a> {
             finished,
             "import batch committed"
         );
-        self.batch = WriteBatch::new();
+        self.batch = self.db.batch();
         self.batch_bytes = self.empty_batch_bytes();
         self.batch_rows = 0;
         self.batch_lines = None;
@@ -734,7 +734,7 @@ fn run(args: &ImportArgs) -> Result<(), ImportError> {
         args,
         db: &db,
         record_len_max: db.log().record_len_max(),
-        batch: WriteBatch::new(),
+        batch: db.batch(),
         batch_bytes: 0,
         batch_rows: 0,
         batch_lines: None,
