@@ -172,6 +172,14 @@ pub enum Error {
         /// The peer's reason.
         reason: String,
     },
+    /// A node answered a command with an ERROR reply.
+    #[error("{node} answered: {reason}")]
+    CommandFailed {
+        /// The node asked.
+        node: std::net::SocketAddr,
+        /// Its reason.
+        reason: String,
+    },
     /// The peer claims our own node uuid.
     #[error("peer claims our own node uuid {node}")]
     DuplicateNode {

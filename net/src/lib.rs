@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod control;
+pub mod diff;
 pub mod error;
 pub mod proto;
 pub mod route;

@@ -36,12 +36,16 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink};
 use pagemesh_logpage::Log;
+use pagemesh_net::diff::{self, ScanEntry};
+use pagemesh_net::proto::command::KeyRange;
 use pagemesh_net::proto::PeerEntry;
 use pagemesh_net::{
     AckSink, BoxError, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase, ReplicaStore,
@@ -385,7 +389,7 @@ impl Node {
             watched.served.push(database.clone());
         }
         drop(watched);
-        self.service.serve(Arc::new(Wired(database.clone())));
+        self.service.serve(Arc::new(Wired(database.clone(), None)));
     }
 
     /// Keeps a read-only replica of the database `database` served by the node at `source`, in
@@ -591,8 +595,9 @@ impl Replica {
     }
 }
 
-/// A database as the network sees it: the source and the replica side of the same store.
-struct Wired(Database);
+/// A database as the network sees it: the source and the replica side of the same store; for a
+/// replica, its slot's restore flag (set while a new generation is being restored).
+struct Wired(Database, Option<Arc<AtomicBool>>);
 
 impl DatabaseLog for Wired {
     fn uuid(&self) -> Uuid {
@@ -646,6 +651,47 @@ impl SourceDatabase for Wired {
     fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink> {
         Box::new(Acks(self.0.replication().attach(peer, node, received_lsn)))
     }
+
+    /// One read snapshot, table by table in the key space's order (`pagemesh_net::diff`); a
+    /// table whose name is over 255 bytes has no composite keys and is not scanned.
+    fn scan(
+        &self,
+        range: &KeyRange,
+        visit: &mut dyn FnMut(ScanEntry<'_>) -> ControlFlow<()>,
+    ) -> Result<(), BoxError> {
+        let snapshot = self.0.read()?;
+        let mut tables = self.0.tables();
+        diff::sort_tables(&mut tables);
+        for (table, start, end) in diff::table_ranges(&tables, range) {
+            for entry in snapshot.range::<Vec<u8>>(table, (start, end))? {
+                let (key, value) = entry?;
+                let entry = ScanEntry {
+                    table,
+                    key,
+                    seq: value.seq,
+                    value: value.bytes,
+                };
+                if visit(entry).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn unfit_to_compare(&self) -> Option<&'static str> {
+        if self.0.is_superseded() {
+            Some("it was replaced by a newer generation restored from a snapshot")
+        } else if self
+            .1
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Acquire))
+        {
+            Some("a restore from a snapshot (re-bootstrap) is under way")
+        } else {
+            None
+        }
+    }
 }
 
 struct Acks(ReplicaLink);
@@ -676,6 +722,17 @@ struct ReplicaSlot {
     path: PathBuf,
     options: Options,
     current: Mutex<Option<(u64, Database)>>,
+    /// Set while `restore` runs: the current generation is about to be replaced.
+    restoring: Arc<AtomicBool>,
+}
+
+/// Clears a flag when dropped (however the scope ends).
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Marks a generation whose restore completed: written (and synced) after the restore's LMDB
@@ -723,6 +780,7 @@ impl ReplicaSlot {
             path: path.to_path_buf(),
             options,
             current: Mutex::new(None),
+            restoring: Arc::new(AtomicBool::new(false)),
         };
         // The newest completed generation is the replica; everything else is an interrupted
         // restore or a generation it replaced.
@@ -769,8 +827,9 @@ impl ReplicaSlot {
 
 impl ReplicaStore for ReplicaSlot {
     fn current(&self) -> Option<Arc<dyn ReplicaDatabase>> {
-        self.current_database()
-            .map(|database| Arc::new(Wired(database)) as Arc<dyn ReplicaDatabase>)
+        self.current_database().map(|database| {
+            Arc::new(Wired(database, Some(Arc::clone(&self.restoring)))) as Arc<dyn ReplicaDatabase>
+        })
     }
 
     /// Restores into a new generation while the current one stays readable; switches only once
@@ -785,6 +844,8 @@ impl ReplicaStore for ReplicaSlot {
             .last()
             .map_or(0, |g| g + 1);
         let dir = self.generation_dir(generation);
+        self.restoring.store(true, Ordering::Release);
+        let _restoring = ClearOnDrop(&self.restoring);
         let restored = Database::restore_replica(&dir, input, self.options.clone())
             .map_err(BoxError::from)
             .and_then(|(database, stats)| {
@@ -818,7 +879,10 @@ impl ReplicaStore for ReplicaSlot {
             drop(old_db);
             self.remove_generation(old);
         }
-        Ok((Arc::new(Wired(database)), stats.lsn))
+        Ok((
+            Arc::new(Wired(database, Some(Arc::clone(&self.restoring)))),
+            stats.lsn,
+        ))
     }
 }
 

@@ -6,13 +6,26 @@
 //!   1 STATUS    (no body)
 //!   2 LOOKUP    database uuid
 //!   3 PROMOTE   database uuid                      (reserved for failover)
+//!   4 DIGEST    database uuid | split_parts u8 (≤ 16) | count u8 (1..=16) | range × count
+//!   5 ENTRIES   database uuid | range
+//!   range       lo_len u16 | lo [≤ 1024] | hi_len u16 | hi [≤ 1024]   (hi empty: to the end;
+//!               else lo < hi)
 //! reply     version u8 (1) | kind u8 | body
 //!   0 ERROR     reason_len u16 | reason [≤ 1024]
 //!   1 STATUS    node uuid | name_len u8 | name [≤ 64] | members u32 |
 //!               count u16 (≤ 256) | (database uuid | origin uuid | relay u8 |
 //!               committed_lsn u64 | links u32) × count
 //!   2 LOOKUP    count u16 (≤ 1024) | (node uuid | family u8 (4|6) | ip | port u16) × count
+//!   3 DIGEST    count u8 (≤ 16) | (entries u64 | sha256 [32] | splits u8 (≤ 15) |
+//!               (len u16 | key [1..=1024]) × splits, strictly increasing) × count
+//!   4 ENTRIES   more u8 (0|1) | count u16 (≤ 1024) | (table_len u8 | table | key_len u16 |
+//!               key | seq u64 | value_len u32 | value) × count
 //! ```
+//!
+//! DIGEST and ENTRIES serve DIFF (`crate::diff`): keys there are *composite keys*, one key
+//! space across every table of a database (`crate::diff::composite_key`). A request must fit in
+//! [`COMMAND_PAYLOAD_MAX`] bytes, since a node reads an authenticated peer's frames with the
+//! control limit (`Accept::Control`); [`request_fits`] tells a client whether it does.
 //!
 //! Like the frames, the encoding is canonical ([`decode_request`] accepts exactly what
 //! [`encode_request`] writes, and the same for replies), decoding never panics, and what it
@@ -24,7 +37,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::proto::frame::{NAME_MAX, REASON_MAX};
+use crate::proto::frame::{CONTROL_BODY_MAX, NAME_MAX, REASON_MAX};
 
 /// The command payload version this build speaks.
 pub const COMMAND_VERSION: u8 = 1;
@@ -32,6 +45,69 @@ pub const COMMAND_VERSION: u8 = 1;
 pub const STATUS_DATABASES_MAX: usize = 256;
 /// The most holders a LOOKUP reply lists.
 pub const LOOKUP_HOLDERS_MAX: usize = 1024;
+
+/// The most ranges one DIGEST asks for.
+pub const DIGEST_RANGES_MAX: usize = 16;
+/// The most parts a DIGEST may ask each range to be split into (so at most 15 split keys).
+pub const SPLIT_PARTS_MAX: u8 = 16;
+/// The longest range bound or split key, in bytes (a composite key: 2 + a table name of at most
+/// 255 bytes + an LMDB key of at most 511).
+pub const RANGE_KEY_MAX: usize = 1024;
+/// The most entries one ENTRIES reply carries.
+pub const ENTRIES_COUNT_MAX: usize = 1024;
+/// The most bytes a COMMAND payload may have: a node reads its peers' frames with the control
+/// limit, less the request id.
+pub const COMMAND_PAYLOAD_MAX: usize = CONTROL_BODY_MAX - 8;
+
+/// A range of composite keys: `lo` included, `hi` excluded; an empty `hi` is the end of the key
+/// space.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KeyRange {
+    /// The first key in the range (empty: the start of the key space).
+    pub lo: Vec<u8>,
+    /// The first key past it (empty: none).
+    pub hi: Vec<u8>,
+}
+
+impl KeyRange {
+    /// The whole key space.
+    pub fn all() -> Self {
+        Self {
+            lo: Vec::new(),
+            hi: Vec::new(),
+        }
+    }
+
+    /// Whether `key` is in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.lo.as_slice() && (self.hi.is_empty() || key < self.hi.as_slice())
+    }
+}
+
+/// One range's digest in a DIGEST reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeDigest {
+    /// Entries in the range.
+    pub entries: u64,
+    /// SHA-256 over the entries in key order (`crate::diff` defines what is hashed).
+    pub hash: [u8; 32],
+    /// Keys that cut the range into about equal parts by this node's entries, strictly
+    /// increasing, each inside the range (none if not asked for or too few entries).
+    pub splits: Vec<Vec<u8>>,
+}
+
+/// One entry in an ENTRIES reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeEntry {
+    /// The table (at most 255 bytes).
+    pub table: String,
+    /// The key in the table.
+    pub key: Vec<u8>,
+    /// The version stored with the value: the log position of the change that wrote it.
+    pub seq: u64,
+    /// The value's bytes.
+    pub value: Vec<u8>,
+}
 
 /// What a command asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +124,25 @@ pub enum Command {
     Promote {
         /// The database.
         database: Uuid,
+    },
+    /// The count and hash of this node's entries of `database` in each range (at most
+    /// [`DIGEST_RANGES_MAX`]), and, if `split_parts` > 1, keys that cut each range into that
+    /// many parts.
+    Digest {
+        /// The database.
+        database: Uuid,
+        /// Parts to split each range into (0 or 1: no split keys).
+        split_parts: u8,
+        /// The ranges.
+        ranges: Vec<KeyRange>,
+    },
+    /// This node's entries of `database` in `range`, from its start, as many as one reply
+    /// holds.
+    Entries {
+        /// The database.
+        database: Uuid,
+        /// The range.
+        range: KeyRange,
     },
 }
 
@@ -109,20 +204,68 @@ pub enum Reply {
     Status(NodeStatus),
     /// The holders found.
     Lookup(Vec<Holder>),
+    /// One digest per range asked for, in order.
+    Digest(Vec<RangeDigest>),
+    /// The first entries of the range, in key order.
+    Entries {
+        /// The entries (at most [`ENTRIES_COUNT_MAX`]).
+        entries: Vec<RangeEntry>,
+        /// The range holds more after the last one: ask again from just past it.
+        more: bool,
+    },
 }
 
 /// Appends `request` to `out`.
+/// Panics if a list or key is over its bound (see [`request_fits`] for the payload's size).
 pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
     out.push(COMMAND_VERSION);
-    let (kind, database) = match request.command {
+    let (kind, database) = match &request.command {
         Command::Status => (1, None),
         Command::Lookup { database } => (2, Some(database)),
         Command::Promote { database } => (3, Some(database)),
+        Command::Digest { database, .. } => (4, Some(database)),
+        Command::Entries { database, .. } => (5, Some(database)),
     };
     out.push(kind);
     out.extend_from_slice(&request.deadline_ms.to_le_bytes());
     if let Some(database) = database {
         out.extend_from_slice(database.as_bytes());
+    }
+    match &request.command {
+        Command::Digest {
+            split_parts,
+            ranges,
+            ..
+        } => {
+            assert!(*split_parts <= SPLIT_PARTS_MAX);
+            assert!(!ranges.is_empty() && ranges.len() <= DIGEST_RANGES_MAX);
+            out.push(*split_parts);
+            out.push(ranges.len() as u8);
+            for range in ranges {
+                encode_range(range, out);
+            }
+        }
+        Command::Entries { range, .. } => encode_range(range, out),
+        Command::Status | Command::Lookup { .. } | Command::Promote { .. } => {}
+    }
+}
+
+/// Whether `request` encodes to at most [`COMMAND_PAYLOAD_MAX`] bytes, as a node accepts.
+pub fn request_fits(request: &Request) -> bool {
+    let ranges: &[KeyRange] = match &request.command {
+        Command::Digest { ranges, .. } => ranges,
+        Command::Entries { range, .. } => std::slice::from_ref(range),
+        Command::Status | Command::Lookup { .. } | Command::Promote { .. } => &[],
+    };
+    let bytes: usize = ranges.iter().map(|r| 4 + r.lo.len() + r.hi.len()).sum();
+    1 + 1 + 4 + 16 + 2 + bytes <= COMMAND_PAYLOAD_MAX
+}
+
+fn encode_range(range: &KeyRange, out: &mut Vec<u8>) {
+    assert!(range.lo.len() <= RANGE_KEY_MAX && range.hi.len() <= RANGE_KEY_MAX);
+    for key in [&range.lo, &range.hi] {
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(key);
     }
 }
 
@@ -140,8 +283,35 @@ pub fn decode_request(payload: &[u8]) -> Result<Request> {
         3 => Command::Promote {
             database: r.uuid()?,
         },
+        4 => {
+            let database = r.uuid()?;
+            let split_parts = r.u8()?;
+            if split_parts > SPLIT_PARTS_MAX {
+                return Err(malformed("more than 16 split parts"));
+            }
+            let count = usize::from(r.u8()?);
+            if count == 0 || count > DIGEST_RANGES_MAX {
+                return Err(malformed("not 1 to 16 ranges"));
+            }
+            let mut ranges = Vec::with_capacity(count);
+            for _ in 0..count {
+                ranges.push(r.range()?);
+            }
+            Command::Digest {
+                database,
+                split_parts,
+                ranges,
+            }
+        }
+        5 => Command::Entries {
+            database: r.uuid()?,
+            range: r.range()?,
+        },
         _ => return Err(malformed("unknown command")),
     };
+    if payload.len() > COMMAND_PAYLOAD_MAX {
+        return Err(malformed("request over its bound"));
+    }
     r.finish()?;
     Ok(Request {
         deadline_ms,
@@ -195,8 +365,45 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
                 out.extend_from_slice(&holder.addr.port().to_le_bytes());
             }
         }
+        Reply::Digest(digests) => {
+            assert!(digests.len() <= DIGEST_RANGES_MAX);
+            out.push(3);
+            out.push(digests.len() as u8);
+            for digest in digests {
+                assert!(digest.splits.len() < usize::from(SPLIT_PARTS_MAX));
+                out.extend_from_slice(&digest.entries.to_le_bytes());
+                out.extend_from_slice(&digest.hash);
+                out.push(digest.splits.len() as u8);
+                for key in &digest.splits {
+                    assert!(!key.is_empty() && key.len() <= RANGE_KEY_MAX);
+                    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                    out.extend_from_slice(key);
+                }
+            }
+        }
+        Reply::Entries { entries, more } => {
+            assert!(entries.len() <= ENTRIES_COUNT_MAX);
+            out.push(4);
+            out.push(u8::from(*more));
+            out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+            for entry in entries {
+                let table = cut(&entry.table, TABLE_NAME_MAX);
+                out.push(table.len() as u8);
+                out.extend_from_slice(table.as_bytes());
+                let key_len = u16::try_from(entry.key.len()).expect("an LMDB key is short");
+                out.extend_from_slice(&key_len.to_le_bytes());
+                out.extend_from_slice(&entry.key);
+                out.extend_from_slice(&entry.seq.to_le_bytes());
+                let value_len = u32::try_from(entry.value.len()).expect("a value under 4 GiB");
+                out.extend_from_slice(&value_len.to_le_bytes());
+                out.extend_from_slice(&entry.value);
+            }
+        }
     }
 }
+
+/// The longest table name an ENTRIES reply carries (the store's own bound).
+pub const TABLE_NAME_MAX: usize = 255;
 
 /// Decodes a REPLY payload.
 pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
@@ -260,6 +467,45 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
             }
             Reply::Lookup(holders)
         }
+        3 => {
+            let count = usize::from(r.u8()?);
+            if count > DIGEST_RANGES_MAX {
+                return Err(malformed("more than 16 digests"));
+            }
+            let mut digests = Vec::with_capacity(count);
+            for _ in 0..count {
+                digests.push(r.digest()?);
+            }
+            Reply::Digest(digests)
+        }
+        4 => {
+            let more = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(malformed("more flag not 0 or 1")),
+            };
+            let count = usize::from(r.u16()?);
+            if count > ENTRIES_COUNT_MAX {
+                return Err(malformed("more than 1024 entries"));
+            }
+            let mut entries = Vec::with_capacity(count);
+            for _ in 0..count {
+                let table_len = usize::from(r.u8()?);
+                let table = r.string(table_len, TABLE_NAME_MAX)?;
+                let key_len = usize::from(r.u16()?);
+                let key = r.bytes(key_len)?.to_vec();
+                let seq = r.u64()?;
+                let value_len = r.u32()? as usize;
+                let value = r.bytes(value_len)?.to_vec();
+                entries.push(RangeEntry {
+                    table,
+                    key,
+                    seq,
+                    value,
+                });
+            }
+            Reply::Entries { entries, more }
+        }
         _ => return Err(malformed("unknown reply")),
     };
     r.finish()?;
@@ -318,15 +564,59 @@ impl Reader<'_> {
         }
     }
 
-    fn string(&mut self, len: usize, max: usize) -> Result<String> {
-        if len > max {
-            return Err(malformed("string over its bound"));
-        }
+    fn bytes(&mut self, len: usize) -> Result<&[u8]> {
         let (head, tail) = self
             .0
             .split_at_checked(len)
             .ok_or(malformed("payload too short"))?;
         self.0 = tail;
+        Ok(head)
+    }
+
+    fn key(&mut self) -> Result<Vec<u8>> {
+        let len = usize::from(self.u16()?);
+        if len > RANGE_KEY_MAX {
+            return Err(malformed("key over its bound"));
+        }
+        Ok(self.bytes(len)?.to_vec())
+    }
+
+    fn range(&mut self) -> Result<KeyRange> {
+        let lo = self.key()?;
+        let hi = self.key()?;
+        if !hi.is_empty() && lo >= hi {
+            return Err(malformed("empty range"));
+        }
+        Ok(KeyRange { lo, hi })
+    }
+
+    fn digest(&mut self) -> Result<RangeDigest> {
+        let entries = self.u64()?;
+        let hash = self.array::<32>()?;
+        let count = usize::from(self.u8()?);
+        if count >= usize::from(SPLIT_PARTS_MAX) {
+            return Err(malformed("more than 15 split keys"));
+        }
+        let mut splits: Vec<Vec<u8>> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let key = self.key()?;
+            if key.is_empty() || splits.last().is_some_and(|last| *last >= key) {
+                return Err(malformed("split keys not increasing"));
+            }
+            splits.push(key);
+        }
+        Ok(RangeDigest {
+            entries,
+            hash,
+            splits,
+        })
+    }
+
+    fn string(&mut self, len: usize, max: usize) -> Result<String> {
+        if len > max {
+            return Err(malformed("string over its bound"));
+        }
+        let head = self.bytes(len)?;
         let text = std::str::from_utf8(head).map_err(|_| malformed("not UTF-8"))?;
         Ok(text.to_owned())
     }
@@ -354,11 +644,70 @@ mod tests {
             Just(Command::Status),
             uuid().prop_map(|database| Command::Lookup { database }),
             uuid().prop_map(|database| Command::Promote { database }),
+            (
+                uuid(),
+                0..=SPLIT_PARTS_MAX,
+                proptest::collection::vec(range(), 1..=16)
+            )
+                .prop_map(|(database, split_parts, ranges)| Command::Digest {
+                    database,
+                    split_parts,
+                    ranges
+                }),
+            (uuid(), range()).prop_map(|(database, range)| Command::Entries { database, range }),
         ];
         (any::<u32>(), command).prop_map(|(deadline_ms, command)| Request {
             deadline_ms,
             command,
         })
+    }
+
+    /// A range whose keys are short enough that 16 of them fit in a request.
+    fn range() -> impl Strategy<Value = KeyRange> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..100),
+            proptest::collection::vec(any::<u8>(), 0..100),
+        )
+            .prop_map(|(a, b)| {
+                let (lo, hi) = if b.is_empty() || a < b {
+                    (a, b)
+                } else {
+                    (b, a)
+                };
+                if !hi.is_empty() && lo == hi {
+                    KeyRange { lo, hi: Vec::new() }
+                } else {
+                    KeyRange { lo, hi }
+                }
+            })
+    }
+
+    fn digest() -> impl Strategy<Value = RangeDigest> {
+        (
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 1..40), 0..15),
+        )
+            .prop_map(|(entries, hash, splits)| RangeDigest {
+                entries,
+                hash,
+                splits: splits.into_iter().collect(),
+            })
+    }
+
+    fn entry() -> impl Strategy<Value = RangeEntry> {
+        (
+            "[a-z_.]{0,255}",
+            proptest::collection::vec(any::<u8>(), 0..64),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..256),
+        )
+            .prop_map(|(table, key, seq, value)| RangeEntry {
+                table,
+                key,
+                seq,
+                value,
+            })
     }
 
     fn reply() -> impl Strategy<Value = Reply> {
@@ -400,6 +749,9 @@ mod tests {
                 0..20
             )
             .prop_map(Reply::Lookup),
+            proptest::collection::vec(digest(), 0..=16).prop_map(Reply::Digest),
+            (proptest::collection::vec(entry(), 0..20), any::<bool>())
+                .prop_map(|(entries, more)| Reply::Entries { entries, more }),
         ]
     }
 
@@ -408,6 +760,8 @@ mod tests {
         fn requests_and_replies_round_trip(request in request(), reply in reply()) {
             let mut out = Vec::new();
             encode_request(&request, &mut out);
+            prop_assert!(request_fits(&request));
+            prop_assert!(out.len() <= COMMAND_PAYLOAD_MAX);
             prop_assert_eq!(decode_request(&out).unwrap(), request);
             for cut in 0..out.len() {
                 prop_assert!(decode_request(&out[..cut]).is_err());
@@ -431,6 +785,52 @@ mod tests {
         assert_eq!(reason(&[1, 9, 0, 0, 0, 0]), "unknown command");
         assert_eq!(reason(&[1, 1, 0, 0, 0, 0, 0]), "trailing bytes");
         assert_eq!(reason(&[]), "payload too short");
+        let database = [7u8; 16];
+        let digest = |split_parts: u8, count: u8, range: &[u8]| {
+            let mut bytes = vec![1, 4, 0, 0, 0, 0];
+            bytes.extend_from_slice(&database);
+            bytes.extend_from_slice(&[split_parts, count]);
+            for _ in 0..count {
+                bytes.extend_from_slice(range);
+            }
+            bytes
+        };
+        let ab = [1, 0, b'a', 1, 0, b'b'];
+        assert!(decode_request(&digest(16, 16, &ab)).is_ok());
+        assert_eq!(reason(&digest(17, 1, &ab)), "more than 16 split parts");
+        assert_eq!(reason(&digest(2, 0, &ab)), "not 1 to 16 ranges");
+        assert_eq!(reason(&digest(2, 17, &ab)), "not 1 to 16 ranges");
+        assert_eq!(
+            reason(&digest(2, 1, &[1, 0, b'b', 1, 0, b'a'])),
+            "empty range"
+        );
+        assert_eq!(
+            reason(&digest(2, 1, &[1, 0, b'b', 1, 0, b'b'])),
+            "empty range"
+        );
+        assert!(decode_request(&digest(2, 1, &[1, 0, b'b', 0, 0])).is_ok());
+        let mut long = vec![0xff, 0x03];
+        long.extend_from_slice(&[b'k'; 1023]);
+        long.extend_from_slice(&[0, 0]);
+        assert!(decode_request(&digest(0, 1, &long)).is_ok());
+        assert_eq!(reason(&digest(0, 4, &long)), "request over its bound");
+        long[0] = 0x01;
+        long[1] = 0x04;
+        assert_eq!(reason(&digest(0, 1, &long)), "key over its bound");
+        let split_keys = |keys: &[&[u8]]| {
+            let mut bytes = vec![1, 3, 1];
+            bytes.extend_from_slice(&[0; 40]);
+            bytes.push(keys.len() as u8);
+            for key in keys {
+                bytes.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                bytes.extend_from_slice(key);
+            }
+            decode_reply(&bytes)
+        };
+        assert!(split_keys(&[b"a", b"b"]).is_ok());
+        assert!(split_keys(&[b"b", b"a"]).is_err());
+        assert!(split_keys(&[b"a", b"a"]).is_err());
+        assert!(split_keys(&[b""]).is_err());
         let mut many = vec![1, 2];
         many.extend_from_slice(&2000u16.to_le_bytes());
         assert!(matches!(

@@ -3,12 +3,25 @@
 //! peers that passed the cluster-secret handshake get here. A malformed, unknown or unsupported
 //! command gets an ERROR reply and the link stays up; anything but COMMAND ends the link.
 //! Nothing is held per link but the socket and the frame being answered.
+//!
+//! DIGEST and ENTRIES (DIFF, `crate::diff`) read the store: each runs on a thread of its own,
+//! so a digest of a large database never stalls replication on this runtime thread, and the
+//! link waits for its answer. At most [`SCANS_MAX`] run at once per node (more are refused as
+//! busy), and each gives up at its request's deadline (at most [`SCAN_TIME_MAX`]): the work a
+//! command can cause is bounded in threads and in time.
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::diff::{digest_ranges, range_entries, ScanEntry};
 use crate::error::{Error, Result};
 use crate::proto::command::{
-    decode_request, encode_reply, Command, DatabaseStatus, Holder, NodeStatus, Reply,
+    decode_request, encode_reply, Command, DatabaseStatus, Holder, KeyRange, NodeStatus, Reply,
     LOOKUP_HOLDERS_MAX, STATUS_DATABASES_MAX,
 };
 use crate::proto::frame::{encode, Frame, Message};
@@ -16,7 +29,12 @@ use crate::proto::handshake::PeerInfo;
 use crate::transport::{timeout, FrameReader, FrameWriter};
 
 use super::link::LinkControl;
-use super::Runtime;
+use super::{Runtime, SourceDatabase};
+
+/// Most DIGEST and ENTRIES scans running at once on a node.
+pub const SCANS_MAX: usize = 2;
+/// The longest a scan runs, whatever deadline its request gives.
+pub const SCAN_TIME_MAX: Duration = Duration::from_secs(60);
 
 /// Answers the commands on an accepted link, `first` included, until the peer closes it.
 pub(super) async fn serve_commands(
@@ -54,7 +72,7 @@ pub(super) async fn serve_commands(
                 }
             }
         };
-        let reply = answer(runtime, &payload);
+        let reply = answer(runtime, &payload).await;
         if let Reply::Error { reason } = &reply {
             tracing::info!(peer = %info.name, request_id, %reason, "command refused");
         }
@@ -73,7 +91,7 @@ pub(super) async fn serve_commands(
 }
 
 /// The reply to one COMMAND payload.
-fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
+async fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
     let request = match decode_request(payload) {
         Ok(request) => request,
         Err(error) => {
@@ -90,7 +108,102 @@ fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
                 "PROMOTE {database}: not supported yet (failover is a later issue of pagemesh)"
             ),
         },
+        Command::Digest {
+            database,
+            split_parts,
+            ranges,
+        } => {
+            let job = ScanJob::Digest {
+                split_parts,
+                ranges,
+            };
+            scan(runtime, request.deadline_ms, "DIGEST", database, job).await
+        }
+        Command::Entries { database, range } => {
+            let job = ScanJob::Entries(range);
+            scan(runtime, request.deadline_ms, "ENTRIES", database, job).await
+        }
     }
+}
+
+/// What a DIGEST or ENTRIES asks of the store, run on a thread of its own.
+enum ScanJob {
+    Digest {
+        split_parts: u8,
+        ranges: Vec<KeyRange>,
+    },
+    Entries(KeyRange),
+}
+
+/// Counts a running scan in [`Runtime::scans`] until dropped.
+struct ScanSlot<'r>(&'r Cell<usize>);
+
+impl Drop for ScanSlot<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Answers a DIGEST or ENTRIES: refused if the node does not serve the database, if its copy
+/// cannot be compared now, or if [`SCANS_MAX`] scans run already.
+async fn scan(
+    runtime: &Runtime,
+    deadline_ms: u32,
+    what: &str,
+    database: Uuid,
+    job: ScanJob,
+) -> Reply {
+    let refuse = |why: String| Reply::Error {
+        reason: format!("{what} {database}: {why}"),
+    };
+    let Some(source) = runtime.sources.borrow().get(&database).cloned() else {
+        return refuse("this node does not serve the database".into());
+    };
+    if let Some(why) = source.unfit_to_compare() {
+        return refuse(format!("this node's copy cannot be compared: {why}"));
+    }
+    if runtime.scans.get() >= SCANS_MAX {
+        return refuse(format!("busy: {SCANS_MAX} scans are running, retry later"));
+    }
+    runtime.scans.set(runtime.scans.get() + 1);
+    let _slot = ScanSlot(&runtime.scans);
+    let time = Duration::from_millis(u64::from(deadline_ms)).min(SCAN_TIME_MAX);
+    let deadline = Instant::now() + if time.is_zero() { SCAN_TIME_MAX } else { time };
+    let (done_tx, done_rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("pagemesh-scan".into())
+        .spawn(move || {
+            let _ = done_tx.send(run_scan(&source, job, deadline));
+        });
+    if let Err(error) = spawned {
+        return refuse(format!("could not start a scan thread: {error}"));
+    }
+    match done_rx.await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(why)) => refuse(why),
+        Err(_) => refuse("the scan thread ended before it answered".into()),
+    }
+}
+
+fn run_scan(
+    source: &Arc<dyn SourceDatabase>,
+    job: ScanJob,
+    deadline: Instant,
+) -> std::result::Result<Reply, String> {
+    let mut scan =
+        |range: &KeyRange, visit: &mut dyn FnMut(ScanEntry<'_>) -> std::ops::ControlFlow<()>| {
+            source.scan(range, visit)
+        };
+    let reply = match job {
+        ScanJob::Digest {
+            split_parts,
+            ranges,
+        } => digest_ranges(&mut scan, &ranges, split_parts, deadline).map(Reply::Digest),
+        ScanJob::Entries(range) => {
+            range_entries(&mut scan, &range).map(|(entries, more)| Reply::Entries { entries, more })
+        }
+    };
+    reply.map_err(|error| error.to_string())
 }
 
 fn status(runtime: &Runtime) -> NodeStatus {
@@ -122,7 +235,7 @@ fn status(runtime: &Runtime) -> NodeStatus {
 
 /// This node, if it serves `database` and listens, then the nodes its gossip view says serve
 /// it.
-fn lookup(runtime: &Runtime, database: uuid::Uuid) -> Vec<Holder> {
+fn lookup(runtime: &Runtime, database: Uuid) -> Vec<Holder> {
     let members = runtime.members.borrow();
     let own = members.own();
     let mut holders: Vec<Holder> = Vec::new();

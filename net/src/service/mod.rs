@@ -60,6 +60,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,7 +91,9 @@ use self::metrics::{NetMetrics, NetMetricsSnapshot};
 use self::replica::follow;
 pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
+use crate::diff::ScanEntry;
 use crate::error::{BoxError, Error, Result};
+use crate::proto::command::KeyRange;
 use crate::proto::frame::{PeerEntry, PATH_MAX};
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::Receipts;
@@ -136,6 +139,19 @@ pub trait SourceDatabase: DatabaseLog {
     /// A replica named `peer`, on node `node`, attached, holding every page below
     /// `received_lsn`.
     fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink>;
+    /// Visits, in one consistent read, this copy's entries whose composite keys
+    /// (`crate::diff::composite_key`) are in `range`, in key order, until `visit` breaks (for
+    /// DIFF's DIGEST and ENTRIES commands; runs on a thread of its own and may take long).
+    fn scan(
+        &self,
+        range: &KeyRange,
+        visit: &mut dyn FnMut(ScanEntry<'_>) -> ControlFlow<()>,
+    ) -> Result<(), BoxError>;
+    /// Why this copy cannot be compared now (a restore into a new generation is under way, or
+    /// it was replaced by one), if so.
+    fn unfit_to_compare(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Where a source reports a replica's acks; dropping it detaches the replica.
@@ -618,6 +634,8 @@ struct Runtime {
     published_members: Arc<Mutex<Vec<PeerEntry>>>,
     /// What [`Service::metrics`] reports.
     metrics: Arc<NetMetrics>,
+    /// DIFF scans running on threads of their own (`control.rs` bounds them).
+    scans: Cell<usize>,
 }
 
 impl Runtime {
@@ -787,6 +805,7 @@ async fn run(
         members: RefCell::new(members),
         published_members,
         metrics,
+        scans: Cell::new(0),
     });
     let accepting = LinkControl::new();
     // Gossip runs until the service stops.
