@@ -6,10 +6,20 @@
 //! - `lookup UUID`: the nodes that serve a database, as the node knows them (itself, and what
 //!   the gossip told it).
 //! - `promote UUID`: reserved for failover; the node answers "not supported yet".
+//! - `status --watch [--count N] [--interval-ms MS]`: asks again every second (or MS), and
+//!   redraws the table (clear screen, table) until Ctrl-C, or N times; with `--json`, one
+//!   object a line.
+//! - `diff UUID --with ADDR`: compares the database's copy on `--node` (A) with the one on
+//!   `ADDR` (B) by DIFF's Merkle descent (`pagemesh_net::diff`): equal copies cost one round
+//!   trip; otherwise every differing key is listed with both versions (seq and value, or
+//!   "missing"), as text where it is printable UTF-8 and as hex otherwise (`--json` carries
+//!   both: `key`, `key_hex`, `value`, `value_hex`).
 //!
 //! Tables for people by default, `--json` (one object) for scripts. Exit codes: 0 the command
 //! succeeded, 1 the node answered with an error, 2 the node could not be asked (no connection,
-//! refused handshake, timeout, bad arguments).
+//! refused handshake, timeout, bad arguments). `diff` exits 0 when the copies are equal, 1
+//! when they differ, 2 when they could not be compared (either node unreachable, or refusing:
+//! a copy mid-restore, a database it does not serve).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +27,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pagemesh::net::control;
+use pagemesh::net::diff::{DiffOptions, DiffReport, Version};
 use pagemesh::net::proto::command::{Command, Reply};
 use serde_json::json;
 
@@ -42,7 +53,29 @@ pub struct CtlArgs {
 #[derive(clap::Subcommand)]
 enum CtlCommand {
     /// The node and the databases it serves.
-    Status,
+    Status {
+        /// Ask again every interval, redrawing, until Ctrl-C (or `--count` times).
+        #[arg(long)]
+        watch: bool,
+        /// With `--watch`: stop after this many answers.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
+        /// With `--watch`: milliseconds between answers.
+        #[arg(long, default_value_t = 1_000, requires = "watch")]
+        interval_ms: u64,
+    },
+    /// Compare the database's copy on this node with the copy on another (exit 1 if they
+    /// differ).
+    Diff {
+        /// The database's uuid.
+        database: uuid::Uuid,
+        /// The other node's address.
+        #[arg(long)]
+        with: SocketAddr,
+        /// The most differing keys listed.
+        #[arg(long, default_value_t = 1_000)]
+        max_differences: usize,
+    },
     /// The nodes that serve a database.
     Lookup {
         /// The database's uuid.
@@ -64,13 +97,42 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let command = match args.command {
-        CtlCommand::Status => Command::Status,
+        CtlCommand::Status { watch: false, .. } => Command::Status,
+        CtlCommand::Status {
+            watch: true,
+            count,
+            interval_ms,
+        } => {
+            let interval = Duration::from_millis(interval_ms.max(1));
+            return watch_status(args, secret.as_deref(), timeout, interval, count);
+        }
         CtlCommand::Lookup { database } => Command::Lookup { database },
         CtlCommand::Promote { database } => Command::Promote { database },
+        CtlCommand::Diff {
+            database,
+            with,
+            max_differences,
+        } => {
+            let options = DiffOptions {
+                differences_max: max_differences,
+                ..DiffOptions::default()
+            };
+            return diff(args, secret.as_deref(), timeout, database, with, options);
+        }
     };
-    let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let reply = match control::request(args.node, secret.as_deref(), command, timeout) {
+    ask_once(args, secret.as_deref(), timeout, command)
+}
+
+/// Asks `command` once and prints the answer.
+fn ask_once(
+    args: &CtlArgs,
+    secret: Option<&[u8]>,
+    timeout: Duration,
+    command: Command,
+) -> ExitCode {
+    let reply = match control::request(args.node, secret, command, timeout) {
         Ok(reply) => reply,
         Err(error) => {
             eprintln!("pagemesh ctl: {}: {error}", args.node);
@@ -88,6 +150,209 @@ pub fn run(args: &CtlArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// `status --watch`: asks every `interval` and redraws (clear screen, then the table; with
+/// `--json`, one object a line), `count` times or until interrupted. Exits as the last answer
+/// did.
+fn watch_status(
+    args: &CtlArgs,
+    secret: Option<&[u8]>,
+    timeout: Duration,
+    interval: Duration,
+    count: Option<u64>,
+) -> ExitCode {
+    let mut answers = 0u64;
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = control::request(args.node, secret, Command::Status, timeout);
+        let code = match &outcome {
+            Ok(Reply::Error { .. }) => 1,
+            Ok(_) => 0,
+            Err(_) => 2,
+        };
+        if args.json {
+            let line = match &outcome {
+                Ok(reply) => to_json(reply),
+                Err(error) => json!({ "error": error.to_string() }),
+            };
+            println!("{line}");
+        } else {
+            // Clear the screen, cursor home.
+            print!("\x1b[2J\x1b[H");
+            let now = time_of_day();
+            println!(
+                "pagemesh ctl --node {} status, every {interval:?}, at {now} UTC",
+                args.node
+            );
+            match &outcome {
+                Ok(reply) => print!("{}", to_table(reply)),
+                Err(error) => println!("could not ask {}: {error}", args.node),
+            }
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        answers += 1;
+        if count.is_some_and(|count| answers >= count) {
+            return ExitCode::from(code);
+        }
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}
+
+/// `HH:MM:SS` of the wall clock, UTC.
+fn time_of_day() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let day = seconds % 86_400;
+    format!("{:02}:{:02}:{:02}", day / 3600, day % 3600 / 60, day % 60)
+}
+
+/// `diff`: compares the two copies; exit 0 equal, 1 differ, 2 not compared.
+fn diff(
+    args: &CtlArgs,
+    secret: Option<&[u8]>,
+    timeout: Duration,
+    database: uuid::Uuid,
+    with: SocketAddr,
+    options: DiffOptions,
+) -> ExitCode {
+    let started = std::time::Instant::now();
+    let report = match control::diff(args.node, with, secret, database, timeout, options) {
+        Ok(report) => report,
+        Err(error) => {
+            if args.json {
+                println!("{}", json!({ "error": error.to_string() }));
+            }
+            eprintln!(
+                "pagemesh ctl: diff {database} between {} and {with}: {error}",
+                args.node
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let elapsed = started.elapsed();
+    if args.json {
+        println!("{}", diff_json(args.node, with, database, &report, elapsed));
+    } else {
+        print!(
+            "{}",
+            diff_table(args.node, with, database, &report, elapsed)
+        );
+    }
+    if report.equal() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Bytes as text where they are printable UTF-8, else as `0x` and hex.
+fn readable(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => format!("0x{}", hex(bytes)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn version_json(version: Option<&Version>) -> serde_json::Value {
+    match version {
+        None => serde_json::Value::Null,
+        Some(version) => json!({
+            "seq": version.seq,
+            "value": String::from_utf8_lossy(&version.value),
+            "value_hex": hex(&version.value),
+        }),
+    }
+}
+
+fn diff_json(
+    a: SocketAddr,
+    b: SocketAddr,
+    database: uuid::Uuid,
+    report: &DiffReport,
+    elapsed: Duration,
+) -> serde_json::Value {
+    json!({
+        "database": database.to_string(),
+        "a": a.to_string(),
+        "b": b.to_string(),
+        "equal": report.equal(),
+        "entries_a": report.entries_a,
+        "entries_b": report.entries_b,
+        "round_trips": report.round_trips,
+        "ranges_digested": report.ranges_digested,
+        "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+        "truncated": report.truncated,
+        "unsettled": report.unsettled,
+        "differences": report.differences.iter().map(|d| json!({
+            "table": d.table,
+            "key": String::from_utf8_lossy(&d.key),
+            "key_hex": hex(&d.key),
+            "a": version_json(d.a.as_ref()),
+            "b": version_json(d.b.as_ref()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn diff_table(
+    a: SocketAddr,
+    b: SocketAddr,
+    database: uuid::Uuid,
+    report: &DiffReport,
+    elapsed: Duration,
+) -> String {
+    let verdict = if report.equal() {
+        "equal".to_string()
+    } else if report.unsettled {
+        "differ, but changed while compared: compare again".to_string()
+    } else if report.truncated {
+        format!("differ (the first {} keys below)", report.differences.len())
+    } else {
+        format!("differ ({} keys)", report.differences.len())
+    };
+    let mut out = format!(
+        "database {database}: {verdict}\n  A {a}: {} entries\n  B {b}: {} entries\n  {} round trips, {} ranges digested, {:.1} ms\n",
+        report.entries_a,
+        report.entries_b,
+        report.round_trips,
+        report.ranges_digested,
+        elapsed.as_secs_f64() * 1e3,
+    );
+    if report.differences.is_empty() {
+        return out;
+    }
+    let shown = |version: Option<&Version>| match version {
+        None => "(missing)".to_string(),
+        Some(version) => {
+            let mut value = readable(&version.value);
+            if value.len() > 60 {
+                let mut end = 57;
+                while !value.is_char_boundary(end) {
+                    end -= 1;
+                }
+                value.truncate(end);
+                value.push_str("...");
+            }
+            format!("seq {}: {value}", version.seq)
+        }
+    };
+    out += &format!("{:<16}  {:<24}  {:<40}  {}\n", "table", "key", "A", "B");
+    for d in &report.differences {
+        out += &format!(
+            "{:<16}  {:<24}  {:<40}  {}\n",
+            d.table,
+            readable(&d.key),
+            shown(d.a.as_ref()),
+            shown(d.b.as_ref())
+        );
+    }
+    out
 }
 
 fn secret(args: &CtlArgs) -> Result<Option<Vec<u8>>, String> {
@@ -127,6 +392,8 @@ fn to_json(reply: &Reply) -> serde_json::Value {
                 "addr": h.addr.to_string(),
             })).collect::<Vec<_>>(),
         }),
+        // `diff` prints its own report; ctl never asks these alone.
+        Reply::Digest(_) | Reply::Entries { .. } => json!({ "error": "an unexpected reply" }),
     }
 }
 
@@ -164,5 +431,6 @@ fn to_table(reply: &Reply) -> String {
             }
             out
         }
+        Reply::Digest(_) | Reply::Entries { .. } => "error: an unexpected reply\n".into(),
     }
 }

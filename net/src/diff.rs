@@ -457,12 +457,16 @@ pub struct DiffReport {
     pub differences: Vec<Difference>,
     /// More differences exist than were reported.
     pub truncated: bool,
+    /// The copies differed at first, yet no differing entry was found, and they still differed
+    /// when looked at again: they changed while being compared (a copy catching up). Compare
+    /// again.
+    pub unsettled: bool,
 }
 
 impl DiffReport {
     /// Whether the copies hold the same entries.
     pub fn equal(&self) -> bool {
-        self.differences.is_empty() && !self.truncated
+        self.differences.is_empty() && !self.truncated && !self.unsettled
     }
 }
 
@@ -488,7 +492,10 @@ fn both<A: RangeSource, B: RangeSource, T: Send>(
     })
 }
 
-/// Compares copies `a` and `b` (see the module docs).
+/// Compares copies `a` and `b` (see the module docs). Copies that change while compared (one
+/// catching up) can make the root differ and every part below it agree: the root is then
+/// digested once more, and the report is equal if it now agrees, else
+/// [`unsettled`](DiffReport::unsettled).
 pub fn diff<A: RangeSource, B: RangeSource>(
     a: &mut A,
     b: &mut B,
@@ -502,6 +509,7 @@ pub fn diff<A: RangeSource, B: RangeSource>(
         ranges_digested: 0,
         differences: Vec::new(),
         truncated: false,
+        unsettled: false,
     };
     let mut level = vec![KeyRange::all()];
     let mut leaves = Vec::new();
@@ -561,6 +569,19 @@ pub fn diff<A: RangeSource, B: RangeSource>(
         for (ea, eb) in ea.iter().zip(&eb) {
             compare_leaf(ea, eb, &options, &mut report);
         }
+    }
+    if report.differences.is_empty() && depth > 1 {
+        // The root differed and nothing below it does: a copy changed meanwhile. Look again.
+        let all = [KeyRange::all()];
+        let (da, db) = both(a, b, |a| a.digest(&all, 0), |b| b.digest(&all, 0))?;
+        report.round_trips += 1;
+        report.ranges_digested += 1;
+        let (Some(da), Some(db)) = (da.first(), db.first()) else {
+            return Err(bad_answer("a DIGEST reply without one digest per range"));
+        };
+        report.entries_a = da.entries;
+        report.entries_b = db.entries;
+        report.unsettled = da.entries != db.entries || da.hash != db.hash;
     }
     Ok(report)
 }

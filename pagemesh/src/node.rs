@@ -996,3 +996,71 @@ mod tests {
         assert!(matches!(refused, NodeError::Identity { .. }), "{refused}");
     }
 }
+
+/// DIFF's scan over a real store (the descent itself is tested in `pagemesh_net::diff`).
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    fn count(wired: &Wired, range: &KeyRange) -> u64 {
+        let mut n = 0;
+        wired
+            .scan(range, &mut |_| {
+                n += 1;
+                ControlFlow::Continue(())
+            })
+            .expect("scan");
+        n
+    }
+
+    /// The split keys of a digest of everything cut the key space into parts that hold every
+    /// entry exactly once, across both tables; a copy being restored refuses comparison.
+    #[test]
+    fn split_ranges_cover_the_scan_and_a_restoring_copy_is_unfit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path(), Options::new()).expect("open");
+        let mut batch = db.batch();
+        for i in 0..3000u32 {
+            batch
+                .put("sales", format!("k-{i:06}").as_bytes(), b"v")
+                .expect("put");
+            if i % 2 == 0 {
+                batch
+                    .put("people", format!("p-{i:06}").as_bytes(), b"v")
+                    .expect("put");
+            }
+        }
+        db.commit(&batch, pagemesh_core::Durability::Applied)
+            .expect("commit");
+        let restoring = Arc::new(AtomicBool::new(false));
+        let wired = Wired(db, Some(Arc::clone(&restoring)));
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut scan =
+            |r: &KeyRange, v: &mut dyn FnMut(ScanEntry<'_>) -> ControlFlow<()>| wired.scan(r, v);
+        let root = diff::digest_ranges(&mut scan, &[KeyRange::all()], 16, far).expect("digest");
+        assert_eq!(root[0].entries, 4500);
+        assert_eq!(root[0].splits.len(), 15);
+        let mut lo = Vec::new();
+        let mut parts = Vec::new();
+        for split in root[0].splits.iter().chain([&Vec::new()]) {
+            parts.push(count(
+                &wired,
+                &KeyRange {
+                    lo,
+                    hi: split.clone(),
+                },
+            ));
+            lo = split.clone();
+        }
+        assert_eq!(parts.iter().sum::<u64>(), 4500);
+        assert!(
+            parts.iter().all(|&n| n > 0 && n <= 4500 / 16 * 3),
+            "{parts:?}"
+        );
+        assert_eq!(wired.unfit_to_compare(), None);
+        restoring.store(true, Ordering::Release);
+        assert!(wired
+            .unfit_to_compare()
+            .is_some_and(|why| why.contains("restore")));
+    }
+}
