@@ -97,13 +97,13 @@ pub fn sort_tables(tables: &mut [String]) {
     tables.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
 }
 
+/// A table and the bounds of its keys inside a range of composite keys.
+pub type TableRange<'t> = (&'t str, Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// The part of `range` in each of `tables` (in key-space order, see [`sort_tables`]): the
 /// table and the bounds of its keys, for the tables the range touches. An included empty start
 /// is given as unbounded (LMDB refuses an empty seek key).
-pub fn table_ranges<'t>(
-    tables: &'t [String],
-    range: &KeyRange,
-) -> Vec<(&'t str, Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+pub fn table_ranges<'t>(tables: &'t [String], range: &KeyRange) -> Vec<TableRange<'t>> {
     let mut out = Vec::new();
     for table in tables {
         let Some(prefix) = composite_key(table, &[]) else {
@@ -881,7 +881,8 @@ mod tests {
             .remove(&composite_key("sales", b"key-009999").unwrap());
         b.put("zz", b"new", 7, b"extra");
         let report = diff(&mut a, &mut b, DiffOptions::default()).unwrap();
-        let found: Vec<(&str, &[u8], Option<&[u8]>, Option<&[u8]>)> = report
+        type Found<'r> = (&'r str, &'r [u8], Option<&'r [u8]>, Option<&'r [u8]>);
+        let found: Vec<Found<'_>> = report
             .differences
             .iter()
             .map(|d| {
