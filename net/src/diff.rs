@@ -338,7 +338,7 @@ pub fn range_entries(
             more = true;
             return ControlFlow::Break(());
         }
-        if size > ENTRY_BYTES_MAX {
+        if size > ENTRY_BYTES_MAX || entry.key.len() > usize::from(u16::MAX) {
             too_large = Some(ScanError::EntryTooLarge {
                 table: entry.table.to_string(),
                 bytes: size,
@@ -924,7 +924,7 @@ mod tests {
     }
 
     #[test]
-    fn differences_are_bounded_and_entries_paged() {
+    fn differences_are_bounded_and_an_empty_copy_is_cut_by_the_other_side() {
         let mut a = filled(5_000);
         let mut b = Map::default();
         let report = diff(
@@ -942,6 +942,24 @@ mod tests {
         let mut b = Map::default();
         let report = diff(&mut a, &mut b, DiffOptions::default()).unwrap();
         assert_eq!(report.differences.len(), 1000);
+    }
+
+    #[test]
+    fn entries_come_in_bounded_pages_and_are_fetched_whole() {
+        let mut a = filled(2_500);
+        let (first, more) = a.entries(&KeyRange::all()).unwrap();
+        assert_eq!((first.len(), more), (ENTRIES_COUNT_MAX, true));
+        let (fetched, waves) = fetch_all(&mut a, &[KeyRange::all()]).unwrap();
+        assert_eq!((fetched[0].len(), waves), (2_500, 3));
+        // Large values: a page stops near ENTRIES_BYTES_MAX, but always holds one entry.
+        let mut big = Map::default();
+        for i in 0..5u8 {
+            big.put("t", &[i], 0, &vec![i; ENTRIES_BYTES_MAX / 2]);
+        }
+        let (page, more) = big.entries(&KeyRange::all()).unwrap();
+        assert_eq!((page.len(), more), (1, true));
+        let (fetched, waves) = fetch_all(&mut big, &[KeyRange::all()]).unwrap();
+        assert_eq!((fetched[0].len(), waves), (5, 5));
     }
 
     proptest! {
