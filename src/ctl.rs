@@ -13,7 +13,10 @@
 //!   `ADDR` (B) by DIFF's Merkle descent (`pagemesh_net::diff`): equal copies cost one round
 //!   trip; otherwise every differing key is listed with both versions (seq and value, or
 //!   "missing"), as text where it is printable UTF-8 and as hex otherwise (`--json` carries
-//!   both: `key`, `key_hex`, `value`, `value_hex`).
+//!   both: `key`, `key_hex`, `value`, `value_hex`). `--timeout-ms` bounds each request, the
+//!   first digest of the whole database included: a node gives up a scan at that deadline, so
+//!   raise it for databases of many millions of entries (106,179 entries digest in about 40 ms
+//!   per side in a release build here).
 //!
 //! Tables for people by default, `--json` (one object) for scripts. Exit codes: 0 the command
 //! succeeded, 1 the node answered with an error, 2 the node could not be asked (no connection,

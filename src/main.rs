@@ -45,7 +45,7 @@ enum Command {
     /// Show a database's identity, log positions, cursors, tables and sizes (also while a node
     /// or app writes it).
     Stat(stat::StatArgs),
-    /// Ask a running node over its command channel: status, lookup, promote.
+    /// Ask a running node over its command channel: status (or --watch), lookup, promote, diff.
     Ctl(ctl::CtlArgs),
     /// Write the project's land-registry-shaped data set as CSV.
     Generate(import::GenerateArgs),
