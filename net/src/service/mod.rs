@@ -95,7 +95,7 @@ use crate::proto::frame::{PeerEntry, PATH_MAX};
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::Receipts;
 pub use crate::route::{History, BOOTSTRAP};
-use crate::route::{Members, Upstreams, GRAFT_TIMEOUT_DEFAULT};
+use crate::route::{Members, Upstreams, GRAFT_TIMEOUT_DEFAULT, SWITCH_LEAD_DEFAULT};
 use crate::transport::{
     sleep, sleep_until, spawn_local, spawn_runtime, Listener, RuntimeKind, TransportKind,
 };
@@ -179,6 +179,7 @@ pub struct ServiceConfig {
     link_timeout: Duration,
     backoff_max: Duration,
     graft_timeout: Duration,
+    switch_lead: Duration,
     handshake_timeout: Duration,
     handshake_budget: usize,
     handshakes_per_address: usize,
@@ -209,6 +210,7 @@ impl ServiceConfig {
             link_timeout: crate::proto::liveness::LINK_TIMEOUT_DEFAULT,
             backoff_max: Duration::from_secs(2),
             graft_timeout: GRAFT_TIMEOUT_DEFAULT,
+            switch_lead: SWITCH_LEAD_DEFAULT,
             handshake_timeout: crate::proto::HANDSHAKE_TIMEOUT_DEFAULT,
             handshake_budget: HANDSHAKE_BUDGET_DEFAULT,
             handshakes_per_address: HANDSHAKES_PER_ADDRESS_DEFAULT,
@@ -274,6 +276,14 @@ impl ServiceConfig {
         self.graft_timeout = timeout.max(Duration::from_millis(1));
         self
     }
+    /// How much sooner than its current holder's path another holder must have pages, each of
+    /// three times in a row, for a replica to move there (default 20 ms; see
+    /// `route::Upstreams`): the tree settles on faster paths. `Duration::MAX` never moves for
+    /// speed, only off stalls.
+    pub fn switch_lead(mut self, lead: Duration) -> Self {
+        self.switch_lead = lead.max(Duration::from_millis(1));
+        self
+    }
     /// How long a new connection has to complete its handshake, either side (default 3 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
@@ -316,7 +326,7 @@ enum Instruction {
     Withdraw(Uuid),
     Subscribe {
         id: u64,
-        upstreams: Upstreams<SocketAddr>,
+        upstreams: Box<Upstreams<SocketAddr>>,
         database: Uuid,
         store: Arc<dyn ReplicaStore>,
         status: Arc<Mutex<SubscriptionStatus>>,
@@ -343,6 +353,7 @@ pub struct Service {
     node: Uuid,
     backoff_max: Duration,
     graft_timeout: Duration,
+    switch_lead: Duration,
     metrics: Arc<NetMetrics>,
     /// The membership view as of the last gossip round or news.
     members: Arc<Mutex<Vec<PeerEntry>>>,
@@ -426,7 +437,8 @@ impl Service {
         let (instructions, receiver) = mpsc::unbounded_channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
         let node = config.node;
-        let (backoff_max, graft_timeout) = (config.backoff_max, config.graft_timeout);
+        let (backoff_max, graft_timeout, switch_lead) =
+            (config.backoff_max, config.graft_timeout, config.switch_lead);
         let thread_name = format!("pagemesh-net-{}", config.name);
         let metrics = Arc::new(NetMetrics::default());
         let counted = Arc::clone(&metrics);
@@ -448,6 +460,7 @@ impl Service {
             node,
             backoff_max,
             graft_timeout,
+            switch_lead,
             metrics,
             members,
         })
@@ -496,14 +509,15 @@ impl Service {
     ) -> Result<Subscription> {
         let upstreams = Upstreams::new(upstreams.to_vec(), SUBSCRIBE_BACKOFF_MIN, self.backoff_max)
             .ok_or(Error::NoUpstreams { database })?
-            .with_graft_timeout(self.graft_timeout);
+            .with_graft_timeout(self.graft_timeout)
+            .with_switch_lead(self.switch_lead);
         let id = self
             .next_subscription
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let status = Arc::new(Mutex::new(SubscriptionStatus::default()));
         let _ = self.instructions.send(Instruction::Subscribe {
             id,
-            upstreams,
+            upstreams: Box::new(upstreams),
             database,
             store,
             status: Arc::clone(&status),
@@ -823,7 +837,7 @@ async fn run(
                 spawn_local(follow(
                     Rc::clone(&runtime),
                     control,
-                    upstreams,
+                    *upstreams,
                     database,
                     store,
                     status,
