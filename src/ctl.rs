@@ -6,6 +6,9 @@
 //! - `lookup UUID`: the nodes that serve a database, as the node knows them (itself, and what
 //!   the gossip told it).
 //! - `promote UUID`: reserved for failover; the node answers "not supported yet".
+//! - `replicate UUID --name NAME`: the node starts a copy of the database under NAME in its
+//!   data directory, following whichever holders its gossip knows, and keeps it across
+//!   restarts; `unreplicate UUID` stops that copy (its files stay).
 //!
 //! Tables for people by default, `--json` (one object) for scripts. Exit codes: 0 the command
 //! succeeded, 1 the node answered with an error, 2 the node could not be asked (no connection,
@@ -53,6 +56,19 @@ enum CtlCommand {
         /// The database's uuid.
         database: uuid::Uuid,
     },
+    /// Start a copy of a database on the node, kept across its restarts.
+    Replicate {
+        /// The database's uuid.
+        database: uuid::Uuid,
+        /// The copy's directory name in the node's data directory (default: the uuid).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop a copy that `replicate` started (its files stay).
+    Unreplicate {
+        /// The database's uuid.
+        database: uuid::Uuid,
+    },
 }
 
 /// Runs `pagemesh ctl`.
@@ -64,10 +80,15 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let command = match args.command {
+    let command = match &args.command {
         CtlCommand::Status => Command::Status,
-        CtlCommand::Lookup { database } => Command::Lookup { database },
-        CtlCommand::Promote { database } => Command::Promote { database },
+        &CtlCommand::Lookup { database } => Command::Lookup { database },
+        &CtlCommand::Promote { database } => Command::Promote { database },
+        CtlCommand::Replicate { database, name } => Command::Replicate {
+            database: *database,
+            name: name.clone().unwrap_or_else(|| database.to_string()),
+        },
+        &CtlCommand::Unreplicate { database } => Command::Unreplicate { database },
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let reply = match control::request(args.node, secret.as_deref(), command, timeout) {
@@ -127,6 +148,7 @@ fn to_json(reply: &Reply) -> serde_json::Value {
                 "addr": h.addr.to_string(),
             })).collect::<Vec<_>>(),
         }),
+        Reply::Done { message } => json!({ "done": message }),
     }
 }
 
@@ -164,5 +186,6 @@ fn to_table(reply: &Reply) -> String {
             }
             out
         }
+        Reply::Done { message } => format!("{message}\n"),
     }
 }

@@ -47,9 +47,19 @@ impl NodeProcess {
     /// Starts `pagemesh node --config config` and waits for its listening address and its
     /// database line.
     fn start(config: &Path) -> Self {
+        Self::start_until(config, "role replica")
+    }
+
+    /// Starts `pagemesh node --config config` and waits for its listening address and a line
+    /// that contains `marker`. The node logs at `warn`, or at the level in env `NODE_LOG`
+    /// (`NODE_LOG=info cargo test --test mesh` shows every link, refusal and graft).
+    fn start_until(config: &Path, marker: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
             .args(["node", "--config", config.to_str().expect("utf-8 path")])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("NODE_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -62,7 +72,7 @@ impl NodeProcess {
             if let Some((_, at)) = line.split_once(" listening on ") {
                 addr = Some(at.parse().expect("an address"));
             }
-            if line.contains("role replica") {
+            if line.contains(marker) {
                 break;
             }
         }
@@ -163,6 +173,21 @@ fn wait_held_by(db: &Database, nodes: u32, what: &str) {
     }
 }
 
+/// The origin, a `Node` in the test process, listening on loopback: the tests' short heartbeat,
+/// but `pagemesh node`'s default link timeout (5 s). The processes it serves heartbeat at their
+/// default 1 s, so the tests' 1 s timeout would drop an idle link to one whenever a heartbeat
+/// came late (an empty database's links carry nothing else): that flaked the gossip test, whose
+/// writes wait until every node holds the empty database.
+fn origin_node(name: &str, dir: &Path, transport: TransportKind) -> pagemesh::Node {
+    pagemesh::Node::builder(name, dir.join(name))
+        .transport(transport)
+        .liveness(HEARTBEAT, Duration::from_secs(5))
+        .backoff_max(BACKOFF_MAX)
+        .listen(LOOPBACK.expect("loopback"))
+        .open()
+        .unwrap_or_else(|e| panic!("open node {name} on {transport:?}: {e}"))
+}
+
 /// The one generation of the copy in a node's data directory, opened.
 fn open_copy(dir: &Path, name: &str) -> Database {
     let copy = dir.join(name).join("copy");
@@ -180,7 +205,7 @@ fn open_copy(dir: &Path, name: &str) -> Database {
 fn a_grid_of_processes_relays_reroutes_and_converges(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = node("n00", dir.path(), transport, LOOPBACK, None);
+    let origin = origin_node("n00", dir.path(), transport);
     let db = origin
         .open_database(
             "db",
@@ -313,7 +338,7 @@ fn a_grid_of_processes_relays_reroutes_and_converges_on_io_uring() {
 fn a_node_knowing_one_peer_discovers_its_holders(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = node("origin", dir.path(), transport, LOOPBACK, None);
+    let origin = origin_node("origin", dir.path(), transport);
     let db = origin
         .open_database(
             "db",
@@ -408,7 +433,7 @@ fn ctl(node: SocketAddr, args: &[&str]) -> (i32, serde_json::Value) {
 fn the_command_channel_answers_over_real_processes(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = node("origin", dir.path(), transport, LOOPBACK, None);
+    let origin = origin_node("origin", dir.path(), transport);
     let db = origin
         .open_database(
             "db",
@@ -478,6 +503,134 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     assert_eq!(code, 2, "no node there");
     b.stop("b");
     a.stop("a");
+}
+
+/// The config of a node that listens anywhere on loopback, gossips with `peers`, and has no
+/// database of its own.
+fn write_bare_config(dir: &Path, name: &str, transport: &str, peers: &[SocketAddr]) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let peers: Vec<String> = peers.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ntransport = \"{transport}\"\n\
+             peers = [{}]\n",
+            dir.join(name).display(),
+            peers.join(", "),
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// REPLICATE and UNREPLICATE over real processes. `pagemesh ctl replicate` makes node c, which
+/// had no database, start a copy (the third, beside the origin's and a's); it catches up and
+/// counts for `Replicated(2)`. c keeps it across a restart (catching up with what was written
+/// while it was down) without being asked again. Commands it cannot carry out are answered with
+/// errors and exit code 1: a second copy of the same database, a name that is not one
+/// directory, an UNREPLICATE of a copy it does not keep. `unreplicate` stops the copy, which
+/// holds every commit, and it stays stopped across the next restart.
+fn commands_start_and_stop_copies(transport: TransportKind, name: &str) {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = origin_node("origin", dir.path(), transport);
+    let db = origin
+        .open_database(
+            "db",
+            options(1024).replication_timeout(Duration::from_secs(5)),
+        )
+        .expect("open the origin's database");
+    origin.serve(&db, 2);
+    let origin_addr = origin.local_addr().expect("the origin listens");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let a_config = write_mesh_config(
+        dir.path(),
+        "a",
+        name,
+        any_port,
+        &[origin_addr],
+        &[origin_addr],
+        db.uuid(),
+    );
+    let a = NodeProcess::start(&a_config);
+    let c_config = write_bare_config(dir.path(), "c", name, &[a.addr]);
+    let c = NodeProcess::start_until(&c_config, " listening on ");
+    let ledger = Ledger::default();
+    let mut workload = bulk_workload(SEED ^ 15, 0);
+    ledger.run(&db, &mut workload, 10, &[Replicated(1)], &no_check);
+
+    let uuid = db.uuid().to_string();
+    let (code, done) = ctl(c.addr, &["replicate", &uuid, "--name", "copy"]);
+    assert_eq!(code, 0, "{done}");
+    assert!(
+        done["done"]
+            .as_str()
+            .is_some_and(|d| d.contains("replicating") && d.contains(&uuid)),
+        "{done}"
+    );
+    wait_held_by(&db, 2, "c's new copy caught up");
+    ledger.run(&db, &mut workload, 10, &[Replicated(2)], &no_check);
+
+    c.stop("c");
+    ledger.run(&db, &mut workload, 10, &[Replicated(1)], &no_check);
+    let c = NodeProcess::start_until(&c_config, " listening on ");
+    wait_held_by(&db, 2, "c took its copy up again after a restart");
+    let status = eventually("c serves its copy", PATIENCE, || {
+        let (code, status) = ctl(c.addr, &["status"]);
+        (code == 0 && status["databases"].as_array().is_some_and(|d| d.len() == 1))
+            .then_some(status)
+    });
+    let copy = &status["databases"][0];
+    assert_eq!(copy["database"], uuid);
+    assert_eq!(copy["origin"], db.origin_uuid().to_string());
+    assert_eq!(copy["relay"], true);
+
+    let (code, twice) = ctl(c.addr, &["replicate", &uuid, "--name", "other"]);
+    assert_eq!(code, 1, "{twice}");
+    assert!(
+        twice["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already keeps a copy")),
+        "{twice}"
+    );
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let (code, bad_name) = ctl(c.addr, &["replicate", &stranger, "--name", "../escape"]);
+    assert_eq!(code, 1, "{bad_name}");
+    assert!(!dir.path().join("escape").exists());
+    let (code, unknown) = ctl(c.addr, &["unreplicate", &stranger]);
+    assert_eq!(code, 1, "{unknown}");
+
+    let (code, stopped) = ctl(c.addr, &["unreplicate", &uuid]);
+    assert_eq!(code, 0, "{stopped}");
+    eventually("c no longer serves the copy", PATIENCE, || {
+        let (code, status) = ctl(c.addr, &["status"]);
+        (code == 0 && status["databases"].as_array().is_some_and(|d| d.is_empty())).then_some(())
+    });
+    c.stop("c");
+    let copy = open_copy(dir.path(), "c");
+    assert_model(&copy, &ledger, "c's copy, stopped by UNREPLICATE");
+    drop(copy);
+
+    let c = NodeProcess::start_until(&c_config, " listening on ");
+    let (code, status) = ctl(c.addr, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(
+        status["databases"].as_array().map(Vec::len),
+        Some(0),
+        "an UNREPLICATE outlives a restart: {status}"
+    );
+    c.stop("c");
+    a.stop("a");
+}
+
+#[test]
+fn commands_start_and_stop_copies_on_epoll() {
+    commands_start_and_stop_copies(TransportKind::Epoll, "epoll");
+}
+
+#[test]
+fn commands_start_and_stop_copies_on_io_uring() {
+    commands_start_and_stop_copies(TransportKind::Uring, "uring");
 }
 
 #[test]

@@ -6,12 +6,15 @@
 //!   1 STATUS    (no body)
 //!   2 LOOKUP    database uuid
 //!   3 PROMOTE   database uuid                      (reserved for failover)
+//!   6 REPLICATE database uuid | name_len u8 | name [1..=64]
+//!   7 UNREPLICATE database uuid
 //! reply     version u8 (1) | kind u8 | body
 //!   0 ERROR     reason_len u16 | reason [≤ 1024]
 //!   1 STATUS    node uuid | name_len u8 | name [≤ 64] | members u32 |
 //!               count u16 (≤ 256) | (database uuid | origin uuid | relay u8 |
 //!               committed_lsn u64 | links u32) × count
 //!   2 LOOKUP    count u16 (≤ 1024) | (node uuid | family u8 (4|6) | ip | port u16) × count
+//!   5 DONE      message_len u16 | message [≤ 1024]
 //! ```
 //!
 //! Like the frames, the encoding is canonical ([`decode_request`] accepts exactly what
@@ -46,6 +49,19 @@ pub enum Command {
     /// Make this node's copy of `database` the origin: reserved for failover, answered "not
     /// supported yet".
     Promote {
+        /// The database.
+        database: Uuid,
+    },
+    /// Start a copy of `database` on the node, under the local `name`, following whichever
+    /// nodes its gossip says serve it; the node keeps it across restarts.
+    Replicate {
+        /// The database.
+        database: Uuid,
+        /// The directory name of the copy on that node (1 to 64 bytes).
+        name: String,
+    },
+    /// Stop the copy of `database` that a REPLICATE started (its files stay on disk).
+    Unreplicate {
         /// The database.
         database: Uuid,
     },
@@ -109,20 +125,32 @@ pub enum Reply {
     Status(NodeStatus),
     /// The holders found.
     Lookup(Vec<Holder>),
+    /// The command was carried out: what the node did (at most [`REASON_MAX`] bytes).
+    Done {
+        /// What was done, for people.
+        message: String,
+    },
 }
 
 /// Appends `request` to `out`.
 pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
     out.push(COMMAND_VERSION);
-    let (kind, database) = match request.command {
-        Command::Status => (1, None),
-        Command::Lookup { database } => (2, Some(database)),
-        Command::Promote { database } => (3, Some(database)),
+    let (kind, database, name) = match &request.command {
+        Command::Status => (1, None, None),
+        Command::Lookup { database } => (2, Some(database), None),
+        Command::Promote { database } => (3, Some(database), None),
+        Command::Replicate { database, name } => (6, Some(database), Some(name)),
+        Command::Unreplicate { database } => (7, Some(database), None),
     };
     out.push(kind);
     out.extend_from_slice(&request.deadline_ms.to_le_bytes());
     if let Some(database) = database {
         out.extend_from_slice(database.as_bytes());
+    }
+    if let Some(name) = name {
+        let name = cut(name, NAME_MAX);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
     }
 }
 
@@ -138,6 +166,20 @@ pub fn decode_request(payload: &[u8]) -> Result<Request> {
             database: r.uuid()?,
         },
         3 => Command::Promote {
+            database: r.uuid()?,
+        },
+        6 => {
+            let database = r.uuid()?;
+            let len = usize::from(r.u8()?);
+            if len == 0 {
+                return Err(malformed("empty replica name"));
+            }
+            Command::Replicate {
+                database,
+                name: r.string(len, NAME_MAX)?,
+            }
+        }
+        7 => Command::Unreplicate {
             database: r.uuid()?,
         },
         _ => return Err(malformed("unknown command")),
@@ -194,6 +236,12 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
                 }
                 out.extend_from_slice(&holder.addr.port().to_le_bytes());
             }
+        }
+        Reply::Done { message } => {
+            out.push(5);
+            let message = cut(message, REASON_MAX);
+            out.extend_from_slice(&(message.len() as u16).to_le_bytes());
+            out.extend_from_slice(message.as_bytes());
         }
     }
 }
@@ -259,6 +307,12 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
                 });
             }
             Reply::Lookup(holders)
+        }
+        5 => {
+            let len = usize::from(r.u16()?);
+            Reply::Done {
+                message: r.string(len, REASON_MAX)?,
+            }
         }
         _ => return Err(malformed("unknown reply")),
     };
@@ -354,6 +408,9 @@ mod tests {
             Just(Command::Status),
             uuid().prop_map(|database| Command::Lookup { database }),
             uuid().prop_map(|database| Command::Promote { database }),
+            (uuid(), "[a-z0-9-]{1,64}")
+                .prop_map(|(database, name)| Command::Replicate { database, name }),
+            uuid().prop_map(|database| Command::Unreplicate { database }),
         ];
         (any::<u32>(), command).prop_map(|(deadline_ms, command)| Request {
             deadline_ms,
@@ -400,6 +457,7 @@ mod tests {
                 0..20
             )
             .prop_map(Reply::Lookup),
+            "[a-z ]{0,200}".prop_map(|message| Reply::Done { message }),
         ]
     }
 
@@ -430,6 +488,10 @@ mod tests {
         assert_eq!(reason(&[2, 1, 0, 0, 0, 0]), "unknown command version");
         assert_eq!(reason(&[1, 9, 0, 0, 0, 0]), "unknown command");
         assert_eq!(reason(&[1, 1, 0, 0, 0, 0, 0]), "trailing bytes");
+        let mut nameless = vec![1, 6, 0, 0, 0, 0];
+        nameless.extend_from_slice(&[7; 16]);
+        nameless.push(0);
+        assert_eq!(reason(&nameless), "empty replica name");
         assert_eq!(reason(&[]), "payload too short");
         let mut many = vec![1, 2];
         many.extend_from_slice(&2000u16.to_le_bytes());

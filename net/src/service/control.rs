@@ -16,7 +16,7 @@ use crate::proto::handshake::PeerInfo;
 use crate::transport::{timeout, FrameReader, FrameWriter};
 
 use super::link::LinkControl;
-use super::Runtime;
+use super::{Controller, Runtime};
 
 /// Answers the commands on an accepted link, `first` included, until the peer closes it.
 pub(super) async fn serve_commands(
@@ -54,7 +54,7 @@ pub(super) async fn serve_commands(
                 }
             }
         };
-        let reply = answer(runtime, &payload);
+        let reply = answer(runtime, &payload).await;
         if let Reply::Error { reason } = &reply {
             tracing::info!(peer = %info.name, request_id, %reason, "command refused");
         }
@@ -73,7 +73,7 @@ pub(super) async fn serve_commands(
 }
 
 /// The reply to one COMMAND payload.
-fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
+async fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
     let request = match decode_request(payload) {
         Ok(request) => request,
         Err(error) => {
@@ -90,6 +90,65 @@ fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
                 "PROMOTE {database}: not supported yet (failover is a later issue of pagemesh)"
             ),
         },
+        Command::Replicate { database, name } => {
+            control(runtime, move |controller| {
+                controller.replicate(database, &name)
+            })
+            .await
+        }
+        Command::Unreplicate { database } => {
+            control(runtime, move |controller| controller.unreplicate(database)).await
+        }
+    }
+}
+
+/// Runs `call` on the node's [`Controller`], on a thread of its own (it opens files), one call
+/// at a time: a command that finds one under way is refused, so no peer can make the node hold
+/// more than one such thread.
+async fn control(
+    runtime: &Runtime,
+    call: impl FnOnce(&dyn Controller) -> std::result::Result<String, String> + Send + 'static,
+) -> Reply {
+    let Some(controller) = runtime.controller.borrow().clone() else {
+        return Reply::Error {
+            reason: "this node takes no REPLICATE or UNREPLICATE (it runs without a controller)"
+                .into(),
+        };
+    };
+    if runtime.controlling.replace(true) {
+        return Reply::Error {
+            reason: "another REPLICATE or UNREPLICATE is under way on this node; try again".into(),
+        };
+    }
+    // Cleared however this ends, the future dropped at shutdown included.
+    let _busy = Busy(&runtime.controlling);
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("pagemesh-control".into())
+        .spawn(move || {
+            let _ = done.send(call(controller.as_ref()));
+        });
+    let reply = match spawned {
+        Err(error) => Reply::Error {
+            reason: format!("cannot start the controller's thread: {error}"),
+        },
+        Ok(_) => match outcome.await {
+            Ok(Ok(message)) => Reply::Done { message },
+            Ok(Err(reason)) => Reply::Error { reason },
+            Err(_) => Reply::Error {
+                reason: "the controller's thread ended without an answer (it panicked)".into(),
+            },
+        },
+    };
+    reply
+}
+
+/// Clears the runtime's "a controller call is under way" flag when dropped.
+struct Busy<'a>(&'a std::cell::Cell<bool>);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 

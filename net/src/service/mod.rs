@@ -138,6 +138,17 @@ pub trait SourceDatabase: DatabaseLog {
     fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink>;
 }
 
+/// What a node does on the command channel's REPLICATE and UNREPLICATE: the root crate opens
+/// the copy's store, subscribes it, and keeps the list across restarts. Each call runs on a
+/// thread of its own (it may open files and block), one at a time per node. The answer is a
+/// sentence for the operator either way.
+pub trait Controller: Send + Sync + 'static {
+    /// Start a copy of `database` named `name`, following the holders gossip knows.
+    fn replicate(&self, database: Uuid, name: &str) -> Result<String, String>;
+    /// Stop the copy of `database` that [`replicate`](Self::replicate) started.
+    fn unreplicate(&self, database: Uuid) -> Result<String, String>;
+}
+
 /// Where a source reports a replica's acks; dropping it detaches the replica.
 pub trait AckSink {
     /// Every page below `received_lsn` is in the replica's ring; below `durable_lsn`, applied.
@@ -339,6 +350,8 @@ enum Instruction {
         status: Arc<Mutex<SubscriptionStatus>>,
     },
     Unsubscribe(u64),
+    /// Who carries out REPLICATE and UNREPLICATE (see [`Controller`]).
+    Control(Arc<dyn Controller>),
     Stop,
 }
 
@@ -492,6 +505,12 @@ impl Service {
         let _ = self.instructions.send(Instruction::Serve(database));
     }
 
+    /// Lets commands start and stop copies on this node: REPLICATE and UNREPLICATE go to
+    /// `controller` (without one they are answered with an error).
+    pub fn set_controller(&self, controller: Arc<dyn Controller>) {
+        let _ = self.instructions.send(Instruction::Control(controller));
+    }
+
     /// Stops serving a database (its links close).
     pub fn withdraw(&self, database: Uuid) {
         let _ = self.instructions.send(Instruction::Withdraw(database));
@@ -632,6 +651,10 @@ struct Runtime {
     published_members: Arc<Mutex<Vec<PeerEntry>>>,
     /// What [`Service::metrics`] reports.
     metrics: Arc<NetMetrics>,
+    /// Who carries out REPLICATE and UNREPLICATE, if anyone.
+    controller: RefCell<Option<Arc<dyn Controller>>>,
+    /// A controller call is under way (one at a time: a flood of commands holds one thread).
+    controlling: Cell<bool>,
 }
 
 impl Runtime {
@@ -785,7 +808,8 @@ async fn run(
         heartbeat,
         config.members_max,
         config.gossip_interval * MEMBER_EXPIRY_ROUNDS,
-    );
+    )
+    .with_peers(config.peers.clone());
     let runtime = Rc::new(Runtime {
         kind,
         config,
@@ -801,6 +825,8 @@ async fn run(
         members: RefCell::new(members),
         published_members,
         metrics,
+        controller: RefCell::new(None),
+        controlling: Cell::new(false),
     });
     let accepting = LinkControl::new();
     // Gossip runs until the service stops.
@@ -822,6 +848,7 @@ async fn run(
         match instruction {
             Instruction::Serve(database) => runtime.serve(database),
             Instruction::Withdraw(uuid) => runtime.withdraw(uuid, None),
+            Instruction::Control(controller) => *runtime.controller.borrow_mut() = Some(controller),
             Instruction::Subscribe {
                 id,
                 upstreams,
