@@ -10,6 +10,9 @@
 //!   data directory, following whichever holders its gossip knows, and keeps it across
 //!   restarts; `unreplicate UUID` stops that copy (its files stay).
 //!
+//! `--to UUID` asks another node of the mesh through the one at `--node` (a FORWARD: that node
+//! reaches the other at the address its gossip view holds, with its own cluster secret).
+//!
 //! Tables for people by default, `--json` (one object) for scripts. Exit codes: 0 the command
 //! succeeded, 1 the node answered with an error, 2 the node could not be asked (no connection,
 //! refused handshake, timeout, bad arguments).
@@ -38,6 +41,10 @@ pub struct CtlArgs {
     /// How long to wait for the answer, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     timeout_ms: u64,
+    /// Ask this node (by uuid) instead, through the one at --node, which reaches it at the
+    /// address its gossip view holds.
+    #[arg(long)]
+    to: Option<uuid::Uuid>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -89,6 +96,13 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             name: name.clone().unwrap_or_else(|| database.to_string()),
         },
         &CtlCommand::Unreplicate { database } => Command::Unreplicate { database },
+    };
+    let command = match args.to {
+        Some(to) => Command::Forward {
+            to,
+            command: Box::new(command),
+        },
+        None => command,
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let reply = match control::request(args.node, secret.as_deref(), command, timeout) {

@@ -491,6 +491,22 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
         );
     }
 
+    // Any node answers for another it knows by gossip: b forwards to a.
+    let a_node = status["node"].as_str().expect("a's uuid").to_string();
+    let (code, through_b) = ctl(b.addr, &["--to", &a_node, "status"]);
+    assert_eq!(code, 0, "{through_b}");
+    assert_eq!(through_b["name"], "a", "{through_b}");
+    assert_eq!(through_b["node"], a_node.as_str());
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let (code, unknown) = ctl(b.addr, &["--to", &stranger, "status"]);
+    assert_eq!(code, 1, "{unknown}");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not in this node's view")),
+        "{unknown}"
+    );
+
     let (code, refused) = ctl(a.addr, &["promote", &uuid]);
     assert_eq!(code, 1, "{refused}");
     assert!(

@@ -8,6 +8,7 @@
 //!   3 PROMOTE   database uuid                      (reserved for failover)
 //!   6 REPLICATE database uuid | name_len u8 | name [1..=64]
 //!   7 UNREPLICATE database uuid
+//!   8 FORWARD   node uuid | inner kind u8 | inner body   (the inner kind is not 8)
 //! reply     version u8 (1) | kind u8 | body
 //!   0 ERROR     reason_len u16 | reason [≤ 1024]
 //!   1 STATUS    node uuid | name_len u8 | name [≤ 64] | members u32 |
@@ -64,6 +65,15 @@ pub enum Command {
     Unreplicate {
         /// The database.
         database: Uuid,
+    },
+    /// Carry `command` to node `to`, which the receiving node reaches by the address its gossip
+    /// view holds, and answer with that node's reply: any node of the mesh is asked through any
+    /// other. One hop: the inner command is not a FORWARD.
+    Forward {
+        /// The node to ask.
+        to: Uuid,
+        /// What to ask it.
+        command: Box<Command>,
     },
 }
 
@@ -135,22 +145,39 @@ pub enum Reply {
 /// Appends `request` to `out`.
 pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
     out.push(COMMAND_VERSION);
-    let (kind, database, name) = match &request.command {
-        Command::Status => (1, None, None),
-        Command::Lookup { database } => (2, Some(database), None),
-        Command::Promote { database } => (3, Some(database), None),
-        Command::Replicate { database, name } => (6, Some(database), Some(name)),
-        Command::Unreplicate { database } => (7, Some(database), None),
-    };
-    out.push(kind);
+    out.push(kind_of(&request.command));
     out.extend_from_slice(&request.deadline_ms.to_le_bytes());
-    if let Some(database) = database {
-        out.extend_from_slice(database.as_bytes());
+    encode_body(&request.command, out);
+}
+
+fn kind_of(command: &Command) -> u8 {
+    match command {
+        Command::Status => 1,
+        Command::Lookup { .. } => 2,
+        Command::Promote { .. } => 3,
+        Command::Replicate { .. } => 6,
+        Command::Unreplicate { .. } => 7,
+        Command::Forward { .. } => 8,
     }
-    if let Some(name) = name {
-        let name = cut(name, NAME_MAX);
-        out.push(name.len() as u8);
-        out.extend_from_slice(name.as_bytes());
+}
+
+fn encode_body(command: &Command, out: &mut Vec<u8>) {
+    match command {
+        Command::Status => {}
+        Command::Lookup { database }
+        | Command::Promote { database }
+        | Command::Unreplicate { database } => out.extend_from_slice(database.as_bytes()),
+        Command::Replicate { database, name } => {
+            out.extend_from_slice(database.as_bytes());
+            let name = cut(name, NAME_MAX);
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+        }
+        Command::Forward { to, command } => {
+            out.extend_from_slice(to.as_bytes());
+            out.push(kind_of(command));
+            encode_body(command, out);
+        }
     }
 }
 
@@ -160,7 +187,18 @@ pub fn decode_request(payload: &[u8]) -> Result<Request> {
     r.version()?;
     let kind = r.u8()?;
     let deadline_ms = r.u32()?;
-    let command = match kind {
+    let command = decode_body(kind, &mut r, false)?;
+    r.finish()?;
+    Ok(Request {
+        deadline_ms,
+        command,
+    })
+}
+
+/// The command of `kind` whose body `r` holds; `forwarded` inside a FORWARD, which may not
+/// hold another (one hop, and no recursion a peer could deepen).
+fn decode_body(kind: u8, r: &mut Reader<'_>, forwarded: bool) -> Result<Command> {
+    Ok(match kind {
         1 => Command::Status,
         2 => Command::Lookup {
             database: r.uuid()?,
@@ -182,12 +220,16 @@ pub fn decode_request(payload: &[u8]) -> Result<Request> {
         7 => Command::Unreplicate {
             database: r.uuid()?,
         },
+        8 if forwarded => return Err(malformed("a FORWARD inside a FORWARD")),
+        8 => {
+            let to = r.uuid()?;
+            let inner = r.u8()?;
+            Command::Forward {
+                to,
+                command: Box::new(decode_body(inner, r, true)?),
+            }
+        }
         _ => return Err(malformed("unknown command")),
-    };
-    r.finish()?;
-    Ok(Request {
-        deadline_ms,
-        command,
     })
 }
 
@@ -412,6 +454,14 @@ mod tests {
                 .prop_map(|(database, name)| Command::Replicate { database, name }),
             uuid().prop_map(|database| Command::Unreplicate { database }),
         ];
+        let command = command.prop_recursive(1, 2, 1, |inner| {
+            (uuid(), inner).prop_filter_map("one hop", |(to, command)| {
+                (!matches!(command, Command::Forward { .. })).then(|| Command::Forward {
+                    to,
+                    command: Box::new(command),
+                })
+            })
+        });
         (any::<u32>(), command).prop_map(|(deadline_ms, command)| Request {
             deadline_ms,
             command,
@@ -492,6 +542,12 @@ mod tests {
         nameless.extend_from_slice(&[7; 16]);
         nameless.push(0);
         assert_eq!(reason(&nameless), "empty replica name");
+        let mut twice = vec![1, 8, 0, 0, 0, 0];
+        twice.extend_from_slice(&[1; 16]);
+        twice.push(8);
+        twice.extend_from_slice(&[2; 16]);
+        twice.push(1);
+        assert_eq!(reason(&twice), "a FORWARD inside a FORWARD");
         assert_eq!(reason(&[]), "payload too short");
         let mut many = vec![1, 2];
         many.extend_from_slice(&2000u16.to_le_bytes());

@@ -5,6 +5,9 @@
 //! Nothing is held per link but the socket and the frame being answered.
 
 use std::rc::Rc;
+use std::time::Duration;
+
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::proto::command::{
@@ -83,6 +86,22 @@ async fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
         }
     };
     match request.command {
+        Command::Forward { to, command } if to != runtime.config.node => {
+            let deadline = Duration::from_millis(u64::from(request.deadline_ms.max(1)));
+            forward(runtime, to, *command, deadline).await
+        }
+        // Addressed to this node: answered here.
+        Command::Forward { command, .. } => answer_here(runtime, *command).await,
+        command => answer_here(runtime, command).await,
+    }
+}
+
+/// The reply to a command addressed to this node.
+async fn answer_here(runtime: &Runtime, command: Command) -> Reply {
+    match command {
+        Command::Forward { .. } => Reply::Error {
+            reason: "a FORWARD inside a FORWARD".into(),
+        },
         Command::Status => Reply::Status(status(runtime)),
         Command::Lookup { database } => Reply::Lookup(lookup(runtime, database)),
         Command::Promote { database } => Reply::Error {
@@ -99,6 +118,73 @@ async fn answer(runtime: &Runtime, payload: &[u8]) -> Reply {
         Command::Unreplicate { database } => {
             control(runtime, move |controller| controller.unreplicate(database)).await
         }
+    }
+}
+
+/// Asks node `to` `command` (as `pagemesh ctl` would, with this node's cluster secret) at the
+/// address this node's gossip view holds for it, on a thread of its own, and returns its reply.
+/// At most [`FORWARDS_MAX`] at a time, so no peer can make a node hold more threads and sockets.
+async fn forward(runtime: &Runtime, to: Uuid, command: Command, deadline: Duration) -> Reply {
+    let addr = runtime
+        .members
+        .borrow()
+        .nodes()
+        .into_iter()
+        .find(|entry| entry.node == to && entry.addr.port() != 0)
+        .map(|entry| entry.addr);
+    let Some(addr) = addr else {
+        return Reply::Error {
+            reason: format!(
+                "node {to} is not in this node's view of the mesh (or does not listen)"
+            ),
+        };
+    };
+    if runtime.forwarding.get() >= FORWARDS_MAX {
+        return Reply::Error {
+            reason: format!(
+                "{FORWARDS_MAX} forwarded commands are under way on this node; try again"
+            ),
+        };
+    }
+    runtime.forwarding.set(runtime.forwarding.get() + 1);
+    let _in_flight = Counted(&runtime.forwarding);
+    let secret = runtime.config.secret.clone();
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("pagemesh-forward".into())
+        .spawn(move || {
+            let _ = done.send(crate::control::request(
+                addr,
+                secret.as_deref(),
+                command,
+                deadline,
+            ));
+        });
+    if let Err(error) = spawned {
+        return Reply::Error {
+            reason: format!("cannot start a thread to forward to {to}: {error}"),
+        };
+    }
+    match outcome.await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(error)) => Reply::Error {
+            reason: format!("forwarding to node {to} at {addr}: {error}"),
+        },
+        Err(_) => Reply::Error {
+            reason: format!("forwarding to node {to}: the thread ended without an answer"),
+        },
+    }
+}
+
+/// The most forwarded commands a node carries at once.
+pub const FORWARDS_MAX: usize = 4;
+
+/// Takes one off a count of things under way when dropped.
+struct Counted<'a>(&'a std::cell::Cell<usize>);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 

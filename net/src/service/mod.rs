@@ -655,6 +655,8 @@ struct Runtime {
     controller: RefCell<Option<Arc<dyn Controller>>>,
     /// A controller call is under way (one at a time: a flood of commands holds one thread).
     controlling: Cell<bool>,
+    /// Forwarded commands under way (at most `control::FORWARDS_MAX`).
+    forwarding: Cell<usize>,
 }
 
 impl Runtime {
@@ -827,6 +829,7 @@ async fn run(
         metrics,
         controller: RefCell::new(None),
         controlling: Cell::new(false),
+        forwarding: Cell::new(0),
     });
     let accepting = LinkControl::new();
     // Gossip runs until the service stops.
