@@ -2,7 +2,9 @@
 //! (`pagemesh_net::control`), as any authenticated peer may.
 //!
 //! - `status`: the node, the nodes its gossip view holds, and per database it serves: origin,
-//!   whether it is a relayed copy, committed LSN and links.
+//!   whether it is a relayed copy, epoch, committed / applied / durable LSNs, ring fill, the
+//!   holder it follows and its last link error, and per replica it serves: state (sync, async,
+//!   down), received LSN and lag in pages, bytes and milliseconds.
 //! - `lookup UUID`: the nodes that serve a database, as the node knows them (itself, and what
 //!   the gossip told it).
 //! - `promote UUID`: reserved for failover; the node answers "not supported yet".
@@ -154,6 +156,22 @@ fn to_json(reply: &Reply) -> serde_json::Value {
                 "relay": db.relay,
                 "committed_lsn": db.committed_lsn,
                 "links": db.links,
+                "epoch": db.epoch,
+                "applied_lsn": db.applied_lsn,
+                "durable_lsn": db.durable_lsn,
+                "ring_slots": db.ring_slots,
+                "ring_used": db.ring_used,
+                "upstream": db.upstream.map(|addr| addr.to_string()),
+                "last_error": db.last_error,
+                "replicas": db.replicas.iter().map(|r| json!({
+                    "node": r.node.to_string(),
+                    "name": r.name,
+                    "state": r.state.name(),
+                    "received_lsn": r.received_lsn,
+                    "lag_pages": r.lag_pages,
+                    "lag_bytes": r.lag_bytes,
+                    "lag_ms": r.lag_ms,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }),
         Reply::Lookup(holders) => json!({
@@ -190,6 +208,34 @@ fn to_table(reply: &Reply) -> String {
                     db.committed_lsn,
                     db.links
                 );
+                out += &format!(
+                    "  epoch {}, applied {}, durable {}, ring {} of {} pages in use{}{}\n",
+                    db.epoch,
+                    db.applied_lsn,
+                    db.durable_lsn,
+                    db.ring_used,
+                    db.ring_slots,
+                    db.upstream
+                        .map(|addr| format!(", following {addr}"))
+                        .unwrap_or_default(),
+                    if db.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", last error: {}", db.last_error)
+                    }
+                );
+                for replica in &db.replicas {
+                    out += &format!(
+                        "  replica {} ({}) {}: received {}, behind {} pages, {} bytes, {} ms\n",
+                        replica.name,
+                        replica.node,
+                        replica.state.name(),
+                        replica.received_lsn,
+                        replica.lag_pages,
+                        replica.lag_bytes,
+                        replica.lag_ms
+                    );
+                }
             }
             out
         }

@@ -474,6 +474,38 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     assert_eq!(copy["relay"], true);
     let committed = copy["committed_lsn"].as_u64().expect("committed_lsn");
     assert!(committed > 0 && committed <= db.received_lsn(), "{status}");
+    // Its positions, the holder it follows, and its replica b with its lag, once b caught up.
+    let status = eventually("a reports b caught up", PATIENCE, || {
+        let (code, status) = ctl(a.addr, &["status"]);
+        let copy = &status["databases"][0];
+        let b = &copy["replicas"][0];
+        (code == 0
+            && copy["applied_lsn"] == copy["committed_lsn"]
+            && b["name"] == "b"
+            && b["lag_pages"] == 0)
+            .then_some(status)
+    });
+    let copy = &status["databases"][0];
+    let committed = copy["committed_lsn"].as_u64().expect("committed_lsn");
+    assert!(copy["durable_lsn"].as_u64().expect("durable_lsn") <= committed);
+    assert!(
+        copy["ring_slots"].as_u64().expect("ring_slots") > 0,
+        "{status}"
+    );
+    assert!(copy["ring_used"].as_u64().expect("ring_used") <= copy["ring_slots"].as_u64().unwrap());
+    assert!(copy["epoch"].is_u64(), "{status}");
+    assert_eq!(copy["upstream"], origin_addr.to_string(), "{status}");
+    assert_eq!(copy["last_error"], "", "{status}");
+    let b_copy = &copy["replicas"][0];
+    assert_eq!(b_copy["received_lsn"], committed, "{status}");
+    assert_eq!(
+        (b_copy["lag_bytes"].as_u64(), b_copy["lag_ms"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(
+        ["sync", "async"].contains(&b_copy["state"].as_str().unwrap_or("")),
+        "{status}"
+    );
 
     let uuid = db.uuid().to_string();
     let holders = eventually("b finds every holder", PATIENCE, || {

@@ -40,14 +40,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink};
+use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink, ReplicaState};
 use pagemesh_logpage::Log;
 use pagemesh_net::proto::PeerEntry;
 use pagemesh_net::Controller;
 use pagemesh_net::{
-    AckSink, BoxError, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase, ReplicaStore,
-    RuntimeKind, Service, ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus,
-    TransportKind,
+    AckSink, BoxError, CopyReport, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase,
+    ReplicaReport, ReplicaStore, RuntimeKind, Service, ServiceConfig, SourceDatabase, Subscription,
+    SubscriptionStatus, TransportKind,
 };
 use uuid::Uuid;
 
@@ -711,6 +711,30 @@ impl SourceDatabase for Wired {
 
     fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink> {
         Box::new(Acks(self.0.replication().attach(peer, node, received_lsn)))
+    }
+
+    fn report(&self) -> CopyReport {
+        let metrics = self.0.metrics();
+        CopyReport {
+            applied_lsn: metrics.applied_lsn,
+            durable_lsn: metrics.durable_lsn,
+            ring_slots: metrics.ring_slots,
+            ring_used_pages: metrics.ring_used_pages,
+            replicas: metrics
+                .replicas
+                .into_iter()
+                .map(|replica| ReplicaReport {
+                    attached: replica.state != ReplicaState::Down,
+                    sync: replica.state == ReplicaState::Sync,
+                    name: replica.name,
+                    node: replica.node,
+                    received_lsn: replica.received_lsn,
+                    lag_pages: replica.lag_pages,
+                    lag_bytes: replica.lag_bytes,
+                    lag_seconds: replica.lag_seconds,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -13,7 +13,13 @@
 //!   0 ERROR     reason_len u16 | reason [≤ 1024]
 //!   1 STATUS    node uuid | name_len u8 | name [≤ 64] | members u32 |
 //!               count u16 (≤ 256) | (database uuid | origin uuid | relay u8 |
-//!               committed_lsn u64 | links u32) × count
+//!               committed_lsn u64 | links u32 | epoch u64 | applied_lsn u64 |
+//!               durable_lsn u64 | ring_slots u64 | ring_used u64 |
+//!               upstream (family u8 (0: none|4|6) | ip | port u16) |
+//!               error_len u16 | last_error [≤ 1024] |
+//!               replicas u8 (≤ 16) | (node uuid | name_len u8 | name [≤ 64] |
+//!               state u8 (0 down|1 async|2 sync) | received_lsn u64 | lag_pages u64 |
+//!               lag_bytes u64 | lag_ms u64) × replicas) × count
 //!   2 LOOKUP    count u16 (≤ 1024) | (node uuid | family u8 (4|6) | ip | port u16) × count
 //!   5 DONE      message_len u16 | message [≤ 1024]
 //! ```
@@ -36,6 +42,8 @@ pub const COMMAND_VERSION: u8 = 1;
 pub const STATUS_DATABASES_MAX: usize = 256;
 /// The most holders a LOOKUP reply lists.
 pub const LOOKUP_HOLDERS_MAX: usize = 1024;
+/// The most replicas a STATUS reply lists per database.
+pub const STATUS_REPLICAS_MAX: usize = 16;
 
 /// What a command asks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +107,63 @@ pub struct DatabaseStatus {
     pub committed_lsn: u64,
     /// Links serving it now (replicas and watchers).
     pub links: u32,
+    /// The epoch of its log.
+    pub epoch: u64,
+    /// Every page below this is applied (visible to readers there).
+    pub applied_lsn: u64,
+    /// Every page below this is on disk in its ring.
+    pub durable_lsn: u64,
+    /// Pages its ring holds.
+    pub ring_slots: u64,
+    /// Pages of its ring in use.
+    pub ring_used: u64,
+    /// For a relayed copy: the holder it follows now, if connected.
+    pub upstream: Option<SocketAddr>,
+    /// For a relayed copy: why its last link to a holder ended (empty if none did).
+    pub last_error: String,
+    /// The replicas it serves (at most [`STATUS_REPLICAS_MAX`]) and how far behind each is.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// One replica of a served database, in a STATUS reply: what it holds and how far behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Its node.
+    pub node: Uuid,
+    /// The name it attached with.
+    pub name: String,
+    /// Sync, async or down.
+    pub state: LinkState,
+    /// Every page below this is received there.
+    pub received_lsn: u64,
+    /// Pages it lacks.
+    pub lag_pages: u64,
+    /// The same in bytes.
+    pub lag_bytes: u64,
+    /// How long ago the first page it lacks was applied here, in milliseconds.
+    pub lag_ms: u64,
+}
+
+/// A replica link's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Detached (remembered with what it had received).
+    Down = 0,
+    /// Attached; its acks do not count for `Replicated(n)`.
+    Async = 1,
+    /// Attached; its acks count.
+    Sync = 2,
+}
+
+impl LinkState {
+    /// `down`, `async` or `sync`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Down => "down",
+            LinkState::Async => "async",
+            LinkState::Sync => "sync",
+        }
+    }
 }
 
 /// A STATUS reply.
@@ -258,6 +323,36 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
                 out.push(u8::from(db.relay));
                 out.extend_from_slice(&db.committed_lsn.to_le_bytes());
                 out.extend_from_slice(&db.links.to_le_bytes());
+                for value in [
+                    db.epoch,
+                    db.applied_lsn,
+                    db.durable_lsn,
+                    db.ring_slots,
+                    db.ring_used,
+                ] {
+                    out.extend_from_slice(&value.to_le_bytes());
+                }
+                encode_addr(db.upstream, out);
+                let error = cut(&db.last_error, REASON_MAX);
+                out.extend_from_slice(&(error.len() as u16).to_le_bytes());
+                out.extend_from_slice(error.as_bytes());
+                assert!(db.replicas.len() <= STATUS_REPLICAS_MAX);
+                out.push(db.replicas.len() as u8);
+                for replica in &db.replicas {
+                    out.extend_from_slice(replica.node.as_bytes());
+                    let name = cut(&replica.name, NAME_MAX);
+                    out.push(name.len() as u8);
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(replica.state as u8);
+                    for value in [
+                        replica.received_lsn,
+                        replica.lag_pages,
+                        replica.lag_bytes,
+                        replica.lag_ms,
+                    ] {
+                        out.extend_from_slice(&value.to_le_bytes());
+                    }
+                }
             }
         }
         Reply::Lookup(holders) => {
@@ -266,17 +361,7 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
             out.extend_from_slice(&(holders.len() as u16).to_le_bytes());
             for holder in holders {
                 out.extend_from_slice(holder.node.as_bytes());
-                match holder.addr.ip() {
-                    IpAddr::V4(ip) => {
-                        out.push(4);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                    IpAddr::V6(ip) => {
-                        out.push(6);
-                        out.extend_from_slice(&ip.octets());
-                    }
-                }
-                out.extend_from_slice(&holder.addr.port().to_le_bytes());
+                encode_addr(Some(holder.addr), out);
             }
         }
         Reply::Done { message } => {
@@ -286,6 +371,25 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
             out.extend_from_slice(message.as_bytes());
         }
     }
+}
+
+/// Appends `addr` as family (0: none, 4 or 6), ip, port.
+fn encode_addr(addr: Option<SocketAddr>, out: &mut Vec<u8>) {
+    let Some(addr) = addr else {
+        out.push(0);
+        return;
+    };
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_le_bytes());
 }
 
 /// Decodes a REPLY payload.
@@ -310,16 +414,57 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
             }
             let mut databases = Vec::with_capacity(count);
             for _ in 0..count {
+                let (database, origin) = (r.uuid()?, r.uuid()?);
+                let relay = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(malformed("relay flag not 0 or 1")),
+                };
+                let (committed_lsn, links) = (r.u64()?, r.u32()?);
+                let [epoch, applied_lsn, durable_lsn, ring_slots, ring_used] =
+                    [r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?];
+                let upstream = r.addr()?;
+                let error_len = usize::from(r.u16()?);
+                let last_error = r.string(error_len, REASON_MAX)?;
+                let replica_count = usize::from(r.u8()?);
+                if replica_count > STATUS_REPLICAS_MAX {
+                    return Err(malformed("more than 16 replicas"));
+                }
+                let mut replicas = Vec::with_capacity(replica_count);
+                for _ in 0..replica_count {
+                    let node = r.uuid()?;
+                    let name_len = usize::from(r.u8()?);
+                    let name = r.string(name_len, NAME_MAX)?;
+                    let state = match r.u8()? {
+                        0 => LinkState::Down,
+                        1 => LinkState::Async,
+                        2 => LinkState::Sync,
+                        _ => return Err(malformed("link state not 0, 1 or 2")),
+                    };
+                    replicas.push(ReplicaStatus {
+                        node,
+                        name,
+                        state,
+                        received_lsn: r.u64()?,
+                        lag_pages: r.u64()?,
+                        lag_bytes: r.u64()?,
+                        lag_ms: r.u64()?,
+                    });
+                }
                 databases.push(DatabaseStatus {
-                    database: r.uuid()?,
-                    origin: r.uuid()?,
-                    relay: match r.u8()? {
-                        0 => false,
-                        1 => true,
-                        _ => return Err(malformed("relay flag not 0 or 1")),
-                    },
-                    committed_lsn: r.u64()?,
-                    links: r.u32()?,
+                    database,
+                    origin,
+                    relay,
+                    committed_lsn,
+                    links,
+                    epoch,
+                    applied_lsn,
+                    durable_lsn,
+                    ring_slots,
+                    ring_used,
+                    upstream,
+                    last_error,
+                    replicas,
                 });
             }
             Reply::Status(NodeStatus {
@@ -337,16 +482,8 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
             let mut holders = Vec::with_capacity(count);
             for _ in 0..count {
                 let node = r.uuid()?;
-                let ip: IpAddr = match r.u8()? {
-                    4 => Ipv4Addr::from(r.array::<4>()?).into(),
-                    6 => Ipv6Addr::from(r.array::<16>()?).into(),
-                    _ => return Err(malformed("address family not 4 or 6")),
-                };
-                let port = r.u16()?;
-                holders.push(Holder {
-                    node,
-                    addr: SocketAddr::new(ip, port),
-                });
+                let addr = r.addr()?.ok_or(malformed("a holder without an address"))?;
+                holders.push(Holder { node, addr });
             }
             Reply::Lookup(holders)
         }
@@ -405,6 +542,17 @@ impl Reader<'_> {
 
     fn uuid(&mut self) -> Result<Uuid> {
         Ok(Uuid::from_bytes(self.array()?))
+    }
+
+    /// An address as [`encode_addr`] writes it.
+    fn addr(&mut self) -> Result<Option<SocketAddr>> {
+        let ip: IpAddr = match self.u8()? {
+            0 => return Ok(None),
+            4 => Ipv4Addr::from(self.array::<4>()?).into(),
+            6 => Ipv6Addr::from(self.array::<16>()?).into(),
+            _ => return Err(malformed("address family not 0, 4 or 6")),
+        };
+        Ok(Some(SocketAddr::new(ip, self.u16()?)))
     }
 
     fn version(&mut self) -> Result<()> {
@@ -477,15 +625,47 @@ mod tests {
             };
             SocketAddr::new(ip, port)
         });
-        let database = (uuid(), uuid(), any::<bool>(), any::<u64>(), any::<u32>()).prop_map(
-            |(database, origin, relay, committed_lsn, links)| DatabaseStatus {
-                database,
-                origin,
-                relay,
-                committed_lsn,
-                links,
+        let replica = (uuid(), "[a-z0-9-]{0,64}", 0..3u8, any::<[u64; 4]>()).prop_map(
+            |(node, name, state, [received_lsn, lag_pages, lag_bytes, lag_ms])| ReplicaStatus {
+                node,
+                name,
+                state: [LinkState::Down, LinkState::Async, LinkState::Sync][usize::from(state)],
+                received_lsn,
+                lag_pages,
+                lag_bytes,
+                lag_ms,
             },
         );
+        let database = (
+            (uuid(), uuid(), any::<bool>(), any::<u64>(), any::<u32>()),
+            any::<[u64; 5]>(),
+            proptest::option::of(addr.clone()),
+            "[a-z ]{0,100}",
+            proptest::collection::vec(replica, 0..4),
+        )
+            .prop_map(
+                |(
+                    (database, origin, relay, committed_lsn, links),
+                    [epoch, applied_lsn, durable_lsn, ring_slots, ring_used],
+                    upstream,
+                    last_error,
+                    replicas,
+                )| DatabaseStatus {
+                    database,
+                    origin,
+                    relay,
+                    committed_lsn,
+                    links,
+                    epoch,
+                    applied_lsn,
+                    durable_lsn,
+                    ring_slots,
+                    ring_used,
+                    upstream,
+                    last_error,
+                    replicas,
+                },
+            );
         prop_oneof![
             "[a-z ]{0,200}".prop_map(|reason| Reply::Error { reason }),
             (

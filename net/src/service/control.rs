@@ -11,15 +11,15 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::proto::command::{
-    decode_request, encode_reply, Command, DatabaseStatus, Holder, NodeStatus, Reply,
-    LOOKUP_HOLDERS_MAX, STATUS_DATABASES_MAX,
+    decode_request, encode_reply, Command, DatabaseStatus, Holder, LinkState, NodeStatus,
+    ReplicaStatus, Reply, LOOKUP_HOLDERS_MAX, STATUS_DATABASES_MAX, STATUS_REPLICAS_MAX,
 };
 use crate::proto::frame::{encode, Frame, Message};
 use crate::proto::handshake::PeerInfo;
 use crate::transport::{timeout, FrameReader, FrameWriter};
 
 use super::link::LinkControl;
-use super::{Controller, Runtime};
+use super::{lock, Controller, Runtime};
 
 /// Answers the commands on an accepted link, `first` included, until the peer closes it.
 pub(super) async fn serve_commands(
@@ -240,19 +240,55 @@ impl Drop for Busy<'_> {
 
 fn status(runtime: &Runtime) -> NodeStatus {
     let links = runtime.links.borrow();
+    let following = runtime.following.borrow();
     let mut databases: Vec<DatabaseStatus> = runtime
         .sources
         .borrow()
         .iter()
-        .map(|(&database, source)| DatabaseStatus {
-            database,
-            origin: source.origin(),
-            relay: source.log().is_follower(),
-            committed_lsn: source.log().committed_lsn(),
-            links: links
-                .values()
-                .filter(|(db, _)| *db == Some(database))
-                .count() as u32,
+        .map(|(&database, source)| {
+            let log = source.log();
+            let report = source.report();
+            let followed = following.get(&database).map(|status| lock(status).clone());
+            DatabaseStatus {
+                database,
+                origin: source.origin(),
+                relay: log.is_follower(),
+                committed_lsn: log.committed_lsn(),
+                links: links
+                    .values()
+                    .filter(|(db, _)| *db == Some(database))
+                    .count() as u32,
+                epoch: log.epoch(),
+                applied_lsn: report.applied_lsn,
+                durable_lsn: report.durable_lsn,
+                ring_slots: report.ring_slots,
+                ring_used: report.ring_used_pages,
+                upstream: followed
+                    .as_ref()
+                    .filter(|status| status.connected)
+                    .and_then(|status| status.upstream),
+                last_error: followed
+                    .and_then(|status| status.last_error)
+                    .unwrap_or_default(),
+                replicas: report
+                    .replicas
+                    .into_iter()
+                    .take(STATUS_REPLICAS_MAX)
+                    .map(|replica| ReplicaStatus {
+                        node: replica.node,
+                        name: replica.name,
+                        state: match (replica.attached, replica.sync) {
+                            (false, _) => LinkState::Down,
+                            (true, false) => LinkState::Async,
+                            (true, true) => LinkState::Sync,
+                        },
+                        received_lsn: replica.received_lsn,
+                        lag_pages: replica.lag_pages,
+                        lag_bytes: replica.lag_bytes,
+                        lag_ms: (replica.lag_seconds * 1e3) as u64,
+                    })
+                    .collect(),
+            }
         })
         .collect();
     databases.sort_by_key(|db| db.database);

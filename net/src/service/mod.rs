@@ -136,6 +136,46 @@ pub trait SourceDatabase: DatabaseLog {
     /// A replica named `peer`, on node `node`, attached, holding every page below
     /// `received_lsn`.
     fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink>;
+    /// Its positions and its replicas' lag, for STATUS (default: nothing known).
+    fn report(&self) -> CopyReport {
+        CopyReport::default()
+    }
+}
+
+/// What STATUS reports of a served copy beyond its log: see [`SourceDatabase::report`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CopyReport {
+    /// Every page below this is applied (visible to readers).
+    pub applied_lsn: u64,
+    /// Every page below this is on disk in the ring.
+    pub durable_lsn: u64,
+    /// Pages the ring holds.
+    pub ring_slots: u64,
+    /// Pages of the ring in use.
+    pub ring_used_pages: u64,
+    /// Its replicas, attached ones first.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One replica in a [`CopyReport`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaReport {
+    /// The name it attached with.
+    pub name: String,
+    /// Its node.
+    pub node: Uuid,
+    /// Attached and counted for `Replicated(n)`.
+    pub sync: bool,
+    /// Attached at all (a detached one is remembered with what it had received).
+    pub attached: bool,
+    /// Every page below this is received there.
+    pub received_lsn: u64,
+    /// Pages it lacks.
+    pub lag_pages: u64,
+    /// The same in bytes.
+    pub lag_bytes: u64,
+    /// How long ago the first page it lacks was applied here, in seconds.
+    pub lag_seconds: f64,
 }
 
 /// What a node does on the command channel's REPLICATE and UNREPLICATE: the root crate opens
@@ -657,6 +697,8 @@ struct Runtime {
     controlling: Cell<bool>,
     /// Forwarded commands under way (at most `control::FORWARDS_MAX`).
     forwarding: Cell<usize>,
+    /// The state of the subscription following each database, for STATUS.
+    following: RefCell<HashMap<Uuid, Arc<Mutex<SubscriptionStatus>>>>,
 }
 
 impl Runtime {
@@ -830,6 +872,7 @@ async fn run(
         controller: RefCell::new(None),
         controlling: Cell::new(false),
         forwarding: Cell::new(0),
+        following: RefCell::new(HashMap::new()),
     });
     let accepting = LinkControl::new();
     // Gossip runs until the service stops.

@@ -48,6 +48,10 @@ pub(super) async fn follow(
     if let Some(replica) = store.current() {
         runtime.serve(replica);
     }
+    runtime
+        .following
+        .borrow_mut()
+        .insert(database, Arc::clone(&status));
     let routing = Routing::new(upstreams);
     let holders = routing.upstreams.borrow().holders().len();
     if holders > 1 {
@@ -143,6 +147,13 @@ pub(super) async fn follow(
     }
     if let Some(replica) = store.current().filter(|_| withdraw_at_end) {
         runtime.withdraw(database, Some(replica.log()));
+    }
+    let mut following = runtime.following.borrow_mut();
+    if following
+        .get(&database)
+        .is_some_and(|mine| Arc::ptr_eq(mine, &status))
+    {
+        following.remove(&database);
     }
 }
 
