@@ -6,7 +6,8 @@
 //!   holder it follows and its last link error, and per replica it serves: state (sync, async,
 //!   down), received LSN and lag in pages, bytes and milliseconds.
 //! - `lookup UUID`: the nodes that serve a database, as the node knows them (itself, and what
-//!   the gossip told it).
+//!   the gossip told it), each with its copy's role (origin or relay), epoch and committed,
+//!   applied and durable LSNs, as that holder's own STATUS says (asked in parallel, at most 64).
 //! - `promote UUID`: reserved for failover; the node answers "not supported yet".
 //! - `replicate UUID --name NAME`: the node starts a copy of the database under NAME in its
 //!   data directory, following whichever holders its gossip knows, and keeps it across
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use pagemesh::net::control;
-use pagemesh::net::proto::command::{Command, Reply};
+use pagemesh::net::proto::command::{Command, DatabaseStatus, Holder, Reply};
 use serde_json::json;
 
 /// Options of `pagemesh ctl`.
@@ -115,7 +116,14 @@ pub fn run(args: &CtlArgs) -> ExitCode {
         }
     };
     let failed = matches!(reply, Reply::Error { .. });
-    if args.json {
+    if let (Reply::Lookup(holders), CtlCommand::Lookup { database }) = (&reply, &args.command) {
+        let copies = copies(holders, *database, secret.as_deref(), timeout);
+        if args.json {
+            println!("{}", lookup_json(holders, &copies));
+        } else {
+            print!("{}", lookup_table(holders, &copies));
+        }
+    } else if args.json {
         println!("{}", to_json(&reply));
     } else {
         print!("{}", to_table(&reply));
@@ -141,6 +149,92 @@ fn secret(args: &CtlArgs) -> Result<Option<Vec<u8>>, String> {
         .ok()
         .filter(|secret| !secret.is_empty())
         .map(String::into_bytes))
+}
+
+/// The most holders whose copies `lookup` describes (it asks each for its STATUS).
+const LOOKUP_DESCRIBED_MAX: usize = 64;
+
+/// Each holder's copy of `database`, as its own STATUS says (asked in parallel, each within
+/// `timeout`), or why it could not be asked.
+fn copies(
+    holders: &[Holder],
+    database: uuid::Uuid,
+    secret: Option<&[u8]>,
+    timeout: Duration,
+) -> Vec<Result<DatabaseStatus, String>> {
+    std::thread::scope(|scope| {
+        let asked: Vec<_> = holders
+            .iter()
+            .take(LOOKUP_DESCRIBED_MAX)
+            .map(|holder| {
+                scope.spawn(move || {
+                    match control::request(holder.addr, secret, Command::Status, timeout) {
+                        Ok(Reply::Status(status)) => status
+                            .databases
+                            .into_iter()
+                            .find(|db| db.database == database)
+                            .ok_or_else(|| "no longer serves it".to_string()),
+                        Ok(Reply::Error { reason }) => Err(reason),
+                        Ok(_) => Err("answered STATUS with something else".into()),
+                        Err(error) => Err(error.to_string()),
+                    }
+                })
+            })
+            .collect();
+        asked
+            .into_iter()
+            .map(|asked| {
+                asked
+                    .join()
+                    .unwrap_or_else(|_| Err("asking it panicked".into()))
+            })
+            .collect()
+    })
+}
+
+/// A LOOKUP's holders with their copies: role, epoch and positions.
+fn lookup_json(holders: &[Holder], copies: &[Result<DatabaseStatus, String>]) -> serde_json::Value {
+    json!({
+        "holders": holders.iter().enumerate().map(|(index, h)| {
+            let mut entry = json!({ "node": h.node.to_string(), "addr": h.addr.to_string() });
+            match copies.get(index) {
+                Some(Ok(copy)) => {
+                    entry["role"] = json!(if copy.relay { "relay" } else { "origin" });
+                    entry["epoch"] = json!(copy.epoch);
+                    entry["committed_lsn"] = json!(copy.committed_lsn);
+                    entry["applied_lsn"] = json!(copy.applied_lsn);
+                    entry["durable_lsn"] = json!(copy.durable_lsn);
+                }
+                Some(Err(error)) => entry["error"] = json!(error),
+                None => {}
+            }
+            entry
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn lookup_table(holders: &[Holder], copies: &[Result<DatabaseStatus, String>]) -> String {
+    let mut out = format!(
+        "{:<36}  {:<21}  {:<6}  {:>5}  {:>13}  {:>13}  {:>13}\n",
+        "node", "address", "role", "epoch", "committed", "applied", "durable"
+    );
+    for (index, holder) in holders.iter().enumerate() {
+        out += &match copies.get(index) {
+            Some(Ok(copy)) => format!(
+                "{:<36}  {:<21}  {:<6}  {:>5}  {:>13}  {:>13}  {:>13}\n",
+                holder.node,
+                holder.addr,
+                if copy.relay { "relay" } else { "origin" },
+                copy.epoch,
+                copy.committed_lsn,
+                copy.applied_lsn,
+                copy.durable_lsn
+            ),
+            Some(Err(error)) => format!("{:<36}  {:<21}  ({error})\n", holder.node, holder.addr),
+            None => format!("{:<36}  {}\n", holder.node, holder.addr),
+        };
+    }
+    out
 }
 
 fn to_json(reply: &Reply) -> serde_json::Value {

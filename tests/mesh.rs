@@ -508,19 +508,26 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     );
 
     let uuid = db.uuid().to_string();
-    let holders = eventually("b finds every holder", PATIENCE, || {
+    let found = eventually("b finds every holder", PATIENCE, || {
         let (code, found) = ctl(b.addr, &["lookup", &uuid]);
-        let addrs: Vec<String> = found["holders"]
-            .as_array()
-            .map(|h| h.iter().map(|h| h["addr"].to_string()).collect())
-            .unwrap_or_default();
-        (code == 0 && addrs.len() == 3).then_some(addrs)
+        (code == 0 && found["holders"].as_array().is_some_and(|h| h.len() == 3)).then_some(found)
     });
-    for holder in [origin_addr, a.addr, b.addr] {
-        assert!(
-            holders.contains(&format!("\"{holder}\"")),
-            "{holder} in {holders:?}"
-        );
+    let holders = found["holders"].as_array().expect("holders");
+    // Each with its copy as its own STATUS says: the origin's, and the two relays'.
+    for (holder, role) in [
+        (origin_addr, "origin"),
+        (a.addr, "relay"),
+        (b.addr, "relay"),
+    ] {
+        let entry = holders
+            .iter()
+            .find(|h| h["addr"] == holder.to_string())
+            .unwrap_or_else(|| panic!("{holder} in {found}"));
+        assert_eq!(entry["role"], role, "{found}");
+        let committed = entry["committed_lsn"].as_u64().expect("committed_lsn");
+        assert!(committed > 0 && committed <= db.received_lsn(), "{found}");
+        assert!(entry["applied_lsn"].as_u64().expect("applied_lsn") <= committed);
+        assert!(entry["epoch"].is_u64(), "{found}");
     }
 
     // Any node answers for another it knows by gossip: b forwards to a.
