@@ -24,6 +24,11 @@
 //!   5 DONE      message_len u16 | message [≤ 1024]
 //! ```
 //!
+//! Departures from issue 15's list, and why: there is no REGISTER, because a node that serves a
+//! database announces it in every gossip round (`route::Members`, PEERS frames), so LOOKUP finds
+//! it without being told; and commands name nodes by uuid only (FORWARD), because gossip entries
+//! carry no node names yet (STATUS gives a node's name and uuid).
+//!
 //! Like the frames, the encoding is canonical ([`decode_request`] accepts exactly what
 //! [`encode_request`] writes, and the same for replies), decoding never panics, and what it
 //! allocates is bounded by the counts above. A request of an unknown version or kind decodes to
