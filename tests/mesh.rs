@@ -329,6 +329,38 @@ fn a_grid_of_processes_relays_reroutes_and_converges_on_io_uring() {
     a_grid_of_processes_relays_reroutes_and_converges(TransportKind::Uring, "uring");
 }
 
+/// The start of every chain below: the origin, a `Node` in this process serving `db` with
+/// `sync_replicas` synchronous replicas, and node `a`, a `pagemesh node` process that follows
+/// it and gossips with it.
+fn origin_and_a(
+    dir: &Path,
+    transport: TransportKind,
+    name: &str,
+    sync_replicas: usize,
+) -> (pagemesh::Node, Database, NodeProcess) {
+    let origin = origin_node("origin", dir, transport);
+    let db = origin
+        .open_database(
+            "db",
+            options(1024).replication_timeout(Duration::from_secs(5)),
+        )
+        .expect("open the origin's database");
+    origin.serve(&db, sync_replicas);
+    let origin_addr = origin.local_addr().expect("the origin listens");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let a_config = write_mesh_config(
+        dir,
+        "a",
+        name,
+        any_port,
+        &[origin_addr],
+        &[origin_addr],
+        db.uuid(),
+    );
+    let a = NodeProcess::start(&a_config);
+    (origin, db, a)
+}
+
 /// Membership by gossip over real processes: a chain `origin – a – b – c` in which each node
 /// knows only its neighbour towards the origin as a *peer*, and only `a` names a source. `b` and
 /// `c` replicate a database they have never seen, knowing its uuid and one peer: they learn from
@@ -338,26 +370,9 @@ fn a_grid_of_processes_relays_reroutes_and_converges_on_io_uring() {
 fn a_node_knowing_one_peer_discovers_its_holders(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = origin_node("origin", dir.path(), transport);
-    let db = origin
-        .open_database(
-            "db",
-            options(1024).replication_timeout(Duration::from_secs(5)),
-        )
-        .expect("open the origin's database");
-    origin.serve(&db, 3);
-    let origin_addr = origin.local_addr().expect("the origin listens");
+    // The origin node lives to the end: dropping it stops its network.
+    let (_origin, db, a) = origin_and_a(dir.path(), transport, name, 3);
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let a_config = write_mesh_config(
-        dir.path(),
-        "a",
-        name,
-        any_port,
-        &[origin_addr],
-        &[origin_addr],
-        db.uuid(),
-    );
-    let a = NodeProcess::start(&a_config);
     let b_config = write_mesh_config(dir.path(), "b", name, any_port, &[], &[a.addr], db.uuid());
     let b = NodeProcess::start(&b_config);
     let c_config = write_mesh_config(dir.path(), "c", name, any_port, &[], &[b.addr], db.uuid());
@@ -433,26 +448,9 @@ fn ctl(node: SocketAddr, args: &[&str]) -> (i32, serde_json::Value) {
 fn the_command_channel_answers_over_real_processes(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = origin_node("origin", dir.path(), transport);
-    let db = origin
-        .open_database(
-            "db",
-            options(1024).replication_timeout(Duration::from_secs(5)),
-        )
-        .expect("open the origin's database");
-    origin.serve(&db, 2);
+    let (origin, db, a) = origin_and_a(dir.path(), transport, name, 2);
     let origin_addr = origin.local_addr().expect("the origin listens");
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let a_config = write_mesh_config(
-        dir.path(),
-        "a",
-        name,
-        any_port,
-        &[origin_addr],
-        &[origin_addr],
-        db.uuid(),
-    );
-    let a = NodeProcess::start(&a_config);
     let b_config = write_mesh_config(dir.path(), "b", name, any_port, &[], &[a.addr], db.uuid());
     let b = NodeProcess::start(&b_config);
     let ledger = Ledger::default();
@@ -588,26 +586,7 @@ fn write_bare_config(dir: &Path, name: &str, transport: &str, peers: &[SocketAdd
 fn commands_start_and_stop_copies(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = origin_node("origin", dir.path(), transport);
-    let db = origin
-        .open_database(
-            "db",
-            options(1024).replication_timeout(Duration::from_secs(5)),
-        )
-        .expect("open the origin's database");
-    origin.serve(&db, 2);
-    let origin_addr = origin.local_addr().expect("the origin listens");
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let a_config = write_mesh_config(
-        dir.path(),
-        "a",
-        name,
-        any_port,
-        &[origin_addr],
-        &[origin_addr],
-        db.uuid(),
-    );
-    let a = NodeProcess::start(&a_config);
+    let (_origin, db, a) = origin_and_a(dir.path(), transport, name, 2);
     let c_config = write_bare_config(dir.path(), "c", name, &[a.addr]);
     let c = NodeProcess::start_until(&c_config, " listening on ");
     let ledger = Ledger::default();

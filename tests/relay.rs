@@ -164,12 +164,10 @@ fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
 
 on_both_transports!(a_relay_behind_refuses_a_replica_ahead_of_it);
 
-/// A relay that is alive but stalled (cut off from its own upstream) fails nothing, yet its
-/// replica gets the pages: it watches its other holder (the primary), hears in HAVE frames of
-/// pages the relay does not deliver, and grafts the primary once the graft timeout passes.
-/// Every `Replicated(1)` commit made while the relay is stalled is held by the leaf when it
-/// returns; once the relay is back, both hold every `Replicated(2)` commit.
-fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
+/// A primary behind a fault proxy, a relay that follows it through the proxy, and a leaf that
+/// lists the relay first and the primary (directly) second, so it follows the relay and watches
+/// the primary.
+fn relay_and_leaf(transport: TransportKind) -> (Pair, Follower, Follower) {
     let pair = Pair::builder(transport)
         .ring_slots(256)
         .sync_replicas(2)
@@ -183,6 +181,16 @@ fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
         .holders(vec![relay.addr(), pair.addr()])
         .start();
     leaf.wait_following();
+    (pair, relay, leaf)
+}
+
+/// A relay that is alive but stalled (cut off from its own upstream) fails nothing, yet its
+/// replica gets the pages: it watches its other holder (the primary), hears in HAVE frames of
+/// pages the relay does not deliver, and grafts the primary once the graft timeout passes.
+/// Every `Replicated(1)` commit made while the relay is stalled is held by the leaf when it
+/// returns; once the relay is back, both hold every `Replicated(2)` commit.
+fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
+    let (pair, relay, leaf) = relay_and_leaf(transport);
     let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     let both = [&*relay, &*leaf];
@@ -215,19 +223,7 @@ on_both_transports!(a_replica_grafts_away_from_a_stalled_relay);
 /// grafts the primary for speed (`route::Graft::Faster`). Every `Replicated(2)` commit is held
 /// by both throughout, and nothing is lost in the move.
 fn a_replica_moves_to_a_faster_path(transport: TransportKind) {
-    let pair = Pair::builder(transport)
-        .ring_slots(256)
-        .sync_replicas(2)
-        .replication_timeout(std::time::Duration::from_secs(5))
-        .through_proxy()
-        .start();
-    let relay = pair.follower("relay").listen().start();
-    relay.wait_following();
-    let leaf = pair
-        .follower("leaf")
-        .holders(vec![relay.addr(), pair.addr()])
-        .start();
-    leaf.wait_following();
+    let (pair, relay, leaf) = relay_and_leaf(transport);
     let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     let both = [&*relay, &*leaf];
