@@ -104,7 +104,7 @@ enum Bench {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "none,async,sync,sync-durable,durable,durable-neighbour"
+            default_value = "none,async,sync,sync-durable,durable,durable-neighbour,sync-durable-apart"
         )]
         variants: Vec<String>,
         /// Socket event loop: auto, uring or epoll.
