@@ -2,9 +2,12 @@
 //! (`pagemesh_net::control`), as any authenticated peer may.
 //!
 //! - `status`: the node, the nodes its gossip view holds, and per database it serves: origin,
-//!   whether it is a relayed copy, committed LSN and links.
+//!   whether it is a relayed copy, epoch, committed / applied / durable LSNs, ring fill, the
+//!   holder it follows and its last link error, and per replica it serves: state (sync, async,
+//!   down), received LSN and lag in pages, bytes and milliseconds.
 //! - `lookup UUID`: the nodes that serve a database, as the node knows them (itself, and what
-//!   the gossip told it).
+//!   the gossip told it), each with its copy's role (origin or relay), epoch and committed,
+//!   applied and durable LSNs, as that holder's own STATUS says (asked in parallel, at most 64).
 //! - `promote UUID`: reserved for failover; the node answers "not supported yet".
 //! - `status --watch [--count N] [--interval-ms MS]`: asks again every second (or MS), and
 //!   redraws the table (clear screen, table) until Ctrl-C, or N times; with `--json`, one
@@ -17,6 +20,12 @@
 //!   first digest of the whole database included: a node gives up a scan at that deadline, so
 //!   raise it for databases of many millions of entries (106,179 entries digest in about 40 ms
 //!   per side in a release build here).
+//! - `replicate UUID --name NAME`: the node starts a copy of the database under NAME in its
+//!   data directory, following whichever holders its gossip knows, and keeps it across
+//!   restarts; `unreplicate UUID` stops that copy (its files stay).
+//!
+//! `--to UUID` asks another node of the mesh through the one at `--node` (a FORWARD: that node
+//! reaches the other at the address its gossip view holds, with its own cluster secret).
 //!
 //! Tables for people by default, `--json` (one object) for scripts. Exit codes: 0 the command
 //! succeeded, 1 the node answered with an error, 2 the node could not be asked (no connection,
@@ -31,7 +40,7 @@ use std::time::Duration;
 
 use pagemesh::net::control;
 use pagemesh::net::diff::{DiffOptions, DiffReport, Version};
-use pagemesh::net::proto::command::{Command, Reply};
+use pagemesh::net::proto::command::{Command, DatabaseStatus, Holder, Reply};
 use serde_json::json;
 
 /// Options of `pagemesh ctl`.
@@ -49,6 +58,10 @@ pub struct CtlArgs {
     /// How long to wait for the answer, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     timeout_ms: u64,
+    /// Ask this node (by uuid) instead, through the one at --node, which reaches it at the
+    /// address its gossip view holds.
+    #[arg(long)]
+    to: Option<uuid::Uuid>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -89,6 +102,19 @@ enum CtlCommand {
         /// The database's uuid.
         database: uuid::Uuid,
     },
+    /// Start a copy of a database on the node, kept across its restarts.
+    Replicate {
+        /// The database's uuid.
+        database: uuid::Uuid,
+        /// The copy's directory name in the node's data directory (default: the uuid).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop a copy that `replicate` started (its files stay).
+    Unreplicate {
+        /// The database's uuid.
+        database: uuid::Uuid,
+    },
 }
 
 /// Runs `pagemesh ctl`.
@@ -101,9 +127,9 @@ pub fn run(args: &CtlArgs) -> ExitCode {
         }
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
-    let command = match args.command {
+    let command = match &args.command {
         CtlCommand::Status { watch: false, .. } => Command::Status,
-        CtlCommand::Status {
+        &CtlCommand::Status {
             watch: true,
             count,
             interval_ms,
@@ -111,19 +137,35 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             let interval = Duration::from_millis(interval_ms.max(1));
             return watch_status(args, secret.as_deref(), timeout, interval, count);
         }
-        CtlCommand::Lookup { database } => Command::Lookup { database },
-        CtlCommand::Promote { database } => Command::Promote { database },
-        CtlCommand::Diff {
+        &CtlCommand::Lookup { database } => Command::Lookup { database },
+        &CtlCommand::Promote { database } => Command::Promote { database },
+        CtlCommand::Replicate { database, name } => Command::Replicate {
+            database: *database,
+            name: name.clone().unwrap_or_else(|| database.to_string()),
+        },
+        &CtlCommand::Unreplicate { database } => Command::Unreplicate { database },
+        &CtlCommand::Diff {
             database,
             with,
             max_differences,
         } => {
+            if args.to.is_some() {
+                eprintln!("pagemesh ctl: diff compares --node with --with; --to does not apply");
+                return ExitCode::from(2);
+            }
             let options = DiffOptions {
                 differences_max: max_differences,
                 ..DiffOptions::default()
             };
             return diff(args, secret.as_deref(), timeout, database, with, options);
         }
+    };
+    let command = match args.to {
+        Some(to) => Command::Forward {
+            to,
+            command: Box::new(command),
+        },
+        None => command,
     };
     ask_once(args, secret.as_deref(), timeout, command)
 }
@@ -143,7 +185,14 @@ fn ask_once(
         }
     };
     let failed = matches!(reply, Reply::Error { .. });
-    if args.json {
+    if let (Reply::Lookup(holders), CtlCommand::Lookup { database }) = (&reply, &args.command) {
+        let copies = copies(holders, *database, secret, timeout);
+        if args.json {
+            println!("{}", lookup_json(holders, &copies));
+        } else {
+            print!("{}", lookup_table(holders, &copies));
+        }
+    } else if args.json {
         println!("{}", to_json(&reply));
     } else {
         print!("{}", to_table(&reply));
@@ -168,7 +217,14 @@ fn watch_status(
     let mut answers = 0u64;
     loop {
         let started = std::time::Instant::now();
-        let outcome = control::request(args.node, secret, Command::Status, timeout);
+        let command = match args.to {
+            Some(to) => Command::Forward {
+                to,
+                command: Box::new(Command::Status),
+            },
+            None => Command::Status,
+        };
+        let outcome = control::request(args.node, secret, command, timeout);
         let code = match &outcome {
             Ok(Reply::Error { .. }) => 1,
             Ok(_) => 0,
@@ -374,6 +430,92 @@ fn secret(args: &CtlArgs) -> Result<Option<Vec<u8>>, String> {
         .map(String::into_bytes))
 }
 
+/// The most holders whose copies `lookup` describes (it asks each for its STATUS).
+const LOOKUP_DESCRIBED_MAX: usize = 64;
+
+/// Each holder's copy of `database`, as its own STATUS says (asked in parallel, each within
+/// `timeout`), or why it could not be asked.
+fn copies(
+    holders: &[Holder],
+    database: uuid::Uuid,
+    secret: Option<&[u8]>,
+    timeout: Duration,
+) -> Vec<Result<DatabaseStatus, String>> {
+    std::thread::scope(|scope| {
+        let asked: Vec<_> = holders
+            .iter()
+            .take(LOOKUP_DESCRIBED_MAX)
+            .map(|holder| {
+                scope.spawn(move || {
+                    match control::request(holder.addr, secret, Command::Status, timeout) {
+                        Ok(Reply::Status(status)) => status
+                            .databases
+                            .into_iter()
+                            .find(|db| db.database == database)
+                            .ok_or_else(|| "no longer serves it".to_string()),
+                        Ok(Reply::Error { reason }) => Err(reason),
+                        Ok(_) => Err("answered STATUS with something else".into()),
+                        Err(error) => Err(error.to_string()),
+                    }
+                })
+            })
+            .collect();
+        asked
+            .into_iter()
+            .map(|asked| {
+                asked
+                    .join()
+                    .unwrap_or_else(|_| Err("asking it panicked".into()))
+            })
+            .collect()
+    })
+}
+
+/// A LOOKUP's holders with their copies: role, epoch and positions.
+fn lookup_json(holders: &[Holder], copies: &[Result<DatabaseStatus, String>]) -> serde_json::Value {
+    json!({
+        "holders": holders.iter().enumerate().map(|(index, h)| {
+            let mut entry = json!({ "node": h.node.to_string(), "addr": h.addr.to_string() });
+            match copies.get(index) {
+                Some(Ok(copy)) => {
+                    entry["role"] = json!(if copy.relay { "relay" } else { "origin" });
+                    entry["epoch"] = json!(copy.epoch);
+                    entry["committed_lsn"] = json!(copy.committed_lsn);
+                    entry["applied_lsn"] = json!(copy.applied_lsn);
+                    entry["durable_lsn"] = json!(copy.durable_lsn);
+                }
+                Some(Err(error)) => entry["error"] = json!(error),
+                None => {}
+            }
+            entry
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn lookup_table(holders: &[Holder], copies: &[Result<DatabaseStatus, String>]) -> String {
+    let mut out = format!(
+        "{:<36}  {:<21}  {:<6}  {:>5}  {:>13}  {:>13}  {:>13}\n",
+        "node", "address", "role", "epoch", "committed", "applied", "durable"
+    );
+    for (index, holder) in holders.iter().enumerate() {
+        out += &match copies.get(index) {
+            Some(Ok(copy)) => format!(
+                "{:<36}  {:<21}  {:<6}  {:>5}  {:>13}  {:>13}  {:>13}\n",
+                holder.node,
+                holder.addr,
+                if copy.relay { "relay" } else { "origin" },
+                copy.epoch,
+                copy.committed_lsn,
+                copy.applied_lsn,
+                copy.durable_lsn
+            ),
+            Some(Err(error)) => format!("{:<36}  {:<21}  ({error})\n", holder.node, holder.addr),
+            None => format!("{:<36}  {}\n", holder.node, holder.addr),
+        };
+    }
+    out
+}
+
 fn to_json(reply: &Reply) -> serde_json::Value {
     match reply {
         Reply::Error { reason } => json!({ "error": reason }),
@@ -387,6 +529,22 @@ fn to_json(reply: &Reply) -> serde_json::Value {
                 "relay": db.relay,
                 "committed_lsn": db.committed_lsn,
                 "links": db.links,
+                "epoch": db.epoch,
+                "applied_lsn": db.applied_lsn,
+                "durable_lsn": db.durable_lsn,
+                "ring_slots": db.ring_slots,
+                "ring_used": db.ring_used,
+                "upstream": db.upstream.map(|addr| addr.to_string()),
+                "last_error": db.last_error,
+                "replicas": db.replicas.iter().map(|r| json!({
+                    "node": r.node.to_string(),
+                    "name": r.name,
+                    "state": r.state.name(),
+                    "received_lsn": r.received_lsn,
+                    "lag_pages": r.lag_pages,
+                    "lag_bytes": r.lag_bytes,
+                    "lag_ms": r.lag_ms,
+                })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }),
         Reply::Lookup(holders) => json!({
@@ -397,6 +555,7 @@ fn to_json(reply: &Reply) -> serde_json::Value {
         }),
         // `diff` prints its own report; ctl never asks these alone.
         Reply::Digest(_) | Reply::Entries { .. } => json!({ "error": "an unexpected reply" }),
+        Reply::Done { message } => json!({ "done": message }),
     }
 }
 
@@ -424,6 +583,34 @@ fn to_table(reply: &Reply) -> String {
                     db.committed_lsn,
                     db.links
                 );
+                out += &format!(
+                    "  epoch {}, applied {}, durable {}, ring {} of {} pages in use{}{}\n",
+                    db.epoch,
+                    db.applied_lsn,
+                    db.durable_lsn,
+                    db.ring_used,
+                    db.ring_slots,
+                    db.upstream
+                        .map(|addr| format!(", following {addr}"))
+                        .unwrap_or_default(),
+                    if db.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", last error: {}", db.last_error)
+                    }
+                );
+                for replica in &db.replicas {
+                    out += &format!(
+                        "  replica {} ({}) {}: received {}, behind {} pages, {} bytes, {} ms\n",
+                        replica.name,
+                        replica.node,
+                        replica.state.name(),
+                        replica.received_lsn,
+                        replica.lag_pages,
+                        replica.lag_bytes,
+                        replica.lag_ms
+                    );
+                }
             }
             out
         }
@@ -435,5 +622,6 @@ fn to_table(reply: &Reply) -> String {
             out
         }
         Reply::Digest(_) | Reply::Entries { .. } => "error: an unexpected reply\n".into(),
+        Reply::Done { message } => format!("{message}\n"),
     }
 }

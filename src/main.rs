@@ -104,7 +104,7 @@ enum Bench {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "none,async,sync,sync-durable,durable,durable-neighbour"
+            default_value = "none,async,sync,sync-durable,durable,durable-neighbour,sync-durable-apart"
         )]
         variants: Vec<String>,
         /// Socket event loop: auto, uring or epoll.
@@ -324,7 +324,7 @@ fn bench_mesh(seeds: u64, json: bool) -> Result<(), Box<dyn std::error::Error>> 
     }
     if !json {
         println!(
-            "{:<11} {:>5} {:>6} {:>10} {:>9} {:>7} {:>10} {:>10} {:>10}",
+            "{:<11} {:>5} {:>6} {:>10} {:>9} {:>7} {:>10} {:>10} {:>10} {:>8} {:>13} {:>9} {:>7}",
             "graph",
             "nodes",
             "links",
@@ -333,7 +333,11 @@ fn bench_mesh(seeds: u64, json: bool) -> Result<(), Box<dyn std::error::Error>> 
             "/(N-1)",
             "tree p50",
             "tree p99",
-            "flood last"
+            "flood last",
+            "stretch",
+            "p50 no-speed",
+            "stretch0",
+            "moves"
         );
     }
     let mut broken = 0;
@@ -342,7 +346,7 @@ fn bench_mesh(seeds: u64, json: bool) -> Result<(), Box<dyn std::error::Error>> 
         broken += row.violations;
         pagemesh_tools::bench::print_rows(std::slice::from_ref(&row), json, |r| {
             format!(
-                "{:<11} {:>5} {:>6.0} {:>10.2} {:>9.0} {:>7.3} {:>8.1}ms {:>8.1}ms {:>8.1}ms",
+                "{:<11} {:>5} {:>6.0} {:>10.2} {:>9.0} {:>7.3} {:>8.1}ms {:>8.1}ms {:>8.1}ms {:>8.3} {:>11.1}ms {:>9.3} {:>7.1}",
                 r.graph,
                 r.nodes,
                 r.links,
@@ -351,7 +355,11 @@ fn bench_mesh(seeds: u64, json: bool) -> Result<(), Box<dyn std::error::Error>> 
                 r.tree_over_n_minus_1,
                 r.tree_last_node_p50_ms,
                 r.tree_last_node_p99_ms,
-                r.flooding_last_node_ms
+                r.flooding_last_node_ms,
+                r.stretch,
+                r.last_node_p50_without_speed_grafts_ms,
+                r.stretch_without_speed_grafts,
+                r.speed_grafts_per_seed
             )
         })?;
     }

@@ -47,9 +47,19 @@ impl NodeProcess {
     /// Starts `pagemesh node --config config` and waits for its listening address and its
     /// database line.
     fn start(config: &Path) -> Self {
+        Self::start_until(config, "role replica")
+    }
+
+    /// Starts `pagemesh node --config config` and waits for its listening address and a line
+    /// that contains `marker`. The node logs at `warn`, or at the level in env `NODE_LOG`
+    /// (`NODE_LOG=info cargo test --test mesh` shows every link, refusal and graft).
+    fn start_until(config: &Path, marker: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
             .args(["node", "--config", config.to_str().expect("utf-8 path")])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("NODE_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -62,7 +72,7 @@ impl NodeProcess {
             if let Some((_, at)) = line.split_once(" listening on ") {
                 addr = Some(at.parse().expect("an address"));
             }
-            if line.contains("role replica") {
+            if line.contains(marker) {
                 break;
             }
         }
@@ -163,6 +173,21 @@ fn wait_held_by(db: &Database, nodes: u32, what: &str) {
     }
 }
 
+/// The origin, a `Node` in the test process, listening on loopback: the tests' short heartbeat,
+/// but `pagemesh node`'s default link timeout (5 s). The processes it serves heartbeat at their
+/// default 1 s, so the tests' 1 s timeout would drop an idle link to one whenever a heartbeat
+/// came late (an empty database's links carry nothing else): that flaked the gossip test, whose
+/// writes wait until every node holds the empty database.
+fn origin_node(name: &str, dir: &Path, transport: TransportKind) -> pagemesh::Node {
+    pagemesh::Node::builder(name, dir.join(name))
+        .transport(transport)
+        .liveness(HEARTBEAT, Duration::from_secs(5))
+        .backoff_max(BACKOFF_MAX)
+        .listen(LOOPBACK.expect("loopback"))
+        .open()
+        .unwrap_or_else(|e| panic!("open node {name} on {transport:?}: {e}"))
+}
+
 /// The one generation of the copy in a node's data directory, opened.
 fn open_copy(dir: &Path, name: &str) -> Database {
     let copy = dir.join(name).join("copy");
@@ -180,7 +205,7 @@ fn open_copy(dir: &Path, name: &str) -> Database {
 fn a_grid_of_processes_relays_reroutes_and_converges(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = node("n00", dir.path(), transport, LOOPBACK, None);
+    let origin = origin_node("n00", dir.path(), transport);
     let db = origin
         .open_database(
             "db",
@@ -304,6 +329,38 @@ fn a_grid_of_processes_relays_reroutes_and_converges_on_io_uring() {
     a_grid_of_processes_relays_reroutes_and_converges(TransportKind::Uring, "uring");
 }
 
+/// The start of every chain below: the origin, a `Node` in this process serving `db` with
+/// `sync_replicas` synchronous replicas, and node `a`, a `pagemesh node` process that follows
+/// it and gossips with it.
+fn origin_and_a(
+    dir: &Path,
+    transport: TransportKind,
+    name: &str,
+    sync_replicas: usize,
+) -> (pagemesh::Node, Database, NodeProcess) {
+    let origin = origin_node("origin", dir, transport);
+    let db = origin
+        .open_database(
+            "db",
+            options(1024).replication_timeout(Duration::from_secs(5)),
+        )
+        .expect("open the origin's database");
+    origin.serve(&db, sync_replicas);
+    let origin_addr = origin.local_addr().expect("the origin listens");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let a_config = write_mesh_config(
+        dir,
+        "a",
+        name,
+        any_port,
+        &[origin_addr],
+        &[origin_addr],
+        db.uuid(),
+    );
+    let a = NodeProcess::start(&a_config);
+    (origin, db, a)
+}
+
 /// Membership by gossip over real processes: a chain `origin – a – b – c` in which each node
 /// knows only its neighbour towards the origin as a *peer*, and only `a` names a source. `b` and
 /// `c` replicate a database they have never seen, knowing its uuid and one peer: they learn from
@@ -313,26 +370,9 @@ fn a_grid_of_processes_relays_reroutes_and_converges_on_io_uring() {
 fn a_node_knowing_one_peer_discovers_its_holders(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = node("origin", dir.path(), transport, LOOPBACK, None);
-    let db = origin
-        .open_database(
-            "db",
-            options(1024).replication_timeout(Duration::from_secs(5)),
-        )
-        .expect("open the origin's database");
-    origin.serve(&db, 3);
-    let origin_addr = origin.local_addr().expect("the origin listens");
+    // The origin node lives to the end: dropping it stops its network.
+    let (_origin, db, a) = origin_and_a(dir.path(), transport, name, 3);
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let a_config = write_mesh_config(
-        dir.path(),
-        "a",
-        name,
-        any_port,
-        &[origin_addr],
-        &[origin_addr],
-        db.uuid(),
-    );
-    let a = NodeProcess::start(&a_config);
     let b_config = write_mesh_config(dir.path(), "b", name, any_port, &[], &[a.addr], db.uuid());
     let b = NodeProcess::start(&b_config);
     let c_config = write_mesh_config(dir.path(), "c", name, any_port, &[], &[b.addr], db.uuid());
@@ -408,26 +448,9 @@ fn ctl(node: SocketAddr, args: &[&str]) -> (i32, serde_json::Value) {
 fn the_command_channel_answers_over_real_processes(transport: TransportKind, name: &str) {
     init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
-    let origin = node("origin", dir.path(), transport, LOOPBACK, None);
-    let db = origin
-        .open_database(
-            "db",
-            options(1024).replication_timeout(Duration::from_secs(5)),
-        )
-        .expect("open the origin's database");
-    origin.serve(&db, 2);
+    let (origin, db, a) = origin_and_a(dir.path(), transport, name, 2);
     let origin_addr = origin.local_addr().expect("the origin listens");
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let a_config = write_mesh_config(
-        dir.path(),
-        "a",
-        name,
-        any_port,
-        &[origin_addr],
-        &[origin_addr],
-        db.uuid(),
-    );
-    let a = NodeProcess::start(&a_config);
     let b_config = write_mesh_config(dir.path(), "b", name, any_port, &[], &[a.addr], db.uuid());
     let b = NodeProcess::start(&b_config);
     let ledger = Ledger::default();
@@ -449,22 +472,77 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     assert_eq!(copy["relay"], true);
     let committed = copy["committed_lsn"].as_u64().expect("committed_lsn");
     assert!(committed > 0 && committed <= db.received_lsn(), "{status}");
+    // Its positions, the holder it follows, and its replica b with its lag, once b caught up.
+    let status = eventually("a reports b caught up", PATIENCE, || {
+        let (code, status) = ctl(a.addr, &["status"]);
+        let copy = &status["databases"][0];
+        let b = &copy["replicas"][0];
+        (code == 0
+            && copy["applied_lsn"] == copy["committed_lsn"]
+            && b["name"] == "b"
+            && b["lag_pages"] == 0)
+            .then_some(status)
+    });
+    let copy = &status["databases"][0];
+    let committed = copy["committed_lsn"].as_u64().expect("committed_lsn");
+    assert!(copy["durable_lsn"].as_u64().expect("durable_lsn") <= committed);
+    assert!(
+        copy["ring_slots"].as_u64().expect("ring_slots") > 0,
+        "{status}"
+    );
+    assert!(copy["ring_used"].as_u64().expect("ring_used") <= copy["ring_slots"].as_u64().unwrap());
+    assert!(copy["epoch"].is_u64(), "{status}");
+    assert_eq!(copy["upstream"], origin_addr.to_string(), "{status}");
+    assert_eq!(copy["last_error"], "", "{status}");
+    let b_copy = &copy["replicas"][0];
+    assert_eq!(b_copy["received_lsn"], committed, "{status}");
+    assert_eq!(
+        (b_copy["lag_bytes"].as_u64(), b_copy["lag_ms"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert!(
+        ["sync", "async"].contains(&b_copy["state"].as_str().unwrap_or("")),
+        "{status}"
+    );
 
     let uuid = db.uuid().to_string();
-    let holders = eventually("b finds every holder", PATIENCE, || {
+    let found = eventually("b finds every holder", PATIENCE, || {
         let (code, found) = ctl(b.addr, &["lookup", &uuid]);
-        let addrs: Vec<String> = found["holders"]
-            .as_array()
-            .map(|h| h.iter().map(|h| h["addr"].to_string()).collect())
-            .unwrap_or_default();
-        (code == 0 && addrs.len() == 3).then_some(addrs)
+        (code == 0 && found["holders"].as_array().is_some_and(|h| h.len() == 3)).then_some(found)
     });
-    for holder in [origin_addr, a.addr, b.addr] {
-        assert!(
-            holders.contains(&format!("\"{holder}\"")),
-            "{holder} in {holders:?}"
-        );
+    let holders = found["holders"].as_array().expect("holders");
+    // Each with its copy as its own STATUS says: the origin's, and the two relays'.
+    for (holder, role) in [
+        (origin_addr, "origin"),
+        (a.addr, "relay"),
+        (b.addr, "relay"),
+    ] {
+        let entry = holders
+            .iter()
+            .find(|h| h["addr"] == holder.to_string())
+            .unwrap_or_else(|| panic!("{holder} in {found}"));
+        assert_eq!(entry["role"], role, "{found}");
+        let committed = entry["committed_lsn"].as_u64().expect("committed_lsn");
+        assert!(committed > 0 && committed <= db.received_lsn(), "{found}");
+        assert!(entry["applied_lsn"].as_u64().expect("applied_lsn") <= committed);
+        assert!(entry["epoch"].is_u64(), "{found}");
     }
+
+    // Any node answers for another it knows by gossip: b forwards to a.
+    let a_node = status["node"].as_str().expect("a's uuid").to_string();
+    let (code, through_b) = ctl(b.addr, &["--to", &a_node, "status"]);
+    assert_eq!(code, 0, "{through_b}");
+    assert_eq!(through_b["name"], "a", "{through_b}");
+    assert_eq!(through_b["node"], a_node.as_str());
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let (code, unknown) = ctl(b.addr, &["--to", &stranger, "status"]);
+    assert_eq!(code, 1, "{unknown}");
+    assert!(
+        unknown["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not in this node's view")),
+        "{unknown}"
+    );
 
     let (code, refused) = ctl(a.addr, &["promote", &uuid]);
     assert_eq!(code, 1, "{refused}");
@@ -478,6 +556,115 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     assert_eq!(code, 2, "no node there");
     b.stop("b");
     a.stop("a");
+}
+
+/// The config of a node that listens anywhere on loopback, gossips with `peers`, and has no
+/// database of its own.
+fn write_bare_config(dir: &Path, name: &str, transport: &str, peers: &[SocketAddr]) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let peers: Vec<String> = peers.iter().map(|a| format!("\"{a}\"")).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ntransport = \"{transport}\"\n\
+             peers = [{}]\n",
+            dir.join(name).display(),
+            peers.join(", "),
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// REPLICATE and UNREPLICATE over real processes. `pagemesh ctl replicate` makes node c, which
+/// had no database, start a copy (the third, beside the origin's and a's); it catches up and
+/// counts for `Replicated(2)`. c keeps it across a restart (catching up with what was written
+/// while it was down) without being asked again. Commands it cannot carry out are answered with
+/// errors and exit code 1: a second copy of the same database, a name that is not one
+/// directory, an UNREPLICATE of a copy it does not keep. `unreplicate` stops the copy, which
+/// holds every commit, and it stays stopped across the next restart.
+fn commands_start_and_stop_copies(transport: TransportKind, name: &str) {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_origin, db, a) = origin_and_a(dir.path(), transport, name, 2);
+    let c_config = write_bare_config(dir.path(), "c", name, &[a.addr]);
+    let c = NodeProcess::start_until(&c_config, " listening on ");
+    let ledger = Ledger::default();
+    let mut workload = bulk_workload(SEED ^ 15, 0);
+    ledger.run(&db, &mut workload, 10, &[Replicated(1)], &no_check);
+
+    let uuid = db.uuid().to_string();
+    let (code, done) = ctl(c.addr, &["replicate", &uuid, "--name", "copy"]);
+    assert_eq!(code, 0, "{done}");
+    assert!(
+        done["done"]
+            .as_str()
+            .is_some_and(|d| d.contains("replicating") && d.contains(&uuid)),
+        "{done}"
+    );
+    wait_held_by(&db, 2, "c's new copy caught up");
+    ledger.run(&db, &mut workload, 10, &[Replicated(2)], &no_check);
+
+    c.stop("c");
+    ledger.run(&db, &mut workload, 10, &[Replicated(1)], &no_check);
+    let c = NodeProcess::start_until(&c_config, " listening on ");
+    wait_held_by(&db, 2, "c took its copy up again after a restart");
+    let status = eventually("c serves its copy", PATIENCE, || {
+        let (code, status) = ctl(c.addr, &["status"]);
+        (code == 0 && status["databases"].as_array().is_some_and(|d| d.len() == 1))
+            .then_some(status)
+    });
+    let copy = &status["databases"][0];
+    assert_eq!(copy["database"], uuid);
+    assert_eq!(copy["origin"], db.origin_uuid().to_string());
+    assert_eq!(copy["relay"], true);
+
+    let (code, twice) = ctl(c.addr, &["replicate", &uuid, "--name", "other"]);
+    assert_eq!(code, 1, "{twice}");
+    assert!(
+        twice["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already keeps a copy")),
+        "{twice}"
+    );
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let (code, bad_name) = ctl(c.addr, &["replicate", &stranger, "--name", "../escape"]);
+    assert_eq!(code, 1, "{bad_name}");
+    assert!(!dir.path().join("escape").exists());
+    let (code, unknown) = ctl(c.addr, &["unreplicate", &stranger]);
+    assert_eq!(code, 1, "{unknown}");
+
+    let (code, stopped) = ctl(c.addr, &["unreplicate", &uuid]);
+    assert_eq!(code, 0, "{stopped}");
+    eventually("c no longer serves the copy", PATIENCE, || {
+        let (code, status) = ctl(c.addr, &["status"]);
+        (code == 0 && status["databases"].as_array().is_some_and(|d| d.is_empty())).then_some(())
+    });
+    c.stop("c");
+    let copy = open_copy(dir.path(), "c");
+    assert_model(&copy, &ledger, "c's copy, stopped by UNREPLICATE");
+    drop(copy);
+
+    let c = NodeProcess::start_until(&c_config, " listening on ");
+    let (code, status) = ctl(c.addr, &["status"]);
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(
+        status["databases"].as_array().map(Vec::len),
+        Some(0),
+        "an UNREPLICATE outlives a restart: {status}"
+    );
+    c.stop("c");
+    a.stop("a");
+}
+
+#[test]
+fn commands_start_and_stop_copies_on_epoll() {
+    commands_start_and_stop_copies(TransportKind::Epoll, "epoll");
+}
+
+#[test]
+fn commands_start_and_stop_copies_on_io_uring() {
+    commands_start_and_stop_copies(TransportKind::Uring, "uring");
 }
 
 #[test]

@@ -164,12 +164,10 @@ fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
 
 on_both_transports!(a_relay_behind_refuses_a_replica_ahead_of_it);
 
-/// A relay that is alive but stalled (cut off from its own upstream) fails nothing, yet its
-/// replica gets the pages: it watches its other holder (the primary), hears in HAVE frames of
-/// pages the relay does not deliver, and grafts the primary once the graft timeout passes.
-/// Every `Replicated(1)` commit made while the relay is stalled is held by the leaf when it
-/// returns; once the relay is back, both hold every `Replicated(2)` commit.
-fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
+/// A primary behind a fault proxy, a relay that follows it through the proxy, and a leaf that
+/// lists the relay first and the primary (directly) second, so it follows the relay and watches
+/// the primary.
+fn relay_and_leaf(transport: TransportKind) -> (Pair, Follower, Follower) {
     let pair = Pair::builder(transport)
         .ring_slots(256)
         .sync_replicas(2)
@@ -183,6 +181,16 @@ fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
         .holders(vec![relay.addr(), pair.addr()])
         .start();
     leaf.wait_following();
+    (pair, relay, leaf)
+}
+
+/// A relay that is alive but stalled (cut off from its own upstream) fails nothing, yet its
+/// replica gets the pages: it watches its other holder (the primary), hears in HAVE frames of
+/// pages the relay does not deliver, and grafts the primary once the graft timeout passes.
+/// Every `Replicated(1)` commit made while the relay is stalled is held by the leaf when it
+/// returns; once the relay is back, both hold every `Replicated(2)` commit.
+fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
+    let (pair, relay, leaf) = relay_and_leaf(transport);
     let (db, proxy) = (&pair.db, pair.proxy());
     let ledger = Ledger::default();
     let both = [&*relay, &*leaf];
@@ -208,6 +216,48 @@ fn a_replica_grafts_away_from_a_stalled_relay(transport: TransportKind) {
 }
 
 on_both_transports!(a_replica_grafts_away_from_a_stalled_relay);
+
+/// A relay that keeps up but is slow (its own link to the primary delays every byte 80 ms) is
+/// left for a faster path: the leaf lists the relay first, watches the primary, hears in its
+/// HAVE frames of pages the relay delivers 80 ms later, each of three times in a row, and
+/// grafts the primary for speed (`route::Graft::Faster`). Every `Replicated(2)` commit is held
+/// by both throughout, and nothing is lost in the move.
+fn a_replica_moves_to_a_faster_path(transport: TransportKind) {
+    let (pair, relay, leaf) = relay_and_leaf(transport);
+    let (db, proxy) = (&pair.db, pair.proxy());
+    let ledger = Ledger::default();
+    let both = [&*relay, &*leaf];
+    bulk_round(&ledger, db, 0, 10, Replicated(2), &both);
+    assert_eq!(leaf.status().upstream, Some(relay.addr()));
+    assert_eq!(
+        leaf.status().grafts,
+        0,
+        "no move while the paths are equally fast"
+    );
+
+    proxy.set_delay(std::time::Duration::from_millis(80));
+    let mut round = 1;
+    while leaf.status().upstream != Some(pair.addr()) && round <= 40 {
+        bulk_round(&ledger, db, round, 5, Replicated(2), &both);
+        round += 1;
+    }
+    let moved = leaf.status();
+    assert_eq!(
+        moved.upstream,
+        Some(pair.addr()),
+        "the leaf still follows the slow relay after {round} rounds: {moved:?}"
+    );
+    assert_eq!(moved.grafts, 1, "one move, no swinging back: {moved:?}");
+
+    proxy.set_delay(std::time::Duration::ZERO);
+    bulk_round(&ledger, db, round, 20, Replicated(2), &both);
+    assert_eq!(leaf.status().grafts, 1, "{:?}", leaf.status());
+    ledger.assert_clean("a slow relay left for a faster path");
+    assert_converged(db, &relay, &ledger, "relay, slow");
+    assert_converged(db, &leaf, &ledger, "leaf, moved");
+}
+
+on_both_transports!(a_replica_moves_to_a_faster_path);
 
 /// Two relays that list each other as holders never end up following each other. With the
 /// primary cut off from both, the first to move over is admitted by the other; the other's

@@ -42,15 +42,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink};
+use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink, ReplicaState};
 use pagemesh_logpage::Log;
 use pagemesh_net::diff::{self, ScanEntry};
 use pagemesh_net::proto::command::KeyRange;
 use pagemesh_net::proto::PeerEntry;
+use pagemesh_net::Controller;
 use pagemesh_net::{
-    AckSink, BoxError, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase, ReplicaStore,
-    RuntimeKind, Service, ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus,
-    TransportKind,
+    AckSink, BoxError, CopyReport, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase,
+    ReplicaReport, ReplicaStore, RuntimeKind, Service, ServiceConfig, SourceDatabase, Subscription,
+    SubscriptionStatus, TransportKind,
 };
 use uuid::Uuid;
 
@@ -98,6 +99,17 @@ pub enum NodeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The list of commanded copies ([`COMMANDED_REPLICAS_FILE`]) has a line that is not
+    /// `uuid name`.
+    #[error("{path} line {line}: {reason} (fix or remove the line to start the node)")]
+    CommandedReplicas {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The binlog skipped a page: a source never ships a gap.
     #[error("binlog gap: expected page {expected}, found {found}")]
     BinlogGap {
@@ -107,6 +119,11 @@ pub enum NodeError {
         found: u64,
     },
 }
+
+mod commanded;
+
+use commanded::Commanded;
+pub use commanded::{COMMANDED_REPLICAS_FILE, COMMANDED_REPLICAS_MAX};
 
 /// The file in a node's data directory that holds its uuid: created once, on the node's first
 /// open, and read on every open after, so a node keeps its identity across restarts (peers,
@@ -214,11 +231,23 @@ impl NodeBuilder {
             source,
         })?;
         let node = node_identity(&self.data_dir)?;
+        let service = Arc::new(Service::start(self.config.node(node))?);
+        let open = Arc::new(Mutex::new(HashMap::new()));
+        let watched = Arc::new(Mutex::new(Watched::default()));
+        let commanded = Arc::new(Commanded::new(
+            Arc::downgrade(&service),
+            self.data_dir.clone(),
+            Arc::clone(&open),
+            Arc::clone(&watched),
+        ));
+        commanded.restore()?;
+        service.set_controller(Arc::clone(&commanded) as Arc<dyn Controller>);
         Ok(Node {
-            service: Service::start(self.config.node(node))?,
+            service,
             data_dir: self.data_dir,
-            open: Arc::new(Mutex::new(HashMap::new())),
-            watched: Mutex::new(Watched::default()),
+            open,
+            watched,
+            commanded,
         })
     }
 }
@@ -227,13 +256,16 @@ impl NodeBuilder {
 /// keeps replicas of other nodes' databases. `Send + Sync`.
 #[derive(Debug)]
 pub struct Node {
-    service: Service,
+    /// Shared with the controller, which holds it weakly.
+    service: Arc<Service>,
     data_dir: PathBuf,
     /// Directories in use (databases and replicas), to refuse opening one twice. Shared with each
     /// [`Replica`], which gives its directory back when dropped.
     open: Arc<Mutex<HashMap<PathBuf, ()>>>,
     /// What [`Node::metrics`] reports on.
-    watched: Mutex<Watched>,
+    watched: Arc<Mutex<Watched>>,
+    /// The copies REPLICATE commands started.
+    commanded: Arc<Commanded>,
 }
 
 /// The databases [`Node::metrics`] reports: names by uuid (from [`Node::open_database`]), the
@@ -357,18 +389,8 @@ impl Node {
         self.service.runtime()
     }
 
-    /// `name` under the data directory (or `name` itself if it is an absolute path), unless it is
-    /// already in use on this node.
     fn claim(&self, name: &str) -> Result<PathBuf, NodeError> {
-        let path = self.data_dir.join(name);
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if open.insert(path.clone(), ()).is_some() {
-            return Err(NodeError::AlreadyOpen { name: name.into() });
-        }
-        Ok(path)
+        claim(&self.data_dir, &self.open, name)
     }
 
     /// Opens (or creates) the database `name` in the data directory (or at `name`, if it is an
@@ -418,7 +440,9 @@ impl Node {
     /// With more than one holder the replica also watches the others (a lazy link each, HAVE
     /// frames) and moves to one that offers pages its current holder has not delivered within
     /// the graft timeout, so a relay that is alive but stalled is routed around as well
-    /// (`ServiceConfig::graft_timeout`).
+    /// (`ServiceConfig::graft_timeout`); and to one whose pages keep coming sooner than its
+    /// current holder delivers them, by the switch lead, so the tree settles on faster paths
+    /// (`ServiceConfig::switch_lead`, 20 ms: on a LAN it moves only off stalls).
     ///
     /// List holders nearer the origin than this node, nearest first. Two replicas that list each
     /// other never follow one another: a holder refuses a replica on its own way to the origin,
@@ -463,25 +487,67 @@ impl Node {
         options: Options,
         subscribe: impl FnOnce(&Service, Arc<ReplicaSlot>) -> Result<Subscription, pagemesh_net::Error>,
     ) -> Result<Replica, NodeError> {
-        let path = self.claim(name)?;
-        let claim = Claim {
-            open: Arc::clone(&self.open),
-            path: path.clone(),
-        };
-        let slot = Arc::new(ReplicaSlot::open(name, &path, options)?);
-        let subscription = Arc::new(subscribe(&self.service, slot.clone())?);
-        lock(&self.watched).replicas.push((
-            name.to_string(),
-            Arc::downgrade(&slot),
-            Arc::downgrade(&subscription),
-        ));
-        Ok(Replica {
-            name: name.to_string(),
-            slot,
-            subscription,
-            _claim: claim,
-        })
+        start_replica(
+            &self.service,
+            &self.data_dir,
+            &self.open,
+            &self.watched,
+            name,
+            options,
+            subscribe,
+        )
     }
+
+    /// The copies that REPLICATE commands started on this node and that UNREPLICATE has not
+    /// stopped (kept across restarts in [`COMMANDED_REPLICAS_FILE`]): database and name.
+    pub fn commanded_replicas(&self) -> Vec<(Uuid, String)> {
+        self.commanded.list()
+    }
+}
+
+/// `name` under `data_dir` (or `name` itself if it is an absolute path), unless it is already
+/// in use on this node (`open`).
+fn claim(
+    data_dir: &Path,
+    open: &Mutex<HashMap<PathBuf, ()>>,
+    name: &str,
+) -> Result<PathBuf, NodeError> {
+    let path = data_dir.join(name);
+    if lock(open).insert(path.clone(), ()).is_some() {
+        return Err(NodeError::AlreadyOpen { name: name.into() });
+    }
+    Ok(path)
+}
+
+/// Claims `name`, opens its replica slot and subscribes it with `subscribe`; the node's
+/// metrics watch it from then on.
+fn start_replica(
+    service: &Service,
+    data_dir: &Path,
+    open: &Arc<Mutex<HashMap<PathBuf, ()>>>,
+    watched: &Mutex<Watched>,
+    name: &str,
+    options: Options,
+    subscribe: impl FnOnce(&Service, Arc<ReplicaSlot>) -> Result<Subscription, pagemesh_net::Error>,
+) -> Result<Replica, NodeError> {
+    let path = claim(data_dir, open, name)?;
+    let claim = Claim {
+        open: Arc::clone(open),
+        path: path.clone(),
+    };
+    let slot = Arc::new(ReplicaSlot::open(name, &path, options)?);
+    let subscription = Arc::new(subscribe(service, slot.clone())?);
+    lock(watched).replicas.push((
+        name.to_string(),
+        Arc::downgrade(&slot),
+        Arc::downgrade(&subscription),
+    ));
+    Ok(Replica {
+        name: name.to_string(),
+        slot,
+        subscription,
+        _claim: claim,
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -690,6 +756,30 @@ impl SourceDatabase for Wired {
             Some("a restore from a snapshot (re-bootstrap) is under way")
         } else {
             None
+        }
+    }
+
+    fn report(&self) -> CopyReport {
+        let metrics = self.0.metrics();
+        CopyReport {
+            applied_lsn: metrics.applied_lsn,
+            durable_lsn: metrics.durable_lsn,
+            ring_slots: metrics.ring_slots,
+            ring_used_pages: metrics.ring_used_pages,
+            replicas: metrics
+                .replicas
+                .into_iter()
+                .map(|replica| ReplicaReport {
+                    attached: replica.state != ReplicaState::Down,
+                    sync: replica.state == ReplicaState::Sync,
+                    name: replica.name,
+                    node: replica.node,
+                    received_lsn: replica.received_lsn,
+                    lag_pages: replica.lag_pages,
+                    lag_bytes: replica.lag_bytes,
+                    lag_seconds: replica.lag_seconds,
+                })
+                .collect(),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use pagemesh_sim::gossip::{run_gossip, GossipScenario};
@@ -61,6 +61,10 @@ enum Mode {
         /// Cut links, crash nodes and partition the graph while the origin writes.
         #[arg(long)]
         faults: bool,
+        /// Graft a holder whose pages come this many ms sooner, three times in a row ("off":
+        /// never, only off stalls).
+        #[arg(long, default_value = "20", value_parser = parse_switch_lead)]
+        switch_lead_ms: Duration,
     },
     /// The gossip simulator: membership spread by `route::Members` over a random graph, with
     /// nodes crashing and restarting and links cut, partitioned and healed; the views stay
@@ -124,6 +128,15 @@ fn gossip(topology: Topology, seeds: std::ops::Range<u64>) -> ExitCode {
     }
 }
 
+fn parse_switch_lead(text: &str) -> Result<Duration, String> {
+    if text == "off" {
+        return Ok(Duration::MAX);
+    }
+    text.parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|error| format!("{text:?}: {error} (milliseconds, or \"off\")"))
+}
+
 fn parse_grid(text: &str) -> Result<(usize, usize), String> {
     let (width, height) = text
         .split_once('x')
@@ -139,10 +152,15 @@ fn parse_grid(text: &str) -> Result<(usize, usize), String> {
     Ok((width, height))
 }
 
-fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCode {
+fn mesh(
+    topology: Topology,
+    seeds: std::ops::Range<u64>,
+    faults: bool,
+    switch_lead: Duration,
+) -> ExitCode {
     let mut failed = Vec::new();
     println!(
-        "{:>6} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9} {:>7}",
+        "{:>6} {:>5} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9} {:>7}",
         "seed",
         "nodes",
         "links",
@@ -151,7 +169,9 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
         "last p50",
         "last p99",
         "flood",
+        "stretch",
         "grafts",
+        "faster",
         "moves",
         "behind",
         "left",
@@ -161,9 +181,12 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
         "pending"
     );
     for seed in seeds {
-        let outcome = run_mesh(&MeshScenario::new(seed, topology, faults));
+        let outcome = run_mesh(&MeshScenario {
+            switch_lead,
+            ..MeshScenario::new(seed, topology, faults)
+        });
         println!(
-            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>9.1?} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9.1?} {:>7}",
+            "{:>6} {:>5} {:>5} {:>9.2} {:>9.0} {:>9.1?} {:>9.1?} {:>9.1?} {:>7.3} {:>6} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>9.1?} {:>7}",
             seed,
             outcome.nodes,
             outcome.edges,
@@ -172,7 +195,9 @@ fn mesh(topology: Topology, seeds: std::ops::Range<u64>, faults: bool) -> ExitCo
             outcome.last_node_p50,
             outcome.last_node_p99,
             outcome.flooding_last_node,
+            outcome.stretch,
             outcome.grafts,
+            outcome.faster,
             outcome.moves,
             outcome.refusals,
             outcome.loops_left,
@@ -248,6 +273,7 @@ fn main() -> ExitCode {
         seeds,
         first,
         faults,
+        switch_lead_ms,
     }) = args.mesh
     {
         let topology = match grid {
@@ -257,7 +283,12 @@ fn main() -> ExitCode {
                 degree,
             },
         };
-        return mesh(topology, first..first.saturating_add(seeds), faults);
+        return mesh(
+            topology,
+            first..first.saturating_add(seeds),
+            faults,
+            switch_lead_ms,
+        );
     }
     if let Some(seed) = args.seed {
         let scenario = scenario(seed, args.replicas);

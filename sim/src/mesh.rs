@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use pagemesh_net::proto::PATH_MAX;
 use pagemesh_net::route::Receipts;
-use pagemesh_net::route::{admit, refuse_loop, Served, Upstreams, BOOTSTRAP};
+use pagemesh_net::route::{
+    admit, refuse_loop, Graft, Served, Upstreams, BOOTSTRAP, SWITCH_LEAD_DEFAULT,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use uuid::Uuid;
@@ -138,6 +140,9 @@ pub struct MeshScenario {
     pub faults: bool,
     /// A lazy offer of missing pages is grafted after this.
     pub graft_timeout: Duration,
+    /// A holder whose pages come this much sooner, three times in a row, is grafted for speed
+    /// (`Duration::MAX`: never, the routing without `route::Graft::Faster`).
+    pub switch_lead: Duration,
     /// Lazy links hear HAVE at most this often.
     pub have_interval: Duration,
 }
@@ -154,6 +159,7 @@ impl MeshScenario {
             warmup: Duration::from_secs(2),
             faults,
             graft_timeout: Duration::from_millis(300),
+            switch_lead: SWITCH_LEAD_DEFAULT,
             have_interval: Duration::from_millis(50),
         }
     }
@@ -185,6 +191,13 @@ pub struct MeshOutcome {
     pub pages: u64,
     /// Moves to a holder that offered pages the followed one did not deliver (GRAFTs).
     pub grafts: u64,
+    /// Moves to a holder whose pages came steadily sooner than the followed path's
+    /// (`route::Graft::Faster`).
+    pub faster: u64,
+    /// How much longer than the shortest path the tree's way from the origin is, once writing
+    /// stopped: the mean over nodes of (followed path's delay / shortest path's delay); 1.0 is
+    /// the best any routing can do.
+    pub stretch: f64,
     /// Attempts at a holder that ended: failed, refused, or a link that went down.
     pub moves: u64,
     /// Attempts refused by a holder behind the replica.
@@ -332,6 +345,7 @@ struct Mesh<'a> {
     replicated_waits: Vec<Duration>,
     violations: Vec<String>,
     grafts: u64,
+    faster: u64,
     moves: u64,
     refusals: u64,
     loops: u64,
@@ -380,7 +394,7 @@ impl<'a> Mesh<'a> {
                 receipts: Receipts::new(index, count),
                 report_due: false,
                 upstreams: (index != 0)
-                    .then(|| upstreams(&holders[index], scenario.graft_timeout))
+                    .then(|| upstreams(&holders[index], scenario))
                     .flatten(),
                 following: None,
                 attempt: 0,
@@ -407,6 +421,7 @@ impl<'a> Mesh<'a> {
             replicated_waits: Vec::new(),
             violations: Vec::new(),
             grafts: 0,
+            faster: 0,
             moves: 0,
             refusals: 0,
             loops: 0,
@@ -478,6 +493,34 @@ impl<'a> Mesh<'a> {
         self.outcome()
     }
 
+    /// The mean over nodes of (delay along the holders they follow / shortest-path delay), for
+    /// the nodes whose followed holders lead to the origin now.
+    fn stretch(&self, latencies: &BTreeMap<(usize, usize), Duration>) -> f64 {
+        let shortest = shortest_delays(&self.neighbours, latencies);
+        let mut ratios = Vec::new();
+        for (start, &best) in shortest.iter().enumerate().skip(1) {
+            let (mut at, mut delay) = (start, Duration::ZERO);
+            for _ in 0..self.nodes.len() {
+                let Some(Follow { peer, .. }) = self.nodes[at].following else {
+                    break;
+                };
+                delay += latencies[&(at.min(peer), at.max(peer))];
+                at = peer;
+                if at == 0 {
+                    break;
+                }
+            }
+            if at == 0 && best > Duration::ZERO && best != Duration::MAX {
+                ratios.push(delay.as_secs_f64() / best.as_secs_f64());
+            }
+        }
+        if ratios.is_empty() {
+            0.0
+        } else {
+            ratios.iter().sum::<f64>() / ratios.len() as f64
+        }
+    }
+
     fn outcome(self) -> MeshOutcome {
         let nodes = self.nodes.len();
         let warm = self
@@ -509,6 +552,7 @@ impl<'a> Mesh<'a> {
             .iter()
             .map(|(&key, link)| (key, link.latency))
             .collect();
+        let stretch = self.stretch(&latencies);
         MeshOutcome {
             seed: self.scenario.seed,
             violations: self.violations,
@@ -518,9 +562,15 @@ impl<'a> Mesh<'a> {
             flooding_per_page: (2 * self.links.len()) as f64 - (nodes as f64 - 1.0),
             last_node_p50: quantile(0.5),
             last_node_p99: quantile(0.99),
-            flooding_last_node: flooding_delay(&self.neighbours, &latencies),
+            flooding_last_node: shortest_delays(&self.neighbours, &latencies)
+                .into_iter()
+                .filter(|delay| *delay != Duration::MAX)
+                .max()
+                .unwrap_or_default(),
+            stretch,
             pages: self.appended.len() as u64,
             grafts: self.grafts,
+            faster: self.faster,
             moves: self.moves,
             refusals: self.refusals,
             loops: self.loops,
@@ -713,7 +763,7 @@ impl<'a> Mesh<'a> {
         let Some(upstreams) = &mut self.nodes[node].upstreams else {
             return;
         };
-        let Some(holder) = upstreams.graft_due(held, now) else {
+        let Some(graft) = upstreams.graft_due(held, now) else {
             if upstreams.graft_deadline().is_some_and(|at| at <= now) {
                 // The driver would be woken again and again at this instant.
                 return self.violation(format!(
@@ -722,8 +772,12 @@ impl<'a> Mesh<'a> {
             }
             return self.arm_graft_check(node);
         };
+        let holder = graft.holder();
         upstreams.graft(holder);
-        self.grafts += 1;
+        match graft {
+            Graft::Stalled { .. } => self.grafts += 1,
+            Graft::Faster { .. } => self.faster += 1,
+        }
         if self.follows_in_a_loop(node) {
             self.loops += 1;
         }
@@ -914,6 +968,9 @@ impl<'a> Mesh<'a> {
         let now = self.instant();
         if let Some(upstreams) = &mut self.nodes[node].upstreams {
             upstreams.progressed(now);
+            if upstreams.received(to_lsn, now) {
+                self.arm_graft_check(node);
+            }
         }
     }
 
@@ -1055,7 +1112,7 @@ impl<'a> Mesh<'a> {
             alive: true,
             receipts,
             report_due: false,
-            upstreams: upstreams(&self.holders[node], self.scenario.graft_timeout),
+            upstreams: upstreams(&self.holders[node], self.scenario),
             following: None,
             attempt,
             path: Vec::new(),
@@ -1073,9 +1130,12 @@ fn node_id(index: usize) -> Uuid {
 }
 
 /// A replica's `Upstreams` over `holders`, with the service's backoff.
-fn upstreams(holders: &[usize], graft_timeout: Duration) -> Option<Upstreams<usize>> {
-    Upstreams::new(holders.to_vec(), BACKOFF_MIN, BACKOFF_MAX)
-        .map(|upstreams| upstreams.with_graft_timeout(graft_timeout))
+fn upstreams(holders: &[usize], scenario: &MeshScenario) -> Option<Upstreams<usize>> {
+    Upstreams::new(holders.to_vec(), BACKOFF_MIN, BACKOFF_MAX).map(|upstreams| {
+        upstreams
+            .with_graft_timeout(scenario.graft_timeout)
+            .with_switch_lead(scenario.switch_lead)
+    })
 }
 
 /// Hops from the origin (node 0) to each node, by breadth-first search.
@@ -1094,12 +1154,12 @@ fn hops_from_origin(neighbours: &[Vec<usize>]) -> Vec<usize> {
     hops
 }
 
-/// What flooding delivers at best: the delay of the shortest path from the origin to the node
-/// farthest from it (Dijkstra over the link latencies).
-fn flooding_delay(
+/// The delay of the shortest path from the origin to each node (Dijkstra over the link
+/// latencies; `Duration::MAX` for a node it cannot reach): what flooding delivers at best.
+fn shortest_delays(
     neighbours: &[Vec<usize>],
     latencies: &BTreeMap<(usize, usize), Duration>,
-) -> Duration {
+) -> Vec<Duration> {
     let mut best = vec![Duration::MAX; neighbours.len()];
     let mut queue = BTreeSet::from([(Duration::ZERO, 0)]);
     best[0] = Duration::ZERO;
@@ -1115,8 +1175,5 @@ fn flooding_delay(
             }
         }
     }
-    best.into_iter()
-        .filter(|delay| *delay != Duration::MAX)
-        .max()
-        .unwrap_or_default()
+    best
 }

@@ -20,6 +20,12 @@
 //!   disk's share of what a replica on this machine costs `sync-durable`, with no round trip, no
 //!   ack and no network thread: `sync-durable / durable-neighbour` is printed beside
 //!   `sync-durable / durable` as the ceiling of a replica that shares the primary's disk.
+//! - `sync-durable-apart`: `sync-durable` with the replica's directory on tmpfs (`/dev/shm`),
+//!   standing in for a replica on another machine's disk: its flusher's syncs no longer queue
+//!   with the primary's on this one. tmpfs syncs cost nothing, so this is the most the round
+//!   trip can hide under the primary's flush (an upper bound, not a second machine's figure);
+//!   `sync-durable-apart / durable` is printed beside the shared-disk ratios. Where `/dev/shm`
+//!   is missing it falls back to the temporary directory and says so.
 //!
 //!   Measured (one run, `--inflight 16,256 --rounds 3`, the disk's `fdatasync` at 79 µs before
 //!   and after): `durable-neighbour / durable` 0.37 and 0.31, `sync-durable / durable` 0.34 and
@@ -72,14 +78,34 @@ use pagemesh::{Node, NodeError};
 const TABLE: &str = "price_paid";
 
 /// The variants, in measuring order.
-pub const VARIANTS: [&str; 6] = [
+pub const VARIANTS: [&str; 7] = [
     "none",
     "async",
     "sync",
     "sync-durable",
     "durable",
     "durable-neighbour",
+    "sync-durable-apart",
 ];
+
+/// Where the replica of `variant` keeps its directory: for `sync-durable-apart`, on tmpfs
+/// (another disk than the primary's), else beside the primary under `dir`. The returned guard
+/// removes a tmpfs directory when dropped.
+fn replica_dir(
+    variant: &str,
+    dir: &Path,
+) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>), BoxError> {
+    if variant != "sync-durable-apart" {
+        return Ok((dir.join("replica"), None));
+    }
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("sync-durable-apart: no /dev/shm; the replica shares the primary's disk");
+        return Ok((dir.join("replica"), None));
+    }
+    let apart = tempfile::tempdir_in(shm)?;
+    Ok((apart.path().join("replica"), Some(apart)))
+}
 
 /// One measured cell.
 #[derive(Clone, Debug, Serialize)]
@@ -122,7 +148,7 @@ pub fn measure(
         "none" => (Durability::Memory, 0, false),
         "async" => (Durability::Memory, 0, true),
         "sync" => (Durability::Replicated(1), 1, true),
-        "sync-durable" => (Durability::DurableReplicated(1), 1, true),
+        "sync-durable" | "sync-durable-apart" => (Durability::DurableReplicated(1), 1, true),
         "durable" | "durable-neighbour" => (Durability::Durable, 0, false),
         other => return Err(format!("unknown variant {other}").into()),
     };
@@ -132,9 +158,11 @@ pub fn measure(
     } else {
         None
     };
+    // Declared before the replica's node, so dropped after it.
+    let (replica_path, _apart) = replica_dir(variant, dir)?;
     let replica_node;
     let _replica = if replica {
-        replica_node = Node::builder("bench-replica", dir.join("replica"))
+        replica_node = Node::builder("bench-replica", replica_path)
             .transport(transport)
             .open()?;
         let addr = primary.local_addr().ok_or("primary is not listening")?;
@@ -268,6 +296,8 @@ fn wait_attached(db: &Database) -> Result<(), BoxError> {
 pub struct Pair {
     // Field order is drop order: the replica stops following before the primary goes.
     _replica: Option<(pagemesh::Replica, Node)>,
+    /// After the replica: its tmpfs directory (`sync-durable-apart`), removed once it is closed.
+    _apart: Option<tempfile::TempDir>,
     _neighbour: Option<Neighbour>,
     db: Database,
     _primary: Node,
@@ -288,7 +318,7 @@ impl Pair {
         let (durability, sync_replicas) = match variant {
             "none" | "async" => (Durability::Memory, 0),
             "sync" => (Durability::Replicated(1), 1),
-            "sync-durable" => (Durability::DurableReplicated(1), 1),
+            "sync-durable" | "sync-durable-apart" => (Durability::DurableReplicated(1), 1),
             "durable" | "durable-neighbour" => (Durability::Durable, 0),
             other => return Err(format!("unknown variant {other}").into()),
         };
@@ -302,10 +332,11 @@ impl Pair {
         } else {
             None
         };
+        let (replica_path, apart) = replica_dir(variant, dir.path())?;
         let replica = if matches!(variant, "none" | "durable" | "durable-neighbour") {
             None
         } else {
-            let node = Node::builder("bench-replica", dir.path().join("replica"))
+            let node = Node::builder("bench-replica", replica_path)
                 .transport(transport)
                 .open()?;
             let addr = primary.local_addr().ok_or("primary is not listening")?;
@@ -315,6 +346,7 @@ impl Pair {
         };
         Ok(Self {
             _replica: replica,
+            _apart: apart,
             _neighbour: neighbour,
             db,
             _primary: primary,
@@ -483,6 +515,14 @@ pub fn ratios(
                 ratio: format!("sync-durable@{inflight}/durable (commits/s)"),
                 value: both.ops_per_sec / durable.ops_per_sec,
             });
+            if let Some(apart) = find("sync-durable-apart", inflight) {
+                out.push(super::Ratio {
+                    workload: "replicate/price_paid".into(),
+                    threads: 1,
+                    ratio: format!("sync-durable-apart@{inflight}/durable (replica's disk apart)"),
+                    value: apart.ops_per_sec / durable.ops_per_sec,
+                });
+            }
             if let Some(neighbour) = find("durable-neighbour", inflight) {
                 for (ratio, value) in [
                     (

@@ -23,7 +23,11 @@
 //! about this node itself is ignored.
 //!
 //! A replica that wants a database learns its holders here ([`Members::holders`]): the nodes that
-//! said they serve it, those heard directly first (the nearest).
+//! said they serve it, the configured peers first ([`Members::with_peers`]: what the operator
+//! listed as nearest), then the others heard directly, then the rest. Configured peers come
+//! before nodes that merely gossip *to* this node, because those are most often downstream of
+//! it (they list this node as their peer): following one of them first put a replica at the
+//! end of a dead end, and drew a different tree each run (the gossip test in tests/mesh.rs).
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -69,6 +73,8 @@ pub struct Members {
     nodes_max: usize,
     expiry: Duration,
     refused: u64,
+    /// Where the configured peers listen: holders among them come first.
+    peers: Vec<SocketAddr>,
 }
 
 impl Members {
@@ -95,7 +101,15 @@ impl Members {
             nodes_max,
             expiry,
             refused: 0,
+            peers: Vec::new(),
         }
+    }
+
+    /// The addresses of the peers this node was configured with (the nearest, as the operator
+    /// drew the mesh): [`holders`](Self::holders) lists those first.
+    pub fn with_peers(mut self, peers: Vec<SocketAddr>) -> Self {
+        self.peers = peers;
+        self
     }
 
     /// The databases this node serves (the first [`PEER_DATABASES_MAX`] are advertised).
@@ -221,18 +235,28 @@ impl Members {
             .collect()
     }
 
-    /// Where the nodes that serve `database` listen: those heard directly first, then the rest,
-    /// each group in uuid order. Nodes gone, and nodes that do not listen, are left out.
+    /// Where the nodes that serve `database` listen: the configured peers first (in the order
+    /// configured), then the others heard directly, then the rest, these in uuid order. Nodes
+    /// gone, and nodes that do not listen, are left out.
     pub fn holders(&self, database: Uuid) -> Vec<SocketAddr> {
-        let mut holders: Vec<(bool, Uuid, SocketAddr)> = self
+        let mut holders: Vec<(usize, bool, Uuid, SocketAddr)> = self
             .known
             .values()
             .filter(|known| !known.gone && known.entry.addr.port() != 0)
             .filter(|known| known.entry.databases.contains(&database))
-            .map(|known| (!known.direct, known.entry.node, known.entry.addr))
+            .map(|known| {
+                let addr = known.entry.addr;
+                let peer = self.peers.iter().position(|&p| p == addr);
+                (
+                    peer.unwrap_or(usize::MAX),
+                    !known.direct,
+                    known.entry.node,
+                    addr,
+                )
+            })
             .collect();
         holders.sort_unstable();
-        holders.into_iter().map(|(_, _, addr)| addr).collect()
+        holders.into_iter().map(|(_, _, _, addr)| addr).collect()
     }
 
     /// This node's own entry.
@@ -340,6 +364,24 @@ mod tests {
                 "10.0.0.2:7002".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn configured_peers_come_before_nodes_that_only_gossip_to_this_one() {
+        let t0 = Instant::now();
+        let (upstream, downstream): (SocketAddr, SocketAddr) = (
+            "10.0.0.2:7002".parse().unwrap(),
+            "10.0.0.3:7003".parse().unwrap(),
+        );
+        let mut view = members(5, 10).with_peers(vec![upstream]);
+        // Both heard directly; the downstream one has the lower uuid.
+        let mut down = entry(3, 1, &[9]);
+        down.addr = downstream;
+        view.heard(Uuid::from_u128(3), None, &[down], t0);
+        let mut up = entry(4, 1, &[9]);
+        up.addr = upstream;
+        view.heard(Uuid::from_u128(4), None, &[up], t0);
+        assert_eq!(view.holders(Uuid::from_u128(9)), [upstream, downstream]);
     }
 
     #[test]

@@ -38,9 +38,12 @@
 //! This departs from DESIGN.md's Plumtree, where every link starts eager and duplicates PRUNE:
 //! an earlier `plumtree::Tree` did that and measured the same N − 1 once settled, but the
 //! service never ran it, so it went; with one eager upstream per replica the tree never carries
-//! a duplicate, not even while it settles. What the narrow form gives up is settling on the
-//! fastest paths by itself: it follows the configured order (`pagemesh-sim mesh` prints its
-//! delay to the last node beside the shortest path's).
+//! a duplicate, not even while it settles. Plumtree settles on fast paths by pruning the slower
+//! of two eager copies; here a replica starts with the configured order (nearest first) and
+//! moves to a holder whose HAVEs keep announcing pages sooner than its path delivers them
+//! ([`Graft::Faster`], Plumtree's optimisation in time rather than hops). In the mesh simulator
+//! that brings each node's way from the origin from about 1.2× the shortest path's delay to
+//! within a few percent of it (`pagemesh bench mesh` prints both, `stretch`).
 
 mod members;
 mod receipts;
@@ -178,9 +181,20 @@ pub fn refuse_loop(path: &[Uuid], replica: Uuid) -> Result<(), String> {
 /// should move on ([`current_loops`](Self::current_loops)).
 ///
 /// A holder that is merely behind the one offering keeps the replica progressing, so the tree
-/// moves only off a path that stalls, never back and forth (the simulator found the flapping an
-/// earlier rule allowed: a holder catching a replica up over a slow link was grafted away from
-/// before it could deliver, and back again, forever; `pagemesh-sim` seed 13).
+/// moves off a stalled path only once the graft timeout passed (the simulator found the flapping
+/// an earlier rule allowed: a holder catching a replica up over a slow link was grafted away
+/// from before it could deliver, and back again, forever; `pagemesh-sim` seed 13).
+///
+/// A path that progresses but is slow is left too, for a faster one (Plumtree's optimisation,
+/// measured in time rather than hops): each HAVE of pages the replica lacks starts a *lead*
+/// sample, which ends when the replica holds those pages ([`received`](Self::received)), so it
+/// measures how much sooner that holder had them than the followed path delivered them; a HAVE
+/// of less than the replica holds records a lead of zero. When a holder's last
+/// [`LEAD_SAMPLES`] leads all exceed the followed holder's own newest lag (its HAVEs against its
+/// pages, which travel apart) by the switch lead ([`with_switch_lead`](Self::with_switch_lead)),
+/// [`graft_due`](Self::graft_due) names it ([`Graft::Faster`]). A move clears every sample, and
+/// the holder left behind now lags the new one, so the tree does not swing back; the switch
+/// lead is well above a LAN's jitter, so a LAN's tree never moves for speed.
 ///
 /// ```
 /// use std::time::Duration;
@@ -205,9 +219,14 @@ pub struct Upstreams<P> {
     offers: Vec<Option<Offer>>,
     /// Per holder: its way to the origin passes through this replica (as its last HAVE said).
     looping: Vec<bool>,
+    /// Per holder: how much sooner than the followed path its HAVEs announced pages.
+    leads: Vec<Lead>,
+    /// When the newest lead sample was taken: a faster holder is due from then.
+    sampled_at: Option<Instant>,
     /// What the replica held when last told: a change is progress, and restarts every clock.
     held: u64,
     graft_timeout: Duration,
+    switch_lead: Duration,
     current: usize,
     /// Attempts that failed since a link was last up.
     failed: usize,
@@ -224,9 +243,78 @@ struct Offer {
     since: Instant,
 }
 
+/// A holder's lead samples, newest first: how much sooner it announced pages (in a HAVE) than
+/// the followed path delivered them, zero for a HAVE of nothing new.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Lead {
+    /// The LSN a HAVE announced that the replica lacked, and when it was heard.
+    pending: Option<(u64, Instant)>,
+    samples: [Duration; LEAD_SAMPLES],
+    /// How many of `samples` were taken.
+    count: usize,
+}
+
+impl Lead {
+    fn record(&mut self, lead: Duration) {
+        self.samples.copy_within(..LEAD_SAMPLES - 1, 1);
+        self.samples[0] = lead;
+        self.count = (self.count + 1).min(LEAD_SAMPLES);
+    }
+
+    /// The smallest of the last [`LEAD_SAMPLES`] samples, once there are that many.
+    fn steady(&self) -> Option<Duration> {
+        (self.count == LEAD_SAMPLES).then(|| self.samples.iter().copied().min().unwrap_or_default())
+    }
+
+    /// The newest sample (zero before any).
+    fn newest(&self) -> Duration {
+        if self.count == 0 {
+            Duration::ZERO
+        } else {
+            self.samples[0]
+        }
+    }
+}
+
+/// Why [`Upstreams::graft_due`] names a holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Graft {
+    /// The followed holder stalled: `holder` offered pages it has not delivered for the graft
+    /// timeout.
+    Stalled {
+        /// The holder to follow (an index into [`Upstreams::holders`]).
+        holder: usize,
+    },
+    /// The followed path is slow: `holder` announced each of the last [`LEAD_SAMPLES`] pages
+    /// at least `lead` sooner than the followed holder delivered them.
+    Faster {
+        /// The holder to follow.
+        holder: usize,
+        /// The smallest of its leads.
+        lead: Duration,
+    },
+}
+
+impl Graft {
+    /// The holder to follow.
+    pub fn holder(&self) -> usize {
+        match *self {
+            Graft::Stalled { holder } | Graft::Faster { holder, .. } => holder,
+        }
+    }
+}
+
 /// The graft timeout of [`Upstreams::new`]: how long an offered page may stay undelivered by the
 /// current holder before the replica moves to the holder that offered it.
 pub const GRAFT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+
+/// The switch lead of [`Upstreams::new`]: how much sooner, every time, another holder must have
+/// pages than the followed path delivers them for the replica to move there. A LAN's paths
+/// differ by far less, so there the tree moves only off stalls.
+pub const SWITCH_LEAD_DEFAULT: Duration = Duration::from_millis(20);
+
+/// How many lead samples in a row a holder must win by the switch lead.
+pub const LEAD_SAMPLES: usize = 3;
 
 impl<P> Upstreams<P> {
     /// Follows `holders`, nearest first; `None` if there are none. Backs off from `backoff_min`
@@ -239,8 +327,11 @@ impl<P> Upstreams<P> {
         Some(Self {
             offers: vec![None; holders.len()],
             looping: vec![false; holders.len()],
+            leads: vec![Lead::default(); holders.len()],
+            sampled_at: None,
             held: 0,
             graft_timeout: GRAFT_TIMEOUT_DEFAULT,
+            switch_lead: SWITCH_LEAD_DEFAULT,
             holders,
             current: 0,
             failed: 0,
@@ -253,6 +344,13 @@ impl<P> Upstreams<P> {
     /// Moves to a holder that offered missing pages once they stayed undelivered for `timeout`.
     pub fn with_graft_timeout(mut self, timeout: Duration) -> Self {
         self.graft_timeout = timeout;
+        self
+    }
+
+    /// Moves to a holder whose pages come at least `lead` sooner than the followed path's, each
+    /// of [`LEAD_SAMPLES`] times in a row. `Duration::MAX` never moves for speed.
+    pub fn with_switch_lead(mut self, lead: Duration) -> Self {
+        self.switch_lead = lead;
         self
     }
 
@@ -280,6 +378,22 @@ impl<P> Upstreams<P> {
             Some(Offer { since, .. }) => Some(Offer { lsn, since }),
             None => Some(Offer { lsn, since: now }),
         };
+        let lead = &mut self.leads[holder];
+        if looping {
+            *lead = Lead::default();
+        } else if lead.pending.is_none() {
+            match lsn.cmp(&held) {
+                // Timed until the replica holds it; one sample at a time.
+                std::cmp::Ordering::Greater => lead.pending = Some((lsn, now)),
+                // Behind the replica: no lead at all.
+                std::cmp::Ordering::Less => {
+                    lead.record(Duration::ZERO);
+                    self.sampled_at = Some(now);
+                }
+                // Level (an idle origin, say): nothing learned.
+                std::cmp::Ordering::Equal => {}
+            }
+        }
     }
 
     /// Holder `holder` said whether its way to the origin passes through this replica
@@ -290,6 +404,7 @@ impl<P> Upstreams<P> {
             *looping = through_me;
             if through_me {
                 self.offers[holder] = None;
+                self.leads[holder] = Lead::default();
             }
         }
     }
@@ -309,8 +424,17 @@ impl<P> Upstreams<P> {
         }
     }
 
+    /// The replica holds every page below `held` at `now` (it just received pages): the lead
+    /// samples of the pages it now holds end here. Returns whether a graft for speed is due
+    /// (then call [`graft_due`](Self::graft_due)).
+    pub fn received(&mut self, held: u64, now: Instant) -> bool {
+        self.observe(held, now);
+        self.faster().is_some()
+    }
+
     /// The replica holds every page below `held` at `now`: if that changed, it progressed, and
-    /// every offer's clock restarts (offers it now holds are dropped).
+    /// every offer's clock restarts (offers it now holds are dropped), and the lead samples of
+    /// what it now holds end.
     fn observe(&mut self, held: u64, now: Instant) {
         if held == self.held {
             return;
@@ -322,29 +446,67 @@ impl<P> Upstreams<P> {
                 since: now,
             });
         }
+        for lead in &mut self.leads {
+            if let Some((lsn, heard)) = lead.pending.filter(|&(lsn, _)| lsn <= held) {
+                debug_assert!(lsn <= held);
+                lead.pending = None;
+                lead.record(now.saturating_duration_since(heard));
+                self.sampled_at = Some(now);
+            }
+        }
     }
 
-    /// The nearest holder other than the current one that offers pages this replica lacks (it
-    /// holds every page below `held`), when the replica has made no progress for the graft
-    /// timeout with that offer outstanding, at `now`: the replica should
-    /// [`graft`](Self::graft) it.
-    pub fn graft_due(&mut self, held: u64, now: Instant) -> Option<usize> {
+    /// The holder other than the current one that won each of its last [`LEAD_SAMPLES`] lead
+    /// samples by the switch lead over the followed holder's own newest lag, the biggest winner
+    /// first (the nearest among equals), with its smallest lead.
+    fn faster(&self) -> Option<(usize, Duration)> {
+        let lag = self.leads[self.current].newest();
+        let needed = lag.saturating_add(self.switch_lead);
+        let mut best: Option<(usize, Duration)> = None;
+        for (holder, lead) in self.leads.iter().enumerate() {
+            if holder == self.current || self.looping[holder] {
+                continue;
+            }
+            if let Some(steady) = lead.steady().filter(|&steady| steady >= needed) {
+                if best.is_none_or(|(_, won)| steady > won) {
+                    best = Some((holder, steady));
+                }
+            }
+        }
+        best
+    }
+
+    /// The holder the replica (holding every page below `held`, at `now`) should
+    /// [`graft`](Self::graft): the nearest other holder that offers pages it lacks when it has
+    /// made no progress for the graft timeout with that offer outstanding (the followed holder
+    /// stalled), or else one whose pages come steadily sooner by the switch lead (the followed
+    /// path is slow).
+    pub fn graft_due(&mut self, held: u64, now: Instant) -> Option<Graft> {
         self.observe(held, now);
         let timeout = self.graft_timeout;
-        (0..self.holders.len()).find(|&holder| {
+        let stalled = (0..self.holders.len()).find(|&holder| {
             holder != self.current
                 && self.offers[holder]
                     .is_some_and(|o| now.saturating_duration_since(o.since) >= timeout)
-        })
+        });
+        match stalled {
+            Some(holder) => Some(Graft::Stalled { holder }),
+            None => self
+                .faster()
+                .map(|(holder, lead)| Graft::Faster { holder, lead }),
+        }
     }
 
-    /// When [`graft_due`](Self::graft_due) may next name a holder, if an offer is pending.
+    /// When [`graft_due`](Self::graft_due) may next name a holder: at once if a faster holder
+    /// is known, else when the first pending offer's clock runs out.
     pub fn graft_deadline(&self) -> Option<Instant> {
+        let faster = self.faster().and(self.sampled_at);
         self.offers
             .iter()
             .enumerate()
             .filter(|(holder, _)| *holder != self.current)
             .filter_map(|(_, offer)| offer.map(|o| o.since + self.graft_timeout))
+            .chain(faster)
             .min()
     }
 
@@ -359,9 +521,14 @@ impl<P> Upstreams<P> {
         }
     }
 
-    /// A new link gets a whole graft timeout: offers are heard afresh.
+    /// A new link gets a whole graft timeout: offers are heard afresh, and leads measured
+    /// against the new path.
     fn restart_clocks(&mut self) {
         self.offers.iter_mut().for_each(|offer| *offer = None);
+        self.leads
+            .iter_mut()
+            .for_each(|lead| *lead = Lead::default());
+        self.sampled_at = None;
     }
 
     /// Every holder, nearest first.
@@ -612,7 +779,10 @@ mod tests {
         up.heard_have(1, 300, 290, stall);
         up.heard_have(1, 400, 290, stall + ms(200));
         assert_eq!(up.graft_due(290, stall + ms(499)), None);
-        assert_eq!(up.graft_due(290, stall + ms(500)), Some(1));
+        assert_eq!(
+            up.graft_due(290, stall + ms(500)),
+            Some(Graft::Stalled { holder: 1 })
+        );
         up.graft(1);
         assert_eq!((*up.current(), up.current_index()), ("origin", 1));
         assert_eq!(
@@ -629,7 +799,88 @@ mod tests {
         up.heard_have(0, 500, 290, slow);
         up.progressed(slow + ms(400));
         assert_eq!(up.graft_due(290, slow + ms(800)), None);
-        assert_eq!(up.graft_due(290, slow + ms(900)), Some(0));
+        assert_eq!(
+            up.graft_due(290, slow + ms(900)),
+            Some(Graft::Stalled { holder: 0 })
+        );
+    }
+
+    #[test]
+    fn a_steadily_faster_holder_is_grafted_and_a_slightly_faster_one_is_not() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut up = Upstreams::new(vec!["slow", "fast", "level"], ms(50), ms(1_000))
+            .unwrap()
+            .with_switch_lead(ms(20));
+        let mut held = 0;
+        // Every 50 ms: "fast" announces the next 5 pages 30 ms before "slow" delivers them,
+        // "level" 10 ms before.
+        for round in 0..2u64 {
+            let at = t0 + ms(50 * round);
+            up.heard_have(1, held + 5, held, at);
+            up.heard_have(2, held + 5, held, at + ms(20));
+            held += 5;
+            assert!(
+                !up.received(held, at + ms(30)),
+                "two samples are not enough"
+            );
+            assert_eq!(up.graft_due(held, at + ms(30)), None);
+        }
+        let at = t0 + ms(100);
+        up.heard_have(1, held + 5, held, at);
+        up.heard_have(2, held + 5, held, at + ms(20));
+        held += 5;
+        assert!(up.received(held, at + ms(30)));
+        assert_eq!(up.graft_deadline(), Some(at + ms(30)), "due at once");
+        assert_eq!(
+            up.graft_due(held, at + ms(30)),
+            Some(Graft::Faster {
+                holder: 1,
+                lead: ms(30)
+            })
+        );
+        up.graft(1);
+        assert_eq!(
+            up.graft_due(held, at + ms(31)),
+            None,
+            "a move clears the samples"
+        );
+        // The holder left behind now lags: its HAVEs hold less than the replica.
+        for round in 0..5u64 {
+            let at = t0 + ms(200 + 50 * round);
+            up.heard_have(0, held - 3, held, at);
+            held += 5;
+            assert!(!up.received(held, at + ms(1)));
+        }
+        assert_eq!(up.graft_due(held, t0 + ms(500)), None);
+    }
+
+    #[test]
+    fn a_lead_is_counted_beyond_the_followed_holders_own_lag() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut up = Upstreams::new(vec!["followed", "other"], ms(50), ms(1_000))
+            .unwrap()
+            .with_switch_lead(ms(20));
+        let mut held = 0;
+        // Catching up: both announce pages long before they arrive, the followed one as much
+        // as the other, so neither path is faster.
+        for round in 0..6u64 {
+            let at = t0 + ms(100 * round);
+            up.heard_have(0, held + 100, held, at);
+            up.heard_have(1, held + 100, held, at);
+            held += 100;
+            assert!(!up.received(held, at + ms(80)));
+        }
+        assert_eq!(up.graft_due(held, t0 + ms(700)), None);
+        // A looping holder is never grafted, however fast it looks.
+        up.heard_path(1, true);
+        for round in 0..6u64 {
+            let at = t0 + ms(1_000 + 100 * round);
+            up.heard_have(1, held + 100, held, at);
+            held += 100;
+            assert!(!up.received(held, at + ms(80)));
+        }
     }
 
     proptest! {
@@ -647,7 +898,8 @@ mod tests {
             let t0 = Instant::now();
             let mut up = Upstreams::new(vec![0u8, 1, 2], Duration::from_millis(10), Duration::from_millis(80))
                 .unwrap()
-                .with_graft_timeout(timeout);
+                .with_graft_timeout(timeout)
+                .with_switch_lead(Duration::MAX);
             let (mut held, mut now, mut progressed) = (0u64, t0, t0);
             // Per holder: (lsn, when) of every offer heard.
             let mut heard: Vec<Vec<(u64, Instant)>> = vec![Vec::new(); 3];
@@ -673,6 +925,9 @@ mod tests {
                     progressed = now;
                 }
                 if let Some(graft) = up.graft_due(held, now) {
+                    let Graft::Stalled { holder: graft } = graft else {
+                        return Err(TestCaseError::fail(format!("{graft:?} without a switch lead")));
+                    };
                     prop_assert!(graft != up.current_index());
                     prop_assert!(!looping[graft], "grafted {} whose way passes through here", graft);
                     prop_assert!(now.duration_since(progressed) >= timeout, "grafted while progressing");
@@ -682,6 +937,57 @@ mod tests {
                     );
                     up.graft(graft);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// Two paths of fixed delay from the origin, the followed one `slow_ms`, the other
+        /// `fast_ms`, pages every 10 ms and HAVEs every `have_ms`: the replica moves for speed
+        /// only to the faster path, always when it is faster by the switch lead and a page
+        /// interval, never when it is faster by less than the switch lead.
+        #[test]
+        fn only_a_path_faster_by_the_switch_lead_is_grafted_for_speed(
+            slow_ms in 0..200u64,
+            fast_ms in 0..200u64,
+            have_ms in 20..100u64,
+        ) {
+            let ms = Duration::from_millis;
+            let (lead, page) = (ms(20), 10u64);
+            let t0 = Instant::now();
+            let mut up = Upstreams::new(vec!["followed", "other"], ms(10), ms(80))
+                .unwrap()
+                .with_switch_lead(lead);
+            // Pages written at 0, 10, 20, ... ms; the followed path delivers page i at
+            // i·10 + slow_ms, the other's HAVEs at t say it has every page written by t − fast_ms.
+            let has = |delay: u64, t: u64| if t < delay { 0 } else { (t - delay) / page + 1 };
+            let (mut held, mut grafted) = (0u64, None);
+            for t in 0..3_000u64 {
+                let now = t0 + ms(t);
+                let arrived = has(slow_ms, t);
+                if arrived > held {
+                    held = arrived;
+                    up.received(held, now);
+                }
+                if t % have_ms == 0 {
+                    up.heard_have(1, has(fast_ms, t), held, now);
+                }
+                if let Some(graft) = up.graft_due(held, now) {
+                    grafted = Some(graft);
+                    break;
+                }
+            }
+            match grafted {
+                None => prop_assert!(
+                    slow_ms < fast_ms + 20 + page,
+                    "never moved off a path {slow_ms} ms slow for one {fast_ms} ms"
+                ),
+                Some(Graft::Faster { holder, lead: won }) => {
+                    prop_assert_eq!(holder, 1);
+                    prop_assert!(won >= lead);
+                    prop_assert!(slow_ms >= fast_ms + 20, "moved for {fast_ms} ms from {slow_ms} ms");
+                }
+                Some(other) => prop_assert!(false, "{other:?}"),
             }
         }
     }

@@ -224,7 +224,9 @@ pub(super) async fn follow_discovered(
             continue;
         };
         tracing::info!(%database, ?holders, "following the holders the mesh knows");
-        let upstreams = upstreams.with_graft_timeout(runtime.config.graft_timeout);
+        let upstreams = upstreams
+            .with_graft_timeout(runtime.config.graft_timeout)
+            .with_switch_lead(runtime.config.switch_lead);
         let generation = LinkControl::new();
         let following = spawn_local(follow(
             Rc::clone(&runtime),

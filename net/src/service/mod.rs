@@ -98,7 +98,7 @@ use crate::proto::frame::{PeerEntry, PATH_MAX};
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::Receipts;
 pub use crate::route::{History, BOOTSTRAP};
-use crate::route::{Members, Upstreams, GRAFT_TIMEOUT_DEFAULT};
+use crate::route::{Members, Upstreams, GRAFT_TIMEOUT_DEFAULT, SWITCH_LEAD_DEFAULT};
 use crate::transport::{
     sleep, sleep_until, spawn_local, spawn_runtime, Listener, RuntimeKind, TransportKind,
 };
@@ -152,6 +152,57 @@ pub trait SourceDatabase: DatabaseLog {
     fn unfit_to_compare(&self) -> Option<&'static str> {
         None
     }
+    /// Its positions and its replicas' lag, for STATUS (default: nothing known).
+    fn report(&self) -> CopyReport {
+        CopyReport::default()
+    }
+}
+
+/// What STATUS reports of a served copy beyond its log: see [`SourceDatabase::report`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CopyReport {
+    /// Every page below this is applied (visible to readers).
+    pub applied_lsn: u64,
+    /// Every page below this is on disk in the ring.
+    pub durable_lsn: u64,
+    /// Pages the ring holds.
+    pub ring_slots: u64,
+    /// Pages of the ring in use.
+    pub ring_used_pages: u64,
+    /// Its replicas, attached ones first.
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One replica in a [`CopyReport`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaReport {
+    /// The name it attached with.
+    pub name: String,
+    /// Its node.
+    pub node: Uuid,
+    /// Attached and counted for `Replicated(n)`.
+    pub sync: bool,
+    /// Attached at all (a detached one is remembered with what it had received).
+    pub attached: bool,
+    /// Every page below this is received there.
+    pub received_lsn: u64,
+    /// Pages it lacks.
+    pub lag_pages: u64,
+    /// The same in bytes.
+    pub lag_bytes: u64,
+    /// How long ago the first page it lacks was applied here, in seconds.
+    pub lag_seconds: f64,
+}
+
+/// What a node does on the command channel's REPLICATE and UNREPLICATE: the root crate opens
+/// the copy's store, subscribes it, and keeps the list across restarts. Each call runs on a
+/// thread of its own (it may open files and block), one at a time per node. The answer is a
+/// sentence for the operator either way.
+pub trait Controller: Send + Sync + 'static {
+    /// Start a copy of `database` named `name`, following the holders gossip knows.
+    fn replicate(&self, database: Uuid, name: &str) -> Result<String, String>;
+    /// Stop the copy of `database` that [`replicate`](Self::replicate) started.
+    fn unreplicate(&self, database: Uuid) -> Result<String, String>;
 }
 
 /// Where a source reports a replica's acks; dropping it detaches the replica.
@@ -195,6 +246,7 @@ pub struct ServiceConfig {
     link_timeout: Duration,
     backoff_max: Duration,
     graft_timeout: Duration,
+    switch_lead: Duration,
     handshake_timeout: Duration,
     handshake_budget: usize,
     handshakes_per_address: usize,
@@ -225,6 +277,7 @@ impl ServiceConfig {
             link_timeout: crate::proto::liveness::LINK_TIMEOUT_DEFAULT,
             backoff_max: Duration::from_secs(2),
             graft_timeout: GRAFT_TIMEOUT_DEFAULT,
+            switch_lead: SWITCH_LEAD_DEFAULT,
             handshake_timeout: crate::proto::HANDSHAKE_TIMEOUT_DEFAULT,
             handshake_budget: HANDSHAKE_BUDGET_DEFAULT,
             handshakes_per_address: HANDSHAKES_PER_ADDRESS_DEFAULT,
@@ -290,6 +343,14 @@ impl ServiceConfig {
         self.graft_timeout = timeout.max(Duration::from_millis(1));
         self
     }
+    /// How much sooner than its current holder's path another holder must have pages, each of
+    /// three times in a row, for a replica to move there (default 20 ms; see
+    /// `route::Upstreams`): the tree settles on faster paths. `Duration::MAX` never moves for
+    /// speed, only off stalls.
+    pub fn switch_lead(mut self, lead: Duration) -> Self {
+        self.switch_lead = lead.max(Duration::from_millis(1));
+        self
+    }
     /// How long a new connection has to complete its handshake, either side (default 3 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
@@ -332,7 +393,7 @@ enum Instruction {
     Withdraw(Uuid),
     Subscribe {
         id: u64,
-        upstreams: Upstreams<SocketAddr>,
+        upstreams: Box<Upstreams<SocketAddr>>,
         database: Uuid,
         store: Arc<dyn ReplicaStore>,
         status: Arc<Mutex<SubscriptionStatus>>,
@@ -345,6 +406,8 @@ enum Instruction {
         status: Arc<Mutex<SubscriptionStatus>>,
     },
     Unsubscribe(u64),
+    /// Who carries out REPLICATE and UNREPLICATE (see [`Controller`]).
+    Control(Arc<dyn Controller>),
     Stop,
 }
 
@@ -359,6 +422,7 @@ pub struct Service {
     node: Uuid,
     backoff_max: Duration,
     graft_timeout: Duration,
+    switch_lead: Duration,
     metrics: Arc<NetMetrics>,
     /// The membership view as of the last gossip round or news.
     members: Arc<Mutex<Vec<PeerEntry>>>,
@@ -442,7 +506,8 @@ impl Service {
         let (instructions, receiver) = mpsc::unbounded_channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
         let node = config.node;
-        let (backoff_max, graft_timeout) = (config.backoff_max, config.graft_timeout);
+        let (backoff_max, graft_timeout, switch_lead) =
+            (config.backoff_max, config.graft_timeout, config.switch_lead);
         let thread_name = format!("pagemesh-net-{}", config.name);
         let metrics = Arc::new(NetMetrics::default());
         let counted = Arc::clone(&metrics);
@@ -464,6 +529,7 @@ impl Service {
             node,
             backoff_max,
             graft_timeout,
+            switch_lead,
             metrics,
             members,
         })
@@ -495,6 +561,12 @@ impl Service {
         let _ = self.instructions.send(Instruction::Serve(database));
     }
 
+    /// Lets commands start and stop copies on this node: REPLICATE and UNREPLICATE go to
+    /// `controller` (without one they are answered with an error).
+    pub fn set_controller(&self, controller: Arc<dyn Controller>) {
+        let _ = self.instructions.send(Instruction::Control(controller));
+    }
+
     /// Stops serving a database (its links close).
     pub fn withdraw(&self, database: Uuid) {
         let _ = self.instructions.send(Instruction::Withdraw(database));
@@ -512,14 +584,15 @@ impl Service {
     ) -> Result<Subscription> {
         let upstreams = Upstreams::new(upstreams.to_vec(), SUBSCRIBE_BACKOFF_MIN, self.backoff_max)
             .ok_or(Error::NoUpstreams { database })?
-            .with_graft_timeout(self.graft_timeout);
+            .with_graft_timeout(self.graft_timeout)
+            .with_switch_lead(self.switch_lead);
         let id = self
             .next_subscription
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let status = Arc::new(Mutex::new(SubscriptionStatus::default()));
         let _ = self.instructions.send(Instruction::Subscribe {
             id,
-            upstreams,
+            upstreams: Box::new(upstreams),
             database,
             store,
             status: Arc::clone(&status),
@@ -636,6 +709,14 @@ struct Runtime {
     metrics: Arc<NetMetrics>,
     /// DIFF scans running on threads of their own (`control.rs` bounds them).
     scans: Cell<usize>,
+    /// Who carries out REPLICATE and UNREPLICATE, if anyone.
+    controller: RefCell<Option<Arc<dyn Controller>>>,
+    /// A controller call is under way (one at a time: a flood of commands holds one thread).
+    controlling: Cell<bool>,
+    /// Forwarded commands under way (at most `control::FORWARDS_MAX`).
+    forwarding: Cell<usize>,
+    /// The state of the subscription following each database, for STATUS.
+    following: RefCell<HashMap<Uuid, Arc<Mutex<SubscriptionStatus>>>>,
 }
 
 impl Runtime {
@@ -789,7 +870,8 @@ async fn run(
         heartbeat,
         config.members_max,
         config.gossip_interval * MEMBER_EXPIRY_ROUNDS,
-    );
+    )
+    .with_peers(config.peers.clone());
     let runtime = Rc::new(Runtime {
         kind,
         config,
@@ -806,6 +888,10 @@ async fn run(
         published_members,
         metrics,
         scans: Cell::new(0),
+        controller: RefCell::new(None),
+        controlling: Cell::new(false),
+        forwarding: Cell::new(0),
+        following: RefCell::new(HashMap::new()),
     });
     let accepting = LinkControl::new();
     // Gossip runs until the service stops.
@@ -827,6 +913,7 @@ async fn run(
         match instruction {
             Instruction::Serve(database) => runtime.serve(database),
             Instruction::Withdraw(uuid) => runtime.withdraw(uuid, None),
+            Instruction::Control(controller) => *runtime.controller.borrow_mut() = Some(controller),
             Instruction::Subscribe {
                 id,
                 upstreams,
@@ -842,7 +929,7 @@ async fn run(
                 spawn_local(follow(
                     Rc::clone(&runtime),
                     control,
-                    upstreams,
+                    *upstreams,
                     database,
                     store,
                     status,

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::proto::frame::{RefuseCode, Resume, RECEIPTS_SINCE_VERSION};
-use crate::route::Upstreams;
+use crate::route::{Graft, Upstreams};
 use crate::transport::{
     sleep, sleep_until, spawn_local, Connection, FrameReader, FrameWriter, Progress,
 };
@@ -48,6 +48,10 @@ pub(super) async fn follow(
     if let Some(replica) = store.current() {
         runtime.serve(replica);
     }
+    runtime
+        .following
+        .borrow_mut()
+        .insert(database, Arc::clone(&status));
     let routing = Routing::new(upstreams);
     let holders = routing.upstreams.borrow().holders().len();
     if holders > 1 {
@@ -90,10 +94,18 @@ pub(super) async fn follow(
         routing.followed.set(None);
         runtime.set_path(database, Vec::new());
         let wait = match moving.get() {
-            Some(Move::Graft(holder)) => {
+            Some(Move::Graft(graft)) => {
                 let mut upstreams = routing.upstreams.borrow_mut();
-                upstreams.graft(holder);
-                tracing::info!(%database, from = %addr, to = %upstreams.current(), "the followed holder stalled; grafting the one that offers the missing pages");
+                upstreams.graft(graft.holder());
+                let to = upstreams.current();
+                match graft {
+                    Graft::Stalled { .. } => {
+                        tracing::info!(%database, from = %addr, %to, "the followed holder stalled; grafting the one that offers the missing pages")
+                    }
+                    Graft::Faster { lead, .. } => {
+                        tracing::info!(%database, from = %addr, %to, ?lead, "a faster path: grafting the holder whose pages come sooner")
+                    }
+                }
                 lock(&status).grafts += 1;
                 Duration::ZERO
             }
@@ -136,6 +148,13 @@ pub(super) async fn follow(
     if let Some(replica) = store.current().filter(|_| withdraw_at_end) {
         runtime.withdraw(database, Some(replica.log()));
     }
+    let mut following = runtime.following.borrow_mut();
+    if following
+        .get(&database)
+        .is_some_and(|mine| Arc::ptr_eq(mine, &status))
+    {
+        following.remove(&database);
+    }
 }
 
 /// What a replica link's tasks share: the link's state machine, a wake-up for the writer when
@@ -151,6 +170,8 @@ struct Shared {
     seen: Cell<(u64, u64)>,
     /// The source served this link: a frame other than a refusal came back.
     heard: Cell<bool>,
+    /// The subscription's routing state, told of each page received.
+    routing: Rc<Routing>,
 }
 
 impl Shared {
@@ -176,7 +197,7 @@ pub(super) async fn follow_link(
     database: Uuid,
     store: &Arc<dyn ReplicaStore>,
     status: &Arc<Mutex<SubscriptionStatus>>,
-    routing: &Routing,
+    routing: &Rc<Routing>,
 ) -> Result<()> {
     let connection = Connection::connect(runtime.kind, addr).await?;
     let (mut reader, writer, shutdown) = connection.split(addr)?;
@@ -227,6 +248,7 @@ pub(super) async fn follow_link(
         seen: Cell::new(progress.counts()),
         progress,
         heard: Cell::new(false),
+        routing: Rc::clone(routing),
     });
     {
         let mut state = lock(status);
@@ -357,6 +379,15 @@ async fn receive(
                 };
                 ingest(db.as_ref(), database, pages, shared).await?;
                 let received = db.received_lsn();
+                // The lead samples of the pages just received end now (`Upstreams::received`).
+                if shared
+                    .routing
+                    .upstreams
+                    .borrow_mut()
+                    .received(received, Instant::now())
+                {
+                    shared.routing.news.notify_one();
+                }
                 shared
                     .link
                     .borrow_mut()

@@ -163,6 +163,16 @@ pub(super) async fn serve_replica(
         peer: info.node,
         own: runtime.config.node,
     };
+    // The RESUME says the replica holds every page below `from_lsn`: a receipt, as an ACK's is.
+    // A replica of an empty database acks nothing until pages come, so without this its relay
+    // never reported it upstream, and the origin never counted it (tests/mesh.rs, gossip test,
+    // flaked waiting for three nodes holding the empty database).
+    if from_lsn != BOOTSTRAP && !receipts.book.record(info.node, from_lsn) {
+        return Err(Error::TooManyReceipts {
+            database: resume.database,
+            max: RECEIPT_NODES_MAX,
+        });
+    }
     let progress = reader.progress();
     let link = Rc::new(Shipping {
         link: RefCell::new(SourceLink::new(

@@ -31,14 +31,14 @@ use super::link::{handshake, LinkControl};
 use super::{lock, ReplicaStore, Runtime, SubscriptionStatus, SUBSCRIBE_BACKOFF_MIN};
 use crate::error::{Error, Result};
 use crate::proto::frame::{encode, Frame, Heartbeat, Watch, WATCH_SINCE_VERSION};
-use crate::route::Upstreams;
+use crate::route::{Graft, Upstreams};
 use crate::transport::{sleep, sleep_until, timeout, Connection, Progress};
 
 /// A subscription's routing state, shared by its follower and its watchers.
 pub(super) struct Routing {
     pub(super) upstreams: RefCell<Upstreams<SocketAddr>>,
-    /// A watcher heard a HAVE.
-    news: Notify,
+    /// A watcher heard a HAVE, or pages arrived that make a faster holder due.
+    pub(super) news: Notify,
     /// The followed link's byte counters, while it is up: bytes arriving are progress.
     pub(super) link_progress: RefCell<Option<Rc<Progress>>>,
     /// The followed holder served the current link (a frame other than a refusal came back).
@@ -187,8 +187,8 @@ async fn watch_link(
 /// Why a replica leaves the holder it follows while the link is still up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Move {
-    /// The holder stalled; this one (an index into the holders) offers the missing pages.
-    Graft(usize),
+    /// The holder stalled, or another's path is faster: see [`Graft`].
+    Graft(Graft),
     /// The holder's way to the origin passes through this node: following it closes a loop.
     Leave,
 }
@@ -228,8 +228,8 @@ pub(super) async fn move_due(
         if let Some(db) = store.current().filter(|_| !restoring) {
             let held = db.received_lsn();
             let mut upstreams = routing.upstreams.borrow_mut();
-            if let Some(holder) = upstreams.graft_due(held, now) {
-                return Move::Graft(holder);
+            if let Some(graft) = upstreams.graft_due(held, now) {
+                return Move::Graft(graft);
             }
             // Pending offers are all in the future here (a due one was returned above).
             if let Some(at) = upstreams.graft_deadline().filter(|&at| at > now) {

@@ -132,7 +132,11 @@ impl World {
         if node.db.is_none() || restoring {
             return;
         }
-        let Some(holder) = node.upstreams.graft_due(held, now) else {
+        let Some(holder) = node
+            .upstreams
+            .graft_due(held, now)
+            .map(|graft| graft.holder())
+        else {
             return;
         };
         node.grafting = Some(holder);
