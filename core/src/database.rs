@@ -269,6 +269,13 @@ impl Database {
     /// body is not run again, and the error is returned as it is. Store errors, including a
     /// [`Error::Conflict`] once the retries are spent, come back converted into `E`.
     ///
+    /// **What is validated.** Every key the body read ([`Transaction::get`],
+    /// [`Transaction::get_versioned`]) must still be at the version read (or still absent), and
+    /// every range it scanned ([`Transaction::range`], [`Transaction::prefix`]) must hold
+    /// exactly what it held: a put, overwrite or delete of any key in it, an insertion
+    /// included, conflicts. Keys and ranges the body did not read may change freely (see the
+    /// `transaction` module's docs).
+    ///
     /// **Retries.** On a conflict `body` runs again on a fresh snapshot, up to `retries_max`
     /// times (`0`: one attempt only), after a short randomized pause that grows with each
     /// attempt (from tens of microseconds to about 2 ms), so contending writers spread out. So a
@@ -528,9 +535,60 @@ impl Database {
         self.inner.store.database_uuid
     }
 
-    /// The names of the tables that exist.
+    /// The names of the tables that exist now, in order: those a put or
+    /// [`create_table`](Self::create_table) made and no [`drop_table`](Self::drop_table)
+    /// removed since (as the last applied group left them). Needs no read transaction, so it
+    /// can be called while the thread holds a snapshot; [`Snapshot::tables`] lists a
+    /// snapshot's.
     pub fn tables(&self) -> Vec<String> {
         self.inner.store.table_names()
+    }
+
+    /// Creates `table`, empty, if it does not exist, and waits until applied; returns the
+    /// record's seq. One [`WriteBatch::create_table`] committed `Applied`: logged and
+    /// replicated like any write. A put creates its table too; create one explicitly when it
+    /// must be listed before anything is in it.
+    pub fn create_table(&self, table: &str) -> Result<u64> {
+        let mut batch = self.batch();
+        batch.create_table(table)?;
+        self.commit(&batch, Durability::Applied)
+    }
+
+    /// Drops `table` (every entry, and the table itself: [`tables`](Self::tables) no longer
+    /// lists it) and waits until applied; a no-op on a table that does not exist. A later put
+    /// creates it again, empty. Logged and replicated like any write
+    /// ([`WriteBatch::drop_table`]).
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Durability, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// db.create_table("empty")?;
+    /// let mut batch = db.batch();
+    /// batch.put("cache", b"k", b"v")?;
+    /// db.commit(&batch, Durability::Applied)?;
+    /// assert_eq!(db.tables(), ["cache", "empty"]);
+    ///
+    /// db.clear_table("cache")?; // emptied, still there
+    /// assert_eq!(db.tables(), ["cache", "empty"]);
+    /// db.drop_table("cache")?; // gone
+    /// assert_eq!(db.tables(), ["empty"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn drop_table(&self, table: &str) -> Result<u64> {
+        let mut batch = self.batch();
+        batch.drop_table(table)?;
+        self.commit(&batch, Durability::Applied)
+    }
+
+    /// Removes every entry of `table`, keeping the table, and waits until applied; a no-op on
+    /// a table that does not exist. Logged and replicated like any write
+    /// ([`WriteBatch::clear_table`]).
+    pub fn clear_table(&self, table: &str) -> Result<u64> {
+        let mut batch = self.batch();
+        batch.clear_table(table)?;
+        self.commit(&batch, Durability::Applied)
     }
 }
 

@@ -70,5 +70,5 @@ pub use replication::{ReplicaLink, ReplicaStatus, Replication, SUBTREE_NODES_MAX
 pub use snapshot::SnapshotStats;
 pub use stat::{DatabaseStat, LmdbInfo, TableStat};
 pub use store::STORE_FORMAT;
-pub use transaction::Transaction;
+pub use transaction::{ScannedEntries, Transaction, Versioned};
 pub use value::Value;
