@@ -25,6 +25,9 @@
 //! loads one; [`Snapshot::binlog_range`] reads log pages back from any retained LSN; retention
 //! trims the binlog by size, never past a registered cursor ([`Database::set_cursor`]).
 //!
+//! Tables hold bytes; [`Table<K, V>`](Table) reads and writes them as typed keys and values
+//! through a small [`Codec`] trait (`codec`'s docs), at no cost to the byte API.
+//!
 //! Another process (a backup, an inspector) reads a database that a node or app holds through
 //! [`ReadOnlyDatabase`]: the same consistent [`Snapshot`], without the log ring's lock and without
 //! writing to the database; [`Snapshot::stat`] reports what a snapshot holds.
@@ -34,6 +37,7 @@
 
 mod apply;
 mod binlog;
+pub mod codec;
 mod commit;
 mod database;
 mod error;
@@ -53,6 +57,7 @@ mod transaction;
 mod value;
 
 pub use apply::Stats;
+pub use codec::{Codec, Table};
 pub use commit::{CommitTicket, WriteBatch};
 pub use database::Database;
 pub use error::{Error, Result};
