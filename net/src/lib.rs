@@ -25,7 +25,7 @@ pub mod transport;
 pub use error::{BoxError, Error, Result};
 pub use service::metrics::NetMetricsSnapshot;
 pub use service::{
-    AckSink, DatabaseLog, History, ReplicaDatabase, ReplicaStore, Service, ServiceConfig,
-    SourceDatabase, Subscription, SubscriptionStatus, BOOTSTRAP,
+    AckSink, DatabaseLog, History, LinkFailure, ReplicaDatabase, ReplicaStore, Service,
+    ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus, BOOTSTRAP,
 };
 pub use transport::{RuntimeKind, TransportKind};
