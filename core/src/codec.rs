@@ -139,11 +139,15 @@ impl Codec for U64 {
     }
 }
 
+/// The codecs a [`Table`] names: `fn() -> …` so a table is `Send + Sync + Copy` whatever they
+/// are (it holds none of their values).
+type Codecs<K, V> = fn() -> (PhantomData<K>, PhantomData<V>);
+
 /// A table with typed keys (codec `K`) and values (codec `V`): a name and two types, `Copy`,
 /// usable as a `const`. See the [module docs](self) for an example.
 pub struct Table<K: ?Sized, V: ?Sized> {
     name: &'static str,
-    codecs: PhantomData<fn() -> (PhantomData<K>, PhantomData<V>)>,
+    codecs: PhantomData<Codecs<K, V>>,
 }
 
 impl<K: ?Sized, V: ?Sized> Clone for Table<K, V> {
