@@ -23,7 +23,7 @@
 //!
 //! History: [`Snapshot::export`] streams a consistent full snapshot and [`Database::restore`]
 //! loads one; [`Snapshot::binlog_range`] reads log pages back from any retained LSN; retention
-//! trims the binlog by size, never past a registered cursor ([`Database::set_cursor`]).
+//! trims the binlog by size, never past a registered cursor ([`Plumbing::set_cursor`]).
 //!
 //! Tables hold bytes; [`Table<K, V>`](Table) reads and writes them as typed keys and values
 //! through a small [`Codec`] trait (`codec`'s docs), at no cost to the byte API.
@@ -43,6 +43,7 @@ mod database;
 mod error;
 mod metrics;
 mod options;
+mod plumbing;
 mod read;
 mod read_only;
 mod receipt;
@@ -67,6 +68,7 @@ pub use metrics::{
 };
 pub use options::{Durability, Options, RECORD_LEN_MAX_DEFAULT, RING_SLOTS_DEFAULT};
 pub use pagemesh_logpage::Ingested;
+pub use plumbing::Plumbing;
 pub use read::{Entries, Snapshot};
 pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};
 pub use receipt::{Receipt, RECEIPT_FORMAT, RECEIPT_LEN};

@@ -121,7 +121,7 @@ fn pages_from(primary: &Database, from: u64) -> Vec<u8> {
             next = page.lsn() + 1;
         }
     }
-    let mut cursor = primary.log().cursor(next).unwrap();
+    let mut cursor = primary.plumbing().log().cursor(next).unwrap();
     while let Some(run) = cursor.next_run(64).unwrap() {
         pages.extend_from_slice(run.bytes);
     }
@@ -143,7 +143,8 @@ fn table_operations_replicate_to_a_replica() {
     let mut stream = Vec::new();
     primary.read().unwrap().export(&mut stream).unwrap();
     let (replica, stats) =
-        Database::restore_replica(dir.path().join("r"), &stream[..], Options::new()).unwrap();
+        pagemesh_core::Plumbing::restore_replica(dir.path().join("r"), &stream[..], Options::new())
+            .unwrap();
     assert!(matches!(
         replica.create_table("t"),
         Err(Error::ReadOnlyReplica { .. })
@@ -159,11 +160,14 @@ fn table_operations_replicate_to_a_replica() {
         .put("a", b"again", b"")
         .unwrap();
     primary.commit(&batch, Durability::Applied).unwrap();
-    primary.log().seal();
+    primary.plumbing().log().seal();
 
-    replica.ingest(&pages_from(&primary, stats.lsn)).unwrap();
+    replica
+        .plumbing()
+        .ingest(&pages_from(&primary, stats.lsn))
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while replica.applied_lsn() < primary.received_lsn() {
+    while replica.applied_lsn() < primary.plumbing().received_lsn() {
         assert!(
             std::time::Instant::now() < deadline,
             "replica did not apply"

@@ -412,7 +412,7 @@ impl Node {
     /// Makes `database` a source: replicas may subscribe to it, and `sync_replicas` of them are
     /// synchronous (their acks count for `Replicated(n)`).
     pub fn serve(&self, database: &Database, sync_replicas: usize) {
-        database.replication().enable(sync_replicas);
+        database.plumbing().replication().enable(sync_replicas);
         let mut watched = lock(&self.watched);
         if !watched.served.iter().any(|db| db.uuid() == database.uuid()) {
             watched.served.push(database.clone());
@@ -723,7 +723,7 @@ impl DatabaseLog for Wired {
         self.0.origin_uuid()
     }
     fn log(&self) -> &Log {
-        self.0.log()
+        self.0.plumbing().log()
     }
 }
 
@@ -765,7 +765,11 @@ impl SourceDatabase for Wired {
     }
 
     fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink> {
-        Box::new(Acks(self.0.replication().attach(peer, node, received_lsn)))
+        Box::new(Acks(self.0.plumbing().replication().attach(
+            peer,
+            node,
+            received_lsn,
+        )))
     }
 }
 
@@ -782,7 +786,7 @@ impl AckSink for Acks {
 
 impl ReplicaDatabase for Wired {
     fn received_lsn(&self) -> u64 {
-        self.0.received_lsn()
+        self.0.plumbing().received_lsn()
     }
     fn durable_lsn(&self) -> u64 {
         // The replica ring's durable watermark: its own flusher moves it (issue 16).
@@ -868,7 +872,7 @@ impl ReplicaSlot {
             tracing::info!(
                 replica = name,
                 generation,
-                received_lsn = database.received_lsn(),
+                received_lsn = database.plumbing().received_lsn(),
                 "opened replica"
             );
             *slot
@@ -906,7 +910,7 @@ impl ReplicaStore for ReplicaSlot {
             .last()
             .map_or(0, |g| g + 1);
         let dir = self.generation_dir(generation);
-        let restored = Database::restore_replica(&dir, input, self.options.clone())
+        let restored = pagemesh_core::Plumbing::restore_replica(&dir, input, self.options.clone())
             .map_err(BoxError::from)
             .and_then(|(database, stats)| {
                 let marker = std::fs::File::create(dir.join(COMPLETE))
@@ -935,7 +939,7 @@ impl ReplicaStore for ReplicaSlot {
         if let Some((old, old_db)) = previous {
             // Handles the application still holds keep the old files alive until dropped; they
             // say they are stale (`is_superseded`, a warning on their next read).
-            old_db.supersede();
+            old_db.plumbing().supersede();
             drop(old_db);
             self.remove_generation(old);
         }
