@@ -298,7 +298,9 @@ impl Database {
     /// **What a conflict costs.** An attempt whose reads are already stale here (checked against
     /// the applied state just before it is logged) is retried without logging anything. One
     /// that passes that check costs one log record, replicated like any other, even if the
-    /// applier then skips it for a conflict that arrived meanwhile. The last attempt is always
+    /// applier then skips it for a conflict that arrived meanwhile. Validation costs the
+    /// applier (here and on every replica) one lookup per key read and one scan of each range
+    /// read, so keep scans in transactions to the ranges that matter. The last attempt is always
     /// logged: the applier's answer is the one returned.
     ///
     /// ```
