@@ -1,9 +1,14 @@
 //! Key-value basics: open a database, write batches, read through snapshots, scan by prefix and
-//! range, and write conditionally with `put_if_version`.
+//! range, write conditionally with `put_if_version`, create, clear and drop tables, and use a
+//! typed table.
 //!
 //! Run with `cargo run --example kv`.
 
-use pagemesh::{Database, Durability, Error, Options};
+use pagemesh::codec::{Str, U64};
+use pagemesh::{Database, Durability, Error, Options, Table};
+
+/// A typed view of a table: `&str` keys, `u64` values (big-endian on disk).
+const POPULATION: Table<Str, U64> = Table::new("population");
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -72,5 +77,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mode = db.read()?.get("config", b"mode")?.map(|v| v.bytes.to_vec());
     assert_eq!(mode.as_deref(), Some(&b"slow"[..]));
     println!("tables: {:?}", db.tables());
+
+    // Tables are explicit when they need to be: created empty, cleared, dropped. Each is a
+    // logged write, so replicas do the same. (A put still creates its table.)
+    db.create_table("audit")?;
+    db.clear_table("cities")?;
+    assert!(db.read()?.prefix("cities", b"")?.next().is_none());
+    db.drop_table("cities")?;
+    assert_eq!(db.tables(), ["audit", "config", "users"]);
+
+    // A typed table: encoded by its codecs, stored as bytes like any other.
+    let mut batch = db.batch();
+    POPULATION.put(&mut batch, "london", &8_900_000)?;
+    POPULATION.put(&mut batch, "paris", &2_100_000)?;
+    db.commit(&batch, Durability::Applied)?;
+    let snapshot = db.read()?;
+    assert_eq!(POPULATION.get(&snapshot, "paris")?, Some(2_100_000));
+    for entry in POPULATION.iter(&snapshot)? {
+        let (city, people) = entry?;
+        println!("{city}: {people}");
+    }
     Ok(())
 }

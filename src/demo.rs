@@ -241,7 +241,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     };
     let loaded = bar("primary");
     let followers: Vec<ProgressBar> = layout.replicas.iter().map(|(name, _)| bar(name)).collect();
-    let first_lsn = db.received_lsn();
+    let first_lsn = db.plumbing().received_lsn();
 
     let started = Instant::now();
     let done = AtomicBool::new(false);
@@ -251,7 +251,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         let load = load(&db, args, replicas_wanted, &loaded);
         loaded.finish();
         load_time.set(started.elapsed());
-        db.log().seal();
+        db.plumbing().log().seal();
         done.store(true, Ordering::SeqCst);
         let watched = watcher.join().map_err(|_| "watcher panicked")?;
         load.and(watched)
@@ -283,7 +283,11 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
         replica_count,
         groups(db.stats()),
     );
-    let pages = db.received_lsn().saturating_sub(first_lsn).max(1);
+    let pages = db
+        .plumbing()
+        .received_lsn()
+        .saturating_sub(first_lsn)
+        .max(1);
     let transfers: u64 = replicas.iter().map(|r| r.status().pages_received).sum();
     println!(
         "page transfers per page written: {:.2} ({transfers} transfers of {pages} pages; a tree needs {replica_count}{})",
@@ -371,12 +375,12 @@ fn heed_ceiling(
 /// receipts report).
 fn wait_for_replicas(db: &Database, wanted: u32) -> Result<(), BoxError> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let end = db.received_lsn();
-    while !db.replication().reached(end, wanted) {
+    let end = db.plumbing().received_lsn();
+    while !db.plumbing().replication().reached(end, wanted) {
         if Instant::now() > deadline {
             return Err(format!(
                 "not all {wanted} replicas connected within 60 s; the primary's links: {:?}",
-                db.replication().status()
+                db.plumbing().replication().status()
             )
             .into());
         }
@@ -426,7 +430,7 @@ fn watch(
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done = loaded.load(Ordering::SeqCst);
-        let primary_lsn = db.received_lsn();
+        let primary_lsn = db.plumbing().received_lsn();
         let mut all_done = done && db.applied_lsn() >= primary_lsn;
         for (replica, bar) in replicas.iter().zip(bars) {
             let Some(copy) = replica.database() else {
@@ -436,7 +440,7 @@ fn watch(
             // Records applied since the replica opened, each a batch (cheap to read, unlike a count).
             let applied = (copy.stats().records * args.batch as u64).min(args.records);
             bar.set_position(applied);
-            let lag = primary_lsn.saturating_sub(copy.received_lsn());
+            let lag = primary_lsn.saturating_sub(copy.plumbing().received_lsn());
             bar.set_message(format!("lag {lag:>4} pages"));
             if !(done && copy.applied_lsn() >= primary_lsn) {
                 all_done = false;

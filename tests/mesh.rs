@@ -160,14 +160,14 @@ fn upstream_of(row: usize, col: usize) -> Vec<(usize, usize)> {
 /// Waits until `nodes` distinct nodes are known to the origin to hold everything it wrote: its
 /// direct links, and the nodes their RECEIPTS report.
 fn wait_held_by(db: &Database, nodes: u32, what: &str) {
-    db.log().seal();
-    let end = db.received_lsn();
+    db.plumbing().log().seal();
+    let end = db.plumbing().received_lsn();
     let deadline = std::time::Instant::now() + PATIENCE;
-    while !db.replication().reached(end, nodes) {
+    while !db.plumbing().replication().reached(end, nodes) {
         assert!(
             std::time::Instant::now() < deadline,
             "{what}: {nodes} nodes holding pages below {end} not within {PATIENCE:?}; links {:#?}",
-            db.replication().status()
+            db.plumbing().replication().status()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -243,7 +243,7 @@ fn a_grid_of_processes_relays_reroutes_and_converges(transport: TransportKind, n
     }
     let others = (SIDE * SIDE - 1) as u32;
     wait_held_by(&db, others, "every node counted at the origin");
-    let links = db.replication().status();
+    let links = db.plumbing().replication().status();
     assert_eq!(
         links.len(),
         2,
@@ -302,9 +302,9 @@ fn a_grid_of_processes_relays_reroutes_and_converges(transport: TransportKind, n
             }
         }
     }
-    db.log().seal();
+    db.plumbing().log().seal();
     let end = eventually("the origin applies its log", PATIENCE, || {
-        let end = db.received_lsn();
+        let end = db.plumbing().received_lsn();
         (db.applied_lsn() >= end).then_some(end)
     });
     for label in &names {
@@ -382,7 +382,7 @@ fn a_node_knowing_one_peer_discovers_its_holders(transport: TransportKind, name:
     eventually(
         "b and c settle on the relays they hear directly",
         PATIENCE,
-        || (db.replication().status().len() == 1).then_some(()),
+        || (db.plumbing().replication().status().len() == 1).then_some(()),
     );
     let ledger = Ledger::default();
     let mut workload = bulk_workload(SEED ^ 7, 0);
@@ -401,9 +401,9 @@ fn a_node_knowing_one_peer_discovers_its_holders(transport: TransportKind, name:
 
     c.stop("c");
     b.stop("b");
-    db.log().seal();
+    db.plumbing().log().seal();
     let end = eventually("the origin applies its log", PATIENCE, || {
-        let end = db.received_lsn();
+        let end = db.plumbing().received_lsn();
         (db.applied_lsn() >= end).then_some(end)
     });
     for label in ["b", "c"] {
@@ -471,7 +471,10 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     assert_eq!(copy["origin"], db.origin_uuid().to_string());
     assert_eq!(copy["relay"], true);
     let committed = copy["committed_lsn"].as_u64().expect("committed_lsn");
-    assert!(committed > 0 && committed <= db.received_lsn(), "{status}");
+    assert!(
+        committed > 0 && committed <= db.plumbing().received_lsn(),
+        "{status}"
+    );
     // Its positions, the holder it follows, and its replica b with its lag, once b caught up.
     let status = eventually("a reports b caught up", PATIENCE, || {
         let (code, status) = ctl(a.addr, &["status"]);
@@ -523,7 +526,10 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
             .unwrap_or_else(|| panic!("{holder} in {found}"));
         assert_eq!(entry["role"], role, "{found}");
         let committed = entry["committed_lsn"].as_u64().expect("committed_lsn");
-        assert!(committed > 0 && committed <= db.received_lsn(), "{found}");
+        assert!(
+            committed > 0 && committed <= db.plumbing().received_lsn(),
+            "{found}"
+        );
         assert!(entry["applied_lsn"].as_u64().expect("applied_lsn") <= committed);
         assert!(entry["epoch"].is_u64(), "{found}");
     }

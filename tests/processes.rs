@@ -62,7 +62,12 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 fn sync_replicas(db: &Database) -> usize {
-    db.replication().status().iter().filter(|r| r.sync).count()
+    db.plumbing()
+        .replication()
+        .status()
+        .iter()
+        .filter(|r| r.sync)
+        .count()
 }
 
 /// Commits `count` batches of a few records each with `Replicated(1)`; returns the (key, seq)
@@ -147,13 +152,14 @@ fn replica_process_survives_sigkill_and_converges(transport: TransportKind, name
         sync_replicas(&db) == 1
     });
     load(&db, next, 300, &mut acked);
-    db.log().seal();
-    let end = db.received_lsn();
+    db.plumbing().log().seal();
+    let end = db.plumbing().received_lsn();
     wait_for(
         "the replica to receive everything",
         Duration::from_secs(30),
         || {
-            db.replication()
+            db.plumbing()
+                .replication()
                 .status()
                 .first()
                 .is_some_and(|r| r.received_lsn >= end)

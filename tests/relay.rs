@@ -37,7 +37,7 @@ fn a_replica_relays_and_its_subtree_counts(transport: TransportKind) {
     ledger.assert_clean("through the relay");
     assert_converged(db, &leaf, &ledger, "leaf");
     assert_converged(db, &relay, &ledger, "relay");
-    let links = db.replication().status();
+    let links = db.plumbing().replication().status();
     assert_eq!(
         links.len(),
         1,
@@ -48,7 +48,7 @@ fn a_replica_relays_and_its_subtree_counts(transport: TransportKind) {
     // The relay falls behind the primary's binlog and is re-seeded into a new generation.
     let behind = cut_off(proxy, &relay);
     write_offline(db, &ledger, SEED ^ 1, 120);
-    let oldest = db.binlog_oldest_lsn().expect("binlog");
+    let oldest = db.plumbing().binlog_oldest_lsn().expect("binlog");
     assert!(
         oldest > behind,
         "the test needs the binlog trimmed past the relay: oldest {oldest}, relay at {behind}"
@@ -127,7 +127,7 @@ fn a_relay_behind_refuses_a_replica_ahead_of_it(transport: TransportKind) {
         .start();
     leaf.wait_following();
     assert!(
-        leaf.database().expect("leaf").received_lsn() > behind,
+        leaf.database().expect("leaf").plumbing().received_lsn() > behind,
         "the test needs the leaf ahead of the relay"
     );
     // Connected is set once RESUME is sent, before the relay's answer: wait for the primary.

@@ -144,7 +144,7 @@ fn assert_holds(replica: &Database, promised: &[Committed], all: &[Committed], w
         "{what}: {} acknowledged changes missing (replica applied {} / received {}): {:?}",
         lost.len(),
         replica.applied_lsn(),
-        replica.received_lsn(),
+        replica.plumbing().received_lsn(),
         &lost[..lost.len().min(8)]
     );
 }
@@ -194,13 +194,13 @@ fn replica_restarted_mid_stream_resumes(transport: TransportKind) {
         let recovered = eventually("replica a reopened from its disk", PATIENCE, || {
             replica
                 .database()
-                .filter(|d| d.applied_lsn() >= d.received_lsn())
+                .filter(|d| d.applied_lsn() >= d.plumbing().received_lsn())
         });
         let last_page = promised.iter().map(|c| c.seq).max().unwrap() / PAGE_SIZE as u64;
         assert!(
-            recovered.received_lsn() > last_page,
+            recovered.plumbing().received_lsn() > last_page,
             "replica a acknowledged page {last_page} but holds pages below {} after its restart",
-            recovered.received_lsn()
+            recovered.plumbing().received_lsn()
         );
         assert_holds(
             &recovered,
@@ -281,7 +281,7 @@ fn far_behind_replica_is_reseeded(transport: TransportKind) {
     // far past its 64 KiB of binlog; then the replica comes back.
     let behind = cut_off(proxy, &replica);
     write_offline(db, &ledger, SEED ^ 5, 120);
-    let oldest = db.binlog_oldest_lsn().unwrap();
+    let oldest = db.plumbing().binlog_oldest_lsn().unwrap();
     assert!(
         oldest > behind,
         "the test needs the binlog trimmed past the replica: oldest {oldest}, replica at {behind}"
@@ -291,10 +291,10 @@ fn far_behind_replica_is_reseeded(transport: TransportKind) {
     assert_reseeded(db, &ledger, &replica, seeds, restores + 1, what);
 
     // After a restart: the replica's node is gone while the primary writes megabytes.
-    let behind = replica.database().unwrap().received_lsn();
+    let behind = replica.database().unwrap().plumbing().received_lsn();
     drop(replica);
     write_offline(db, &ledger, SEED ^ 7, 120);
-    assert!(db.binlog_oldest_lsn().unwrap() > behind);
+    assert!(db.plumbing().binlog_oldest_lsn().unwrap() > behind);
     let replica = pair.follower("replica").direct().start();
     let seeds = (SEED ^ 8, 2);
     assert_reseeded(db, &ledger, &replica, seeds, 1, "re-seeded after a restart");
@@ -323,7 +323,7 @@ fn interrupted_reseed_starts_over(transport: TransportKind) {
     workload.keys = 2_000;
     ledger.run(db, &mut workload, 150, &[Applied], &no_check);
     assert!(
-        db.binlog_oldest_lsn().unwrap() > behind,
+        db.plumbing().binlog_oldest_lsn().unwrap() > behind,
         "binlog trimmed past the replica"
     );
 
@@ -496,7 +496,7 @@ fn stalled_link_does_not_block_the_primary(transport: TransportKind) {
     assert!(
         finished,
         "commits needing no replica were blocked for {bound:?} by a stalled replica link (link timeout {LINK_TIMEOUT:?}); primary sees {:?}",
-        db.replication().status()
+        db.plumbing().replication().status()
     );
     ledger.assert_clean("stalled link");
     assert_converged(db, &replica, &ledger, "after the stall");
@@ -593,7 +593,7 @@ fn bad_watchers_are_refused(transport: TransportKind) {
     match frame_of(&have) {
         Frame::Have(have) => {
             assert_eq!((have.database, have.origin), (db.uuid(), db.origin_uuid()));
-            assert!(have.lsn <= db.received_lsn());
+            assert!(have.lsn <= db.plumbing().received_lsn());
         }
         other => panic!("expected HAVE, got {other:?}"),
     }
@@ -867,10 +867,10 @@ fn bad_peers_are_refused(transport: TransportKind) {
     let late = pair.follow("late");
     assert_converged(db, &late, &ledger, "late replica");
     assert_eq!(
-        db.replication().status().len(),
+        db.plumbing().replication().status().len(),
         2,
         "{:?}",
-        db.replication().status()
+        db.plumbing().replication().status()
     );
     drop((wrong, none));
 }
@@ -949,7 +949,7 @@ fn false_claim_of_receipt(transport: TransportKind, resume_ahead: u64, ack_ahead
     batch.put("t", b"k", b"v").unwrap();
     db.commit(&batch, Applied).unwrap();
     let (mut stream, _buf) = raw_handshake(pair.addr(), SECRET, PATIENCE);
-    let at = db.received_lsn();
+    let at = db.plumbing().received_lsn();
     let mut out = resume_frame(db, at + resume_ahead);
     if let Some(ahead) = ack_ahead {
         encode(
@@ -970,7 +970,7 @@ fn false_claim_of_receipt(transport: TransportKind, resume_ahead: u64, ack_ahead
     assert!(
         matches!(outcome, Err(StoreError::ReplicationTimeout { .. })),
         "a Replicated(1) commit returned {outcome:?} though no replica received it; the primary counts {:?}",
-        db.replication().status()
+        db.plumbing().replication().status()
     );
 }
 
@@ -1024,18 +1024,18 @@ fn replica_ahead_of_a_restored_source(transport: TransportKind) {
         )
         .unwrap();
     second.serve(&db, 1);
-    let ahead = replica.database().unwrap().received_lsn();
+    let ahead = replica.database().unwrap().plumbing().received_lsn();
     assert!(
-        ahead > db.received_lsn(),
+        ahead > db.plumbing().received_lsn(),
         "the replica ({ahead}) is ahead of the restored primary ({}, backup at {})",
-        db.received_lsn(),
+        db.plumbing().received_lsn(),
         stats.lsn
     );
     proxy.set_target(second.local_addr().unwrap());
     proxy.cut();
     // Let the replica reconnect (the restored primary may attach it or refuse it).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while db.replication().status().is_empty() && Instant::now() < deadline {
+    while db.plumbing().replication().status().is_empty() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(5));
     }
     let mut batch = WriteBatch::new();
@@ -1059,7 +1059,7 @@ fn replica_ahead_of_a_restored_source(transport: TransportKind) {
                 held(&replica).is_some(),
                 "a Replicated(1) commit (seq {seq}) on the restored primary returned Ok, but the replica (received LSN {ahead} when the primary was at {}) never got it; the primary counts {:?}; replica {:?}",
                 stats.lsn,
-                db.replication().status(),
+                db.plumbing().replication().status(),
                 replica.status()
             );
         }

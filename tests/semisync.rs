@@ -19,7 +19,7 @@ fn promotion(transport: TransportKind) {
     let second = pair.follower("second").start();
     let second_db = second.wait_following();
     pair.wait_attached(2, 1);
-    let status = db.replication().status();
+    let status = db.plumbing().replication().status();
     assert!(
         status[0].sync && !status[1].sync,
         "attach order decides: {status:?}"

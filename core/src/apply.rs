@@ -58,6 +58,11 @@
 //! The ring thus holds at most one extra group beyond what is unapplied, and an idle database
 //! has all of its ring released (and LMDB fully on disk) moments after its last commit.
 //!
+//! Tables are created, dropped and cleared by records like any write (`record.rs`, version 2),
+//! so every replica does the same at the same point of the log: a put creates its table if it
+//! does not exist (as it always did), a delete creates nothing, a drop empties the table and
+//! removes its `table:` key (see `GroupTables`).
+//!
 //! Tables first written inside a group are created in the group's own transaction (heed creates
 //! databases only through `create_databases_and_commit`, so the whole group runs inside it), and
 //! opened by name once it has committed.
@@ -197,6 +202,7 @@ impl Applier {
                 .map_or(0, |d| d.as_micros() as u64)
         });
         let mut created: Vec<String> = Vec::new();
+        let mut existence: HashMap<String, bool> = HashMap::new();
         let mut gate = None;
         self.compact.clear();
         let wtxn = store.env.write_txn().map_err(store.lmdb("begin group"))?;
@@ -208,17 +214,23 @@ impl Applier {
                         store,
                         wdo,
                         created: HashMap::new(),
+                        live: HashMap::new(),
+                        existence: HashMap::new(),
                         gate: None,
                         last: None,
                     };
                     self.write_group(first_lsn, older_than, wtxn, &mut tables)?;
                     created.extend(tables.created.into_keys());
+                    existence.extend(tables.existence.drain());
                     gate = tables.gate.take();
                     Ok(CommitOrAbort::<_, ()>::Commit(()))
                 });
         committed.map_err(|error| error.into_error(store.lmdb("commit group")))?;
         for table in &created {
             store.open_created_table(table)?;
+        }
+        for (table, exists) in &existence {
+            store.set_table_exists(table, *exists);
         }
         drop(gate);
         // This commit's sync put the previous group's meta page on disk: its pages may go.
@@ -289,10 +301,21 @@ impl Applier {
 type TxnTable<'e> = heed::Database<'e, Bytes, Bytes>;
 
 /// The tables a group writes: the store's, plus any the group's transaction creates.
+///
+/// A table *exists* while `__meta` holds its `table:NAME` key (what [`Database::tables`] lists).
+/// Its LMDB database outlives a drop, emptied: LMDB's named databases are cheap, a handle the
+/// store holds stays valid, and a snapshot begun before the drop keeps reading what it saw (the
+/// drop's clearing is transactional like any write). A table revived by a put or a create
+/// reuses it.
 struct GroupTables<'s, 'g, 'e> {
     store: &'s Store,
     wdo: &'g heed::DatabaseOpener<'e, heed::WithTls>,
+    /// LMDB databases this group's transaction created (opened by name once it commits).
     created: HashMap<String, TxnTable<'e>>,
+    /// Tables known to exist in this group's transaction (their `table:` key checked or put).
+    live: HashMap<String, TxnTable<'e>>,
+    /// Tables this group made exist (true) or dropped (false), as it left them.
+    existence: HashMap<String, bool>,
     /// Held from the first table creation until the new handles are registered (`Store::table_gate`).
     gate: Option<std::sync::RwLockWriteGuard<'s, ()>>,
     /// The table the previous operation named: batches mostly write one table, and the store's
@@ -300,7 +323,15 @@ struct GroupTables<'s, 'g, 'e> {
     last: Option<(String, TxnTable<'e>)>,
 }
 
+/// `__meta`'s key for table `name`: present while the table exists.
+fn table_key(name: &str) -> Vec<u8> {
+    let mut key = b"table:".to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 impl<'e> GroupTables<'_, '_, 'e> {
+    /// The table to write, created (or revived after a drop) if it does not exist.
     fn get(&mut self, name: &str, wtxn: &mut heed::RwTxn<'e>) -> Result<TxnTable<'e>> {
         if let Some((last, table)) = &self.last {
             if last == name {
@@ -319,32 +350,93 @@ impl<'e> GroupTables<'_, '_, 'e> {
         Ok(table)
     }
 
+    /// The table's LMDB database, if it has one (existing, or dropped and emptied): for reads,
+    /// which create nothing. A table with none is empty.
+    fn find(&self, name: &str) -> Option<TxnTable<'e>> {
+        self.live
+            .get(name)
+            .or_else(|| self.created.get(name))
+            .copied()
+            .or_else(|| self.store.table(name))
+    }
+
     fn find_or_create(&mut self, name: &str, wtxn: &mut heed::RwTxn<'e>) -> Result<TxnTable<'e>> {
-        if let Some(table) = self.store.table(name) {
-            return Ok(table);
-        }
-        if let Some(table) = self.created.get(name) {
+        if let Some(table) = self.live.get(name) {
             return Ok(*table);
         }
-        if self.gate.is_none() {
-            self.gate = Some(
-                self.store
-                    .table_gate
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
+        let key = table_key(name);
+        let listed = (self.store.meta)
+            .get(wtxn, &key)
+            .map_err(self.store.lmdb("read table"))?
+            .is_some();
+        let table = match self.find(name) {
+            Some(table) => table,
+            None => {
+                if self.gate.is_none() {
+                    self.gate = Some(
+                        self.store
+                            .table_gate
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    );
+                }
+                let lmdb = self.store.lmdb("create table");
+                let table: TxnTable<'e> =
+                    self.wdo.create_database(wtxn, Some(name)).map_err(lmdb)?;
+                self.created.insert(name.to_string(), table);
+                table
+            }
+        };
+        if !listed {
+            self.store
+                .meta
+                .put(wtxn, &key, b"")
+                .map_err(self.store.lmdb("register table"))?;
+            self.existence.insert(name.to_string(), true);
         }
-        let lmdb = self.store.lmdb("create table");
-        let table: TxnTable<'e> = self.wdo.create_database(wtxn, Some(name)).map_err(lmdb)?;
-        let mut key = b"table:".to_vec();
-        key.extend_from_slice(name.as_bytes());
-        self.store
-            .meta
-            .put(wtxn, &key, b"")
-            .map_err(self.store.lmdb("register table"))?;
-        self.created.insert(name.to_string(), table);
+        self.live.insert(name.to_string(), table);
         Ok(table)
     }
+
+    /// Empties the table, if it has a database; with `drop`, it also stops existing.
+    fn clear(&mut self, name: &str, drop: bool, wtxn: &mut heed::RwTxn<'e>) -> Result<()> {
+        if let Some(table) = self.find(name) {
+            table.clear(wtxn).map_err(self.store.lmdb("clear table"))?;
+        }
+        if drop {
+            self.live.remove(name);
+            if self.last.as_ref().is_some_and(|(last, _)| last == name) {
+                self.last = None;
+            }
+            let was_listed = (self.store.meta)
+                .delete(wtxn, &table_key(name))
+                .map_err(self.store.lmdb("unregister table"))?;
+            if was_listed || self.existence.contains_key(name) {
+                self.existence.insert(name.to_string(), false);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a scan of `range` in `table` sees in `wtxn`: entries and their greatest version (the
+/// pair a transaction's range read is validated by, `record::RangeRead`).
+fn range_fingerprint(
+    table: Option<TxnTable<'_>>,
+    wtxn: &heed::RwTxn<'_>,
+    range: &(std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>),
+    store: &Store,
+) -> Result<(u64, u64)> {
+    let Some(table) = table else {
+        return Ok((0, 0));
+    };
+    let (mut count, mut max) = (0u64, 0u64);
+    for entry in table.range(wtxn, range).map_err(store.lmdb("read range"))? {
+        let (_, stored) = entry.map_err(store.lmdb("read range"))?;
+        count += 1;
+        max = max.max(value_seq(stored)?);
+    }
+    Ok((count, max))
 }
 
 /// Pages to take next: what is left of the group's byte budget, at least one page, at most
@@ -439,13 +531,23 @@ fn apply_record<'e>(
     let lmdb = |op: &'static str| store.lmdb(op);
     let record = decode(bytes)?;
     for read in record.reads() {
-        let table = tables.get(read.table, wtxn)?;
-        let current = match table.get(wtxn, read.key).map_err(lmdb("read version"))? {
-            Some(stored) => Some(value_seq(stored)?),
+        let current = match tables.find(read.table) {
             None => None,
+            Some(table) => match table.get(wtxn, read.key).map_err(lmdb("read version"))? {
+                Some(stored) => Some(value_seq(stored)?),
+                None => None,
+            },
         };
         if current != read.version {
             tracing::debug!(seq, table = read.table, "transaction skipped: stale read");
+            return Ok(false);
+        }
+    }
+    for range in record.range_reads() {
+        let bounds = (range.start, range.end);
+        let seen = range_fingerprint(tables.find(range.table), wtxn, &bounds, store)?;
+        if seen != (range.count, range.max_version) {
+            tracing::debug!(seq, table = range.table, "transaction skipped: stale range");
             return Ok(false);
         }
     }
@@ -460,10 +562,17 @@ fn apply_record<'e>(
                 let t = tables.get(name, wtxn)?;
                 t.put(wtxn, key, value_buf).map_err(lmdb("put"))?;
             }
+            // A delete creates nothing: a table that does not exist holds no key.
             Op::Delete { table: name, key } => {
-                let t = tables.get(name, wtxn)?;
-                t.delete(wtxn, key).map_err(lmdb("delete"))?;
+                if let Some(t) = tables.find(name) {
+                    t.delete(wtxn, key).map_err(lmdb("delete"))?;
+                }
             }
+            Op::CreateTable { table: name } => {
+                tables.get(name, wtxn)?;
+            }
+            Op::ClearTable { table: name } => tables.clear(name, false, wtxn)?,
+            Op::DropTable { table: name } => tables.clear(name, true, wtxn)?,
         }
     }
     Ok(true)

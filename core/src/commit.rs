@@ -24,7 +24,10 @@ use crate::record::RecordBuilder;
 #[cfg(doc)]
 use crate::Database;
 
-/// Puts and deletes over any tables, committed as one record.
+/// Puts and deletes over any tables, committed as one record; and table operations
+/// ([`create_table`](Self::create_table), [`drop_table`](Self::drop_table),
+/// [`clear_table`](Self::clear_table)), which go through the log like any write, so replicas
+/// do the same at the same point. A put into a table that does not exist creates it.
 ///
 /// A record may take up to half the log ring, so a put that would make the batch larger than
 /// that is refused at once with [`Error::ValueTooLarge`], naming the limit. [`WriteBatch::new`]
@@ -74,9 +77,46 @@ impl WriteBatch {
         self.record.put(table, key, value)?;
         Ok(self)
     }
-    /// Removes `key` from `table`.
+    /// Removes `key` from `table` (nothing if the table does not exist: a delete creates no
+    /// table).
     pub fn delete(&mut self, table: &str, key: &[u8]) -> Result<&mut Self> {
         self.record.delete(table, key)?;
+        Ok(self)
+    }
+    /// Creates `table`, empty, if it does not exist (a no-op if it does). A put creates its
+    /// table too, so this is needed only for a table that must exist (be listed by
+    /// [`Database::tables`]) before anything is in it.
+    pub fn create_table(&mut self, table: &str) -> Result<&mut Self> {
+        self.record.create_table(table)?;
+        Ok(self)
+    }
+    /// Drops `table`: every entry removed, and it is no longer listed by [`Database::tables`]
+    /// (a no-op if it does not exist). Later changes in the batch, and later batches, that put
+    /// into it create it again, empty but for them.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Durability, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// let mut batch = db.batch();
+    /// batch.put("sessions", b"s1", b"alice")?.put("users", b"alice", b"")?;
+    /// db.commit(&batch, Durability::Applied)?;
+    ///
+    /// let mut batch = db.batch();
+    /// batch.drop_table("sessions")?.create_table("audit")?;
+    /// db.commit(&batch, Durability::Applied)?;
+    /// assert_eq!(db.tables(), ["audit", "users"]);
+    /// assert!(db.read()?.get("sessions", b"s1")?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn drop_table(&mut self, table: &str) -> Result<&mut Self> {
+        self.record.drop_table(table)?;
+        Ok(self)
+    }
+    /// Removes every entry of `table` and keeps the table (a no-op if it does not exist).
+    pub fn clear_table(&mut self, table: &str) -> Result<&mut Self> {
+        self.record.clear_table(table)?;
         Ok(self)
     }
     /// Changes in the batch.

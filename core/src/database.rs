@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use pagemesh_logpage::{CommitPos, Flusher, Ingested, Log, LogOptions};
+use pagemesh_logpage::{CommitPos, Flusher, Log, LogOptions};
 
 use crate::apply::{self, ApplyStats, Stats};
 use crate::commit::{CommitTicket, WriteBatch};
@@ -35,6 +35,9 @@ use crate::transaction::Transaction;
 
 /// An open database: a `Send + Sync` handle; clones share it. Dropping the last one stops the
 /// applier after it applied every ready page; what was only in the ring is recovered on reopen.
+///
+/// What only the node and the network use (ingesting a replica's pages, the log, replication
+/// state, binlog cursors) is behind [`plumbing`](Self::plumbing), out of an application's way.
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<Inner>,
@@ -50,6 +53,17 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
+    /// The replication plumbing: what the node and network crates (and tools, tests) call, and
+    /// an application does not need. See [`Plumbing`](crate::Plumbing).
+    pub fn plumbing(&self) -> crate::Plumbing<'_> {
+        crate::Plumbing::new(self)
+    }
+
+    /// The shared state, for [`crate::Plumbing`].
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// Opens the database in `dir`, creating it if empty, and recovers: log records committed to
     /// the ring but not yet applied are applied before new ones.
     ///
@@ -269,6 +283,13 @@ impl Database {
     /// body is not run again, and the error is returned as it is. Store errors, including a
     /// [`Error::Conflict`] once the retries are spent, come back converted into `E`.
     ///
+    /// **What is validated.** Every key the body read ([`Transaction::get`],
+    /// [`Transaction::get_versioned`]) must still be at the version read (or still absent), and
+    /// every range it scanned ([`Transaction::range`], [`Transaction::prefix`]) must hold
+    /// exactly what it held: a put, overwrite or delete of any key in it, an insertion
+    /// included, conflicts. Keys and ranges the body did not read may change freely (see the
+    /// `transaction` module's docs).
+    ///
     /// **Retries.** On a conflict `body` runs again on a fresh snapshot, up to `retries_max`
     /// times (`0`: one attempt only), after a short randomized pause that grows with each
     /// attempt (from tens of microseconds to about 2 ms), so contending writers spread out. So a
@@ -277,7 +298,9 @@ impl Database {
     /// **What a conflict costs.** An attempt whose reads are already stale here (checked against
     /// the applied state just before it is logged) is retried without logging anything. One
     /// that passes that check costs one log record, replicated like any other, even if the
-    /// applier then skips it for a conflict that arrived meanwhile. The last attempt is always
+    /// applier then skips it for a conflict that arrived meanwhile. Validation costs the
+    /// applier (here and on every replica) one lookup per key read and one scan of each range
+    /// read, so keep scans in transactions to the ranges that matter. The last attempt is always
     /// logged: the applier's answer is the one returned.
     ///
     /// ```
@@ -393,82 +416,22 @@ impl Database {
         Ok((Self::open(dir, options)?, stats))
     }
 
-    /// Restores a snapshot stream of another database into `dir` (empty) as a read-only replica of
-    /// it, and opens it. The replica then takes its origin's pages with [`ingest`](Self::ingest)
-    /// from the LSN in the returned stats (see the snapshot module docs for why that may be below
-    /// the snapshot's own LSN). A replica refuses writes with [`Error::ReadOnlyReplica`].
-    pub fn restore_replica(
-        dir: impl AsRef<Path>,
-        input: impl std::io::Read,
-        options: Options,
-    ) -> Result<(Self, SnapshotStats)> {
-        let stats = snapshot::restore(dir.as_ref(), options.map_size, input, true)?;
-        Ok((Self::open(dir, options)?, stats))
-    }
-
     /// Whether this is a read-only replica of another database.
     pub fn is_replica(&self) -> bool {
         self.inner.store.is_replica
     }
 
-    /// Marks this copy as replaced by another (a replica re-bootstrapped into a new directory,
-    /// as a node does when its source's history moved past it): handles still held keep
-    /// reading what it held, which no longer moves; [`is_superseded`](Self::is_superseded) says
-    /// so, and the first read after logs a warning, so a stale handle is not silent.
-    pub fn supersede(&self) {
-        self.inner.superseded.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether this copy was replaced by another ([`supersede`](Self::supersede)): its data no
+    /// Whether this copy was replaced by another ([`Plumbing::supersede`](crate::Plumbing::supersede)): its data no
     /// longer follows its origin. Take the replica's current database instead
     /// (`pagemesh::Replica::database`).
     pub fn is_superseded(&self) -> bool {
         self.inner.superseded.load(Ordering::Relaxed)
     }
 
-    /// Copies pages of this replica's origin into its log ring (see
-    /// [`pagemesh_logpage::Log::ingest`]); the applier replays them. Never blocks.
-    pub fn ingest(&self, pages: &[u8]) -> Result<Ingested> {
-        Ok(self.inner.log.ingest(pages)?)
-    }
-
-    /// Every page below this is in the log ring (received, for a replica): what it acknowledges.
-    pub fn received_lsn(&self) -> u64 {
-        self.inner.log.committed_lsn()
-    }
-
-    /// The log, for the network's shippers (cursors) and feeders (wakers).
-    pub fn log(&self) -> &Log {
-        &self.inner.log
-    }
-
-    /// This database's replication state: make it a source, attach replicas, report acks.
-    pub fn replication(&self) -> &Arc<Replication> {
-        &self.inner.replication
-    }
-
     /// The uuid of the log this database's records come from (its own, or its origin's for a
     /// replica).
     pub fn origin_uuid(&self) -> uuid::Uuid {
         self.inner.store.origin_uuid
-    }
-
-    /// The oldest LSN the binlog still holds: catch-up from below it needs a full snapshot.
-    pub fn binlog_oldest_lsn(&self) -> Result<u64> {
-        let store = &self.inner.store;
-        let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-        store.binlog_oldest_lsn(&rtxn)
-    }
-
-    /// Registers (or moves) a named consumer of the binlog at `lsn`: retention never trims a page
-    /// at or above it. A replica's shipper keeps its cursor here.
-    pub fn set_cursor(&self, name: &str, lsn: u64) -> Result<()> {
-        self.inner.store.set_cursor(name, lsn)
-    }
-
-    /// Forgets a named consumer.
-    pub fn remove_cursor(&self, name: &str) -> Result<()> {
-        self.inner.store.remove_cursor(name)
     }
 
     /// What the applier has done since open: groups, pages, records (how group commit adapted).
@@ -528,9 +491,60 @@ impl Database {
         self.inner.store.database_uuid
     }
 
-    /// The names of the tables that exist.
+    /// The names of the tables that exist now, in order: those a put or
+    /// [`create_table`](Self::create_table) made and no [`drop_table`](Self::drop_table)
+    /// removed since (as the last applied group left them). Needs no read transaction, so it
+    /// can be called while the thread holds a snapshot; [`Snapshot::tables`] lists a
+    /// snapshot's.
     pub fn tables(&self) -> Vec<String> {
         self.inner.store.table_names()
+    }
+
+    /// Creates `table`, empty, if it does not exist, and waits until applied; returns the
+    /// record's seq. One [`WriteBatch::create_table`] committed `Applied`: logged and
+    /// replicated like any write. A put creates its table too; create one explicitly when it
+    /// must be listed before anything is in it.
+    pub fn create_table(&self, table: &str) -> Result<u64> {
+        let mut batch = self.batch();
+        batch.create_table(table)?;
+        self.commit(&batch, Durability::Applied)
+    }
+
+    /// Drops `table` (every entry, and the table itself: [`tables`](Self::tables) no longer
+    /// lists it) and waits until applied; a no-op on a table that does not exist. A later put
+    /// creates it again, empty. Logged and replicated like any write
+    /// ([`WriteBatch::drop_table`]).
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Durability, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// db.create_table("empty")?;
+    /// let mut batch = db.batch();
+    /// batch.put("cache", b"k", b"v")?;
+    /// db.commit(&batch, Durability::Applied)?;
+    /// assert_eq!(db.tables(), ["cache", "empty"]);
+    ///
+    /// db.clear_table("cache")?; // emptied, still there
+    /// assert_eq!(db.tables(), ["cache", "empty"]);
+    /// db.drop_table("cache")?; // gone
+    /// assert_eq!(db.tables(), ["empty"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn drop_table(&self, table: &str) -> Result<u64> {
+        let mut batch = self.batch();
+        batch.drop_table(table)?;
+        self.commit(&batch, Durability::Applied)
+    }
+
+    /// Removes every entry of `table`, keeping the table, and waits until applied; a no-op on
+    /// a table that does not exist. Logged and replicated like any write
+    /// ([`WriteBatch::clear_table`]).
+    pub fn clear_table(&self, table: &str) -> Result<u64> {
+        let mut batch = self.batch();
+        batch.clear_table(table)?;
+        self.commit(&batch, Durability::Applied)
     }
 }
 
@@ -623,7 +637,7 @@ pub(crate) struct Inner {
     conflicts: Mutex<BTreeSet<u64>>,
     pub(crate) replication: Arc<Replication>,
     pub(crate) metrics: Metrics,
-    /// Set when another copy replaced this one ([`Database::supersede`]).
+    /// Set when another copy replaced this one ([`crate::Plumbing::supersede`]).
     superseded: AtomicBool,
     /// Whether a read of the superseded copy has been warned about.
     superseded_warned: AtomicBool,
@@ -813,6 +827,11 @@ impl Inner {
             .map_or(0, |d| d.as_micros() as u64);
         let previous = self.hlc.fetch_max(now, Ordering::Relaxed).max(now);
         self.hlc.fetch_add(1, Ordering::Relaxed).max(previous) + 1
+    }
+
+    /// Marks this copy as replaced by another ([`crate::Plumbing::supersede`]).
+    pub(crate) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Relaxed);
     }
 
     /// Publishes the applier's new watermark and wakes the commits waiting on it.

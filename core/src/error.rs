@@ -247,6 +247,17 @@ pub enum Error {
         /// How long it waited.
         waited: std::time::Duration,
     },
+    /// A typed table's codec could not decode what the table holds ([`crate::Table`]): the
+    /// bytes were written by another codec, or by the byte API.
+    #[error("table {table:?}: stored bytes do not decode as {codec}: {source}")]
+    Codec {
+        /// The table.
+        table: String,
+        /// The codec's type.
+        codec: &'static str,
+        /// What the codec said.
+        source: crate::codec::CodecError,
+    },
     /// The database was closed.
     #[error("the database is closed")]
     Closed,

@@ -23,7 +23,10 @@
 //!
 //! History: [`Snapshot::export`] streams a consistent full snapshot and [`Database::restore`]
 //! loads one; [`Snapshot::binlog_range`] reads log pages back from any retained LSN; retention
-//! trims the binlog by size, never past a registered cursor ([`Database::set_cursor`]).
+//! trims the binlog by size, never past a registered cursor ([`Plumbing::set_cursor`]).
+//!
+//! Tables hold bytes; [`Table<K, V>`](Table) reads and writes them as typed keys and values
+//! through a small [`Codec`] trait (`codec`'s docs), at no cost to the byte API.
 //!
 //! Another process (a backup, an inspector) reads a database that a node or app holds through
 //! [`ReadOnlyDatabase`]: the same consistent [`Snapshot`], without the log ring's lock and without
@@ -34,11 +37,13 @@
 
 mod apply;
 mod binlog;
+pub mod codec;
 mod commit;
 mod database;
 mod error;
 mod metrics;
 mod options;
+mod plumbing;
 mod read;
 mod read_only;
 mod receipt;
@@ -53,6 +58,7 @@ mod transaction;
 mod value;
 
 pub use apply::Stats;
+pub use codec::{Codec, Table};
 pub use commit::{CommitTicket, WriteBatch};
 pub use database::Database;
 pub use error::{Error, Result};
@@ -62,6 +68,7 @@ pub use metrics::{
 };
 pub use options::{Durability, Options, RECORD_LEN_MAX_DEFAULT, RING_SLOTS_DEFAULT};
 pub use pagemesh_logpage::Ingested;
+pub use plumbing::Plumbing;
 pub use read::{Entries, Snapshot};
 pub use read_only::{ReadOnlyDatabase, SNAPSHOT_ATTEMPTS_MAX};
 pub use receipt::{Receipt, RECEIPT_FORMAT, RECEIPT_LEN};
@@ -70,5 +77,5 @@ pub use replication::{ReplicaLink, ReplicaStatus, Replication, SUBTREE_NODES_MAX
 pub use snapshot::SnapshotStats;
 pub use stat::{DatabaseStat, LmdbInfo, TableStat};
 pub use store::STORE_FORMAT;
-pub use transaction::Transaction;
+pub use transaction::{ScannedEntries, Transaction, Versioned};
 pub use value::Value;

@@ -40,6 +40,14 @@ pub struct Snapshot<'db> {
 }
 
 impl Snapshot<'_> {
+    /// The names of the tables that exist in this snapshot, in order (see
+    /// [`Database::tables`](crate::Database::tables)).
+    pub fn tables(&self) -> Result<Vec<String>> {
+        let mut names = self.store.table_names_in(&self.txn)?;
+        names.sort();
+        Ok(names)
+    }
+
     /// The value of `key` in `table`, borrowed from the map.
     pub fn get(&self, table: &str, key: &[u8]) -> Result<Option<Value<'_>>> {
         let Some(db) = self.store.table(table) else {

@@ -4,14 +4,14 @@
 //!
 //! ```text
 //! offset size  field
-//!      0    1  version         RECORD_VERSION
+//!      0    1  version         1 or 2 (below)
 //!      1    1  kind            0 = batch, 1 = transaction (has a read set)
 //!      2    8  hlc             origin's hybrid logical clock timestamp
 //!     10    4  op_count
 //!     14       ops, op_count times:
-//!                1  tag        1 = put, 2 = delete
+//!                1  tag        1 = put, 2 = delete (version 2 adds 3, 4, 5: table operations)
 //!                1  table_len  then table_len bytes of table name (1..=255, UTF-8)
-//!                2  key_len    then key_len bytes of key (1..=KEY_LEN_MAX)
+//!                2  key_len    then key_len bytes of key (1..=KEY_LEN_MAX; not for tags 3..=5)
 //!                4  value_len  then value_len bytes of value (puts only)
 //!          4  read_count       transactions only
 //!             reads, read_count times:
@@ -19,7 +19,28 @@
 //!                2  key_len    then the key
 //!                1  present    1 if the key existed when read, else 0
 //!                8  version    the `seq` the transaction read (only if present)
+//!          4  range_count      version-2 transactions only
+//!             range reads, range_count times:
+//!                1  table_len  then the table name
+//!                1  start      0 = unbounded, 1 = included, 2 = excluded
+//!                2  start_len  then the start key (0..=65535 bytes; absent if unbounded)
+//!                1  end        as start
+//!                2  end_len    then the end key (absent if unbounded)
+//!                8  count      entries the transaction saw in the range
+//!                8  max        the greatest version among them (0 if none)
 //! ```
+//!
+//! **Version 2** (this build) adds, to version 1, three table operations, each `tag ‖ table_len
+//! ‖ table` with no key and no value: **3 = create table** (an empty table that exists, a no-op
+//! if it does), **4 = drop table** (every entry removed and the table no longer listed; a later
+//! put creates it again), **5 = clear table** (every entry removed, the table kept; a no-op on a
+//! table that does not exist); and, in a transaction, its **range reads** (the scans it made,
+//! validated at apply by `count` and `max`: see [`RangeRead`]). A record is written as version 2
+//! only if it holds one of those, so every other record is byte for byte what version 1 wrote,
+//! and a replica of an older build keeps following a log until a table operation or a scanning
+//! transaction arrives, which it refuses with [`Error::RecordVersion`] (a clean stop, never a
+//! misread). This build reads both versions; a version-1 record with a version-2 tag, or a
+//! version-2 record that needs none of its additions, is refused (one encoding per record).
 //!
 //! The decoder borrows from the record, checks every length against the bytes that remain, and
 //! never allocates from a declared count, so a malformed record costs nothing and is refused with
@@ -27,8 +48,11 @@
 
 use crate::error::{Error, Result};
 
-/// The record format this build writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+/// The newest record format this build writes and reads (it reads version 1 too, and writes it
+/// for every record that needs nothing of version 2).
+pub const RECORD_VERSION: u8 = 2;
+/// The format of records that need nothing of version 2: every record an older build wrote.
+const RECORD_VERSION_1: u8 = 1;
 /// LMDB's default maximum key size.
 pub const KEY_LEN_MAX: usize = 511;
 /// Longest table name.
@@ -38,6 +62,12 @@ const KIND_BATCH: u8 = 0;
 const KIND_TRANSACTION: u8 = 1;
 const TAG_PUT: u8 = 1;
 const TAG_DELETE: u8 = 2;
+const TAG_CREATE_TABLE: u8 = 3;
+const TAG_DROP_TABLE: u8 = 4;
+const TAG_CLEAR_TABLE: u8 = 5;
+const BOUND_UNBOUNDED: u8 = 0;
+const BOUND_INCLUDED: u8 = 1;
+const BOUND_EXCLUDED: u8 = 2;
 const HEADER_LEN: usize = 14;
 
 /// One change.
@@ -59,8 +89,44 @@ pub enum Op<'a> {
         /// Key.
         key: &'a [u8],
     },
+    /// Create `table`, empty, if it does not exist (version 2).
+    CreateTable {
+        /// Table name.
+        table: &'a str,
+    },
+    /// Remove `table` and every entry in it (version 2).
+    DropTable {
+        /// Table name.
+        table: &'a str,
+    },
+    /// Remove every entry of `table`, keeping the table (version 2).
+    ClearTable {
+        /// Table name.
+        table: &'a str,
+    },
 }
 
+/// A scan a transaction made (version 2): applying the transaction requires the range to hold
+/// the same `count` entries with the same greatest version `max`.
+///
+/// That pair detects exactly whether the range's contents changed since the scan: a write
+/// applied after the scan carries a version greater than every version the scan saw (versions
+/// are log positions), so a put into the range (new key or overwrite) raises `max`, and deletes
+/// alone lower `count`. A put then a delete of the same new key leaves both as they were, and
+/// the range as it was too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeRead<'a> {
+    /// Table name.
+    pub table: &'a str,
+    /// Where the range starts.
+    pub start: std::ops::Bound<&'a [u8]>,
+    /// Where the range ends.
+    pub end: std::ops::Bound<&'a [u8]>,
+    /// Entries the transaction saw in the range.
+    pub count: u64,
+    /// The greatest version among them (0 if there were none).
+    pub max_version: u64,
+}
 /// A version a transaction read: applying it requires the key's current version to equal this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Read<'a> {
@@ -80,6 +146,10 @@ pub struct RecordBuilder {
     op_count: u32,
     reads: Vec<u8>,
     read_count: u32,
+    ranges: Vec<u8>,
+    range_count: u32,
+    /// The record holds a table operation: it is written as version 2.
+    table_ops: bool,
 }
 
 /// A table name is 1..=TABLE_LEN_MAX bytes, not reserved (`__`), and holds no NUL: LMDB names are
@@ -164,6 +234,89 @@ impl RecordBuilder {
         Ok(())
     }
 
+    /// Adds a table operation: `CreateTable`, `DropTable` or `ClearTable` (tags 3, 4, 5).
+    fn table_op(&mut self, tag: u8, table: &str) -> Result<()> {
+        check_table(table)?;
+        self.ops.push(tag);
+        self.ops.push(table.len() as u8);
+        self.ops.extend_from_slice(table.as_bytes());
+        self.op_count += 1;
+        self.table_ops = true;
+        Ok(())
+    }
+
+    /// Adds the creation of `table` (empty; a no-op if it exists).
+    pub fn create_table(&mut self, table: &str) -> Result<()> {
+        self.table_op(TAG_CREATE_TABLE, table)
+    }
+
+    /// Adds the drop of `table`: every entry removed and the table gone.
+    pub fn drop_table(&mut self, table: &str) -> Result<()> {
+        self.table_op(TAG_DROP_TABLE, table)
+    }
+
+    /// Adds the clearing of `table`: every entry removed, the table kept.
+    pub fn clear_table(&mut self, table: &str) -> Result<()> {
+        self.table_op(TAG_CLEAR_TABLE, table)
+    }
+
+    /// Adds a range read (makes the record a version-2 transaction): the scan of `table` over
+    /// `start..end` saw `count` entries whose greatest version is `max_version` (see
+    /// [`RangeRead`]). Bound keys are 0..=65,535 bytes.
+    pub fn read_range(
+        &mut self,
+        table: &str,
+        start: std::ops::Bound<&[u8]>,
+        end: std::ops::Bound<&[u8]>,
+        count: u64,
+        max_version: u64,
+    ) -> Result<()> {
+        check_table(table)?;
+        for bound in [start, end] {
+            if let std::ops::Bound::Included(key) | std::ops::Bound::Excluded(key) = bound {
+                if key.len() > usize::from(u16::MAX) {
+                    return Err(Error::InvalidKey {
+                        table: table.to_string(),
+                        len: key.len(),
+                    });
+                }
+            }
+        }
+        self.ranges.push(table.len() as u8);
+        self.ranges.extend_from_slice(table.as_bytes());
+        for bound in [start, end] {
+            let (kind, key): (u8, &[u8]) = match bound {
+                std::ops::Bound::Unbounded => (BOUND_UNBOUNDED, &[]),
+                std::ops::Bound::Included(key) => (BOUND_INCLUDED, key),
+                std::ops::Bound::Excluded(key) => (BOUND_EXCLUDED, key),
+            };
+            self.ranges.push(kind);
+            if kind != BOUND_UNBOUNDED {
+                self.ranges
+                    .extend_from_slice(&(key.len() as u16).to_le_bytes());
+                self.ranges.extend_from_slice(key);
+            }
+        }
+        self.ranges.extend_from_slice(&count.to_le_bytes());
+        self.ranges.extend_from_slice(&max_version.to_le_bytes());
+        self.range_count += 1;
+        Ok(())
+    }
+
+    /// Whether the record needs version 2 (a table operation or a range read).
+    fn version(&self) -> u8 {
+        if self.table_ops || self.range_count > 0 {
+            RECORD_VERSION
+        } else {
+            RECORD_VERSION_1
+        }
+    }
+
+    /// Whether the record is a transaction (it read something).
+    fn is_transaction(&self) -> bool {
+        self.read_count > 0 || self.range_count > 0
+    }
+
     /// Adds a version read (makes the record a transaction): `None` if the key was absent.
     pub fn read(&mut self, table: &str, key: &[u8], version: Option<u64>) -> Result<()> {
         check_table(table)?;
@@ -187,33 +340,43 @@ impl RecordBuilder {
 
     /// Bytes the encoded record takes.
     pub fn encoded_len(&self) -> usize {
-        let reads = if self.read_count > 0 {
+        let reads = if self.is_transaction() {
             4 + self.reads.len()
         } else {
             0
         };
-        HEADER_LEN + self.ops.len() + reads
+        let ranges = if self.is_transaction() && self.version() == RECORD_VERSION {
+            4 + self.ranges.len()
+        } else {
+            0
+        };
+        HEADER_LEN + self.ops.len() + reads + ranges
     }
 
     /// Hands the encoded record to `put` in pieces, in order (so a caller can write it straight
     /// into a log reservation with no intermediate buffer). The pieces total
     /// [`encoded_len`](Self::encoded_len) bytes.
     pub fn encode_pieces(&self, hlc: u64, mut put: impl FnMut(&[u8])) {
-        let kind = if self.read_count > 0 {
+        let kind = if self.is_transaction() {
             KIND_TRANSACTION
         } else {
             KIND_BATCH
         };
+        let version = self.version();
         let mut header = [0u8; HEADER_LEN];
-        header[0] = RECORD_VERSION;
+        header[0] = version;
         header[1] = kind;
         header[2..10].copy_from_slice(&hlc.to_le_bytes());
         header[10..14].copy_from_slice(&self.op_count.to_le_bytes());
         put(&header);
         put(&self.ops);
-        if self.read_count > 0 {
+        if self.is_transaction() {
             put(&self.read_count.to_le_bytes());
             put(&self.reads);
+            if version == RECORD_VERSION {
+                put(&self.range_count.to_le_bytes());
+                put(&self.ranges);
+            }
         }
     }
 
@@ -232,6 +395,7 @@ pub struct RecordView<'a> {
     pub hlc: u64,
     ops: Vec<Op<'a>>,
     reads: Vec<Read<'a>>,
+    range_reads: Vec<RangeRead<'a>>,
 }
 
 impl<'a> RecordView<'a> {
@@ -242,6 +406,10 @@ impl<'a> RecordView<'a> {
     /// The versions a transaction read (empty for a batch).
     pub fn reads(&self) -> &[Read<'a>] {
         &self.reads
+    }
+    /// The scans a transaction made (empty for a batch and for a version-1 record).
+    pub fn range_reads(&self) -> &[RangeRead<'a>] {
+        &self.range_reads
     }
 }
 
@@ -312,13 +480,43 @@ impl<'a> Decoder<'a> {
         }
         self.take(len, "key")
     }
+    fn bound(&mut self) -> Result<std::ops::Bound<&'a [u8]>> {
+        let at = self.at;
+        Ok(match self.u8("range bound")? {
+            BOUND_UNBOUNDED => std::ops::Bound::Unbounded,
+            kind @ (BOUND_INCLUDED | BOUND_EXCLUDED) => {
+                let len = usize::from(self.u16("range bound length")?);
+                let key = self.take(len, "range bound key")?;
+                if kind == BOUND_INCLUDED {
+                    std::ops::Bound::Included(key)
+                } else {
+                    std::ops::Bound::Excluded(key)
+                }
+            }
+            _ => {
+                return Err(Error::RecordDecode {
+                    offset: at,
+                    what: "range bound",
+                })
+            }
+        })
+    }
+    fn range_read(&mut self) -> Result<RangeRead<'a>> {
+        Ok(RangeRead {
+            table: self.table()?,
+            start: self.bound()?,
+            end: self.bound()?,
+            count: self.u64("range count")?,
+            max_version: self.u64("range max version")?,
+        })
+    }
 }
 
 /// Decodes a record; see the module docs. Never panics, whatever the bytes.
 pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>> {
     let mut d = Decoder { bytes, at: 0 };
     let version = d.u8("version")?;
-    if version != RECORD_VERSION {
+    if version != RECORD_VERSION && version != RECORD_VERSION_1 {
         return Err(Error::RecordVersion {
             found: version,
             supported: RECORD_VERSION,
@@ -334,14 +532,29 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>> {
     let hlc = d.u64("hlc")?;
     let op_count = d.u32("op count")?;
     let mut ops = Vec::new();
+    let mut table_ops = false;
     for _ in 0..op_count {
         // Each op takes at least 5 bytes, so a huge count fails on the bytes, not on memory.
         let op_at = d.at;
         let tag = d.u8("op tag")?;
-        let table = d.table()?;
-        let key = d.key()?;
+        let op_tag = || Error::RecordDecode {
+            offset: op_at,
+            what: "op tag",
+        };
+        let table = match tag {
+            TAG_PUT | TAG_DELETE => d.table()?,
+            TAG_CREATE_TABLE..=TAG_CLEAR_TABLE if version == RECORD_VERSION => {
+                table_ops = true;
+                d.table()?
+            }
+            _ => return Err(op_tag()),
+        };
         ops.push(match tag {
+            TAG_CREATE_TABLE => Op::CreateTable { table },
+            TAG_DROP_TABLE => Op::DropTable { table },
+            TAG_CLEAR_TABLE => Op::ClearTable { table },
             TAG_PUT => {
+                let key = d.key()?;
                 let len = d.u32("value length")? as usize;
                 Op::Put {
                     table,
@@ -349,13 +562,10 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>> {
                     value: d.take(len, "value")?,
                 }
             }
-            TAG_DELETE => Op::Delete { table, key },
-            _ => {
-                return Err(Error::RecordDecode {
-                    offset: op_at,
-                    what: "op tag",
-                })
-            }
+            _ => Op::Delete {
+                table,
+                key: d.key()?,
+            },
         });
     }
     let mut reads = Vec::new();
@@ -376,10 +586,29 @@ pub fn decode(bytes: &[u8]) -> Result<RecordView<'_>> {
             });
         }
     }
+    let mut range_reads = Vec::new();
+    if kind == KIND_TRANSACTION && version == RECORD_VERSION {
+        let range_count = d.u32("range count")?;
+        for _ in 0..range_count {
+            // Each takes at least 20 bytes: a huge count fails on the bytes.
+            range_reads.push(d.range_read()?);
+        }
+    }
     if d.at != bytes.len() {
         return Err(d.fault("trailing bytes"));
     }
-    Ok(RecordView { hlc, ops, reads })
+    if version == RECORD_VERSION && !table_ops && range_reads.is_empty() {
+        return Err(Error::RecordDecode {
+            offset: 0,
+            what: "version (2 for a record that needs nothing of it)",
+        });
+    }
+    Ok(RecordView {
+        hlc,
+        ops,
+        reads,
+        range_reads,
+    })
 }
 
 #[cfg(test)]
@@ -411,6 +640,102 @@ mod tests {
             ]
         );
         assert!(view.reads().is_empty());
+    }
+
+    #[test]
+    fn a_plain_batch_is_still_written_as_version_1() {
+        let mut b = RecordBuilder::default();
+        b.put("t", b"k", b"v").unwrap();
+        b.read("t", b"k", Some(7)).unwrap();
+        let bytes = b.encode(3);
+        assert_eq!(
+            bytes[0], 1,
+            "an older replica keeps reading ordinary records"
+        );
+        // version, kind, hlc, one op: put t k v; one read of t k at 7.
+        let mut expected = vec![1, 1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        expected.extend_from_slice(&[1, 1, b't', 1, 0, b'k', 1, 0, 0, 0, b'v']);
+        expected.extend_from_slice(&[1, 0, 0, 0, 1, b't', 1, 0, b'k', 1, 7, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn table_operations_and_range_reads_round_trip_as_version_2() {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let mut b = RecordBuilder::default();
+        b.create_table("a").unwrap();
+        b.drop_table("b").unwrap();
+        b.clear_table("c").unwrap();
+        b.put("a", b"k", b"v").unwrap();
+        let bytes = b.encode(9);
+        assert_eq!((bytes[0], bytes[1]), (RECORD_VERSION, KIND_BATCH));
+        assert_eq!(bytes.len(), b.encoded_len());
+        let view = decode(&bytes).unwrap();
+        assert_eq!(
+            view.ops(),
+            &[
+                Op::CreateTable { table: "a" },
+                Op::DropTable { table: "b" },
+                Op::ClearTable { table: "c" },
+                Op::Put {
+                    table: "a",
+                    key: b"k",
+                    value: b"v"
+                },
+            ]
+        );
+
+        let mut t = RecordBuilder::default();
+        t.read_range("s", Included(b"01"), Excluded(b"02"), 3, 99)
+            .unwrap();
+        t.read_range("s", Unbounded, Included(b""), 0, 0).unwrap();
+        t.put("totals", b"01", b"3").unwrap();
+        let bytes = t.encode(1);
+        assert_eq!((bytes[0], bytes[1]), (RECORD_VERSION, KIND_TRANSACTION));
+        assert_eq!(bytes.len(), t.encoded_len());
+        let view = decode(&bytes).unwrap();
+        assert!(view.reads().is_empty());
+        assert_eq!(
+            view.range_reads(),
+            &[
+                RangeRead {
+                    table: "s",
+                    start: Included(&b"01"[..]),
+                    end: Excluded(&b"02"[..]),
+                    count: 3,
+                    max_version: 99
+                },
+                RangeRead {
+                    table: "s",
+                    start: Unbounded,
+                    end: Included(&b""[..]),
+                    count: 0,
+                    max_version: 0
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn version_2_features_in_version_1_and_an_empty_version_2_are_refused() {
+        let mut b = RecordBuilder::default();
+        b.create_table("a").unwrap();
+        let mut bytes = b.encode(1);
+        bytes[0] = 1;
+        assert!(matches!(
+            decode(&bytes),
+            Err(Error::RecordDecode { what: "op tag", .. })
+        ));
+        let mut plain = RecordBuilder::default();
+        plain.put("a", b"k", b"v").unwrap();
+        let mut bytes = plain.encode(1);
+        bytes[0] = RECORD_VERSION;
+        assert!(decode(&bytes).is_err(), "one encoding per record");
+        bytes[0] = 3;
+        assert!(matches!(
+            decode(&bytes),
+            Err(Error::RecordVersion { found: 3, .. })
+        ));
     }
 
     #[test]

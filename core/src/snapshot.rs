@@ -11,13 +11,18 @@
 //! 8   replay_lsn       where the record still open at the snapshot began: a replica resumes here
 //! 8   applied_seq_end  records below this seq are in the snapshot (a replica skips them)
 //! entries, each:
-//!     1  tag           1 = entry, 0 = end
+//!     1  tag           1 = entry, 2 = empty table, 0 = end
 //!     1  table_len, table name
-//!     2  key_len, key
-//!     8  seq           the value's version
-//!     4  value_len, value
+//!     2  key_len, key                  (entries only)
+//!     8  seq           the value's version    (entries only)
+//!     4  value_len, value              (entries only)
 //! 4   crc32c           of every byte before it
 //! ```
+//!
+//! Tag 2 (`table_len ‖ name`, nothing else) says a table exists with no entries (made by an
+//! explicit `create_table`, or cleared), so that a restore lists it too. It is written only
+//! for such tables, so a stream of a database without one is what earlier builds wrote; an
+//! earlier build refuses a stream that has one ("entry tag").
 //!
 //! Restore writes a stream into an empty directory in ONE write transaction, committed only if the
 //! stream decodes to its end and its crc matches, so a truncated or damaged backup leaves nothing
@@ -45,6 +50,7 @@ use crate::Snapshot;
 
 const MAGIC: [u8; 8] = *b"PMSNAP\0\x02";
 const TAG_ENTRY: u8 = 1;
+const TAG_EMPTY_TABLE: u8 = 2;
 const TAG_END: u8 = 0;
 
 /// What an export or a restore moved.
@@ -99,10 +105,12 @@ impl Snapshot<'_> {
         w.put(&state.replay_lsn.to_le_bytes()).map_err(io)?;
         w.put(&state.applied_seq_end.to_le_bytes()).map_err(io)?;
         let mut entries = 0;
-        for name in store.table_names() {
+        // The tables this snapshot sees (a drop after it began does not hide one from it).
+        for name in store.table_names_in(&self.txn)? {
             let Some(table) = store.table(&name) else {
                 continue;
             };
+            let entries_before = entries;
             for entry in table
                 .iter(&self.txn)
                 .map_err(store.lmdb("iterate for snapshot"))?
@@ -118,6 +126,10 @@ impl Snapshot<'_> {
                     .map_err(io)?;
                 w.put(value.bytes).map_err(io)?;
                 entries += 1;
+            }
+            if entries == entries_before {
+                w.put(&[TAG_EMPTY_TABLE, name.len() as u8]).map_err(io)?;
+                w.put(name.as_bytes()).map_err(io)?;
             }
         }
         w.put(&[TAG_END]).map_err(io)?;
@@ -256,6 +268,9 @@ fn write_entries<'e, R: Read>(
                 table
             }
         };
+        if entry.empty_table {
+            continue;
+        }
         // Entries come in key order per table, so LMDB can append.
         table.put_with_flags(wtxn, PutFlags::APPEND, entry.key, entry.stored)?;
         entries += 1;
@@ -302,6 +317,8 @@ struct Header {
 /// One entry of the stream, borrowed from the reader's buffers.
 struct Entry<'a> {
     table: &'a str,
+    /// An empty table's tag: the table exists; no key, no value.
+    empty_table: bool,
     key: &'a [u8],
     /// The value in its stored form: seq (u64 LE) ‖ bytes.
     stored: &'a [u8],
@@ -365,13 +382,22 @@ impl<R: Read> SnapshotReader<R> {
         if tag == TAG_END {
             return Ok(None);
         }
-        if tag != TAG_ENTRY {
+        let empty_table = tag == TAG_EMPTY_TABLE;
+        if tag != TAG_ENTRY && !empty_table {
             return Err(Error::SnapshotDecode {
                 offset: self.src.offset - 1,
                 what: "entry tag",
             });
         }
-        self.read_entry()?;
+        if empty_table {
+            let [len] = self.src.array::<1>("table length")?;
+            let len = usize::from(len).min(TABLE_LEN_MAX);
+            self.src.vec(len, "table name", &mut self.name)?;
+            self.key.clear();
+            self.stored.clear();
+        } else {
+            self.read_entry()?;
+        }
         let table = std::str::from_utf8(&self.name)
             .ok()
             .filter(|name| crate::record::check_table(name).is_ok())
@@ -381,6 +407,7 @@ impl<R: Read> SnapshotReader<R> {
             })?;
         Ok(Some(Entry {
             table,
+            empty_table,
             key: &self.key,
             stored: &self.stored,
         }))

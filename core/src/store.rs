@@ -19,7 +19,7 @@
 //! | `binlog_oldest_lsn` | u64: retention trimmed the binlog below this |
 //! | `binlog_bytes` | u64: bytes the binlog holds, for retention |
 //! | `cursor:NAME` | u64: a registered consumer's position; the binlog is never trimmed above it |
-//! | `table:NAME` | empty: the table exists |
+//! | `table:NAME` | empty: the table exists (a put or a create adds it, a drop removes it: its LMDB database stays, emptied; see `apply.rs`) |
 //! | `epoch` | u64: the epoch the writer's log stamps on its pages this session (see `recovery.rs`) |
 //! | `clean_stop` | u8: 1 if the last session closed cleanly (everything applied and synced), 0 while one runs |
 //!
@@ -152,7 +152,11 @@ pub(crate) struct Store {
     /// When each binlog group was appended: key as `__binlog`'s, value wall-clock microseconds
     /// (u64 LE). For age-based retention.
     pub binlog_time: Table,
+    /// Handles of the tables that exist.
     tables: RwLock<HashMap<String, Table>>,
+    /// Handles of tables dropped since they were opened: their LMDB databases stay, emptied,
+    /// so snapshots begun before the drop keep reading them, and a revival reuses them.
+    dropped: RwLock<HashMap<String, Table>>,
     /// Orders read transactions against table creation. LMDB lets a table handle be opened only
     /// after its creating transaction committed, and a read transaction can use only handles that
     /// existed when it began; so a group that creates a table holds this for writing from the
@@ -323,6 +327,7 @@ impl Store {
             binlog,
             binlog_time,
             tables: RwLock::new(HashMap::new()),
+            dropped: RwLock::new(HashMap::new()),
             table_gate: RwLock::new(()),
             database_uuid: uuid::Uuid::nil(),
             origin_uuid: uuid::Uuid::nil(),
@@ -490,13 +495,43 @@ impl Store {
         Ok(names.iter().all(|name| self.table(name).is_some()))
     }
 
-    /// The table, if it exists.
+    /// The table's handle, if it has one: it exists, or was dropped (then it is empty in any
+    /// transaction begun after the drop).
     pub fn table(&self, name: &str) -> Option<Table> {
-        self.tables
+        let live = self
+            .tables
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
-            .copied()
+            .copied();
+        live.or_else(|| {
+            self.dropped
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(name)
+                .copied()
+        })
+    }
+
+    /// Records, once the group that dropped or revived it committed, whether a table exists:
+    /// its handle moves between the existing and the dropped ones.
+    pub fn set_table_exists(&self, name: &str, exists: bool) {
+        let mut tables = self
+            .tables
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dropped = self
+            .dropped
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (from, to) = if exists {
+            (&mut *dropped, &mut *tables)
+        } else {
+            (&mut *tables, &mut *dropped)
+        };
+        if let Some(table) = from.remove(name) {
+            to.insert(name.to_string(), table);
+        }
     }
 
     /// Opens, after its creating transaction committed, a table the applier created.
@@ -523,7 +558,7 @@ impl Store {
         Ok(())
     }
 
-    /// Every table, by name.
+    /// Every table that exists, by name.
     pub fn table_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .tables

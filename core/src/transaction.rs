@@ -1,11 +1,25 @@
 //! An optimistic transaction: reads from one [`Snapshot`], buffered writes, and the versions it
 //! read, committed as one log record.
 //!
-//! The applier applies the record only if every version read is still current, and skips it
+//! The applier applies the record only if everything read is still as it was, and skips it
 //! otherwise (the same way on every replica); [`Database::transaction`] then runs the body again
 //! on a fresh snapshot. Nothing here takes a lock or touches LMDB's write side.
+//!
+//! # What is validated
+//!
+//! - every key read with [`Transaction::get`] or [`Transaction::get_versioned`]: its version
+//!   (or its absence) must be the one the snapshot had;
+//! - every scan made with [`Transaction::range`] or [`Transaction::prefix`], over the whole
+//!   range scanned: the range must hold the same number of entries with the same greatest
+//!   version, which holds exactly when no key in it was put, overwritten or deleted since
+//!   (`record::RangeRead` says why); so a key *inserted* into a scanned range (a phantom)
+//!   conflicts too;
+//! - nothing else: a key or range the body did not read may change freely.
+//!
+//! Reads of the transaction's own buffered writes are not recorded (they cannot be stale).
 
 use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
 
 use crate::error::Result;
 use crate::read::Snapshot;
@@ -13,14 +27,25 @@ use crate::record::RecordBuilder;
 #[cfg(doc)]
 use crate::Database;
 
-/// A transaction whose body returned: its record and the versions it read.
+/// A range's bounds, owned.
+type OwnedBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// A scan a transaction made: its table, bounds, and what it saw (entries, greatest version).
+struct Scanned {
+    table: String,
+    bounds: OwnedBounds,
+    seen: (u64, u64),
+}
+
+/// A transaction whose body returned: its record and what it read.
 pub(crate) struct Finished {
     pub(crate) record: RecordBuilder,
     read_set: BTreeMap<(String, Vec<u8>), Option<u64>>,
+    scans: Vec<Scanned>,
 }
 
 impl Finished {
-    /// Whether a version this transaction read is no longer the one `now` holds: the applier
+    /// Whether something this transaction read is no longer what `now` holds: the applier
     /// would skip it, so it need not be logged.
     pub(crate) fn is_stale(&self, now: &Snapshot<'_>) -> Result<bool> {
         for ((table, key), version) in &self.read_set {
@@ -28,9 +53,77 @@ impl Finished {
                 return Ok(true);
             }
         }
+        for scan in &self.scans {
+            if fingerprint(now, &scan.table, borrowed(&scan.bounds))? != scan.seen {
+                return Ok(true);
+            }
+        }
         Ok(false)
     }
 }
+
+fn borrowed(bounds: &OwnedBounds) -> (Bound<&[u8]>, Bound<&[u8]>) {
+    (
+        bounds.0.as_ref().map(Vec::as_slice),
+        bounds.1.as_ref().map(Vec::as_slice),
+    )
+}
+
+fn owned<K: AsRef<[u8]>>(bound: Bound<&K>) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(key) => Bound::Included(key.as_ref().to_vec()),
+        Bound::Excluded(key) => Bound::Excluded(key.as_ref().to_vec()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Entries in `bounds` and their greatest version, as `snapshot` sees them.
+fn fingerprint(
+    snapshot: &Snapshot<'_>,
+    table: &str,
+    bounds: (Bound<&[u8]>, Bound<&[u8]>),
+) -> Result<(u64, u64)> {
+    let (mut count, mut max) = (0u64, 0u64);
+    for entry in snapshot.range::<&[u8]>(table, bounds)? {
+        let (_, value) = entry?;
+        count += 1;
+        max = max.max(value.seq);
+    }
+    Ok((count, max))
+}
+
+/// The range of keys that start with `prefix`: `prefix..` up to the next prefix (the prefix
+/// with its last byte below 0xFF raised by one, and what follows cut), unbounded above if every
+/// byte is 0xFF; everything for an empty prefix.
+fn prefix_bounds(prefix: &[u8]) -> OwnedBounds {
+    let start = if prefix.is_empty() {
+        Bound::Unbounded
+    } else {
+        Bound::Included(prefix.to_vec())
+    };
+    let end = match prefix.iter().rposition(|&byte| byte != 0xFF) {
+        Some(at) => {
+            let mut next = prefix[..=at].to_vec();
+            next[at] += 1;
+            Bound::Excluded(next)
+        }
+        None => Bound::Unbounded,
+    };
+    (start, end)
+}
+
+/// A value read in a transaction with its version: what [`Database::put_if_version`] takes as
+/// `expected`, and what [`Snapshot::get`] reports as [`Value::seq`](crate::Value::seq).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value's bytes.
+    pub bytes: Vec<u8>,
+    /// Its version: the log position (`seq`) of the write that stored it.
+    pub version: u64,
+}
+
+/// Entries a transaction scanned, in key order, its own buffered writes included.
+pub type ScannedEntries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// An optimistic transaction; see [`Database::transaction`].
 pub struct Transaction<'db> {
@@ -40,6 +133,8 @@ pub struct Transaction<'db> {
     writes: BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>,
     /// Keys whose version is already in `record` (each is recorded once), with that version.
     read_set: BTreeMap<(String, Vec<u8>), Option<u64>>,
+    /// Scans made, each also in `record` as a range read.
+    scans: Vec<Scanned>,
     /// The log's largest record: a put past it is refused at once.
     record_len_max: usize,
 }
@@ -53,6 +148,7 @@ impl<'db> Transaction<'db> {
             record: RecordBuilder::default(),
             writes: BTreeMap::new(),
             read_set: BTreeMap::new(),
+            scans: Vec::new(),
         }
     }
 
@@ -62,6 +158,7 @@ impl<'db> Transaction<'db> {
         Finished {
             record: self.record,
             read_set: self.read_set,
+            scans: self.scans,
         }
     }
 
@@ -79,6 +176,109 @@ impl<'db> Transaction<'db> {
             entry.insert(version);
         }
         Ok(value.map(|v| v.bytes.to_vec()))
+    }
+
+    /// The committed value of `key` in `table` and its version, as of this transaction's
+    /// snapshot: the version [`Database::put_if_version`] takes as `expected` and the snapshot
+    /// reports as `Value::seq` (`None`: absent). The read is recorded like [`get`](Self::get)'s,
+    /// so the transaction conflicts if the key changes before it applies. It does not see this
+    /// transaction's own buffered writes (they have no version yet): use `get` for those.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// let version = db.put_if_version("docs", b"readme", None, b"v1")?;
+    /// let (seen, _) = db.transaction(0, |tx| tx.get_versioned("docs", b"readme"))?;
+    /// let seen = seen.expect("present");
+    /// assert_eq!((seen.bytes.as_slice(), seen.version), (&b"v1"[..], version));
+    /// // The version is the one a conditional write expects.
+    /// db.put_if_version("docs", b"readme", Some(seen.version), b"v2")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_versioned(&mut self, table: &str, key: &[u8]) -> Result<Option<Versioned>> {
+        let value = self.snapshot.get(table, key)?;
+        let version = value.map(|v| v.seq);
+        let id = (table.to_string(), key.to_vec());
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.read_set.entry(id) {
+            self.record.read(table, key, version)?;
+            entry.insert(version);
+        }
+        Ok(value.map(|v| Versioned {
+            bytes: v.bytes.to_vec(),
+            version: v.seq,
+        }))
+    }
+
+    /// Every entry of `table` with a key in `range`, in key order (`.into_iter().rev()` for
+    /// the reverse), as this transaction sees them: the snapshot's, with its own buffered puts
+    /// and deletes applied. The whole range is recorded as read: if any key in it is put,
+    /// overwritten or deleted before the transaction applies (an insertion included), the
+    /// transaction conflicts and is retried. Ranges as [`Snapshot::range`] takes them.
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// for (day, amount) in [("2024-01-01", 5u64), ("2024-01-02", 7)] {
+    ///     db.put_if_version("sales", day.as_bytes(), None, &amount.to_le_bytes())?;
+    /// }
+    /// // Sums January and records the total: a sale added to January before this applies
+    /// // makes it run again.
+    /// let (total, _) = db.transaction(10, |tx| {
+    ///     let mut total = 0;
+    ///     for (_, amount) in tx.range("sales", "2024-01".."2024-02")? {
+    ///         total += u64::from_le_bytes(amount.try_into().unwrap_or_default());
+    ///     }
+    ///     tx.put("totals", b"2024-01", &total.to_le_bytes())?;
+    ///     Ok::<_, pagemesh_core::Error>(total)
+    /// })?;
+    /// assert_eq!(total, 12);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn range<K: AsRef<[u8]>>(
+        &mut self,
+        table: &str,
+        range: impl RangeBounds<K>,
+    ) -> Result<ScannedEntries> {
+        let bounds = (owned(range.start_bound()), owned(range.end_bound()));
+        self.scan(table, bounds)
+    }
+
+    /// Every entry of `table` whose key starts with `prefix` (all of them for an empty one), as
+    /// [`range`](Self::range) sees and records them.
+    pub fn prefix(&mut self, table: &str, prefix: &[u8]) -> Result<ScannedEntries> {
+        self.scan(table, prefix_bounds(prefix))
+    }
+
+    fn scan(&mut self, table: &str, bounds: OwnedBounds) -> Result<ScannedEntries> {
+        let view = borrowed(&bounds);
+        let mut entries = BTreeMap::new();
+        let (mut count, mut max) = (0u64, 0u64);
+        for entry in self.snapshot.range::<&[u8]>(table, view)? {
+            let (key, value) = entry?;
+            count += 1;
+            max = max.max(value.seq);
+            entries.insert(key.to_vec(), value.bytes.to_vec());
+        }
+        self.record.read_range(table, view.0, view.1, count, max)?;
+        for ((t, key), write) in &self.writes {
+            if t != table || !view.contains(&key[..]) {
+                continue;
+            }
+            match write {
+                Some(value) => entries.insert(key.clone(), value.clone()),
+                None => entries.remove(key),
+            };
+        }
+        self.scans.push(Scanned {
+            table: table.to_string(),
+            bounds,
+            seen: (count, max),
+        });
+        Ok(entries.into_iter().collect())
     }
 
     /// Buffers a put; refuses a value that would make the transaction's record larger than the

@@ -37,7 +37,7 @@ fn opening_a_database_twice_in_one_process_says_so() {
 fn an_oversized_value_is_refused_at_put_with_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
-    let limit = db.log().record_len_max();
+    let limit = db.plumbing().log().record_len_max();
     let huge = vec![7u8; 64 << 20];
     for mut batch in [WriteBatch::new(), db.batch()] {
         let error = batch.put("blobs", b"k", &huge).unwrap_err();
@@ -56,7 +56,10 @@ fn an_oversized_value_is_refused_at_put_with_the_limit() {
     // A new batch's limit is the default ring's.
     let default_dir = tempfile::tempdir().unwrap();
     let default_db = Database::open(default_dir.path(), Options::new()).unwrap();
-    assert_eq!(default_db.log().record_len_max(), RECORD_LEN_MAX_DEFAULT);
+    assert_eq!(
+        default_db.plumbing().log().record_len_max(),
+        RECORD_LEN_MAX_DEFAULT
+    );
 }
 
 /// A refused `put_if_version` says which version the key is at, so the caller can try again
@@ -100,8 +103,11 @@ fn replicated_above_the_configured_sync_replicas_fails_at_once() {
         .ring_slots(64)
         .replication_timeout(Duration::from_secs(3600));
     let db = Database::open(dir.path(), options).unwrap();
-    db.replication().enable(1);
-    let _replica = db.replication().attach("r", uuid::Uuid::from_u128(1), 0);
+    db.plumbing().replication().enable(1);
+    let _replica = db
+        .plumbing()
+        .replication()
+        .attach("r", uuid::Uuid::from_u128(1), 0);
     let mut batch = WriteBatch::new();
     batch.put("t", b"k", b"v").unwrap();
     for durability in [Durability::Replicated(2), Durability::DurableReplicated(2)] {
@@ -119,7 +125,7 @@ fn replicated_above_the_configured_sync_replicas_fails_at_once() {
         );
         assert!(error.to_string().contains("nothing was written"), "{error}");
     }
-    db.replication().enable(0);
+    db.plumbing().replication().enable(0);
     let error = db.commit(&batch, Durability::Replicated(1)).unwrap_err();
     assert!(
         matches!(
@@ -151,9 +157,9 @@ fn replicated_above_the_sync_replicas_waits_when_relays_have_counted_that_many_n
         .ring_slots(64)
         .replication_timeout(Duration::from_millis(20));
     let db = Database::open(dir.path(), options).unwrap();
-    db.replication().enable(1);
+    db.plumbing().replication().enable(1);
     let node = uuid::Uuid::from_u128;
-    let relay = db.replication().attach("relay", node(1), 0);
+    let relay = db.plumbing().replication().attach("relay", node(1), 0);
     assert!(relay.report(node(2), 0), "the relay feeds one more node");
     let mut batch = WriteBatch::new();
     batch.put("t", b"k", b"v").unwrap();
@@ -163,7 +169,7 @@ fn replicated_above_the_sync_replicas_waits_when_relays_have_counted_that_many_n
     };
     assert_eq!(waited(Durability::Replicated(2)), 2);
     drop(relay);
-    let _back = db.replication().attach("relay", node(1), 0);
+    let _back = db.plumbing().replication().attach("relay", node(1), 0);
     assert_eq!(
         waited(Durability::Replicated(2)),
         2,
@@ -192,9 +198,10 @@ fn a_replication_timeout_says_the_write_is_committed_locally_and_carries_its_rec
         .ring_slots(64)
         .replication_timeout(Duration::from_millis(50));
     let db = Database::open(dir.path(), options).unwrap();
-    db.replication().enable(1);
+    db.plumbing().replication().enable(1);
     // A synchronous replica that never acknowledges anything.
     let _silent = db
+        .plumbing()
         .replication()
         .attach("silent", uuid::Uuid::from_u128(1), 0);
     let mut batch = WriteBatch::new();
@@ -239,8 +246,12 @@ fn a_receipt_is_waited_for_on_the_primary_and_on_a_replica() {
     db.commit(&first, Durability::Applied).unwrap();
     let mut stream = Vec::new();
     db.read().unwrap().export(&mut stream).unwrap();
-    let (replica, stats) =
-        Database::restore_replica(dir.path().join("replica"), &stream[..], options()).unwrap();
+    let (replica, stats) = pagemesh_core::Plumbing::restore_replica(
+        dir.path().join("replica"),
+        &stream[..],
+        options(),
+    )
+    .unwrap();
 
     let mut batch = db.batch();
     batch.put("t", b"k", b"v").unwrap();
@@ -262,7 +273,7 @@ fn a_receipt_is_waited_for_on_the_primary_and_on_a_replica() {
     for page in snapshot.binlog_range(stats.replica_resume_lsn).unwrap() {
         let mut bytes = Vec::new();
         page.unwrap().extend_full(&mut bytes);
-        replica.ingest(&bytes).unwrap();
+        replica.plumbing().ingest(&bytes).unwrap();
     }
     replica
         .wait_for(&sent_as_bytes, Duration::from_secs(30))
@@ -398,7 +409,7 @@ fn a_superseded_copy_says_so() {
     let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
     let held = db.clone();
     assert!(!held.is_superseded());
-    db.supersede();
+    db.plumbing().supersede();
     assert!(held.is_superseded(), "every handle of the copy sees it");
     assert!(held.read().is_ok(), "and still reads what it held");
 }

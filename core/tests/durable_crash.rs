@@ -84,7 +84,7 @@ fn main() {
         let epoch = {
             let db = Database::open(dir, Options::new().ring_slots(SLOTS))
                 .unwrap_or_else(|e| panic!("round {round}: reopen after the power loss: {e}"));
-            let epoch = db.log().epoch();
+            let epoch = db.plumbing().log().epoch();
             if let Some(child) = child_epoch {
                 assert!(
                     epoch > child,
@@ -138,7 +138,7 @@ fn value(key: &[u8]) -> Vec<u8> {
 /// Writer mode: commit `Durable` until killed, reporting each commit once it returned.
 fn child(dir: &Path, round: u32) {
     let db = Database::open(dir, Options::new().ring_slots(SLOTS)).expect("child opens");
-    pagemesh_testkit::report([EPOCH_REPORT, db.log().epoch(), 0, 0]);
+    pagemesh_testkit::report([EPOCH_REPORT, db.plumbing().log().epoch(), 0, 0]);
     std::thread::scope(|s| {
         for thread in 0..THREADS {
             let db = &db;

@@ -45,7 +45,7 @@ fn a_failed_ring_sync_fails_the_durable_commit_and_every_later_one_until_reopene
     let epoch_before;
     {
         let db = Database::open(dir.path(), options).unwrap();
-        epoch_before = db.log().epoch();
+        epoch_before = db.plumbing().log().epoch();
         let seq = db.commit(&batch(b"before"), Durability::Durable).unwrap();
         assert!(db.durable_lsn() > seq / 4096);
         failing.store(true, Ordering::SeqCst);
@@ -65,7 +65,7 @@ fn a_failed_ring_sync_fails_the_durable_commit_and_every_later_one_until_reopene
     }
     let db = Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
     assert!(
-        db.log().epoch() > epoch_before,
+        db.plumbing().log().epoch() > epoch_before,
         "a poisoned stop is not clean: a new epoch"
     );
     db.commit(&batch(b"reopened"), Durability::Durable).unwrap();
@@ -81,11 +81,19 @@ fn a_clean_close_keeps_the_epoch_and_an_unclean_stop_takes_a_new_one() {
     let dir = tempfile::tempdir().unwrap();
     let open = || Database::open(dir.path(), Options::new().ring_slots(64)).unwrap();
     let db = open();
-    assert_eq!(db.log().epoch(), 0, "a new database starts at epoch 0");
+    assert_eq!(
+        db.plumbing().log().epoch(),
+        0,
+        "a new database starts at epoch 0"
+    );
     db.commit(&batch(b"a"), Durability::Durable).unwrap();
     drop(db);
     let db = open();
-    assert_eq!(db.log().epoch(), 0, "a clean stop keeps the epoch");
+    assert_eq!(
+        db.plumbing().log().epoch(),
+        0,
+        "a clean stop keeps the epoch"
+    );
     db.commit(&batch(b"b"), Durability::Durable).unwrap();
     // An unclean stop, as a crash leaves it (the clean-stop flag cleared, never written back):
     // the files of the running database, copied. (tests/durable_crash.rs kills real processes.)
@@ -94,7 +102,7 @@ fn a_clean_close_keeps_the_epoch_and_an_unclean_stop_takes_a_new_one() {
     drop(db);
     let crashed = Database::open(copy.path(), Options::new().ring_slots(64)).unwrap();
     assert_eq!(
-        crashed.log().epoch(),
+        crashed.plumbing().log().epoch(),
         1,
         "a copy taken while the database ran is an unclean stop: a new epoch"
     );

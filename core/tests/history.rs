@@ -125,7 +125,7 @@ fn retention_trims_by_size_but_never_past_a_cursor() {
     let options = || Options::new().ring_slots(64).binlog_retain_bytes(64 << 10);
     {
         let db = Database::open(dir.path().join("kept"), options()).unwrap();
-        db.set_cursor("replica-1", 0).unwrap();
+        db.plumbing().set_cursor("replica-1", 0).unwrap();
         fill(&db, 0, 400);
         assert!(
             db.read().unwrap().binlog_range(0).unwrap().count() > 0,
@@ -169,16 +169,16 @@ fn retention_trims_by_age_but_never_past_a_cursor() {
     );
 
     let old = Database::open(dir.path().join("old"), options(Duration::ZERO)).unwrap();
-    old.set_cursor("replica-1", 3).unwrap();
+    old.plumbing().set_cursor("replica-1", 3).unwrap();
     fill(&old, 0, 200);
-    let held = old.binlog_oldest_lsn().unwrap();
+    let held = old.plumbing().binlog_oldest_lsn().unwrap();
     assert!(
         (1..=3).contains(&held),
         "every group is too old, but the cursor at 3 holds the trim (oldest {held})"
     );
-    old.remove_cursor("replica-1").unwrap();
+    old.plumbing().remove_cursor("replica-1").unwrap();
     fill(&old, 200, 400);
-    let oldest = old.binlog_oldest_lsn().unwrap();
+    let oldest = old.plumbing().binlog_oldest_lsn().unwrap();
     assert!(
         oldest > 3,
         "without the cursor, age trims on (oldest {oldest})"

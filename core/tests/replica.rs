@@ -30,7 +30,11 @@ fn pages_from(primary: &Database, from: u64) -> Vec<u8> {
             next = page.lsn() + 1;
         }
     }
-    let mut cursor = primary.log().cursor(next).expect("ring holds the rest");
+    let mut cursor = primary
+        .plumbing()
+        .log()
+        .cursor(next)
+        .expect("ring holds the rest");
     while let Some(run) = cursor.next_run(64).unwrap() {
         pages.extend_from_slice(run.bytes);
     }
@@ -69,7 +73,7 @@ fn replicas_bootstrapped_mid_record_converge_with_their_origin() {
             std::thread::sleep(Duration::from_micros(300));
         }
     });
-    primary.log().seal();
+    primary.plumbing().log().seal();
     let expected = contents(&primary);
     // Header: magic 8, uuids 32, binlog_next_lsn 8, replay_lsn 8 (snapshot module docs).
     let lsn_at =
@@ -86,18 +90,18 @@ fn replicas_bootstrapped_mid_record_converge_with_their_origin() {
     for (i, stream) in chosen.enumerate() {
         let path = dir.path().join(format!("replica-{i}"));
         let (replica, stats) =
-            Database::restore_replica(&path, &stream[..], options.clone()).unwrap();
+            pagemesh_core::Plumbing::restore_replica(&path, &stream[..], options.clone()).unwrap();
         assert!(replica.is_replica());
         assert_eq!(replica.uuid(), primary.uuid());
-        assert_eq!(replica.received_lsn(), stats.lsn);
+        assert_eq!(replica.plumbing().received_lsn(), stats.lsn);
         let pages = pages_from(&primary, stats.lsn);
         let mut offered = &pages[..];
         while !offered.is_empty() {
-            let taken = replica.ingest(offered).unwrap();
+            let taken = replica.plumbing().ingest(offered).unwrap();
             offered = &offered[taken.pages * PAGE_SIZE..];
             std::thread::sleep(Duration::from_millis(1));
         }
-        let end = primary.received_lsn();
+        let end = primary.plumbing().received_lsn();
         while replica.applied_lsn() < end {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -132,7 +136,8 @@ fn a_replica_refuses_writes_and_keeps_following_after_a_reopen() {
     let mut stream = Vec::new();
     primary.read().unwrap().export(&mut stream).unwrap();
     let path = dir.path().join("r");
-    let (replica, stats) = Database::restore_replica(&path, &stream[..], Options::new()).unwrap();
+    let (replica, stats) =
+        pagemesh_core::Plumbing::restore_replica(&path, &stream[..], Options::new()).unwrap();
     let mut batch = WriteBatch::new();
     batch.put("t", b"k", b"v").unwrap();
     assert!(matches!(
@@ -144,11 +149,14 @@ fn a_replica_refuses_writes_and_keeps_following_after_a_reopen() {
         Err(Error::ReadOnlyReplica { .. })
     ));
     primary.commit(&batch, Durability::Applied).unwrap();
-    replica.ingest(&pages_from(&primary, stats.lsn)).unwrap();
+    replica
+        .plumbing()
+        .ingest(&pages_from(&primary, stats.lsn))
+        .unwrap();
     drop(replica);
     let replica = Database::open(&path, Options::new()).unwrap();
     assert!(replica.is_replica(), "the role survives a reopen");
-    while replica.applied_lsn() < primary.received_lsn() {
+    while replica.applied_lsn() < primary.plumbing().received_lsn() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(contents(&replica) == contents(&primary));
@@ -165,7 +173,7 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
         db.commit(&batch, Durability::Replicated(1)),
         Err(Error::NoReplicas { replicas: 1 })
     ));
-    db.replication().enable(1);
+    db.plumbing().replication().enable(1);
     let timed_out = db.commit(&batch, Durability::Replicated(1)).unwrap_err();
     assert!(
         matches!(
@@ -178,7 +186,10 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
         ),
         "{timed_out}"
     );
-    let link = db.replication().attach("r1", uuid::Uuid::from_u128(1), 0);
+    let link = db
+        .plumbing()
+        .replication()
+        .attach("r1", uuid::Uuid::from_u128(1), 0);
     let ticket = db
         .commit_async(&batch, Durability::DurableReplicated(1))
         .unwrap();
@@ -186,12 +197,13 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
     std::thread::scope(|s| {
         let acker = s.spawn(|| {
             // Ack once the page is in the committed log, as a replica would on receipt.
-            while db.received_lsn() == 0 || !db.replication().status()[0].sync {
+            while db.plumbing().received_lsn() == 0 || !db.plumbing().replication().status()[0].sync
+            {
                 std::thread::yield_now();
             }
             let mut acked = 0;
             while acked < 2 {
-                let received = db.received_lsn();
+                let received = db.plumbing().received_lsn();
                 if received > acked {
                     link.ack(received, 0);
                     acked = received;

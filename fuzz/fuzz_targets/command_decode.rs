@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
         let mut again = Vec::new();
         encode_request(&request, &mut again);
         assert_eq!(again, data, "a request re-encodes differently: {request:?}");
-        assert!(request_fits(&request), "an accepted request is over the limit");
+        assert!(
+            request_fits(&request),
+            "an accepted request is over the limit"
+        );
         match &request.command {
             Command::Digest { ranges, .. } => check_ranges(ranges),
             Command::Entries { range, .. } => check_ranges(std::slice::from_ref(range)),

@@ -29,7 +29,7 @@ fn try_restore(bytes: &[u8], replica: bool) {
     let path = dir.path().join("db");
     let options = Options::new().map_size(64 << 20).ring_slots(16);
     let restored = if replica {
-        Database::restore_replica(&path, bytes, options.clone())
+        pagemesh_core::Plumbing::restore_replica(&path, bytes, options.clone())
     } else {
         Database::restore(&path, bytes, options.clone())
     };

@@ -14,6 +14,9 @@ fuzz_target!(|bytes: &[u8]| {
         let added = match *op {
             Op::Put { table, key, value } => builder.put(table, key, value),
             Op::Delete { table, key } => builder.delete(table, key),
+            Op::CreateTable { table } => builder.create_table(table),
+            Op::DropTable { table } => builder.drop_table(table),
+            Op::ClearTable { table } => builder.clear_table(table),
         };
         added.expect("a decoded op is one the builder accepts");
     }
@@ -22,8 +25,20 @@ fuzz_target!(|bytes: &[u8]| {
             .read(read.table, read.key, read.version)
             .expect("a decoded read is valid");
     }
+    for range in view.range_reads() {
+        builder
+            .read_range(
+                range.table,
+                range.start,
+                range.end,
+                range.count,
+                range.max_version,
+            )
+            .expect("a decoded range read is valid");
+    }
     let kind_is_transaction = bytes.get(1) == Some(&1);
-    if kind_is_transaction != view.reads().is_empty() {
+    let read_something = !view.reads().is_empty() || !view.range_reads().is_empty();
+    if kind_is_transaction == read_something {
         assert_eq!(
             builder.encode(view.hlc),
             bytes,

@@ -26,8 +26,8 @@ pub mod transport;
 pub use error::{BoxError, Error, Result};
 pub use service::metrics::NetMetricsSnapshot;
 pub use service::{
-    AckSink, Controller, CopyReport, DatabaseLog, History, ReplicaDatabase, ReplicaReport,
-    ReplicaStore, Service, ServiceConfig, SourceDatabase, Subscription, SubscriptionStatus,
-    BOOTSTRAP,
+    AckSink, Controller, CopyReport, DatabaseLog, History, LinkFailure, ReplicaDatabase,
+    ReplicaReport, ReplicaStore, Service, ServiceConfig, SourceDatabase, Subscription,
+    SubscriptionStatus, BOOTSTRAP,
 };
 pub use transport::{RuntimeKind, TransportKind};

@@ -64,11 +64,13 @@
 
 pub mod node;
 
-pub use node::{DatabaseReport, Node, NodeBuilder, NodeError, NodeMetrics, Replica};
+pub use node::{
+    DatabaseReport, Node, NodeBuilder, NodeError, NodeMetrics, Replica, REPLICATE_PROBE,
+};
 pub use pagemesh_core as core;
 pub use pagemesh_core::{
-    CommitTicket, Database, Durability, Entries, Error, Options, ReadOnlyDatabase, Receipt, Result,
-    Snapshot, Transaction, Value, WriteBatch,
+    codec, Codec, CommitTicket, Database, Durability, Entries, Error, Options, ReadOnlyDatabase,
+    Receipt, Result, ScannedEntries, Snapshot, Table, Transaction, Value, Versioned, WriteBatch,
 };
 pub use pagemesh_logpage as log;
 pub use pagemesh_net as net;

@@ -49,9 +49,9 @@ use pagemesh_net::proto::command::KeyRange;
 use pagemesh_net::proto::PeerEntry;
 use pagemesh_net::Controller;
 use pagemesh_net::{
-    AckSink, BoxError, CopyReport, DatabaseLog, History, NetMetricsSnapshot, ReplicaDatabase,
-    ReplicaReport, ReplicaStore, RuntimeKind, Service, ServiceConfig, SourceDatabase, Subscription,
-    SubscriptionStatus, TransportKind,
+    AckSink, BoxError, CopyReport, DatabaseLog, History, LinkFailure, NetMetricsSnapshot,
+    ReplicaDatabase, ReplicaReport, ReplicaStore, RuntimeKind, Service, ServiceConfig,
+    SourceDatabase, Subscription, SubscriptionStatus, TransportKind,
 };
 use uuid::Uuid;
 
@@ -108,6 +108,39 @@ pub enum NodeError {
         /// The line, from 1.
         line: usize,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// [`Node::replicate`]: nothing listens at the source's address (the connection was
+    /// refused). Nothing is kept following it.
+    #[error("cannot replicate from {addr}: nothing is listening there ({kind})")]
+    Unreachable {
+        /// The source's address.
+        addr: SocketAddr,
+        /// The connection's error (`ConnectionRefused`).
+        kind: std::io::ErrorKind,
+    },
+    /// [`Node::replicate`]: the node at `addr` holds no copy of `database` (it does not serve
+    /// it, or not yet: serve it there first). Nothing is kept following it.
+    #[error(
+        "cannot replicate database {database} from {addr}: that node does not hold it ({reason})"
+    )]
+    UnknownDatabase {
+        /// The source's address.
+        addr: SocketAddr,
+        /// The database asked for.
+        database: Uuid,
+        /// The node's reason.
+        reason: String,
+    },
+    /// [`Node::replicate`]: the node at `addr` refused the link for a reason a retry does not
+    /// mend (another cluster secret, no common protocol version). Nothing is kept following it.
+    #[error("cannot replicate from {addr}: refused (code {code}): {reason}")]
+    Refused {
+        /// The source's address.
+        addr: SocketAddr,
+        /// The refusal code (`pagemesh::net::proto::frame::RefuseCode` as u16).
+        code: u16,
+        /// The node's reason.
         reason: String,
     },
     /// The binlog skipped a page: a source never ships a gap.
@@ -405,7 +438,7 @@ impl Node {
     /// Makes `database` a source: replicas may subscribe to it, and `sync_replicas` of them are
     /// synchronous (their acks count for `Replicated(n)`).
     pub fn serve(&self, database: &Database, sync_replicas: usize) {
-        database.replication().enable(sync_replicas);
+        database.plumbing().replication().enable(sync_replicas);
         let mut watched = lock(&self.watched);
         if !watched.served.iter().any(|db| db.uuid() == database.uuid()) {
             watched.served.push(database.clone());
@@ -420,6 +453,35 @@ impl Node {
     /// itself after any disconnect. Dropping the [`Replica`] stops following and frees `name`
     /// (its link closes on the network thread a moment later; until then the directory's ring is
     /// still locked, so replicating into it again at once may fail with a lock error).
+    ///
+    /// **Fails fast** when the first link says following cannot work: nothing listens at
+    /// `source` ([`NodeError::Unreachable`]), that node holds no copy of `database`
+    /// ([`NodeError::UnknownDatabase`]), or it refuses this node for good (another cluster
+    /// secret or protocol version: [`NodeError::Refused`]); nothing is kept following then.
+    /// It waits for the first link's outcome at most [`REPLICATE_PROBE`]: once the source has
+    /// served the link, or that time has passed without a verdict (a slow network, a link cut
+    /// mid-handshake), it returns the replica, which reconnects by itself after any later
+    /// failure with randomized backoff that doubles up to the node's bound
+    /// (`ServiceConfig::backoff_max`); [`Replica::status`] reports each attempt's typed outcome
+    /// (`last_failure`). [`replicate_from_any`](Self::replicate_from_any) never fails fast: a
+    /// holder that cannot serve yet (a relay still bootstrapping) is a normal state there.
+    ///
+    /// ```
+    /// use pagemesh::{Node, NodeError, Options, Uuid};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let primary = Node::builder("primary", dir.path().join("a"))
+    ///     .listen("127.0.0.1:0".parse()?)
+    ///     .open()?;
+    /// let follower = Node::builder("replica", dir.path().join("b")).open()?;
+    /// let addr = primary.local_addr().expect("listening");
+    /// let unknown = Uuid::from_u128(7);
+    /// match follower.replicate(addr, unknown, "copy", Options::new()) {
+    ///     Err(NodeError::UnknownDatabase { database, .. }) => assert_eq!(database, unknown),
+    ///     other => panic!("expected UnknownDatabase, got {other:?}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn replicate(
         &self,
         source: SocketAddr,
@@ -427,7 +489,9 @@ impl Node {
         name: &str,
         options: Options,
     ) -> Result<Replica, NodeError> {
-        self.replicate_from_any(&[source], database, name, options)
+        let replica = self.replicate_from_any(&[source], database, name, options)?;
+        replica.first_outcome(database, Instant::now() + REPLICATE_PROBE)?;
+        Ok(replica)
     }
 
     /// As [`replicate`](Self::replicate), from whichever of `holders` serves: any node holding
@@ -572,6 +636,41 @@ impl Drop for Claim {
     }
 }
 
+/// The longest [`Node::replicate`] waits for its first link's outcome before it returns the
+/// replica (which keeps trying): a verdict normally takes one round trip or a refused connect.
+pub const REPLICATE_PROBE: Duration = Duration::from_secs(10);
+
+/// What the first links' failures mean for [`Node::replicate`]: `Some` if retrying cannot help.
+fn fatal(failure: &LinkFailure, database: Uuid) -> Option<NodeError> {
+    use pagemesh_net::proto::frame::RefuseCode;
+    match failure {
+        LinkFailure::Unreachable { addr, kind }
+            if *kind == std::io::ErrorKind::ConnectionRefused =>
+        {
+            Some(NodeError::Unreachable {
+                addr: *addr,
+                kind: *kind,
+            })
+        }
+        LinkFailure::Refused { addr, code, reason } => match RefuseCode::from_u16(*code) {
+            Some(RefuseCode::UnknownDatabase) => Some(NodeError::UnknownDatabase {
+                addr: *addr,
+                database,
+                reason: reason.clone(),
+            }),
+            Some(RefuseCode::Auth | RefuseCode::Version | RefuseCode::DuplicateNode) => {
+                Some(NodeError::Refused {
+                    addr: *addr,
+                    code: *code,
+                    reason: reason.clone(),
+                })
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// How long [`Replica::wait_for`] waits on one database before it looks for a newer one.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
@@ -593,6 +692,28 @@ impl Replica {
     /// for long, or wait with [`wait_for`](Self::wait_for), which always reads the current one.
     pub fn database(&self) -> Option<Database> {
         self.slot.current_database()
+    }
+
+    /// Waits until the source served a link (`Ok`), a link failed in a way retrying cannot
+    /// mend (`Err`, see [`Node::replicate`]), or `deadline` passed (`Ok`: it keeps trying).
+    fn first_outcome(&self, database: Uuid, deadline: Instant) -> Result<(), NodeError> {
+        loop {
+            let status = self.status();
+            if status.served > 0 {
+                return Ok(());
+            }
+            if let Some(error) = status
+                .last_failure
+                .as_ref()
+                .and_then(|f| fatal(f, database))
+            {
+                return Err(error);
+            }
+            if Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// The subscription's state: connected, received LSN, restores, last error.
@@ -673,7 +794,7 @@ impl DatabaseLog for Wired {
         self.0.origin_uuid()
     }
     fn log(&self) -> &Log {
-        self.0.log()
+        self.0.plumbing().log()
     }
 }
 
@@ -715,7 +836,11 @@ impl SourceDatabase for Wired {
     }
 
     fn attach(&self, peer: &str, node: Uuid, received_lsn: u64) -> Box<dyn AckSink> {
-        Box::new(Acks(self.0.replication().attach(peer, node, received_lsn)))
+        Box::new(Acks(self.0.plumbing().replication().attach(
+            peer,
+            node,
+            received_lsn,
+        )))
     }
 
     /// One read snapshot, table by table in the key space's order (`pagemesh_net::diff`); a
@@ -797,7 +922,7 @@ impl AckSink for Acks {
 
 impl ReplicaDatabase for Wired {
     fn received_lsn(&self) -> u64 {
-        self.0.received_lsn()
+        self.0.plumbing().received_lsn()
     }
     fn durable_lsn(&self) -> u64 {
         // The replica ring's durable watermark: its own flusher moves it (issue 16).
@@ -895,7 +1020,7 @@ impl ReplicaSlot {
             tracing::info!(
                 replica = name,
                 generation,
-                received_lsn = database.received_lsn(),
+                received_lsn = database.plumbing().received_lsn(),
                 "opened replica"
             );
             *slot
@@ -936,7 +1061,7 @@ impl ReplicaStore for ReplicaSlot {
         let dir = self.generation_dir(generation);
         self.restoring.store(true, Ordering::Release);
         let _restoring = ClearOnDrop(&self.restoring);
-        let restored = Database::restore_replica(&dir, input, self.options.clone())
+        let restored = pagemesh_core::Plumbing::restore_replica(&dir, input, self.options.clone())
             .map_err(BoxError::from)
             .and_then(|(database, stats)| {
                 let marker = std::fs::File::create(dir.join(COMPLETE))
@@ -965,7 +1090,7 @@ impl ReplicaStore for ReplicaSlot {
         if let Some((old, old_db)) = previous {
             // Handles the application still holds keep the old files alive until dropped; they
             // say they are stale (`is_superseded`, a warning on their next read).
-            old_db.supersede();
+            old_db.plumbing().supersede();
             drop(old_db);
             self.remove_generation(old);
         }
@@ -994,8 +1119,9 @@ mod tests {
             .unwrap();
         let addr = primary.local_addr().unwrap();
         let unknown = Uuid::from_u128(0xdead);
+        // (`replicate` would fail fast on it: see the test below)
         let replica = follower
-            .replicate(addr, unknown, "db", Options::new())
+            .replicate_from_any(&[addr], unknown, "db", Options::new())
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while replica.status().last_error.is_none() {
@@ -1006,6 +1132,63 @@ mod tests {
         assert!(
             matches!(&error, NodeError::Timeout { what, .. } if what.contains("last link error")),
             "{error}"
+        );
+    }
+
+    /// Before, `replicate` returned Ok whatever the source said, and the cause surfaced only
+    /// as a timeout's message later. Now a database the peer does not hold, and an address
+    /// where nothing listens, are typed errors at once, and nothing is left following.
+    #[test]
+    fn replicate_fails_fast_on_an_unknown_database_and_on_a_refused_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Node::builder("primary", dir.path().join("a"))
+            .listen("127.0.0.1:0".parse().unwrap())
+            .open()
+            .unwrap();
+        let follower = Node::builder("replica", dir.path().join("b"))
+            .open()
+            .unwrap();
+        let addr = primary.local_addr().unwrap();
+        let unknown = Uuid::from_u128(0xdead);
+        let started = Instant::now();
+        match follower.replicate(addr, unknown, "db", Options::new()) {
+            Err(NodeError::UnknownDatabase {
+                addr: at, database, ..
+            }) => assert_eq!((at, database), (addr, unknown)),
+            other => panic!("expected UnknownDatabase, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A port nothing listens on: bound, then closed.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nowhere = closed.local_addr().unwrap();
+        drop(closed);
+        let started = Instant::now();
+        match follower.replicate(nowhere, unknown, "db", Options::new()) {
+            Err(NodeError::Unreachable { addr: at, kind }) => {
+                assert_eq!((at, kind), (nowhere, std::io::ErrorKind::ConnectionRefused))
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // The name was given back: a good source can be followed under it.
+        let db = primary.open_database("db", Options::new()).unwrap();
+        primary.serve(&db, 0);
+        let replica = follower
+            .replicate(addr, db.uuid(), "db", Options::new())
+            .unwrap();
+        assert!(
+            replica.status().served > 0,
+            "returned once the source served"
         );
     }
 

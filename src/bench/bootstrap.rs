@@ -72,7 +72,7 @@ pub fn measure(mib: u64, transport: TransportKind) -> Result<Vec<BootstrapMeasur
             let mut writer = std::io::BufWriter::with_capacity(1 << 20, writer);
             db.read()?.export(&mut writer)
         });
-        let (copy, _) = Database::restore_replica(
+        let (copy, _) = pagemesh_core::Plumbing::restore_replica(
             dir.path().join("local-copy"),
             std::io::BufReader::with_capacity(1 << 20, reader),
             Options::new().map_size(64 << 30),
@@ -98,7 +98,7 @@ pub fn measure(mib: u64, transport: TransportKind) -> Result<Vec<BootstrapMeasur
         "copy",
         Options::new().map_size(64 << 30),
     )?;
-    replica.wait_applied(db.received_lsn(), Duration::from_secs(600))?;
+    replica.wait_applied(db.plumbing().received_lsn(), Duration::from_secs(600))?;
     out.push(cell("network", exported, started.elapsed()));
     Ok(out)
 }

@@ -131,7 +131,7 @@ pub fn measure_pagemesh(
         None
     };
     let stats_before = db.stats();
-    let lsn_before = db.log().anchor().lsn;
+    let lsn_before = db.plumbing().log().anchor().lsn;
     let mut latencies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -163,13 +163,14 @@ pub fn measure_pagemesh(
 }
 /// Whether the log has written as many pages as its ring holds: every slot was used once.
 fn ring_filled(db: &Database) -> bool {
-    db.log().anchor().lsn >= db.log().slots()
+    db.plumbing().log().anchor().lsn >= db.plumbing().log().slots()
 }
 
 /// What a cell's window was: after the ring filled once or not, and how many ring fills it wrote
 /// from page `lsn_before` on.
 fn window_note(db: &Database, filled: bool, lsn_before: u64) -> String {
-    let fills = (db.log().anchor().lsn - lsn_before) as f64 / db.log().slots() as f64;
+    let fills =
+        (db.plumbing().log().anchor().lsn - lsn_before) as f64 / db.plumbing().log().slots() as f64;
     let first = if filled {
         "after the ring first filled"
     } else {
@@ -212,7 +213,7 @@ pub fn measure_pagemesh_batch(
     }
     let filled = ring_filled(&db);
     let stats_before = db.stats();
-    let lsn_before = db.log().anchor().lsn;
+    let lsn_before = db.plumbing().log().anchor().lsn;
     let mut latencies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();

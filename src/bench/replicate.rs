@@ -15,7 +15,7 @@
 //!   flush);
 //! - `durable-neighbour`: `durable`, with a second database on the same disk taking every page
 //!   the primary seals (a cursor on the primary's log hands each run to the neighbour's
-//!   `Database::ingest`, as a replica's receiver would, without a network): the neighbour's
+//!   `Plumbing::ingest`, as a replica's receiver would, without a network): the neighbour's
 //!   flusher syncs its ring and its applier applies, at the primary's page rate. That is the
 //!   disk's share of what a replica on this machine costs `sync-durable`, with no round trip, no
 //!   ack and no network thread: `sync-durable / durable-neighbour` is printed beside
@@ -229,8 +229,8 @@ impl Neighbour {
     fn start(primary: &Database, dir: &Path, options: Options) -> Result<Self, BoxError> {
         let mut snapshot = Vec::new();
         primary.read()?.export(&mut snapshot)?;
-        let (db, stats) = Database::restore_replica(dir, &snapshot[..], options)?;
-        let mut cursor = primary.log().cursor(stats.replica_resume_lsn)?;
+        let (db, stats) = pagemesh_core::Plumbing::restore_replica(dir, &snapshot[..], options)?;
+        let mut cursor = primary.plumbing().log().cursor(stats.replica_resume_lsn)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (db, stop) = (db.clone(), Arc::clone(&stop));
@@ -244,7 +244,7 @@ impl Neighbour {
                         while let Some(run) = cursor.next_run(64)? {
                             let mut pages = run.bytes;
                             while !pages.is_empty() {
-                                let ingested = db.ingest(pages)?;
+                                let ingested = db.plumbing().ingest(pages)?;
                                 pages = &pages[ingested.pages * PAGE_SIZE..];
                                 if ingested.full {
                                     // The neighbour's applier releases its ring as it applies.
@@ -277,7 +277,7 @@ impl Drop for Neighbour {
 
 fn wait_attached(db: &Database) -> Result<(), BoxError> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while db.replication().status().is_empty() {
+    while db.plumbing().replication().status().is_empty() {
         if Instant::now() > deadline {
             return Err(NodeError::Timeout {
                 name: "bench-replica".into(),

@@ -733,7 +733,7 @@ fn run(args: &ImportArgs) -> Result<(), ImportError> {
     let mut importer = Importer {
         args,
         db: &db,
-        record_len_max: db.log().record_len_max(),
+        record_len_max: db.plumbing().log().record_len_max(),
         batch: db.batch(),
         batch_bytes: 0,
         batch_rows: 0,

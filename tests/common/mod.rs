@@ -120,7 +120,7 @@ pub fn wait_attached(primary: &Database, count: usize, sync: usize) {
         &format!("{count} replicas attached, {sync} synchronous"),
         PATIENCE,
         || {
-            let status = primary.replication().status();
+            let status = primary.plumbing().replication().status();
             let synced = status.iter().filter(|r| r.sync).count();
             (status.len() == count && synced == sync).then_some(())
         },
@@ -301,7 +301,7 @@ pub fn cut_off(proxy: &FaultProxy, replica: &Replica) -> u64 {
     eventually("replica disconnected", PATIENCE, || {
         (!replica.status().connected).then_some(())
     });
-    replica.database().unwrap().received_lsn()
+    replica.database().unwrap().plumbing().received_lsn()
 }
 
 /// Decides, right after a commit returned `Ok`, whether what it promised holds; `Err` says what
@@ -430,7 +430,7 @@ pub fn received_by(databases: &[Option<Database>], seq: u64, wanted: u32) -> Res
     let received: Vec<u64> = databases
         .iter()
         .flatten()
-        .map(Database::received_lsn)
+        .map(|db| db.plumbing().received_lsn())
         .collect();
     let holding = received.iter().filter(|&&lsn| lsn > page).count() as u32;
     if holding < wanted {
@@ -520,9 +520,9 @@ pub fn assert_same(primary: &Database, replica: &Database, what: &str) {
         a.len(),
         b.len(),
         primary.applied_lsn(),
-        primary.received_lsn(),
+        primary.plumbing().received_lsn(),
         replica.applied_lsn(),
-        replica.received_lsn(),
+        replica.plumbing().received_lsn(),
     );
 }
 
@@ -531,11 +531,11 @@ pub fn assert_same(primary: &Database, replica: &Database, what: &str) {
 pub fn assert_model(db: &Database, ledger: &Ledger, what: &str) {
     // A replica is waited for by `converge`; a primary is settled here.
     if !db.is_replica() {
-        db.log().seal();
+        db.plumbing().log().seal();
         eventually(
             &format!("{what}: applies what it committed"),
             PATIENCE,
-            || (db.applied_lsn() >= db.received_lsn()).then_some(()),
+            || (db.applied_lsn() >= db.plumbing().received_lsn()).then_some(()),
         );
     }
     let expected: Contents = ledger
@@ -553,12 +553,12 @@ pub fn assert_model(db: &Database, ledger: &Ledger, what: &str) {
 /// Seals the primary's open page, waits until it applied everything, then until `replica` did;
 /// returns the replica's current database.
 pub fn converge(primary: &Database, replica: &Replica, what: &str) -> Database {
-    primary.log().seal();
+    primary.plumbing().log().seal();
     let end = eventually(
         &format!("{what}: primary applies its log"),
         PATIENCE,
         || {
-            let end = primary.received_lsn();
+            let end = primary.plumbing().received_lsn();
             (primary.applied_lsn() >= end).then_some(end)
         },
     );
@@ -566,7 +566,7 @@ pub fn converge(primary: &Database, replica: &Replica, what: &str) -> Database {
         panic!(
             "{what}: replica did not converge: {e}; status {:?}; primary status {:?}",
             replica.status(),
-            primary.replication().status()
+            primary.plumbing().replication().status()
         )
     })
 }

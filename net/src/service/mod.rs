@@ -459,10 +459,64 @@ pub struct SubscriptionStatus {
     /// Times a holder's way to the origin passed through this replica (a loop of replicas
     /// following one another): it refused the replica, or the replica left it.
     pub loops: u64,
+    /// Links on which the holder served: answered the RESUME with something other than a
+    /// refusal (a snapshot, pages, a heartbeat).
+    pub served: u64,
     /// Why the last link ended, if one did.
     pub last_error: Option<String>,
+    /// The same, typed: what a caller can act on (nothing listening, a refusal and its code).
+    pub last_failure: Option<LinkFailure>,
     /// The holder followed now (or tried next).
     pub upstream: Option<SocketAddr>,
+}
+
+/// Why a replica's link to a holder ended, typed ([`SubscriptionStatus::last_failure`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkFailure {
+    /// The connection could not be made (nothing listening, no route, …).
+    Unreachable {
+        /// The holder.
+        addr: SocketAddr,
+        /// The OS error's kind (`ConnectionRefused` when nothing listens there).
+        kind: std::io::ErrorKind,
+    },
+    /// The holder refused the link with a REFUSE frame.
+    Refused {
+        /// The holder.
+        addr: SocketAddr,
+        /// The refusal code ([`crate::proto::frame::RefuseCode`] as u16).
+        code: u16,
+        /// The holder's reason.
+        reason: String,
+    },
+    /// Anything else: a timeout, a broken link, a protocol error (see `last_error`).
+    Other {
+        /// The holder.
+        addr: SocketAddr,
+    },
+}
+
+impl LinkFailure {
+    /// What `error`, ending a link to `addr`, was.
+    pub(crate) fn of(addr: SocketAddr, error: &Error) -> Self {
+        match error {
+            Error::Io {
+                op: "connect",
+                source,
+                ..
+            } => Self::Unreachable {
+                addr,
+                kind: source.kind(),
+            },
+            Error::Refused { code, reason } => Self::Refused {
+                addr,
+                code: *code,
+                reason: reason.clone(),
+            },
+            _ => Self::Other { addr },
+        }
+    }
 }
 
 /// A replica's subscription to its source; dropping it unsubscribes (closing the link).

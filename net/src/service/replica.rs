@@ -136,6 +136,7 @@ pub(super) async fn follow(
                     tracing::info!(%addr, %database, %error, %next, "holder did not serve; trying the next");
                 }
                 state.last_error = Some(error.to_string());
+                state.last_failure = Some(super::LinkFailure::of(addr, error));
             }
             state.restoring = false;
             state.connected = false;
@@ -367,7 +368,9 @@ async fn receive(
             .borrow_mut()
             .handle_frame(Instant::now(), frame)?;
         // The source served this link (a refusal fails above): the next attempt need not wait.
-        shared.heard.set(true);
+        if !shared.heard.replace(true) {
+            lock(status).served += 1;
+        }
         match received {
             Received::Nothing => {}
             Received::Pages(pages) => {
