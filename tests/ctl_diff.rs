@@ -15,10 +15,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use heed::types::Bytes;
@@ -28,58 +27,6 @@ use serde_json::Value;
 /// Round trips a diff of two copies that differ in two keys may take: the root, two levels of
 /// sixteen-way splits for a few thousand entries, the leaves' entries, and one to spare.
 const DIFFER_ROUND_TRIPS_MAX: u64 = 6;
-
-/// A `pagemesh node` child; killed on drop if still running.
-struct NodeProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl NodeProcess {
-    /// Starts `pagemesh node --config config`; waits for its address and its database line.
-    fn start(config: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
-            .args(["node", "--config", config.to_str().expect("utf-8 path")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start pagemesh node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut addr = None;
-        for line in lines.by_ref() {
-            let line = line.expect("readable stdout");
-            if let Some((_, at)) = line.split_once(" listening on ") {
-                addr = Some(at.parse().expect("an address"));
-            }
-            if line.contains(" role ") {
-                break;
-            }
-        }
-        let addr = addr.unwrap_or_else(|| panic!("{} printed no address", config.display()));
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
-    }
-
-    /// SIGTERM, and a clean exit.
-    fn stop(mut self, what: &str) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let exit = self.child.wait().expect("wait");
-        assert!(exit.success(), "{what} exits cleanly on SIGTERM: {exit}");
-    }
-}
 
 /// The config of the primary (database `db`, a source) or of a replica (`copy`, following
 /// `source`).
@@ -234,12 +181,12 @@ fn ctl_diff_reports_equal_and_tampered_copies(transport: &str) {
     let mut entries = 3_000;
 
     let primary_config = write_config(dir.path(), "primary", transport, primary_addr, None);
-    let primary = NodeProcess::start(&primary_config);
+    let primary = NodeProcess::start_until(&primary_config, " role ");
     let source = Some((primary_addr, database));
     let r1_config = write_config(dir.path(), "r1", transport, r1_addr, source);
     let r2_config = write_config(dir.path(), "r2", transport, r2_addr, source);
-    let r1 = NodeProcess::start(&r1_config);
-    let r2 = NodeProcess::start(&r2_config);
+    let r1 = NodeProcess::start_until(&r1_config, " role ");
+    let r2 = NodeProcess::start_until(&r2_config, " role ");
     for replica in [r1.addr, r2.addr] {
         assert_equal_at_rest(primary.addr, replica, database, entries);
     }
@@ -254,14 +201,14 @@ fn ctl_diff_reports_equal_and_tampered_copies(transport: &str) {
     db.commit(&batch, Durability::Applied).expect("commit");
     drop(db);
     entries += 1_500 - 1;
-    let primary = NodeProcess::start(&primary_config);
+    let primary = NodeProcess::start_until(&primary_config, " role ");
     for replica in [r1.addr, r2.addr] {
         assert_equal_at_rest(primary.addr, replica, database, entries);
     }
 
     r2.stop("r2");
     let seq = tamper(&replica_lmdb(dir.path(), "r2"));
-    let r2 = NodeProcess::start(&r2_config);
+    let r2 = NodeProcess::start_until(&r2_config, " role ");
     let (code, report) = diff(primary.addr, r2.addr, database);
     assert_eq!(code, 1, "copies differ: exit 1, {report}");
     assert_eq!(report["equal"], false, "{report}");

@@ -10,10 +10,13 @@
 #![allow(dead_code)]
 
 mod pair;
+mod process;
 
 // Like the rest of this module, each test binary uses only some of these.
 #[allow(unused_imports)]
 pub use pair::{Follower, Pair, DB};
+#[allow(unused_imports)]
+pub use process::NodeProcess;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
