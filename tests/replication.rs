@@ -638,11 +638,13 @@ fn gossip_floods_stay_bounded(transport: TransportKind) {
                 heartbeat: 1,
                 age_ms: 0,
                 addr: std::net::SocketAddr::from(([10, 9, (n / 250) as u8, 1], 7400)),
+                name: "x".repeat(pagemesh_net::proto::NAME_MAX),
                 databases: (0..8).map(|d| uuid::Uuid::from_u128(d + 77)).collect(),
             })
             .collect();
         let mut out = Vec::new();
-        encode(&Frame::Peers(PeerList { entries }), &mut out);
+        let named = true;
+        encode(&Frame::Peers(PeerList { entries, named }), &mut out);
         out
     };
     let (mut flood, _) = raw_handshake(addr, SECRET, PATIENCE);

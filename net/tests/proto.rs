@@ -128,15 +128,19 @@ fn peer_entry() -> impl Strategy<Value = PeerEntry> {
         any::<u32>(),
         ip,
         any::<u16>(),
+        name(),
         vec(uuid(), 0..=PEER_DATABASES_MAX),
     )
-        .prop_map(|(node, heartbeat, age_ms, ip, port, databases)| PeerEntry {
-            node,
-            heartbeat,
-            age_ms,
-            addr: std::net::SocketAddr::new(ip, port),
-            databases,
-        })
+        .prop_map(
+            |(node, heartbeat, age_ms, ip, port, name, databases)| PeerEntry {
+                node,
+                heartbeat,
+                age_ms,
+                addr: std::net::SocketAddr::new(ip, port),
+                name,
+                databases,
+            },
+        )
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -272,7 +276,10 @@ fn owned_frame() -> impl Strategy<Value = Owned> {
                 lsn,
                 path
             })),
-        vec(peer_entry(), 1..=PEERS_MAX).prop_map(|entries| Owned::Peers(PeerList { entries })),
+        (vec(peer_entry(), 1..=PEERS_MAX), any::<bool>()).prop_map(|(entries, named)| {
+            // Without the NAMED flag names are not sent: they decode as empty.
+            Owned::Peers(PeerList { entries, named }.for_version(if named { 5 } else { 4 }))
+        }),
     ]
 }
 
@@ -1232,6 +1239,42 @@ fn peers_faults_are_typed() {
     let full: Vec<Vec<u8>> = vec![largest; 16];
     assert!(peers(16, &full).len() - FRAME_HEADER_LEN <= CONTROL_BODY_MAX);
     assert!(decode(&peers(16, &full)).is_ok());
+    // Named (protocol version 5): sixteen entries with the longest names still fit, and a name
+    // over the bound is refused.
+    let named = largest_named_peers();
+    let mut out = Vec::new();
+    encode(&Frame::Peers(named.clone()), &mut out);
+    assert!(out.len() - FRAME_HEADER_LEN <= CONTROL_BODY_MAX);
+    assert_eq!(decode_one(&out).0, Frame::Peers(named));
+    let mut long = entry(4, &[127, 0, 0, 1], 0);
+    long.truncate(16 + 8 + 4 + 1 + 4 + 2);
+    long.push(65);
+    long.extend_from_slice(&[b'x'; 65]);
+    long.push(0);
+    let mut body = vec![1];
+    body.extend_from_slice(&long);
+    assert_eq!(
+        malformed_reason(&raw_frame(15, 1, &body)),
+        "name longer than 64 bytes"
+    );
+    // Without the flag the same bytes are not a name: the entry does not parse.
+    assert!(decode(&raw_frame(15, 0, &body)).is_err());
+}
+
+/// Sixteen PEERS entries at their largest, with names.
+fn largest_named_peers() -> PeerList {
+    let entry = PeerEntry {
+        node: Uuid::from_u128(1),
+        heartbeat: u64::MAX,
+        age_ms: u32::MAX,
+        addr: "[::1]:7400".parse().unwrap(),
+        name: "é".repeat(NAME_MAX / 2),
+        databases: (0..8).map(Uuid::from_u128).collect(),
+    };
+    PeerList {
+        entries: vec![entry; PEERS_MAX],
+        named: true,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1270,6 +1313,9 @@ fn fuzz_seeds_cover_every_frame_type() {
             )
             .unwrap();
         }
+        // PEERS both ways: the generated one and a named one (protocol version 5).
+        let named = encoded(&Frame::Peers(largest_named_peers()));
+        std::fs::write(dir.join("15-peers-named"), named).unwrap();
     }
     let mut covered = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/frame_decode exists") {

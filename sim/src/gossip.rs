@@ -10,6 +10,12 @@
 //! long enough for its news to die out is no longer listed by any node it was connected to; and,
 //! once the faults stop and the mesh settles, that every node knows every other, with the
 //! databases each serves (so a replica asking `holders` finds every holder).
+//!
+//! Node names (protocol version 5): in half the seeds some nodes speak version 4, so they send
+//! no names and are sent none (`PeerList::for_version`, as the service does). The checker
+//! asserts that a name heard is never another node's, and, in the seeds where every node speaks
+//! version 5, that once settled every node knows every other's name (commands address nodes
+//! by it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hasher};
@@ -74,6 +80,10 @@ pub struct GossipOutcome {
     pub refused: u64,
     /// Faults injected.
     pub faults: u64,
+    /// Nodes speaking protocol version 4 (no names in their gossip).
+    pub old_nodes: usize,
+    /// Named entries heard, each checked against the node it names.
+    pub names_checked: u64,
     /// The largest PEERS frame list sent, in entries.
     pub largest_frame: usize,
     /// A hash of every event.
@@ -105,6 +115,15 @@ pub fn run_gossip(scenario: &GossipScenario) -> GossipOutcome {
                 .collect()
         })
         .collect();
+    // Drawn from a stream of their own, so the other draws of a seed are what they were.
+    let mut old_rng = ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x6f6c_645f_6e6f_6465);
+    let old: Vec<bool> = if old_rng.random_bool(0.5) {
+        vec![false; count]
+    } else {
+        (0..count).map(|_| old_rng.random_bool(0.2)).collect()
+    };
+    let outcome_old_nodes = old.iter().filter(|&&o| o).count();
+    let name = |node: usize| format!("node-{node}");
     let fresh = |node: usize, now: Duration| {
         let mut view = Members::new(
             id(node),
@@ -114,6 +133,9 @@ pub fn run_gossip(scenario: &GossipScenario) -> GossipOutcome {
             scenario.nodes_max,
             ROUND * EXPIRY_ROUNDS,
         );
+        if !old[node] {
+            view = view.with_name(&name(node));
+        }
         view.set_databases(serves[node].clone());
         view
     };
@@ -127,6 +149,7 @@ pub fn run_gossip(scenario: &GossipScenario) -> GossipOutcome {
     let mut outcome = GossipOutcome {
         seed: scenario.seed,
         nodes: count,
+        old_nodes: outcome_old_nodes,
         ..GossipOutcome::default()
     };
     let mut trace = DefaultHasher::new();
@@ -143,6 +166,16 @@ pub fn run_gossip(scenario: &GossipScenario) -> GossipOutcome {
             }
             let (from, to, list) = flight.remove(&(at, seq)).expect("first");
             if alive[from] && alive[to] && !cut.contains(&bounded(from, to)) {
+                for entry in list.entries.iter().filter(|e| !e.name.is_empty()) {
+                    outcome.names_checked += 1;
+                    let named = (entry.node.as_u128() as usize).checked_sub(1).map(name);
+                    if named.as_deref() != Some(entry.name.as_str()) {
+                        outcome.violations.push(format!(
+                            "at {at:?}: node {from} told node {to} that {} is named {:?}",
+                            entry.node, entry.name
+                        ));
+                    }
+                }
                 views[to].heard(id(from), None, &list.entries, base + at);
                 trace.write_u64(seq);
             }
@@ -227,13 +260,12 @@ pub fn run_gossip(scenario: &GossipScenario) -> GossipOutcome {
                 if !alive[peer] || cut.contains(&link) {
                     continue;
                 }
+                let version = if old[node] || old[peer] { 4 } else { 5 };
                 for frame in &frames {
+                    let frame = frame.for_version(version);
                     outcome.largest_frame = outcome.largest_frame.max(frame.entries.len());
                     sequence += 1;
-                    flight.insert(
-                        (now + latency[&link], sequence),
-                        (node, peer, frame.clone()),
-                    );
+                    flight.insert((now + latency[&link], sequence), (node, peer, frame));
                 }
             }
         }
@@ -248,14 +280,22 @@ pub fn run_gossip(scenario: &GossipScenario) -> GossipOutcome {
             if now >= restarted_at + ROUND * EXPIRY_ROUNDS * 2 {
                 break;
             }
-        } else if settled(&views, &serves, &id) {
+        } else if settled(&views, &serves, &id) && (old.contains(&true) || named(&views, &name)) {
             outcome.settle_rounds = ((now - restarted_at).as_millis() / ROUND.as_millis()) as u64;
             break;
         }
         if now > restarted_at + ROUND * (EXPIRY_ROUNDS * 4 + count as u32) {
+            let known = |n: usize| views[n].nodes().len();
+            let named = |n: usize| {
+                views[n]
+                    .nodes()
+                    .iter()
+                    .filter(|e| !e.name.is_empty())
+                    .count()
+            };
             let missing: Vec<String> = (0..count)
-                .filter(|&n| views[n].nodes().len() < count - 1)
-                .map(|n| format!("node {n} knows {}", views[n].nodes().len()))
+                .filter(|&n| known(n) < count - 1 || named(n) < known(n))
+                .map(|n| format!("node {n} knows {} ({} by name)", known(n), named(n)))
                 .take(5)
                 .collect();
             outcome.violations.push(format!(
@@ -318,6 +358,15 @@ fn live_diameter(neighbours: &[Vec<usize>], alive: &[bool]) -> usize {
         }
     }
     longest
+}
+
+/// Every node knows every other's name.
+fn named(views: &[Members], name: &impl Fn(usize) -> String) -> bool {
+    views.iter().all(|view| {
+        view.nodes()
+            .iter()
+            .all(|e| e.name == name(e.node.as_u128() as usize - 1))
+    })
 }
 
 /// Every node knows every other, alive, with the databases it serves.

@@ -38,16 +38,21 @@
 //! 13 WATCH      database uuid | origin uuid                                  32
 //! 14 HAVE       database uuid | origin uuid | lsn u64 |                      40 + 1 + 32 × 16
 //!               [path_count u8 | path uuid × n (1 ≤ n ≤ 32)]
-//! 15 PEERS      count u8 (1 ≤ count ≤ 16) | (node uuid | heartbeat u64 |     1 + 16 × 176
-//!               age_ms u32 | family u8 (4|6) | ip [4|16] | port u16 | db_count u8 |
+//! 15 PEERS      count u8 (1 ≤ count ≤ 16) | (node uuid | heartbeat u64 |     1 + 16 × 241
+//!               age_ms u32 | family u8 (4|6) | ip [4|16] | port u16 |
+//!               [name_len u8 | name [≤ 64]] | db_count u8 |
 //!               database uuid × db_count (≤ 8)) × count
+//!               (the names only with header flag 1, NAMED)
 //! ```
 //!
 //! Protocol version 2 added RECEIPTS, version 3 WATCH and HAVE: a node sends them only on a
 //! link whose peer speaks that version or later, and an older peer never sends them. Version 4
 //! added HAVE's path (the sender's way to the origin); a HAVE with no path is version 3's 40
 //! bytes exactly, so a node sends a path only to a peer of version 4 or later. Version 4 also
-//! added PEERS, the membership gossip, on links of its own.
+//! added PEERS, the membership gossip, on links of its own. Version 5 added node names to PEERS
+//! entries (header flag [`FLAG_PEERS_NAMED`]), so commands can name a node by its name; a node
+//! sends a named PEERS only to a peer of version 5 or later, and strips the names for an older
+//! one.
 //!
 //! The encoding is canonical: [`decode`] accepts exactly the bytes [`encode`] writes, so a frame
 //! that decodes re-encodes to the same bytes. Decoding never panics and never allocates more than
@@ -70,7 +75,7 @@ pub const FRAME_HEADER_LEN: usize = 12;
 /// body is read, so a peer can never make us buffer more than this per frame.
 pub const FRAME_BODY_MAX: usize = 16 << 20;
 /// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The oldest protocol version this build still speaks.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 /// Bytes in a log page, as shipped in PAGES frames.
@@ -97,6 +102,8 @@ pub const RECEIPTS_SINCE_VERSION: u16 = 2;
 pub const WATCH_SINCE_VERSION: u16 = 3;
 /// The first protocol version whose HAVE frames may carry a path.
 pub const PATH_SINCE_VERSION: u16 = 4;
+/// The first protocol version whose PEERS frames may carry node names.
+pub const NAMES_SINCE_VERSION: u16 = 5;
 /// The most nodes one PEERS frame describes; a node gossips more in several frames.
 pub const PEERS_MAX: usize = 16;
 /// The most databases one PEERS entry says its node serves (a node serving more is advertised
@@ -107,6 +114,8 @@ pub const PEER_DATABASES_MAX: usize = 8;
 pub const PATH_MAX: usize = 32;
 /// Header flag of a SNAPSHOT frame: this chunk is the last of the snapshot.
 pub const FLAG_SNAPSHOT_LAST: u8 = 1;
+/// Header flag of a PEERS frame: each entry carries its node's name.
+pub const FLAG_PEERS_NAMED: u8 = 1;
 /// The longest body of a handshake frame (HELLO, WELCOME, AUTH, REFUSE): all that a peer that has
 /// not authenticated can make a node buffer for one frame (see [`Accept::Handshake`]).
 pub const HANDSHAKE_BODY_MAX: usize = REFUSE_FIXED_LEN + REASON_MAX;
@@ -136,8 +145,9 @@ const RECEIPTS_FIXED_LEN: usize = 16 + 16 + 2;
 const RECEIPT_LEN: usize = 16 + 8;
 const WATCH_LEN: usize = 16 + 16;
 const HAVE_LEN: usize = 16 + 16 + 8 + 1 + PATH_MAX * 16;
-/// A PEERS entry at its largest: node, heartbeat, an IPv6 address and port, eight databases.
-const PEER_ENTRY_MAX: usize = 16 + 8 + 4 + 1 + 16 + 2 + 1 + PEER_DATABASES_MAX * 16;
+/// A PEERS entry at its largest: node, heartbeat, an IPv6 address and port, a name, eight
+/// databases.
+const PEER_ENTRY_MAX: usize = 16 + 8 + 4 + 1 + 16 + 2 + 1 + NAME_MAX + 1 + PEER_DATABASES_MAX * 16;
 const PEERS_LEN: usize = 1 + PEERS_MAX * PEER_ENTRY_MAX;
 const _: () = assert!(PAGES_COUNT_MAX == 4095);
 const _: () = assert!(REASON_MAX <= u16::MAX as usize && NAME_MAX <= u8::MAX as usize);
@@ -270,6 +280,7 @@ impl FrameType {
     fn flags_defined(self) -> u8 {
         match self {
             FrameType::Snapshot => FLAG_SNAPSHOT_LAST,
+            FrameType::Peers => FLAG_PEERS_NAMED,
             _ => 0,
         }
     }
@@ -504,6 +515,9 @@ pub struct PeerEntry {
     pub age_ms: u32,
     /// Where it listens (an unspecified IP means: the address this link comes from).
     pub addr: std::net::SocketAddr,
+    /// Its name (at most [`NAME_MAX`] bytes), as in its HELLO; empty when unknown (heard from a
+    /// node of protocol version 4, or in a PEERS frame without names).
+    pub name: String,
     /// Databases it serves (at most [`PEER_DATABASES_MAX`]).
     pub databases: Vec<Uuid>,
 }
@@ -513,6 +527,28 @@ pub struct PeerEntry {
 pub struct PeerList {
     /// The entries, 1 to [`PEERS_MAX`].
     pub entries: Vec<PeerEntry>,
+    /// Whether the entries carry names (header flag [`FLAG_PEERS_NAMED`]; protocol version 5).
+    /// Without it the names are not sent, and decode as empty.
+    pub named: bool,
+}
+
+impl PeerList {
+    /// The same entries for a peer of protocol version `version`: names dropped below
+    /// [`NAMES_SINCE_VERSION`].
+    pub fn for_version(&self, version: u16) -> PeerList {
+        if version >= NAMES_SINCE_VERSION {
+            return self.clone();
+        }
+        PeerList {
+            entries: (self.entries.iter())
+                .map(|entry| PeerEntry {
+                    name: String::new(),
+                    ..entry.clone()
+                })
+                .collect(),
+            named: false,
+        }
+    }
 }
 
 /// SNAPSHOT: one chunk of a database snapshot stream.
@@ -852,7 +888,7 @@ fn decode_body(frame_type: FrameType, flags: u8, body: &[u8]) -> Result<Frame<'_
             lsn: r.u64()?,
             path: decode_path(&mut r)?,
         }),
-        FrameType::Peers => Frame::Peers(decode_peers(&mut r)?),
+        FrameType::Peers => Frame::Peers(decode_peers(&mut r, flags & FLAG_PEERS_NAMED != 0)?),
     };
     r.finish()?;
     Ok(frame)
@@ -883,7 +919,7 @@ fn decode_receipts(r: &mut Reader<'_>) -> Result<ReceiptReport> {
     })
 }
 
-fn decode_peers(r: &mut Reader<'_>) -> Result<PeerList> {
+fn decode_peers(r: &mut Reader<'_>, named: bool) -> Result<PeerList> {
     let count = usize::from(r.u8()?);
     if count == 0 || count > PEERS_MAX {
         return Err(malformed(FrameType::Peers, "peer count out of 1..=16"));
@@ -899,6 +935,7 @@ fn decode_peers(r: &mut Reader<'_>) -> Result<PeerList> {
             _ => return Err(malformed(FrameType::Peers, "address family not 4 or 6")),
         };
         let port = r.u16()?;
+        let name = if named { r.name()? } else { String::new() };
         let db_count = usize::from(r.u8()?);
         if db_count > PEER_DATABASES_MAX {
             return Err(malformed(FrameType::Peers, "more than 8 databases"));
@@ -909,10 +946,11 @@ fn decode_peers(r: &mut Reader<'_>) -> Result<PeerList> {
             heartbeat,
             age_ms,
             addr: std::net::SocketAddr::new(ip, port),
+            name,
             databases,
         });
     }
-    Ok(PeerList { entries })
+    Ok(PeerList { entries, named })
 }
 
 /// HAVE's optional path: nothing (version 3's layout: no path), or a count of 1 to
@@ -974,6 +1012,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     let frame_type = frame.frame_type();
     let flags = match frame {
         Frame::Snapshot(chunk) if chunk.last => FLAG_SNAPSHOT_LAST,
+        Frame::Peers(list) if list.named => FLAG_PEERS_NAMED,
         _ => 0,
     };
     let start = begin(frame_type, flags, out);
@@ -1061,6 +1100,14 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
                     }
                 }
                 put_u16(out, entry.addr.port());
+                if list.named {
+                    assert!(
+                        entry.name.len() <= NAME_MAX,
+                        "a node name is at most {NAME_MAX} bytes"
+                    );
+                    out.push(entry.name.len() as u8);
+                    out.extend_from_slice(entry.name.as_bytes());
+                }
                 out.push(entry.databases.len() as u8);
                 for database in &entry.databases {
                     out.extend_from_slice(database.as_bytes());

@@ -51,7 +51,9 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::proto::frame::{PeerEntry, PeerList, PEERS_MAX, PEER_DATABASES_MAX};
+use crate::proto::frame::{
+    truncate_utf8, PeerEntry, PeerList, NAME_MAX, PEERS_MAX, PEER_DATABASES_MAX,
+};
 
 /// What is known of one other node.
 #[derive(Clone, Debug)]
@@ -95,6 +97,7 @@ impl Members {
                 heartbeat,
                 age_ms: 0,
                 addr,
+                name: String::new(),
                 databases: Vec::new(),
             },
             known: BTreeMap::new(),
@@ -109,6 +112,13 @@ impl Members {
     /// drew the mesh): [`holders`](Self::holders) lists those first.
     pub fn with_peers(mut self, peers: Vec<SocketAddr>) -> Self {
         self.peers = peers;
+        self
+    }
+
+    /// This node's name (at most [`NAME_MAX`] bytes; a longer one is cut at a character
+    /// boundary), as gossip tells it: commands may address a node by it.
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.own.name = truncate_utf8(name, NAME_MAX).to_owned();
         self
     }
 
@@ -168,6 +178,7 @@ impl Members {
             let rose = now.checked_sub(age).unwrap_or(now);
             let mut entry = entry.clone();
             entry.databases.truncate(PEER_DATABASES_MAX);
+            entry.name = truncate_utf8(&entry.name, NAME_MAX).to_owned();
             entry.age_ms = 0;
             let direct = entry.node == sender;
             if direct && entry.addr.ip().is_unspecified() {
@@ -183,6 +194,11 @@ impl Members {
                 Some(known) => {
                     if known.gone {
                         learned.push(entry.node);
+                    }
+                    if entry.name.is_empty() {
+                        // News relayed by a node of protocol version 4 carries no name: the
+                        // node's name stays what was heard of it.
+                        entry.name = std::mem::take(&mut known.entry.name);
                     }
                     *known = Known {
                         entry,
@@ -231,6 +247,7 @@ impl Members {
             .chunks(PEERS_MAX)
             .map(|chunk| PeerList {
                 entries: chunk.to_vec(),
+                named: true,
             })
             .collect()
     }
@@ -257,6 +274,19 @@ impl Members {
             .collect();
         holders.sort_unstable();
         holders.into_iter().map(|(_, _, _, addr)| addr).collect()
+    }
+
+    /// The nodes known (not gone) whose name is `name`, and this node if it is named so: names
+    /// are the operator's, so two nodes may share one (the caller says which is meant by uuid).
+    pub fn named(&self, name: &str) -> Vec<Uuid> {
+        let mut nodes: Vec<Uuid> = (self.known.values())
+            .filter(|known| !known.gone && known.entry.name == name)
+            .map(|known| known.entry.node)
+            .collect();
+        if self.own.name == name {
+            nodes.insert(0, self.own.node);
+        }
+        nodes
     }
 
     /// This node's own entry.
@@ -302,8 +332,35 @@ mod tests {
             heartbeat,
             age_ms: 0,
             addr: SocketAddr::from(([127, 0, 0, 1], 7000 + node as u16)),
+            name: format!("n{node}"),
             databases: databases.iter().map(|&d| Uuid::from_u128(d)).collect(),
         }
+    }
+
+    #[test]
+    fn names_spread_and_survive_news_without_them() {
+        let now = Instant::now();
+        let mut at_a = members(1, 16).with_name("alpha");
+        let mut at_b = members(2, 16).with_name("beta");
+        for frame in at_a.gossip(now) {
+            assert!(frame.named);
+            at_b.heard(Uuid::from_u128(1), None, &frame.entries, now);
+        }
+        assert_eq!(at_b.named("alpha"), vec![Uuid::from_u128(1)]);
+        assert_eq!(at_b.named("beta"), vec![Uuid::from_u128(2)], "itself");
+        assert!(at_b.named("gamma").is_empty());
+        // Newer news of alpha relayed by a version 4 node, which has no names: alpha keeps its
+        // name.
+        at_a.round(now);
+        for frame in at_a.gossip(now) {
+            let old = frame.for_version(4);
+            assert!(!old.named && old.entries.iter().all(|e| e.name.is_empty()));
+            at_b.heard(Uuid::from_u128(3), None, &old.entries, now);
+        }
+        assert_eq!(at_b.named("alpha"), vec![Uuid::from_u128(1)]);
+        // A name longer than a frame carries is cut, at a character boundary.
+        let long = members(4, 16).with_name(&"é".repeat(40));
+        assert_eq!(long.own().name, "é".repeat(32));
     }
 
     fn members(node: u128, max: usize) -> Members {

@@ -134,7 +134,7 @@ async fn exchange(
         let frames = runtime.members.borrow_mut().gossip(Instant::now());
         let mut out = writer.buffer();
         for frame in &frames {
-            encode(&Frame::Peers(frame.clone()), &mut out);
+            encode(&Frame::Peers(frame.for_version(peer.version)), &mut out);
         }
         if let Err(error) = writer.write(out).await {
             break Err(error);
