@@ -5,7 +5,8 @@
 //!   whether it is a relayed copy, epoch, committed / applied / durable LSNs, ring fill, the
 //!   holder it follows and its last link error, and per replica it serves: state (sync, async,
 //!   down), received LSN and lag in pages, bytes and milliseconds.
-//! - `lookup UUID`: the nodes that serve a database, as the node knows them (itself, and what
+//! - `members`: the nodes the node knows (itself first): uuid, name, address, databases served.
+//! - `lookup UUID|NAME`: the nodes that serve a database, as the node knows them (itself, and what
 //!   the gossip told it), each with its copy's role (origin or relay), epoch and committed,
 //!   applied and durable LSNs, as that holder's own STATUS says (asked in parallel, at most 64).
 //! - `promote UUID`: reserved for failover; the node answers "not supported yet".
@@ -24,8 +25,14 @@
 //!   data directory, following whichever holders its gossip knows, and keeps it across
 //!   restarts; `unreplicate UUID` stops that copy (its files stay).
 //!
-//! `--to UUID` asks another node of the mesh through the one at `--node` (a FORWARD: that node
-//! reaches the other at the address its gossip view holds, with its own cluster secret).
+//! `--to UUID|NAME` asks another node of the mesh through the one at `--node` (a FORWARD: that
+//! node reaches the other at the address its gossip view holds, with its own cluster secret). A
+//! name is looked up in `--node`'s view first (MEMBERS); a name two nodes share is refused with
+//! their uuids, so pick one.
+//!
+//! Wherever a command takes a database, it takes its uuid or its name: a name is resolved by the
+//! node at `--node` (RESOLVE: the name it opened or replicated the database under), before any
+//! `--to`.
 //!
 //! Tables for people by default, `--json` (one object) for scripts. Exit codes: 0 the command
 //! succeeded, 1 the node answered with an error, 2 the node could not be asked (no connection,
@@ -58,10 +65,10 @@ pub struct CtlArgs {
     /// How long to wait for the answer, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     timeout_ms: u64,
-    /// Ask this node (by uuid) instead, through the one at --node, which reaches it at the
-    /// address its gossip view holds.
+    /// Ask this node (by uuid or name) instead, through the one at --node, which reaches it at
+    /// the address its gossip view holds.
     #[arg(long)]
-    to: Option<uuid::Uuid>,
+    to: Option<String>,
     #[command(subcommand)]
     command: CtlCommand,
 }
@@ -83,8 +90,8 @@ enum CtlCommand {
     /// Compare the database's copy on this node with the copy on another (exit 1 if they
     /// differ).
     Diff {
-        /// The database's uuid.
-        database: uuid::Uuid,
+        /// The database's uuid, or its name on --node.
+        database: String,
         /// The other node's address.
         #[arg(long)]
         with: SocketAddr,
@@ -92,28 +99,30 @@ enum CtlCommand {
         #[arg(long, default_value_t = 1_000)]
         max_differences: usize,
     },
+    /// The nodes this node knows (itself first), with their names and databases.
+    Members,
     /// The nodes that serve a database.
     Lookup {
-        /// The database's uuid.
-        database: uuid::Uuid,
+        /// The database's uuid, or its name on --node.
+        database: String,
     },
     /// Make the node's copy the origin (reserved for failover: not supported yet).
     Promote {
-        /// The database's uuid.
-        database: uuid::Uuid,
+        /// The database's uuid, or its name on --node.
+        database: String,
     },
     /// Start a copy of a database on the node, kept across its restarts.
     Replicate {
-        /// The database's uuid.
-        database: uuid::Uuid,
+        /// The database's uuid, or its name on --node.
+        database: String,
         /// The copy's directory name in the node's data directory (default: the uuid).
         #[arg(long)]
         name: Option<String>,
     },
     /// Stop a copy that `replicate` started (its files stay).
     Unreplicate {
-        /// The database's uuid.
-        database: uuid::Uuid,
+        /// The database's uuid, or its name on --node.
+        database: String,
     },
 }
 
@@ -127,6 +136,19 @@ pub fn run(args: &CtlArgs) -> ExitCode {
         }
     };
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let to = match args
+        .to
+        .as_deref()
+        .map(|to| node_named(args, secret.as_deref(), timeout, to))
+    {
+        None => None,
+        Some(Ok(to)) => Some(to),
+        Some(Err(error)) => {
+            eprintln!("pagemesh ctl: --to: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let database = |text: &str| database_named(args, secret.as_deref(), timeout, text);
     let command = match &args.command {
         CtlCommand::Status { watch: false, .. } => Command::Status,
         &CtlCommand::Status {
@@ -135,20 +157,41 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             interval_ms,
         } => {
             let interval = Duration::from_millis(interval_ms.max(1));
-            return watch_status(args, secret.as_deref(), timeout, interval, count);
+            return watch_status(args, secret.as_deref(), to, timeout, interval, count);
         }
-        &CtlCommand::Lookup { database } => Command::Lookup { database },
-        &CtlCommand::Promote { database } => Command::Promote { database },
-        CtlCommand::Replicate { database, name } => Command::Replicate {
-            database: *database,
-            name: name.clone().unwrap_or_else(|| database.to_string()),
+        CtlCommand::Members => Command::Members,
+        CtlCommand::Lookup { database: text } => match database(text) {
+            Ok(database) => Command::Lookup { database },
+            Err(code) => return code,
         },
-        &CtlCommand::Unreplicate { database } => Command::Unreplicate { database },
-        &CtlCommand::Diff {
-            database,
+        CtlCommand::Promote { database: text } => match database(text) {
+            Ok(database) => Command::Promote { database },
+            Err(code) => return code,
+        },
+        CtlCommand::Replicate {
+            database: text,
+            name,
+        } => match database(text) {
+            Ok(database) => Command::Replicate {
+                database,
+                name: name.clone().unwrap_or_else(|| database.to_string()),
+            },
+            Err(code) => return code,
+        },
+        CtlCommand::Unreplicate { database: text } => match database(text) {
+            Ok(database) => Command::Unreplicate { database },
+            Err(code) => return code,
+        },
+        CtlCommand::Diff {
+            database: text,
             with,
             max_differences,
         } => {
+            let (with, max_differences) = (*with, *max_differences);
+            let database = match database(text) {
+                Ok(database) => database,
+                Err(code) => return code,
+            };
             if args.to.is_some() {
                 eprintln!("pagemesh ctl: diff compares --node with --with; --to does not apply");
                 return ExitCode::from(2);
@@ -160,14 +203,89 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             return diff(args, secret.as_deref(), timeout, database, with, options);
         }
     };
-    let command = match args.to {
+    ask_once(args, secret.as_deref(), timeout, forwarded(to, command))
+}
+
+/// `command`, carried to node `to` if one is given.
+fn forwarded(to: Option<uuid::Uuid>, command: Command) -> Command {
+    match to {
         Some(to) => Command::Forward {
             to,
             command: Box::new(command),
         },
         None => command,
+    }
+}
+
+/// The node `text` names: a uuid as it is, else the one node of that name in the view of the
+/// node at `--node` (MEMBERS).
+fn node_named(
+    args: &CtlArgs,
+    secret: Option<&[u8]>,
+    timeout: Duration,
+    text: &str,
+) -> Result<uuid::Uuid, String> {
+    if let Ok(node) = text.parse() {
+        return Ok(node);
+    }
+    let members = match control::request(args.node, secret, Command::Members, timeout) {
+        Ok(Reply::Members(members)) => members,
+        Ok(Reply::Error { reason }) => return Err(format!("{}: {reason}", args.node)),
+        Ok(other) => return Err(format!("{}: unexpected reply {other:?}", args.node)),
+        Err(error) => return Err(format!("{}: {error}", args.node)),
     };
-    ask_once(args, secret.as_deref(), timeout, command)
+    let named: Vec<uuid::Uuid> = (members.iter())
+        .filter(|member| member.name == text)
+        .map(|member| member.node)
+        .collect();
+    match named.as_slice() {
+        [node] => Ok(*node),
+        [] => Err(format!(
+            "no node named {text:?} is in the view of {} ({} nodes known; `members` lists them)",
+            args.node,
+            members.len()
+        )),
+        several => Err(format!(
+            "{} nodes are named {text:?}: {}; give a uuid",
+            several.len(),
+            several
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The database `text` names: a uuid as it is, else the one the node at `--node` knows by that
+/// name (RESOLVE). On failure, says why and returns the exit code.
+fn database_named(
+    args: &CtlArgs,
+    secret: Option<&[u8]>,
+    timeout: Duration,
+    text: &str,
+) -> Result<uuid::Uuid, ExitCode> {
+    if let Ok(database) = text.parse() {
+        return Ok(database);
+    }
+    let command = Command::Resolve {
+        name: text.to_string(),
+    };
+    match control::request(args.node, secret, command, timeout) {
+        Ok(Reply::Resolved { database }) => Ok(database),
+        Ok(Reply::Error { reason }) => {
+            eprintln!("pagemesh ctl: database {text:?}: {}: {reason}", args.node);
+            Err(ExitCode::from(1))
+        }
+        Ok(other) => {
+            eprintln!("pagemesh ctl: {}: unexpected reply {other:?}", args.node);
+            Err(ExitCode::from(2))
+        }
+        Err(error) => {
+            eprintln!("pagemesh ctl: {}: {error}", args.node);
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 /// Asks `command` once and prints the answer.
@@ -177,7 +295,11 @@ fn ask_once(
     timeout: Duration,
     command: Command,
 ) -> ExitCode {
-    let reply = match control::request(args.node, secret, command, timeout) {
+    let asked = match &command {
+        Command::Forward { command, .. } => command.as_ref(),
+        command => command,
+    };
+    let reply = match control::request(args.node, secret, command.clone(), timeout) {
         Ok(reply) => reply,
         Err(error) => {
             eprintln!("pagemesh ctl: {}: {error}", args.node);
@@ -185,7 +307,7 @@ fn ask_once(
         }
     };
     let failed = matches!(reply, Reply::Error { .. });
-    if let (Reply::Lookup(holders), CtlCommand::Lookup { database }) = (&reply, &args.command) {
+    if let (Reply::Lookup(holders), Command::Lookup { database }) = (&reply, asked) {
         let copies = copies(holders, *database, secret, timeout);
         if args.json {
             println!("{}", lookup_json(holders, &copies));
@@ -210,6 +332,7 @@ fn ask_once(
 fn watch_status(
     args: &CtlArgs,
     secret: Option<&[u8]>,
+    to: Option<uuid::Uuid>,
     timeout: Duration,
     interval: Duration,
     count: Option<u64>,
@@ -217,13 +340,7 @@ fn watch_status(
     let mut answers = 0u64;
     loop {
         let started = std::time::Instant::now();
-        let command = match args.to {
-            Some(to) => Command::Forward {
-                to,
-                command: Box::new(Command::Status),
-            },
-            None => Command::Status,
-        };
+        let command = forwarded(to, Command::Status);
         let outcome = control::request(args.node, secret, command, timeout);
         let code = match &outcome {
             Ok(Reply::Error { .. }) => 1,
@@ -556,6 +673,15 @@ fn to_json(reply: &Reply) -> serde_json::Value {
         // `diff` prints its own report; ctl never asks these alone.
         Reply::Digest(_) | Reply::Entries { .. } => json!({ "error": "an unexpected reply" }),
         Reply::Done { message } => json!({ "done": message }),
+        Reply::Members(members) => json!({
+            "members": members.iter().map(|m| json!({
+                "node": m.node.to_string(),
+                "name": m.name,
+                "addr": m.addr.to_string(),
+                "databases": m.databases.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Reply::Resolved { database } => json!({ "database": database.to_string() }),
     }
 }
 
@@ -623,5 +749,23 @@ fn to_table(reply: &Reply) -> String {
         }
         Reply::Digest(_) | Reply::Entries { .. } => "error: an unexpected reply\n".into(),
         Reply::Done { message } => format!("{message}\n"),
+        Reply::Members(members) => {
+            let mut out = format!(
+                "{:<36}  {:<20}  {:<22}  {}\n",
+                "node", "name", "address", "serves"
+            );
+            for m in members {
+                let serves: Vec<String> = m.databases.iter().map(ToString::to_string).collect();
+                out += &format!(
+                    "{:<36}  {:<20}  {:<22}  {}\n",
+                    m.node,
+                    m.name,
+                    m.addr,
+                    serves.join(" ")
+                );
+            }
+            out
+        }
+        Reply::Resolved { database } => format!("{database}\n"),
     }
 }

@@ -475,6 +475,52 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     assert_eq!(code, 0, "{through_b}");
     assert_eq!(through_b["name"], "a", "{through_b}");
     assert_eq!(through_b["node"], a_node.as_str());
+    // By name: b's view names every node (gossip carries names), so `--to a` reaches a, and
+    // `members` lists the three, b first.
+    let members = eventually("b knows every node by name", PATIENCE, || {
+        let (code, members) = ctl(b.addr, &["members"]);
+        let names: Vec<&str> = (members["members"].as_array().into_iter().flatten())
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        (code == 0 && names.len() == 3 && ["origin", "a", "b"].iter().all(|n| names.contains(n)))
+            .then_some(members)
+    });
+    let listed = members["members"].as_array().expect("members");
+    assert_eq!(listed[0]["name"], "b", "{members}");
+    assert_eq!(listed[0]["addr"], b.addr.to_string(), "{members}");
+    let origin_entry = listed
+        .iter()
+        .find(|m| m["name"] == "origin")
+        .expect("origin");
+    assert_eq!(origin_entry["node"], origin.uuid().to_string(), "{members}");
+    assert_eq!(origin_entry["addr"], origin_addr.to_string(), "{members}");
+    assert_eq!(origin_entry["databases"][0], uuid.as_str(), "{members}");
+    let (code, by_name) = ctl(b.addr, &["--to", "a", "status"]);
+    assert_eq!(code, 0, "{by_name}");
+    assert_eq!(by_name["node"], a_node.as_str(), "{by_name}");
+    let output = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
+        .args([
+            "ctl",
+            "--node",
+            &b.addr.to_string(),
+            "--to",
+            "nobody",
+            "status",
+        ])
+        .output()
+        .expect("run pagemesh ctl");
+    assert_eq!(output.status.code(), Some(2), "an unknown node name");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no node named \"nobody\""));
+    // A database by the name a node knows it by: a keeps its copy as "copy".
+    let (code, found) = ctl(a.addr, &["lookup", "copy"]);
+    assert_eq!(code, 0, "{found}");
+    assert_eq!(
+        found["holders"].as_array().map(Vec::len),
+        Some(3),
+        "{found}"
+    );
+    let (code, _) = ctl(a.addr, &["lookup", "no-such-database"]);
+    assert_eq!(code, 1, "an unknown database name is the node's error");
     let stranger = uuid::Uuid::new_v4().to_string();
     let (code, unknown) = ctl(b.addr, &["--to", &stranger, "status"]);
     assert_eq!(code, 1, "{unknown}");

@@ -65,7 +65,8 @@
 pub mod node;
 
 pub use node::{
-    DatabaseReport, Node, NodeBuilder, NodeError, NodeMetrics, Replica, REPLICATE_PROBE,
+    DatabaseRef, DatabaseReport, Node, NodeBuilder, NodeError, NodeMetrics, Replica,
+    REPLICATE_PROBE,
 };
 pub use pagemesh_core as core;
 pub use pagemesh_core::{

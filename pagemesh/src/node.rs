@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use pagemesh_core::{Database, DatabaseMetrics, Options, Receipt, ReplicaLink, ReplicaState};
 use pagemesh_logpage::Log;
 use pagemesh_net::diff::{self, ScanEntry};
-use pagemesh_net::proto::command::KeyRange;
+use pagemesh_net::proto::command::{Command, KeyRange, Reply};
 use pagemesh_net::proto::PeerEntry;
 use pagemesh_net::Controller;
 use pagemesh_net::{
@@ -141,6 +141,17 @@ pub enum NodeError {
         /// The refusal code (`pagemesh::net::proto::frame::RefuseCode` as u16).
         code: u16,
         /// The node's reason.
+        reason: String,
+    },
+    /// [`Node::replicate`] by name: the node at `addr` could not say which database it calls
+    /// `name` (it knows none by that name, or could not be asked). Nothing is kept following.
+    #[error("cannot replicate database {name:?} from {addr}: {reason}")]
+    UnknownName {
+        /// The source's address.
+        addr: SocketAddr,
+        /// The name asked for.
+        name: String,
+        /// Why it could not be resolved.
         reason: String,
     },
     /// The binlog skipped a page: a source never ships a gap.
@@ -301,6 +312,34 @@ pub struct Node {
     commanded: Arc<Commanded>,
 }
 
+/// A database as [`Node::replicate`] names it: by uuid, or by the name the source node knows
+/// it by (the name it was opened or replicated under there), which the source resolves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseRef {
+    /// The database's uuid ([`Database::uuid`] on its origin).
+    Uuid(Uuid),
+    /// Its name on the source node.
+    Name(String),
+}
+
+impl From<Uuid> for DatabaseRef {
+    fn from(database: Uuid) -> Self {
+        DatabaseRef::Uuid(database)
+    }
+}
+
+impl From<&str> for DatabaseRef {
+    fn from(name: &str) -> Self {
+        DatabaseRef::Name(name.to_string())
+    }
+}
+
+impl From<String> for DatabaseRef {
+    fn from(name: String) -> Self {
+        DatabaseRef::Name(name)
+    }
+}
+
 /// The databases [`Node::metrics`] reports: names by uuid (from [`Node::open_database`]), the
 /// served ones (the network holds them open anyway), and the replicas, weakly (a dropped
 /// [`Replica`] disappears from the report).
@@ -309,6 +348,22 @@ struct Watched {
     names: HashMap<Uuid, String>,
     served: Vec<Database>,
     replicas: Vec<(String, Weak<ReplicaSlot>, Weak<Subscription>)>,
+}
+
+impl Watched {
+    /// The database known here by `name`: one opened under it, or a replica kept under it (once
+    /// its bootstrap has made its database).
+    fn resolve(&self, name: &str) -> Option<Uuid> {
+        let opened = self.names.iter().find(|(_, n)| n.as_str() == name);
+        if let Some((&uuid, _)) = opened {
+            return Some(uuid);
+        }
+        (self.replicas.iter())
+            .filter(|(n, _, _)| n == name)
+            .filter_map(|(_, slot, _)| slot.upgrade()?.current_database())
+            .map(|database| database.uuid())
+            .next()
+    }
 }
 
 /// A node's figures at one moment, from [`Node::metrics`]: plain values.
@@ -448,7 +503,10 @@ impl Node {
     }
 
     /// Keeps a read-only replica of the database `database` served by the node at `source`, in
-    /// the directory `name` under the data directory (or at `name`, if it is an absolute path):
+    /// the directory `name` under the data directory (or at `name`, if it is an absolute path).
+    /// `database` is its uuid, or the name the source knows it by (a `&str`: the source resolves
+    /// it on its command channel, and a name it does not know fails with
+    /// [`NodeError::UnknownName`]). The replica is
     /// bootstrapped from a snapshot if it does not exist yet, then following, and re-syncing by
     /// itself after any disconnect. Dropping the [`Replica`] stops following and frees `name`
     /// (its link closes on the network thread a moment later; until then the directory's ring is
@@ -480,18 +538,58 @@ impl Node {
     ///     Err(NodeError::UnknownDatabase { database, .. }) => assert_eq!(database, unknown),
     ///     other => panic!("expected UnknownDatabase, got {other:?}"),
     /// }
+    /// // By the name the primary knows it by:
+    /// let orders = primary.open_database("orders", Options::new())?;
+    /// primary.serve(&orders, 0);
+    /// let copy = follower.replicate(addr, "orders", "orders-copy", Options::new())?;
+    /// # let _ = copy;
+    /// assert!(matches!(
+    ///     follower.replicate(addr, "nothing", "other", Options::new()),
+    ///     Err(NodeError::UnknownName { .. })
+    /// ));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn replicate(
         &self,
         source: SocketAddr,
-        database: Uuid,
+        database: impl Into<DatabaseRef>,
         name: &str,
         options: Options,
     ) -> Result<Replica, NodeError> {
+        let database = match database.into() {
+            DatabaseRef::Uuid(database) => database,
+            DatabaseRef::Name(wanted) => self.resolve(source, &wanted)?,
+        };
         let replica = self.replicate_from_any(&[source], database, name, options)?;
         replica.first_outcome(database, Instant::now() + REPLICATE_PROBE)?;
         Ok(replica)
+    }
+
+    /// The uuid of the database the node at `source` calls `name` (a RESOLVE on its command
+    /// channel, with this node's cluster secret).
+    fn resolve(&self, source: SocketAddr, name: &str) -> Result<Uuid, NodeError> {
+        let unknown = |reason: String| NodeError::UnknownName {
+            addr: source,
+            name: name.to_string(),
+            reason,
+        };
+        let command = Command::Resolve {
+            name: name.to_string(),
+        };
+        match self.service.ask(source, command, REPLICATE_PROBE) {
+            Ok(Reply::Resolved { database }) => Ok(database),
+            Ok(Reply::Error { reason }) => Err(unknown(reason)),
+            Ok(other) => Err(unknown(format!("unexpected reply {other:?}"))),
+            Err(pagemesh_net::Error::Io { source: error, .. })
+                if error.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                Err(NodeError::Unreachable {
+                    addr: source,
+                    kind: error.kind(),
+                })
+            }
+            Err(error) => Err(unknown(error.to_string())),
+        }
     }
 
     /// As [`replicate`](Self::replicate), from whichever of `holders` serves: any node holding

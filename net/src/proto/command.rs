@@ -13,6 +13,8 @@
 //!   6 REPLICATE database uuid | name_len u8 | name [1..=64]
 //!   7 UNREPLICATE database uuid
 //!   8 FORWARD   node uuid | inner kind u8 | inner body   (the inner kind is not 8)
+//!   9 MEMBERS   (no body)
+//!  10 RESOLVE   name_len u8 | name [1..=64]               (a database's local name)
 //! reply     version u8 (1) | kind u8 | body
 //!   0 ERROR     reason_len u16 | reason [≤ 1024]
 //!   1 STATUS    node uuid | name_len u8 | name [≤ 64] | members u32 |
@@ -30,6 +32,10 @@
 //!   4 ENTRIES   more u8 (0|1) | count u16 (≤ 1024) | (table_len u8 | table | key_len u16 |
 //!               key | seq u64 | value_len u32 | value) × count
 //!   5 DONE      message_len u16 | message [≤ 1024]
+//!   6 MEMBERS   count u16 (≤ 1024) | (node uuid | name_len u8 | name [≤ 64] |
+//!               family u8 (4|6) | ip | port u16 | db_count u8 (≤ 8) | database uuid ×
+//!               db_count) × count                        (the answering node first)
+//!   7 RESOLVED  database uuid
 //! ```
 //!
 //! DIGEST and ENTRIES serve DIFF (`crate::diff`): keys there are *composite keys*, one key
@@ -37,10 +43,14 @@
 //! [`COMMAND_PAYLOAD_MAX`] bytes, since a node reads an authenticated peer's frames with the
 //! control limit (`Accept::Control`); [`request_fits`] tells a client whether it does.
 //!
-//! Departures from issue 15's list, and why: there is no REGISTER, because a node that serves a
+//! Names. A FORWARD names its node by uuid; a client that knows a node by name asks MEMBERS
+//! first (gossip carries names since protocol version 5), so `pagemesh ctl --to NAME` works
+//! from any node. LOOKUP names its database by uuid; RESOLVE turns the name a node knows a
+//! database by (the name it was opened or replicated under there) into its uuid.
+//!
+//! Departure from issue 15's list, and why: there is no REGISTER, because a node that serves a
 //! database announces it in every gossip round (`route::Members`, PEERS frames), so LOOKUP finds
-//! it without being told; and commands name nodes by uuid only (FORWARD), because gossip entries
-//! carry no node names yet (STATUS gives a node's name and uuid).
+//! it without being told.
 //!
 //! Like the frames, the encoding is canonical ([`decode_request`] accepts exactly what
 //! [`encode_request`] writes, and the same for replies), decoding never panics, and what it
@@ -52,7 +62,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::proto::frame::{CONTROL_BODY_MAX, NAME_MAX, REASON_MAX};
+use crate::proto::frame::{CONTROL_BODY_MAX, NAME_MAX, PEER_DATABASES_MAX, REASON_MAX};
 
 /// The command payload version this build speaks.
 pub const COMMAND_VERSION: u8 = 1;
@@ -60,6 +70,8 @@ pub const COMMAND_VERSION: u8 = 1;
 pub const STATUS_DATABASES_MAX: usize = 256;
 /// The most holders a LOOKUP reply lists.
 pub const LOOKUP_HOLDERS_MAX: usize = 1024;
+/// The most nodes a MEMBERS reply lists.
+pub const MEMBERS_MAX: usize = 1024;
 /// The most replicas a STATUS reply lists per database.
 pub const STATUS_REPLICAS_MAX: usize = 16;
 
@@ -183,6 +195,13 @@ pub enum Command {
         /// What to ask it.
         command: Box<Command>,
     },
+    /// The nodes this node knows (itself first): uuid, name, address, databases served.
+    Members,
+    /// The uuid of the database this node knows by `name` (opened or replicated under it).
+    Resolve {
+        /// The database's name on that node (1 to 64 bytes).
+        name: String,
+    },
 }
 
 /// A command and how long the sender will wait for its answer.
@@ -288,6 +307,19 @@ pub struct Holder {
     pub addr: SocketAddr,
 }
 
+/// A node in a MEMBERS reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The node.
+    pub node: Uuid,
+    /// Its name (empty if it speaks a protocol version without names in gossip).
+    pub name: String,
+    /// Where it listens (port 0: it serves no one).
+    pub addr: SocketAddr,
+    /// Databases it serves (at most [`PEER_DATABASES_MAX`]).
+    pub databases: Vec<Uuid>,
+}
+
 /// The answer to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -314,6 +346,13 @@ pub enum Reply {
         /// What was done, for people.
         message: String,
     },
+    /// The nodes known (at most [`MEMBERS_MAX`]), the answering node first.
+    Members(Vec<Member>),
+    /// The database the name stands for.
+    Resolved {
+        /// Its uuid.
+        database: Uuid,
+    },
 }
 
 /// Appends `request` to `out`. Panics if a list or key is over its bound (see
@@ -335,12 +374,19 @@ fn kind_of(command: &Command) -> u8 {
         Command::Replicate { .. } => 6,
         Command::Unreplicate { .. } => 7,
         Command::Forward { .. } => 8,
+        Command::Members => 9,
+        Command::Resolve { .. } => 10,
     }
 }
 
 fn encode_body(command: &Command, out: &mut Vec<u8>) {
     match command {
-        Command::Status => {}
+        Command::Status | Command::Members => {}
+        Command::Resolve { name } => {
+            let name = cut(name, NAME_MAX);
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
+        }
         Command::Lookup { database }
         | Command::Promote { database }
         | Command::Unreplicate { database } => out.extend_from_slice(database.as_bytes()),
@@ -479,6 +525,16 @@ fn decode_body(kind: u8, r: &mut Reader<'_>, forwarded: bool) -> Result<Command>
         7 => Command::Unreplicate {
             database: r.uuid()?,
         },
+        9 => Command::Members,
+        10 => {
+            let len = usize::from(r.u8()?);
+            if len == 0 {
+                return Err(malformed("empty database name"));
+            }
+            Command::Resolve {
+                name: r.string(len, NAME_MAX)?,
+            }
+        }
         8 if forwarded => return Err(malformed("a FORWARD inside a FORWARD")),
         8 => {
             let to = r.uuid()?;
@@ -548,6 +604,27 @@ pub fn encode_reply(reply: &Reply, out: &mut Vec<u8>) {
                     }
                 }
             }
+        }
+        Reply::Members(members) => {
+            assert!(members.len() <= MEMBERS_MAX);
+            out.push(6);
+            out.extend_from_slice(&(members.len() as u16).to_le_bytes());
+            for member in members {
+                out.extend_from_slice(member.node.as_bytes());
+                let name = cut(&member.name, NAME_MAX);
+                out.push(name.len() as u8);
+                out.extend_from_slice(name.as_bytes());
+                encode_addr(Some(member.addr), out);
+                assert!(member.databases.len() <= PEER_DATABASES_MAX);
+                out.push(member.databases.len() as u8);
+                for database in &member.databases {
+                    out.extend_from_slice(database.as_bytes());
+                }
+            }
+        }
+        Reply::Resolved { database } => {
+            out.push(7);
+            out.extend_from_slice(database.as_bytes());
         }
         Reply::Lookup(holders) => {
             assert!(holders.len() <= LOOKUP_HOLDERS_MAX);
@@ -762,6 +839,34 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
                 message: r.string(len, REASON_MAX)?,
             }
         }
+        6 => {
+            let count = usize::from(r.u16()?);
+            if count > MEMBERS_MAX {
+                return Err(malformed("more than 1024 members"));
+            }
+            let mut members = Vec::with_capacity(count);
+            for _ in 0..count {
+                let node = r.uuid()?;
+                let name_len = usize::from(r.u8()?);
+                let name = r.string(name_len, NAME_MAX)?;
+                let addr = r.addr()?.ok_or(malformed("a member without an address"))?;
+                let db_count = usize::from(r.u8()?);
+                if db_count > PEER_DATABASES_MAX {
+                    return Err(malformed("a member with more than 8 databases"));
+                }
+                let databases = (0..db_count).map(|_| r.uuid()).collect::<Result<_>>()?;
+                members.push(Member {
+                    node,
+                    name,
+                    addr,
+                    databases,
+                });
+            }
+            Reply::Members(members)
+        }
+        7 => Reply::Resolved {
+            database: r.uuid()?,
+        },
         _ => return Err(malformed("unknown reply")),
     };
     r.finish()?;
@@ -925,6 +1030,8 @@ mod tests {
             (uuid(), "[a-z0-9-]{1,64}")
                 .prop_map(|(database, name)| Command::Replicate { database, name }),
             uuid().prop_map(|database| Command::Unreplicate { database }),
+            Just(Command::Members),
+            "[a-z0-9é-]{1,32}".prop_map(|name| Command::Resolve { name }),
         ];
         let command = command.prop_recursive(1, 2, 1, |inner| {
             (uuid(), inner).prop_filter_map("one hop", |(to, command)| {
@@ -1055,7 +1162,7 @@ mod tests {
                     }
                 )),
             proptest::collection::vec(
-                (uuid(), addr).prop_map(|(node, addr)| Holder { node, addr }),
+                (uuid(), addr.clone()).prop_map(|(node, addr)| Holder { node, addr }),
                 0..20
             )
             .prop_map(Reply::Lookup),
@@ -1063,6 +1170,23 @@ mod tests {
             (proptest::collection::vec(entry(), 0..20), any::<bool>())
                 .prop_map(|(entries, more)| Reply::Entries { entries, more }),
             "[a-z ]{0,200}".prop_map(|message| Reply::Done { message }),
+            proptest::collection::vec(
+                (
+                    uuid(),
+                    "[a-z0-9é-]{0,32}",
+                    addr.clone(),
+                    proptest::collection::vec(uuid(), 0..=PEER_DATABASES_MAX)
+                )
+                    .prop_map(|(node, name, addr, databases)| Member {
+                        node,
+                        name,
+                        addr,
+                        databases
+                    }),
+                0..20
+            )
+            .prop_map(Reply::Members),
+            uuid().prop_map(|database| Reply::Resolved { database }),
         ]
     }
 
@@ -1093,7 +1217,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(reason(&[2, 1, 0, 0, 0, 0]), "unknown command version");
-        assert_eq!(reason(&[1, 9, 0, 0, 0, 0]), "unknown command");
+        assert_eq!(reason(&[1, 11, 0, 0, 0, 0]), "unknown command");
+        assert_eq!(reason(&[1, 10, 0, 0, 0, 0, 0]), "empty database name");
+        assert_eq!(reason(&[1, 10, 0, 0, 0, 0, 1, 0xff]), "not UTF-8");
+        assert_eq!(reason(&[1, 10, 0, 0, 0, 0, 65]), "string over its bound");
         assert_eq!(reason(&[1, 1, 0, 0, 0, 0, 0]), "trailing bytes");
         let mut nameless = vec![1, 6, 0, 0, 0, 0];
         nameless.extend_from_slice(&[7; 16]);

@@ -21,10 +21,11 @@ use uuid::Uuid;
 use crate::diff::{digest_ranges, range_entries, ScanEntry};
 use crate::error::{Error, Result};
 use crate::proto::command::{
-    decode_request, encode_reply, Command, DatabaseStatus, Holder, KeyRange, LinkState, NodeStatus,
-    ReplicaStatus, Reply, LOOKUP_HOLDERS_MAX, STATUS_DATABASES_MAX, STATUS_REPLICAS_MAX,
+    decode_request, encode_reply, Command, DatabaseStatus, Holder, KeyRange, LinkState, Member,
+    NodeStatus, ReplicaStatus, Reply, LOOKUP_HOLDERS_MAX, MEMBERS_MAX, STATUS_DATABASES_MAX,
+    STATUS_REPLICAS_MAX,
 };
-use crate::proto::frame::{encode, Frame, Message};
+use crate::proto::frame::{encode, Frame, Message, PeerEntry};
 use crate::proto::handshake::PeerInfo;
 use crate::transport::{timeout, FrameReader, FrameWriter};
 
@@ -150,7 +151,32 @@ async fn answer_here(runtime: &Runtime, command: Command, deadline_ms: u32) -> R
         Command::Unreplicate { database } => {
             control(runtime, move |controller| controller.unreplicate(database)).await
         }
+        Command::Members => Reply::Members(members(runtime)),
+        Command::Resolve { name } => {
+            let controller = runtime.controller.borrow().clone();
+            match controller.and_then(|controller| controller.resolve(&name)) {
+                Some(database) => Reply::Resolved { database },
+                None => Reply::Error {
+                    reason: format!("this node knows no database named {name:?}"),
+                },
+            }
+        }
     }
+}
+
+/// This node and the nodes its gossip view holds, at most [`MEMBERS_MAX`].
+fn members(runtime: &Runtime) -> Vec<Member> {
+    let members = runtime.members.borrow();
+    let member = |entry: &PeerEntry| Member {
+        node: entry.node,
+        name: entry.name.clone(),
+        addr: entry.addr,
+        databases: entry.databases.clone(),
+    };
+    let mut all = vec![member(members.own())];
+    all.extend(members.nodes().iter().map(member));
+    all.truncate(MEMBERS_MAX);
+    all
 }
 
 /// Asks node `to` `command` (as `pagemesh ctl` would, with this node's cluster secret) at the

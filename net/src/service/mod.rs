@@ -93,7 +93,7 @@ pub use self::shipper::HISTORY_BATCH_PAGES;
 use self::source::serve_link;
 use crate::diff::ScanEntry;
 use crate::error::{BoxError, Error, Result};
-use crate::proto::command::KeyRange;
+use crate::proto::command::{Command, KeyRange, Reply};
 use crate::proto::frame::{PeerEntry, PATH_MAX};
 use crate::proto::handshake::HandshakeConfig;
 use crate::route::Receipts;
@@ -203,6 +203,12 @@ pub trait Controller: Send + Sync + 'static {
     fn replicate(&self, database: Uuid, name: &str) -> Result<String, String>;
     /// Stop the copy of `database` that [`replicate`](Self::replicate) started.
     fn unreplicate(&self, database: Uuid) -> Result<String, String>;
+    /// The database this node knows by `name` (opened or replicated under it), for RESOLVE.
+    /// Called on the network thread: it must answer at once, without waiting on I/O.
+    fn resolve(&self, name: &str) -> Option<Uuid> {
+        let _ = name;
+        None
+    }
 }
 
 /// Where a source reports a replica's acks; dropping it detaches the replica.
@@ -426,6 +432,8 @@ pub struct Service {
     metrics: Arc<NetMetrics>,
     /// The membership view as of the last gossip round or news.
     members: Arc<Mutex<Vec<PeerEntry>>>,
+    /// The cluster secret, for [`ask`](Self::ask).
+    secret: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -562,6 +570,7 @@ impl Service {
         let node = config.node;
         let (backoff_max, graft_timeout, switch_lead) =
             (config.backoff_max, config.graft_timeout, config.switch_lead);
+        let secret = config.secret.clone();
         let thread_name = format!("pagemesh-net-{}", config.name);
         let metrics = Arc::new(NetMetrics::default());
         let counted = Arc::clone(&metrics);
@@ -586,7 +595,15 @@ impl Service {
             switch_lead,
             metrics,
             members,
+            secret,
         })
+    }
+
+    /// Asks the node at `addr` `command` over the command channel, with this node's cluster
+    /// secret, and returns its reply; blocks the calling thread for at most `timeout` (a
+    /// [`crate::control::request`], not on the network thread).
+    pub fn ask(&self, addr: SocketAddr, command: Command, timeout: Duration) -> Result<Reply> {
+        crate::control::request(addr, self.secret.as_deref(), command, timeout)
     }
 
     /// The network's counters now: bytes in and out, refusals, link errors (see
@@ -925,7 +942,8 @@ async fn run(
         config.members_max,
         config.gossip_interval * MEMBER_EXPIRY_ROUNDS,
     )
-    .with_peers(config.peers.clone());
+    .with_peers(config.peers.clone())
+    .with_name(&config.name);
     let runtime = Rc::new(Runtime {
         kind,
         config,

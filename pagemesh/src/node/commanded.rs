@@ -184,6 +184,10 @@ impl Controller for Commanded {
         ))
     }
 
+    fn resolve(&self, name: &str) -> Option<Uuid> {
+        lock(&self.watched).resolve(name)
+    }
+
     fn unreplicate(&self, database: Uuid) -> Result<String, String> {
         let mut replicas = lock(&self.replicas);
         let Some(replica) = replicas.remove(&database) else {
