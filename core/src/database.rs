@@ -290,6 +290,13 @@ impl Database {
     /// included, conflicts. Keys and ranges the body did not read may change freely (see the
     /// `transaction` module's docs).
     ///
+    /// **Tables.** The body may create, drop and clear tables ([`Transaction::create_table`],
+    /// [`Transaction::drop_table`], [`Transaction::clear_table`]), applied atomically with its
+    /// other writes and replicated like them. Another commit's drop or clear is validated as the
+    /// delete of every entry in the table: a key the body read as present, or a range it
+    /// scanned holding entries, conflicts; an absent key or an empty range does not (it still
+    /// reads the same), and a put into a table dropped meanwhile creates it again.
+    ///
     /// **Retries.** On a conflict `body` runs again on a fresh snapshot, up to `retries_max`
     /// times (`0`: one attempt only), after a short randomized pause that grows with each
     /// attempt (from tens of microseconds to about 2 ms), so contending writers spread out. So a

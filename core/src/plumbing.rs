@@ -1,6 +1,37 @@
 //! The replication plumbing of a [`Database`]: what the node and network crates call to make
 //! it a source or a replica, and an application does not. Reached through
 //! [`Database::plumbing`], so the database's own docs list only what an application uses.
+//!
+//! ```
+//! use pagemesh_core::{Database, Options};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Database::open(dir.path(), Options::new())?;
+//! let _ = db.plumbing().received_lsn();
+//! let _ = db.plumbing().log();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The same calls on the database itself do not compile (they used to sit there, beside what
+//! an application calls):
+//!
+//! ```compile_fail
+//! use pagemesh_core::{Database, Options};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Database::open(dir.path(), Options::new())?;
+//! let _ = db.received_lsn();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ```compile_fail
+//! use pagemesh_core::{Database, Options};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Database::open(dir.path(), Options::new())?;
+//! let _ = db.log();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::path::Path;
 use std::sync::Arc;

@@ -717,6 +717,28 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_with_table_operations_and_key_reads_round_trips_as_version_2() {
+        let mut t = RecordBuilder::default();
+        t.read("jobs", b"j1", Some(4)).unwrap();
+        t.drop_table("jobs").unwrap();
+        t.put("log", b"j1", b"done").unwrap();
+        let bytes = t.encode(2);
+        assert_eq!((bytes[0], bytes[1]), (RECORD_VERSION, KIND_TRANSACTION));
+        assert_eq!(bytes.len(), t.encoded_len());
+        let view = decode(&bytes).unwrap();
+        assert_eq!(
+            view.reads(),
+            &[Read {
+                table: "jobs",
+                key: b"j1",
+                version: Some(4)
+            }]
+        );
+        assert!(view.range_reads().is_empty());
+        assert_eq!(view.ops()[0], Op::DropTable { table: "jobs" });
+    }
+
+    #[test]
     fn version_2_features_in_version_1_and_an_empty_version_2_are_refused() {
         let mut b = RecordBuilder::default();
         b.create_table("a").unwrap();

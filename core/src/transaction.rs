@@ -17,8 +17,31 @@
 //! - nothing else: a key or range the body did not read may change freely.
 //!
 //! Reads of the transaction's own buffered writes are not recorded (they cannot be stale).
+//!
+//! # Tables
+//!
+//! A transaction may create, drop and clear tables ([`Transaction::create_table`],
+//! [`Transaction::drop_table`], [`Transaction::clear_table`]): they go into its record with its
+//! puts and deletes, in the order made, and apply atomically with them (or not at all).
+//!
+//! A transaction observes *entries*, never whether a table exists (it has no call that lists
+//! tables), so a table operation another commit applies first is validated as what it does to
+//! entries: a drop or clear is the delete of every entry in the table, and a create changes no
+//! entry. Hence:
+//!
+//! - a key read while present in a table another commit dropped or cleared is now absent: the
+//!   transaction conflicts;
+//! - a scanned range that held entries in such a table now holds none: it conflicts;
+//! - a key read as absent, or a range scanned empty, still reads the same: it does *not*
+//!   conflict, which is serializable (the transaction applied after the drop sees exactly what
+//!   it saw); and a put of the transaction into a table dropped meanwhile creates the table
+//!   again, holding only what the transaction put, as a batch's put does.
+//!
+//! Inside the body, a table the transaction cleared or dropped reads as empty but for the
+//! transaction's own later writes, and those reads are not recorded (the transaction's own
+//! operation decides them, whatever other commits do).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::{Bound, RangeBounds};
 
 use crate::error::Result;
@@ -135,6 +158,9 @@ pub struct Transaction<'db> {
     read_set: BTreeMap<(String, Vec<u8>), Option<u64>>,
     /// Scans made, each also in `record` as a range read.
     scans: Vec<Scanned>,
+    /// Tables this transaction cleared or dropped: the snapshot's entries in them are hidden
+    /// (what is left is in `writes`), and reads of them are not recorded.
+    emptied: BTreeSet<String>,
     /// The log's largest record: a put past it is refused at once.
     record_len_max: usize,
 }
@@ -149,6 +175,7 @@ impl<'db> Transaction<'db> {
             writes: BTreeMap::new(),
             read_set: BTreeMap::new(),
             scans: Vec::new(),
+            emptied: BTreeSet::new(),
         }
     }
 
@@ -169,6 +196,9 @@ impl<'db> Transaction<'db> {
         if let Some(write) = self.writes.get(&id) {
             return Ok(write.clone());
         }
+        if self.emptied.contains(table) {
+            return Ok(None);
+        }
         let value = self.snapshot.get(table, key)?;
         let version = value.map(|v| v.seq);
         if let std::collections::btree_map::Entry::Vacant(entry) = self.read_set.entry(id) {
@@ -182,7 +212,8 @@ impl<'db> Transaction<'db> {
     /// snapshot: the version [`Database::put_if_version`] takes as `expected` and the snapshot
     /// reports as `Value::seq` (`None`: absent). The read is recorded like [`get`](Self::get)'s,
     /// so the transaction conflicts if the key changes before it applies. It does not see this
-    /// transaction's own buffered writes (they have no version yet): use `get` for those.
+    /// transaction's own buffered writes, table operations included (they have no version yet):
+    /// use `get` for those.
     ///
     /// ```
     /// use pagemesh_core::{Database, Options};
@@ -256,6 +287,11 @@ impl<'db> Transaction<'db> {
     fn scan(&mut self, table: &str, bounds: OwnedBounds) -> Result<ScannedEntries> {
         let view = borrowed(&bounds);
         let mut entries = BTreeMap::new();
+        if self.emptied.contains(table) {
+            // Its own clear or drop decides what is there: nothing to record.
+            self.overlay(table, view, &mut entries);
+            return Ok(entries.into_iter().collect());
+        }
         let (mut count, mut max) = (0u64, 0u64);
         for entry in self.snapshot.range::<&[u8]>(table, view)? {
             let (key, value) = entry?;
@@ -264,6 +300,22 @@ impl<'db> Transaction<'db> {
             entries.insert(key.to_vec(), value.bytes.to_vec());
         }
         self.record.read_range(table, view.0, view.1, count, max)?;
+        self.overlay(table, view, &mut entries);
+        self.scans.push(Scanned {
+            table: table.to_string(),
+            bounds,
+            seen: (count, max),
+        });
+        Ok(entries.into_iter().collect())
+    }
+
+    /// Applies this transaction's buffered puts and deletes in `table` and `view` to `entries`.
+    fn overlay(
+        &self,
+        table: &str,
+        view: (Bound<&[u8]>, Bound<&[u8]>),
+        entries: &mut BTreeMap<Vec<u8>, Vec<u8>>,
+    ) {
         for ((t, key), write) in &self.writes {
             if t != table || !view.contains(&key[..]) {
                 continue;
@@ -273,12 +325,6 @@ impl<'db> Transaction<'db> {
                 None => entries.remove(key),
             };
         }
-        self.scans.push(Scanned {
-            table: table.to_string(),
-            bounds,
-            seen: (count, max),
-        });
-        Ok(entries.into_iter().collect())
     }
 
     /// Buffers a put; refuses a value that would make the transaction's record larger than the
@@ -296,5 +342,56 @@ impl<'db> Transaction<'db> {
         self.record.delete(table, key)?;
         self.writes.insert((table.to_string(), key.to_vec()), None);
         Ok(())
+    }
+
+    /// Buffers the creation of `table`, empty, if it does not exist when the transaction
+    /// applies (a no-op if it does), as [`WriteBatch::create_table`](crate::WriteBatch::create_table)
+    /// does. Changes no entry, so this transaction's reads see nothing new.
+    pub fn create_table(&mut self, table: &str) -> Result<()> {
+        self.record.create_table(table)
+    }
+
+    /// Buffers the drop of `table`: when the transaction applies, every entry is removed and the
+    /// table is no longer listed (a no-op if it does not exist); a later put of this transaction
+    /// into it creates it again. From here on this transaction reads the table as empty but for
+    /// its own later writes (see the module docs, Tables).
+    ///
+    /// ```
+    /// use pagemesh_core::{Database, Error, Options};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path(), Options::new())?;
+    /// db.put_if_version("staging", b"row", None, b"ready")?;
+    /// // Publish: move the staged rows and drop the staging table, all or nothing.
+    /// db.transaction(10, |tx| {
+    ///     for (key, value) in tx.prefix("staging", b"")? {
+    ///         tx.put("live", &key, &value)?;
+    ///     }
+    ///     tx.drop_table("staging")?;
+    ///     Ok::<_, Error>(())
+    /// })?;
+    /// assert_eq!(db.tables(), ["live"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn drop_table(&mut self, table: &str) -> Result<()> {
+        self.record.drop_table(table)?;
+        self.forget_writes(table);
+        Ok(())
+    }
+
+    /// Buffers the clearing of `table`: when the transaction applies, every entry is removed
+    /// and the table kept (a no-op if it does not exist). From here on this transaction reads
+    /// the table as empty but for its own later writes.
+    pub fn clear_table(&mut self, table: &str) -> Result<()> {
+        self.record.clear_table(table)?;
+        self.forget_writes(table);
+        Ok(())
+    }
+
+    /// After a clear or drop of `table`: its earlier buffered writes are gone, and the snapshot's
+    /// entries are hidden from this transaction's reads.
+    fn forget_writes(&mut self, table: &str) {
+        self.writes.retain(|(t, _), _| t != table);
+        self.emptied.insert(table.to_string());
     }
 }

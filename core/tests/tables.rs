@@ -347,3 +347,182 @@ fn an_empty_table_survives_export_and_restore() {
     assert_eq!(stats.entries, 1);
     assert_eq!(copy.tables(), ["cleared", "empty", "full"]);
 }
+
+/// Every table's entries as `(table, key, value)`, versions left out.
+fn entries(db: &Database) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let snapshot = db.read().unwrap();
+    let mut out = Vec::new();
+    for table in db.tables() {
+        for entry in snapshot.prefix(&table, b"").unwrap() {
+            let (key, value) = entry.unwrap();
+            out.push((table.clone(), key.to_vec(), value.bytes.to_vec()));
+        }
+    }
+    out
+}
+
+/// Before: only a batch could create, drop or clear a table, so "move the staged rows, then
+/// drop the staging table" was two commits, and a crash between them left both. Now a
+/// transaction does it in one record, sees its own table operations in its reads, and a
+/// replica fed the log ends up with the same tables and entries.
+#[test]
+fn a_transaction_creates_drops_and_clears_tables_and_a_replica_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Database::open(dir.path().join("p"), Options::new()).unwrap();
+    let mut batch = primary.batch();
+    for (table, key) in [
+        ("staging", "r1"),
+        ("staging", "r2"),
+        ("cache", "c1"),
+        ("live", "r0"),
+    ] {
+        batch.put(table, key.as_bytes(), b"v").unwrap();
+    }
+    primary.commit(&batch, Durability::Applied).unwrap();
+    let mut stream = Vec::new();
+    primary.read().unwrap().export(&mut stream).unwrap();
+    let (replica, _) =
+        pagemesh_core::Plumbing::restore_replica(dir.path().join("r"), &stream[..], Options::new())
+            .unwrap();
+    let on_replica = replica.transaction(0, |tx| tx.create_table("t"));
+    assert!(
+        matches!(on_replica, Err(Error::ReadOnlyReplica { .. })),
+        "{on_replica:?}"
+    );
+
+    let (seen, _) = primary
+        .transaction(0, |tx| {
+            let staged = tx.prefix("staging", b"")?;
+            for (key, value) in &staged {
+                tx.put("live", key, value)?;
+            }
+            tx.drop_table("staging")?;
+            let after_drop = (tx.get("staging", b"r1")?, tx.prefix("staging", b"")?);
+            tx.put("cache", b"c2", b"before the clear")?;
+            tx.clear_table("cache")?;
+            tx.put("cache", b"c3", b"after the clear")?;
+            let cache = tx.range::<&[u8]>("cache", ..)?;
+            tx.create_table("audit")?;
+            tx.create_table("live")?; // exists: a no-op
+            Ok::<_, Error>((staged.len(), after_drop, cache))
+        })
+        .unwrap();
+    assert_eq!(seen.0, 2);
+    assert_eq!(seen.1, (None, Vec::new()), "its own drop hides the table");
+    assert_eq!(
+        seen.2,
+        [(b"c3".to_vec(), b"after the clear".to_vec())],
+        "its own clear hides what came before it"
+    );
+    assert_eq!(primary.tables(), ["audit", "cache", "live"]);
+    let expected = |table: &str, key: &str, value: &str| {
+        (
+            table.to_string(),
+            key.as_bytes().to_vec(),
+            value.as_bytes().to_vec(),
+        )
+    };
+    assert_eq!(
+        entries(&primary),
+        [
+            expected("cache", "c3", "after the clear"),
+            expected("live", "r0", "v"),
+            expected("live", "r1", "v"),
+            expected("live", "r2", "v"),
+        ]
+    );
+
+    // A batch after it, whose receipt the replica waits for: it holds the transaction too.
+    let mut marker = primary.batch();
+    marker.put("audit", b"published", b"").unwrap();
+    let receipt = primary
+        .commit_with_receipt(&marker, Durability::Applied)
+        .unwrap();
+    primary.plumbing().log().seal();
+    let from = replica.applied_lsn();
+    replica
+        .plumbing()
+        .ingest(&pages_from(&primary, from))
+        .unwrap();
+    replica.wait_for(&receipt, Duration::from_secs(30)).unwrap();
+    assert_eq!(replica.tables(), primary.tables());
+    assert_eq!(contents(&replica), contents(&primary));
+}
+
+/// A transaction that read a key of a table another commit drops (here another transaction,
+/// on another thread) conflicts: the drop deleted what it read. With retries it runs again
+/// and sees the table gone; its put then makes the table again.
+#[test]
+fn a_transaction_that_read_a_table_another_transaction_dropped_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), Options::new()).unwrap();
+    let mut batch = db.batch();
+    batch.put("jobs", b"j1", b"queued").unwrap();
+    batch.put("jobs", b"j2", b"queued").unwrap();
+    db.commit(&batch, Durability::Applied).unwrap();
+    // Another transaction drops the table (on its own thread: this one holds a snapshot).
+    let drop_jobs = || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                db.transaction(0, |tx| {
+                    tx.get("jobs", b"j2")?;
+                    tx.drop_table("jobs")
+                })
+            })
+            .join()
+            .unwrap()
+        })
+        .unwrap();
+    };
+
+    let outcome = db.transaction(0, |tx| {
+        let job = tx.get("jobs", b"j1")?;
+        drop_jobs();
+        tx.put("jobs", b"j1", b"running")?;
+        tx.put("log", b"j1", b"started")?;
+        Ok::<_, Error>(job)
+    });
+    assert!(
+        matches!(outcome, Err(Error::Conflict { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(db.tables(), Vec::<String>::new(), "nothing of it applied");
+
+    // A scan that saw entries conflicts with a clear the same way; with retries the body runs
+    // again on the cleared table.
+    let mut batch = db.batch();
+    batch.put("jobs", b"j3", b"queued").unwrap();
+    db.commit(&batch, Durability::Applied).unwrap();
+    let runs = AtomicU32::new(0);
+    let (seen, _) = db
+        .transaction(3, |tx| {
+            let queued = tx.prefix("jobs", b"")?;
+            if runs.fetch_add(1, Ordering::Relaxed) == 0 {
+                let mut clear = db.batch();
+                clear.clear_table("jobs")?;
+                db.commit(&clear, Durability::Applied)?;
+            }
+            tx.put("counts", b"queued", &(queued.len() as u64).to_le_bytes())?;
+            Ok::<_, Error>(queued.len())
+        })
+        .unwrap();
+    assert_eq!((runs.load(Ordering::Relaxed), seen), (2, 0));
+
+    // Documented: an absent key and an empty scan still read the same after a drop, so they
+    // do not conflict, and a put into the dropped table creates it again.
+    let runs = AtomicU32::new(0);
+    db.transaction(0, |tx| {
+        assert_eq!(tx.get("jobs", b"j9")?, None);
+        assert!(tx.prefix("jobs", b"")?.is_empty());
+        if runs.fetch_add(1, Ordering::Relaxed) == 0 {
+            let mut drop = db.batch();
+            drop.drop_table("jobs")?;
+            db.commit(&drop, Durability::Applied)?;
+            assert!(!db.tables().contains(&"jobs".to_string()));
+        }
+        tx.put("jobs", b"j9", b"queued")
+    })
+    .unwrap();
+    assert_eq!(runs.load(Ordering::Relaxed), 1);
+    assert_eq!(keys(&db, "jobs"), [b"j9".to_vec()]);
+}

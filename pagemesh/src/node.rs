@@ -1344,6 +1344,45 @@ mod tests {
         );
     }
 
+    /// A replica's re-bootstrap (a second snapshot restored into its slot, as when it fell
+    /// behind its source's binlog) tells a handle the app still holds to the old copy that it
+    /// is stale, while that handle keeps reading what it held; the slot's current copy is the
+    /// new one. Handles used to go stale silently.
+    #[test]
+    fn a_handle_held_across_a_replica_re_bootstrap_says_it_is_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = Database::open(dir.path().join("primary"), Options::new()).unwrap();
+        let export = |value: &[u8]| {
+            let mut batch = primary.batch();
+            batch.put("t", b"k", value).unwrap();
+            primary
+                .commit(&batch, pagemesh_core::Durability::Applied)
+                .unwrap();
+            let mut stream = Vec::new();
+            primary.read().unwrap().export(&mut stream).unwrap();
+            stream
+        };
+        let slot = ReplicaSlot::open("r", &dir.path().join("replica"), Options::new()).unwrap();
+        slot.restore(&mut &export(b"first")[..]).unwrap();
+        let held = slot.current_database().unwrap();
+        assert!(!held.is_superseded());
+
+        slot.restore(&mut &export(b"second")[..]).unwrap();
+        assert!(held.is_superseded(), "the old copy's handle says so");
+        let value = |db: &Database| {
+            let read = db.read().unwrap();
+            read.get("t", b"k").unwrap().map(|v| v.bytes.to_vec())
+        };
+        assert_eq!(
+            value(&held),
+            Some(b"first".to_vec()),
+            "and reads what it held"
+        );
+        let current = slot.current_database().unwrap();
+        assert!(!current.is_superseded());
+        assert_eq!(value(&current), Some(b"second".to_vec()));
+    }
+
     #[test]
     fn a_node_keeps_its_uuid_across_opens_and_refuses_a_garbled_one() {
         let dir = tempfile::tempdir().unwrap();
