@@ -126,6 +126,20 @@ enum CtlCommand {
     },
 }
 
+impl CtlCommand {
+    /// The database the command names (a uuid or a name), if it takes one.
+    fn database(&self) -> Option<&str> {
+        match self {
+            CtlCommand::Lookup { database }
+            | CtlCommand::Promote { database }
+            | CtlCommand::Replicate { database, .. }
+            | CtlCommand::Unreplicate { database }
+            | CtlCommand::Diff { database, .. } => Some(database),
+            CtlCommand::Status { .. } | CtlCommand::Members => None,
+        }
+    }
+}
+
 /// Runs `pagemesh ctl`.
 pub fn run(args: &CtlArgs) -> ExitCode {
     let secret = match secret(args) {
@@ -148,7 +162,14 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let database = |text: &str| database_named(args, secret.as_deref(), timeout, text);
+    // A database named by uuid or by name, resolved once, before the command is built.
+    let database = match args.command.database() {
+        None => uuid::Uuid::nil(),
+        Some(text) => match database_named(args, secret.as_deref(), timeout, text) {
+            Ok(database) => database,
+            Err(code) => return code,
+        },
+    };
     let command = match &args.command {
         CtlCommand::Status { watch: false, .. } => Command::Status,
         &CtlCommand::Status {
@@ -160,38 +181,18 @@ pub fn run(args: &CtlArgs) -> ExitCode {
             return watch_status(args, secret.as_deref(), to, timeout, interval, count);
         }
         CtlCommand::Members => Command::Members,
-        CtlCommand::Lookup { database: text } => match database(text) {
-            Ok(database) => Command::Lookup { database },
-            Err(code) => return code,
+        CtlCommand::Lookup { .. } => Command::Lookup { database },
+        CtlCommand::Promote { .. } => Command::Promote { database },
+        CtlCommand::Replicate { name, .. } => Command::Replicate {
+            database,
+            name: name.clone().unwrap_or_else(|| database.to_string()),
         },
-        CtlCommand::Promote { database: text } => match database(text) {
-            Ok(database) => Command::Promote { database },
-            Err(code) => return code,
-        },
-        CtlCommand::Replicate {
-            database: text,
-            name,
-        } => match database(text) {
-            Ok(database) => Command::Replicate {
-                database,
-                name: name.clone().unwrap_or_else(|| database.to_string()),
-            },
-            Err(code) => return code,
-        },
-        CtlCommand::Unreplicate { database: text } => match database(text) {
-            Ok(database) => Command::Unreplicate { database },
-            Err(code) => return code,
-        },
-        CtlCommand::Diff {
-            database: text,
+        CtlCommand::Unreplicate { .. } => Command::Unreplicate { database },
+        &CtlCommand::Diff {
             with,
             max_differences,
+            ..
         } => {
-            let (with, max_differences) = (*with, *max_differences);
-            let database = match database(text) {
-                Ok(database) => database,
-                Err(code) => return code,
-            };
             if args.to.is_some() {
                 eprintln!("pagemesh ctl: diff compares --node with --with; --to does not apply");
                 return ExitCode::from(2);

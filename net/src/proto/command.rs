@@ -712,8 +712,7 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
         }
         1 => {
             let node = r.uuid()?;
-            let name_len = usize::from(r.u8()?);
-            let name = r.string(name_len, NAME_MAX)?;
+            let name = r.name()?;
             let members = r.u32()?;
             let count = usize::from(r.u16()?);
             if count > STATUS_DATABASES_MAX {
@@ -740,8 +739,7 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
                 let mut replicas = Vec::with_capacity(replica_count);
                 for _ in 0..replica_count {
                     let node = r.uuid()?;
-                    let name_len = usize::from(r.u8()?);
-                    let name = r.string(name_len, NAME_MAX)?;
+                    let name = r.name()?;
                     let state = match r.u8()? {
                         0 => LinkState::Down,
                         1 => LinkState::Async,
@@ -847,8 +845,7 @@ pub fn decode_reply(payload: &[u8]) -> Result<Reply> {
             let mut members = Vec::with_capacity(count);
             for _ in 0..count {
                 let node = r.uuid()?;
-                let name_len = usize::from(r.u8()?);
-                let name = r.string(name_len, NAME_MAX)?;
+                let name = r.name()?;
                 let addr = r.addr()?.ok_or(malformed("a member without an address"))?;
                 let db_count = usize::from(r.u8()?);
                 if db_count > PEER_DATABASES_MAX {
@@ -991,6 +988,12 @@ impl Reader<'_> {
         let head = self.bytes(len)?;
         let text = std::str::from_utf8(head).map_err(|_| malformed("not UTF-8"))?;
         Ok(text.to_owned())
+    }
+
+    /// A node name: `name_len u8` then at most [`NAME_MAX`] bytes of UTF-8.
+    fn name(&mut self) -> Result<String> {
+        let len = usize::from(self.u8()?);
+        self.string(len, NAME_MAX)
     }
 
     fn finish(self) -> Result<()> {
