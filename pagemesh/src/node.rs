@@ -1367,7 +1367,36 @@ mod tests {
         let held = slot.current_database().unwrap();
         assert!(!held.is_superseded());
 
-        slot.restore(&mut &export(b"second")[..]).unwrap();
+        // DIFF refuses the old copy while the restore runs (seen from inside the restore's
+        // own read of the snapshot stream), and after it, the copy being replaced.
+        let old = Wired(held.clone(), Some(Arc::clone(&slot.restoring)));
+        assert_eq!(old.unfit_to_compare(), None);
+        struct Watching<'a> {
+            stream: &'a [u8],
+            old: &'a Wired,
+            seen: Option<Option<&'static str>>,
+        }
+        impl Read for Watching<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.seen.get_or_insert_with(|| self.old.unfit_to_compare());
+                self.stream.read(buf)
+            }
+        }
+        let stream = export(b"second");
+        let mut watching = Watching {
+            stream: &stream,
+            old: &old,
+            seen: None,
+        };
+        slot.restore(&mut watching).unwrap();
+        assert_eq!(
+            watching.seen,
+            Some(Some(
+                "a restore from a snapshot (re-bootstrap) is under way"
+            )),
+            "mid-restore"
+        );
+        assert!(old.unfit_to_compare().is_some(), "replaced");
         assert!(held.is_superseded(), "the old copy's handle says so");
         let value = |db: &Database| {
             let read = db.read().unwrap();
