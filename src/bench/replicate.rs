@@ -54,7 +54,7 @@
 //! prints the share (of the median round) and `sync/async as replicated` (`sync` against
 //! `async` × that share): what `sync` achieves against the rate at which the replica really
 //! took pages. Measured (`--inflight 16,256 --rounds 3`, three runs): the replica kept up with
-//! `async` at 16 in flight (1.00); at 256 the median round's share was 0.76, 0.98 and 0.98.
+//! `async` at 16 in flight (1.00); at 256 the median round's share was 0.76, 0.98 and 1.00.
 //!
 //! # What a window allows
 //!
