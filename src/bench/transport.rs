@@ -23,7 +23,8 @@
 //!
 //! The machine is shared and noisy, so the variants (and the floor) run interleaved in [`ROUNDS`] rounds (the
 //! order alternating), each phase for `seconds / ROUNDS`, and each figure is the median of its
-//! rounds. Then the ratios uring/epoll, with their targets: MB/s ≥ 1.0× and ack p50 ≤ 1.0×.
+//! rounds. Then the ratios uring/epoll, with their targets: MB/s ≥ 1.0× and ack p50 ≤ 1.05× (issue 16's
+//! restated target).
 //! Where io_uring cannot start (an old kernel, a seccomp profile), only epoll is measured and a
 //! note on stderr says so.
 
@@ -211,7 +212,7 @@ pub fn ratios(cells: &[TransportMeasurement], floor: &TransportFloor) -> Vec<Tra
         let value = a / b;
         let met = match target {
             ">= 1.0" => value >= 1.0,
-            "<= 1.0" => value <= 1.0,
+            "<= 1.05" => value <= 1.05,
             _ => true,
         };
         out.push(TransportRatio {
@@ -237,7 +238,7 @@ pub fn ratios(cells: &[TransportMeasurement], floor: &TransportFloor) -> Vec<Tra
             "uring/epoll",
             uring.rtt_p50_us,
             epoll.rtt_p50_us,
-            "<= 1.0",
+            "<= 1.05",
         );
         ratio(p99, "uring/epoll", uring.rtt_p99_us, epoll.rtt_p99_us, "");
     }
