@@ -512,12 +512,13 @@ fn the_command_channel_answers_over_real_processes(transport: TransportKind, nam
     assert_eq!(output.status.code(), Some(2), "an unknown node name");
     assert!(String::from_utf8_lossy(&output.stderr).contains("no node named \"nobody\""));
     // A database by the name a node knows it by: a keeps its copy as "copy".
-    let (code, found) = ctl(a.addr, &["lookup", "copy"]);
-    assert_eq!(code, 0, "{found}");
-    assert_eq!(
-        found["holders"].as_array().map(Vec::len),
-        Some(3),
-        "{found}"
+    eventually(
+        "a finds every holder by the database's name",
+        PATIENCE,
+        || {
+            let (code, found) = ctl(a.addr, &["lookup", "copy"]);
+            (code == 0 && found["holders"].as_array().is_some_and(|h| h.len() == 3)).then_some(())
+        },
     );
     let (code, _) = ctl(a.addr, &["lookup", "no-such-database"]);
     assert_eq!(code, 1, "an unknown database name is the node's error");
