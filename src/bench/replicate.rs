@@ -642,8 +642,26 @@ mod tests {
         let at_floor = 1.0 / (1.0 + 10e-6 * 200_000.0 / 16.0);
         assert!((value("sync@16/async Little estimate at the floor") - at_floor).abs() < 1e-9);
         assert_eq!(value("loopback floor round trip, p50 (us)"), 10.0);
-        assert_eq!(ratios.len(), 5, "{ratios:?}");
-        assert!(self::ratios(&cells, None).len() == 1);
+        assert_eq!(value("async@16: share its replica received"), 1.0);
+        assert!((value("sync@16/async as replicated") - 0.5).abs() < 1e-9);
+        assert_eq!(ratios.len(), 7, "{ratios:?}");
+        assert!(self::ratios(&cells, None).len() == 3);
+        // An async window its replica fell behind: sync is set against what was replicated.
+        let behind = [
+            ReplicateMeasurement {
+                replica_kept_up: Some(0.5),
+                ..cell("async", 200_000.0)
+            },
+            cell("sync", 100_000.0),
+        ];
+        let ratios = self::ratios(&behind, None);
+        let as_replicated = ratios
+            .iter()
+            .find(|r| r.ratio == "sync@16/async as replicated");
+        assert!(
+            as_replicated.is_some_and(|r| (r.value - 1.0).abs() < 1e-9),
+            "{ratios:?}"
+        );
     }
 
     #[test]
