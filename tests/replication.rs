@@ -459,7 +459,10 @@ fn link_faults(transport: TransportKind) {
         ledger.assert_clean(name);
         assert_converged(db, &replica, &ledger, &format!("after {name}"));
         let status = replica.status();
-        if *name != "delay" {
+        // A delay breaks no link; reordering breaks one only if two chunks were in flight at
+        // once while it lasted, which a loaded machine may not give it (1 run in 3 under the
+        // whole suite): for both, converging is what is asked.
+        if !["delay", "reorder"].contains(name) {
             assert!(
                 status.links > links,
                 "{name}: the link should have been re-established: {status:?}"
