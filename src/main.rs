@@ -298,8 +298,15 @@ fn bench_replicate(
         measure_all(inflight, &variants, seconds, rounds, transport).map_err(|e| e.to_string())?;
     pagemesh_tools::bench::print_rows(&cells, json, |c| {
         format!(
-            "{:<22} {:<13} inflight={:<4} commits/s={:>9.0} p50={:>8.0}us p99={:>8.0}us ({})",
-            c.workload, c.variant, c.inflight, c.ops_per_sec, c.p50_us, c.p99_us, c.transport
+            "{:<22} {:<13} inflight={:<4} commits/s={:>9.0} p50={:>8.0}us p99={:>8.0}us records/page={:>5.1} ({})",
+            c.workload,
+            c.variant,
+            c.inflight,
+            c.ops_per_sec,
+            c.p50_us,
+            c.p99_us,
+            c.records_per_page,
+            c.transport
         )
     })?;
     // The round trip each sync/async ratio is set against, when there is such a ratio.

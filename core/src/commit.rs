@@ -137,6 +137,8 @@ pub struct CommitTicket {
     pub(crate) durability: Durability,
     /// When `commit_async` was called: the commit's latency is counted from here.
     pub(crate) started: Instant,
+    /// Set once `wait` ran: a ticket dropped without it asks for its page's seal.
+    pub(crate) waited: bool,
 }
 
 impl CommitTicket {
@@ -155,23 +157,29 @@ impl CommitTicket {
         )
     }
 
-    /// Whether the commit's durability already holds (never blocks).
+    /// Whether the commit's durability already holds (never blocks). A commit not yet done has
+    /// its page sealed, so that it ships and syncs without a waiter.
     pub fn is_done(&self) -> bool {
         let lsn_end = self.pos.lsn_last + 1;
         let applied = || self.inner.applied_lsn.load(Ordering::Acquire) >= lsn_end;
         let durable = || self.inner.log.durable_lsn() >= lsn_end;
         let replicated = |n| self.inner.replication.reached(lsn_end, n);
-        match self.durability {
+        let done = match self.durability {
             Durability::Memory => self.inner.log.committed_lsn() >= lsn_end,
             Durability::Replicated(n) => replicated(n),
             Durability::DurableReplicated(n) => durable() && replicated(n),
             Durability::Durable => durable(),
             _ => applied(),
+        };
+        if !done {
+            self.inner.log.request_seal(self.pos);
         }
+        done
     }
 
     /// Waits until the commit's durability holds; returns the record's seq.
-    pub fn wait(self) -> Result<u64> {
+    pub fn wait(mut self) -> Result<u64> {
+        self.waited = true;
         let waited = self.wait_durability();
         let (inner, started) = (&self.inner, self.started);
         inner
@@ -217,5 +225,15 @@ impl CommitTicket {
             options.replication_timeout,
             options.degrade_on_timeout,
         )
+    }
+}
+
+/// A ticket dropped unwaited still gets its record shipped and synced: its commit left asking
+/// for the page's seal to the wait (`Reservation::commit_unannounced`), so the drop asks.
+impl Drop for CommitTicket {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.inner.log.request_seal(self.pos);
+        }
     }
 }

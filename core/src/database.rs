@@ -222,6 +222,7 @@ impl Database {
             pos,
             durability,
             started,
+            waited: false,
         })
     }
 
@@ -795,7 +796,10 @@ impl Inner {
             .reserve(record.encoded_len())
             .map_err(closed_by_poison)?;
         record.encode_pieces(self.next_hlc(), |piece| reservation.write(piece));
-        reservation.commit().map_err(closed_by_poison)
+        // Every caller waits on the record (a dropped ticket asks for its seal: `CommitTicket`),
+        // so the commit leaves asking for its page's seal to that wait, and under load pages
+        // fill instead of being sealed as each commit opens one (seal rule 2).
+        reservation.commit_unannounced().map_err(closed_by_poison)
     }
 
     pub(crate) fn poison(&self, cause: &str) {

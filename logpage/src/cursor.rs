@@ -105,6 +105,9 @@ pub struct Cursor {
     busy: bool,
     /// Counted as a waiting consumer by `poll_ready` (async), until it finds pages or drops.
     polling: bool,
+    /// The seal-request count `poll_ready` last sealed at (rule 1): it seals again only once a
+    /// writer asked since. `u64::MAX` at first, so a new cursor's first poll seals.
+    sealed_at_request: u64,
 }
 
 impl std::fmt::Debug for Cursor {
@@ -136,6 +139,7 @@ impl Log {
             read_lsn: from_lsn,
             busy: false,
             polling: false,
+            sealed_at_request: u64::MAX,
         })
     }
 }
@@ -265,8 +269,10 @@ impl Cursor {
     /// shipper): `Ready(Ok(()))` once a page is ready to read, with the same seal-policy duties.
     ///
     /// While it returns `Pending` the cursor counts as a waiting consumer and has sealed the open
-    /// page; the task is woken when the watermark advances, a lone commit asks for sealing (rule 2),
-    /// or the log closes. Once it returned `Ready`, the consumer is busy until it polls again.
+    /// page if a writer asked for a seal since it last sealed (rules 1 and 2: a commit that opened
+    /// a page, or a waiter for an unannounced one); the task is woken when the watermark advances,
+    /// a writer asks for a seal, or the log closes. Once it returned `Ready`, the consumer is busy
+    /// until it polls again.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let shared = Arc::clone(&self.shared);
         let read_lsn = self.read_lsn;
@@ -284,8 +290,13 @@ impl Cursor {
             }
             self.set_polling(true); // rule 4: waiting before no longer busy
             self.set_busy(false);
+            // Rule 1, for the pages some writer asked to be sealed (rule 2): a page nobody asked
+            // for waits to fill, or for its writer's wait to ask.
             let requests = shared.seal_requests.load(Ordering::SeqCst);
-            shared.seal_open_page(None); // rule 1
+            if requests != self.sealed_at_request {
+                self.sealed_at_request = requests;
+                shared.seal_open_page(None);
+            }
             shared.wakers.register(cx.waker());
             if !ready()
                 && !shared.is_closed()

@@ -202,7 +202,8 @@ pub(crate) struct Shared {
     pub horizon_lock: Mutex<()>,
     pub pins: CursorPins,
     pub closed: AtomicBool,
-    /// Bumped by a lone commit (seal rule 2) so idle consumers wake up and seal it.
+    /// Counts seal requests (seal rule 2): a commit that opened a page, or a waiter or ticket
+    /// for an unannounced one, asks idle consumers to seal the open page.
     pub seal_requests: AtomicU64,
     pub recovered: Recovered,
     /// Async tasks waiting for the same events as `committed` and `space`.
@@ -434,7 +435,7 @@ impl Log {
             let after_header = shared.write_at(span.start, &header);
             shared.write_at(after_header, record);
         }
-        Ok(shared.commit_span(span))
+        Ok(shared.commit_span(span, Announce::Yes))
     }
 
     /// Seals the open page if it holds anything, so it can be read and shipped. Returns the LSN of
@@ -465,8 +466,25 @@ impl Log {
             .map(|_| ())
     }
 
+    /// Makes sure someone seals `pos`'s page if it is still open, without waiting: seals it here
+    /// if no consumer is *waiting* to (as [`wait_in_ring`](Self::wait_in_ring) would), or asks
+    /// the consumers to (seal rule 2, `seal.rs`).
+    ///
+    /// For a record committed with [`Reservation::commit_unannounced`] that its writer will not
+    /// wait on after all (a dropped commit ticket, a poll that found it not yet done): without a
+    /// waiter, nobody asks for its page, which then ships only once it fills.
+    pub fn request_seal(&self, pos: CommitPos) {
+        let shared = &*self.shared;
+        if shared.consumers.waiting() == 0 {
+            shared.seal_open_page(Some(pos.lsn_last));
+        } else {
+            shared.ask_to_seal(pos.lsn_last);
+        }
+    }
+
     /// Waits until the watermark passes `pos`, first sealing its page if `seal_here` says no
-    /// consumer will (the seal rule of the caller). `Ok(false)` if `deadline` passed first.
+    /// consumer will (the seal rule of the caller), or else asking the consumers to (rule 2).
+    /// `Ok(false)` if `deadline` passed first.
     fn wait_watermark(
         &self,
         pos: CommitPos,
@@ -479,6 +497,8 @@ impl Log {
         }
         if seal_here() {
             shared.seal_open_page(Some(pos.lsn_last));
+        } else {
+            shared.ask_to_seal(pos.lsn_last);
         }
         let passed = shared.committed.wait_while(
             || shared.watermark.load(Ordering::SeqCst) <= pos.lsn_last && !shared.is_closed(),
@@ -507,7 +527,7 @@ impl Log {
         tracing::debug!("log closed");
     }
 
-    /// Wakes `waker` once, at the next of: the watermark advancing, pages released, a lone commit
+    /// Wakes `waker` once, at the next of: the watermark advancing, pages released, a writer
     /// asking idle consumers to seal (seal policy rule 2), or close. For async consumers and feeders:
     /// register, re-check what you wait for, and only then return `Pending`.
     pub fn register_waker(&self, waker: &Waker) {
@@ -703,9 +723,9 @@ impl Shared {
     }
 
     /// Commits every byte of `span`: one accounting add per page it touched. Finishes any page the
-    /// add completed, and applies rule 2 of the seal policy.
+    /// add completed, and, if `announce` says so, applies rule 2 of the seal policy.
     #[inline(always)]
-    fn commit_span(&self, span: Span) -> CommitPos {
+    fn commit_span(&self, span: Span, announce: Announce) -> CommitPos {
         let last = span.last_lsn();
         if last == span.start.lsn {
             let bytes = span.end_offset_in(last) - span.start.offset;
@@ -722,15 +742,34 @@ impl Shared {
                 }
             }
         }
-        // Rule 2 of the seal policy: a lone commit wakes idle consumers so they seal it.
-        if span.start.offset == 0 && self.consumers.waiting() > 0 {
-            self.seal_requests.fetch_add(1, Ordering::SeqCst);
-            self.committed.notify_all();
-            self.wakers.wake_all();
+        // Rule 2 of the seal policy: a commit that opened a page asks idle consumers to seal it,
+        // unless its writer will ask when it waits.
+        if span.start.offset == 0 && announce == Announce::Yes {
+            self.announce_seal_request();
         }
         CommitPos {
             seq: seq_of(span.start.lsn, span.start.offset as u16),
             lsn_last: last,
+        }
+    }
+
+    /// Asks consumers to seal page `lsn` if it is the open page and holds bytes (rule 2).
+    pub fn ask_to_seal(&self, lsn: u64) {
+        let open = self.anchor.load();
+        if open.lsn == lsn && open.offset > 0 {
+            self.announce_seal_request();
+        }
+    }
+
+    /// Counts a seal request, then wakes the consumers waiting for one. Counted even when none
+    /// waits: a busy consumer seals on turning idle only if a request came since it last sealed
+    /// (`Cursor::poll_ready`). Request, then look at the waiters; a consumer publishes that it
+    /// waits, then looks at the requests: one of the two sees the other (all `SeqCst`).
+    fn announce_seal_request(&self) {
+        self.seal_requests.fetch_add(1, Ordering::SeqCst);
+        if self.consumers.waiting() > 0 {
+            self.committed.notify_all();
+            self.wakers.wake_all();
         }
     }
 
@@ -861,6 +900,13 @@ impl Shared {
     }
 }
 
+/// Whether a commit asks idle consumers to seal a page it opened (seal rule 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Announce {
+    Yes,
+    No,
+}
+
 /// Room in the log for one record, returned by [`Log::reserve`].
 ///
 /// Write the record's bytes with [`write`](Self::write) (in as many pieces as you like), then
@@ -919,7 +965,26 @@ impl Reservation<'_> {
     /// # Errors
     /// [`Error::IncompleteReservation`]; [`Error::Poisoned`] if a sync of the ring failed since
     /// the reservation (the record is then aborted).
-    pub fn commit(mut self) -> Result<CommitPos> {
+    pub fn commit(self) -> Result<CommitPos> {
+        self.publish_checked(Announce::Yes)
+    }
+
+    /// Publishes the record like [`commit`](Self::commit), but does not ask idle consumers to
+    /// seal a page it opened (seal rule 2): the caller promises to wait on the position
+    /// ([`Log::wait_committed`], [`Log::wait_in_ring`], [`Log::wait_durable`]), which asks if
+    /// the page is still open then, or else to call [`Log::request_seal`].
+    ///
+    /// Under load this lets pages fill: a writer that keeps a window of commits in flight waits
+    /// on its oldest, so a shipper is not woken to seal a page each new commit opens. See
+    /// `seal.rs`, rule 2, for what it measured.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit).
+    pub fn commit_unannounced(self) -> Result<CommitPos> {
+        self.publish_checked(Announce::No)
+    }
+
+    fn publish_checked(mut self, announce: Announce) -> Result<CommitPos> {
         if let Some(error) = self.shared.poisoned_error() {
             self.abort();
             return Err(error);
@@ -933,18 +998,18 @@ impl Reservation<'_> {
             self.abort();
             return Err(error);
         }
-        Ok(self.publish())
+        Ok(self.publish(announce))
     }
 
     fn abort(&mut self) {
         let aborted = ((self.len as u32) | ABORTED_BIT).to_le_bytes();
         self.shared.write_at(self.span.start, &aborted);
-        self.publish();
+        self.publish(Announce::Yes);
     }
 
-    fn publish(&mut self) -> CommitPos {
+    fn publish(&mut self, announce: Announce) -> CommitPos {
         self.done = true;
-        self.shared.commit_span(self.span)
+        self.shared.commit_span(self.span, announce)
     }
 }
 

@@ -211,3 +211,55 @@ fn an_async_consumer_seals_a_lone_commit_and_is_woken_for_it() {
         Poll::Ready(Err(Error::Closed))
     ));
 }
+
+#[test]
+fn unannounced_commits_fill_a_page_until_a_writer_asks() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+    let commit_unannounced = |bytes: &[u8]| {
+        let mut reservation = log.reserve(bytes.len()).unwrap();
+        reservation.write(bytes);
+        reservation.commit_unannounced().unwrap()
+    };
+
+    assert!(cursor.poll_ready(&mut cx).is_pending());
+    // Commits that will be waited on do not wake the shipper, and it does not seal for them.
+    let first = commit_unannounced(b"one");
+    commit_unannounced(b"two");
+    assert_eq!(counter.0.load(Ordering::SeqCst), 0, "nobody asked yet");
+    assert!(
+        cursor.poll_ready(&mut cx).is_pending(),
+        "the page waits to fill"
+    );
+    assert!(log.committed_lsn() <= first.lsn_last);
+
+    // A writer that will not wait after all asks (a dropped ticket): the waiting shipper is
+    // woken, seals, and ships both records in one page.
+    log.request_seal(first);
+    assert!(
+        counter.0.load(Ordering::SeqCst) >= 1,
+        "the request woke the poller"
+    );
+    assert!(matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let page = cursor.next_ready().unwrap().expect("the sealed page");
+    assert_eq!(page.header().record_count(), 2);
+
+    // A waiter asks too, when it leaves the sealing to the (now busy) shipper (rule 3): its next
+    // poll seals, though no commit announced the page.
+    let third = commit_unannounced(b"three");
+    assert!(!log
+        .wait_committed(third, Some(std::time::Instant::now()))
+        .unwrap());
+    assert!(matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let page = cursor.next_ready().unwrap().expect("the sealed page");
+    assert_eq!(page.header().record_count(), 1);
+
+    // With no consumer waiting, a request seals the page itself.
+    drop(cursor);
+    let fourth = commit_unannounced(b"four");
+    log.request_seal(fourth);
+    assert!(log.committed_lsn() > fourth.lsn_last);
+}

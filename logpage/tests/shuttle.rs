@@ -61,6 +61,12 @@
 //!    not engaged: seal rule 6); and two writers of one whole page each, waiting without a hurry,
 //!    are served by the backlog wake-up alone (a lost wake-up blocks every thread).
 //!
+//! 10. **Unannounced commits** (`Reservation::commit_unannounced`, as core commits): the writer's
+//!    wait asks for the seal instead of the commit (rule 2), or `Log::request_seal` does for a
+//!    writer that does not wait. With the async consumer, which seals only when asked since it
+//!    last sealed, with the blocking one and with none: every wait returns and every record is
+//!    read exactly once.
+//!
 //! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
 //! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
 //! not just a count.
@@ -133,6 +139,9 @@ enum Style {
     Append,
     /// `reserve`, three `write`s with a scheduling point after each, `commit`.
     Pieces,
+    /// `reserve`, one `write`, `commit_unannounced`: no seal request until the writer waits
+    /// (rule 2 deferred to the wait, as core's commits do).
+    Unannounced,
 }
 
 /// Writes record `(writer, index)` of `len` bytes; calls `before_commit` right before the commit.
@@ -159,6 +168,12 @@ fn write_record(
             before_commit();
             reservation.commit().expect("commit")
         }
+        Style::Unannounced => {
+            let mut reservation = log.reserve(len).expect("reserve");
+            reservation.write(&bytes);
+            before_commit();
+            reservation.commit_unannounced().expect("commit")
+        }
     };
     Written {
         writer,
@@ -176,6 +191,8 @@ enum Wait {
     AfterEach,
     /// `wait_in_ring(pos)` after each record (rule 3b).
     InRingAfterEach,
+    /// `request_seal(pos)` after each record and no wait: a commit ticket dropped unwaited.
+    RequestSeal,
 }
 
 /// Spawns writer `writer`, which writes one record per entry of `lens`, in order.
@@ -199,6 +216,7 @@ fn spawn_writer(
             }
             match wait {
                 Wait::No => {}
+                Wait::RequestSeal => log.request_seal(record.pos),
                 Wait::AfterEach => wait_committed(&log, record.pos),
                 Wait::InRingAfterEach => {
                     log.wait_in_ring(record.pos).expect("wait_in_ring");
@@ -593,6 +611,10 @@ fn stop_after(mut cursor: Cursor, pages: u64) -> Reading {
 }
 
 fn waiting_model(consumer: Consumer, wait: Wait) {
+    waiting_model_with(consumer, wait, Style::Append);
+}
+
+fn waiting_model_with(consumer: Consumer, wait: Wait, style: Style) {
     let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
     let records: usize = WAITING_LENS.iter().map(|lens| lens.len()).sum();
     let consumer_thread = match consumer {
@@ -610,7 +632,7 @@ fn waiting_model(consumer: Consumer, wait: Wait) {
     };
     let writers: Vec<_> = (0u32..)
         .zip(WAITING_LENS)
-        .map(|(writer, lens)| spawn_writer(&log, writer, lens, Style::Append, wait))
+        .map(|(writer, lens)| spawn_writer(&log, writer, lens, style, wait))
         .collect();
     let written = join_all(writers);
     assert_eq!(written.len(), records);
@@ -711,6 +733,10 @@ async fn consume_all_async(mut cursor: Cursor, records: usize) -> Reading {
 }
 
 fn async_consumer_model(wait: Wait) {
+    async_consumer_model_with(wait, Style::Append);
+}
+
+fn async_consumer_model_with(wait: Wait, style: Style) {
     let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
     let cursor = log.cursor(0).expect("cursor");
     let records: usize = BACKPRESSURE_LENS.iter().map(|lens| lens.len()).sum();
@@ -719,7 +745,7 @@ fn async_consumer_model(wait: Wait) {
     });
     let writers: Vec<_> = (0u32..)
         .zip(BACKPRESSURE_LENS)
-        .map(|(writer, lens)| spawn_writer(&log, writer, lens, Style::Append, wait))
+        .map(|(writer, lens)| spawn_writer(&log, writer, lens, style, wait))
         .collect();
     let written = join_all(writers);
     let reading = consumer.join().expect("consumer thread");
@@ -734,6 +760,54 @@ fn an_async_consumer_reads_everything_through_a_full_ring() {
 #[test]
 fn waiters_return_with_an_async_consumer() {
     check(|| async_consumer_model(Wait::AfterEach), 1500, 1500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 10: unannounced commits — the seal request moves from the commit to the wait (rule 2)
+// ---------------------------------------------------------------------------------------------
+
+/// Writers commit with `commit_unannounced`, so no commit asks the consumer to seal the page it
+/// opened; their waits ask instead (`wait_committed`, `wait_in_ring`), or `request_seal` does for
+/// a writer that never waits. Against the async consumer (which seals only when asked since it
+/// last sealed), the blocking consumer and no consumer: every wait returns, and the consumer
+/// reads every record exactly once, so no asked-for page is left open.
+#[test]
+fn unannounced_commits_are_sealed_when_their_writers_wait_or_ask() {
+    check(
+        || async_consumer_model_with(Wait::AfterEach, Style::Unannounced),
+        1000,
+        1000,
+    );
+    check(
+        || async_consumer_model_with(Wait::InRingAfterEach, Style::Unannounced),
+        1000,
+        1000,
+    );
+    check(
+        || async_consumer_model_with(Wait::RequestSeal, Style::Unannounced),
+        1000,
+        1000,
+    );
+    check(
+        || waiting_model_with(Consumer::Drains, Wait::AfterEach, Style::Unannounced),
+        1000,
+        1000,
+    );
+    check(
+        || waiting_model_with(Consumer::Drains, Wait::InRingAfterEach, Style::Unannounced),
+        1000,
+        1000,
+    );
+    check(
+        || waiting_model_with(Consumer::None, Wait::AfterEach, Style::Unannounced),
+        500,
+        500,
+    );
+    check(
+        || waiting_model_with(Consumer::None, Wait::InRingAfterEach, Style::Unannounced),
+        500,
+        500,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

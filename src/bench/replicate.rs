@@ -142,6 +142,10 @@ pub struct ReplicateMeasurement {
     /// replicates: `async` outruns its replica, whose link is then dropped for lagging (see
     /// the module docs, "What the replica keeps up with").
     pub replica_kept_up: Option<f64>,
+    /// Records per log page on the primary: how full its pages were sealed (seal rule 2, in
+    /// `pagemesh_logpage::seal`). Each page costs a ship, an ack, a replica ingest and a ring
+    /// sync, so fewer records per page means more of each per commit.
+    pub records_per_page: f64,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -219,6 +223,7 @@ pub fn measure(
     }
     let elapsed = started.elapsed().as_secs_f64();
     let ops = latencies.len() as f64;
+    let records_per_page = ops / db.plumbing().received_lsn().max(1) as f64;
     latencies.sort_unstable();
     let percentile = |p: f64| {
         latencies
@@ -234,6 +239,7 @@ pub fn measure(
         p99_us: percentile(0.99),
         transport: format!("{:?}", primary.runtime()),
         replica_kept_up,
+        records_per_page,
     })
 }
 
@@ -624,6 +630,7 @@ mod tests {
             p99_us: 1.0,
             transport: "Uring".into(),
             replica_kept_up: Some(1.0),
+            records_per_page: 16.0,
         };
         let cells = [cell("async", 200_000.0), cell("sync", 100_000.0)];
         let round_trips = RoundTrips {
@@ -650,6 +657,7 @@ mod tests {
         let behind = [
             ReplicateMeasurement {
                 replica_kept_up: Some(0.5),
+                records_per_page: 16.0,
                 ..cell("async", 200_000.0)
             },
             cell("sync", 100_000.0),
