@@ -464,12 +464,16 @@ fn link_faults(transport: TransportKind) {
         // replica reconnects after its backoff, which may not have run yet when the workload has
         // converged (the stall round's commits can all have landed before the timeout fired).
         if !["delay", "reorder"].contains(name) {
-            eventually(
-                &format!("{name}: the link re-established"),
+            eventually_seen(
+                &format!("{name}: the link re-established (links > {links})"),
                 PATIENCE,
                 || {
                     let status = replica.status();
-                    (status.connected && status.links > links).then_some(())
+                    if status.connected && status.links > links {
+                        Ok(())
+                    } else {
+                        Err(Box::new(status))
+                    }
                 },
             );
         }

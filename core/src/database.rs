@@ -191,6 +191,11 @@ impl Database {
             });
         }
         let started = std::time::Instant::now();
+        if self.applied_lsn() < receipt.lsn_end() {
+            // As an `Applied` commit does: the applier stops pacing for it, and its page is
+            // sealed if still open (its ticket may be held, not yet waited on).
+            self.inner.log.hurry(receipt.lsn_end().saturating_sub(1));
+        }
         let applied_lsn = self
             .inner
             .wait_applied_lsn(receipt.lsn_end(), started + timeout)?;

@@ -1148,6 +1148,10 @@ enum PacedWait {
 }
 
 fn pacing_model(waits: [PacedWait; 3], pages_min: u64) {
+    pacing_model_with(waits, pages_min, Style::Append);
+}
+
+fn pacing_model_with(waits: [PacedWait; 3], pages_min: u64, style: Style) {
     let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
     let consumed = Arc::new(Consumed::default());
     let consumer = {
@@ -1163,7 +1167,7 @@ fn pacing_model(waits: [PacedWait; 3], pages_min: u64) {
             spawn(format!("writer-{writer}"), move || {
                 let mut written = Vec::new();
                 for (index, &len) in (0u32..).zip(*lens) {
-                    let record = write_record(&log, (writer, index), len, Style::Append, || {});
+                    let record = write_record(&log, (writer, index), len, style, || {});
                     match wait {
                         PacedWait::HurryThenConsumed => {
                             log.hurry(record.pos.lsn_last);
@@ -1190,6 +1194,23 @@ fn pacing_model(waits: [PacedWait; 3], pages_min: u64) {
 fn a_pacing_consumer_never_sleeps_through_a_hurry() {
     use PacedWait::HurryThenConsumed as Hurry;
     check(|| pacing_model([Hurry, Hurry, Hurry], 64), 1500, 1500);
+}
+
+/// With unannounced commits (core's), nothing but the hurry asks the consumer for the writer's
+/// page, whether it is pacing or waiting for a page (`wait_ready`): the hurry must wake it.
+#[test]
+fn a_hurry_is_a_seal_request_for_unannounced_commits() {
+    use PacedWait::{Committed, HurryThenConsumed as Hurry};
+    check(
+        || pacing_model_with([Hurry, Hurry, Hurry], 64, Style::Unannounced),
+        1500,
+        1500,
+    );
+    check(
+        || pacing_model_with([Committed, Hurry, Hurry], 2, Style::Unannounced),
+        1000,
+        1000,
+    );
 }
 
 /// While a consumer paces, `wait_committed` waiters seal their own pages (rule 6); one

@@ -95,12 +95,27 @@ pub fn options(ring_slots: u64) -> Options {
 
 /// Polls `condition` every 5 ms until it returns `Some`; panics after `bound` naming `what`.
 pub fn eventually<T>(what: &str, bound: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    eventually_seen(what, bound, || condition().ok_or("(no value)"))
+}
+
+/// As [`eventually`], for a condition that says what it saw when it does not hold yet
+/// (`Err(seen)`): the panic after `bound` shows the last of it, so a failure in CI says where the
+/// wait stood, not only that it ran out.
+pub fn eventually_seen<T, S: std::fmt::Debug>(
+    what: &str,
+    bound: Duration,
+    mut condition: impl FnMut() -> Result<T, S>,
+) -> T {
     let deadline = Instant::now() + bound;
     loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {bound:?}");
+        let seen = match condition() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {bound:?}; last seen: {seen:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
