@@ -93,7 +93,8 @@ impl Database {
         } else {
             Log::probe_lock(dir)?;
         }
-        let store = Store::open(dir, options.map_size)?;
+        let mut store = Store::open(dir, options.map_size)?;
+        store.sync_hook = options.lmdb_sync_hook.clone();
         let Recovery {
             log,
             cursor,

@@ -102,6 +102,17 @@ pub struct Options {
     pub(crate) replication_timeout: Duration,
     pub(crate) degrade_on_timeout: bool,
     pub(crate) log_tune: Option<LogTune>,
+    pub(crate) lmdb_sync_hook: Option<LmdbSyncHook>,
+}
+
+/// A test's hook on the applier's explicit LMDB syncs; see [`Options::on_lmdb_sync`].
+#[derive(Clone)]
+pub(crate) struct LmdbSyncHook(pub(crate) Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for LmdbSyncHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LmdbSyncHook")
+    }
 }
 
 /// A caller's adjustment of the log's options; see [`Options::log_options_with`].
@@ -128,6 +139,7 @@ impl Default for Options {
             replication_timeout: Duration::from_secs(10),
             degrade_on_timeout: false,
             log_tune: None,
+            lmdb_sync_hook: None,
         }
     }
 }
@@ -200,6 +212,17 @@ impl Options {
         tune: impl Fn(LogOptions) -> LogOptions + Send + Sync + 'static,
     ) -> Self {
         self.log_tune = Some(LogTune(Arc::new(tune)));
+        self
+    }
+    /// For crash tests: `hook` is called with the id of the newest LMDB transaction each time
+    /// the database syncs its environment explicitly (meta page included: at open, and when the
+    /// applier releases the ring pages of its latest group; see the `apply` module, "When ring
+    /// pages are released"), after the sync and before anything relies on it. Between those
+    /// syncs each LMDB commit syncs its data pages but not its meta page (`MDB_NOMETASYNC`), so
+    /// a power loss may undo the newest transaction, unless this reported it. Runs on the
+    /// syncing thread: keep it short.
+    pub fn on_lmdb_sync(mut self, hook: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        self.lmdb_sync_hook = Some(LmdbSyncHook(Arc::new(hook)));
         self
     }
     /// The durability [`Database::commit_default`] uses.

@@ -44,6 +44,7 @@
 //! registrations do not (one lost on a power loss only lets retention trim a little early, and a
 //! peer behind the trim point is re-seeded).
 
+use crate::options::LmdbSyncHook;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -152,6 +153,8 @@ pub(crate) struct Store {
     /// When each binlog group was appended: key as `__binlog`'s, value wall-clock microseconds
     /// (u64 LE). For age-based retention.
     pub binlog_time: Table,
+    /// Told of each explicit sync ([`Options::on_lmdb_sync`](crate::Options::on_lmdb_sync)).
+    pub sync_hook: Option<LmdbSyncHook>,
     /// Handles of the tables that exist.
     tables: RwLock<HashMap<String, Table>>,
     /// Handles of tables dropped since they were opened: their LMDB databases stay, emptied,
@@ -332,6 +335,7 @@ impl Store {
             database_uuid: uuid::Uuid::nil(),
             origin_uuid: uuid::Uuid::nil(),
             is_replica: false,
+            sync_hook: None,
         }
     }
 
@@ -571,9 +575,16 @@ impl Store {
         names
     }
 
-    /// Puts everything committed so far on disk, meta page included (`mdb_env_sync`, forced).
+    /// Puts everything committed so far on disk, meta page included (`mdb_env_sync`, forced),
+    /// then tells the sync hook, if any, the newest transaction it covered.
     pub fn sync(&self) -> Result<()> {
-        self.env.force_sync().map_err(self.lmdb("sync"))
+        // Read before the sync: every transaction up to this one is on disk once it returns.
+        let covered = self.env.info().last_txn_id as u64;
+        self.env.force_sync().map_err(self.lmdb("sync"))?;
+        if let Some(hook) = &self.sync_hook {
+            (hook.0)(covered);
+        }
+        Ok(())
     }
 
     /// Starts a session: records, synced, that one runs (`clean_stop` = 0) under epoch `epoch`,

@@ -13,8 +13,20 @@
 //!
 //! SIGKILL keeps the page cache, so the parent then plays the power loss on the ring: each slot
 //! that holds no page below the highest durable watermark the child reported is, with
-//! probability 1/2, garbled, zeroed or torn (its tail zeroed: a write cut short). LMDB's files
-//! are left as the kill left them. The parent reopens the database and checks:
+//! probability 1/2, garbled, zeroed or torn (its tail zeroed: a write cut short).
+//!
+//! And on LMDB: each LMDB commit syncs its data pages but not its meta page (`MDB_NOMETASYNC`),
+//! so a power loss may undo the newest transaction, unless an explicit sync of the environment
+//! covered it. The child reports each explicit sync with the newest transaction it covered
+//! (`Options::on_lmdb_sync`, called before the applier releases any ring page on its strength).
+//! When the newest meta page of `data.mdb` is of a later transaction, the parent, with
+//! probability 1/2, rolls LMDB back to the transaction before it, as the power loss would: it
+//! lowers that meta page's transaction id below the other's, so LMDB opens at the other (LMDB
+//! never reuses the pages of the transaction before the newest, so that tree is intact). This
+//! is what the applier's release rule answers for: recovery then starts at the older group's
+//! `binlog_next_lsn`, and every ring page from there on must still be there.
+//!
+//! The parent reopens the database and checks:
 //!
 //! - the reopen succeeds and takes an epoch above the child's (the child never stopped cleanly);
 //! - after an `Applied` commit (everything recovery replays is applied before it), the applied
@@ -41,6 +53,8 @@ const THREADS: u64 = 2;
 const TABLE: &str = "durable";
 /// The first field of the child's epoch report (a thread number never is this).
 const EPOCH_REPORT: u64 = u64::MAX;
+/// The first field of the child's report of an explicit LMDB sync: `[LMDB_SYNC_REPORT, txn, 0, 0]`.
+const LMDB_SYNC_REPORT: u64 = u64::MAX - 1;
 
 /// `key` → `(value, seq)`.
 type State = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
@@ -60,8 +74,12 @@ fn main() {
     let started = Instant::now();
     let mut model = State::new();
     let mut parent_epoch = None;
-    let (mut checked, mut damaged, mut unreported_found) = (0, 0, 0);
+    let (mut checked, mut damaged, mut unreported_found, mut rolled_back) = (0, 0, 0, 0);
+    // Created and closed cleanly once, so that every round starts from an environment whose
+    // newest transaction is on disk (a clean close syncs).
+    drop(Database::open(dir, Options::new().ring_slots(SLOTS)).expect("create"));
     for round in 0..ROUNDS {
+        let synced_before = newest_lmdb_txn(dir);
         let life = Duration::from_millis(rng.random_range(20..120));
         let reports: Vec<[u64; 4]> = pagemesh_testkit::run_child(
             CHILD_ENV,
@@ -69,6 +87,10 @@ fn main() {
             life,
         );
         let child_epoch = reports.iter().find(|r| r[0] == EPOCH_REPORT).map(|r| r[1]);
+        let synced = (reports.iter())
+            .filter(|r| r[0] == LMDB_SYNC_REPORT)
+            .map(|r| r[1])
+            .fold(synced_before, u64::max);
         if let (Some(child), Some(parent)) = (child_epoch, parent_epoch) {
             assert_eq!(
                 child, parent,
@@ -77,10 +99,13 @@ fn main() {
         }
         let commits: Vec<[u64; 4]> = reports
             .into_iter()
-            .filter(|r| r[0] != EPOCH_REPORT)
+            .filter(|r| r[0] != EPOCH_REPORT && r[0] != LMDB_SYNC_REPORT)
             .collect();
         let durable_lsn = commits.iter().map(|r| r[3]).max().unwrap_or(0);
         damaged += damage_beyond(&dir.join("log.ring"), durable_lsn, &mut rng);
+        if rng.random_bool(0.5) && roll_back_unsynced_lmdb_txn(dir, synced) {
+            rolled_back += 1;
+        }
         let epoch = {
             let db = Database::open(dir, Options::new().ring_slots(SLOTS))
                 .unwrap_or_else(|e| panic!("round {round}: reopen after the power loss: {e}"));
@@ -112,9 +137,14 @@ fn main() {
         checked > ROUNDS as usize,
         "too few durable commits verified ({checked}) for the test to mean anything"
     );
+    assert!(
+        rolled_back >= ROUNDS as usize / 8,
+        "LMDB was rolled back in only {rolled_back} of {ROUNDS} rounds: too few to mean anything"
+    );
     println!(
         "durable_crash: {ROUNDS} rounds, {checked} durable commits verified, {damaged} ring slots \
-         damaged beyond the durable watermark, {unreported_found} unreported commits found, seed {seed}, {:?}",
+         damaged beyond the durable watermark, LMDB's newest transaction undone in {rolled_back} \
+         rounds, {unreported_found} unreported commits found, seed {seed}, {:?}",
         started.elapsed()
     );
     println!("1 passed, 0 failed");
@@ -137,7 +167,10 @@ fn value(key: &[u8]) -> Vec<u8> {
 
 /// Writer mode: commit `Durable` until killed, reporting each commit once it returned.
 fn child(dir: &Path, round: u32) {
-    let db = Database::open(dir, Options::new().ring_slots(SLOTS)).expect("child opens");
+    let options = Options::new()
+        .ring_slots(SLOTS)
+        .on_lmdb_sync(|txn| pagemesh_testkit::report([LMDB_SYNC_REPORT, txn, 0, 0]));
+    let db = Database::open(dir, options).expect("child opens");
     pagemesh_testkit::report([EPOCH_REPORT, db.plumbing().log().epoch(), 0, 0]);
     std::thread::scope(|s| {
         for thread in 0..THREADS {
@@ -178,6 +211,69 @@ fn damage_beyond(path: &Path, durable_lsn: u64, rng: &mut SmallRng) -> usize {
     }
     std::fs::write(path, bytes).expect("write the ring back");
     damaged
+}
+
+/// Where a meta page of `data.mdb` keeps what this test reads and writes (LMDB 0.9's
+/// `MDB_meta` behind a 16-byte page header, 64-bit build): the magic, the page size
+/// (`mm_dbs[FREE_DBI].md_pad`) and the transaction id.
+const META_MAGIC_AT: usize = 16;
+const META_PAGE_SIZE_AT: usize = 40;
+const META_TXNID_AT: usize = 144;
+const LMDB_MAGIC: u32 = 0xBEEF_C0DE;
+
+/// `data.mdb`'s two meta pages: the file's bytes, and each page's offset and transaction id.
+fn lmdb_metas(dir: &Path) -> (Vec<u8>, [(usize, u64); 2]) {
+    let bytes = std::fs::read(dir.join("lmdb/data.mdb")).expect("read lmdb/data.mdb");
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let page_size = u32_at(META_PAGE_SIZE_AT) as usize;
+    assert!(
+        page_size.is_power_of_two() && bytes.len() >= 2 * page_size,
+        "data.mdb: page size {page_size}, {} bytes",
+        bytes.len()
+    );
+    let metas = [0, page_size].map(|at| {
+        assert_eq!(
+            u32_at(at + META_MAGIC_AT),
+            LMDB_MAGIC,
+            "data.mdb meta page at {at}"
+        );
+        (at, u64_at(at + META_TXNID_AT))
+    });
+    (bytes, metas)
+}
+
+/// The id of the newest transaction in `dir`'s LMDB environment.
+fn newest_lmdb_txn(dir: &Path) -> u64 {
+    let (_, [(_, a), (_, b)]) = lmdb_metas(dir);
+    a.max(b)
+}
+
+/// Undoes LMDB's newest transaction, as a power loss may when its meta page was not synced:
+/// only if it is newer than `synced`. Returns whether it did.
+fn roll_back_unsynced_lmdb_txn(dir: &Path, synced: u64) -> bool {
+    let (mut bytes, [first, second]) = lmdb_metas(dir);
+    let (newest, older) = if first.1 > second.1 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    if newest.1 <= synced {
+        return false;
+    }
+    assert_eq!(
+        older.1 + 1,
+        newest.1,
+        "LMDB writes its two meta pages in turn: transactions {} and {}",
+        older.1,
+        newest.1
+    );
+    // Below the other's, so LMDB opens at the other; the next commit overwrites this page.
+    let at = newest.0 + META_TXNID_AT;
+    bytes[at..at + 8].copy_from_slice(&(older.1 - 1).to_le_bytes());
+    std::fs::write(dir.join("lmdb/data.mdb"), bytes).expect("write lmdb/data.mdb back");
+    assert_eq!(newest_lmdb_txn(dir), older.1, "the rollback took");
+    true
 }
 
 fn read_all(db: &Database) -> State {
