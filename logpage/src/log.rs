@@ -742,9 +742,9 @@ impl Shared {
                 }
             }
         }
-        // Rule 2 of the seal policy: a commit that opened a page asks idle consumers to seal it,
-        // unless its writer will ask when it waits.
-        if span.start.offset == 0 && announce == Announce::Yes {
+        // Rule 2 of the seal policy: a commit that opened a page (its first, or the last one it
+        // ran into) asks idle consumers to seal it, unless its writer will ask when it waits.
+        if announce == Announce::Yes && (span.start.offset == 0 || last > span.start.lsn) {
             self.announce_seal_request();
         }
         CommitPos {

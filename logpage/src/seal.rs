@@ -29,8 +29,8 @@
 //!    since it last sealed: a page nobody asked for waits to fill.
 //! 2. A writer *asks* for a seal: it counts a seal request and wakes idle consumers, so rule 1
 //!    applies to its page at once and it is never stuck waiting for the page to fill. A plain
-//!    commit ([`crate::Reservation::commit`], [`crate::Log::append`]) that was the first into an
-//!    empty page asks. An *unannounced* one ([`crate::Reservation::commit_unannounced`], which
+//!    commit ([`crate::Reservation::commit`], [`crate::Log::append`]) that opened a page (the
+//!    first into an empty page, or a record that ran on into a new one) asks. An *unannounced* one ([`crate::Reservation::commit_unannounced`], which
 //!    core uses for every commit) leaves asking to its writer's wait: `wait_committed` and
 //!    `wait_in_ring` ask when they leave the sealing to a consumer (rules 3 and 3b) and the page
 //!    is still open, [`crate::Log::hurry`] (core's `Applied` waiters) asks when no consumer

@@ -263,3 +263,30 @@ fn unannounced_commits_fill_a_page_until_a_writer_asks() {
     log.request_seal(fourth);
     assert!(log.committed_lsn() > fourth.lsn_last);
 }
+
+#[test]
+fn a_plain_commit_that_runs_into_a_new_page_asks_for_its_seal() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+    assert!(cursor.poll_ready(&mut cx).is_pending());
+
+    // An unannounced record opens page 0; a plain one starts after it and runs into page 1,
+    // which it opened, so it asks: once the shipper has shipped page 0 (sealed by the record
+    // running past it), it turns idle and seals page 1 too.
+    let mut reservation = log.reserve(10).unwrap();
+    reservation.write(&[7; 10]);
+    reservation.commit_unannounced().unwrap();
+    assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+    let long = log.append(&[9; 6000]).unwrap();
+    assert_eq!(long.lsn_last, 1, "the record runs into page 1");
+    assert!(matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    assert_eq!(cursor.next_ready().unwrap().expect("page 0").lsn(), 0);
+    assert!(
+        matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))),
+        "the record's last page was sealed for it"
+    );
+    assert_eq!(log.committed_lsn(), 2);
+}

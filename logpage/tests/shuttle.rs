@@ -61,11 +61,12 @@
 //!    not engaged: seal rule 6); and two writers of one whole page each, waiting without a hurry,
 //!    are served by the backlog wake-up alone (a lost wake-up blocks every thread).
 //!
-//! 10. **Unannounced commits** (`Reservation::commit_unannounced`, as core commits): the writer's
-//!    wait asks for the seal instead of the commit (rule 2), or `Log::request_seal` does for a
-//!    writer that does not wait. With the async consumer, which seals only when asked since it
-//!    last sealed, with the blocking one and with none: every wait returns and every record is
-//!    read exactly once.
+//! 10. **Unannounced commits** (`Reservation::commit_unannounced`, as core commits): the
+//!     writer's wait asks for the seal instead of the commit (rule 2), or `Log::request_seal`
+//!     does for a writer that does not wait, or `Log::hurry` for one waiting on a pacing
+//!     consumer. With the async consumer, which seals only when asked since it last sealed, with
+//!     the blocking one, with a pacing one and with none: every wait returns and every record is
+//!     read exactly once.
 //!
 //! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
 //! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
