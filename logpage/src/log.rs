@@ -190,8 +190,8 @@ pub(crate) struct Shared {
     pub epoch: AtomicU64,
     pub record_len_max: usize,
     pub consumers: Consumers,
-    /// Woken when the watermark advances, when a lone commit needs sealing, when an async durable
-    /// waiter needs sealing or a flusher should stop, when a sync fails, and on close.
+    /// Woken when the watermark advances, when a writer asks for a seal (rule 2), when an async
+    /// durable waiter needs sealing or a flusher should stop, when a sync fails, and on close.
     pub committed: Notify,
     /// Woken when the horizon may advance (a cursor released pages, the watermark moved), when a
     /// sync fails, and on close.
