@@ -192,11 +192,6 @@ impl Database {
             });
         }
         let started = std::time::Instant::now();
-        if self.applied_lsn() < receipt.lsn_end() {
-            // As an `Applied` commit does: the applier stops pacing for it, and its page is
-            // sealed if still open (its ticket may be held, not yet waited on).
-            self.inner.log.hurry(receipt.lsn_end().saturating_sub(1));
-        }
         let applied_lsn = self
             .inner
             .wait_applied_lsn(receipt.lsn_end(), started + timeout)?;
@@ -710,10 +705,7 @@ impl Inner {
     /// Waits until the record at `pos` is applied; `Err(Conflict)` if it was a transaction that
     /// was skipped.
     pub(crate) fn wait_applied(&self, pos: CommitPos) -> Result<()> {
-        if self.applied_lsn.load(Ordering::Acquire) <= pos.lsn_last {
-            // The applier may be letting a backlog build (`apply.rs`, Pacing): not for this one.
-            self.log.hurry(pos.lsn_last);
-        }
+        self.hurry_applier(pos.lsn_last + 1);
         let mut applied = self
             .applied
             .lock()
@@ -740,6 +732,15 @@ impl Inner {
         Ok(())
     }
 
+    /// For a reader about to wait until every page below `lsn_end` is applied: the applier may
+    /// be letting a backlog build (`apply.rs`, Pacing), and the last page may still be open
+    /// (seal rule 2): not for this one.
+    fn hurry_applier(&self, lsn_end: u64) {
+        if self.applied_lsn.load(Ordering::Acquire) < lsn_end {
+            self.log.hurry(lsn_end.saturating_sub(1));
+        }
+    }
+
     /// Waits until every page below `lsn_end` is applied or `deadline` passes; returns the
     /// applied watermark then.
     pub(crate) fn wait_applied_lsn(
@@ -747,6 +748,7 @@ impl Inner {
         lsn_end: u64,
         deadline: std::time::Instant,
     ) -> Result<u64> {
+        self.hurry_applier(lsn_end);
         let mut applied = self
             .applied
             .lock()

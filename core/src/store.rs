@@ -579,10 +579,10 @@ impl Store {
     /// then tells the sync hook, if any, the newest transaction it covered.
     pub fn sync(&self) -> Result<()> {
         // Read before the sync: every transaction up to this one is on disk once it returns.
-        let covered = self.env.info().last_txn_id as u64;
+        let covered = (self.sync_hook.as_ref()).map(|hook| (hook, self.env.info().last_txn_id));
         self.env.force_sync().map_err(self.lmdb("sync"))?;
-        if let Some(hook) = &self.sync_hook {
-            (hook.0)(covered);
+        if let Some((hook, txn)) = covered {
+            (hook.0)(txn as u64);
         }
         Ok(())
     }

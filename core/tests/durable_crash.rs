@@ -39,6 +39,8 @@
 //! again (no new epoch after a clean stop). `PAGEMESH_CRASH_SEED` picks the seed.
 
 use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -216,43 +218,49 @@ fn damage_beyond(path: &Path, durable_lsn: u64, rng: &mut SmallRng) -> usize {
 /// Where a meta page of `data.mdb` keeps what this test reads and writes (LMDB 0.9's
 /// `MDB_meta` behind a 16-byte page header, 64-bit build): the magic, the page size
 /// (`mm_dbs[FREE_DBI].md_pad`) and the transaction id.
-const META_MAGIC_AT: usize = 16;
-const META_PAGE_SIZE_AT: usize = 40;
-const META_TXNID_AT: usize = 144;
+const META_MAGIC_AT: u64 = 16;
+const META_PAGE_SIZE_AT: u64 = 40;
+const META_TXNID_AT: u64 = 144;
 const LMDB_MAGIC: u32 = 0xBEEF_C0DE;
 
-/// `data.mdb`'s two meta pages: the file's bytes, and each page's offset and transaction id.
-fn lmdb_metas(dir: &Path) -> (Vec<u8>, [(usize, u64); 2]) {
-    let bytes = std::fs::read(dir.join("lmdb/data.mdb")).expect("read lmdb/data.mdb");
-    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-    let page_size = u32_at(META_PAGE_SIZE_AT) as usize;
+/// `data.mdb`'s two meta pages: each one's offset in the file and transaction id.
+fn lmdb_metas(file: &File) -> [(u64, u64); 2] {
+    let read = |at: u64, len: usize| {
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, at).expect("read data.mdb");
+        bytes
+    };
+    let u32_of = |bytes: &[u8]| u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+    let page_size = u32_of(&read(META_PAGE_SIZE_AT, 4));
     assert!(
-        page_size.is_power_of_two() && bytes.len() >= 2 * page_size,
-        "data.mdb: page size {page_size}, {} bytes",
-        bytes.len()
+        page_size.is_power_of_two(),
+        "data.mdb: page size {page_size}"
     );
-    let metas = [0, page_size].map(|at| {
-        assert_eq!(
-            u32_at(at + META_MAGIC_AT),
-            LMDB_MAGIC,
-            "data.mdb meta page at {at}"
-        );
-        (at, u64_at(at + META_TXNID_AT))
-    });
-    (bytes, metas)
+    [0, u64::from(page_size)].map(|at| {
+        let magic = u32_of(&read(at + META_MAGIC_AT, 4));
+        assert_eq!(magic, LMDB_MAGIC, "data.mdb: meta page at {at}");
+        let txnid = u64::from_le_bytes(read(at + META_TXNID_AT, 8).try_into().expect("8 bytes"));
+        (at, txnid)
+    })
+}
+
+fn open_lmdb_file(dir: &Path) -> File {
+    (OpenOptions::new().read(true).write(true))
+        .open(dir.join("lmdb/data.mdb"))
+        .expect("open lmdb/data.mdb")
 }
 
 /// The id of the newest transaction in `dir`'s LMDB environment.
 fn newest_lmdb_txn(dir: &Path) -> u64 {
-    let (_, [(_, a), (_, b)]) = lmdb_metas(dir);
+    let [(_, a), (_, b)] = lmdb_metas(&open_lmdb_file(dir));
     a.max(b)
 }
 
 /// Undoes LMDB's newest transaction, as a power loss may when its meta page was not synced:
 /// only if it is newer than `synced`. Returns whether it did.
 fn roll_back_unsynced_lmdb_txn(dir: &Path, synced: u64) -> bool {
-    let (mut bytes, [first, second]) = lmdb_metas(dir);
+    let file = open_lmdb_file(dir);
+    let [first, second] = lmdb_metas(&file);
     let (newest, older) = if first.1 > second.1 {
         (first, second)
     } else {
@@ -269,9 +277,8 @@ fn roll_back_unsynced_lmdb_txn(dir: &Path, synced: u64) -> bool {
         newest.1
     );
     // Below the other's, so LMDB opens at the other; the next commit overwrites this page.
-    let at = newest.0 + META_TXNID_AT;
-    bytes[at..at + 8].copy_from_slice(&(older.1 - 1).to_le_bytes());
-    std::fs::write(dir.join("lmdb/data.mdb"), bytes).expect("write lmdb/data.mdb back");
+    file.write_all_at(&(older.1 - 1).to_le_bytes(), newest.0 + META_TXNID_AT)
+        .expect("write data.mdb");
     assert_eq!(newest_lmdb_txn(dir), older.1, "the rollback took");
     true
 }

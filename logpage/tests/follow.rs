@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use common::{check_record, drain_all, make_record};
-use pagemesh_logpage::{Error, Log, LogOptions, RecordReader, PAGE_SIZE};
+use pagemesh_logpage::{CommitPos, Error, Log, LogOptions, RecordReader, PAGE_SIZE};
 
 /// Appends `count` records of assorted sizes (some spanning pages) and returns every page written,
 /// back to back.
@@ -133,6 +133,25 @@ fn gaps_old_epochs_and_damaged_pages_are_refused_and_nothing_past_them_is_taken(
 /// Counts wake-ups.
 struct CountingWaker(AtomicUsize);
 
+impl CountingWaker {
+    /// A waker that counts its wake-ups, and its count.
+    fn new() -> (Arc<Self>, Waker) {
+        let counter = Arc::new(Self(AtomicUsize::new(0)));
+        (Arc::clone(&counter), Waker::from(counter))
+    }
+
+    fn wakes(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Commits `bytes` as one record without asking for its page's seal (as core commits).
+fn commit_unannounced(log: &Log, bytes: &[u8]) -> CommitPos {
+    let mut reservation = log.reserve(bytes.len()).unwrap();
+    reservation.write(bytes);
+    reservation.commit_unannounced().unwrap()
+}
+
 impl Wake for CountingWaker {
     fn wake(self: Arc<Self>) {
         self.0.fetch_add(1, Ordering::SeqCst);
@@ -151,16 +170,12 @@ fn a_full_follower_stops_and_is_woken_when_its_reader_releases() {
     let first = log.ingest(&pages).unwrap();
     assert_eq!((first.pages, first.full), (8, true));
 
-    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    log.register_waker(&Waker::from(counter.clone()));
-    assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+    let (counter, waker) = CountingWaker::new();
+    log.register_waker(&waker);
+    assert_eq!(counter.wakes(), 0);
     while cursor.next_ready().unwrap().is_some() {}
     cursor.release(cursor.position());
-    assert_eq!(
-        counter.0.load(Ordering::SeqCst),
-        1,
-        "release wakes the feeder once"
-    );
+    assert_eq!(counter.wakes(), 1, "release wakes the feeder once");
 
     let mut taken = first.pages;
     while taken < page_count {
@@ -177,18 +192,14 @@ fn a_full_follower_stops_and_is_woken_when_its_reader_releases() {
 fn an_async_consumer_seals_a_lone_commit_and_is_woken_for_it() {
     let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
     let mut cursor = log.cursor(0).unwrap();
-    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let waker = Waker::from(counter.clone());
+    let (counter, waker) = CountingWaker::new();
     let mut cx = Context::from_waker(&waker);
 
     assert!(cursor.poll_ready(&mut cx).is_pending());
     // The lone commit asks the waiting consumer to seal (rule 2): it is woken, not left waiting
     // for the page to fill.
     let pos = log.append(b"lone").unwrap();
-    assert!(
-        counter.0.load(Ordering::SeqCst) >= 1,
-        "the lone commit woke the poller"
-    );
+    assert!(counter.wakes() >= 1, "the lone commit woke the poller");
     assert!(
         log.committed_lsn() <= pos.lsn_last,
         "nobody sealed yet: the consumer will"
@@ -216,20 +227,14 @@ fn an_async_consumer_seals_a_lone_commit_and_is_woken_for_it() {
 fn unannounced_commits_fill_a_page_until_a_writer_asks() {
     let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
     let mut cursor = log.cursor(0).unwrap();
-    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let waker = Waker::from(counter.clone());
+    let (counter, waker) = CountingWaker::new();
     let mut cx = Context::from_waker(&waker);
-    let commit_unannounced = |bytes: &[u8]| {
-        let mut reservation = log.reserve(bytes.len()).unwrap();
-        reservation.write(bytes);
-        reservation.commit_unannounced().unwrap()
-    };
 
     assert!(cursor.poll_ready(&mut cx).is_pending());
     // Commits that will be waited on do not wake the shipper, and it does not seal for them.
-    let first = commit_unannounced(b"one");
-    commit_unannounced(b"two");
-    assert_eq!(counter.0.load(Ordering::SeqCst), 0, "nobody asked yet");
+    let first = commit_unannounced(&log, b"one");
+    commit_unannounced(&log, b"two");
+    assert_eq!(counter.wakes(), 0, "nobody asked yet");
     assert!(
         cursor.poll_ready(&mut cx).is_pending(),
         "the page waits to fill"
@@ -239,17 +244,14 @@ fn unannounced_commits_fill_a_page_until_a_writer_asks() {
     // A writer that will not wait after all asks (a dropped ticket): the waiting shipper is
     // woken, seals, and ships both records in one page.
     log.request_seal(first);
-    assert!(
-        counter.0.load(Ordering::SeqCst) >= 1,
-        "the request woke the poller"
-    );
+    assert!(counter.wakes() >= 1, "the request woke the poller");
     assert!(matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))));
     let page = cursor.next_ready().unwrap().expect("the sealed page");
     assert_eq!(page.header().record_count(), 2);
 
     // A waiter asks too, when it leaves the sealing to the (now busy) shipper (rule 3): its next
     // poll seals, though no commit announced the page.
-    let third = commit_unannounced(b"three");
+    let third = commit_unannounced(&log, b"three");
     assert!(!log
         .wait_committed(third, Some(std::time::Instant::now()))
         .unwrap());
@@ -259,7 +261,7 @@ fn unannounced_commits_fill_a_page_until_a_writer_asks() {
 
     // With no consumer waiting, a request seals the page itself.
     drop(cursor);
-    let fourth = commit_unannounced(b"four");
+    let fourth = commit_unannounced(&log, b"four");
     log.request_seal(fourth);
     assert!(log.committed_lsn() > fourth.lsn_last);
 }
@@ -268,18 +270,15 @@ fn unannounced_commits_fill_a_page_until_a_writer_asks() {
 fn a_plain_commit_that_runs_into_a_new_page_asks_for_its_seal() {
     let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
     let mut cursor = log.cursor(0).unwrap();
-    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
-    let waker = Waker::from(counter.clone());
+    let (counter, waker) = CountingWaker::new();
     let mut cx = Context::from_waker(&waker);
     assert!(cursor.poll_ready(&mut cx).is_pending());
 
     // An unannounced record opens page 0; a plain one starts after it and runs into page 1,
     // which it opened, so it asks: once the shipper has shipped page 0 (sealed by the record
     // running past it), it turns idle and seals page 1 too.
-    let mut reservation = log.reserve(10).unwrap();
-    reservation.write(&[7; 10]);
-    reservation.commit_unannounced().unwrap();
-    assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+    commit_unannounced(&log, &[7; 10]);
+    assert_eq!(counter.wakes(), 0);
     let long = log.append(&[9; 6000]).unwrap();
     assert_eq!(long.lsn_last, 1, "the record runs into page 1");
     assert!(matches!(cursor.poll_ready(&mut cx), Poll::Ready(Ok(()))));
