@@ -247,6 +247,11 @@ impl Shared {
             return Ok(from);
         }
         match self.sync_ring(from, to) {
+            // A page that failed its write to the file poisoned the log before it was marked
+            // ready, so before `to` was read: looking again here keeps it from counting durable.
+            Ok(()) if durability.is_poisoned() => {
+                Err(self.poisoned_error().unwrap_or(Error::Closed))
+            }
             Ok(()) => {
                 durability.lsn.store(to, Ordering::SeqCst);
                 tracing::trace!(from, to, "ring pages durable");
@@ -269,14 +274,14 @@ impl Shared {
     }
 
     /// Keeps the first failure for good and wakes everyone who could be waiting on durability.
-    fn poison(&self, lsn_from: u64, lsn_to: u64, source: std::io::Error) {
+    pub(crate) fn poison(&self, lsn_from: u64, lsn_to: u64, source: std::io::Error) {
         let path = self.ring.path_or_anonymous();
         tracing::error!(
             path = %path.display(),
             lsn_from,
             lsn_to,
             error = %source,
-            "ring sync failed; the log is poisoned until it is reopened"
+            "ring write or sync failed; the log is poisoned until it is reopened"
         );
         let mut poison = lock(&self.durability.poison);
         if poison.is_none() {

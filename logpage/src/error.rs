@@ -124,14 +124,15 @@ pub enum Error {
     /// The log was closed while the caller waited.
     #[error("the log is closed")]
     Closed,
-    /// A sync of the ring file failed, so the pages it covered may never reach the disk. The
+    /// A sync of the ring file failed, so the pages it covered may never reach the disk (or a
+    /// finished page's write to the file failed: `lsn_from..lsn_to` is that page). The
     /// kernel may already have marked them clean (a second sync could then report success over
     /// data that is gone: PostgreSQL's "fsyncgate"), so the failure is never retried: the log
     /// keeps the error and refuses every later reservation, commit, flush and durable wait with
     /// it. Reopen the log to recover what the disk holds.
     #[error(
-        "sync of ring file {path} failed for pages {lsn_from}..{lsn_to}: {source}; the log is \
-         poisoned and refuses writes until it is reopened"
+        "write or sync of ring file {path} failed for pages {lsn_from}..{lsn_to}: {source}; the \
+         log is poisoned and refuses writes until it is reopened"
     )]
     Poisoned {
         /// The ring file.

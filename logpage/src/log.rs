@@ -296,7 +296,11 @@ impl Log {
             );
             // SAFETY: the ring is not shared yet. Persisting the horizon first makes a later
             // recovery start here, not at the stale pages below.
-            unsafe { ring.persist_released_lsn(lsn) };
+            unsafe { ring.persist_released_lsn(lsn) }.map_err(|source| Error::Io {
+                op: "write the horizon of",
+                path: ring.path_or_anonymous(),
+                source,
+            })?;
             recovered = Recovered {
                 start_lsn: lsn,
                 end_lsn: lsn,
@@ -505,7 +509,11 @@ impl Log {
             deadline,
         );
         if shared.watermark.load(Ordering::SeqCst) > pos.lsn_last {
-            Ok(true)
+            // A page whose write to the ring file failed is marked ready all the same.
+            match shared.poisoned_error() {
+                Some(error) => Err(error),
+                None => Ok(true),
+            }
         } else if shared.is_closed() {
             Err(Error::Closed)
         } else {
@@ -602,6 +610,11 @@ impl Log {
                 // above), and the ingest lock makes this thread its only writer. `mark_ready`
                 // (SeqCst) publishes the bytes.
                 unsafe { shared.ring.slot_mut(lsn) }.copy_from_slice(bytes);
+                // SAFETY: as above.
+                if let Err(source) = unsafe { shared.ring.write_through(lsn) } {
+                    shared.poison(lsn, lsn + 1, source);
+                    return Err(shared.poisoned_error().unwrap_or(Error::Closed));
+                }
                 shared.slot(lsn).mark_ready(lsn);
                 next += 1;
                 outcome.pages += 1;
@@ -820,6 +833,13 @@ impl Shared {
         // SAFETY: the page is complete: every writer committed (their byte ranges are done and
         // were published to us by the AcqRel adds) and no reader looks at it before `mark_ready`.
         write_page(unsafe { self.ring.slot_mut(lsn) }, &meta);
+        // SAFETY: as above: the page is complete and no reader looks at it yet.
+        if let Err(source) = unsafe { self.ring.write_through(lsn) } {
+            // Not in the file: a crash could lose it. Poisoned, no wait reports it kept, and
+            // no sync counts it durable (`sync_finished` looks again after its sync); it is
+            // still marked ready so that nobody waits for it forever.
+            self.poison(lsn, lsn + 1, source);
+        }
         self.slot(lsn).mark_ready(lsn);
         self.advance_watermark();
     }
@@ -887,7 +907,11 @@ impl Shared {
             return old;
         }
         // SAFETY: we hold `horizon_lock`, which serialises every call.
-        unsafe { self.ring.persist_released_lsn(new) };
+        if let Err(source) = unsafe { self.ring.persist_released_lsn(new) } {
+            // The slots must not be reused before the file says they may: stay where we are.
+            self.poison(old, new, source);
+            return old;
+        }
         for lsn in old..new {
             self.slot(lsn).reset();
             // SAFETY: page `lsn` is below every cursor's released position and below the

@@ -20,11 +20,32 @@
 //!                            rewritten in place each time the ring's horizon advances)
 //! ```
 //!
-//! Writes go to the shared mapping, so a *process* crash loses nothing that reached the mapping:
-//! the kernel's page cache holds it. A *power loss* keeps only what a completed sync put on disk:
+//! # Writes: a working copy in memory, whole pages to the file
+//!
+//! Writers and readers use a working copy of the slots in anonymous memory. The file is mapped
+//! only while the ring is opened (creation and recovery); after that, each page reaches the file
+//! whole, with one `pwrite` by the thread that finishes it (`Ring::write_through`), *before* the
+//! committed watermark passes it: so a *process* crash loses nothing below the watermark, the
+//! kernel's page cache holds it. A *power loss* keeps only what a completed sync put on disk:
 //! the log's durable watermark (`durable.rs`) says which pages those are, and that module's docs
 //! say what recovery finds after each kind of crash. `Ring::sync` is one `fdatasync` of the
 //! file; `durable.rs` says why that call and not a ranged one.
+//!
+//! *Why not stores through a shared mapping* (DESIGN.md's "memmap2-backed file"; the ring was
+//! built that way first). Writeback write-protects every dirty page that is mapped writable
+//! (`folio_mkclean`), which flushes the TLB of every core running a thread of this process, one
+//! inter-processor interrupt round per page, and the next store into the page takes a write
+//! fault to make it writable again. On these 2-vCPU VMs, where an IPI is a VM exit, `perf`
+//! put 30% of all CPU time of `bench replicate` (`sync`, 256 in flight) in those flushes
+//! (`smp_call_function_many_cond` and `native_write_msr` under `fdatasync`), and each node's
+//! flusher thread at 16–18% of the samples. A page written with `pwrite` is not mapped, so
+//! writeback has no mapping to clean. The cost moves to one 4 KB `pwrite` per page on the
+//! thread that finishes it (a page holds 16 of the bench's records), and the working copy is as
+//! large as the ring (it replaces the mapping in the process's resident set).
+//!
+//! A slot in the file is therefore only ever replaced by a whole finished page: the slots the
+//! horizon passes are invalidated in the working copy only (see Recovery for why the file's old
+//! pages never read as part of the log).
 //!
 //! # Recovery
 //!
@@ -50,7 +71,8 @@
 //! mapped. A sparse ring would be the one place where a full disk is not an error: a store into a
 //! mapped page whose block cannot be allocated raises SIGBUS, which kills the process. Allocated
 //! up front, a full disk shows up as a clear error from `Ring::open` instead, and every later
-//! write into the mapping lands in blocks the file already owns.
+//! write lands in blocks the file already owns (the mapping is gone once the ring is open, but
+//! a `pwrite` that could fail for space would poison the log in the middle of a commit).
 //!
 //! A new ring's slots are then written once, with zeros, through the mapping, and synced with
 //! the header. Blocks that were only fallocated are *unwritten extents*: the first sync over each
@@ -153,10 +175,11 @@ pub struct Recovered {
     pub discarded_pages: u64,
 }
 
-/// The mapping and the file behind it.
+/// The slots' working copy and the file behind it.
 pub(crate) struct Ring {
+    /// The file's mapping while the ring is opened; the working copy in anonymous memory after.
     map: MmapMut,
-    /// Base of the mapping. Writers copy into disjoint byte ranges through it; see `Log`.
+    /// Base of `map`. Writers copy into disjoint byte ranges through it; see `Log`.
     base: *mut u8,
     slots: u64,
     path: Option<PathBuf>,
@@ -239,8 +262,22 @@ impl Ring {
                 fault,
             })?;
         }
-        let recovered = ring.recover(recover_from.unwrap_or(0));
+        let recovered = ring
+            .recover(recover_from.unwrap_or(0))
+            .map_err(io("recover"))?;
+        ring.stage().map_err(io("copy into memory the pages of"))?;
         Ok((ring, recovered))
+    }
+
+    /// Swaps the file's mapping for a working copy of it in anonymous memory, and unmaps the
+    /// file (see Writes, in the module docs). What recovery wrote through the mapping stays in
+    /// the page cache, dirty, for the next sync.
+    fn stage(&mut self) -> std::io::Result<()> {
+        let mut stage = MmapMut::map_anon(self.map.len())?;
+        stage.copy_from_slice(&self.map);
+        self.base = stage.as_mut_ptr();
+        self.map = stage;
+        Ok(())
     }
 
     /// Takes and releases the lock of `dir/log.ring` (creating it empty if missing); see
@@ -339,7 +376,24 @@ impl Ring {
         }
     }
 
-    /// Makes page `lsn`'s slot unrecognisable as a page (zeroes its magic).
+    /// Writes page `lsn`, as it stands in the working copy, to its slot in the file (nothing for
+    /// a ring in anonymous memory). One `pwrite` of the whole page.
+    ///
+    /// # Safety
+    /// No thread may write the slot's bytes during the call (the page is finished and not yet
+    /// marked ready, or being ingested by the only ingesting thread).
+    pub unsafe fn write_through(&self, lsn: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let offset = PAGE_SIZE as u64 * (1 + (lsn & (self.slots - 1)));
+        // SAFETY: no writer during the call, by the caller's contract.
+        file.write_all_at(unsafe { self.slot(lsn) }, offset)
+    }
+
+    /// Makes page `lsn`'s slot unrecognisable as a page (zeroes its magic), in the working copy
+    /// (and in the file while the ring is being opened).
     ///
     /// # Safety
     /// No other thread may access the slot (it is below the horizon, or the ring is not shared yet).
@@ -352,21 +406,23 @@ impl Ring {
     ///
     /// # Safety
     /// Only one thread at a time may call this (the log calls it under its horizon lock).
-    pub unsafe fn persist_released_lsn(&self, lsn: u64) {
-        if self.path.is_some() {
-            // SAFETY: 8 bytes inside the header page, which no other code writes after open; the
-            // caller serialises writers.
-            unsafe {
-                let dst = self.base.add(RELEASED_LSN_OFFSET);
-                std::ptr::copy_nonoverlapping(lsn.to_le_bytes().as_ptr(), dst, 8);
-            }
+    pub unsafe fn persist_released_lsn(&self, lsn: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        // SAFETY: 8 bytes inside the header page, which no other code writes after open; the
+        // caller serialises writers.
+        unsafe {
+            let dst = self.base.add(RELEASED_LSN_OFFSET);
+            std::ptr::copy_nonoverlapping(lsn.to_le_bytes().as_ptr(), dst, 8);
         }
+        file.write_all_at(&lsn.to_le_bytes(), RELEASED_LSN_OFFSET as u64)
     }
 
-    /// Puts every page written to the mapping so far on disk: one `fdatasync` of the ring file,
-    /// which writes back the file's dirty pages (stores through a shared mapping dirty the page
-    /// cache like `write` does) and flushes the device cache. A ring in anonymous memory has no
-    /// file: nothing to sync.
+    /// Puts every page written through so far on disk: one `fdatasync` of the ring file, which
+    /// writes back the file's dirty pages and flushes the device cache. A ring in anonymous
+    /// memory has no file: nothing to sync.
     pub fn sync(&self) -> std::io::Result<()> {
         match &self.file {
             Some(file) => file.sync_data(),
@@ -383,7 +439,7 @@ impl Ring {
 
     /// Scans the slots from the persisted horizon, or from `start_min` if that is higher; see
     /// the module docs. Runs before the ring is shared.
-    fn recover(&mut self, start_min: u64) -> Recovered {
+    fn recover(&mut self, start_min: u64) -> std::io::Result<Recovered> {
         let mut released = [0u8; 8];
         released.copy_from_slice(&self.map[RELEASED_LSN_OFFSET..RELEASED_LSN_OFFSET + 8]);
         let persisted = u64::from_le_bytes(released);
@@ -391,7 +447,7 @@ impl Ring {
         if start_lsn > persisted {
             tracing::info!(persisted, start_lsn, "ring recovery starts past its header");
             // SAFETY: the ring is not shared yet (`&mut self`).
-            unsafe { self.persist_released_lsn(start_lsn) };
+            unsafe { self.persist_released_lsn(start_lsn) }?;
         }
         let mut end_lsn = start_lsn;
         let mut epoch_max = 0;
@@ -420,12 +476,12 @@ impl Ring {
                 unsafe { self.invalidate(index) };
             }
         }
-        Recovered {
+        Ok(Recovered {
             start_lsn,
             end_lsn,
             epoch_max,
             discarded_pages,
-        }
+        })
     }
 }
 

@@ -113,3 +113,28 @@ fn recover_from_survives_a_ring_header_older_than_its_slots() {
     assert_eq!(log.recovered().start_lsn, horizon);
     assert_eq!(log.recovered().end_lsn, durable_lsn);
 }
+
+/// A page reaches the ring file (the page cache: what a process crash keeps) before the
+/// committed watermark passes it, without a sync: the thread that finishes a page writes it
+/// through. Read back from the file while the log is open, every page the ring still holds is
+/// there, whole, in its slot, laps of the ring included.
+#[test]
+fn committed_pages_are_in_the_ring_file_before_any_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogOptions::new().slots(SLOTS)).unwrap();
+    let mut last = None;
+    for index in 0..400 {
+        last = Some(log.append(&make_record(0, index, len_of(index))).unwrap());
+    }
+    assert!(log.wait_committed(last.unwrap(), None).unwrap());
+    let committed = log.committed_lsn();
+    assert!(committed > 2 * SLOTS, "the ring lapped: {committed} pages");
+    assert_eq!(log.durable_lsn(), 0, "nothing synced");
+    let file = std::fs::read(dir.path().join("log.ring")).unwrap();
+    for lsn in committed - SLOTS..committed {
+        let at = PAGE_SIZE * (1 + (lsn % SLOTS) as usize);
+        let page = pagemesh_logpage::validate(&file[at..at + PAGE_SIZE])
+            .unwrap_or_else(|error| panic!("page {lsn} in the file: {error}"));
+        assert_eq!(page.lsn(), lsn);
+    }
+}
