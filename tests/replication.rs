@@ -11,7 +11,9 @@
 //!    converges after each fault and is never corrupted; a stalled link must not hold the primary;
 //! 5. bad peers (garbage, a HELLO with versions 7..=9, wrong or missing secrets, silence after
 //!    HELLO, an unknown database, oversized headers, false claims of receipt, a replica ahead of a
-//!    primary restored from a backup) are refused or ignored while good replicas keep receiving.
+//!    primary restored from a backup) are refused or ignored while good replicas keep receiving;
+//! 6. pages nobody asked for (no waiter, fewer than the shipper's batch) reach an asynchronous
+//!    replica by the shipper's linger timer.
 //!
 //! Each scenario starts from a `common::Pair`: a primary serving `db` on loopback, behind a
 //! `FaultProxy` where the scenario injects faults, and the replica nodes following it.
@@ -1080,7 +1082,38 @@ fn replica_ahead_of_a_restored_source(transport: TransportKind) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pages nobody asked for reach an asynchronous replica.
+
+/// The shipper lets a batch of pages build before it sends them unasked (`poll_paced`); a commit
+/// whose record runs over a few pages, with no waiter and no replica to ask, fills fewer than a
+/// batch. Its full pages still reach the asynchronous replica: the shipper's linger timer sends
+/// them (without it they would wait for more pages, forever on an idle database).
+fn unasked_pages_reach_an_async_replica(transport: TransportKind) {
+    let (pair, [replica]) = Pair::builder(transport)
+        .sync_replicas(0)
+        .start_with(["replica"]);
+    let replica_db = replica.wait_following();
+    let mut batch = WriteBatch::new();
+    batch.put("t", b"big", &vec![7u8; 3 * PAGE_SIZE]).unwrap();
+    let before = pair.db.plumbing().log().committed_lsn();
+    // Not waited on (a drop would ask for its last page's seal): only the full pages are ready.
+    let ticket = pair.db.commit_async(&batch, Durability::Memory).unwrap();
+    let sealed = pair.db.plumbing().log().committed_lsn();
+    assert!(sealed >= before + 3, "full pages {before}..{sealed}");
+    eventually_seen("the full pages at the replica", PATIENCE, || {
+        let at = replica_db.plumbing().log().committed_lsn();
+        if at >= sealed {
+            Ok(())
+        } else {
+            Err(at)
+        }
+    });
+    drop(ticket);
+}
+
 on_both_transports!(
+    unasked_pages_reach_an_async_replica,
     bad_watchers_are_refused,
     random_workload_reaches_two_synchronous_replicas,
     replica_restarted_mid_stream_resumes,

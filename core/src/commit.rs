@@ -173,6 +173,12 @@ impl CommitTicket {
         };
         if !done {
             self.inner.log.request_seal(self.pos);
+            if matches!(
+                self.durability,
+                Durability::Replicated(_) | Durability::DurableReplicated(_)
+            ) {
+                self.inner.log.request_ship(self.pos.lsn_last);
+            }
         }
         done
     }
@@ -206,8 +212,10 @@ impl CommitTicket {
                     .wait_committed(self.pos, Some(Instant::now()))?;
                 self.wait_replicated(n)?;
             }
-            // The ring's flush and the shippers' sends run in parallel; wait for both.
+            // The ring's flush and the shippers' sends run in parallel; wait for both. Asked
+            // for before the flush, the page ships as soon as it is sealed, not after the sync.
             Durability::DurableReplicated(n) => {
+                self.inner.log.request_ship(self.pos.lsn_last);
                 self.inner.wait_durable(self.pos)?;
                 self.wait_replicated(n)?;
             }
@@ -217,6 +225,8 @@ impl CommitTicket {
         Ok(())
     }
 
+    /// Waits for `n` replicas' acks; a shipper letting a batch build ships this page at once
+    /// when the wait has to block (`Log::request_ship`).
     fn wait_replicated(&self, n: u32) -> Result<()> {
         let options = &self.inner.options;
         self.inner.replication.wait(
@@ -224,6 +234,7 @@ impl CommitTicket {
             n,
             options.replication_timeout,
             options.degrade_on_timeout,
+            || self.inner.log.request_ship(self.pos.lsn_last),
         )
     }
 }

@@ -231,15 +231,18 @@ impl Replication {
         self.changed.notify_all();
     }
 
-    /// Waits until `wanted` distinct nodes, reported by synchronous links, have received every page below `lsn_end`, or
-    /// `timeout` passes.
+    /// Waits until `wanted` distinct nodes, reported by synchronous links, have received every
+    /// page below `lsn_end`, or `timeout` passes. Calls `blocking` once, before it first blocks
+    /// (not at all if the acks are in).
     pub(crate) fn wait(
         &self,
         receipt: Receipt,
         wanted: u32,
         timeout: Duration,
         degrade: bool,
+        blocking: impl FnOnce(),
     ) -> Result<()> {
+        let mut blocking = Some(blocking);
         let (seq, lsn_end) = (receipt.version(), receipt.lsn_end());
         let started = Instant::now();
         let deadline = started + timeout;
@@ -273,6 +276,13 @@ impl Replication {
                     acked,
                     waited: now - started,
                 });
+            }
+            if let Some(blocking) = blocking.take() {
+                // Outside the lock: it may wake a network thread, which takes it for acks.
+                drop(state);
+                blocking();
+                state = self.lock();
+                continue;
             }
             state = self
                 .changed
@@ -508,7 +518,7 @@ mod tests {
         let replication = Arc::new(Replication::default());
         let short = Duration::from_millis(1);
         assert!(matches!(
-            replication.wait(receipt(0, 1), 1, short, false),
+            replication.wait(receipt(0, 1), 1, short, false, || {}),
             Err(Error::NoReplicas { replicas: 1 })
         ));
         replication.enable(1);
@@ -518,7 +528,7 @@ mod tests {
         b.ack(10, 0);
         assert!(!replication.reached(10, 1), "b is asynchronous");
         assert!(matches!(
-            replication.wait(receipt(7, 10), 1, short, false),
+            replication.wait(receipt(7, 10), 1, short, false, || {}),
             Err(Error::ReplicationTimeout {
                 seq: 7,
                 wanted: 1,
@@ -527,11 +537,15 @@ mod tests {
             })
         ));
         assert!(
-            replication.wait(receipt(7, 10), 1, short, true).is_ok(),
+            replication
+                .wait(receipt(7, 10), 1, short, true, || {})
+                .is_ok(),
             "degrade as configured"
         );
         a.ack(10, 4);
-        assert!(replication.wait(receipt(7, 10), 1, short, false).is_ok());
+        assert!(replication
+            .wait(receipt(7, 10), 1, short, false, || {})
+            .is_ok());
         let durable: Vec<_> = replication.status().iter().map(|r| r.durable_lsn).collect();
         assert_eq!(
             durable,
@@ -559,8 +573,9 @@ mod tests {
             replication.attach("b", node(2), 0),
         );
         std::thread::scope(|s| {
-            let waiter =
-                s.spawn(|| replication.wait(receipt(1, 5), 2, Duration::from_secs(30), false));
+            let waiter = s.spawn(|| {
+                replication.wait(receipt(1, 5), 2, Duration::from_secs(30), false, || {})
+            });
             a.ack(5, 5);
             b.ack(6, 0);
             assert!(waiter.join().expect("no panic").is_ok());

@@ -18,6 +18,11 @@
 //! record is applied). While it paces, the cursor steps back from sealing duty (seal rule 6 in
 //! `seal.rs`), so no waiter counts on it to seal.
 //!
+//! A network shipper paces with [`Cursor::poll_paced`], the async form with another purpose:
+//! its cost is per send, and it keeps sealing when asked (seal rule 7). It ships once a batch of
+//! pages is ready, when a writer asks for one of them ([`Log::request_ship`]), or when its
+//! caller's timer fires after [`Backlog::Started`].
+//!
 //! A pacing cursor sleeps on a `Notify` of its own, woken only when the committed watermark
 //! reaches the count it waits for (not at every advance: that would wake it once per page), on
 //! a hurry, and on close. No wake-up is lost, by two store-then-load pairs (all SeqCst):
@@ -108,6 +113,22 @@ pub struct Cursor {
     /// The seal-request count `poll_ready` last sealed at (rule 1): it seals again only once a
     /// writer asked since. `u64::MAX` at first, so a new cursor's first poll seals.
     sealed_at_request: u64,
+    /// `poll_paced`: pages below this were sealed on a writer's request, so they ship at once.
+    ship_until: u64,
+    /// `poll_paced` reported `Backlog::Started` and waits for `Backlog::Ship` since.
+    lingering: bool,
+}
+
+/// What [`Cursor::poll_paced`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backlog {
+    /// Read and ship now: the ready pages reached the count asked for, or a writer asked for one
+    /// of them (a ship request, or a seal request this cursor answered).
+    Ship,
+    /// Pages are ready since the cursor last caught up, fewer than asked for, and nobody asked
+    /// for them. The caller ships them by a deadline of its own (`pages_min` 1 once it passed)
+    /// unless a `Ship` comes first; polling again waits for that `Ship`.
+    Started,
 }
 
 impl std::fmt::Debug for Cursor {
@@ -140,6 +161,8 @@ impl Log {
             busy: false,
             polling: false,
             sealed_at_request: u64::MAX,
+            ship_until: 0,
+            lingering: false,
         })
     }
 }
@@ -303,6 +326,79 @@ impl Cursor {
             }
             shared.wakers.register(cx.waker());
             if !ready()
+                && !shared.is_closed()
+                && shared.seal_requests.load(Ordering::SeqCst) == requests
+            {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// The pacing form of [`poll_ready`](Self::poll_ready), for a shipper whose cost is per
+    /// send (a wake-up, a write, the peer's read and ack): lets `pages_min` ready pages build
+    /// before it reports [`Backlog::Ship`], unless a writer asked for one of them
+    /// ([`Log::request_ship`], or a seal request: rule 2). When pages become ready after the
+    /// cursor had caught up, it reports [`Backlog::Started`] once, so the caller can bound how
+    /// long they wait (a timer of its own).
+    ///
+    /// The seal duties are `poll_ready`'s: it counts as a waiting consumer while `Pending`, seals
+    /// the open page when a writer asked since it last sealed, and is busy once it reported
+    /// `Ship`. It is woken when the watermark reaches the page it waits for (the first page
+    /// past its read position, or the `pages_min`-th once started; not at every advance), on a
+    /// ship request for a page it has not read, on a seal request and on close. No wake-up is
+    /// lost, by the store-then-load pairs of `wait_backlog` (the watermark against the wake-up
+    /// point) and of `Log::request_ship` (the request against the cursor's read position), all
+    /// `SeqCst`, each side registering before it looks.
+    pub fn poll_paced(&mut self, cx: &mut Context<'_>, pages_min: u64) -> Poll<Result<Backlog>> {
+        let shared = Arc::clone(&self.shared);
+        let consumers = &shared.consumers;
+        let pages_min = pages_min.max(1);
+        let read_lsn = self.read_lsn;
+        let watermark = || shared.watermark.load(Ordering::SeqCst);
+        loop {
+            let lag = watermark().saturating_sub(read_lsn);
+            let asked = self.ship_until.max(consumers.ship_end()) > read_lsn;
+            if lag > 0 && (lag >= pages_min || asked) {
+                self.lingering = false;
+                self.set_busy(true); // rule 4: busy before no longer waiting
+                self.set_polling(false);
+                return Poll::Ready(Ok(Backlog::Ship));
+            }
+            if lag > 0 && !self.lingering {
+                self.lingering = true;
+                return Poll::Ready(Ok(Backlog::Started));
+            }
+            if shared.is_closed() {
+                self.lingering = false;
+                self.set_polling(false);
+                self.set_busy(false);
+                return Poll::Ready(Err(Error::Closed));
+            }
+            self.set_polling(true); // rule 4: waiting before no longer busy
+            self.set_busy(false);
+            // Rules 1 and 2, as in `poll_ready`; the writer that asked waits for its page, so
+            // everything sealed by now ships without waiting for the backlog.
+            let requests = shared.seal_requests.load(Ordering::SeqCst);
+            if requests != self.sealed_at_request {
+                self.sealed_at_request = requests;
+                shared.seal_open_page(None);
+                self.ship_until = self.ship_until.max(shared.anchor.load().lsn);
+                continue;
+            }
+            let wake_at = if asked {
+                // An asked-for page is still being finished: wake at the next advance.
+                shared.wakers.register(cx.waker());
+                read_lsn + 1
+            } else {
+                consumers.pace_wakers.register(cx.waker());
+                consumers.pacing_async_from(read_lsn);
+                let wake_at = read_lsn + if self.lingering { pages_min } else { 1 };
+                consumers.wake_pacing_at(wake_at);
+                wake_at
+            };
+            let still_asked = self.ship_until.max(consumers.ship_end()) > read_lsn;
+            if watermark() < wake_at
+                && still_asked == asked
                 && !shared.is_closed()
                 && shared.seal_requests.load(Ordering::SeqCst) == requests
             {

@@ -56,7 +56,7 @@ pub mod seal;
 mod sync;
 
 pub use anchor::Position;
-pub use cursor::{Cursor, PageRun};
+pub use cursor::{Backlog, Cursor, PageRun};
 pub use durable::Flusher;
 pub use error::{Error, RecordFault, Result, RingFault};
 pub use log::{CommitPos, Ingested, Log, LogOptions, Reservation};

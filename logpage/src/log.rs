@@ -486,6 +486,17 @@ impl Log {
         }
     }
 
+    /// Asks the shippers that pace ([`Cursor::poll_paced`](crate::Cursor::poll_paced)) to ship
+    /// page `lsn` without waiting for their backlog to build, once it is ready: for a writer about
+    /// to wait for replicas to receive its record (core's `Replicated` and `DurableReplicated`
+    /// commits). It does not seal the page: the writer's wait does that, as for any wait.
+    ///
+    /// Cheap: two atomic loads when the page was asked for already or every pacing shipper has
+    /// shipped it; it wakes a shipper only when one has not.
+    pub fn request_ship(&self, lsn: u64) {
+        self.shared.consumers.request_ship(lsn);
+    }
+
     /// Waits until the watermark passes `pos`, first sealing its page if `seal_here` says no
     /// consumer will (the seal rule of the caller), or else asking the consumers to (rule 2).
     /// `Ok(false)` if `deadline` passed first.
@@ -528,6 +539,7 @@ impl Log {
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.committed.notify_all();
         self.shared.consumers.pace.notify_all();
+        self.shared.consumers.wake_async_pacers();
         self.shared.space.notify_all();
         self.shared.wakers.wake_all();
         self.shared.durability.notify.notify_all();
@@ -783,6 +795,7 @@ impl Shared {
         if self.consumers.waiting() > 0 {
             self.committed.notify_all();
             self.wakers.wake_all();
+            self.consumers.wake_async_pacers();
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use common::{check_record, drain_all, make_record};
-use pagemesh_logpage::{CommitPos, Error, Log, LogOptions, RecordReader, PAGE_SIZE};
+use pagemesh_logpage::{Backlog, CommitPos, Error, Log, LogOptions, RecordReader, PAGE_SIZE};
 
 /// Appends `count` records of assorted sizes (some spanning pages) and returns every page written,
 /// back to back.
@@ -288,4 +288,77 @@ fn a_plain_commit_that_runs_into_a_new_page_asks_for_its_seal() {
         "the record's last page was sealed for it"
     );
     assert_eq!(log.committed_lsn(), 2);
+}
+
+/// A pacing shipper (`poll_paced`) lets whole pages build, says once that pages started to
+/// build, is woken for the backlog only when it is reached, and ships at once for a ship request
+/// or a seal request.
+#[test]
+fn a_pacing_shipper_ships_a_backlog_or_what_a_writer_asks_for() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    let (counter, waker) = CountingWaker::new();
+    let mut cx = Context::from_waker(&waker);
+    let whole_page = pagemesh_logpage::PAYLOAD_SIZE - pagemesh_logpage::record::RECORD_HEADER_SIZE;
+    // The first poll seals (rule 1: a new cursor answers the requests made before it), then
+    // waits for the first page.
+    assert!(cursor.poll_paced(&mut cx, 3).is_pending());
+
+    // A whole page seals itself, nobody asked: reported once as started, then the backlog waits.
+    let first = commit_unannounced(&log, &vec![1; whole_page]);
+    assert_eq!(counter.wakes(), 1, "woken for the first page");
+    assert!(matches!(
+        cursor.poll_paced(&mut cx, 3),
+        Poll::Ready(Ok(Backlog::Started))
+    ));
+    assert!(cursor.poll_paced(&mut cx, 3).is_pending());
+    commit_unannounced(&log, &vec![2; whole_page]);
+    assert_eq!(counter.wakes(), 1, "not woken below the backlog");
+
+    // A ship request for a page it has already read wakes nobody; one for a page it has not
+    // read ships everything ready.
+    let second = log.committed_lsn() - 1;
+    log.request_ship(second);
+    assert_eq!(counter.wakes(), 2, "the request woke the shipper");
+    assert!(matches!(
+        cursor.poll_paced(&mut cx, 3),
+        Poll::Ready(Ok(Backlog::Ship))
+    ));
+    assert_eq!(cursor.next_run(8).unwrap().expect("two pages").count(), 2);
+    assert!(cursor.poll_paced(&mut cx, 3).is_pending());
+    log.request_ship(first.lsn_last);
+    assert_eq!(counter.wakes(), 2, "page 0 is shipped: nobody to wake");
+
+    // Three pages: the backlog is reached, and it is woken for it (a backlog reached at once is
+    // shipped without a `Started` first).
+    for byte in 3..6 {
+        commit_unannounced(&log, &vec![byte; whole_page]);
+    }
+    assert!(counter.wakes() >= 3);
+    assert!(matches!(
+        cursor.poll_paced(&mut cx, 3),
+        Poll::Ready(Ok(Backlog::Ship))
+    ));
+    assert_eq!(cursor.next_run(8).unwrap().expect("three pages").count(), 3);
+
+    // A lone record and its waiter's seal request (rule 3): sealed and shipped at once.
+    assert!(cursor.poll_paced(&mut cx, 3).is_pending());
+    let lone = commit_unannounced(&log, b"lone");
+    let wakes = counter.wakes();
+    assert!(!log
+        .wait_committed(lone, Some(std::time::Instant::now()))
+        .unwrap());
+    assert!(counter.wakes() > wakes, "the seal request woke the shipper");
+    assert!(matches!(
+        cursor.poll_paced(&mut cx, 3),
+        Poll::Ready(Ok(Backlog::Ship))
+    ));
+    let page = cursor.next_ready().unwrap().expect("the sealed page");
+    assert_eq!(page.header().record_count(), 1);
+
+    log.close();
+    assert!(matches!(
+        cursor.poll_paced(&mut cx, 3),
+        Poll::Ready(Err(Error::Closed))
+    ));
 }

@@ -68,6 +68,16 @@
 //!     the blocking one, with a pacing one and with none: every wait returns and every record is
 //!     read exactly once.
 //!
+//! 11. **A pacing shipper** (`Cursor::poll_paced`, as the network shipper paces its sends),
+//!     as a future that ships only on `Backlog::Ship`, pacing for a backlog the writers never
+//!     reach (and, apart, for two pages that two whole-page writers do reach). Writers commit
+//!     unannounced and wait until it has read their record, asking with `Log::request_ship`
+//!     after `wait_committed` (core's `Replicated`) or before the seal (`DurableReplicated`),
+//!     with records that leave pages open and with whole pages that seal themselves (so the
+//!     ship request is the only signal): every request is served. With the request's wake-up
+//!     removed, the whole-page case deadlocks within the schedules run; the first version of
+//!     `poll_paced` spun here (shuttle: "exceeded max_steps").
+//!
 //! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
 //! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
 //! not just a count.
@@ -88,7 +98,7 @@ use std::collections::{HashMap, HashSet};
 
 use common::{check_record, make_record};
 use pagemesh_logpage::record::RECORD_HEADER_SIZE;
-use pagemesh_logpage::{CommitPos, Cursor, Error, Log, LogOptions, PageRef, RecordReader};
+use pagemesh_logpage::{Backlog, CommitPos, Cursor, Error, Log, LogOptions, PageRef, RecordReader};
 use shuttle::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shuttle::sync::Arc;
 use shuttle::thread::{self, JoinHandle};
@@ -1265,4 +1275,142 @@ fn backlog_model() {
 #[test]
 fn a_pacing_consumer_wakes_when_its_backlog_is_ready() {
     check(backlog_model, 2000, 2000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 11: a pacing async shipper (`Cursor::poll_paced`) — no ship request or backlog lost
+// ---------------------------------------------------------------------------------------------
+
+/// A network shipper that lets `pages_min` pages build, as a future on shuttle's executor: it
+/// reads and releases only on `Backlog::Ship`, and treats `Backlog::Started` as its caller's
+/// timer never firing (no timer here), so only a ship request, a seal request or the backlog can
+/// make it ship. A lost wake-up leaves every thread blocked.
+async fn ship_paced(mut cursor: Cursor, consumed: &Consumed, pages_min: u64) -> Reading {
+    let mut reading = Reading::default();
+    for _ in 0..CONSUMER_ROUNDS_MAX {
+        match std::future::poll_fn(|cx| cursor.poll_paced(cx, pages_min)).await {
+            Ok(Backlog::Ship) => {}
+            Ok(Backlog::Started) => continue,
+            Err(Error::Closed) => return reading,
+            Err(other) => panic!("poll_paced: {other}"),
+        }
+        let before = reading.next_lsn;
+        reading.drain_runs(&mut cursor);
+        assert!(reading.next_lsn > before, "Ship with a page ready");
+        consumed.publish(cursor.position());
+    }
+    panic!("the pacing shipper did not finish in {CONSUMER_ROUNDS_MAX} rounds");
+}
+
+/// How a writer of the paced-shipper model waits after each record, until the shipper has read
+/// it (as a commit waits for a replica's ack).
+#[derive(Clone, Copy, Debug)]
+enum ShipWait {
+    /// `wait_committed`, then `request_ship` (core's `Replicated`).
+    CommittedThenShip,
+    /// `request_ship` before the page is sealed, then `request_seal` (core's
+    /// `DurableReplicated`, whose durable wait seals).
+    ShipThenSeal,
+}
+
+/// Records of one whole page each: they seal their own pages, so no seal request is made and
+/// only the ship request can reach the shipper.
+const WHOLE_PAGE: usize = pagemesh_logpage::PAYLOAD_SIZE - RECORD_HEADER_SIZE;
+const WHOLE_PAGE_LENS: [&[usize]; 3] = [&[WHOLE_PAGE; 2], &[WHOLE_PAGE; 2], &[WHOLE_PAGE; 2]];
+
+fn paced_ship_model(waits: [ShipWait; 3], lens: [&'static [usize]; 3]) {
+    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
+    let consumed = Arc::new(Consumed::default());
+    let shipper = {
+        let (cursor, consumed) = (log.cursor(0).expect("cursor"), Arc::clone(&consumed));
+        spawn("shipper".into(), move || {
+            shuttle::future::block_on(ship_paced(cursor, &consumed, 64))
+        })
+    };
+    let writers: Vec<_> = (0u32..)
+        .zip(lens.into_iter().zip(waits))
+        .map(|(writer, (lens, wait))| {
+            let (log, consumed) = (log.clone(), Arc::clone(&consumed));
+            spawn(format!("writer-{writer}"), move || {
+                let mut written = Vec::new();
+                for (index, &len) in (0u32..).zip(lens) {
+                    let record =
+                        write_record(&log, (writer, index), len, Style::Unannounced, || {});
+                    match wait {
+                        ShipWait::CommittedThenShip => {
+                            wait_committed(&log, record.pos);
+                            log.request_ship(record.pos.lsn_last);
+                        }
+                        ShipWait::ShipThenSeal => {
+                            log.request_ship(record.pos.lsn_last);
+                            log.request_seal(record.pos);
+                        }
+                    }
+                    consumed.wait_past(record.pos.lsn_last);
+                    written.push(record);
+                }
+                written
+            })
+        })
+        .collect();
+    let written = join_all(writers);
+    log.close();
+    let reading = shipper.join().expect("shipper thread");
+    check_exactly_once(&written, &reading);
+}
+
+/// Writers wait for the shipper to read their records while it paces for a backlog (64 pages)
+/// they never reach: only their requests can make it ship, and every one is served.
+#[test]
+fn a_pacing_shipper_never_sleeps_through_a_ship_request() {
+    use ShipWait::{CommittedThenShip as Committed, ShipThenSeal as Early};
+    check(
+        || paced_ship_model([Committed, Committed, Committed], WAITING_LENS),
+        1500,
+        1500,
+    );
+    check(
+        || paced_ship_model([Early, Early, Committed], WAITING_LENS),
+        1500,
+        1500,
+    );
+    check(
+        || paced_ship_model([Committed, Committed, Committed], WHOLE_PAGE_LENS),
+        1000,
+        1000,
+    );
+}
+
+/// Two writers each commit one whole page (it seals itself) and wait, without asking, until the
+/// shipper read it; the shipper paces for two pages. Only the watermark's advance to the second
+/// page can wake it.
+fn paced_backlog_model() {
+    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
+    let consumed = Arc::new(Consumed::default());
+    let shipper = {
+        let (cursor, consumed) = (log.cursor(0).expect("cursor"), Arc::clone(&consumed));
+        spawn("shipper".into(), move || {
+            shuttle::future::block_on(ship_paced(cursor, &consumed, 2))
+        })
+    };
+    let len = pagemesh_logpage::PAYLOAD_SIZE - RECORD_HEADER_SIZE;
+    let writers: Vec<_> = (0u32..2)
+        .map(|writer| {
+            let (log, consumed) = (log.clone(), Arc::clone(&consumed));
+            spawn(format!("writer-{writer}"), move || {
+                let record = write_record(&log, (writer, 0), len, Style::Append, || {});
+                consumed.wait_past(record.pos.lsn_last);
+                vec![record]
+            })
+        })
+        .collect();
+    let written = join_all(writers);
+    log.close();
+    let reading = shipper.join().expect("shipper thread");
+    check_exactly_once(&written, &reading);
+}
+
+#[test]
+fn a_pacing_shipper_wakes_when_its_backlog_is_ready() {
+    check(paced_backlog_model, 2000, 2000);
 }

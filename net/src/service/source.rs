@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pagemesh_logpage::Log;
+use pagemesh_logpage::{Backlog, Log};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -486,10 +486,22 @@ pub(super) async fn read_acks(
 
 /// What woke the shipper.
 pub(super) enum Wake {
-    Ready(pagemesh_logpage::Result<()>),
+    Ready(pagemesh_logpage::Result<Backlog>),
     Tick,
+    Linger,
     Closed,
 }
+
+/// Ready pages a shipper lets build before it sends them unasked. One send of a run costs about
+/// what one of a page does on both ends (a wake-up, a write, the peer's read and one ack), and a
+/// synchronous writer with a window of commits in flight waits on pages long shipped; a writer
+/// that waits on a page not shipped yet asks for it (`Log::request_ship`, a seal request), so
+/// this delays no commit.
+const SHIP_BATCH_PAGES: u64 = 8;
+
+/// How long ready pages that nobody asked for wait for the batch to fill (asynchronous replicas):
+/// the most a batch adds to their lag.
+const SHIP_LINGER: Duration = Duration::from_micros(500);
 
 /// Sends `source`'s pages from `from_lsn` on, forever: binlog catch-up, ring streaming, snapshots.
 /// What goes next and how it is framed is the [`Shipper`]'s decision; reading and writing are
@@ -547,17 +559,34 @@ pub(super) async fn ship(
         };
         tracing::debug!(lsn = next, "streaming from the ring");
         let _holding = HoldsRing::new(shipping);
+        // When the pages nobody asked for must go even if the batch has not filled.
+        let mut linger_due: Option<Instant> = None;
         loop {
             let heartbeat_due = shipping.link.borrow().heartbeat_deadline();
+            // A relay ships what it ingests at once: its upstream's waiters cannot ask it to.
+            let pages_min =
+                if log.is_follower() || linger_due.is_some_and(|due| Instant::now() >= due) {
+                    1
+                } else {
+                    SHIP_BATCH_PAGES
+                };
             let wake = tokio::select! {
-                ready = poll_fn(|cx| cursor.poll_ready(cx)) => Wake::Ready(ready),
+                ready = poll_fn(|cx| cursor.poll_paced(cx, pages_min)) => Wake::Ready(ready),
                 () = sleep_until(heartbeat_due) => Wake::Tick,
+                () = sleep_until(linger_due.unwrap_or(heartbeat_due)), if linger_due.is_some() => {
+                    Wake::Linger
+                }
                 () = control.closed() => Wake::Closed,
             };
             match wake {
                 Wake::Closed => return Ok(()),
                 Wake::Ready(Err(pagemesh_logpage::Error::Closed)) => return Ok(()),
                 Wake::Ready(Err(error)) => return Err(Error::Log(error)),
+                Wake::Ready(Ok(Backlog::Started)) => {
+                    linger_due.get_or_insert_with(|| Instant::now() + SHIP_LINGER);
+                }
+                // The next poll asks for one page.
+                Wake::Linger => {}
                 Wake::Tick => {
                     let mut batch = writer.buffer();
                     let due = shipping
@@ -568,7 +597,8 @@ pub(super) async fn ship(
                         shipping.write(writer, batch).await?;
                     }
                 }
-                Wake::Ready(Ok(())) => {
+                Wake::Ready(Ok(Backlog::Ship)) => {
+                    linger_due = None;
                     let mut batch = writer.buffer();
                     let Some(shipped) = shipper.ship_ring(&mut cursor, log.epoch(), &mut batch)?
                     else {
