@@ -310,20 +310,10 @@ impl Cursor {
                 self.set_polling(false);
                 return Poll::Ready(Ok(()));
             }
-            if shared.is_closed() {
-                self.set_polling(false);
-                self.set_busy(false);
-                return Poll::Ready(Err(Error::Closed));
-            }
-            self.set_polling(true); // rule 4: waiting before no longer busy
-            self.set_busy(false);
-            // Rule 1, for the pages some writer asked to be sealed (rule 2): a page nobody asked
-            // for waits to fill, or for its writer's wait to ask.
-            let requests = shared.seal_requests.load(Ordering::SeqCst);
-            if requests != self.sealed_at_request {
-                self.sealed_at_request = requests;
-                shared.seal_open_page(None);
-            }
+            let (requests, _) = match self.turn_idle() {
+                Ok(seen) => seen,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
             shared.wakers.register(cx.waker());
             if !ready()
                 && !shared.is_closed()
@@ -368,23 +358,19 @@ impl Cursor {
                 self.lingering = true;
                 return Poll::Ready(Ok(Backlog::Started));
             }
-            if shared.is_closed() {
-                self.lingering = false;
-                self.set_polling(false);
-                self.set_busy(false);
-                return Poll::Ready(Err(Error::Closed));
-            }
-            self.set_polling(true); // rule 4: waiting before no longer busy
-            self.set_busy(false);
-            // Rules 1 and 2, as in `poll_ready`; the writer that asked waits for its page, so
-            // everything sealed by now ships without waiting for the backlog.
-            let requests = shared.seal_requests.load(Ordering::SeqCst);
-            if requests != self.sealed_at_request {
-                self.sealed_at_request = requests;
-                shared.seal_open_page(None);
-                self.ship_until = self.ship_until.max(shared.anchor.load().lsn);
-                continue;
-            }
+            let requests = match self.turn_idle() {
+                // The writer that asked waits for its page, so everything sealed by now ships
+                // without waiting for the backlog.
+                Ok((_, true)) => {
+                    self.ship_until = self.ship_until.max(shared.anchor.load().lsn);
+                    continue;
+                }
+                Ok((requests, false)) => requests,
+                Err(error) => {
+                    self.lingering = false;
+                    return Poll::Ready(Err(error));
+                }
+            };
             let wake_at = if asked {
                 // An asked-for page is still being finished: wake at the next advance.
                 shared.wakers.register(cx.waker());
@@ -439,6 +425,28 @@ impl Cursor {
         self.set_busy(lag > 0);
         shared.consumers.set_pacing(false);
         lag
+    }
+
+    /// What an async poll does once it found nothing to return: at close, stops counting as a
+    /// consumer and says so; otherwise counts as waiting (rule 4: before it stops counting as
+    /// busy) and answers a seal request made since it last did (rules 1 and 2: a page nobody
+    /// asked for waits to fill, or for its writer's wait to ask). Returns the seal-request count
+    /// it saw and whether it answered one.
+    fn turn_idle(&mut self) -> Result<(u64, bool)> {
+        if self.shared.is_closed() {
+            self.set_polling(false);
+            self.set_busy(false);
+            return Err(Error::Closed);
+        }
+        self.set_polling(true);
+        self.set_busy(false);
+        let requests = self.shared.seal_requests.load(Ordering::SeqCst);
+        let answered = requests != self.sealed_at_request;
+        if answered {
+            self.sealed_at_request = requests;
+            self.shared.seal_open_page(None);
+        }
+        Ok((requests, answered))
     }
 
     fn set_polling(&mut self, polling: bool) {

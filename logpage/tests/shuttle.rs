@@ -1246,13 +1246,17 @@ fn a_pacing_consumer_leaves_sealing_to_waiters() {
 /// pages. Only the watermark's advance to the second page can wake it: a lost wake-up there
 /// blocks every thread.
 fn backlog_model() {
+    whole_pages_model(|cursor, consumed| pace_and_consume(cursor, consumed, 2));
+}
+
+/// The writers of `backlog_model`, against the consumer `consume` (which reads with the cursor
+/// and publishes what it read).
+fn whole_pages_model(consume: fn(Cursor, &Consumed) -> Reading) {
     let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
     let consumed = Arc::new(Consumed::default());
     let consumer = {
         let (cursor, consumed) = (log.cursor(0).expect("cursor"), Arc::clone(&consumed));
-        spawn("pacer".into(), move || {
-            pace_and_consume(cursor, &consumed, 2)
-        })
+        spawn("pacer".into(), move || consume(cursor, &consumed))
     };
     let len = pagemesh_logpage::PAYLOAD_SIZE - RECORD_HEADER_SIZE;
     let writers: Vec<_> = (0u32..2)
@@ -1385,29 +1389,9 @@ fn a_pacing_shipper_never_sleeps_through_a_ship_request() {
 /// shipper read it; the shipper paces for two pages. Only the watermark's advance to the second
 /// page can wake it.
 fn paced_backlog_model() {
-    let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
-    let consumed = Arc::new(Consumed::default());
-    let shipper = {
-        let (cursor, consumed) = (log.cursor(0).expect("cursor"), Arc::clone(&consumed));
-        spawn("shipper".into(), move || {
-            shuttle::future::block_on(ship_paced(cursor, &consumed, 2))
-        })
-    };
-    let len = pagemesh_logpage::PAYLOAD_SIZE - RECORD_HEADER_SIZE;
-    let writers: Vec<_> = (0u32..2)
-        .map(|writer| {
-            let (log, consumed) = (log.clone(), Arc::clone(&consumed));
-            spawn(format!("writer-{writer}"), move || {
-                let record = write_record(&log, (writer, 0), len, Style::Append, || {});
-                consumed.wait_past(record.pos.lsn_last);
-                vec![record]
-            })
-        })
-        .collect();
-    let written = join_all(writers);
-    log.close();
-    let reading = shipper.join().expect("shipper thread");
-    check_exactly_once(&written, &reading);
+    whole_pages_model(|cursor, consumed| {
+        shuttle::future::block_on(ship_paced(cursor, consumed, 2))
+    });
 }
 
 #[test]
