@@ -125,6 +125,9 @@ pub(crate) struct Durability {
     /// Test stand-in for the sync; see [`crate::LogOptions::sync_hook`].
     #[cfg(any(test, feature = "fault-injection"))]
     hook: Option<crate::log::SyncHook>,
+    /// Test stand-in for a page's write; see [`crate::LogOptions::write_hook`].
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub write_hook: Option<crate::log::SyncHook>,
 }
 
 /// The failed sync, kept so that every later call can report it.
@@ -150,6 +153,8 @@ impl Durability {
             poison: Mutex::new(None),
             #[cfg(any(test, feature = "fault-injection"))]
             hook: options.sync_hook.clone(),
+            #[cfg(any(test, feature = "fault-injection"))]
+            write_hook: options.write_hook.clone(),
         }
     }
 
@@ -582,6 +587,71 @@ mod tests {
             "an open page is not synced"
         );
         assert!(log.durable_lsn() <= open.lsn_last);
+    }
+
+    /// A finished page whose write to the ring file fails poisons the log: no wait reports a
+    /// record of it kept, no sync counts it durable, every later append fails, and a reopen
+    /// finds the log ending where the file's pages end, everything before intact.
+    #[test]
+    fn a_failed_page_write_poisons_the_log_and_nothing_counts_it_kept() {
+        const FAILING: u64 = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions::new().slots(16).write_hook(|lsn, _| {
+            if lsn == FAILING {
+                Err(std::io::Error::from_raw_os_error(libc::EIO))
+            } else {
+                Ok(())
+            }
+        });
+        let log = Log::open(dir.path(), options).unwrap();
+        let mut kept = Vec::new();
+        let failed = loop {
+            let record = [kept.len() as u8; 1000];
+            let pos = log.append(&record).unwrap();
+            match log.wait_committed(pos, None) {
+                Ok(true) => kept.push((pos, record)),
+                Err(error) => break (pos, error),
+                Ok(false) => unreachable!("no deadline"),
+            }
+        };
+        let (pos, error) = failed;
+        assert_eq!(
+            pos.lsn_last, FAILING,
+            "the first wait to fail is on the page"
+        );
+        assert!(
+            matches!(&error, Error::Poisoned { lsn_from: FAILING, lsn_to, source, .. }
+                if *lsn_to == FAILING + 1 && source.raw_os_error() == Some(libc::EIO)),
+            "{error}"
+        );
+        assert!(kept.iter().all(|(pos, _)| pos.lsn_last < FAILING));
+        assert!(matches!(log.append(b"later"), Err(Error::Poisoned { .. })));
+        assert!(
+            log.flush_ready().is_err(),
+            "no sync counts the page durable"
+        );
+        assert!(log.durable_lsn() <= FAILING);
+        drop(log);
+
+        let log = Log::open(dir.path(), LogOptions::new().slots(16)).unwrap();
+        assert_eq!(
+            log.recovered().end_lsn,
+            FAILING,
+            "the file ends before the page"
+        );
+        let mut cursor = log.cursor(0).unwrap();
+        let mut records = Vec::new();
+        let mut reader = crate::RecordReader::new();
+        while let Some(page) = cursor.next_ready().unwrap() {
+            reader
+                .feed(page, |record| records.push(record.bytes.to_vec()))
+                .unwrap();
+        }
+        let expected: Vec<Vec<u8>> = kept.iter().map(|(_, record)| record.to_vec()).collect();
+        assert_eq!(
+            records, expected,
+            "every record reported kept, and no other"
+        );
     }
 
     #[test]

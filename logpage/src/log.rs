@@ -43,6 +43,8 @@ pub struct LogOptions {
     follower: bool,
     #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) sync_hook: Option<SyncHook>,
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub(crate) write_hook: Option<SyncHook>,
 }
 
 impl Default for LogOptions {
@@ -56,6 +58,8 @@ impl Default for LogOptions {
             follower: false,
             #[cfg(any(test, feature = "fault-injection"))]
             sync_hook: None,
+            #[cfg(any(test, feature = "fault-injection"))]
+            write_hook: None,
         }
     }
 }
@@ -136,6 +140,18 @@ impl LogOptions {
         hook: impl Fn(u64, u64) -> std::io::Result<()> + Send + Sync + 'static,
     ) -> Self {
         self.sync_hook = Some(SyncHook(Arc::new(hook)));
+        self
+    }
+
+    /// Fault injection, as [`sync_hook`](Self::sync_hook), for the write of each finished page
+    /// to the ring file (`ring.rs`, Writes): `hook(lsn, lsn + 1)` runs before page `lsn` is
+    /// written, and an error it returns fails that write, which poisons the log.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn write_hook(
+        mut self,
+        hook: impl Fn(u64, u64) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.write_hook = Some(SyncHook(Arc::new(hook)));
         self
     }
 
@@ -623,7 +639,7 @@ impl Log {
                 // (SeqCst) publishes the bytes.
                 unsafe { shared.ring.slot_mut(lsn) }.copy_from_slice(bytes);
                 // SAFETY: as above.
-                if let Err(source) = unsafe { shared.ring.write_through(lsn) } {
+                if let Err(source) = unsafe { shared.write_through(lsn) } {
                     shared.poison(lsn, lsn + 1, source);
                     return Err(shared.poisoned_error().unwrap_or(Error::Closed));
                 }
@@ -829,6 +845,19 @@ impl Shared {
         Some(at.lsn)
     }
 
+    /// `Ring::write_through`, after the test's write hook if one is set.
+    ///
+    /// # Safety
+    /// As for `Ring::write_through`.
+    unsafe fn write_through(&self, lsn: u64) -> std::io::Result<()> {
+        #[cfg(any(test, feature = "fault-injection"))]
+        if let Some(hook) = &self.durability.write_hook {
+            (hook.0)(lsn, lsn + 1)?;
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.ring.write_through(lsn) }
+    }
+
     /// Writes the header and crc of the completed page `lsn`, marks it ready, advances the
     /// watermark. Called by exactly one thread per page: the one whose add completed it.
     pub fn finish_page(&self, lsn: u64, state: SlotState) {
@@ -847,7 +876,7 @@ impl Shared {
         // were published to us by the AcqRel adds) and no reader looks at it before `mark_ready`.
         write_page(unsafe { self.ring.slot_mut(lsn) }, &meta);
         // SAFETY: as above: the page is complete and no reader looks at it yet.
-        if let Err(source) = unsafe { self.ring.write_through(lsn) } {
+        if let Err(source) = unsafe { self.write_through(lsn) } {
             // Not in the file: a crash could lose it. Poisoned, no wait reports it kept, and
             // no sync counts it durable (`sync_finished` looks again after its sync); it is
             // still marked ready so that nobody waits for it forever.
