@@ -21,6 +21,12 @@
 //! records with raw heed into one fresh LMDB environment per node, all at once on parallel
 //! threads, in synced transactions as large as the primary's largest apply group: the LMDB work
 //! the nodes do, and nothing else (no log, no network, no replica ingest).
+//!
+//! Both times start with the records already made: the set is generated once, before the load,
+//! and both loads read it. Until stop 27 the nodes' load generated its records as it went and
+//! raw heed's did not: generating the 106,178 records takes one thread 0.20–0.25 s here (three
+//! runs), which the nodes' end-to-end time carried and the baseline did not (0.44–0.53x then;
+//! 0.59–0.87x, median 0.66x, over eight runs with the records made first).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,12 +249,15 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     let followers: Vec<ProgressBar> = layout.replicas.iter().map(|(name, _)| bar(name)).collect();
     let first_lsn = db.plumbing().received_lsn();
 
+    // Generated before either timer starts, for the nodes and for raw heed alike: both time the
+    // loading of the same records, not their making.
+    let records = demo_records(args);
     let started = Instant::now();
     let done = AtomicBool::new(false);
     let load_time = std::cell::Cell::new(Duration::ZERO);
     let outcome = std::thread::scope(|s| -> Result<(), BoxError> {
         let watcher = s.spawn(|| watch(&db, &replicas, &followers, args, &done));
-        let load = load(&db, args, replicas_wanted, &loaded);
+        let load = load(&db, &records, args, replicas_wanted, &loaded);
         loaded.finish();
         load_time.set(started.elapsed());
         db.plumbing().log().seal();
@@ -323,7 +332,7 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     }
     drop(db);
     drop(primary);
-    let ceiling = heed_ceiling(&dir, args, 1 + replica_count, group_rows as usize)?;
+    let ceiling = heed_ceiling(&dir, &records, 1 + replica_count, group_rows as usize)?;
     println!(
         "LMDB alone (raw heed, {} copies loaded in parallel, synced transactions of {group_rows} rows): {:.2} s, {:.0} records/s; end to end reached {:.2}x of it",
         1 + replica_count,
@@ -339,25 +348,28 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     }
 }
 
-/// Loads the demo's records with raw heed into `copies` fresh environments at once, `group_rows`
-/// rows per synced transaction; returns the time the slowest took.
+/// The demo's land-registry-shaped records, `(key, line)`, in load order.
+fn demo_records(args: &Args) -> Vec<(Vec<u8>, Vec<u8>)> {
+    PricePaid::new(PricePaid::DEFAULT_SEED, args.records)
+        .records()
+        .map(|record| (record.key.to_vec(), record.line.into_bytes()))
+        .collect()
+}
+
+/// Loads `records` with raw heed into `copies` fresh environments at once, `group_rows` rows
+/// per synced transaction; returns the time the slowest took.
 fn heed_ceiling(
     dir: &std::path::Path,
-    args: &Args,
+    records: &[(Vec<u8>, Vec<u8>)],
     copies: usize,
     group_rows: usize,
 ) -> Result<Duration, BoxError> {
-    let set = PricePaid::new(PricePaid::DEFAULT_SEED, args.records);
-    let records: Vec<(Vec<u8>, Vec<u8>)> = set
-        .records()
-        .map(|record| (record.key.to_vec(), record.line.into_bytes()))
-        .collect();
     let scratch = tempfile::tempdir_in(dir)?;
     let started = Instant::now();
     std::thread::scope(|s| {
         let loads: Vec<_> = (0..copies)
             .map(|i| {
-                let (dir, records) = (scratch.path().join(format!("heed-{i}")), &records);
+                let (dir, records) = (scratch.path().join(format!("heed-{i}")), records);
                 s.spawn(move || {
                     pagemesh_tools::bench::commit::time_heed_load(&dir, records, group_rows)
                 })
@@ -390,13 +402,18 @@ fn wait_for_replicas(db: &Database, wanted: u32) -> Result<(), BoxError> {
 }
 
 /// Loads the set in batches, `inflight` commits at a time, each `Replicated(n)`.
-fn load(db: &Database, args: &Args, replicas: u32, bar: &ProgressBar) -> Result<(), BoxError> {
+fn load(
+    db: &Database,
+    records: &[(Vec<u8>, Vec<u8>)],
+    args: &Args,
+    replicas: u32,
+    bar: &ProgressBar,
+) -> Result<(), BoxError> {
     let durability = Durability::Replicated(replicas);
     let mut tickets = VecDeque::new();
     let mut batch = WriteBatch::new();
-    let set = PricePaid::new(PricePaid::DEFAULT_SEED, args.records);
-    for record in set.records() {
-        batch.put(TABLE, &record.key, record.line.as_bytes())?;
+    for (key, line) in records {
+        batch.put(TABLE, key, line)?;
         if batch.len() == args.batch {
             tickets.push_back((db.commit_async(&batch, durability)?, batch.len()));
             batch = WriteBatch::new();
