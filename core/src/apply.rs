@@ -195,6 +195,7 @@ impl Applier {
             first_lsn, self.state.binlog_next_lsn,
             "group starts at the applied LSN"
         );
+        let started = Instant::now();
         let older_than = inner.options.binlog_retain_age.map_or(0, |age| {
             std::time::SystemTime::now()
                 .checked_sub(age)
@@ -241,6 +242,13 @@ impl Applier {
             self.feed.records_applied,
         );
         inner.metrics.group(self.feed.records_applied);
+        tracing::debug!(
+            first_lsn,
+            pages = self.state.binlog_next_lsn - first_lsn,
+            records = self.feed.records_applied,
+            took_us = started.elapsed().as_micros() as u64,
+            "group applied"
+        );
         self.feed.records_applied = 0;
         inner.publish_applied(self.state.binlog_next_lsn);
         Ok(())
