@@ -26,7 +26,17 @@
 //! and both loads read it. Until stop 27 the nodes' load generated its records as it went and
 //! raw heed's did not: generating the 106,178 records takes one thread 0.20–0.25 s here (three
 //! runs), which the nodes' end-to-end time carried and the baseline did not (0.44–0.53x then;
-//! 0.59–0.87x, median 0.66x, over eight runs with the records made first).
+//! 0.51–0.87x, median 0.61x, over eleven runs with the records made first, some under `perf`
+//! or with debug logs on).
+//!
+//! Where the rest goes (one `perf` run, 2 kHz): the replicas acknowledge everything after
+//! 0.28–0.34 s, then each node applies until 0.66–0.72 s. Each node applies three full groups
+//! of 2,048 pages (37,050 rows), 150–330 ms each with three appliers on two cores, and each
+//! applier thread used 1.2–1.9x the CPU of a raw-heed loader thread: the same B-tree work, plus
+//! the group's pages appended to `__binlog` and the records decoded, and more bytes written
+//! (under `strace`, whose slowdown split the load into 14 groups: 125–132 MB per applier
+//! against 72 MB per heed loader). The baseline is three copies of the B-tree work and nothing
+//! else; the nodes add the log, the network and the binlog on the same two cores.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
