@@ -124,10 +124,10 @@ pub(crate) struct Durability {
     poison: Mutex<Option<Poison>>,
     /// Test stand-in for the sync; see [`crate::LogOptions::sync_hook`].
     #[cfg(any(test, feature = "fault-injection"))]
-    hook: Option<crate::log::SyncHook>,
+    hook: Option<crate::log::IoHook>,
     /// Test stand-in for a page's write; see [`crate::LogOptions::write_hook`].
     #[cfg(any(test, feature = "fault-injection"))]
-    pub write_hook: Option<crate::log::SyncHook>,
+    pub write_hook: Option<crate::log::IoHook>,
 }
 
 /// The failed sync, kept so that every later call can report it.

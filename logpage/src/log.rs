@@ -42,9 +42,9 @@ pub struct LogOptions {
     epoch_above_recovered: bool,
     follower: bool,
     #[cfg(any(test, feature = "fault-injection"))]
-    pub(crate) sync_hook: Option<SyncHook>,
+    pub(crate) sync_hook: Option<IoHook>,
     #[cfg(any(test, feature = "fault-injection"))]
-    pub(crate) write_hook: Option<SyncHook>,
+    pub(crate) write_hook: Option<IoHook>,
 }
 
 impl Default for LogOptions {
@@ -64,19 +64,21 @@ impl Default for LogOptions {
     }
 }
 
-/// A test's stand-in for part of the ring's sync: see [`LogOptions::sync_hook`].
+/// A test's stand-in for part of the ring's I/O: see [`LogOptions::sync_hook`] and
+/// [`LogOptions::write_hook`].
 #[cfg(any(test, feature = "fault-injection"))]
 #[derive(Clone)]
-pub(crate) struct SyncHook(pub(crate) SyncHookFn);
+pub(crate) struct IoHook(pub(crate) IoHookFn);
 
-/// The function behind a [`SyncHook`]: called with the pages a flush covers, `from..to`.
+/// The function behind an [`IoHook`]: called with the pages a sync covers, or a write writes,
+/// `from..to`.
 #[cfg(any(test, feature = "fault-injection"))]
-pub(crate) type SyncHookFn = Arc<dyn Fn(u64, u64) -> std::io::Result<()> + Send + Sync>;
+pub(crate) type IoHookFn = Arc<dyn Fn(u64, u64) -> std::io::Result<()> + Send + Sync>;
 
 #[cfg(any(test, feature = "fault-injection"))]
-impl std::fmt::Debug for SyncHook {
+impl std::fmt::Debug for IoHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SyncHook")
+        f.write_str("IoHook")
     }
 }
 
@@ -139,19 +141,20 @@ impl LogOptions {
         mut self,
         hook: impl Fn(u64, u64) -> std::io::Result<()> + Send + Sync + 'static,
     ) -> Self {
-        self.sync_hook = Some(SyncHook(Arc::new(hook)));
+        self.sync_hook = Some(IoHook(Arc::new(hook)));
         self
     }
 
-    /// Fault injection, as [`sync_hook`](Self::sync_hook), for the write of each finished page
-    /// to the ring file (`ring.rs`, Writes): `hook(lsn, lsn + 1)` runs before page `lsn` is
-    /// written, and an error it returns fails that write, which poisons the log.
+    /// Fault injection, as [`sync_hook`](Self::sync_hook), for the writes of finished pages to
+    /// the ring file (`ring.rs`, Writes): `hook(from, to)` runs before pages `from..to` are
+    /// written (one page a write for local commits, a run for [`Log::ingest`]), and an error it
+    /// returns fails that write, which poisons the log.
     #[cfg(any(test, feature = "fault-injection"))]
     pub fn write_hook(
         mut self,
         hook: impl Fn(u64, u64) -> std::io::Result<()> + Send + Sync + 'static,
     ) -> Self {
-        self.write_hook = Some(SyncHook(Arc::new(hook)));
+        self.write_hook = Some(IoHook(Arc::new(hook)));
         self
     }
 
@@ -310,9 +313,9 @@ impl Log {
                 ring_end_lsn = recovered.end_lsn,
                 "log continues past the ring's pages"
             );
-            // SAFETY: the ring is not shared yet. Persisting the horizon first makes a later
-            // recovery start here, not at the stale pages below.
-            unsafe { ring.persist_released_lsn(lsn) }.map_err(|source| Error::Io {
+            // Persisting the horizon first makes a later recovery start here, not at the stale
+            // pages below.
+            ring.persist_released_lsn(lsn).map_err(|source| Error::Io {
                 op: "write the horizon of",
                 path: ring.path_or_anonymous(),
                 source,
@@ -595,7 +598,8 @@ impl Log {
             });
         }
         let _guard = lock(&shared.ingest_lock);
-        let mut next = shared.watermark.load(Ordering::SeqCst);
+        let first = shared.watermark.load(Ordering::SeqCst);
+        let mut next = first;
         let mut outcome = Ingested {
             pages: 0,
             full: false,
@@ -633,22 +637,32 @@ impl Log {
                     return Ok(());
                 }
                 shared.epoch.store(epoch, Ordering::Relaxed);
-                // SAFETY: page `lsn` is the watermark's page: no cursor reads it yet (they read
-                // below the watermark), its slot's previous page is below the horizon (checked
-                // above), and the ingest lock makes this thread its only writer. `mark_ready`
-                // (SeqCst) publishes the bytes.
+                // SAFETY: page `lsn` is at or past the watermark: no cursor reads it yet (they
+                // read below the watermark), its slot's previous page is below the horizon
+                // (checked above), and the ingest lock makes this thread its only writer.
+                // `mark_ready` (SeqCst, below) publishes the bytes.
                 unsafe { shared.ring.slot_mut(lsn) }.copy_from_slice(bytes);
-                // SAFETY: as above.
-                if let Err(source) = unsafe { shared.write_through(lsn) } {
-                    shared.poison(lsn, lsn + 1, source);
-                    return Err(shared.poisoned_error().unwrap_or(Error::Closed));
-                }
-                shared.slot(lsn).mark_ready(lsn);
                 next += 1;
                 outcome.pages += 1;
             }
             Ok(())
         })();
+        // The pages copied reach the file in one write per run (two where the ring wraps), and
+        // only then are they marked ready: nothing reads them before the watermark advance below.
+        // SAFETY: as above, for every page of `first..next`.
+        let result = match unsafe { shared.write_through(first, next) } {
+            Ok(()) => {
+                for lsn in first..next {
+                    shared.slot(lsn).mark_ready(lsn);
+                }
+                result
+            }
+            Err(source) => {
+                shared.poison(first, next, source);
+                next = first;
+                Err(shared.poisoned_error().unwrap_or(Error::Closed))
+            }
+        };
         // One watermark advance (and one round of wake-ups) for the whole run.
         let mut at = shared.anchor.load();
         while at.lsn < next {
@@ -845,17 +859,17 @@ impl Shared {
         Some(at.lsn)
     }
 
-    /// `Ring::write_through`, after the test's write hook if one is set.
+    /// `Ring::write_through` of pages `from..to`, after the test's write hook if one is set.
     ///
     /// # Safety
     /// As for `Ring::write_through`.
-    unsafe fn write_through(&self, lsn: u64) -> std::io::Result<()> {
+    unsafe fn write_through(&self, from: u64, to: u64) -> std::io::Result<()> {
         #[cfg(any(test, feature = "fault-injection"))]
         if let Some(hook) = &self.durability.write_hook {
-            (hook.0)(lsn, lsn + 1)?;
+            (hook.0)(from, to)?;
         }
         // SAFETY: the caller's contract.
-        unsafe { self.ring.write_through(lsn) }
+        unsafe { self.ring.write_through(from, to) }
     }
 
     /// Writes the header and crc of the completed page `lsn`, marks it ready, advances the
@@ -876,7 +890,7 @@ impl Shared {
         // were published to us by the AcqRel adds) and no reader looks at it before `mark_ready`.
         write_page(unsafe { self.ring.slot_mut(lsn) }, &meta);
         // SAFETY: as above: the page is complete and no reader looks at it yet.
-        if let Err(source) = unsafe { self.write_through(lsn) } {
+        if let Err(source) = unsafe { self.write_through(lsn, lsn + 1) } {
             // Not in the file: a crash could lose it. Poisoned, no wait reports it kept, and
             // no sync counts it durable (`sync_finished` looks again after its sync); it is
             // still marked ready so that nobody waits for it forever.
@@ -948,8 +962,8 @@ impl Shared {
         if new <= old {
             return old;
         }
-        // SAFETY: we hold `horizon_lock`, which serialises every call.
-        if let Err(source) = unsafe { self.ring.persist_released_lsn(new) } {
+        // Under `horizon_lock`, which serialises every call.
+        if let Err(source) = self.ring.persist_released_lsn(new) {
             // The slots must not be reused before the file says they may: stay where we are.
             self.poison(old, new, source);
             return old;

@@ -376,20 +376,32 @@ impl Ring {
         }
     }
 
-    /// Writes page `lsn`, as it stands in the working copy, to its slot in the file (nothing for
-    /// a ring in anonymous memory). One `pwrite` of the whole page.
+    /// Writes pages `from..to` (at most `slots` of them), as they stand in the working copy, to
+    /// their slots in the file (nothing for a ring in anonymous memory): one `pwrite` for the
+    /// run, two where it wraps.
     ///
     /// # Safety
-    /// No thread may write the slot's bytes during the call (the page is finished and not yet
-    /// marked ready, or being ingested by the only ingesting thread).
-    pub unsafe fn write_through(&self, lsn: u64) -> std::io::Result<()> {
+    /// No thread may write those slots' bytes during the call (the pages are finished and not
+    /// yet marked ready, or being ingested by the only ingesting thread).
+    pub unsafe fn write_through(&self, from: u64, to: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let Some(file) = &self.file else {
             return Ok(());
         };
-        let offset = PAGE_SIZE as u64 * (1 + (lsn & (self.slots - 1)));
-        // SAFETY: no writer during the call, by the caller's contract.
-        file.write_all_at(unsafe { self.slot(lsn) }, offset)
+        debug_assert!(to - from <= self.slots);
+        let mut lsn = from;
+        while lsn < to {
+            let index = lsn & (self.slots - 1);
+            let count = (self.slots - index).min(to - lsn);
+            // SAFETY: slots `index..index + count` are adjacent in the mapping (the run stops at
+            // the ring's end) and nobody writes them during the call, by the caller's contract.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(self.slot_ptr(lsn), count as usize * PAGE_SIZE)
+            };
+            file.write_all_at(bytes, PAGE_SIZE as u64 * (1 + index))?;
+            lsn += count;
+        }
+        Ok(())
     }
 
     /// Makes page `lsn`'s slot unrecognisable as a page (zeroes its magic), in the working copy
@@ -402,21 +414,15 @@ impl Ring {
         unsafe { std::ptr::write_bytes(self.slot_ptr(lsn), 0, 4) }
     }
 
-    /// Records that pages below `lsn` may be overwritten. Called before their slots are reset.
-    ///
-    /// # Safety
-    /// Only one thread at a time may call this (the log calls it under its horizon lock).
-    pub unsafe fn persist_released_lsn(&self, lsn: u64) -> std::io::Result<()> {
+    /// Records in the file that pages below `lsn` may be overwritten. Called before their slots
+    /// are reset, by one thread at a time (the log holds its horizon lock), so the file's value
+    /// only grows.
+    pub fn persist_released_lsn(&self, lsn: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        // Only recovery reads the header, and from the file: the working copy's stays stale.
         let Some(file) = &self.file else {
             return Ok(());
         };
-        // SAFETY: 8 bytes inside the header page, which no other code writes after open; the
-        // caller serialises writers.
-        unsafe {
-            let dst = self.base.add(RELEASED_LSN_OFFSET);
-            std::ptr::copy_nonoverlapping(lsn.to_le_bytes().as_ptr(), dst, 8);
-        }
         file.write_all_at(&lsn.to_le_bytes(), RELEASED_LSN_OFFSET as u64)
     }
 
@@ -446,8 +452,7 @@ impl Ring {
         let start_lsn = persisted.max(start_min);
         if start_lsn > persisted {
             tracing::info!(persisted, start_lsn, "ring recovery starts past its header");
-            // SAFETY: the ring is not shared yet (`&mut self`).
-            unsafe { self.persist_released_lsn(start_lsn) }?;
+            self.persist_released_lsn(start_lsn)?;
         }
         let mut end_lsn = start_lsn;
         let mut epoch_max = 0;
