@@ -29,7 +29,18 @@
 //! 0.51–0.87x, median 0.61x, over eleven runs with the records made first, some under `perf`
 //! or with debug logs on).
 //!
-//! Where the rest goes (one `perf` run, 2 kHz): the replicas acknowledge everything after
+//! Until stop 29 the end came from the progress watcher, which looked every 50 ms, so the
+//! figure carried up to 50 ms of polling; now every node waits for the last commit's receipt
+//! (`Database::wait_for`) at once, and the end is when the last of them returns. Over 26 runs
+//! after that change: 0.56–1.02x, median 0.70x. Within the timed window the three appliers
+//! take 90% of the CPU samples (`perf record -k CLOCK_REALTIME`, cut to the window with the
+//! debug log's timestamps); their B-tree work (`mdb_node_search` and the rest) costs what raw
+//! heed's does, and the difference is mostly `copy_folio_from_iter_atomic` under LMDB's
+//! commit `writev` (27% of an applier's samples in the window, 7% of a heed loader's) for
+//! 1.4x the bytes. Skipping the binlog append (a local experiment, not kept) did not move the
+//! ratio beyond the noise: five alternated runs each, 0.64–1.14x without, 0.52–1.01x with.
+//!
+//! Before that change (one `perf` run, 2 kHz): the replicas acknowledge everything after
 //! 0.28–0.34 s, then each node applies until 0.66–0.72 s. Each node applies three full groups
 //! of 2,048 pages (37,050 rows), 150–330 ms each with three appliers on two cores, and each
 //! applier thread used 1.2–1.9x the CPU of a raw-heed loader thread: the same B-tree work, plus
@@ -43,7 +54,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use pagemesh::core::{Database, Durability, Options, WriteBatch};
+use pagemesh::core::{Database, Durability, Options, Receipt, WriteBatch};
 use pagemesh::net::TransportKind;
 use pagemesh::{Node, Replica};
 use pagemesh_tools::workload::PricePaid;
@@ -265,18 +276,25 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     let started = Instant::now();
     let done = AtomicBool::new(false);
     let load_time = std::cell::Cell::new(Duration::ZERO);
+    let applied_time = std::cell::Cell::new(Duration::ZERO);
     let outcome = std::thread::scope(|s| -> Result<(), BoxError> {
         let watcher = s.spawn(|| watch(&db, &replicas, &followers, args, &done));
         let load = load(&db, &records, args, replicas_wanted, &loaded);
         loaded.finish();
         load_time.set(started.elapsed());
-        db.plumbing().log().seal();
+        // End to end ends when every node has applied the last commit: each waits for its
+        // receipt at once (a poll of the watcher's would add up to its period).
+        let applied = load.and_then(|last| match last {
+            Some(receipt) => wait_applied_everywhere(&db, &replicas, &receipt),
+            None => Ok(()),
+        });
+        applied_time.set(started.elapsed());
         done.store(true, Ordering::SeqCst);
         let watched = watcher.join().map_err(|_| "watcher panicked")?;
-        load.and(watched)
+        applied.and(watched)
     });
     outcome?;
-    let elapsed = started.elapsed();
+    let elapsed = applied_time.get();
     for bar in &followers {
         bar.finish();
     }
@@ -411,14 +429,15 @@ fn wait_for_replicas(db: &Database, wanted: u32) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Loads the set in batches, `inflight` commits at a time, each `Replicated(n)`.
+/// Loads the set in batches, `inflight` commits at a time, each `Replicated(n)`; returns the
+/// last commit's receipt (none for an empty set).
 fn load(
     db: &Database,
     records: &[(Vec<u8>, Vec<u8>)],
     args: &Args,
     replicas: u32,
     bar: &ProgressBar,
-) -> Result<(), BoxError> {
+) -> Result<Option<Receipt>, BoxError> {
     let durability = Durability::Replicated(replicas);
     let mut tickets = VecDeque::new();
     let mut batch = WriteBatch::new();
@@ -437,11 +456,39 @@ fn load(
     if !batch.is_empty() {
         tickets.push_back((db.commit_async(&batch, durability)?, batch.len()));
     }
+    let last = tickets.back().map(|(ticket, _)| ticket.receipt());
     for (ticket, records) in tickets {
         ticket.wait()?;
         bar.inc(records as u64);
     }
-    Ok(())
+    Ok(last)
+}
+
+/// Waits until the primary and every replica have applied `receipt`'s commit, each on its own
+/// thread so that every applier is asked to finish at once.
+fn wait_applied_everywhere(
+    db: &Database,
+    replicas: &[Replica],
+    receipt: &Receipt,
+) -> Result<(), BoxError> {
+    const TIMEOUT: Duration = Duration::from_secs(600);
+    std::thread::scope(|s| {
+        let waits: Vec<_> = replicas
+            .iter()
+            .map(|replica| {
+                s.spawn(move || -> Result<(), BoxError> {
+                    let copy = replica.database().ok_or("a replica closed its database")?;
+                    Ok(copy.wait_for(receipt, TIMEOUT)?)
+                })
+            })
+            .collect();
+        let mut outcome: Result<(), BoxError> = db.wait_for(receipt, TIMEOUT).map_err(Into::into);
+        for wait in waits {
+            let waited = wait.join().map_err(|_| "a wait panicked")?;
+            outcome = outcome.and(waited);
+        }
+        outcome
+    })
 }
 
 /// Updates the replicas' bars until the load is done and the primary and each replica have applied
