@@ -39,6 +39,9 @@
 //! commit `writev` (27% of an applier's samples in the window, 7% of a heed loader's) for
 //! 1.4x the bytes. Skipping the binlog append (a local experiment, not kept) did not move the
 //! ratio beyond the noise: five alternated runs each, 0.64–1.14x without, 0.52–1.01x with.
+//! Opening the store with `MDB_WRITEMAP` instead (to drop that copy; also not kept) made it
+//! worse, 0.27–0.50x against 0.60–0.69x over six alternated runs: write faults and TLB
+//! shootdowns, as the ring had (`pagemesh_logpage` ring.rs, Writes).
 //!
 //! Before that change (one `perf` run, 2 kHz): the replicas acknowledge everything after
 //! 0.28–0.34 s, then each node applies until 0.66–0.72 s. Each node applies three full groups
@@ -477,8 +480,8 @@ fn wait_applied_everywhere(
             .iter()
             .map(|replica| {
                 s.spawn(move || -> Result<(), BoxError> {
-                    let copy = replica.database().ok_or("a replica closed its database")?;
-                    Ok(copy.wait_for(receipt, TIMEOUT)?)
+                    replica.wait_for(receipt, TIMEOUT)?;
+                    Ok(())
                 })
             })
             .collect();
