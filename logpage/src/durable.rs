@@ -1,8 +1,9 @@
 //! The durable watermark: which pages of the ring are on disk, and the flushes that move it.
 //!
-//! The ring is memory-mapped, so a page is safe from a *process* crash as soon as it is written
-//! (the page cache holds it), but safe from a *power loss* only once a sync of the ring file has
-//! completed after it was finished. [`Log::durable_lsn`] is the first page not known to be on
+//! A finished page is written to the ring file before the committed watermark passes it
+//! (`ring.rs`, Writes), so it is safe from a *process* crash at once (the page cache holds it),
+//! but safe from a *power loss* only once a sync of the ring file has completed after it was
+//! written. [`Log::durable_lsn`] is the first page not known to be on
 //! disk: every page from the ring's horizon up to it reached the disk in a sync that completed.
 //!
 //! # Flushes
@@ -24,6 +25,11 @@
 //! - A [`Flusher`] ([`Log::spawn_flusher`]) is a thread that flushes whenever a page is ready
 //!   that is not yet durable: pages become durable without anyone waiting, in parallel with
 //!   shipping and apply, and async waiters ([`Log::poll_durable`]) are served by it.
+//!   It is woken only for work no running flush will do: when a page finishes while nobody holds
+//!   the claim, or when a leader releases the claim with finished pages (or a wanted open page)
+//!   still not durable. A writer that leads its own flushes (`durable@16` in `bench replicate`:
+//!   one page per sync) thus never wakes it; it used to be woken twice a page, to find the claim
+//!   taken and then nothing left, and each wake-up could preempt the writer on its own vCPU.
 //! - [`Log::flush_ready`] is one flush, for a caller with its own loop.
 //!
 //! # Sealing for durable waiters (seal rule 5)
@@ -48,9 +54,9 @@
 //! consistently faster beyond the noise: each
 //! must flush the device cache, and the data is one page either way. `fdatasync` it is: one call,
 //! no range arithmetic across the ring's wrap, and it writes the ring header (the persisted
-//! horizon) with the pages. (Writes with `RWF_DSYNC` through io_uring would need the pages copied
-//! out of the mapping into a second write path; not worth it while one sync per group is what
-//! commits pay.) The same bench times commits against the raw `fdatasync` floor: `wait_durable`
+//! horizon) with the pages. (These were measured while the ring was written through a shared
+//! mapping; pages now reach the file by `pwrite`, and an `RWF_DSYNC` write would flush the
+//! device cache once per page where one `fdatasync` covers a group: not tried.) The same bench times commits against the raw `fdatasync` floor: `wait_durable`
 //! at 1 in flight reached 0.95–0.97× the floor's p50 (it syncs on the caller's thread; 1.08×
 //! in the throttled run).
 //!
@@ -70,8 +76,8 @@
 //!
 //! # Process crash and power loss
 //!
-//! After a **process crash** (SIGKILL, panic) the page cache holds every store into the mapping,
-//! durable or not: recovery finds every finished page from the persisted horizon up to the first
+//! After a **process crash** (SIGKILL, panic) the page cache holds every page written to the
+//! ring file, durable or not: recovery finds every finished page from the persisted horizon up to the first
 //! gap (`ring.rs`, Recovery).
 //!
 //! After a **power loss**, pages below the durable watermark survive; pages at or above it may
@@ -83,7 +89,7 @@
 //! is fixed at creation and synced then, so a power loss cannot shorten it.
 //!
 //! One thing the ring alone cannot tell after a power loss: its header's released LSN (the
-//! horizon) is written through the mapping and reaches the disk with the next sync, while slots
+//! horizon) is written to the file in place and reaches the disk with the next sync, while slots
 //! below the new horizon are reused at once, and writeback may put a reused slot on disk before
 //! the header. A stale header then points recovery at a slot that now holds a later page, and
 //! recovery stops there, short of durable pages above it. A store whose own synced state says
@@ -117,6 +123,10 @@ pub(crate) struct Durability {
     flushing: AtomicBool,
     /// Woken when a flush ends (the watermark moved, or the sync failed) and on close.
     pub notify: Notify,
+    /// The [`Flusher`] sleeps here, alone, and is woken only for work no flush in progress will
+    /// do: a page finished while nobody held the claim, or a claim released with finished pages
+    /// (or a wanted open page) still not durable; and on close, stop and poison.
+    pub flusher: Notify,
     /// Async tasks waiting for the durable watermark ([`Log::poll_durable`]).
     pub wakers: AsyncWakers,
     /// Set once a sync failed; `poison` then holds what failed.
@@ -148,6 +158,7 @@ impl Durability {
             wanted_end: AtomicU64::new(0),
             flushing: AtomicBool::new(false),
             notify: Notify::default(),
+            flusher: Notify::default(),
             wakers: AsyncWakers::default(),
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
@@ -176,16 +187,37 @@ impl Durability {
     fn is_flushing(&self) -> bool {
         self.flushing.load(Ordering::SeqCst)
     }
-
-    /// Releases the flush claim and wakes everyone who waits on a flush's end.
-    fn release_claim(&self) {
-        self.flushing.store(false, Ordering::SeqCst);
-        self.notify.notify_all();
-        self.wakers.wake_all();
-    }
 }
 
 impl Shared {
+    /// Releases the flush claim and wakes everyone who waits on a flush's end, and the flusher
+    /// if finished pages (or a wanted open page) are still not durable: they finished while this
+    /// flush ran, and the flusher slept through them (see [`nudge_flusher`](Self::nudge_flusher)).
+    fn release_flush_claim(&self) {
+        let durability = &self.durability;
+        durability.flushing.store(false, Ordering::SeqCst);
+        durability.notify.notify_all();
+        durability.wakers.wake_all();
+        let durable = durability.lsn.load(Ordering::SeqCst);
+        if self.watermark.load(Ordering::SeqCst) > durable || self.open_page_wanted() {
+            durability.flusher.notify_all();
+        }
+    }
+
+    /// Wakes the flusher for a page that finished, or an open page an async waiter wants, unless
+    /// a flush is running: its leader looks again when it releases the claim. A leader that
+    /// syncs on its waiter's thread (`wait_durable`) thus costs no wake-up of the flusher at all.
+    ///
+    /// No page is slept through: the caller stores its change (the watermark, `wanted_end`), then
+    /// loads the claim; the leader stores the claim's release, then loads the watermark and
+    /// `wanted_end`; the flusher registers, then loads all three. All `SeqCst`, so of any two of
+    /// them, one sees the other's store.
+    pub(crate) fn nudge_flusher(&self) {
+        if !self.durability.is_flushing() {
+            self.durability.flusher.notify_all();
+        }
+    }
+
     /// [`Error::Poisoned`] for the kept failure, if a sync failed.
     pub(crate) fn poisoned_error(&self) -> Option<Error> {
         if !self.durability.is_poisoned() {
@@ -300,10 +332,11 @@ impl Shared {
         }
         drop(poison);
         self.durability.poisoned.store(true, Ordering::SeqCst);
-        // Reservers waiting for ring space and the flusher (which sleeps on `committed`).
+        // Waiters on the committed watermark, reservers waiting for ring space, the flusher.
         self.committed.notify_all();
         self.space.notify_all();
         self.wakers.wake_all();
+        self.durability.flusher.notify_all();
     }
 }
 
@@ -342,7 +375,7 @@ impl Log {
         let result = shared
             .lead_flush(None, None)
             .map(|_| durability.lsn.load(Ordering::SeqCst));
-        durability.release_claim();
+        shared.release_flush_claim();
         result
     }
 
@@ -394,7 +427,7 @@ impl Log {
             shared.check_usable()?;
             if durability.try_claim() {
                 let led = shared.lead_flush(Some(lsn), deadline);
-                durability.release_claim();
+                shared.release_flush_claim();
                 if !led? {
                     return Ok(durable());
                 }
@@ -434,7 +467,7 @@ impl Log {
         durability.want(lsn);
         durability.wakers.register(cx.waker());
         if shared.anchor.load().lsn <= lsn {
-            shared.committed.notify_all(); // the flusher sleeps there; it must seal this page
+            shared.nudge_flusher(); // it must seal this page
         }
         if durable() {
             return Poll::Ready(Ok(()));
@@ -474,15 +507,18 @@ impl Log {
     fn run_flusher(&self, stop: &AtomicBool) -> Result<()> {
         let shared = &*self.shared;
         let durability = &shared.durability;
+        // Idle while a flush runs, too: its leader wakes the flusher on release if work is left.
         let idle = || {
             !stop.load(Ordering::SeqCst)
                 && !shared.is_closed()
                 && !durability.is_poisoned()
-                && shared.watermark.load(Ordering::SeqCst) <= durability.lsn.load(Ordering::SeqCst)
-                && !shared.open_page_wanted()
+                && (durability.is_flushing()
+                    || (shared.watermark.load(Ordering::SeqCst)
+                        <= durability.lsn.load(Ordering::SeqCst)
+                        && !shared.open_page_wanted()))
         };
         loop {
-            shared.committed.wait_while(idle, None);
+            durability.flusher.wait_while(idle, None);
             if shared.is_closed() && !durability.is_poisoned() {
                 return Ok(());
             }
@@ -532,7 +568,7 @@ impl Flusher {
             return Ok(());
         };
         self.stop.store(true, Ordering::SeqCst);
-        self.log.shared.committed.notify_all();
+        self.log.shared.durability.flusher.notify_all();
         match thread.join() {
             Ok(result) => result,
             Err(panic) if !std::thread::panicking() => std::panic::resume_unwind(panic),

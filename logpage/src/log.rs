@@ -562,6 +562,7 @@ impl Log {
         self.shared.space.notify_all();
         self.shared.wakers.wake_all();
         self.shared.durability.notify.notify_all();
+        self.shared.durability.flusher.notify_all();
         self.shared.durability.wakers.wake_all();
         tracing::debug!("log closed");
     }
@@ -926,6 +927,7 @@ impl Shared {
             self.committed.notify_all();
             self.space.notify_all(); // the horizon may follow the watermark
             self.wakers.wake_all();
+            self.nudge_flusher();
         }
     }
 

@@ -49,6 +49,11 @@
 //!    an observer reads `durable_lsn()` meanwhile. One sync runs at a time, each starts where the
 //!    last completed one ended and covers only finished pages, the watermark is never beyond a
 //!    completed sync, and no durable waiter is left asleep (a lost wake-up blocks every thread).
+//!    And the flusher never sleeps through a page nobody waits to see durable: one writer leads
+//!    flushes from `wait_durable`, another only commits (`wait_committed` seals its pages), and
+//!    the test then blocks until a completed sync covers the second writer's last page. The
+//!    flusher is woken only when no flush runs, or when a leader releases the claim with pages
+//!    left (`Shared::nudge_flusher`); with either wake-up removed, this model deadlocks.
 //! 8. **A failed sync.** The hook fails the second sync. Every wait on a record that sync covered
 //!    returns `Error::Poisoned` naming that range, a thread that saw the error sees it on every
 //!    later append and wait, no record a wait reported durable lies in the failed range, and no
@@ -899,6 +904,8 @@ struct Syncs {
     syncing: AtomicBool,
     completed_to: AtomicU64,
     count: AtomicU64,
+    /// Where the last completed sync ended, for a thread to block on.
+    ended: Consumed,
 }
 
 /// A log whose sync is `syncs`' hook: it checks one sync at a time, contiguous ranges, and yields
@@ -925,6 +932,7 @@ fn hooked_log(syncs: &Arc<Syncs>, fail_at: u64) -> Log {
             return Err(std::io::Error::from_raw_os_error(5)); // EIO
         }
         syncs.completed_to.store(to, Ordering::SeqCst);
+        syncs.ended.publish(to);
         Ok(())
     });
     Log::in_memory(options).expect("log")
@@ -1006,6 +1014,47 @@ fn the_durable_watermark_never_passes_a_sync_and_waiters_always_wake() {
 #[test]
 fn an_async_durable_waiter_is_served_by_the_flusher() {
     check(|| durable_model(true, true), 1000, 1000);
+}
+
+/// A leader commits one record and waits for it to be durable (it leads the flush), while a
+/// committer commits three and seals their pages (`wait_committed`) but never waits for
+/// durability: only the flusher syncs the committer's pages that finish during the leader's
+/// flush or after it.
+fn unasked_model() {
+    let syncs = Arc::new(Syncs::default());
+    let log = hooked_log(&syncs, u64::MAX);
+    let flusher = log.spawn_flusher().expect("flusher");
+    let leader = {
+        let log = log.clone();
+        spawn("leader".into(), move || {
+            let pos = log.append(&make_record(0, 0, 300)).expect("append");
+            assert!(log.wait_durable(pos, None).expect("wait_durable"));
+        })
+    };
+    let committer = {
+        let log = log.clone();
+        spawn("committer".into(), move || {
+            let mut last = None;
+            for (index, &len) in (0u32..).zip(DURABLE_LENS[1]) {
+                let pos = log.append(&make_record(1, index, len)).expect("append");
+                wait_committed(&log, pos);
+                last = Some(pos);
+            }
+            last.expect("the committer wrote records")
+        })
+    };
+    leader.join().expect("leader");
+    let last = committer.join().expect("committer");
+    // Blocks until a sync covers the committer's last page: a flusher asleep leaves every
+    // thread blocked, and shuttle reports the deadlock.
+    syncs.ended.wait_past(last.lsn_last);
+    check_durable(&log, &syncs);
+    flusher.stop().expect("the flusher stops cleanly");
+}
+
+#[test]
+fn the_flusher_never_sleeps_through_a_page_nobody_waits_for() {
+    check(unasked_model, 1000, 1000);
 }
 
 // ---------------------------------------------------------------------------------------------
