@@ -3,8 +3,8 @@
 //! A finished page is written to the ring file before the committed watermark passes it
 //! (`ring.rs`, Writes), so it is safe from a *process* crash at once (the page cache holds it),
 //! but safe from a *power loss* only once a sync of the ring file has completed after it was
-//! written. [`Log::durable_lsn`] is the first page not known to be on
-//! disk: every page from the ring's horizon up to it reached the disk in a sync that completed.
+//! written. [`Log::durable_lsn`] is the first page not known to be on disk: every page from the
+//! ring's horizon up to it reached the disk in a sync that completed.
 //!
 //! # Flushes
 //!
@@ -56,9 +56,9 @@
 //! no range arithmetic across the ring's wrap, and it writes the ring header (the persisted
 //! horizon) with the pages. (These were measured while the ring was written through a shared
 //! mapping; pages now reach the file by `pwrite`, and an `RWF_DSYNC` write would flush the
-//! device cache once per page where one `fdatasync` covers a group: not tried.) The same bench times commits against the raw `fdatasync` floor: `wait_durable`
-//! at 1 in flight reached 0.95–0.97× the floor's p50 (it syncs on the caller's thread; 1.08×
-//! in the throttled run).
+//! device cache once per page where one `fdatasync` covers a group: not tried.) The same bench
+//! times commits against the raw `fdatasync` floor: `wait_durable` at 1 in flight reached
+//! 0.95–0.97× the floor's p50 (it syncs on the caller's thread; 1.08× in the throttled run).
 //!
 //! After a few minutes of back-to-back syncs the virtual disk here throttled every sync, of any
 //! kind, to about 4 ms (a rate limit of the VM's disk, it seems); compare only ratios from one run.
@@ -77,8 +77,8 @@
 //! # Process crash and power loss
 //!
 //! After a **process crash** (SIGKILL, panic) the page cache holds every page written to the
-//! ring file, durable or not: recovery finds every finished page from the persisted horizon up to the first
-//! gap (`ring.rs`, Recovery).
+//! ring file, durable or not: recovery finds every finished page from the persisted horizon up
+//! to the first gap (`ring.rs`, Recovery).
 //!
 //! After a **power loss**, pages below the durable watermark survive; pages at or above it may
 //! survive, be garbled, be zeroed (blocks whose first write never reached the disk) or be torn (a
