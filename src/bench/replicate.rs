@@ -67,13 +67,12 @@
 //! took pages. Measured (`--inflight 16,256 --rounds 3`, three runs): the replica kept up with
 //! `async` at 16 in flight (1.00); at 256 the median round's share was 0.76, 0.98 and 1.00.
 //!
-//! Since the ring's flusher is woken only for pages no running flush covers
-//! (`pagemesh_logpage::durable`, Flushes), `async@256` runs faster and `sync@256` does not: two
-//! runs each of both builds, alternated (`--inflight 256 --variants async,sync --rounds 3`):
-//! `async` 326k and 362k commits/s before, 459k and 407k after; `sync` 294k and 308k before, 311k
-//! and 284k after. So `sync@256/async` fell from 0.90 and 0.85 to 0.68 and 0.70, against a
-//! Little estimate of 0.89 in all four: the faster `async` is one whose replica falls further
-//! behind (0.64 of the pages received in a full run), not a faster replication.
+//! How much `sync@256/async` moves from run to run: the build before the ring's flusher was
+//! woken only for pages no running flush covers (`pagemesh_logpage::durable`, Flushes) and the
+//! build after, alternated six times each (`--inflight 256 --variants async,sync --rounds 3`):
+//! before 0.68–0.90 (median 0.78), after 0.68–0.89 (median 0.79), against Little estimates of
+//! 0.88–0.91; `async` alone ranged 326k–502k commits/s, `sync` 284k–368k. Two runs that differ
+//! by 0.2 say nothing; compare medians of several.
 //!
 //! # Records per page
 //!

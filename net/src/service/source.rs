@@ -496,7 +496,9 @@ pub(super) enum Wake {
 /// what one of a page does on both ends (a wake-up, a write, the peer's read and one ack), and a
 /// synchronous writer with a window of commits in flight waits on pages long shipped; a writer
 /// that waits on a page not shipped yet asks for it (`Log::request_ship`, a seal request), so
-/// this delays no commit.
+/// this delays no commit. Measured (`bench replicate --inflight 16,256 --variants async,sync`,
+/// two runs of each build): `sync@256/async` 0.76 and 0.72 with batches of 2 pages, 0.64 and
+/// 0.66 with 4, 0.88 and 0.87 with 8, 0.82 and 0.88 with 16 (Little estimates 0.88–0.91).
 const SHIP_BATCH_PAGES: u64 = 8;
 
 /// How long ready pages that nobody asked for wait for the batch to fill (asynchronous replicas):
