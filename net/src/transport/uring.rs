@@ -23,6 +23,11 @@
 //!   is its own completion, and one-page frames ran at 0.70–0.76× epoll that way against
 //!   1.09–1.22× with the direct attempt (`bench transport --seconds 3`, two runs each). An ack
 //!   round trip thus costs each end one `send` and one enter, against epoll's three syscalls.
+//! - Receives go through the ring. Trying the socket first there too (a `recv` with
+//!   `MSG_DONTWAIT` after a receive that returned bytes, the ring after one that would block)
+//!   made no difference that the noise did not swamp: one-page frames at a median of 0.98× epoll
+//!   with it and 1.02× without, over ten alternated runs of `bench transport` each (single runs
+//!   of either ranged 0.81–1.35×); ack round trip p50 0.97× and 0.98×. Not kept.
 //! - Tasks are woken from any thread (committers notify shippers). A waker queues its task; if the
 //!   thread is parked, it also writes an eventfd on which the ring always has a read pending,
 //!   which ends the enter ([`Doorbell`]: the handshake, and its shuttle model).
