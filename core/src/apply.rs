@@ -27,7 +27,8 @@
 //! flight), and the ring's syncs queued behind them: `durable@1` p50 was 2.3x the disk's
 //! `fdatasync` floor. So while nobody waits for `Applied`, the applier lets a backlog build
 //! before each group: once a page is ready it waits up to [`Options::apply_pace`]'s window
-//! (5 ms) or until its bytes (1 MiB, at most a quarter of the ring) are held, through
+//! (5 ms; 50 ms on a replica, `REPLICA_APPLY_PACE` says why) or until its bytes (1 MiB; 16 MiB
+//! on a replica; at most a quarter of the ring) are held, through
 //! `Cursor::wait_backlog`, during which its cursor steps back from sealing duty (waiters seal
 //! their own pages). A commit that waits for `Applied` (`put_if_version` and transactions too)
 //! calls `Log::hurry` with its page, which ends the wait at once and seals that page: such
@@ -157,15 +158,23 @@ impl Applier {
     }
 
     /// Lets a backlog build before the next group, while nobody waits for `Applied` (see the
-    /// module docs, Pacing): until `apply_pace_bytes` of ring pages are held (ready, or applied
+    /// module docs, Pacing): until the pace's bytes of ring pages are held (ready, or applied
     /// and not yet released; at most a quarter of the ring), the pace window has passed since
     /// pages became ready, a waiter hurries (`Inner::wait_applied`), or the log closes.
     fn pace(&mut self) {
-        let window = self.inner.options.apply_pace_window;
+        let (window, bytes) =
+            self.inner
+                .options
+                .apply_pace
+                .unwrap_or(if self.inner.log.is_follower() {
+                    crate::options::REPLICA_APPLY_PACE
+                } else {
+                    crate::options::APPLY_PACE
+                });
         if window.is_zero() {
             return;
         }
-        let pages_max = (self.inner.options.apply_pace_bytes / PAGE_SIZE) as u64;
+        let pages_max = (bytes / PAGE_SIZE) as u64;
         let pages_min = pages_max.min(self.inner.log.slots() / 4).max(1);
         self.cursor
             .wait_backlog(pages_min, Some(Instant::now() + window));

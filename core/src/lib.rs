@@ -66,7 +66,9 @@ pub use metrics::{
     CommitMetrics, DatabaseMetrics, Histogram, ReplicaLag, ReplicaState, DEPARTED_REPLICAS_MAX,
     TIMELINE_SAMPLES_MAX, TIMELINE_SPACING,
 };
-pub use options::{Durability, Options, RECORD_LEN_MAX_DEFAULT, RING_SLOTS_DEFAULT};
+pub use options::{
+    Durability, Options, APPLY_PACE, RECORD_LEN_MAX_DEFAULT, REPLICA_APPLY_PACE, RING_SLOTS_DEFAULT,
+};
 pub use pagemesh_logpage::Ingested;
 pub use plumbing::Plumbing;
 pub use read::{Entries, Snapshot};
