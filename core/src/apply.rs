@@ -174,8 +174,14 @@ impl Applier {
         if window.is_zero() {
             return;
         }
+        // A backlog of a whole group ends the pace too: a group takes no more, so waiting for
+        // more only delays it (with small groups and the replica's 50 ms, one group per window).
         let pages_max = (bytes / PAGE_SIZE) as u64;
-        let pages_min = pages_max.min(self.inner.log.slots() / 4).max(1);
+        let group_pages = (self.inner.options.group_bytes_max / PAGE_SIZE).max(1) as u64;
+        let pages_min = pages_max
+            .min(group_pages)
+            .min(self.inner.log.slots() / 4)
+            .max(1);
         self.cursor
             .wait_backlog(pages_min, Some(Instant::now() + window));
     }
