@@ -198,10 +198,16 @@ impl Shared {
         durability.flushing.store(false, Ordering::SeqCst);
         durability.notify.notify_all();
         durability.wakers.wake_all();
-        let durable = durability.lsn.load(Ordering::SeqCst);
-        if self.watermark.load(Ordering::SeqCst) > durable || self.open_page_wanted() {
+        if self.flush_wanted() {
             durability.flusher.notify_all();
         }
+    }
+
+    /// Whether a flush has work: finished pages not yet durable, or an open page a durable
+    /// waiter wants sealed.
+    fn flush_wanted(&self) -> bool {
+        self.watermark.load(Ordering::SeqCst) > self.durability.lsn.load(Ordering::SeqCst)
+            || self.open_page_wanted()
     }
 
     /// Wakes the flusher for a page that finished, or an open page an async waiter wants, unless
@@ -512,10 +518,7 @@ impl Log {
             !stop.load(Ordering::SeqCst)
                 && !shared.is_closed()
                 && !durability.is_poisoned()
-                && (durability.is_flushing()
-                    || (shared.watermark.load(Ordering::SeqCst)
-                        <= durability.lsn.load(Ordering::SeqCst)
-                        && !shared.open_page_wanted()))
+                && (durability.is_flushing() || !shared.flush_wanted())
         };
         loop {
             durability.flusher.wait_while(idle, None);
