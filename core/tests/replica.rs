@@ -220,3 +220,53 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
         acker.join().unwrap();
     });
 }
+
+/// A replica's ring syncs at most once per `replica_flush_pace` while nobody waits on it: the
+/// first page ingested is synced at once, the ones after it wait out the pace (an hour here),
+/// and with no pace every page is synced as it arrives.
+#[test]
+fn a_replica_syncs_its_ring_once_per_flush_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = Database::open(dir.path().join("p"), Options::new()).unwrap();
+    let mut stream = Vec::new();
+    primary.read().unwrap().export(&mut stream).unwrap();
+    for i in 0..3u8 {
+        let mut batch = WriteBatch::new();
+        batch.put("t", &[i], &[i; 5000]).unwrap();
+        primary.commit(&batch, Durability::Applied).unwrap();
+    }
+    let wait_durable = |replica: &Database, lsn: u64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while replica.durable_lsn() < lsn {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never synced to {lsn}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    let paced = Options::new().replica_flush_pace(Duration::from_secs(3600));
+    let (replica, stats) =
+        pagemesh_core::Plumbing::restore_replica(dir.path().join("r1"), &stream[..], paced)
+            .unwrap();
+    let pages = pages_from(&primary, stats.lsn);
+    assert!(pages.len() >= 3 * PAGE_SIZE, "the records span pages");
+    replica.plumbing().ingest(&pages[..PAGE_SIZE]).unwrap();
+    wait_durable(&replica, stats.lsn + 1);
+    replica.plumbing().ingest(&pages[PAGE_SIZE..]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        replica.durable_lsn(),
+        stats.lsn + 1,
+        "synced within its pace"
+    );
+
+    let unpaced = Options::new().replica_flush_pace(Duration::ZERO);
+    let (replica, stats) =
+        pagemesh_core::Plumbing::restore_replica(dir.path().join("r2"), &stream[..], unpaced)
+            .unwrap();
+    replica.plumbing().ingest(&pages[..PAGE_SIZE]).unwrap();
+    wait_durable(&replica, stats.lsn + 1);
+    replica.plumbing().ingest(&pages[PAGE_SIZE..]).unwrap();
+    wait_durable(&replica, stats.lsn + (pages.len() / PAGE_SIZE) as u64);
+}

@@ -32,6 +32,18 @@
 //!   taken and then nothing left, and each wake-up could preempt the writer on its own vCPU.
 //! - [`Log::flush_ready`] is one flush, for a caller with its own loop.
 //!
+//! # A follower's flusher paces
+//!
+//! A follower's pages arrive from its origin, and a replica acknowledges them on receipt, so
+//! nobody's commit waits for its ring's sync. With [`LogOptions::follower_flush_pace`](crate::LogOptions::follower_flush_pace) set,
+//! its flusher starts a flush at most once per pace (after the first): it waits out the rest
+//! of the window with `pacing` set, and a page finishing meanwhile does not wake it. One sync
+//! then covers every page ingested in the window, where flushing each page as it came cost a
+//! sync a page, on a disk a replica on the same machine shares with its source. A durable
+//! waiter (`wanted_end` above the watermark), stop, close and poison end the pace at once;
+//! [`Log::wait_durable`] leads its own flush anyway. A log that takes local writes
+//! never paces: its writers' `Durable` commits wait on its flushes.
+//!
 //! # Sealing for durable waiters (seal rule 5)
 //!
 //! Only whole pages become durable, so a durable waiter's page must be sealed. A waiter
@@ -98,7 +110,7 @@
 //! that were never released, instead of at the header.
 
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
@@ -129,6 +141,11 @@ pub(crate) struct Durability {
     pub flusher: Notify,
     /// Async tasks waiting for the durable watermark ([`Log::poll_durable`]).
     pub wakers: AsyncWakers,
+    /// [`crate::LogOptions::follower_flush_pace`]: zero, or how long a follower's flusher lets
+    /// pages gather between flushes nobody waits for.
+    follower_pace: Duration,
+    /// Set while the flusher waits out its pace: a page finishing then does not wake it.
+    pacing: AtomicBool,
     /// Set once a sync failed; `poison` then holds what failed.
     poisoned: AtomicBool,
     poison: Mutex<Option<Poison>>,
@@ -160,6 +177,8 @@ impl Durability {
             notify: Notify::default(),
             flusher: Notify::default(),
             wakers: AsyncWakers::default(),
+            follower_pace: options.follower_flush_pace,
+            pacing: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
             #[cfg(any(test, feature = "fault-injection"))]
@@ -186,6 +205,11 @@ impl Durability {
 
     fn is_flushing(&self) -> bool {
         self.flushing.load(Ordering::SeqCst)
+    }
+
+    /// Whether a durable waiter wants a page that is not yet durable.
+    fn waiter_wants(&self) -> bool {
+        self.wanted_end.load(Ordering::SeqCst) > self.lsn.load(Ordering::SeqCst)
     }
 }
 
@@ -218,9 +242,16 @@ impl Shared {
     /// loads the claim; the leader stores the claim's release, then loads the watermark and
     /// `wanted_end`; the flusher registers, then loads all three. All `SeqCst`, so of any two of
     /// them, one sees the other's store.
+    ///
+    /// A pacing flusher (a follower's, `follower_flush_pace`) is woken only for a durable waiter:
+    /// the waiter stores `wanted_end` before it nudges, and the flusher stores `pacing`, then
+    /// registers, then loads `wanted_end`.
     pub(crate) fn nudge_flusher(&self) {
-        if !self.durability.is_flushing() {
-            self.durability.flusher.notify_all();
+        let durability = &self.durability;
+        if !durability.is_flushing()
+            && (!durability.pacing.load(Ordering::SeqCst) || durability.waiter_wants())
+        {
+            durability.flusher.notify_all();
         }
     }
 
@@ -472,8 +503,9 @@ impl Log {
         }
         durability.want(lsn);
         durability.wakers.register(cx.waker());
-        if shared.anchor.load().lsn <= lsn {
-            shared.nudge_flusher(); // it must seal this page
+        // The flusher must seal this page, or end its pace for it.
+        if shared.anchor.load().lsn <= lsn || durability.pacing.load(Ordering::SeqCst) {
+            shared.nudge_flusher();
         }
         if durable() {
             return Poll::Ready(Ok(()));
@@ -520,11 +552,30 @@ impl Log {
                 && !durability.is_poisoned()
                 && (durability.is_flushing() || !shared.flush_wanted())
         };
+        // While a follower nobody waits on, let pages gather for `follower_pace` between
+        // flushes; a durable waiter, stop, close and poison end the pace.
+        let unhurried = || {
+            !stop.load(Ordering::SeqCst)
+                && !shared.is_closed()
+                && !durability.is_poisoned()
+                && !durability.waiter_wants()
+        };
+        let mut last_flush: Option<Instant> = None;
         loop {
             durability.flusher.wait_while(idle, None);
+            let pace_due = last_flush
+                .filter(|_| !durability.follower_pace.is_zero() && self.is_follower())
+                .map(|last| last + durability.follower_pace)
+                .filter(|&due| Instant::now() < due);
+            if pace_due.is_some() {
+                durability.pacing.store(true, Ordering::SeqCst);
+                durability.flusher.wait_while(unhurried, pace_due);
+                durability.pacing.store(false, Ordering::SeqCst);
+            }
             if shared.is_closed() && !durability.is_poisoned() {
                 return Ok(());
             }
+            last_flush = Some(Instant::now());
             let flushed = self.flush_ready();
             if let Err(error) = &flushed {
                 tracing::warn!(%error, "flusher stops");
@@ -799,5 +850,67 @@ mod tests {
             }
             assert!(log.durable_lsn() > pos.lsn_last);
         }
+    }
+
+    /// Five whole pages of an origin's log, as a follower ingests them.
+    fn origin_pages() -> Vec<u8> {
+        let origin = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+        let mut cursor = origin.cursor(0).unwrap();
+        for i in 0..5u8 {
+            origin.append(&[i; 100]).unwrap();
+            origin.seal();
+        }
+        let mut pages = Vec::new();
+        while let Some(run) = cursor.next_run(16).unwrap() {
+            pages.extend_from_slice(run.bytes);
+        }
+        assert_eq!(pages.len(), 5 * crate::PAGE_SIZE);
+        pages
+    }
+
+    #[test]
+    fn a_follower_flusher_paces_its_syncs_until_a_waiter_wants_a_page() {
+        let (syncs, options) = counting_hook(usize::MAX);
+        let options = options
+            .follower(true)
+            .follower_flush_pace(std::time::Duration::from_secs(3600));
+        let log = Log::in_memory(options).unwrap();
+        let flusher = log.spawn_flusher().unwrap();
+        let pages = origin_pages();
+        let page = crate::PAGE_SIZE;
+        // The first page is synced at once: no flush has started a pace yet.
+        log.ingest(&pages[..page]).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while log.durable_lsn() < 1 {
+            assert!(Instant::now() < deadline, "the flusher never synced");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // The next ones wait out the pace: an hour, unless someone waits for them.
+        log.ingest(&pages[page..4 * page]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(log.durable_lsn(), 1, "a page synced within the pace");
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        // An async waiter (which never syncs itself) ends the pace.
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let pos = CommitPos {
+            seq: 0,
+            lsn_last: 2,
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while log.poll_durable(&mut cx, pos).is_pending() {
+            assert!(
+                Instant::now() < deadline,
+                "the pacing flusher slept through a waiter"
+            );
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(log.durable_lsn(), 4, "one sync covered the paced pages");
+        assert_eq!(syncs.load(Ordering::SeqCst), 2);
+        // Stopping ends the pace with a last flush.
+        log.ingest(&pages[4 * page..]).unwrap();
+        flusher.stop().unwrap();
+        assert_eq!(log.durable_lsn(), 5);
+        assert_eq!(syncs.load(Ordering::SeqCst), 3);
     }
 }

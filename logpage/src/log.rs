@@ -18,7 +18,7 @@
 
 use std::path::Path;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
@@ -41,6 +41,7 @@ pub struct LogOptions {
     recover_from: Option<u64>,
     epoch_above_recovered: bool,
     follower: bool,
+    pub(crate) follower_flush_pace: Duration,
     #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) sync_hook: Option<IoHook>,
     #[cfg(any(test, feature = "fault-injection"))]
@@ -56,6 +57,7 @@ impl Default for LogOptions {
             recover_from: None,
             epoch_above_recovered: false,
             follower: false,
+            follower_flush_pace: Duration::ZERO,
             #[cfg(any(test, feature = "fault-injection"))]
             sync_hook: None,
             #[cfg(any(test, feature = "fault-injection"))]
@@ -162,6 +164,15 @@ impl LogOptions {
     /// log) and refuses local reservations. Default: false, a log written by local reservations.
     pub fn follower(mut self, follower: bool) -> Self {
         self.follower = follower;
+        self
+    }
+
+    /// While the log is a follower, its [`Flusher`](crate::Flusher) starts a flush at most once
+    /// per `pace` (after the first), unless a durable waiter wants a page: one sync then covers
+    /// every page ingested in the window (`durable.rs`, A follower's flusher paces). Default:
+    /// zero, a flush as soon as a page is ready.
+    pub fn follower_flush_pace(mut self, pace: Duration) -> Self {
+        self.follower_flush_pace = pace;
         self
     }
 

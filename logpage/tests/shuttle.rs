@@ -83,6 +83,14 @@
 //!     removed, the whole-page case deadlocks within the schedules run; the first version of
 //!     `poll_paced` spun here (shuttle: "exceeded max_steps").
 //!
+//! 12. **A follower's pacing flusher** (`LogOptions::follower_flush_pace`, an hour: shuttle's
+//!     timed waits never time out, so only a wake-up ends the pace). A feeder ingests an origin's
+//!     pages in two runs while an async waiter (`poll_durable`, which never syncs itself) waits
+//!     for the last one: a finished page does not wake a pacing flusher, the waiter's wish must,
+//!     before its page arrives or after. With any of the three wake-up paths removed (the
+//!     waiter's nudge while pacing, the nudge's exception for a waiter, the pace's end for a
+//!     waiter), this model deadlocks.
+//!
 //! Records are self-checking (`common::make_record`): each carries its writer and index and bytes
 //! derived from them, so a lost, duplicated, torn, mixed or reordered record fails a content check,
 //! not just a count.
@@ -912,8 +920,13 @@ struct Syncs {
 /// in the middle so that commits and waiters interleave with it; `fail_at` fails that sync
 /// (0-based) and every later one.
 fn hooked_log(syncs: &Arc<Syncs>, fail_at: u64) -> Log {
+    Log::in_memory(hooked_options(LogOptions::new().slots(4), syncs, fail_at)).expect("log")
+}
+
+/// `options` with `syncs`' hook (see [`hooked_log`]).
+fn hooked_options(options: LogOptions, syncs: &Arc<Syncs>, fail_at: u64) -> LogOptions {
     let hook_syncs = Arc::clone(syncs);
-    let options = LogOptions::new().slots(4).sync_hook(move |from, to| {
+    options.sync_hook(move |from, to| {
         let syncs = &hook_syncs;
         assert!(from < to, "a sync with nothing to sync");
         assert!(
@@ -934,8 +947,7 @@ fn hooked_log(syncs: &Arc<Syncs>, fail_at: u64) -> Log {
         syncs.completed_to.store(to, Ordering::SeqCst);
         syncs.ended.publish(to);
         Ok(())
-    });
-    Log::in_memory(options).expect("log")
+    })
 }
 
 /// Checks the watermark against the syncs: never beyond a completed one, never past a page that
@@ -1446,4 +1458,58 @@ fn paced_backlog_model() {
 #[test]
 fn a_pacing_shipper_wakes_when_its_backlog_is_ready() {
     check(paced_backlog_model, 2000, 2000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model 12: a follower's flusher that paces its syncs
+// ---------------------------------------------------------------------------------------------
+
+/// A follower log whose flusher paces for an hour (`LogOptions::follower_flush_pace`; shuttle's
+/// timed waits never time out, so only a wake-up ends the pace) is fed an origin's pages in two
+/// runs, while an async waiter, which never syncs itself, waits for the last page to be durable.
+/// Ingesting a page does not wake a pacing flusher; the waiter's wish must, whether it comes
+/// before its page arrives or after.
+fn paced_follower_flush_model() {
+    let (pages, _) = origin_pages();
+    let last_lsn = (pages.len() / pagemesh_logpage::PAGE_SIZE - 1) as u64;
+    let syncs = Arc::new(Syncs::default());
+    let options = LogOptions::new()
+        .slots(8)
+        .follower(true)
+        .follower_flush_pace(std::time::Duration::from_secs(3600));
+    let log = Log::in_memory(hooked_options(options, &syncs, u64::MAX)).expect("follower");
+    let flusher = log.spawn_flusher().expect("flusher");
+    let feeder = {
+        let log = log.clone();
+        spawn("feeder".into(), move || {
+            let page = pagemesh_logpage::PAGE_SIZE;
+            for run in [&pages[..page], &pages[page..]] {
+                let ingested = log.ingest(run).expect("ingest");
+                assert_eq!(ingested.pages * page, run.len(), "the ring has room");
+                thread::yield_now();
+            }
+        })
+    };
+    let waiter = {
+        let log = log.clone();
+        spawn("async-waiter".into(), move || {
+            let pos = CommitPos {
+                seq: 0,
+                lsn_last: last_lsn,
+            };
+            shuttle::future::block_on(std::future::poll_fn(|cx| log.poll_durable(cx, pos)))
+                .expect("poll_durable");
+            assert!(log.durable_lsn() > last_lsn);
+        })
+    };
+    feeder.join().expect("feeder");
+    waiter.join().expect("waiter");
+    check_durable(&log, &syncs);
+    flusher.stop().expect("the flusher stops cleanly");
+    assert_eq!(log.durable_lsn(), last_lsn + 1);
+}
+
+#[test]
+fn a_pacing_follower_flusher_is_woken_by_a_durable_waiter() {
+    check(paced_follower_flush_model, 1000, 1000);
 }
