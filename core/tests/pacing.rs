@@ -1,6 +1,7 @@
 //! The applier's pacing (`apply.rs`, Pacing) on real LMDB files. With a pace window of an hour,
 //! far longer than any test, `Durable` commits return while nothing is applied; a commit that
-//! waits for `Applied`, a transaction, or a backlog of the configured bytes ends the pace; and
+//! waits for `Applied`, a transaction, a backlog of the configured bytes, or a backlog of one
+//! whole group (`Options::group_bytes_max`) ends the pace; and
 //! closing ends it with everything applied. A pace that is never cut short would hang a test, so
 //! each such wait runs on its own thread and fails the test after a minute instead.
 
@@ -98,6 +99,32 @@ fn a_backlog_of_the_pace_bytes_ends_the_pace() {
         std::thread::sleep(Duration::from_millis(5));
     });
     assert!(applied >= 4);
+}
+
+/// A group takes at most `group_bytes_max`, so a backlog of one whole group ends the pace
+/// whatever the pace's bytes: with groups of two pages and a pace of a gigabyte (a quarter of this
+/// ring: 16 pages), eight pages are applied without waiting out the hour.
+#[test]
+fn a_backlog_of_one_whole_group_ends_the_pace() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new()
+        .ring_slots(64)
+        .group_bytes_max(2 * 4096)
+        .apply_pace(FOREVER, 1 << 30);
+    let db = Database::open(dir.path(), options).unwrap();
+    for index in 0..8u8 {
+        db.commit(&put(&[b'g', index]), Durability::Durable)
+            .unwrap();
+    }
+    let watcher = db.clone();
+    let applied = returns("applying a backlog of whole groups", move || loop {
+        let applied = watcher.applied_lsn();
+        if applied >= 8 {
+            return applied;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    });
+    assert!(applied >= 8);
 }
 
 #[test]
