@@ -379,7 +379,7 @@ impl Cursor {
                 consumers.pace_wakers.register(cx.waker());
                 consumers.pacing_async_from(read_lsn);
                 let wake_at = read_lsn + if self.lingering { pages_min } else { 1 };
-                consumers.wake_pacing_at(wake_at);
+                consumers.wake_async_pacing_at(wake_at);
                 wake_at
             };
             let still_asked = self.ship_until.max(consumers.ship_end()) > read_lsn;

@@ -315,10 +315,14 @@ pub(crate) struct Consumers {
     pacing: AtomicUsize,
     /// One past the highest page a reader asked to be consumed soon (`Log::hurry`); only grows.
     hurry_end: AtomicU64,
-    /// The lowest committed watermark a pacing consumer wants to be woken at (`u64::MAX`: none).
-    /// The watermark's advancer swaps it back to none when it wakes them; each re-registers
-    /// before it sleeps again.
+    /// The lowest committed watermark a blocking pacing consumer (`Cursor::wait_backlog`) wants
+    /// to be woken at (`u64::MAX`: none). The watermark's advancer swaps it back to none when it
+    /// wakes them; each re-registers before it sleeps again.
     pace_wake_at: AtomicU64,
+    /// The same for the async pacing cursors (`Cursor::poll_paced`), apart: a shipper that asks
+    /// for the next page must not wake an applier pacing for a backlog of hundreds (it did,
+    /// once per page, while both shared one threshold).
+    async_pace_wake_at: AtomicU64,
     /// Woken when the watermark reaches `pace_wake_at`, on `Log::hurry`, and on close: not on
     /// every advance, which would wake a pacing applier once per page.
     pub pace: Notify,
@@ -342,6 +346,7 @@ impl Default for Consumers {
             pacing: AtomicUsize::new(0),
             hurry_end: AtomicU64::new(0),
             pace_wake_at: AtomicU64::new(u64::MAX),
+            async_pace_wake_at: AtomicU64::new(u64::MAX),
             pace: Notify::default(),
             ship_end: AtomicU64::new(0),
             pace_ship_from: AtomicU64::new(u64::MAX),
@@ -389,16 +394,26 @@ impl Consumers {
     pub fn hurry(&self, lsn: u64) {
         self.hurry_end.fetch_max(lsn + 1, Ordering::SeqCst);
     }
-    /// A pacing consumer asks to be woken once the watermark reaches `watermark`.
+    /// A blocking pacing consumer asks to be woken (on `pace`) once the watermark reaches
+    /// `watermark`.
     pub fn wake_pacing_at(&self, watermark: u64) {
         self.pace_wake_at.fetch_min(watermark, Ordering::SeqCst);
     }
-    /// Called after the watermark advanced to `watermark`: wakes pacing consumers that asked
-    /// for it. One atomic load when none did.
+    /// An async pacing cursor asks to be woken (through `pace_wakers`) once the watermark
+    /// reaches `watermark`.
+    pub fn wake_async_pacing_at(&self, watermark: u64) {
+        self.async_pace_wake_at
+            .fetch_min(watermark, Ordering::SeqCst);
+    }
+    /// Called after the watermark advanced to `watermark`: wakes the pacing consumers that
+    /// asked for it, blocking and async apart. Two atomic loads when none did.
     pub fn watermark_advanced(&self, watermark: u64) {
         if self.pace_wake_at.load(Ordering::SeqCst) <= watermark {
             self.pace_wake_at.store(u64::MAX, Ordering::SeqCst);
             self.pace.notify_all();
+        }
+        if self.async_pace_wake_at.load(Ordering::SeqCst) <= watermark {
+            self.async_pace_wake_at.store(u64::MAX, Ordering::SeqCst);
             self.wake_async_pacers();
         }
     }
@@ -431,6 +446,52 @@ impl Consumers {
 #[cfg(all(test, not(feature = "shuttle")))]
 mod tests {
     use super::*;
+
+    /// A shipper asking for the next page (async) and an applier pacing for a backlog
+    /// (blocking) are woken each at its own threshold: the page the shipper wants wakes only
+    /// the shipper. While they shared one, every page woke the applier (a futex wake on the
+    /// writer's path and a context switch, per page).
+    #[test]
+    fn pacers_are_woken_at_their_own_threshold_not_at_the_other_kinds() {
+        use std::sync::Arc;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let consumers = Consumers::default();
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        consumers
+            .pace_wakers
+            .register(&std::task::Waker::from(Arc::clone(&woken)));
+        consumers.wake_pacing_at(100);
+        consumers.wake_async_pacing_at(5);
+        consumers.watermark_advanced(4);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0, "below both thresholds");
+        consumers.watermark_advanced(5);
+        assert_eq!(
+            woken.0.load(Ordering::SeqCst),
+            1,
+            "the async pacer is woken"
+        );
+        assert_eq!(
+            consumers.async_pace_wake_at.load(Ordering::SeqCst),
+            u64::MAX
+        );
+        assert_eq!(
+            consumers.pace_wake_at.load(Ordering::SeqCst),
+            100,
+            "the blocking pacer still sleeps"
+        );
+        consumers.watermark_advanced(100);
+        assert_eq!(consumers.pace_wake_at.load(Ordering::SeqCst), u64::MAX);
+        assert_eq!(
+            woken.0.load(Ordering::SeqCst),
+            1,
+            "no async pacer asked again"
+        );
+    }
 
     #[test]
     fn exactly_one_add_completes_a_page_whatever_the_order() {

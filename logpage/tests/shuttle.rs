@@ -81,7 +81,10 @@
 //!     with records that leave pages open and with whole pages that seal themselves (so the
 //!     ship request is the only signal): every request is served. With the request's wake-up
 //!     removed, the whole-page case deadlocks within the schedules run; the first version of
-//!     `poll_paced` spun here (shuttle: "exceeded max_steps").
+//!     `poll_paced` spun here (shuttle: "exceeded max_steps"). And whole pages committed
+//!     unannounced to a shipper of every page, with no request of any kind: only the
+//!     watermark's advance wakes it, at the threshold async pacers keep apart from blocking ones
+//!     (with the shipper's wake-up point put in the blocking pacers' threshold, it deadlocks).
 //!
 //! 12. **A follower's pacing flusher** (`LogOptions::follower_flush_pace`, an hour: shuttle's
 //!     timed waits never time out, so only a wake-up ends the pace). A feeder ingests an origin's
@@ -1304,15 +1307,18 @@ fn a_pacing_consumer_leaves_sealing_to_waiters() {
 
 /// Two writers each commit one record that fills a page exactly (so it seals itself) and wait,
 /// without hurrying, until the consumer has read it; the consumer paces for a backlog of two
-/// pages. Only the watermark's advance to the second page can wake it: a lost wake-up there
-/// blocks every thread.
-fn backlog_model() {
-    whole_pages_model(|cursor, consumed| pace_and_consume(cursor, consumed, 2));
+/// pages. Appended, each record also requests a seal; unannounced, only the watermark's
+/// advance to the second page can wake the consumer: a lost wake-up there blocks every thread.
+fn backlog_model(style: Style) {
+    whole_pages_model(style, |cursor, consumed| {
+        pace_and_consume(cursor, consumed, 2)
+    });
 }
 
 /// The writers of `backlog_model`, against the consumer `consume` (which reads with the cursor
-/// and publishes what it read).
-fn whole_pages_model(consume: fn(Cursor, &Consumed) -> Reading) {
+/// and publishes what it read). With `Style::Unannounced` no commit makes a seal request, so
+/// only the watermark's advance can wake the consumer; `Style::Append` requests seals too.
+fn whole_pages_model(style: Style, consume: fn(Cursor, &Consumed) -> Reading) {
     let log = Log::in_memory(LogOptions::new().slots(4)).expect("log");
     let consumed = Arc::new(Consumed::default());
     let consumer = {
@@ -1324,7 +1330,7 @@ fn whole_pages_model(consume: fn(Cursor, &Consumed) -> Reading) {
         .map(|writer| {
             let (log, consumed) = (log.clone(), Arc::clone(&consumed));
             spawn(format!("writer-{writer}"), move || {
-                let record = write_record(&log, (writer, 0), len, Style::Append, || {});
+                let record = write_record(&log, (writer, 0), len, style, || {});
                 assert_eq!(record.pos.lsn_last, record.pos.seq / 4096, "one whole page");
                 consumed.wait_past(record.pos.lsn_last);
                 vec![record]
@@ -1339,7 +1345,8 @@ fn whole_pages_model(consume: fn(Cursor, &Consumed) -> Reading) {
 
 #[test]
 fn a_pacing_consumer_wakes_when_its_backlog_is_ready() {
-    check(backlog_model, 2000, 2000);
+    check(|| backlog_model(Style::Append), 2000, 2000);
+    check(|| backlog_model(Style::Unannounced), 2000, 2000);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1447,17 +1454,29 @@ fn a_pacing_shipper_never_sleeps_through_a_ship_request() {
 }
 
 /// Two writers each commit one whole page (it seals itself) and wait, without asking, until the
-/// shipper read it; the shipper paces for two pages. Only the watermark's advance to the second
-/// page can wake it.
+/// shipper read it; the shipper paces for two pages. The watermark's advance to the second page
+/// wakes it, and so do the seal requests of appended records.
 fn paced_backlog_model() {
-    whole_pages_model(|cursor, consumed| {
+    whole_pages_model(Style::Append, |cursor, consumed| {
         shuttle::future::block_on(ship_paced(cursor, consumed, 2))
+    });
+}
+
+/// The same writers committing unannounced (no seal request at all) to a shipper that ships
+/// every page: only the watermark's advance to the page it waits for can wake it. (With a
+/// backlog of two, a lone last page rightly waits for the caller's timer, which never fires
+/// here.) Caught a blocking pacer's and an async pacer's wake-up points sharing one threshold
+/// if the async one is then woken only with the blocking ones.
+fn paced_unannounced_model() {
+    whole_pages_model(Style::Unannounced, |cursor, consumed| {
+        shuttle::future::block_on(ship_paced(cursor, consumed, 1))
     });
 }
 
 #[test]
 fn a_pacing_shipper_wakes_when_its_backlog_is_ready() {
     check(paced_backlog_model, 2000, 2000);
+    check(paced_unannounced_model, 2000, 2000);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -61,6 +61,25 @@
 //! syscalls:sys_enter_fdatasync`): about one sync a page in all, the primary's, where it was
 //! two. `sync-durable/durable` moved from 0.51–0.53 to 0.39–0.68 (median 0.58, three runs each).
 //!
+//! And the primary's applier slept through its pace only when no shipper ran: the shipper,
+//! pacing for the next page, and the applier, pacing for hundreds, shared one wake-up threshold
+//! (`pace_wake_at` in `pagemesh_logpage`'s seal module), so every page the writer finished woke
+//! the applier, through a futex wake on the writer's own path. Counted with bpftrace over 2 s of
+//! `sync-durable-apart@16`: the applier's futex calls 5,096 → 370 and the writer's 5,395 → 663
+//! once async pacers kept a threshold of their own. Three alternated runs each, before → after:
+//! `sync-durable/durable` 0.61–0.67 → 0.65–0.69, `sync-durable-apart/durable` 0.66–0.74 →
+//! 0.73–0.77.
+//!
+//! What is left is the machine's: this VM's kernel is booted with guest halt polling off
+//! (`haltpoll.guest_halt_poll_ns=0`), so every wake-up of a thread on an idle vCPU costs a
+//! halt and an interrupt. With it set to 200 µs (`/sys/module/haltpoll/parameters`, for one
+//! run, then restored), `bench transport`'s ack round trip fell from 80 µs to 16 µs (the
+//! blocking floor 13 µs), `durable@16` rose about 10%, and `sync-durable-apart/durable` was
+//! 0.72, 0.67 and 0.80 against 0.41, 0.63 and 0.56 in the runs alternated with it; one full
+//! run with it: `sync-durable/durable` 0.68, `durable-neighbour/durable` 0.98. So even with
+//! cheap wake-ups and a disk that the replica does not slow, the replica's work on the same two
+//! vCPUs keeps `sync-durable@16` near 0.7 of `durable@16` here.
+//!
 //! # What the replica keeps up with
 //!
 //! Each cell with a replica records the share of the primary's committed pages the replica had
