@@ -1,7 +1,9 @@
 //! The applier's pacing (`apply.rs`, Pacing) on real LMDB files. With a pace window of an hour,
 //! far longer than any test, `Durable` commits return while nothing is applied; a commit that
 //! waits for `Applied`, a transaction, a backlog of the configured bytes, or a backlog of one
-//! whole group (`Options::group_bytes_max`) ends the pace; and
+//! whole group (`Options::group_bytes_max`) ends the pace; the ring's flush pace
+//! (`Options::flush_pace`) holds back syncs of pages nobody waits for but never a `Durable`
+//! commit; and
 //! closing ends it with everything applied. A pace that is never cut short would hang a test, so
 //! each such wait runs on its own thread and fails the test after a minute instead.
 
@@ -125,6 +127,45 @@ fn a_backlog_of_one_whole_group_ends_the_pace() {
         std::thread::sleep(Duration::from_millis(5));
     });
     assert!(applied >= 8);
+}
+
+/// The ring's flush pace (`Options::flush_pace`): pages of commits that waited for less than
+/// `Durable` gather for the pace (an hour here) after the first flush, and a `Durable` commit is
+/// never held up by it.
+#[test]
+fn the_flush_pace_holds_unwaited_pages_but_never_a_durable_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options::new().ring_slots(64).flush_pace(FOREVER);
+    let db = Database::open(dir.path(), options).unwrap();
+    // Memory commits of two pages each: nobody waits for them to be durable.
+    let commit_memory = |index: u8| {
+        let mut batch = WriteBatch::new();
+        batch.put("t", &[b'm', index], &[index; 5000]).unwrap();
+        db.commit(&batch, Durability::Memory).unwrap();
+    };
+    // The flusher's first flush is not paced: the first page is synced unasked.
+    commit_memory(0);
+    let watcher = db.clone();
+    let durable = returns("the flusher's first flush", move || loop {
+        let durable = watcher.durable_lsn();
+        if durable >= 1 {
+            return durable;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    });
+    for index in 1..4u8 {
+        commit_memory(index);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(db.durable_lsn(), durable, "synced within the pace");
+    let watcher = db.clone();
+    returns("a Durable commit under a flush pace", move || {
+        watcher.commit(&put(b"f1"), Durability::Durable).unwrap()
+    });
+    assert!(
+        db.durable_lsn() > durable + 2,
+        "its sync covered the Memory commits too"
+    );
 }
 
 #[test]

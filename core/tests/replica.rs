@@ -221,7 +221,7 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
     });
 }
 
-/// A replica's ring syncs at most once per `replica_flush_pace` while nobody waits on it: the
+/// A replica's ring syncs at most once per `flush_pace` while nobody waits on it: the
 /// first page ingested is synced at once, the ones after it wait out the pace (an hour here),
 /// and with no pace every page is synced as it arrives.
 #[test]
@@ -245,7 +245,7 @@ fn a_replica_syncs_its_ring_once_per_flush_pace() {
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    let paced = Options::new().replica_flush_pace(Duration::from_secs(3600));
+    let paced = Options::new().flush_pace(Duration::from_secs(3600));
     let (replica, stats) =
         pagemesh_core::Plumbing::restore_replica(dir.path().join("r1"), &stream[..], paced)
             .unwrap();
@@ -261,7 +261,7 @@ fn a_replica_syncs_its_ring_once_per_flush_pace() {
         "synced within its pace"
     );
 
-    let unpaced = Options::new().replica_flush_pace(Duration::ZERO);
+    let unpaced = Options::new().flush_pace(Duration::ZERO);
     let (replica, stats) =
         pagemesh_core::Plumbing::restore_replica(dir.path().join("r2"), &stream[..], unpaced)
             .unwrap();

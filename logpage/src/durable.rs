@@ -32,17 +32,18 @@
 //!   taken and then nothing left, and each wake-up could preempt the writer on its own vCPU.
 //! - [`Log::flush_ready`] is one flush, for a caller with its own loop.
 //!
-//! # A follower's flusher paces
+//! # The flusher's pace
 //!
-//! A follower's pages arrive from its origin, and a replica acknowledges them on receipt, so
-//! nobody's commit waits for its ring's sync. With [`LogOptions::follower_flush_pace`](crate::LogOptions::follower_flush_pace) set,
-//! its flusher starts a flush at most once per pace (after the first): it waits out the rest
-//! of the window with `pacing` set, and a page finishing meanwhile does not wake it. One sync
-//! then covers every page ingested in the window, where flushing each page as it came cost a
-//! sync a page, on a disk a replica on the same machine shares with its source. A durable
-//! waiter (`wanted_end` above the watermark), stop, close and poison end the pace at once;
-//! [`Log::wait_durable`] leads its own flush anyway. A log that takes local writes
-//! never paces: its writers' `Durable` commits wait on its flushes.
+//! Pages nobody waits to see durable (commits that wait for less than `Durable`, a replica's
+//! pages, acknowledged on receipt) need not be synced one by one. With
+//! [`LogOptions::flush_pace`](crate::LogOptions::flush_pace) set, the flusher starts a flush at
+//! most once per pace (after the first): it waits out the rest of the window with `pacing` set,
+//! and a page finishing meanwhile does not wake it. One sync then covers every page finished in
+//! the window, where flushing each page as it came cost a sync (and a wake-up of the flusher)
+//! a page. A durable waiter (`wanted_end` above the watermark), stop, close and poison end the
+//! pace at once, and [`Log::wait_durable`] leads its own flush anyway: no `Durable` commit waits
+//! for the pace. What it changes is how long a page nobody waited for may stay off the disk:
+//! up to the pace plus a sync, for a power loss to take.
 //!
 //! # Sealing for durable waiters (seal rule 5)
 //!
@@ -141,9 +142,9 @@ pub(crate) struct Durability {
     pub flusher: Notify,
     /// Async tasks waiting for the durable watermark ([`Log::poll_durable`]).
     pub wakers: AsyncWakers,
-    /// [`crate::LogOptions::follower_flush_pace`]: zero, or how long a follower's flusher lets
-    /// pages gather between flushes nobody waits for.
-    follower_pace: Duration,
+    /// [`crate::LogOptions::flush_pace`]: zero, or how long the flusher lets pages gather
+    /// between flushes nobody waits for.
+    pace: Duration,
     /// Set while the flusher waits out its pace: a page finishing then does not wake it.
     pacing: AtomicBool,
     /// Set once a sync failed; `poison` then holds what failed.
@@ -177,7 +178,7 @@ impl Durability {
             notify: Notify::default(),
             flusher: Notify::default(),
             wakers: AsyncWakers::default(),
-            follower_pace: options.follower_flush_pace,
+            pace: options.flush_pace,
             pacing: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             poison: Mutex::new(None),
@@ -243,7 +244,7 @@ impl Shared {
     /// `wanted_end`; the flusher registers, then loads all three. All `SeqCst`, so of any two of
     /// them, one sees the other's store.
     ///
-    /// A pacing flusher (a follower's, `follower_flush_pace`) is woken only for a durable waiter:
+    /// A pacing flusher (`LogOptions::flush_pace`) is woken only for a durable waiter:
     /// the waiter stores `wanted_end` before it nudges, and the flusher stores `pacing`, then
     /// registers, then loads `wanted_end`.
     pub(crate) fn nudge_flusher(&self) {
@@ -552,8 +553,8 @@ impl Log {
                 && !durability.is_poisoned()
                 && (durability.is_flushing() || !shared.flush_wanted())
         };
-        // While a follower nobody waits on, let pages gather for `follower_pace` between
-        // flushes; a durable waiter, stop, close and poison end the pace.
+        // While nobody waits, let pages gather for the pace between flushes; a durable waiter,
+        // stop, close and poison end it.
         let unhurried = || {
             !stop.load(Ordering::SeqCst)
                 && !shared.is_closed()
@@ -564,8 +565,8 @@ impl Log {
         loop {
             durability.flusher.wait_while(idle, None);
             let pace_due = last_flush
-                .filter(|_| !durability.follower_pace.is_zero() && self.is_follower())
-                .map(|last| last + durability.follower_pace)
+                .filter(|_| !durability.pace.is_zero())
+                .map(|last| last + durability.pace)
                 .filter(|&due| Instant::now() < due);
             if pace_due.is_some() {
                 durability.pacing.store(true, Ordering::SeqCst);
@@ -576,11 +577,18 @@ impl Log {
                 return Ok(());
             }
             last_flush = Some(Instant::now());
-            let flushed = self.flush_ready();
+            let mut flushed = self.flush_ready();
+            // Read once: a stop that lands after this read is seen by the next round's wait.
+            let stopping = stop.load(Ordering::SeqCst);
+            if flushed.is_ok() && stopping && shared.flush_wanted() {
+                // Stopped while that flush ran: pages finished since it read its end still
+                // get their last flush.
+                flushed = self.flush_ready();
+            }
             if let Err(error) = &flushed {
                 tracing::warn!(%error, "flusher stops");
             }
-            if flushed.is_err() || stop.load(Ordering::SeqCst) {
+            if flushed.is_err() || stopping {
                 return flushed.map(drop);
             }
         }
@@ -852,6 +860,39 @@ mod tests {
         }
     }
 
+    /// A writer's log paces too: pages sealed with nobody waiting gather for the pace, while a
+    /// commit that waits to be durable leads its own flush at once.
+    #[test]
+    fn a_writers_flusher_paces_but_a_durable_wait_never_waits_for_it() {
+        let (syncs, options) = counting_hook(usize::MAX);
+        let options = options.flush_pace(std::time::Duration::from_secs(3600));
+        let log = Log::in_memory(options).unwrap();
+        let flusher = log.spawn_flusher().unwrap();
+        log.append(b"first").unwrap();
+        log.seal();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while log.durable_lsn() < 1 {
+            assert!(Instant::now() < deadline, "the flusher never synced");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        for record in [&b"second"[..], b"third"] {
+            log.append(record).unwrap();
+            log.seal();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(log.durable_lsn(), 1, "a page synced within the pace");
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        let pos = log.append(b"durable").unwrap();
+        assert!(log.wait_durable(pos, None).unwrap());
+        assert!(log.durable_lsn() > pos.lsn_last);
+        assert_eq!(
+            syncs.load(Ordering::SeqCst),
+            2,
+            "one sync covered the paced pages too"
+        );
+        flusher.stop().unwrap();
+    }
+
     /// Five whole pages of an origin's log, as a follower ingests them.
     fn origin_pages() -> Vec<u8> {
         let origin = Log::in_memory(LogOptions::new().slots(16)).unwrap();
@@ -873,7 +914,7 @@ mod tests {
         let (syncs, options) = counting_hook(usize::MAX);
         let options = options
             .follower(true)
-            .follower_flush_pace(std::time::Duration::from_secs(3600));
+            .flush_pace(std::time::Duration::from_secs(3600));
         let log = Log::in_memory(options).unwrap();
         let flusher = log.spawn_flusher().unwrap();
         let pages = origin_pages();

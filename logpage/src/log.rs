@@ -41,7 +41,7 @@ pub struct LogOptions {
     recover_from: Option<u64>,
     epoch_above_recovered: bool,
     follower: bool,
-    pub(crate) follower_flush_pace: Duration,
+    pub(crate) flush_pace: Duration,
     #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) sync_hook: Option<IoHook>,
     #[cfg(any(test, feature = "fault-injection"))]
@@ -57,7 +57,7 @@ impl Default for LogOptions {
             recover_from: None,
             epoch_above_recovered: false,
             follower: false,
-            follower_flush_pace: Duration::ZERO,
+            flush_pace: Duration::ZERO,
             #[cfg(any(test, feature = "fault-injection"))]
             sync_hook: None,
             #[cfg(any(test, feature = "fault-injection"))]
@@ -167,12 +167,12 @@ impl LogOptions {
         self
     }
 
-    /// While the log is a follower, its [`Flusher`](crate::Flusher) starts a flush at most once
-    /// per `pace` (after the first), unless a durable waiter wants a page: one sync then covers
-    /// every page ingested in the window (`durable.rs`, A follower's flusher paces). Default:
-    /// zero, a flush as soon as a page is ready.
-    pub fn follower_flush_pace(mut self, pace: Duration) -> Self {
-        self.follower_flush_pace = pace;
+    /// The log's [`Flusher`](crate::Flusher) starts a flush at most once per `pace` (after the
+    /// first) while no durable waiter wants a page: one sync then covers every page finished in
+    /// the window (`durable.rs`, The flusher's pace). A durable waiter is not held up: it ends
+    /// the pace, or leads its own flush. Default: zero, a flush as soon as a page is ready.
+    pub fn flush_pace(mut self, pace: Duration) -> Self {
+        self.flush_pace = pace;
         self
     }
 

@@ -54,6 +54,9 @@
 //!    the test then blocks until a completed sync covers the second writer's last page. The
 //!    flusher is woken only when no flush runs, or when a leader releases the claim with pages
 //!    left (`Shared::nudge_flusher`); with either wake-up removed, this model deadlocks.
+//!    And stopping the flusher once a committer is done leaves no page it finished unsynced,
+//!    even when the stop lands during a flush that read its end earlier (it did, before the
+//!    flusher looked again after such a flush).
 //! 8. **A failed sync.** The hook fails the second sync. Every wait on a record that sync covered
 //!    returns `Error::Poisoned` naming that range, a thread that saw the error sees it on every
 //!    later append and wait, no record a wait reported durable lies in the failed range, and no
@@ -86,7 +89,7 @@
 //!     watermark's advance wakes it, at the threshold async pacers keep apart from blocking ones
 //!     (with the shipper's wake-up point put in the blocking pacers' threshold, it deadlocks).
 //!
-//! 12. **A follower's pacing flusher** (`LogOptions::follower_flush_pace`, an hour: shuttle's
+//! 12. **A pacing flusher** on a follower (`LogOptions::flush_pace`, an hour: shuttle's
 //!     timed waits never time out, so only a wake-up ends the pace). A feeder ingests an origin's
 //!     pages in two runs while an async waiter (`poll_durable`, which never syncs itself) waits
 //!     for the last one: a finished page does not wake a pacing flusher, the waiter's wish must,
@@ -1072,6 +1075,38 @@ fn the_flusher_never_sleeps_through_a_page_nobody_waits_for() {
     check(unasked_model, 1000, 1000);
 }
 
+/// A committer finishes its pages (no durable waits) while the flusher syncs them, and the
+/// flusher is stopped once the committer is done: every page finished before the stop is
+/// durable after it, even when the stop lands while a flush that began earlier still runs.
+fn stop_model() {
+    let syncs = Arc::new(Syncs::default());
+    let log = hooked_log(&syncs, u64::MAX);
+    let flusher = log.spawn_flusher().expect("flusher");
+    let committer = {
+        let log = log.clone();
+        spawn("committer".into(), move || {
+            for (index, &len) in (0u32..).zip(DURABLE_LENS[1]) {
+                let pos = log.append(&make_record(1, index, len)).expect("append");
+                wait_committed(&log, pos);
+            }
+        })
+    };
+    committer.join().expect("committer");
+    let committed = log.committed_lsn();
+    flusher.stop().expect("the flusher stops cleanly");
+    assert!(
+        log.durable_lsn() >= committed,
+        "pages finished before the stop left unsynced: durable {} < {committed}",
+        log.durable_lsn()
+    );
+    check_durable(&log, &syncs);
+}
+
+#[test]
+fn stopping_the_flusher_syncs_every_page_finished_before_the_stop() {
+    check(stop_model, 1000, 1000);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model 8: a failed sync poisons the log
 // ---------------------------------------------------------------------------------------------
@@ -1483,7 +1518,7 @@ fn a_pacing_shipper_wakes_when_its_backlog_is_ready() {
 // Model 12: a follower's flusher that paces its syncs
 // ---------------------------------------------------------------------------------------------
 
-/// A follower log whose flusher paces for an hour (`LogOptions::follower_flush_pace`; shuttle's
+/// A follower log whose flusher paces for an hour (`LogOptions::flush_pace`; shuttle's
 /// timed waits never time out, so only a wake-up ends the pace) is fed an origin's pages in two
 /// runs, while an async waiter, which never syncs itself, waits for the last page to be durable.
 /// Ingesting a page does not wake a pacing flusher; the waiter's wish must, whether it comes
@@ -1495,7 +1530,7 @@ fn paced_follower_flush_model() {
     let options = LogOptions::new()
         .slots(8)
         .follower(true)
-        .follower_flush_pace(std::time::Duration::from_secs(3600));
+        .flush_pace(std::time::Duration::from_secs(3600));
     let log = Log::in_memory(hooked_options(options, &syncs, u64::MAX)).expect("follower");
     let flusher = log.spawn_flusher().expect("flusher");
     let feeder = {

@@ -55,11 +55,17 @@
 //! 14.3k for 111k commits, each node about one a page.
 //!
 //! The replica's ring syncs need not be one a page: its acks are on receipt, so no commit waits
-//! on them. Since a replica's flusher paces its syncs (`pagemesh_core::REPLICA_FLUSH_PACE`,
+//! on them. Since a replica's flusher paces its syncs (`pagemesh_core::FLUSH_PACE`,
 //! 10 ms), `sync-durable@16` over 2 s made 5,970 `fdatasync` calls for 44k commits/s, against
 //! 8,801 for 36k commits/s the build before (one run each, `perf stat -e
 //! syscalls:sys_enter_fdatasync`): about one sync a page in all, the primary's, where it was
 //! two. `sync-durable/durable` moved from 0.51–0.53 to 0.39–0.68 (median 0.58, three runs each).
+//! The primary's ring now paces the same way (`FLUSH_PACE` applies to every database): in
+//! `none`, `async` and `sync` no commit waits for the ring's sync, yet its flusher synced every
+//! page (3,357 `fdatasync` calls and 7,945 context switches in 2 s of `sync@256`). With the
+//! pace, three alternated runs each: `sync@256` 300k–331k → 369k–377k commits/s, `sync@16`
+//! 145k–182k → 174k–263k, `sync@256/async` 0.75–0.96 → 0.89–0.93 against Little estimates of
+//! 0.87–0.91; `durable` and `sync-durable` unchanged, their writers leading their own flushes.
 //!
 //! And the primary's applier slept through its pace only when no shipper ran: the shipper,
 //! pacing for the next page, and the applier, pacing for hundreds, shared one wake-up threshold
