@@ -34,6 +34,35 @@ fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
         .unwrap_or_else(|_| panic!("{what} never returned: the applier's pace was not cut short"))
 }
 
+/// Polls `read` on its own thread until it returns `target` or more (failing the test after
+/// `STUCK_AFTER`, naming `what`); returns what it read.
+fn reaches(what: &str, target: u64, read: impl Fn() -> u64 + Send + 'static) -> u64 {
+    returns(what, move || loop {
+        let value = read();
+        if value >= target {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    })
+}
+
+/// `pages` `Durable` commits (each waits for its own page to be synced, so each seals a page),
+/// then waits until the applier applied `applied_min` pages despite its pace.
+fn commit_pages_then_see_applied(
+    db: &Database,
+    prefix: u8,
+    pages: u8,
+    applied_min: u64,
+    what: &str,
+) {
+    for index in 0..pages {
+        db.commit(&put(&[prefix, index]), Durability::Durable)
+            .unwrap();
+    }
+    let watcher = db.clone();
+    reaches(what, applied_min, move || watcher.applied_lsn());
+}
+
 fn paced(dir: &tempfile::TempDir, pace_bytes: usize) -> Database {
     let options = Options::new()
         .ring_slots(64)
@@ -87,20 +116,7 @@ fn an_applied_commit_or_a_transaction_cuts_the_pace_short() {
 fn a_backlog_of_the_pace_bytes_ends_the_pace() {
     let dir = tempfile::tempdir().unwrap();
     let db = paced(&dir, 4 * 4096);
-    // Each `Durable` commit waits for its own page to be synced, so each seals a page.
-    for index in 0..8u8 {
-        db.commit(&put(&[b'k', index]), Durability::Durable)
-            .unwrap();
-    }
-    let watcher = db.clone();
-    let applied = returns("applying a backlog of four pages", move || loop {
-        let applied = watcher.applied_lsn();
-        if applied >= 4 {
-            return applied;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    });
-    assert!(applied >= 4);
+    commit_pages_then_see_applied(&db, b'k', 8, 4, "applying a backlog of four pages");
 }
 
 /// A group takes at most `group_bytes_max`, so a backlog of one whole group ends the pace
@@ -114,19 +130,7 @@ fn a_backlog_of_one_whole_group_ends_the_pace() {
         .group_bytes_max(2 * 4096)
         .apply_pace(FOREVER, 1 << 30);
     let db = Database::open(dir.path(), options).unwrap();
-    for index in 0..8u8 {
-        db.commit(&put(&[b'g', index]), Durability::Durable)
-            .unwrap();
-    }
-    let watcher = db.clone();
-    let applied = returns("applying a backlog of whole groups", move || loop {
-        let applied = watcher.applied_lsn();
-        if applied >= 8 {
-            return applied;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    });
-    assert!(applied >= 8);
+    commit_pages_then_see_applied(&db, b'g', 8, 8, "applying a backlog of whole groups");
 }
 
 /// The ring's flush pace (`Options::flush_pace`): pages of commits that waited for less than
@@ -146,12 +150,8 @@ fn the_flush_pace_holds_unwaited_pages_but_never_a_durable_commit() {
     // The flusher's first flush is not paced: the first page is synced unasked.
     commit_memory(0);
     let watcher = db.clone();
-    let durable = returns("the flusher's first flush", move || loop {
-        let durable = watcher.durable_lsn();
-        if durable >= 1 {
-            return durable;
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    let durable = reaches("the flusher's first flush", 1, move || {
+        watcher.durable_lsn()
     });
     for index in 1..4u8 {
         commit_memory(index);

@@ -18,6 +18,14 @@ fn contents(db: &Database) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
     out
 }
 
+/// A new primary in `dir`/p and its (empty) snapshot, to restore replicas from.
+fn empty_primary(dir: &std::path::Path) -> (Database, Vec<u8>) {
+    let primary = Database::open(dir.join("p"), Options::new()).unwrap();
+    let mut stream = Vec::new();
+    primary.read().unwrap().export(&mut stream).unwrap();
+    (primary, stream)
+}
+
 /// Every page of `primary` from `from` on, in full form: from the binlog, then the ring.
 fn pages_from(primary: &Database, from: u64) -> Vec<u8> {
     let mut pages = Vec::new();
@@ -132,9 +140,7 @@ fn replicas_bootstrapped_mid_record_converge_with_their_origin() {
 #[test]
 fn a_replica_refuses_writes_and_keeps_following_after_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let primary = Database::open(dir.path().join("p"), Options::new()).unwrap();
-    let mut stream = Vec::new();
-    primary.read().unwrap().export(&mut stream).unwrap();
+    let (primary, stream) = empty_primary(dir.path());
     let path = dir.path().join("r");
     let (replica, stats) =
         pagemesh_core::Plumbing::restore_replica(&path, &stream[..], Options::new()).unwrap();
@@ -227,9 +233,7 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
 #[test]
 fn a_replica_syncs_its_ring_once_per_flush_pace() {
     let dir = tempfile::tempdir().unwrap();
-    let primary = Database::open(dir.path().join("p"), Options::new()).unwrap();
-    let mut stream = Vec::new();
-    primary.read().unwrap().export(&mut stream).unwrap();
+    let (primary, stream) = empty_primary(dir.path());
     for i in 0..3u8 {
         let mut batch = WriteBatch::new();
         batch.put("t", &[i], &[i; 5000]).unwrap();

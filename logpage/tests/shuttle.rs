@@ -1034,6 +1034,21 @@ fn an_async_durable_waiter_is_served_by_the_flusher() {
     check(|| durable_model(true, true), 1000, 1000);
 }
 
+/// Commits writer 1's durable-model records and seals their pages (`wait_committed`), never
+/// waiting for durability; returns the last record's position.
+fn spawn_committer(log: &Log) -> JoinHandle<CommitPos> {
+    let log = log.clone();
+    spawn("committer".into(), move || {
+        let mut last = None;
+        for (index, &len) in (0u32..).zip(DURABLE_LENS[1]) {
+            let pos = log.append(&make_record(1, index, len)).expect("append");
+            wait_committed(&log, pos);
+            last = Some(pos);
+        }
+        last.expect("the committer wrote records")
+    })
+}
+
 /// A leader commits one record and waits for it to be durable (it leads the flush), while a
 /// committer commits three and seals their pages (`wait_committed`) but never waits for
 /// durability: only the flusher syncs the committer's pages that finish during the leader's
@@ -1049,18 +1064,7 @@ fn unasked_model() {
             assert!(log.wait_durable(pos, None).expect("wait_durable"));
         })
     };
-    let committer = {
-        let log = log.clone();
-        spawn("committer".into(), move || {
-            let mut last = None;
-            for (index, &len) in (0u32..).zip(DURABLE_LENS[1]) {
-                let pos = log.append(&make_record(1, index, len)).expect("append");
-                wait_committed(&log, pos);
-                last = Some(pos);
-            }
-            last.expect("the committer wrote records")
-        })
-    };
+    let committer = spawn_committer(&log);
     leader.join().expect("leader");
     let last = committer.join().expect("committer");
     // Blocks until a sync covers the committer's last page: a flusher asleep leaves every
@@ -1082,16 +1086,7 @@ fn stop_model() {
     let syncs = Arc::new(Syncs::default());
     let log = hooked_log(&syncs, u64::MAX);
     let flusher = log.spawn_flusher().expect("flusher");
-    let committer = {
-        let log = log.clone();
-        spawn("committer".into(), move || {
-            for (index, &len) in (0u32..).zip(DURABLE_LENS[1]) {
-                let pos = log.append(&make_record(1, index, len)).expect("append");
-                wait_committed(&log, pos);
-            }
-        })
-    };
-    committer.join().expect("committer");
+    spawn_committer(&log).join().expect("committer");
     let committed = log.committed_lsn();
     flusher.stop().expect("the flusher stops cleanly");
     assert!(
