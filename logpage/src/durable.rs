@@ -23,8 +23,9 @@
 //!   0.2–0.4 ms, more than the sync. If the claim is taken, it waits for that flush to end, and
 //!   then either its page is covered or it leads the next flush.
 //! - A [`Flusher`] ([`Log::spawn_flusher`]) is a thread that flushes whenever a page is ready
-//!   that is not yet durable: pages become durable without anyone waiting, in parallel with
-//!   shipping and apply, and async waiters ([`Log::poll_durable`]) are served by it.
+//!   that is not yet durable (at most once per pace, if one is set: below): pages become durable
+//!   without anyone waiting, in parallel with shipping and apply, and async waiters
+//!   ([`Log::poll_durable`]) are served by it.
 //!   It is woken only for work no running flush will do: when a page finishes while nobody holds
 //!   the claim, or when a leader releases the claim with finished pages (or a wanted open page)
 //!   still not durable. A writer that leads its own flushes (`durable@16` in `bench replicate`:
@@ -517,8 +518,10 @@ impl Log {
         }
     }
 
-    /// Starts a [`Flusher`]: a thread that flushes whenever a finished page is not yet durable,
-    /// and seals the open page when an async durable waiter wants it. Run one per log.
+    /// Starts a [`Flusher`]: a thread that flushes whenever a finished page is not yet durable
+    /// (at most once per [`flush_pace`](crate::LogOptions::flush_pace) while no durable waiter
+    /// wants one), and seals the open page when an async durable waiter wants it. Run one per
+    /// log.
     ///
     /// # Errors
     /// [`Error::Io`] if the thread cannot be started.
@@ -595,8 +598,9 @@ impl Log {
     }
 }
 
-/// A thread that makes the ring's finished pages durable as they come (see the module docs);
-/// from [`Log::spawn_flusher`].
+/// A thread that makes the ring's finished pages durable as they come, or once per
+/// [`flush_pace`](crate::LogOptions::flush_pace) while nobody waits (see the module docs); from
+/// [`Log::spawn_flusher`].
 ///
 /// Dropping it stops the thread after one last flush, as [`stop`](Self::stop) does, and logs an
 /// error that stopped it; closing the log stops it too.
