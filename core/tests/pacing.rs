@@ -31,7 +31,7 @@ fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static
     });
     returned
         .recv_timeout(STUCK_AFTER)
-        .unwrap_or_else(|_| panic!("{what} never returned: the applier's pace was not cut short"))
+        .unwrap_or_else(|_| panic!("{what} never returned: a pace was not cut short"))
 }
 
 /// Polls `read` on its own thread until it returns `target` or more (failing the test after

@@ -808,6 +808,16 @@ mod tests {
         assert!(log.wait_durable(pos, None).unwrap());
     }
 
+    /// Waits (at most 10 s, then fails) until the flusher, unasked, made pages up to `lsn_end`
+    /// durable.
+    fn flushed_unasked(log: &Log, lsn_end: u64) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while log.durable_lsn() < lsn_end {
+            assert!(Instant::now() < deadline, "the flusher never synced");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn a_flusher_makes_pages_durable_unasked_and_stops_on_a_failed_sync() {
         let (_, options) = counting_hook(1);
@@ -815,11 +825,7 @@ mod tests {
         let flusher = log.spawn_flusher().unwrap();
         let pos = log.append(b"x").unwrap();
         log.seal();
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while log.durable_lsn() <= pos.lsn_last {
-            assert!(Instant::now() < deadline, "the flusher never synced");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        flushed_unasked(&log, pos.lsn_last + 1);
         log.append(b"y").unwrap();
         log.seal();
         let error = flusher.stop().unwrap_err();
@@ -874,11 +880,7 @@ mod tests {
         let flusher = log.spawn_flusher().unwrap();
         log.append(b"first").unwrap();
         log.seal();
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while log.durable_lsn() < 1 {
-            assert!(Instant::now() < deadline, "the flusher never synced");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        flushed_unasked(&log, 1);
         for record in [&b"second"[..], b"third"] {
             log.append(record).unwrap();
             log.seal();
@@ -887,7 +889,11 @@ mod tests {
         assert_eq!(log.durable_lsn(), 1, "a page synced within the pace");
         assert_eq!(syncs.load(Ordering::SeqCst), 1);
         let pos = log.append(b"durable").unwrap();
-        assert!(log.wait_durable(pos, None).unwrap());
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        assert!(
+            log.wait_durable(pos, Some(deadline)).unwrap(),
+            "held up by the pace"
+        );
         assert!(log.durable_lsn() > pos.lsn_last);
         assert_eq!(
             syncs.load(Ordering::SeqCst),
@@ -925,11 +931,7 @@ mod tests {
         let page = crate::PAGE_SIZE;
         // The first page is synced at once: no flush has started a pace yet.
         log.ingest(&pages[..page]).unwrap();
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        while log.durable_lsn() < 1 {
-            assert!(Instant::now() < deadline, "the flusher never synced");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        flushed_unasked(&log, 1);
         // The next ones wait out the pace: an hour, unless someone waits for them.
         log.ingest(&pages[page..4 * page]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
