@@ -42,6 +42,14 @@
 //! and `@256` grouped 13x and 2.6x more records per LMDB commit; `applied` is unchanged (a
 //! waiter is always there to hurry the applier).
 //!
+//! # Priority
+//!
+//! The applier thread lowers its own CPU priority by [`Options::apply_nice`] nice steps (10 by
+//! default) when it starts: it is background work, and on a machine with few cores a group of
+//! hundreds of records applied at once preempted the committing thread, the network threads
+//! and the flusher whenever it woke (`APPLY_NICE` has the figures). It cannot starve commits
+//! for long: once its backlog fills the ring, committers block and leave it the CPU.
+//!
 //! # When ring pages are released
 //!
 //! A ring page may be reused once LMDB holds it *on disk*: recovery after a power loss starts
@@ -117,6 +125,7 @@ impl Applier {
     /// checks failed), it poisons the database on the way out, so that writers and waiters get
     /// an error instead of waiting forever for a thread that is gone.
     pub fn run(mut self) {
+        lower_priority(self.inner.options.apply_nice);
         let inner = Arc::clone(&self.inner);
         let _poison_on_panic = OnUnwind(|| {
             inner.poison("the applier panicked (an invariant check failed; see the panic message)")
@@ -539,6 +548,31 @@ impl RecordFeed {
         }
         self.track_open_record(page);
         Ok(())
+    }
+}
+
+/// Lowers the calling thread's CPU priority by `steps` nice steps, at most to 19 (see
+/// [`Options::apply_nice`](crate::Options::apply_nice)). On Linux `setpriority` with pid 0
+/// names the calling thread alone; a thread starts with its creator's nice value.
+fn lower_priority(steps: i32) {
+    if steps <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let lowered = getpriority_process(None).and_then(|nice| {
+            let wanted = nice.saturating_add(steps).min(19);
+            setpriority_process(None, wanted).map(|()| wanted)
+        });
+        match lowered {
+            Ok(nice) => tracing::debug!(nice, "applier runs at a lower CPU priority"),
+            Err(error) => tracing::warn!(
+                %error,
+                steps,
+                "could not lower the applier's CPU priority; it keeps its opener's"
+            ),
+        }
     }
 }
 

@@ -67,8 +67,8 @@ pub use metrics::{
     TIMELINE_SAMPLES_MAX, TIMELINE_SPACING,
 };
 pub use options::{
-    Durability, Options, APPLY_PACE, FLUSH_PACE, RECORD_LEN_MAX_DEFAULT, REPLICA_APPLY_PACE,
-    RING_SLOTS_DEFAULT,
+    Durability, Options, APPLY_NICE, APPLY_PACE, FLUSH_PACE, RECORD_LEN_MAX_DEFAULT,
+    REPLICA_APPLY_PACE, RING_SLOTS_DEFAULT,
 };
 pub use pagemesh_logpage::Ingested;
 pub use plumbing::Plumbing;
