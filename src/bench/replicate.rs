@@ -86,6 +86,20 @@
 //! cheap wake-ups and a disk that the replica does not slow, the replica's work on the same two
 //! vCPUs keeps `sync-durable@16` near 0.7 of `durable@16` here.
 //!
+//! Part of that work need not compete with commits: each node's applier (LMDB) is off the
+//! commit path, yet at the same CPU priority it preempted the writer and the network threads
+//! whenever it woke to apply a group. Appliers now run 10 nice steps below their opener
+//! (`pagemesh_core::APPLY_NICE`). Four alternated runs each (`--inflight 16 --variants
+//! durable,sync-durable,sync-durable-apart`), before → after: `sync-durable/durable`
+//! 0.56–0.64 → 0.62–0.68, `sync-durable-apart/durable` 0.62–0.66 → 0.73–0.78, every variant's
+//! commits/s higher (`sync-durable` 45k–47k → 48k–57k). Lowering the ring's flusher the same
+//! way (three alternated runs, not kept) moved nothing beyond the noise: it sleeps in
+//! `fdatasync`, it does not compete for the CPU. A `MDB_WRITEMAP` environment (not kept) was
+//! worse: `sync-durable/durable` 0.43 and 0.50 against 0.62 and 0.66, and `demo` took twice as
+//! long (writeback of a writable shared mapping flushes TLBs, the cost the ring's `pwrite`s
+//! avoid, see `pagemesh_logpage`'s ring module); a replica applying in 400 ms groups instead of
+//! 50 ms (not kept) moved nothing.
+//!
 //! # What the replica keeps up with
 //!
 //! Each cell with a replica records the share of the primary's committed pages the replica had
