@@ -43,6 +43,18 @@
 //! worse, 0.27–0.50x against 0.60–0.69x over six alternated runs: write faults and TLB
 //! shootdowns, as the ring had (`pagemesh_logpage` ring.rs, Writes).
 //!
+//! Stop 32: with the appliers 10 nice steps below their openers (`pagemesh_core::APPLY_NICE`),
+//! four runs alternated with the build before: 0.58–0.73x (median 0.67x) against 0.51–0.72x
+//! (median 0.64x), end to end 0.48–0.53 s against 0.49–0.61 s; a gain within the ratio's
+//! noise. Skipping the binlog append again (three alternated runs, not kept): end to end
+//! 0.48–0.55 s against 0.61–0.75 s, 0.62–0.74x against 0.59–0.60x. The binlog writes every
+//! page a second time, into LMDB, although the ring file already holds it: a ring (or log
+//! segments) that *is* the binlog history, as Kafka's log is its data, would remove that
+//! write; it would also change the store's format and recovery (DESIGN.md puts the history in
+//! `__binlog`), so it is left for an issue of its own. A memory-temperature check (2 GB
+//! touched and freed just before each run, so page-cache allocations find pages the VM's host
+//! already backs) moved nothing.
+//!
 //! Before that change (one `perf` run, 2 kHz): the replicas acknowledge everything after
 //! 0.28–0.34 s, then each node applies until 0.66–0.72 s. Each node applies three full groups
 //! of 2,048 pages (37,050 rows), 150–330 ms each with three appliers on two cores, and each
