@@ -19,21 +19,26 @@ fn nice_of_threads(name: &str) -> Vec<i32> {
         let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
             continue;
         };
-        // After the parenthesised name: state is field 3, nice is field 19.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-            .split_whitespace()
-            .collect();
-        nice.push(fields[19 - 3].parse().unwrap());
+        nice.push(nice_in_stat(&stat));
     }
     nice
 }
 
-fn own_nice() -> i32 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+/// The nice value in a `/proc/.../stat` line: field 19, counting the parenthesised name (which
+/// may hold spaces) as field 2.
+fn nice_in_stat(stat: &str) -> i32 {
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
         .split_whitespace()
-        .collect();
-    fields[19 - 3].parse().unwrap()
+        .nth(19 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The calling thread's nice value.
+fn own_nice() -> i32 {
+    nice_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").unwrap())
 }
 
 /// Opens a database in `dir` with `options`, commits through it (so the applier has run), and
