@@ -29,6 +29,8 @@
 //! ring_pages = 4096                  # log ring size in 4 KiB pages: a power of two, 4..=2^24
 //! retain_bytes = 268435456           # binlog history kept for replicas that fall behind
 //! retain_age_seconds = 86400         # and/or trimmed by age (default: no age limit)
+//! apply_nice = 10                    # nice steps the LMDB applier runs below the node (0..=19;
+//!                                    # 0 on a machine that does nothing else)
 //! replication_timeout_ms = 10000     # how long a replicated:N commit waits for its replicas
 //! on_replication_timeout = "fail"    # fail | degrade (return Ok with a warning)
 //!
@@ -38,7 +40,7 @@
 //! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…";
 //!                                    # or neither: whichever nodes the gossip says hold it)
 //! uuid = "…"                         # the source database's uuid (printed by its node)
-//! ring_pages = 4096                  # ring_pages and retain_* apply to replicas too
+//! ring_pages = 4096                  # ring_pages, retain_* and apply_nice apply to replicas too
 //! ```
 //!
 //! Keys that apply to one role only (`sync_replicas`, `durability`, the replication timeout and
@@ -225,6 +227,7 @@ struct DatabaseConfig {
     ring_pages: Option<u64>,
     retain_bytes: Option<u64>,
     retain_age_seconds: Option<u64>,
+    apply_nice: Option<i32>,
 }
 
 /// What a `replicated:N` commit does when too few replicas acked in time.
@@ -329,6 +332,14 @@ fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Data
     }
     if let Some(seconds) = database.retain_age_seconds {
         options = options.binlog_retain_age(Duration::from_secs(seconds));
+    }
+    if let Some(steps) = database.apply_nice {
+        if !(0..=19).contains(&steps) {
+            return Err(format!(
+                "`apply_nice` = {steps}: from 0 (the node's priority) to 19 (the lowest) is needed"
+            ));
+        }
+        options = options.apply_nice(steps);
     }
     let only = |key: &str, present: bool, role: &str| {
         if present {

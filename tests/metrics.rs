@@ -9,7 +9,9 @@
 //! - A hostile scraper (garbage, an oversized head, slowloris connections) is answered with an
 //!   error or dropped, and the node keeps serving scrapes meanwhile and after.
 //! - `--check-config`: a complete configuration passes; an unknown key is refused with its name
-//!   and line; a bad address, a key of the other role and an impossible durability are refused.
+//!   and line; a bad address, a key of the other role, an impossible durability and a nice
+//!   value out of range are refused. A node's `apply_nice` reaches its applier thread (read
+//!   back from `/proc`).
 //!
 //! Every wait is bounded by a generous deadline and fails with what it waited for; nothing
 //! asserts how fast anything happens.
@@ -471,10 +473,82 @@ fn check_config_passes_a_complete_file_and_names_what_is_wrong_in_bad_ones() {
 
     let (ok, output) = check_config(
         dir.path(),
+        &full.replace("apply_nice = 10", "apply_nice = 20"),
+    );
+    assert!(!ok);
+    assert!(output.contains("`apply_nice` = 20"), "{output}");
+
+    let (ok, output) = check_config(
+        dir.path(),
         &full.replace(&secret.display().to_string(), "/nonexistent/secret"),
     );
     assert!(!ok);
     assert!(output.contains("secret file"), "{output}");
+}
+
+/// The nice value of each thread of process `pid` named `name` (cut to 15 bytes, as the kernel
+/// keeps it).
+fn thread_nice(pid: u32, name: &str) -> Vec<i32> {
+    let mut nice = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return nice;
+    };
+    for task in tasks.flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.path().join("comm")),
+            std::fs::read_to_string(task.path().join("stat")),
+        ) else {
+            continue; // the thread ended while we listed
+        };
+        if comm.trim_end() == name {
+            nice.push(nice_in_stat(&stat));
+        }
+    }
+    nice
+}
+
+/// The nice value in a `/proc/.../stat` line: field 19, the parenthesised name (which may hold
+/// spaces) being field 2.
+fn nice_in_stat(stat: &str) -> i32 {
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
+        .split_whitespace()
+        .nth(19 - 3)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_nodes_applier_runs_at_the_configured_nice_steps_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"n\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n\
+             [[databases]]\nname = \"db\"\nrole = \"source\"\nring_pages = 64\napply_nice = 3\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let node = NodeProcess::start(&config);
+    node.line_after("database db uuid");
+    // The child starts at this process's nice value; its applier lowers itself once running.
+    let ours = nice_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let wanted = vec![(ours + 3).min(19)];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let seen = thread_nice(node.child.id(), "pagemesh-applie");
+        if seen == wanted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node's applier threads run at {seen:?}, not {wanted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
