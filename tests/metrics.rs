@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use pagemesh::core::{Durability, Options, WriteBatch};
 use pagemesh::Node;
+use pagemesh_testkit::threads::{nice_of, own_nice};
 use serde_json::Value;
 
 /// The bound on anything that should eventually happen.
@@ -486,39 +487,6 @@ fn check_config_passes_a_complete_file_and_names_what_is_wrong_in_bad_ones() {
     assert!(output.contains("secret file"), "{output}");
 }
 
-/// The nice value of each thread of process `pid` named `name` (cut to 15 bytes, as the kernel
-/// keeps it).
-fn thread_nice(pid: u32, name: &str) -> Vec<i32> {
-    let mut nice = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return nice;
-    };
-    for task in tasks.flatten() {
-        let (Ok(comm), Ok(stat)) = (
-            std::fs::read_to_string(task.path().join("comm")),
-            std::fs::read_to_string(task.path().join("stat")),
-        ) else {
-            continue; // the thread ended while we listed
-        };
-        if comm.trim_end() == name {
-            nice.push(nice_in_stat(&stat));
-        }
-    }
-    nice
-}
-
-/// The nice value in a `/proc/.../stat` line: field 19, the parenthesised name (which may hold
-/// spaces) being field 2.
-fn nice_in_stat(stat: &str) -> i32 {
-    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-    after_name
-        .split_whitespace()
-        .nth(19 - 3)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_nodes_applier_runs_at_the_configured_nice_steps_below_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -535,11 +503,11 @@ fn a_nodes_applier_runs_at_the_configured_nice_steps_below_it() {
     let node = NodeProcess::start(&config);
     node.line_after("database db uuid");
     // The child starts at this process's nice value; its applier lowers itself once running.
-    let ours = nice_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let ours = own_nice();
     let wanted = vec![(ours + 3).min(19)];
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let seen = thread_nice(node.child.id(), "pagemesh-applie");
+        let seen = nice_of(Some(node.child.id()), "pagemesh-applie");
         if seen == wanted {
             break;
         }

@@ -3,43 +3,7 @@
 //! this binary, so the database it opens owns the only applier thread in the process.
 
 use pagemesh_core::{Database, Durability, Options, WriteBatch, APPLY_NICE};
-
-/// The nice value of every thread in this process named `name` (as the kernel keeps it, cut to
-/// 15 bytes).
-fn nice_of_threads(name: &str) -> Vec<i32> {
-    let mut nice = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let task = task.unwrap().path();
-        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
-            continue; // the thread ended while we listed
-        };
-        if comm.trim_end() != name {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
-            continue;
-        };
-        nice.push(nice_in_stat(&stat));
-    }
-    nice
-}
-
-/// The nice value in a `/proc/.../stat` line: field 19, counting the parenthesised name (which
-/// may hold spaces) as field 2.
-fn nice_in_stat(stat: &str) -> i32 {
-    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-    after_name
-        .split_whitespace()
-        .nth(19 - 3)
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// The calling thread's nice value.
-fn own_nice() -> i32 {
-    nice_in_stat(&std::fs::read_to_string("/proc/thread-self/stat").unwrap())
-}
+use pagemesh_testkit::threads::{nice_of, own_nice};
 
 /// Opens a database in `dir` with `options`, commits through it (so the applier has run), and
 /// returns the nice values of the applier threads alive meanwhile.
@@ -48,7 +12,7 @@ fn applier_nice(dir: &std::path::Path, options: Options) -> Vec<i32> {
     let mut batch = WriteBatch::new();
     batch.put("t", b"k", b"v").unwrap();
     db.commit(&batch, Durability::Applied).unwrap();
-    nice_of_threads("pagemesh-applie")
+    nice_of(None, "pagemesh-applie")
 }
 
 #[test]

@@ -1,4 +1,5 @@
 //! The harness of pagemesh's crash tests: a `harness = false` test binary that is its own child.
+//! (And [`threads`]: what `/proc` says of a process's threads, for tests of thread priorities.)
 //!
 //! The parent picks its seed with [`seed`] and runs rounds: [`run_child`] starts this same binary
 //! with an environment variable set and the round's arguments, lets it run for a while, kills it
@@ -145,5 +146,52 @@ mod tests {
         assert_eq!(reports::<3>(b"1 2 3\n1 2\n1 2 3 4\nx 2 3\n"), [[1, 2, 3]]);
         assert!(reports::<3>(b"").is_empty());
         assert!(reports::<3>(b"1 2 3").is_empty());
+    }
+}
+
+/// What `/proc` says of this process's threads, for tests that check what a thread set for
+/// itself (pagemesh's applier lowers its own CPU priority).
+pub mod threads {
+    /// The nice value of every thread of process `pid` (`None`: this process) named `name`, as
+    /// the kernel keeps names: cut to 15 bytes. A thread that ends while they are listed is
+    /// left out; an unreadable process has none.
+    pub fn nice_of(pid: Option<u32>, name: &str) -> Vec<i32> {
+        let tasks = match pid {
+            Some(pid) => format!("/proc/{pid}/task"),
+            None => "/proc/self/task".to_string(),
+        };
+        let Ok(tasks) = std::fs::read_dir(tasks) else {
+            return Vec::new();
+        };
+        let mut nice = Vec::new();
+        for task in tasks.flatten() {
+            let (Ok(comm), Ok(stat)) = (
+                std::fs::read_to_string(task.path().join("comm")),
+                std::fs::read_to_string(task.path().join("stat")),
+            ) else {
+                continue;
+            };
+            if comm.trim_end() == name {
+                nice.extend(nice_in_stat(&stat));
+            }
+        }
+        nice
+    }
+
+    /// The calling thread's nice value.
+    ///
+    /// # Panics
+    /// If `/proc/thread-self/stat` cannot be read or parsed (no procfs).
+    pub fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat")
+            .expect("/proc/thread-self/stat: procfs is needed");
+        nice_in_stat(&stat).expect("a nice value in /proc/thread-self/stat")
+    }
+
+    /// The nice value in a `/proc/.../stat` line: field 19, the parenthesised name (which may
+    /// hold spaces and parentheses) being field 2.
+    fn nice_in_stat(stat: &str) -> Option<i32> {
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        after_name.split_whitespace().nth(19 - 3)?.parse().ok()
     }
 }
