@@ -100,6 +100,15 @@
 //! avoid, see `pagemesh_logpage`'s ring module); a replica applying in 400 ms groups instead of
 //! 50 ms (not kept) moved nothing.
 //!
+//! Nor does giving the replica a core of its own. With every thread of the primary pinned to
+//! one vCPU and every thread of the replica to the other (each node's threads inherit the
+//! affinity of the thread that opened it; an experiment, not kept), as two one-core machines
+//! would run them, three alternated runs each (`--inflight 16`), pinned against unpinned:
+//! `durable` 59k–74k against 80k–93k commits/s, `sync-durable/durable` 0.58–0.60 against
+//! 0.66–0.70, `sync-durable-apart/durable` 0.61–0.74 against 0.77–0.85. A node's own writer,
+//! network thread, flusher and applier need more than one vCPU between them, and a wake-up
+//! across vCPUs costs the same halt either way.
+//!
 //! # What the replica keeps up with
 //!
 //! Each cell with a replica records the share of the primary's committed pages the replica had
