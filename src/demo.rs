@@ -55,6 +55,23 @@
 //! touched and freed just before each run, so page-cache allocations find pages the VM's host
 //! already backs) moved nothing.
 //!
+//! Stop 33: what bounds the figure is the disk's write bandwidth, and the ratio follows the
+//! bytes each side writes. Bytes handed to `writev`/`pwrite64`, per thread, in one run (bpftrace
+//! on their returns): each raw-heed loader wrote 71.9 MB; each node wrote 121.6 MB, its applier
+//! 97.6 MB (the same table pages, 24 MB of `__binlog` and 1.7 MB else) and its log 24.0 MB (the
+//! primary's writer and each replica's network thread, one 4 KB write per page). 216 MB against
+//! 365 MB is 0.59 of the bytes; the run's ratio was 0.64, both sides writing at 600–650 MB/s
+//! (`dd` of 256 MB with `fdatasync`: 972 MB/s), and a second run gave 0.57 against the same
+//! bytes. The nodes are not short of CPU: on-CPU time per thread (bpftrace on `sched_switch`,
+//! whose cost stretched that run) put the three appliers at 258–283 ms against the heed
+//! loaders' 326–346 ms, and every node thread together at about a third of the two vCPUs over
+//! the window. So the ratio cannot pass about 0.6 while every page is written twice, to the log
+//! and to `__binlog`; writing it once would put the bytes at 71.9 / 97.6 = 0.74. Compressing
+//! the binlog's values would not get there: the log's 16 MiB ring, compressed as a file, came to
+//! 7.2 MB with `lz4 -1` and 4.4 MB with `zstd -1`, which would leave the bytes at 0.65–0.68, for
+//! compression on the applier's path. The change that lifts it is the one above: a log whose
+//! segments are the history.
+//!
 //! Before that change (one `perf` run, 2 kHz): the replicas acknowledge everything after
 //! 0.28–0.34 s, then each node applies until 0.66–0.72 s. Each node applies three full groups
 //! of 2,048 pages (37,050 rows), 150–330 ms each with three appliers on two cores, and each
