@@ -68,7 +68,7 @@ pub use metrics::{
 };
 pub use options::{
     Durability, Options, APPLY_NICE, APPLY_PACE, FLUSH_PACE, RECORD_LEN_MAX_DEFAULT,
-    REPLICA_APPLY_PACE, RING_SLOTS_DEFAULT,
+    REPLICA_APPLY_PACE, REPLICA_FLUSH_PACE, RING_SLOTS_DEFAULT,
 };
 pub use pagemesh_logpage::Ingested;
 pub use plumbing::Plumbing;

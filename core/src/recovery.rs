@@ -81,7 +81,7 @@ pub(crate) fn recover(dir: &Path, store: &Store, options: &Options) -> Result<Re
         .next_lsn_min(state.binlog_next_lsn)
         .recover_from(state.binlog_next_lsn)
         .follower(store.is_replica)
-        .flush_pace(options.flush_pace);
+        .flush_pace(options.flush_pace_for(store.is_replica));
     let new_epoch = !store.is_replica && !last.clean && !fresh;
     if !store.is_replica {
         log_options = log_options

@@ -274,3 +274,43 @@ fn a_replica_syncs_its_ring_once_per_flush_pace() {
     replica.plumbing().ingest(&pages[PAGE_SIZE..]).unwrap();
     wait_durable(&replica, stats.lsn + (pages.len() / PAGE_SIZE) as u64);
 }
+
+/// Without a pace of its own, a replica takes `REPLICA_FLUSH_PACE` (its syncs protect nothing a
+/// commit waits for), not the 10 ms of a database that takes writes: after the first page's
+/// sync, pages ingested right after it stay unsynced for as long as that pace.
+#[test]
+fn a_replica_paces_its_ring_by_the_replica_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let (primary, stream) = empty_primary(dir.path());
+    for i in 0..3u8 {
+        let mut batch = WriteBatch::new();
+        batch.put("t", &[i], &[i; 5000]).unwrap();
+        primary.commit(&batch, Durability::Applied).unwrap();
+    }
+    let (replica, stats) =
+        pagemesh_core::Plumbing::restore_replica(dir.path().join("r"), &stream[..], Options::new())
+            .unwrap();
+    let pages = pages_from(&primary, stats.lsn);
+    assert!(pages.len() >= 3 * PAGE_SIZE, "the records span pages");
+    replica.plumbing().ingest(&pages[..PAGE_SIZE]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while replica.durable_lsn() < stats.lsn + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first page never synced"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let synced = std::time::Instant::now();
+    replica.plumbing().ingest(&pages[PAGE_SIZE..]).unwrap();
+    // Five source paces (10 ms each): a replica on the source's default would have synced.
+    std::thread::sleep(Duration::from_millis(50));
+    let durable = replica.durable_lsn();
+    // A stall of half the replica's pace here could let its next flush come legitimately.
+    assert!(
+        durable == stats.lsn + 1 || synced.elapsed() >= pagemesh_core::REPLICA_FLUSH_PACE / 2,
+        "synced again after {:?}, within the replica's pace of {:?}",
+        synced.elapsed(),
+        pagemesh_core::REPLICA_FLUSH_PACE,
+    );
+}

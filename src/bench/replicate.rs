@@ -66,6 +66,10 @@
 //! pace, three alternated runs each: `sync@256` 300k–331k → 369k–377k commits/s, `sync@16`
 //! 145k–182k → 174k–263k, `sync@256/async` 0.75–0.96 → 0.89–0.93 against Little estimates of
 //! 0.87–0.91; `durable` and `sync-durable` unchanged, their writers leading their own flushes.
+//! Since stop 33 a replica paces by `pagemesh_core::REPLICA_FLUSH_PACE` (1 s) instead, which
+//! lifted `demo` (its two replicas' rings stop writing every page to the shared disk); here,
+//! three alternated runs each (`--inflight 16`), `sync-durable/durable` 0.61–0.71 → 0.68–0.71
+//! and `sync-durable-apart/durable` 0.77–0.82 → 0.72–0.82: within the noise.
 //!
 //! And the primary's applier slept through its pace only when no shipper ran: the shipper,
 //! pacing for the next page, and the applier, pacing for hundreds, shared one wake-up threshold
