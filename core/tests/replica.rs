@@ -227,18 +227,25 @@ fn replicated_commits_wait_for_synchronous_acks_and_time_out_without_them() {
     });
 }
 
+/// A primary whose empty snapshot is `stream`, then three records of 5,000 bytes committed after
+/// it: pages for a replica restored from `stream` to ingest, more than one.
+fn primary_of_three_records(dir: &std::path::Path) -> (Database, Vec<u8>) {
+    let (primary, stream) = empty_primary(dir);
+    for i in 0..3u8 {
+        let mut batch = WriteBatch::new();
+        batch.put("t", &[i], &[i; 5000]).unwrap();
+        primary.commit(&batch, Durability::Applied).unwrap();
+    }
+    (primary, stream)
+}
+
 /// A replica's ring syncs at most once per `flush_pace` while nobody waits on it: the
 /// first page ingested is synced at once, the ones after it wait out the pace (an hour here),
 /// and with no pace every page is synced as it arrives.
 #[test]
 fn a_replica_syncs_its_ring_once_per_flush_pace() {
     let dir = tempfile::tempdir().unwrap();
-    let (primary, stream) = empty_primary(dir.path());
-    for i in 0..3u8 {
-        let mut batch = WriteBatch::new();
-        batch.put("t", &[i], &[i; 5000]).unwrap();
-        primary.commit(&batch, Durability::Applied).unwrap();
-    }
+    let (primary, stream) = primary_of_three_records(dir.path());
     let wait_durable = |replica: &Database, lsn: u64| {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while replica.durable_lsn() < lsn {
@@ -281,12 +288,7 @@ fn a_replica_syncs_its_ring_once_per_flush_pace() {
 #[test]
 fn a_replica_paces_its_ring_by_the_replica_default() {
     let dir = tempfile::tempdir().unwrap();
-    let (primary, stream) = empty_primary(dir.path());
-    for i in 0..3u8 {
-        let mut batch = WriteBatch::new();
-        batch.put("t", &[i], &[i; 5000]).unwrap();
-        primary.commit(&batch, Durability::Applied).unwrap();
-    }
+    let (primary, stream) = primary_of_three_records(dir.path());
     let (replica, stats) =
         pagemesh_core::Plumbing::restore_replica(dir.path().join("r"), &stream[..], Options::new())
             .unwrap();
