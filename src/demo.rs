@@ -412,7 +412,9 @@ pub fn run(args: &Args) -> Result<(), BoxError> {
     // Writes of the nodes' that nobody waited for (log pages between flushes, LMDB's last meta
     // page) may still be in the page cache: on disk before raw heed's timer starts, so that its
     // loads do not pay for them.
-    rustix::fs::syncfs(std::fs::File::open(&dir)?)?;
+    std::fs::File::open(&dir)
+        .and_then(|dir| rustix::fs::syncfs(dir).map_err(std::io::Error::from))
+        .map_err(|e| format!("sync {} before timing raw heed: {e}", dir.display()))?;
     let heed_before = storage_bytes_written();
     let ceiling = heed_ceiling(&dir, &records, 1 + replica_count, group_rows as usize)?;
     let heed_written = bytes_since(heed_before);

@@ -134,9 +134,10 @@ pub const FLUSH_PACE: Duration = Duration::from_millis(10);
 /// page rate. What a longer pace costs is a replica's `durable_lsn` lagging by up to the pace,
 /// and, after a power loss there, up to a pace of pages fetched again.
 ///
-/// Measured (`pagemesh demo`, four runs alternated with a 10 ms pace on the replicas, the
-/// nodes' leftover writes synced before raw heed's timer): end to end 0.47–0.57 s against
-/// 0.63–0.68 s, 0.59–0.78x of raw heed against 0.51–0.64x.
+/// Measured (`pagemesh demo`, eight runs alternated with a 10 ms pace on the replicas, the
+/// nodes' leftover writes synced before raw heed's timer in both): end to end 0.44–0.57 s
+/// against 0.48–0.68 s, 0.59–0.88x of raw heed (median 0.72x) against 0.51–0.72x (median
+/// 0.63x). `bench replicate`'s `sync-durable@16/durable` moved within its noise.
 pub const REPLICA_FLUSH_PACE: Duration = Duration::from_secs(1);
 
 /// How many nice steps below the thread that opens a database its applier runs, by default
