@@ -31,6 +31,9 @@
 //! retain_age_seconds = 86400         # and/or trimmed by age (default: no age limit)
 //! apply_nice = 10                    # nice steps the LMDB applier runs below the node (0..=19;
 //!                                    # 0 on a machine that does nothing else)
+//! flush_pace_ms = 10                 # how long pages no commit waits to see durable gather
+//!                                    # between syncs of the log ring (0..=60000; default 10 on
+//!                                    # a source, 1000 on a replica, whose syncs nobody awaits)
 //! replication_timeout_ms = 10000     # how long a replicated:N commit waits for its replicas
 //! on_replication_timeout = "fail"    # fail | degrade (return Ok with a warning)
 //!
@@ -40,7 +43,8 @@
 //! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…";
 //!                                    # or neither: whichever nodes the gossip says hold it)
 //! uuid = "…"                         # the source database's uuid (printed by its node)
-//! ring_pages = 4096                  # ring_pages, retain_* and apply_nice apply to replicas too
+//! ring_pages = 4096                  # ring_pages, retain_*, apply_nice and flush_pace_ms apply
+//!                                    # to replicas too
 //! ```
 //!
 //! Keys that apply to one role only (`sync_replicas`, `durability`, the replication timeout and
@@ -228,6 +232,7 @@ struct DatabaseConfig {
     retain_bytes: Option<u64>,
     retain_age_seconds: Option<u64>,
     apply_nice: Option<i32>,
+    flush_pace_ms: Option<u64>,
 }
 
 /// What a `replicated:N` commit does when too few replicas acked in time.
@@ -316,6 +321,10 @@ fn plan(path: &Path) -> Result<Plan, ConfigError> {
     })
 }
 
+/// The longest `flush_pace_ms` a node takes: a minute of pages nobody waits for off the disk is
+/// already more than a power loss should take.
+const FLUSH_PACE_MS_MAX: u64 = 60_000;
+
 /// Checks one database entry and makes its options.
 fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Database, String> {
     let mut options = Options::new();
@@ -340,6 +349,14 @@ fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Data
             ));
         }
         options = options.apply_nice(steps);
+    }
+    if let Some(ms) = database.flush_pace_ms {
+        if ms > FLUSH_PACE_MS_MAX {
+            return Err(format!(
+                "`flush_pace_ms` = {ms}: from 0 (a sync a page) to {FLUSH_PACE_MS_MAX} is needed"
+            ));
+        }
+        options = options.flush_pace(Duration::from_millis(ms));
     }
     let only = |key: &str, present: bool, role: &str| {
         if present {
@@ -569,4 +586,37 @@ fn serve(
     drop(sources);
     println!("node {} stopped", config.name);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{database_plan, Database, DatabaseConfig};
+
+    /// `flush_pace_ms` reaches the database's options for either role (`Options` keeps it
+    /// private; its `Debug` shows it).
+    #[test]
+    fn flush_pace_ms_reaches_the_options_of_both_roles() {
+        let source: DatabaseConfig =
+            toml::from_str("name = \"db\"\nrole = \"source\"\nflush_pace_ms = 250\n").unwrap();
+        let Ok(Database::Source { options, .. }) = database_plan(&source, &[]) else {
+            panic!("a source");
+        };
+        assert!(
+            format!("{options:?}").contains("flush_pace: Some(250ms)"),
+            "{options:?}"
+        );
+
+        let replica: DatabaseConfig = toml::from_str(
+            "name = \"copy\"\nrole = \"replica\"\nsource = \"127.0.0.1:7400\"\n\
+             uuid = \"6f1c1f7e-0d4b-4a43-9a0e-6c1b8c9b2a11\"\nflush_pace_ms = 0\n",
+        )
+        .unwrap();
+        let Ok(Database::Replica { options, .. }) = database_plan(&replica, &[]) else {
+            panic!("a replica");
+        };
+        assert!(
+            format!("{options:?}").contains("flush_pace: Some(0ns)"),
+            "{options:?}"
+        );
+    }
 }
