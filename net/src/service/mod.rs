@@ -213,7 +213,8 @@ pub trait Controller: Send + Sync + 'static {
 
 /// Where a source reports a replica's acks; dropping it detaches the replica.
 pub trait AckSink {
-    /// Every page below `received_lsn` is in the replica's ring; below `durable_lsn`, applied.
+    /// Every page below `received_lsn` is in the replica's ring; below `durable_lsn`, on disk in
+    /// it (its durable watermark when it last acked; a replica syncs by its own flush pace).
     fn ack(&self, received_lsn: u64, durable_lsn: u64);
     /// `node`, which the replica feeds (directly or not), holds every page below
     /// `received_lsn`. Returns `false` if the replica's subtree would grow past its bound: the
