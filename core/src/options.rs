@@ -137,7 +137,9 @@ pub const FLUSH_PACE: Duration = Duration::from_millis(10);
 /// Measured (`pagemesh demo`, eight runs alternated with a 10 ms pace on the replicas, the
 /// nodes' leftover writes synced before raw heed's timer in both): end to end 0.44–0.57 s
 /// against 0.48–0.68 s, 0.59–0.88x of raw heed (median 0.72x) against 0.51–0.72x (median
-/// 0.63x). `bench replicate`'s `sync-durable@16/durable` moved within its noise.
+/// 0.63x). `bench replicate`'s `sync-durable@16/durable` moved within its noise. A 250 ms pace
+/// (four pairs alternated with 1 s) did no better or worse beyond the noise, 0.62–0.75x against
+/// 0.53–0.84x; 1 s keeps fewer syncs for the same cost, a `durable_lsn` that lags a second.
 pub const REPLICA_FLUSH_PACE: Duration = Duration::from_secs(1);
 
 /// How many nice steps below the thread that opens a database its applier runs, by default
