@@ -87,6 +87,14 @@
 //! the replicas' rewritten slots counted once; the rest of their log pages reach the disk after
 //! the window, at their next sync.
 //!
+//! Whether raw heed pays for running second: twelve runs of an experiment build (not kept) that
+//! also loaded raw heed before the nodes, with the same transactions, timed it at 0.29–0.38 s
+//! before and 0.30–0.36 s after (slower after in 8 of 12, by 2.5% on the mean): no order
+//! effect beyond the noise. Those runs' ratios were 0.60–0.76x (median 0.65x), below the
+//! 0.53–0.88x (median 0.72x) of twenty runs of the same build without the extra load: 216 MB
+//! more written just before the nodes start costs them too. One binary's ratio moves by 0.3
+//! from run to run here; compare medians of alternated runs.
+//!
 //! Before stop 32's change (one `perf` run, 2 kHz): the replicas acknowledge everything after
 //! 0.28–0.34 s, then each node applies until 0.66–0.72 s. Each node applies three full groups
 //! of 2,048 pages (37,050 rows), 150–330 ms each with three appliers on two cores, and each
