@@ -18,7 +18,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -184,12 +184,11 @@ fn lag_gauges_rise_while_a_replica_is_stopped_and_fall_to_zero_after_it_resumes(
     origin.serve(&db, 0);
     let origin_addr = origin.local_addr().unwrap();
 
-    let config_a = dir.path().join("a.toml");
-    std::fs::write(
-        &config_a,
-        replica_config("a", dir.path(), origin_addr, db.uuid(), true),
-    )
-    .unwrap();
+    let config_a = config_file(
+        dir.path(),
+        "a.toml",
+        &replica_config("a", dir.path(), origin_addr, db.uuid(), true),
+    );
     let a = NodeProcess::start(&config_a);
     let a_addr: SocketAddr = a.line_after("listening on").parse().unwrap();
     let metrics_addr: SocketAddr = (a.line_after("metrics on http://"))
@@ -197,12 +196,11 @@ fn lag_gauges_rise_while_a_replica_is_stopped_and_fall_to_zero_after_it_resumes(
         .parse()
         .unwrap();
 
-    let config_b = dir.path().join("b.toml");
-    std::fs::write(
-        &config_b,
-        replica_config("b", dir.path(), a_addr, db.uuid(), false),
-    )
-    .unwrap();
+    let config_b = config_file(
+        dir.path(),
+        "b.toml",
+        &replica_config("b", dir.path(), a_addr, db.uuid(), false),
+    );
     let b = NodeProcess::start(&config_b);
     let b_labels = ["database=\"copy\"", "replica=\"b\""];
     let lag = |text: &str, gauge: &str| {
@@ -309,15 +307,14 @@ fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
 #[test]
 fn a_hostile_scraper_is_dropped_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("n.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = config_file(
+        dir.path(),
+        "n.toml",
+        &format!(
             "name = \"n\"\ndata_dir = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
             dir.path().join("n").display()
         ),
-    )
-    .unwrap();
+    );
     let node = NodeProcess::start(&config);
     let addr: SocketAddr = (node.line_after("metrics on http://"))
         .trim_end_matches("/metrics")
@@ -372,10 +369,16 @@ fn a_hostile_scraper_is_dropped_and_the_node_keeps_serving() {
     drop(node);
 }
 
+/// Writes a node's configuration `text` to `dir/file`; returns its path.
+fn config_file(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// `pagemesh node --check-config` on `text`: exit success and the output.
 fn check_config(dir: &Path, text: &str) -> (bool, String) {
-    let path = dir.join("check.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = config_file(dir, "check.toml", text);
     let output = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
         .args(["node", "--check-config", path.to_str().unwrap()])
         .output()
@@ -497,16 +500,15 @@ fn check_config_passes_a_complete_file_and_names_what_is_wrong_in_bad_ones() {
 #[test]
 fn a_nodes_applier_runs_at_the_configured_nice_steps_below_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = config_file(
+        dir.path(),
+        "node.toml",
+        &format!(
             "name = \"n\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n\
              [[databases]]\nname = \"db\"\nrole = \"source\"\nring_pages = 64\napply_nice = 3\n",
             dir.path().join("data").display()
         ),
-    )
-    .unwrap();
+    );
     let node = NodeProcess::start(&config);
     node.line_after("database db uuid");
     // The child starts at this process's nice value; its applier lowers itself once running.
@@ -535,15 +537,17 @@ fn the_default_level_logs_lifecycle_events_and_json_is_one_object_a_line() {
         .unwrap();
     let db = origin.open_database("db", Options::new()).unwrap();
     origin.serve(&db, 0);
-    let config = dir.path().join("r.toml");
-    let text = replica_config(
-        "r",
+    let config = config_file(
         dir.path(),
-        origin.local_addr().unwrap(),
-        db.uuid(),
-        false,
+        "r.toml",
+        &replica_config(
+            "r",
+            dir.path(),
+            origin.local_addr().unwrap(),
+            db.uuid(),
+            false,
+        ),
     );
-    std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pagemesh"))
         .args([
             "node",
