@@ -171,15 +171,10 @@ impl Applier {
     /// and not yet released; at most a quarter of the ring), the pace window has passed since
     /// pages became ready, a waiter hurries (`Inner::wait_applied`), or the log closes.
     fn pace(&mut self) {
-        let (window, bytes) =
-            self.inner
-                .options
-                .apply_pace
-                .unwrap_or(if self.inner.log.is_follower() {
-                    crate::options::REPLICA_APPLY_PACE
-                } else {
-                    crate::options::APPLY_PACE
-                });
+        let (window, bytes) = self
+            .inner
+            .options
+            .apply_pace_for(self.inner.log.is_follower());
         if window.is_zero() {
             return;
         }

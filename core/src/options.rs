@@ -271,6 +271,14 @@ impl Options {
         self.flush_pace = Some(pace);
         self
     }
+    /// The apply pace of a database in its role: the one set, or the role's default.
+    pub(crate) fn apply_pace_for(&self, replica: bool) -> (Duration, usize) {
+        self.apply_pace.unwrap_or(if replica {
+            REPLICA_APPLY_PACE
+        } else {
+            APPLY_PACE
+        })
+    }
     /// The flush pace of a database in its role: the one set, or the role's default.
     pub(crate) fn flush_pace_for(&self, replica: bool) -> Duration {
         self.flush_pace.unwrap_or(if replica {
