@@ -34,6 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,7 +69,7 @@ const SEQ_UNKNOWN: u64 = u64::MAX;
 /// A thread's keys, `(table, key)` → `(value, seq)`.
 type State = BTreeMap<(String, Vec<u8>), (Vec<u8>, u64)>;
 
-fn main() {
+fn main() -> ExitCode {
     if let Some(args) = pagemesh_testkit::child_args(CHILD_ENV) {
         let [dir, round, seed] = &args[..] else {
             panic!("child arguments: DIR ROUND SEED, not {args:?}")
@@ -78,8 +79,13 @@ fn main() {
             round.parse().expect("round"),
             seed.parse().expect("seed"),
         );
-        return;
+        return ExitCode::SUCCESS;
     }
+    pagemesh_testkit::run_tests([("acknowledged_commits_survive_sigkill", rounds as fn())])
+}
+
+/// The parent: kill rounds on a fresh directory each, then chained rounds on one, each verified.
+fn rounds() {
     let seed = pagemesh_testkit::seed();
     let mut rng = SmallRng::seed_from_u64(seed);
     let temp = tempfile::tempdir().expect("temp dir");
@@ -130,7 +136,6 @@ fn main() {
          unreported found applied, seed {seed}, {:?}",
         started.elapsed()
     );
-    println!("1 passed, 0 failed");
 }
 
 /// One change of a batch.

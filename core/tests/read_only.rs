@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
@@ -37,15 +37,25 @@ const CHILD_WAIT_MAX: Duration = Duration::from_secs(60);
 /// `(table, key)` → value bytes.
 type Contents = BTreeMap<(String, Vec<u8>), Vec<u8>>;
 
-fn main() {
+fn main() -> ExitCode {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child(Path::new(&dir));
-        return;
+        return ExitCode::SUCCESS;
     }
-    refuses_what_is_not_a_pagemesh_database();
-    refuses_a_second_open_in_this_process();
-    reads_what_a_child_process_commits_and_writes_nothing();
-    println!("read_only: all checks passed");
+    pagemesh_testkit::run_tests([
+        (
+            "refuses_what_is_not_a_pagemesh_database",
+            refuses_what_is_not_a_pagemesh_database as fn(),
+        ),
+        (
+            "refuses_a_second_open_in_this_process",
+            refuses_a_second_open_in_this_process,
+        ),
+        (
+            "reads_what_a_child_process_commits_and_writes_nothing",
+            reads_what_a_child_process_commits_and_writes_nothing,
+        ),
+    ])
 }
 
 fn value(table: &str, i: u32, phase: u32) -> Vec<u8> {

@@ -6,14 +6,15 @@
 //! with SIGKILL and returns what it reported. The child finds its arguments with [`child_args`],
 //! works until it is killed, and tells the parent what it has made durable with [`report`]: one
 //! line of numbers per fact, written in one `write`. A line the kill cut short is not returned.
-//! Each test keeps its own child body and its own checks of what survived the kill.
+//! Each test keeps its own child body and its own checks of what survived the kill, and hands
+//! its checks to [`run_tests`], which gives the binary libtest's command line.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //!
 //! const CHILD_ENV: &str = "PAGEMESH_EXAMPLE_CRASH_CHILD";
 //!
-//! fn main() {
+//! fn main() -> std::process::ExitCode {
 //!     if let Some(args) = pagemesh_testkit::child_args(CHILD_ENV) {
 //!         let round: u64 = args[0].parse().unwrap();
 //!         for index in 0.. {
@@ -21,6 +22,10 @@
 //!             pagemesh_testkit::report([round, index]);
 //!         }
 //!     }
+//!     pagemesh_testkit::run_tests([("reported_records_survive_sigkill", rounds as fn())])
+//! }
+//!
+//! fn rounds() {
 //!     let seed = pagemesh_testkit::seed();
 //!     for round in 0..4 {
 //!         let life = Duration::from_millis(20 + (seed + round) % 100);
@@ -34,7 +39,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 /// The environment variable that picks the seed of a crash test; see [`seed`].
@@ -55,6 +60,30 @@ pub fn seed() -> u64 {
 pub fn child_args(env: &str) -> Option<Vec<String>> {
     std::env::var_os(env)?;
     Some(std::env::args().skip(1).collect())
+}
+
+/// Runs `tests`, each a name and a body that panics on failure, as the tests of this
+/// `harness = false` binary, with libtest's command line (`libtest-mimic`): `--list` (so
+/// cargo-nextest finds them), a name filter and `--exact` (so `cargo test NAME` runs only what
+/// it names), `--ignored` and `--test-threads`. One at a time unless `--test-threads` says
+/// otherwise: each keeps both cores busy with its own children, and some check what one process
+/// may hold open.
+///
+/// Call it after [`child_args`] found this process is not a child: a child's arguments are its
+/// own, not libtest's.
+pub fn run_tests(tests: impl IntoIterator<Item = (&'static str, fn())>) -> ExitCode {
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    let trials = tests
+        .into_iter()
+        .map(|(name, body)| {
+            libtest_mimic::Trial::test(name, move || {
+                body();
+                Ok(())
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
 }
 
 /// In the child: reports `fields` to the parent as one line of numbers, in one `write` (a pipe
