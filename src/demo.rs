@@ -95,6 +95,17 @@
 //! more written just before the nodes start costs them too. One binary's ratio moves by 0.3
 //! from run to run here; compare medians of alternated runs.
 //!
+//! Stop 34, what the history written once would be worth now: an experiment build (not kept)
+//! that skipped the binlog append, ten runs alternated with the build it came from: end to end
+//! median 0.52 s (0.45–0.57) against 0.62 s (0.50–0.87), ratio median 0.76x against 0.71x (raw
+//! heed's own time moved between the runs, 0.38 s against 0.42 s median). The history still
+//! has to be kept somewhere, so that is the most a log whose segments are the history can
+//! give, and only if its segment files are recycled or written once ahead: a 4 KB `pwrite` and
+//! `fdatasync`, p50 over 2,000 each, two rounds, cost 96–115 µs over written blocks, 130–157 µs
+//! over only fallocated ones and 149–155 µs appending to the file. Applying while the pace
+//! lasts, which let the appliers start sooner, did not move it (`pagemesh_core`'s apply
+//! module, Pacing).
+//!
 //! Before stop 32's change (one `perf` run, 2 kHz): the replicas acknowledge everything after
 //! 0.28–0.34 s, then each node applies until 0.66–0.72 s. Each node applies three full groups
 //! of 2,048 pages (37,050 rows), 150–330 ms each with three appliers on two cores, and each
