@@ -34,6 +34,11 @@
 //! flush_pace_ms = 10                 # how long pages no commit waits to see durable gather
 //!                                    # between syncs of the log ring (0..=60000; default 10 on
 //!                                    # a source, 1000 on a replica, whose syncs nobody awaits)
+//! apply_pace_ms = 5                  # how long ready pages gather into one LMDB group while
+//!                                    # nobody waits for `applied` (0..=60000; default 5 on a
+//!                                    # source, 50 on a replica): longer groups sync LMDB less
+//!                                    # often on the ring's disk, and readers that do not wait
+//!                                    # see a commit up to this much later
 //! replication_timeout_ms = 10000     # how long a replicated:N commit waits for its replicas
 //! on_replication_timeout = "fail"    # fail | degrade (return Ok with a warning)
 //!
@@ -43,7 +48,7 @@
 //! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…";
 //!                                    # or neither: whichever nodes the gossip says hold it)
 //! uuid = "…"                         # the source database's uuid (printed by its node)
-//! ring_pages = 4096                  # ring_pages, retain_*, apply_nice and flush_pace_ms apply
+//! ring_pages = 4096                  # ring_pages, retain_*, apply_nice and the paces apply
 //!                                    # to replicas too
 //! ```
 //!
@@ -71,7 +76,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pagemesh::core::{Durability, Options};
+use pagemesh::core::{Durability, Options, APPLY_PACE, REPLICA_APPLY_PACE};
 use pagemesh::net::{ServiceConfig, TransportKind};
 use pagemesh::Node;
 use serde::Deserialize;
@@ -232,6 +237,7 @@ struct DatabaseConfig {
     retain_bytes: Option<u64>,
     retain_age_seconds: Option<u64>,
     apply_nice: Option<i32>,
+    apply_pace_ms: Option<u64>,
     flush_pace_ms: Option<u64>,
 }
 
@@ -325,6 +331,10 @@ fn plan(path: &Path) -> Result<Plan, ConfigError> {
 /// already more than a power loss should take.
 const FLUSH_PACE_MS_MAX: u64 = 60_000;
 
+/// The longest `apply_pace_ms` a node takes: readers that do not wait see a commit up to the
+/// pace later, and a minute is already more than any of them should.
+const APPLY_PACE_MS_MAX: u64 = 60_000;
+
 /// Checks one database entry and makes its options.
 fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Database, String> {
     let mut options = Options::new();
@@ -357,6 +367,20 @@ fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Data
             ));
         }
         options = options.flush_pace(Duration::from_millis(ms));
+    }
+    if let Some(ms) = database.apply_pace_ms {
+        if ms > APPLY_PACE_MS_MAX {
+            return Err(format!(
+                "`apply_pace_ms` = {ms}: from 0 (apply each ready page at once) to \
+                 {APPLY_PACE_MS_MAX} is needed"
+            ));
+        }
+        // The window is the operator's; the bytes stay the role's default.
+        let bytes = match database.role {
+            Role::Source => APPLY_PACE.1,
+            Role::Replica => REPLICA_APPLY_PACE.1,
+        };
+        options = options.apply_pace(Duration::from_millis(ms), bytes);
     }
     let only = |key: &str, present: bool, role: &str| {
         if present {
@@ -592,31 +616,49 @@ fn serve(
 mod tests {
     use super::{database_plan, Database, DatabaseConfig};
 
-    /// `flush_pace_ms` reaches the database's options for either role (`Options` keeps it
-    /// private; its `Debug` shows it).
+    /// A source entry, to which a test appends its keys.
+    const SOURCE: &str = "name = \"db\"\nrole = \"source\"\n";
+    /// A replica entry, to which a test appends its keys.
+    const REPLICA: &str = "name = \"copy\"\nrole = \"replica\"\nsource = \"127.0.0.1:7400\"\n\
+                           uuid = \"6f1c1f7e-0d4b-4a43-9a0e-6c1b8c9b2a11\"\n";
+
+    /// The options `database_plan` makes of `entry`, as their `Debug` shows them (`Options`
+    /// keeps its fields private), and whether they are a source's.
+    fn planned(entry: &str) -> (bool, String) {
+        let config: DatabaseConfig = toml::from_str(entry).unwrap();
+        match database_plan(&config, &[]) {
+            Ok(Database::Source { options, .. }) => (true, format!("{options:?}")),
+            Ok(Database::Replica { options, .. }) => (false, format!("{options:?}")),
+            Err(error) => panic!("{entry}: {error}"),
+        }
+    }
+
     #[test]
     fn flush_pace_ms_reaches_the_options_of_both_roles() {
-        let source: DatabaseConfig =
-            toml::from_str("name = \"db\"\nrole = \"source\"\nflush_pace_ms = 250\n").unwrap();
-        let Ok(Database::Source { options, .. }) = database_plan(&source, &[]) else {
-            panic!("a source");
-        };
+        let (source, options) = planned(&format!("{SOURCE}flush_pace_ms = 250\n"));
+        assert!(source);
+        assert!(options.contains("flush_pace: Some(250ms)"), "{options}");
+
+        let (source, options) = planned(&format!("{REPLICA}flush_pace_ms = 0\n"));
+        assert!(!source);
+        assert!(options.contains("flush_pace: Some(0ns)"), "{options}");
+    }
+
+    /// The window is the configuration's; the bytes stay the role's default.
+    #[test]
+    fn apply_pace_ms_reaches_the_options_of_both_roles_with_their_bytes() {
+        let (source, options) = planned(&format!("{SOURCE}apply_pace_ms = 50\n"));
+        assert!(source);
         assert!(
-            format!("{options:?}").contains("flush_pace: Some(250ms)"),
-            "{options:?}"
+            options.contains("apply_pace: Some((50ms, 1048576))"),
+            "{options}"
         );
 
-        let replica: DatabaseConfig = toml::from_str(
-            "name = \"copy\"\nrole = \"replica\"\nsource = \"127.0.0.1:7400\"\n\
-             uuid = \"6f1c1f7e-0d4b-4a43-9a0e-6c1b8c9b2a11\"\nflush_pace_ms = 0\n",
-        )
-        .unwrap();
-        let Ok(Database::Replica { options, .. }) = database_plan(&replica, &[]) else {
-            panic!("a replica");
-        };
+        let (source, options) = planned(&format!("{REPLICA}apply_pace_ms = 0\n"));
+        assert!(!source);
         assert!(
-            format!("{options:?}").contains("flush_pace: Some(0ns)"),
-            "{options:?}"
+            options.contains("apply_pace: Some((0ns, 16777216))"),
+            "{options}"
         );
     }
 }
