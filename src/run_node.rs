@@ -327,13 +327,29 @@ fn plan(path: &Path) -> Result<Plan, ConfigError> {
     })
 }
 
-/// The longest `flush_pace_ms` a node takes: a minute of pages nobody waits for off the disk is
-/// already more than a power loss should take.
-const FLUSH_PACE_MS_MAX: u64 = 60_000;
+/// The longest pace a node takes (`flush_pace_ms`, `apply_pace_ms`): a minute of pages nobody
+/// waits for off the disk is already more than a power loss should take, and a minute is more
+/// than any reader that does not wait should lag.
+const PACE_MS_MAX: u64 = 60_000;
 
-/// The longest `apply_pace_ms` a node takes: readers that do not wait see a commit up to the
-/// pace later, and a minute is already more than any of them should.
-const APPLY_PACE_MS_MAX: u64 = 60_000;
+/// The pace `key` sets, if it is within 0..=[`PACE_MS_MAX`]; `zero` says what 0 means.
+fn pace(key: &str, ms: u64, zero: &str) -> Result<Duration, String> {
+    if ms > PACE_MS_MAX {
+        return Err(format!(
+            "`{key}` = {ms}: from 0 ({zero}) to {PACE_MS_MAX} is needed"
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// The bytes of `role`'s default apply pace: a configured `apply_pace_ms` replaces the window
+/// and keeps them.
+fn role_apply_pace_bytes(role: Role) -> usize {
+    match role {
+        Role::Source => APPLY_PACE.1,
+        Role::Replica => REPLICA_APPLY_PACE.1,
+    }
+}
 
 /// Checks one database entry and makes its options.
 fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Database, String> {
@@ -361,26 +377,11 @@ fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Data
         options = options.apply_nice(steps);
     }
     if let Some(ms) = database.flush_pace_ms {
-        if ms > FLUSH_PACE_MS_MAX {
-            return Err(format!(
-                "`flush_pace_ms` = {ms}: from 0 (a sync a page) to {FLUSH_PACE_MS_MAX} is needed"
-            ));
-        }
-        options = options.flush_pace(Duration::from_millis(ms));
+        options = options.flush_pace(pace("flush_pace_ms", ms, "a sync a page")?);
     }
     if let Some(ms) = database.apply_pace_ms {
-        if ms > APPLY_PACE_MS_MAX {
-            return Err(format!(
-                "`apply_pace_ms` = {ms}: from 0 (apply each ready page at once) to \
-                 {APPLY_PACE_MS_MAX} is needed"
-            ));
-        }
-        // The window is the operator's; the bytes stay the role's default.
-        let bytes = match database.role {
-            Role::Source => APPLY_PACE.1,
-            Role::Replica => REPLICA_APPLY_PACE.1,
-        };
-        options = options.apply_pace(Duration::from_millis(ms), bytes);
+        let window = pace("apply_pace_ms", ms, "apply each ready page at once")?;
+        options = options.apply_pace(window, role_apply_pace_bytes(database.role));
     }
     let only = |key: &str, present: bool, role: &str| {
         if present {
@@ -615,6 +616,7 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::{database_plan, Database, DatabaseConfig};
+    use pagemesh::core::{APPLY_PACE, REPLICA_APPLY_PACE};
 
     /// A source entry, to which a test appends its keys.
     const SOURCE: &str = "name = \"db\"\nrole = \"source\"\n";
@@ -649,15 +651,17 @@ mod tests {
     fn apply_pace_ms_reaches_the_options_of_both_roles_with_their_bytes() {
         let (source, options) = planned(&format!("{SOURCE}apply_pace_ms = 50\n"));
         assert!(source);
+        let bytes = APPLY_PACE.1;
         assert!(
-            options.contains("apply_pace: Some((50ms, 1048576))"),
+            options.contains(&format!("apply_pace: Some((50ms, {bytes}))")),
             "{options}"
         );
 
         let (source, options) = planned(&format!("{REPLICA}apply_pace_ms = 0\n"));
         assert!(!source);
+        let bytes = REPLICA_APPLY_PACE.1;
         assert!(
-            options.contains("apply_pace: Some((0ns, 16777216))"),
+            options.contains(&format!("apply_pace: Some((0ns, {bytes}))")),
             "{options}"
         );
     }
