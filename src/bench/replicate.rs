@@ -118,7 +118,7 @@
 //! build, not kept) against the build it came from: `sync-durable` median 64.5k against 58.5k
 //! commits/s, `sync-durable/durable` median 0.79 (0.73–0.87) against 0.73 (0.66–0.85), with
 //! `durable` unchanged (79k). So a log whose segments are the history, which stops writing each
-//! page a second time into LMDB, is worth about 10% here, not the 0.9. Neither moved it: an
+//! page a second time into LMDB, is worth about 10% here: short of 0.9. Neither moved it: an
 //! applier in the idle I/O class (`ioprio_set`, `mq-deadline`; three pairs, 0.76–0.84 against
 //! 0.59–0.83, `durable` itself 68k–69k against 71k–95k) nor applying while the pace lasts
 //! (`pagemesh_core`'s apply module, Pacing).
