@@ -38,8 +38,10 @@ struct Report {
     cursors: Vec<Cursor>,
     tables: Vec<Table>,
     lmdb: Lmdb,
-    /// Bytes of `log.ring`; `None` if the directory has none (a restored copy not yet opened).
-    ring_file_bytes: Option<u64>,
+    /// The log's files (`log.head` and its segments) and their bytes in all; no files in a
+    /// restored copy not yet opened.
+    log_files: usize,
+    log_file_bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -95,6 +97,11 @@ fn report(dir: &Path, stat: DatabaseStat) -> Result<Report, BoxError> {
     let data = dir.join("lmdb").join("data.mdb");
     let file_bytes_lmdb =
         file_bytes(&data)?.ok_or_else(|| format!("{} vanished", data.display()))?;
+    let log_files = pagemesh_logpage::Log::files(dir)?;
+    let mut log_file_bytes = 0;
+    for path in &log_files {
+        log_file_bytes += file_bytes(path)?.unwrap_or(0);
+    }
     Ok(Report {
         path: dir.into(),
         database_uuid: stat.database_uuid,
@@ -128,7 +135,8 @@ fn report(dir: &Path, stat: DatabaseStat) -> Result<Report, BoxError> {
             readers: stat.lmdb.readers,
             readers_max: stat.lmdb.readers_max,
         },
-        ring_file_bytes: file_bytes(&dir.join("log.ring"))?,
+        log_files: log_files.len(),
+        log_file_bytes,
     })
 }
 
@@ -162,8 +170,12 @@ fn print_text(r: &Report) {
         "lmdb      data.mdb {} bytes, {} pages of {} bytes used, last page {}, reader slots {}/{}, map {} bytes",
         l.file_bytes, l.used_pages, l.page_size, l.last_page, l.readers, l.readers_max, l.map_bytes
     );
-    match r.ring_file_bytes {
-        Some(bytes) => println!("ring      log.ring {bytes} bytes"),
-        None => println!("ring      no log.ring"),
+    match r.log_files {
+        0 => println!("log       no log files"),
+        files => println!(
+            "log       log.head and {} segment files, {} bytes",
+            files - 1,
+            r.log_file_bytes
+        ),
     }
 }

@@ -6,7 +6,7 @@
 //! [`FIRST_ROWS`] rows it waits (bounded) until `pagemesh stat --json` reports them committed; the
 //! import is then blocked on its input, holding the database and its log ring's lock (the test
 //! checks that the ring refuses it a second writer: the state in which the old `pagemesh backup`,
-//! which opened the database as a writer, failed with "ring is locked by another process"). A
+//! which opened the database as a writer, failed with "the log is locked by another process"). A
 //! backup taken then is mid-import by construction, not by timing. Then a thread feeds the rest
 //! while the test takes more backups (bounded in count and time) until the import exits, and one
 //! more after.
@@ -220,7 +220,7 @@ fn check_prefix(copy: &Path, n: u64, rows: &[([u8; 38], String)]) {
 /// The database's ring is held by another process: a second writer is refused.
 fn assert_ring_locked(db: &Path) {
     match Database::open(db, Options::new()) {
-        Err(error) => assert!(error.to_string().contains("ring is locked"), "{error}"),
+        Err(error) => assert!(error.to_string().contains("log is locked"), "{error}"),
         Ok(_) => panic!("opened {} beside the running import", db.display()),
     }
 }

@@ -7,7 +7,7 @@
 //! once space is freed the database opens, recovers (`Durable` rows are durable in its log ring,
 //! and the open applies those the full disk kept out of LMDB), and holds exactly a prefix of the
 //! file's rows, at least as many as were reported durable; and a database that cannot even allocate its
-//! ring on the full disk is refused at open with an error naming the ring file.
+//! log on the full disk is refused at open with an error naming its file.
 //!
 //! The tmpfs lives only as long as the namespace's shell, so that shell runs every step that needs
 //! it and leaves its results (exit codes, stderr, a backup) in the test's own directory.
@@ -157,11 +157,12 @@ fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
         "{durable} rows reported durable: not whole batches of {BATCH}"
     );
 
-    // A database created on the full disk is refused at open, naming its ring file.
+    // A database created on the full disk is refused at open, naming a file of its log.
     let fresh_err = read(results, "fresh.err");
     assert_eq!(exit_code(results, "fresh.rc"), 1, "{fresh_err}");
     assert!(
-        fresh_err.contains("log.ring") && fresh_err.contains("No space left on device"),
+        (fresh_err.contains("log.head") || fresh_err.contains(".seg"))
+            && fresh_err.contains("No space left on device"),
         "{fresh_err}"
     );
 }

@@ -87,8 +87,8 @@ impl Database {
         // Before the ring's lock: a second open in this process would otherwise be reported as
         // a lock held by another process (`registry.rs`).
         let registration = Registration::claim(dir)?;
-        let ring = dir.join("log.ring");
-        if std::fs::metadata(&ring).map_or(true, |meta| meta.len() == 0) {
+        let head = dir.join("log.head");
+        if std::fs::metadata(&head).map_or(true, |meta| meta.len() == 0) {
             drop(Log::open(dir, LogOptions::new().slots(options.ring_slots))?);
         } else {
             Log::probe_lock(dir)?;

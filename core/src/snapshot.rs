@@ -191,7 +191,15 @@ pub(crate) fn restore(
     input: impl Read,
     as_replica: bool,
 ) -> Result<SnapshotStats> {
-    if dir.join("lmdb").join("data.mdb").exists() || dir.join("log.ring").exists() {
+    let log_files = pagemesh_logpage::Log::files(dir).map_err(|source| Error::Io {
+        op: "list the log files in",
+        path: dir.into(),
+        source,
+    })?;
+    if dir.join("lmdb").join("data.mdb").exists()
+        || !log_files.is_empty()
+        || dir.join("log.ring").exists()
+    {
         return Err(Error::NotADatabase {
             path: dir.into(),
             why: "restore needs an empty directory",

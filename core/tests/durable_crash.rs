@@ -11,8 +11,8 @@
 //! pages). After each commit returns, the thread reports `thread index seq durable_lsn` in one
 //! write.
 //!
-//! SIGKILL keeps the page cache, so the parent then plays the power loss on the ring: each slot
-//! that holds no page below the highest durable watermark the child reported is, with
+//! SIGKILL keeps the page cache, so the parent then plays the power loss on the log's segments:
+//! each page that is not a page below the highest durable watermark the child reported is, with
 //! probability 1/2, garbled, zeroed or torn (its tail zeroed: a write cut short).
 //!
 //! And on LMDB: each LMDB commit syncs its data pages but not its meta page (`MDB_NOMETASYNC`),
@@ -110,7 +110,7 @@ fn rounds() {
             .filter(|r| r[0] != EPOCH_REPORT && r[0] != LMDB_SYNC_REPORT)
             .collect();
         let durable_lsn = commits.iter().map(|r| r[3]).max().unwrap_or(0);
-        damaged += damage_beyond(&dir.join("log.ring"), durable_lsn, &mut rng);
+        damaged += damage_beyond(dir, durable_lsn, &mut rng);
         if rng.random_bool(0.5) && roll_back_unsynced_lmdb_txn(dir, synced) {
             rolled_back += 1;
         }
@@ -150,7 +150,7 @@ fn rounds() {
         "LMDB was rolled back in only {rolled_back} of {ROUNDS} rounds: too few to mean anything"
     );
     println!(
-        "durable_crash: {ROUNDS} rounds, {checked} durable commits verified, {damaged} ring slots \
+        "durable_crash: {ROUNDS} rounds, {checked} durable commits verified, {damaged} log pages \
          damaged beyond the durable watermark, LMDB's newest transaction undone in {rolled_back} \
          rounds, {unreported_found} unreported commits found, seed {seed}, {:?}",
         started.elapsed()
@@ -195,13 +195,26 @@ fn child(dir: &Path, round: u32) {
     });
 }
 
-/// Damages each ring slot that holds no valid page below `durable_lsn`, with probability 1/2:
-/// garbled, zeroed or torn. Returns how many it damaged.
-fn damage_beyond(path: &Path, durable_lsn: u64, rng: &mut SmallRng) -> usize {
-    let mut bytes = std::fs::read(path).expect("read the ring");
-    assert_eq!(bytes.len() as u64, (SLOTS + 1) * PAGE_SIZE as u64);
+/// Damages each page of the log's segments that is not a valid page below `durable_lsn`, with
+/// probability 1/2: garbled, zeroed or torn. Returns how many it damaged.
+fn damage_beyond(dir: &Path, durable_lsn: u64, rng: &mut SmallRng) -> usize {
     let mut damaged = 0;
-    for page in bytes[PAGE_SIZE..].chunks_exact_mut(PAGE_SIZE) {
+    let segments = pagemesh_logpage::Log::files(dir).expect("list the log's files");
+    for path in segments
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+    {
+        damaged += damage_segment(path, durable_lsn, rng);
+    }
+    damaged
+}
+
+/// Damages the pages of one segment file as [`damage_beyond`] says.
+fn damage_segment(path: &Path, durable_lsn: u64, rng: &mut SmallRng) -> usize {
+    let mut bytes = std::fs::read(path).expect("read a segment");
+    assert_eq!(bytes.len() as u64, SLOTS * PAGE_SIZE as u64);
+    let mut damaged = 0;
+    for page in bytes.chunks_exact_mut(PAGE_SIZE) {
         let below = validate(page).is_ok_and(|page| page.lsn() < durable_lsn);
         if below || !rng.random_bool(0.5) {
             continue;
@@ -216,7 +229,7 @@ fn damage_beyond(path: &Path, durable_lsn: u64, rng: &mut SmallRng) -> usize {
         }
         damaged += 1;
     }
-    std::fs::write(path, bytes).expect("write the ring back");
+    std::fs::write(path, bytes).expect("write a segment back");
     damaged
 }
 

@@ -20,9 +20,10 @@ fn batch(key: &[u8]) -> WriteBatch {
     batch
 }
 
+/// Whether `error` is the log's poison, naming the segment of `dir` the failed sync covered.
 fn is_ring_poisoned(error: &Error, dir: &std::path::Path) -> bool {
     matches!(error, Error::Log(pagemesh_logpage::Error::Poisoned { path, source, .. })
-        if path == &dir.join("log.ring") && source.raw_os_error() == Some(5))
+        if path == &dir.join("log-0000000000000000.seg") && source.raw_os_error() == Some(5))
 }
 
 #[test]
@@ -54,7 +55,10 @@ fn a_failed_ring_sync_fails_the_durable_commit_and_every_later_one_until_reopene
             .unwrap_err();
         assert!(is_ring_poisoned(&error, dir.path()), "{error}");
         let message = error.to_string();
-        assert!(message.contains("log.ring"), "names the ring: {message}");
+        assert!(
+            message.contains("log-0000000000000000.seg"),
+            "names the segment: {message}"
+        );
         for durability in [Durability::Durable, Durability::Memory, Durability::Applied] {
             let later = db.commit(&batch(b"after"), durability).unwrap_err();
             assert!(

@@ -8,7 +8,7 @@
 //! and finds exactly what the child committed: values, versions, the record counts of
 //! `Snapshot::stat`, and an export that restores to the same contents. A view opened before the
 //! child's second phase created a new table sees that table in its next snapshot. Across the
-//! parent's reads, `data.mdb` and `log.ring` keep their length, mtime and crc32c: only LMDB's
+//! parent's reads, `data.mdb` and the log's files keep their length, mtime and crc32c: only LMDB's
 //! lock file is touched.
 //!
 //! It also checks what the open refuses, with the path in the message: a directory without
@@ -144,9 +144,14 @@ fn fingerprint(path: &Path) -> Fingerprint {
 }
 
 fn fingerprints(dir: &Path) -> Vec<Fingerprint> {
-    [dir.join("lmdb").join("data.mdb"), dir.join("log.ring")]
-        .iter()
-        .map(|path| fingerprint(path))
+    let log_files = pagemesh_logpage::Log::files(dir).expect("list the log's files");
+    assert!(
+        log_files.len() > 1,
+        "a head and its segments: {log_files:?}"
+    );
+    std::iter::once(dir.join("lmdb").join("data.mdb"))
+        .chain(log_files)
+        .map(|path| fingerprint(&path))
         .collect()
 }
 

@@ -38,7 +38,7 @@ const RECORD: [u8; 100] = [7; 100];
 /// How a test file's blocks were prepared.
 #[derive(Clone, Copy, Debug)]
 enum Blocks {
-    /// Written once through a mapping, synced: as `Ring::open` creates a ring.
+    /// Written once through a mapping, synced: as a new log segment is installed (`segment.rs`).
     Mapped,
     /// Only `posix_fallocate`d: unwritten extents.
     Fallocated,

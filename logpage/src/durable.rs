@@ -269,7 +269,7 @@ impl Shared {
             None => std::io::Error::new(poison.kind, poison.message.clone()),
         };
         Some(Error::Poisoned {
-            path: self.ring.path_or_anonymous(),
+            path: self.ring.path_of(poison.lsn_from),
             lsn_from: poison.lsn_from,
             lsn_to: poison.lsn_to,
             source,
@@ -351,7 +351,7 @@ impl Shared {
 
     /// Keeps the first failure for good and wakes everyone who could be waiting on durability.
     pub(crate) fn poison(&self, lsn_from: u64, lsn_to: u64, source: std::io::Error) {
-        let path = self.ring.path_or_anonymous();
+        let path = self.ring.path_of(lsn_from);
         tracing::error!(
             path = %path.display(),
             lsn_from,
@@ -594,6 +594,12 @@ impl Log {
             if flushed.is_err() || stopping {
                 return flushed.map(drop);
             }
+            // Off every commit's path: a writer that crosses into the next segment finds it
+            // installed. A failure here is the writer's to meet (its install poisons the log).
+            let written = shared.watermark.load(Ordering::SeqCst);
+            if let Err(error) = shared.ring.install_ahead(written) {
+                tracing::warn!(%error, lsn = written, "could not install the next log segment ahead");
+            }
         }
     }
 }
@@ -785,14 +791,17 @@ mod tests {
         let pending = log.reserve(8).unwrap();
         let is_poisoned = |error: &Error| {
             matches!(error, Error::Poisoned { path, lsn_from, lsn_to, source }
-                if path == &dir.path().join("log.ring")
+                if path == &dir.path().join("log-0000000000000000.seg")
                     && *lsn_from == durable
                     && *lsn_to > second.lsn_last
                     && source.raw_os_error() == Some(libc::EIO))
         };
         let error = log.wait_durable(second, None).unwrap_err();
         assert!(is_poisoned(&error), "{error}");
-        assert!(error.to_string().contains("log.ring"), "{error}");
+        assert!(
+            error.to_string().contains("log-0000000000000000.seg"),
+            "{error}"
+        );
         assert_eq!(log.durable_lsn(), durable, "a failed sync moves nothing");
         assert!(is_poisoned(&log.wait_durable(second, None).unwrap_err()));
         assert!(is_poisoned(&log.append(b"third").unwrap_err()));

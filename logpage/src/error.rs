@@ -124,18 +124,18 @@ pub enum Error {
     /// The log was closed while the caller waited.
     #[error("the log is closed")]
     Closed,
-    /// A sync of the ring file failed, so the pages it covered may never reach the disk (or a
-    /// finished page's write to the file failed: `lsn_from..lsn_to` is that page). The
+    /// A sync of the log's files failed, so the pages it covered may never reach the disk (or a
+    /// finished page's write to its segment failed: `lsn_from..lsn_to` is that page). The
     /// kernel may already have marked them clean (a second sync could then report success over
     /// data that is gone: PostgreSQL's "fsyncgate"), so the failure is never retried: the log
     /// keeps the error and refuses every later reservation, commit, flush and durable wait with
     /// it. Reopen the log to recover what the disk holds.
     #[error(
-        "write or sync of ring file {path} failed for pages {lsn_from}..{lsn_to}: {source}; the \
+        "write or sync of log file {path} failed for pages {lsn_from}..{lsn_to}: {source}; the \
          log is poisoned and refuses writes until it is reopened"
     )]
     Poisoned {
-        /// The ring file.
+        /// The log segment of the first page the failed write or sync covered.
         path: PathBuf,
         /// The durable watermark when the sync started: pages below it are on disk.
         lsn_from: u64,
@@ -159,15 +159,15 @@ pub enum Error {
         /// What is accepted.
         expected: &'static str,
     },
-    /// The ring file exists but is not a ring, or not of this configuration.
-    #[error("ring file {path}: {fault}")]
+    /// A file of the log exists but is not the log's, or not of this configuration.
+    #[error("log file {path}: {fault}")]
     RingFile {
         /// The file.
         path: PathBuf,
         /// What is wrong.
         fault: RingFault,
     },
-    /// An I/O operation on the ring file failed.
+    /// An I/O operation on a file of the log failed.
     #[error("{op} {path}: {source}")]
     Io {
         /// What was being done.
@@ -218,15 +218,15 @@ pub enum RecordFault {
     OrphanContinuation,
 }
 
-/// Why a ring file was refused (see [`Error::RingFile`]).
+/// Why a file of the log was refused (see [`Error::RingFile`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RingFault {
-    /// Wrong magic: not a pagemesh ring.
-    #[error("not a pagemesh ring file (bad magic)")]
+    /// Wrong magic: not a pagemesh log head.
+    #[error("not a pagemesh log head (bad magic)")]
     Magic,
     /// A ring format this build does not read.
-    #[error("ring format version {found}, this build reads {supported}")]
+    #[error("log format version {found}, this build reads {supported}")]
     Version {
         /// Found.
         found: u32,
@@ -237,7 +237,7 @@ pub enum RingFault {
     #[error("ring header checksum mismatch")]
     Checksum,
     /// The file holds a different number of slots than configured.
-    #[error("ring has {found} slots, configured for {configured}")]
+    #[error("log segments have {found} pages, configured for {configured} slots")]
     SlotCount {
         /// In the file.
         found: u64,
@@ -245,16 +245,27 @@ pub enum RingFault {
         configured: u64,
     },
     /// The file's length does not match its header.
-    #[error("ring file is {found} bytes, its header implies {expected}")]
+    #[error("log segment is {found} bytes, its head implies {expected}")]
     Length {
         /// Actual length.
         found: u64,
         /// Expected length.
         expected: u64,
     },
-    /// Another process has the ring open.
-    #[error("ring is locked by another process")]
+    /// Another process has the log open.
+    #[error("the log is locked by another process")]
     Locked,
+    /// A log written by a build before stop 35, in one circular file; this build writes
+    /// segments (`segment.rs`) and does not read that format.
+    #[error(
+        "a log ring of the old one-file format; this build reads logs in segments \
+         (log.head and log-*.seg): replay it with the build that wrote it, or remove it \
+         if the store holds everything"
+    )]
+    Legacy,
+    /// Segment files without a head to say what they hold (the head was removed).
+    #[error("log segments without a whole head file: refusing to reuse them")]
+    Orphans,
 }
 
 /// The crate's result type.

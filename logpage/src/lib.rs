@@ -53,6 +53,7 @@ pub mod page;
 pub mod record;
 pub mod ring;
 pub mod seal;
+mod segment;
 mod sync;
 
 pub use anchor::Position;

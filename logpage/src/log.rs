@@ -280,8 +280,9 @@ impl std::fmt::Debug for Log {
 }
 
 impl Log {
-    /// Opens the log in `dir` (creating `dir/log.ring` if needed) and recovers what the ring held:
-    /// the committed pages from the persisted horizon up to the first gap.
+    /// Opens the log in `dir` (creating its head, `dir/log.head`, and its first segments if
+    /// needed: `segment.rs`) and recovers what it held: the committed pages from the persisted
+    /// horizon up to the first gap.
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self> {
         options.check()?;
         let (ring, recovered) = Ring::open(dir.as_ref(), options.slots, options.recover_from)?;
@@ -306,6 +307,12 @@ impl Log {
         Ring::probe_lock(dir.as_ref())
     }
 
+    /// The files of the log in `dir`: its head, then its segments and spare segments, by name.
+    /// Empty if there is no log there.
+    pub fn files(dir: impl AsRef<Path>) -> std::io::Result<Vec<std::path::PathBuf>> {
+        crate::segment::files(dir.as_ref())
+    }
+
     /// A log in anonymous memory (nothing survives the process): for tests and benchmarks.
     pub fn in_memory(options: LogOptions) -> Result<Self> {
         options.check()?;
@@ -326,11 +333,13 @@ impl Log {
             );
             // Persisting the horizon first makes a later recovery start here, not at the stale
             // pages below.
-            ring.persist_released_lsn(lsn).map_err(|source| Error::Io {
-                op: "write the horizon of",
-                path: ring.path_or_anonymous(),
-                source,
-            })?;
+            ring.persist_released_lsn(lsn)
+                .and_then(|()| ring.prepare(lsn))
+                .map_err(|source| Error::Io {
+                    op: "write the horizon of",
+                    path: ring.path_or_anonymous(),
+                    source,
+                })?;
             recovered = Recovered {
                 start_lsn: lsn,
                 end_lsn: lsn,

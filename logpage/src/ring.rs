@@ -1,35 +1,24 @@
-//! The ring file: a header page and `slots` page slots, memory-mapped.
+//! The ring: a working copy of `slots` page slots in memory, and the log's files behind it.
 //!
 //! ```text
-//! file offset            content
-//! 0                      ring header (below), rest of the page zero
-//! PAGE_SIZE * (1 + i)    slot i: holds page lsn with lsn % slots == i
+//! working copy offset    content
+//! PAGE_SIZE * i          slot i: holds page lsn with lsn % slots == i
 //! ```
 //!
-//! Ring header, little-endian:
+//! The files are a head and segments of `slots` pages each (`segment.rs`): page `lsn` lies in the
+//! segment beginning at `lsn - lsn % slots`, at the same index as its slot. So a slot's page is
+//! written to the disk once, and stays there after the slot is reused, until its segment is
+//! retired.
 //!
-//! ```text
-//! offset size field
-//!      0    8 magic          "PMRING\0\x01"
-//!      8    4 version        RING_VERSION
-//!     12    4 page_size      PAGE_SIZE
-//!     16    8 slots          number of page slots, a power of two
-//!     24    4 crc32c         over bytes 0..24
-//!     28    4 reserved       zero
-//!     32    8 released_lsn   pages below this may have been overwritten (not under the crc:
-//!                            rewritten in place each time the ring's horizon advances)
-//! ```
+//! # Writes: a working copy in memory, whole pages to the files
 //!
-//! # Writes: a working copy in memory, whole pages to the file
-//!
-//! Writers and readers use a working copy of the slots in anonymous memory. The file is mapped
-//! only while the ring is opened (creation and recovery); after that, each page reaches the file
-//! whole, with one `pwrite` by the thread that finishes it (`Ring::write_through`), *before* the
-//! committed watermark passes it: so a *process* crash loses nothing below the watermark, the
-//! kernel's page cache holds it. A *power loss* keeps only what a completed sync put on disk:
-//! the log's durable watermark (`durable.rs`) says which pages those are, and that module's docs
-//! say what recovery finds after each kind of crash. `Ring::sync` is one `fdatasync` of the
-//! file; `durable.rs` says why that call and not a ranged one.
+//! Writers and readers use a working copy of the slots in anonymous memory. Each page reaches its
+//! segment whole, with one `pwrite` by the thread that finishes it (`Ring::write_through`),
+//! *before* the committed watermark passes it: so a *process* crash loses nothing below the
+//! watermark, the kernel's page cache holds it. A *power loss* keeps only what a completed sync
+//! put on disk: the log's durable watermark (`durable.rs`) says which pages those are, and that
+//! module's docs say what recovery finds after each kind of crash. `Ring::sync` is one
+//! `fdatasync` per segment written since the last sync.
 //!
 //! *Why not stores through a shared mapping* (DESIGN.md's "memmap2-backed file"; the ring was
 //! built that way first). Writeback write-protects every dirty page that is mapped writable
@@ -41,126 +30,45 @@
 //! flusher thread at 16–18% of the samples. A page written with `pwrite` is not mapped, so
 //! writeback has no mapping to clean. The cost moves to one 4 KB `pwrite` per page on the
 //! thread that finishes it (a page holds 16 of the bench's records), and the working copy is as
-//! large as the ring (it replaces the mapping in the process's resident set).
+//! large as the ring.
 //!
-//! A slot in the file is therefore only ever replaced by a whole finished page: the slots the
-//! horizon passes are invalidated in the working copy only (see Recovery for why the file's old
-//! pages never read as part of the log).
+//! A page in a segment is therefore only ever written whole, once (recovery's invalidations
+//! aside: below); the slots the horizon passes are invalidated in the working copy only.
 //!
 //! # Recovery
 //!
-//! On open, every slot is validated (magic, fields, crc) and kept only if its LSN maps to it. The
-//! recovered run starts at `released_lsn` (the horizon is persisted *before* any slot below it is
-//! reset, so every page from there up to the committed watermark is still intact) and extends
-//! upward to the first page that is missing, torn or never finished: that gap is the end of the
-//! log, and any finished page beyond it (pages finish out of order) was never below the committed
-//! watermark, so it is discarded. Every page outside the run is invalidated (its magic zeroed),
-//! so a later recovery can never mistake it for part of the log.
+//! On open, the log's pages are found in their segments from `released_lsn` (the head's horizon,
+//! persisted *before* any slot below it is reset), or from the store's `recover_from` if that is
+//! higher: each page must validate (magic, fields, crc) and hold the LSN of its place, and the
+//! first page that is missing, torn, never finished or of another LSN is the end of the log. The
+//! run is read into the working copy. Any finished page beyond the end (pages finish out of
+//! order) was never below the committed watermark: it is invalidated in its segment (magic
+//! zeroed, and synced before the log takes a write), so a later recovery can never take it for
+//! part of the log once new pages fill the gap before it. Pages below the start stay in their
+//! segments: they are history, not the log's to recover.
 //!
-//! The horizon argument holds after a *process* crash, where the page cache keeps every store.
-//! After a power loss the header on disk is the one the last completed sync wrote, and may be
-//! older than slots that writeback reused since: `durable.rs` (Power loss) says what that means
-//! and what the store must pass in.
-//!
-//! Zeroed slots (a new ring, or slots nothing was written to yet) fail validation on their magic,
-//! so recovery never mistakes one for a page: a zeroed slot is the end of the log, like a torn one.
+//! After a power loss the head on disk may be older than the last horizon written (it is synced
+//! only before a segment is retired: `segment.rs`). Its pages are still in their segments, so
+//! the end is still found; and since never more than a ring of pages is unreleased, a run longer
+//! than the ring starts a ring before its end. (The circular file this replaced could not tell:
+//! its slots below a stale header's horizon held later pages, and recovery stopped short unless
+//! the store passed `recover_from`.)
 //!
 //! # Space
 //!
-//! The file's blocks are allocated (`posix_fallocate`) every time it is opened, before it is
-//! mapped. A sparse ring would be the one place where a full disk is not an error: a store into a
-//! mapped page whose block cannot be allocated raises SIGBUS, which kills the process. Allocated
-//! up front, a full disk shows up as a clear error from `Ring::open` instead, and every later
-//! write lands in blocks the file already owns (the mapping is gone once the ring is open, but
-//! a `pwrite` that could fail for space would poison the log in the middle of a commit).
-//!
-//! A new ring's slots are then written once, with zeros, through the mapping, and synced with
-//! the header. Blocks that were only fallocated are *unwritten extents*: the first sync over each
-//! one converts it, a metadata commit on top of the data write. Measured here (ext4, 4 KB written
-//! through the mapping, then `fdatasync`, p50): 1.4–2.1× slower over fallocated-only blocks than
-//! over written ones (1.42× and 1.64× in two runs of `benches/durable.rs`, group
-//! `durable/ring-blocks`). The zeros go through the mapping rather than through `write(2)`,
-//! because the page cache keeps what `write` creates as large folios and dirty tracking through a
-//! mapping is per folio: each later 4 KB store then dirtied a whole folio and every sync wrote it
-//! all back, 5.9× and 24.9× the cost of syncing the page in the same two runs. Rings created
-//! before this write keep their unwritten extents until each slot's first sync converts it: one
-//! lap of the ring.
-//!
-//! A file of the right size whose header is not whole (bad magic or crc) and whose slots are all
-//! zeros is a creation that a crash cut off between sizing the file and writing its header: it
-//! holds no page, so it is created anew. A bad header over any non-zero slot byte is refused.
+//! A segment's blocks are allocated and written when it is installed, before any page is written
+//! into it (`segment.rs`, Installing a segment), and the segment after the one being written is
+//! installed ahead by the flusher. A full disk shows up as a clear error from `Ring::open` or
+//! from the install, and every page's write lands in blocks the file already owns (a `pwrite`
+//! that failed for space would poison the log in the middle of a commit).
 
-use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
-use bytemuck::{Pod, Zeroable};
 use memmap2::MmapMut;
 
-use crate::error::{Error, Result, RingFault};
-use crate::page::{validate, U32Le, U64Le, PAGE_SIZE};
-
-const RING_MAGIC: [u8; 8] = *b"PMRING\0\x01";
-const RING_VERSION: u32 = 1;
-const RELEASED_LSN_OFFSET: usize = 32;
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct RingHeader {
-    magic: [u8; 8],
-    version: U32Le,
-    page_size: U32Le,
-    slots: U64Le,
-    crc: U32Le,
-    reserved: U32Le,
-    released_lsn: U64Le,
-}
-const _: () = assert!(std::mem::size_of::<RingHeader>() == RELEASED_LSN_OFFSET + 8);
-const _: () = assert!(std::mem::offset_of!(RingHeader, released_lsn) == RELEASED_LSN_OFFSET);
-const CRC_COVERED: usize = std::mem::offset_of!(RingHeader, crc);
-
-impl RingHeader {
-    fn new(slots: u64) -> Self {
-        let mut header = Self {
-            magic: RING_MAGIC,
-            version: U32Le::new(RING_VERSION),
-            page_size: U32Le::new(PAGE_SIZE as u32),
-            slots: U64Le::new(slots),
-            crc: U32Le::new(0),
-            reserved: U32Le::new(0),
-            released_lsn: U64Le::new(0),
-        };
-        header.crc = U32Le::new(crc32c::crc32c(&bytemuck::bytes_of(&header)[..CRC_COVERED]));
-        header
-    }
-
-    /// Whether the header was written whole: its magic, and its crc over the fields it covers.
-    fn is_whole(&self) -> bool {
-        self.magic == RING_MAGIC
-            && crc32c::crc32c(&bytemuck::bytes_of(self)[..CRC_COVERED]) == self.crc.get()
-    }
-
-    fn check(&self, slots: u64) -> std::result::Result<(), RingFault> {
-        if self.magic != RING_MAGIC {
-            return Err(RingFault::Magic);
-        }
-        if self.version.get() != RING_VERSION {
-            return Err(RingFault::Version {
-                found: self.version.get(),
-                supported: RING_VERSION,
-            });
-        }
-        if crc32c::crc32c(&bytemuck::bytes_of(self)[..CRC_COVERED]) != self.crc.get() {
-            return Err(RingFault::Checksum);
-        }
-        if self.page_size.get() as usize != PAGE_SIZE || self.slots.get() != slots {
-            return Err(RingFault::SlotCount {
-                found: self.slots.get(),
-                configured: slots,
-            });
-        }
-        Ok(())
-    }
-}
+use crate::error::{Error, Result};
+use crate::page::{validate, PAGE_SIZE};
+use crate::segment::Segments;
 
 /// The pages the ring held when it was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,15 +83,15 @@ pub struct Recovered {
     pub discarded_pages: u64,
 }
 
-/// The slots' working copy and the file behind it.
+/// The slots' working copy and the files behind it.
 pub(crate) struct Ring {
-    /// The file's mapping while the ring is opened; the working copy in anonymous memory after.
-    map: MmapMut,
+    /// The working copy, in anonymous memory: owns what `base` points into.
+    _map: MmapMut,
     /// Base of `map`. Writers copy into disjoint byte ranges through it; see `Log`.
     base: *mut u8,
     slots: u64,
-    path: Option<PathBuf>,
-    file: Option<File>,
+    /// The log's files; none for a ring in anonymous memory.
+    segments: Option<Segments>,
 }
 
 // SAFETY: `Ring` is a mapping plus its base pointer. The pointer is only dereferenced through the
@@ -195,106 +103,41 @@ unsafe impl Send for Ring {}
 // SAFETY: as for `Send`: all shared access goes through the disjoint-range discipline above.
 unsafe impl Sync for Ring {}
 
-/// Allocates the blocks of `file`'s first `len` bytes (see Space, in the module docs).
-fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len =
-        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: posix_fallocate takes a descriptor and two integers, no pointers; `file` is open
-    // (borrowed for the call), so the descriptor is valid.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        // Returns the error number itself; glibc falls back to writing where the filesystem
-        // lacks fallocate, so EOPNOTSUPP/EINVAL mean neither way is possible: the ring stays
-        // sparse, as it would be on any system without the call.
-        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
-        errno => Err(std::io::Error::from_raw_os_error(errno)),
-    }
+fn working_copy(slots: u64, path: &Path) -> Result<MmapMut> {
+    MmapMut::map_anon(slots as usize * PAGE_SIZE).map_err(|source| Error::Io {
+        op: "map the working copy of",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Ring {
-    /// Opens (or creates) `dir/log.ring` with `slots` slots and recovers its pages, from
-    /// `recover_from` if that is above the persisted horizon.
+    /// Opens (or creates) the log's files in `dir`, with segments of `slots` pages, and recovers
+    /// its pages, from `recover_from` if that is above the persisted horizon.
     pub fn open(dir: &Path, slots: u64, recover_from: Option<u64>) -> Result<(Self, Recovered)> {
-        let path = dir.join("log.ring");
-        let io = |op: &'static str| {
-            let path = path.clone();
-            move |source| Error::Io { op, path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io("create directory for"))?;
-        let file = open_locked(&path)?;
-        let expected_len = (slots + 1) * PAGE_SIZE as u64;
-        let len = file.metadata().map_err(io("stat"))?.len();
-        let fresh = len == 0;
-        if fresh {
-            file.set_len(expected_len).map_err(io("size"))?;
-        } else if len != expected_len {
-            let mut header = RingHeader::zeroed();
-            let head = read_prefix(&file, bytemuck::bytes_of_mut(&mut header));
-            let fault = match head.and_then(|()| header.check(slots).err().ok_or(())) {
-                Ok(fault) => fault,
-                Err(()) => RingFault::Length {
-                    found: len,
-                    expected: expected_len,
-                },
-            };
-            return Err(Error::RingFile { path, fault });
-        }
-        allocate(&file, expected_len).map_err(io("allocate disk space for"))?;
-        // SAFETY: the file is open read-write, sized to `expected_len`, and locked against other
-        // pagemesh processes for as long as `Ring` holds it; nothing truncates it while mapped.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io("map"))?;
-        let mut ring = Self::from_map(map, slots, Some(path.clone()), Some(file));
-        // Creation sizes the file, then writes the header: a crash in between leaves a header
-        // that is not whole over slots that are all zeros. Such a file holds no page: create anew.
-        let fresh = fresh || ring.is_cut_off_creation();
-        if fresh {
-            // Write every slot's blocks once (see Space); the sync below covers them.
-            ring.map[PAGE_SIZE..].fill(0);
-            ring.header_page_mut()[..std::mem::size_of::<RingHeader>()]
-                .copy_from_slice(bytemuck::bytes_of(&RingHeader::new(slots)));
-            ring.map.flush().map_err(io("sync new"))?;
-        } else {
-            let header: &RingHeader =
-                bytemuck::from_bytes(&ring.header_page_mut()[..std::mem::size_of::<RingHeader>()]);
-            header.check(slots).map_err(|fault| Error::RingFile {
-                path: path.clone(),
-                fault,
+        let opened = Segments::open(dir, slots)?;
+        let head = opened.segments.head_path().to_path_buf();
+        let mut map = working_copy(slots, &head)?;
+        let start_min = recover_from.unwrap_or(0);
+        let recovered = recover(&mut map, &opened.segments, opened.released_lsn, start_min)
+            .map_err(|source| Error::Io {
+                op: "recover",
+                path: head,
+                source,
             })?;
-        }
-        let recovered = ring
-            .recover(recover_from.unwrap_or(0))
-            .map_err(io("recover"))?;
-        ring.stage().map_err(io("copy into memory the pages of"))?;
-        Ok((ring, recovered))
+        Ok((Self::from_map(map, slots, Some(opened.segments)), recovered))
     }
 
-    /// Swaps the file's mapping for a working copy of it in anonymous memory, and unmaps the
-    /// file (see Writes, in the module docs). What recovery wrote through the mapping stays in
-    /// the page cache, dirty, for the next sync.
-    fn stage(&mut self) -> std::io::Result<()> {
-        let mut stage = MmapMut::map_anon(self.map.len())?;
-        stage.copy_from_slice(&self.map);
-        self.base = stage.as_mut_ptr();
-        self.map = stage;
-        Ok(())
-    }
-
-    /// Takes and releases the lock of `dir/log.ring` (creating it empty if missing); see
+    /// Takes and releases the lock of the log in `dir` (creating its head empty if missing); see
     /// [`crate::Log::probe_lock`].
     pub fn probe_lock(dir: &Path) -> Result<()> {
-        open_locked(&dir.join("log.ring")).map(drop)
+        crate::segment::open_locked(&dir.join("log.head")).map(drop)
     }
 
     /// A ring in anonymous memory: nothing survives the process. For tests and benchmarks.
     pub fn anonymous(slots: u64) -> Result<(Self, Recovered)> {
-        let len = (slots + 1) as usize * PAGE_SIZE;
-        let map = MmapMut::map_anon(len).map_err(|source| Error::Io {
-            op: "map anonymous ring",
-            path: PathBuf::from("<anonymous>"),
-            source,
-        })?;
-        let ring = Self::from_map(map, slots, None, None);
+        let map = working_copy(slots, Path::new("<anonymous>"))?;
+        let ring = Self::from_map(map, slots, None);
         let recovered = Recovered {
             start_lsn: 0,
             end_lsn: 0,
@@ -304,40 +147,35 @@ impl Ring {
         Ok((ring, recovered))
     }
 
-    fn from_map(mut map: MmapMut, slots: u64, path: Option<PathBuf>, file: Option<File>) -> Self {
+    fn from_map(mut map: MmapMut, slots: u64, segments: Option<Segments>) -> Self {
         let base = map.as_mut_ptr();
         Self {
-            map,
+            _map: map,
             base,
             slots,
-            path,
-            file,
+            segments,
         }
     }
 
-    /// Whether this is a file whose creation a crash cut off: sized, but its header not whole and
-    /// every slot still zero. (A ring that was ever used has a whole header, and a foreign file
-    /// has non-zero bytes past its first page: both are refused by the header check instead.)
-    fn is_cut_off_creation(&self) -> bool {
-        let header: &RingHeader =
-            bytemuck::from_bytes(&self.map[..std::mem::size_of::<RingHeader>()]);
-        !header.is_whole() && self.map[PAGE_SIZE..].iter().all(|&byte| byte == 0)
-    }
-
-    fn header_page_mut(&mut self) -> &mut [u8] {
-        &mut self.map[..PAGE_SIZE]
-    }
-
+    /// The log's head file, or none for a ring in memory.
     pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
+        self.segments.as_ref().map(Segments::head_path)
+    }
+
+    /// The file that holds (or will hold) page `lsn`, or `<anonymous>`: for error messages.
+    pub fn path_of(&self, lsn: u64) -> PathBuf {
+        match &self.segments {
+            Some(segments) => segments.path_of(lsn),
+            None => PathBuf::from("<anonymous>"),
+        }
     }
 
     /// Pointer to the first byte of the slot holding page `lsn`.
     pub fn slot_ptr(&self, lsn: u64) -> *mut u8 {
         let index = (lsn & (self.slots - 1)) as usize;
-        // SAFETY: `index < slots`, and the mapping is `(slots + 1) * PAGE_SIZE` bytes, so the
-        // offset stays inside it.
-        unsafe { self.base.add(PAGE_SIZE * (1 + index)) }
+        // SAFETY: `index < slots`, and the mapping is `slots * PAGE_SIZE` bytes, so the offset
+        // stays inside it.
+        unsafe { self.base.add(PAGE_SIZE * index) }
     }
 
     /// The slot of page `lsn` as a page buffer.
@@ -377,15 +215,14 @@ impl Ring {
     }
 
     /// Writes pages `from..to` (at most `slots` of them), as they stand in the working copy, to
-    /// their slots in the file (nothing for a ring in anonymous memory): one `pwrite` for the
-    /// run, two where it wraps.
+    /// their segments (nothing for a ring in anonymous memory): one `pwrite` for the run, two
+    /// where it crosses a segment's end (which is where the working copy wraps).
     ///
     /// # Safety
     /// No thread may write those slots' bytes during the call (the pages are finished and not
     /// yet marked ready, or being ingested by the only ingesting thread).
     pub unsafe fn write_through(&self, from: u64, to: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let Some(file) = &self.file else {
+        let Some(segments) = &self.segments else {
             return Ok(());
         };
         debug_assert!(to - from <= self.slots);
@@ -394,18 +231,18 @@ impl Ring {
             let index = lsn & (self.slots - 1);
             let count = (self.slots - index).min(to - lsn);
             // SAFETY: slots `index..index + count` are adjacent in the mapping (the run stops at
-            // the ring's end) and nobody writes them during the call, by the caller's contract.
+            // the working copy's end) and nobody writes them during the call, by the caller's
+            // contract.
             let bytes = unsafe {
                 std::slice::from_raw_parts(self.slot_ptr(lsn), count as usize * PAGE_SIZE)
             };
-            file.write_all_at(bytes, PAGE_SIZE as u64 * (1 + index))?;
+            segments.write(lsn, bytes)?;
             lsn += count;
         }
         Ok(())
     }
 
-    /// Makes page `lsn`'s slot unrecognisable as a page (zeroes its magic), in the working copy
-    /// (and in the file while the ring is being opened).
+    /// Makes page `lsn`'s slot unrecognisable as a page (zeroes its magic), in the working copy.
     ///
     /// # Safety
     /// No other thread may access the slot (it is below the horizon, or the ring is not shared yet).
@@ -414,164 +251,329 @@ impl Ring {
         unsafe { std::ptr::write_bytes(self.slot_ptr(lsn), 0, 4) }
     }
 
-    /// Records in the file that pages below `lsn` may be overwritten. Called before their slots
-    /// are reset, by one thread at a time (the log holds its horizon lock), so the file's value
-    /// only grows.
+    /// Records in the head that pages below `lsn` may be overwritten, then retires the segments
+    /// wholly below it. Called before their slots are reset, by one thread at a time (the log
+    /// holds its horizon lock), so the head's value only grows.
     pub fn persist_released_lsn(&self, lsn: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        // Only recovery reads the header, and from the file: the working copy's stays stale.
-        let Some(file) = &self.file else {
+        let Some(segments) = &self.segments else {
             return Ok(());
         };
-        file.write_all_at(&lsn.to_le_bytes(), RELEASED_LSN_OFFSET as u64)
+        segments.persist_released_lsn(lsn)?;
+        segments.retire_below(lsn)
     }
 
-    /// Puts every page written through so far on disk: one `fdatasync` of the ring file, which
-    /// writes back the file's dirty pages and flushes the device cache. A ring in anonymous
-    /// memory has no file: nothing to sync.
+    /// Puts every page written through so far on disk: one `fdatasync` per segment written since
+    /// the last sync. A ring in anonymous memory has no file: nothing to sync.
     pub fn sync(&self) -> std::io::Result<()> {
-        match &self.file {
-            Some(file) => file.sync_data(),
+        match &self.segments {
+            Some(segments) => segments.sync(),
             None => Ok(()),
         }
     }
 
-    /// The ring file's path, or `<anonymous>` for a ring in memory: for error messages.
+    /// Installs the segment after the one holding page `lsn` if it is not there yet, so a
+    /// writer crossing into it does not install it on its commit's path.
+    pub fn install_ahead(&self, lsn: u64) -> std::io::Result<()> {
+        match &self.segments {
+            Some(segments) => segments.install_ahead(lsn),
+            None => Ok(()),
+        }
+    }
+
+    /// The log's head path, or `<anonymous>` for a ring in memory: for error messages.
     pub fn path_or_anonymous(&self) -> PathBuf {
-        self.path
-            .clone()
+        self.path()
+            .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("<anonymous>"))
     }
 
-    /// Scans the slots from the persisted horizon, or from `start_min` if that is higher; see
-    /// the module docs. Runs before the ring is shared.
-    fn recover(&mut self, start_min: u64) -> std::io::Result<Recovered> {
-        let mut released = [0u8; 8];
-        released.copy_from_slice(&self.map[RELEASED_LSN_OFFSET..RELEASED_LSN_OFFSET + 8]);
-        let persisted = u64::from_le_bytes(released);
-        let start_lsn = persisted.max(start_min);
-        if start_lsn > persisted {
-            tracing::info!(persisted, start_lsn, "ring recovery starts past its header");
-            self.persist_released_lsn(start_lsn)?;
+    /// Installs the segment holding page `lsn`, if it is not there yet: where a log that
+    /// continues at `lsn` writes first.
+    pub fn prepare(&self, lsn: u64) -> std::io::Result<()> {
+        match &self.segments {
+            Some(segments) => segments.prepare(lsn),
+            None => Ok(()),
         }
-        let mut end_lsn = start_lsn;
-        let mut epoch_max = 0;
-        let mut discarded_pages = 0;
-        while end_lsn - start_lsn < self.slots {
-            // SAFETY: the ring is not shared yet (`&mut self`), so nothing else touches the slot.
-            let page = unsafe { self.slot(end_lsn) };
-            match validate(page) {
-                Ok(page) if page.lsn() == end_lsn => {
-                    epoch_max = epoch_max.max(page.header().epoch())
-                }
-                _ => break,
-            }
-            end_lsn += 1;
-        }
-        for index in 0..self.slots {
-            // SAFETY: as above; and `index` maps to slot `index` itself.
-            let page = unsafe { self.slot(index) };
-            let keep = match validate(page) {
-                Ok(page) => (start_lsn..end_lsn).contains(&page.lsn()),
-                Err(_) => continue,
-            };
-            if !keep {
-                discarded_pages += 1;
-                // SAFETY: exclusive access, as above.
-                unsafe { self.invalidate(index) };
-            }
-        }
-        Ok(Recovered {
-            start_lsn,
+    }
+}
+
+/// Whether `page` is page `lsn` of the log: whole, and in its place.
+fn is_page(page: &[u8; PAGE_SIZE], lsn: u64) -> bool {
+    matches!(validate(page), Ok(found) if found.lsn() == lsn)
+}
+
+/// Finds the log's pages from the persisted horizon, or from `start_min` if that is higher, and
+/// reads them into the working copy `map`; see Recovery, in the module docs. Runs before the
+/// ring exists.
+fn recover(
+    map: &mut MmapMut,
+    segments: &Segments,
+    persisted: u64,
+    start_min: u64,
+) -> std::io::Result<Recovered> {
+    let slots = (map.len() / PAGE_SIZE) as u64;
+    let mut start_lsn = persisted.max(start_min);
+    let mut page = Box::new([0u8; PAGE_SIZE]);
+    let mut end_lsn = start_lsn;
+    while segments.read_page(end_lsn, &mut page)? && is_page(&page, end_lsn) {
+        end_lsn += 1;
+    }
+    if end_lsn - start_lsn > slots {
+        // The head is behind: a power loss kept an older horizon than the last one written.
+        // Never more than a ring of pages is unreleased, so the horizon was at least here.
+        tracing::info!(
+            head = start_lsn,
             end_lsn,
-            epoch_max,
-            discarded_pages,
-        })
+            "the log's head is behind its pages; recovery keeps the last ring of them"
+        );
+        start_lsn = end_lsn - slots;
     }
-}
-
-fn read_prefix(file: &File, buf: &mut [u8]) -> std::result::Result<(), ()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buf, 0).map_err(drop)
-}
-
-/// Opens (creating it empty if missing) and locks the ring file at `path`. The lock is an
-/// `flock` on an open file description, and a process that forks (a thread of this process
-/// spawning a child, say) holds a copy of every descriptor until the child's exec closes it, so
-/// a ring this process just closed can look locked for that moment: a held lock is retried for
-/// up to 50 ms before it is taken to belong to someone else.
-fn open_locked(path: &Path) -> Result<File> {
-    let io = |op: &'static str| {
-        move |source| Error::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
+    if start_lsn > persisted {
+        tracing::info!(persisted, start_lsn, "ring recovery starts past its head");
+        segments.persist_released_lsn(start_lsn)?;
+    }
+    let mut epoch_max = 0;
+    for lsn in start_lsn..end_lsn {
+        let index = (lsn % slots) as usize;
+        let slot: &mut [u8; PAGE_SIZE] = (&mut map[index * PAGE_SIZE..][..PAGE_SIZE])
+            .try_into()
+            .expect("a slot is PAGE_SIZE bytes");
+        if !segments.read_page(lsn, slot)? {
+            return Err(std::io::Error::other(format!(
+                "log page {lsn} vanished during recovery"
+            )));
         }
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(io("open"))?;
-    for attempt in 0..=10 {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(TryLockError::WouldBlock) if attempt < 10 => {
-                std::thread::sleep(std::time::Duration::from_millis(5))
+        match validate(slot) {
+            Ok(page) if page.lsn() == lsn => epoch_max = epoch_max.max(page.header().epoch()),
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "log page {lsn} changed during recovery"
+                )))
             }
-            Err(TryLockError::WouldBlock) => break,
-            Err(TryLockError::Error(source)) => return Err(io("lock")(source)),
         }
     }
-    Err(Error::RingFile {
-        path: path.to_path_buf(),
-        fault: RingFault::Locked,
+    let mut discarded_pages = 0;
+    let end_installed = segments.is_installed(end_lsn);
+    for first in segments.installed() {
+        for lsn in first.max(end_lsn)..first + slots {
+            if !segments.read_page(lsn, &mut page)? {
+                break;
+            }
+            if !is_page(&page, lsn) {
+                continue;
+            }
+            if !end_installed {
+                // Pages above a segment that is gone: the head (or `recover_from`) points below
+                // a retirement it should have followed. Refuse rather than discard them.
+                return Err(std::io::Error::other(format!(
+                    "log page {lsn} lies above page {end_lsn}, whose segment is missing"
+                )));
+            }
+            discarded_pages += 1;
+            segments.invalidate(lsn)?;
+        }
+    }
+    if discarded_pages > 0 {
+        segments.sync()?;
+    }
+    segments.prepare(end_lsn)?;
+    Ok(Recovered {
+        start_lsn,
+        end_lsn,
+        epoch_max,
+        discarded_pages,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::RingFault;
+    use crate::page::{write_page, PageMeta};
 
-    fn ring_file(dir: &Path, slots: u64) -> PathBuf {
-        let path = dir.join("log.ring");
-        std::fs::write(&path, vec![0u8; (slots as usize + 1) * PAGE_SIZE]).unwrap();
-        path
+    fn put_page(ring: &Ring, lsn: u64) {
+        let meta = PageMeta {
+            lsn,
+            committed_lsn: lsn,
+            epoch: 1,
+            payload_len: 1,
+            first_record_offset: 0,
+            record_count: 0,
+            end_of_epoch: false,
+            resumed: false,
+        };
+        // SAFETY: the test is the only thread using the ring.
+        write_page(unsafe { ring.slot_mut(lsn) }, &meta);
+        // SAFETY: as above.
+        unsafe { ring.write_through(lsn, lsn + 1) }.unwrap();
+    }
+
+    fn open(dir: &Path) -> Result<(Ring, Recovered)> {
+        Ring::open(dir, 4, None)
+    }
+
+    fn run(recovered: &Recovered) -> (u64, u64) {
+        (recovered.start_lsn, recovered.end_lsn)
     }
 
     #[test]
-    fn a_creation_cut_off_before_or_during_the_header_is_created_anew() {
+    fn a_head_cut_off_before_it_was_whole_is_created_anew() {
         let dir = tempfile::tempdir().unwrap();
-        // Sized, header not yet written: what a crash right after `set_len` leaves.
-        ring_file(dir.path(), 16);
-        let (ring, recovered) = Ring::open(dir.path(), 16, None).expect("sized zero file opens");
-        assert_eq!((recovered.start_lsn, recovered.end_lsn), (0, 0));
+        // What `probe_lock` leaves, or a crash right after the head's creation.
+        std::fs::write(dir.path().join("log.head"), b"").unwrap();
+        let (ring, recovered) = open(dir.path()).expect("an empty head opens");
+        assert_eq!(run(&recovered), (0, 0));
+        put_page(&ring, 0);
         drop(ring);
-        Ring::open(dir.path(), 16, None).expect("and has a whole header now");
-        // Half a header.
-        let path = ring_file(dir.path(), 16);
-        let header = RingHeader::new(16);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..12].copy_from_slice(&bytemuck::bytes_of(&header)[..12]);
-        std::fs::write(&path, bytes).unwrap();
-        Ring::open(dir.path(), 16, None).expect("a torn header over empty slots opens");
+        let (_, recovered) = open(dir.path()).expect("and has a whole header now");
+        assert_eq!(run(&recovered), (0, 1));
+        // A head of zeros: sized, never written.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("log.head"), vec![0u8; PAGE_SIZE]).unwrap();
+        open(other.path()).expect("a zeroed head opens");
     }
 
     #[test]
-    fn a_bad_header_over_written_slots_is_still_refused() {
+    fn a_foreign_head_segments_without_a_head_and_an_old_ring_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = ring_file(dir.path(), 16);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[PAGE_SIZE + 100] = 1;
-        std::fs::write(&path, bytes).unwrap();
-        match Ring::open(dir.path(), 16, None) {
+        std::fs::write(dir.path().join("log.head"), vec![7u8; PAGE_SIZE]).unwrap();
+        match open(dir.path()) {
             Err(Error::RingFile {
                 fault: RingFault::Magic,
                 ..
             }) => {}
             other => panic!("expected a bad-magic refusal, got {:?}", other.map(|r| r.1)),
         }
+
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = open(dir.path()).unwrap();
+        put_page(&ring, 0);
+        drop(ring);
+        std::fs::remove_file(dir.path().join("log.head")).unwrap();
+        match open(dir.path()) {
+            Err(Error::RingFile {
+                fault: RingFault::Orphans,
+                path,
+            }) => assert!(path.ends_with("log-0000000000000000.seg"), "{path:?}"),
+            other => panic!("expected orphans refused, got {:?}", other.map(|r| r.1)),
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("log.ring"), vec![0u8; 5 * PAGE_SIZE]).unwrap();
+        match open(dir.path()) {
+            Err(Error::RingFile {
+                fault: RingFault::Legacy,
+                ..
+            }) => {}
+            other => panic!(
+                "expected the old format refused, got {:?}",
+                other.map(|r| r.1)
+            ),
+        }
+    }
+
+    #[test]
+    fn pages_stay_in_their_segments_and_retired_segments_are_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = open(dir.path()).unwrap();
+        for lsn in 0..4 {
+            put_page(&ring, lsn);
+        }
+        ring.persist_released_lsn(2).unwrap();
+        for lsn in 4..6 {
+            put_page(&ring, lsn);
+        }
+        // Page 1 is still in segment 0, though its slot holds page 5.
+        let (segments, mut page) = (ring.segments.as_ref().unwrap(), [0u8; PAGE_SIZE]);
+        assert!(segments.read_page(1, &mut page).unwrap());
+        assert_eq!(validate(&page).unwrap().lsn(), 1);
+        ring.persist_released_lsn(4).unwrap();
+        assert!(!dir.path().join("log-0000000000000000.seg").exists());
+        assert!(
+            dir.path().join("log-spare-0.seg").is_file(),
+            "kept for reuse"
+        );
+        drop(ring);
+
+        let (ring, recovered) = open(dir.path()).unwrap();
+        assert_eq!(run(&recovered), (4, 6));
+        for lsn in 6..9 {
+            put_page(&ring, lsn);
+        }
+        // Segment 8 took the spare's file: its old pages (LSNs 0..4) never read as pages 8..12.
+        assert!(!dir.path().join("log-spare-0.seg").exists());
+        ring.persist_released_lsn(8).unwrap();
+        drop(ring);
+        let (_, recovered) = open(dir.path()).unwrap();
+        assert_eq!(run(&recovered), (8, 9));
+    }
+
+    #[test]
+    fn a_head_more_than_a_ring_behind_keeps_the_last_ring_of_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = open(dir.path()).unwrap();
+        // Ten pages and no horizon persisted: the head says 0, as a stale one after a power loss.
+        for lsn in 0..10 {
+            put_page(&ring, lsn);
+        }
+        drop(ring);
+        let (_, recovered) = open(dir.path()).unwrap();
+        assert_eq!(run(&recovered), (6, 10), "the ring holds four pages");
+        assert_eq!(recovered.discarded_pages, 0, "nothing after the end");
+    }
+
+    #[test]
+    fn pages_above_a_missing_segment_are_refused_not_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = open(dir.path()).unwrap();
+        for lsn in 0..6 {
+            put_page(&ring, lsn);
+        }
+        drop(ring);
+        std::fs::remove_file(dir.path().join("log-0000000000000000.seg")).unwrap();
+        match open(dir.path()) {
+            Err(Error::Io { source, .. }) => {
+                assert!(
+                    source.to_string().contains("segment is missing"),
+                    "{source}"
+                )
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|r| r.1)),
+        }
+        assert!(
+            dir.path().join("log-0000000000000004.seg").is_file(),
+            "pages 4 and 5 are kept"
+        );
+    }
+
+    #[test]
+    fn the_next_segment_is_installed_ahead_from_the_middle_of_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = open(dir.path()).unwrap();
+        let next = dir.path().join("log-0000000000000004.seg");
+        assert!(!next.exists(), "a new log installs the segment it writes");
+        ring.install_ahead(1).unwrap();
+        assert!(!next.exists(), "not before the middle");
+        ring.install_ahead(2).unwrap();
+        assert!(next.is_file());
+    }
+
+    #[test]
+    fn a_finished_page_beyond_the_first_gap_is_invalidated_in_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = open(dir.path()).unwrap();
+        for lsn in [0, 1, 3] {
+            put_page(&ring, lsn);
+        }
+        drop(ring);
+        let (ring, recovered) = open(dir.path()).unwrap();
+        assert_eq!(run(&recovered), (0, 2));
+        assert_eq!(recovered.discarded_pages, 1);
+        // The log continues at 2: page 3 must not come back as its successor.
+        put_page(&ring, 2);
+        drop(ring);
+        let (_, recovered) = open(dir.path()).unwrap();
+        assert_eq!(run(&recovered), (0, 3));
+        assert_eq!(recovered.discarded_pages, 0);
     }
 }

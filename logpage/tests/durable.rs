@@ -2,16 +2,16 @@
 //! page a power loss damaged.
 //!
 //! Each test writes records, makes some durable with `wait_durable`, commits more without syncing
-//! them, closes the log, and then damages the ring file the way a power loss may damage what no
-//! completed sync covered (garbled, zeroed or torn pages; the file length is fixed at creation).
-//! Reopened, the log must hold every durable record intact, validate every page it recovered, and
-//! end at the first damaged page. A second test shows why a store passes `recover_from` after a
-//! power loss: a ring header older than the slots it describes makes recovery stop short.
+//! them, closes the log, and then damages its segments the way a power loss may damage what no
+//! completed sync covered (garbled, zeroed or torn pages; a segment's length is fixed when it is
+//! installed). Reopened, the log must hold every durable record intact, validate every page it
+//! recovered, and end at the first damaged page. A second test plays a power loss that kept an
+//! older head than the last one written: recovery still finds every durable page.
 
 mod common;
 
 use common::{check_record, damage_beyond, drain_all, make_record, Damage};
-use pagemesh_logpage::{Log, LogOptions, RecordReader, PAGE_SIZE};
+use pagemesh_logpage::{Log, LogOptions, RecordReader};
 use rand::{rngs::SmallRng, SeedableRng};
 
 const SLOTS: u64 = 32;
@@ -48,8 +48,7 @@ fn damage_beyond_the_durable_watermark_ends_the_log_there() {
             (20, durable_lsn)
         };
         let mut rng = SmallRng::seed_from_u64(7);
-        let path = dir.path().join("log.ring");
-        let damaged = damage_beyond(&path, SLOTS, durable_lsn, &[kind], 1.0, &mut rng);
+        let damaged = damage_beyond(dir.path(), SLOTS, durable_lsn, &[kind], 1.0, &mut rng);
         assert!(damaged as u64 >= SLOTS - durable_lsn, "{kind:?}");
 
         let log = Log::open(dir.path(), LogOptions::new().slots(SLOTS)).unwrap();
@@ -76,50 +75,68 @@ fn damage_beyond_the_durable_watermark_ends_the_log_there() {
 }
 
 #[test]
-fn recover_from_survives_a_ring_header_older_than_its_slots() {
+fn a_head_older_than_its_pages_still_finds_every_durable_page() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.ring");
-    // A consumer releases everything, so the horizon passes whole laps and slots are reused.
-    let (horizon, durable_lsn, header) = {
+    let head = dir.path().join("log.head");
+    // A consumer releases everything, so the horizon passes whole laps, slots are reused and
+    // segments retired.
+    let (horizon, durable_lsn, stale) = {
         let log = Log::open(dir.path(), LogOptions::new().slots(SLOTS)).unwrap();
         let mut cursor = log.cursor(0).unwrap();
         let mut reader = RecordReader::new();
-        let header_at_start = std::fs::read(&path).unwrap()[..PAGE_SIZE].to_vec();
-        for index in 0..300 {
+        let (mut stale, mut oldest) = (Vec::new(), 0);
+        let horizon_of = |head: &[u8]| u64::from_le_bytes(head[32..40].try_into().unwrap());
+        for index in 0..400 {
             let pos = log.append(&make_record(0, index, 700)).unwrap();
             assert!(log.wait_durable(pos, None).unwrap());
-            common::drain(&mut cursor, &mut reader, &mut Vec::new());
+            // Released every 20th record, so the horizon also moves by less than a segment.
+            if index % 20 == 0 {
+                common::drain(&mut cursor, &mut reader, &mut Vec::new());
+            }
+            // The head as the last segment retirement synced it (the head is synced only then).
+            let first = common::segments(dir.path())[0].0;
+            if first > oldest {
+                (stale, oldest) = (std::fs::read(&head).unwrap(), first);
+            }
+            if index >= 300 && oldest > 0 && log.horizon_lsn() > horizon_of(&stale) {
+                break;
+            }
         }
         let horizon = log.horizon_lsn();
-        assert!(horizon > SLOTS, "the ring wrapped");
-        (horizon, log.durable_lsn(), header_at_start)
+        assert!(horizon > 2 * SLOTS, "the ring wrapped twice");
+        (horizon, log.durable_lsn(), stale)
     };
-    // A power loss that kept the slots but not the header's last horizon.
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[..PAGE_SIZE].copy_from_slice(&header);
-    std::fs::write(&path, &bytes).unwrap();
+    // A power loss that kept the segments but not the head's last horizon.
+    std::fs::write(&head, &stale).unwrap();
+    let stale_horizon = u64::from_le_bytes(stale[32..40].try_into().unwrap());
+    assert!(
+        stale_horizon < horizon,
+        "the head is behind: {stale_horizon} < {horizon}"
+    );
 
     let log = Log::open(dir.path(), LogOptions::new().slots(SLOTS)).unwrap();
-    assert!(
-        log.recovered().end_lsn < horizon,
-        "from the stale header, recovery stops short: {:?}",
+    assert_eq!(
+        log.recovered().end_lsn,
+        durable_lsn,
+        "{:?}",
         log.recovered()
     );
+    assert!(log.recovered().start_lsn >= stale_horizon);
+    assert!(log.recovered().end_lsn - log.recovered().start_lsn <= SLOTS);
     drop(log);
-    // That reopen invalidated every page outside its short run: put the power loss's file back.
-    std::fs::write(&path, &bytes).unwrap();
+    // And from the store's own position.
     let options = LogOptions::new().slots(SLOTS).recover_from(horizon);
     let log = Log::open(dir.path(), options).unwrap();
     assert_eq!(log.recovered().start_lsn, horizon);
     assert_eq!(log.recovered().end_lsn, durable_lsn);
 }
 
-/// A page reaches the ring file (the page cache: what a process crash keeps) before the
-/// committed watermark passes it, without a sync: the thread that finishes a page writes it
-/// through. Read back from the file while the log is open, every page the ring still holds is
-/// there, whole, in its slot, laps of the ring included.
+/// A page reaches its segment (the page cache: what a process crash keeps) before the committed
+/// watermark passes it, without a sync: the thread that finishes a page writes it through. Read
+/// back from the files while the log is open, every page the ring still holds is there, whole,
+/// in its place, laps of the ring included.
 #[test]
-fn committed_pages_are_in_the_ring_file_before_any_sync() {
+fn committed_pages_are_in_their_segments_before_any_sync() {
     let dir = tempfile::tempdir().unwrap();
     let log = Log::open(dir.path(), LogOptions::new().slots(SLOTS)).unwrap();
     let mut last = None;
@@ -130,11 +147,10 @@ fn committed_pages_are_in_the_ring_file_before_any_sync() {
     let committed = log.committed_lsn();
     assert!(committed > 2 * SLOTS, "the ring lapped: {committed} pages");
     assert_eq!(log.durable_lsn(), 0, "nothing synced");
-    let file = std::fs::read(dir.path().join("log.ring")).unwrap();
     for lsn in committed - SLOTS..committed {
-        let at = PAGE_SIZE * (1 + (lsn % SLOTS) as usize);
-        let page = pagemesh_logpage::validate(&file[at..at + PAGE_SIZE])
-            .unwrap_or_else(|error| panic!("page {lsn} in the file: {error}"));
+        let bytes = common::segment_page(dir.path(), SLOTS, lsn).expect("its segment");
+        let page = pagemesh_logpage::validate(&bytes)
+            .unwrap_or_else(|error| panic!("page {lsn} in its segment: {error}"));
         assert_eq!(page.lsn(), lsn);
     }
 }

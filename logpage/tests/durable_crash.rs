@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     pagemesh_testkit::run_tests([("durable_records_survive_a_power_loss", rounds as fn())])
 }
 
-/// The parent: kill rounds on one ring file, each followed by the power loss it plays and a check.
+/// The parent: kill rounds on one log, each followed by the power loss it plays and a check.
 fn rounds() {
     let seed = pagemesh_testkit::seed();
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -57,8 +57,7 @@ fn rounds() {
         let life = Duration::from_millis(rng.random_range(20..100));
         let reported = run_child(dir.path(), round, life);
         let durable_lsn = reported.iter().map(|r| r.durable_lsn).max().unwrap_or(0);
-        let path = dir.path().join("log.ring");
-        damaged += damage_beyond(&path, SLOTS, durable_lsn, &Damage::ALL, 0.5, &mut rng);
+        damaged += damage_beyond(dir.path(), SLOTS, durable_lsn, &Damage::ALL, 0.5, &mut rng);
         checked += verify(dir.path(), round, durable_lsn, &reported);
     }
     assert!(
@@ -66,7 +65,7 @@ fn rounds() {
         "too few durable commits verified ({checked}) for the test to mean anything"
     );
     println!(
-        "durable_crash: {ROUNDS} rounds, {checked} durable commits verified, {damaged} slots \
+        "durable_crash: {ROUNDS} rounds, {checked} durable commits verified, {damaged} pages \
          damaged beyond the durable watermark, seed {seed}, {:?}",
         started.elapsed()
     );

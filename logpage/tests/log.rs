@@ -268,12 +268,13 @@ fn a_ring_of_another_size_or_a_foreign_file_is_refused() {
     drop(open(&dir, 64));
     let err = Log::open(dir.path(), LogOptions::new().slots(128)).unwrap_err();
     assert!(
-        err.to_string().contains("64 slots, configured for 128"),
+        err.to_string()
+            .contains("64 pages, configured for 128 slots"),
         "{err}"
     );
-    std::fs::write(dir.path().join("log.ring"), vec![0x42; 65 * 4096]).unwrap();
+    std::fs::write(dir.path().join("log.head"), vec![0x42; 4096]).unwrap();
     let err = Log::open(dir.path(), LogOptions::new().slots(64)).unwrap_err();
-    assert!(err.to_string().contains("not a pagemesh ring"), "{err}");
+    assert!(err.to_string().contains("not a pagemesh log head"), "{err}");
     assert!(
         Log::open(dir.path(), LogOptions::new().slots(48)).is_err(),
         "not a power of two"

@@ -79,13 +79,39 @@ impl Damage {
     }
 }
 
-/// Damages the slots of the ring file `path` (of `slots` slots) that hold no valid page below
-/// `durable_lsn`, as a power loss may: each with probability `probability`, by a damage drawn from
-/// `kinds`. Slots holding a page below `durable_lsn` are left intact (a completed sync put them on
-/// disk). The file keeps its length: it was fixed and synced when the ring was created. Returns
-/// how many slots were damaged.
+/// The log's segment files in `dir` (not its spares), by first LSN.
+pub fn segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
+    let mut found: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .expect("list the log directory")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            let stem = name.strip_prefix("log-")?.strip_suffix(".seg")?;
+            let first = u64::from_str_radix(stem, 16).ok()?;
+            Some((first, path))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Page `lsn` as its segment in `dir` holds it (segments of `slots` pages), if it is installed.
+pub fn segment_page(dir: &std::path::Path, slots: u64, lsn: u64) -> Option<Vec<u8>> {
+    use pagemesh_logpage::PAGE_SIZE;
+    let first = lsn - lsn % slots;
+    let (_, path) = segments(dir).into_iter().find(|(f, _)| *f == first)?;
+    let bytes = std::fs::read(path).expect("read a segment");
+    let at = (lsn - first) as usize * PAGE_SIZE;
+    Some(bytes[at..at + PAGE_SIZE].to_vec())
+}
+
+/// Damages the pages of the log's segments in `dir` (of `slots` pages each) that are not a valid
+/// page below `durable_lsn`, as a power loss may: each with probability `probability`, by a
+/// damage drawn from `kinds`. Pages below `durable_lsn` are left intact (a completed sync put
+/// them on disk). The files keep their length: it was fixed and synced when each segment was
+/// installed. Returns how many pages were damaged.
 pub fn damage_beyond(
-    path: &std::path::Path,
+    dir: &std::path::Path,
     slots: u64,
     durable_lsn: u64,
     kinds: &[Damage],
@@ -93,18 +119,20 @@ pub fn damage_beyond(
     rng: &mut impl rand::Rng,
 ) -> usize {
     use pagemesh_logpage::{validate, PAGE_SIZE};
-    let mut bytes = std::fs::read(path).expect("read the ring file");
-    assert_eq!(bytes.len() as u64, (slots + 1) * PAGE_SIZE as u64);
     let mut damaged = 0;
-    for page in bytes[PAGE_SIZE..].chunks_exact_mut(PAGE_SIZE) {
-        let below = validate(page).is_ok_and(|page| page.lsn() < durable_lsn);
-        if below || !rng.random_bool(probability) {
-            continue;
+    for (_, path) in segments(dir) {
+        let mut bytes = std::fs::read(&path).expect("read a segment");
+        assert_eq!(bytes.len() as u64, slots * PAGE_SIZE as u64);
+        for page in bytes.chunks_exact_mut(PAGE_SIZE) {
+            let below = validate(page).is_ok_and(|page| page.lsn() < durable_lsn);
+            if below || !rng.random_bool(probability) {
+                continue;
+            }
+            let kind = kinds[rng.random_range(0..kinds.len())];
+            kind.apply(page, rng);
+            damaged += 1;
         }
-        let kind = kinds[rng.random_range(0..kinds.len())];
-        kind.apply(page, rng);
-        damaged += 1;
+        std::fs::write(&path, bytes).expect("write a segment back");
     }
-    std::fs::write(path, bytes).expect("write the ring file back");
     damaged
 }

@@ -1,0 +1,657 @@
+//! The log's files: a head file, and segments in which each page is written once, where its LSN
+//! says.
+//!
+//! ```text
+//! dir/log.head                        the head: one page, the header below
+//! dir/log-<first lsn, 16 hex>.seg     a segment: pages first .. first + P, page lsn at byte
+//!                                     (lsn - first) * PAGE_SIZE; P is the head's `pages`
+//! dir/log-spare-<n>.seg               a retired segment's file, kept to be reused
+//! ```
+//!
+//! Head, little-endian (the ring header's layout, with its own magic):
+//!
+//! ```text
+//! offset size field
+//!      0    8 magic          "PMLOGHD\x01"
+//!      8    4 version        HEAD_VERSION
+//!     12    4 page_size      PAGE_SIZE
+//!     16    8 pages          pages per segment, a power of two (the ring's slots)
+//!     24    4 crc32c         over bytes 0..24
+//!     28    4 reserved       zero
+//!     32    8 released_lsn   pages below this are no longer the log's to recover (not under the
+//!                            crc: rewritten in place each time the ring's horizon advances)
+//! ```
+//!
+//! # Why segments, and not one circular file
+//!
+//! Until stop 35 the ring's file was circular: slot `lsn % slots`, so every page was overwritten
+//! one ring later, and the history a peer catches up from had to be written a second time, into
+//! LMDB's `__binlog`. In segments a page stays where it was written until its whole segment is
+//! retired, so the log's own writes can be the history (the binlog's bytes were 16% of `demo`'s
+//! end-to-end time, measured by skipping them: `src/demo.rs`, Stop 34). Retiring is the owner's
+//! call ([`Segments::retire_below`]).
+//!
+//! # Writes and syncs
+//!
+//! A page reaches its segment with one `pwrite` (`ring.rs`, Writes), which then marks the segment
+//! dirty. A sync (`fdatasync`) covers every segment marked dirty when it starts: a page whose
+//! write returned before the sync began is on disk when the sync returns. Usually one segment is
+//! dirty; two where a flush spans a boundary. The head is not synced with the pages: its
+//! `released_lsn` is advisory after a power loss (`durable.rs`, Power loss: the store passes its
+//! own synced position), and a second file's sync would put a second device flush on every
+//! durable commit. It is synced before a segment is retired, so that recovery from the head alone
+//! never starts in a segment that is gone.
+//!
+//! # Installing a segment
+//!
+//! A segment's blocks are written before any page is: a 4 KB `fdatasync` over blocks that were
+//! only `fallocate`d converts an unwritten extent, a metadata commit (stop 34, p50 over 2,000:
+//! 96–115 µs over written blocks, 130–157 µs over fallocated ones, 149–155 µs appending). So a
+//! segment is installed whole: a spare's file renamed to the segment's name (its blocks were
+//! written in its first life), or a new file allocated and filled with zeros, synced; then the
+//! directory is synced, so that after a power loss the name is the segment's before any page
+//! written into it can count as durable. A reused file still holds its old pages; their LSNs
+//! belong to an older segment and never map to where they lie in the new one, so validation
+//! (`page.lsn() == lsn`) never takes one for a page of the log.
+//!
+//! The flusher installs the segment after the one being written once the writes pass its middle
+//! ([`Segments::install_ahead`]), so a writer crossing a boundary finds it ready; a writer that
+//! finds none installs it itself. Where a retired segment's file is waiting, installing is a
+//! rename and a directory sync; otherwise it writes a segment of zeros.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Error, Result, RingFault};
+use crate::page::{U32Le, U64Le, PAGE_SIZE};
+
+const HEAD_MAGIC: [u8; 8] = *b"PMLOGHD\x01";
+const HEAD_VERSION: u32 = 1;
+const RELEASED_LSN_OFFSET: u64 = 32;
+/// Retired segments' files kept for reuse; more are deleted.
+const SPARES_MAX: usize = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Head {
+    magic: [u8; 8],
+    version: U32Le,
+    page_size: U32Le,
+    pages: U64Le,
+    crc: U32Le,
+    reserved: U32Le,
+    released_lsn: U64Le,
+}
+const _: () = assert!(std::mem::size_of::<Head>() == RELEASED_LSN_OFFSET as usize + 8);
+const _: () = assert!(std::mem::offset_of!(Head, released_lsn) == RELEASED_LSN_OFFSET as usize);
+const CRC_COVERED: usize = std::mem::offset_of!(Head, crc);
+
+impl Head {
+    fn new(pages: u64) -> Self {
+        let mut head = Self {
+            magic: HEAD_MAGIC,
+            version: U32Le::new(HEAD_VERSION),
+            page_size: U32Le::new(PAGE_SIZE as u32),
+            pages: U64Le::new(pages),
+            crc: U32Le::new(0),
+            reserved: U32Le::new(0),
+            released_lsn: U64Le::new(0),
+        };
+        head.crc = U32Le::new(crc32c::crc32c(&bytemuck::bytes_of(&head)[..CRC_COVERED]));
+        head
+    }
+
+    fn check(&self, pages: u64) -> std::result::Result<(), RingFault> {
+        if self.magic != HEAD_MAGIC {
+            return Err(RingFault::Magic);
+        }
+        if self.version.get() != HEAD_VERSION {
+            return Err(RingFault::Version {
+                found: self.version.get(),
+                supported: HEAD_VERSION,
+            });
+        }
+        if crc32c::crc32c(&bytemuck::bytes_of(self)[..CRC_COVERED]) != self.crc.get() {
+            return Err(RingFault::Checksum);
+        }
+        if self.page_size.get() as usize != PAGE_SIZE || self.pages.get() != pages {
+            return Err(RingFault::SlotCount {
+                found: self.pages.get(),
+                configured: pages,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One segment's open file.
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: File,
+    /// Written since the last sync began.
+    dirty: AtomicBool,
+}
+
+/// The head file and the segments of one log directory.
+pub(crate) struct Segments {
+    dir: PathBuf,
+    /// Pages per segment: a power of two.
+    pages: u64,
+    head_path: PathBuf,
+    /// Locked (`flock`) for as long as the log is open: the directory's lock.
+    head: File,
+    /// Installed segments by first LSN.
+    installed: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    /// Retired files waiting for reuse.
+    spares: Mutex<Vec<PathBuf>>,
+    /// Serialises installs (so a segment is installed once) and retirements.
+    install_lock: Mutex<()>,
+}
+
+/// What the head said when the segments were opened.
+pub(crate) struct Opened {
+    pub segments: Segments,
+    pub released_lsn: u64,
+}
+
+fn segment_name(first: u64) -> String {
+    format!("log-{first:016x}.seg")
+}
+
+fn io_error<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> Error + 'p {
+    move |source| Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Segments {
+    /// Opens (or creates) `dir/log.head`, locked, and the segment files beside it.
+    pub fn open(dir: &Path, pages: u64) -> Result<Opened> {
+        std::fs::create_dir_all(dir).map_err(io_error("create directory for", dir))?;
+        let head_path = dir.join("log.head");
+        let legacy = dir.join("log.ring");
+        if legacy.exists() {
+            return Err(Error::RingFile {
+                path: legacy,
+                fault: RingFault::Legacy,
+            });
+        }
+        let head = open_locked(&head_path)?;
+        let len = head.metadata().map_err(io_error("stat", &head_path))?.len();
+        let mut header = Head::zeroed();
+        let whole = len >= PAGE_SIZE as u64
+            && head
+                .read_exact_at(bytemuck::bytes_of_mut(&mut header), 0)
+                .is_ok()
+            && header.magic == HEAD_MAGIC;
+        let released_lsn = if whole {
+            header.check(pages).map_err(|fault| Error::RingFile {
+                path: head_path.clone(),
+                fault,
+            })?;
+            header.released_lsn.get()
+        } else {
+            if len != 0 && !all_zero(&head, len) {
+                return Err(Error::RingFile {
+                    path: head_path,
+                    fault: RingFault::Magic,
+                });
+            }
+            // New, or a creation a crash cut off before the header was whole. The head is
+            // written and synced before any segment is installed, so segment files here would
+            // be a log whose head was removed: refused, never reused.
+            if let Some(path) = first_segment_file(dir)? {
+                return Err(Error::RingFile {
+                    path,
+                    fault: RingFault::Orphans,
+                });
+            }
+            let mut page = vec![0u8; PAGE_SIZE];
+            page[..std::mem::size_of::<Head>()]
+                .copy_from_slice(bytemuck::bytes_of(&Head::new(pages)));
+            head.write_all_at(&page, 0)
+                .and_then(|()| head.sync_data())
+                .map_err(io_error("write the header of", &head_path))?;
+            sync_dir(dir)?;
+            0
+        };
+        let segments = Self {
+            dir: dir.to_path_buf(),
+            pages,
+            head_path,
+            head,
+            installed: RwLock::new(BTreeMap::new()),
+            spares: Mutex::new(Vec::new()),
+            install_lock: Mutex::new(()),
+        };
+        segments.scan_dir()?;
+        Ok(Opened {
+            segments,
+            released_lsn,
+        })
+    }
+
+    /// Opens every segment file in the directory, and takes other `log-*.seg` files as spares.
+    fn scan_dir(&self) -> Result<()> {
+        let entries = std::fs::read_dir(&self.dir).map_err(io_error("list", &self.dir))?;
+        let mut installed = BTreeMap::new();
+        let mut spares = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = name
+                .strip_prefix("log-")
+                .and_then(|s| s.strip_suffix(".seg"))
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let first = match u64::from_str_radix(stem, 16) {
+                Ok(first) if stem.len() == 16 && first % self.pages == 0 => first,
+                _ => {
+                    spares.push(path);
+                    continue;
+                }
+            };
+
+            let file = open_segment(&path)?;
+            let len = file.metadata().map_err(io_error("stat", &path))?.len();
+            if len != self.segment_bytes() {
+                return Err(Error::RingFile {
+                    path,
+                    fault: RingFault::Length {
+                        found: len,
+                        expected: self.segment_bytes(),
+                    },
+                });
+            }
+            installed.insert(
+                first,
+                Arc::new(Segment {
+                    first,
+                    path,
+                    file,
+                    dirty: AtomicBool::new(false),
+                }),
+            );
+        }
+        spares.sort();
+        // A spare of the wrong length is an install a crash cut off.
+        let mut whole_spares = Vec::new();
+        for path in spares {
+            let len = std::fs::metadata(&path)
+                .map_err(io_error("stat", &path))?
+                .len();
+            if len == self.segment_bytes() {
+                whole_spares.push(path);
+            } else {
+                std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            }
+        }
+        let spares = whole_spares;
+        *write_lock(&self.installed) = installed;
+        let mut kept = lock(&self.spares);
+        for path in spares {
+            if kept.len() < SPARES_MAX {
+                kept.push(path);
+            } else {
+                std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn segment_bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE as u64
+    }
+
+    /// The first LSN of the segment holding page `lsn`.
+    pub fn first_of(&self, lsn: u64) -> u64 {
+        lsn & !(self.pages - 1)
+    }
+
+    pub fn head_path(&self) -> &Path {
+        &self.head_path
+    }
+
+    /// The path of the segment holding page `lsn` (installed or not): for error messages.
+    pub fn path_of(&self, lsn: u64) -> PathBuf {
+        self.dir.join(segment_name(self.first_of(lsn)))
+    }
+
+    fn get(&self, lsn: u64) -> Option<Arc<Segment>> {
+        read_lock(&self.installed).get(&self.first_of(lsn)).cloned()
+    }
+
+    /// Whether the segment holding page `lsn` is installed.
+    pub fn is_installed(&self, lsn: u64) -> bool {
+        self.get(lsn).is_some()
+    }
+
+    /// First LSNs of the installed segments, in order.
+    pub fn installed(&self) -> Vec<u64> {
+        read_lock(&self.installed).keys().copied().collect()
+    }
+
+    /// Reads page `lsn` into `buf`; false if its segment is not installed.
+    pub fn read_page(&self, lsn: u64, buf: &mut [u8; PAGE_SIZE]) -> std::io::Result<bool> {
+        let Some(segment) = self.get(lsn) else {
+            return Ok(false);
+        };
+        segment
+            .file
+            .read_exact_at(buf, (lsn - segment.first) * PAGE_SIZE as u64)?;
+        Ok(true)
+    }
+
+    /// Writes `bytes` (whole pages, the first one page `lsn`, none past its segment) where they
+    /// belong, installing the segment if needed, and marks it dirty.
+    pub fn write(&self, lsn: u64, bytes: &[u8]) -> std::io::Result<()> {
+        debug_assert_eq!(bytes.len() % PAGE_SIZE, 0);
+        debug_assert!(
+            lsn - self.first_of(lsn) + (bytes.len() / PAGE_SIZE) as u64 <= self.pages,
+            "a write stays in one segment"
+        );
+        let segment = match self.get(lsn) {
+            Some(segment) => segment,
+            None => self.install(self.first_of(lsn))?,
+        };
+        segment
+            .file
+            .write_all_at(bytes, (lsn - segment.first) * PAGE_SIZE as u64)?;
+        // After the write: a sync that sees the flag clear began before the write returned,
+        // and does not count the page (`durable.rs` takes its target before syncing).
+        segment.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Puts every page written so far on disk: one `fdatasync` per segment written since the
+    /// last sync began. On failure the segment stays dirty.
+    pub fn sync(&self) -> std::io::Result<()> {
+        let dirty: Vec<Arc<Segment>> = read_lock(&self.installed)
+            .values()
+            .filter(|segment| segment.dirty.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        for segment in dirty {
+            if segment.dirty.swap(false, Ordering::AcqRel) {
+                if let Err(error) = segment.file.sync_data() {
+                    segment.dirty.store(true, Ordering::Release);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that pages below `lsn` are no longer the log's to recover (not synced; see
+    /// Writes and syncs).
+    pub fn persist_released_lsn(&self, lsn: u64) -> std::io::Result<()> {
+        self.head
+            .write_all_at(&lsn.to_le_bytes(), RELEASED_LSN_OFFSET)
+    }
+
+    /// Installs the segment holding page `lsn`, if it is not installed yet.
+    pub fn prepare(&self, lsn: u64) -> std::io::Result<()> {
+        if self.get(lsn).is_none() {
+            self.install(self.first_of(lsn))?;
+        }
+        Ok(())
+    }
+
+    /// Installs the segment after the one holding page `lsn` once `lsn` is past the middle of
+    /// its segment, if it is not installed yet. Not sooner: by then the segment before the one
+    /// being written has been retired as often as not (the ring holds a segment's worth of
+    /// unreleased pages at most), and its file is reused instead of a new one being written
+    /// with zeros.
+    pub fn install_ahead(&self, lsn: u64) -> std::io::Result<()> {
+        let next = self.first_of(lsn) + self.pages;
+        if lsn - self.first_of(lsn) >= self.pages / 2 && self.get(next).is_none() {
+            self.install(next)?;
+        }
+        Ok(())
+    }
+
+    /// Installs the segment starting at `first` (see Installing a segment). An error names the
+    /// segment's file.
+    fn install(&self, first: u64) -> std::io::Result<Arc<Segment>> {
+        let _guard = lock(&self.install_lock);
+        if let Some(segment) = self.get(first) {
+            return Ok(segment);
+        }
+        let path = self.dir.join(segment_name(first));
+        self.install_file(first, &path).map_err(|source| {
+            std::io::Error::new(
+                source.kind(),
+                format!("install log segment {}: {source}", path.display()),
+            )
+        })
+    }
+
+    fn install_file(&self, first: u64, path: &Path) -> std::io::Result<Arc<Segment>> {
+        let path = path.to_path_buf();
+        let spare = lock(&self.spares).pop();
+        let file = match spare {
+            Some(spare) => {
+                std::fs::rename(&spare, &path)?;
+                open_segment_io(&path)?
+            }
+            None => {
+                // Built under a spare's name and renamed whole: a crash midway leaves a spare
+                // of the wrong length, which the next open deletes.
+                let new = self.dir.join("log-spare-new.seg");
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&new)?;
+                file.set_len(self.segment_bytes())?;
+                allocate(&file, self.segment_bytes())?;
+                // Zeros through a mapping, not `write(2)`: the page cache keeps what `write`
+                // creates as large folios, and each later 4 KB write into one then dirtied the
+                // whole folio for the next sync (5.9× and 24.9× the cost of syncing the page, in
+                // two runs of `benches/durable.rs`, when the ring's file was made that way).
+                // SAFETY: the file was just created by this thread under a name no other
+                // process uses (the log's lock is held), sized above; nothing truncates it
+                // while mapped, and the mapping is dropped before the file is renamed.
+                let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }?;
+                map.fill(0);
+                map.flush()?;
+                drop(map);
+                std::fs::rename(&new, &path)?;
+                file
+            }
+        };
+        sync_dir_io(&self.dir)?;
+        tracing::debug!(first, path = %path.display(), "log segment installed");
+        let segment = Arc::new(Segment {
+            first,
+            path,
+            file,
+            dirty: AtomicBool::new(false),
+        });
+        write_lock(&self.installed).insert(first, Arc::clone(&segment));
+        Ok(segment)
+    }
+
+    /// Retires every segment wholly below `lsn`: its file becomes a spare (or is deleted when
+    /// enough are kept). The head is synced first (see Writes and syncs). The caller must hold
+    /// no page below `lsn` it still needs, and `lsn` must not be above the released horizon.
+    pub fn retire_below(&self, lsn: u64) -> std::io::Result<()> {
+        let retired: Vec<Arc<Segment>> = read_lock(&self.installed)
+            .values()
+            .filter(|segment| segment.first + self.pages <= lsn)
+            .cloned()
+            .collect();
+        if retired.is_empty() {
+            return Ok(());
+        }
+        let _guard = lock(&self.install_lock);
+        self.head.sync_data()?;
+        for segment in retired {
+            write_lock(&self.installed).remove(&segment.first);
+            let mut spares = lock(&self.spares);
+            if spares.len() < SPARES_MAX {
+                let spare = self.dir.join(format!("log-spare-{}.seg", segment.first));
+                std::fs::rename(&segment.path, &spare)?;
+                spares.push(spare);
+            } else {
+                std::fs::remove_file(&segment.path)?;
+            }
+            tracing::debug!(first = segment.first, "log segment retired");
+        }
+        Ok(())
+    }
+
+    /// Zeroes page `lsn`'s magic in its segment (if installed), so no later recovery takes it
+    /// for a page; the segment is synced with the others by the next [`Segments::sync`].
+    pub fn invalidate(&self, lsn: u64) -> std::io::Result<()> {
+        if let Some(segment) = self.get(lsn) {
+            segment
+                .file
+                .write_all_at(&[0; 4], (lsn - segment.first) * PAGE_SIZE as u64)?;
+            segment.dirty.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+/// The head, then every segment and spare segment file in `dir`, by name (see [`crate::Log::files`]).
+pub(crate) fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .unwrap_or("");
+                if name.starts_with("log-") && name.ends_with(".seg") {
+                    found.push(path);
+                }
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(error) => return Err(error),
+    }
+    found.sort();
+    let head = dir.join("log.head");
+    if head.exists() {
+        found.insert(0, head);
+    }
+    Ok(found)
+}
+
+/// A file in `dir` named like a segment (not a spare), if there is one.
+fn first_segment_file(dir: &Path) -> Result<Option<PathBuf>> {
+    for entry in std::fs::read_dir(dir).map_err(io_error("list", dir))? {
+        let entry = entry.map_err(io_error("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("log-") && name.ends_with(".seg") && !name.starts_with("log-spare-") {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
+fn all_zero(file: &File, len: u64) -> bool {
+    let mut buf = vec![0u8; len.min(PAGE_SIZE as u64) as usize];
+    file.read_exact_at(&mut buf, 0).is_ok() && buf.iter().all(|&byte| byte == 0)
+}
+
+fn open_segment_io(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+fn open_segment(path: &Path) -> Result<File> {
+    open_segment_io(path).map_err(io_error("open", path))
+}
+
+fn sync_dir_io(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    sync_dir_io(dir).map_err(io_error("sync", dir))
+}
+
+/// Allocates the blocks of `file`'s first `len` bytes, so a full disk fails here and not in a
+/// page's write (`ring.rs`, Space).
+pub(crate) fn allocate(file: &File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: posix_fallocate takes a descriptor and two integers, no pointers; `file` is open
+    // (borrowed for the call), so the descriptor is valid.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        // Returns the error number itself; glibc falls back to writing where the filesystem
+        // lacks fallocate, so EOPNOTSUPP/EINVAL mean neither way is possible: the file stays
+        // sparse, as it would be on any system without the call.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Opens (creating it empty if missing) and locks the head file at `path`. The lock is an
+/// `flock` on an open file description, and a process that forks (a thread of this process
+/// spawning a child, say) holds a copy of every descriptor until the child's exec closes it, so
+/// a log this process just closed can look locked for that moment: a held lock is retried for
+/// up to 50 ms before it is taken to belong to someone else.
+pub(crate) fn open_locked(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_error("open", path))?;
+    for attempt in 0..=10 {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if attempt < 10 => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(TryLockError::WouldBlock) => break,
+            Err(TryLockError::Error(source)) => return Err(io_error("lock", path)(source)),
+        }
+    }
+    Err(Error::RingFile {
+        path: path.to_path_buf(),
+        fault: RingFault::Locked,
+    })
+}
