@@ -237,7 +237,7 @@ pub enum RingFault {
     #[error("ring header checksum mismatch")]
     Checksum,
     /// The file holds a different number of slots than configured.
-    #[error("log segments have {found} pages, configured for {configured} slots")]
+    #[error("the log was made for a ring of {found} slots, configured for {configured}")]
     SlotCount {
         /// In the file.
         found: u64,

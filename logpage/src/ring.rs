@@ -5,10 +5,9 @@
 //! PAGE_SIZE * i          slot i: holds page lsn with lsn % slots == i
 //! ```
 //!
-//! The files are a head and segments of `slots` pages each (`segment.rs`): page `lsn` lies in the
-//! segment beginning at `lsn - lsn % slots`, at the same index as its slot. So a slot's page is
-//! written to the disk once, and stays there after the slot is reused, until its segment is
-//! retired.
+//! The files are a head and segments of a quarter of the ring each (`segment.rs`): page `lsn`
+//! lies in the segment beginning at `lsn - lsn % (slots / 4)`. So a slot's page is written to
+//! the disk once, and stays there after the slot is reused, until its segment is retired.
 //!
 //! # Writes: a working copy in memory, whole pages to the files
 //!
@@ -215,8 +214,8 @@ impl Ring {
     }
 
     /// Writes pages `from..to` (at most `slots` of them), as they stand in the working copy, to
-    /// their segments (nothing for a ring in anonymous memory): one `pwrite` for the run, two
-    /// where it crosses a segment's end (which is where the working copy wraps).
+    /// their segments (nothing for a ring in anonymous memory): one `pwrite` per segment the run
+    /// touches.
     ///
     /// # Safety
     /// No thread may write those slots' bytes during the call (the pages are finished and not
@@ -229,10 +228,11 @@ impl Ring {
         let mut lsn = from;
         while lsn < to {
             let index = lsn & (self.slots - 1);
-            let count = (self.slots - index).min(to - lsn);
+            let segment_left = segments.pages() - (lsn - segments.first_of(lsn));
+            let count = (self.slots - index).min(to - lsn).min(segment_left);
             // SAFETY: slots `index..index + count` are adjacent in the mapping (the run stops at
-            // the working copy's end) and nobody writes them during the call, by the caller's
-            // contract.
+            // the working copy's end, which is a segment's end too) and nobody writes them during
+            // the call, by the caller's contract.
             let bytes = unsafe {
                 std::slice::from_raw_parts(self.slot_ptr(lsn), count as usize * PAGE_SIZE)
             };
@@ -355,7 +355,7 @@ fn recover(
     let mut discarded_pages = 0;
     let end_installed = segments.is_installed(end_lsn);
     for first in segments.installed() {
-        for lsn in first.max(end_lsn)..first + slots {
+        for lsn in first.max(end_lsn)..first + segments.pages() {
             if !segments.read_page(lsn, &mut page)? {
                 break;
             }
@@ -408,8 +408,9 @@ mod tests {
         unsafe { ring.write_through(lsn, lsn + 1) }.unwrap();
     }
 
+    /// A ring of 16 slots: segments of 4 pages.
     fn open(dir: &Path) -> Result<(Ring, Recovered)> {
-        Ring::open(dir, 4, None)
+        Ring::open(dir, 16, None)
     }
 
     fn run(recovered: &Recovered) -> (u64, u64) {
@@ -454,7 +455,7 @@ mod tests {
             Err(Error::RingFile {
                 fault: RingFault::Orphans,
                 path,
-            }) => assert!(path.ends_with("log-0000000000000000.seg"), "{path:?}"),
+            }) => assert!(path.to_string_lossy().ends_with(".seg"), "{path:?}"),
             other => panic!("expected orphans refused, got {:?}", other.map(|r| r.1)),
         }
 
@@ -476,49 +477,63 @@ mod tests {
     fn pages_stay_in_their_segments_and_retired_segments_are_reused() {
         let dir = tempfile::tempdir().unwrap();
         let (ring, _) = open(dir.path()).unwrap();
-        for lsn in 0..4 {
+        // A new log writes its first lap and one segment more: 0, 4, 8, 12 and 16.
+        assert_eq!(
+            ring.segments.as_ref().unwrap().installed(),
+            [0, 4, 8, 12, 16]
+        );
+        for lsn in 0..16 {
             put_page(&ring, lsn);
         }
         ring.persist_released_lsn(2).unwrap();
-        for lsn in 4..6 {
+        for lsn in 16..18 {
             put_page(&ring, lsn);
         }
-        // Page 1 is still in segment 0, though its slot holds page 5.
+        // Page 1 is still in segment 0, though its slot holds page 17.
         let (segments, mut page) = (ring.segments.as_ref().unwrap(), [0u8; PAGE_SIZE]);
         assert!(segments.read_page(1, &mut page).unwrap());
         assert_eq!(validate(&page).unwrap().lsn(), 1);
-        ring.persist_released_lsn(4).unwrap();
+        ring.persist_released_lsn(8).unwrap();
         assert!(!dir.path().join("log-0000000000000000.seg").exists());
-        assert!(
-            dir.path().join("log-spare-0.seg").is_file(),
-            "kept for reuse"
-        );
+        let spares = || {
+            (std::fs::read_dir(dir.path()).unwrap())
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .contains("spare")
+                })
+                .count()
+        };
+        assert_eq!(spares(), 2, "segments 0 and 4 are kept for reuse");
         drop(ring);
 
         let (ring, recovered) = open(dir.path()).unwrap();
-        assert_eq!(run(&recovered), (4, 6));
-        for lsn in 6..9 {
+        assert_eq!(run(&recovered), (8, 18));
+        for lsn in 18..22 {
             put_page(&ring, lsn);
         }
-        // Segment 8 took the spare's file: its old pages (LSNs 0..4) never read as pages 8..12.
-        assert!(!dir.path().join("log-spare-0.seg").exists());
-        ring.persist_released_lsn(8).unwrap();
+        // Segment 20 took a spare's file: its old pages never read as pages 20..24.
+        assert_eq!(spares(), 1);
+        ring.persist_released_lsn(20).unwrap();
         drop(ring);
         let (_, recovered) = open(dir.path()).unwrap();
-        assert_eq!(run(&recovered), (8, 9));
+        assert_eq!(run(&recovered), (20, 22));
     }
 
     #[test]
     fn a_head_more_than_a_ring_behind_keeps_the_last_ring_of_pages() {
         let dir = tempfile::tempdir().unwrap();
         let (ring, _) = open(dir.path()).unwrap();
-        // Ten pages and no horizon persisted: the head says 0, as a stale one after a power loss.
-        for lsn in 0..10 {
+        // Forty pages and no horizon persisted: the head says 0, as a stale one after a power
+        // loss.
+        for lsn in 0..40 {
             put_page(&ring, lsn);
         }
         drop(ring);
         let (_, recovered) = open(dir.path()).unwrap();
-        assert_eq!(run(&recovered), (6, 10), "the ring holds four pages");
+        assert_eq!(run(&recovered), (24, 40), "the ring holds sixteen pages");
         assert_eq!(recovered.discarded_pages, 0, "nothing after the end");
     }
 
@@ -550,11 +565,14 @@ mod tests {
     fn the_next_segment_is_installed_ahead_from_the_middle_of_the_current_one() {
         let dir = tempfile::tempdir().unwrap();
         let (ring, _) = open(dir.path()).unwrap();
-        let next = dir.path().join("log-0000000000000004.seg");
-        assert!(!next.exists(), "a new log installs the segment it writes");
-        ring.install_ahead(1).unwrap();
-        assert!(!next.exists(), "not before the middle");
-        ring.install_ahead(2).unwrap();
+        let next = dir.path().join("log-0000000000000014.seg");
+        assert!(
+            !next.exists(),
+            "a new log installs its first lap and one segment more"
+        );
+        ring.install_ahead(17).unwrap();
+        assert!(!next.exists(), "not before the middle of segment 16");
+        ring.install_ahead(18).unwrap();
         assert!(next.is_file());
     }
 

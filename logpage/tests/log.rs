@@ -269,7 +269,7 @@ fn a_ring_of_another_size_or_a_foreign_file_is_refused() {
     let err = Log::open(dir.path(), LogOptions::new().slots(128)).unwrap_err();
     assert!(
         err.to_string()
-            .contains("64 pages, configured for 128 slots"),
+            .contains("a ring of 64 slots, configured for 128"),
         "{err}"
     );
     std::fs::write(dir.path().join("log.head"), vec![0x42; 4096]).unwrap();

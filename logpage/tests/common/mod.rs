@@ -95,17 +95,19 @@ pub fn segments(dir: &std::path::Path) -> Vec<(u64, std::path::PathBuf)> {
     found
 }
 
-/// Page `lsn` as its segment in `dir` holds it (segments of `slots` pages), if it is installed.
+/// Page `lsn` as its segment in `dir` holds it (the log of a `slots`-slot ring, in segments of a
+/// quarter of it), if its segment is installed.
 pub fn segment_page(dir: &std::path::Path, slots: u64, lsn: u64) -> Option<Vec<u8>> {
     use pagemesh_logpage::PAGE_SIZE;
-    let first = lsn - lsn % slots;
+    let pages = slots / 4;
+    let first = lsn - lsn % pages;
     let (_, path) = segments(dir).into_iter().find(|(f, _)| *f == first)?;
     let bytes = std::fs::read(path).expect("read a segment");
     let at = (lsn - first) as usize * PAGE_SIZE;
     Some(bytes[at..at + PAGE_SIZE].to_vec())
 }
 
-/// Damages the pages of the log's segments in `dir` (of `slots` pages each) that are not a valid
+/// Damages the pages of the log's segments in `dir` (a `slots`-slot ring's) that are not a valid
 /// page below `durable_lsn`, as a power loss may: each with probability `probability`, by a
 /// damage drawn from `kinds`. Pages below `durable_lsn` are left intact (a completed sync put
 /// them on disk). The files keep their length: it was fixed and synced when each segment was
@@ -122,7 +124,7 @@ pub fn damage_beyond(
     let mut damaged = 0;
     for (_, path) in segments(dir) {
         let mut bytes = std::fs::read(&path).expect("read a segment");
-        assert_eq!(bytes.len() as u64, slots * PAGE_SIZE as u64);
+        assert_eq!(bytes.len() as u64, slots / 4 * PAGE_SIZE as u64);
         for page in bytes.chunks_exact_mut(PAGE_SIZE) {
             let below = validate(page).is_ok_and(|page| page.lsn() < durable_lsn);
             if below || !rng.random_bool(probability) {
