@@ -1,4 +1,4 @@
-//! A full disk, for real: `pagemesh import` runs on a 24 MiB tmpfs mounted in a private mount
+//! A full disk, for real: `pagemesh import` runs on a 32 MiB tmpfs mounted in a private mount
 //! namespace (`unshare --user --map-root-user --mount`, so no root is needed), and the disk fills
 //! up part-way through.
 //!
@@ -8,6 +8,9 @@
 //! and the open applies those the full disk kept out of LMDB), and holds exactly a prefix of the
 //! file's rows, at least as many as were reported durable; and a database that cannot even allocate its
 //! log on the full disk is refused at open with an error naming its file.
+//!
+//! The tmpfs is sized for a new database's log (its first 1.25 rings of segments, 20 MiB by
+//! default: `pagemesh_logpage`'s segment module) and a part of the rows.
 //!
 //! The tmpfs lives only as long as the namespace's shell, so that shell runs every step that needs
 //! it and leaves its results (exit codes, stderr, a backup) in the test's own directory.
@@ -25,7 +28,7 @@ const BATCH: u64 = 500;
 /// `$5` rows per batch.
 const SCRIPT: &str = r#"
 set -u
-mount -t tmpfs -o size=24m tmpfs "$1" || exit 90
+mount -t tmpfs -o size=32m tmpfs "$1" || exit 90
 # 4 MiB kept back, freed after the import fails, so that the database can be reopened.
 head -c 4194304 /dev/zero > "$1/reserve"
 "$2" import --db "$1/db" --csv "$3" --table pp --key-column 0 --batch "$5" 2> "$4/import.err"

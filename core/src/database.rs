@@ -78,7 +78,8 @@ impl Database {
             path: dir.into(),
             source,
         })?;
-        // The ring's file lock comes first: it keeps a second instance out of the LMDB files too.
+        // The log's lock (its head file's) comes first: it keeps a second instance out of the LMDB
+        // files too.
         // A new ring is also created here, its blocks allocated before LMDB's files exist, so a
         // full disk is a clear error naming the ring (LMDB on a full disk can die of SIGBUS on
         // its own map). An existing ring is only locked: it is recovered once LMDB says where

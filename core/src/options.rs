@@ -268,7 +268,7 @@ impl Options {
         self
     }
     /// How long the log ring lets pages that nobody waits to see durable gather between two
-    /// syncs of the ring file: one `fdatasync` then covers every page finished in the window,
+    /// syncs of the log: one `fdatasync` then covers every page finished in the window,
     /// instead of one a page. A commit that waits for `Durable` (or `DurableReplicated`) is
     /// never held up by it: it ends the pace or leads its own flush. What the pace changes is
     /// how long a commit that waited for less (`Memory`, `Applied`, `Replicated`) may stay off

@@ -33,7 +33,7 @@
 //!
 //! **What it writes**: only LMDB's lock file, to take and release reader slots (LMDB has no
 //! lock-free read mode except on a read-only filesystem). `data.mdb` is opened `O_RDONLY` and
-//! mapped read-only, and `log.ring` is not opened.
+//! mapped read-only, and the log's files are not opened.
 //!
 //! **One open per process.** LMDB forbids opening one environment twice in a process (closing
 //! the second descriptor would drop the first one's fcntl locks). heed refuses a second open of

@@ -1,7 +1,7 @@
 //! Recovery on open: where the applier resumes, and what it must know when it does.
 //!
 //! LMDB's `__meta` says how far the last committed group reached (the apply state: see
-//! `store.rs`). The log ring file says what was committed to the ring since. The ring is the
+//! `store.rs`). The log's segments say what was committed to the ring since. The ring is the
 //! write-ahead log: LMDB's state on disk may lag it (the applier runs off the commit path, and a
 //! power loss may roll LMDB back by its latest group, `store.rs`, Syncs), and the applier releases
 //! a ring page only once LMDB's state past it is on disk (`apply.rs`). Recovery joins the two:

@@ -1,7 +1,7 @@
 //! The databases this process holds open, by canonical directory.
 //!
 //! LMDB and the log ring allow one open per process; a second [`crate::Database::open`] of the same
-//! directory used to reach the ring's file lock and report "the log is locked by another process",
+//! directory used to reach the log's file lock and report "the log is locked by another process",
 //! which sent users looking for a process that did not exist. [`Registration::claim`] answers
 //! first, with [`Error::AlreadyOpen`] naming the directory. The registration is held by the
 //! database's shared state and released when the last handle, ticket and thread using it are gone,

@@ -1,6 +1,6 @@
 //! The LMDB environment: user tables, `__binlog`, `__meta`.
 //!
-//! One heed `Env` per database directory (`dir/lmdb/`; the log ring is `dir/log.ring`). Named
+//! One heed `Env` per database directory (`dir/lmdb/`; the log's files are `dir/log.head` and its segments, `dir/log-*.seg`). Named
 //! databases:
 //!
 //! - each user table: key → `seq (u64 LE) ‖ value`, where `seq` is the log position of the change

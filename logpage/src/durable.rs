@@ -1,15 +1,16 @@
 //! The durable watermark: which pages of the ring are on disk, and the flushes that move it.
 //!
-//! A finished page is written to the ring file before the committed watermark passes it
+//! A finished page is written to its log segment before the committed watermark passes it
 //! (`ring.rs`, Writes), so it is safe from a *process* crash at once (the page cache holds it),
-//! but safe from a *power loss* only once a sync of the ring file has completed after it was
+//! but safe from a *power loss* only once a sync of its segment has completed after it was
 //! written. [`Log::durable_lsn`] is the first page not known to be on disk: every page from the
 //! ring's horizon up to it reached the disk in a sync that completed.
 //!
 //! # Flushes
 //!
 //! A flush reads the committed watermark `to` (every page below it is finished: header and crc
-//! written), syncs the ring file, and only when the sync has returned success stores `to` as the
+//! written), syncs the segments written since the last sync, and only when the sync has returned
+//! success stores `to` as the
 //! durable watermark. So the watermark advances only over what a completed sync covered, and
 //! contiguously: it only ever takes the value of the committed watermark, and that is contiguous.
 //! One flush runs at a time (the *flush claim*, a flag taken by compare-and-swap); a flush covers
@@ -67,8 +68,9 @@
 //! throttling (below), 0.84× and 0.79×, each measured after the one before it. No call is
 //! consistently faster beyond the noise: each
 //! must flush the device cache, and the data is one page either way. `fdatasync` it is: one call,
-//! no range arithmetic across the ring's wrap, and it writes the ring header (the persisted
-//! horizon) with the pages. (These were measured while the ring was written through a shared
+//! no range arithmetic across the ring's wrap. (Since stop 35 the pages are in segments, one
+//! `fdatasync` per segment written, and the head with the horizon is synced only before a
+//! segment is retired: `segment.rs`.) (These were measured while the ring was written through a shared
 //! mapping; pages now reach the file by `pwrite`, and an `RWF_DSYNC` write would flush the
 //! device cache once per page where one `fdatasync` covers a group: not tried.) The same bench
 //! times commits against the raw `fdatasync` floor: `wait_durable` at 1 in flight reached
@@ -83,7 +85,7 @@
 //! a retried sync can succeed without the data ever reaching the disk (PostgreSQL's "fsyncgate").
 //! So the first failure is kept: [`Log::wait_durable`], [`Log::poll_durable`], [`Log::flush_ready`],
 //! [`Log::flush`], and every later reservation and commit return [`Error::Poisoned`], naming the
-//! ring file and the pages the failed sync covered, and the durable watermark never moves again.
+//! segment and the pages the failed sync covered, and the durable watermark never moves again.
 //! Reopening the log recovers what the disk holds. Tests inject failures through
 //! `LogOptions::sync_hook`, compiled only for this crate's tests and with the feature
 //! `fault-injection`: a production build has no hook and no branch for one.
@@ -91,7 +93,7 @@
 //! # Process crash and power loss
 //!
 //! After a **process crash** (SIGKILL, panic) the page cache holds every page written to the
-//! ring file, durable or not: recovery finds every finished page from the persisted horizon up
+//! segments, durable or not: recovery finds every finished page from the persisted horizon up
 //! to the first gap (`ring.rs`, Recovery).
 //!
 //! After a **power loss**, pages below the durable watermark survive; pages at or above it may
@@ -102,14 +104,14 @@
 //! `tests/durable_crash.rs` damage pages above a durable watermark and reopen). The file's length
 //! is fixed at creation and synced then, so a power loss cannot shorten it.
 //!
-//! One thing the ring alone cannot tell after a power loss: its header's released LSN (the
-//! horizon) is written to the file in place and reaches the disk with the next sync, while slots
-//! below the new horizon are reused at once, and writeback may put a reused slot on disk before
-//! the header. A stale header then points recovery at a slot that now holds a later page, and
-//! recovery stops there, short of durable pages above it. A store whose own synced state says
-//! where the ring must continue (LMDB's next binlog LSN, when slots are released only below what
-//! LMDB has on disk) passes it as [`LogOptions::recover_from`]: recovery starts there, over slots
-//! that were never released, instead of at the header.
+//! The head's released LSN (the horizon) is written in place and synced only before a segment
+//! is retired, so after a power loss it may be older than the last horizon written. Recovery
+//! from it still finds every durable page: pages stay in their segments until the segment is
+//! retired, and never more than a ring of them is unreleased (`ring.rs`, Recovery). (With the
+//! circular file before stop 35 a stale header pointed at a slot that held a later page, and
+//! recovery stopped short.) A store whose own synced state says where the log must continue
+//! (LMDB's next binlog LSN) still passes it as [`LogOptions::recover_from`]: recovery starts
+//! there, and pages below it, which the store has, are not recovered.
 
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -393,7 +395,7 @@ impl Log {
     }
 
     /// One flush: waits for a flush in progress to end, seals the open page if a durable waiter
-    /// wants it, then syncs the ring file and moves the durable watermark over every page that was
+    /// wants it, then syncs the log's segments and moves the durable watermark over every page that was
     /// finished before the sync. Returns the durable watermark.
     ///
     /// For a thread with its own flush loop; most callers want a [`Flusher`]
@@ -697,7 +699,7 @@ mod tests {
         assert!(log.durable_lsn() <= open.lsn_last);
     }
 
-    /// A finished page whose write to the ring file fails poisons the log: no wait reports a
+    /// A finished page whose write to its segment fails poisons the log: no wait reports a
     /// record of it kept, no sync counts it durable, every later append fails, and a reopen
     /// finds the log ending where the file's pages end, everything before intact.
     #[test]

@@ -255,14 +255,6 @@ pub enum RingFault {
     /// Another process has the log open.
     #[error("the log is locked by another process")]
     Locked,
-    /// A log written by a build before stop 35, in one circular file; this build writes
-    /// segments (`segment.rs`) and does not read that format.
-    #[error(
-        "a log ring of the old one-file format; this build reads logs in segments \
-         (log.head and log-*.seg): replay it with the build that wrote it, or remove it \
-         if the store holds everything"
-    )]
-    Legacy,
     /// Segment files without a head to say what they hold (the head was removed).
     #[error("log segments without a whole head file: refusing to reuse them")]
     Orphans,

@@ -112,19 +112,18 @@ impl LogOptions {
     }
 
     /// Continue numbering pages at `lsn` at least: for a store whose durable history (its binlog)
-    /// already reaches `lsn` when the ring holds less, for example a new ring file. Recovered pages
+    /// already reaches `lsn` when the ring holds less, for example a new log. Recovered pages
     /// below it are dropped: the caller has them.
     pub fn next_lsn_min(mut self, lsn: u64) -> Self {
         self.next_lsn_min = lsn;
         self
     }
 
-    /// Start recovery at page `lsn` instead of at the horizon persisted in the ring header (when
-    /// `lsn` is above it): for a store whose own synced state says where the ring continues, such
-    /// as the next LSN its binlog lacks. After a power loss the header may be older than slots
-    /// already reused, and recovery from it would stop short (see `durable.rs`, Process crash and
-    /// power loss); slots the store never released still hold their pages. Pages below `lsn` are
-    /// not recovered: the store has them.
+    /// Start recovery at page `lsn` instead of at the horizon persisted in the log's head (when
+    /// `lsn` is above it): for a store whose own synced state says where the log continues, such
+    /// as the next LSN its binlog lacks. Pages below `lsn` are not recovered: the store has them.
+    /// (After a power loss the head may be older than the last horizon written; recovery from it
+    /// finds the same end: `durable.rs`, Process crash and power loss.)
     pub fn recover_from(mut self, lsn: u64) -> Self {
         self.recover_from = Some(lsn);
         self
@@ -148,7 +147,7 @@ impl LogOptions {
     }
 
     /// Fault injection, as [`sync_hook`](Self::sync_hook), for the writes of finished pages to
-    /// the ring file (`ring.rs`, Writes): `hook(from, to)` runs before pages `from..to` are
+    /// their segments (`ring.rs`, Writes): `hook(from, to)` runs before pages `from..to` are
     /// written (one page a write for local commits, a run for [`Log::ingest`]), and an error it
     /// returns fails that write, which poisons the log.
     #[cfg(any(test, feature = "fault-injection"))]
@@ -298,11 +297,10 @@ impl Log {
     }
 
     /// Fails with the ring's `Locked` error if another process holds the log in `dir`; takes the
-    /// ring file's lock and releases it at once, without mapping the ring or recovering it
-    /// (creating the file, empty, if there is none). For a store that must keep a second instance
-    /// out of its other files before it knows where recovery must start
-    /// ([`LogOptions::recover_from`]): a recovery from the ring header alone could invalidate
-    /// pages the store still needs (see `durable.rs`, Process crash and power loss).
+    /// log's lock and releases it at once, without reading the log or recovering it
+    /// (creating its head, empty, if there is none). For a store that must keep a second
+    /// instance out of its other files before it opens the log from where its own state says
+    /// recovery must start ([`LogOptions::recover_from`]).
     pub fn probe_lock(dir: impl AsRef<Path>) -> Result<()> {
         Ring::probe_lock(dir.as_ref())
     }
@@ -559,7 +557,7 @@ impl Log {
             deadline,
         );
         if shared.watermark.load(Ordering::SeqCst) > pos.lsn_last {
-            // A page whose write to the ring file failed is marked ready all the same.
+            // A page whose write to its segment failed is marked ready all the same.
             match shared.poisoned_error() {
                 Some(error) => Err(error),
                 None => Ok(true),

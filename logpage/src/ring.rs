@@ -435,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn a_foreign_head_segments_without_a_head_and_an_old_ring_are_refused() {
+    fn a_foreign_head_and_segments_without_a_head_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("log.head"), vec![7u8; PAGE_SIZE]).unwrap();
         match open(dir.path()) {
@@ -458,19 +458,66 @@ mod tests {
             }) => assert!(path.to_string_lossy().ends_with(".seg"), "{path:?}"),
             other => panic!("expected orphans refused, got {:?}", other.map(|r| r.1)),
         }
+    }
 
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("log.ring"), vec![0u8; 5 * PAGE_SIZE]).unwrap();
-        match open(dir.path()) {
-            Err(Error::RingFile {
-                fault: RingFault::Legacy,
-                ..
-            }) => {}
-            other => panic!(
-                "expected the old format refused, got {:?}",
-                other.map(|r| r.1)
-            ),
+    /// A file of the old one-file format (`log.ring`, 16 slots): pages 5..12 in their slots,
+    /// its horizon at 5, and page 13 finished beyond the gap at 12.
+    fn legacy_ring(dir: &Path) {
+        let mut bytes = vec![0u8; 17 * PAGE_SIZE];
+        let mut header = [0u8; 40];
+        header[..8].copy_from_slice(b"PMRING\0\x01");
+        header[8..12].copy_from_slice(&1u32.to_le_bytes());
+        header[12..16].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&16u64.to_le_bytes());
+        let crc = crc32c::crc32c(&header[..24]);
+        header[24..28].copy_from_slice(&crc.to_le_bytes());
+        header[32..40].copy_from_slice(&5u64.to_le_bytes());
+        bytes[..40].copy_from_slice(&header);
+        for lsn in (5..12).chain([13]) {
+            let meta = PageMeta {
+                lsn,
+                committed_lsn: lsn,
+                epoch: 3,
+                payload_len: 1,
+                first_record_offset: 0,
+                record_count: 0,
+                end_of_epoch: false,
+                resumed: false,
+            };
+            let at = PAGE_SIZE * (1 + lsn as usize % 16);
+            let slot: &mut [u8; PAGE_SIZE] = (&mut bytes[at..at + PAGE_SIZE]).try_into().unwrap();
+            write_page(slot, &meta);
         }
+        std::fs::write(dir.join("log.ring"), bytes).unwrap();
+    }
+
+    #[test]
+    fn a_log_of_the_old_one_file_format_is_converted_to_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        legacy_ring(dir.path());
+        let (ring, recovered) = open(dir.path()).expect("converted");
+        assert_eq!(run(&recovered), (5, 12));
+        assert_eq!(recovered.epoch_max, 3);
+        assert!(
+            !dir.path().join("log.ring").exists(),
+            "removed once converted"
+        );
+        put_page(&ring, 12);
+        drop(ring);
+        let (_, recovered) = open(dir.path()).unwrap();
+        assert_eq!(
+            run(&recovered),
+            (5, 13),
+            "page 13 of the old file never came back"
+        );
+
+        // A conversion a crash cut off: segments written, the head not yet. It starts again.
+        let dir = tempfile::tempdir().unwrap();
+        legacy_ring(dir.path());
+        std::fs::write(dir.path().join("log.head"), b"").unwrap();
+        std::fs::write(dir.path().join("log-0000000000000004.seg"), [9u8; 100]).unwrap();
+        let (_, recovered) = open(dir.path()).expect("converted after the cut");
+        assert_eq!(run(&recovered), (5, 12));
     }
 
     #[test]

@@ -140,7 +140,7 @@ impl SlotState {
     }
 }
 
-/// The in-memory bookkeeping of one ring slot. The page bytes live in the ring file.
+/// The in-memory bookkeeping of one ring slot. The page bytes live in the ring's working copy (and its segment).
 #[derive(Debug)]
 pub(crate) struct Slot {
     /// See the module docs.

@@ -31,6 +31,15 @@
 //! end-to-end time, measured by skipping them: `src/demo.rs`, Stop 34). Retiring is the owner's
 //! call ([`Segments::retire_below`]).
 //!
+//! # The old one-file format
+//!
+//! A log written before stop 35 (`log.ring`: a header page, then slot `lsn % slots` for page
+//! `lsn`) is converted when it is first opened: the run its recovery would have found is written
+//! into segments and synced, then the head is written and synced, then `log.ring` is removed. A
+//! crash before the head is whole leaves segment files beside `log.ring` and no head, and the
+//! next open removes them and converts again; a crash after it finds a whole head beside
+//! `log.ring` and only removes the old file.
+//!
 //! # Writes and syncs
 //!
 //! A page reaches its segment with one `pwrite` (`ring.rs`, Writes), which then marks the segment
@@ -188,18 +197,13 @@ fn io_error<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error)
 
 impl Segments {
     /// Opens (or creates) `dir/log.head`, locked, and the segment files beside it, for a ring of
-    /// `slots` slots (a power of two, at least [`SEGMENTS_PER_RING`]).
+    /// `slots` slots (a power of two, at least [`SEGMENTS_PER_RING`]). A log in the old
+    /// one-file format (`log.ring`) is converted (see [`read_legacy`]).
     pub fn open(dir: &Path, slots: u64) -> Result<Opened> {
         let pages = slots / SEGMENTS_PER_RING;
         std::fs::create_dir_all(dir).map_err(io_error("create directory for", dir))?;
         let head_path = dir.join("log.head");
-        let legacy = dir.join("log.ring");
-        if legacy.exists() {
-            return Err(Error::RingFile {
-                path: legacy,
-                fault: RingFault::Legacy,
-            });
-        }
+        let legacy_path = dir.join("log.ring");
         let head = open_locked(&head_path)?;
         let len = head.metadata().map_err(io_error("stat", &head_path))?.len();
         let mut header = Head::zeroed();
@@ -208,48 +212,66 @@ impl Segments {
                 .read_exact_at(bytemuck::bytes_of_mut(&mut header), 0)
                 .is_ok()
             && header.magic == HEAD_MAGIC;
-        let released_lsn = if whole {
+        let legacy = legacy_path.exists();
+        if whole {
             header.check(pages).map_err(|fault| Error::RingFile {
                 path: head_path.clone(),
                 fault,
             })?;
-            header.released_lsn.get()
-        } else {
-            if len != 0 && !all_zero(&head, len) {
-                return Err(Error::RingFile {
-                    path: head_path,
-                    fault: RingFault::Magic,
-                });
+            if legacy {
+                // A conversion that stopped after its head was written: its pages are in place.
+                remove_legacy(&legacy_path, dir)?;
             }
-            // New, or a creation a crash cut off before the header was whole. The head is
-            // written and synced before any segment is installed, so segment files here would
-            // be a log whose head was removed: refused, never reused.
-            if let Some(path) = first_segment_file(dir)? {
+            let segments = Self::new(dir, pages, head_path, head);
+            segments.scan_dir()?;
+            return Ok(Opened {
+                segments,
+                released_lsn: header.released_lsn.get(),
+            });
+        }
+        if len != 0 && !all_zero(&head, len) {
+            return Err(Error::RingFile {
+                path: head_path,
+                fault: RingFault::Magic,
+            });
+        }
+        // New, or a creation a crash cut off before the header was whole. The head is written
+        // and synced before any segment is installed (after them, when converting), so segment
+        // files here are a conversion's that a crash cut off, removed to begin it again; or a
+        // log whose head was removed: refused, never reused.
+        while let Some(path) = first_segment_file(dir)? {
+            if !legacy {
                 return Err(Error::RingFile {
                     path,
                     fault: RingFault::Orphans,
                 });
             }
-            let mut page = vec![0u8; PAGE_SIZE];
-            page[..std::mem::size_of::<Head>()]
-                .copy_from_slice(bytemuck::bytes_of(&Head::new(pages)));
-            head.write_all_at(&page, 0)
-                .and_then(|()| head.sync_data())
-                .map_err(io_error("write the header of", &head_path))?;
-            sync_dir(dir)?;
-            0
+            std::fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        }
+        let converted = match legacy {
+            true => Some(read_legacy(&legacy_path, slots)?),
+            false => None,
         };
-        let segments = Self {
-            dir: dir.to_path_buf(),
-            pages,
-            head_path,
-            head,
-            installed: RwLock::new(BTreeMap::new()),
-            spares: Mutex::new(Vec::new()),
-            install_lock: Mutex::new(()),
-        };
+        let segments = Self::new(dir, pages, head_path, head);
         segments.scan_dir()?;
-        if !whole {
+        let released_lsn = match &converted {
+            Some(run) => {
+                segments.write_converted(run)?;
+                run.start_lsn
+            }
+            None => 0,
+        };
+        let mut page = vec![0u8; PAGE_SIZE];
+        let mut header = Head::new(pages);
+        header.released_lsn = U64Le::new(released_lsn);
+        page[..std::mem::size_of::<Head>()].copy_from_slice(bytemuck::bytes_of(&header));
+        (segments.head.write_all_at(&page, 0))
+            .and_then(|()| segments.head.sync_data())
+            .map_err(io_error("write the header of", &segments.head_path))?;
+        sync_dir(dir)?;
+        if converted.is_some() {
+            remove_legacy(&legacy_path, dir)?;
+        } else {
             // The first lap and one segment more, written now rather than while pages come in
             // (see Installing a segment).
             for index in 0..=SEGMENTS_PER_RING {
@@ -262,6 +284,41 @@ impl Segments {
             segments,
             released_lsn,
         })
+    }
+
+    fn new(dir: &Path, pages: u64, head_path: PathBuf, head: File) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            pages,
+            head_path,
+            head,
+            installed: RwLock::new(BTreeMap::new()),
+            spares: Mutex::new(Vec::new()),
+            install_lock: Mutex::new(()),
+        }
+    }
+
+    /// Writes a converted log's pages into their segments and syncs them.
+    fn write_converted(&self, run: &LegacyRun) -> Result<()> {
+        let io = io_error("write the converted pages of", &self.head_path);
+        for (index, page) in run.pages.chunks_exact(PAGE_SIZE).enumerate() {
+            self.write(run.start_lsn + index as u64, page)
+                .map_err(|source| Error::Io {
+                    op: "write the converted pages of",
+                    path: self.head_path.clone(),
+                    source,
+                })?;
+        }
+        self.sync().map_err(io)?;
+        for index in 0..=SEGMENTS_PER_RING {
+            let lsn = run.end_lsn() + index * self.pages;
+            self.prepare(lsn).map_err(|source| Error::Io {
+                op: "create",
+                path: self.head_path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Opens every segment file in the directory, and takes other `log-*.seg` files as spares.
@@ -581,6 +638,82 @@ pub(crate) fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         found.insert(0, head);
     }
     Ok(found)
+}
+
+/// What the old one-file format (`log.ring`, before stop 35) held: the run recovery would have
+/// found there.
+struct LegacyRun {
+    start_lsn: u64,
+    /// The run's pages, back to back.
+    pages: Vec<u8>,
+}
+
+impl LegacyRun {
+    fn end_lsn(&self) -> u64 {
+        self.start_lsn + (self.pages.len() / PAGE_SIZE) as u64
+    }
+}
+
+const LEGACY_MAGIC: [u8; 8] = *b"PMRING\0\x01";
+
+/// Reads the run of pages a log in the old one-file format holds, as its recovery found it: a
+/// header page (the head's layout, magic `PMRING\0\x01`, `pages` being the ring's slots), then
+/// slot `i` at byte `PAGE_SIZE * (1 + i)` holding page `lsn` with `lsn % slots == i`; the run
+/// starts at the header's released LSN and ends at the first slot that does not hold its page.
+/// The file is locked while it is read, as the old format locked it.
+fn read_legacy(path: &Path, slots: u64) -> Result<LegacyRun> {
+    let file = open_locked(path)?;
+    let refuse = |fault| Error::RingFile {
+        path: path.to_path_buf(),
+        fault,
+    };
+    let mut header = Head::zeroed();
+    file.read_exact_at(bytemuck::bytes_of_mut(&mut header), 0)
+        .map_err(io_error("read the header of", path))?;
+    if header.magic != LEGACY_MAGIC {
+        return Err(refuse(RingFault::Magic));
+    }
+    if header.version.get() != 1 {
+        return Err(refuse(RingFault::Version {
+            found: header.version.get(),
+            supported: 1,
+        }));
+    }
+    if crc32c::crc32c(&bytemuck::bytes_of(&header)[..CRC_COVERED]) != header.crc.get() {
+        return Err(refuse(RingFault::Checksum));
+    }
+    if header.pages.get() != slots || header.page_size.get() as usize != PAGE_SIZE {
+        return Err(refuse(RingFault::SlotCount {
+            found: header.pages.get(),
+            configured: slots,
+        }));
+    }
+    let start_lsn = header.released_lsn.get();
+    let mut pages = Vec::new();
+    let mut page = vec![0u8; PAGE_SIZE];
+    for lsn in start_lsn..start_lsn + slots {
+        let at = PAGE_SIZE as u64 * (1 + lsn % slots);
+        if file.read_exact_at(&mut page, at).is_err() {
+            break;
+        }
+        match crate::page::validate(&page) {
+            Ok(found) if found.lsn() == lsn => pages.extend_from_slice(&page),
+            _ => break,
+        }
+    }
+    tracing::info!(
+        path = %path.display(),
+        start_lsn,
+        pages = pages.len() / PAGE_SIZE,
+        "converting a log of the old one-file format to segments"
+    );
+    Ok(LegacyRun { start_lsn, pages })
+}
+
+/// Removes the old format's file once its pages are in segments under a synced head.
+fn remove_legacy(path: &Path, dir: &Path) -> Result<()> {
+    std::fs::remove_file(path).map_err(io_error("remove", path))?;
+    sync_dir(dir)
 }
 
 /// A file in `dir` named like a segment (not a spare), if there is one.
