@@ -463,6 +463,11 @@ impl Segments {
 
     /// Puts every page written so far on disk: one `fdatasync` per segment written since the
     /// last sync began. On failure the segment stays dirty.
+    ///
+    /// Why a page below the committed watermark the flusher read is covered: its writer stored
+    /// the segment's flag (Release) after its `pwrite` returned and before it marked the page
+    /// ready (SeqCst), and the flusher read the watermark (SeqCst) before it loads the flags
+    /// here, so it sees that store, or a later one, and syncs the segment.
     pub fn sync(&self) -> std::io::Result<()> {
         let dirty: Vec<Arc<Segment>> = read_lock(&self.installed)
             .values()
