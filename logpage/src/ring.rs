@@ -413,6 +413,14 @@ mod tests {
         Ring::open(dir, 16, None)
     }
 
+    /// Opens the log in `dir`, writes pages `lsns` and closes it.
+    fn write_and_close(dir: &Path, lsns: impl IntoIterator<Item = u64>) {
+        let (ring, _) = open(dir).unwrap();
+        for lsn in lsns {
+            put_page(&ring, lsn);
+        }
+    }
+
     fn run(recovered: &Recovered) -> (u64, u64) {
         (recovered.start_lsn, recovered.end_lsn)
     }
@@ -572,13 +580,9 @@ mod tests {
     #[test]
     fn a_head_more_than_a_ring_behind_keeps_the_last_ring_of_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let (ring, _) = open(dir.path()).unwrap();
         // Forty pages and no horizon persisted: the head says 0, as a stale one after a power
         // loss.
-        for lsn in 0..40 {
-            put_page(&ring, lsn);
-        }
-        drop(ring);
+        write_and_close(dir.path(), 0..40);
         let (_, recovered) = open(dir.path()).unwrap();
         assert_eq!(run(&recovered), (24, 40), "the ring holds sixteen pages");
         assert_eq!(recovered.discarded_pages, 0, "nothing after the end");
@@ -587,11 +591,7 @@ mod tests {
     #[test]
     fn pages_above_a_missing_segment_are_refused_not_discarded() {
         let dir = tempfile::tempdir().unwrap();
-        let (ring, _) = open(dir.path()).unwrap();
-        for lsn in 0..6 {
-            put_page(&ring, lsn);
-        }
-        drop(ring);
+        write_and_close(dir.path(), 0..6);
         std::fs::remove_file(dir.path().join("log-0000000000000000.seg")).unwrap();
         match open(dir.path()) {
             Err(Error::Io { source, .. }) => {
@@ -626,11 +626,7 @@ mod tests {
     #[test]
     fn a_finished_page_beyond_the_first_gap_is_invalidated_in_its_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let (ring, _) = open(dir.path()).unwrap();
-        for lsn in [0, 1, 3] {
-            put_page(&ring, lsn);
-        }
-        drop(ring);
+        write_and_close(dir.path(), [0, 1, 3]);
         let (ring, recovered) = open(dir.path()).unwrap();
         assert_eq!(run(&recovered), (0, 2));
         assert_eq!(recovered.discarded_pages, 1);
