@@ -129,6 +129,10 @@ pub const REPLICA_APPLY_PACE: (Duration, usize) = (Duration::from_millis(50), 16
 ///   (their writers lead their own flushes), `durable@1` and `durable@16` over four more runs
 ///   each too. The primary's flusher had synced every page of the `sync` variants (3,357
 ///   `fdatasync` calls and 7,945 context switches in 2 s of `sync@256`) that no commit waited for.
+/// - longer on the primary (stop 35, `pagemesh demo`, whose commits are all `Replicated`, an
+///   experiment build): 1 s gave end to end 0.515 s against 0.585 s over ten alternated pairs,
+///   then 0.575 s, and 200 ms 0.565 s, against 0.585 s over eight alternated triples. The first
+///   series was noise; 10 ms stays, with its shorter window for a power loss to take.
 pub const FLUSH_PACE: Duration = Duration::from_millis(10);
 
 /// How long a replica's log ring lets pages gather between flushes by default
@@ -138,11 +142,15 @@ pub const FLUSH_PACE: Duration = Duration::from_millis(10);
 /// page a power loss takes from its ring is fetched again from its source, and what it has
 /// applied is on disk in LMDB, whose groups sync on their own. They only move the `durable_lsn`
 /// its acks report. Yet each sync writes every ring page written since the last one, on a disk
-/// the replica shares with its LMDB applies (and, in a test or a demo, with its source). A ring
-/// slot rewritten before the next sync reaches the disk once, so with a pace of a second a
-/// replica's ring writes at most one ring's worth (16 MiB by default) a second, whatever its
-/// page rate. What a longer pace costs is a replica's `durable_lsn` lagging by up to the pace,
-/// and, after a power loss there, up to a pace of pages fetched again.
+/// the replica shares with its LMDB applies (and, in a test or a demo, with its source). Until
+/// stop 35 the ring's file was circular, and a slot rewritten before the next sync reached the
+/// disk once, so with a pace of a second a replica's ring wrote at most one ring's worth (16 MiB
+/// by default) a second, whatever its page rate. The log is now in segments, each page in a
+/// place of its own (`pagemesh_logpage`'s segment module, so that its pages can be the history
+/// later), and every page reaches the disk once whatever the pace: the pace now keeps the
+/// number of syncs down and lets writeback take the pages at its own time. What a longer pace
+/// costs is a replica's `durable_lsn` lagging by up to the pace, and, after a power loss there,
+/// up to a pace of pages fetched again.
 ///
 /// Measured (`pagemesh demo`, eight runs alternated with a 10 ms pace on the replicas, the
 /// nodes' leftover writes synced before raw heed's timer in both): end to end 0.44–0.57 s
