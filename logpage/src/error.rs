@@ -255,6 +255,12 @@ pub enum RingFault {
     /// Another process has the log open.
     #[error("the log is locked by another process")]
     Locked,
+    /// The header's released LSN is beyond what any page can hold: the header is corrupt.
+    #[error("released LSN {lsn} is beyond the page format's limit")]
+    Horizon {
+        /// The LSN found.
+        lsn: u64,
+    },
     /// Segment files without a head to say what they hold (the head was removed).
     #[error("log segments without a whole head file: refusing to reuse them")]
     Orphans,

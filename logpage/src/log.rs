@@ -183,6 +183,19 @@ impl LogOptions {
                 expected: "a power of two from 4 to 2^24",
             });
         }
+        let limit = crate::page::LSN_LIMIT;
+        for (option, lsn) in [
+            ("recover_from", self.recover_from.unwrap_or(0)),
+            ("next_lsn_min", self.next_lsn_min),
+        ] {
+            if lsn >= limit {
+                return Err(Error::InvalidOption {
+                    option,
+                    value: lsn,
+                    expected: "an LSN below the page format's limit (2^52)",
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -468,6 +468,31 @@ mod tests {
         }
     }
 
+    /// Found by the `log_files` fuzz target: a head whose segment size is `u64::MAX` overflowed
+    /// the ring size its refusal names.
+    #[test]
+    fn a_head_of_an_absurd_size_or_horizon_is_refused() {
+        for (pages, released) in [(u64::MAX, 0), (4, u64::MAX)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut head = vec![0u8; PAGE_SIZE];
+            head[..8].copy_from_slice(b"PMLOGHD\x01");
+            head[8..12].copy_from_slice(&1u32.to_le_bytes());
+            head[12..16].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+            head[16..24].copy_from_slice(&pages.to_le_bytes());
+            let crc = crc32c::crc32c(&head[..24]);
+            head[24..28].copy_from_slice(&crc.to_le_bytes());
+            head[32..40].copy_from_slice(&released.to_le_bytes());
+            std::fs::write(dir.path().join("log.head"), head).unwrap();
+            match open(dir.path()) {
+                Err(Error::RingFile {
+                    fault: RingFault::SlotCount { .. } | RingFault::Horizon { .. },
+                    ..
+                }) => {}
+                other => panic!("expected a refusal, got {:?}", other.map(|r| r.1)),
+            }
+        }
+    }
+
     /// A file of the old one-file format (`log.ring`, 16 slots): pages 5..12 in their slots,
     /// its horizon at 5, and page 13 finished beyond the gap at 12.
     fn legacy_ring(dir: &Path) {

@@ -88,7 +88,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result, RingFault};
-use crate::page::{U32Le, U64Le, PAGE_SIZE};
+use crate::page::{U32Le, U64Le, LSN_LIMIT, PAGE_SIZE};
 
 const HEAD_MAGIC: [u8; 8] = *b"PMLOGHD\x01";
 const HEAD_VERSION: u32 = 1;
@@ -142,9 +142,14 @@ impl Head {
         if crc32c::crc32c(&bytemuck::bytes_of(self)[..CRC_COVERED]) != self.crc.get() {
             return Err(RingFault::Checksum);
         }
+        if self.released_lsn.get() >= LSN_LIMIT {
+            return Err(RingFault::Horizon {
+                lsn: self.released_lsn.get(),
+            });
+        }
         if self.page_size.get() as usize != PAGE_SIZE || self.pages.get() != pages {
             return Err(RingFault::SlotCount {
-                found: self.pages.get() * SEGMENTS_PER_RING,
+                found: self.pages.get().saturating_mul(SEGMENTS_PER_RING),
                 configured: pages * SEGMENTS_PER_RING,
             });
         }
@@ -694,6 +699,9 @@ fn read_legacy(path: &Path, slots: u64) -> Result<LegacyRun> {
         }));
     }
     let start_lsn = header.released_lsn.get();
+    if start_lsn >= LSN_LIMIT {
+        return Err(refuse(RingFault::Horizon { lsn: start_lsn }));
+    }
     let mut pages = Vec::new();
     let mut page = vec![0u8; PAGE_SIZE];
     for lsn in start_lsn..start_lsn + slots {
