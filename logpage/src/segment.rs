@@ -82,13 +82,12 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result, RingFault};
 use crate::page::{U32Le, U64Le, LSN_LIMIT, PAGE_SIZE};
+use crate::sync::{lock, read_lock, write_lock, Arc, AtomicBool, Mutex, Ordering, RwLock};
 
 const HEAD_MAGIC: [u8; 8] = *b"PMLOGHD\x01";
 const HEAD_VERSION: u32 = 1;
@@ -164,6 +163,19 @@ struct Segment {
     file: File,
     /// Written since the last sync began.
     dirty: AtomicBool,
+}
+
+impl Segment {
+    /// Writes `bytes` (whole pages, the first one page `lsn`) in place and marks the segment
+    /// dirty.
+    fn write(&self, lsn: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.file
+            .write_all_at(bytes, (lsn - self.first) * PAGE_SIZE as u64)?;
+        // After the write: a sync that sees the flag clear began before the write returned,
+        // and does not count the page (`durable.rs` takes its target before syncing).
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
 }
 
 /// The head file and the segments of one log directory.
@@ -453,17 +465,14 @@ impl Segments {
             lsn - self.first_of(lsn) + (bytes.len() / PAGE_SIZE) as u64 <= self.pages,
             "a write stays in one segment"
         );
-        let segment = match self.get(lsn) {
-            Some(segment) => segment,
-            None => self.install(self.first_of(lsn))?,
-        };
-        segment
-            .file
-            .write_all_at(bytes, (lsn - segment.first) * PAGE_SIZE as u64)?;
-        // After the write: a sync that sees the flag clear began before the write returned,
-        // and does not count the page (`durable.rs` takes its target before syncing).
-        segment.dirty.store(true, Ordering::Release);
-        Ok(())
+        // Under the read lock, not a clone of the segment's `Arc`: no shared counter is
+        // written per page. Installs and retirements, which write the map, are rare.
+        let installed = read_lock(&self.installed);
+        if let Some(segment) = installed.get(&self.first_of(lsn)) {
+            return segment.write(lsn, bytes);
+        }
+        drop(installed);
+        self.install(self.first_of(lsn))?.write(lsn, bytes)
     }
 
     /// Puts every page written so far on disk: one `fdatasync` per segment written since the
@@ -474,13 +483,11 @@ impl Segments {
     /// ready (SeqCst), and the flusher read the watermark (SeqCst) before it loads the flags
     /// here, so it sees that store, or a later one, and syncs the segment.
     pub fn sync(&self) -> std::io::Result<()> {
-        let dirty: Vec<Arc<Segment>> = read_lock(&self.installed)
-            .values()
-            .filter(|segment| segment.dirty.load(Ordering::Acquire))
-            .cloned()
-            .collect();
-        for segment in dirty {
-            if segment.dirty.swap(false, Ordering::AcqRel) {
+        // The map is read-locked through the syncs: nothing is allocated per flush, and an
+        // install or retirement (rare) waits for them.
+        for segment in read_lock(&self.installed).values() {
+            if segment.dirty.load(Ordering::Acquire) && segment.dirty.swap(false, Ordering::AcqRel)
+            {
                 if let Err(error) = segment.file.sync_data() {
                     segment.dirty.store(true, Ordering::Release);
                     return Err(error);
@@ -784,22 +791,6 @@ pub(crate) fn allocate(file: &File, len: u64) -> std::io::Result<()> {
         libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
         errno => Err(std::io::Error::from_raw_os_error(errno)),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Opens (creating it empty if missing) and locks the head file at `path`. The lock is an

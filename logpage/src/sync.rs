@@ -14,7 +14,9 @@ pub(crate) use portable_atomic::AtomicU128;
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(feature = "shuttle"))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub(crate) use std::sync::{
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use std::thread;
 
@@ -23,7 +25,9 @@ pub(crate) use shuttle::sync::atomic::{
     AtomicBool, AtomicU128, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(feature = "shuttle")]
-pub(crate) use shuttle::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub(crate) use shuttle::sync::{
+    Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 #[cfg(feature = "shuttle")]
 pub(crate) use shuttle::thread;
 
@@ -49,5 +53,19 @@ pub(crate) fn anchor_is_lock_free() -> bool {
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Takes `rwlock` for reading, ignoring poisoning (see [`lock`]).
+pub(crate) fn read_lock<T>(rwlock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    rwlock
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Takes `rwlock` for writing, ignoring poisoning (see [`lock`]).
+pub(crate) fn write_lock<T>(rwlock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    rwlock
+        .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
