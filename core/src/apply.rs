@@ -4,15 +4,18 @@
 //! consumer it drives the log's group commit: see `pagemesh_logpage::seal`), then, in ONE write
 //! transaction:
 //!
-//! 1. appends the group's pages to `__binlog` under the group's first LSN (compact form, APPEND);
-//! 2. decodes and applies each record that completes in them, in log order, from `applied_seq_end`
+//! 1. decodes and applies each record that completes in them, in log order, from `applied_seq_end`
 //!    on (lower ones were applied before a crash: see `recovery.rs`). A transaction record applies
 //!    only if every version it read is still current; otherwise it is skipped, the same way
 //!    everywhere;
-//! 3. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`, and
-//!    trims the binlog (`binlog.rs`);
+//! 2. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`
+//!    (and trims an old `__binlog`, `binlog.rs`);
+//! 3. makes the group's pages durable in the log's segments, which are the history
+//!    (`Log::make_durable_below`: usually the flusher already did), so that LMDB on disk never
+//!    records as applied a page a power loss could take from the history;
 //!
-//! and commits. Then it publishes the applied watermark and wakes `Applied` waiters.
+//! and commits. Then it publishes the applied watermark, wakes `Applied` waiters, and retires
+//! history segments past retention (`binlog.rs`).
 //!
 //! The applier is off the commit path: `Durable` commits wait for the log ring's durable
 //! watermark (the ring is the write-ahead log), never for LMDB. The group is everything ready, up
@@ -130,8 +133,6 @@ pub(crate) struct Applier {
     pub cursor: Cursor,
     pub state: ApplyState,
     pub feed: RecordFeed,
-    /// The group's pages in compact form, for `__binlog`.
-    pub compact: Vec<u8>,
 }
 
 impl Applier {
@@ -238,7 +239,6 @@ impl Applier {
         let mut created: Vec<String> = Vec::new();
         let mut existence: HashMap<String, bool> = HashMap::new();
         let mut gate = None;
-        self.compact.clear();
         let wtxn = store.env.write_txn().map_err(store.lmdb("begin group"))?;
         let committed =
             store
@@ -275,6 +275,14 @@ impl Applier {
             self.feed.records_applied,
         );
         inner.metrics.group(self.feed.records_applied);
+        crate::binlog::retire_history(
+            store,
+            &inner.log,
+            self.state.binlog_next_lsn,
+            self.state.replay_lsn,
+            inner.options.binlog_retain_bytes,
+            inner.options.binlog_retain_age,
+        )?;
         tracing::debug!(
             first_lsn,
             pages = self.state.binlog_next_lsn - first_lsn,
@@ -288,8 +296,9 @@ impl Applier {
     }
 
     /// The group's work inside its transaction: takes ready pages from `first_lsn` on, up to
-    /// `group_bytes_max`, and applies their records; appends the pages to the binlog, records the
-    /// apply state and trims the binlog (`older_than` as [`Store::trim_binlog`] takes it).
+    /// `group_bytes_max`, and applies their records; records the apply state, trims an old
+    /// `__binlog` (`older_than` as [`Store::trim_binlog`] takes it) and makes the pages durable
+    /// in the history before the transaction commits.
     fn write_group<'e>(
         &mut self,
         first_lsn: u64,
@@ -301,16 +310,17 @@ impl Applier {
         let group_bytes_max = self.inner.options.group_bytes_max;
         let retain_bytes = self.inner.options.binlog_retain_bytes;
         let mut next_lsn = first_lsn;
-        while self.compact.len() < group_bytes_max {
-            let pages_max = run_pages_max(group_bytes_max, self.compact.len());
+        let mut group_bytes = 0;
+        while group_bytes < group_bytes_max {
+            let pages_max = run_pages_max(group_bytes_max, group_bytes);
             let Some(run) = self.cursor.next_run(pages_max)? else {
                 break;
             };
             for page in run.pages() {
-                // The binlog value is the pages [first_lsn, last_lsn) back to back, in order.
+                // The history is the pages [first_lsn, last_lsn), contiguous, in order.
                 assert_eq!(page.lsn(), next_lsn, "a group's pages are contiguous");
                 next_lsn += 1;
-                self.compact.extend_from_slice(page.compact_bytes());
+                group_bytes += page.compact_bytes().len();
                 self.feed
                     .feed(page, &mut self.state.applied_seq_end, wtxn, tables)?;
             }
@@ -320,9 +330,6 @@ impl Applier {
             last_lsn, next_lsn,
             "every page the cursor passed is in the group"
         );
-        if last_lsn > first_lsn {
-            store.append_binlog(wtxn, first_lsn, &self.compact)?;
-        }
         self.state.binlog_next_lsn = last_lsn;
         self.state.replay_lsn = self.feed.open_record_lsn.unwrap_or(last_lsn);
         // Recovery replays the binlog from `replay_lsn`, and a snapshot stream with it above its
@@ -333,6 +340,8 @@ impl Applier {
         );
         store.put_apply_state(wtxn, &self.state)?;
         store.trim_binlog(wtxn, retain_bytes, older_than, self.state.replay_lsn)?;
+        // Before the commit: LMDB may write this group's meta page to disk any time after it.
+        self.inner.log.make_durable_below(last_lsn)?;
         Ok(())
     }
 }

@@ -115,7 +115,6 @@ impl Database {
             cursor,
             state,
             feed,
-            compact: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("pagemesh-applier".into())

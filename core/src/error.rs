@@ -187,6 +187,15 @@ pub enum Error {
         /// Oldest LSN the binlog still holds.
         oldest: u64,
     },
+    /// The log's history lacks a page it should hold: its segment is gone or the page does not
+    /// validate, and retention has not passed it.
+    #[error("the log history in {path} lacks page {lsn}, above its oldest retained page")]
+    HistoryDamaged {
+        /// The database's directory (the log's segments).
+        path: PathBuf,
+        /// The page.
+        lsn: u64,
+    },
     /// A snapshot stream is truncated or malformed.
     #[error("snapshot stream corrupt at byte {offset}: bad {what}")]
     SnapshotDecode {

@@ -22,8 +22,9 @@
 //! ```
 //!
 //! History: [`Snapshot::export`] streams a consistent full snapshot and [`Database::restore`]
-//! loads one; [`Snapshot::binlog_range`] reads log pages back from any retained LSN; retention
-//! trims the binlog by size, never past a registered cursor ([`Plumbing::set_cursor`]).
+//! loads one; [`Snapshot::binlog_range`] reads log pages back from any retained LSN (the history
+//! is the log's own segment files, each page written once); retention retires it by size or
+//! age, never past a registered cursor ([`Plumbing::set_cursor`]).
 //!
 //! Tables hold bytes; [`Table<K, V>`](Table) reads and writes them as typed keys and values
 //! through a small [`Codec`] trait (`codec`'s docs), at no cost to the byte API.

@@ -317,13 +317,16 @@ impl Options {
         self.apply_nice = steps.clamp(0, 19);
         self
     }
-    /// Bytes of binlog history to keep (older groups are trimmed, never past a registered cursor).
+    /// Bytes of history to keep: whole 4 KiB pages of the log's segments (`binlog.rs`), retired a
+    /// segment (a quarter ring) at a time, oldest first, never past a registered cursor.
+    /// Default: 256 MiB. The log's files take this much disk beyond the ring.
     pub fn binlog_retain_bytes(mut self, bytes: u64) -> Self {
         self.binlog_retain_bytes = bytes;
         self
     }
-    /// Also trim binlog groups appended longer ago than `age` (never past a registered cursor or
-    /// a record still being applied, and never the newest group). Default: no age limit.
+    /// Also retire history segments last written longer ago than `age` (never past a registered
+    /// cursor, a record still being applied or a page the log still holds). Default: no age
+    /// limit.
     pub fn binlog_retain_age(mut self, age: Duration) -> Self {
         self.binlog_retain_age = Some(age);
         self

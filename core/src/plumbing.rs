@@ -83,7 +83,7 @@ impl<'db> Plumbing<'db> {
     pub fn binlog_oldest_lsn(&self) -> Result<u64> {
         let store = &self.db.inner().store;
         let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-        store.binlog_oldest_lsn(&rtxn)
+        Ok(store.history_extent(&rtxn)?.oldest)
     }
 
     /// Registers (or moves) a named consumer of the binlog at `lsn`: retention never trims a page

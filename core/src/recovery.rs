@@ -15,9 +15,10 @@
 //!    back below what the binlog holds (a new or shorter ring continues at the binlog's end).
 //! 2. If the ring's run starts *above* `binlog_next_lsn`, pages in between are in neither: the
 //!    open fails with [`Error::NotADatabase`] rather than apply a log with a hole.
-//! 3. The applier's record reader is rebuilt from the binlog pages in `[replay_lsn,
-//!    binlog_next_lsn)`: a record that was still open when the last group committed began at
-//!    `replay_lsn`, and its remaining pages are in the ring.
+//! 3. The applier's record reader is rebuilt from the history pages in `[replay_lsn,
+//!    binlog_next_lsn)` (the log's segments, which the applier made durable before LMDB recorded
+//!    them applied: `binlog.rs`): a record that was still open when the last group committed
+//!    began at `replay_lsn`, and its remaining pages are in the ring.
 //! 4. The applier's cursor starts at `binlog_next_lsn`. The recovered ring pages are then applied
 //!    as any other group would be, in order; records below `applied_seq_end` (applied before the
 //!    crash, replayed only to rebuild the reader) are skipped by seq.
@@ -55,6 +56,7 @@ use std::path::Path;
 use pagemesh_logpage::{Cursor, Log, LogOptions};
 
 use crate::apply::RecordFeed;
+use crate::binlog::history_pages;
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::store::{ApplyState, Store};
@@ -81,6 +83,7 @@ pub(crate) fn recover(dir: &Path, store: &Store, options: &Options) -> Result<Re
         .next_lsn_min(state.binlog_next_lsn)
         .recover_from(state.binlog_next_lsn)
         .follower(store.is_replica)
+        .keep_history(true)
         .flush_pace(options.flush_pace_for(store.is_replica));
     let new_epoch = !store.is_replica && !last.clean && !fresh;
     if !store.is_replica {
@@ -99,6 +102,9 @@ pub(crate) fn recover(dir: &Path, store: &Store, options: &Options) -> Result<Re
             why: "the log ring lost pages the binlog does not have",
         });
     }
+    // From the first open by this version on, the history is in the log's segments; the sync
+    // below (or `begin_session`'s) puts the record on disk before the log takes a page.
+    store.begin_history(state.binlog_next_lsn)?;
     if store.is_replica {
         // The applier's cursor starts released at `binlog_next_lsn`: that must be on disk
         // (`apply.rs`, When ring pages are released), and a killed session may have left its
@@ -127,28 +133,35 @@ pub(crate) fn recover(dir: &Path, store: &Store, options: &Options) -> Result<Re
     })
 }
 
-/// A feed for a database whose apply state is `state`: the reader is rebuilt from the binlog
+/// A feed for a database whose apply state is `state`: the reader is rebuilt from the history
 /// pages in `[replay_lsn, binlog_next_lsn)`, where a record still open when the last group
-/// committed began.
+/// committed began: in the log's segments, or in the old `__binlog` below `history_from`.
 fn replay(store: &Store, state: &ApplyState) -> Result<RecordFeed> {
     let mut feed = RecordFeed::new();
     if state.replay_lsn >= state.binlog_next_lsn {
         return Ok(feed);
     }
     let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-    let first_group =
-        store
-            .binlog_group_at(&rtxn, state.replay_lsn)?
-            .ok_or(Error::NotADatabase {
-                path: store.path.clone(),
-                why: "binlog lacks the replay start",
-            })?;
-    for page in store.binlog_pages_from(&rtxn, &first_group)? {
-        let page = page?;
-        if page.lsn() < state.replay_lsn || page.lsn() >= state.binlog_next_lsn {
-            continue;
+    let history_from = store.history_from(&rtxn)?.unwrap_or(state.binlog_next_lsn);
+    if state.replay_lsn < history_from {
+        let first_group =
+            store
+                .binlog_group_at(&rtxn, state.replay_lsn)?
+                .ok_or(Error::NotADatabase {
+                    path: store.path.clone(),
+                    why: "binlog lacks the replay start",
+                })?;
+        for page in store.binlog_pages_from(&rtxn, &first_group)? {
+            let page = page?;
+            if page.lsn() < state.replay_lsn || page.lsn() >= history_from {
+                continue;
+            }
+            feed.replay_page(page, state.applied_seq_end)?;
         }
-        feed.replay_page(page, state.applied_seq_end)?;
+    }
+    let from = state.replay_lsn.max(history_from);
+    for page in history_pages(store, from, state.binlog_next_lsn)? {
+        feed.replay_page(page?.page(), state.applied_seq_end)?;
     }
     Ok(feed)
 }

@@ -307,6 +307,8 @@ fn write_identity(
     store
         .meta
         .put(wtxn, b"binlog_oldest_lsn", &lsn.to_le_bytes())?;
+    // The history starts at the restore, in the log's segments (`binlog.rs`).
+    store.meta.put(wtxn, b"history_from", &lsn.to_le_bytes())?;
     if as_replica {
         store.meta.put(wtxn, b"role", b"replica")?;
     }

@@ -56,9 +56,9 @@ pub struct DatabaseStat {
     pub replay_lsn: u64,
     /// Every record with a seq below this is applied.
     pub applied_seq_end: u64,
-    /// The oldest LSN the binlog still holds.
+    /// The oldest LSN the history (`binlog.rs`) still holds.
     pub binlog_oldest_lsn: u64,
-    /// Bytes the binlog holds.
+    /// Bytes the history holds: whole pages of the log's segments, and an old `__binlog`'s.
     pub binlog_bytes: u64,
     /// Registered binlog consumers (peers), `(name, lsn)`, in name order.
     pub cursors: Vec<(String, u64)>,
@@ -100,6 +100,7 @@ impl Snapshot<'_> {
             page_size = stat.page_size;
         }
         let info = store.env.info();
+        let history = store.history_extent(&self.txn)?;
         Ok(DatabaseStat {
             database_uuid: identity.database_uuid,
             origin_uuid: identity.origin_uuid,
@@ -107,8 +108,8 @@ impl Snapshot<'_> {
             binlog_next_lsn: state.binlog_next_lsn,
             replay_lsn: state.replay_lsn,
             applied_seq_end: state.applied_seq_end,
-            binlog_oldest_lsn: store.binlog_oldest_lsn(&self.txn)?,
-            binlog_bytes: store.binlog_bytes(&self.txn)?,
+            binlog_oldest_lsn: history.oldest,
+            binlog_bytes: history.bytes,
             cursors: store.cursors(&self.txn)?,
             tables,
             page_size,

@@ -5,20 +5,22 @@
 //!
 //! - each user table: key → `seq (u64 LE) ‖ value`, where `seq` is the log position of the change
 //!   that wrote it (its version);
-//! - `__binlog`: first page LSN (u64 big-endian, so LMDB's order is LSN order and APPEND works)
-//!   → the pages of one group, back to back in compact form (header + used payload);
+//! - `__binlog`: in a database from before stop 36 only, read until retention passes it (the
+//!   history is now the log's segments, `binlog.rs`): first page LSN (u64 big-endian) → the pages
+//!   of one group, back to back in compact form (header + used payload);
 //! - `__meta`: the keys below, all little-endian integers or raw uuids.
 //!
 //! | `__meta` key | value |
 //! | --- | --- |
 //! | `format` | u32 store format, [`STORE_FORMAT`] |
 //! | `database_uuid`, `origin_uuid` | 16 bytes each, made at creation |
-//! | `binlog_next_lsn` | u64: pages below it are in `__binlog` |
+//! | `binlog_next_lsn` | u64: pages below it are applied (and in the history) |
 //! | `replay_lsn` | u64: where the applier's reader must start on open (the page where a record still open at the last group boundary began, else `binlog_next_lsn`) |
 //! | `applied_seq_end` | u64: every record with a seq below it is applied (0: none; a record can have seq 0) |
-//! | `binlog_oldest_lsn` | u64: retention trimmed the binlog below this |
-//! | `binlog_bytes` | u64: bytes the binlog holds, for retention |
-//! | `cursor:NAME` | u64: a registered consumer's position; the binlog is never trimmed above it |
+//! | `binlog_oldest_lsn` | u64: no history below this (a restore's LSN, or the old `__binlog`'s retention) |
+//! | `binlog_bytes` | u64: bytes the old `__binlog` holds, for its retention |
+//! | `history_from` | u64: the history from here on is in the log's segments, below it in the old `__binlog` (`binlog.rs`); written at the first open by a version that keeps history in segments |
+//! | `cursor:NAME` | u64: a registered consumer's position; the history is never retired above it |
 //! | `table:NAME` | empty: the table exists (a put or a create adds it, a drop removes it: its LMDB database stays, emptied; see `apply.rs`) |
 //! | `epoch` | u64: the epoch the writer's log stamps on its pages this session (see `recovery.rs`) |
 //! | `clean_stop` | u8: 1 if the last session closed cleanly (everything applied and synced), 0 while one runs |
@@ -664,6 +666,41 @@ impl Store {
             None => Ok(0),
             Some(bytes) => self.decode_u64(bytes),
         }
+    }
+
+    /// Where the history in the log's segments begins (`history_from`), if recorded.
+    pub(crate) fn history_from(&self, txn: &heed::RoTxn) -> Result<Option<u64>> {
+        match self
+            .meta
+            .get(txn, b"history_from")
+            .map_err(self.lmdb("read __meta"))?
+        {
+            None => Ok(None),
+            Some(bytes) => self.decode_u64(bytes).map(Some),
+        }
+    }
+
+    /// Records `history_from` = `lsn` if no earlier open did (see `binlog.rs`): from the first
+    /// open by this version on, the history is in the log's segments. Not synced: the caller
+    /// syncs before the log takes a page (an open that loses it records it again, higher, which
+    /// only keeps the history in `__binlog` longer).
+    pub(crate) fn begin_history(&self, lsn: u64) -> Result<()> {
+        let rtxn = self.env.read_txn().map_err(self.lmdb("begin"))?;
+        let recorded = self.history_from(&rtxn)?.is_some();
+        drop(rtxn);
+        if recorded {
+            return Ok(());
+        }
+        let mut wtxn = self.env.write_txn().map_err(self.lmdb("begin"))?;
+        self.meta
+            .put(&mut wtxn, b"history_from", &lsn.to_le_bytes())
+            .map_err(self.lmdb("write history_from"))?;
+        wtxn.commit().map_err(self.lmdb("commit history_from"))
+    }
+
+    /// The database's directory: the log's files are there, LMDB's in `lmdb/` below it.
+    pub(crate) fn log_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(&self.path)
     }
 
     /// A u64 as `__meta` stores it (little-endian).

@@ -280,7 +280,7 @@ fn a_receipt_is_waited_for_on_the_primary_and_on_a_replica() {
     let snapshot = db.read().unwrap();
     for page in snapshot.binlog_range(stats.replica_resume_lsn).unwrap() {
         let mut bytes = Vec::new();
-        page.unwrap().extend_full(&mut bytes);
+        page.unwrap().page().extend_full(&mut bytes);
         replica.plumbing().ingest(&bytes).unwrap();
     }
     replica

@@ -200,9 +200,16 @@ fn child(dir: &Path, round: u32) {
 fn damage_beyond(dir: &Path, durable_lsn: u64, rng: &mut SmallRng) -> usize {
     let mut damaged = 0;
     let segments = pagemesh_logpage::Log::files(dir).expect("list the log's files");
+    // Spares hold no page of the log where it lies, and one a kill cut off while it was
+    // being built has the wrong length (the next open deletes it).
+    let is_spare = |path: &Path| {
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("log-spare-"))
+    };
     for path in segments
         .iter()
-        .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+        .filter(|path| path.extension().is_some_and(|e| e == "seg") && !is_spare(path))
     {
         damaged += damage_segment(path, durable_lsn, rng);
     }

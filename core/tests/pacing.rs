@@ -135,11 +135,15 @@ fn a_backlog_of_one_whole_group_ends_the_pace() {
 
 /// The ring's flush pace (`Options::flush_pace`): pages of commits that waited for less than
 /// `Durable` gather for the pace (an hour here) after the first flush, and a `Durable` commit is
-/// never held up by it.
+/// never held up by it. The applier is paced for an hour too: it makes the pages it applies
+/// durable first (the history, `binlog.rs`), which would end the flush pace's wait for them.
 #[test]
 fn the_flush_pace_holds_unwaited_pages_but_never_a_durable_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options::new().ring_slots(64).flush_pace(FOREVER);
+    let options = Options::new()
+        .ring_slots(64)
+        .flush_pace(FOREVER)
+        .apply_pace(FOREVER, 1 << 30);
     let db = Database::open(dir.path(), options).unwrap();
     // Memory commits of two pages each: nobody waits for them to be durable.
     let commit_memory = |index: u8| {

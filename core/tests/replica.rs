@@ -34,7 +34,7 @@ fn pages_from(primary: &Database, from: u64) -> Vec<u8> {
         let snapshot = primary.read().unwrap();
         for page in snapshot.binlog_range(from).expect("retained") {
             let page = page.expect("binlog page");
-            page.extend_full(&mut pages);
+            page.page().extend_full(&mut pages);
             next = page.lsn() + 1;
         }
     }
@@ -284,14 +284,16 @@ fn a_replica_syncs_its_ring_once_per_flush_pace() {
 
 /// Without a pace of its own, a replica takes `REPLICA_FLUSH_PACE` (its syncs protect nothing a
 /// commit waits for), not the 10 ms of a database that takes writes: after the first page's
-/// sync, pages ingested right after it stay unsynced for as long as that pace.
+/// sync, pages ingested right after it stay unsynced for as long as that pace. (Its applier is
+/// held back here: it makes the pages it applies durable first, `binlog.rs`, which ends the
+/// wait for them at its own pace, `REPLICA_APPLY_PACE`.)
 #[test]
 fn a_replica_paces_its_ring_by_the_replica_default() {
     let dir = tempfile::tempdir().unwrap();
     let (primary, stream) = primary_of_three_records(dir.path());
+    let held = Options::new().apply_pace(Duration::from_secs(3600), 1 << 30);
     let (replica, stats) =
-        pagemesh_core::Plumbing::restore_replica(dir.path().join("r"), &stream[..], Options::new())
-            .unwrap();
+        pagemesh_core::Plumbing::restore_replica(dir.path().join("r"), &stream[..], held).unwrap();
     let pages = pages_from(&primary, stats.lsn);
     assert!(pages.len() >= 3 * PAGE_SIZE, "the records span pages");
     replica.plumbing().ingest(&pages[..PAGE_SIZE]).unwrap();

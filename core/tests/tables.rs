@@ -117,7 +117,7 @@ fn pages_from(primary: &Database, from: u64) -> Vec<u8> {
         let snapshot = primary.read().unwrap();
         for page in snapshot.binlog_range(from).unwrap() {
             let page = page.unwrap();
-            page.extend_full(&mut pages);
+            page.page().extend_full(&mut pages);
             next = page.lsn() + 1;
         }
     }

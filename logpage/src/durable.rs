@@ -311,13 +311,19 @@ impl Shared {
                 return Ok(false);
             }
         }
-        self.sync_finished().map(|_| true)
+        self.sync_finished(false).map(|_| true)
     }
 
     /// Syncs the ring and moves the durable watermark to the committed watermark read before the
-    /// sync. Called with the claim held. Returns the durable watermark.
-    fn sync_finished(&self) -> Result<u64> {
-        self.check_usable()?;
+    /// sync. Called with the claim held; on a closed log only if `closed_too`. Returns the
+    /// durable watermark.
+    fn sync_finished(&self, closed_too: bool) -> Result<u64> {
+        if let Some(error) = self.poisoned_error() {
+            return Err(error);
+        }
+        if self.is_closed() && !closed_too {
+            return Err(Error::Closed);
+        }
         let durability = &self.durability;
         let from = durability.lsn.load(Ordering::SeqCst);
         let to = self.watermark.load(Ordering::SeqCst);
@@ -418,6 +424,45 @@ impl Log {
             .map(|_| durability.lsn.load(Ordering::SeqCst));
         shared.release_flush_claim();
         result
+    }
+
+    /// Makes every page below `lsn` durable, with one flush of this thread's if the durable
+    /// watermark is not there yet (a flush in progress is waited for first, and may be enough).
+    /// The pages must be finished: a consumer read them. Unlike the other waits it works after
+    /// [`close`](Self::close) as well, for an applier that must have the pages it applies on
+    /// disk before it records them applied, up to its last group (core's `apply.rs`).
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if a sync failed (this one or an earlier one);
+    /// [`Error::Gap`] if a page below `lsn` is not finished (the durable watermark stopped at
+    /// `expected`).
+    pub fn make_durable_below(&self, lsn: u64) -> Result<()> {
+        let shared = &*self.shared;
+        let durability = &shared.durability;
+        loop {
+            if durability.lsn.load(Ordering::SeqCst) >= lsn {
+                return Ok(());
+            }
+            if let Some(error) = shared.poisoned_error() {
+                return Err(error);
+            }
+            if durability.try_claim() {
+                let result = shared.sync_finished(true);
+                shared.release_flush_claim();
+                let durable = result?;
+                if durable < lsn {
+                    return Err(Error::Gap {
+                        expected: durable,
+                        found: lsn,
+                    });
+                }
+                return Ok(());
+            }
+            durability.notify.wait_while(
+                || durability.is_flushing() && !durability.is_poisoned(),
+                None,
+            );
+        }
     }
 
     /// Makes every finished page durable now: [`flush_ready`](Self::flush_ready), for callers

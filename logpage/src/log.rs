@@ -41,6 +41,7 @@ pub struct LogOptions {
     recover_from: Option<u64>,
     epoch_above_recovered: bool,
     follower: bool,
+    keep_history: bool,
     pub(crate) flush_pace: Duration,
     #[cfg(any(test, feature = "fault-injection"))]
     pub(crate) sync_hook: Option<IoHook>,
@@ -57,6 +58,7 @@ impl Default for LogOptions {
             recover_from: None,
             epoch_above_recovered: false,
             follower: false,
+            keep_history: false,
             flush_pace: Duration::ZERO,
             #[cfg(any(test, feature = "fault-injection"))]
             sync_hook: None,
@@ -163,6 +165,15 @@ impl LogOptions {
     /// log) and refuses local reservations. Default: false, a log written by local reservations.
     pub fn follower(mut self, follower: bool) -> Self {
         self.follower = follower;
+        self
+    }
+
+    /// Keep the segments the horizon passes as the log's history, readable by LSN
+    /// ([`HistoryReader`](crate::HistoryReader)), until [`Log::retire_history_below`] retires
+    /// them. Default: false, a segment is retired (its file kept for reuse) once the horizon has
+    /// passed all of it. Ignored by a log in memory, which has no history.
+    pub fn keep_history(mut self, keep: bool) -> Self {
+        self.keep_history = keep;
         self
     }
 
@@ -297,7 +308,8 @@ impl Log {
     /// horizon up to the first gap.
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Self> {
         options.check()?;
-        let (ring, recovered) = Ring::open(dir.as_ref(), options.slots, options.recover_from)?;
+        let (mut ring, recovered) = Ring::open(dir.as_ref(), options.slots, options.recover_from)?;
+        ring.set_keep_history(options.keep_history);
         tracing::info!(
             path = %dir.as_ref().display(),
             slots = options.slots,
@@ -322,6 +334,41 @@ impl Log {
     /// Empty if there is no log there.
     pub fn files(dir: impl AsRef<Path>) -> std::io::Result<Vec<std::path::PathBuf>> {
         crate::segment::files(dir.as_ref())
+    }
+
+    /// Retires the history segments wholly below `lsn` (capped at the horizon: the log's own
+    /// pages are never retired): each file becomes a spare for reuse, or is deleted. For a log
+    /// that keeps its history ([`LogOptions::keep_history`]). Returns the first LSN the log's
+    /// files still hold, or `lsn` capped as above if none.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the head if a retirement failed: the history is then longer than
+    /// asked, never shorter than what a failed call reports.
+    pub fn retire_history_below(&self, lsn: u64) -> Result<u64> {
+        let shared = &*self.shared;
+        // Under the horizon lock: the horizon (and the head's copy of it) only grows, so no
+        // segment above it can be retired by a race.
+        let _guard = lock(&shared.horizon_lock);
+        let lsn = lsn.min(shared.horizon.load(Ordering::Acquire));
+        shared.ring.retire_below(lsn).map_err(|source| Error::Io {
+            op: "retire history segments of",
+            path: shared.ring.path_or_anonymous(),
+            source,
+        })?;
+        Ok(self.history_segments().0.first().copied().unwrap_or(lsn))
+    }
+
+    /// The first LSN of each segment the log's files hold, in order, and the pages a segment
+    /// holds (no segments for a log in memory). History below the horizon is in the segments
+    /// below it, if kept ([`LogOptions::keep_history`]).
+    pub fn history_segments(&self) -> (Vec<u64>, u64) {
+        self.shared.ring.segments()
+    }
+
+    /// When the segment starting at `first_lsn` was last written: for retention by age. None if
+    /// it is not installed (or its file's time is unknown).
+    pub fn history_segment_modified(&self, first_lsn: u64) -> Option<std::time::SystemTime> {
+        self.shared.ring.segment_modified(first_lsn)
     }
 
     /// A log in anonymous memory (nothing survives the process): for tests and benchmarks.

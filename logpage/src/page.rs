@@ -288,6 +288,11 @@ pub struct PageRef<'a> {
 }
 
 impl<'a> PageRef<'a> {
+    /// A view of a header and payload validated together earlier (an [`crate::OwnedPage`]).
+    pub(crate) fn from_parts(header: &'a PageHeader, payload: &'a [u8]) -> Self {
+        Self { header, payload }
+    }
+
     /// The header.
     pub fn header(&self) -> &'a PageHeader {
         self.header

@@ -91,6 +91,9 @@ pub(crate) struct Ring {
     slots: u64,
     /// The log's files; none for a ring in anonymous memory.
     segments: Option<Segments>,
+    /// Segments below the horizon stay until their owner retires them
+    /// ([`crate::Log::retire_history_below`]): see [`crate::LogOptions::keep_history`].
+    keep_history: bool,
 }
 
 // SAFETY: `Ring` is a mapping plus its base pointer. The pointer is only dereferenced through the
@@ -153,6 +156,33 @@ impl Ring {
             base,
             slots,
             segments,
+            keep_history: false,
+        }
+    }
+
+    /// Keeps segments below the horizon as history instead of retiring them with it.
+    pub fn set_keep_history(&mut self, keep: bool) {
+        self.keep_history = keep;
+    }
+
+    /// Retires the segments wholly below `lsn`, which must not be above the persisted horizon.
+    pub fn retire_below(&self, lsn: u64) -> std::io::Result<()> {
+        match &self.segments {
+            Some(segments) => segments.retire_below(lsn),
+            None => Ok(()),
+        }
+    }
+
+    /// When the segment starting at `first` was last written (none if not installed).
+    pub fn segment_modified(&self, first: u64) -> Option<std::time::SystemTime> {
+        self.segments.as_ref()?.modified(first)
+    }
+
+    /// The installed segments' first LSNs, in order, and the pages each holds (none in memory).
+    pub fn segments(&self) -> (Vec<u64>, u64) {
+        match &self.segments {
+            Some(segments) => (segments.installed(), segments.pages()),
+            None => (Vec::new(), 0),
         }
     }
 
@@ -252,13 +282,16 @@ impl Ring {
     }
 
     /// Records in the head that pages below `lsn` may be overwritten, then retires the segments
-    /// wholly below it. Called before their slots are reset, by one thread at a time (the log
-    /// holds its horizon lock), so the head's value only grows.
+    /// wholly below it, unless they are kept as history. Called before their slots are reset, by
+    /// one thread at a time (the log holds its horizon lock), so the head's value only grows.
     pub fn persist_released_lsn(&self, lsn: u64) -> std::io::Result<()> {
         let Some(segments) = &self.segments else {
             return Ok(());
         };
         segments.persist_released_lsn(lsn)?;
+        if self.keep_history {
+            return Ok(());
+        }
         segments.retire_below(lsn)
     }
 

@@ -29,7 +29,9 @@
 //! LMDB's `__binlog`. In segments a page stays where it was written until its whole segment is
 //! retired, so the log's own writes can be the history (the binlog's bytes were 16% of `demo`'s
 //! end-to-end time, measured by skipping them: `src/demo.rs`, Stop 34). Retiring is the owner's
-//! call ([`Segments::retire_below`]).
+//! call ([`Segments::retire_below`]): at the horizon by default, or by the log's user's retention
+//! when it keeps history ([`crate::LogOptions::keep_history`]; core's `binlog.rs`), in which case
+//! new segments are written with zeros until retention starts to hand back files to reuse.
 //!
 //! # The old one-file format
 //!
@@ -154,6 +156,65 @@ impl Head {
         }
         Ok(())
     }
+}
+
+/// The pages per segment the head in `dir` says, read without the log's lock (a history reader
+/// beside the log's owner); none if there is no head, or it is empty.
+pub(crate) fn read_head_pages(dir: &Path) -> Result<Option<u64>> {
+    let path = dir.join("log.head");
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error("open", &path)(error)),
+    };
+    let mut head = Head::zeroed();
+    match file.read_exact_at(bytemuck::bytes_of_mut(&mut head), 0) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(io_error("read", &path)(error)),
+    }
+    if head.magic == [0; 8] {
+        return Ok(None);
+    }
+    let pages = head.pages.get();
+    let fault = if !pages.is_power_of_two() || pages > 1 << 24 {
+        Some(RingFault::SlotCount {
+            found: pages.saturating_mul(SEGMENTS_PER_RING),
+            configured: 0,
+        })
+    } else {
+        head.check(pages).err()
+    };
+    match fault {
+        Some(fault) => Err(Error::RingFile { path, fault }),
+        None => Ok(Some(pages)),
+    }
+}
+
+/// The name of the segment whose first page is `first`.
+pub(crate) fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(segment_name(first))
+}
+
+/// First LSNs of the segment files in `dir` (not spares), in order.
+pub(crate) fn segment_firsts(dir: &Path) -> Result<Vec<u64>> {
+    let mut firsts = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error("list", dir))? {
+        let entry = entry.map_err(io_error("list", dir))?;
+        let name = entry.file_name();
+        let Some(stem) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("log-"))
+            .and_then(|name| name.strip_suffix(".seg"))
+        else {
+            continue;
+        };
+        if let (16, Ok(first)) = (stem.len(), u64::from_str_radix(stem, 16)) {
+            firsts.push(first);
+        }
+    }
+    firsts.sort_unstable();
+    Ok(firsts)
 }
 
 /// One segment's open file.
@@ -444,6 +505,12 @@ impl Segments {
     /// First LSNs of the installed segments, in order.
     pub fn installed(&self) -> Vec<u64> {
         read_lock(&self.installed).keys().copied().collect()
+    }
+
+    /// When the segment starting at `first` was last written, if it is installed.
+    pub fn modified(&self, first: u64) -> Option<std::time::SystemTime> {
+        let segment = self.get(first)?;
+        segment.file.metadata().and_then(|m| m.modified()).ok()
     }
 
     /// Reads page `lsn` into `buf`; false if its segment is not installed.

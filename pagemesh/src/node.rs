@@ -912,8 +912,18 @@ impl SourceDatabase for Wired {
             Err(error) => return Err(error.into()),
         };
         let mut count = 0;
+        let out_len = out.len();
         for (expected, page) in (from_lsn..).zip(pages.take(pages_max)) {
-            let page = page?;
+            let page = match page {
+                Ok(page) => page,
+                // Retention overtook the read: what was read is not sent.
+                Err(pagemesh_core::Error::Purged { oldest, .. }) => {
+                    out.truncate(out_len);
+                    return Ok(History::Purged { oldest });
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let page = page.page();
             if page.lsn() != expected {
                 return Err(NodeError::BinlogGap {
                     expected,
