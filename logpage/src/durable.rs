@@ -506,6 +506,7 @@ impl Log {
             return Ok(true);
         }
         durability.want(lsn);
+        shared.ring.zero_new_segments();
         loop {
             if durable() {
                 return Ok(true);
@@ -551,6 +552,7 @@ impl Log {
             return Poll::Ready(Ok(()));
         }
         durability.want(lsn);
+        shared.ring.zero_new_segments();
         durability.wakers.register(cx.waker());
         // The flusher must seal this page, or end its pace for it.
         if shared.anchor.load().lsn <= lsn || durability.pacing.load(Ordering::SeqCst) {
@@ -711,6 +713,25 @@ mod tests {
 
     use super::*;
     use crate::LogOptions;
+
+    /// New segments are only allocated until a commit waits for a sync (`segment.rs`,
+    /// Installing a segment): a flusher's syncs or `make_durable_below` do not count, a wait
+    /// does, for good.
+    #[test]
+    fn segments_are_zeroed_once_a_commit_waits_for_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = crate::Log::open(dir.path(), LogOptions::new().slots(16)).unwrap();
+        let zeroes = || log.shared.ring.zeroes_new_segments();
+        let _flusher = log.spawn_flusher().unwrap();
+        let pos = log.append(b"unwaited").unwrap();
+        log.seal();
+        log.make_durable_below(pos.lsn_last + 1).unwrap();
+        log.flush().unwrap();
+        assert!(!zeroes(), "nobody waited");
+        let pos = log.append(b"waited").unwrap();
+        assert!(log.wait_durable(pos, None).unwrap());
+        assert!(zeroes(), "a commit waited");
+    }
 
     /// Counts syncs; fails the one numbered `fail_at` (0-based) and every later one.
     fn counting_hook(fail_at: usize) -> (Arc<AtomicUsize>, LogOptions) {

@@ -160,6 +160,21 @@ impl Ring {
         }
     }
 
+    /// New segments' blocks are written with zeros from now on: a commit waited for a sync.
+    pub fn zero_new_segments(&self) {
+        if let Some(segments) = &self.segments {
+            segments.zero_new_segments();
+        }
+    }
+
+    /// Whether new segments' blocks are written with zeros (none in memory).
+    #[cfg(test)]
+    pub fn zeroes_new_segments(&self) -> bool {
+        self.segments
+            .as_ref()
+            .is_some_and(Segments::zeroes_new_segments)
+    }
+
     /// Keeps segments below the horizon as history instead of retiring them with it.
     pub fn set_keep_history(&mut self, keep: bool) {
         self.keep_history = keep;
@@ -590,11 +605,8 @@ mod tests {
     fn pages_stay_in_their_segments_and_retired_segments_are_reused() {
         let dir = tempfile::tempdir().unwrap();
         let (ring, _) = open(dir.path()).unwrap();
-        // A new log writes its first lap and one segment more: 0, 4, 8, 12 and 16.
-        assert_eq!(
-            ring.segments.as_ref().unwrap().installed(),
-            [0, 4, 8, 12, 16]
-        );
+        // A new log installs the segment it starts in; the writes install the rest.
+        assert_eq!(ring.segments.as_ref().unwrap().installed(), [0]);
         for lsn in 0..16 {
             put_page(&ring, lsn);
         }
@@ -670,14 +682,14 @@ mod tests {
     fn the_next_segment_is_installed_ahead_from_the_middle_of_the_current_one() {
         let dir = tempfile::tempdir().unwrap();
         let (ring, _) = open(dir.path()).unwrap();
-        let next = dir.path().join("log-0000000000000014.seg");
+        let next = dir.path().join("log-0000000000000004.seg");
         assert!(
             !next.exists(),
-            "a new log installs its first lap and one segment more"
+            "a new log installs the segment it starts in"
         );
-        ring.install_ahead(17).unwrap();
-        assert!(!next.exists(), "not before the middle of segment 16");
-        ring.install_ahead(18).unwrap();
+        ring.install_ahead(1).unwrap();
+        assert!(!next.exists(), "not before the middle of segment 0");
+        ring.install_ahead(2).unwrap();
         assert!(next.is_file());
     }
 

@@ -55,30 +55,42 @@
 //!
 //! # Installing a segment
 //!
-//! A segment's blocks are written before any page is: a 4 KB `fdatasync` over blocks that were
-//! only `fallocate`d converts an unwritten extent, a metadata commit (stop 34, p50 over 2,000:
-//! 96–115 µs over written blocks, 130–157 µs over fallocated ones, 149–155 µs appending). So a
-//! segment is installed whole: a spare's file renamed to the segment's name (its blocks were
-//! written in its first life), or a new file allocated and filled with zeros, synced; then the
-//! directory is synced, so that after a power loss the name is the segment's before any page
-//! written into it can count as durable. A reused file still holds its old pages; their LSNs
-//! belong to an older segment and never map to where they lie in the new one, so validation
-//! (`page.lsn() == lsn`) never takes one for a page of the log.
+//! A segment is installed whole before any page is written into it: a retired segment's file
+//! renamed to the segment's name (its blocks were written in its first life), or a new file
+//! built under a spare's name, allocated (`posix_fallocate`, so a full disk fails here and not in
+//! a page's write), synced, and renamed; then the directory is synced, so that after a power loss
+//! the name is the segment's before any page written into it can count as durable. A crash
+//! midway leaves a spare of the wrong length, which the next open deletes. A reused file still
+//! holds its old pages; their LSNs belong to an older segment and never map to where they lie in
+//! the new one, so validation (`page.lsn() == lsn`) never takes one for a page of the log.
+//!
+//! *Zeros, or only allocated.* A 4 KB `fdatasync` over blocks that were only allocated converts
+//! an unwritten extent, a metadata commit (stop 34, p50 over 2,000: 96–115 µs over written
+//! blocks, 130–157 µs over fallocated ones). So a new segment's blocks are written with zeros
+//! first, but only once a commit has waited for a sync ([`crate::Log::wait_durable`] or
+//! `poll_durable` calls [`Segments::zero_new_segments`]): where nobody waits, the zeros double
+//! the bytes the log writes and buy nothing. Measured in stop 36 with the history kept in
+//! segments (new files until retention hands some back): `demo`, whose commits wait for
+//! replicas and never for a sync, went from 0.53 s to 0.415 s end to end without the zeros
+//! (medians of eight alternated runs), while `bench commit` with zeros nowhere lost a third of
+//! `durable@16` and took `durable@1` from 1.17x to 1.66x the `fdatasync` floor. So a log written
+//! by durable commits zeroes each segment it installs after the first wait, in the flusher,
+//! ahead of the writes; the segment being written when the first wait came is the only one
+//! whose syncs pay the conversion. A retired segment's file, reused, was written in its first
+//! life either way.
 //!
 //! The flusher installs the segment after the one being written once the writes pass its middle
 //! ([`Segments::install_ahead`]), so a writer crossing a boundary finds it ready; a writer that
-//! finds none installs it itself. Where a retired segment's file is waiting, installing is a
-//! rename and a directory sync; otherwise it writes a segment of zeros.
+//! finds none installs it itself. A new log installs only the segment it starts in.
 //!
 //! *Why a segment is a quarter of the ring.* A segment is retired only once the horizon has
 //! passed all of it, and the ring holds up to a ring of unreleased pages. With segments as large
 //! as the ring, the writer always needed a third segment before the first was retired, so every
 //! new log wrote a segment of zeros while its first pages came in: `demo` (24 MB of pages per
 //! node, 16 MiB rings) went from 0.645 s to 0.785 s end to end (medians of ten alternated runs)
-//! and wrote 59 MB more. With quarter-ring segments a new log writes its first lap and one
-//! segment more at creation (1.25 rings of zeros, where the circular file wrote one ring), and
-//! from then on the writer, a ring ahead of the horizon at most, finds a retired segment to
-//! reuse as long as the log is released as fast as it is written.
+//! and wrote 59 MB more. With quarter-ring segments the writer, a ring ahead of the horizon at
+//! most, finds a retired segment to reuse as long as the log is released (and, where history is
+//! kept, retired) as fast as it is written.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -253,6 +265,9 @@ pub(crate) struct Segments {
     spares: Mutex<Vec<PathBuf>>,
     /// Serialises installs (so a segment is installed once) and retirements.
     install_lock: Mutex<()>,
+    /// New segments' blocks are written with zeros (see Installing a segment): set once a
+    /// commit has waited for a sync.
+    zero_fill: AtomicBool,
 }
 
 /// What the head said when the segments were opened.
@@ -349,15 +364,9 @@ impl Segments {
         sync_dir(dir)?;
         if converted.is_some() {
             remove_legacy(&legacy_path, dir)?;
-        } else {
-            // The first lap and one segment more, written now rather than while pages come in
-            // (see Installing a segment).
-            for index in 0..=SEGMENTS_PER_RING {
-                segments
-                    .install(index * pages)
-                    .map_err(io_error("create", &segments.head_path))?;
-            }
         }
+        // The first segment is installed where the log continues (recovery's `prepare`), and
+        // the next ones ahead of the writes (see Installing a segment).
         Ok(Opened {
             segments,
             released_lsn,
@@ -373,6 +382,7 @@ impl Segments {
             installed: RwLock::new(BTreeMap::new()),
             spares: Mutex::new(Vec::new()),
             install_lock: Mutex::new(()),
+            zero_fill: AtomicBool::new(false),
         }
     }
 
@@ -387,16 +397,7 @@ impl Segments {
                     source,
                 })?;
         }
-        self.sync().map_err(io)?;
-        for index in 0..=SEGMENTS_PER_RING {
-            let lsn = run.end_lsn() + index * self.pages;
-            self.prepare(lsn).map_err(|source| Error::Io {
-                op: "create",
-                path: self.head_path.clone(),
-                source,
-            })?;
-        }
-        Ok(())
+        self.sync().map_err(io)
     }
 
     /// Opens every segment file in the directory, and takes other `log-*.seg` files as spares.
@@ -571,6 +572,20 @@ impl Segments {
             .write_all_at(&lsn.to_le_bytes(), RELEASED_LSN_OFFSET)
     }
 
+    /// From now on, new segments' blocks are written with zeros before use: a commit waits for
+    /// syncs (see Installing a segment).
+    pub fn zero_new_segments(&self) {
+        if !self.zero_fill.load(Ordering::Relaxed) {
+            self.zero_fill.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether new segments' blocks are written with zeros (see Installing a segment).
+    #[cfg(test)]
+    pub fn zeroes_new_segments(&self) -> bool {
+        self.zero_fill.load(Ordering::Relaxed)
+    }
+
     /// Installs the segment holding page `lsn`, if it is not installed yet.
     pub fn prepare(&self, lsn: u64) -> std::io::Result<()> {
         if self.get(lsn).is_none() {
@@ -628,17 +643,24 @@ impl Segments {
                     .open(&new)?;
                 file.set_len(self.segment_bytes())?;
                 allocate(&file, self.segment_bytes())?;
-                // Zeros through a mapping, not `write(2)`: the page cache keeps what `write`
-                // creates as large folios, and each later 4 KB write into one then dirtied the
-                // whole folio for the next sync (5.9× and 24.9× the cost of syncing the page, in
-                // two runs of `benches/durable.rs`, when the ring's file was made that way).
-                // SAFETY: the file was just created by this thread under a name no other
-                // process uses (the log's lock is held), sized above; nothing truncates it
-                // while mapped, and the mapping is dropped before the file is renamed.
-                let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }?;
-                map.fill(0);
-                map.flush()?;
-                drop(map);
+                if self.zero_fill.load(Ordering::Relaxed) {
+                    // Zeros through a mapping, not `write(2)`: the page cache keeps what
+                    // `write` creates as large folios, and each later 4 KB write into one then
+                    // dirtied the whole folio for the next sync (5.9× and 24.9× the cost of
+                    // syncing the page, in two runs of `benches/durable.rs`, when the ring's
+                    // file was made that way).
+                    // SAFETY: the file was just created by this thread under a name no other
+                    // process uses (the log's lock is held), sized above; nothing truncates it
+                    // while mapped, and the mapping is dropped before the file is renamed.
+                    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }?;
+                    map.fill(0);
+                    map.flush()?;
+                    drop(map);
+                } else {
+                    // Its length and blocks on disk before its name is: an open after a crash
+                    // finds a whole segment or a spare of the wrong length (deleted).
+                    file.sync_data()?;
+                }
                 std::fs::rename(&new, &path)?;
                 file
             }
@@ -730,12 +752,6 @@ struct LegacyRun {
     start_lsn: u64,
     /// The run's pages, back to back.
     pages: Vec<u8>,
-}
-
-impl LegacyRun {
-    fn end_lsn(&self) -> u64 {
-        self.start_lsn + (self.pages.len() / PAGE_SIZE) as u64
-    }
 }
 
 const LEGACY_MAGIC: [u8; 8] = *b"PMRING\0\x01";
