@@ -1,4 +1,4 @@
-//! The LMDB environment: user tables, `__binlog`, `__meta`.
+//! The LMDB environment: user tables, `__meta`, and a database's old `__binlog` (read only).
 //!
 //! One heed `Env` per database directory (`dir/lmdb/`; the log's files are `dir/log.head` and its segments, `dir/log-*.seg`). Named
 //! databases:

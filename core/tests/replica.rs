@@ -241,7 +241,8 @@ fn primary_of_three_records(dir: &std::path::Path) -> (Database, Vec<u8>) {
 
 /// A replica's ring syncs at most once per `flush_pace` while nobody waits on it: the
 /// first page ingested is synced at once, the ones after it wait out the pace (an hour here),
-/// and with no pace every page is synced as it arrives.
+/// and with no pace every page is synced as it arrives. (The paced replica's applier is held
+/// back for an hour too: it makes what it applies durable first, `binlog.rs`.)
 #[test]
 fn a_replica_syncs_its_ring_once_per_flush_pace() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +257,9 @@ fn a_replica_syncs_its_ring_once_per_flush_pace() {
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    let paced = Options::new().flush_pace(Duration::from_secs(3600));
+    let paced = Options::new()
+        .flush_pace(Duration::from_secs(3600))
+        .apply_pace(Duration::from_secs(3600), 1 << 30);
     let (replica, stats) =
         pagemesh_core::Plumbing::restore_replica(dir.path().join("r1"), &stream[..], paced)
             .unwrap();

@@ -678,6 +678,24 @@ mod tests {
         );
     }
 
+    /// A writer that finishes a page of a later segment first installs the ones before it, so a
+    /// kill never leaves a segment installed above a missing one that was never retired (which
+    /// recovery refuses: see the next test).
+    #[test]
+    fn segments_are_installed_in_order_whoever_writes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _) = open(dir.path()).unwrap();
+        put_page(&ring, 9);
+        assert_eq!(ring.segments.as_ref().unwrap().installed(), [0, 4, 8]);
+        drop(ring);
+        let (_, recovered) = open(dir.path()).unwrap();
+        assert_eq!(run(&recovered), (0, 0));
+        assert_eq!(
+            recovered.discarded_pages, 1,
+            "page 9 lay beyond the first gap"
+        );
+    }
+
     #[test]
     fn the_next_segment_is_installed_ahead_from_the_middle_of_the_current_one() {
         let dir = tempfile::tempdir().unwrap();

@@ -609,18 +609,37 @@ impl Segments {
 
     /// Installs the segment starting at `first` (see Installing a segment). An error names the
     /// segment's file.
+    ///
+    /// Segments are installed in LSN order: any missing between the highest installed one and
+    /// `first` (a ring apart at most) go first. Writers finish pages out of order, and one that writes into a later
+    /// segment must not install it while an earlier one is missing: recovery takes a segment
+    /// missing below an installed one for a retirement, and refuses the pages above it.
     fn install(&self, first: u64) -> std::io::Result<Arc<Segment>> {
         let _guard = lock(&self.install_lock);
         if let Some(segment) = self.get(first) {
             return Ok(segment);
         }
-        let path = self.dir.join(segment_name(first));
-        self.install_file(first, &path).map_err(|source| {
-            std::io::Error::new(
-                source.kind(),
-                format!("install log segment {}: {source}", path.display()),
-            )
-        })
+        // Writers finish pages at most a ring apart; a log that continues further on (past the
+        // pages it recovered, `Log::open`) starts a new run and has nothing to fill.
+        let top = read_lock(&self.installed).keys().next_back().copied();
+        let from = match top {
+            Some(top) if top < first && first - top <= SEGMENTS_PER_RING * self.pages => {
+                top + self.pages
+            }
+            _ => first,
+        };
+        let mut installed = None;
+        for at in (from..=first).step_by(self.pages as usize) {
+            let path = self.dir.join(segment_name(at));
+            let segment = self.install_file(at, &path).map_err(|source| {
+                std::io::Error::new(
+                    source.kind(),
+                    format!("install log segment {}: {source}", path.display()),
+                )
+            })?;
+            installed = Some(segment);
+        }
+        installed.ok_or_else(|| std::io::Error::other("no segment to install"))
     }
 
     fn install_file(&self, first: u64, path: &Path) -> std::io::Result<Arc<Segment>> {
