@@ -9,8 +9,9 @@
 //! file's rows, at least as many as were reported durable; and a database that cannot even allocate its
 //! log on the full disk is refused at open with an error naming its file.
 //!
-//! The tmpfs is sized for a new database's log (its first 1.25 rings of segments, 20 MiB by
-//! default: `pagemesh_logpage`'s segment module) and a part of the rows.
+//! The tmpfs is sized for a part of the rows: a new database's log installs one 4 MiB segment at
+//! open and the next ones as it grows, keeping them as history (`pagemesh_logpage`'s segment
+//! module, `pagemesh_core`'s binlog module).
 //!
 //! The tmpfs lives only as long as the namespace's shell, so that shell runs every step that needs
 //! it and leaves its results (exit codes, stderr, a backup) in the test's own directory.
