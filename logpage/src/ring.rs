@@ -168,7 +168,7 @@ impl Ring {
     }
 
     /// Whether new segments' blocks are written with zeros (none in memory).
-    #[cfg(test)]
+    #[cfg(all(test, not(feature = "shuttle")))]
     pub fn zeroes_new_segments(&self) -> bool {
         self.segments
             .as_ref()

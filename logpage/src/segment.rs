@@ -581,7 +581,7 @@ impl Segments {
     }
 
     /// Whether new segments' blocks are written with zeros (see Installing a segment).
-    #[cfg(test)]
+    #[cfg(all(test, not(feature = "shuttle")))]
     pub fn zeroes_new_segments(&self) -> bool {
         self.zero_fill.load(Ordering::Relaxed)
     }
