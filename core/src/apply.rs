@@ -275,14 +275,18 @@ impl Applier {
             self.feed.records_applied,
         );
         inner.metrics.group(self.feed.records_applied);
-        crate::binlog::retire_history(
+        // A failed retirement keeps more history than asked, and loses nothing: the database
+        // goes on, and the next group tries again.
+        if let Err(error) = crate::binlog::retire_history(
             store,
             &inner.log,
             self.state.binlog_next_lsn,
             self.state.replay_lsn,
             inner.options.binlog_retain_bytes,
             inner.options.binlog_retain_age,
-        )?;
+        ) {
+            tracing::warn!(%error, "history retention failed; the history stays longer");
+        }
         tracing::debug!(
             first_lsn,
             pages = self.state.binlog_next_lsn - first_lsn,

@@ -211,7 +211,7 @@ fn segment_oldest(dir: &Path) -> Result<Option<u64>> {
 
 /// Retention of the segments' history (see the module docs), after the group that brought the
 /// applied LSN to `applied_lsn` committed. `keep_from` is the lowest page the applier still
-/// needs (its open record's). Returns the first LSN the segments hold after it.
+/// needs (its open record's).
 pub(crate) fn retire_history(
     store: &Store,
     log: &Log,
