@@ -1,6 +1,9 @@
 //! The log's files on open (`Log::open`: the head, the segments, an old one-file `log.ring` to
 //! convert): on any bytes in them it must never panic, and a log that opens must hold a run of
-//! valid pages, in place, at most a ring long, that a second open finds again.
+//! valid pages, in place, at most a ring long, that a second open finds again. The history
+//! reader (`HistoryReader`, which reads the head and the segments without the log's lock) runs
+//! over the same files first: it must never panic, and hand out only valid pages with the LSN
+//! asked for.
 //!
 //! Random bytes almost never make a valid head or page, so the input describes the files: a head
 //! that is raw bytes or a sealed header with fuzzed fields, and segments (and old-format slots)
@@ -13,7 +16,9 @@ use std::path::Path;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use pagemesh_logpage::page::write_page;
-use pagemesh_logpage::{validate, Log, LogOptions, PageMeta, PAGE_SIZE};
+use pagemesh_logpage::{
+    validate, HistoryPage, HistoryReader, Log, LogOptions, PageMeta, PAGE_SIZE,
+};
 
 /// The ring the log is opened with; segments are a quarter of it.
 const SLOTS: u64 = 16;
@@ -154,9 +159,26 @@ fn open(dir: &Path, recover_from: Option<u64>) -> pagemesh_logpage::Result<Log> 
     Log::open(dir, options)
 }
 
+/// Reads every page the segments written could hold through a [`HistoryReader`].
+fn read_history(dir: &Path) {
+    let Ok(Some(mut reader)) = HistoryReader::open(dir) else {
+        return;
+    };
+    if reader.segments().is_err() {
+        return;
+    }
+    for lsn in 0..16 * SEGMENT_PAGES {
+        if let Ok(HistoryPage::Page(page)) = reader.read(lsn) {
+            assert_eq!(page.lsn(), lsn);
+            assert!(validate(page.page().compact_bytes()).is_ok());
+        }
+    }
+}
+
 fuzz_target!(|input: Input| {
     let dir = tempfile::tempdir().expect("temp dir");
     write_files(dir.path(), &input);
+    read_history(dir.path());
     let log = match open(dir.path(), input.recover_from) {
         Ok(log) => log,
         Err(error) => {
