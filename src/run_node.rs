@@ -34,8 +34,8 @@
 //! flush_pace_ms = 10                 # how long pages no commit waits to see durable gather
 //!                                    # between syncs of the log ring (0..=60000; default 10 on
 //!                                    # a source, 1000 on a replica, whose syncs nobody awaits)
-//! apply_pace_ms = 5                  # how long ready pages gather into one LMDB group while
-//!                                    # nobody waits for `applied` (0..=60000; default 5 on a
+//! apply_pace_ms = 20                 # how long ready pages gather into one LMDB group while
+//!                                    # nobody waits for `applied` (0..=60000; default 20 on a
 //!                                    # source, 50 on a replica): longer groups sync LMDB less
 //!                                    # often on the ring's disk, and readers that do not wait
 //!                                    # see a commit up to this much later

@@ -30,7 +30,7 @@
 //! flight), and the ring's syncs queued behind them: `durable@1` p50 was 2.3x the disk's
 //! `fdatasync` floor. So while nobody waits for `Applied`, the applier lets a backlog build
 //! before each group: once a page is ready it waits up to [`Options::apply_pace`]'s window
-//! (5 ms; 50 ms on a replica, `REPLICA_APPLY_PACE` says why) or until its bytes (1 MiB; 16 MiB
+//! (20 ms; 50 ms on a replica, `REPLICA_APPLY_PACE` says why) or until its bytes (1 MiB; 16 MiB
 //! on a replica; at most a quarter of the ring) are held, through
 //! `Cursor::wait_backlog`, during which its cursor steps back from sealing duty (waiters seal
 //! their own pages). A commit that waits for `Applied` (`put_if_version` and transactions too)
