@@ -491,7 +491,7 @@ fn check_config_passes_a_complete_file_and_names_what_is_wrong_in_bad_ones() {
 
     let (ok, output) = check_config(
         dir.path(),
-        &full.replacen("apply_pace_ms = 5 ", "apply_pace_ms = 60001 ", 1),
+        &full.replacen("apply_pace_ms = 20 ", "apply_pace_ms = 60001 ", 1),
     );
     assert!(!ok);
     assert!(output.contains("`apply_pace_ms` = 60001"), "{output}");
