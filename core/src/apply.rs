@@ -145,6 +145,15 @@ impl Applier {
         let _poison_on_panic = OnUnwind(|| {
             inner.poison("the applier panicked (an invariant check failed; see the panic message)")
         });
+        self.apply_until_stopped();
+        if inner.is_poisoned() {
+            // Its pin must outlive the thread: see `Inner::hold_cursor`.
+            inner.hold_cursor(self.cursor);
+        }
+    }
+
+    /// The applier's loop: until the log closes or a group fails (which poisons the database).
+    fn apply_until_stopped(&mut self) {
         loop {
             let held = self.held_pages();
             if held > 0 && held >= self.inner.log.slots() / 2 {

@@ -648,6 +648,11 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     /// Set when another copy replaced this one ([`crate::Plumbing::supersede`]).
     superseded: AtomicBool,
+    /// The applier's cursor, kept here once a poison stopped the applier: its pin holds the
+    /// log's horizon at the applied LSN until the database is dropped. Dropped with the thread,
+    /// it let the horizon, and the head's copy of it, pass pages LMDB never got, and the next
+    /// open refused the log (`recovery.rs`).
+    held_cursor: Mutex<Option<pagemesh_logpage::Cursor>>,
     /// Whether a read of the superseded copy has been warned about.
     superseded_warned: AtomicBool,
     /// Last, so dropped last: the directory is given back once the ring and LMDB are closed.
@@ -677,6 +682,7 @@ impl Inner {
             poisoned: Mutex::new(None),
             superseded: AtomicBool::new(false),
             superseded_warned: AtomicBool::new(false),
+            held_cursor: Mutex::new(None),
             hlc: AtomicU64::new(0),
             conflicts: Mutex::new(BTreeSet::new()),
             stats: ApplyStats::default(),
@@ -823,6 +829,22 @@ impl Inner {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         self.applied_changed.notify_all();
+    }
+
+    /// Whether a failed group poisoned the database.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Keeps the stopped applier's cursor (see `held_cursor`).
+    pub(crate) fn hold_cursor(&self, cursor: pagemesh_logpage::Cursor) {
+        *self
+            .held_cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cursor);
     }
 
     fn check_poisoned(&self) -> Result<()> {
