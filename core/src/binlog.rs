@@ -226,14 +226,16 @@ pub(crate) fn retire_history(
     if firsts.first().is_none_or(|first| first + pages > limit) {
         return Ok(());
     }
-    let (floor, below) = {
+    let (floor, history_from, below, old_binlog) = {
         let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
         let floor = store.cursor_floor(&rtxn)?.map_or(limit, |c| c.min(limit));
-        let extent = store.history_extent_with(&rtxn, firsts.first().copied())?;
-        (
-            floor,
-            extent.history_from.max(store.binlog_oldest_lsn(&rtxn)?),
-        )
+        let history_from = store.history_extent_with(&rtxn, None)?.history_from;
+        let below = history_from.max(store.binlog_oldest_lsn(&rtxn)?);
+        let old_binlog = !store
+            .binlog
+            .is_empty(&rtxn)
+            .map_err(store.lmdb("read binlog"))?;
+        (floor, history_from, below, old_binlog)
     };
     let cutoff = retain_age.and_then(|age| SystemTime::now().checked_sub(age));
     let mut retire_to = None;
@@ -258,13 +260,6 @@ pub(crate) fn retire_history(
     };
     let oldest = log.retire_history_below(retire_to)?;
     tracing::debug!(oldest, "history segments retired");
-    let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
-    let history_from = store.history_extent_with(&rtxn, Some(oldest))?.history_from;
-    let old_binlog = !store
-        .binlog
-        .is_empty(&rtxn)
-        .map_err(store.lmdb("read binlog"))?;
-    drop(rtxn);
     if old_binlog && oldest > history_from {
         // Retention passed the old `__binlog`: the segments' history now starts above it.
         store.clear_binlog(oldest)?;
