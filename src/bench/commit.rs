@@ -26,9 +26,35 @@
 //!   flight the groups settle at 8 (8.0–8.2 records per transaction measured), at 256 somewhat
 //!   above half (170–198). So `durable@16` can at best match raw heed doing 8 puts per synced
 //!   transaction; at 256, `heed-group@128` and `heed-group@256` bracket it;
-//! - `batch`: 1,000 records per `WriteBatch`, `durable`; `heed-batch`: 1,000 puts per synced txn.
+//! - `batch`: 1,000 records per `WriteBatch`, `durable`; `heed-batch`: 1,000 puts per synced txn;
+//! - `load`: every record once, in batches of 50 with 16 in flight, `Durable` (the demo's load
+//!   shape), measured once, with its memory (below).
 //!
 //! Each result also says how group commit adapted: records per LMDB transaction.
+//!
+//! # Memory
+//!
+//! The `load` cell prints how far the process's peak RSS rose during the load (target: under
+//! the ring's 16 MiB + 64 MiB), with the size LMDB's data file ended at and the write
+//! transactions the applier committed. Where that peak goes (stop 37; `/proc/self/smaps` sampled
+//! every 2 ms in an instrumented build, not kept, and `MALLOC_ARENA_MAX=1` for one series):
+//!
+//! - 30–45 MiB of anonymous memory: the ring's working copy (16 MiB, touched as the load fills
+//!   it), LMDB's copies of the pages the largest write transaction dirtied (LMDB `malloc`s a
+//!   copy of each page a transaction writes and keeps the copies for the next one), and
+//!   `malloc`'s per-thread arenas: the same load under `MALLOC_ARENA_MAX=1` peaked about 20 MiB
+//!   lower (three runs). Arenas are the embedding application's allocator's policy, not ours;
+//! - the rest, 12–42 MiB, is LMDB's data file: the pages a transaction reads through LMDB's map
+//!   are mapped into the process and count in its RSS (clean page cache, which the kernel can
+//!   take back). The file is 12 MiB when the load applies in one transaction and up to 42 MiB
+//!   when it takes three or four: random keys make every transaction copy most of the tree,
+//!   and LMDB reuses a freed page only two transactions later. How many transactions the load
+//!   takes depends on how far the applier falls behind, which is why this figure moves from run
+//!   to run: 59–88 MiB over ten runs, each 35–46 MiB above its file's size.
+//!
+//! Smaller transactions hold fewer dirty pages but copy the tree more often: with
+//! `group_bytes_max` at 2 MiB instead of 8 (four alternated runs, not kept) the peak was 57–70
+//! MiB against 59–82, but `demo` wrote 967 MB instead of 294 and took 0.68 s instead of 0.47.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -372,12 +398,25 @@ fn rss_bytes() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// What the `load` cell's memory did (see Memory in the module docs).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadMemory {
+    /// How far the process's peak RSS (`VmHWM`) rose above its RSS before the load, in MiB.
+    pub peak_growth_mib: f64,
+    /// LMDB's data file at the end of the load, in MiB: its pages read through LMDB's map are
+    /// part of the RSS.
+    pub lmdb_file_mib: f64,
+    /// LMDB write transactions the applier committed during the load.
+    pub lmdb_groups: u64,
+}
+
 /// Loads every record once, in batches of [`LOAD_BATCH_RECORDS`] with 16 commits in flight,
-/// `Durable`, and measures how far the process's peak RSS rose above where it stood.
+/// `Durable`, and measures how far the process's peak RSS rose above where it stood (`None`
+/// off Linux).
 pub fn measure_load(
     dir: &Path,
     records: &[(Vec<u8>, Vec<u8>)],
-) -> pagemesh_core::Result<(CommitMeasurement, Option<f64>)> {
+) -> pagemesh_core::Result<(CommitMeasurement, Option<LoadMemory>)> {
     let options = Options::new();
     let db = Database::open(dir, options)?;
     // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS (Linux >= 4.0).
@@ -400,13 +439,17 @@ pub fn measure_load(
         ticket.wait()?;
     }
     let elapsed = started.elapsed();
-    let peak_growth_mib = match (reset, before, rss_bytes()) {
-        (true, Some((rss_before, _)), Some((_, peak))) => {
-            Some(peak.saturating_sub(rss_before) as f64 / (1 << 20) as f64)
-        }
+    let stats = db.stats();
+    let lmdb_file_mib = std::fs::metadata(dir.join("lmdb").join("data.mdb"))
+        .map_or(0.0, |meta| meta.len() as f64 / (1 << 20) as f64);
+    let memory = match (reset, before, rss_bytes()) {
+        (true, Some((rss_before, _)), Some((_, peak))) => Some(LoadMemory {
+            peak_growth_mib: peak.saturating_sub(rss_before) as f64 / (1 << 20) as f64,
+            lmdb_file_mib,
+            lmdb_groups: stats.groups,
+        }),
         _ => None,
     };
-    let stats = db.stats();
     let cell = CommitMeasurement {
         workload: "commit/price_paid",
         variant: "load".into(),
@@ -419,7 +462,7 @@ pub fn measure_load(
         p50_us: None,
         window: None,
     };
-    Ok((cell, peak_growth_mib))
+    Ok((cell, memory))
 }
 
 /// Times `count` single-record commits to a fresh database in `dir`, `inflight` in flight (for
@@ -532,13 +575,18 @@ pub fn measure_all(
         BATCH_RECORDS,
         seconds,
     )?);
-    let (load, peak_growth_mib) = measure_load(&dir(), &records)?;
+    let (load, memory) = measure_load(&dir(), &records)?;
     out.push(load);
-    if let Some(mib) = peak_growth_mib {
+    if let Some(memory) = memory {
         // On stderr, so that stdout stays one JSON object per line of one shape.
         eprintln!(
-            "load of {} records: peak RSS rose {mib:.1} MiB (ring: 16 MiB; target: under ring + 64 MiB)",
-            records.len()
+            "load of {} records: peak RSS rose {:.1} MiB (ring: 16 MiB; target: under ring + 64 MiB); \
+             LMDB's file ended at {:.1} MiB after {} write transactions (its pages read through \
+             LMDB's map count in RSS)",
+            records.len(),
+            memory.peak_growth_mib,
+            memory.lmdb_file_mib,
+            memory.lmdb_groups,
         );
     }
     Ok(out)
