@@ -54,6 +54,19 @@
 //! 13.8k `fdatasync` calls for 219k commits; `sync-durable-apart`'s two nodes together made
 //! 14.3k for 111k commits, each node about one a page.
 //!
+//! The same wait, timed per *page* (stop 37; an instrumented build, not kept, three runs of
+//! `--rounds 1 --variants durable,sync-durable-apart`): the committing thread blocks once per 16
+//! commits, on the commit that seals the page, and nowhere else (`commit_async` costs 0.4–0.6
+//! µs in every variant). That wait took 190–226 µs for the flush in `durable`, and in
+//! `sync-durable-apart` 250–275 µs for the flush plus 24–30 µs more for the ack after it (1.5–2
+//! µs a commit, the 2–4 µs above). So the ack adds about a tenth, and the flush itself is a
+//! fifth to a third slower with the replica running, even though the replica's files are on
+//! tmpfs: `perf trace -s` put the committer's `fdatasync` at 0.24 ms on average alone and 0.31
+//! ms beside the replica. The difference is in the wake-ups around the disk's completion on two
+//! busy vCPUs (below, halt polling), not in the disk. Giving every thread of the replica nice 19
+//! (three alternated runs, not kept) moved nothing: `sync-durable-apart/durable` 0.80–0.86
+//! against 0.71–0.85.
+//!
 //! The replica's ring syncs need not be one a page: its acks are on receipt, so no commit waits
 //! on them. Since a replica's flusher paces its syncs (`pagemesh_core::FLUSH_PACE`,
 //! 10 ms), `sync-durable@16` over 2 s made 5,970 `fdatasync` calls for 44k commits/s, against
