@@ -446,6 +446,24 @@ impl Store {
         self.open_missing_tables().map(|_| ())
     }
 
+    /// Pages the B-trees of every table and of the store's own tables hold, as `txn` sees them
+    /// (free pages not counted): what a write transaction could copy at most, before growth.
+    pub fn tree_pages(&self, txn: &heed::RoTxn) -> Result<u64> {
+        let tables = self
+            .tables
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pages = 0u64;
+        for table in [&self.meta, &self.binlog, &self.binlog_time]
+            .into_iter()
+            .chain(tables.values())
+        {
+            let stat = table.stat(txn).map_err(self.lmdb("read table size"))?;
+            pages += (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64;
+        }
+        Ok(pages)
+    }
+
     /// The names of the tables `txn` sees (the `table:` keys of `__meta`).
     pub fn table_names_in(&self, txn: &heed::RoTxn) -> Result<Vec<String>> {
         let iter = self
