@@ -39,6 +39,9 @@
 //!                                    # source, 50 on a replica): longer groups sync LMDB less
 //!                                    # often on the ring's disk, and readers that do not wait
 //!                                    # see a commit up to this much later
+//! group_dirty_bytes = 134217728     # about the most memory LMDB keeps for one applied
+//!                                    # group's changed pages, in a database larger than this
+//!                                    # (4096..; default 128 MiB; smaller slows bulk loads)
 //! replication_timeout_ms = 10000     # how long a replicated:N commit waits for its replicas
 //! on_replication_timeout = "fail"    # fail | degrade (return Ok with a warning)
 //!
@@ -48,8 +51,8 @@
 //! sources = ["127.0.0.1:7401", "127.0.0.1:7402"]   # holders, nearest first (or: source = "…";
 //!                                    # or neither: whichever nodes the gossip says hold it)
 //! uuid = "…"                         # the source database's uuid (printed by its node)
-//! ring_pages = 4096                  # ring_pages, retain_*, apply_nice and the paces apply
-//!                                    # to replicas too
+//! ring_pages = 4096                  # ring_pages, retain_*, apply_nice, the paces and
+//!                                    # group_dirty_bytes apply to replicas too
 //! ```
 //!
 //! Keys that apply to one role only (`sync_replicas`, `durability`, the replication timeout and
@@ -239,6 +242,7 @@ struct DatabaseConfig {
     apply_nice: Option<i32>,
     apply_pace_ms: Option<u64>,
     flush_pace_ms: Option<u64>,
+    group_dirty_bytes: Option<usize>,
 }
 
 /// What a `replicated:N` commit does when too few replicas acked in time.
@@ -382,6 +386,14 @@ fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Data
     if let Some(ms) = database.apply_pace_ms {
         let window = pace("apply_pace_ms", ms, "apply each ready page at once")?;
         options = options.apply_pace(window, role_apply_pace_bytes(database.role));
+    }
+    if let Some(bytes) = database.group_dirty_bytes {
+        if bytes < 4096 {
+            return Err(format!(
+                "`group_dirty_bytes` = {bytes}: at least one 4096-byte page is needed"
+            ));
+        }
+        options = options.group_dirty_bytes_max(bytes);
     }
     let only = |key: &str, present: bool, role: &str| {
         if present {
@@ -635,6 +647,15 @@ mod tests {
         }
     }
 
+    /// The error `database_plan` gives for `entry`.
+    fn plan_error(entry: &str) -> String {
+        let config: DatabaseConfig = toml::from_str(entry).unwrap();
+        match database_plan(&config, &[]) {
+            Ok(_) => panic!("{entry}: accepted"),
+            Err(error) => error,
+        }
+    }
+
     #[test]
     fn flush_pace_ms_reaches_the_options_of_both_roles() {
         let (source, options) = planned(&format!("{SOURCE}flush_pace_ms = 250\n"));
@@ -644,6 +665,26 @@ mod tests {
         let (source, options) = planned(&format!("{REPLICA}flush_pace_ms = 0\n"));
         assert!(!source);
         assert!(options.contains("flush_pace: Some(0ns)"), "{options}");
+    }
+
+    #[test]
+    fn group_dirty_bytes_reaches_the_options_of_both_roles_and_less_than_a_page_is_refused() {
+        let (_, options) = planned(&format!("{SOURCE}group_dirty_bytes = 67108864\n"));
+        assert!(
+            options.contains("group_dirty_bytes_max: 67108864"),
+            "{options}"
+        );
+        let (_, options) = planned(&format!("{REPLICA}group_dirty_bytes = 8192\n"));
+        assert!(options.contains("group_dirty_bytes_max: 8192"), "{options}");
+        let (_, options) = planned(SOURCE);
+        let default = pagemesh_core::GROUP_DIRTY_BYTES_MAX_DEFAULT;
+        assert!(
+            options.contains(&format!("group_dirty_bytes_max: {default}")),
+            "{options}"
+        );
+
+        let error = plan_error(&format!("{SOURCE}group_dirty_bytes = 100\n"));
+        assert!(error.contains("`group_dirty_bytes` = 100"), "{error}");
     }
 
     /// The window is the configuration's; the bytes stay the role's default.
