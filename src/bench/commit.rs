@@ -34,28 +34,32 @@
 //!
 //! # Memory
 //!
-//! The `load` cell prints how far the process's peak RSS rose during the load (target: under
-//! the ring's 16 MiB + 64 MiB), with the size LMDB's data file ended at and the write
-//! transactions the applier committed. Where that peak goes (stop 37; `/proc/self/smaps` sampled
-//! every 2 ms in an instrumented build, not kept, and `MALLOC_ARENA_MAX=1` for one series):
+//! The `load` cell prints how far the process's peak RSS rose by the load's last commit (the
+//! target's figure: under the ring's 16 MiB + 64 MiB), how far by the time the applier had
+//! applied all of it (the bench waits for that), and the size LMDB's data file ended at after
+//! how many write transactions. Ten runs (stop 37): 54–84 MiB by the last commit, 88–102 MiB
+//! once applied, the file 70–76 MiB after three or four transactions. So the commits return
+//! with most of the load still to apply, and the target's figure moves with how much was
+//! applied by then. Where the peak goes (`/proc/self/smaps` sampled every 2 ms in an
+//! instrumented build, not kept; heaptrack; `MALLOC_ARENA_MAX=1` for one series):
 //!
 //! - 30–45 MiB of anonymous memory: the ring's working copy (16 MiB, touched as the load fills
-//!   it), LMDB's copies of the pages the largest write transaction dirtied (LMDB `malloc`s a
-//!   copy of each page a transaction writes and keeps the copies for the next one; heaptrack's
-//!   peak for `mdb_page_malloc` over one whole run of this bench: 36 MiB), and
-//!   `malloc`'s per-thread arenas: the same load under `MALLOC_ARENA_MAX=1` peaked about 20 MiB
-//!   lower (three runs). Arenas are the embedding application's allocator's policy, not ours;
-//! - the rest, 12–42 MiB, is LMDB's data file: the pages a transaction reads through LMDB's map
-//!   are mapped into the process and count in its RSS (clean page cache, which the kernel can
-//!   take back). The file is 12 MiB when the load applies in one transaction and up to 42 MiB
-//!   when it takes three or four: random keys make every transaction copy most of the tree,
-//!   and LMDB reuses a freed page only two transactions later. How many transactions the load
-//!   takes depends on how far the applier falls behind, which is why this figure moves from run
-//!   to run: 59–88 MiB over ten runs, each 35–46 MiB above its file's size.
+//!   it), LMDB's copies of the pages the largest write transaction changed (LMDB `malloc`s a
+//!   copy of each page a transaction writes and keeps the copies until the environment
+//!   closes; heaptrack's peak for `mdb_page_malloc` over one whole run of this bench: 36 MiB;
+//!   `pagemesh_core`'s apply module, Group size, bounds it in large databases), and `malloc`'s
+//!   per-thread arenas: the same load under `MALLOC_ARENA_MAX=1` peaked about 20 MiB lower
+//!   (three runs). Arenas are the embedding application's allocator's policy, not ours;
+//! - the rest is LMDB's data file: the pages a transaction reads through LMDB's map are mapped
+//!   into the process and count in its RSS (clean page cache, which the kernel can take back).
+//!   Random keys make every transaction copy most of the tree, and LMDB reuses a freed page
+//!   only two transactions later, so three or four transactions leave a 70–76 MiB file for
+//!   about 20 MB of records, most of it free pages that later transactions reuse.
 //!
-//! Smaller transactions hold fewer dirty pages but copy the tree more often: with
-//! `group_bytes_max` at 2 MiB instead of 8 (four alternated runs, not kept) the peak was 57–70
-//! MiB against 59–82, but `demo` wrote 967 MB instead of 294 and took 0.68 s instead of 0.47.
+//! Smaller transactions hold fewer changed pages at once but copy the tree more often: with
+//! `group_bytes_max` at 2 MiB instead of 8 (four alternated runs, not kept) the peak by the
+//! last commit was 57–70 MiB against 59–82, but `demo` wrote 967 MB instead of 294 and took
+//! 0.68 s instead of 0.47.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -402,18 +406,20 @@ fn rss_bytes() -> Option<(u64, u64)> {
 /// What the `load` cell's memory did (see Memory in the module docs).
 #[derive(Clone, Copy, Debug)]
 pub struct LoadMemory {
-    /// How far the process's peak RSS (`VmHWM`) rose above its RSS before the load, in MiB.
-    pub peak_growth_mib: f64,
-    /// LMDB's data file at the end of the load, in MiB: its pages read through LMDB's map are
-    /// part of the RSS.
+    /// How far the process's peak RSS (`VmHWM`) rose above its RSS before the load, in MiB,
+    /// by the time every commit of the load had returned (`Durable`): the target's figure.
+    pub committed_peak_growth_mib: f64,
+    /// The same, by the time the applier had applied all of the load to LMDB.
+    pub applied_peak_growth_mib: f64,
+    /// LMDB's data file then, in MiB: its pages read through LMDB's map are part of the RSS.
     pub lmdb_file_mib: f64,
-    /// LMDB write transactions the applier committed during the load.
+    /// LMDB write transactions the applier committed for the load.
     pub lmdb_groups: u64,
 }
 
 /// Loads every record once, in batches of [`LOAD_BATCH_RECORDS`] with 16 commits in flight,
-/// `Durable`, and measures how far the process's peak RSS rose above where it stood (`None`
-/// off Linux).
+/// `Durable` (the cell's rate), then waits until the applier applied all of it; measures how
+/// far the process's peak RSS rose above where it stood, at both points (`None` off Linux).
 pub fn measure_load(
     dir: &Path,
     records: &[(Vec<u8>, Vec<u8>)],
@@ -425,6 +431,7 @@ pub fn measure_load(
     let before = rss_bytes();
     let started = Instant::now();
     let mut tickets = VecDeque::with_capacity(16);
+    let mut last = None;
     for chunk in records.chunks(LOAD_BATCH_RECORDS) {
         if tickets.len() == 16 {
             let ticket: pagemesh_core::CommitTicket = tickets.pop_front().expect("full queue");
@@ -434,21 +441,33 @@ pub fn measure_load(
         for (key, value) in chunk {
             batch.put(TABLE, key, value)?;
         }
-        tickets.push_back(db.commit_async(&batch, Durability::Durable)?);
+        let ticket = db.commit_async(&batch, Durability::Durable)?;
+        last = Some(ticket.receipt());
+        tickets.push_back(ticket);
     }
     for ticket in tickets {
         ticket.wait()?;
     }
     let elapsed = started.elapsed();
+    let committed = rss_bytes();
+    // The applier may still hold a backlog: `wait_for` hurries it.
+    if let Some(last) = last {
+        db.wait_for(&last, Duration::from_secs(120))?;
+    }
+    let applied = rss_bytes();
     let stats = db.stats();
     let lmdb_file_mib = std::fs::metadata(dir.join("lmdb").join("data.mdb"))
         .map_or(0.0, |meta| meta.len() as f64 / (1 << 20) as f64);
-    let memory = match (reset, before, rss_bytes()) {
-        (true, Some((rss_before, _)), Some((_, peak))) => Some(LoadMemory {
-            peak_growth_mib: peak.saturating_sub(rss_before) as f64 / (1 << 20) as f64,
-            lmdb_file_mib,
-            lmdb_groups: stats.groups,
-        }),
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let memory = match (reset, before, committed, applied) {
+        (true, Some((rss_before, _)), Some((_, committed)), Some((_, applied))) => {
+            Some(LoadMemory {
+                committed_peak_growth_mib: mib(committed.saturating_sub(rss_before)),
+                applied_peak_growth_mib: mib(applied.saturating_sub(rss_before)),
+                lmdb_file_mib,
+                lmdb_groups: stats.groups,
+            })
+        }
         _ => None,
     };
     let cell = CommitMeasurement {
@@ -581,11 +600,13 @@ pub fn measure_all(
     if let Some(memory) = memory {
         // On stderr, so that stdout stays one JSON object per line of one shape.
         eprintln!(
-            "load of {} records: peak RSS rose {:.1} MiB (ring: 16 MiB; target: under ring + 64 MiB); \
-             LMDB's file ended at {:.1} MiB after {} write transactions (its pages read through \
-             LMDB's map count in RSS)",
+            "load of {} records: peak RSS rose {:.1} MiB by the last commit (ring: 16 MiB; \
+             target: under ring + 64 MiB), {:.1} MiB by the time all of it was applied; LMDB's \
+             file ended at {:.1} MiB after {} write transactions (its pages read through LMDB's \
+             map count in RSS)",
             records.len(),
-            memory.peak_growth_mib,
+            memory.committed_peak_growth_mib,
+            memory.applied_peak_growth_mib,
             memory.lmdb_file_mib,
             memory.lmdb_groups,
         );
