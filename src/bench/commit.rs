@@ -37,11 +37,16 @@
 //! The `load` cell prints how far the process's peak RSS rose by the load's last commit (the
 //! target's figure: under the ring's 16 MiB + 64 MiB), how far by the time the applier had
 //! applied all of it (the bench waits for that), and the size LMDB's data file ended at after
-//! how many write transactions. Ten runs (stop 37): 54–84 MiB by the last commit, 88–102 MiB
-//! once applied, the file 70–76 MiB after three or four transactions. So the commits return
-//! with most of the load still to apply, and the target's figure moves with how much was
-//! applied by then. Where the peak goes (`/proc/self/smaps` sampled every 2 ms in an
-//! instrumented build, not kept; heaptrack; `MALLOC_ARENA_MAX=1` for one series):
+//! how many write transactions. Then, as the baseline, raw heed applies the same records in as
+//! many equal synced transactions ([`measure_heed_load_memory`]), and the bench prints its
+//! peak and file beside pagemesh's. Ten runs (stop 37): 54–84 MiB by the last commit, 88–102
+//! MiB once applied, the file 70–76 MiB after three or four transactions. So the commits
+//! return with most of the load still to apply, and the target's figure moves with how much
+//! was applied by then. Raw heed in the same number of transactions (six runs): 66–67 MiB and
+//! a 69 MiB file for three, 84 MiB and a 76 MiB file for four; pagemesh's peak once applied
+//! was 9–24 MiB above it, less than its ring. Where the peak goes (`/proc/self/smaps` sampled
+//! every 2 ms in an instrumented build, not kept; heaptrack; `MALLOC_ARENA_MAX=1` for one
+//! series):
 //!
 //! - 30–45 MiB of anonymous memory: the ring's working copy (16 MiB, touched as the load fills
 //!   it), LMDB's copies of the pages the largest write transaction changed (LMDB `malloc`s a
@@ -403,6 +408,41 @@ fn rss_bytes() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Raw heed's memory for the `load` cell's records, applied in `transactions` equal synced
+/// write transactions (the number the applier took): how far the process's peak RSS rose, and
+/// the size LMDB's data file ended at, both in MiB (`None` off Linux). The baseline of the
+/// load's memory, in the same run.
+pub fn measure_heed_load_memory(
+    dir: &Path,
+    records: &[(Vec<u8>, Vec<u8>)],
+    transactions: usize,
+) -> heed::Result<Option<(f64, f64)>> {
+    let (env, db) = open_heed(dir, true)?;
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = rss_bytes();
+    let per_txn = records.len().div_ceil(transactions.max(1)).max(1);
+    let mut value_buf = Vec::new();
+    for (seq, chunk) in records.chunks(per_txn).enumerate() {
+        let mut wtxn = env.write_txn()?;
+        for (key, value) in chunk {
+            value_buf.clear();
+            value_buf.extend_from_slice(&(seq as u64).to_le_bytes());
+            value_buf.extend_from_slice(value);
+            db.put(&mut wtxn, key, &value_buf)?;
+        }
+        wtxn.commit()?;
+    }
+    let after = rss_bytes();
+    let file = std::fs::metadata(dir.join("data.mdb")).map_or(0, |meta| meta.len());
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    Ok(match (reset, before, after) {
+        (true, Some((before, _)), Some((_, peak))) => {
+            Some((mib(peak.saturating_sub(before)), mib(file)))
+        }
+        _ => None,
+    })
+}
+
 /// What the `load` cell's memory did (see Memory in the module docs).
 #[derive(Clone, Copy, Debug)]
 pub struct LoadMemory {
@@ -610,6 +650,15 @@ pub fn measure_all(
             memory.lmdb_file_mib,
             memory.lmdb_groups,
         );
+        let transactions = memory.lmdb_groups.max(1) as usize;
+        if let Some((peak, file)) = measure_heed_load_memory(&dir(), &records, transactions)? {
+            eprintln!(
+                "raw heed, the same records in {transactions} equal synced transactions: peak \
+                 RSS rose {peak:.1} MiB, its file ended at {file:.1} MiB; pagemesh's peak once \
+                 applied was {:+.1} MiB beside it (its ring: 16 MiB)",
+                memory.applied_peak_growth_mib - peak
+            );
+        }
     }
     Ok(out)
 }
