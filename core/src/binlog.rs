@@ -125,6 +125,8 @@ pub(crate) struct HistoryExtent {
     pub end: u64,
     /// Bytes the history holds: `__binlog`'s values, and whole pages of segments.
     pub bytes: u64,
+    /// Whether an old `__binlog` still holds pages.
+    pub old_binlog: bool,
 }
 
 /// The pages `[from_lsn, end_lsn)` of the log's segments in `store`'s directory (see Reading).
@@ -229,13 +231,9 @@ pub(crate) fn retire_history(
     let (floor, history_from, below, old_binlog) = {
         let rtxn = store.env.read_txn().map_err(store.lmdb("begin"))?;
         let floor = store.cursor_floor(&rtxn)?.map_or(limit, |c| c.min(limit));
-        let history_from = store.history_extent_with(&rtxn, None)?.history_from;
-        let below = history_from.max(store.binlog_oldest_lsn(&rtxn)?);
-        let old_binlog = !store
-            .binlog
-            .is_empty(&rtxn)
-            .map_err(store.lmdb("read binlog"))?;
-        (floor, history_from, below, old_binlog)
+        let extent = store.history_extent_with(&rtxn, None)?;
+        let below = extent.history_from.max(store.binlog_oldest_lsn(&rtxn)?);
+        (floor, extent.history_from, below, extent.old_binlog)
     };
     let cutoff = retain_age.and_then(|age| SystemTime::now().checked_sub(age));
     let mut retire_to = None;
@@ -301,6 +299,7 @@ impl Store {
             history_from: history_from.min(end),
             end,
             bytes: segment_bytes + if old { old_bytes } else { 0 },
+            old_binlog: old,
         })
     }
 
