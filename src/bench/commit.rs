@@ -397,15 +397,45 @@ pub fn measure_heed(
 /// Records per batch in the `load` cell (the demo's load shape).
 pub const LOAD_BATCH_RECORDS: usize = 50;
 
-/// Resident memory, from `/proc/self/status`: (current, peak) in bytes; `None` off Linux.
-fn rss_bytes() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
+/// Bytes as MiB, for the memory figures.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// The process's peak RSS from a starting point on (Linux only).
+struct PeakRss {
+    /// RSS when it started, in bytes.
+    before: u64,
+}
+
+impl PeakRss {
+    /// Resets the peak (`VmHWM`) to the current RSS by writing 5 to `/proc/self/clear_refs`
+    /// (Linux >= 4.0) and notes the RSS; `None` where either is not possible.
+    fn start() -> Option<Self> {
+        std::fs::write("/proc/self/clear_refs", "5").ok()?;
+        Some(Self {
+            before: Self::status_kib("VmRSS:")? * 1024,
+        })
+    }
+
+    /// How far the peak rose above the RSS at the start, in MiB.
+    fn growth_mib(&self) -> Option<f64> {
+        let peak = Self::status_kib("VmHWM:")? * 1024;
+        Some(mib(peak.saturating_sub(self.before)))
+    }
+
+    /// A `kB` field of `/proc/self/status`.
+    fn status_kib(name: &str) -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+/// The ring of a database opened with default options, in MiB (what the memory target adds 64
+/// MiB to).
+fn default_ring_mib() -> f64 {
+    mib(pagemesh_core::RING_SLOTS_DEFAULT * pagemesh_logpage::PAGE_SIZE as u64)
 }
 
 /// Raw heed's memory for the `load` cell's records, applied in `transactions` equal synced
@@ -418,8 +448,7 @@ pub fn measure_heed_load_memory(
     transactions: usize,
 ) -> heed::Result<Option<(f64, f64)>> {
     let (env, db) = open_heed(dir, true)?;
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let before = rss_bytes();
+    let peak = PeakRss::start();
     let per_txn = records.len().div_ceil(transactions.max(1)).max(1);
     let mut value_buf = Vec::new();
     for (seq, chunk) in records.chunks(per_txn).enumerate() {
@@ -432,15 +461,10 @@ pub fn measure_heed_load_memory(
         }
         wtxn.commit()?;
     }
-    let after = rss_bytes();
     let file = std::fs::metadata(dir.join("data.mdb")).map_or(0, |meta| meta.len());
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    Ok(match (reset, before, after) {
-        (true, Some((before, _)), Some((_, peak))) => {
-            Some((mib(peak.saturating_sub(before)), mib(file)))
-        }
-        _ => None,
-    })
+    Ok(peak
+        .and_then(|peak| peak.growth_mib())
+        .map(|growth| (growth, mib(file))))
 }
 
 /// What the `load` cell's memory did (see Memory in the module docs).
@@ -466,9 +490,7 @@ pub fn measure_load(
 ) -> pagemesh_core::Result<(CommitMeasurement, Option<LoadMemory>)> {
     let options = Options::new();
     let db = Database::open(dir, options)?;
-    // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS (Linux >= 4.0).
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let before = rss_bytes();
+    let peak = PeakRss::start();
     let started = Instant::now();
     let mut tickets = VecDeque::with_capacity(16);
     let mut last = None;
@@ -489,27 +511,22 @@ pub fn measure_load(
         ticket.wait()?;
     }
     let elapsed = started.elapsed();
-    let committed = rss_bytes();
+    let committed = peak.as_ref().and_then(PeakRss::growth_mib);
     // The applier may still hold a backlog: `wait_for` hurries it.
     if let Some(last) = last {
         db.wait_for(&last, Duration::from_secs(120))?;
     }
-    let applied = rss_bytes();
+    let applied = peak.as_ref().and_then(PeakRss::growth_mib);
     let stats = db.stats();
-    let lmdb_file_mib = std::fs::metadata(dir.join("lmdb").join("data.mdb"))
-        .map_or(0.0, |meta| meta.len() as f64 / (1 << 20) as f64);
-    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
-    let memory = match (reset, before, committed, applied) {
-        (true, Some((rss_before, _)), Some((_, committed)), Some((_, applied))) => {
-            Some(LoadMemory {
-                committed_peak_growth_mib: mib(committed.saturating_sub(rss_before)),
-                applied_peak_growth_mib: mib(applied.saturating_sub(rss_before)),
-                lmdb_file_mib,
-                lmdb_groups: stats.groups,
-            })
-        }
-        _ => None,
-    };
+    let lmdb_file = std::fs::metadata(dir.join("lmdb").join("data.mdb")).map_or(0, |m| m.len());
+    let memory = committed
+        .zip(applied)
+        .map(|(committed, applied)| LoadMemory {
+            committed_peak_growth_mib: committed,
+            applied_peak_growth_mib: applied,
+            lmdb_file_mib: mib(lmdb_file),
+            lmdb_groups: stats.groups,
+        });
     let cell = CommitMeasurement {
         workload: "commit/price_paid",
         variant: "load".into(),
@@ -638,12 +655,13 @@ pub fn measure_all(
     let (load, memory) = measure_load(&dir(), &records)?;
     out.push(load);
     if let Some(memory) = memory {
+        let ring = default_ring_mib();
         // On stderr, so that stdout stays one JSON object per line of one shape.
         eprintln!(
-            "load of {} records: peak RSS rose {:.1} MiB by the last commit (ring: 16 MiB; \
-             target: under ring + 64 MiB), {:.1} MiB by the time all of it was applied; LMDB's \
-             file ended at {:.1} MiB after {} write transactions (its pages read through LMDB's \
-             map count in RSS)",
+            "load of {} records: peak RSS rose {:.1} MiB by the last commit (ring: {ring:.0} \
+             MiB; target: under ring + 64 MiB), {:.1} MiB by the time all of it was applied; \
+             LMDB's file ended at {:.1} MiB after {} write transactions (its pages read through \
+             LMDB's map count in RSS)",
             records.len(),
             memory.committed_peak_growth_mib,
             memory.applied_peak_growth_mib,
@@ -655,7 +673,7 @@ pub fn measure_all(
             eprintln!(
                 "raw heed, the same records in {transactions} equal synced transactions: peak \
                  RSS rose {peak:.1} MiB, its file ended at {file:.1} MiB; pagemesh's peak once \
-                 applied was {:+.1} MiB beside it (its ring: 16 MiB)",
+                 applied was {:+.1} MiB beside it (its ring: {ring:.0} MiB)",
                 memory.applied_peak_growth_mib - peak
             );
         }
