@@ -80,6 +80,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pagemesh::core::{Durability, Options, APPLY_PACE, REPLICA_APPLY_PACE};
+use pagemesh::log::PAGE_SIZE;
 use pagemesh::net::{ServiceConfig, TransportKind};
 use pagemesh::Node;
 use serde::Deserialize;
@@ -388,9 +389,9 @@ fn database_plan(database: &DatabaseConfig, peers: &[SocketAddr]) -> Result<Data
         options = options.apply_pace(window, role_apply_pace_bytes(database.role));
     }
     if let Some(bytes) = database.group_dirty_bytes {
-        if bytes < 4096 {
+        if bytes < PAGE_SIZE {
             return Err(format!(
-                "`group_dirty_bytes` = {bytes}: at least one 4096-byte page is needed"
+                "`group_dirty_bytes` = {bytes}: at least one {PAGE_SIZE}-byte page is needed"
             ));
         }
         options = options.group_dirty_bytes_max(bytes);
@@ -677,7 +678,7 @@ mod tests {
         let (_, options) = planned(&format!("{REPLICA}group_dirty_bytes = 8192\n"));
         assert!(options.contains("group_dirty_bytes_max: 8192"), "{options}");
         let (_, options) = planned(SOURCE);
-        let default = pagemesh_core::GROUP_DIRTY_BYTES_MAX_DEFAULT;
+        let default = pagemesh::core::GROUP_DIRTY_BYTES_MAX_DEFAULT;
         assert!(
             options.contains(&format!("group_dirty_bytes_max: {default}")),
             "{options}"
