@@ -4,10 +4,11 @@
 //! consumer it drives the log's group commit: see `pagemesh_logpage::seal`), then, in ONE write
 //! transaction:
 //!
-//! 1. decodes and applies each record that completes in them, in log order, from `applied_seq_end`
-//!    on (lower ones were applied before a crash: see `recovery.rs`). A transaction record applies
-//!    only if every version it read is still current; otherwise it is skipped, the same way
-//!    everywhere;
+//! 1. decodes each record that completes in them, from `applied_seq_end` on (lower ones were
+//!    applied before a crash: see `recovery.rs`), and applies them with the outcome of log
+//!    order: plain puts and deletes sorted by key between the records that read or change a
+//!    table, which apply in their place (`key_order.rs`). A transaction record applies only if
+//!    every version it read is still current; otherwise it is skipped, the same way everywhere;
 //! 2. writes the apply state (`binlog_next_lsn`, `replay_lsn`, `applied_seq_end`) to `__meta`
 //!    (and trims an old `__binlog`, `binlog.rs`);
 //! 3. makes the group's pages durable in the log's segments, which are the history
@@ -136,6 +137,7 @@ use crate::database::Inner;
 #[cfg(doc)]
 use crate::error::Error;
 use crate::error::Result;
+use crate::key_order::{GroupChanges, Step};
 use crate::record::{decode, Op};
 use crate::store::{ApplyState, Store, TxnError};
 use crate::value::{encode_value, value_seq};
@@ -158,6 +160,8 @@ pub(crate) struct Applier {
     pub cursor: Cursor,
     pub state: ApplyState,
     pub feed: RecordFeed,
+    /// The current group's puts and deletes, gathered to be applied in key order.
+    pub changes: GroupChanges,
 }
 
 impl Applier {
@@ -286,7 +290,6 @@ impl Applier {
                         existence: HashMap::new(),
                         gate: None,
                         last: None,
-                        ops: 0,
                     };
                     self.write_group(first_lsn, older_than, wtxn, &mut tables)?;
                     created.extend(tables.created.into_keys());
@@ -361,28 +364,44 @@ impl Applier {
         let ops_max = self.ops_max(store, wtxn)?;
         let mut next_lsn = first_lsn;
         let mut group_bytes = 0;
-        while group_bytes < group_bytes_max && tables.ops < ops_max {
-            let pages_max = run_pages_max(group_bytes_max, group_bytes);
-            let Some(run) = self.cursor.next_run(pages_max)? else {
-                break;
-            };
-            for page in run.pages() {
-                // The history is the pages [first_lsn, last_lsn), contiguous, in order.
-                assert_eq!(page.lsn(), next_lsn, "a group's pages are contiguous");
-                next_lsn += 1;
-                group_bytes += page.compact_bytes().len();
-                self.feed
-                    .feed(page, &mut self.state.applied_seq_end, wtxn, tables)?;
+        self.changes.clear();
+        // Rounds: gather what is ready, apply it in key order, and go on with what became ready
+        // meanwhile, while the group has room (so that a backlog that builds during a round's
+        // apply joins the group, as it did when each record was applied as it was read: fewer,
+        // larger groups copy fewer LMDB pages in all).
+        loop {
+            while group_bytes < group_bytes_max && self.changes.ops < ops_max {
+                let pages_max = run_pages_max(group_bytes_max, group_bytes);
+                let Some(run) = self.cursor.next_run(pages_max)? else {
+                    break;
+                };
+                for page in run.pages() {
+                    // The history is the pages [first_lsn, last_lsn), contiguous, in order.
+                    assert_eq!(page.lsn(), next_lsn, "a group's pages are contiguous");
+                    let page_index = (next_lsn - first_lsn) as u32;
+                    next_lsn += 1;
+                    group_bytes += page.compact_bytes().len();
+                    self.feed.gather(
+                        page,
+                        page_index,
+                        &mut self.state.applied_seq_end,
+                        &mut self.changes,
+                    )?;
+                }
             }
+            if self.changes.is_empty() {
+                break;
+            }
+            self.apply_gathered(first_lsn, wtxn, tables)?;
         }
         let last_lsn = self.cursor.position();
         assert_eq!(
             last_lsn, next_lsn,
             "every page the cursor passed is in the group"
         );
-        if tables.ops >= ops_max {
+        if self.changes.ops >= ops_max {
             tracing::debug!(
-                ops = tables.ops,
+                ops = self.changes.ops,
                 ops_max,
                 "group ended at its changed-pages budget"
             );
@@ -400,6 +419,41 @@ impl Applier {
         // Before the commit: LMDB may write this group's meta page to disk any time after it.
         self.inner.log.make_durable_below(last_lsn)?;
         Ok(())
+    }
+
+    /// Applies what the group gathered so far (see `key_order.rs`) in its transaction.
+    fn apply_gathered<'e>(
+        &mut self,
+        first_lsn: u64,
+        wtxn: &mut heed::RwTxn<'e>,
+        tables: &mut GroupTables<'_, '_, 'e>,
+    ) -> Result<()> {
+        let store = tables.store;
+        let (value, conflicts) = (&mut self.feed.value, &mut self.feed.conflicts);
+        self.changes
+            .apply(&self.cursor, first_lsn, |step| match step {
+                Step::Put {
+                    table,
+                    key,
+                    seq,
+                    value: bytes,
+                } => {
+                    encode_value(value, seq, bytes);
+                    let t = tables.get(table, wtxn)?;
+                    t.put(wtxn, key, value).map_err(store.lmdb("put"))
+                }
+                // A delete creates nothing: a table that does not exist holds no key.
+                Step::Delete { table, key } => match tables.find(table) {
+                    Some(t) => t.delete(wtxn, key).map(drop).map_err(store.lmdb("delete")),
+                    None => Ok(()),
+                },
+                Step::Record { seq, bytes } => {
+                    if !apply_record(seq, bytes, value, wtxn, tables)? {
+                        conflicts.push(seq);
+                    }
+                    Ok(())
+                }
+            })
     }
 }
 
@@ -428,8 +482,6 @@ struct GroupTables<'s, 'g, 'e> {
     /// The table the previous operation named: batches mostly write one table, and the store's
     /// lookup (a lock and a hash) showed up at 4% of a replica's apply profile.
     last: Option<(String, TxnTable<'e>)>,
-    /// Operations this group applied: each may change a page of its own (Group size).
-    ops: u64,
 }
 
 /// `__meta`'s key for table `name`: present while the table exists.
@@ -602,13 +654,14 @@ impl RecordFeed {
         };
     }
 
-    /// Feeds one page to the reader and applies each record that completes in it.
-    fn feed<'e>(
+    /// Feeds the group's `page_index`-th page to the reader and gathers each record that
+    /// completes in it into `changes`, to be applied when the group's pages are all read.
+    fn gather(
         &mut self,
         page: PageRef<'_>,
+        page_index: u32,
         applied_seq_end: &mut u64,
-        wtxn: &mut heed::RwTxn<'e>,
-        tables: &mut GroupTables<'_, '_, 'e>,
+        changes: &mut GroupChanges,
     ) -> Result<()> {
         let mut records: Vec<(u64, Cow<'_, [u8]>)> = Vec::new();
         self.reader
@@ -617,9 +670,7 @@ impl RecordFeed {
             if seq < *applied_seq_end {
                 continue; // applied before a crash; replayed only to rebuild the reader
             }
-            if !apply_record(seq, &bytes, &mut self.value, wtxn, tables)? {
-                self.conflicts.push(seq);
-            }
+            changes.gather(seq, bytes, page, page_index)?;
             *applied_seq_end = seq + 1;
             self.records_applied += 1;
         }
@@ -686,7 +737,6 @@ fn apply_record<'e>(
         }
     }
     for op in record.ops() {
-        tables.ops += 1;
         match *op {
             Op::Put {
                 table: name,

@@ -115,6 +115,7 @@ impl Database {
             cursor,
             state,
             feed,
+            changes: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("pagemesh-applier".into())

@@ -42,6 +42,7 @@ pub mod codec;
 mod commit;
 mod database;
 mod error;
+mod key_order;
 mod metrics;
 mod options;
 mod plumbing;

@@ -218,6 +218,21 @@ impl Cursor {
         Ok(Some(page))
     }
 
+    /// Page `lsn` again, if this cursor has read it and not released it yet
+    /// (`released_lsn() <= lsn < position()`); `None` otherwise. A consumer that decoded a batch
+    /// of pages can come back to their bytes without having copied them: the borrow of `self`
+    /// keeps the page from being released, as a run's borrow does.
+    pub fn reread(&self, lsn: u64) -> Option<PageRef<'_>> {
+        if lsn < self.released_lsn() || lsn >= self.read_lsn {
+            return None;
+        }
+        // SAFETY: `lsn` is below the read position, so below the watermark when it was read:
+        // finished, and nobody writes it again. It is at or above this cursor's pin, and only
+        // `release` (which takes `&mut self`) moves the pin, so its slot is not reused while
+        // `self` is borrowed.
+        view_validated(unsafe { self.shared.ring.slot(lsn) })
+    }
+
     /// The next run of up to `pages_max` consecutive ready pages (shorter where the ring wraps),
     /// as one slice; moves the read position past it.
     pub fn next_run(&mut self, pages_max: usize) -> Result<Option<PageRun<'_>>> {

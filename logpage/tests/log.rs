@@ -415,6 +415,35 @@ fn has_room_tracks_the_slots_cursors_hold() {
     assert!(log.has_room(2 * 4084 - 4));
 }
 
+/// `reread` gives back exactly the pages a cursor has read and not released, with the bytes it
+/// read, across the ring's wrap.
+#[test]
+fn reread_returns_read_pages_until_they_are_released() {
+    let log = Log::in_memory(LogOptions::new().slots(4)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    let mut payloads = Vec::new();
+    for round in 0..3u8 {
+        for page in 0..2u8 {
+            log.append(&[round * 2 + page; 100]).unwrap();
+            log.seal();
+        }
+        let first = cursor.position();
+        assert!(cursor.reread(first).is_none(), "not read yet");
+        while let Some(page) = cursor.next_ready().unwrap() {
+            payloads.push(page.payload().to_vec());
+        }
+        for lsn in first..cursor.position() {
+            let page = cursor.reread(lsn).expect("read and not released");
+            assert_eq!(page.lsn(), lsn);
+            assert_eq!(page.payload(), payloads[lsn as usize]);
+        }
+        cursor.release(first + 1);
+        assert!(cursor.reread(first).is_none(), "released");
+        assert!(cursor.reread(first + 1).is_some(), "still held");
+        cursor.release(cursor.position());
+    }
+}
+
 /// Runs `pace` on another thread and returns what it returned; fails (instead of hanging) if it
 /// has not returned after 20 s, which for these waits means a lost wake-up.
 fn paced<T: Send + 'static>(pace: impl FnOnce() -> T + Send + 'static) -> T {

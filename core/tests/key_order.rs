@@ -1,0 +1,140 @@
+//! The applier applies a group's puts and deletes in key order (`pagemesh_core`'s key_order
+//! module): within one group the stored result must be what log order gives. Changes to one key
+//! keep their order, and a record that reads or that creates, clears or drops a table is applied
+//! in its place, after everything before it and before everything after it.
+//!
+//! The applier's pace is an hour, so every `Durable` commit below stays in the log until the
+//! conditional put at the end, which waits for `Applied` and hurries the applier: all of them are
+//! applied in one group, which the test checks through `Database::stats`.
+
+use std::time::Duration;
+
+use pagemesh_core::{Database, Durability, Options, WriteBatch};
+
+fn options() -> Options {
+    Options::new().apply_pace(Duration::from_secs(3600), 8 << 20)
+}
+
+/// Every entry: table, key, version, bytes.
+fn contents(db: &Database) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
+    let snapshot = db.read().unwrap();
+    let mut out = Vec::new();
+    for table in db.tables() {
+        for entry in snapshot.prefix(&table, b"").unwrap() {
+            let (key, value) = entry.unwrap();
+            out.push((table.clone(), key.to_vec(), value.seq, value.bytes.to_vec()));
+        }
+    }
+    out
+}
+
+fn durable(db: &Database, build: impl FnOnce(&mut WriteBatch)) -> u64 {
+    let mut batch = WriteBatch::new();
+    build(&mut batch);
+    db.commit(&batch, Durability::Durable).unwrap()
+}
+
+#[test]
+fn a_group_applied_in_key_order_stores_what_log_order_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let first = db.put_if_version("t", b"k", None, b"v0").unwrap();
+    let groups_before = db.stats().groups;
+
+    // Keys out of order, and a value that spans pages (the reader assembles that record).
+    let big = vec![7u8; 10_000];
+    let s1 = durable(&db, |b| {
+        b.put("t", b"z", b"1").unwrap();
+        b.put("t", b"big", &big).unwrap();
+        b.put("t", b"a", b"1").unwrap();
+        b.put("t", b"m", b"1").unwrap();
+    });
+    // Changes `k`'s version: the conditional put at the end expects it.
+    let s2 = durable(&db, |b| {
+        b.put("t", b"k", b"v1").unwrap();
+    });
+    // Several changes to one key in a group: the last one stands.
+    let s3 = durable(&db, |b| {
+        b.put("t", b"a", b"2").unwrap();
+        b.delete("t", b"m").unwrap();
+        b.put("t", b"m", b"3").unwrap();
+        b.put("t", b"z", b"2").unwrap();
+        b.delete("t", b"z").unwrap();
+    });
+    // A clear between puts of the same record, and between records.
+    durable(&db, |b| {
+        b.put("u", b"x", b"1").unwrap();
+    });
+    let s5 = durable(&db, |b| {
+        b.put("u", b"w", b"1").unwrap();
+        b.clear_table("u").unwrap();
+        b.put("u", b"y", b"1").unwrap();
+    });
+    // A drop between two records writing the table: only what came after it is left.
+    durable(&db, |b| {
+        b.put("w", b"p", b"1").unwrap();
+    });
+    durable(&db, |b| {
+        b.drop_table("w").unwrap();
+    });
+    let s8 = durable(&db, |b| {
+        b.put("w", b"q", b"1").unwrap();
+    });
+    // Deletes of keys that were never there, in a table that does not exist, change nothing.
+    durable(&db, |b| {
+        b.delete("t", b"never").unwrap();
+        b.delete("nowhere", b"k").unwrap();
+    });
+    // Applies only if the put of `s2` was applied before its version check.
+    let s10 = db.put_if_version("t", b"k", Some(s2), b"v2").unwrap();
+
+    let stats = db.stats();
+    assert_eq!(
+        stats.groups,
+        groups_before + 1,
+        "the backlog must be one group, or this test checks nothing: {stats:?}"
+    );
+    let t =
+        |key: &[u8], seq: u64, bytes: &[u8]| ("t".to_string(), key.to_vec(), seq, bytes.to_vec());
+    let expected = vec![
+        t(b"a", s3, b"2"),
+        t(b"big", s1, &big),
+        t(b"k", s10, b"v2"),
+        t(b"m", s3, b"3"),
+        ("u".into(), b"y".to_vec(), s5, b"1".to_vec()),
+        ("w".into(), b"q".to_vec(), s8, b"1".to_vec()),
+    ];
+    let mut found = contents(&db);
+    found.sort();
+    assert_eq!(found, expected);
+    assert!(first < s1, "versions are log positions");
+
+    // And the same after a reopen.
+    drop(db);
+    let db = Database::open(dir.path(), options()).unwrap();
+    let mut found = contents(&db);
+    found.sort();
+    assert_eq!(found, expected);
+}
+
+/// A conditional put whose expected version an earlier put of the same group changed must
+/// conflict, although the key's version before the group was the one it expects.
+#[test]
+fn a_version_check_sees_the_changes_before_it_in_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path(), options()).unwrap();
+    let v0 = db.put_if_version("t", b"k", None, b"v0").unwrap();
+    let groups_before = db.stats().groups;
+    durable(&db, |b| {
+        b.put("t", b"k", b"v1").unwrap();
+    });
+    let outcome = db.put_if_version("t", b"k", Some(v0), b"stale");
+    assert!(
+        matches!(outcome, Err(pagemesh_core::Error::Conflict { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(db.stats().groups, groups_before + 1, "one group");
+    let snapshot = db.read().unwrap();
+    let value = snapshot.get("t", b"k").unwrap().map(|v| v.bytes.to_vec());
+    assert_eq!(value, Some(b"v1".to_vec()));
+}
