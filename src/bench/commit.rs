@@ -77,7 +77,7 @@ use serde::Serialize;
 use crate::workload::price_paid::PricePaid;
 
 /// The table every variant writes.
-const TABLE: &str = "price_paid";
+pub(crate) const TABLE: &str = "price_paid";
 /// Records per batch in `batch` and `heed-batch`.
 pub const BATCH_RECORDS: usize = 1_000;
 /// Pages of the `fsync-floor` file (4 MiB).
@@ -323,7 +323,7 @@ pub fn measure_fsync_floor(dir: &Path, seconds: f64) -> std::io::Result<CommitMe
 }
 
 /// A fresh heed environment with the benchmark table, synced per commit or not.
-fn open_heed(
+pub(crate) fn open_heed(
     dir: &Path,
     sync: bool,
 ) -> heed::Result<(heed::Env, heed::Database<'static, Bytes, Bytes>)> {

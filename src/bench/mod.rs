@@ -1,6 +1,7 @@
 //! Benchmarks shared by `pagemesh bench` and `benches/`: each measures pagemesh against a baseline
 //! in the same run, and reports ratios, because the machines are shared and noisy.
 
+pub mod apply;
 pub mod bootstrap;
 pub mod commit;
 pub mod link;
