@@ -35,22 +35,39 @@
 //!
 //! Measured in the demo (eight runs alternated with the build before, which applied each record
 //! as it was read): end to end median 0.380 s (0.37–0.41) against 0.435 s (0.40–0.45), ratio to
-//! raw heed 0.85x (0.80–0.89) against 0.77x (0.73–0.85), 286 MB written against 294.
+//! raw heed 0.85x (0.80–0.89) against 0.77x (0.73–0.85), 286 MB written against 294. Again with
+//! the values found in the ring (below, Memory): 0.390 s (0.36–0.41) against 0.445 s
+//! (0.42–0.53), ratio 0.82–1.06x against 0.70–1.14x (raw heed's own time moved between the runs,
+//! median 0.335 s against 0.375 s).
 //!
 //! # Memory
 //!
-//! Values are not copied: a change holds where its value lies in a ring page, and the group's
-//! pages stay pinned until after its commit (the applier releases a group's pages only once the
-//! next commit's sync covered its meta page), so [`Cursor::reread`] finds them when the group is
-//! applied. What is copied is the keys, back to back, and each record that spans pages, which
-//! the record reader had to assemble anyway; per change the applier holds an entry of 40 bytes. For
-//! the demo's groups of 37,050 rows that is 1.4 MB of keys and 1.5 MB of entries, against the
-//! 8 MiB of ring pages the group reads; the buffers are kept for the next group.
+//! Values are not copied: a change holds where its value lies in the ring, and the group's pages
+//! stay pinned until after its commit (the applier releases a group's pages only once the next
+//! commit's sync covered its meta page), so [`Cursor::reread`] finds them when the group is
+//! applied. That holds for records that span pages too, which the record reader assembles into
+//! a copy: every page such a record passes through is full and it goes on at the start of the
+//! next page's payload, so a byte's place in the ring follows from the record's `seq` (where its
+//! header starts) by arithmetic, and the copy is dropped once its changes are gathered. A value
+//! that runs over a page's end is put back together when it is applied, one at a time. Only a
+//! record begun in an earlier group's pages, which may be released, is kept whole (at most one
+//! per group). What is copied is the keys, back to back; per change the applier holds an entry
+//! of 40 bytes. For the demo's groups of 37,050 rows that is 1.4 MB of keys and 1.5 MB of
+//! entries, against the 8 MiB of ring pages the group reads; the buffers are kept for the next
+//! group.
+//!
+//! The first version kept every assembled record until its group was applied: the demo's and
+//! `bench commit`'s load commit batches of 50 records, about 11 KB each, so nearly every record
+//! spans pages and the whole group was held twice. `heaptrack` over the load put the held
+//! records at 10.1 MB of the heap's 78.7 MB peak; finding them in the ring instead, the peak is
+//! 65.7 MB, and the load's peak RSS by its last commit 60.7–82.7 MiB (median 62.8) against
+//! 62.8–83.8 (median 69) for the build that applied each record as it was read (six runs each,
+//! alternated); once applied, 91.7–106.1 against 93.7–101.8.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use pagemesh_logpage::{Cursor, PageRef};
+use pagemesh_logpage::{Cursor, PageRef, PAGE_SIZE, PAYLOAD_SIZE, RECORD_HEADER_SIZE};
 
 use crate::error::Result;
 use crate::record::{decode, Op};
@@ -60,14 +77,48 @@ use crate::Options;
 /// Marks a [`Span`] whose bytes are in [`GroupChanges::held`], not in a ring page.
 const HELD: u32 = 1 << 31;
 
-/// Where bytes of a gathered record lie: in the payload of the group's `source`-th page (counted
-/// from its first), or in held record `source & !HELD`. A record is under 2 GiB
-/// (`RECORD_LEN_MAX`), so offsets in it fit.
+/// Where bytes of a gathered record lie: `len` bytes of the log's payload stream from offset
+/// `start` of the group's `source`-th page (counted from its first) on, running on into the next
+/// pages' payloads where they pass the end of that page's; or, with [`HELD`], in held record
+/// `source & !HELD`. A record that spans pages continues at the start of the next page's
+/// payload, and every page it passes through is full (`RecordReader` refuses anything else), so
+/// a byte's place in the stream is arithmetic. A record is under 2 GiB (`RECORD_LEN_MAX`), so
+/// offsets in it fit.
 #[derive(Clone, Copy, Debug)]
 struct Span {
     source: u32,
     start: u32,
     len: u32,
+}
+
+/// Where a gathered record's first byte is: in the payload stream (the group's `page`-th page,
+/// offset `start`, which may pass the payload's end when the record's header straddles pages),
+/// or in a held record.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    Stream { page: u32, start: usize },
+    Held(u32),
+}
+
+impl Origin {
+    /// The span of the record's bytes `[offset, offset + len)`.
+    fn span(self, offset: usize, len: usize) -> Span {
+        match self {
+            Origin::Stream { page, start } => {
+                let at = start + offset;
+                Span {
+                    source: page + (at / PAYLOAD_SIZE) as u32,
+                    start: (at % PAYLOAD_SIZE) as u32,
+                    len: len as u32,
+                }
+            }
+            Origin::Held(source) => Span {
+                source,
+                start: offset as u32,
+                len: len as u32,
+            },
+        }
+    }
 }
 
 /// A put (`value` some) or a delete, by table index and key position.
@@ -122,7 +173,6 @@ pub(crate) enum Step<'a> {
 }
 
 impl GroupChanges {
-    /// Forgets what was gathered, keeping the buffers.
     /// Forgets what was gathered, and the count of operations, keeping the buffers: for a new
     /// group.
     pub fn clear(&mut self) {
@@ -162,23 +212,41 @@ impl GroupChanges {
             ops,
         } = self;
         let payload = page.payload();
-        // The bytes spans are counted from: the page's payload, or the record's own copy.
-        let (source, base, record): (u32, &[u8], &[u8]) = match bytes {
-            Cow::Borrowed(bytes) if within(payload, bytes) => (page_index, payload, bytes),
+        let first_lsn = page.lsn() - u64::from(page_index);
+        let (start_lsn, start) = (seq / PAGE_SIZE as u64, (seq % PAGE_SIZE as u64) as usize);
+        // Where the record's bytes are found again when the group is applied.
+        let owned: Vec<u8>;
+        let (origin, record): (Origin, &[u8]) = match bytes {
+            Cow::Borrowed(bytes) if within(payload, bytes) => (
+                Origin::Stream {
+                    page: page_index,
+                    start: bytes.as_ptr() as usize - payload.as_ptr() as usize,
+                },
+                bytes,
+            ),
+            // Assembled from pages of this group: found there again, so the copy can go.
+            bytes if start_lsn >= first_lsn && start_lsn < page.lsn() => {
+                owned = bytes.into_owned();
+                let origin = Origin::Stream {
+                    page: (start_lsn - first_lsn) as u32,
+                    start: start + RECORD_HEADER_SIZE,
+                };
+                (origin, &owned[..])
+            }
+            // Begun in an earlier group's pages, which may be released by now: kept.
             bytes => {
                 held.push(bytes.into_owned());
                 let index = held.len() - 1;
                 assert!(index < HELD as usize, "under 2^31 records in a group");
-                (index as u32 | HELD, &held[index], &held[index])
+                (Origin::Held(index as u32 | HELD), &held[index][..])
             }
         };
         let span = |inner: &[u8]| {
-            debug_assert!(within(base, inner), "a record's field lies in the record");
-            Span {
-                source,
-                start: (inner.as_ptr() as usize - base.as_ptr() as usize) as u32,
-                len: inner.len() as u32,
-            }
+            debug_assert!(within(record, inner), "a record's field lies in the record");
+            origin.span(
+                inner.as_ptr() as usize - record.as_ptr() as usize,
+                inner.len(),
+            )
         };
         let view = decode(record)?;
         *ops += view.ops().len() as u64;
@@ -238,6 +306,8 @@ impl GroupChanges {
         } = self;
         let key =
             |change: &Change| &keys[change.key_start..change.key_start + change.key_len as usize];
+        // A value that runs over a page's end, put back together.
+        let mut joined = Vec::new();
         let mut start = 0;
         for barrier in barriers.iter().map(Some).chain([None]) {
             let end = barrier.map_or(changes.len(), |barrier| barrier.after);
@@ -256,7 +326,7 @@ impl GroupChanges {
                         table,
                         key: key(change),
                         seq: change.seq,
-                        value: resolve(cursor, held, first_lsn, value),
+                        value: resolve(cursor, held, first_lsn, value, &mut joined),
                     },
                     None => Step::Delete {
                         table,
@@ -267,7 +337,7 @@ impl GroupChanges {
             if let Some(barrier) = barrier {
                 apply(Step::Record {
                     seq: barrier.seq,
-                    bytes: resolve(cursor, held, first_lsn, barrier.record),
+                    bytes: resolve(cursor, held, first_lsn, barrier.record, &mut joined),
                 })?;
             }
             start = end;
@@ -289,16 +359,44 @@ fn as_change<'a>(op: &Op<'a>) -> Option<PlainChange<'a>> {
     }
 }
 
-/// The bytes `span` names.
-fn resolve<'a>(cursor: &'a Cursor, held: &'a [Vec<u8>], first_lsn: u64, span: Span) -> &'a [u8] {
-    let base = match span.source & HELD {
-        0 => cursor
-            .reread(first_lsn + u64::from(span.source))
+/// The bytes `span` names: in place where they lie in one page or a held record, else copied
+/// into `joined`.
+fn resolve<'a>(
+    cursor: &'a Cursor,
+    held: &'a [Vec<u8>],
+    first_lsn: u64,
+    span: Span,
+    joined: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let (start, len) = (span.start as usize, span.len as usize);
+    if len == 0 {
+        // An empty value at the very end of a full page "starts" in the next page, which may
+        // not be the group's.
+        return &[];
+    }
+    if span.source & HELD != 0 {
+        return &held[(span.source & !HELD) as usize][start..start + len];
+    }
+    let page = |lsn: u64| {
+        cursor
+            .reread(lsn)
             .expect("a group's pages stay pinned until after its commit")
-            .payload(),
-        _ => &held[(span.source & !HELD) as usize][..],
+            .payload()
     };
-    &base[span.start as usize..(span.start + span.len) as usize]
+    let mut lsn = first_lsn + u64::from(span.source);
+    let payload = page(lsn);
+    if start + len <= payload.len() {
+        return &payload[start..start + len];
+    }
+    joined.clear();
+    joined.extend_from_slice(&payload[start..]);
+    while joined.len() < len {
+        lsn += 1;
+        let payload = page(lsn);
+        let take = (len - joined.len()).min(payload.len());
+        joined.extend_from_slice(&payload[..take]);
+    }
+    joined
 }
 
 /// Whether `inner` lies within `outer`'s bytes.

@@ -64,5 +64,5 @@ pub use error::{Error, RecordFault, Result, RingFault};
 pub use history::{HistoryPage, HistoryReader, OwnedPage};
 pub use log::{CommitPos, Ingested, Log, LogOptions, Reservation};
 pub use page::{validate, PageFlags, PageHeader, PageMeta, PageRef, PAGE_SIZE, PAYLOAD_SIZE};
-pub use record::{Record, RecordReader};
+pub use record::{Record, RecordReader, RECORD_HEADER_SIZE};
 pub use ring::Recovered;
