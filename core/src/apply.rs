@@ -70,7 +70,7 @@
 //! from then on. In a tree much larger than the group, with random keys, each put or delete
 //! changes a leaf of its own, and 8 MiB of small records is tens of thousands of leaves: LMDB
 //! itself stops only at 131,071 changed pages (512 MiB), where it starts to spill. The applier
-//! therefore counts the operations it applies, and once the tables hold more pages than the
+//! therefore counts the operations it gathers, and once the tables hold more pages than the
 //! budget (`Store::tree_pages`, read at the group's start), it ends the group at the first
 //! run of ready pages (at most `RUN_PAGES_MAX`) that brings the count to the budget in pages.
 //! A smaller database is not limited: a group cannot change more pages than the tree holds,
