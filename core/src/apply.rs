@@ -370,7 +370,10 @@ impl Applier {
         // apply joins the group, as it did when each record was applied as it was read: fewer,
         // larger groups copy fewer LMDB pages in all).
         loop {
-            while group_bytes < group_bytes_max && self.changes.ops < ops_max {
+            while group_bytes < group_bytes_max
+                && self.changes.ops < ops_max
+                && !self.changes.is_full()
+            {
                 let pages_max = run_pages_max(group_bytes_max, group_bytes);
                 let Some(run) = self.cursor.next_run(pages_max)? else {
                     break;

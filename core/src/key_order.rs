@@ -54,7 +54,8 @@
 //! per group). What is copied is the keys, back to back; per change the applier holds an entry
 //! of 40 bytes. For the demo's groups of 37,050 rows that is 1.4 MB of keys and 1.5 MB of
 //! entries, against the 8 MiB of ring pages the group reads; the buffers are kept for the next
-//! group.
+//! group. Tiny puts gather more entries than their pages' bytes, so a round applies what it has
+//! once [`GATHERED_MAX`] entries (10 MiB) are gathered, and the group goes on.
 //!
 //! The first version kept every assembled record until its group was applied: the demo's and
 //! `bench commit`'s load commit batches of 50 records, about 11 KB each, so nearly every record
@@ -73,6 +74,11 @@ use crate::error::Result;
 use crate::record::{decode, Op};
 #[cfg(doc)]
 use crate::Options;
+
+/// The most changes and barriers gathered before they are applied: 10 MiB of entries. A group of
+/// tiny puts (a few bytes of log each) would otherwise gather over a million from 8 MiB of pages;
+/// past this the group goes on in another round (above, Rounds).
+pub(crate) const GATHERED_MAX: usize = 1 << 18;
 
 /// Marks a [`Span`] whose bytes are in [`GroupChanges::held`], not in a ring page.
 const HELD: u32 = 1 << 31;
@@ -183,6 +189,11 @@ impl GroupChanges {
     /// Whether nothing is gathered and not yet applied.
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && self.barriers.is_empty()
+    }
+
+    /// Whether [`GATHERED_MAX`] is reached: apply before gathering more.
+    pub fn is_full(&self) -> bool {
+        self.changes.len() + self.barriers.len() >= GATHERED_MAX
     }
 
     fn forget_gathered(&mut self) {

@@ -223,3 +223,43 @@ fn a_record_that_spans_two_groups_is_applied_whole() {
         assert_eq!(found.map(|v| v.bytes.to_vec()), Some(value(i)), "{i}");
     }
 }
+
+/// More tiny puts than one round gathers (`GATHERED_MAX`, 2^18): the group applies them in
+/// several rounds, in order, so a key put in an early round and again in a later one keeps the
+/// later value.
+#[test]
+fn a_group_of_more_tiny_puts_than_a_round_gathers_keeps_the_last_value() {
+    const PUTS: u32 = 400_000;
+    const KEYS: u32 = 150_000;
+    let dir = tempfile::tempdir().unwrap();
+    // 7 MB of log: a 32 MiB ring, so that the pace's backlog (a quarter ring) holds it.
+    let db = Database::open(dir.path(), options().ring_slots(1 << 13)).unwrap();
+    db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
+    let groups_before = db.stats().groups;
+    let mut tickets = Vec::new();
+    for start in (0..PUTS).step_by(1_000) {
+        let mut batch = WriteBatch::new();
+        for i in start..start + 1_000 {
+            batch
+                .put("t", &(i % KEYS).to_be_bytes(), &i.to_le_bytes())
+                .unwrap();
+        }
+        tickets.push(db.commit_async(&batch, Durability::Memory).unwrap());
+    }
+    db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
+    for ticket in tickets {
+        ticket.wait().unwrap();
+    }
+    let stats = db.stats();
+    assert_eq!(stats.groups, groups_before + 1, "one group: {stats:?}");
+    let snapshot = db.read().unwrap();
+    for key in 0..KEYS {
+        // The last i with i % KEYS == key.
+        let last = key + (PUTS - 1 - key) / KEYS * KEYS;
+        let found = snapshot.get("t", &key.to_be_bytes()).unwrap();
+        assert_eq!(
+            found.map(|v| v.bytes.to_vec()),
+            Some(last.to_le_bytes().to_vec())
+        );
+    }
+}
