@@ -410,7 +410,8 @@ impl Cursor {
 
     /// Lets a backlog build: blocks until this cursor holds `pages_min` pages (ready and not
     /// released: read or not), `deadline` passes, the log closes, or a reader hurried a page this
-    /// cursor has not read ([`Log::hurry`]). Returns the ready pages not yet read.
+    /// cursor has not read ([`Log::hurry`]). Returns the ready pages not yet read; after a hurry
+    /// they include the hurried page, which it seals if it is still open.
     ///
     /// While it waits, the cursor is neither busy nor waiting (seal rule 6): it seals the open
     /// page as it steps back, and waiters seal their own pages meanwhile. It returns busy if it
@@ -435,6 +436,14 @@ impl Cursor {
                 shared.seal_open_page(None); // disengaging: rule 4
             }
             consumers.pace.wait_while(|| !enough(), deadline);
+        }
+        // A hurry ended the pace: its page is committed, but may still be open. When nobody
+        // paced at the hurry, it asked the engaged consumers to seal it (rule 2), and this one
+        // had stepped back; it seals the page now, so that what it reads next holds it (else a
+        // hurried group left its own page for the next one).
+        let hurried = consumers.hurry_end();
+        if hurried > read_lsn && watermark() < hurried {
+            shared.seal_open_page(Some(hurried - 1));
         }
         let lag = watermark().saturating_sub(read_lsn);
         self.set_busy(lag > 0);

@@ -502,6 +502,26 @@ fn a_hurry_ends_a_pace_and_the_hurried_record_is_read() {
     assert_eq!(pacer.join().unwrap(), 2);
 }
 
+/// A hurry made while nobody paced asks the engaged consumers to seal its page; a cursor that
+/// paces afterwards ends its pace at once for it, and must have the page ready when it returns,
+/// or what it reads next (a group) leaves the hurried record for the round after.
+#[test]
+fn a_pace_ended_by_an_earlier_hurry_returns_with_the_hurried_page_ready() {
+    let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
+    let mut cursor = log.cursor(0).unwrap();
+    log.append(&make_record(0, 0, 10)).unwrap();
+    log.seal();
+    assert!(cursor.wait_ready(None).unwrap());
+    while cursor.next_ready().unwrap().is_some() {}
+    // Committed into the open page, then hurried, while the cursor is not pacing.
+    let pos = log.append(&make_record(0, 1, 10)).unwrap();
+    log.hurry(pos.lsn_last);
+    let lag = cursor.wait_backlog(1_000, Some(Instant::now() + Duration::from_secs(20)));
+    assert_eq!(lag, 1, "the hurried page is ready when the pace ends");
+    let page = cursor.next_ready().unwrap().expect("the hurried page");
+    assert_eq!(page.lsn(), pos.lsn_last);
+}
+
 #[test]
 fn a_pacing_cursor_leaves_sealing_to_waiters_and_close_ends_its_pace() {
     let log = Log::in_memory(LogOptions::new().slots(16)).unwrap();
