@@ -6,6 +6,9 @@
 //! retention trims it by size but never past a registered cursor, and asking below what it kept
 //! is a `Purged` error.
 
+mod common;
+
+use common::contents;
 use pagemesh_core::{Database, Durability, Error, Options, WriteBatch};
 use pagemesh_logpage::RecordReader;
 use std::time::Duration;
@@ -26,18 +29,6 @@ fn fill(db: &Database, from: u32, to: u32) {
         }
         db.commit(&batch, Durability::Applied).unwrap();
     }
-}
-
-fn contents(db: &Database) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
-    let snapshot = db.read().unwrap();
-    let mut out = Vec::new();
-    for table in db.tables() {
-        for entry in snapshot.prefix(&table, b"").unwrap() {
-            let (key, value) = entry.unwrap();
-            out.push((table.clone(), key.to_vec(), value.seq, value.bytes.to_vec()));
-        }
-    }
-    out
 }
 
 #[test]

@@ -7,6 +7,9 @@
 //! conditional put at the end, which waits for `Applied` and hurries the applier: all of them are
 //! applied in one group, which the test checks through `Database::stats`.
 
+mod common;
+
+use common::contents;
 use std::time::Duration;
 
 use pagemesh_core::{Database, Durability, Options, WriteBatch};
@@ -15,23 +18,26 @@ fn options() -> Options {
     Options::new().apply_pace(Duration::from_secs(3600), 8 << 20)
 }
 
-/// Every entry: table, key, version, bytes.
-fn contents(db: &Database) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
-    let snapshot = db.read().unwrap();
-    let mut out = Vec::new();
-    for table in db.tables() {
-        for entry in snapshot.prefix(&table, b"").unwrap() {
-            let (key, value) = entry.unwrap();
-            out.push((table.clone(), key.to_vec(), value.seq, value.bytes.to_vec()));
-        }
-    }
-    out
-}
-
 fn durable(db: &Database, build: impl FnOnce(&mut WriteBatch)) -> u64 {
     let mut batch = WriteBatch::new();
     build(&mut batch);
     db.commit(&batch, Durability::Durable).unwrap()
+}
+
+/// Commits `batches` with `Memory`, without waiting on each (a wait seals its page, and the
+/// records are to share pages), then an empty batch with `Applied`, which hurries the applier;
+/// returns how many groups it took to apply them.
+fn apply_backlog(db: &Database, batches: impl IntoIterator<Item = WriteBatch>) -> u64 {
+    let groups_before = db.stats().groups;
+    let tickets: Vec<_> = batches
+        .into_iter()
+        .map(|batch| db.commit_async(&batch, Durability::Memory).unwrap())
+        .collect();
+    db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
+    for ticket in tickets {
+        ticket.wait().unwrap();
+    }
+    db.stats().groups - groups_before
 }
 
 #[test]
@@ -149,28 +155,23 @@ fn values_are_found_again_wherever_records_fall_in_the_pages() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path(), options()).unwrap();
     db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
-    let groups_before = db.stats().groups;
     let value = |i: usize, j: usize| -> Vec<u8> {
         let len = (i * 7 + j * 13) % 97;
         (0..len).map(|b| (i + j + b) as u8).collect()
     };
-    let mut tickets = Vec::with_capacity(RECORDS);
-    for i in 0..RECORDS {
-        let mut batch = WriteBatch::new();
-        for j in 0..=(i % 3) {
+    let groups = apply_backlog(
+        &db,
+        (0..RECORDS).map(|i| {
+            let mut batch = WriteBatch::new();
+            for j in 0..=(i % 3) {
+                batch
+                    .put("t", format!("k{i:06}-{j}").as_bytes(), &value(i, j))
+                    .unwrap();
+            }
             batch
-                .put("t", format!("k{i:06}-{j}").as_bytes(), &value(i, j))
-                .unwrap();
-        }
-        // Not waited on one by one: a wait seals the page, and the records are to share pages.
-        tickets.push(db.commit_async(&batch, Durability::Memory).unwrap());
-    }
-    db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
-    for ticket in tickets {
-        ticket.wait().unwrap();
-    }
-    let stats = db.stats();
-    assert_eq!(stats.groups, groups_before + 1, "one group: {stats:?}");
+        }),
+    );
+    assert_eq!(groups, 1, "one group: {:?}", db.stats());
     let snapshot = db.read().unwrap();
     for i in 0..RECORDS {
         for j in 0..=(i % 3) {
@@ -199,23 +200,20 @@ fn a_record_that_spans_two_groups_is_applied_whole() {
         first.put("t", &key(i), &value(i)).unwrap();
     }
     db.commit(&first, Durability::Applied).unwrap();
-    let groups_before = db.stats().groups;
-    let mut tickets = Vec::with_capacity(BATCHES);
-    for batch_index in 0..BATCHES {
-        let mut batch = WriteBatch::new();
-        for i in batch_index * 50..(batch_index + 1) * 50 {
-            batch.put("t", &key(i), &value(i)).unwrap();
-        }
-        tickets.push(db.commit_async(&batch, Durability::Memory).unwrap());
-    }
-    db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
-    for ticket in tickets {
-        ticket.wait().unwrap();
-    }
-    let stats = db.stats();
+    let groups = apply_backlog(
+        &db,
+        (0..BATCHES).map(|batch_index| {
+            let mut batch = WriteBatch::new();
+            for i in batch_index * 50..(batch_index + 1) * 50 {
+                batch.put("t", &key(i), &value(i)).unwrap();
+            }
+            batch
+        }),
+    );
     assert!(
-        stats.groups >= groups_before + 10,
-        "the budget must split the load: {stats:?}"
+        groups >= 10,
+        "the budget must split the load: {:?}",
+        db.stats()
     );
     let snapshot = db.read().unwrap();
     for i in 0..BATCHES * 50 {
@@ -235,23 +233,19 @@ fn a_group_of_more_tiny_puts_than_a_round_gathers_keeps_the_last_value() {
     // 7 MB of log: a 32 MiB ring, so that the pace's backlog (a quarter ring) holds it.
     let db = Database::open(dir.path(), options().ring_slots(1 << 13)).unwrap();
     db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
-    let groups_before = db.stats().groups;
-    let mut tickets = Vec::new();
-    for start in (0..PUTS).step_by(1_000) {
-        let mut batch = WriteBatch::new();
-        for i in start..start + 1_000 {
+    let groups = apply_backlog(
+        &db,
+        (0..PUTS).step_by(1_000).map(|start| {
+            let mut batch = WriteBatch::new();
+            for i in start..start + 1_000 {
+                batch
+                    .put("t", &(i % KEYS).to_be_bytes(), &i.to_le_bytes())
+                    .unwrap();
+            }
             batch
-                .put("t", &(i % KEYS).to_be_bytes(), &i.to_le_bytes())
-                .unwrap();
-        }
-        tickets.push(db.commit_async(&batch, Durability::Memory).unwrap());
-    }
-    db.commit(&WriteBatch::new(), Durability::Applied).unwrap();
-    for ticket in tickets {
-        ticket.wait().unwrap();
-    }
-    let stats = db.stats();
-    assert_eq!(stats.groups, groups_before + 1, "one group: {stats:?}");
+        }),
+    );
+    assert_eq!(groups, 1, "one group: {:?}", db.stats());
     let snapshot = db.read().unwrap();
     for key in 0..KEYS {
         // The last i with i % KEYS == key.

@@ -3,6 +3,9 @@
 //! the same; a transaction's scans are validated at apply, so a write into a scanned range makes
 //! it run again; `get_versioned` reports the version `put_if_version` expects.
 
+mod common;
+
+use common::contents;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -12,18 +15,6 @@ fn keys(db: &Database, table: &str) -> Vec<Vec<u8>> {
     let snapshot = db.read().unwrap();
     let entries = snapshot.prefix(table, b"").unwrap();
     entries.map(|entry| entry.unwrap().0.to_vec()).collect()
-}
-
-fn contents(db: &Database) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
-    let snapshot = db.read().unwrap();
-    let mut out = Vec::new();
-    for table in db.tables() {
-        for entry in snapshot.prefix(&table, b"").unwrap() {
-            let (key, value) = entry.unwrap();
-            out.push((table.clone(), key.to_vec(), value.seq, value.bytes.to_vec()));
-        }
-    }
-    out
 }
 
 /// Before: a table existed only once something was put in it, and could be neither dropped
