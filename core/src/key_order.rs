@@ -21,6 +21,10 @@
 //! on its own. Of several changes to one key between two barriers only the last is applied: it
 //! is the one a reader would see.
 //!
+//! DESIGN.md's applier takes ready pages in LSN order and applies each record in one transaction
+//! per group. It still does, with the same outcome: only the order of LMDB's operations inside
+//! the transaction changes, and the same pages still give the same data on every replica.
+//!
 //! # Rounds
 //!
 //! A group is gathered and applied in rounds, in its one transaction: gather every ready page
