@@ -431,7 +431,6 @@ impl Applier {
         wtxn: &mut heed::RwTxn<'e>,
         tables: &mut GroupTables<'_, '_, 'e>,
     ) -> Result<()> {
-        let store = tables.store;
         let (value, conflicts) = (&mut self.feed.value, &mut self.feed.conflicts);
         self.changes
             .apply(&self.cursor, first_lsn, |step| match step {
@@ -440,16 +439,8 @@ impl Applier {
                     key,
                     seq,
                     value: bytes,
-                } => {
-                    encode_value(value, seq, bytes);
-                    let t = tables.get(table, wtxn)?;
-                    t.put(wtxn, key, value).map_err(store.lmdb("put"))
-                }
-                // A delete creates nothing: a table that does not exist holds no key.
-                Step::Delete { table, key } => match tables.find(table) {
-                    Some(t) => t.delete(wtxn, key).map(drop).map_err(store.lmdb("delete")),
-                    None => Ok(()),
-                },
+                } => tables.put(table, key, seq, bytes, value, wtxn),
+                Step::Delete { table, key } => tables.delete(table, key, wtxn),
                 Step::Record { seq, bytes } => {
                     if !apply_record(seq, bytes, value, wtxn, tables)? {
                         conflicts.push(seq);
@@ -562,6 +553,33 @@ impl<'e> GroupTables<'_, '_, 'e> {
         Ok(table)
     }
 
+    /// Puts `key` = `value`, versioned `seq` (encoded in `value_buf`), creating the table if it
+    /// does not exist.
+    fn put(
+        &mut self,
+        table: &str,
+        key: &[u8],
+        seq: u64,
+        value: &[u8],
+        value_buf: &mut Vec<u8>,
+        wtxn: &mut heed::RwTxn<'e>,
+    ) -> Result<()> {
+        encode_value(value_buf, seq, value);
+        let t = self.get(table, wtxn)?;
+        t.put(wtxn, key, value_buf).map_err(self.store.lmdb("put"))
+    }
+
+    /// Deletes `key`. A delete creates nothing: a table that does not exist holds no key.
+    fn delete(&mut self, table: &str, key: &[u8], wtxn: &mut heed::RwTxn<'e>) -> Result<()> {
+        match self.find(table) {
+            Some(t) => t
+                .delete(wtxn, key)
+                .map(drop)
+                .map_err(self.store.lmdb("delete")),
+            None => Ok(()),
+        }
+    }
+
     /// Empties the table, if it has a database; with `drop`, it also stops existing.
     fn clear(&mut self, name: &str, drop: bool, wtxn: &mut heed::RwTxn<'e>) -> Result<()> {
         if let Some(table) = self.find(name) {
@@ -658,7 +676,7 @@ impl RecordFeed {
     }
 
     /// Feeds the group's `page_index`-th page to the reader and gathers each record that
-    /// completes in it into `changes`, to be applied when the group's pages are all read.
+    /// completes in it into `changes`, to be applied at the end of the round.
     fn gather(
         &mut self,
         page: PageRef<'_>,
@@ -741,21 +759,8 @@ fn apply_record<'e>(
     }
     for op in record.ops() {
         match *op {
-            Op::Put {
-                table: name,
-                key,
-                value,
-            } => {
-                encode_value(value_buf, seq, value);
-                let t = tables.get(name, wtxn)?;
-                t.put(wtxn, key, value_buf).map_err(lmdb("put"))?;
-            }
-            // A delete creates nothing: a table that does not exist holds no key.
-            Op::Delete { table: name, key } => {
-                if let Some(t) = tables.find(name) {
-                    t.delete(wtxn, key).map_err(lmdb("delete"))?;
-                }
-            }
+            Op::Put { table, key, value } => tables.put(table, key, seq, value, value_buf, wtxn)?,
+            Op::Delete { table, key } => tables.delete(table, key, wtxn)?,
             Op::CreateTable { table: name } => {
                 tables.get(name, wtxn)?;
             }
