@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use pagemesh_core::{Database, Durability, Options, WriteBatch};
 
-use super::commit::{open_heed, TABLE};
+use super::commit::{open_heed, versioned, TABLE};
 
 /// Records per commit of the backlog, as in the demo.
 const BATCH: usize = 50;
@@ -76,7 +76,7 @@ pub fn time_heed_backlog(
     let mut value = Vec::new();
     let mut wtxn = env.write_txn()?;
     for (key, bytes) in first {
-        versioned(&mut value, bytes);
+        versioned(&mut value, 0, bytes);
         db.put(&mut wtxn, key, &value)?;
     }
     wtxn.commit()?;
@@ -87,18 +87,11 @@ pub fn time_heed_backlog(
     }
     let mut wtxn = env.write_txn()?;
     for (key, bytes) in order {
-        versioned(&mut value, bytes);
+        versioned(&mut value, 0, bytes);
         db.put(&mut wtxn, key, &value)?;
     }
     wtxn.commit()?;
     Ok(started.elapsed())
-}
-
-/// `bytes` as pagemesh stores a value: an 8-byte version first.
-fn versioned(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.clear();
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(bytes);
 }
 
 #[cfg(test)]

@@ -366,9 +366,7 @@ pub fn measure_heed(
         }
         let mut wtxn = env.write_txn()?;
         for (key, value) in chunk {
-            value_buf.clear();
-            value_buf.extend_from_slice(&done.to_le_bytes());
-            value_buf.extend_from_slice(value);
+            versioned(&mut value_buf, done, value);
             db.put(&mut wtxn, key, &value_buf)?;
             done += 1;
         }
@@ -392,6 +390,13 @@ pub fn measure_heed(
         p50_us: None,
         window: None,
     })
+}
+
+/// `value` as pagemesh stores it, for the raw-heed baselines: an 8-byte version first.
+pub(crate) fn versioned(out: &mut Vec<u8>, version: u64, value: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(value);
 }
 
 /// Records per batch in the `load` cell (the demo's load shape).
@@ -454,9 +459,7 @@ pub fn measure_heed_load_memory(
     for (seq, chunk) in records.chunks(per_txn).enumerate() {
         let mut wtxn = env.write_txn()?;
         for (key, value) in chunk {
-            value_buf.clear();
-            value_buf.extend_from_slice(&(seq as u64).to_le_bytes());
-            value_buf.extend_from_slice(value);
+            versioned(&mut value_buf, seq as u64, value);
             db.put(&mut wtxn, key, &value_buf)?;
         }
         wtxn.commit()?;
