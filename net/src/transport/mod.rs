@@ -287,6 +287,7 @@ impl Connection {
                 buf: Vec::with_capacity(HANDSHAKE_READ_BUFFER),
                 start: 0,
                 abandoned: false,
+                recv_direct: false,
                 accept: Accept::Handshake,
                 progress: Rc::clone(&progress),
             },
@@ -384,6 +385,9 @@ pub struct FrameReader {
     accept: Accept,
     /// Shared with the link's writer and timeout task.
     progress: Rc<Progress>,
+    /// io_uring only: the last receive brought bytes, so the next one tries the socket directly
+    /// before it goes through the ring.
+    recv_direct: bool,
 }
 
 impl FrameReader {
@@ -489,13 +493,28 @@ impl FrameReader {
         }
         let read = match &mut self.half {
             ReadHalf::Uring(stream) => {
-                // The buffer belongs to the operation until it completes; if this future is
-                // dropped first, the reader is left marked abandoned.
-                self.abandoned = true;
-                let (result, buf) = stream.recv(std::mem::take(&mut self.buf)).await;
-                self.buf = buf;
-                self.abandoned = false;
-                result.map_err(io)
+                // After a receive that brought bytes, the socket is tried first: more have often
+                // arrived while they were decoded (see `uring.rs`, Receives).
+                let direct = if std::mem::take(&mut self.recv_direct) {
+                    stream.try_recv(&mut self.buf)
+                } else {
+                    Ok(None)
+                };
+                let received = match direct {
+                    Ok(Some(received)) => Ok(received),
+                    Ok(None) => {
+                        // The buffer belongs to the operation until it completes; if this
+                        // future is dropped first, the reader is left marked abandoned.
+                        self.abandoned = true;
+                        let (result, buf) = stream.recv(std::mem::take(&mut self.buf)).await;
+                        self.buf = buf;
+                        self.abandoned = false;
+                        self.recv_direct = matches!(result, Ok(received) if received > 0);
+                        result
+                    }
+                    Err(error) => Err(error),
+                };
+                received.map_err(io)
             }
             ReadHalf::Epoll(half) => {
                 use tokio::io::AsyncReadExt;
@@ -674,3 +693,7 @@ pub async fn timeout<F: Future>(
 ) -> std::result::Result<F::Output, Elapsed> {
     timeout_at(Instant::now() + duration, future).await
 }
+
+#[cfg(test)]
+#[path = "frame_reader_tests.rs"]
+mod frame_reader_tests;

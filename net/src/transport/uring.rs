@@ -22,12 +22,24 @@
 //!   ring. Measured here, a ring send that completes at once still costs an enter whose only news
 //!   is its own completion, and one-page frames ran at 0.70–0.76× epoll that way against
 //!   1.09–1.22× with the direct attempt (`bench transport --seconds 3`, two runs each). An ack
-//!   round trip thus costs each end one `send` and one enter, against epoll's three syscalls.
-//! - Receives go through the ring. Trying the socket first there too (a `recv` with
-//!   `MSG_DONTWAIT` after a receive that returned bytes, the ring after one that would block)
-//!   made no difference that the noise did not swamp: one-page frames at a median of 0.98× epoll
-//!   with it and 1.02× without, over ten alternated runs of `bench transport` each (single runs
-//!   of either ranged 0.81–1.35×); ack round trip p50 0.97× and 0.98×. Not kept.
+//!   round trip thus costs each end one `send`, one enter and one `recv` that finds nothing (next
+//!   item), against epoll's three syscalls.
+//! - Receives go through the ring, except the one after a ring receive that brought bytes: that
+//!   one tries the socket first ([`TcpStream::try_recv`], a `recv` with `MSG_DONTWAIT`) and goes
+//!   to the ring only if nothing is there. While a read's frames are decoded and handed on, more
+//!   have often arrived; reading them at once, before the link's writer runs, lets one ack cover
+//!   them all. epoll gets that for free: its reader wakes later and finds more waiting. A direct
+//!   receive never follows another, so a link whose peer never stops sending still passes
+//!   through the runtime every second read, and its writer and the thread's other links run.
+//!   Measured (stop 39, `bench transport`'s 1-page ship phase alone, 200,000 frames, io_uring
+//!   and epoll alternated, two series of six to eight pairs): CPU per frame, both ends,
+//!   12.55–12.6 µs → 11.95–12.0 µs; frames per ack 1.2–1.4 → 1.9–2.3 (epoll's 1.6–2.0); MB/s
+//!   against epoll, medians, 0.96× → 1.03× and 1.01× → 1.01×. What it costs: a round trip with
+//!   nothing behind it pays one `recv` that finds nothing at each end (`strace -c`: two
+//!   `recvfrom` per ping), ack p50 against epoll 1.01× → 1.04× over eight alternated pairs whose
+//!   single runs ranged 0.85–1.24×. Stop 36 tried a direct receive after *every* receive that
+//!   brought bytes and measured whole `bench transport` runs, where no difference rose above
+//!   the noise.
 //! - Tasks are woken from any thread (committers notify shippers). A waker queues its task; if the
 //!   thread is parked, it also writes an eventfd on which the ring always has a read pending,
 //!   which ends the enter ([`Doorbell`]: the handshake, and its shuttle model).
@@ -811,6 +823,47 @@ impl TcpStream {
                 (Ok(received as usize), buf)
             }
             Err(error) => (Err(error), buf),
+        }
+    }
+
+    /// One receive straight from the socket into `buf`'s spare capacity (which must not be
+    /// empty), without waiting: `Ok(None)` when nothing is there yet, `Ok(Some(0))` at end of
+    /// stream.
+    pub fn try_recv(&self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let filled = buf.len();
+        let room = buf.capacity() - filled;
+        debug_assert!(
+            room > 0,
+            "try_recv into a full buffer would read as end of stream"
+        );
+        let fd = self.socket.as_raw_fd();
+        loop {
+            // SAFETY: the pointer names `room` bytes of the vector's spare capacity, which the
+            // call may write and nothing else touches during it; `fd` is open (owned by
+            // `self.socket`).
+            let result = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr().add(filled).cast(),
+                    room,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match usize::try_from(result) {
+                Ok(received) => {
+                    // SAFETY: the kernel initialised `received` bytes (≤ `room`) after `filled`.
+                    unsafe { buf.set_len(filled + received) };
+                    return Ok(Some(received));
+                }
+                Err(_) => {
+                    let error = io::Error::last_os_error();
+                    match error.kind() {
+                        io::ErrorKind::WouldBlock => return Ok(None),
+                        io::ErrorKind::Interrupted => continue,
+                        _ => return Err(error),
+                    }
+                }
+            }
         }
     }
 

@@ -65,8 +65,10 @@
 //!
 //! On the 2-vCPU machines (strace -c, fixed counts): an epoll ping costs each end about three
 //! syscalls (`sendto`, `epoll_wait`, `recvfrom`). The io_uring executor costs each end one `send`
-//! (tried directly; only a send that would block goes through the ring) and one `io_uring_enter`,
-//! which submits the next receive and waits for it. tokio-uring, which this transport used
+//! (tried directly; only a send that would block goes through the ring), one `recvfrom` that
+//! finds nothing (the direct receive after a ring receive, which lets acks coalesce under load:
+//! `net/src/transport/uring.rs`) and one `io_uring_enter`, which submits the next receive and
+//! waits for it. tokio-uring, which this transport used
 //! before, cost about 15 in all (9 `epoll_wait`, 6 `io_uring_enter`), and measured 0.56–0.71×
 //! epoll for 1-page runs and 1.3–1.4× its ack p50. On loopback the round trip is dominated by
 //! the wake-ups of the two threads, not by syscalls, so parity is what to expect there. The link
