@@ -193,7 +193,7 @@
 //! in 50–65 µs, against an R of 32–36 µs on these VMs' loopback.
 //!
 //! The bench also times the loopback *floor* F ([`loopback_floor_us`]: blocking std sockets, the
-//! same bytes, no runtime) and prints the estimate with F in place of R: what `sync/async` could
+//! same bytes, no runtime, its two threads pinned to two CPUs as a link's two ends run) and prints the estimate with F in place of R: what `sync/async` could
 //! reach over a transport that added nothing to the kernel's own round trip. On these 2-vCPU
 //! Firecracker VMs F is 24–26 µs, most of it two wake-ups of a halted vCPU on the other core (the
 //! same ping-pong pinned to one core takes 7–11 µs), which no code in this process can remove.

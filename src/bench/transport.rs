@@ -16,8 +16,8 @@
 //!   (after 16 unrecorded warm-up round trips). Both rows of a variant carry the same figures.
 //!
 //! - **Floor**: the same round trip on plain blocking std sockets, no runtime and no decoding
-//!   ([`super::link::blocking_floor`]): the loopback TCP path and two thread
-//!   wake-ups, which no transport avoids. Printed as its own row, with each variant's ack p50 over
+//!   ([`super::link::blocking_floor`]), its two threads pinned to two CPUs: the loopback TCP
+//!   path and two thread wake-ups across CPUs, which no transport's two ends avoid. Printed as its own row, with each variant's ack p50 over
 //!   it, so a reader sees how far above this machine's floor either transport sits (and what ack
 //!   round trip the sync/async estimates of `bench replicate` can hope for).
 //!
@@ -286,7 +286,7 @@ pub fn run(seconds: f64, json: bool) -> Result<Vec<TransportMeasurement>, Box<dy
             ),
         };
         format!(
-            "{:<10} {:<13} {} {:.2}x{target}",
+            "{:<10} {:<13} {} {:.3}x{target}",
             r.bench, r.metric, r.ratio, r.value
         )
     })?;
