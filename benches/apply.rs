@@ -2,10 +2,12 @@
 //! pagemesh's applier against raw heed putting the same records in one synced transaction, in
 //! log order (`heed-txn`, the baseline) and sorted by key (`heed-txn-sorted`, the ceiling for an
 //! applier that sorts, as pagemesh's does). Each into a database that already holds as many
-//! records again.
+//! records again. `pagemesh-backlog-barriers` applies the same puts in records that are
+//! barriers (each also creates its existing table), which the applier applies whole, in log
+//! order: against `heed-txn`, what that path costs.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pagemesh_tools::bench::apply::{time_apply_backlog, time_heed_backlog};
+use pagemesh_tools::bench::apply::{time_apply_backlog, time_heed_backlog, BacklogShape};
 use pagemesh_tools::bench::commit::records;
 
 const RECORDS: usize = 60_000;
@@ -15,16 +17,21 @@ fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply/price_paid");
     group.throughput(Throughput::Elements((RECORDS / 2) as u64));
     group.sample_size(10);
-    group.bench_function("pagemesh-backlog", |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| {
-                    let dir = tempfile::tempdir().expect("temp dir");
-                    time_apply_backlog(dir.path(), &records).expect("apply the backlog")
-                })
-                .sum()
+    for (name, shape) in [
+        ("pagemesh-backlog", BacklogShape::Puts),
+        ("pagemesh-backlog-barriers", BacklogShape::Barriers),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let dir = tempfile::tempdir().expect("temp dir");
+                        time_apply_backlog(dir.path(), &records, shape).expect("apply the backlog")
+                    })
+                    .sum()
+            });
         });
-    });
+    }
     for (name, sorted) in [("heed-txn", false), ("heed-txn-sorted", true)] {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {

@@ -25,6 +25,15 @@
 //! per group. It still does, with the same outcome: only the order of LMDB's operations inside
 //! the transaction changes, and the same pages still give the same data on every replica.
 //!
+//! A barrier gives up what sorting gains, nothing more. `benches/apply.rs` applies the same
+//! 30,000 puts as 600 plain records (`pagemesh-backlog`) and as 600 barriers
+//! (`pagemesh-backlog-barriers`: each record also creates its existing table). In three runs
+//! the barriers took 50.0–51.5 ms against 42.0–44.6 ms, raw heed's log-order transaction
+//! (`heed-txn`) 41.6–42.9 ms. `perf` on the applier thread (6 s of each) puts the difference in
+//! LMDB's tree walks: `mdb_node_search` and `mdb_page_search` took 1,117 samples against 243.
+//! Decoding each barrier twice, once to classify it and once to apply it, cost 80 samples of
+//! `decode` against 39, under half a percent of the applier's time.
+//!
 //! # Rounds
 //!
 //! A group is gathered and applied in rounds, in its one transaction: gather every ready page

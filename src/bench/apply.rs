@@ -7,6 +7,12 @@
 //! the timer then runs from one more commit, which waits for `Applied` and so hurries the
 //! applier, until it returns: one group, everything in it applied, LMDB synced.
 //!
+//! The backlog's records are either plain puts ([`BacklogShape::Puts`]), which the applier
+//! gathers and applies sorted by key, or the same puts in records that also create their
+//! (existing) table ([`BacklogShape::Barriers`]): a table operation makes a record a barrier,
+//! applied whole and in log order, and decoded twice (once to classify it, once to apply it), as
+//! the records of transactions and `put_if_version` are (`pagemesh_core`'s key_order module).
+//!
 //! Two baselines in the same run, each into a fresh environment holding the same first half:
 //! - `heed-txn`: the backlog's puts in one synced transaction, in log order, values with the
 //!   8-byte version prefix pagemesh stores: what LMDB costs for the same work;
@@ -33,17 +39,29 @@ fn options() -> Options {
         .apply_pace(Duration::from_secs(3600), 1 << 30)
 }
 
-/// Times the applier applying `records[records.len() / 2..]`, waiting in the log, into a fresh
-/// database in `dir` holding the first half.
+/// What the backlog's records hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BacklogShape {
+    /// Batches of puts: a group's puts are applied sorted by key.
+    Puts,
+    /// The same batches, each also creating its table, which exists already (a no-op): every
+    /// record is a barrier, applied whole in log order. Set against `heed-txn` (log order
+    /// too), what that path costs beyond LMDB's own work.
+    Barriers,
+}
+
+/// Times the applier applying `records[records.len() / 2..]`, waiting in the log as records
+/// of `shape`, into a fresh database in `dir` holding the first half.
 pub fn time_apply_backlog(
     dir: &Path,
     records: &[(Vec<u8>, Vec<u8>)],
+    shape: BacklogShape,
 ) -> pagemesh_core::Result<Duration> {
     let (first, backlog) = records.split_at(records.len() / 2);
     let db = Database::open(dir, options())?;
-    commit_all(&db, first, Durability::Memory)?;
+    commit_all(&db, first, BacklogShape::Puts, Durability::Memory)?;
     db.commit(&WriteBatch::new(), Durability::Applied)?;
-    commit_all(&db, backlog, Durability::Memory)?;
+    commit_all(&db, backlog, shape, Durability::Memory)?;
     let started = Instant::now();
     db.commit(&WriteBatch::new(), Durability::Applied)?;
     Ok(started.elapsed())
@@ -52,10 +70,14 @@ pub fn time_apply_backlog(
 fn commit_all(
     db: &Database,
     records: &[(Vec<u8>, Vec<u8>)],
+    shape: BacklogShape,
     durability: Durability,
 ) -> pagemesh_core::Result<()> {
     for chunk in records.chunks(BATCH) {
         let mut batch = WriteBatch::new();
+        if shape == BacklogShape::Barriers {
+            batch.create_table(TABLE)?;
+        }
         for (key, value) in chunk {
             batch.put(TABLE, key, value)?;
         }
@@ -102,12 +124,16 @@ mod tests {
     fn each_variant_applies_a_small_backlog() {
         let records = super::super::commit::records(2_000);
         let dir = tempfile::tempdir().unwrap();
-        time_apply_backlog(&dir.path().join("pagemesh"), &records).unwrap();
-        let db = Database::open(dir.path().join("pagemesh"), options()).unwrap();
-        let snapshot = db.read().unwrap();
-        for (key, value) in &records {
-            let stored = snapshot.get(TABLE, key).unwrap().map(|v| v.bytes.to_vec());
-            assert_eq!(stored.as_deref(), Some(&value[..]));
+        for shape in [BacklogShape::Puts, BacklogShape::Barriers] {
+            let path = dir.path().join(format!("pagemesh-{shape:?}"));
+            time_apply_backlog(&path, &records, shape).unwrap();
+            let db = Database::open(&path, options()).unwrap();
+            let snapshot = db.read().unwrap();
+            for (key, value) in &records {
+                let stored = snapshot.get(TABLE, key).unwrap().map(|v| v.bytes.to_vec());
+                assert_eq!(stored.as_deref(), Some(&value[..]), "{shape:?}");
+            }
+            assert_eq!(db.tables(), [TABLE], "{shape:?}");
         }
         for sorted in [false, true] {
             time_heed_backlog(&dir.path().join(format!("heed-{sorted}")), &records, sorted)
