@@ -423,7 +423,8 @@ impl Database {
         options: Options,
     ) -> Result<(Self, SnapshotStats)> {
         let stats = snapshot::restore(dir.as_ref(), options.map_size, input, false)?;
-        Ok((Self::open(dir, options)?, stats))
+        let db = Self::open(&dir, options).inspect_err(|_| snapshot::discard(dir.as_ref()))?;
+        Ok((db, stats))
     }
 
     /// Whether this is a read-only replica of another database.

@@ -116,6 +116,7 @@ impl<'db> Plumbing<'db> {
         options: Options,
     ) -> Result<(Database, SnapshotStats)> {
         let stats = snapshot::restore(dir.as_ref(), options.map_size, input, true)?;
-        Ok((Database::open(dir, options)?, stats))
+        let db = Database::open(&dir, options).inspect_err(|_| snapshot::discard(dir.as_ref()))?;
+        Ok((db, stats))
     }
 }

@@ -26,7 +26,11 @@
 //!
 //! Restore writes a stream into an empty directory in ONE write transaction, committed only if the
 //! stream decodes to its end and its crc matches, so a truncated or damaged backup leaves nothing
-//! half-restored. The restored database keeps the snapshot's uuids.
+//! half-restored. The crc guards against damage, not against a peer that forges a stream, so
+//! the header must also be possible: an LSN the page format can hold, and an `applied_seq_end`
+//! no higher than the first seq of that LSN's page (else recovery would take records committed
+//! after the restore for applied ones). A restore that fails, or whose database then fails to
+//! open, removes what it wrote. The restored database keeps the snapshot's uuids.
 //!
 //! A restored *primary* continues its own log at `binlog_next_lsn`. A restored *replica* (bootstrap)
 //! resumes its origin's log at `replay_lsn` instead: a record that spans the snapshot point began
@@ -41,6 +45,9 @@ use std::path::Path;
 
 use heed::types::Bytes;
 use heed::{CommitOrAbort, PutFlags};
+
+use pagemesh_logpage::page::LSN_LIMIT;
+use pagemesh_logpage::record::seq_of;
 
 use crate::error::{Error, Result};
 use crate::record::{KEY_LEN_MAX, TABLE_LEN_MAX};
@@ -208,11 +215,35 @@ pub(crate) fn restore(
     let result =
         Store::open(dir, map_size).and_then(|store| restore_into(&store, dir, input, as_replica));
     if result.is_err() {
-        if let Err(error) = std::fs::remove_dir_all(dir.join("lmdb")) {
-            tracing::warn!(path = %dir.display(), %error, "could not remove a failed restore");
-        }
+        discard(dir);
     }
     result
+}
+
+/// Removes what a restore into `dir` made: its LMDB environment, and the log files that opening
+/// it may have created. For a restore that failed, or whose database then failed to open, so
+/// that the directory is left without a database and takes a restore again. [`restore`] checked
+/// that `dir` held none of these before it began.
+pub(crate) fn discard(dir: &Path) {
+    let mut paths = vec![dir.join("lmdb")];
+    match pagemesh_logpage::Log::files(dir) {
+        Ok(files) => paths.extend(files),
+        Err(error) => {
+            tracing::warn!(path = %dir.display(), %error, "could not list a failed restore's log files");
+        }
+    }
+    for path in paths {
+        let removed = match path.is_dir() {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        };
+        match removed {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), %error, "could not remove a failed restore");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Restores the stream into the freshly created `store`, in one write transaction committed only
@@ -377,6 +408,22 @@ impl<R: Read> SnapshotReader<R> {
             });
         }
         let applied_seq_end = u64::from_le_bytes(src.array::<8>("applied seq")?);
+        // The database restored must open, and must replay what is committed after it: an LSN
+        // the page format cannot hold would fail the open after the restore, and an
+        // `applied_seq_end` beyond the snapshot's LSN would make recovery skip later records
+        // as applied. The last record applied began on a page below `binlog_next_lsn`.
+        if binlog_next_lsn >= LSN_LIMIT {
+            return Err(Error::SnapshotDecode {
+                offset: 8 + 16 + 16,
+                what: "lsn (beyond the page format's limit)",
+            });
+        }
+        if applied_seq_end > seq_of(binlog_next_lsn, 0) {
+            return Err(Error::SnapshotDecode {
+                offset: src.offset - 8,
+                what: "applied seq (beyond the snapshot's lsn)",
+            });
+        }
         Ok(Header {
             database_uuid,
             origin_uuid,

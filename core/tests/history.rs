@@ -96,6 +96,90 @@ fn a_damaged_or_truncated_stream_restores_nothing() {
     }
 }
 
+/// `stream` with its trailing crc32c computed again, as a peer that forges a stream would send it.
+fn resealed(mut stream: Vec<u8>) -> Vec<u8> {
+    let body = stream.len() - 4;
+    let crc = crc32c::crc32c(&stream[..body]);
+    stream[body..].copy_from_slice(&crc.to_le_bytes());
+    stream
+}
+
+/// A stream whose crc holds but whose header cannot be true is refused before anything is
+/// written, and leaves the directory as it was. The `snapshot_restore` fuzz target found the
+/// first (its input is kept here as it came): an LSN beyond the page format's limit restored,
+/// then failed the database's open, and the LMDB environment it had written stayed behind, so
+/// the directory could take no restore again. An `applied_seq_end` beyond the snapshot's LSN
+/// would have opened, and crash recovery would then have skipped the records committed after
+/// the restore as already applied.
+#[test]
+fn a_stream_whose_header_cannot_be_true_restores_nothing() {
+    let found_by_fuzzing = resealed(vec![
+        80, 77, 83, 78, 65, 80, 0, 2, 214, 0, 214, 214, 214, 242, 122, 6, 142, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 214, 242, 122, 6, 142, 0, 0, 0, 0,
+        0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 214, 0, 0, 0, 0, 0,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("src"), Options::new().ring_slots(64)).unwrap();
+    fill(&db, 0, 20);
+    let mut stream = Vec::new();
+    db.read().unwrap().export(&mut stream).unwrap();
+    // Header: magic 8, two uuids 32, binlog_next_lsn 8, replay_lsn 8, applied_seq_end 8.
+    let (lsn_at, seq_at) = (40, 56);
+    let leftovers = |dir: &std::path::Path| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.map(|entry| entry.unwrap().file_name()).collect())
+            .unwrap_or_default()
+    };
+    let field = |at: usize| u64::from_le_bytes(stream[at..at + 8].try_into().unwrap());
+    assert!(
+        field(lsn_at) > 0 && field(seq_at) > 0,
+        "a snapshot of a live database"
+    );
+    let with = |at: usize, value: u64| {
+        let mut forged = stream.clone();
+        forged[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        resealed(forged)
+    };
+    let lsn_beyond = with(lsn_at, pagemesh_logpage::page::LSN_LIMIT);
+    let seq_beyond = with(
+        seq_at,
+        (field(lsn_at) + 1) * pagemesh_logpage::PAGE_SIZE as u64,
+    );
+    for (name, bad) in [
+        ("found by fuzzing", &found_by_fuzzing),
+        ("lsn beyond the format", &lsn_beyond),
+        ("applied seq beyond the lsn", &seq_beyond),
+    ] {
+        for replica in [false, true] {
+            let target = dir.path().join(format!("{name} {replica}"));
+            let options = Options::new().ring_slots(64);
+            let restored = match replica {
+                false => Database::restore(&target, &bad[..], options).map(drop),
+                true => {
+                    pagemesh_core::Plumbing::restore_replica(&target, &bad[..], options).map(drop)
+                }
+            };
+            let err = restored.unwrap_err();
+            assert!(
+                matches!(err, Error::SnapshotDecode { .. }),
+                "{name}, replica {replica}: {err}"
+            );
+            let left = leftovers(&target);
+            assert!(left.is_empty(), "{name}, replica {replica}: left {left:?}");
+            Database::restore(&target, &stream[..], Options::new().ring_slots(64)).unwrap();
+        }
+    }
+
+    // A good stream whose database then fails to open (here: a ring the log refuses) leaves
+    // nothing either.
+    let target = dir.path().join("open fails");
+    let err = Database::restore(&target, &stream[..], Options::new().ring_slots(3)).unwrap_err();
+    assert!(matches!(err, Error::Log(_)), "{err}");
+    let left = leftovers(&target);
+    assert!(left.is_empty(), "left {left:?}");
+    Database::restore(&target, &stream[..], Options::new().ring_slots(64)).unwrap();
+}
+
 #[test]
 fn the_binlog_reads_back_every_record() {
     let dir = tempfile::tempdir().unwrap();
