@@ -37,6 +37,7 @@ pub struct FloorFigures {
 /// some runs and 60 µs in others, while both transports' ack p50 stayed near 65 µs; pinned apart,
 /// it reads the cross-CPU figure every time (whole-process `taskset -c 0` shows the other mode:
 /// the floor 4 µs, either transport's ack p50 7 µs).
+///
 /// Bounded like [`measure`](super::measure)'s ping phase: [`WARMUP_PINGS`] unrecorded, then up to `pings_max` or
 /// until `seconds` pass (at least one recorded); every socket read gives up after 10 s (the
 /// phases' grace), and the server thread is joined before a result is returned.
