@@ -423,7 +423,8 @@ impl Database {
         options: Options,
     ) -> Result<(Self, SnapshotStats)> {
         let stats = snapshot::restore(dir.as_ref(), options.map_size, input, false)?;
-        let db = Self::open(&dir, options).inspect_err(|_| snapshot::discard(dir.as_ref()))?;
+        let db = Self::open(&dir, options)
+            .inspect_err(|error| snapshot::discard_after_failed_open(dir.as_ref(), error))?;
         Ok((db, stats))
     }
 

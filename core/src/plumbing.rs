@@ -116,7 +116,8 @@ impl<'db> Plumbing<'db> {
         options: Options,
     ) -> Result<(Database, SnapshotStats)> {
         let stats = snapshot::restore(dir.as_ref(), options.map_size, input, true)?;
-        let db = Database::open(&dir, options).inspect_err(|_| snapshot::discard(dir.as_ref()))?;
+        let db = Database::open(&dir, options)
+            .inspect_err(|error| snapshot::discard_after_failed_open(dir.as_ref(), error))?;
         Ok((db, stats))
     }
 }

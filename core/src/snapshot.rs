@@ -246,6 +246,25 @@ pub(crate) fn discard(dir: &Path) {
     }
 }
 
+/// After a restore into `dir` whose database then failed to open with `error`: [`discard`]s
+/// what the restore wrote, unless another process holds the directory's log, whose files are
+/// then not this restore's alone.
+pub(crate) fn discard_after_failed_open(dir: &Path, error: &Error) {
+    let locked = matches!(
+        error,
+        Error::Log(pagemesh_logpage::Error::RingFile {
+            fault: pagemesh_logpage::RingFault::Locked,
+            ..
+        })
+    );
+    match locked {
+        true => {
+            tracing::warn!(path = %dir.display(), %error, "a restored database failed to open; left in place")
+        }
+        false => discard(dir),
+    }
+}
+
 /// Restores the stream into the freshly created `store`, in one write transaction committed only
 /// if the stream reads to its end and its crc matches: [`SnapshotReader`] parses and checks,
 /// [`write_entries`] puts.
