@@ -6,6 +6,9 @@
 //! barriers (each also creates its existing table), which the applier applies whole, in log
 //! order: against `heed-txn`, what that path costs.
 
+use std::path::Path;
+use std::time::Duration;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pagemesh_tools::bench::apply::{time_apply_backlog, time_heed_backlog, BacklogShape};
 use pagemesh_tools::bench::commit::records;
@@ -17,31 +20,27 @@ fn apply(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply/price_paid");
     group.throughput(Throughput::Elements((RECORDS / 2) as u64));
     group.sample_size(10);
+    // Each iteration in a fresh directory; only what `time` times counts.
+    let mut bench = |name: &str, time: &dyn Fn(&Path) -> Duration| {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| time(tempfile::tempdir().expect("temp dir").path()))
+                    .sum()
+            });
+        });
+    };
     for (name, shape) in [
         ("pagemesh-backlog", BacklogShape::Puts),
         ("pagemesh-backlog-barriers", BacklogShape::Barriers),
     ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let dir = tempfile::tempdir().expect("temp dir");
-                        time_apply_backlog(dir.path(), &records, shape).expect("apply the backlog")
-                    })
-                    .sum()
-            });
+        bench(name, &|dir| {
+            time_apply_backlog(dir, &records, shape).expect("apply the backlog")
         });
     }
     for (name, sorted) in [("heed-txn", false), ("heed-txn-sorted", true)] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let dir = tempfile::tempdir().expect("temp dir");
-                        time_heed_backlog(dir.path(), &records, sorted).expect("heed txn")
-                    })
-                    .sum()
-            });
+        bench(name, &|dir| {
+            time_heed_backlog(dir, &records, sorted).expect("heed txn")
         });
     }
     group.finish();
