@@ -33,6 +33,15 @@ fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
 }
 
+/// Two connected ends over loopback: `(client, server)`.
+async fn connected() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::from_std(std::net::TcpListener::bind(loopback()).unwrap());
+    let addr = listener.local_addr().unwrap();
+    let client = TcpStream::connect(addr).await.expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    (client, server)
+}
+
 #[test]
 fn tasks_spawn_tasks_and_timers_fire_in_deadline_order() {
     let (order, spawned) = run(|| async {
@@ -161,10 +170,7 @@ fn sockets_carry_a_large_buffer_intact_and_end_cleanly() {
 #[test]
 fn shutdown_completes_a_pending_recv() {
     let outcome = run(|| async {
-        let listener = TcpListener::from_std(std::net::TcpListener::bind(loopback()).unwrap());
-        let addr = listener.local_addr().unwrap();
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (_server, _) = listener.accept().await.expect("accept");
+        let (client, _server) = connected().await;
         let reader = client.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         spawn(async move {
@@ -310,10 +316,7 @@ fn a_ring_send_dropped_mid_flight_is_cancelled_and_the_link_goes_on() {
     const LEN: usize = 16 << 20;
     let pattern = |i: usize| (i * 13 % 251) as u8;
     let (received, after) = run(move || async move {
-        let listener = TcpListener::from_std(std::net::TcpListener::bind(loopback()).unwrap());
-        let addr = listener.local_addr().unwrap();
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (client, server) = connected().await;
         // Nobody reads yet: the socket buffers fill, the rest of the send goes to the ring, and
         // the send is dropped while the kernel still holds its buffer.
         let data: Vec<u8> = (0..LEN).map(pattern).collect();
@@ -363,35 +366,27 @@ fn a_ring_send_dropped_mid_flight_is_cancelled_and_the_link_goes_on() {
 #[test]
 fn try_recv_reads_what_is_there_without_waiting() {
     let outcome = run(|| async {
-        let listener = TcpListener::from_std(std::net::TcpListener::bind(loopback()).unwrap());
-        let addr = listener.local_addr().unwrap();
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (client, server) = connected().await;
         let mut buf = Vec::with_capacity(64);
         buf.extend_from_slice(b">");
         let empty = client
             .try_recv(&mut buf)
             .expect("try_recv on an idle socket");
+        // Loopback delivers within the send; the bound only keeps a broken kernel from hanging.
+        async fn poll(client: &TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+            for _ in 0..1000 {
+                if let Some(received) = client.try_recv(buf).expect("try_recv") {
+                    return Some(received);
+                }
+                sleep_until(Instant::now() + Duration::from_millis(1)).await;
+            }
+            None
+        }
         let (sent, _) = server.send_all(b"ping".to_vec(), &Cell::new(0)).await;
         sent.expect("send");
-        // Loopback delivers within the send; the bound only keeps a broken kernel from hanging.
-        let mut received = None;
-        for _ in 0..1000 {
-            received = client.try_recv(&mut buf).expect("try_recv");
-            if received.is_some() {
-                break;
-            }
-            sleep_until(Instant::now() + Duration::from_millis(1)).await;
-        }
+        let received = poll(&client, &mut buf).await;
         server.shutdown().expect("shutdown");
-        let mut end = None;
-        for _ in 0..1000 {
-            end = client.try_recv(&mut buf).expect("try_recv after shutdown");
-            if end.is_some() {
-                break;
-            }
-            sleep_until(Instant::now() + Duration::from_millis(1)).await;
-        }
+        let end = poll(&client, &mut buf).await;
         (empty, received, end, buf)
     });
     assert_eq!(outcome, (None, Some(4), Some(0), b">ping".to_vec()));
