@@ -419,6 +419,14 @@ impl<R: Read> SnapshotReader<R> {
         let database_uuid = src.array::<16>("database uuid")?;
         let origin_uuid = src.array::<16>("origin uuid")?;
         let binlog_next_lsn = u64::from_le_bytes(src.array::<8>("lsn")?);
+        // The database restored must open: its log cannot continue at an LSN the page format
+        // cannot hold.
+        if binlog_next_lsn >= LSN_LIMIT {
+            return Err(Error::SnapshotDecode {
+                offset: src.offset - 8,
+                what: "lsn (beyond the page format's limit)",
+            });
+        }
         let replay_lsn = u64::from_le_bytes(src.array::<8>("replay lsn")?);
         if replay_lsn > binlog_next_lsn {
             return Err(Error::SnapshotDecode {
@@ -427,16 +435,9 @@ impl<R: Read> SnapshotReader<R> {
             });
         }
         let applied_seq_end = u64::from_le_bytes(src.array::<8>("applied seq")?);
-        // The database restored must open, and must replay what is committed after it: an LSN
-        // the page format cannot hold would fail the open after the restore, and an
-        // `applied_seq_end` beyond the snapshot's LSN would make recovery skip later records
-        // as applied. The last record applied began on a page below `binlog_next_lsn`.
-        if binlog_next_lsn >= LSN_LIMIT {
-            return Err(Error::SnapshotDecode {
-                offset: 8 + 16 + 16,
-                what: "lsn (beyond the page format's limit)",
-            });
-        }
+        // Recovery must replay what is committed after the restore: an `applied_seq_end` beyond
+        // the snapshot's LSN would make it skip those records as applied. The last record
+        // applied began on a page below `binlog_next_lsn`.
         if applied_seq_end > seq_of(binlog_next_lsn, 0) {
             return Err(Error::SnapshotDecode {
                 offset: src.offset - 8,
